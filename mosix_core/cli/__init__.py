@@ -1,0 +1,1 @@
+"""The ``mos*`` commands: one typer app per module, each a thin layer over plain functions."""

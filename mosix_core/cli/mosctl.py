@@ -1,0 +1,131 @@
+"""mosctl — miscellaneous MOSIX functions (mosctl(1))."""
+
+from __future__ import annotations
+
+import os
+import socket
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mosix_core import status as fmt
+from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
+from mosix_core.client import Client
+from mosix_core.config import load_config
+from mosix_core.errors import MosixError, NotInMap, PermissionDenied
+
+app = new_app("Miscellaneous MOSIX functions.")
+EtcOption = typer.Option(None, "--etc", help=ETC_HELP)
+JsonOption = typer.Option(False, "--json", help="machine-readable output")
+
+
+def whois(etc: Path, what: str | None) -> str:
+    """Node number → host name (or IP); IP or host name → node number."""
+    config = load_config(etc)
+    if what is None:
+        ip = IPv4Address(Client(etc).call("ping")["ip"])
+        number = config.node_number(ip)
+        return f"{number}" if number else f"{ip}: no node number"
+    if what.isdigit():
+        ip = config.resolve_node(what)
+        try:
+            return socket.gethostbyaddr(str(ip))[0]
+        except OSError:
+            return str(ip)
+    ip = config.resolve_node(what)
+    number = config.node_number(ip)
+    if number is None:
+        raise NotInMap(f"{what}: has no node number (not in userview.map)")
+    return str(number)
+
+
+def set_state(etc: Path, flag: str, value: bool) -> None:
+    if os.geteuid() != 0:
+        raise PermissionDenied("Permission denied: only the Super-User may do this")
+    Client(etc).call("setstate", flag=flag, value=value)
+
+
+@app.command("whois", help="Convert node numbers to host names and vice versa.")
+@reports_errors
+def whois_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] = EtcOption) -> None:
+    typer.echo(whois(etc_path(etc), node))
+
+
+@app.command("status", help="User-friendly information about a node (default: this one).")
+@reports_errors
+def status_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] = EtcOption,
+               as_json: bool = JsonOption) -> None:
+    info = Client(etc_path(etc)).call("status", node=node)["node"]
+    if as_json:
+        print_json(info)
+    else:
+        typer.echo("\n".join(fmt.status_lines(info)))
+
+
+@app.command("localstatus", help="Like status, with what only this node knows.")
+@reports_errors
+def localstatus_cmd(etc: Optional[Path] = EtcOption, as_json: bool = JsonOption) -> None:
+    report = Client(etc_path(etc)).call("localstatus")
+    if as_json:
+        print_json(report)
+    else:
+        typer.echo("\n".join(fmt.localstatus_lines(report)))
+
+
+@app.command("rstatus", help="Raw information about a node: the manual's integers, in order.")
+@reports_errors
+def rstatus_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] = EtcOption,
+                as_json: bool = JsonOption) -> None:
+    info = Client(etc_path(etc)).call("status", node=node)["node"]
+    values = fmt.rstatus_integers(info)
+    if as_json:
+        print_json(dict(zip(fmt.RSTATUS_FIELDS, values)))
+    else:
+        typer.echo(" ".join(str(v) for v in values))
+
+
+def _state_command(name: str, flag: str, value: bool, text: str) -> None:
+    @app.command(name, help=text)
+    @reports_errors
+    def command(etc: Optional[Path] = EtcOption) -> None:
+        set_state(etc_path(etc), flag, value)
+
+
+_state_command("stay", "stay", True, "Prevent automatic migration away from this node.")
+_state_command("nostay", "stay", False, "Cancel 'stay'.")
+_state_command("lstay", "lstay", True, "Prevent automatic migration of local processes away from this node.")
+_state_command("nolstay", "lstay", False, "Cancel 'lstay'.")
+_state_command("block", "block", True, "Do not allow further migrations into this node.")
+_state_command("noblock", "block", False, "Cancel 'block'.")
+
+
+def add_plugin_commands() -> None:
+    """Sub-commands contributed by plugins through ``mosix_cli_commands``."""
+    from mosix_core.plugins import plugin_manager_for
+
+    import sys
+
+    argv = sys.argv[1:]
+    etc = Path(argv[argv.index("--etc") + 1]) if "--etc" in argv[:-1] else None
+    try:
+        pm = plugin_manager_for(load_config(etc_path(etc)).daemon)
+    except MosixError:
+        pm = plugin_manager_for(None)
+    for commands in pm.hook.mosix_cli_commands():
+        for name, sub_app in commands:
+            app.add_typer(sub_app, name=name)
+
+
+def main() -> None:
+    try:
+        add_plugin_commands()
+    except MosixError as err:
+        typer.echo(f"mosctl: {err}", err=True)
+        raise SystemExit(1)
+    run(app)
+
+
+if __name__ == "__main__":
+    main()

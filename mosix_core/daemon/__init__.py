@@ -1,0 +1,1 @@
+"""mosd, the node daemon."""

@@ -1,0 +1,49 @@
+"""Exception types of mosix-py.
+
+Every error a user can provoke ends in one of these, carrying a message that is
+fit to print as it is (the manual's wording where the manual has one).
+"""
+
+from __future__ import annotations
+
+
+class MosixError(Exception):
+    """Base class: ``str(err)`` is the user-visible message."""
+
+
+class ConfigError(MosixError):
+    """A configuration file is missing, unreadable or malformed.
+
+    The message always names the file, and the line when there is one.
+    """
+
+    def __init__(self, path: str, message: str, line: int | None = None) -> None:
+        self.path = str(path)
+        self.line = line
+        self.reason = message
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class AuthenticationError(MosixError):
+    """A peer message failed authentication (wrong secret, tampered, replayed)."""
+
+
+class ProtocolError(MosixError):
+    """A peer or client message is garbled, truncated or of an unknown kind."""
+
+
+class DaemonUnavailable(MosixError):
+    """The local mosd cannot be reached through its control socket."""
+
+
+class NotInMap(MosixError):
+    """A node named by the user is not part of this cluster or multi-cluster."""
+
+
+class PermissionDenied(MosixError):
+    """The caller is not allowed to do this (most mosctl functions are root's)."""
+
+
+class PolicyRefused(MosixError):
+    """A site policy refused a request; the message is the policy's."""

@@ -1,0 +1,1 @@
+"""Networking: the authenticated wire envelope and transports."""

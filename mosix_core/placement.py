@@ -1,0 +1,136 @@
+"""Records exchanged through the decision hooks (see ``mosix_core.hookspecs``)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import attrs
+
+
+@attrs.frozen
+class PlacementRequest:
+    """Where should a new process start? (``mosrun -b``, ``mosbestnode``)."""
+
+    memory_mb: int = 0                  # -m{mb}: only nodes with this much free memory
+    allow_local: bool = True            # the home node itself is a candidate
+    local_cluster_only: bool = True     # initial placement stays in the local cluster
+    exclude: frozenset[IPv4Address] = frozenset()
+
+
+@attrs.frozen
+class MigrationDecision:
+    target: IPv4Address | None          # None: stay where it is
+    reason: str = ""
+
+    @classmethod
+    def stay(cls, reason: str = "") -> "MigrationDecision":
+        return cls(None, reason)
+
+    @classmethod
+    def go(cls, target: IPv4Address, reason: str = "") -> "MigrationDecision":
+        return cls(target, reason)
+
+
+@attrs.frozen
+class AdmissionRequest:
+    origin: IPv4Address
+    memory_mb: int = 0
+    from_local_cluster: bool = True
+    priority: int = 0
+
+
+@attrs.frozen
+class Admission:
+    accepted: bool
+    reason: str = ""                    # what the user sees when refused
+
+    @classmethod
+    def accept(cls) -> "Admission":
+        return cls(True)
+
+    @classmethod
+    def refuse(cls, reason: str) -> "Admission":
+        return cls(False, reason)
+
+
+@attrs.frozen
+class FreezeSituation:
+    load: float                         # in the policy's units (processes or standard load)
+    running: int                        # local MOSIX processes running at home
+    frozen: int                         # of which automatically frozen
+    red: float
+    blue: float
+    min_keep: int
+    max_procs: int
+
+
+@attrs.frozen
+class FreezeChoice:
+    freeze: tuple[int, ...] = ()
+    unfreeze: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class SpecialPathResult:
+    """The outcome of an intercepted ``open()``: a value or an errno."""
+
+    result: int = 0
+    errno: int = 0
+
+    @classmethod
+    def value(cls, value: int) -> "SpecialPathResult":
+        return cls(value, 0)
+
+    @classmethod
+    def error(cls, errno: int) -> "SpecialPathResult":
+        return cls(-1, errno)
+
+
+@attrs.frozen
+class MosrunRequest:
+    """A ``mosrun`` invocation as site policies see it (before anything starts)."""
+
+    uid: int
+    user: str
+    argv: tuple[str, ...]               # the program and its arguments
+    location: str | None = None         # "-b", "-h", "-r{host}", "-{n}", "-{a.b.c.d}" or None
+    memory_mb: int | None = None
+    options: tuple[str, ...] = ()       # every other mosrun option, as given
+    queue_jobs: int | None = None       # -S{maxjobs}
+
+
+class PlacementView:
+    """What placement hooks see: the live nodes that a request may go to.
+
+    Built by the daemon from its :class:`mosix_core.gossip.ClusterView`; ``in_cluster``
+    tells whether an address belongs to the local cluster (not a partner).
+    """
+
+    def __init__(self, view, in_cluster) -> None:
+        self.view = view
+        self.local_ip = view.local_ip
+        self.in_cluster = in_cluster
+
+    @property
+    def local(self):
+        return self.view.entries.get(self.local_ip)
+
+    def candidates(self, request: PlacementRequest) -> list:
+        from mosix_core.gossip import ST_BLOCK, ST_OFF
+
+        out = []
+        for ip, entry in self.view.entries.items():
+            if not entry.alive or ip in request.exclude:
+                continue
+            is_local = ip == self.local_ip
+            if is_local and not request.allow_local:
+                continue
+            # "block" keeps guests out; the home node always takes its own processes.
+            if not is_local and entry.status.state & (ST_BLOCK | ST_OFF):
+                continue
+            if request.local_cluster_only and not is_local and not self.in_cluster(ip):
+                continue
+            if request.memory_mb and entry.status.mem_avail_mb < request.memory_mb:
+                continue
+            out.append(entry)
+        return out

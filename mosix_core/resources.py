@@ -1,0 +1,134 @@
+"""Measuring a node's resources: CPUs, run queue, memory and swap.
+
+Two ways, chosen by ``resources`` in ``mosd.conf`` and carried out by the built-in
+``resources`` plugin:
+
+* ``host``: the whole machine (``/proc/stat``, ``/proc/meminfo``) — a real node.
+* ``virtual``: only the MOSIX processes this node hosts, on a configured number of
+  CPUs and amount of memory — several nodes sharing one machine (the local cluster),
+  where the machine-wide run queue would make every node look equally busy.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable
+
+import attrs
+
+from mosix_core.gossip import PAGE_SIZE, STANDARD_SPEED
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@attrs.frozen
+class ResourceSample:
+    """One instantaneous measurement (the daemon smooths ``runnable`` over time)."""
+
+    runnable: float          # processes wanting a CPU right now
+    ncpus: int
+    mem_avail_mb: int
+    mem_total_mb: int
+    swap_free_mb: int
+    swap_total_mb: int
+
+
+def _meminfo() -> dict[str, int]:
+    values: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                values[key] = int(parts[0])  # kB
+    return values
+
+
+def _procs_running() -> int:
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("procs_running"):
+                return int(line.split()[1])
+    return 0
+
+
+def measure_host() -> ResourceSample:
+    mem = _meminfo()
+    # The sampling daemon itself is running while it reads /proc/stat: don't count it.
+    return ResourceSample(
+        runnable=max(0, _procs_running() - 1),
+        ncpus=len(os.sched_getaffinity(0)) or (os.cpu_count() or 1),
+        mem_avail_mb=mem.get("MemAvailable", mem.get("MemFree", 0)) // 1024,
+        mem_total_mb=mem.get("MemTotal", 0) // 1024,
+        swap_free_mb=mem.get("SwapFree", 0) // 1024,
+        swap_total_mb=mem.get("SwapTotal", 0) // 1024,
+    )
+
+
+def process_cpu_ticks(pid: int) -> int | None:
+    """utime + stime of a process, in clock ticks; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: fields start after the last ')'.
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def process_rss_mb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE // (1024 * 1024)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class VirtualMeter:
+    """CPU demand of a set of processes, from their CPU-time growth between samples."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[int, float]] = {}
+
+    def sample(self, pids: Iterable[int], now: float, cpus: int, memory_mb: int, swap_mb: int,
+               ) -> ResourceSample:
+        demand = 0.0
+        used_mb = 0
+        seen = {}
+        for pid in pids:
+            ticks = process_cpu_ticks(pid)
+            if ticks is None:
+                continue
+            previous = self._last.get(pid)
+            seen[pid] = (ticks, now)
+            if previous is not None and now > previous[1]:
+                demand += min(1.0, (ticks - previous[0]) / _CLOCK_TICKS / (now - previous[1]))
+            used_mb += process_rss_mb(pid)
+        self._last = seen
+        return ResourceSample(runnable=demand, ncpus=cpus, mem_avail_mb=max(0, memory_mb - used_mb),
+                              mem_total_mb=memory_mb, swap_free_mb=swap_mb, swap_total_mb=swap_mb)
+
+
+class LoadSmoother:
+    """Exponentially decaying average of the run queue (time constant ``tau`` seconds)."""
+
+    def __init__(self, tau: float = 2.0) -> None:
+        self.tau = tau
+        self.value = 0.0
+        self._t: float | None = None
+
+    def add(self, runnable: float, now: float) -> float:
+        if self._t is None:
+            self.value = runnable
+        else:
+            weight = math.exp(-(now - self._t) / self.tau)
+            self.value = self.value * weight + runnable * (1 - weight)
+        self._t = now
+        return self.value
+
+
+def standard_load(runnable: float, ncpus: int, speed: int) -> int:
+    """MOSIX load: 100 = one CPU-bound process on one standard-speed processor."""
+    return round(100 * runnable * STANDARD_SPEED / (max(1, ncpus) * max(1, speed)))

@@ -1,0 +1,32 @@
+"""Guest admission: who may move into this node.
+
+The built-in rule follows mosix(7): a blocked node ("mosctl block") or a node with
+MOSIX turned off takes no one; a partner cluster needs ``cantake``; partner guests
+are limited by ``maxguests``; a process needing more memory than is free is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mosix_core.gossip import ST_BLOCK
+from mosix_core.hookspecs import hookimpl
+from mosix_core.placement import Admission, AdmissionRequest
+
+
+@hookimpl(trylast=True)
+def mosix_admit_guest(request: AdmissionRequest, node: Any) -> Admission:
+    if node.off or node.state_bits & ST_BLOCK:
+        return Admission.refuse("other node refused")
+    if not request.from_local_cluster:
+        partner = node.config.partner_of(request.origin)
+        if partner is None or not partner.cantake:
+            return Admission.refuse("other node refused")
+        limit = node.config.maxguests.limit if node.config.maxguests else None
+        outsiders = sum(1 for p in node.proctable.guests() if not node.config.is_local_cluster(p.home))
+        if limit is not None and outsiders >= limit:
+            return Admission.refuse("other node refused")
+    status = node.local_status()
+    if request.memory_mb and status.mem_avail_mb < request.memory_mb:
+        return Admission.refuse("did not complete (no memory there?)")
+    return Admission.accept()

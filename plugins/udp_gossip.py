@@ -1,0 +1,50 @@
+"""Gossip over UDP unicast, bound to the node's MOSIX address (MOSIX's UDP port 253)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from ipaddress import IPv4Address
+from typing import Any, Callable
+
+from mosix_core.hookspecs import hookimpl
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, str], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.on_datagram(data, addr[0])
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable from a dead peer
+        pass
+
+
+class UdpTransport:
+    def __init__(self, ip: IPv4Address, port: int) -> None:
+        self.ip, self.port = ip, port
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self, on_datagram: Callable[[bytes, str], None]) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.bind((str(self.ip), self.port))
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(on_datagram), sock=sock)
+
+    def send(self, ip: IPv4Address, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.sendto(data, (str(ip), self.port))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+@hookimpl(trylast=True)
+def mosix_gossip_transport(daemon: Any) -> UdpTransport:
+    return UdpTransport(daemon.our_ip, daemon.settings.udp_port)
