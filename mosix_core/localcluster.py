@@ -74,8 +74,8 @@ def default_ports() -> tuple[int, int]:
     return (253, 253) if os.geteuid() == 0 else (10253, 10253)
 
 
-def write_layout(layout: ClusterLayout, secret: str | None = None) -> None:
-    """Generate every node's configuration tree."""
+def write_layout(layout: ClusterLayout, secret: str | None = None, extra_conf: str = "") -> None:
+    """Generate every node's configuration tree (``extra_conf``: more mosd.conf lines)."""
     layout.root.mkdir(parents=True, exist_ok=True)
     secret = secret or secrets.token_hex(24)
     for k, ip in enumerate(layout.addresses, start=1):
@@ -100,7 +100,7 @@ def write_layout(layout: ClusterLayout, secret: str | None = None) -> None:
             f"gossip_interval = {layout.interval}\n"
             "resources = virtual\n"
             f"virtual_cpus = {layout.cpus}\n"
-            f"virtual_memory_mb = {layout.memory_mb}\n")
+            f"virtual_memory_mb = {layout.memory_mb}\n" + extra_conf)
     (layout.root / LAYOUT_FILE).write_text(json.dumps(layout.to_json(), indent=2) + "\n")
 
 
@@ -116,7 +116,7 @@ def running_pid(etc: Path) -> int | None:
 
 def up(root: Path, nodes: int = 4, speeds: list[int] | None = None, base_ip: str = "127.0.0.1",
        cpus: int = 1, memory_mb: int = 4096, interval: float = 1.0, udp_port: int | None = None,
-       tcp_port: int | None = None) -> ClusterLayout:
+       tcp_port: int | None = None, extra_conf: str = "", secret: str | None = None) -> ClusterLayout:
     """Create the configuration of an N-node local cluster and start its daemons."""
     if not 1 <= nodes <= 250:
         raise MosixError("--nodes must be between 1 and 250")
@@ -138,7 +138,7 @@ def up(root: Path, nodes: int = 4, speeds: list[int] | None = None, base_ip: str
     layout = ClusterLayout(root=root, nodes=nodes, base_ip=first, speeds=tuple(speeds), cpus=cpus,
                            memory_mb=memory_mb, interval=interval, udp_port=udp_port or default_udp,
                            tcp_port=tcp_port or default_tcp)
-    write_layout(layout)
+    write_layout(layout, secret=secret, extra_conf=extra_conf)
     started: list[int] = []
     try:
         for k in range(1, nodes + 1):
