@@ -154,8 +154,10 @@ class ClusterView:
         self._hot_size = 0                  # how many the last ranking kept
         self._hot_floor = -math.inf         # fresh_at of the last one kept (-inf: all kept)
         self._known = 0                     # len(entries) as this class left it
-        # sweep(): no live entry other than ours is older than this.
-        self._sweep_floor = math.inf
+        # sweep(): every live entry other than ours is either in _doomed or no older than
+        # _sweep_floor (-inf: unknown, rescan).
+        self._sweep_floor = -math.inf
+        self._doomed: list[IPv4Address] = []
 
     # -- updating -------------------------------------------------------------------------
     def update_local(self, status: NodeStatus, now: float) -> None:
@@ -167,14 +169,14 @@ class ClusterView:
             entry.status, entry.fresh_at, entry.alive = status, now, True
         self._hot[status.ip] = None
         if status.ip != self.local_ip and now < self._sweep_floor:
-            self._sweep_floor = now
+            self._doomed.append(status.ip)
 
     def merge(self, received: Iterable[tuple[NodeStatus, float]], now: float) -> list[IPv4Address]:
         """Take in received entries; return the addresses that came (back) to life."""
         revived = []
         entries, hot, accept, local_ip = self.entries, self._hot, self.accept, self.local_ip
         dead_after = self.dead_after
-        floor = self._sweep_floor
+        floor, doomed = self._sweep_floor, self._doomed
         for status, age in received:
             ip = status.ip
             if ip == local_ip or not accept(ip):
@@ -188,7 +190,7 @@ class ClusterView:
                     revived.append(ip)
                     hot[ip] = None
                     if fresh_at < floor:
-                        floor = fresh_at
+                        doomed.append(ip)
                 else:
                     entry.alive = False
             elif fresh_at > entry.fresh_at:
@@ -199,25 +201,38 @@ class ClusterView:
                     entry.alive = True
                     revived.append(ip)
                     if fresh_at < floor:
-                        floor = fresh_at
+                        doomed.append(ip)
                 hot[ip] = None
-        self._sweep_floor = floor
         return revived
 
     def sweep(self, now: float) -> list[IPv4Address]:
         """Mark nodes whose information grew too old as dead; return the newly dead."""
-        if now - self._sweep_floor <= self.dead_after and self._known == len(self.entries):
-            return []  # even the oldest live entry is young enough
-        dead = []
-        floor = math.inf
-        for ip, entry in self.entries.items():
-            if entry.alive and ip != self.local_ip:
-                if now - entry.fresh_at > self.dead_after:
+        dead_after, entries, dead = self.dead_after, self.entries, []
+        if now - self._sweep_floor <= dead_after and self._known == len(entries):
+            # Only the entries that were already old at the last full scan can die yet.
+            doomed = []
+            for ip in self._doomed:
+                entry = entries.get(ip)
+                if entry is None or not entry.alive:
+                    continue
+                if now - entry.fresh_at > dead_after:
                     entry.alive = False
                     dead.append(ip)
-                elif entry.fresh_at < floor:
-                    floor = entry.fresh_at
-        self._sweep_floor = floor
+                elif entry.fresh_at < self._sweep_floor:
+                    doomed.append(ip)
+            self._doomed = doomed
+            return dead
+        # Full scan; set aside those that may die before another half of dead_after passes.
+        floor = now - dead_after / 2
+        doomed = []
+        for ip, entry in entries.items():
+            if entry.alive and ip != self.local_ip and entry.fresh_at < floor:
+                if now - entry.fresh_at > dead_after:
+                    entry.alive = False
+                    dead.append(ip)
+                else:
+                    doomed.append(ip)
+        self._sweep_floor, self._doomed = floor, doomed
         return dead
 
     def forget_unaccepted(self) -> None:

@@ -18,6 +18,17 @@ class PlacementRequest:
 
 
 @attrs.frozen
+class MigrationCandidate:
+    """A running process, as the automatic-migration decision sees it."""
+
+    pid: int
+    where: IPv4Address                  # the node it runs on now
+    memory_mb: int = 0                  # -m / needmem
+    locked: bool = False                # -L or /proc/self/lock
+    home: IPv4Address | None = None
+
+
+@attrs.frozen
 class MigrationDecision:
     target: IPv4Address | None          # None: stay where it is
     reason: str = ""

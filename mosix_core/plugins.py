@@ -135,15 +135,21 @@ def build_plugin_manager(
 _cached: MosixPluginManager | None = None
 
 
-def plugin_manager_for(settings: Any | None = None) -> MosixPluginManager:
-    """The process-wide plugin manager, built on first use from ``settings``
-    (a :class:`mosix_core.config.DaemonSettings`, or ``None`` for defaults)."""
+def plugin_manager_for(settings: Any | None = None, etc: Path | None = None) -> MosixPluginManager:
+    """The process-wide plugin manager, built on first use from ``settings`` (a
+    :class:`mosix_core.config.DaemonSettings`, or ``None`` for defaults); a relative
+    ``hooks_dir`` is taken relative to the configuration directory ``etc``."""
     global _cached
     if _cached is None:
-        disabled: tuple[str, ...] = tuple(getattr(settings, "disabled_plugins", ()) or ())
-        hooks = getattr(settings, "hooks_dir", None)
-        _cached = build_plugin_manager(disabled=disabled, hooks_dir=Path(hooks) if hooks else None)
+        _cached = build_plugin_manager(**plugin_options(settings, etc))
     return _cached
+
+
+def plugin_options(settings: Any | None, etc: Path | None) -> dict[str, Any]:
+    if settings is None:
+        return {}
+    hooks = settings.hooks_path(etc or Path(".")) if settings.hooks_dir else None
+    return {"disabled": tuple(settings.disabled_plugins), "hooks_dir": hooks}
 
 
 def reset_plugin_manager() -> None:

@@ -110,7 +110,7 @@ def add_plugin_commands() -> None:
     argv = sys.argv[1:]
     etc = Path(argv[argv.index("--etc") + 1]) if "--etc" in argv[:-1] else None
     try:
-        pm = plugin_manager_for(load_config(etc_path(etc)).daemon)
+        pm = plugin_manager_for(load_config(etc_path(etc)).daemon, etc_path(etc))
     except MosixError:
         pm = plugin_manager_for(None)
     for commands in pm.hook.mosix_cli_commands():

@@ -10,7 +10,7 @@ import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
 from mosix_core.config import load_config
-from mosix_core.plugins import build_plugin_manager
+from mosix_core.plugins import build_plugin_manager, plugin_options
 
 app = new_app("List the plugins on the hook bus and the package that supplied each.")
 
@@ -20,8 +20,7 @@ app = new_app("List the plugins on the hook bus and the package that supplied ea
 def main_command(etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
                  as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     settings = load_config(etc_path(etc)).daemon
-    pm = build_plugin_manager(disabled=settings.disabled_plugins,
-                              hooks_dir=Path(settings.hooks_dir) if settings.hooks_dir else None)
+    pm = build_plugin_manager(**plugin_options(settings, etc_path(etc)))
     infos = pm.plugins_info()
     if as_json:
         print_json([{**attrs.asdict(i), "hooks": sorted(h.name for h in pm.get_hookcallers(pm.get_plugin(i.name)))}

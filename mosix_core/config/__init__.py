@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TypeVar
 
 from attrs import frozen
 
@@ -170,7 +172,10 @@ def load_config(
     )
 
 
-def _optional(path: Path, parse):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def _optional(path: Path, parse: Callable[[str, str], T]) -> T | None:
     text = read_optional_text(path)
     return None if text is None else parse(text, os.fspath(path))
 

@@ -39,17 +39,23 @@ def parse_node(
     token: str, source: str, line: int | None, resolve: Resolver | None = None
 ) -> tuple[IPv4Address, str | None]:
     """A node given as a dotted quad or a host name: ``(address, host name or None)``."""
-    if _DOTTED.fullmatch(token):
-        # Digits and dots are an address attempt: never let the resolver read
-        # "10.1" the inet_aton way (as 10.0.0.1).
+    if is_numeric(token):
         return parse_address(token, source, line), None
     if not is_host_name(token):
         raise ConfigError(source, f"{token!r} is neither an IP address (a.b.c.d) nor a host name", line)
     return resolve_host(token, source, line, resolve), token
 
 
+def is_numeric(token: str) -> bool:
+    """Digits and dots are an address attempt, never a name: a resolver would read
+    "10.1" the inet_aton way, as 10.0.0.1."""
+    return bool(_DOTTED.fullmatch(token))
+
+
 def is_host_name(token: str) -> bool:
     """RFC 1123 syntax (plus '_', which sites use): checked before any resolver sees it."""
+    if is_numeric(token):
+        return False
     name = token.removesuffix(".")
     if not name or len(name) > 253:
         return False

@@ -48,7 +48,8 @@ class UserView:
             if len(fields) not in (2, 3):
                 raise ConfigError(
                     source,
-                    f"a line has 3 fields (node number, first address, number of nodes), not {len(fields)}",
+                    "a line has a node number, a first address and a number of nodes"
+                    f" (which may be left out for one node), not {len(fields)} fields",
                     number,
                 )
             first_number = parse_int(fields[0], source, number, "the node number", 1, MAX_NUMBER)

@@ -44,7 +44,7 @@ class Node:
         self.config: MosixConfig = load_config(etc, map_override=map_override)
         self.key = wire.derive_key(load_secret(etc))
         self.our_ip: IPv4Address = detect_our_ip(self.config.cluster, self.config.mosip, ip_override)
-        self.pm = pm or plugin_manager_for(self.config.daemon)
+        self.pm = pm or plugin_manager_for(self.config.daemon, etc)
         self.state_bits = 0
         self.off = False
         self.started = time.time()

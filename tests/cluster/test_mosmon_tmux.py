@@ -150,7 +150,7 @@ def test_mosmon_in_a_terminal(local_cluster, tmux):
                   "the chart after mosd came back", timeout=20)
 
     # A narrow terminal pages: Right moves one node, Left back.
-    term("resize-window", "-t", "mon", "-x", "12", "-y", "30")
+    term("resize-window", "-t", "mon", "-x", "10", "-y", "30")
     lines = term.wait_for(lambda s: numbers(s) == ["1", "2"], "a narrow screen")
     term.keys("Right")
     term.wait_for(lambda s: numbers(s) == ["2", "4"], "one node to the right")

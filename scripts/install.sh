@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install everything mosix-py needs on a fresh Debian machine with Python:
+# Debian packages (when missing), a virtual environment in .venv, the package itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)            # the real-terminal test of mosmon
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)              # C test programs, cffi helpers
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install.sh: needs these Debian packages: ${need_apt[*]} (run as root, or install them)" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+    | grep -v "^WARNING: Location" || true
+.venv/bin/python -c 'import mosix_core, mosix_plugins' || { echo "install.sh: installation failed" >&2; exit 1; }
+echo "mosix-py installed in $(pwd)/.venv (commands in .venv/bin)"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install everything, then run the whole test suite (unit, real-ptrace, real-daemon cluster tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export PATH="$(pwd)/.venv/bin:$PATH"
+exec .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"

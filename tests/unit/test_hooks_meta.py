@@ -1,0 +1,39 @@
+"""Every hook of the contract has a test that exercises it (DESIGN §4)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mosix_core import hookspecs
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def declared_hooks() -> set[str]:
+    return {name for name in dir(hookspecs) if name.startswith("mosix_")}
+
+
+def tested_hooks() -> set[str]:
+    marked: set[str] = set()
+    for path in TESTS.rglob("test_*.py"):
+        if path.name == Path(__file__).name:
+            continue
+        marked |= set(re.findall(r"mark\.hook\(\s*[\"'](mosix_\w+)[\"']", path.read_text()))
+    return marked
+
+
+def test_every_hook_has_a_test():
+    missing = declared_hooks() - tested_hooks()
+    assert not missing, f"hooks without a test marked @pytest.mark.hook(...): {sorted(missing)}"
+
+
+def test_markers_name_real_hooks():
+    unknown = tested_hooks() - declared_hooks()
+    assert not unknown, f"tests marked with hooks that do not exist: {sorted(unknown)}"
+
+
+def test_every_hook_is_documented_with_an_example():
+    for name in declared_hooks():
+        doc = getattr(hookspecs, name).__doc__ or ""
+        assert "Example::" in doc, name

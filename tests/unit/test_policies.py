@@ -1,0 +1,169 @@
+"""The built-in decision plugins, through the hook bus as the daemon calls them."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import time
+from ipaddress import IPv4Address
+
+import pytest
+
+from mosix_core.gossip import ST_BLOCK, ST_LSTAY, ST_STAY, ClusterView, NodeStatus
+from mosix_core.hookspecs import hookimpl
+from mosix_core.placement import (
+    AdmissionRequest, FreezeSituation, MigrationCandidate, PlacementRequest, PlacementView, SpecialPathResult,
+)
+from mosix_core.plugins import build_plugin_manager
+from mosix_core.proctable import ProcessRecord
+from mosix_core.resources import LoadSmoother, VirtualMeter, measure_host, standard_load
+
+A, B, C, D = (IPv4Address(f"10.0.0.{i}") for i in range(1, 5))
+PAGES_PER_MB = 256
+
+
+def status(ip, load=0, speed=10000, ncpus=1, free_mb=4096, state=0):
+    return NodeStatus(ip, load=load, speed=speed, ncpus=ncpus, mem_avail_pages=free_mb * PAGES_PER_MB,
+                      mem_total_pages=8192 * PAGES_PER_MB, state=state)
+
+
+def make_view(*statuses, local=A, cluster=(A, B, C)):
+    view = ClusterView(local, dead_after=10)
+    now = time.monotonic()
+    for st in statuses:
+        view.update_local(st, now) if st.ip == local else view.merge([(st, 0.0)], now)
+    return PlacementView(view, lambda ip: ip in cluster)
+
+
+@pytest.fixture(scope="module")
+def pm():
+    return build_plugin_manager()
+
+
+@pytest.mark.hook("mosix_select_node")
+def test_best_node_is_the_least_loaded_after_adding_one_process(pm):
+    view = make_view(status(A, load=150), status(B, load=90), status(C, load=100, speed=40000))
+    chosen = pm.hook.mosix_select_node(request=PlacementRequest(), view=view)
+    assert chosen.status.ip == C          # 100 + 25 beats 90 + 100
+    # memory, block and the local-cluster rule filter candidates
+    view = make_view(status(A, load=500), status(B, free_mb=100), status(C, state=ST_BLOCK), status(D))
+    assert pm.hook.mosix_select_node(request=PlacementRequest(memory_mb=200), view=view).status.ip == A
+    assert pm.hook.mosix_select_node(request=PlacementRequest(memory_mb=9000), view=view) is None
+    # ties go home
+    view = make_view(status(A), status(B))
+    assert pm.hook.mosix_select_node(request=PlacementRequest(), view=view).status.ip == A
+    # promised starts count
+    view.view.reserve(A, time.monotonic())
+    assert pm.hook.mosix_select_node(request=PlacementRequest(), view=view).status.ip == B
+
+
+def test_a_site_policy_wins_over_the_builtin():
+    class KeepHome:
+        @hookimpl
+        def mosix_select_node(self, request, view):
+            return view.local
+
+    pm = build_plugin_manager(extra=[("keep_home", KeepHome())])
+    view = make_view(status(A, load=900), status(B))
+    assert pm.hook.mosix_select_node(request=PlacementRequest(), view=view).status.ip == A
+
+
+@pytest.mark.hook("mosix_migration_decision")
+def test_migration_decision(pm):
+    busy = make_view(status(A, load=300), status(B, load=0), status(C, load=250))
+    decide = pm.hook.mosix_migration_decision
+    assert decide(process=MigrationCandidate(1, A), view=busy).target == B
+    assert decide(process=MigrationCandidate(1, A, locked=True), view=busy).target is None
+    assert decide(process=MigrationCandidate(1, A, memory_mb=5000), view=busy).target is None
+    balanced = make_view(status(A, load=100), status(B, load=0))
+    assert decide(process=MigrationCandidate(1, A), view=balanced).target is None   # hysteresis
+    stay = make_view(status(A, load=300, state=ST_STAY), status(B))
+    assert decide(process=MigrationCandidate(1, A), view=stay).target is None
+    lstay = make_view(status(A, load=300, state=ST_LSTAY), status(B))
+    assert decide(process=MigrationCandidate(1, A), view=lstay).target is None       # local process
+    assert decide(process=MigrationCandidate(1, A, home=C), view=lstay).target == B  # a guest may leave
+
+
+@pytest.mark.hook("mosix_choose_freeze")
+def test_freeze_choice(pm):
+    procs = [ProcessRecord(pid=i, uid=1000, command="x", started=100 + i) for i in range(1, 5)]
+    situation = dict(red=6.0, blue=4.0, min_keep=1, max_procs=-1)
+    choice = pm.hook.mosix_choose_freeze(candidates=procs, situation=FreezeSituation(
+        load=7.0, running=4, frozen=0, **situation))
+    assert choice.freeze == (4,)  # the newest first
+    choice = pm.hook.mosix_choose_freeze(candidates=procs, situation=FreezeSituation(
+        load=2.0, running=4, frozen=0, red=6.0, blue=4.0, min_keep=0, max_procs=2))
+    assert choice.freeze == (4, 3)
+    procs[0].frozen = "A"
+    choice = pm.hook.mosix_choose_freeze(candidates=procs, situation=FreezeSituation(
+        load=1.0, running=3, frozen=1, **situation))
+    assert choice.unfreeze == (1,) and choice.freeze == ()
+    one = [ProcessRecord(pid=9, uid=0, command="x")]
+    assert pm.hook.mosix_choose_freeze(candidates=one, situation=FreezeSituation(
+        load=9.0, running=1, frozen=0, **situation)).freeze == ()   # min-keep
+
+
+@pytest.mark.hook("mosix_admit_guest")
+def test_guest_admission(mosix_etc, pm):
+    from mosix_core.daemon.node import Node
+
+    node = Node(mosix_etc, pm=pm)
+    node.sample = measure_host()
+    home = node.our_ip
+    admit = pm.hook.mosix_admit_guest
+    assert admit(request=AdmissionRequest(origin=home), node=node).accepted
+    assert admit(request=AdmissionRequest(origin=home, memory_mb=10**7), node=node).reason.startswith("did not complete")
+    node.state_bits |= ST_BLOCK
+    assert admit(request=AdmissionRequest(origin=home), node=node).reason == "other node refused"
+    node.state_bits = 0
+    outsider = AdmissionRequest(origin=IPv4Address("10.200.0.1"), from_local_cluster=False)
+    assert not admit(request=outsider, node=node).accepted    # not a partner
+
+
+@pytest.mark.hook("mosix_special_path")
+def test_special_path_contract():
+    class SiteQuota:
+        @hookimpl
+        def mosix_special_path(self, path, process):
+            if path == "/proc/self/site_quota":
+                return SpecialPathResult.value(42)
+            return None
+
+    pm = build_plugin_manager(extra=[("quota", SiteQuota())])
+    assert pm.hook.mosix_special_path(path="/proc/self/site_quota", process=None) == SpecialPathResult(42, 0)
+    # no plugin claims an unknown path: the caller then fails the open with ENOENT
+    assert pm.hook.mosix_special_path(path="/proc/self/nonsense", process=None) is None
+    assert SpecialPathResult.error(errno.ENOENT) == SpecialPathResult(-1, errno.ENOENT)
+
+
+@pytest.mark.hook("mosix_measure_resources")
+def test_resource_measurement(pm):
+    from mosix_core.config import DaemonSettings
+    import attrs
+
+    host = pm.hook.mosix_measure_resources(settings=DaemonSettings.default(), processes=[])
+    assert host.ncpus >= 1 and host.mem_total_mb > 0 and 0 <= host.mem_avail_mb <= host.mem_total_mb
+    virtual = attrs.evolve(DaemonSettings.default(), resources="virtual", virtual_cpus=3, virtual_memory_mb=1000)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        rows = [ProcessRecord(pid=busy.pid, uid=0, command="busy")]
+        pm.hook.mosix_measure_resources(settings=virtual, processes=rows)
+        time.sleep(0.5)
+        sample = pm.hook.mosix_measure_resources(settings=virtual, processes=rows)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert sample.ncpus == 3 and sample.mem_total_mb == 1000
+    assert 0.5 <= sample.runnable <= 1.0
+    assert sample.mem_avail_mb < 1000    # the process's resident memory is used
+
+
+def test_load_units():
+    assert standard_load(1, 1, 10000) == 100
+    assert standard_load(2, 2, 10000) == 100
+    assert standard_load(1, 1, 20000) == 50
+    smoother = LoadSmoother(tau=1.0)
+    smoother.add(0, 0.0)
+    assert 0.6 < smoother.add(1, 1.0) < 0.65
+    assert VirtualMeter().sample([999999999], 0.0, 1, 100, 0).runnable == 0
