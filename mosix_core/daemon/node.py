@@ -20,7 +20,6 @@ from typing import Any
 
 from mosix_core import gossip, log
 from mosix_core.config import MosixConfig, load_config, load_secret
-from mosix_core.config.scalars import detect_our_ip
 from mosix_core.errors import AuthenticationError, ProtocolError
 from mosix_core.gossip import ClusterView, NodeEntry, NodeStatus
 from mosix_core.net import wire
@@ -43,7 +42,7 @@ class Node:
         self.log = log.get("mosd")
         self.config: MosixConfig = load_config(etc, map_override=map_override)
         self.key = wire.derive_key(load_secret(etc))
-        self.our_ip: IPv4Address = detect_our_ip(self.config.cluster, self.config.mosip, ip_override)
+        self.our_ip: IPv4Address = self.config.our_ip(ip_override)
         self.pm = pm or plugin_manager_for(self.config.daemon, etc)
         self.state_bits = 0
         self.off = False
@@ -105,7 +104,7 @@ class Node:
     def reload(self, *, map_override: Path | None = None, ip_override: str | None = None) -> bool:
         """Re-read the configuration (``mossetpe``); returns True if our address changed."""
         config = load_config(self.etc, map_override=map_override)
-        our_ip = detect_our_ip(config.cluster, config.mosip, ip_override)
+        our_ip = config.our_ip(ip_override)
         self.key = wire.derive_key(load_secret(self.etc))
         self.config, self.map_override, self.ip_override = config, map_override, ip_override
         self._targets_cache = None
