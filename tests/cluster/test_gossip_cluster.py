@@ -297,3 +297,19 @@ def test_whois_status_and_errors(local_cluster):
     cluster.stop(1)
     out = cluster.run(1, "mosctl", "status")
     assert out.returncode == 1 and "MOSIX is not running" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_mossetpe_with_a_broken_map_keeps_the_running_configuration(local_cluster):
+    cluster = local_cluster(nodes=3, interval=INTERVAL)
+    cluster.converged()
+    mapfile = cluster.etc(1) / "mosix.map"
+    good = mapfile.read_text()
+    mapfile.write_text(good + "255.255.255.1 1\n")
+    out = cluster.run(1, "mossetpe")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{mapfile}:3:" in out.stderr
+    # nothing lost: same daemon, same view, still gossiping
+    assert len(cluster.alive_seen_by(1)) == 3
+    mapfile.write_text(good)
+    assert cluster.run(1, "mossetpe").returncode == 0
+    cluster.converged()
