@@ -190,7 +190,7 @@ def _check_partners_apart(cluster: ClusterMap, partners: tuple[Partner, ...]) ->
         if clash is None:
             continue
         # Neither file overlaps itself (each parser checks), so one of the pair is the map's.
-        local, other = clash if isinstance(clash[0], NodeRange) else clash[::-1]
+        local, other = clash if any(clash[0] is r for r in cluster.ranges) else clash[::-1]
         raise ConfigError(
             partner.source,
             f"nodes {other.first}..{other.last} include nodes of the local cluster"

@@ -10,6 +10,7 @@ from pathlib import Path
 from attrs import field, frozen
 
 from mosix_core.config.addresses import Resolver, as_address, check_range, parse_node
+from mosix_core.config.mosixmap import NodeRange
 from mosix_core.config.ranges import RangeIndex, find_overlap
 from mosix_core.config.source import data_lines, read_text, split_lines
 from mosix_core.config.tokens import parse_int
@@ -23,22 +24,8 @@ MAX_NODES = 65535 * 256
 _MAX_OBSOLETE = 2**31 - 1
 
 
-@frozen
-class PartnerRange:
-    first: IPv4Address
-    count: int
-    proximate: bool
-    line: int
-
-    @property
-    def last(self) -> IPv4Address:
-        return self.first + (self.count - 1)
-
-    def __contains__(self, ip: object) -> bool:
-        address = as_address(ip)
-        if address is None:
-            return False
-        return int(self.first) <= int(address) < int(self.first) + self.count
+# A partner's range line is a mosix.map data line with more columns: the same record.
+PartnerRange = NodeRange
 
 
 @frozen

@@ -14,7 +14,7 @@ def declared_hooks() -> set[str]:
     return {name for name in dir(hookspecs) if name.startswith("mosix_")}
 
 
-def tested_hooks() -> set[str]:
+def hooks_with_tests() -> set[str]:
     marked: set[str] = set()
     for path in TESTS.rglob("test_*.py"):
         if path.name == Path(__file__).name:
@@ -24,12 +24,12 @@ def tested_hooks() -> set[str]:
 
 
 def test_every_hook_has_a_test():
-    missing = declared_hooks() - tested_hooks()
+    missing = declared_hooks() - hooks_with_tests()
     assert not missing, f"hooks without a test marked @pytest.mark.hook(...): {sorted(missing)}"
 
 
 def test_markers_name_real_hooks():
-    unknown = tested_hooks() - declared_hooks()
+    unknown = hooks_with_tests() - declared_hooks()
     assert not unknown, f"tests marked with hooks that do not exist: {sorted(unknown)}"
 
 
