@@ -371,7 +371,7 @@ def _screen(state: MonitorState, view: dict[str, Any] | None, width: int, height
         padded = [s.rjust(label_width) for s in vis_labels]
         for i in range(label_width):
             lines.append(indent + sep.join(p[i] for p in padded))
-    if extra_rows:
+    if extra_rows and any(n.get("alive") and int(n.get("ncpus", 0)) > 1 for n in visible):
         lines.append(f"{'cpus':>{lw}}  " + sep.join(_cpus(n, bar) for n in visible))
     if paged:
         last = first + len(visible)
