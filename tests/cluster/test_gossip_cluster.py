@@ -313,3 +313,23 @@ def test_mossetpe_with_a_broken_map_keeps_the_running_configuration(local_cluste
     mapfile.write_text(good)
     assert cluster.run(1, "mossetpe").returncode == 0
     cluster.converged()
+
+
+def test_bestnode_waits_for_a_node_with_enough_memory(local_cluster):
+    import subprocess
+    from mosix_core.testing import tool_argv
+
+    cluster = local_cluster(nodes=2, interval=INTERVAL, memory_mb=2048)
+    cluster.converged()
+    waiting = subprocess.Popen(tool_argv("mosbestnode", "-w", "-m3000"), env=cluster.env(1),
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert waiting.poll() is None  # no node has 3000 MB free: still waiting
+        conf = cluster.etc(2) / "mosd.conf"
+        conf.write_text(conf.read_text().replace("virtual_memory_mb = 2048", "virtual_memory_mb = 8192"))
+        assert cluster.run(2, "mossetpe").returncode == 0   # node 2 now reports more memory
+        out, _ = waiting.communicate(timeout=15)
+        assert out.strip() == cluster.ip(2)
+    finally:
+        waiting.kill()
