@@ -10,8 +10,10 @@ Simulation (event driven, one time unit = one gossip period):
 
 * every node sends at a random phase, then every ``U(0.8, 1.2)`` periods (the
   daemon's jitter); before each send it does what ``mosd`` does: ``update_local``,
-  ``sweep``, ``choose_targets`` among all other nodes, and for each target a window
-  of entries — ``freshest(window, now, exclude=target)`` for the default strategy;
+  ``sweep``, ``choose_targets``, and for each target a window of entries —
+  ``freshest(window, now, exclude=target)`` for the default strategy. Targets are
+  drawn among all other nodes (mosd draws among the nodes it believes alive half of
+  the time; with every node up that differs only for the few taken for dead);
 * each message is lost with probability ``--loss`` or delivered after a random
   delay of up to ``--jitter`` periods and merged into the receiver's view;
 * warm-up from a cold start (every node knows only itself) until the observers'
@@ -25,10 +27,12 @@ Two engines run the same algorithm:
            random sample with ``--codec-fraction``: the others carry exactly what the
            codec would deliver — ages rounded down to the millisecond — and every
            sampled message is checked to decode to that). Used up to 2,000 nodes.
-``arrays`` the same rules on a numpy matrix of "fresh at" times (10,000 real views
-           would hold 10^8 entries: ~17 GB and ~5 minutes just to fill). Used
-           above 2,000 nodes, and run at 1,000 nodes too so the two engines can be
-           compared in the same run.
+``arrays`` the same rules, event by event, on a numpy matrix of "fresh at" times
+           (10,000 real views would hold 10^8 entries: ~17 GB, minutes just to
+           fill). Used above 2,000 nodes, and run at 1,000 nodes too: with the same
+           seed it follows the same run as the views engine (same targets, delays
+           and, but for ties in freshness, the same entries), so the two can be
+           compared in the same invocation.
 
 Requires numpy (``pip install numpy``) besides the project itself.
 """
@@ -58,9 +62,20 @@ from mosix_core.gossip import (  # noqa: E402
     ENTRY_SIZE, ClusterView, NodeStatus, choose_targets, decode_entries, encode_entries, window_for)
 from mosix_core.net.wire import OVERHEAD  # noqa: E402
 
+
+def _fast_address_hash(self: IPv4Address) -> int:
+    return self._ip
+
+
+# The standard library hashes an address as hash(hex(int(address))) in Python code
+# (~1 µs): that alone would make the views engine twice as slow. Equal addresses still
+# hash equal, so nothing but the speed changes.
+IPv4Address.__hash__ = _fast_address_hash  # type: ignore[method-assign]
+
 COUNT_SIZE = 2            # the entry count in front of a gossip payload
 VIEWS_MAX_NODES = 2000    # "auto" engine: real ClusterViews up to here
 BIN = 0.01                # age histogram resolution, in periods
+_TRUE = np.ones(1, bool)
 
 
 # -- parameters and results ---------------------------------------------------------------------
@@ -76,6 +91,7 @@ class Params:
         self.periods, self.seed = args.periods, args.seed
         self.codec_fraction = args.codec_fraction if args.codec_fraction is not None else min(1.0, 50 / n)
         self.max_warmup = args.max_warmup or default_max_warmup(n, window, self.fanout)
+        self.fill = args.fill if args.fill is not None else (1.0 if n <= VIEWS_MAX_NODES else 0.999)
         nobs = n if n <= args.observers_all_up_to else args.observers
         self.observers = sorted(random.Random(args.seed + 7).sample(range(n), min(n, nobs)))
 
@@ -149,7 +165,6 @@ class Result:
         self.lost = 0
         self.codec_msgs = 0        # messages that went through encode/decode
         self.seconds = 0.0
-        self.start_age = 0.0       # time since the start when measuring started
 
     @property
     def msgs_per_node_period(self) -> float:
@@ -203,9 +218,9 @@ def simulate(engine: Any, p: Params) -> Result:
             now = next_snap
             next_snap += 1.0
             if not measuring:
-                full = engine.full(p.observers)
-                if full >= 1.0 or now >= p.max_warmup:
-                    measuring, res.warmup, res.full, res.known, res.start_age = True, int(now), full >= 1.0, full, now
+                known = engine.full(p.observers)
+                if known >= p.fill or now >= p.max_warmup:
+                    measuring, res.warmup, res.full, res.known = True, int(now), known >= 1.0, known
                 continue
             ages, unknown = engine.observe(p.observers, now)
             res.stats.add(ages, unknown, now)
@@ -351,9 +366,12 @@ class ViewsEngine:
 class ArraysEngine:
     """``F[i, s]`` is when node i's information about node s was current (-inf: unknown).
 
-    Live means ``now - F <= dead_after`` at the sender when it sends — what
+    Live means ``now - F <= dead_after`` at the sender when it sends — exactly what
     ``sweep`` right before ``freshest`` leaves alive. The youngest entries are found
-    as ClusterView does: the last ranking plus the entries made younger since.
+    as ClusterView finds them: among the last ranking plus the entries made younger
+    since, with a full ranking when that cannot be trusted. Targets are drawn from
+    the same random stream as the views engine (so with no ties in freshness the two
+    follow the same run); only the optional random/round-robin extras differ.
     """
 
     def __init__(self, p: Params) -> None:
@@ -361,58 +379,76 @@ class ArraysEngine:
         self.p = p
         self.F = np.full((n, n), -np.inf)
         self.fresh, self.rest, self.how = split_window(p)
-        self.keep = self.fresh + 1                    # one spare for the excluded target
-        self.top: list[np.ndarray | None] = [None] * n  # the last ranking's entries
-        self.thr = np.full(n, -np.inf)                # its youngest-but-kept fresh_at
-        self.pend: list[list[np.ndarray]] = [[] for _ in range(n)]
-        self.cursor = np.zeros(n, np.int64)
+        self.keep = self.fresh + 1                      # one spare for the excluded target
+        self.top: list[np.ndarray | None] = [None] * n  # the last ranking
+        self.thr = [-math.inf] * n                      # its oldest fresh_at (-inf: all live kept)
+        self.pend: list[list[np.ndarray]] = [[] for _ in range(n)]  # made younger since
+        self.cursor = [0] * n                           # round-robin position
         self.srng = np.random.default_rng(p.seed + 1)
         self.dead_after = p.dead_after
-        self.all = list(range(n))
-
-    def youngest(self, i: int, row: np.ndarray, now: float) -> np.ndarray:
-        keep, top = self.keep, self.top[i]
-        if top is not None:
-            pend = self.pend[i]
-            cand = np.unique(np.concatenate([top, *pend])) if pend else top
-            vals = row[cand]
-            live = now - vals <= self.dead_after
-            cand, vals = cand[live], vals[live]
-            if len(cand) > keep:
-                part = np.argpartition(vals, len(cand) - keep)[len(cand) - keep:]
-                cand, vals = cand[part], vals[part]
-            if len(cand) == keep and vals.min() >= self.thr[i]:
-                return self.remember(i, cand, vals)
-            if len(cand) < keep and self.thr[i] == -np.inf:
-                return self.remember(i, cand, vals)
-        cand = np.flatnonzero(now - row <= self.dead_after)
-        vals = row[cand]
-        if len(cand) > keep:
-            part = np.argpartition(vals, len(cand) - keep)[len(cand) - keep:]
-            cand, vals = cand[part], vals[part]
-        return self.remember(i, cand, vals)
-
-    def remember(self, i: int, cand: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        self.top[i] = cand
-        self.pend[i] = []
-        self.thr[i] = vals.min() if len(cand) == self.keep else -np.inf
-        return cand
+        self.others_seq = list(range(n))
 
     def send(self, i: int, now: float, rng: random.Random):
         row = self.F[i]
-        row[i] = now                                   # update_local
-        self.pend[i].append(np.array([i]))
-        best = self.youngest(i, row, now)
+        row[i] = now                                    # update_local
+        cand, vals = self.youngest(i, row, now)
+        if self.p.fanout == 1:                          # what choose_targets draws, without the list
+            k = rng._randbelow(self.n - 1)
+            targets: Any = (k + (k >= i),)
+        else:
+            targets = choose_targets(_Others(self.others_seq, i), self.p.fanout, rng)
         out = []
-        for target in choose_targets(_Others(self.all, i), self.p.fanout, rng):
-            idx = best[best != target]
-            if len(idx) > self.fresh:                  # drop the oldest of the spare
-                idx = np.delete(idx, np.argmin(row[idx]))
+        for target in targets:
+            keep = cand != target
+            if len(cand) > self.fresh and keep.all():  # drop the oldest of the spare
+                keep[vals.argmin()] = False
+            idx, v = cand[keep], vals[keep]
             if self.rest:
-                idx = np.concatenate([idx, self.others(i, row, idx, target, now)])
-            ages = np.floor((now - row[idx]) * 1000) / 1000   # milliseconds on the wire
+                extra = self.others(i, row, idx, target, now)
+                idx, v = np.concatenate((idx, extra)), np.concatenate((v, row[extra]))
+            ages = np.floor((now - v) * 1000) / 1000    # whole milliseconds on the wire
             out.append((target, (idx, ages), len(idx)))
         return out
+
+    def youngest(self, i: int, row: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+        keep, top, thr, dead_after = self.keep, self.top[i], self.thr[i], self.dead_after
+        if top is not None:
+            pend = self.pend[i]
+            if pend:
+                cand = np.concatenate((top, *pend))
+                cand.sort()
+                cand = cand[np.concatenate((_TRUE, cand[1:] != cand[:-1]))]
+            else:
+                cand = top
+            vals = row[cand]
+            if len(cand) > keep:                        # fast path: the youngest are all live
+                part = vals.argpartition(len(cand) - keep)[len(cand) - keep:]
+                c, v = cand[part], vals[part]
+                oldest = v.min()
+                if now - oldest <= dead_after and oldest >= thr:
+                    return self.remember(i, c, v, oldest)
+            live = now - vals <= dead_after
+            cand, vals = cand[live], vals[live]
+            if len(cand) >= keep:
+                part = vals.argpartition(len(cand) - keep)[len(cand) - keep:]
+                cand, vals = cand[part], vals[part]
+                oldest = vals.min()
+                if oldest >= thr:
+                    return self.remember(i, cand, vals, oldest)
+            elif thr == -math.inf:
+                return self.remember(i, cand, vals, -math.inf)
+        # Full ranking: the first send, or entries of the last ranking died.
+        cand = np.flatnonzero(now - row <= dead_after)
+        vals = row[cand]
+        if len(cand) < keep:
+            return self.remember(i, cand, vals, -math.inf)
+        part = vals.argpartition(len(cand) - keep)[len(cand) - keep:]
+        cand, vals = cand[part], vals[part]
+        return self.remember(i, cand, vals, vals.min())
+
+    def remember(self, i: int, cand: np.ndarray, vals: np.ndarray, oldest: float):
+        self.top[i], self.pend[i], self.thr[i] = cand, [], float(oldest)
+        return cand, vals
 
     def others(self, i: int, row: np.ndarray, chosen: np.ndarray, target: int, now: float) -> np.ndarray:
         want, n = self.rest, self.n
@@ -430,19 +466,27 @@ class ArraysEngine:
             draw = (self.srng.permutation(n) if self.how == "random"
                     else (self.cursor[i] + 1 + np.arange(n)) % n)
         if self.how == "rr" and len(good):
-            self.cursor[i] = good[-1]
+            self.cursor[i] = int(good[-1])
         return good
 
     def deliver(self, j: int, message: tuple[np.ndarray, np.ndarray], now: float) -> None:
-        idx, ages = message
+        idx, ages = message                             # never our own entry: exclude=target
         row = self.F[j]
         fresh = now - ages
-        better = (fresh > row[idx]) & (idx != j)
-        if better.any():
+        better = fresh > row[idx]
+        if not better.all():
+            if not better.any():
+                return
             idx, fresh = idx[better], fresh[better]
-            row[idx] = fresh
-            hot = fresh >= self.thr[j]
-            if hot.any():
+        row[idx] = fresh
+        thr = self.thr[j]
+        if thr == -math.inf:
+            self.pend[j].append(idx)
+        else:
+            hot = fresh >= thr
+            if hot.all():
+                self.pend[j].append(idx)
+            elif hot.any():
                 self.pend[j].append(idx[hot])
 
     def full(self, observers: list[int]) -> float:
@@ -457,17 +501,15 @@ class ArraysEngine:
         return ages[known], int(len(ages) - np.count_nonzero(known))
 
 
-ENGINES = {"views": ViewsEngine, "arrays": ArraysEngine}
-
-
 def run(p: Params) -> Result:
     gc.collect()
     gc.disable()  # millions of long-lived objects: cyclic GC passes would dominate
     try:
-        engine = ENGINES[p.engine](p)
+        engine = ViewsEngine(p) if p.engine == "views" else ArraysEngine(p)
         res = simulate(engine, p)
-    finally:
         del engine
+    finally:
+        gc.collect()
         gc.enable()
     return res
 
@@ -477,17 +519,44 @@ def fmt(x: float, width: int = 7, prec: int = 2) -> str:
     return f"{x:{width}.{prec}f}" if not math.isnan(x) else f"{'-':>{width}}"
 
 
-HEAD = (f"{'nodes':>6} {'engine':<6} {'strategy':<12} {'window':>6} {'dead':>5} {'warmup':>7} "
-        f"{'mean':>7} {'p95':>7} {'max':>7} {'dead%':>7} {'msg/n/p':>7} {'B/msg':>6} {'sec':>5}")
+HEAD = (f"{'nodes':>6} {'engine':<6} {'strategy':<13} {'window':>6} {'dead':>5} {'warmup':>7} "
+        f"{'mean':>7} {'p95':>7} {'p99.9':>7} {'max':>8} {'dead%':>6} {'msg/n/p':>7} {'B/msg':>6} {'sec':>5}")
 
 
 def row_text(res: Result) -> str:
     p, s = res.p, res.stats
     warm = f"{res.warmup}{'' if res.full else '*'}"
     bounded = "+" if s.bounded else " "
-    return (f"{p.n:>6} {p.engine:<6} {p.label:<12} {min(p.window, p.n - 1):>6} {p.dead_after:>5.0f} {warm:>7} "
-            f"{fmt(s.mean)} {fmt(s.percentile(95))} {fmt(s.max)}{bounded}{fmt(100 * s.dead_fraction, 6, 3)} "
-            f"{fmt(res.msgs_per_node_period, 7, 3)} {res.bytes_per_msg:>6.0f} {res.seconds:>5.0f}")
+    return (f"{p.n:>6} {p.engine:<6} {p.label:<13} {min(p.window, p.n - 1):>6} {p.dead_after:>5.0f} {warm:>7} "
+            f"{fmt(s.mean)} {fmt(s.percentile(95))} {fmt(s.percentile(99.9))} {fmt(s.max)}{bounded}"
+            f"{fmt(100 * s.dead_fraction, 6, 3)} {fmt(res.msgs_per_node_period, 7, 3)} "
+            f"{res.bytes_per_msg:>6.0f} {res.seconds:>5.0f}")
+
+
+def estimated_cost(p: Params) -> float:
+    """Rough relative run time, to start the longest simulations first."""
+    w = min(p.window, p.n - 1)
+    periods = p.periods + min(p.max_warmup, 20 + 7 * p.n / w)
+    return p.n * w * periods * (6 if p.engine == "views" else 1)
+
+
+def run_all(jobs: list[tuple[Any, Params]], workers: int, show) -> dict[Any, Result]:
+    """Run the simulations (in parallel when ``workers`` > 1); ``show`` each in list order."""
+    results: dict[Any, Result] = {}
+    if workers <= 1 or len(jobs) <= 1:
+        for key, p in jobs:
+            results[key] = run(p)
+            show(key, results[key])
+        return results
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
+        biggest = max(range(len(jobs)), key=lambda k: estimated_cost(jobs[k][1]))
+        order = [jobs[biggest]] + jobs[:biggest] + jobs[biggest + 1:]  # the rest in printing order
+        pending = {key: pool.apply_async(run, (p,)) for key, p in order}
+        for key, _ in jobs:
+            results[key] = pending[key].get()
+            show(key, results[key])
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -504,73 +573,87 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategy", default="freshest",
                     help="entry selection: freshest, mixed[:f], freshrr[:f], random, roundrobin; "
                          "comma-separated to compare; 'all' for all of them")
-    ap.add_argument("--engine", choices=["auto", "views", "arrays"], default="auto")
+    ap.add_argument("--engine", choices=["auto", "views", "arrays"], default="auto",
+                    help=f"auto: views up to {VIEWS_MAX_NODES} nodes, arrays above")
     ap.add_argument("--dead-after", type=float, default=0.0,
                     help="periods; 0: the daemon's rule max(10, 4*ceil(n/window))")
+    ap.add_argument("--fill", type=float, default=None,
+                    help="warm up until this share of observer/node pairs is known (default 1 up to "
+                         f"{VIEWS_MAX_NODES} nodes, else 0.999: the last 0.1%% would take as long again)")
     ap.add_argument("--max-warmup", type=int, default=0, help="periods; 0: enough to fill the views")
     ap.add_argument("--observers", type=int, default=200, help="sampled observers above --observers-all-up-to")
     ap.add_argument("--observers-all-up-to", type=int, default=1000)
     ap.add_argument("--codec-fraction", type=float, default=None,
                     help="views engine: share of messages through encode/decode (default min(1, 50/n))")
-    ap.add_argument("--no-baseline", action="store_true", help="skip the ideal and cross-engine runs")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the whole-view and cross-engine runs")
     ap.add_argument("--ideal-up-to", type=int, default=1000, help="largest size with the whole-view baseline")
+    ap.add_argument("--jobs", type=int, default=2, help="simulations run in parallel (processes)")
     args = ap.parse_args(argv)
 
     sizes = [int(x) for x in args.nodes.split(",") if x]
     strategies = (["freshest", "mixed", "freshrr", "random", "roundrobin"] if args.strategy == "all"
                   else args.strategy.split(","))
+    for name in strategies:
+        split_window(Params(1000, 184, 10.0, name, args, "arrays"))  # fail early on a bad name
     window = window_for(args.max_datagram, OVERHEAD)
-    print(f"gossip benchmark: max datagram {args.max_datagram} B = {OVERHEAD} B envelope + {COUNT_SIZE} B count "
-          f"+ {window} entries of {ENTRY_SIZE} B; fanout {args.fanout}; loss {args.loss:g}; delivery delay "
-          f"U(0, {args.jitter:g}); send interval U({1 - args.interval_jitter:g}, {1 + args.interval_jitter:g}); "
-          f"seed {args.seed}")
-    print("ages in gossip periods; cold start (each node knows only itself); dead = age > dead_after, "
-          + ("dead_after = mosd's rule max(10, 4*ceil(n/window)) periods" if not args.dead_after
-             else f"dead_after = {args.dead_after:g} periods"))
-    print(HEAD, flush=True)
 
     def engine_for(n: int) -> str:
         return args.engine if args.engine != "auto" else ("views" if n <= VIEWS_MAX_NODES else "arrays")
 
-    summary = []
+    jobs: list[tuple[Any, Params]] = []
     for n in sizes:
         dead_after = args.dead_after or daemon_dead_after(n, window)
-        main_res = {}
         for strategy in strategies:
-            res = run(Params(n, window, dead_after, strategy, args, engine_for(n)))
-            main_res[strategy] = res
-            print(row_text(res), flush=True)
-        first = main_res[strategies[0]]
-        ideal = cross = None
-        if not args.no_baseline:
-            if n <= args.ideal_up_to:
-                ideal = run(Params(n, n, dead_after, "freshest", args, engine_for(n), label="ideal(whole)"))
-                print(row_text(ideal), flush=True)
-            if engine_for(n) == "views" and n >= 500 and strategies[0] == "freshest":
-                cross = run(Params(n, window, dead_after, strategies[0], args, "arrays"))
-                print(row_text(cross), flush=True)
-        summary.append((n, first, ideal, cross))
+            jobs.append(((n, strategy), Params(n, window, dead_after, strategy, args, engine_for(n))))
+        if args.no_baseline:
+            continue
+        if n - 1 > window and n <= args.ideal_up_to:
+            jobs.append(((n, "ideal"), Params(n, n, dead_after, "freshest", args, engine_for(n),
+                                              label="ideal(whole)")))
+        if engine_for(n) == "views" and n - 1 > window and strategies[0] == "freshest":
+            jobs.append(((n, "cross"), Params(n, window, dead_after, "freshest", args, "arrays")))
+
+    print(f"gossip benchmark: datagram <= {args.max_datagram} B = {OVERHEAD} B envelope + {COUNT_SIZE} B count "
+          f"+ window {window} entries x {ENTRY_SIZE} B; fanout {args.fanout}; loss {args.loss:g}; "
+          f"delivery delay U(0, {args.jitter:g}); send interval U({1 - args.interval_jitter:g}, "
+          f"{1 + args.interval_jitter:g}); seed {args.seed}")
+    print("ages in gossip periods; cold start (each node knows only itself); measured "
+          f"{args.periods} periods after warm-up; dead_after "
+          + ("= mosd's rule max(10, 4*ceil(n/window)) periods" if not args.dead_after
+             else f"= {args.dead_after:g} periods"))
+    print(HEAD, flush=True)
+    results = run_all(jobs, args.jobs, lambda key, res: print(row_text(res), flush=True))
 
     print()
-    print("* warm-up stopped before every observer knew every node (--max-warmup); ages of pairs still unknown")
-    print("  are not counted; + max reached the time since the start, so it is a lower bound")
-    print("dead% = share of observer/node pairs with age > dead_after, i.e. wrongly taken for dead")
+    print("views = one real ClusterView per node; arrays = the same rules on a matrix (see --help).")
+    print("warmup: periods until every observer knew every node; * = stopped at --fill/--max-warmup "
+          "(pairs still unknown are left out).")
+    for key, res in results.items():
+        if not res.full:
+            print(f"  {res.p.n} nodes {res.p.label}: {100 * res.known:.2f} % of observer/node pairs known after "
+                  f"{res.warmup} periods")
+    print("max: + = some age dated from the start of the run, so the max is a lower bound.")
+    print("dead% = observer/node pairs older than dead_after, i.e. live nodes taken for dead.")
     print()
-    print(f"ratios ({strategies[0]}): ideal = same run with every message carrying the whole view; "
-          "log2(n) = push-epidemic reference; n/(W*fanout) = periods a node needs to hear W entries about "
-          "every node (bandwidth bound for random targets)")
+    print(f"ratios ({strategies[0]}): /ideal = mean age against the same run with every message carrying the "
+          "whole view; log2 n = push-epidemic reference; n/W = (n-1)/(window*fanout), the periods a node needs "
+          "to receive one entry per node; arrays/views = the two engines on the same run")
     print(f"{'nodes':>6} {'mean':>7} {'ideal':>7} {'/ideal':>7} {'log2 n':>7} {'/log2n':>7} {'n/W':>7} "
           f"{'/(n/W)':>7} {'arrays':>7} {'/views':>7}")
-    for n, res, ideal, cross in summary:
+    for n in sizes:
+        res = results[(n, strategies[0])]
         m = res.stats.mean
+        ideal = results.get((n, "ideal"), res if n - 1 <= window else None)
+        cross = results.get((n, "cross"))
         im = ideal.stats.mean if ideal else math.nan
         cm = cross.stats.mean if cross else math.nan
         bound = (n - 1) / (min(window, n - 1) * args.fanout)
+        note = "  (window holds the whole view: ideal = this run)" if n - 1 <= window else ""
         print(f"{n:>6} {fmt(m)} {fmt(im)} {fmt(m / im, 7, 3)} {fmt(math.log2(n))} {fmt(m / math.log2(n), 7, 3)} "
-              f"{fmt(bound)} {fmt(m / bound, 7, 3)} {fmt(cm)} {fmt(cm / m, 7, 3)}")
-    codec = sum(r.codec_msgs for _, r, _, _ in summary)
-    print(f"\nmessages through the real encode/decode: {codec} (the rest carried the same entries, "
-          "ages rounded to whole ms as the codec does; spot-checked against decode)")
+              f"{fmt(bound)} {fmt(m / bound, 7, 3)} {fmt(cm)} {fmt(cm / m, 7, 3)}{note}")
+    codec = sum(r.codec_msgs for r in results.values())
+    print(f"\nmessages through the real encode_entries/decode_entries: {codec}; the others carried the same "
+          "entries with ages cut to whole ms, as the codec does (checked on a sample of them)")
     return 0
 
 

@@ -127,6 +127,7 @@ class NodeEntry:
     alive: bool = True
     reserved: int = 0               # processes "about to start" there (mosbestnode)
     reserved_at: float = 0.0
+    reserved_base: int = 0          # its process count when the first promise was made
 
 
 class ClusterView:
@@ -135,11 +136,11 @@ class ClusterView:
     ``accept`` decides which addresses may enter the view (the map and partners);
     information about anyone else is dropped.
 
-    Change ``entries`` through these methods: two small caches keep ``freshest`` and
+    Change ``entries`` through these methods: small caches keep ``freshest`` and
     ``sweep`` from rescanning every entry on each call (with 10,000 nodes a full scan
     per message would dominate), and they are maintained here. Adding or removing
-    entries behind the view's back is noticed (a full rescan follows); making an
-    entry younger or alive behind its back is not.
+    entries behind the view's back is noticed (a full rescan follows); replacing an
+    entry, or making one younger or alive, behind its back is not.
     """
 
     def __init__(self, local_ip: IPv4Address, accept=None, dead_after: float = 10.0) -> None:
@@ -147,108 +148,135 @@ class ClusterView:
         self.entries: dict[IPv4Address, NodeEntry] = {}
         self.accept = accept or (lambda ip: True)
         self.dead_after = dead_after
-        # freshest(): the addresses that can be among the youngest live entries — the
-        # last answer's ranking plus everything made younger or alive since. Every live
-        # entry outside it is no younger than _hot_floor.
-        self._hot: dict[IPv4Address, None] = {}
+        self.reserve_hold = 5.0             # seconds a mosbestnode promise lasts at most
+        self._reserved: dict[int, NodeEntry] = {}
+        # freshest(): the entries that can be among the youngest live ones — the last
+        # ranking plus every entry made younger or alive since — by id() (hashing an
+        # IPv4Address runs Python code). Every live entry outside is no younger than
+        # _hot_floor.
+        self._hot: dict[int, NodeEntry] = {}
         self._hot_size = 0                  # how many the last ranking kept
         self._hot_floor = -math.inf         # fresh_at of the last one kept (-inf: all kept)
-        self._known = 0                     # len(entries) as this class left it
-        # sweep(): every live entry other than ours is either in _doomed or no older than
-        # _sweep_floor (-inf: unknown, rescan).
+        self._known = 0                     # len(entries) as of the last ranking, plus ours since
+        # sweep(): every live entry other than ours is in _doomed or no older than
+        # _sweep_floor (-inf: unknown, scan everything).
         self._sweep_floor = -math.inf
-        self._doomed: list[IPv4Address] = []
+        self._doomed: list[NodeEntry] = []
+        self._swept = 0                     # len(entries) as of the last full scan, plus ours since
 
     # -- updating -------------------------------------------------------------------------
     def update_local(self, status: NodeStatus, now: float) -> None:
         entry = self.entries.get(status.ip)
         if entry is None:
-            self.entries[status.ip] = NodeEntry(status, now)
+            entry = self.entries[status.ip] = NodeEntry(status, now)
             self._known += 1
+            self._swept += 1
         else:
             entry.status, entry.fresh_at, entry.alive = status, now, True
-        self._hot[status.ip] = None
-        if status.ip != self.local_ip and now < self._sweep_floor:
-            self._doomed.append(status.ip)
+        self._hot[id(entry)] = entry
+        if now < self._sweep_floor and status.ip != self.local_ip:
+            self._doomed.append(entry)
 
     def merge(self, received: Iterable[tuple[NodeStatus, float]], now: float) -> list[IPv4Address]:
         """Take in received entries; return the addresses that came (back) to life."""
         revived = []
-        entries, hot, accept, local_ip = self.entries, self._hot, self.accept, self.local_ip
-        dead_after = self.dead_after
-        floor, doomed = self._sweep_floor, self._doomed
+        entries, hot, accept = self.entries, self._hot, self.accept
+        local = entries.get(self.local_ip)
+        dead_after, floor, doomed = self.dead_after, self._sweep_floor, self._doomed
         for status, age in received:
             ip = status.ip
-            if ip == local_ip or not accept(ip):
-                continue
-            fresh_at = now - age
             entry = entries.get(ip)
             if entry is None:
+                if ip == self.local_ip or not accept(ip):
+                    continue
+                fresh_at = now - age
                 entry = entries[ip] = NodeEntry(status, fresh_at)
                 self._known += 1
+                self._swept += 1
                 if age <= dead_after:
                     revived.append(ip)
-                    hot[ip] = None
+                    hot[id(entry)] = entry
                     if fresh_at < floor:
-                        doomed.append(ip)
+                        doomed.append(entry)
                 else:
                     entry.alive = False
-            elif fresh_at > entry.fresh_at:
-                entry.status, entry.fresh_at = status, fresh_at
-                if entry.reserved and fresh_at > entry.reserved_at:
-                    entry.reserved = 0  # its own report now includes what we started there
-                if not entry.alive and age <= dead_after:
-                    entry.alive = True
-                    revived.append(ip)
-                    if fresh_at < floor:
-                        doomed.append(ip)
-                hot[ip] = None
+            elif entry is not local:
+                fresh_at = now - age
+                if fresh_at > entry.fresh_at and accept(ip):
+                    entry.status, entry.fresh_at = status, fresh_at
+                    if entry.reserved and status.nprocs > entry.reserved_base:
+                        # its own report now counts (some of) the processes we promised it
+                        entry.reserved = max(0, entry.reserved - (status.nprocs - entry.reserved_base))
+                        entry.reserved_base = status.nprocs
+                    if not entry.alive and age <= dead_after:
+                        entry.alive = True
+                        revived.append(ip)
+                        if fresh_at < floor:
+                            doomed.append(entry)
+                    hot[id(entry)] = entry
         return revived
 
     def sweep(self, now: float) -> list[IPv4Address]:
         """Mark nodes whose information grew too old as dead; return the newly dead."""
         dead_after, entries, dead = self.dead_after, self.entries, []
-        if now - self._sweep_floor <= dead_after and self._known == len(entries):
+        floor = self._sweep_floor
+        if now - floor <= dead_after and self._swept == len(entries):
             # Only the entries that were already old at the last full scan can die yet.
             doomed = []
-            for ip in self._doomed:
-                entry = entries.get(ip)
-                if entry is None or not entry.alive:
-                    continue
-                if now - entry.fresh_at > dead_after:
-                    entry.alive = False
-                    dead.append(ip)
-                elif entry.fresh_at < self._sweep_floor:
-                    doomed.append(ip)
+            for entry in self._doomed:
+                if entry.alive:
+                    if now - entry.fresh_at > dead_after:
+                        entry.alive = False
+                        dead.append(entry.status.ip)
+                    elif entry.fresh_at < floor:
+                        doomed.append(entry)
             self._doomed = doomed
             return dead
         # Full scan; set aside those that may die before another half of dead_after passes.
+        local = entries.get(self.local_ip)
         floor = now - dead_after / 2
         doomed = []
         for ip, entry in entries.items():
-            if entry.alive and ip != self.local_ip and entry.fresh_at < floor:
+            if entry.alive and entry.fresh_at < floor and entry is not local:
                 if now - entry.fresh_at > dead_after:
                     entry.alive = False
                     dead.append(ip)
                 else:
-                    doomed.append(ip)
-        self._sweep_floor, self._doomed = floor, doomed
+                    doomed.append(entry)
+        self._sweep_floor, self._doomed, self._swept = floor, doomed, len(entries)
         return dead
 
     def forget_unaccepted(self) -> None:
         """After a configuration change: drop nodes that are no longer in the map."""
         for ip in [ip for ip in self.entries if ip != self.local_ip and not self.accept(ip)]:
             del self.entries[ip]
-        self._known = -1  # rank afresh on the next freshest()
+        self._known = self._swept = -1  # rank and scan afresh
 
     def reserve(self, ip: IPv4Address, now: float) -> None:
-        """A process is about to start on ``ip``: count it until that node's own report does."""
+        """A process is about to start on ``ip``: count it until that node's own report
+        shows more processes, or until ``reserve_hold`` seconds pass without that."""
         entry = self.entries.get(ip)
         if entry is not None:
+            if not entry.reserved:
+                entry.reserved_base = entry.status.nprocs
             entry.reserved += 1
             entry.reserved_at = now
+            self._reserved[id(entry)] = entry
+
+    def expire_reservations(self, now: float) -> None:
+        for key, entry in list(self._reserved.items()):
+            if not entry.reserved or now - entry.reserved_at > self.reserve_hold:
+                entry.reserved = 0
+                del self._reserved[key]
 
     # -- reading ---------------------------------------------------------------------------------
+    def suspects(self, count: int, now: float, older_than: float) -> list[IPv4Address]:
+        """Up to ``count`` live nodes (not us) whose information is older than
+        ``older_than`` seconds, oldest first: the ones to probe before they are taken for dead."""
+        limit = now - older_than
+        old = (e for ip, e in self.entries.items() if e.alive and e.fresh_at < limit and ip != self.local_ip)
+        return [e.status.ip for e in heapq.nsmallest(count, old, key=lambda e: e.fresh_at)]
+
     def age(self, ip: IPv4Address, now: float) -> float | None:
         entry = self.entries.get(ip)
         return None if entry is None else now - entry.fresh_at
@@ -262,15 +290,15 @@ class ClusterView:
         if count <= 0:
             return []
         best = self._youngest(count + 1)  # one spare in case ``exclude`` is among them
-        return [(e.status, max(0.0, now - e.fresh_at)) for e in best if e.status.ip != exclude][:count]
+        skip = None if exclude is None else self.entries.get(exclude)
+        return [(e.status, max(0.0, now - e.fresh_at)) for e in best if e is not skip][:count]
 
     def _youngest(self, want: int) -> list[NodeEntry]:
-        """The ``want`` (at least) youngest live entries, youngest first, ours first on ties."""
+        """At least ``want`` of the youngest live entries, youngest first, ours first on ties."""
         entries = self.entries
+        local = entries.get(self.local_ip)
         if want <= self._hot_size and self._known == len(entries):
-            local = entries.get(self.local_ip)
-            ranked = [e for e in (entries.get(ip) for ip in self._hot) if e is not None and e.alive
-                      and e is not local]
+            ranked = [e for e in self._hot.values() if e.alive and e is not local]
             if local is not None and local.alive:
                 ranked.insert(0, local)  # stable sort: ours wins ties
             ranked.sort(key=_fresh_at, reverse=True)
@@ -283,8 +311,7 @@ class ClusterView:
                 self._remember(ranked, keep)
                 return ranked
         # Full ranking: the first call, a larger count, or changes we could not follow.
-        local = entries.get(self.local_ip)
-        others = (e for ip, e in entries.items() if e.alive and e is not local)
+        others = (e for e in entries.values() if e.alive and e is not local)
         ranked = heapq.nlargest(want, others, key=_fresh_at)
         if local is not None and local.alive:
             i = 0
@@ -297,7 +324,7 @@ class ClusterView:
         return ranked
 
     def _remember(self, ranked: list[NodeEntry], keep: int) -> None:
-        self._hot = dict.fromkeys(e.status.ip for e in ranked)
+        self._hot = {id(e): e for e in ranked}
         self._hot_size = keep
         self._hot_floor = ranked[-1].fresh_at if len(ranked) >= keep else -math.inf
 

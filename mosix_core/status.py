@@ -68,7 +68,7 @@ def localstatus_lines(report: dict[str, Any]) -> list[str]:
         f"        Gossip       : UDP {daemon['udp_port']}, every {daemon['gossip_interval']}s, "
         f"{daemon['window']} entries/message, dead after {daemon['dead_after']:.1f}s",
         f"        Peer Listener: {'Up' if daemon['peer_server'] else 'Down'} (TCP {daemon['tcp_port']})",
-        f"Messages: sent {stats['sent']}, received {stats['received']}, "
+        f"Messages: sent {stats['sent']} (probes {stats.get('probes', 0)}), received {stats['received']}, "
         f"authentication failures {stats['auth_failures']}, garbled {stats['garbled']}",
         f"Processes: {report['processes']['local']} local, {report['processes']['guests']} guests, "
         f"{report['processes']['frozen']} frozen",

@@ -28,6 +28,8 @@ from mosix_core.proctable import ProcessEvent, ProcessRecord, ProcessTable
 from mosix_core.resources import LoadSmoother, ResourceSample, standard_load
 
 SAMPLE_INTERVAL = 0.25
+PROBES_PER_ROUND = 4          # suspects probed directly per gossip round
+PROBE_ANSWER_SPACING = 0.05   # seconds between two answers to the same prober
 AUTH_LOG_EVERY = 10.0  # seconds: one "Authentication violation" line per source per period
 
 
@@ -51,11 +53,12 @@ class Node:
         self.proctable = ProcessTable()
         self.smoother = LoadSmoother()
         self.sample: ResourceSample | None = None
-        self.view = ClusterView(self.our_ip, accept=self.is_known_address, dead_after=self.dead_after)
+        self.view = self.new_view()
         self.sealer = wire.Sealer(self.key, self.our_ip)
         self.replay = wire.ReplayGuard()
         self.transport: Any = None
-        self.stats = {"sent": 0, "received": 0, "auth_failures": 0, "garbled": 0, "foreign": 0}
+        self.stats = {"sent": 0, "received": 0, "auth_failures": 0, "garbled": 0, "foreign": 0, "probes": 0}
+        self._answered: dict[IPv4Address, float] = {}
         self._auth_logged: dict[str, float] = {}
         self._targets_cache: list[IPv4Address] | None = None
         log.bind(node=str(self.our_ip))
@@ -89,6 +92,16 @@ class Node:
         return self.interval * max(10, 4 * cycles)
 
     @property
+    def reserve_hold(self) -> float:
+        """How long a mosbestnode promise lasts without the node's report showing it."""
+        return max(5.0, 3 * self.interval)
+
+    def new_view(self) -> ClusterView:
+        view = ClusterView(self.our_ip, accept=self.is_known_address, dead_after=self.dead_after)
+        view.reserve_hold = self.reserve_hold
+        return view
+
+    @property
     def node_count(self) -> int:
         return len(self.config.cluster) + sum(sum(r.count for r in p.ranges) for p in self.config.partners)
 
@@ -109,10 +122,11 @@ class Node:
         self.config, self.map_override, self.ip_override = config, map_override, ip_override
         self._targets_cache = None
         self.view.dead_after = self.dead_after
+        self.view.reserve_hold = self.reserve_hold
         changed = our_ip != self.our_ip
         if changed:
             self.our_ip = our_ip
-            self.view = ClusterView(our_ip, accept=self.is_known_address, dead_after=self.dead_after)
+            self.view = self.new_view()
             self.sealer = wire.Sealer(self.key, our_ip)
             log.bind(node=str(our_ip))
         else:
@@ -169,21 +183,32 @@ class Node:
         return gossip.choose_targets(pool, self.settings.gossip_fanout, self.rng)
 
     def gossip_once(self, now: float) -> int:
-        """Send one round of gossip; returns the number of datagrams sent."""
+        """Send one round of gossip; returns the number of datagrams sent.
+
+        Besides the random targets, the round probes a few *suspects*: live nodes whose
+        information has grown older than a third of ``dead_after``. Random gossip
+        leaves a long tail of old entries in large clusters; a probe asks the suspect
+        to answer at once, so only a node that really stopped answering is declared dead.
+        """
         if self.off or self.transport is None:
             return 0
         self.refresh_local(now)
-        sent = 0
-        for target in self.choose_targets():
-            entries = self.view.freshest(self.window, now, exclude=target)
-            data = self.sealer.seal(wire.GOSSIP, gossip.encode_entries(entries))
-            try:
-                self.transport.send(target, data)
-                sent += 1
-            except OSError as err:  # unreachable target: normal for holes in the map
-                self.log.debug("gossip send failed", target=str(target), error=str(err))
-        self.stats["sent"] += sent
+        sent = sum(self.send_gossip(target, now) for target in self.choose_targets())
+        for suspect in self.view.suspects(PROBES_PER_ROUND, now, self.dead_after / 3):
+            sent += self.send_gossip(suspect, now, flags=wire.FLAG_ANSWER)
+            self.stats["probes"] += 1
         return sent
+
+    def send_gossip(self, target: IPv4Address, now: float, flags: int = 0) -> int:
+        entries = self.view.freshest(self.window, now, exclude=target)
+        data = self.sealer.seal(wire.GOSSIP, gossip.encode_entries(entries), flags=flags)
+        try:
+            self.transport.send(target, data)
+        except OSError as err:  # unreachable target: normal for holes in the map
+            self.log.debug("gossip send failed", target=str(target), error=str(err))
+            return 0
+        self.stats["sent"] += 1
+        return 1
 
     def auth_violation(self, source: str, why: str) -> None:
         self.stats["auth_failures"] += 1
@@ -219,8 +244,20 @@ class Node:
         revived = self.view.merge(entries, now)
         if revived:
             self.announce(revived, [])
+        if env.flags & wire.FLAG_ANSWER:
+            self.answer_probe(src, now)
+
+    def answer_probe(self, prober: IPv4Address, now: float) -> None:
+        # An answer is no larger than the probe, so probes cannot amplify traffic; the
+        # spacing only bounds the work a misbehaving (but authenticated) peer can cause.
+        if now - self._answered.get(prober, -math.inf) < PROBE_ANSWER_SPACING:
+            return
+        self._answered[prober] = now
+        self.refresh_local(now)
+        self.send_gossip(prober, now)
 
     def sweep(self, now: float) -> None:
+        self.view.expire_reservations(now)
         dead = self.view.sweep(now)
         if dead:
             self.announce([], dead)

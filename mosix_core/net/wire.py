@@ -39,6 +39,9 @@ GOSSIP = 1
 RPC_REQUEST = 2
 RPC_REPLY = 3
 
+# flags
+FLAG_ANSWER = 1   # gossip: the receiver should answer the sender at once (a liveness probe)
+
 
 def derive_key(secret: bytes) -> bytes:
     """The HMAC key: the secret itself never appears in a message or a log."""

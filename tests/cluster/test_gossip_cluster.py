@@ -333,3 +333,27 @@ def test_bestnode_waits_for_a_node_with_enough_memory(local_cluster):
         assert out.strip() == cluster.ip(2)
     finally:
         waiting.kill()
+
+
+def test_a_slow_but_live_node_is_probed_not_declared_dead(local_cluster):
+    """Node 2 gossips only every 30 s; node 1 would take it for dead after 10 of its own
+    0.2 s periods, but probes it first and gets an immediate answer."""
+    cluster = local_cluster(nodes=2, interval=INTERVAL)
+    cluster.converged()
+    cluster.stop(2)
+    conf = cluster.etc(2) / "mosd.conf"
+    conf.write_text(conf.read_text().replace(f"gossip_interval = {INTERVAL}", "gossip_interval = 30.0"))
+    cluster.start(2)
+    cluster.wait_until(lambda: cluster.node_in_view(1, 2)["alive"], what="node 1 to hear node 2")
+    dead_after = cluster.client(1).call("view")["dead_after"]
+    deadline = time.monotonic() + 3 * dead_after
+    while time.monotonic() < deadline:
+        entry = cluster.node_in_view(1, 2)
+        assert entry["alive"], entry
+        assert entry["age"] <= dead_after
+        time.sleep(0.1)
+    assert cluster.client(1).call("localstatus")["daemon"]["stats"]["probes"] > 0
+    # and a node that really stops answering is still declared dead
+    cluster.stop(2)
+    cluster.wait_until(lambda: not cluster.node_in_view(1, 2)["alive"], timeout=dead_after + 5,
+                       what="node 1 to see node 2 dead")
