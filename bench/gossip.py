@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mosix_core.gossip import (  # noqa: E402
     ENTRY_SIZE, ClusterView, NodeStatus, choose_targets, decode_entries, encode_entries, window_for)
+from mosix_core.daemon.node import PROBES_PER_ROUND, SUSPECT_AFTER  # noqa: E402
 from mosix_core.net.wire import OVERHEAD  # noqa: E402
 
 
@@ -88,6 +89,10 @@ class Params:
         self.engine, self.label = engine, label or strategy
         self.fanout, self.loss, self.jitter = args.fanout, args.loss, args.jitter
         self.interval_jitter = args.interval_jitter
+        self.probes = args.probes if engine == "views" else 0
+        self.suspect_after = args.suspect_after
+        if self.probes:
+            self.label += f"+probe{self.probes}"
         self.periods, self.seed = args.periods, args.seed
         self.codec_fraction = args.codec_fraction if args.codec_fraction is not None else min(1.0, 50 / n)
         self.max_warmup = args.max_warmup or default_max_warmup(n, window, self.fanout)
@@ -229,8 +234,9 @@ def simulate(engine: Any, p: Params) -> Result:
                 break
             continue
         heapq.heappop(heap)
-        if kind == SEND:
-            for target, message, nentries in engine.send(node, t, rng):
+        outgoing = engine.send(node, t, rng) if kind == SEND else engine.deliver(node, msg, t)
+        if outgoing:
+            for target, message, nentries in outgoing:
                 if measuring:
                     res.msgs += 1
                     res.entries += nentries
@@ -239,10 +245,9 @@ def simulate(engine: Any, p: Params) -> Result:
                     continue
                 heapq.heappush(heap, (t + rng.random() * p.jitter, seq, DELIVER, target, message))
                 seq += 1
+        if kind == SEND:
             heapq.heappush(heap, (t + rng.uniform(lo, hi), seq, SEND, node, None))
             seq += 1
-        else:
-            engine.deliver(node, msg, t)
     res.seconds = time.perf_counter() - started
     res.codec_msgs = getattr(engine, "codec_msgs", 0)
     return res
@@ -270,6 +275,13 @@ def split_window(p: Params) -> tuple[int, int, str]:
 
 
 # -- engine 1: real ClusterViews ------------------------------------------------------------------------
+class Probe:
+    """A gossip message flagged FLAG_ANSWER: the receiver answers the prober at once."""
+
+    def __init__(self, prober: int, entries: list) -> None:
+        self.prober, self.entries = prober, entries
+
+
 def address(k: int) -> IPv4Address:
     return IPv4Address(0x0A000001 + k)  # 10.0.0.1, ...
 
@@ -321,7 +333,17 @@ class ViewsEngine:
             else:
                 message = quantised(entries)
             out.append((self.index[target], message, len(entries)))
+        # mosd's failure detection: probe the oldest live entries, the suspect answers at once
+        for suspect in view.suspects(self.p.probes, now, self.p.dead_after * self.p.suspect_after):
+            entries = view.freshest(self.fresh, now, exclude=suspect)
+            out.append((self.index[suspect], Probe(i, quantised(entries)), len(entries)))
         return out
+
+    def answer(self, j: int, prober: int, now: float) -> list:
+        view = self.views[j]
+        view.update_local(self.status[j], now)
+        entries = quantised(view.freshest(self.fresh, now, exclude=self.ips[prober]))
+        return [(prober, entries, len(entries))]
 
     def others(self, i: int, view: ClusterView, chosen: list, target: IPv4Address, now: float) -> list:
         taken = {st.ip for st, _ in chosen}
@@ -343,10 +365,14 @@ class ViewsEngine:
             self.cursor[i] = k
         return [(e.status, max(0.0, now - e.fresh_at)) for e in picked]
 
-    def deliver(self, j: int, message: Any, now: float) -> None:
+    def deliver(self, j: int, message: Any, now: float) -> list:
+        if isinstance(message, Probe):
+            self.views[j].merge(message.entries, now)
+            return self.answer(j, message.prober, now)
         if isinstance(message, bytes):
             message = decode_entries(message)
         self.views[j].merge(message, now)
+        return []
 
     def full(self, observers: list[int]) -> float:
         n = self.p.n
@@ -570,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval-jitter", type=float, default=0.2,
                     help="send interval is U(1-x, 1+x) periods (mosd: 0.2)")
     ap.add_argument("--fanout", type=int, default=1)
+    ap.add_argument("--probes", type=int, default=PROBES_PER_ROUND,
+                    help="suspects probed per round, as mosd does (views engine only; 0: none)")
+    ap.add_argument("--suspect-after", type=float, default=SUSPECT_AFTER,
+                    help="probe live entries older than this share of dead_after (mosd's rule)")
     ap.add_argument("--strategy", default="freshest",
                     help="entry selection: freshest, mixed[:f], freshrr[:f], random, roundrobin; "
                          "comma-separated to compare; 'all' for all of them")

@@ -30,6 +30,7 @@ from mosix_core.resources import LoadSmoother, ResourceSample, standard_load
 SAMPLE_INTERVAL = 0.25
 PROBES_PER_ROUND = 4          # suspects probed directly per gossip round
 PROBE_ANSWER_SPACING = 0.05   # seconds between two answers to the same prober
+SUSPECT_AFTER = 0.7           # probe a live node whose information is older than this share of dead_after
 AUTH_LOG_EVERY = 10.0  # seconds: one "Authentication violation" line per source per period
 
 
@@ -186,7 +187,7 @@ class Node:
         """Send one round of gossip; returns the number of datagrams sent.
 
         Besides the random targets, the round probes a few *suspects*: live nodes whose
-        information has grown older than a third of ``dead_after``. Random gossip
+        information has grown older than 70 % of ``dead_after``. Random gossip
         leaves a long tail of old entries in large clusters; a probe asks the suspect
         to answer at once, so only a node that really stopped answering is declared dead.
         """
@@ -194,7 +195,7 @@ class Node:
             return 0
         self.refresh_local(now)
         sent = sum(self.send_gossip(target, now) for target in self.choose_targets())
-        for suspect in self.view.suspects(PROBES_PER_ROUND, now, self.dead_after / 3):
+        for suspect in self.view.suspects(PROBES_PER_ROUND, now, self.dead_after * SUSPECT_AFTER):
             sent += self.send_gossip(suspect, now, flags=wire.FLAG_ANSWER)
             self.stats["probes"] += 1
         return sent
