@@ -93,7 +93,7 @@ class ClusterMap:
             ranges.append(node_range)
         if not ranges:
             raise ConfigError(source, "no data lines: the map must list the nodes of the cluster")
-        _check_overlaps(ranges, source)
+        check_overlaps(ranges, source)
         _check_aliases(aliases, RangeIndex((int(r.first), r.count, r) for r in ranges), source)
         return cls(ranges=tuple(ranges), aliases=tuple(aliases), source=source)
 
@@ -170,7 +170,8 @@ def _parse_alias(fields: list[str], source: str, number: int, resolve: Resolver 
     return Alias(alias=alias, target=target, line=number, host=host)
 
 
-def _check_overlaps(ranges: list[NodeRange], source: str) -> None:
+def check_overlaps(ranges: list[NodeRange], source: str) -> None:
+    """No address may be in two ranges of one file (mosix.map or a partner file)."""
     clash = find_overlap((int(r.first), r.count, r) for r in ranges)
     if clash is not None:
         earlier, later = sorted(clash, key=lambda r: r.line)

@@ -10,7 +10,7 @@ from pathlib import Path
 from attrs import field, frozen
 
 from mosix_core.config.addresses import Resolver, as_address, check_range, parse_node
-from mosix_core.config.mosixmap import NodeRange
+from mosix_core.config.mosixmap import NodeRange, check_overlaps
 from mosix_core.config.ranges import RangeIndex, find_overlap
 from mosix_core.config.source import data_lines, read_text, split_lines
 from mosix_core.config.tokens import parse_int
@@ -68,14 +68,7 @@ class Partner:
             ranges.append(node_range)
         if header is None:
             raise ConfigError(source, "missing line 2: 'priority cango cantake' (three integers)")
-        clash = find_overlap((int(r.first), r.count, r) for r in ranges)
-        if clash is not None:
-            earlier, later = sorted(clash, key=lambda r: r.line)
-            raise ConfigError(
-                source,
-                f"nodes {later.first}..{later.last} overlap the range on line {earlier.line}",
-                later.line,
-            )
+        check_overlaps(ranges, source)
         priority, cango, cantake = header
         return cls(
             name=name,
