@@ -167,3 +167,13 @@ def test_load_units():
     smoother.add(0, 0.0)
     assert 0.6 < smoother.add(1, 1.0) < 0.65
     assert VirtualMeter().sample([999999999], 0.0, 1, 100, 0).runnable == 0
+
+
+def test_contributed_memory_first_placement():
+    import mosix_contrib.memory_first as memory_first
+
+    pm = build_plugin_manager(extra=[("memory_first", memory_first)])
+    view = make_view(status(A, load=0, free_mb=1000), status(B, load=300, free_mb=6000), status(C, free_mb=3000))
+    assert pm.hook.mosix_select_node(request=PlacementRequest(), view=view).status.ip == B
+    # the memory filter still applies; nothing fits: no answer, the built-in decides (also nothing)
+    assert pm.hook.mosix_select_node(request=PlacementRequest(memory_mb=7000), view=view) is None
