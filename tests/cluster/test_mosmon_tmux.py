@@ -163,10 +163,12 @@ def test_mosmon_in_a_terminal(local_cluster, tmux):
     # q quits, with status 0, and the terminal is restored (the chart is gone).
     term.keys("q")
     deadline = time.monotonic() + 10
-    while term.pane("#{pane_dead}") != "1" and time.monotonic() < deadline:
+    # tmux marks the pane dead before it records how the process ended: wait for both.
+    while time.monotonic() < deadline and not (term.pane("#{pane_dead}") == "1" and
+                                               term.pane("#{pane_dead_status}#{pane_dead_signal}")):
         time.sleep(0.1)
     assert term.pane("#{pane_dead}") == "1"
-    assert term.pane("#{pane_dead_status}") == "0"
+    assert term.pane("#{pane_dead_status}") == "0", f"killed by signal {term.pane('#{pane_dead_signal}')}"
     assert "Load" not in text(term.screen())
 
 
