@@ -1,23 +1,29 @@
-"""Record mosrun invocations and migrations in the system log when
-``/etc/mosix/.log_mosrun`` exists (mosix(7))."""
+"""Record mosrun invocations and migrations in the system log while
+``/etc/mosix/.log_mosrun`` exists (mosix(7)).
+
+The file is looked for at each event, so creating or removing it takes effect at
+once, without restarting mosd.
+"""
 
 from __future__ import annotations
 
 import syslog
+from pathlib import Path
 from typing import Any
 
 from mosix_core.hookspecs import hookimpl
 
-_enabled = {"on": False}
+_etc: dict[str, Path] = {}
 
 
 @hookimpl
 def mosix_node_started(node: Any) -> None:
-    _enabled["on"] = bool(node.config.log_mosrun)
+    _etc["path"] = node.etc
 
 
 @hookimpl
 def mosix_process_event(event: Any) -> None:
-    if _enabled["on"]:
+    etc = _etc.get("path")
+    if etc is not None and (etc / ".log_mosrun").exists():
         syslog.openlog("mosix", syslog.LOG_PID, syslog.LOG_DAEMON)
         syslog.syslog(syslog.LOG_INFO, f"{event.kind} pid={event.pid} uid={event.uid} {event.detail}".rstrip())
