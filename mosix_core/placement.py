@@ -6,6 +6,8 @@ from ipaddress import IPv4Address
 
 import attrs
 
+from mosix_core.gossip import ST_BLOCK, ST_OFF
+
 
 @attrs.frozen
 class PlacementRequest:
@@ -127,8 +129,6 @@ class PlacementView:
         return self.view.entries.get(self.local_ip)
 
     def candidates(self, request: PlacementRequest) -> list:
-        from mosix_core.gossip import ST_BLOCK, ST_OFF
-
         out = []
         for ip, entry in self.view.entries.items():
             if not entry.alive or ip in request.exclude:

@@ -17,7 +17,7 @@ import attrs
 import pluggy
 
 from mosix_core import hookspecs
-from mosix_core.errors import ConfigError, MosixError, PolicyRefused
+from mosix_core.errors import ConfigError, MosixError
 
 OUR_DISTRIBUTION = "mosix-py"
 
@@ -176,7 +176,6 @@ def apply_policies(pm: pluggy.PluginManager, hook_name: str, request: Any) -> An
 __all__ = [
     "MosixPluginManager",
     "PluginInfo",
-    "PolicyRefused",
     "apply_policies",
     "build_plugin_manager",
     "load_site_hooks",

@@ -134,6 +134,15 @@ def test_peer_tcp_listener_authenticates(local_cluster):
 
     reply = wire.open_envelope(wire.derive_key(secret), ask(wire.derive_key(secret)))
     assert json.loads(reply.payload)["ip"] == cluster.ip(1)
+    # the same through the daemon's own client side, as node 2 would call it
+    import asyncio
+    from mosix_core.daemon.node import Node
+    from mosix_core.daemon.peer import call
+
+    node2 = Node(cluster.etc(2))
+    answer = asyncio.run(call(node2, IPv4Address(cluster.ip(1)), {"op": "status"}))
+    assert answer["ok"] and answer["speed"] == 10000
+    assert asyncio.run(call(node2, IPv4Address(cluster.ip(1)), {"op": "nonsense"}))["ok"] is False
     assert ask(wire.derive_key(b"wrong")) == b""  # closed without an answer
     cluster.wait_until(lambda: f"Authentication violation with {cluster.ip(2)}" in log_text(cluster, 1),
                        what="the TCP violation to be logged")
