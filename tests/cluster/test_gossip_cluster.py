@@ -366,3 +366,20 @@ def test_a_slow_but_live_node_is_probed_not_declared_dead(local_cluster):
     cluster.stop(2)
     cluster.wait_until(lambda: not cluster.node_in_view(1, 2)["alive"], timeout=dead_after + 5,
                        what="node 1 to see node 2 dead")
+
+
+def test_mossetpe_lists_the_cluster_and_the_multi_cluster(local_cluster):
+    cluster = local_cluster(nodes=2, interval=INTERVAL)
+    (cluster.etc(1) / "partners" / "chemistry").write_text(
+        "Chemistry department cluster\n50 1 0\n10.77.0.1 16 1 1 0\n10.78.0.1 2 1 1 1\n")
+    assert cluster.run(1, "mossetpe", "-A").returncode == 0
+    local = cluster.run(1, "mossetpe", "-r").stdout
+    assert f"This is MOSIX node #1 ({cluster.ip(1)})" in local
+    assert "chemistry" not in local
+    multi = cluster.run(1, "mossetpe", "-R").stdout.splitlines()
+    assert "partner chemistry (Chemistry department cluster): pri=50 dont_take" in multi
+    assert "    10.77.0.1-10.77.0.16 (16 nodes)" in multi
+    assert "    10.78.0.1-10.78.0.2 (2 nodes) proximate" in multi
+    # the partner's nodes are known to the configuration: rstatus answers for them (no information yet)
+    out = cluster.run(1, "mosctl", "rstatus", "10.77.0.5")
+    assert out.returncode == 0 and out.stdout.split()[0] == "1"
