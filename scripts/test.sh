@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything, then run the whole test suite (unit, real-ptrace, real-daemon cluster tests).
+# Install everything, then run the whole test suite (unit tests, and cluster tests on real daemons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
