@@ -10,7 +10,6 @@ to the home node (no migration needed), then to the faster node.
 
 from __future__ import annotations
 
-from typing import Any
 
 from mosix_core.gossip import NodeEntry
 from mosix_core.hookspecs import hookimpl

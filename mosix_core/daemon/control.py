@@ -153,11 +153,6 @@ class ControlServer:
         node, now = self.node, time.monotonic()
         node.refresh_local(now)
         addresses = list(dict.fromkeys([*node.config.cluster.nodes(), *node.view.entries.keys()]))
-        if req.get("multi"):
-            for partner in node.config.partners:
-                for r in partner.ranges:
-                    addresses.extend(IPv4Address(int(r.first) + i) for i in range(min(r.count, 65536)))
-            addresses = list(dict.fromkeys(addresses))
         return {"local": str(node.our_ip), "dead_after": node.dead_after, "interval": node.interval,
                 "nodes": [node_json(node, ip, now) for ip in addresses]}
 

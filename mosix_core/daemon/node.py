@@ -125,13 +125,13 @@ class Node:
         self.view.dead_after = self.dead_after
         self.view.reserve_hold = self.reserve_hold
         changed = our_ip != self.our_ip
+        # A new sealer (and so a new epoch): peers accept our messages under the new key.
+        self.sealer = wire.Sealer(self.key, our_ip)
         if changed:
             self.our_ip = our_ip
             self.view = self.new_view()
-            self.sealer = wire.Sealer(self.key, our_ip)
             log.bind(node=str(our_ip))
         else:
-            self.sealer = wire.Sealer(self.key, our_ip, epoch=time.time_ns())
             self.view.forget_unaccepted()
         self.off = False
         self.log.info("configuration reloaded", nodes=len(config.cluster), ip=str(our_ip))
@@ -171,8 +171,7 @@ class Node:
         if self._targets_cache is None:
             nodes = self.config.cluster.nodes()
             for partner in self.config.partners:
-                for r in partner.ranges:
-                    nodes.extend(IPv4Address(int(r.first) + i) for i in range(r.count))
+                nodes.extend(partner.nodes())
             self._targets_cache = [ip for ip in dict.fromkeys(nodes) if ip != self.our_ip]
         return self._targets_cache
 

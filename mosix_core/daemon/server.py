@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mosix_core import log, paths
+from mosix_core import paths
 from mosix_core.daemon.control import ControlServer
 from mosix_core.daemon.node import Node
 from mosix_core.daemon.peer import PeerServer
