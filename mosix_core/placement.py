@@ -110,6 +110,7 @@ class MosrunRequest:
     memory_mb: int | None = None
     options: tuple[str, ...] = ()       # every other mosrun option, as given
     queue_jobs: int | None = None       # -S{maxjobs}
+    etc: str | None = None              # the configuration directory: site parameters are in {etc}/mosrun.conf
 
 
 class PlacementView:

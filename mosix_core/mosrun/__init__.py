@@ -1,0 +1,1 @@
+"""``mosrun``: running programs under MOSIX (its command line, supervisor and rules)."""
