@@ -46,7 +46,7 @@ def mosix_check_mosrun(request):
         return None
     if REQUIRE_MEMORY and request.memory_mb is None:
         _log(request, "refused (no -m)")
-        raise PolicyRefused("mosrun: this cluster requires -m{mb}: say how much memory your program needs")
+        raise PolicyRefused("this cluster requires -m{mb}: say how much memory your program needs")
     if FORCE_BEST_NODE and request.location != "-b":
         request = attrs.evolve(request, location="-b")
     _log(request, "allowed")

@@ -47,3 +47,14 @@ class PermissionDenied(MosixError):
 
 class PolicyRefused(MosixError):
     """A site policy refused a request; the message is the policy's."""
+
+
+class TraceError(MosixError):
+    """A Linux process-tracing operation (ptrace, seccomp, process memory) failed.
+
+    ``errno`` is kept so callers can tell a vanished tracee (ESRCH) from a real fault.
+    """
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        self.errno = errno
+        super().__init__(message)

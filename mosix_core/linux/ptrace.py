@@ -1,0 +1,163 @@
+"""ptrace(2), the only way mosix-py touches it.
+
+The supervisor seizes tracees (``PTRACE_SEIZE``, so group-stops and job control
+keep working through ``PTRACE_LISTEN``), and learns everything from ``waitpid``.
+Registers use python-ptrace's ``user_regs_struct`` binding; the calls themselves
+go straight to libc so an error is one errno, turned into :class:`TraceError`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+import attrs
+from ptrace.binding.func import ptrace_registers_t as Registers
+
+from mosix_core.linux.libc import LIBC, fail
+
+__all__ = ["Registers", "Stop", "seize", "cont", "listen", "interrupt", "detach", "get_regs",
+           "set_regs", "event_message", "syscall_info", "SyscallInfo", "decode_status"]
+
+PTRACE_CONT = 7
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_DETACH = 17
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+PTRACE_GET_SYSCALL_INFO = 0x420E
+
+O_TRACESYSGOOD = 0x1
+O_TRACEFORK = 0x2
+O_TRACEVFORK = 0x4
+O_TRACECLONE = 0x8
+O_TRACEEXEC = 0x10
+O_TRACESECCOMP = 0x80
+O_EXITKILL = 0x100000
+
+EVENT_FORK = 1
+EVENT_VFORK = 2
+EVENT_CLONE = 3
+EVENT_EXEC = 4
+EVENT_SECCOMP = 7
+EVENT_STOP = 128
+
+SUPERVISOR_OPTIONS = (O_TRACESYSGOOD | O_TRACEFORK | O_TRACEVFORK | O_TRACECLONE | O_TRACEEXEC
+                      | O_TRACESECCOMP | O_EXITKILL)
+STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+WALL = 0x40000000  # __WALL: wait for every kind of tracee
+
+_regs = Registers()
+_regs_ref = ctypes.byref(_regs)
+_msg = ctypes.c_ulong()
+_msg_ref = ctypes.byref(_msg)
+
+
+def _call(request: int, pid: int, addr, data, what: str) -> int:
+    result = LIBC.ptrace(request, pid, addr, data)
+    if result == -1:
+        raise fail(f"{what}({pid})")
+    return result
+
+
+def seize(pid: int, options: int = SUPERVISOR_OPTIONS) -> None:
+    _call(PTRACE_SEIZE, pid, None, options, "PTRACE_SEIZE")
+
+
+def cont(pid: int, sig: int = 0) -> None:
+    _call(PTRACE_CONT, pid, None, sig, "PTRACE_CONT")
+
+
+def listen(pid: int) -> None:
+    """Leave a tracee in its group-stop (job control) until a SIGCONT."""
+    _call(PTRACE_LISTEN, pid, None, None, "PTRACE_LISTEN")
+
+
+def interrupt(pid: int) -> None:
+    _call(PTRACE_INTERRUPT, pid, None, None, "PTRACE_INTERRUPT")
+
+
+def detach(pid: int, sig: int = 0) -> None:
+    _call(PTRACE_DETACH, pid, None, sig, "PTRACE_DETACH")
+
+
+def get_regs(pid: int) -> Registers:
+    """The tracee's registers, in a shared buffer: copy what you keep."""
+    _call(PTRACE_GETREGS, pid, None, _regs_ref, "PTRACE_GETREGS")
+    return _regs
+
+
+def set_regs(pid: int, regs: Registers) -> None:
+    _call(PTRACE_SETREGS, pid, None, ctypes.byref(regs), "PTRACE_SETREGS")
+
+
+def event_message(pid: int) -> int:
+    """``PTRACE_GETEVENTMSG``: the new pid at fork/clone events, the old tid at exec."""
+    _call(PTRACE_GETEVENTMSG, pid, None, _msg_ref, "PTRACE_GETEVENTMSG")
+    return _msg.value
+
+
+class _SyscallInfo(ctypes.Structure):
+    _fields_ = [("op", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("arch", ctypes.c_uint32),
+                ("instruction_pointer", ctypes.c_uint64), ("stack_pointer", ctypes.c_uint64),
+                ("nr", ctypes.c_uint64), ("args", ctypes.c_uint64 * 6), ("ret_data", ctypes.c_uint32),
+                ("tail", ctypes.c_uint32)]
+
+
+_info = _SyscallInfo()
+_info_ref = ctypes.byref(_info)
+_info_size = ctypes.sizeof(_SyscallInfo)
+INFO_SECCOMP = 3
+
+
+@attrs.frozen
+class SyscallInfo:
+    nr: int
+    args: tuple[int, ...]
+    arch: int
+
+
+def syscall_info(pid: int) -> SyscallInfo:
+    """The call a tracee stopped in at a seccomp stop: number and six arguments."""
+    _call(PTRACE_GET_SYSCALL_INFO, pid, _info_size, _info_ref, "PTRACE_GET_SYSCALL_INFO")
+    return SyscallInfo(_info.nr, tuple(_info.args), _info.arch)
+
+
+@attrs.frozen
+class Stop:
+    """One ``waitpid`` result, decoded.
+
+    ``kind`` is one of: "exited" (``code``), "killed" (``sig``, ``core``),
+    "event" (``event``: a ``PTRACE_EVENT_*``; for ``EVENT_STOP`` ``sig`` tells a
+    group-stop from an initial/interrupt stop), "signal" (signal-delivery-stop of
+    ``sig``), "syscall" (a ``PTRACE_SYSCALL`` stop).
+    """
+
+    pid: int
+    kind: str
+    sig: int = 0
+    event: int = 0
+    code: int = 0
+    core: bool = False
+
+    @property
+    def group_stop(self) -> bool:
+        return self.kind == "event" and self.event == EVENT_STOP and self.sig in STOP_SIGNALS
+
+
+def decode_status(pid: int, status: int) -> Stop:
+    if os.WIFEXITED(status):
+        return Stop(pid, "exited", code=os.WEXITSTATUS(status))
+    if os.WIFSIGNALED(status):
+        return Stop(pid, "killed", sig=os.WTERMSIG(status), core=os.WCOREDUMP(status))
+    sig = os.WSTOPSIG(status)
+    event = status >> 16
+    if event:
+        return Stop(pid, "event", sig=sig, event=event)
+    if sig == signal.SIGTRAP | 0x80:
+        return Stop(pid, "syscall", sig=signal.SIGTRAP)
+    return Stop(pid, "signal", sig=sig)

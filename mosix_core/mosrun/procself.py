@@ -1,0 +1,166 @@
+"""The programming interface of mosix(7): ``open("/proc/self/{special}", …)``.
+
+A MOSIX process reads and changes its own run-time parameters by opening these
+names; the value (or -1 with ``errno``) comes back from ``open`` itself:
+
+* ``open(path, 0)`` reads, ``open(path, 1|O_CREAT, newval)`` writes (returns 0),
+  ``open(path, 2|O_CREAT, newval)`` writes and returns the previous value;
+* ``open("/proc/self/in_cluster", O_CREAT, node)`` asks whether ``node`` is in
+  this cluster.
+
+Reading a write-only name, writing a read-only one, or a value out of its range
+fails with EINVAL. Outside ``mosrun`` none of these exist: ``open`` fails with
+ENOENT, as Linux says.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Callable
+
+import attrs
+
+PREFIX = b"/proc/self/"
+O_CREAT = 0x40
+
+NEEDMEM_MAX = 262143
+LIMIT_MAX = 10_000_000
+
+
+@attrs.define
+class MosixState:
+    """A MOSIX process's run-time parameters (what mosrun's options set, and what
+    the program may change itself)."""
+
+    lock: int = 0              # -L: no automatic migration
+    freezable: int = 1         # -g sets 0
+    unsupportok: int = 0       # -e 1, -w 2, -u 0
+    needmem: int = 0           # -m, in MB
+    sigmig: int = 0
+    cpujob: int = 0            # -c
+    decayrate: int = 9976      # -d
+    local_time: int = 0        # -t
+    nmigs: int = 0
+    checkpoint_file: str | None = None       # -C   (not inherited by children)
+    checkpoint_limit: int = 0                # -N
+    checkpoint_interval: int = 0             # -A
+    checkpoint_version: int = 1
+    statistics_cleared: int = 0              # how often "clear" was written
+
+    def for_child(self) -> "MosixState":
+        """A forked child: everything but the checkpoint settings (mosrun(1) CHECKPOINTS)."""
+        return attrs.evolve(self, checkpoint_file=None, checkpoint_limit=0, checkpoint_interval=0,
+                            checkpoint_version=1)
+
+
+@attrs.frozen
+class Special:
+    readable: bool
+    writable: bool
+    low: int = 0
+    high: int = 0
+    field: str | None = None
+
+
+SPECIALS: dict[str, Special] = {
+    "lock": Special(True, True, 0, 1, "lock"),
+    "freezable": Special(True, True, 0, 1, "freezable"),
+    "whereami": Special(True, False),
+    "nmigs": Special(True, False, field="nmigs"),
+    "sigmig": Special(True, True, 0, 64, "sigmig"),
+    "needmem": Special(True, True, 0, NEEDMEM_MAX, "needmem"),
+    "unsupportok": Special(True, True, 0, 2, "unsupportok"),
+    "clear": Special(False, True, -(1 << 31), (1 << 31) - 1),
+    "cpujob": Special(True, True, 0, 1, "cpujob"),
+    "decayrate": Special(True, True, 0, 10000, "decayrate"),
+    "migrate": Special(False, True, -(1 << 31), (1 << 32) - 1),
+    "checkpoint": Special(True, True, -(1 << 31), (1 << 31) - 1),
+    "checkpointfile": Special(False, True),
+    "checkpointlimit": Special(True, True, 0, LIMIT_MAX, "checkpoint_limit"),
+    "checkpointinterval": Special(True, True, 0, LIMIT_MAX, "checkpoint_interval"),
+    "in_cluster": Special(False, False),
+}
+
+
+def special_name(path: bytes) -> str | None:
+    if not path.startswith(PREFIX):
+        return None
+    name = path[len(PREFIX):].decode(errors="replace")
+    return name if name in SPECIALS else None
+
+
+@attrs.frozen
+class Environment:
+    """What the interface needs from the rest of MOSIX."""
+
+    whereami: Callable[[], int]                    # 0 at home
+    in_cluster: Callable[[int], bool]              # node number or host-order IP
+    read_string: Callable[[int], bytes]            # a string in the process's memory
+    migrate: Callable[[int], int] | None = None    # wired by the migration feature
+    checkpoint: Callable[[], int] | None = None    # wired by the checkpoint feature
+
+
+def _as_int32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def handle(state: MosixState, name: str, flags: int, newval: int, env: Environment) -> int:
+    """Carry out one special open; return the value for ``open`` to return, or -errno."""
+    spec = SPECIALS[name]
+    access = flags & 3
+    if name == "in_cluster":
+        return 1 if env.in_cluster(newval & 0xFFFFFFFF) else 0
+    if access == 3:
+        return -errno.EINVAL
+    reading = access in (0, 2)
+    writing = access in (1, 2)
+    if (reading and not spec.readable) or (writing and not spec.writable):
+        return -errno.EINVAL
+    previous = _read(state, name, spec, env) if reading else 0
+    if writing:
+        result = _write(state, name, spec, newval, env)
+        if result < 0:
+            return result
+        if access == 1:
+            return result
+    return previous
+
+
+def _read(state: MosixState, name: str, spec: Special, env: Environment) -> int:
+    if name == "whereami":
+        return env.whereami()
+    if name == "checkpoint":
+        return state.checkpoint_version
+    return getattr(state, spec.field)
+
+
+def _write(state: MosixState, name: str, spec: Special, newval: int, env: Environment) -> int:
+    if name == "checkpointfile":
+        try:
+            text = env.read_string(newval)
+        except OSError:
+            return -errno.EFAULT
+        if not text:
+            return -errno.EINVAL
+        state.checkpoint_file = text.decode(errors="surrogateescape")
+        state.checkpoint_version = 1
+        return 0
+    value = (newval & 0xFFFFFFFF) if name == "migrate" else _as_int32(newval)
+    if not spec.low <= value <= spec.high:
+        return -errno.EINVAL
+    if name == "clear":
+        state.statistics_cleared += 1
+        return 0
+    if name == "migrate":
+        if env.migrate is not None:
+            return env.migrate(value)
+        # at home without the migration feature: "go home" is already done;
+        # anything else cannot succeed (yet)
+        return 0 if value == 0 else -errno.EOPNOTSUPP
+    if name == "checkpoint":
+        if env.checkpoint is not None:
+            return env.checkpoint()
+        return -errno.EOPNOTSUPP
+    setattr(state, spec.field, value)
+    return 0

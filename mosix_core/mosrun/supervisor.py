@@ -1,0 +1,399 @@
+"""The supervisor: one event loop that traces every MOSIX process of an invocation.
+
+A ``mosrun`` invocation — the program, every child it forks, every job of a
+``-S`` queue — is supervised by one process running this loop. The programs run
+natively: a seccomp filter (:mod:`mosix_core.mosrun.rules`) stops only the calls
+MOSIX must see, and each stop is a ``waitpid`` result handled here. The loop
+sleeps in ``select`` on a SIGCHLD wake-up pipe (and whatever else a feature adds)
+and drains ``waitpid(WNOHANG)`` when woken, so it can serve other sources too.
+
+Nothing here stops a process for longer than it takes to decide its call: a
+decision that needs the rest of MOSIX (migration, checkpoints) is a feature's
+hook, wired by that feature.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import selectors
+import signal
+import sys
+from ipaddress import IPv4Address
+from typing import Callable
+
+import attrs
+
+from mosix_core.errors import DaemonUnavailable, MosixError, TraceError
+from mosix_core.linux import memory, ptrace
+from mosix_core.mosrun import options as mosopts
+from mosix_core.mosrun import procself, rules
+
+UNSIGNED_MINUS_ONE = (1 << 64) - 1
+ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+CONTROL_NAME = "mosrun"      # /proc/self/mosrun: how a recursive mosrun talks to us
+
+
+def initial_state(opts: mosopts.MosrunOptions) -> procself.MosixState:
+    """A new MOSIX process's run-time parameters, from mosrun's options."""
+    return procself.MosixState(
+        lock=int(opts.lock), freezable=int(opts.freezable),
+        unsupportok={"kill": 0, "silent": 1, "warn": 2}[opts.unsupported],
+        needmem=opts.memory_mb or 0, cpujob=int(opts.cpujob), decayrate=opts.decay,
+        local_time=int(opts.local_time), checkpoint_file=opts.checkpoint_file,
+        checkpoint_limit=opts.checkpoint_limit or 0, checkpoint_interval=opts.checkpoint_interval or 0)
+
+
+def options_of(state: procself.MosixState) -> mosopts.MosrunOptions:
+    """The inheritable options a process has now (for a recursive mosrun)."""
+    return mosopts.MosrunOptions(
+        lock=bool(state.lock), freezable=bool(state.freezable),
+        unsupported=("kill", "silent", "warn")[state.unsupportok], memory_mb=state.needmem or None,
+        cpujob=bool(state.cpujob), decay=state.decayrate, local_time=bool(state.local_time))
+
+
+def flag_summary(state: procself.MosixState) -> str:
+    """The short option string mosps shows."""
+    flags = []
+    if state.needmem:
+        flags.append(f"-m{state.needmem}")
+    flags += [("", "-e", "-w")[state.unsupportok]] if state.unsupportok else []
+    flags += ["-L"] if state.lock else []
+    flags += ["-g"] if not state.freezable else []
+    flags += ["-c"] if state.cpujob else []
+    return " ".join(flags)
+
+
+@attrs.define(eq=False)
+class Tracee:
+    pid: int
+    state: procself.MosixState | None      # None: not a MOSIX process (mosnative, 32-bit)
+    parent: int | None = None
+    job: object = None                     # the -S queue job this process is the root of
+    started: bool = False                  # its first stop has been seen and answered
+    waiting_for_parent: bool = False       # stopped at birth, before its parent's fork event
+    pending_exec: tuple | None = None      # (state or None, program) to take at the next exec
+    command: str = ""
+
+    @property
+    def native(self) -> bool:
+        return self.state is None
+
+
+class Supervisor:
+    """Traces a set of processes until the last one is gone.
+
+    ``home_view`` answers ``/proc/self/in_cluster``; ``session`` (a
+    :class:`mosix_core.client.Session` or None) carries process-table updates to mosd.
+    """
+
+    def __init__(self, *, messages_fd: int, session=None,
+                 in_cluster: Callable[[int], bool] = lambda node: False,
+                 on_exit: Callable[[Tracee, ptrace.Stop], None] | None = None) -> None:
+        self.tracees: dict[int, Tracee] = {}
+        self.orphans: dict[int, ptrace.Stop] = {}     # born before their parent's fork event
+        self.messages_fd = messages_fd
+        self.session = session
+        self.in_cluster = in_cluster
+        self.on_exit = on_exit
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.keep_running: Callable[[], bool] = lambda: False
+
+    # -- setting up --------------------------------------------------------------------------------
+    def install_wakeup(self) -> None:
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def adopt(self, pid: int, state: procself.MosixState | None, command: str, job=None) -> Tracee:
+        """A process the caller has already seized (running, not yet stopped)."""
+        tracee = Tracee(pid, state, job=job, started=True, command=command)
+        self.tracees[pid] = tracee
+        if state is not None:
+            self._register(tracee)
+        return tracee
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            self.drain()
+            if not self.tracees and not self.keep_running():
+                return
+            for key, _ in self.selector.select(timeout=None if not self.timers else 0.5):
+                if key.fileobj == self._wake_r:
+                    try:
+                        while os.read(self._wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif key.data is not None:
+                    key.data()
+            for _, tick in list(self.timers):
+                tick()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            try:
+                self.on_stop(ptrace.decode_status(pid, status))
+            except TraceError as err:
+                if err.errno != errno.ESRCH:     # a tracee killed under our feet is no error
+                    self.say(None, f"tracing process {pid} failed: {err}")
+
+    # -- stops -------------------------------------------------------------------------------------------
+    def on_stop(self, stop: ptrace.Stop) -> None:
+        tracee = self.tracees.get(stop.pid)
+        if stop.kind in ("exited", "killed"):
+            self._gone(stop, tracee)
+            return
+        if tracee is None:
+            # a new child stopping before its parent's fork event told us who it is
+            self.orphans[stop.pid] = stop
+            return
+        if stop.kind == "event":
+            self._event(tracee, stop)
+        elif stop.kind == "signal":
+            sig = stop.sig
+            if sig == signal.SIGSTOP and not tracee.native:
+                sig = signal.SIGTSTP       # MOSIX processes never get SIGSTOP (mosrun(1))
+            ptrace.cont(tracee.pid, sig)
+        else:
+            ptrace.cont(tracee.pid)
+
+    def _event(self, tracee: Tracee, stop: ptrace.Stop) -> None:
+        pid, event = tracee.pid, stop.event
+        if event == ptrace.EVENT_SECCOMP:
+            if tracee.native:
+                ptrace.cont(pid)
+            else:
+                self._syscall(tracee)
+        elif event in (ptrace.EVENT_FORK, ptrace.EVENT_VFORK, ptrace.EVENT_CLONE):
+            self._born(tracee, ptrace.event_message(pid))
+            ptrace.cont(pid)
+        elif event == ptrace.EVENT_EXEC:
+            self._exec(tracee)
+        elif event == ptrace.EVENT_STOP:
+            if stop.group_stop:
+                ptrace.listen(pid)          # stay stopped (job control) until SIGCONT
+            else:
+                ptrace.cont(pid)
+        else:
+            ptrace.cont(pid)
+
+    def _born(self, parent: Tracee, pid: int) -> None:
+        state = None if parent.state is None else parent.state.for_child()
+        child = Tracee(pid, state, parent=parent.pid, command=parent.command)
+        self.tracees[pid] = child
+        if state is not None:
+            self._register(child)
+        first = self.orphans.pop(pid, None)
+        if first is not None:
+            child.started = True
+            self.on_stop(first)
+
+    def _gone(self, stop: ptrace.Stop, tracee: Tracee | None) -> None:
+        self.orphans.pop(stop.pid, None)
+        if tracee is None:
+            return
+        del self.tracees[stop.pid]
+        if self.on_exit is not None:
+            self.on_exit(tracee, stop)
+
+    def _exec(self, tracee: Tracee) -> None:
+        pid = tracee.pid
+        if tracee.pending_exec is not None:
+            tracee.state, _program = tracee.pending_exec
+            tracee.pending_exec = None
+            if tracee.state is None:
+                self._send("unregister", pid=pid)
+        tracee.command = _command_line(pid)
+        if not tracee.native and _is_32bit(pid):
+            self.say(tracee, f"{_program_name(pid)} is a 32-bit program - will run in native Linux mode")
+            self._send("unregister", pid=pid)
+            del self.tracees[pid]
+            ptrace.detach(pid)              # the filter lets other architectures run untouched
+            return
+        if not tracee.native:
+            self._send("register", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
+        ptrace.cont(pid)
+
+    # -- system calls ------------------------------------------------------------------------------------
+    def _syscall(self, tracee: Tracee) -> None:
+        pid = tracee.pid
+        info = ptrace.syscall_info(pid)
+        verdict = rules.decide(info.nr, info.args, rules.CallContext(pid, rules.fd_mode_of(pid)))
+        if isinstance(verdict, rules.SpecialOpen):
+            verdict = self._special_open(tracee, verdict)
+        self._carry_out(tracee, verdict)
+
+    def _carry_out(self, tracee: Tracee, verdict) -> None:
+        pid = tracee.pid
+        if isinstance(verdict, rules.Allow):
+            ptrace.cont(pid)
+        elif isinstance(verdict, (rules.Fail, rules.Return)):
+            regs = ptrace.get_regs(pid)
+            regs.orig_rax = UNSIGNED_MINUS_ONE          # skip the call...
+            value = -verdict.errno if isinstance(verdict, rules.Fail) else verdict.value
+            regs.rax = value & UNSIGNED_MINUS_ONE       # ...and return this instead
+            ptrace.set_regs(pid, regs)
+            ptrace.cont(pid)
+        elif isinstance(verdict, rules.Rewrite):
+            regs = ptrace.get_regs(pid)
+            setattr(regs, ARG_REGISTERS[verdict.arg], verdict.value & UNSIGNED_MINUS_ONE)
+            ptrace.set_regs(pid, regs)
+            ptrace.cont(pid)
+        elif isinstance(verdict, rules.Warn):
+            self.say(tracee, verdict.message)
+            self._carry_out(tracee, verdict.then)
+        elif isinstance(verdict, rules.Unsupported):
+            mode = tracee.state.unsupportok
+            if mode == rules.MODE_KILL:
+                self.say(tracee, verdict.message)
+                os.kill(pid, signal.SIGKILL)
+                return
+            if mode == rules.MODE_WARN:
+                self.say(tracee, verdict.message)
+            self._carry_out(tracee, verdict.fallback)
+        else:
+            raise TypeError(f"unknown verdict {verdict!r}")
+
+    def _special_open(self, tracee: Tracee, call: rules.SpecialOpen):
+        try:
+            path = memory.read_cstring(tracee.pid, call.path_addr, limit=64)
+        except TraceError:
+            return rules.ALLOW               # let the kernel report EFAULT as it would
+        if path == procself.PREFIX + CONTROL_NAME.encode() and call.flags & 3 == 1:
+            return rules.Return(self._control(tracee, call.value))
+        name = procself.special_name(path)
+        if name is None:
+            return rules.ALLOW
+        env = procself.Environment(
+            whereami=lambda: 0, in_cluster=self.in_cluster,
+            read_string=lambda addr: self._read_string(tracee.pid, addr))
+        before = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
+                  tracee.state.freezable, tracee.state.cpujob)
+        result = procself.handle(tracee.state, name, call.flags, call.value, env)
+        after = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
+                 tracee.state.freezable, tracee.state.cpujob)
+        if before != after:
+            self._send("update", pid=tracee.pid, options=flag_summary(tracee.state))
+        return rules.Return(result)
+
+    def _read_string(self, pid: int, addr: int) -> bytes:
+        try:
+            return memory.read_cstring(pid, addr, limit=4096)
+        except TraceError as err:
+            raise OSError(err.errno, str(err)) from None
+
+    def _control(self, tracee: Tracee, addr: int) -> int:
+        """A recursive mosrun (or mosnative) running as this MOSIX process tells us
+        what its next exec should be (see :mod:`mosix_core.cli.mosrun`)."""
+        try:
+            request = json.loads(memory.read_cstring(tracee.pid, addr, limit=1 << 16))
+            if request.get("native"):
+                tracee.pending_exec = (None, request.get("program"))
+                return 0
+            explicit = mosopts.from_json(request["options"])
+            merged = mosopts.inherit(options_of(tracee.state), explicit)
+            state = initial_state(merged)
+            state.nmigs = tracee.state.nmigs
+            if request.get("now"):
+                tracee.state = state          # a nested -S queue driver: its children inherit
+                self._send("update", pid=tracee.pid, options=flag_summary(state))
+            else:
+                tracee.pending_exec = (state, request.get("program"))
+            return 0
+        except (TraceError, ValueError, KeyError, TypeError, MosixError):
+            return -errno.EINVAL
+
+    # -- talking ----------------------------------------------------------------------------------------
+    def say(self, tracee: Tracee | None, message: str) -> None:
+        """A MOSRUN message, on the process's own standard error when it has one."""
+        data = (rules.PREFIX + message + "\n").encode(errors="replace")
+        fd = None
+        if tracee is not None:
+            try:
+                pidfd = os.pidfd_open(tracee.pid)
+                try:
+                    fd = memory.borrow_fd(pidfd, 2)
+                finally:
+                    os.close(pidfd)
+            except (OSError, TraceError):
+                fd = None
+        try:
+            os.write(fd if fd is not None else self.messages_fd, data)
+        except OSError:
+            pass
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _register(self, tracee: Tracee) -> None:
+        self._send("register", pid=tracee.pid, command=tracee.command, options=flag_summary(tracee.state))
+
+    def _send(self, op: str, **args) -> None:
+        if self.session is None:
+            return
+        try:
+            self.session.send(op, **args)
+        except (DaemonUnavailable, OSError):
+            self.session = None
+
+
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def _program_name(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return "program"
+
+
+def elf_class(path: str) -> int | None:
+    """1 for a 32-bit ELF file, 2 for 64-bit, None if it is not ELF (a script...)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(5)
+    except OSError:
+        return None
+    if head[:4] != b"\x7fELF":
+        return None
+    return head[4]
+
+
+def _is_32bit(pid: int) -> bool:
+    return elf_class(f"/proc/{pid}/exe") == 1
+
+
+def node_in_cluster(config) -> Callable[[int], bool]:
+    """``in_cluster`` for a MOSIX configuration: a node number or host-order IP."""
+    def check(value: int) -> bool:
+        if config is None:
+            return False
+        try:
+            if value <= 65535:
+                ip = config.resolve_node(str(value))
+            else:
+                ip = IPv4Address(value)
+            return bool(config.cluster.contains(ip))
+        except (MosixError, ValueError):
+            return False
+    return check
+
+
+def stderr_writer() -> int:
+    return sys.stderr.fileno()

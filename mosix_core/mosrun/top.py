@@ -1,0 +1,85 @@
+"""The outermost mosrun of an invocation: a supervisor for one program, or for a queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from mosix_core.client import Session
+from mosix_core.linux import ptrace
+from mosix_core.mosrun import launch, rules
+from mosix_core.mosrun import options as mosopts
+from mosix_core.mosrun.queue import CommandQueue, Progress
+from mosix_core.mosrun.supervisor import Supervisor, flag_summary, initial_state, node_in_cluster
+
+
+def _session(etc: Path) -> Session | None:
+    session = Session(etc)
+    return session if session.try_open() else None
+
+
+def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env: dict,
+                etc: Path, config) -> None:
+    """Become ``program``, supervised. Never returns."""
+    state = initial_state(opts)
+    command = " ".join(args)
+
+    def supervise(root: int, messages: int) -> None:
+        supervisor = Supervisor(messages_fd=messages, session=_session(etc),
+                                in_cluster=node_in_cluster(config))
+        supervisor.install_wakeup()
+        supervisor.adopt(root, state, command)
+        supervisor.run()
+
+    launch.start_supervised(program, args, env, supervise)
+
+
+def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, config) -> int:
+    """``mosrun -S``: this process supervises every job; returns the exit status."""
+    commands, failed = mosopts.parse_queue_spec(spec)
+    messages = os.dup(2)
+    queue = CommandQueue(commands, failed, opts.queue_jobs,
+                         say=lambda text: os.write(messages, (text + "\n").encode(errors="replace")))
+    progress = Progress(messages)
+    session = _session(etc)
+    filter_program = rules.build_filter()
+    stopping = False
+
+    def interrupted(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True          # the running jobs got the terminal's signal themselves
+
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+
+    def job_ended(tracee, stop: ptrace.Stop) -> None:
+        if queue.finished(tracee.pid, stop.kind == "exited" and stop.code == 0) is not None:
+            progress.show(queue)
+            if session is not None:
+                session.send("update", pid=os.getpid(), queue=queue.progress)
+            refill()
+
+    supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(config),
+                            on_exit=job_ended)
+    supervisor.install_wakeup()
+
+    def refill() -> None:
+        while not stopping and (job := queue.next_job()) is not None:
+            pid = launch.spawn_traced("bash", ["bash", "-c", job.line], env, filter_program)
+            job.pid = pid
+            queue.started(job)
+            supervisor.adopt(pid, initial_state(opts), job.line, job=job)
+
+    def more() -> bool:
+        refill()
+        return bool(supervisor.tracees) or (queue.more and not stopping)
+
+    supervisor.keep_running = more
+    if session is not None:
+        session.send("register", pid=os.getpid(), command=f"mosrun -S{opts.queue_jobs} {spec}",
+                     queue=queue.progress, options=flag_summary(initial_state(opts)))
+    refill()
+    supervisor.run()
+    progress.end()
+    return queue.close()

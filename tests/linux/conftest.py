@@ -1,0 +1,41 @@
+"""Shared set-up for the tests that run real programs under mosrun."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROGRAMS = Path(__file__).parent / "programs"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def programs(tmp_path_factory) -> Path:
+    """Our C test programs (tests/linux/programs/*.c), compiled once per run."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build the test programs (scripts/install.sh installs it)")
+    out = tmp_path_factory.mktemp("programs")
+    for source in sorted(PROGRAMS.glob("*.c")):
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out / source.stem), str(source)], check=True)
+    os.chmod(out, 0o755)
+    return out
+
+
+@pytest.fixture
+def mosrun_env(tmp_path) -> dict[str, str]:
+    """An environment for running mosrun: the C locale (see mosix_core.mosrun.rules for
+    why UTF-8 locales need -e), our tools first on PATH, no MOSIX configuration."""
+    env = dict(os.environ)
+    env.update(LC_ALL="C", PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", MOSIX_ETC=str(tmp_path / "no-etc"))
+    env.pop("LANG", None)
+    return env
+
+
+def run(argv, env, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("timeout", 60)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, **kwargs)
