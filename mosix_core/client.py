@@ -1,9 +1,15 @@
-"""The tools' side of the control socket (see ``mosix_core.daemon.control``)."""
+"""The tools' side of the control socket (see ``mosix_core.daemon.control``).
+
+``Client``: one request per connection, for the short-lived tools. ``Session``: one
+persistent connection for ``mosrun``'s supervisor, with no-reply requests.
+"""
 
 from __future__ import annotations
 
 import json
+import select
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +52,158 @@ class Client:
         if not reply.pop("ok", False):
             raise MosixError(reply.get("error", "request failed"))
         return reply
+
+
+class Session:
+    """A supervisor's persistent connection to mosd (``mosrun`` uses one for all the
+    processes it supervises, from inside an event loop).
+
+    * :meth:`open` connects and declares the connection a supervisor's: every row
+      registered over it is removed when it closes (the supervisor died). It raises
+      DaemonUnavailable if mosd is not running; :meth:`try_open` returns False instead.
+      Either way a session that is not open is *inert*: :meth:`send` does nothing.
+    * :meth:`send` never waits: it queues the request with ``"noreply": true`` and
+      writes what the socket takes without blocking. What the kernel did not take
+      stays queued until the next send or :meth:`flush` (an event loop can call
+      ``flush`` when :meth:`fileno` becomes writable while :attr:`pending` is
+      non-zero). A broken connection, or more than ``max_queue`` bytes that mosd does
+      not read, makes the session inert — no exception reaches the caller.
+    * :meth:`request` sends one request and waits (at most ``timeout``) for its reply;
+      no-reply requests produce no reply lines, so the next line is this one's.
+    """
+
+    def __init__(self, etc: Path, timeout: float = 10.0, max_queue: int = 8 << 20) -> None:
+        self.etc = etc
+        self.path = paths.control_socket(etc)
+        self.timeout = timeout
+        self.max_queue = max_queue
+        self._sock: socket.socket | None = None
+        self._out = bytearray()
+        self._in = bytearray()
+        self.broken: str | None = None     # why a session that was open is inert now
+
+    # -- opening and closing ---------------------------------------------------------------------
+    def open(self) -> Session:
+        if self._sock is not None:
+            return self
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise DaemonUnavailable(f"MOSIX is not running on this node (no mosd at {self.path})") from None
+        except OSError as err:
+            sock.close()
+            raise DaemonUnavailable(f"cannot reach mosd at {self.path}: {err.strerror or err}") from None
+        sock.setblocking(False)
+        self._sock, self.broken = sock, None
+        self._out.clear()
+        self._in.clear()
+        self.request("supervise")  # raises DaemonUnavailable (and closes) if mosd does not answer
+        return self
+
+    def try_open(self) -> bool:
+        """Open if mosd is there; False (an inert session) if it is not."""
+        try:
+            self.open()
+        except MosixError:
+            return False
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._out.clear()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _break(self, why: str) -> None:
+        self.broken = why
+        self.close()
+
+    # -- without waiting -------------------------------------------------------------------------
+    def send(self, op: str, **args: Any) -> bool:
+        """Queue a no-reply request and write what can be written now. Returns False
+        when the session is (or just became) inert."""
+        if self._sock is None:
+            return False
+        self._out += json.dumps({"op": op, **args, "noreply": True}).encode() + b"\n"
+        if len(self._out) > self.max_queue:
+            self._break("mosd is not reading its control socket")
+            return False
+        self.flush()
+        return self._sock is not None
+
+    def flush(self) -> bool:
+        """Write queued requests without blocking; True when nothing is left queued."""
+        while self._out and self._sock is not None:
+            try:
+                sent = self._sock.send(self._out, socket.MSG_NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as err:
+                self._break(f"connection to mosd lost: {err.strerror or err}")
+                return False
+            del self._out[:sent]
+        return not self._out
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued but not yet taken by the kernel."""
+        return len(self._out)
+
+    def fileno(self) -> int:
+        return -1 if self._sock is None else self._sock.fileno()
+
+    # -- waiting for a reply ---------------------------------------------------------------------
+    def request(self, op: str, **args: Any) -> dict:
+        """Send one request and return its reply's fields (as :meth:`Client.call`)."""
+        if self._sock is None:
+            raise DaemonUnavailable(self.broken or "no session with mosd")
+        self._out += json.dumps({"op": op, **args}).encode() + b"\n"
+        deadline = time.monotonic() + self.timeout
+        while not self.flush():
+            if self._sock is None or not self._wait(select.POLLOUT, deadline):
+                break
+        while self._sock is not None and b"\n" not in self._in:
+            if not self._wait(select.POLLIN, deadline):
+                break
+            try:
+                chunk = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as err:
+                self._break(f"connection to mosd lost: {err.strerror or err}")
+                break
+            if not chunk:
+                self._break("mosd closed the connection")
+                break
+            self._in += chunk
+        if self._sock is None or b"\n" not in self._in:
+            reason = self.broken or "mosd did not answer in time"
+            self._break(reason)  # a late reply would be taken for the next request's
+            raise DaemonUnavailable(reason)
+        line, _, rest = bytes(self._in).partition(b"\n")
+        self._in[:] = rest
+        reply = json.loads(line)
+        if not reply.pop("ok", False):
+            raise MosixError(reply.get("error", "request failed"))
+        return reply
+
+    def _wait(self, events: int, deadline: float) -> bool:
+        left = deadline - time.monotonic()
+        if left <= 0 or self._sock is None:
+            return False
+        poller = select.poll()
+        poller.register(self._sock, events)
+        return bool(poller.poll(left * 1000))

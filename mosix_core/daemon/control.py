@@ -5,11 +5,30 @@ way: ``{"op": "...", ...}`` → ``{"ok": true, ...}`` or ``{"ok": false, "error"
 The caller's uid comes from ``SO_PEERCRED``: everyone may read, only root may
 change the node (as with ``mosctl`` and ``mossetpe``), and a user may register
 only their own processes.
+
+A request carrying ``"noreply": true`` gets no reply line at all (a failure is only
+logged): ``mosrun``'s supervisor streams its process-table changes that way
+without ever waiting (``mosix_core.client.Session``).
+
+Process-table operations:
+
+``register``    ``pid`` and optionally ``command``, ``where``, ``frozen``, ``nmigs``,
+                ``queue``, ``options``, ``remote_utime`` (see ``mosix_core.proctable``);
+                root only: ``home`` and ``origpid`` (a guest). Re-registering a pid
+                replaces its row.
+``update``      ``pid`` and any of those fields; only the row's owner or root.
+``unregister``  ``pid``; only the owner or root; ``removed`` says whether a row was there.
+``supervise``   marks the connection as a supervisor's: every row registered over it
+                from then on is removed when the connection closes (the supervisor died).
+``processes``   every row (``to_json``), and ``ip``, this node's address.
+
+A row always goes when its process exits (the daemon holds a pidfd per row).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import socket
@@ -22,10 +41,22 @@ from typing import Any, Callable
 from mosix_core import __version__, gossip
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError
 from mosix_core.placement import PlacementRequest, PlacementView
-from mosix_core.proctable import ProcessEvent, ProcessRecord
+from mosix_core.proctable import ProcessEvent, ProcessRecord, checked_fields
 
 MAX_REQUEST = 1024 * 1024
 STATE_FLAGS = {"stay": gossip.ST_STAY, "lstay": gossip.ST_LSTAY, "block": gossip.ST_BLOCK}
+
+
+class Connection:
+    """One client of the control socket, as the process-table operations see it."""
+
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+        self.supervisor = False
+        self.rows: dict[int, ProcessRecord] = {}   # registered here while supervising
+
+
+_connection: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("mosd_connection", default=None)
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -94,8 +125,11 @@ class ControlServer:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn: Connection | None = None
         try:
             uid = peer_uid(writer)
+            conn = Connection(uid)
+            _connection.set(conn)  # each client is served in a task (and a context) of its own
             while True:
                 try:
                     line = await reader.readline()
@@ -105,34 +139,53 @@ class ControlServer:
                 if not line:
                     break
                 reply = await self.handle_line(line, uid)
-                await self._reply(writer, reply)
+                if reply is not None:
+                    await self._reply(writer, reply)
         except (ConnectionError, OSError):
             pass
         finally:
+            if conn is not None:
+                self.release_connection(conn)
             writer.close()
 
     async def _reply(self, writer: asyncio.StreamWriter, reply: dict) -> None:
         writer.write(json.dumps(reply).encode() + b"\n")
         await writer.drain()
 
-    async def handle_line(self, line: bytes, uid: int) -> dict:
+    async def handle_line(self, line: bytes, uid: int) -> dict | None:
+        """The reply to one request line; None when the request asked for no reply."""
+        noreply = False
         try:
             request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
                 raise ProtocolError("a request is a JSON object with an 'op'")
+            noreply = request.get("noreply") is True
             handler = getattr(self, "op_" + request["op"], None)
             if handler is None:
                 raise ProtocolError(f"unknown operation '{request['op']}'")
             result = handler(request, uid)
             if asyncio.iscoroutine(result):
                 result = await result
-            return {"ok": True, **result}
+            reply = {"ok": True, **result}
         except (MosixError, ValueError, TypeError, KeyError) as err:
             message = str(err) if isinstance(err, MosixError) else f"bad request: {err}"
-            return {"ok": False, "error": message}
+            reply = {"ok": False, "error": message}
         except Exception as err:  # the daemon must survive any request
             self.node.log.error("control request failed", error=f"{type(err).__name__}: {err}")
-            return {"ok": False, "error": f"internal error: {type(err).__name__}"}
+            reply = {"ok": False, "error": f"internal error: {type(err).__name__}"}
+        if not noreply:
+            return reply
+        if not reply["ok"]:
+            self.node.log.debug("no-reply request failed", uid=uid, error=reply["error"])
+        return None
+
+    def release_connection(self, conn: Connection) -> None:
+        """A supervisor's connection closed: its rows go (unless registered anew since)."""
+        for record in conn.rows.values():
+            if self.node.proctable.discard(record):
+                self.node.pm.hook.mosix_process_event(
+                    event=ProcessEvent("exited", record.pid, record.uid, "supervisor gone"))
+        conn.rows.clear()
 
     # -- helpers ---------------------------------------------------------------------------------
     @staticmethod
@@ -209,7 +262,7 @@ class ControlServer:
         return {"ip": str(ip), "number": node.config.node_number(ip)}
 
     def op_processes(self, req: dict, uid: int) -> dict:
-        return {"processes": [p.to_json() for p in self.node.proctable]}
+        return {"ip": str(self.node.our_ip), "processes": [p.to_json() for p in self.node.proctable]}
 
     # -- changing ------------------------------------------------------------------------------------
     def op_setstate(self, req: dict, uid: int) -> dict:
@@ -264,20 +317,76 @@ class ControlServer:
             self.on_stop()
         return {}
 
+    # -- the process table ----------------------------------------------------------------------------
     def op_register(self, req: dict, uid: int) -> dict:
         pid = int(req["pid"])
+        fields = checked_fields(req)
+        home, origpid = req.get("home"), req.get("origpid")
+        if home is not None or origpid is not None:
+            self.require_root(uid)  # guests are the daemon's business, not a user's
+            home = IPv4Address(home) if home is not None else None
+            origpid = int(origpid) if origpid is not None else None
+            if home is None or origpid is None:
+                raise ProtocolError("a guest needs both home and origpid")
+            if home == self.node.our_ip:
+                home = None
+            if home is not None:
+                fields.setdefault("frozen", "N/A")
         try:
             owner = os.stat(f"/proc/{pid}").st_uid
         except OSError:
             raise ProtocolError(f"no such process {pid}") from None
         if uid != 0 and owner != uid:
             raise PermissionDenied(f"process {pid} is not yours")
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            command = "?"
-        record = ProcessRecord(pid=pid, uid=owner, command=command)
+        if "command" not in fields:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    fields["command"] = f.read().replace(b"\0", b" ").decode(errors="replace").strip() or "?"
+            except OSError:
+                fields["command"] = "?"
+        record = ProcessRecord(pid=pid, uid=owner, command=fields.pop("command"), home=home, origpid=origpid)
+        record.apply(fields)
         self.node.watch_process(record)
-        self.node.pm.hook.mosix_process_event(event=ProcessEvent("started", pid, owner, command))
+        conn = _connection.get()
+        if conn is not None and conn.supervisor:
+            conn.rows[pid] = record
+            if len(conn.rows) > 2 * len(self.node.proctable) + 64:  # forget rows that went since
+                table = self.node.proctable
+                conn.rows = {p: r for p, r in conn.rows.items() if table.get(p) is r}
+        self.node.pm.hook.mosix_process_event(event=ProcessEvent("started", pid, owner, record.command))
         return {"pid": pid}
+
+    def owned_row(self, req: dict, uid: int) -> ProcessRecord | None:
+        pid = int(req["pid"])
+        record = self.node.proctable.get(pid)
+        if record is not None and uid != 0 and record.uid != uid:
+            raise PermissionDenied(f"process {pid} is not yours")
+        return record
+
+    def op_update(self, req: dict, uid: int) -> dict:
+        record = self.owned_row(req, uid)
+        if record is None:
+            raise ProtocolError(f"{int(req['pid'])}: not a MOSIX process")
+        changed = record.apply(checked_fields(req))
+        event = self.node.pm.hook.mosix_process_event
+        if "where" in changed:
+            event(event=ProcessEvent("migrated", record.pid, record.uid, record.where))
+        if "frozen" in changed:
+            kind = "unfrozen" if record.frozen in ("-", "N/A") else "frozen"
+            event(event=ProcessEvent(kind, record.pid, record.uid, record.frozen))
+        return {"pid": record.pid, "changed": sorted(changed)}
+
+    def op_unregister(self, req: dict, uid: int) -> dict:
+        record = self.owned_row(req, uid)
+        removed = record is not None and self.node.proctable.discard(record)
+        if removed:
+            self.node.pm.hook.mosix_process_event(
+                event=ProcessEvent("exited", record.pid, record.uid, "unregistered"))
+        return {"pid": int(req["pid"]), "removed": removed}
+
+    def op_supervise(self, req: dict, uid: int) -> dict:
+        conn = _connection.get()
+        if conn is None:
+            raise ProtocolError("supervise needs a connection")
+        conn.supervisor = True
+        return {}

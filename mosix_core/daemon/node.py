@@ -274,24 +274,27 @@ class Node:
 
     # -- the process table -------------------------------------------------------------------------
     def watch_process(self, record: ProcessRecord) -> None:
-        """Add a process to the table; its row goes away the moment it exits (pidfd)."""
+        """Add a process to the table; its row goes away the moment it exits (pidfd).
+
+        Re-registering a pid replaces its row and closes the old row's pidfd, so a
+        stale watcher can never remove the new row.
+        """
         try:
             pidfd = os.pidfd_open(record.pid)
         except OSError as err:
             raise ProtocolError(f"cannot watch process {record.pid}: {err.strerror}") from None
         loop = asyncio.get_running_loop()
 
-        def exited() -> None:
+        def release() -> None:  # called once, when this row leaves the table for any reason
             loop.remove_reader(pidfd)
             os.close(pidfd)
-            gone = self.proctable.remove(record.pid)
-            if gone is not None:
-                self.pm.hook.mosix_process_event(event=ProcessEvent("exited", gone.pid, gone.uid))
 
-        old = self.proctable.get(record.pid)
-        if old is not None:
-            self.proctable.remove(record.pid)
-        self.proctable.add(record)
+        def exited() -> None:
+            # discard() calls release(); a replaced row's reader was already removed
+            if self.proctable.discard(record):
+                self.pm.hook.mosix_process_event(event=ProcessEvent("exited", record.pid, record.uid))
+
+        self.proctable.add(record, release=release)
         loop.add_reader(pidfd, exited)
 
     # -- the run loop -------------------------------------------------------------------------------
