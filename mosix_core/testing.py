@@ -25,7 +25,20 @@ from mosix_core import localcluster
 from mosix_core.client import Client
 from mosix_core.errors import MosixError
 
-TOOLS = {"mosd", "mossetpe", "mosctl", "mosmon", "mosbestnode", "moscluster", "mosplugins"}
+TOOLS = {
+    "mosd",
+    "mossetpe",
+    "mosctl",
+    "mosmon",
+    "mosbestnode",
+    "moscluster",
+    "mosplugins",
+    "mostestload",
+    "mosps",
+    "moskillall",
+    "mostimeof",
+    "mosrun",
+}
 
 # Each test gets a /24 of its own in 127.0.0.0/8: second octet from the pytest worker's
 # pid, third from a counter, so parallel runs and lingering sockets never collide.
