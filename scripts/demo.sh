@@ -19,18 +19,19 @@ for _ in $(seq 1 40); do
 done
 moscluster status
 
-say "a CPU-bound process on node 4 (registered with node 4's mosd)"
-python3 -c 'import time; t=time.time()+8
-while time.time()<t: pass' &
+say "mosrun on node 4: a CPU-bound awk, and a queue of 3 jobs, as MOSIX processes"
+export LC_ALL=C      # UTF-8 locales need mosrun -e (glibc maps its gconv cache MAP_SHARED)
+on 4 mosrun -m20 awk 'BEGIN { while (n++ < 4e8) s += n }' &
 busy=$!
-python3 - "$MOSCLUSTER_DIR/node4" "$busy" <<'PY'
-import sys
-from pathlib import Path
-sys.path.insert(0, ".")
-from mosix_core.client import Client
-Client(Path(sys.argv[1])).call("register", pid=int(sys.argv[2]))
-PY
-sleep 3
+printf 'sleep 4\nexit 3\nsleep 4\n' > "$MOSCLUSTER_DIR/jobs.txt"
+on 4 mosrun -S2 "$MOSCLUSTER_DIR/jobs.txt,$MOSCLUSTER_DIR/failed.txt" &
+queue=$!
+sleep 1.5
+say "mosps on node 4 (with NMIGS), and the queue's progress (mosps -S)"
+on 4 mosps -n
+on 4 mosps -S
+on 4 mostimeof "$(pgrep -n -x awk)"
+sleep 1.5
 
 say "mosmon (node 1's view): load"
 on 1 mosmon --once -t
@@ -45,7 +46,10 @@ say "mosctl status 3 (asked on node 1)"
 on 1 mosctl status 3
 say "mosctl rstatus 4: status load availability speed ncpus frozen mem-avail mem-total swap-free swap-total privileged procs"
 on 1 mosctl rstatus 4
+say "moskillall on node 4 (SIGTERM to every MOSIX process there)"
+on 4 moskillall || true
 wait "$busy" 2>/dev/null || true
+wait "$queue" 2>/dev/null || echo "the queue ended with $? failed lines: $(tr '\n' ';' < "$MOSCLUSTER_DIR/failed.txt")"
 
 say "kill node 3's daemon, and watch the others notice"
 moscluster stop 3
