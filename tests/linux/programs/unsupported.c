@@ -24,6 +24,7 @@ static int report(const char *what, long r) {
 }
 
 static int thread_fn(void *arg) { return 0; }
+static void on_tstp(int sig) { _exit(42); }
 
 int main(int argc, char **argv) {
     const char *w = argv[1];
@@ -84,12 +85,18 @@ int main(int argc, char **argv) {
     if (!strcmp(w, "futex-private")) { int f = 0; return report(w, syscall(SYS_futex, &f, 1 | 128, 1, NULL, NULL, 0)); }
     if (!strcmp(w, "sleep")) return report(w, usleep(1000));
     if (!strcmp(w, "stop-self")) {
-        /* a child stops itself with SIGSTOP; the parent sees which signal stopped it */
+        /* A child sends itself SIGSTOP. SIGSTOP cannot be caught, SIGTSTP can: a child whose
+         * handler runs was sent SIGTSTP instead. (Catching also works in an orphaned process
+         * group, where the kernel would discard a SIGTSTP with its default action.) */
         pid_t pid = fork();
-        if (pid == 0) { kill(getpid(), SIGSTOP); _exit(0); }
+        if (pid == 0) {
+            signal(SIGTSTP, on_tstp);
+            kill(getpid(), SIGSTOP);
+            _exit(0);
+        }
         int st; waitpid(pid, &st, WUNTRACED);
-        printf("%s=%s\n", w, WIFSTOPPED(st) ? sigabbrev_np(WSTOPSIG(st)) : "not-stopped");
-        kill(pid, SIGCONT); waitpid(pid, &st, 0);
+        if (WIFSTOPPED(st)) { printf("%s=%s\n", w, sigabbrev_np(WSTOPSIG(st))); kill(pid, SIGCONT); waitpid(pid, &st, 0); }
+        else printf("%s=%s\n", w, WIFEXITED(st) && WEXITSTATUS(st) == 42 ? "TSTP" : "other");
         return 0;
     }
     fprintf(stderr, "unknown %s\n", w);
