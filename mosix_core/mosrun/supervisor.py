@@ -75,6 +75,7 @@ class Tracee:
     waiting_for_parent: bool = False       # stopped at birth, before its parent's fork event
     pending_exec: tuple | None = None      # (state or None, program) to take at the next exec
     command: str = ""
+    mosix_tool: bool = False               # running our own mosrun/mosenv/mosnative (see _exec)
 
     @property
     def native(self) -> bool:
@@ -215,6 +216,10 @@ class Supervisor:
             if tracee.state is None:
                 self._send("unregister", pid=pid)
         tracee.command = _command_line(pid)
+        # A recursive mosrun/mosenv/mosnative is our own Python program, which uses calls
+        # MOSIX refuses (epoll...) before it reaches /proc/self/mosrun: they fail quietly
+        # for it, whatever the process's -e/-u, until it execs the real program.
+        tracee.mosix_tool = _is_mosix_tool(tracee.command)
         if not tracee.native and _is_32bit(pid):
             self.say(tracee, f"{_program_name(pid)} is a 32-bit program - will run in native Linux mode")
             self._send("unregister", pid=pid)
@@ -254,7 +259,7 @@ class Supervisor:
             self.say(tracee, verdict.message)
             self._carry_out(tracee, verdict.then)
         elif isinstance(verdict, rules.Unsupported):
-            mode = tracee.state.unsupportok
+            mode = rules.MODE_SILENT if tracee.mosix_tool else tracee.state.unsupportok
             if mode == rules.MODE_KILL:
                 self.say(tracee, verdict.message)
                 os.kill(pid, signal.SIGKILL)
@@ -354,6 +359,14 @@ def _command_line(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return "?"
+
+
+MOSIX_TOOLS = frozenset({"mosrun", "mosenv", "mosnative"})
+
+
+def _is_mosix_tool(command: str) -> bool:
+    words = command.split()[:2]
+    return any(os.path.basename(word) in MOSIX_TOOLS for word in words)
 
 
 def _program_name(pid: int) -> str:
