@@ -18,6 +18,12 @@ SYS_PIDFD_GETFD = 438
 PAGE = 4096
 
 
+def _longs(*values: int) -> tuple:
+    """syscall() is variadic: a plain int would be passed as 4 bytes where the kernel
+    reads 8, leaving garbage in the upper half (a random EINVAL for ``flags``)."""
+    return tuple(ctypes.c_long(v) for v in values)
+
+
 class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
@@ -27,7 +33,8 @@ def read_bytes(pid: int, addr: int, size: int) -> bytes:
     buf = ctypes.create_string_buffer(size)
     local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), size)
     remote = _IoVec(addr, size)
-    got = LIBC.syscall(SYS_PROCESS_VM_READV, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    got = LIBC.syscall(*_longs(SYS_PROCESS_VM_READV, pid), ctypes.byref(local), *_longs(1),
+                       ctypes.byref(remote), *_longs(1, 0))
     if got < 0:
         raise fail(f"reading memory of process {pid} at {addr:#x}")
     return buf.raw[:got]
@@ -37,7 +44,8 @@ def write_bytes(pid: int, addr: int, data: bytes) -> None:
     buf = ctypes.create_string_buffer(data, len(data))
     local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
     remote = _IoVec(addr, len(data))
-    put = LIBC.syscall(SYS_PROCESS_VM_WRITEV, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    put = LIBC.syscall(*_longs(SYS_PROCESS_VM_WRITEV, pid), ctypes.byref(local), *_longs(1),
+                       ctypes.byref(remote), *_longs(1, 0))
     if put != len(data):
         raise fail(f"writing memory of process {pid} at {addr:#x}")
 
@@ -62,7 +70,7 @@ def read_cstring(pid: int, addr: int, limit: int = 4096) -> bytes:
 
 def borrow_fd(pidfd: int, fd: int) -> int:
     """A duplicate of the tracee's descriptor ``fd`` (same open file, same offset)."""
-    new = LIBC.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    new = LIBC.syscall(*_longs(SYS_PIDFD_GETFD, pidfd, fd, 0))
     if new < 0:
         raise fail(f"pidfd_getfd({fd})")
     os.set_inheritable(new, False)

@@ -71,10 +71,11 @@ class CommandQueue:
             self.line_number += 1
             if not raw.endswith(b"\n") or len(raw) > MAX_LINE:
                 self.say(f"Line #{self.line_number} is too long or broken!")
+                first = raw
                 while len(raw) > MAX_LINE and not raw.endswith(b"\n"):
                     raw = self._file.readline(MAX_LINE + 1)     # skip the rest of it
                 self.done += 1
-                self._record_failure(raw.rstrip(b"\n").decode(errors="surrogateescape"))
+                self._record_failure(first[:MAX_LINE].rstrip(b"\n").decode(errors="surrogateescape"))
                 continue
             line = raw[:-1].decode(errors="surrogateescape")
             if not line.strip():
@@ -126,7 +127,8 @@ class CommandQueue:
             try:
                 self._failed_file.close()
             except OSError:
-                self.say("Failed writing to failed-commands file!")
+                if not self._failed_write_error:
+                    self.say("Failed writing to failed-commands file!")
             if changed:
                 self.say("Commands-file changed: failed-commands file is incomplete!")
         return min(self.failures, MAX_STATUS)
