@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mosix_core import paths
-from mosix_core.errors import DaemonUnavailable, MosixError
+from mosix_core.errors import MosixError
 from mosix_core.mosrun import options as mosopts
 
 PROG = "mosrun"
@@ -232,10 +232,7 @@ def run_nested_queue(opts: mosopts.MosrunOptions, spec: str, env: dict) -> int:
 def _guarded(fn, *args, **kwargs) -> int:
     try:
         return fn(*args, **kwargs)
-    except mosopts.UsageError as err:
-        _say(str(err))
-        return 1
-    except MosixError as err:
+    except MosixError as err:       # UsageError included
         _say(str(err))
         return 1
     except KeyboardInterrupt:

@@ -18,7 +18,6 @@ import os
 import resource
 import signal
 import struct
-import sys
 from typing import Callable, Mapping, Sequence
 
 from mosix_core.errors import MosixError, TraceError
@@ -192,9 +191,3 @@ def _read_exactly(fd: int, size: int) -> bytes:
         data += chunk
     return data
 
-
-def stderr_is_terminal() -> bool:
-    try:
-        return os.isatty(sys.stderr.fileno())
-    except (OSError, ValueError):
-        return False

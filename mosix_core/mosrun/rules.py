@@ -302,13 +302,11 @@ def _prlimit64(args, ctx):
     return ALLOW
 
 
-def _priority(name):
-    def handle(args, ctx):
-        which, who = args[0] & 0xFFFFFFFF, args[1] & 0xFFFFFFFF
-        if which == 0 and who in (0, ctx.pid):
-            return ALLOW
-        return Unsupported("getpriority/setpriority supported under MOSIX only for self")
-    return handle
+def _priority(args, ctx):
+    which, who = args[0] & 0xFFFFFFFF, args[1] & 0xFFFFFFFF
+    if which == 0 and who in (0, ctx.pid):
+        return ALLOW
+    return Unsupported("getpriority/setpriority supported under MOSIX only for self")
 
 
 def _sysfs(args, ctx):
@@ -327,8 +325,8 @@ def _clock_nanosleep(args, ctx):
 
 _HANDLERS: dict[str, Callable] = {
     "open": _open(0, 1), "openat": _open(1, 2), "mmap": _mmap, "clone": _clone, "prctl": _prctl,
-    "ioctl": _ioctl, "setrlimit": _setrlimit, "prlimit64": _prlimit64, "getpriority": _priority("get"),
-    "setpriority": _priority("set"), "sysfs": _sysfs, "shmat": _shmat, "clock_nanosleep": _clock_nanosleep,
+    "ioctl": _ioctl, "setrlimit": _setrlimit, "prlimit64": _prlimit64, "getpriority": _priority,
+    "setpriority": _priority, "sysfs": _sysfs, "shmat": _shmat, "clock_nanosleep": _clock_nanosleep,
 }
 
 

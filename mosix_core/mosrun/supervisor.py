@@ -19,7 +19,6 @@ import json
 import os
 import selectors
 import signal
-import sys
 from ipaddress import IPv4Address
 from typing import Callable
 
@@ -32,7 +31,8 @@ from mosix_core.mosrun import procself, rules
 
 UNSIGNED_MINUS_ONE = (1 << 64) - 1
 ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
-CONTROL_NAME = "mosrun"      # /proc/self/mosrun: how a recursive mosrun talks to us
+CONTROL_NAME = "mosrun"
+NOTHING_PENDING = object()      # /proc/self/mosrun: how a recursive mosrun talks to us
 
 
 def initial_state(opts: mosopts.MosrunOptions) -> procself.MosixState:
@@ -71,9 +71,9 @@ class Tracee:
     state: procself.MosixState | None      # None: not a MOSIX process (mosnative, 32-bit)
     parent: int | None = None
     job: object = None                     # the -S queue job this process is the root of
-    started: bool = False                  # its first stop has been seen and answered
-    waiting_for_parent: bool = False       # stopped at birth, before its parent's fork event
-    pending_exec: tuple | None = None      # (state or None, program) to take at the next exec
+    # the state to take at the next exec (None: become native), as a recursive
+    # mosrun/mosnative asked; NOTHING_PENDING when nothing was asked
+    pending_exec: object = attrs.field(factory=lambda: NOTHING_PENDING)
     command: str = ""
     mosix_tool: bool = False               # running our own mosrun/mosenv/mosnative (see _exec)
 
@@ -111,7 +111,7 @@ class Supervisor:
 
     def adopt(self, pid: int, state: procself.MosixState | None, command: str, job=None) -> Tracee:
         """A process the caller has already seized (running, not yet stopped)."""
-        tracee = Tracee(pid, state, job=job, started=True, command=command)
+        tracee = Tracee(pid, state, job=job, command=command)
         self.tracees[pid] = tracee
         if state is not None:
             self._register(tracee)
@@ -197,7 +197,6 @@ class Supervisor:
             self._register(child)
         first = self.orphans.pop(pid, None)
         if first is not None:
-            child.started = True
             self.on_stop(first)
 
     def _gone(self, stop: ptrace.Stop, tracee: Tracee | None) -> None:
@@ -210,9 +209,8 @@ class Supervisor:
 
     def _exec(self, tracee: Tracee) -> None:
         pid = tracee.pid
-        if tracee.pending_exec is not None:
-            tracee.state, _program = tracee.pending_exec
-            tracee.pending_exec = None
+        if tracee.pending_exec is not NOTHING_PENDING:
+            tracee.state, tracee.pending_exec = tracee.pending_exec, NOTHING_PENDING
             if tracee.state is None:
                 self._send("unregister", pid=pid)
         tracee.command = _command_line(pid)
@@ -227,7 +225,7 @@ class Supervisor:
             ptrace.detach(pid)              # the filter lets other architectures run untouched
             return
         if not tracee.native:
-            self._send("register", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
+            self._send("update", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
         ptrace.cont(pid)
 
     # -- system calls ------------------------------------------------------------------------------------
@@ -304,7 +302,7 @@ class Supervisor:
         try:
             request = json.loads(memory.read_cstring(tracee.pid, addr, limit=1 << 16))
             if request.get("native"):
-                tracee.pending_exec = (None, request.get("program"))
+                tracee.pending_exec = None
                 return 0
             explicit = mosopts.from_json(request["options"])
             merged = mosopts.inherit(options_of(tracee.state), explicit)
@@ -314,7 +312,7 @@ class Supervisor:
                 tracee.state = state          # a nested -S queue driver: its children inherit
                 self._send("update", pid=tracee.pid, options=flag_summary(state))
             else:
-                tracee.pending_exec = (state, request.get("program"))
+                tracee.pending_exec = state
             return 0
         except (TraceError, ValueError, KeyError, TypeError, MosixError):
             return -errno.EINVAL
@@ -407,6 +405,3 @@ def node_in_cluster(config) -> Callable[[int], bool]:
             return False
     return check
 
-
-def stderr_writer() -> int:
-    return sys.stderr.fileno()

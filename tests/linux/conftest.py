@@ -11,6 +11,18 @@ from pathlib import Path
 import pytest
 
 PROGRAMS = Path(__file__).parent / "programs"
+
+# A python3 -c script: reads MOSIX run-time parameters through the mosix(7) programming
+# interface and prints them as JSON (the value, or the errno's name: ENOENT outside mosrun).
+PROCSELF_READER = """\
+import ctypes, errno, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+values = {}
+for name in sys.argv[1:]:
+    got = libc.open(("/proc/self/" + name).encode(), 0)
+    values[name] = got if got >= 0 else errno.errorcode[ctypes.get_errno()]
+print(json.dumps(values), flush=True)
+"""
 BIN = Path(sys.executable).parent
 
 

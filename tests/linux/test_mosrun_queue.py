@@ -15,19 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.linux.conftest import PROCSELF_READER
+
 pytestmark = pytest.mark.linux
 
-# Reads MOSIX run-time parameters through the mosix(7) programming interface and
-# prints them as JSON: the value, or the errno's name (ENOENT outside mosrun).
-PROCSELF_READER = """\
-import ctypes, errno, json, sys
-libc = ctypes.CDLL(None, use_errno=True)
-values = {}
-for name in sys.argv[1:]:
-    got = libc.open(("/proc/self/" + name).encode(), 0)
-    values[name] = got if got >= 0 else errno.errorcode[ctypes.get_errno()]
-print(json.dumps(values), flush=True)
-"""
 
 
 def run(argv, env, cwd=None, timeout=60) -> subprocess.CompletedProcess:

@@ -16,17 +16,10 @@ import subprocess
 
 import pytest
 
+from tests.linux.conftest import PROCSELF_READER
+
 pytestmark = pytest.mark.linux
 
-PROCSELF_READER = """\
-import ctypes, errno, json, sys
-libc = ctypes.CDLL(None, use_errno=True)
-values = {}
-for name in sys.argv[1:]:
-    got = libc.open(("/proc/self/" + name).encode(), 0)
-    values[name] = got if got >= 0 else errno.errorcode[ctypes.get_errno()]
-print(json.dumps(values), flush=True)
-"""
 
 AFFINITY = "import os; print('cpus', len(os.sched_getaffinity(0)) > 0)"
 AFFINITY_CAUGHT = ("import os\ntry:\n    os.sched_getaffinity(0)\n    print('allowed')\n"
