@@ -7,7 +7,6 @@ disable any of them by name (``disabled_plugins`` in ``mosd.conf``) and replace 
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +16,7 @@ import attrs
 import pluggy
 
 from mosix_core import hookspecs
+from mosix_core.entry_points import entry_points, normalized
 from mosix_core.errors import ConfigError, MosixError
 
 OUR_DISTRIBUTION = "mosix-py"
@@ -57,20 +57,6 @@ class MosixPluginManager(pluggy.PluginManager):
         return [self.origins[name] for name in sorted(self.origins)]
 
 
-def _entry_points() -> Iterable[tuple[importlib.metadata.EntryPoint, importlib.metadata.Distribution]]:
-    seen: set[str] = set()
-    for dist in importlib.metadata.distributions():
-        dist_name = dist.metadata["Name"]
-        # The same distribution can be visible twice (e.g. an editable install plus a
-        # stale copy on sys.path); the first on the path is the one Python imports.
-        if dist_name in seen:
-            continue
-        seen.add(dist_name)
-        for ep in dist.entry_points:
-            if ep.group == hookspecs.ENTRY_POINT_GROUP:
-                yield ep, dist
-
-
 def load_site_hooks(pm: MosixPluginManager, directory: Path) -> None:
     """Register every ``*.py`` module of a site hook directory, in name order."""
     if not directory.is_dir():
@@ -104,20 +90,18 @@ def build_plugin_manager(
     for name in disabled:
         pm.set_blocked(name)
     found_builtins = False
-    for ep, dist in _entry_points():
+    for ep in entry_points(hookspecs.ENTRY_POINT_GROUP):
+        ours = normalized(ep.distribution) == OUR_DISTRIBUTION
+        found_builtins = found_builtins or ours
         if pm.is_blocked(ep.name):
-            if dist.metadata["Name"] == OUR_DISTRIBUTION:
-                found_builtins = True
             continue
         try:
             module = ep.load()
         except Exception as err:
-            raise MosixError(f"plugin '{ep.name}' from {dist.metadata['Name']} failed to load: "
+            raise MosixError(f"plugin '{ep.name}' from {ep.distribution} failed to load: "
                              f"{type(err).__name__}: {err}") from err
-        if dist.metadata["Name"] == OUR_DISTRIBUTION:
-            found_builtins = True
-        pm.register_module(module, PluginInfo(ep.name, "entry point", dist.metadata["Name"],
-                                              dist.version, ep.value))
+        pm.register_module(module, PluginInfo(ep.name, "entry point", ep.distribution,
+                                              ep.version, ep.value))
     if not found_builtins:
         raise MosixError("mosix-py is not installed (no 'mosix.plugins' entry points found): "
                          "run 'pip install .' in the source tree")
