@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 from mosix_core.errors import TraceError
 
-LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library this Python already runs on (dlopen(NULL) sees it): no
+# ctypes.util.find_library, whose search imports subprocess and tempfile.
+LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.syscall.restype = ctypes.c_long
 LIBC.ptrace.restype = ctypes.c_long
 LIBC.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]

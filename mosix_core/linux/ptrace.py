@@ -2,8 +2,10 @@
 
 The supervisor seizes tracees (``PTRACE_SEIZE``, so group-stops and job control
 keep working through ``PTRACE_LISTEN``), and learns everything from ``waitpid``.
-Registers use python-ptrace's ``user_regs_struct`` binding; the calls themselves
-go straight to libc so an error is one errno, turned into :class:`TraceError`.
+The calls go straight to libc so an error is one errno, turned into
+:class:`TraceError`. The register layout is declared here rather than taken from
+python-ptrace: importing ``ptrace.binding`` pulls in logging and half the standard
+library, a cost every ``mosrun`` start would pay before the program runs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import os
 import signal
 
 import attrs
-from ptrace.binding.func import ptrace_registers_t as Registers
 
 from mosix_core.linux.libc import LIBC, fail
 
@@ -50,6 +51,17 @@ SUPERVISOR_OPTIONS = (O_TRACESYSGOOD | O_TRACEFORK | O_TRACEVFORK | O_TRACECLONE
                       | O_TRACESECCOMP | O_EXITKILL)
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 WALL = 0x40000000  # __WALL: wait for every kind of tracee
+
+
+
+class Registers(ctypes.Structure):
+    """x86-64 ``struct user_regs_struct`` (<sys/user.h>), what PTRACE_GETREGS fills."""
+
+    _fields_ = [(name, ctypes.c_ulong) for name in (
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
+        "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base",
+        "ds", "es", "fs", "gs")]
+
 
 _regs = Registers()
 _regs_ref = ctypes.byref(_regs)
