@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from typing import Any
 
 import attrs
 
+from mosix_core.errors import ProtocolError
 from mosix_core.gossip import ST_BLOCK, ST_OFF
 
 
@@ -111,6 +113,34 @@ class MosrunRequest:
     options: tuple[str, ...] = ()       # every other mosrun option, as given
     queue_jobs: int | None = None       # -S{maxjobs}
     etc: str | None = None              # the configuration directory: site parameters are in {etc}/mosrun.conf
+
+    @classmethod
+    def from_fields(cls, fields: Any, *, uid: int, user: str, etc: str | None) -> MosrunRequest:
+        """A request from :meth:`policy_fields`-shaped data (from mosrun, perhaps over
+        the control socket): anything of the wrong shape is a ProtocolError."""
+        if not isinstance(fields, dict):
+            raise ProtocolError("a mosrun request is a JSON object")
+        known = {"argv", "location", "memory_mb", "options", "queue_jobs"}
+        if set(fields) != known:
+            raise ProtocolError(f"a mosrun request has exactly the fields {', '.join(sorted(known))}")
+        words = {name: fields[name] for name in ("argv", "options")}
+        for name, value in words.items():
+            if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+                raise ProtocolError(f"mosrun request: {name} must be a list of strings")
+        if fields["location"] is not None and not isinstance(fields["location"], str):
+            raise ProtocolError("mosrun request: location must be a string")
+        for name in ("memory_mb", "queue_jobs"):
+            value = fields[name]
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ProtocolError(f"mosrun request: {name} must be a whole number")
+        return cls(uid=uid, user=user, argv=tuple(words["argv"]), location=fields["location"],
+                   memory_mb=fields["memory_mb"], options=tuple(words["options"]),
+                   queue_jobs=fields["queue_jobs"], etc=etc)
+
+    def policy_fields(self) -> dict[str, Any]:
+        """What a policy may have changed, as plain data (the inverse of :meth:`from_fields`)."""
+        return {"argv": list(self.argv), "location": self.location, "memory_mb": self.memory_mb,
+                "options": list(self.options), "queue_jobs": self.queue_jobs}
 
 
 class PlacementView:

@@ -31,6 +31,7 @@ import asyncio
 import contextvars
 import json
 import os
+import pwd
 import socket
 import struct
 import time
@@ -40,7 +41,8 @@ from typing import Any, Callable
 
 from mosix_core import __version__, gossip
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError
-from mosix_core.placement import PlacementRequest, PlacementView
+from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
+from mosix_core.plugins import apply_policies
 from mosix_core.proctable import ProcessEvent, ProcessRecord, checked_fields
 
 MAX_REQUEST = 1024 * 1024
@@ -64,6 +66,13 @@ def peer_uid(writer: asyncio.StreamWriter) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return uid
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def node_json(node, ip: IPv4Address, now: float) -> dict[str, Any]:
@@ -383,6 +392,23 @@ class ControlServer:
             self.node.pm.hook.mosix_process_event(
                 event=ProcessEvent("exited", record.pid, record.uid, "unregistered"))
         return {"pid": int(req["pid"]), "removed": removed}
+
+    def op_check_mosrun(self, req: dict, uid: int) -> dict:
+        """The site's mosrun policy (``mosix_check_mosrun``), applied here for the caller.
+
+        mosrun asks the daemon rather than loading every plugin itself: the hooks are
+        loaded already (a start-up of ~0.1 s less for every program), they see the
+        caller's real uid (SO_PEERCRED), the node's own configuration directory and a
+        log only root can write. A refusal is an answer, not a failed request."""
+        request = MosrunRequest.from_fields(req.get("request"), uid=uid, user=user_name(uid),
+                                            etc=str(self.node.etc))
+        try:
+            request = apply_policies(self.node.pm, "mosix_check_mosrun", request)
+        except MosixError as err:      # PolicyRefused, or a broken mosrun.conf (ConfigError)
+            return {"refused": str(err)}
+        if not isinstance(request, MosrunRequest):
+            raise ProtocolError("a site policy returned something that is not a MosrunRequest")
+        return {"request": request.policy_fields()}
 
     def op_supervise(self, req: dict, uid: int) -> dict:
         conn = _connection.get()

@@ -21,13 +21,19 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Address
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from mosix_core.config.addresses import as_address, is_host_name, is_numeric
 from mosix_core.errors import MosixError, ProtocolError
-from mosix_core.placement import MosrunRequest
+
+if TYPE_CHECKING:
+    from mosix_core.placement import MosrunRequest
+
+# mosix_core.config and mosix_core.placement are imported where they are needed, not
+# here: every mosrun parses its options before the program may start, and the
+# configuration package costs ~30 ms to import (a node without /etc/mosix/mosix.map
+# never needs it).
 
 __all__ = [
     "INHERITED_LETTERS",
@@ -35,6 +41,7 @@ __all__ = [
     "MosrunOptions",
     "UsageError",
     "for_child_process",
+    "from_fields",
     "from_json",
     "from_request",
     "inherit",
@@ -42,6 +49,7 @@ __all__ = [
     "normalize_private_dir",
     "parse",
     "parse_queue_spec",
+    "policy_fields",
     "to_argv",
     "to_json",
     "to_request",
@@ -223,6 +231,8 @@ def _combined_message(word: str) -> str:
 
 
 def _node_word(word: str) -> str:
+    from mosix_core.config.addresses import as_address
+
     text = word[1:]
     if _DOTTED_QUAD.fullmatch(text):
         address = as_address(text)
@@ -239,6 +249,8 @@ def _node_word(word: str) -> str:
 
 def _host_value(text: str) -> str:
     # Only the syntax is checked here: whether the node is in the map is found when it is used.
+    from mosix_core.config.addresses import as_address, is_host_name, is_numeric
+
     if is_numeric(text):
         if _DIGITS.fullmatch(text) and 1 <= int(text) <= MAX_NODE_NUMBER:
             return str(int(text))
@@ -576,31 +588,43 @@ def _json_pair(item: Any) -> tuple[int, str]:
     return item[0], item[1]
 
 
-def to_request(options: MosrunOptions, words: Sequence[str], *, uid: int, user: str,
-               etc: str | None = None) -> MosrunRequest:
-    """The invocation as site policies see it (``mosix_check_mosrun``).
+def policy_fields(options: MosrunOptions, words: Sequence[str]) -> dict[str, Any]:
+    """The invocation as site policies see it, as plain data: the fields of a
+    :class:`mosix_core.placement.MosrunRequest` other than who and where.
 
-    ``options`` of the request holds every other option as one word each, value
-    glued (``-d9000``, ``-X/tmp``), so a policy can test for ``"-e"`` safely.
+    ``options`` holds every option but the location, -m and -S as one word each,
+    value glued (``-d9000``, ``-X/tmp``), so a policy can test for ``"-e"`` safely.
     """
     rest = attrs.evolve(options, location=None, location_node=None, memory_mb=None, queue_jobs=None,
                         explicit=options.explicit - set("bhrmS"))
-    return MosrunRequest(uid=uid, user=user, argv=tuple(words), location=location_word(options),
-                         memory_mb=options.memory_mb, options=tuple(to_argv(rest)),
-                         queue_jobs=options.queue_jobs, etc=etc)
+    return {"argv": list(words), "location": location_word(options), "memory_mb": options.memory_mb,
+            "options": to_argv(rest), "queue_jobs": options.queue_jobs}
+
+
+def to_request(options: MosrunOptions, words: Sequence[str], *, uid: int, user: str,
+               etc: str | None = None) -> MosrunRequest:
+    """The invocation as site policies see it (``mosix_check_mosrun``)."""
+    from mosix_core.placement import MosrunRequest
+
+    return MosrunRequest.from_fields(policy_fields(options, words), uid=uid, user=user, etc=etc)
 
 
 def from_request(request: MosrunRequest) -> tuple[MosrunOptions, list[str]]:
     """The options and words of a request after the site policies had their say."""
+    return from_fields(request.policy_fields())
+
+
+def from_fields(fields: Mapping[str, Any]) -> tuple[MosrunOptions, list[str]]:
+    """The options and words of :func:`policy_fields`'s output (after the policies)."""
     argv: list[str] = []
-    if request.location is not None:
-        argv.append(request.location)
-    if request.memory_mb is not None:
-        argv.append(f"-m{request.memory_mb}")
-    if request.queue_jobs is not None:
-        argv.append(f"-S{request.queue_jobs}")
-    argv.extend(request.options)
-    if request.argv and request.argv[0].startswith("-"):
+    if fields["location"] is not None:
+        argv.append(fields["location"])
+    if fields["memory_mb"] is not None:
+        argv.append(f"-m{fields['memory_mb']}")
+    if fields["queue_jobs"] is not None:
+        argv.append(f"-S{fields['queue_jobs']}")
+    argv.extend(fields["options"])
+    if fields["argv"] and fields["argv"][0].startswith("-"):
         argv.append("--")
-    argv.extend(request.argv)
+    argv.extend(fields["argv"])
     return parse(argv)

@@ -19,7 +19,6 @@ import json
 import os
 import selectors
 import signal
-from ipaddress import IPv4Address
 from typing import Callable
 
 import attrs
@@ -390,11 +389,20 @@ def _is_32bit(pid: int) -> bool:
     return elf_class(f"/proc/{pid}/exe") == 1
 
 
-def node_in_cluster(config) -> Callable[[int], bool]:
-    """``in_cluster`` for a MOSIX configuration: a node number or host-order IP."""
+def node_in_cluster(etc) -> Callable[[int], bool]:
+    """``in_cluster`` for the node whose configuration is in ``etc``: a node number or
+    host-order IP. The configuration is read when a program first asks (rarely), not
+    while the program waits to start."""
+    loaded: list = []
+
     def check(value: int) -> bool:
+        if not loaded:
+            loaded.append(_configuration(etc))
+        config = loaded[0]
         if config is None:
             return False
+        from ipaddress import IPv4Address
+
         try:
             if value <= 65535:
                 ip = config.resolve_node(str(value))
@@ -405,3 +413,16 @@ def node_in_cluster(config) -> Callable[[int], bool]:
             return False
     return check
 
+
+def _configuration(etc):
+    """The node's MOSIX configuration; None where there is none (or it does not load)."""
+    from pathlib import Path
+
+    from mosix_core.config import load_config
+
+    if not (Path(etc) / "mosix.map").exists():
+        return None
+    try:
+        return load_config(Path(etc))
+    except MosixError:
+        return None

@@ -10,24 +10,18 @@ from mosix_core.client import Session
 from mosix_core.linux import ptrace
 from mosix_core.mosrun import launch, rules
 from mosix_core.mosrun import options as mosopts
-from mosix_core.mosrun.queue import CommandQueue, Progress
 from mosix_core.mosrun.supervisor import Supervisor, flag_summary, initial_state, node_in_cluster
 
 
-def _session(etc: Path) -> Session | None:
-    session = Session(etc)
-    return session if session.try_open() else None
-
-
 def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env: dict,
-                etc: Path, config) -> None:
-    """Become ``program``, supervised. Never returns."""
+                etc: Path, session: Session | None) -> None:
+    """Become ``program``, supervised. Never returns. ``session``: an open session with
+    the local mosd (the supervisor inherits it), or None where mosd does not run."""
     state = initial_state(opts)
     command = " ".join(args)
 
     def supervise(root: int, messages: int) -> None:
-        supervisor = Supervisor(messages_fd=messages, session=_session(etc),
-                                in_cluster=node_in_cluster(config))
+        supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc))
         supervisor.install_wakeup()
         supervisor.adopt(root, state, command)
         supervisor.run()
@@ -35,14 +29,15 @@ def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env:
     launch.start_supervised(program, args, env, supervise)
 
 
-def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, config) -> int:
+def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, session: Session | None) -> int:
     """``mosrun -S``: this process supervises every job; returns the exit status."""
+    from mosix_core.mosrun.queue import CommandQueue, Progress
+
     commands, failed = mosopts.parse_queue_spec(spec)
     messages = os.dup(2)
     queue = CommandQueue(commands, failed, opts.queue_jobs,
                          say=lambda text: os.write(messages, (text + "\n").encode(errors="replace")))
     progress = Progress(messages)
-    session = _session(etc)
     filter_program = rules.build_filter()
     stopping = False
 
@@ -60,7 +55,7 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, conf
                 session.send("update", pid=os.getpid(), queue=queue.progress)
             refill()
 
-    supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(config),
+    supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
                             on_exit=job_ended)
     supervisor.install_wakeup()
 

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from mosix_core import gossip
+from mosix_core.errors import MosixError
 from mosix_core.net import wire
 
 pytestmark = pytest.mark.cluster
@@ -220,6 +221,25 @@ def test_state_changes_need_root_but_reading_does_not(local_cluster):
     reply = _ask_as_nobody(path, {"op": "register", "pid": 1})
     assert reply["ok"] is False and "not yours" in reply["error"]
     assert cluster.client(1).call("ping")["off"] is False
+
+
+def test_check_mosrun_applies_the_policy_and_refuses_garbage(local_cluster):
+    cluster = local_cluster(nodes=1, interval=INTERVAL)
+    client = cluster.client(1)
+    fields = {"argv": ["sleep", "1"], "location": "-h", "memory_mb": 10, "options": ["-e"], "queue_jobs": None}
+    assert client.call("check_mosrun", request=fields) == {"request": fields}     # no policy: unchanged
+    (cluster.etc(1) / "mosrun.conf").write_text("require_memory = yes\nunsupported = warn\n")
+    # root is exempt from require_memory; the site default (-w) is added for everyone
+    changed = client.call("check_mosrun", request={**fields, "memory_mb": None, "options": []})["request"]
+    assert changed["options"] == ["-w"] and changed["memory_mb"] is None
+    (cluster.etc(1) / "mosrun.conf").write_text("best = sometimes\n")
+    refused = client.call("check_mosrun", request=fields)["refused"]
+    assert "mosrun.conf:1:" in refused and "sometimes" in refused
+    for bad in (None, [], {"argv": "sleep"}, {**fields, "argv": "sleep 1"}, {**fields, "memory_mb": "10"},
+                {**fields, "options": [1]}, {**fields, "uid": 0}, {**fields, "location": 5}):
+        with pytest.raises(MosixError, match="mosrun request"):
+            client.call("check_mosrun", request=bad)
+    assert client.call("ping")["pid"]          # the daemon is still there
 
 
 def test_mossetpe_reloads_the_map_without_restart(local_cluster):

@@ -1,6 +1,10 @@
 """Site policy on mosrun, end to end: a real configuration directory, a real ordinary
 user (nobody, through setpriv) running the real mosrun.
 
+Every test runs twice: on a node without a running mosd (mosrun loads the plugins and
+applies the policy itself) and on a node whose mosd runs (mosrun asks it: the daemon
+applies the policy with the caller's uid from SO_PEERCRED, and writes the hook's log).
+
 * a site hook module (hooks/limit_mosrun.py, loaded through ``hooks_dir`` in mosd.conf);
 * the built-in parameters of mosrun in ``{etc}/mosrun.conf`` (plugins/mosrun_policy.py):
   ``unsupported``, ``require_memory`` and ``best``.
@@ -18,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from mosix_core import localcluster
+from mosix_core.daemon import server
 from mosix_core.testing import fresh_base_ip
 
 pytestmark = [pytest.mark.linux, pytest.mark.hook("mosix_check_mosrun")]
@@ -53,18 +58,38 @@ class Site:
             root=base / "config", nodes=1, base_ip=fresh_base_ip(), speeds=(10000,), cpus=1, memory_mb=1024,
             interval=0.2, udp_port=localcluster.default_ports()[0], tcp_port=localcluster.default_ports()[1])
         localcluster.write_layout(layout, extra_conf=extra_conf)
+        self.base = base
         self.etc = layout.etc(1)
+        self.mosd: int | None = None
         self.work = base / "work"
         self.work.mkdir()
         os.chmod(self.work, 0o777)
         self.log = self.work / "policy.log"
 
+    def start_mosd(self) -> None:
+        # The hook module reads MOSRUN_POLICY_LOG when mosd loads it: mosd's environment.
+        old = os.environ.get("MOSRUN_POLICY_LOG")
+        os.environ["MOSRUN_POLICY_LOG"] = str(self.log)
+        try:
+            self.mosd = server.start_background(self.etc)
+        finally:
+            if old is None:
+                del os.environ["MOSRUN_POLICY_LOG"]
+            else:
+                os.environ["MOSRUN_POLICY_LOG"] = old
+
+    def stop_mosd(self) -> None:
+        if self.mosd:
+            server.stop(self.etc)
+            self.mosd = None
+
     def configure(self, text: str) -> None:
         (self.etc / "mosrun.conf").write_text(text)
 
     def mosrun(self, *args: str, user: str = "nobody", locale: str = "C") -> subprocess.CompletedProcess:
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": locale, "HOME": str(self.work), "MOSIX_ETC": str(self.etc),
-               "MOSRUN_POLICY_LOG": str(self.log)}
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": locale, "HOME": str(self.work), "MOSIX_ETC": str(self.etc)}
+        if not self.mosd:     # with mosd running, only the daemon can have written the log
+            env["MOSRUN_POLICY_LOG"] = str(self.log)
         prefix = AS_NOBODY if user == "nobody" else []
         return subprocess.run([*prefix, str(BIN / "mosrun"), *args], env=env, cwd=self.work,
                               capture_output=True, text=True, timeout=60)
@@ -74,19 +99,23 @@ class Site:
         return [line.split(" ", 2)[2] for line in self.log.read_text().splitlines()] if self.log.exists() else []
 
 
-@pytest.fixture
-def make_site(nobody_can_run_mosrun):
-    bases: list[Path] = []
+@pytest.fixture(params=["in-mosrun", "by-mosd"])
+def make_site(request, nobody_can_run_mosrun):
+    sites: list[Site] = []
 
     def make(extra_conf: str = "") -> Site:
         base = Path(tempfile.mkdtemp(prefix="mosrun-policy-"))     # not under pytest's 0700 directories
         os.chmod(base, 0o755)
-        bases.append(base)
-        return Site(base, extra_conf)
+        site = Site(base, extra_conf)
+        sites.append(site)
+        if request.param == "by-mosd":
+            site.start_mosd()
+        return site
 
     yield make
-    for base in bases:
-        shutil.rmtree(base, ignore_errors=True)
+    for site in sites:
+        site.stop_mosd()
+        shutil.rmtree(site.base, ignore_errors=True)
 
 
 def touching(site: Site, name: str) -> list[str]:
