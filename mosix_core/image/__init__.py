@@ -1,0 +1,1 @@
+"""Process images: capture, the image stream, restore (checkpoint, freezing, migration)."""

@@ -1,0 +1,254 @@
+"""The process-image stream: how a captured process is laid out in a checkpoint file,
+a freeze file, or a migration's socket.
+
+One format for all three, written and read strictly in order, so neither side ever
+holds the whole image::
+
+    header   "MOSIXIMG" | version u16 | flags u16 | reserved u32              (16 bytes)
+    record*  kind u16 | flags u16 | raw_len u32 | stored_len u32 | crc u32    (16 bytes)
+             payload (stored_len bytes; lz4 block when the record's flag says so)
+    end      a record of kind END: record count u64 | crc32 of every byte before it
+
+Each record carries its own CRC-32 (over its header fields and stored payload), so a
+reader never acts on a damaged record; the END record's count and running CRC tell a
+truncated, reordered or spliced stream from a whole one. A reader that has not seen
+END has seen no image: restoring code builds the new process stopped and lets it run
+only after END verified ("restores nothing" on a bad file).
+
+CRC-32 finds damage, not malice: a checkpoint file is its owner's own, and between
+nodes the stream travels inside the authenticated peer transport.
+
+Compression (lz4 block, per record) is chosen per image: worthwhile on slow links
+and for freeze files, a loss on loopback (DESIGN §6). A record whose payload does
+not shrink is stored raw even in a compressed image.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from mosix_core.errors import MosixError
+
+MAGIC = b"MOSIXIMG"
+VERSION = 1
+FLAG_LZ4 = 0x1
+
+RECORD_LZ4 = 0x1
+
+_HEADER = struct.Struct("<8sHHI")
+_RECORD = struct.Struct("<HHIII")
+_END = struct.Struct("<QI")
+
+# Page data goes in chunks of at most this much, so memory use stays bounded on both sides.
+CHUNK = 4 << 20
+# Larger than any record a writer of this version produces: a corrupt length must not
+# make a reader allocate gigabytes.
+MAX_RECORD = CHUNK + 4096
+MAX_METADATA = 16 << 20
+
+CORRUPT = "Corrupt or improper checkpoint file"
+
+
+class CorruptImage(MosixError):
+    """The manual's message for any damaged, truncated, foreign or incompatible image;
+    ``detail`` says what exactly (for logs and ``mosrun -I``)."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(CORRUPT)
+
+
+class Kind:
+    """Record kinds, one per resource of a process (the split the engine captures by)."""
+
+    PROCESS = 1      # JSON: identity, command line, MOSIX per-process state and options
+    REGISTERS = 2    # user_regs_struct, raw
+    XSTATE = 3       # FP/SSE/AVX state (PTRACE_GETREGSET NT_X86_XSTATE), raw
+    MEMORY_MAP = 4   # JSON: mm fields (brk, stack, auxv...) and the list of mappings
+    PAGES = 5        # address u64, then the bytes of memory from there
+    FILES = 6        # JSON: the open-file table, cwd, umask
+    SIGNALS = 7      # JSON: dispositions, mask, pending, alternate stack
+    RSEQ = 8         # JSON: the rseq registration
+    LIMITS = 9       # JSON: resource limits
+    FAILURE = 14     # UTF-8 text: the checkpoint could not be taken, and why (mosrun(1) -N)
+    END = 0xFFFF
+
+    NAMES = {1: "process", 2: "registers", 3: "xstate", 4: "memory-map", 5: "pages", 6: "files",
+             7: "signals", 8: "rseq", 9: "limits", 14: "failure", 0xFFFF: "end"}
+
+
+class ImageWriter:
+    """Write an image to ``out`` (a file or a socket's file object), record by record."""
+
+    def __init__(self, out: BinaryIO, *, compress: bool = False) -> None:
+        self.out = out
+        self.compress = compress
+        self.records = 0
+        self.bytes_written = 0
+        self._crc = 0
+        self._closed = False
+        if compress:
+            import lz4.block    # only images that compress pay for the import
+
+            self._lz4 = lz4.block
+        self._emit(_HEADER.pack(MAGIC, VERSION, FLAG_LZ4 if compress else 0, 0))
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+        self.out.write(data)
+        self.bytes_written += len(data)
+
+    def add(self, kind: int, payload: bytes | bytearray | memoryview) -> None:
+        self._add(kind, (memoryview(payload).cast("B"),))
+
+    def add_json(self, kind: int, value: Any) -> None:
+        self.add(kind, json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
+
+    def add_pages(self, address: int, data: bytes | bytearray | memoryview) -> None:
+        """Memory contents starting at ``address``, in chunks of at most :data:`CHUNK`."""
+        view = memoryview(data).cast("B")
+        for offset in range(0, len(view), CHUNK):
+            self._add(Kind.PAGES, (memoryview(struct.pack("<Q", address + offset)), view[offset:offset + CHUNK]))
+
+    def _add(self, kind: int, parts: tuple[memoryview, ...]) -> None:
+        """One record from its payload's parts (page data is never copied to prepend its address)."""
+        if self._closed:
+            raise MosixError("image already complete")
+        if not 0 < kind < Kind.END:
+            raise ValueError(f"not a record kind: {kind}")
+        raw_len = sum(len(p) for p in parts)
+        if raw_len > MAX_RECORD:
+            raise ValueError(f"a record holds at most {MAX_RECORD} bytes; split page data with add_pages")
+        flags, stored = 0, parts
+        if self.compress and raw_len >= 64:
+            packed = self._lz4.compress(b"".join(parts), store_size=False)
+            if len(packed) < raw_len:
+                flags, stored = RECORD_LZ4, (memoryview(packed),)
+        stored_len = sum(len(p) for p in stored)
+        fields = _RECORD.pack(kind, flags, raw_len, stored_len, 0)[:12]
+        crc = zlib.crc32(fields)
+        for part in stored:
+            crc = zlib.crc32(part, crc)
+        self._emit(fields + struct.pack("<I", crc))
+        for part in stored:
+            self._emit(part)
+        self.records += 1
+
+    def close(self) -> None:
+        """Write END; the image is whole only after this."""
+        if self._closed:
+            return
+        payload = _END.pack(self.records, self._crc)
+        fields = _RECORD.pack(Kind.END, 0, len(payload), len(payload), 0)[:12]
+        crc = zlib.crc32(payload, zlib.crc32(fields))
+        self.out.write(fields + struct.pack("<I", crc) + payload)
+        self.bytes_written += _RECORD.size + len(payload)
+        self._closed = True
+
+
+class Record:
+    __slots__ = ("kind", "payload")
+
+    def __init__(self, kind: int, payload: memoryview) -> None:
+        self.kind = kind
+        self.payload = payload
+
+    @property
+    def name(self) -> str:
+        return Kind.NAMES.get(self.kind, f"kind-{self.kind}")
+
+    def json(self) -> Any:
+        if len(self.payload) > MAX_METADATA:
+            raise CorruptImage(f"{self.name} record of {len(self.payload)} bytes")
+        try:
+            return json.loads(bytes(self.payload))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise CorruptImage(f"{self.name} record is not JSON: {err}") from None
+
+    def pages(self) -> tuple[int, memoryview]:
+        """(address, data) of a PAGES record."""
+        if self.kind != Kind.PAGES or len(self.payload) < 8:
+            raise CorruptImage(f"{self.name} record read as page data")
+        (address,) = struct.unpack_from("<Q", self.payload)
+        return address, self.payload[8:]
+
+
+class ImageReader:
+    """Read an image record by record; iterating ends after a verified END.
+
+    Every problem is a :class:`CorruptImage`; a stream that ends before END is one too.
+    """
+
+    def __init__(self, inp: BinaryIO) -> None:
+        self.inp = inp
+        self.records = 0
+        self.complete = False
+        self._crc = 0
+        header = self._read(_HEADER.size, "header")
+        magic, version, flags, _ = _HEADER.unpack(header)
+        if magic != MAGIC:
+            raise CorruptImage("not a MOSIX process image")
+        if version != VERSION:
+            raise CorruptImage(f"image format version {version}; this MOSIX reads version {VERSION}")
+        if flags & ~FLAG_LZ4:
+            raise CorruptImage(f"unknown image flags {flags:#x}")
+        self.compressed = bool(flags & FLAG_LZ4)
+        self._crc = zlib.crc32(header)
+
+    def _read(self, size: int, what: str) -> bytes:
+        data = self.inp.read(size)
+        while data is not None and len(data) < size:
+            more = self.inp.read(size - len(data))
+            if not more:
+                break
+            data += more
+        if data is None or len(data) < size:
+            raise CorruptImage(f"the image ends inside its {what}")
+        return data
+
+    def __iter__(self) -> Iterator[Record]:
+        while not self.complete:
+            head = self._read(_RECORD.size, "record header")
+            kind, flags, raw_len, stored_len, crc = _RECORD.unpack(head)
+            limit = MAX_RECORD if kind != Kind.END else _END.size
+            if raw_len > limit or stored_len > limit or flags & ~RECORD_LZ4:
+                raise CorruptImage(f"record #{self.records + 1} has an impossible header")
+            stored = self._read(stored_len, f"record #{self.records + 1}")
+            if zlib.crc32(stored, zlib.crc32(head[:12])) != crc:
+                raise CorruptImage(f"record #{self.records + 1} fails its checksum")
+            if kind == Kind.END:
+                count, total = _END.unpack(stored)
+                if count != self.records or total != self._crc:
+                    raise CorruptImage("the image's records do not add up (truncated or spliced)")
+                self.complete = True
+                return
+            self._crc = zlib.crc32(stored, zlib.crc32(head, self._crc))
+            self.records += 1
+            yield Record(kind, self._payload(flags, raw_len, stored))
+
+    def _payload(self, flags: int, raw_len: int, stored: bytes) -> memoryview:
+        if not flags & RECORD_LZ4:
+            if raw_len != len(stored):
+                raise CorruptImage(f"record #{self.records} has the wrong length")
+            return memoryview(stored)
+        if not self.compressed:
+            raise CorruptImage(f"record #{self.records} is compressed in an uncompressed image")
+        import lz4.block
+
+        try:
+            data = lz4.block.decompress(stored, uncompressed_size=raw_len)
+        except lz4.block.LZ4BlockError as err:
+            raise CorruptImage(f"record #{self.records} does not decompress: {err}") from None
+        if len(data) != raw_len:
+            raise CorruptImage(f"record #{self.records} decompresses to the wrong length")
+        return memoryview(data)
+
+
+def read_all(inp: BinaryIO) -> list[Record]:
+    """Every record of a (small) image, after verifying it whole — for tests and -I."""
+    reader = ImageReader(inp)
+    return list(reader)

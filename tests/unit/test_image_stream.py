@@ -1,0 +1,152 @@
+"""The process-image stream: round trips, and every kind of damage refused with the
+manual's "Corrupt or improper checkpoint file" before anything is acted on."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from mosix_core.image.stream import (
+    CHUNK,
+    CORRUPT,
+    CorruptImage,
+    ImageReader,
+    ImageWriter,
+    Kind,
+    read_all,
+)
+
+
+def small_image(compress: bool = False) -> bytes:
+    out = io.BytesIO()
+    w = ImageWriter(out, compress=compress)
+    w.add_json(Kind.PROCESS, {"pid": 1234, "command": "python3 loop.py", "options": {"nmigs": 0}})
+    w.add(Kind.REGISTERS, bytes(range(216 % 256)) + bytes(216 - 216 % 256))
+    w.add_pages(0x400000, b"\x90" * 300 + os.urandom(100))
+    w.close()
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_round_trip(compress):
+    data = small_image(compress)
+    records = read_all(io.BytesIO(data))
+    assert [r.kind for r in records] == [Kind.PROCESS, Kind.REGISTERS, Kind.PAGES]
+    assert records[0].json()["command"] == "python3 loop.py"
+    address, pages = records[2].pages()
+    assert address == 0x400000 and bytes(pages[:300]) == b"\x90" * 300 and len(pages) == 400
+
+
+def test_compression_shrinks_what_compresses_and_keeps_the_rest_raw():
+    plain, packed = io.BytesIO(), io.BytesIO()
+    noise = os.urandom(1 << 20)
+    for out, compress in ((plain, False), (packed, True)):
+        w = ImageWriter(out, compress=compress)
+        w.add_pages(0x10000, bytes(1 << 20))      # zero pages: compress to nothing
+        w.add_pages(0x200000, noise)               # random: stored raw even in a compressed image
+        w.close()
+    assert len(packed.getvalue()) < len(plain.getvalue()) - (1 << 20) + (64 << 10)
+    records = read_all(io.BytesIO(packed.getvalue()))
+    assert bytes(records[0].pages()[1]) == bytes(1 << 20)
+    assert bytes(records[1].pages()[1]) == noise
+
+
+def test_page_data_is_chunked_and_streamed_back_in_order():
+    out = io.BytesIO()
+    w = ImageWriter(out)
+    data = os.urandom(CHUNK * 2 + 12345)
+    w.add_pages(0x7F0000000000, data)
+    w.close()
+    reader = ImageReader(io.BytesIO(out.getvalue()))
+    chunks = [r.pages() for r in reader]
+    assert reader.complete
+    assert [a for a, _ in chunks] == [0x7F0000000000, 0x7F0000000000 + CHUNK, 0x7F0000000000 + 2 * CHUNK]
+    assert b"".join(bytes(c) for _, c in chunks) == data
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_every_truncation_is_refused(compress):
+    data = small_image(compress)
+    for cut in range(len(data)):
+        with pytest.raises(CorruptImage) as caught:
+            read_all(io.BytesIO(data[:cut]))
+        assert str(caught.value) == CORRUPT
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_every_flipped_bit_is_refused(compress):
+    data = small_image(compress)
+    for position in range(len(data)):
+        for bit in (0x01, 0x80):
+            damaged = bytearray(data)
+            damaged[position] ^= bit
+            with pytest.raises(CorruptImage):
+                read_all(io.BytesIO(bytes(damaged)))
+
+
+def record_spans(data: bytes) -> list[tuple[int, int]]:
+    spans, at = [], 16
+    while at < len(data):
+        end = at + 16 + int.from_bytes(data[at + 8:at + 12], "little")
+        spans.append((at, end))
+        at = end
+    return spans
+
+
+def test_spliced_records_are_refused():
+    a, b = small_image(), small_image()          # same shape, different page noise
+    (pages_a, pages_b) = (record_spans(a)[2], record_spans(b)[2])
+    assert a[slice(*pages_a)] != b[slice(*pages_b)]
+    # every record sound, but one comes from another image: the END record knows
+    spliced = a[:pages_a[0]] + b[slice(*pages_b)] + a[pages_a[1]:]
+    with pytest.raises(CorruptImage, match=CORRUPT) as caught:
+        read_all(io.BytesIO(spliced))
+    assert "do not add up" in caught.value.detail
+    # a record dropped, or one image's END on the other's records: likewise
+    dropped = a[:pages_a[0]] + a[pages_a[1]:]
+    with pytest.raises(CorruptImage, match=CORRUPT):
+        read_all(io.BytesIO(dropped))
+
+
+def test_a_foreign_file_is_refused_with_a_reason():
+    with open("/bin/true", "rb") as f, pytest.raises(CorruptImage) as caught:
+        read_all(f)
+    assert caught.value.detail == "not a MOSIX process image"
+
+
+def test_an_impossible_length_allocates_nothing():
+    data = bytearray(small_image())
+    data[16 + 8:16 + 12] = (0xFFFFFFF0).to_bytes(4, "little")   # stored_len of the first record
+    with pytest.raises(CorruptImage, match=CORRUPT) as caught:
+        read_all(io.BytesIO(bytes(data)))
+    assert "impossible header" in caught.value.detail
+
+
+def test_a_newer_version_is_refused():
+    data = bytearray(small_image())
+    data[8] = 2
+    with pytest.raises(CorruptImage) as caught:
+        read_all(io.BytesIO(bytes(data)))
+    assert "version 2" in caught.value.detail
+
+
+def test_a_failed_checkpoint_records_only_its_reason():
+    out = io.BytesIO()
+    w = ImageWriter(out)
+    w.add(Kind.FAILURE, "open pipe (fd 3): pipes and sockets cannot be checkpointed".encode())
+    w.close()
+    (record,) = read_all(io.BytesIO(out.getvalue()))
+    assert record.name == "failure" and bytes(record.payload).startswith(b"open pipe")
+
+
+def test_nothing_is_written_after_close_and_bad_kinds_are_refused():
+    w = ImageWriter(io.BytesIO())
+    with pytest.raises(ValueError):
+        w.add(Kind.END, b"")
+    with pytest.raises(ValueError):
+        w.add(Kind.PAGES, bytes(CHUNK + 8192))
+    w.close()
+    with pytest.raises(Exception, match="already complete"):
+        w.add(Kind.PROCESS, b"{}")
