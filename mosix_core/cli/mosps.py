@@ -49,7 +49,6 @@ table are shown.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -61,6 +60,7 @@ from typing import Any, Callable, Optional
 import attrs
 import typer
 
+from mosix_core import users
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
 from mosix_core.client import Client
 from mosix_core.config.userview import UserView
@@ -308,10 +308,7 @@ class Filters:
 def user_name(uid: str, numeric: bool) -> str:
     if numeric or not uid.isdigit():
         return uid
-    try:
-        return pwd.getpwuid(int(uid)).pw_name
-    except KeyError:
-        return uid
+    return users.user_name(int(uid))
 
 
 def mosix_columns(r: ProcessRecord | None, display: Display, *, origpid: bool, nmigs: bool,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import pwd
 import signal
 import sys
 from pathlib import Path
@@ -120,17 +119,16 @@ def program_words(opts: mosopts.MosrunOptions, words: Sequence[str]) -> tuple[st
     return words[0], list(words)
 
 
-def apply_site_policy(opts: mosopts.MosrunOptions, words: list[str], etc: Path, config):
+def apply_site_policy(opts: mosopts.MosrunOptions, words: list[str], etc: Path):
     """The site's mosrun policy, applied in this process (where no mosd runs)."""
+    from mosix_core.config import load_config_if_present
     from mosix_core.plugins import apply_policies, plugin_manager_for
+    from mosix_core.users import user_name
 
     uid = os.getuid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
+    config = load_config_if_present(etc)
     pm = plugin_manager_for(config.daemon if config is not None else None, etc)
-    request = mosopts.to_request(opts, words, uid=uid, user=user, etc=str(etc))
+    request = mosopts.to_request(opts, words, uid=uid, user=user_name(uid), etc=str(etc))
     request = apply_policies(pm, "mosix_check_mosrun", request)
     return mosopts.from_request(request)
 
@@ -160,15 +158,6 @@ def open_session(etc: Path):
 
     session = Session(etc)
     return session if session.try_open() else None
-
-
-def load_configuration(etc: Path):
-    """The node's MOSIX configuration, or None where MOSIX is not configured."""
-    if not (etc / "mosix.map").exists():
-        return None
-    from mosix_core.config import load_config
-
-    return load_config(etc)
 
 
 def notices(opts: mosopts.MosrunOptions) -> list[str]:
@@ -206,7 +195,7 @@ def mosrun(argv: Sequence[str], *, keep_loader: bool = False, etc: Path | None =
     checked = ask_daemon_for_policy(session, opts, list(words)) if session is not None else None
     if checked is None:
         session = None
-        opts, words = apply_site_policy(opts, list(words), etc, load_configuration(etc))
+        opts, words = apply_site_policy(opts, list(words), etc)
     else:
         opts, words = checked
     for text in notices(opts):

@@ -43,6 +43,7 @@ from mosix_core.config.userview import UserView, UserViewRange
 from mosix_core.errors import ConfigError, NotInMap
 
 __all__ = [
+    "load_config_if_present",
     "Alias",
     "ClusterMap",
     "DaemonSettings",
@@ -170,6 +171,13 @@ def load_config(
         log_mosrun=os.path.lexists(etc / ".log_mosrun"),
         daemon=daemon or DaemonSettings.default(),
     )
+
+
+def load_config_if_present(etc: Path) -> MosixConfig | None:
+    """:func:`load_config`, or None where MOSIX is not configured (no ``mosix.map``)."""
+    if not (Path(etc) / "mosix.map").exists():
+        return None
+    return load_config(Path(etc))
 
 
 T = TypeVar("T")

@@ -31,7 +31,6 @@ import asyncio
 import contextvars
 import json
 import os
-import pwd
 import socket
 import struct
 import time
@@ -43,6 +42,7 @@ from mosix_core import __version__, gossip
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError
 from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
 from mosix_core.plugins import apply_policies
+from mosix_core.users import user_name
 from mosix_core.proctable import ProcessEvent, ProcessRecord, checked_fields
 
 MAX_REQUEST = 1024 * 1024
@@ -66,13 +66,6 @@ def peer_uid(writer: asyncio.StreamWriter) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return uid
-
-
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def node_json(node, ip: IPv4Address, now: float) -> dict[str, Any]:

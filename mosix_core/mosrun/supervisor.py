@@ -416,13 +416,9 @@ def node_in_cluster(etc) -> Callable[[int], bool]:
 
 def _configuration(etc):
     """The node's MOSIX configuration; None where there is none (or it does not load)."""
-    from pathlib import Path
+    from mosix_core.config import load_config_if_present
 
-    from mosix_core.config import load_config
-
-    if not (Path(etc) / "mosix.map").exists():
-        return None
     try:
-        return load_config(Path(etc))
+        return load_config_if_present(etc)
     except MosixError:
         return None
