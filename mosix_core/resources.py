@@ -18,6 +18,7 @@ from typing import Iterable
 import attrs
 
 from mosix_core.gossip import PAGE_SIZE, STANDARD_SPEED
+from mosix_core.linux.procfs import stat_fields
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -68,14 +69,8 @@ def measure_host() -> ResourceSample:
 
 def process_cpu_ticks(pid: int) -> int | None:
     """utime + stime of a process, in clock ticks; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses: fields start after the last ')'.
-    fields = data[data.rindex(b")") + 2:].split()
-    return int(fields[11]) + int(fields[12])
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[11]) + int(fields[12])
 
 
 def process_rss_mb(pid: int) -> int:

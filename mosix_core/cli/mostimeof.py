@@ -26,6 +26,7 @@ import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
 from mosix_core.client import Client
+from mosix_core.linux.procfs import stat_fields
 from mosix_core.proctable import ProcessRecord
 
 app = new_app("Report the user CPU time of MOSIX processes, wherever they run.")
@@ -35,13 +36,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def local_utime(pid: int) -> float | None:
     """User CPU seconds of a process running here (None if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2:].split()   # after "pid (comm) "; comm may hold spaces
-    return int(fields[11]) / CLOCK_TICKS             # field 14, utime
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[11]) / CLOCK_TICKS     # field 14, utime
 
 
 def time_of(record: ProcessRecord | None) -> tuple[float | None, str | None]:

@@ -16,6 +16,7 @@ from mosix_core.daemon.control import ControlServer
 from mosix_core.daemon.node import Node
 from mosix_core.daemon.peer import PeerServer
 from mosix_core.errors import DaemonUnavailable, MosixError
+from mosix_core.linux.procfs import stat_fields
 
 
 class PidLock:
@@ -168,9 +169,5 @@ def stop(etc: Path, wait: float = 10.0) -> int | None:
 
 def process_alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
+    fields = stat_fields(pid)
+    return bool(fields) and fields[0] not in (b"Z", b"X")
