@@ -63,14 +63,10 @@ def entry_points(group: str, path: Iterable[str] | None = None) -> Iterator[Entr
             meta_dir = os.path.join(directory or ".", entry)
             stem = entry.rsplit(".", 1)[0]
             key = normalized(stem.split("-", 1)[0])
-            if key in seen:
-                continue
-            members = _group_members(os.path.join(meta_dir, "entry_points.txt"), group)
-            if members is None:          # not a distribution directory after all
-                if os.path.isdir(meta_dir):
-                    seen.add(key)
+            if key in seen or not os.path.isdir(meta_dir):
                 continue
             seen.add(key)
+            members = _group_members(os.path.join(meta_dir, "entry_points.txt"), group)
             if not members:
                 continue
             dist_name, version = _name_and_version(meta_dir, stem)
@@ -78,15 +74,13 @@ def entry_points(group: str, path: Iterable[str] | None = None) -> Iterator[Entr
                 yield EntryPoint(name, value, dist_name, version)
 
 
-def _group_members(path: str, group: str) -> list[tuple[str, str]] | None:
-    """The ``name = value`` lines of ``[group]``; None when the file does not exist."""
+def _group_members(path: str, group: str) -> list[tuple[str, str]]:
+    """The ``name = value`` lines of ``[group]`` (none if the file is missing or unreadable)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    except FileNotFoundError:
+    except (OSError, UnicodeDecodeError):
         return []
-    except (NotADirectoryError, IsADirectoryError, PermissionError, UnicodeDecodeError):
-        return None
     members, inside = [], False
     for raw in text.splitlines():
         line = raw.strip()

@@ -128,12 +128,7 @@ class ImageWriter:
             packed = self._lz4.compress(b"".join(parts), store_size=False)
             if len(packed) < raw_len:
                 flags, stored = RECORD_LZ4, (memoryview(packed),)
-        stored_len = sum(len(p) for p in stored)
-        fields = _RECORD.pack(kind, flags, raw_len, stored_len, 0)[:12]
-        crc = zlib.crc32(fields)
-        for part in stored:
-            crc = zlib.crc32(part, crc)
-        self._emit(fields + struct.pack("<I", crc))
+        self._emit(_record_header(kind, flags, raw_len, stored))
         for part in stored:
             self._emit(part)
         self.records += 1
@@ -143,11 +138,22 @@ class ImageWriter:
         if self._closed:
             return
         payload = _END.pack(self.records, self._crc)
-        fields = _RECORD.pack(Kind.END, 0, len(payload), len(payload), 0)[:12]
-        crc = zlib.crc32(payload, zlib.crc32(fields))
-        self.out.write(fields + struct.pack("<I", crc) + payload)
+        self.out.write(_record_header(Kind.END, 0, len(payload), (payload,)) + payload)
         self.bytes_written += _RECORD.size + len(payload)
         self._closed = True
+
+
+def _record_crc(fields: bytes, stored: tuple[bytes | memoryview, ...]) -> int:
+    """A record's checksum: its first 12 header bytes, then its stored payload."""
+    crc = zlib.crc32(fields)
+    for part in stored:
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
+def _record_header(kind: int, flags: int, raw_len: int, stored: tuple[bytes | memoryview, ...]) -> bytes:
+    fields = _RECORD.pack(kind, flags, raw_len, sum(len(p) for p in stored), 0)[:12]
+    return fields + struct.pack("<I", _record_crc(fields, stored))
 
 
 class Record:
@@ -218,7 +224,7 @@ class ImageReader:
             if raw_len > limit or stored_len > limit or flags & ~RECORD_LZ4:
                 raise CorruptImage(f"record #{self.records + 1} has an impossible header")
             stored = self._read(stored_len, f"record #{self.records + 1}")
-            if zlib.crc32(stored, zlib.crc32(head[:12])) != crc:
+            if _record_crc(head[:12], (stored,)) != crc:
                 raise CorruptImage(f"record #{self.records + 1} fails its checksum")
             if kind == Kind.END:
                 count, total = _END.unpack(stored)
