@@ -7,11 +7,14 @@ holds the whole image::
     header   "MOSIXIMG" | version u16 | flags u16 | reserved u32              (16 bytes)
     record*  kind u16 | flags u16 | raw_len u32 | stored_len u32 | crc u32    (16 bytes)
              payload (stored_len bytes; lz4 block when the record's flag says so)
-    end      a record of kind END: record count u64 | crc32 of every byte before it
+    end      a record of kind END: record count u64 | crc32 chained over the file
+             header and every record header before it
 
 Each record carries its own CRC-32 (over its header fields and stored payload), so a
-reader never acts on a damaged record; the END record's count and running CRC tell a
-truncated, reordered or spliced stream from a whole one. A reader that has not seen
+reader never acts on a damaged record; the END record's count and the CRC chained
+over all headers (each holding its payload's CRC, so the chain covers every byte
+while page data is checksummed only once) tell a truncated, reordered or spliced
+stream from a whole one. A reader that has not seen
 END has seen no image: restoring code builds the new process stopped and lets it run
 only after END verified ("restores nothing" on a bad file).
 
@@ -74,11 +77,12 @@ class Kind:
     SIGNALS = 7      # JSON: dispositions, mask, pending, alternate stack
     RSEQ = 8         # JSON: the rseq registration
     LIMITS = 9       # JSON: resource limits
+    FILE_DATA = 10   # index u32 (into FILES) | offset u64, then the contents of an unlinked file
     FAILURE = 14     # UTF-8 text: the checkpoint could not be taken, and why (mosrun(1) -N)
     END = 0xFFFF
 
     NAMES = {1: "process", 2: "registers", 3: "xstate", 4: "memory-map", 5: "pages", 6: "files",
-             7: "signals", 8: "rseq", 9: "limits", 14: "failure", 0xFFFF: "end"}
+             7: "signals", 8: "rseq", 9: "limits", 10: "file-data", 14: "failure", 0xFFFF: "end"}
 
 
 class ImageWriter:
@@ -97,8 +101,9 @@ class ImageWriter:
             self._lz4 = lz4.block
         self._emit(_HEADER.pack(MAGIC, VERSION, FLAG_LZ4 if compress else 0, 0))
 
-    def _emit(self, data: bytes | memoryview) -> None:
-        self._crc = zlib.crc32(data, self._crc)
+    def _emit(self, data: bytes | memoryview, *, chained: bool = True) -> None:
+        if chained:
+            self._crc = zlib.crc32(data, self._crc)
         self.out.write(data)
         self.bytes_written += len(data)
 
@@ -130,7 +135,7 @@ class ImageWriter:
                 flags, stored = RECORD_LZ4, (memoryview(packed),)
         self._emit(_record_header(kind, flags, raw_len, stored))
         for part in stored:
-            self._emit(part)
+            self._emit(part, chained=False)     # the header's CRC already covers it
         self.records += 1
 
     def close(self) -> None:
@@ -232,7 +237,7 @@ class ImageReader:
                     raise CorruptImage("the image's records do not add up (truncated or spliced)")
                 self.complete = True
                 return
-            self._crc = zlib.crc32(stored, zlib.crc32(head, self._crc))
+            self._crc = zlib.crc32(head, self._crc)
             self.records += 1
             yield Record(kind, self._payload(flags, raw_len, stored))
 

@@ -19,7 +19,8 @@ import attrs
 from mosix_core.linux.libc import LIBC, fail
 
 __all__ = ["Registers", "Stop", "seize", "cont", "listen", "interrupt", "detach", "get_regs",
-           "set_regs", "event_message", "syscall_info", "SyscallInfo", "decode_status"]
+           "set_regs", "event_message", "syscall_info", "SyscallInfo", "decode_status", "syscall",
+           "get_xstate", "set_xstate", "rseq_configuration", "pending_siginfo", "wait_for"]
 
 PTRACE_CONT = 7
 PTRACE_GETREGS = 12
@@ -31,6 +32,13 @@ PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
 PTRACE_GET_SYSCALL_INFO = 0x420E
+PTRACE_SYSCALL = 24
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_PEEKSIGINFO = 0x4209
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
+NT_X86_XSTATE = 0x202
+PEEKSIGINFO_SHARED = 1
 
 O_TRACESYSGOOD = 0x1
 O_TRACEFORK = 0x2
@@ -126,17 +134,98 @@ _info_size = ctypes.sizeof(_SyscallInfo)
 INFO_SECCOMP = 3
 
 
+INFO_ENTRY = 1
+INFO_EXIT = 2
+
+
 @attrs.frozen
 class SyscallInfo:
     nr: int
     args: tuple[int, ...]
     arch: int
+    op: int = INFO_SECCOMP
 
 
 def syscall_info(pid: int) -> SyscallInfo:
     """The call a tracee stopped in at a seccomp stop: number and six arguments."""
     _call(PTRACE_GET_SYSCALL_INFO, pid, _info_size, _info_ref, "PTRACE_GET_SYSCALL_INFO")
-    return SyscallInfo(_info.nr, tuple(_info.args), _info.arch)
+    return SyscallInfo(_info.nr, tuple(_info.args), _info.arch, _info.op)
+
+
+def syscall_stop_op(pid: int) -> int:
+    """At a syscall stop: INFO_ENTRY or INFO_EXIT."""
+    _call(PTRACE_GET_SYSCALL_INFO, pid, _info_size, _info_ref, "PTRACE_GET_SYSCALL_INFO")
+    return _info.op
+
+
+def syscall(pid: int, sig: int = 0) -> None:
+    """Resume until the next system-call entry or exit (``PTRACE_SYSCALL``)."""
+    _call(PTRACE_SYSCALL, pid, None, sig, "PTRACE_SYSCALL")
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+XSTATE_MAX = 1 << 14
+
+
+def get_xstate(pid: int) -> bytes:
+    """The FPU/SSE/AVX(-512) state as the kernel's XSAVE layout (``NT_X86_XSTATE``)."""
+    buf = ctypes.create_string_buffer(XSTATE_MAX)
+    iov = _IoVec(ctypes.cast(buf, ctypes.c_void_p), XSTATE_MAX)
+    _call(PTRACE_GETREGSET, pid, NT_X86_XSTATE, ctypes.byref(iov), "PTRACE_GETREGSET")
+    return buf.raw[:iov.len]
+
+
+def set_xstate(pid: int, data: bytes) -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    iov = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+    _call(PTRACE_SETREGSET, pid, NT_X86_XSTATE, ctypes.byref(iov), "PTRACE_SETREGSET")
+
+
+class _RseqConfiguration(ctypes.Structure):
+    _fields_ = [("rseq_abi_pointer", ctypes.c_uint64), ("rseq_abi_size", ctypes.c_uint32),
+                ("signature", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+def rseq_configuration(pid: int) -> tuple[int, int, int, int]:
+    """``(pointer, size, signature, flags)`` of the thread's rseq area; pointer 0: none."""
+    conf = _RseqConfiguration()
+    _call(PTRACE_GET_RSEQ_CONFIGURATION, pid, ctypes.sizeof(conf), ctypes.byref(conf),
+          "PTRACE_GET_RSEQ_CONFIGURATION")
+    return conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature, conf.flags
+
+
+class _PeekSiginfoArgs(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("nr", ctypes.c_int32)]
+
+
+SIGINFO_SIZE = 128
+
+
+def pending_siginfo(pid: int, shared: bool) -> list[bytes]:
+    """The queued signals (raw 128-byte ``siginfo_t`` each) of the thread, or of the
+    whole process with ``shared``, without dequeuing them."""
+    out: list[bytes] = []
+    batch = 32
+    buf = ctypes.create_string_buffer(SIGINFO_SIZE * batch)
+    while True:
+        args = _PeekSiginfoArgs(len(out), PEEKSIGINFO_SHARED if shared else 0, batch)
+        got = _call(PTRACE_PEEKSIGINFO, pid, ctypes.byref(args), buf, "PTRACE_PEEKSIGINFO")
+        out += [buf.raw[i * SIGINFO_SIZE:(i + 1) * SIGINFO_SIZE] for i in range(got)]
+        if got < batch:
+            return out
+
+
+def wait_for(pid: int) -> Stop:
+    """Block until ``pid`` (one of our tracees) stops or ends."""
+    while True:
+        try:
+            got, status = os.waitpid(pid, WALL)
+        except InterruptedError:
+            continue
+        return decode_status(got, status)
 
 
 @attrs.frozen

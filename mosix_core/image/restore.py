@@ -1,0 +1,455 @@
+"""Restoring an image into a new process, record by record as the stream arrives.
+
+The new process is the restore stub (:mod:`mosix_core.image.stub`), stopped by us
+at the exit of its ``execve``. Everything is done by system calls injected into
+it, so the kernel sees the process build its own state:
+
+1. a one-page-plus-scratch *trampoline* is mapped where neither the stub nor the
+   image has anything, and calls run from there;
+2. the stub is unmapped entirely, ``[vvar]``/``[vvar_vclock]``/``[vdso]`` are moved
+   (through a parking hole, sizes checked) to where the program expects them,
+   and every mapping is recreated at its address — files mapped again from the
+   same file (checked by inode, size and time), the rest anonymous;
+3. page records are written straight into ``/proc/PID/mem`` (the tracer may
+   write read-only pages) as they arrive;
+4. after the END record has verified the whole stream: files, working
+   directory, umask, signals, rseq, robust list, the mm fields and ``exe``
+   (``PR_SET_MM_MAP``), limits, the MOSIX seccomp filter, then the trampoline
+   goes and the FP state and registers are set.
+
+Until step 4 is over the process has not run a single instruction of the
+program: any error kills it and "restores nothing".
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import struct
+import tempfile
+from typing import Any, Iterable
+
+import attrs
+
+from mosix_core.errors import MosixError, TraceError
+from mosix_core.image import stub
+from mosix_core.image.capture import KERNEL_PLACED
+from mosix_core.image.stream import CorruptImage, Kind, Record
+from mosix_core.linux import inject, procfs, ptrace, seccomp
+
+PAGE = 4096
+TRAMPOLINE_SIZE = 16 * PAGE
+LOWEST_HOLE = 0x100000
+
+SYS_OPEN, SYS_CLOSE, SYS_LSEEK, SYS_MMAP, SYS_MUNMAP = 2, 3, 8, 9, 11
+SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK, SYS_MREMAP, SYS_DUP3 = 13, 14, 25, 292
+SYS_SIGALTSTACK, SYS_PERSONALITY, SYS_CHDIR, SYS_UMASK, SYS_PRCTL = 131, 135, 80, 95, 157
+SYS_SET_ROBUST_LIST, SYS_RSEQ, SYS_SECCOMP = 273, 334, 317
+SYS_RT_SIGQUEUEINFO, SYS_RT_TGSIGQUEUEINFO, SYS_EXIT_GROUP = 129, 297, 231
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_FIXED_NOREPLACE = 0x1, 0x2, 0x10, 0x20, 0x100, 0x100000
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+O_RDONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_CLOEXEC = 0, 2, 0o100, 0o200, 0o1000, 0o2000000
+PR_SET_MM, PR_SET_MM_MAP, PR_SET_NO_NEW_PRIVS = 35, 14, 38
+SS_ONSTACK = 1
+UNCATCHABLE = (9, 19)
+_MM_MAP = struct.Struct("<11QQII")
+
+
+class RestoreFailed(MosixError):
+    """The image is fine but this process could not be rebuilt from it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"Restoration failed: {reason}")
+
+
+class FileRestoreFailed(MosixError):
+    """mosrun -R -O: a replacement file could not be opened (the manual's message)."""
+
+
+@attrs.frozen
+class RestoreOptions:
+    redirect: tuple[tuple[int, str], ...] = ()      # mosrun -O
+    filter_program: tuple | None = None             # the seccomp filter the process runs under
+
+
+@attrs.define
+class Restored:
+    process: dict[str, Any]
+    deferred: list[int]
+    page_bytes: int = 0
+
+
+def _prot(perms: str) -> int:
+    return ((PROT_READ if perms[0] == "r" else 0) | (PROT_WRITE if perms[1] == "w" else 0)
+            | (PROT_EXEC if perms[2] == "x" else 0))
+
+
+def find_hole(taken: Iterable[tuple[int, int]], size: int, low: int = LOWEST_HOLE) -> int:
+    """The lowest page-aligned address ≥ ``low`` with ``size`` bytes free of ``taken``."""
+    at = low
+    for start, end in sorted(taken):
+        if end <= at:
+            continue
+        if start >= at + size:
+            break
+        at = (end + PAGE - 1) & ~(PAGE - 1)
+    if at + size > 0x7FFF_FFFF_F000:
+        raise RestoreFailed("no room in the address space for the restorer")
+    return at
+
+
+class Restorer:
+    """Restores one image into stub process ``pid`` (stopped at its execve exit)."""
+
+    def __init__(self, pid: int, options: RestoreOptions) -> None:
+        self.pid = pid
+        self.options = options
+        self.injector = inject.Injector(pid, stub.SYSCALL_ADDRESS)
+        self.mem = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+        self.parts: dict[int, Any] = {}
+        self.files: list[dict[str, Any]] = []
+        self.unlinked: dict[int, int] = {}           # FILES index -> our temporary copy
+        self.mapped: list[tuple[int, int]] = []
+        self.trampoline = 0
+        self.page_bytes = 0
+
+    # -- the stream -------------------------------------------------------------------------------
+    def take(self, record: Record) -> None:
+        kind = record.kind
+        if kind == Kind.FAILURE:
+            raise RestoreFailed(bytes(record.payload).decode(errors="replace"))
+        if kind == Kind.PAGES:
+            self._pages(*record.pages())
+        elif kind in (Kind.PROCESS, Kind.SIGNALS, Kind.RSEQ, Kind.LIMITS):
+            self.parts[kind] = _object(record)
+        elif kind in (Kind.REGISTERS, Kind.XSTATE):
+            self.parts[kind] = bytes(record.payload)
+        elif kind == Kind.FILES:
+            self.files = record.json()
+            if not isinstance(self.files, list):
+                raise CorruptImage("the file table is not a list")
+            self._check_redirections()
+        elif kind == Kind.FILE_DATA:
+            self._file_data(record.payload)
+        elif kind == Kind.MEMORY_MAP:
+            layout = _object(record)
+            self.parts[kind] = layout
+            self._build_address_space(layout["mappings"])
+        else:
+            raise CorruptImage(f"unexpected {record.name} record")
+
+    def close(self) -> None:
+        os.close(self.mem)
+        for fd in self.unlinked.values():
+            os.close(fd)
+        self.unlinked.clear()
+
+    # -- memory ------------------------------------------------------------------------------------
+    def _build_address_space(self, entries: list[dict[str, Any]]) -> None:
+        if self.trampoline:
+            raise CorruptImage("two memory maps in one image")
+        inj = self.injector
+        current = procfs.read_maps(self.pid)
+        wanted = [(e["start"], e["end"]) for e in entries]
+        ours = [(m.start, m.end) for m in current]
+        self.trampoline = find_hole(wanted + ours, TRAMPOLINE_SIZE)
+        inj.check("mmap(trampoline)", SYS_MMAP, self.trampoline, TRAMPOLINE_SIZE,
+                  PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                  -1, 0)
+        os.pwrite(self.mem, inject.SYSCALL_INSTRUCTION, self.trampoline)
+        inj.address = self.trampoline
+        for m in current:
+            if m.path not in KERNEL_PLACED and m.path != "[vsyscall]":
+                inj.check(f"munmap({m.start:#x})", SYS_MUNMAP, m.start, m.size)
+        self._move_kernel_mappings([m for m in current if m.path in KERNEL_PLACED],
+                                   [e for e in entries if e["kind"] == "kernel"], wanted)
+        opened: dict[str, int] = {}
+        try:
+            for e in entries:
+                if e["kind"] == "kernel":
+                    continue
+                start, length, prot = e["start"], e["end"] - e["start"], _prot(e["perms"])
+                if e["kind"] == "file":
+                    fd = opened.get(e["path"])
+                    if fd is None:
+                        fd = opened[e["path"]] = self._open_mapped_file(e)
+                    sharing = MAP_SHARED if e["perms"][3] == "s" else MAP_PRIVATE
+                    inj.check(f"mmap({e['path']})", SYS_MMAP, start, length, prot, sharing | MAP_FIXED,
+                              fd, e["offset"])
+                else:
+                    flags = MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS
+                    if e["kind"] == "stack":
+                        flags |= MAP_GROWSDOWN
+                    inj.check(f"mmap({start:#x})", SYS_MMAP, start, length, prot, flags, -1, 0)
+                self.mapped.append((start, start + length))
+        finally:
+            for fd in opened.values():
+                inj.call(SYS_CLOSE, fd)
+
+    def _open_mapped_file(self, entry: dict[str, Any]) -> int:
+        path = entry["path"]
+        try:
+            info = os.stat(path)
+        except OSError as err:
+            raise RestoreFailed(f"{path}: {err.strerror}") from None
+        if (info.st_ino, info.st_size, info.st_mtime_ns) != (entry["inode"], entry.get("size"), entry.get("mtime_ns")):
+            raise RestoreFailed(f"{path} has changed since the checkpoint")
+        return self._open(path, O_RDONLY | O_CLOEXEC, 0, f"open({path})")
+
+    def _move_kernel_mappings(self, now: list[procfs.Mapping], wanted: list[dict[str, Any]],
+                              image: list[tuple[int, int]]) -> None:
+        """Move the vDSO and its data pages to where the program's code expects them."""
+        here = {m.path: m for m in now}
+        there = {e["path"]: e for e in wanted}
+        if set(here) != set(there) or any(here[p].size != there[p]["end"] - there[p]["start"] for p in here):
+            raise RestoreFailed("this kernel's vDSO differs from the one the process was checkpointed on")
+        if all(here[p].start == there[p]["start"] for p in here):
+            return
+        total = sum(m.size for m in now)
+        taken = image + [(m.start, m.end) for m in now] + [(self.trampoline, self.trampoline + TRAMPOLINE_SIZE)]
+        parking = find_hole(taken, total)
+        parked = {}
+        for path, m in here.items():
+            self.injector.check(f"mremap({path})", SYS_MREMAP, m.start, m.size, m.size,
+                                MREMAP_MAYMOVE | MREMAP_FIXED, parking)
+            parked[path] = parking
+            parking += m.size
+        for path, e in there.items():
+            size = e["end"] - e["start"]
+            self.injector.check(f"mremap({path})", SYS_MREMAP, parked[path], size, size,
+                                MREMAP_MAYMOVE | MREMAP_FIXED, e["start"])
+
+    def _pages(self, address: int, data: memoryview) -> None:
+        if not self.trampoline:
+            raise CorruptImage("page data before the memory map")
+        try:
+            written = os.pwrite(self.mem, data, address)
+        except OSError as err:
+            raise CorruptImage(f"page data for {address:#x} does not fit the memory map ({err.strerror})") from None
+        if written != len(data):
+            raise CorruptImage(f"page data for {address:#x} runs off the memory map")
+        self.page_bytes += written
+
+    # -- files --------------------------------------------------------------------------------------
+    def _check_redirections(self) -> None:
+        open_fds = {entry["fd"] for entry in self.files}
+        for fd, _ in self.options.redirect:
+            if fd not in open_fds:
+                raise FileRestoreFailed(f"File-descriptor {fd} was not open at the time of checkpoint!")
+
+    def _file_data(self, payload: memoryview) -> None:
+        if len(payload) < 12:
+            raise CorruptImage("file-data record too short")
+        index, offset = struct.unpack_from("<IQ", payload)
+        if index >= len(self.files) or self.files[index].get("kind") != "unlinked":
+            raise CorruptImage("file-data record for no unlinked file")
+        fd = self.unlinked.get(index)
+        if fd is None:
+            fd = self.unlinked[index] = _anonymous_file(self.files[index]["path"])
+        os.pwrite(fd, payload[12:], offset)
+
+    def _restore_files(self) -> None:
+        redirect = dict(self.options.redirect)
+        inherited = set(procfs.open_fds(self.pid))
+        keep = {e["fd"] for e in self.files if e["kind"] == "special" and e["fd"] in inherited
+                and e["fd"] not in redirect}
+        for fd in sorted(inherited - keep):
+            self.injector.call(SYS_CLOSE, fd)
+        for index, entry in enumerate(self.files):
+            fd = entry["fd"]
+            if fd in keep:
+                continue
+            flags = entry["flags"] & ~(O_CREAT | O_EXCL | O_TRUNC)
+            if entry["cloexec"]:
+                flags |= O_CLOEXEC
+            if fd in redirect:
+                path = redirect[fd]
+                try:
+                    got = self._open(path, flags | O_CREAT, 0o666, path)
+                except inject.InjectedCallFailed as err:
+                    raise FileRestoreFailed(
+                        f"Could not restore file-descriptor {fd} with \u2018{path}\u2019: "
+                        f"{os.strerror(err.errno)}") from None
+            elif entry["kind"] == "special":
+                got = self._open("/dev/null", flags & (3 | O_CLOEXEC), 0, "/dev/null")
+            elif entry["kind"] == "unlinked":
+                copy = self.unlinked.get(index)
+                if copy is None:
+                    copy = self.unlinked[index] = _anonymous_file(entry["path"])
+                got = self._reopen(f"/proc/{os.getpid()}/fd/{copy}", flags, entry["path"])
+            else:
+                got = self._reopen(entry["path"], flags, entry["path"])
+            if got != fd:
+                self.injector.check("dup3", SYS_DUP3, got, fd, O_CLOEXEC if entry["cloexec"] else 0)
+                self.injector.call(SYS_CLOSE, got)
+            if entry["kind"] != "special" or fd in redirect:
+                self.injector.call(SYS_LSEEK, fd, entry["pos"], 0)
+
+    def _reopen(self, path: str, flags: int, shown: str) -> int:
+        try:
+            return self._open(path, flags, 0, shown)
+        except inject.InjectedCallFailed as err:
+            raise RestoreFailed(f"cannot re-open {shown}: {os.strerror(err.errno)}") from None
+
+    def _open(self, path: str, flags: int, mode: int, what: str) -> int:
+        address = self._scratch(os.fsencode(path) + b"\0")
+        return self.injector.check(f"open({what})", SYS_OPEN, address, flags, mode)
+
+    def _scratch(self, data: bytes, offset: int = 0) -> int:
+        """Put ``data`` in the trampoline's scratch area; its address there."""
+        if len(data) > TRAMPOLINE_SIZE - 2 * PAGE - offset:
+            raise RestoreFailed("restorer scratch space exhausted")
+        address = self.trampoline + PAGE + offset
+        os.pwrite(self.mem, data, address)
+        return address
+
+    # -- the rest, after END ---------------------------------------------------------------------------
+    def finish(self) -> Restored:
+        for kind in (Kind.PROCESS, Kind.REGISTERS, Kind.XSTATE, Kind.SIGNALS, Kind.RSEQ, Kind.LIMITS,
+                     Kind.MEMORY_MAP):
+            if kind not in self.parts:
+                raise CorruptImage(f"the image has no {Kind.NAMES[kind]} record")
+        if len(self.parts[Kind.REGISTERS]) != len(bytes(ptrace.Registers())):
+            raise CorruptImage("the registers record has the wrong size")
+        try:
+            process = self.parts[Kind.PROCESS]
+            inj = self.injector
+            self._restore_files()
+            cwd = process["cwd"]
+            inj.check(f"chdir({cwd})", SYS_CHDIR, self._scratch(os.fsencode(cwd) + b"\0"))
+            inj.call(SYS_UMASK, process["umask"])
+            if process.get("personality"):
+                inj.call(SYS_PERSONALITY, process["personality"])
+            self._restore_signals(self.parts[Kind.SIGNALS])
+            rseq = self.parts[Kind.RSEQ]
+            if rseq["pointer"]:
+                inj.check("rseq", SYS_RSEQ, rseq["pointer"], rseq["size"], 0, rseq["signature"])
+            head, length = process.get("robust_list", [0, 0])
+            if head:
+                inj.check("set_robust_list", SYS_SET_ROBUST_LIST, head, length)
+            self._restore_mm(self.parts[Kind.MEMORY_MAP]["mm"], process["exe"])
+            self._restore_limits(self.parts[Kind.LIMITS])
+            if self.options.filter_program is not None:
+                program = list(self.options.filter_program)
+                code = self._scratch(seccomp.pack(program), offset=PAGE)
+                fprog = self._scratch(struct.pack("<H6xQ", len(program), code))
+                inj.check("prctl(PR_SET_NO_NEW_PRIVS)", SYS_PRCTL, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+                inj.check("seccomp", SYS_SECCOMP, seccomp.SECCOMP_SET_MODE_FILTER, 0, fprog)
+            inj.check("munmap(trampoline)", SYS_MUNMAP, self.trampoline, TRAMPOLINE_SIZE)
+            ptrace.set_xstate(self.pid, self.parts[Kind.XSTATE])
+            ptrace.set_regs(self.pid, ptrace.Registers.from_buffer_copy(self.parts[Kind.REGISTERS]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptImage(f"malformed process record: {err!r}") from None
+        except inject.InjectedCallFailed as err:
+            raise RestoreFailed(str(err)) from None
+        return Restored(process, inj.deferred, self.page_bytes)
+
+    def _restore_signals(self, signals: dict[str, Any]) -> None:
+        inj = self.injector
+        actions = {int(sig): value for sig, value in signals["actions"].items()}
+        ignored_now = set(procfs.signal_set(procfs.status_fields(self.pid)["SigIgn"]))
+        for sig in sorted(set(actions) | ignored_now):
+            if sig in UNCATCHABLE:
+                continue
+            handler, flags, restorer, mask = actions.get(sig, (0, 0, 0, 0))
+            address = self._scratch(struct.pack("<QQQQ", handler, flags, restorer, mask))
+            inj.check(f"rt_sigaction({sig})", SYS_RT_SIGACTION, sig, address, 0, 8)
+        sp, flags, size = signals["altstack"]
+        if sp or size:
+            address = self._scratch(struct.pack("<Qi4xQ", sp, flags & ~SS_ONSTACK, size))
+            inj.check("sigaltstack", SYS_SIGALTSTACK, address, 0)
+        inj.check("rt_sigprocmask", SYS_RT_SIGPROCMASK, 2, self._scratch(struct.pack("<Q", signals["mask"])), 0, 8)
+        for shared, infos in ((False, signals["pending"]), (True, signals["shared_pending"])):
+            for text in infos:
+                info = bytes.fromhex(text)
+                sig = struct.unpack_from("<i", info)[0]
+                address = self._scratch(info)
+                if shared:
+                    inj.call(SYS_RT_SIGQUEUEINFO, self.pid, sig, address)
+                else:
+                    inj.call(SYS_RT_TGSIGQUEUEINFO, self.pid, self.pid, sig, address)
+
+    def _restore_mm(self, mm: dict[str, Any], exe: str) -> None:
+        inj = self.injector
+        auxv = bytes.fromhex(mm["auxv"])
+        auxv_at = self._scratch(auxv, offset=2 * PAGE)
+        exe_fd = self._open(exe, O_RDONLY | O_CLOEXEC, 0, exe) if os.path.exists(exe) else -1
+
+        def set_map(fd: int) -> int:
+            data = _MM_MAP.pack(mm["start_code"], mm["end_code"], mm["start_data"], mm["end_data"],
+                                mm["start_brk"], mm["brk"], mm["start_stack"], mm["arg_start"],
+                                mm["arg_end"], mm["env_start"], mm["env_end"], auxv_at, len(auxv),
+                                fd & 0xFFFFFFFF)
+            return inj.call(SYS_PRCTL, PR_SET_MM, PR_SET_MM_MAP, self._scratch(data), len(data), 0)
+
+        result = set_map(exe_fd)
+        if result < 0 and exe_fd >= 0:
+            result = set_map(-1)        # exe needs CAP_CHECKPOINT_RESTORE: keep the rest
+        if exe_fd >= 0:
+            inj.call(SYS_CLOSE, exe_fd)
+        if result < 0:
+            raise RestoreFailed(f"prctl(PR_SET_MM_MAP): {os.strerror(-result)}")
+
+    def _restore_limits(self, limits: dict[str, list[int]]) -> None:
+        for name, (soft, hard) in limits.items():
+            number = getattr(resource, name, None)
+            if number is None:
+                continue
+            try:
+                resource.prlimit(self.pid, number, (soft, hard))
+            except (OSError, ValueError):
+                try:            # a hard limit above ours needs privilege: keep what we can
+                    _, current_hard = resource.prlimit(self.pid, number)
+                    within = soft if current_hard == resource.RLIM_INFINITY else min(soft, current_hard)
+                    resource.prlimit(self.pid, number, (within, current_hard))
+                except (OSError, ValueError):
+                    pass
+
+    def abandon(self) -> None:
+        """Make the half-built process go away quietly (exit status 1)."""
+        try:
+            if self.trampoline:
+                self.injector.address = self.trampoline
+            self.injector.call(SYS_EXIT_GROUP, 1)
+        except TraceError:
+            pass
+        try:
+            ptrace.cont(self.pid)
+        except TraceError:
+            pass
+
+
+def _object(record: Record) -> dict[str, Any]:
+    value = record.json()
+    if not isinstance(value, dict):
+        raise CorruptImage(f"the {record.name} record is not an object")
+    return value
+
+
+def _anonymous_file(original: str) -> int:
+    """A nameless file to hold an unlinked file's contents, near where it lived."""
+    for directory in (os.path.dirname(original) or "/", tempfile.gettempdir()):
+        try:
+            return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except OSError:
+            continue
+    fd, path = tempfile.mkstemp()
+    os.unlink(path)
+    return fd
+
+
+def restore(pid: int, records: Iterable[Record], options: RestoreOptions) -> Restored:
+    """Restore the image into stub ``pid``; on any error the stub exits (status 1)."""
+    restorer = Restorer(pid, options)
+    try:
+        for record in records:
+            restorer.take(record)
+        return restorer.finish()
+    except BaseException:
+        restorer.abandon()
+        raise
+    finally:
+        restorer.close()

@@ -1,0 +1,135 @@
+"""Making a stopped tracee run system calls of our choosing.
+
+The process-image engine asks a process things only it can answer (its signal
+handlers, its ``brk``) and, when restoring, has the new process build its own
+address space. Both are done by pointing the tracee's instruction pointer at a
+``syscall`` instruction in its memory, loading the call's number and arguments,
+and letting it run from the system-call entry stop to the exit stop
+(``PTRACE_SYSCALL``): no user instruction runs, so the instruction after the
+``syscall`` never matters — it may even be unmapped by the call itself.
+
+Injection must start from a stop where registers may be changed freely: an
+interrupt stop, a signal-delivery stop or a system-call exit stop. A seccomp stop
+is in the middle of a call; :func:`finish_call` ends that call first.
+
+A signal that arrives while calls are injected is held back and handed to the
+caller (``Injector.deferred``), to be re-sent once the process is itself again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+
+from mosix_core.errors import TraceError
+from mosix_core.linux import ptrace
+
+MINUS_ONE = (1 << 64) - 1
+ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+SYSCALL_INSTRUCTION = b"\x0f\x05"
+# -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK
+RESTART_ERRORS = (512, 513, 514, 516)
+ERESTART_RESTARTBLOCK = 516
+SYS_RESTART_SYSCALL = 219
+
+
+class InjectedCallFailed(TraceError):
+    """An injected call returned an error; ``errno`` is its errno."""
+
+
+def signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def copy_registers(regs: ptrace.Registers) -> ptrace.Registers:
+    out = ptrace.Registers()
+    ctypes.pointer(out)[0] = regs
+    return out
+
+
+def resumable_registers(regs: ptrace.Registers, *, new_process: bool) -> ptrace.Registers:
+    """Registers that, once set, make the tracee carry on as it would have.
+
+    A process interrupted inside a restartable call holds ``-ERESTART*`` in ``rax``
+    and relies on the kernel's signal path to back up and re-issue the call; after
+    calls were injected that path no longer runs, so do it here: back up over the
+    ``syscall`` instruction and put the call's number back. A restart-block call
+    (``nanosleep``...) is re-issued through ``restart_syscall`` in the same process;
+    a new process has no restart block, so there it starts over. Every register set
+    we write has ``orig_rax = -1``: no call in progress."""
+    out = copy_registers(regs)
+    call = signed(out.orig_rax)
+    if call >= 0 and -signed(out.rax) in RESTART_ERRORS:
+        if -signed(out.rax) == ERESTART_RESTARTBLOCK and not new_process:
+            out.rax = SYS_RESTART_SYSCALL
+        else:
+            out.rax = call
+        out.rip -= 2
+    out.orig_rax = MINUS_ONE
+    return out
+
+
+def finish_call(pid: int, result: int) -> None:
+    """At a seccomp stop: skip the call, make it return ``result``, and stop at its
+    exit, where registers may be changed freely."""
+    regs = ptrace.get_regs(pid)
+    regs.orig_rax = MINUS_ONE
+    regs.rax = result & MINUS_ONE
+    ptrace.set_regs(pid, regs)
+    Injector(pid, 0)._run_to_exit()
+
+
+class Injector:
+    """Runs system calls in ``pid`` through the ``syscall`` instruction at ``address``."""
+
+    def __init__(self, pid: int, address: int) -> None:
+        self.pid = pid
+        self.address = address
+        self.deferred: list[int] = []    # signals held back while injecting
+
+    def call(self, nr: int, *args: int) -> int:
+        """The call's raw result (negative errno on failure)."""
+        regs = copy_registers(ptrace.get_regs(self.pid))
+        regs.rip = self.address
+        regs.rax = nr
+        regs.orig_rax = MINUS_ONE
+        for name, value in zip(ARG_REGISTERS, args):
+            setattr(regs, name, value & MINUS_ONE)
+        ptrace.set_regs(self.pid, regs)
+        return self._run_to_exit()
+
+    def check(self, what: str, nr: int, *args: int) -> int:
+        """The call's result; :class:`InjectedCallFailed` when it fails."""
+        result = self.call(nr, *args)
+        if -4096 < result < 0:
+            raise InjectedCallFailed(f"{what}: {errno.errorcode.get(-result, -result)}", -result)
+        return result
+
+    def _run_to_exit(self) -> int:
+        ptrace.syscall(self.pid)
+        while True:
+            stop = ptrace.wait_for(self.pid)
+            if stop.kind in ("exited", "killed"):
+                raise TraceError(f"process {self.pid} ended while being restored or saved", errno.ESRCH)
+            if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == ptrace.INFO_EXIT:
+                return signed(ptrace.get_regs(self.pid).rax)
+            if stop.kind == "signal":
+                self.deferred.append(stop.sig)
+            ptrace.syscall(self.pid)
+
+
+def find_syscall_instruction(read, mappings) -> int:
+    """An address holding a ``syscall`` instruction in one of the executable mappings
+    (the vDSO first: it is small and always has one)."""
+    ordered = sorted((m for m in mappings if "x" in m.perms), key=lambda m: m.path != "[vdso]")
+    for mapping in ordered:
+        if mapping.path == "[vsyscall]":
+            continue
+        try:
+            data = read(mapping.start, min(mapping.size, 1 << 20))
+        except (OSError, TraceError):
+            continue
+        at = data.find(SYSCALL_INSTRUCTION)
+        if at >= 0:
+            return mapping.start + at
+    raise TraceError("no system-call instruction found in the process")
