@@ -59,12 +59,12 @@ Program options:
   -S{maxjobs}      run the lines of a commands-file, up to maxjobs at once (1-30000)
 
 Available now: the program runs at home under supervision; the unsupported-feature
-rules, -m -e -w -u -z -S, recursive mosrun, mosenv, mosnative and the /proc/self
-programming interface work as mosix(7) says, and -L -l -g -G -c -n -d -t -T -C -N -A
-are kept and readable by the program through /proc/self.
+rules, -m -e -w -u -z -S, recursive mosrun, mosenv, mosnative, the /proc/self
+programming interface, and checkpoints (-C -N -A, -R -O -I, mosmigrate checkpoint,
+chkstop, chkexit) work as the manual says; -L -l -g -G -c -n -d -t -T are kept and
+readable by the program through /proc/self.
 Waiting for later features (accepted and checked now, with a notice when used):
   process migration:  -b -r{host} -{a.b.c.d} -{n} -F (the program starts at home)
-  checkpoints:        -A (no automatic checkpoints yet), -R, -O, -I (refused)
   private temporary files: -X
 """
 
@@ -166,8 +166,12 @@ def notices(opts: mosopts.MosrunOptions) -> list[str]:
     where = mosopts.location_word(opts)
     if where not in (None, "-h"):
         out.append(f"note: {where} takes effect with process migration; starting at home")
-    if opts.checkpoint_interval:
-        out.append("note: -A (automatic checkpoints) takes effect with the checkpoint feature")
+    if opts.checkpoint_file is not None or opts.checkpoint_interval:
+        from mosix_core.image.naming import NO_WRITE_ACCESS, CheckpointNaming, can_write_in
+
+        naming = CheckpointNaming.for_process(os.getpid(), opts.checkpoint_file)
+        if not can_write_in(naming.directory(os.getcwd())):
+            out.append(NO_WRITE_ACCESS)
     if opts.private_dirs:
         out.append("note: -X takes effect with private temporary files; files there stay at home")
     return out
@@ -178,15 +182,18 @@ def mosrun(argv: Sequence[str], *, keep_loader: bool = False, etc: Path | None =
     from mosix_core.mosrun import launch
 
     opts, words = mosopts.parse(argv)
-    if opts.inspect is not None or opts.recover is not None:
-        raise MosixError("checkpoint recovery and inspection (-R, -I) arrive with the checkpoint feature")
+    if opts.inspect is not None:
+        from mosix_core.mosrun.recover import inspect
+
+        sys.stdout.write(inspect(opts.inspect))
+        return 0
     etc = paths.etc_dir(etc)
     env = launch.program_environment(os.environ, keep_loader)
     nested = {"options": mosopts.to_json(opts)}
     if opts.queue_jobs is not None:
         if tell_supervisor({**nested, "now": True}):
             return run_nested_queue(opts, words[0], env)
-    else:
+    elif opts.recover is None:
         program, args = program_words(opts, words)
         if tell_supervisor({**nested, "program": program}):
             _exec(program, args, env)
@@ -200,6 +207,10 @@ def mosrun(argv: Sequence[str], *, keep_loader: bool = False, etc: Path | None =
         opts, words = checked
     for text in notices(opts):
         _say(text)
+    if opts.recover is not None:
+        from mosix_core.mosrun.recover import recover_program
+
+        recover_program(opts, env, etc, session)
     if opts.queue_jobs is not None:
         from mosix_core.mosrun.top import run_queue
 

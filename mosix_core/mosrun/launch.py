@@ -90,6 +90,24 @@ def become_program(program: str, argv: Sequence[str], env: Mapping[str, str], fi
         _die(f"mosrun: {program}: {err.strerror}", 126)
 
 
+def become_restore_stub(env: Mapping[str, str]) -> None:
+    """mosrun -R: exec the restore stub (no filter yet: the restorer installs it last).
+    Never returns."""
+    from mosix_core.image import stub
+
+    for sig in range(1, signal.NSIG):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    try:
+        os.execve(stub.memfd(), ["mosrun"], dict(env))
+    except OSError as err:
+        _die(f"Restoration failed: {err.strerror}", 1)
+
+
 def _die(message: str, status: int) -> None:
     try:
         os.write(2, (message + "\n").encode(errors="replace"))
@@ -98,12 +116,15 @@ def _die(message: str, status: int) -> None:
 
 
 def start_supervised(program: str, argv: Sequence[str], env: Mapping[str, str],
-                     supervise: Callable[[int, int], None]) -> None:
+                     supervise: Callable[[int, int], None],
+                     become: Callable[[], None] | None = None) -> None:
     """Run ``program`` in this very process, traced by a new supervisor process.
 
     ``supervise(root_pid, messages_fd)`` runs in the supervisor after it has seized
-    us; it must not return before the tracees are gone. Never returns here."""
-    filter_program = rules.build_filter()
+    us; it must not return before the tracees are gone. ``become`` replaces the
+    last step (the filter and exec of ``program``): mosrun -R execs the restore
+    stub instead. Never returns here."""
+    filter_program = rules.build_filter() if become is None else None
     root = os.getpid()
     to_front_r, to_front_w = os.pipe()
     to_super_r, to_super_w = os.pipe()
@@ -131,6 +152,8 @@ def start_supervised(program: str, argv: Sequence[str], env: Mapping[str, str],
     os.close(to_front_r)
     if answer != b"ok":
         raise MosixError(answer.decode(errors="replace") or "the supervisor failed to start")
+    if become is not None:
+        become()
     become_program(program, argv, env, filter_program)
 
 

@@ -19,19 +19,25 @@ import json
 import os
 import selectors
 import signal
+import time
 from typing import Callable
 
 import attrs
 
 from mosix_core.errors import DaemonUnavailable, MosixError, TraceError
-from mosix_core.linux import memory, ptrace
+from mosix_core.linux import inject, memory, ptrace
+from mosix_core.linux.syscall_names import NUMBERS
+from mosix_core.mosrun import checkpoints, control, procself, rules
 from mosix_core.mosrun import options as mosopts
-from mosix_core.mosrun import procself, rules
 
 UNSIGNED_MINUS_ONE = (1 << 64) - 1
 ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 CONTROL_NAME = "mosrun"
 NOTHING_PENDING = object()      # /proc/self/mosrun: how a recursive mosrun talks to us
+SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
+SYS_KILL, SYS_TKILL, SYS_TGKILL = NUMBERS["kill"], NUMBERS["tkill"], NUMBERS["tgkill"]
+PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
+MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
 
 
 def initial_state(opts: mosopts.MosrunOptions) -> procself.MosixState:
@@ -75,10 +81,17 @@ class Tracee:
     pending_exec: object = attrs.field(factory=lambda: NOTHING_PENDING)
     command: str = ""
     mosix_tool: bool = False               # running our own mosrun/mosenv/mosnative (see _exec)
+    virtual_pid: int | None = None         # restored: the pid the program knows itself by
+    plan: checkpoints.CheckpointPlan | None = None
+    allow_sigstop: bool = False            # chkstop: this once, SIGSTOP is meant
 
     @property
     def native(self) -> bool:
         return self.state is None
+
+    @property
+    def own_pid(self) -> int:
+        return self.virtual_pid or self.pid
 
 
 class Supervisor:
@@ -102,15 +115,27 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self.keep_running: Callable[[], bool] = lambda: False
+        self.control = None
+
+    def serve_control(self) -> None:
+        """Listen for mosmigrate (see :mod:`mosix_core.mosrun.control`)."""
+        try:
+            self.control = control.listen(os.getpid())
+        except OSError:
+            return                    # another supervisor of ours is this pid's (cannot be)
+        self.selector.register(self.control, selectors.EVENT_READ, self._accept)
 
     # -- setting up --------------------------------------------------------------------------------
     def install_wakeup(self) -> None:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
-    def adopt(self, pid: int, state: procself.MosixState | None, command: str, job=None) -> Tracee:
+    def adopt(self, pid: int, state: procself.MosixState | None, command: str, job=None,
+              virtual_pid: int | None = None) -> Tracee:
         """A process the caller has already seized (running, not yet stopped)."""
-        tracee = Tracee(pid, state, job=job, command=command)
+        tracee = Tracee(pid, state, job=job, command=command, virtual_pid=virtual_pid)
+        if state is not None:
+            tracee.plan = checkpoints.plan_for(tracee.own_pid, state)
         self.tracees[pid] = tracee
         if state is not None:
             self._register(tracee)
@@ -122,7 +147,10 @@ class Supervisor:
             self.drain()
             if not self.tracees and not self.keep_running():
                 return
-            for key, _ in self.selector.select(timeout=None if not self.timers else 0.5):
+            timeout = self._next_checkpoint_in()
+            if self.timers:
+                timeout = 0.5 if timeout is None else min(timeout, 0.5)
+            for key, _ in self.selector.select(timeout=timeout):
                 if key.fileobj == self._wake_r:
                     try:
                         while os.read(self._wake_r, 512):
@@ -133,6 +161,7 @@ class Supervisor:
                     key.data()
             for _, tick in list(self.timers):
                 tick()
+            self._automatic_checkpoints()
 
     def drain(self) -> None:
         while True:
@@ -163,10 +192,28 @@ class Supervisor:
         elif stop.kind == "signal":
             sig = stop.sig
             if sig == signal.SIGSTOP and not tracee.native:
-                sig = signal.SIGTSTP       # MOSIX processes never get SIGSTOP (mosrun(1))
-            ptrace.cont(tracee.pid, sig)
+                if tracee.allow_sigstop:
+                    tracee.allow_sigstop = False
+                else:
+                    sig = signal.SIGTSTP       # MOSIX processes never get SIGSTOP (mosrun(1))
+            self._resume(tracee, sig)
+        elif stop.kind == "syscall" and self._checkpoint_waiting(tracee):
+            if ptrace.syscall_stop_op(tracee.pid) == ptrace.INFO_EXIT:
+                self._checkpoint_now(tracee)
+            else:
+                ptrace.syscall(tracee.pid)
         else:
             ptrace.cont(tracee.pid)
+
+    def _checkpoint_waiting(self, tracee: Tracee) -> bool:
+        return tracee.plan is not None and tracee.plan.requested is not None
+
+    def _resume(self, tracee: Tracee, sig: int = 0) -> None:
+        """Let the tracee go on; to the end of its current call if a checkpoint waits for it."""
+        if self._checkpoint_waiting(tracee):
+            ptrace.syscall(tracee.pid, sig)
+        else:
+            ptrace.cont(tracee.pid, sig)
 
     def _event(self, tracee: Tracee, stop: ptrace.Stop) -> None:
         pid, event = tracee.pid, stop.event
@@ -183,6 +230,8 @@ class Supervisor:
         elif event == ptrace.EVENT_STOP:
             if stop.group_stop:
                 ptrace.listen(pid)          # stay stopped (job control) until SIGCONT
+            elif self._checkpoint_waiting(tracee):
+                self._checkpoint_stop(tracee)
             else:
                 ptrace.cont(pid)
         else:
@@ -191,6 +240,8 @@ class Supervisor:
     def _born(self, parent: Tracee, pid: int) -> None:
         state = None if parent.state is None else parent.state.for_child()
         child = Tracee(pid, state, parent=parent.pid, command=parent.command)
+        if state is not None:
+            child.plan = checkpoints.plan_for(pid, state)
         self.tracees[pid] = child
         if state is not None:
             self._register(child)
@@ -231,27 +282,51 @@ class Supervisor:
     def _syscall(self, tracee: Tracee) -> None:
         pid = tracee.pid
         info = ptrace.syscall_info(pid)
+        if info.nr in PID_CALLS:
+            self._carry_out(tracee, self._pid_call(tracee, info.nr, info.args))
+            return
         verdict = rules.decide(info.nr, info.args, rules.CallContext(pid, rules.fd_mode_of(pid)))
         if isinstance(verdict, rules.SpecialOpen):
             verdict = self._special_open(tracee, verdict)
+            if verdict is None:
+                return                  # carried out already (a checkpoint)
         self._carry_out(tracee, verdict)
+
+    def _pid_call(self, tracee: Tracee, nr: int, args: tuple[int, ...]):
+        """A restored process keeps its pid: answer with it, and translate it back."""
+        if nr in (SYS_GETPID, SYS_GETTID):
+            return rules.Return(tracee.own_pid) if tracee.virtual_pid else rules.ALLOW
+        if nr == SYS_GETPPID:
+            parent = self.tracees.get(tracee.parent) if tracee.parent else None
+            return rules.Return(parent.own_pid) if parent is not None and parent.virtual_pid else rules.ALLOW
+        real = {t.virtual_pid: t.pid for t in self.tracees.values() if t.virtual_pid}
+        targets = (0,) if nr in (SYS_KILL, SYS_TKILL) else (0, 1)
+        regs = None
+        for index in targets:
+            value = inject.signed(args[index]) if index == 0 else args[index]
+            if value in real:
+                regs = regs or ptrace.get_regs(tracee.pid)
+                setattr(regs, ARG_REGISTERS[index], real[value])
+        if regs is not None:
+            ptrace.set_regs(tracee.pid, regs)
+        return rules.ALLOW
 
     def _carry_out(self, tracee: Tracee, verdict) -> None:
         pid = tracee.pid
         if isinstance(verdict, rules.Allow):
-            ptrace.cont(pid)
+            self._resume(tracee)
         elif isinstance(verdict, (rules.Fail, rules.Return)):
             regs = ptrace.get_regs(pid)
             regs.orig_rax = UNSIGNED_MINUS_ONE          # skip the call...
             value = -verdict.errno if isinstance(verdict, rules.Fail) else verdict.value
             regs.rax = value & UNSIGNED_MINUS_ONE       # ...and return this instead
             ptrace.set_regs(pid, regs)
-            ptrace.cont(pid)
+            self._resume(tracee)
         elif isinstance(verdict, rules.Rewrite):
             regs = ptrace.get_regs(pid)
             setattr(regs, ARG_REGISTERS[verdict.arg], verdict.value & UNSIGNED_MINUS_ONE)
             ptrace.set_regs(pid, regs)
-            ptrace.cont(pid)
+            self._resume(tracee)
         elif isinstance(verdict, rules.Warn):
             self.say(tracee, verdict.message)
             self._carry_out(tracee, verdict.then)
@@ -277,17 +352,135 @@ class Supervisor:
         name = procself.special_name(path)
         if name is None:
             return rules.ALLOW
+        if name == "checkpoint" and call.flags & 3 in (1, 2):
+            self._checkpoint_from_program(tracee, call.flags & 3)
+            return None
         env = procself.Environment(
             whereami=lambda: 0, in_cluster=self.in_cluster,
             read_string=lambda addr: self._read_string(tracee.pid, addr))
         before = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
                   tracee.state.freezable, tracee.state.cpujob)
+        checkpointing = (tracee.state.checkpoint_file, tracee.state.checkpoint_limit,
+                         tracee.state.checkpoint_interval)
         result = procself.handle(tracee.state, name, call.flags, call.value, env)
+        if result >= 0 and call.flags & 3 and name.startswith("checkpoint"):
+            self._checkpoint_settings(tracee, name, checkpointing)
         after = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
                  tracee.state.freezable, tracee.state.cpujob)
         if before != after:
             self._send("update", pid=tracee.pid, options=flag_summary(tracee.state))
         return rules.Return(result)
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def _checkpoint_settings(self, tracee: Tracee, name: str, before: tuple) -> None:
+        """The program changed /proc/self/checkpointfile, ...limit or ...interval."""
+        state, plan = tracee.state, tracee.plan
+        if plan is None:
+            return
+        if name == "checkpointfile":
+            try:
+                plan.naming.set_base(state.checkpoint_file)
+            except MosixError:
+                state.checkpoint_file = before[0]
+        elif name == "checkpointlimit":
+            plan.naming.set_limit(state.checkpoint_limit)
+        elif name == "checkpointinterval":
+            plan.interval_minutes = state.checkpoint_interval
+            plan.reset_timer()
+        state.checkpoint_version = plan.naming.next_version()
+
+    def request_checkpoint(self, tracee: Tracee, then: str) -> None:
+        """Checkpoint ``tracee`` at its next safe stop, then continue, stop or exit."""
+        if tracee.plan is None:
+            return
+        waiting = tracee.plan.requested is not None
+        if not waiting or then != "continue":
+            tracee.plan.requested = then
+        if not waiting:
+            ptrace.interrupt(tracee.pid)
+
+    def _checkpoint_stop(self, tracee: Tracee) -> None:
+        """An interrupt stop with a checkpoint requested: now, or when the call returns."""
+        if checkpoints.in_blocking_call(ptrace.get_regs(tracee.pid)):
+            ptrace.syscall(tracee.pid)        # the manual: delayed until the call completes
+        else:
+            self._checkpoint_now(tracee)
+
+    def _checkpoint_now(self, tracee: Tracee) -> None:
+        plan = tracee.plan
+        then, plan.requested = plan.requested, None
+        ok, what, deferred = checkpoints.take(tracee.pid, tracee.own_pid, tracee.state, plan)
+        if not ok:
+            self.say(tracee, f"checkpoint failed: {what}")
+        if plan.interval_minutes:
+            plan.reset_timer()
+        if then == "exit":
+            checkpoints.exit_now(tracee.pid)
+        elif then == "stop":
+            tracee.allow_sigstop = True
+            os.kill(tracee.pid, signal.SIGSTOP)
+        ptrace.cont(tracee.pid)
+        checkpoints.resend(tracee.pid, deferred)
+
+    def _checkpoint_from_program(self, tracee: Tracee, access: int) -> None:
+        """open("/proc/self/checkpoint", 1|O_CREAT) or (2|O_CREAT): mosix(7) — 0 (write
+        only) or the version (read-write) on success, -1 when the checkpoint fails. The
+        image holds the success value, so the recovered program sees the same."""
+        pid, plan = tracee.pid, tracee.plan
+        version = plan.naming.next_version()
+        inject.finish_call(pid, 0 if access == 1 else version)
+        ok, what, deferred = checkpoints.take(pid, tracee.own_pid, tracee.state, plan)
+        if not ok:
+            self.say(tracee, f"checkpoint failed: {what}")
+            regs = ptrace.get_regs(pid)
+            regs.rax = -errno.EIO & UNSIGNED_MINUS_ONE
+            ptrace.set_regs(pid, regs)
+        ptrace.cont(pid)
+        checkpoints.resend(pid, deferred)
+
+    def _next_checkpoint_in(self) -> float | None:
+        dues = [t.plan.due for t in self.tracees.values() if t.plan is not None and t.plan.due is not None]
+        return None if not dues else max(0.0, min(dues) - time.monotonic())
+
+    def _automatic_checkpoints(self) -> None:
+        now = time.monotonic()
+        for tracee in list(self.tracees.values()):
+            plan = tracee.plan
+            if plan is not None and plan.due is not None and plan.due <= now:
+                plan.due = None               # set again when the checkpoint is taken
+                try:
+                    self.request_checkpoint(tracee, "continue")
+                except TraceError:
+                    pass
+
+    # -- mosmigrate ----------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.control.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                req = control.read_request(conn)
+                reply = self._control_request(req, control.peer_uid(conn))
+            except (OSError, ValueError) as err:
+                reply = {"error": f"bad request: {err}"}
+            control.answer(conn, reply)
+
+    def _control_request(self, req: dict, uid: int) -> dict:
+        pid, op = req.get("pid"), req.get("op")
+        tracee = next((t for t in self.tracees.values() if pid in (t.pid, t.virtual_pid)), None)
+        if tracee is None or tracee.native:
+            return {"error": "not a MOSIX process"}
+        if not control.may_affect(uid, tracee.pid):
+            return {"error": "Operation not permitted"}
+        if op in MOSMIGRATE_CHECKPOINTS:
+            try:
+                self.request_checkpoint(tracee, MOSMIGRATE_CHECKPOINTS[op])
+            except TraceError as err:
+                return {"error": str(err)}
+            return {"ok": True}
+        return {"error": f"'{op}' is not supported by this MOSIX yet"}
 
     def _read_string(self, pid: int, addr: int) -> bytes:
         try:

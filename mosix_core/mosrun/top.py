@@ -24,6 +24,7 @@ def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env:
         supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc))
         supervisor.install_wakeup()
         supervisor.adopt(root, state, command)
+        supervisor.serve_control()
         supervisor.run()
 
     launch.start_supervised(program, args, env, supervise)
@@ -58,6 +59,7 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
     supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
                             on_exit=job_ended)
     supervisor.install_wakeup()
+    supervisor.serve_control()
 
     def refill() -> None:
         while not stopping and (job := queue.next_job()) is not None:

@@ -1,0 +1,124 @@
+"""Taking checkpoints of supervised processes (mosrun(1) CHECKPOINTS).
+
+A checkpoint is written by the supervisor while the process is stopped at a
+point where it may be examined: the exit of the ``open("/proc/self/checkpoint")``
+that asked for it, or — for ``-A`` timers and ``mosmigrate`` — an interrupt stop
+outside any system call. A process interrupted inside a blocking call is let run
+until the call returns (the manual: "the checkpoint will be delayed until after
+the completion of that system call").
+
+Files are named by :class:`mosix_core.image.naming.CheckpointNaming` and written
+by :func:`mosix_core.image.naming.write_atomically` (mode 0 while written, 0400
+when complete, nothing left behind on failure). A process that cannot be
+checkpointed (pipes, sockets, set-user-ID) still produces a file — holding only
+the reason — that counts towards ``-N``, as the manual says.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import attrs
+
+from mosix_core.errors import MosixError
+from mosix_core.image import capture
+from mosix_core.image.naming import CheckpointNaming, write_atomically
+from mosix_core.image.stream import ImageWriter, Kind
+from mosix_core.linux import inject, ptrace
+
+IMAGE_VERSION_FIELDS = ("lock", "freezable", "unsupportok", "needmem", "sigmig", "cpujob", "decayrate",
+                        "local_time", "nmigs", "checkpoint_file", "checkpoint_limit",
+                        "checkpoint_interval", "checkpoint_version", "statistics_cleared")
+
+
+@attrs.define
+class CheckpointPlan:
+    """A tracee's checkpoint bookkeeping (not inherited by children)."""
+
+    naming: CheckpointNaming
+    interval_minutes: int = 0
+    due: float | None = None          # monotonic time of the next automatic checkpoint
+    requested: str | None = None      # "continue" | "stop" | "exit": waiting for a stop
+    taken: int = 0
+
+    def reset_timer(self, now: float | None = None) -> None:
+        """Writing checkpointinterval "has a side effect of resetting the time left"."""
+        now = time.monotonic() if now is None else now
+        self.due = now + self.interval_minutes * 60 if self.interval_minutes else None
+
+
+def plan_for(pid: int, state) -> CheckpointPlan:
+    naming = CheckpointNaming.for_process(pid, state.checkpoint_file, state.checkpoint_limit or 0)
+    state.checkpoint_version = naming.next_version()
+    plan = CheckpointPlan(naming, state.checkpoint_interval or 0)
+    plan.reset_timer()
+    return plan
+
+
+def identity(pid: int, virtual_pid: int, state) -> dict[str, Any]:
+    """The MOSIX side of a process, as the PROCESS record keeps it."""
+    return {"pid": virtual_pid, "mosix": {name: getattr(state, name) for name in IMAGE_VERSION_FIELDS}}
+
+
+def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: bool = False) -> tuple[bool, str, list[int]]:
+    """Write the next checkpoint of stopped process ``pid``.
+
+    Returns (succeeded, the file or the reason it failed, signals to re-send)."""
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError as err:
+        return False, f"process {pid}: {err.strerror}", []
+    path = plan.naming.next_path(cwd)
+    regs = inject.copy_registers(ptrace.get_regs(pid))
+    deferred: list[int] = []
+    refused: list[str] = []
+
+    def produce(out) -> None:
+        writer = ImageWriter(out, compress=compress)
+        try:
+            _, signals = capture.write_image(pid, writer, identity=identity(pid, virtual_pid, state), regs=regs)
+            deferred.extend(signals)
+        except capture.CannotCheckpoint as err:
+            # the manual: such a checkpoint is "created and counted - but containing
+            # just an error message"
+            writer.add(Kind.FAILURE, str(err).encode())    # (raised before any record)
+            refused.append(str(err))
+        writer.close()
+
+    try:
+        write_atomically(path, produce)
+    except (MosixError, OSError) as err:
+        ptrace.set_regs(pid, regs)
+        return False, f"{path}: {err}", deferred
+    plan.naming.advance()
+    plan.taken += 1
+    state.checkpoint_version = plan.naming.next_version()
+    if refused:
+        return False, refused[0], deferred
+    return True, path, deferred
+
+
+def in_blocking_call(regs: ptrace.Registers) -> bool:
+    """Stopped inside a system call that will be restarted (interrupted while blocked)."""
+    return inject.signed(regs.orig_rax) >= 0 and -inject.signed(regs.rax) in inject.RESTART_ERRORS
+
+
+def exit_now(pid: int, status: int = 0) -> None:
+    """chkexit: make the stopped process call exit_group(status) as its next act."""
+    from mosix_core.linux import memory, procfs
+
+    address = inject.find_syscall_instruction(lambda a, n: memory.read_bytes(pid, a, n), procfs.read_maps(pid))
+    regs = inject.copy_registers(ptrace.get_regs(pid))
+    regs.rip, regs.rax, regs.rdi, regs.orig_rax = address, 231, status, inject.MINUS_ONE
+    ptrace.set_regs(pid, regs)
+
+
+def resend(pid: int, signals: list[int]) -> None:
+    for sig in signals:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
