@@ -142,7 +142,9 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
             os.write(messages, f"{text}\n".encode(errors="replace"))
             _reap(root)
             return
-        supervisor.adopt(root, recovered.state, recovered.command, virtual_pid=recovered.virtual_pid)
+        written_as = recovered.state.checkpoint_version      # adopt() starts a fresh naming
+        tracee = supervisor.adopt(root, recovered.state, recovered.command, virtual_pid=recovered.virtual_pid)
+        continue_numbering(tracee.plan, recovered.state, written_as)
         supervisor.serve_control()
         ptrace.cont(root)
         for sig in recovered.deferred:
@@ -150,6 +152,16 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
         supervisor.run()
 
     launch.start_supervised("", [], env, supervise, become=lambda: launch.become_restore_stub(env))
+
+
+def continue_numbering(plan, state: procself.MosixState, written_as: int) -> None:
+    """The image holds the version it was written as; the recovered process's next
+    checkpoint is the one after it (recycling as -N says)."""
+    if plan is None or written_as < plan.naming.first:
+        return
+    plan.naming.next = written_as
+    plan.naming.advance()
+    state.checkpoint_version = plan.naming.next_version()
 
 
 def _reap(pid: int) -> None:

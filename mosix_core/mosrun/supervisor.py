@@ -440,7 +440,8 @@ class Supervisor:
 
     def _next_checkpoint_in(self) -> float | None:
         dues = [t.plan.due for t in self.tracees.values() if t.plan is not None and t.plan.due is not None]
-        return None if not dues else max(0.0, min(dues) - time.monotonic())
+        # capped: select() refuses timeouts of years (-A10000000 is 19 years)
+        return None if not dues else min(max(0.0, min(dues) - time.monotonic()), 3600.0)
 
     def _automatic_checkpoints(self) -> None:
         now = time.monotonic()
