@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import attrs
 
@@ -24,9 +25,6 @@ def stat_fields(pid: int) -> list[bytes] | None:
 
 # -- what the process-image engine reads ---------------------------------------------------------
 PAGE = 4096
-PM_PRESENT = 1 << 63
-PM_SWAPPED = 1 << 62
-PM_FILE = 1 << 61        # a file page or shared anonymous page: unchanged from the file
 
 
 @attrs.frozen
@@ -74,27 +72,22 @@ def read_maps(pid: int) -> list[Mapping]:
     return out
 
 
+# The most significant byte of each little-endian pagemap entry holds bits 63..56:
+# 0x80 present, 0x40 swapped, 0x20 file page. Translating those bytes to b"1"/b"0"
+# and scanning with a regular expression keeps the per-page work in C.
+_ANY_PAGE = bytes(0x31 if b & 0xC0 else 0x30 for b in range(256))
+_CHANGED_PAGE = bytes(0x31 if b & 0xC0 and not b & 0x20 else 0x30 for b in range(256))
+_RUNS = re.compile(rb"1+")
+
+
 def page_runs(pagemap_fd: int, start: int, end: int, changed_only: bool) -> list[tuple[int, int]]:
     """The ``(address, length)`` runs of pages of ``[start, end)`` that have contents
     worth saving: present or swapped; with ``changed_only`` (private file mappings),
     only the pages no longer backed by the file (written since mapped)."""
     count = (end - start) // PAGE
     raw = os.pread(pagemap_fd, count * 8, (start // PAGE) * 8)
-    entries = memoryview(raw).cast("Q")
-    runs: list[tuple[int, int]] = []
-    run_start = -1
-    for i in range(len(entries)):
-        entry = entries[i]
-        wanted = entry & (PM_PRESENT | PM_SWAPPED) and not (changed_only and entry & PM_FILE)
-        if wanted:
-            if run_start < 0:
-                run_start = i
-        elif run_start >= 0:
-            runs.append((start + run_start * PAGE, (i - run_start) * PAGE))
-            run_start = -1
-    if run_start >= 0:
-        runs.append((start + run_start * PAGE, (len(entries) - run_start) * PAGE))
-    return runs
+    flags = raw[7::8].translate(_CHANGED_PAGE if changed_only else _ANY_PAGE)
+    return [(start + m.start() * PAGE, (m.end() - m.start()) * PAGE) for m in _RUNS.finditer(flags)]
 
 
 def status_fields(pid: int) -> dict[str, str]:
