@@ -214,8 +214,7 @@ class _Scratch:
 def ask_process(pid: int, regs: ptrace.Registers, mappings: list[procfs.Mapping],
                 status: dict[str, str]) -> tuple[dict[str, Any], int, list[int]]:
     """(signal state, brk, signals that arrived meanwhile), by injected calls."""
-    injector = inject.Injector(pid, inject.find_syscall_instruction(
-        lambda addr, size: memory.read_bytes(pid, addr, size), mappings))
+    injector = inject.Injector(pid, inject.find_syscall_instruction(pid, mappings))
     scratch = _Scratch(pid, regs.rsp)
     try:
         actions = {}

@@ -22,7 +22,7 @@ import ctypes
 import errno
 
 from mosix_core.errors import TraceError
-from mosix_core.linux import ptrace
+from mosix_core.linux import memory, procfs, ptrace
 
 MINUS_ONE = (1 << 64) - 1
 ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
@@ -118,15 +118,17 @@ class Injector:
             ptrace.syscall(self.pid)
 
 
-def find_syscall_instruction(read, mappings) -> int:
+def find_syscall_instruction(pid: int, mappings: list[procfs.Mapping] | None = None) -> int:
     """An address holding a ``syscall`` instruction in one of the executable mappings
-    (the vDSO first: it is small and always has one)."""
+    of ``pid`` (the vDSO first: it is small and always has one)."""
+    if mappings is None:
+        mappings = procfs.read_maps(pid)
     ordered = sorted((m for m in mappings if "x" in m.perms), key=lambda m: m.path != "[vdso]")
     for mapping in ordered:
         if mapping.path == "[vsyscall]":
             continue
         try:
-            data = read(mapping.start, min(mapping.size, 1 << 20))
+            data = memory.read_bytes(pid, mapping.start, min(mapping.size, 1 << 20))
         except (OSError, TraceError):
             continue
         at = data.find(SYSCALL_INSTRUCTION)

@@ -28,11 +28,6 @@ from mosix_core.image.naming import CheckpointNaming, write_atomically
 from mosix_core.image.stream import ImageWriter, Kind
 from mosix_core.linux import inject, ptrace
 
-IMAGE_VERSION_FIELDS = ("lock", "freezable", "unsupportok", "needmem", "sigmig", "cpujob", "decayrate",
-                        "local_time", "nmigs", "checkpoint_file", "checkpoint_limit",
-                        "checkpoint_interval", "checkpoint_version", "statistics_cleared")
-
-
 @attrs.define
 class CheckpointPlan:
     """A tracee's checkpoint bookkeeping (not inherited by children)."""
@@ -57,9 +52,9 @@ def plan_for(pid: int, state) -> CheckpointPlan:
     return plan
 
 
-def identity(pid: int, virtual_pid: int, state) -> dict[str, Any]:
+def identity(virtual_pid: int, state) -> dict[str, Any]:
     """The MOSIX side of a process, as the PROCESS record keeps it."""
-    return {"pid": virtual_pid, "mosix": {name: getattr(state, name) for name in IMAGE_VERSION_FIELDS}}
+    return {"pid": virtual_pid, "mosix": attrs.asdict(state)}
 
 
 def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: bool = False) -> tuple[bool, str, list[int]]:
@@ -78,7 +73,7 @@ def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: b
     def produce(out) -> None:
         writer = ImageWriter(out, compress=compress)
         try:
-            _, signals = capture.write_image(pid, writer, identity=identity(pid, virtual_pid, state), regs=regs)
+            _, signals = capture.write_image(pid, writer, identity=identity(virtual_pid, state), regs=regs)
             deferred.extend(signals)
         except capture.CannotCheckpoint as err:
             # the manual: such a checkpoint is "created and counted - but containing
@@ -107,9 +102,7 @@ def in_blocking_call(regs: ptrace.Registers) -> bool:
 
 def exit_now(pid: int, status: int = 0) -> None:
     """chkexit: make the stopped process call exit_group(status) as its next act."""
-    from mosix_core.linux import memory, procfs
-
-    address = inject.find_syscall_instruction(lambda a, n: memory.read_bytes(pid, a, n), procfs.read_maps(pid))
+    address = inject.find_syscall_instruction(pid)
     regs = inject.copy_registers(ptrace.get_regs(pid))
     regs.rip, regs.rax, regs.rdi, regs.orig_rax = address, 231, status, inject.MINUS_ONE
     ptrace.set_regs(pid, regs)
