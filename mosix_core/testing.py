@@ -6,6 +6,7 @@ Fixtures for real tests — no mocks of anything we can run:
 * ``local_cluster``: a factory starting N real mosd daemons on 127.X.Y.1 … N, each test on
   addresses of its own so tests never collide; everything is stopped at teardown.
 * ``run_tool``: run a ``mos*`` command as a subprocess, exactly as a user would.
+* ``small_tmpfs``: a real 1 MiB tmpfs, for running out of space (freezing, checkpoints).
 """
 
 from __future__ import annotations
@@ -163,3 +164,18 @@ def mosix_etc(tmp_path: Path) -> Path:
                                         tcp_port=localcluster.default_ports()[1])
     localcluster.write_layout(layout)
     return layout.etc(1)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A real 1 MiB tmpfs (a directory that can be full), unmounted afterwards."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)

@@ -25,8 +25,7 @@ from mosix_core.mosrun import procself, rules
 
 OPEN_FLAG_NAMES = (
     (0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o400, "O_NOCTTY"), (0o1000, "O_TRUNC"), (0o2000, "O_APPEND"),
-    (0o4000, "O_NONBLOCK"), (0o10000, "O_DSYNC"), (0o40000, "O_DIRECT"), (0o100000, "O_LARGEFILE"),
-    (0o200000, "O_DIRECTORY"), (0o400000, "O_NOFOLLOW"), (0o1000000, "O_NOATIME"), (0o4010000, "O_SYNC"),
+    (0o4000, "O_NONBLOCK"), (0o10000, "O_DSYNC"), (0o40000, "O_DIRECT"), (0o200000, "O_DIRECTORY"), (0o400000, "O_NOFOLLOW"), (0o1000000, "O_NOATIME"), (0o4010000, "O_SYNC"),
 )
 
 
@@ -46,7 +45,7 @@ def open_checkpoint(path: str, purpose: str) -> BinaryIO:
 
 def describe_flags(flags: int) -> str:
     access = ("O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE")[flags & 3]
-    names = [access] + [name for bit, name in OPEN_FLAG_NAMES if flags & bit == bit and name != "O_LARGEFILE"]
+    names = [access] + [name for bit, name in OPEN_FLAG_NAMES if flags & bit == bit]   # O_LARGEFILE: always set, not shown
     return "|".join(names)
 
 

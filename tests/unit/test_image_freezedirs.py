@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import os
 import random
-import subprocess
 
 import pytest
 
@@ -25,19 +24,6 @@ MiB = 1 << 20
 SYSTEM = FreezeConfig.parse("/sys1 2\n/sys2 0\nU 99\n", "/etc/mosix/freeze.conf")
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A real 1 MiB tmpfs: a freezing directory that can be full."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def dirs(tmp_path, *weights: float) -> list[FreezeDir]:

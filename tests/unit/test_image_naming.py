@@ -78,19 +78,6 @@ def public_dir():
         shutil.rmtree(path)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A real 1 MiB tmpfs, to run out of space on."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 # --- names ---------------------------------------------------------------------------
