@@ -176,13 +176,7 @@ def reap(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    while True:
-        try:
-            stop = ptrace.wait_for(pid)
-        except ChildProcessError:
-            return
-        if stop.kind in ("exited", "killed"):
-            return
+    ptrace.wait_gone(pid)
 
 
 def wait_line(path: Path, offset: int, prefixes: tuple[str, ...], timeout: float, pid: int) -> str:

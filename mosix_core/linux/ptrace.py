@@ -16,11 +16,12 @@ import signal
 
 import attrs
 
+from mosix_core.errors import TraceError
 from mosix_core.linux.libc import LIBC, fail
 
 __all__ = ["Registers", "Stop", "seize", "cont", "listen", "interrupt", "detach", "get_regs",
            "set_regs", "event_message", "syscall_info", "SyscallInfo", "decode_status", "syscall",
-           "get_xstate", "set_xstate", "rseq_configuration", "pending_siginfo", "wait_for"]
+           "get_xstate", "set_xstate", "rseq_configuration", "pending_siginfo", "wait_for", "wait_gone"]
 
 PTRACE_CONT = 7
 PTRACE_GETREGS = 12
@@ -216,6 +217,22 @@ def pending_siginfo(pid: int, shared: bool) -> list[bytes]:
         out += [buf.raw[i * SIGINFO_SIZE:(i + 1) * SIGINFO_SIZE] for i in range(got)]
         if got < batch:
             return out
+
+
+def wait_gone(pid: int) -> None:
+    """Let tracee ``pid`` run on, through any stops, until it has ended (killed, or
+    told to exit): the tracer stays until then."""
+    while True:
+        try:
+            stop = wait_for(pid)
+        except ChildProcessError:
+            return
+        if stop.kind in ("exited", "killed"):
+            return
+        try:
+            cont(pid, stop.sig if stop.kind == "signal" else 0)
+        except TraceError:
+            return
 
 
 def wait_for(pid: int) -> Stop:

@@ -139,7 +139,7 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
         except (MosixError, TraceError, OSError) as err:
             text = str(err) if isinstance(err, MosixError) else f"Restoration failed: {err}"
             os.write(messages, f"{text}\n".encode(errors="replace"))
-            _reap(root)
+            ptrace.wait_gone(root)
             return
         written_as = recovered.state.checkpoint_version      # adopt() starts a fresh naming
         tracee = supervisor.adopt(root, recovered.state, recovered.command, virtual_pid=recovered.virtual_pid)
@@ -161,19 +161,3 @@ def continue_numbering(plan, state: procself.MosixState, written_as: int) -> Non
     plan.naming.next = written_as
     plan.naming.advance()
     state.checkpoint_version = plan.naming.next_version()
-
-
-def _reap(pid: int) -> None:
-    """Wait for a process that was told to exit (keeps the tracer until it is gone)."""
-    while True:
-        try:
-            stop = ptrace.wait_for(pid)
-        except ChildProcessError:
-            return
-        if stop.kind in ("exited", "killed"):
-            return
-        try:
-            ptrace.cont(pid, 0 if stop.kind != "signal" else stop.sig)
-        except TraceError:
-            return
-
