@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from mosix_core import __version__, gossip
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError
+from mosix_core.linux import procfs
 from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
 from mosix_core.plugins import apply_policies
 from mosix_core.users import user_name
@@ -341,11 +342,7 @@ class ControlServer:
         if uid != 0 and owner != uid:
             raise PermissionDenied(f"process {pid} is not yours")
         if "command" not in fields:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    fields["command"] = f.read().replace(b"\0", b" ").decode(errors="replace").strip() or "?"
-            except OSError:
-                fields["command"] = "?"
+            fields["command"] = procfs.command_line(pid) or "?"
         record = ProcessRecord(pid=pid, uid=owner, command=fields.pop("command"), home=home, origpid=origpid)
         record.apply(fields)
         self.node.watch_process(record)

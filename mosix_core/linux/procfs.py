@@ -90,6 +90,16 @@ def page_runs(pagemap_fd: int, start: int, end: int, changed_only: bool) -> list
     return [(start + m.start() * PAGE, (m.end() - m.start()) * PAGE) for m in _RUNS.finditer(flags)]
 
 
+def command_line(pid: int) -> str | None:
+    """``/proc/PID/cmdline`` as one line to show (arguments joined by spaces); None if
+    the process is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+
+
 def status_fields(pid: int) -> dict[str, str]:
     """``/proc/PID/status`` as name → value text."""
     out = {}

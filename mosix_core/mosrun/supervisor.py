@@ -25,7 +25,7 @@ from typing import Callable
 import attrs
 
 from mosix_core.errors import DaemonUnavailable, MosixError, TraceError
-from mosix_core.linux import inject, memory, ptrace
+from mosix_core.linux import inject, memory, procfs, ptrace
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.mosrun import checkpoints, control, procself, rules
 from mosix_core.mosrun import options as mosopts
@@ -545,11 +545,8 @@ class Supervisor:
 
 
 def _command_line(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
+    line = procfs.command_line(pid)
+    return "?" if line is None else line
 
 
 MOSIX_TOOLS = frozenset({"mosrun", "mosenv", "mosnative"})
