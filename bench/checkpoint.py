@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from mosix_core.image import capture, restore, stub  # noqa: E402
 from mosix_core.image.stream import ImageReader, ImageWriter  # noqa: E402
 from mosix_core.linux import inject, ptrace  # noqa: E402
+from machine import busy_share, cpu_times, say, wait_idle  # noqa: E402  (bench/machine.py)
 
 TRACE_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACEEXEC | ptrace.O_EXITKILL
 TARGET_MB_S = 1000.0           # DESIGN §5: >= 1 GB/s raw to tmpfs
@@ -123,10 +124,6 @@ int main(int argc, char **argv) {
     }
 }
 """
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def parse_size(text: str) -> int:
@@ -397,34 +394,7 @@ def print_table(rows: list[dict], freeze: dict | None) -> None:
               f"(median {statistics.median(up):.3f})")
 
 
-# -- machine state ----------------------------------------------------------------------------------------
-def cpu_times() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        values = [int(x) for x in f.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
-def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total else 0.0
-
-
-def wait_idle(limit: float, threshold: float = 0.15) -> None:
-    """Wait (up to ``limit`` seconds) for a second of idle CPUs."""
-    deadline, quiet = time.monotonic() + limit, 0
-    while True:
-        before = cpu_times()
-        time.sleep(0.5)
-        busy = busy_share(before, cpu_times())
-        quiet = quiet + 1 if busy < threshold else 0
-        if quiet >= 2:
-            return
-        if time.monotonic() >= deadline:
-            say(f"  (the machine is still {100 * busy:.0f} % busy after waiting {limit:g} s: going on)")
-            return
-
-
+# -- the image directory ----------------------------------------------------------------------------------
 def make_image_dir(parent: Path) -> tuple[Path, bool]:
     """A fresh directory under ``parent`` (created if missing); whether ``parent`` was created."""
     created = not parent.exists()

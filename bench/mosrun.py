@@ -54,6 +54,8 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from machine import busy_share, cpu_times, say, wait_idle  # noqa: E402  (bench/machine.py)
+
 # -- the programs ------------------------------------------------------------------------------------
 SOURCES = {
     # cpu ITERATIONS: a dependent chain of multiply/xor/shift (no memory, no vectorising)
@@ -307,10 +309,6 @@ def print_table(rows: list[Row]) -> None:
             print(f"{r.name}: {r.note}")
 
 
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 # -- the measurements ------------------------------------------------------------------------------------
 def bench_startup(run: Runner, reps: int) -> list[Row]:
     argv = ["/bin/true", str(run.work)]        # the argument only marks the process as ours
@@ -511,36 +509,6 @@ def bench_memory(run: Runner, reps: int, jobs: int) -> list[Row]:
 def loadavg() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
-
-
-def cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs."""
-    with open("/proc/stat") as f:
-        values = [int(x) for x in f.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
-def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total else 0.0
-
-
-def wait_idle(limit: float, threshold: float = 0.15) -> float:
-    """Wait (up to ``limit`` seconds) until the CPUs are idle for a second: other work on
-    this machine (tests, builds) would land in the figures. Returns the busy share seen last."""
-    deadline = time.monotonic() + limit
-    quiet, busy = 0, 0.0
-    while True:
-        before = cpu_times()
-        time.sleep(0.5)
-        busy = busy_share(before, cpu_times())
-        quiet = quiet + 1 if busy < threshold else 0
-        if quiet >= 2:
-            return busy
-        if time.monotonic() >= deadline:
-            say(f"  (the machine is still {100 * busy:.0f} % busy after waiting {limit:g} s: going on)")
-            return busy
 
 
 # -- main -------------------------------------------------------------------------------------------------
