@@ -110,14 +110,18 @@ def write_unlinked_contents(pid: int, files: list[dict[str, Any]], writer: Image
 
 
 # -- memory -------------------------------------------------------------------------------------------
-def dump_mappings(pid: int, mappings: list[procfs.Mapping]) -> list[dict[str, Any]]:
+def dump_mappings(pid: int, mappings: list[procfs.Mapping], *, writable_shared_files: bool = False
+                  ) -> list[dict[str, Any]]:
+    """The mappings to recreate. ``writable_shared_files``: a process that stays where
+    it is (freezing) may keep writable shared mappings of files — their contents are
+    the file's, mapped again on return — while a checkpoint cannot."""
     out = []
     for m in mappings:
         if m.path in NO_CHECKPOINT:
             continue
         # a read-only shared mapping of a file is the file itself (glibc's gconv cache):
-        # it is mapped again; writable shared memory cannot be checkpointed
-        if m.shared and ("w" in m.perms or not m.file_backed or m.deleted):
+        # it is mapped again; shared anonymous memory never can be
+        if m.shared and (not m.file_backed or m.deleted or ("w" in m.perms and not writable_shared_files)):
             raise CannotCheckpoint(f"shared memory at {m.start:#x} ({m.path or 'anonymous'})")
         entry = {"start": m.start, "end": m.end, "perms": m.perms, "path": m.path}
         if m.path in KERNEL_PLACED:

@@ -104,10 +104,10 @@ def find_hole(taken: Iterable[tuple[int, int]], size: int, low: int = LOWEST_HOL
 class Restorer:
     """Restores one image into stub process ``pid`` (stopped at its execve exit)."""
 
-    def __init__(self, pid: int, options: RestoreOptions) -> None:
+    def __init__(self, pid: int, options: RestoreOptions, syscall_address: int = stub.SYSCALL_ADDRESS) -> None:
         self.pid = pid
         self.options = options
-        self.injector = inject.Injector(pid, stub.SYSCALL_ADDRESS)
+        self.injector = inject.Injector(pid, syscall_address)
         self.mem = os.open(f"/proc/{pid}/mem", os.O_RDWR)
         self.parts: dict[int, Any] = {}
         self.files: list[dict[str, Any]] = []
@@ -166,17 +166,18 @@ class Restorer:
                 inj.check(f"munmap({m.start:#x})", SYS_MUNMAP, m.start, m.size)
         self._move_kernel_mappings([m for m in current if m.path in KERNEL_PLACED],
                                    [e for e in entries if e["kind"] == "kernel"], wanted)
-        opened: dict[str, int] = {}
+        opened: dict[tuple[str, bool], int] = {}
         try:
             for e in entries:
                 if e["kind"] == "kernel":
                     continue
                 start, length, prot = e["start"], e["end"] - e["start"], _prot(e["perms"])
                 if e["kind"] == "file":
-                    fd = opened.get(e["path"])
-                    if fd is None:
-                        fd = opened[e["path"]] = self._open_mapped_file(e)
                     sharing = MAP_SHARED if e["perms"][3] == "s" else MAP_PRIVATE
+                    key = (e["path"], sharing == MAP_SHARED and "w" in e["perms"])
+                    fd = opened.get(key)
+                    if fd is None:
+                        fd = opened[key] = self._open_mapped_file(e)
                     inj.check(f"mmap({e['path']})", SYS_MMAP, start, length, prot, sharing | MAP_FIXED,
                               fd, e["offset"])
                 else:
@@ -195,9 +196,15 @@ class Restorer:
             info = os.stat(path)
         except OSError as err:
             raise RestoreFailed(f"{path}: {err.strerror}") from None
-        if (info.st_ino, info.st_size, info.st_mtime_ns) != (entry["inode"], entry.get("size"), entry.get("mtime_ns")):
+        shared = entry["perms"][3] == "s"
+        # a shared mapping shows the file as it is now (the process may write it itself);
+        # a private one holds only the pages it changed, so the rest must not have moved
+        same = info.st_ino == entry["inode"] if shared else (
+            (info.st_ino, info.st_size, info.st_mtime_ns) == (entry["inode"], entry.get("size"), entry.get("mtime_ns")))
+        if not same:
             raise RestoreFailed(f"{path} has changed since the checkpoint")
-        return self._open(path, O_RDONLY | O_CLOEXEC, 0, f"open({path})")
+        access = O_RDWR if shared and "w" in entry["perms"] else O_RDONLY
+        return self._open(path, access | O_CLOEXEC, 0, f"open({path})")
 
     def _move_kernel_mappings(self, now: list[procfs.Mapping], wanted: list[dict[str, Any]],
                               image: list[tuple[int, int]]) -> None:
