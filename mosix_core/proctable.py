@@ -17,6 +17,11 @@ by :func:`checked_fields`, so the daemon, the tools and the tests agree on them:
 ``options``       a short string of the mosrun flags it runs with (for ``mosps``)
 ``remote_utime``  user CPU seconds accumulated away from home (all remote stays);
                   ``mostimeof`` adds the home process's own user time
+``freezable``     may the automatic freezing policy freeze it (``mosrun -g``/``-G``,
+                  ``/proc/self/freezable``)
+
+The daemon itself keeps ``frozen_since``: when ``frozen`` last changed (the policy's
+time slices).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ WHERE_WORDS = ("here", "leaving", "starting")
 MAX_COMMAND = 4096
 MAX_OPTIONS = 256
 #: fields a supervisor may set when registering or updating a row
-SETTABLE = ("command", "where", "frozen", "nmigs", "queue", "options", "remote_utime")
+SETTABLE = ("command", "where", "frozen", "nmigs", "queue", "options", "remote_utime", "freezable")
 
 
 @attrs.define
@@ -49,6 +54,9 @@ class ProcessRecord:
     started: float = attrs.field(factory=time.time)
     options: str = ""                      # mosrun flags, e.g. "-b -m500"
     remote_utime: float | None = None      # user CPU seconds accumulated away from home
+    freezable: bool = True                 # by the automatic policy
+    # monotonic time of the last freeze or unfreeze (or the start): the policy's slices
+    frozen_since: float = attrs.field(factory=time.monotonic)
 
     @property
     def is_guest(self) -> bool:
@@ -72,6 +80,8 @@ class ProcessRecord:
             if old != value:
                 setattr(self, name, value)
                 changed[name] = (old, value)
+        if "frozen" in changed:
+            self.frozen_since = time.monotonic()
         return changed
 
     def to_json(self) -> dict:
@@ -136,6 +146,9 @@ def checked_fields(raw: dict[str, Any]) -> dict[str, Any]:
                 if not isinstance(value, str):
                     raise ValueError("queue must be a 'total/done/fail' string")
                 parse_queue(value)
+        elif name == "freezable":
+            if not isinstance(value, bool):
+                raise ValueError("freezable must be true or false")
         elif name == "remote_utime":
             if value is not None:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:

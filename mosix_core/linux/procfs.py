@@ -110,6 +110,25 @@ def status_fields(pid: int) -> dict[str, str]:
     return out
 
 
+def real_uid(pid: int) -> int:
+    return int(status_fields(pid)["Uid"].split()[0])
+
+
+def environment(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with (``/proc/PID/environ``); empty if unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return {}
+    out = {}
+    for item in data.split(b"\0"):
+        name, sep, value = item.partition(b"=")
+        if sep:
+            out[name.decode(errors="surrogateescape")] = value.decode(errors="surrogateescape")
+    return out
+
+
 def signal_set(hex_mask: str) -> list[int]:
     """The signal numbers in a status mask such as ``SigBlk: 0000000000010000``."""
     mask = int(hex_mask, 16)

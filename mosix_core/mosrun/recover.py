@@ -126,13 +126,15 @@ def restore_root(root: int, path: str, redirect: tuple[tuple[int, str], ...]) ->
 def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) -> None:
     """mosrun -R: become the recovered process. Never returns."""
     from mosix_core.mosrun import launch
+    from mosix_core.mosrun.freezing import Freezer
     from mosix_core.mosrun.supervisor import Supervisor, node_in_cluster
 
     path = opts.recover
     check_image_header(path)
 
     def supervise(root: int, messages: int) -> None:
-        supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc))
+        supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
+                                freezer=Freezer(etc))
         supervisor.install_wakeup()
         try:
             recovered = restore_root(root, path, opts.redirect)

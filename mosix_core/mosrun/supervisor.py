@@ -27,7 +27,10 @@ import attrs
 from mosix_core.errors import DaemonUnavailable, MosixError, TraceError
 from mosix_core.linux import inject, memory, procfs, ptrace
 from mosix_core.linux.syscall_names import NUMBERS
-from mosix_core.mosrun import checkpoints, control, procself, rules
+from mosix_core.image import freeze as freeze_engine
+from mosix_core.image.freeze import CannotFreeze, ThawFailed
+from mosix_core.image.freezedirs import NO_SPACE
+from mosix_core.mosrun import checkpoints, control, freezing, procself, rules
 from mosix_core.mosrun import options as mosopts
 
 UNSIGNED_MINUS_ONE = (1 << 64) - 1
@@ -38,6 +41,9 @@ SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMB
 SYS_KILL, SYS_TKILL, SYS_TGKILL = NUMBERS["kill"], NUMBERS["tkill"], NUMBERS["tgkill"]
 PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
 MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
+# what a frozen process does with a signal whose action is the default one (signal(7))
+DEFAULT_IGNORED = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH})
+STOPPING = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
 
 def initial_state(opts: mosopts.MosrunOptions) -> procself.MosixState:
@@ -84,6 +90,9 @@ class Tracee:
     virtual_pid: int | None = None         # restored: the pid the program knows itself by
     plan: checkpoints.CheckpointPlan | None = None
     allow_sigstop: bool = False            # chkstop: this once, SIGSTOP is meant
+    frozen: freezing.Frozen | None = None
+    freeze_wanted: str | None = None       # "A"/"P"/"M": freeze at the next stop; "-": unfreeze
+    freezes: int = 0
 
     @property
     def native(self) -> bool:
@@ -103,7 +112,8 @@ class Supervisor:
 
     def __init__(self, *, messages_fd: int, session=None,
                  in_cluster: Callable[[int], bool] = lambda node: False,
-                 on_exit: Callable[[Tracee, ptrace.Stop], None] | None = None) -> None:
+                 on_exit: Callable[[Tracee, ptrace.Stop], None] | None = None,
+                 freezer: freezing.Freezer | None = None) -> None:
         self.tracees: dict[int, Tracee] = {}
         self.orphans: dict[int, ptrace.Stop] = {}     # born before their parent's fork event
         self.messages_fd = messages_fd
@@ -116,6 +126,7 @@ class Supervisor:
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self.keep_running: Callable[[], bool] = lambda: False
         self.control = None
+        self.freezer = freezer or freezing.Freezer(None)
 
     def serve_control(self) -> None:
         """Listen for mosmigrate (see :mod:`mosix_core.mosrun.control`)."""
@@ -187,6 +198,12 @@ class Supervisor:
             # a new child stopping before its parent's fork event told us who it is
             self.orphans[stop.pid] = stop
             return
+        if tracee.frozen is not None:
+            self._frozen_stop(tracee, stop)
+            return
+        if tracee.freeze_wanted in freezing.FREEZE_KINDS and self._may_freeze_at(tracee, stop):
+            self._freeze_now(tracee)
+            return
         if stop.kind == "event":
             self._event(tracee, stop)
         elif stop.kind == "signal":
@@ -254,6 +271,9 @@ class Supervisor:
         if tracee is None:
             return
         del self.tracees[stop.pid]
+        if tracee.frozen is not None:
+            tracee.frozen.discard()          # the image's disk space returns now
+            tracee.frozen = None
         if self.on_exit is not None:
             self.on_exit(tracee, stop)
 
@@ -368,7 +388,8 @@ class Supervisor:
         after = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
                  tracee.state.freezable, tracee.state.cpujob)
         if before != after:
-            self._send("update", pid=tracee.pid, options=flag_summary(tracee.state))
+            self._send("update", pid=tracee.pid, options=flag_summary(tracee.state),
+                       freezable=bool(tracee.state.freezable))
         return rules.Return(result)
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -396,8 +417,8 @@ class Supervisor:
         waiting = tracee.plan.requested is not None
         if not waiting or then != "continue":
             tracee.plan.requested = then
-        if not waiting:
-            ptrace.interrupt(tracee.pid)
+        if not waiting and tracee.frozen is None:
+            ptrace.interrupt(tracee.pid)    # a frozen process checkpoints once unfrozen
 
     def _checkpoint_stop(self, tracee: Tracee) -> None:
         """An interrupt stop with a checkpoint requested: now, or when the call returns."""
@@ -454,6 +475,130 @@ class Supervisor:
                 except TraceError:
                     pass
 
+    # -- freezing ---------------------------------------------------------------------------------------
+    def request_freeze(self, tracee: Tracee, how: str) -> dict:
+        """Freeze ``tracee`` ("M": manually, "A": the automatic policy, "P": a package)."""
+        if tracee.frozen is not None:
+            if tracee.freeze_wanted == freezing.UNFREEZE:
+                tracee.freeze_wanted = None            # stays frozen after all
+            if how == "M" and tracee.frozen.how != "M":
+                tracee.frozen.how = "M"                # not to be unfrozen automatically now
+                self._send("update", pid=tracee.pid, frozen="M")
+            return {"ok": True}
+        if how != "M" and not tracee.state.freezable:
+            return {"error": "the process may not be frozen automatically (mosrun -g)"}
+        pending = tracee.freeze_wanted in freezing.FREEZE_KINDS
+        if not pending or how == "M":
+            tracee.freeze_wanted = how
+        if not pending:
+            ptrace.interrupt(tracee.pid)
+        return {"ok": True}
+
+    def request_unfreeze(self, tracee: Tracee, *, automatic: bool) -> dict:
+        if tracee.frozen is None:
+            if tracee.freeze_wanted in freezing.FREEZE_KINDS and not (automatic and tracee.freeze_wanted == "M"):
+                tracee.freeze_wanted = None            # not frozen yet: just don't
+            return {"ok": True}
+        if automatic and tracee.frozen.how == "M":
+            return {"error": "a manually frozen process is not unfrozen automatically"}
+        if tracee.freeze_wanted != freezing.UNFREEZE:
+            tracee.freeze_wanted = freezing.UNFREEZE
+            ptrace.interrupt(tracee.pid)
+        return {"ok": True}
+
+    @staticmethod
+    def _may_freeze_at(tracee: Tracee, stop: ptrace.Stop) -> bool:
+        """Stops where the registers are the program's own, free to save and change."""
+        if stop.kind == "event":
+            return stop.event == ptrace.EVENT_STOP and not stop.group_stop
+        return stop.kind == "syscall" and ptrace.syscall_stop_op(tracee.pid) == ptrace.INFO_EXIT
+
+    def _freeze_now(self, tracee: Tracee) -> None:
+        pid = tracee.pid
+        how, tracee.freeze_wanted = tracee.freeze_wanted, None
+        regs = inject.copy_registers(ptrace.get_regs(pid))
+        try:
+            frozen = self.freezer.freeze(pid, how, tracee.freezes, regs)
+        except freezing.LostInFreezing as err:
+            self.say(tracee, f"freezing failed: {err}")
+            os.kill(pid, signal.SIGKILL)
+            return
+        except freezing.NoSpace as err:
+            if how != "M" and err.needed_mb >= self.freezer.killing_memory_mb():
+                self.say(tracee, NO_SPACE)        # the manual: "so the program was killed"
+                os.kill(pid, signal.SIGKILL)
+                return
+            # manual freezing, or freeze.conf's killing-memory keeps it: it runs on
+            self.say(tracee, f"{NO_SPACE}: the process keeps running")
+            self._resume(tracee)
+            return
+        except CannotFreeze as err:
+            self.say(tracee, str(err))
+            self._send("update", pid=pid, frozen="N/A")
+            self._resume(tracee)
+            return
+        except (MosixError, OSError) as err:
+            if isinstance(err, TraceError) and err.errno == errno.ESRCH:
+                return
+            self.say(tracee, f"freezing failed: {err}")
+            ptrace.set_regs(pid, regs)
+            self._resume(tracee)
+            return
+        tracee.frozen = frozen
+        tracee.freezes += 1
+        freeze_engine.wait_in_shell(pid, frozen.shell)
+        ptrace.cont(pid)
+        held, frozen.held = frozen.held, []
+        checkpoints.resend(pid, held)            # judged as a frozen process's signals
+        self._send("update", pid=pid, frozen=how)
+
+    def _frozen_stop(self, tracee: Tracee, stop: ptrace.Stop) -> None:
+        """A frozen process reacts only to unfreezing or a signal that kills it (mosix(7))."""
+        pid = tracee.pid
+        if stop.kind == "signal":
+            self._frozen_signal(tracee, stop.sig)
+        elif stop.kind == "event" and stop.event == ptrace.EVENT_STOP and stop.group_stop:
+            ptrace.listen(pid)
+        elif stop.kind == "event" and stop.event == ptrace.EVENT_STOP and tracee.freeze_wanted == freezing.UNFREEZE:
+            self._thaw_now(tracee)
+        else:
+            ptrace.cont(pid)                   # back to its pause()
+
+    def _frozen_signal(self, tracee: Tracee, sig: int) -> None:
+        status = procfs.status_fields(tracee.pid)
+        caught = sig in procfs.signal_set(status.get("SigCgt", "0"))
+        ignored = sig in procfs.signal_set(status.get("SigIgn", "0"))
+        if caught or sig in STOPPING:
+            tracee.frozen.held.append(sig)      # its handler (or the stop) once unfrozen
+            ptrace.cont(tracee.pid)
+        elif ignored or sig in DEFAULT_IGNORED:
+            ptrace.cont(tracee.pid)
+        else:
+            ptrace.cont(tracee.pid, sig)        # fatal: it dies frozen
+
+    def _thaw_now(self, tracee: Tracee) -> None:
+        pid, frozen = tracee.pid, tracee.frozen
+        tracee.freeze_wanted = None
+        try:
+            deferred = self.freezer.thaw(pid, frozen)
+        except ThawFailed as err:
+            if err.corrupt or err.shell is None:
+                self.say(tracee, freezing.FAILED_DECOMPRESSING if err.corrupt else freezing.UNFREEZE_FAILED)
+                os.kill(pid, signal.SIGKILL)
+                return
+            frozen.shell = err.shell
+            self.say(tracee, f"{freezing.REFREEZING} ({err.reason})")
+            freeze_engine.wait_in_shell(pid, frozen.shell)
+            ptrace.cont(pid)
+            return
+        tracee.frozen = None
+        frozen.discard()
+        self._resume(tracee)
+        checkpoints.resend(pid, frozen.held + deferred)
+        if self._checkpoint_waiting(tracee):
+            ptrace.interrupt(pid)             # the checkpoint asked for while it was frozen
+        self._send("update", pid=pid, frozen="-")
+
     # -- mosmigrate ----------------------------------------------------------------------------------
     def _accept(self) -> None:
         try:
@@ -475,13 +620,21 @@ class Supervisor:
             return {"error": "not a MOSIX process"}
         if not control.may_affect(uid, tracee.pid):
             return {"error": "Operation not permitted"}
-        if op in MOSMIGRATE_CHECKPOINTS:
-            try:
+        try:
+            if op in MOSMIGRATE_CHECKPOINTS:
                 self.request_checkpoint(tracee, MOSMIGRATE_CHECKPOINTS[op])
-            except TraceError as err:
-                return {"error": str(err)}
-            return {"ok": True}
-        return {"error": f"'{op}' is not supported by this MOSIX yet"}
+            elif op == "freeze":
+                how = req.get("how", "M")
+                if how not in freezing.FREEZE_KINDS or (how != "M" and uid != 0):
+                    return {"error": f"bad freezing kind {how!r}"}
+                return self.request_freeze(tracee, how)
+            elif op == "continue":
+                return self.request_unfreeze(tracee, automatic=req.get("how") in ("A", "P"))
+            else:
+                return {"error": f"'{op}' is not supported by this MOSIX yet"}
+        except TraceError as err:
+            return {"error": str(err)}
+        return {"ok": True}
 
     def _read_string(self, pid: int, addr: int) -> bytes:
         try:
@@ -533,7 +686,8 @@ class Supervisor:
                 os.close(fd)
 
     def _register(self, tracee: Tracee) -> None:
-        self._send("register", pid=tracee.pid, command=tracee.command, options=flag_summary(tracee.state))
+        self._send("register", pid=tracee.pid, command=tracee.command, options=flag_summary(tracee.state),
+                   freezable=bool(tracee.state.freezable))
 
     def _send(self, op: str, **args) -> None:
         if self.session is None:

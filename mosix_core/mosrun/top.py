@@ -9,6 +9,7 @@ from pathlib import Path
 from mosix_core.client import Session
 from mosix_core.linux import ptrace
 from mosix_core.mosrun import launch, rules
+from mosix_core.mosrun.freezing import Freezer
 from mosix_core.mosrun import options as mosopts
 from mosix_core.mosrun.supervisor import Supervisor, flag_summary, initial_state, node_in_cluster
 
@@ -21,7 +22,8 @@ def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env:
     command = " ".join(args)
 
     def supervise(root: int, messages: int) -> None:
-        supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc))
+        supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
+                                freezer=Freezer(etc))
         supervisor.install_wakeup()
         supervisor.adopt(root, state, command)
         supervisor.serve_control()
@@ -57,7 +59,7 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
             refill()
 
     supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
-                            on_exit=job_ended)
+                            on_exit=job_ended, freezer=Freezer(etc))
     supervisor.install_wakeup()
     supervisor.serve_control()
 
