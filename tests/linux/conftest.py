@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,28 @@ def mosrun_env(tmp_path) -> dict[str, str]:
 def run(argv, env, **kwargs) -> subprocess.CompletedProcess:
     kwargs.setdefault("timeout", 60)
     return subprocess.run(argv, env=env, capture_output=True, text=True, **kwargs)
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def start(argv, env, cwd: Path, out: Path) -> subprocess.Popen:
+    with open(out, "wb") as stdout, open(cwd / "stderr.txt", "ab") as stderr:
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+
+
+def native_output(argv, cwd: Path, env) -> bytes:
+    return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=120, check=True).stdout

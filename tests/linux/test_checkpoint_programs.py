@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import run
+from conftest import lines, native_output, run, start, wait_until
 
 LOOP = """\
 import os, select, sys
@@ -41,26 +41,6 @@ for i in range(int(sys.argv[1])):
     select.select([], [], [], 0.02)
 print("done", flush=True)
 """
-
-
-def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def lines(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
-def start(argv, env, cwd: Path, out: Path) -> subprocess.Popen:
-    with open(out, "wb") as stdout, open(cwd / "stderr.txt", "ab") as stderr:
-        return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
 
 
 def checkpoint_and_exit(proc: subprocess.Popen, env, cwd: Path, before: set[str]) -> Path:
@@ -88,11 +68,6 @@ def run_with_recoveries(argv, env, cwd: Path, out: Path, rounds: int, progress: 
             proc = subprocess.Popen(["mosrun", f"-R{image}"], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=stderr)
     assert proc.wait(timeout=120) == 0, (cwd / "stderr.txt").read_text()
-
-
-def native_output(argv, cwd: Path, env) -> bytes:
-    return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=120, check=True).stdout
 
 
 def test_python_loop_survives_three_checkpoint_kill_recover_rounds(tmp_path, mosrun_env):
