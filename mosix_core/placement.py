@@ -71,12 +71,14 @@ class Admission:
 @attrs.frozen
 class FreezeSituation:
     load: float                         # in the policy's units (processes or standard load)
-    running: int                        # local MOSIX processes running at home
-    frozen: int                         # of which automatically frozen
-    red: float
+    running: int                        # local MOSIX processes running at home (not frozen)
+    frozen: int                         # automatically frozen ones
+    red: float                          # -1: off
     blue: float
     min_keep: int
-    max_procs: int
+    max_procs: int                      # -1: no limit
+    slice_seconds: float = 0.0          # time slice while some are frozen (0: no rotation)
+    now: float = 0.0                    # the monotonic clock the rows' ``frozen_since`` uses
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ from typing import Any
 
 from mosix_core import gossip, log
 from mosix_core.config import MosixConfig, load_config, load_secret
+from mosix_core.daemon.autofreeze import AutoFreezer
 from mosix_core.errors import AuthenticationError, ProtocolError
 from mosix_core.gossip import ClusterView, NodeEntry, NodeStatus
 from mosix_core.net import wire
@@ -52,6 +53,7 @@ class Node:
         self.started = time.time()
         self.rng = random.Random()
         self.proctable = ProcessTable()
+        self.autofreezer = AutoFreezer(self)
         self.smoother = LoadSmoother()
         self.sample: ResourceSample | None = None
         self.view = self.new_view()
@@ -305,6 +307,7 @@ class Node:
             now = time.monotonic()
             try:
                 self.measure(now)
+                self.autofreezer.tick(now)
                 if now >= next_gossip:
                     self.gossip_once(now)
                     # Jitter keeps nodes from falling into lock-step.
