@@ -39,6 +39,7 @@ TOOLS = {
     "moskillall",
     "mostimeof",
     "mosrun",
+    "mosmigrate",
 }
 
 # Each test gets a /24 of its own in 127.0.0.0/8: second octet from the pytest worker's

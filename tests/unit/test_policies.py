@@ -8,12 +8,13 @@ import sys
 import time
 from ipaddress import IPv4Address
 
+import attrs
 import pytest
 
 from mosix_core.gossip import ST_BLOCK, ST_LSTAY, ST_STAY, ClusterView, NodeStatus
 from mosix_core.hookspecs import hookimpl
 from mosix_core.placement import (
-    AdmissionRequest, FreezeSituation, MigrationCandidate, PlacementRequest, PlacementView, SpecialPathResult,
+    AdmissionRequest, FreezeChoice, FreezeSituation, MigrationCandidate, PlacementRequest, PlacementView, SpecialPathResult,
 )
 from mosix_core.plugins import build_plugin_manager
 from mosix_core.proctable import ProcessRecord
@@ -102,6 +103,43 @@ def test_freeze_choice(pm):
     one = [ProcessRecord(pid=9, uid=0, command="x")]
     assert pm.hook.mosix_choose_freeze(candidates=one, situation=FreezeSituation(
         load=9.0, running=1, frozen=0, **situation)).freeze == ()   # min-keep
+
+
+@pytest.mark.hook("mosix_choose_freeze")
+def test_freeze_time_slices(pm):
+    procs = [ProcessRecord(pid=i, uid=1000, command="x", started=100 + i, frozen_since=1000.0 + i)
+             for i in range(1, 4)]
+    procs[2].frozen = "A"
+    slices = dict(load=2.0, running=2, frozen=1, red=-1, blue=0.5, min_keep=0, max_procs=2, slice_seconds=60.0)
+    choose = pm.hook.mosix_choose_freeze
+    assert choose(candidates=procs, situation=FreezeSituation(now=1050.0, **slices)) == FreezeChoice()
+    # pid 1 has run a whole slice since it last changed: it changes places with pid 3
+    choice = choose(candidates=procs, situation=FreezeSituation(now=1061.5, **slices))
+    assert choice == FreezeChoice(freeze=(1,), unfreeze=(3,))
+    assert choose(candidates=procs, situation=FreezeSituation(now=5000.0, **{**slices, "slice_seconds": 0.0})
+                  ) == FreezeChoice()
+    # room under max-procs and a load below BLUE: unfreeze, no rotation needed
+    choice = choose(candidates=procs, situation=FreezeSituation(now=1061.5, **{**slices, "load": 0.2, "running": 1}))
+    assert choice == FreezeChoice(unfreeze=(3,))
+
+
+def test_the_policy_sees_only_processes_at_home():
+    from mosix_core.config.freeze import FreezePolicy
+    from mosix_core.daemon.autofreeze import policy_load, situation_of
+
+    rows = [ProcessRecord(pid=1, uid=0, command="a"),
+            ProcessRecord(pid=2, uid=0, command="b", freezable=False),
+            ProcessRecord(pid=3, uid=0, command="c", frozen="A"),
+            ProcessRecord(pid=4, uid=0, command="d", frozen="M"),
+            ProcessRecord(pid=5, uid=0, command="e", queue="3/1/0"),
+            ProcessRecord(pid=6, uid=0, command="f", where="10.0.0.2"),
+            ProcessRecord(pid=7, uid=0, command="g", home=IPv4Address("10.0.0.3"), origpid=9)]
+    policy = FreezePolicy(units=1, red=6.0, blue=4.0, min_keep=1, max_procs=3, slice_minutes=2)
+    situation, candidates = situation_of(policy, rows, load=5.0, now=7.0)
+    assert [r.pid for r in candidates] == [1, 3]        # -g rows, manual, queues, away, guests: no
+    assert (situation.running, situation.frozen, situation.slice_seconds) == (2, 1, 120.0)
+    assert policy_load(policy, processes=3.0, standard=250) == 2.5
+    assert policy_load(attrs.evolve(policy, units=0), processes=3.0, standard=250) == 3.0
 
 
 @pytest.mark.hook("mosix_admit_guest")
