@@ -10,7 +10,9 @@ directories are tested with a daemon in tests/cluster/test_auto_freezing.py.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -278,3 +280,33 @@ def test_only_the_owner_or_root_may_freeze(tmp_path, freeze_env):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_freeze_conf_directories_fall_through_when_full_and_u_owns_the_image(tmp_path, mosrun_env, small_tmpfs):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    # outside pytest's 0700 tree: user 65534 must reach it
+    last_resort = Path(tempfile.mkdtemp(prefix="mosix-freeze-"))
+    os.chmod(last_resort, 0o1777)
+    # the full tmpfs is the only weighted one; weight 0 is used only when all others fail
+    (etc / "freeze.conf").write_text(f"{small_tmpfs} 5\n{last_resort} 0\nU 65534\n")
+    env = {**mosrun_env, "MOSIX_ETC": str(etc)}
+    env.pop("FREEZE_DIR", None)
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    out = tmp_path / "out.txt"
+    proc = start(["mosrun", "python3", str(script), "2000", "8"], env, tmp_path, out)
+    try:
+        wait_until(lambda: lines(out) >= 5, what="start")
+        mosmigrate(proc.pid, "freeze", env)
+        wait_until(lambda: freeze_files(proc.pid, str(last_resort)), what="the image in the last resort")
+        (image, size), = freeze_files(proc.pid, str(last_resort))
+        assert os.stat(image).st_uid == 65534          # created with U's privileges
+        assert size >= 8 << 20 and os.listdir(small_tmpfs) == []
+        mosmigrate(proc.pid, "continue", env)
+        target = lines(out) + 5
+        wait_until(lambda: lines(out) >= target, what="progress after unfreezing")
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(last_resort)
