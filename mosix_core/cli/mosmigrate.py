@@ -6,8 +6,8 @@ continue | checkpoint | chkstop | chkexit}``
 The request goes to the process's supervisor (see
 :mod:`mosix_core.mosrun.control`); as the manual says, mosmigrate does not wait
 for the action to be performed. The caller must be allowed to kill the process
-(root, or its owner). What this MOSIX cannot do yet (migration, freezing) is
-refused with a message saying so, never ignored.
+(root, or its owner). What this MOSIX cannot do yet (migration: ``home``, ``out``,
+a node) is refused with a message saying so, never ignored.
 """
 
 from __future__ import annotations
