@@ -267,7 +267,7 @@ def restore_once(image: Path, out: Path, ready_len: int, profile: cProfile.Profi
             profile.enable()
         t0 = time.perf_counter()
         with open(image, "rb") as f:
-            restored = restore.restore(child, ImageReader(f), restore.RestoreOptions())
+            restored = restore.restore(child, ImageReader(f, reuse_buffer=True), restore.RestoreOptions())
         t1 = time.perf_counter()
         if profile:
             profile.disable()

@@ -162,7 +162,9 @@ def page_runs(pid: int, entries: list[dict[str, Any]]) -> list[tuple[int, int]]:
 
 def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter) -> int:
     """Copy the runs from ``/proc/PID/mem`` into the image in large reads; the bytes saved."""
-    buffer = bytearray(CHUNK)
+    # one buffer, the record's 8-byte address in front of the data read after it: the
+    # PAGES record goes to the writer (and lz4) without being copied together
+    buffer = bytearray(8 + CHUNK)
     view = memoryview(buffer)
     total = 0
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
@@ -171,10 +173,11 @@ def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter) -> i
             done = 0
             while done < length:
                 want = min(CHUNK, length - done)
-                got = os.preadv(fd, [view[:want]], address + done)
+                got = os.preadv(fd, [view[8:8 + want]], address + done)
                 if got <= 0:
                     raise TraceError(f"reading memory of process {pid} at {address + done:#x}")
-                writer.add_pages(address + done, view[:got])
+                struct.pack_into("<Q", buffer, 0, address + done)
+                writer.add(Kind.PAGES, view[:8 + got])
                 done += got
             total += length
     finally:

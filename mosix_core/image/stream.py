@@ -5,21 +5,23 @@ One format for all three, written and read strictly in order, so neither side ev
 holds the whole image::
 
     header   "MOSIXIMG" | version u16 | flags u16 | reserved u32              (16 bytes)
-    record*  kind u16 | flags u16 | raw_len u32 | stored_len u32 | crc u32    (16 bytes)
+    record*  kind u16 | flags u16 | raw_len u32 | stored_len u32 | check u64  (20 bytes)
              payload (stored_len bytes; lz4 block when the record's flag says so)
-    end      a record of kind END: record count u64 | crc32 chained over the file
-             header and every record header before it
+    end      a record of kind END: record count u64 | check chained over the file
+             header and every record header before it (u64)
 
-Each record carries its own CRC-32 (over its header fields and stored payload), so a
-reader never acts on a damaged record; the END record's count and the CRC chained
-over all headers (each holding its payload's CRC, so the chain covers every byte
-while page data is checksummed only once) tell a truncated, reordered or spliced
-stream from a whole one. A reader that has not seen
-END has seen no image: restoring code builds the new process stopped and lets it run
-only after END verified ("restores nothing" on a bad file).
+Each record carries its own checksum (over its header fields and stored payload), so
+a reader never acts on a damaged record; the END record's count and the checksum
+chained over all headers (each holding its payload's checksum, so the chain covers
+every byte while page data is checksummed only once) tell a truncated, reordered or
+spliced stream from a whole one. A reader that has not seen END has seen no image:
+restoring code builds the new process stopped and lets it run only after END
+verified ("restores nothing" on a bad file).
 
-CRC-32 finds damage, not malice: a checkpoint file is its owner's own, and between
-nodes the stream travels inside the authenticated peer transport.
+The checksum is XXH3-64 (the ``xxhash`` package): ~17 GB/s here against zlib CRC-32's
+~2 GB/s, which took a third of a raw checkpoint's time in format version 1. It finds
+damage, not malice: a checkpoint file is its owner's own, and between nodes the
+stream travels inside the authenticated peer transport.
 
 Compression (lz4 block, per record) is chosen per image: worthwhile on slow links
 and for freeze files, a loss on loopback (DESIGN §6). A record whose payload does
@@ -30,21 +32,23 @@ from __future__ import annotations
 
 import json
 import struct
-import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
+
+import xxhash
 
 from mosix_core.errors import MosixError
 
 MAGIC = b"MOSIXIMG"
-VERSION = 1
+VERSION = 2
 FLAG_LZ4 = 0x1
 
 RECORD_LZ4 = 0x1
 
 _HEADER = struct.Struct("<8sHHI")
-_RECORD = struct.Struct("<HHIII")
-_END = struct.Struct("<QI")
+_RECORD = struct.Struct("<HHIIQ")
+_FIELDS = 12                      # of a record header: all but its check
+_END = struct.Struct("<QQ")
 
 # Page data goes in chunks of at most this much, so memory use stays bounded on both sides.
 CHUNK = 4 << 20
@@ -93,7 +97,7 @@ class ImageWriter:
         self.compress = compress
         self.records = 0
         self.bytes_written = 0
-        self._crc = 0
+        self._chain = xxhash.xxh3_64()
         self._closed = False
         if compress:
             import lz4.block    # only images that compress pay for the import
@@ -103,7 +107,7 @@ class ImageWriter:
 
     def _emit(self, data: bytes | memoryview, *, chained: bool = True) -> None:
         if chained:
-            self._crc = zlib.crc32(data, self._crc)
+            self._chain.update(data)
         self.out.write(data)
         self.bytes_written += len(data)
 
@@ -130,35 +134,35 @@ class ImageWriter:
             raise ValueError(f"a record holds at most {MAX_RECORD} bytes; split page data with add_pages")
         flags, stored = 0, parts
         if self.compress and raw_len >= 64:
-            packed = self._lz4.compress(b"".join(parts), store_size=False)
+            packed = self._lz4.compress(parts[0] if len(parts) == 1 else b"".join(parts), store_size=False)
             if len(packed) < raw_len:
                 flags, stored = RECORD_LZ4, (memoryview(packed),)
         self._emit(_record_header(kind, flags, raw_len, stored))
         for part in stored:
-            self._emit(part, chained=False)     # the header's CRC already covers it
+            self._emit(part, chained=False)     # the header's check already covers it
         self.records += 1
 
     def close(self) -> None:
         """Write END; the image is whole only after this."""
         if self._closed:
             return
-        payload = _END.pack(self.records, self._crc)
+        payload = _END.pack(self.records, self._chain.intdigest())
         self.out.write(_record_header(Kind.END, 0, len(payload), (payload,)) + payload)
         self.bytes_written += _RECORD.size + len(payload)
         self._closed = True
 
 
-def _record_crc(fields: bytes, stored: tuple[bytes | memoryview, ...]) -> int:
-    """A record's checksum: its first 12 header bytes, then its stored payload."""
-    crc = zlib.crc32(fields)
+def record_check(fields: bytes | memoryview, stored: tuple[bytes | memoryview, ...]) -> int:
+    """A record's checksum: its header fields (all but the check), then its stored payload."""
+    check = xxhash.xxh3_64(fields)
     for part in stored:
-        crc = zlib.crc32(part, crc)
-    return crc
+        check.update(part)
+    return check.intdigest()
 
 
 def _record_header(kind: int, flags: int, raw_len: int, stored: tuple[bytes | memoryview, ...]) -> bytes:
-    fields = _RECORD.pack(kind, flags, raw_len, sum(len(p) for p in stored), 0)[:12]
-    return fields + struct.pack("<I", _record_crc(fields, stored))
+    fields = _RECORD.pack(kind, flags, raw_len, sum(len(p) for p in stored), 0)[:_FIELDS]
+    return fields + struct.pack("<Q", record_check(fields, stored))
 
 
 class Record:
@@ -192,13 +196,16 @@ class ImageReader:
     """Read an image record by record; iterating ends after a verified END.
 
     Every problem is a :class:`CorruptImage`; a stream that ends before END is one too.
+    With ``reuse_buffer`` every record's payload is read into one buffer, so a record
+    is valid only until the next one is read — for consumers that act on each record
+    at once (restoring), which then allocate nothing per 4 MiB of pages.
     """
 
-    def __init__(self, inp: BinaryIO) -> None:
+    def __init__(self, inp: BinaryIO, *, reuse_buffer: bool = False) -> None:
         self.inp = inp
         self.records = 0
         self.complete = False
-        self._crc = 0
+        self._buffer = bytearray(MAX_RECORD) if reuse_buffer else None
         header = self._read(_HEADER.size, "header")
         magic, version, flags, _ = _HEADER.unpack(header)
         if magic != MAGIC:
@@ -208,44 +215,43 @@ class ImageReader:
         if flags & ~FLAG_LZ4:
             raise CorruptImage(f"unknown image flags {flags:#x}")
         self.compressed = bool(flags & FLAG_LZ4)
-        self._crc = zlib.crc32(header)
+        self._chain = xxhash.xxh3_64(header)
 
-    def _read(self, size: int, what: str) -> bytes:
-        data = self.inp.read(size)
-        while data is not None and len(data) < size:
-            more = self.inp.read(size - len(data))
-            if not more:
-                break
-            data += more
-        if data is None or len(data) < size:
-            raise CorruptImage(f"the image ends inside its {what}")
-        return data
+    def _read(self, size: int, what: str) -> memoryview:
+        target = memoryview(self._buffer)[:size] if self._buffer is not None else memoryview(bytearray(size))
+        done = 0
+        while done < size:
+            got = self.inp.readinto(target[done:])
+            if not got:
+                raise CorruptImage(f"the image ends inside its {what}")
+            done += got
+        return target
 
     def __iter__(self) -> Iterator[Record]:
         while not self.complete:
-            head = self._read(_RECORD.size, "record header")
-            kind, flags, raw_len, stored_len, crc = _RECORD.unpack(head)
+            head = bytes(self._read(_RECORD.size, "record header"))
+            kind, flags, raw_len, stored_len, check = _RECORD.unpack(head)
             limit = MAX_RECORD if kind != Kind.END else _END.size
             if raw_len > limit or stored_len > limit or flags & ~RECORD_LZ4:
                 raise CorruptImage(f"record #{self.records + 1} has an impossible header")
             stored = self._read(stored_len, f"record #{self.records + 1}")
-            if _record_crc(head[:12], (stored,)) != crc:
+            if record_check(head[:_FIELDS], (stored,)) != check:
                 raise CorruptImage(f"record #{self.records + 1} fails its checksum")
             if kind == Kind.END:
                 count, total = _END.unpack(stored)
-                if count != self.records or total != self._crc:
+                if count != self.records or total != self._chain.intdigest():
                     raise CorruptImage("the image's records do not add up (truncated or spliced)")
                 self.complete = True
                 return
-            self._crc = zlib.crc32(head, self._crc)
+            self._chain.update(head)
             self.records += 1
             yield Record(kind, self._payload(flags, raw_len, stored))
 
-    def _payload(self, flags: int, raw_len: int, stored: bytes) -> memoryview:
+    def _payload(self, flags: int, raw_len: int, stored: memoryview) -> memoryview:
         if not flags & RECORD_LZ4:
             if raw_len != len(stored):
                 raise CorruptImage(f"record #{self.records} has the wrong length")
-            return memoryview(stored)
+            return stored
         if not self.compressed:
             raise CorruptImage(f"record #{self.records} is compressed in an uncompressed image")
         import lz4.block

@@ -16,11 +16,11 @@ import struct
 import subprocess
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from mosix_core.image.stream import CorruptImage, ImageReader
 from tests.linux.conftest import BIN
@@ -47,7 +47,7 @@ print("done", flush=True)
 
 # The image format (mosix_core/image/stream.py), spelled out independently here.
 HEADER = struct.Struct("<8sHHI")
-RECORD = struct.Struct("<HHIII")
+RECORD = struct.Struct("<HHIIQ")
 PAGES, FILES, END = 5, 6, 0xFFFF
 
 
@@ -185,12 +185,12 @@ def image(checkpoint) -> bytes:
 
 def parse(data: bytes) -> list[Record]:
     magic, version, flags, _ = HEADER.unpack_from(data)
-    assert (magic, version, flags) == (b"MOSIXIMG", 1, 0)
+    assert (magic, version, flags) == (b"MOSIXIMG", 2, 0)
     records, offset = [], HEADER.size
     while offset < len(data):
-        kind, rflags, raw_len, stored_len, crc = RECORD.unpack_from(data, offset)
+        kind, rflags, raw_len, stored_len, check = RECORD.unpack_from(data, offset)
         payload = data[offset + RECORD.size:offset + RECORD.size + stored_len]
-        assert zlib.crc32(payload, zlib.crc32(data[offset:offset + 12])) == crc
+        assert xxhash.xxh3_64_intdigest(data[offset:offset + 12] + payload) == check
         records.append(Record(offset, kind, rflags, raw_len, payload))
         offset += RECORD.size + stored_len
     assert offset == len(data) and records[-1].kind == END
@@ -200,7 +200,7 @@ def parse(data: bytes) -> list[Record]:
 def record_bytes(kind: int, flags: int, payload: bytes) -> bytes:
     """A record with correct lengths and a correct checksum of its own."""
     fields = RECORD.pack(kind, flags, len(payload), len(payload), 0)[:12]
-    return fields + struct.pack("<I", zlib.crc32(payload, zlib.crc32(fields)))
+    return fields + struct.pack("<Q", xxhash.xxh3_64_intdigest(fields + payload))
 
 
 def replaced(data: bytes, record: Record, payload: bytes) -> bytes:
@@ -259,7 +259,7 @@ BAD_IMAGES = {
                                            + len(largest_pages(r).payload) // 2],
     "truncated-just-before-end": lambda d, r: d[:r[-1].offset],
     "truncated-inside-end": lambda d, r: d[:len(d) - 5],
-    # each record sound by its own checksum: only END's count and chained CRC can tell
+    # each record sound by its own checksum: only END's count and chained checksum can tell
     "tampered-page-data": _tamper_pages,
     "tampered-file-table": _tamper_files,
     "spliced-record-missing": _drop_record,
@@ -268,7 +268,7 @@ BAD_IMAGES = {
     "foreign-elf-binary": lambda d, r: Path(shutil.which("ls") or "/bin/ls").read_bytes(),
     "foreign-empty-file": lambda d, r: b"",
     "foreign-text-file": lambda d, r: b"This is not a checkpoint.\n" * 100,
-    "foreign-other-version": lambda d, r: _header(version=2) + d[HEADER.size:],
+    "foreign-other-version": lambda d, r: _header(version=1) + d[HEADER.size:],
     "foreign-unknown-flags": lambda d, r: _header(flags=0x80) + d[HEADER.size:],
 }
 ONLY_END_CATCHES = {"tampered-page-data", "tampered-file-table", "spliced-record-missing",
