@@ -17,11 +17,15 @@ the manual counts such a file as a checkpoint.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import ctypes
 import os
+import queue
 import resource
 import stat
 import struct
+import threading
 from typing import Any
 
 import attrs
@@ -161,23 +165,80 @@ def page_runs(pid: int, entries: list[dict[str, Any]]) -> list[tuple[int, int]]:
 
 
 def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter) -> int:
-    """Copy the runs from ``/proc/PID/mem`` into the image in large reads; the bytes saved."""
-    # one buffer, the record's 8-byte address in front of the data read after it: the
-    # PAGES record goes to the writer (and lz4) without being copied together
-    buffer = bytearray(8 + CHUNK)
-    view = memoryview(buffer)
-    total = 0
+    """Copy the runs from ``/proc/PID/mem`` into the image in large reads; the bytes saved.
+
+    Reading the process and writing the image (checksum, lz4, the file or socket)
+    overlap: a thread writes one chunk while the next is read, three buffers in turn
+    (one being read, one waiting, one being written)."""
+    total = sum(length for _, length in runs)
+    if total <= 2 * CHUNK:
+        return _copy_pages(pid, runs, [bytearray(8 + CHUNK)], writer.add)
+    if writer.compress:
+        return _write_compressed_pages(pid, runs, writer)
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    failed: list[BaseException] = []
+
+    def write_chunks() -> None:
+        while (chunk := handoff.get()) is not None:
+            if not failed:
+                try:
+                    writer.add(Kind.PAGES, chunk)
+                except BaseException as err:    # re-raised by the reader
+                    failed.append(err)
+
+    def hand_over(kind: int, chunk: memoryview) -> None:
+        if failed:
+            raise failed[0]
+        handoff.put(chunk)
+
+    worker = threading.Thread(target=write_chunks, name="image-writer", daemon=True)
+    worker.start()
+    try:
+        _copy_pages(pid, runs, [bytearray(8 + CHUNK) for _ in range(3)], hand_over)
+    finally:
+        handoff.put(None)
+        worker.join()
+    if failed:
+        raise failed[0]
+    return total
+
+
+def _write_compressed_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter) -> int:
+    """lz4 is the slow part of a compressed image: two threads compress chunks while
+    this one reads the next and puts finished records in, in order."""
+    depth = 4
+    pending: collections.deque = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="image-lz4") as pool:
+        def add(kind: int, chunk: memoryview) -> None:
+            if len(pending) == depth:
+                writer.commit(pending.popleft().result())
+            pending.append(pool.submit(writer.prepare, kind, (chunk,)))
+
+        # depth + 1 buffers: a chunk's buffer is read again only after its record is in
+        total = _copy_pages(pid, runs, [bytearray(8 + CHUNK) for _ in range(depth + 1)], add)
+        while pending:
+            writer.commit(pending.popleft().result())
+    return total
+
+
+def _copy_pages(pid: int, runs: list[tuple[int, int]], buffers: list[bytearray], add) -> int:
+    # each chunk is read after an 8-byte gap for its address: the PAGES record goes to
+    # the writer (and lz4) without being copied together
+    views = [memoryview(buffer) for buffer in buffers]
+    turn = total = 0
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     try:
         for address, length in runs:
             done = 0
             while done < length:
                 want = min(CHUNK, length - done)
+                view = views[turn]
                 got = os.preadv(fd, [view[8:8 + want]], address + done)
                 if got <= 0:
                     raise TraceError(f"reading memory of process {pid} at {address + done:#x}")
-                struct.pack_into("<Q", buffer, 0, address + done)
-                writer.add(Kind.PAGES, view[:8 + got])
+                struct.pack_into("<Q", buffers[turn], 0, address + done)
+                add(Kind.PAGES, view[:8 + got])
+                turn = (turn + 1) % len(buffers)
                 done += got
             total += length
     finally:

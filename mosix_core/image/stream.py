@@ -31,7 +31,9 @@ not shrink is stored raw even in a compressed image.
 from __future__ import annotations
 
 import json
+import queue
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -39,6 +41,7 @@ import xxhash
 
 from mosix_core.errors import MosixError
 
+_DONE = object()
 MAGIC = b"MOSIXIMG"
 VERSION = 2
 FLAG_LZ4 = 0x1
@@ -124,9 +127,14 @@ class ImageWriter:
             self._add(Kind.PAGES, (memoryview(struct.pack("<Q", address + offset)), view[offset:offset + CHUNK]))
 
     def _add(self, kind: int, parts: tuple[memoryview, ...]) -> None:
-        """One record from its payload's parts (page data is never copied to prepend its address)."""
-        if self._closed:
-            raise MosixError("image already complete")
+        self.commit(self.prepare(kind, parts))
+
+    def prepare(self, kind: int, parts: tuple[memoryview, ...]) -> tuple[bytes, tuple]:
+        """A record made ready — compressed and checksummed — but not yet in the stream.
+
+        Touches no writer state, so several threads may prepare records at once (lz4
+        and the checksum release the GIL); :meth:`commit` puts them in, in order. Page
+        data is never copied to prepend its address: ``parts`` go out as they are."""
         if not 0 < kind < Kind.END:
             raise ValueError(f"not a record kind: {kind}")
         raw_len = sum(len(p) for p in parts)
@@ -137,7 +145,13 @@ class ImageWriter:
             packed = self._lz4.compress(parts[0] if len(parts) == 1 else b"".join(parts), store_size=False)
             if len(packed) < raw_len:
                 flags, stored = RECORD_LZ4, (memoryview(packed),)
-        self._emit(_record_header(kind, flags, raw_len, stored))
+        return _record_header(kind, flags, raw_len, stored), stored
+
+    def commit(self, prepared: tuple[bytes, tuple]) -> None:
+        if self._closed:
+            raise MosixError("image already complete")
+        header, stored = prepared
+        self._emit(header)
         for part in stored:
             self._emit(part, chained=False)     # the header's check already covers it
         self.records += 1
@@ -196,16 +210,21 @@ class ImageReader:
     """Read an image record by record; iterating ends after a verified END.
 
     Every problem is a :class:`CorruptImage`; a stream that ends before END is one too.
-    With ``reuse_buffer`` every record's payload is read into one buffer, so a record
-    is valid only until the next one is read — for consumers that act on each record
-    at once (restoring), which then allocate nothing per 4 MiB of pages.
+
+    ``streaming``: for consumers that act on each record at once (restoring). A record
+    is then valid only until the next one is asked for: payloads are read into three
+    buffers in turn, and a thread reads, checks (and decompresses) the next record
+    while the consumer works on this one — on a restore, reading the image and
+    writing the process's memory overlap.
     """
 
-    def __init__(self, inp: BinaryIO, *, reuse_buffer: bool = False) -> None:
+    def __init__(self, inp: BinaryIO, *, streaming: bool = False) -> None:
         self.inp = inp
         self.records = 0
         self.complete = False
-        self._buffer = bytearray(MAX_RECORD) if reuse_buffer else None
+        self.streaming = streaming
+        self._buffers: list[bytearray] = [bytearray(), bytearray(), bytearray()]
+        self._turn = 0
         header = self._read(_HEADER.size, "header")
         magic, version, flags, _ = _HEADER.unpack(header)
         if magic != MAGIC:
@@ -217,8 +236,15 @@ class ImageReader:
         self.compressed = bool(flags & FLAG_LZ4)
         self._chain = xxhash.xxh3_64(header)
 
-    def _read(self, size: int, what: str) -> memoryview:
-        target = memoryview(self._buffer)[:size] if self._buffer is not None else memoryview(bytearray(size))
+    def _read(self, size: int, what: str, payload: bool = False) -> memoryview:
+        if self.streaming and payload:
+            buffer = self._buffers[self._turn]
+            if len(buffer) < size:
+                # a new buffer, not a resized one: the old may still be viewed by its record
+                buffer = self._buffers[self._turn] = bytearray(size)
+            target = memoryview(buffer)[:size]
+        else:
+            target = memoryview(bytearray(size))
         done = 0
         while done < size:
             got = self.inp.readinto(target[done:])
@@ -228,13 +254,52 @@ class ImageReader:
         return target
 
     def __iter__(self) -> Iterator[Record]:
+        if not self.streaming:
+            yield from self._records()
+            return
+        handoff: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def offer(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            # three buffers: one the consumer holds, one waiting in the queue, one being read
+            try:
+                for record in self._records():
+                    self._turn = (self._turn + 1) % 3
+                    if not offer(record):
+                        return
+                offer(_DONE)
+            except BaseException as err:    # handed to the consumer, raised there
+                offer(err)
+
+        threading.Thread(target=produce, name="image-reader", daemon=True).start()
+        try:
+            while True:
+                item = handoff.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    def _records(self) -> Iterator[Record]:
         while not self.complete:
             head = bytes(self._read(_RECORD.size, "record header"))
             kind, flags, raw_len, stored_len, check = _RECORD.unpack(head)
             limit = MAX_RECORD if kind != Kind.END else _END.size
             if raw_len > limit or stored_len > limit or flags & ~RECORD_LZ4:
                 raise CorruptImage(f"record #{self.records + 1} has an impossible header")
-            stored = self._read(stored_len, f"record #{self.records + 1}")
+            stored = self._read(stored_len, f"record #{self.records + 1}", payload=True)
             if record_check(head[:_FIELDS], (stored,)) != check:
                 raise CorruptImage(f"record #{self.records + 1} fails its checksum")
             if kind == Kind.END:

@@ -86,7 +86,8 @@ def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: b
         write_atomically(path, produce)
     except (MosixError, OSError) as err:
         ptrace.set_regs(pid, regs)
-        return False, f"{path}: {err}", deferred
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        return False, f"{path}: {reason}", deferred
     plan.naming.advance()
     plan.taken += 1
     state.checkpoint_version = plan.naming.next_version()

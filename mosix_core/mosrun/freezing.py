@@ -150,7 +150,7 @@ class Freezer:
         :class:`mosix_core.image.freeze.ThawFailed`."""
         try:
             frozen.image.seek(0)
-            reader = ImageReader(frozen.image, reuse_buffer=True)
+            reader = ImageReader(frozen.image, streaming=True)
         except (CorruptImage, OSError) as err:
             raise freeze.ThawFailed(str(err), frozen.shell, corrupt=True) from None
         return freeze.thaw(pid, reader, frozen.shell)

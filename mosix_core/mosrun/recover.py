@@ -115,7 +115,7 @@ def restore_root(root: int, path: str, redirect: tuple[tuple[int, str], ...]) ->
     stop = ptrace.wait_for(root)                        # the exit of execve: a clean slate
     options = RestoreOptions(redirect=redirect, filter_program=tuple(rules.build_filter(virtual_pids=True)))
     with open_checkpoint(path, "recover") as f:
-        restored = restore(root, ImageReader(f, reuse_buffer=True), options)
+        restored = restore(root, ImageReader(f, streaming=True), options)
     process = restored.process
     virtual = process.get("pid")
     return Recovered(root, virtual if isinstance(virtual, int) and virtual != root else None,

@@ -233,3 +233,18 @@ def test_automatic_checkpoints_every_minute(tmp_path, mosrun_env):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_checkpoint_that_fills_its_disk_leaves_no_file_and_the_process_runs_on(tmp_path, mosrun_env, small_tmpfs):
+    script = tmp_path / "big.py"
+    script.write_text("import random, select, sys\nballast = random.Random(1).randbytes(32 << 20)\n"
+                      "for i in range(int(sys.argv[1])):\n    print(i, ballast[i], flush=True)\n"
+                      "    select.select([], [], [], 0.02)\n")
+    out = tmp_path / "out.txt"
+    proc = start(["mosrun", f"-C{small_tmpfs}/big", "python3", str(script), "150"], mosrun_env, tmp_path, out)
+    wait_until(lambda: lines(out) >= 5, what="start")
+    assert run(["mosmigrate", str(proc.pid), "checkpoint"], mosrun_env).returncode == 0
+    assert proc.wait(timeout=60) == 0
+    assert "checkpoint failed" in (tmp_path / "stderr.txt").read_text()
+    assert os.listdir(small_tmpfs) == []          # the partial image went with the error
+    assert out.read_bytes() == native_output(["python3", str(script), "150"], tmp_path, mosrun_env)
