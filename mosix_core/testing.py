@@ -158,6 +158,24 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
+def spawn():
+    """Factory: ``spawn(*argv, **popen_kwargs)`` starts a real process (``sleep 30``
+    without argv); every one still running is killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(*argv: str, **kwargs: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(list(argv) or ["sleep", "30"], **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
 def mosix_etc(tmp_path: Path) -> Path:
     """A valid one-node configuration tree (no daemon running)."""
     layout = localcluster.ClusterLayout(root=tmp_path, nodes=1, base_ip=fresh_base_ip(), speeds=(10000,), cpus=1,

@@ -8,6 +8,7 @@ the loops' CPU demand; frozen loops demand nothing. The kill-policy tests use a
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -43,27 +44,22 @@ def node(local_cluster, tmp_path):
 
 
 @pytest.fixture
-def procs(node, tmp_path):
+def procs(node, tmp_path, spawn):
     """Start MOSIX processes on the node; all killed at teardown."""
-    started: list[subprocess.Popen] = []
     env = {**node.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     env.pop("LANG", None)
     env.pop("FREEZE_DIR", None)
 
+    count = itertools.count()
+
     def start(*argv: str, options: tuple[str, ...] = ()) -> subprocess.Popen:
-        err = open(tmp_path / f"stderr.{len(started)}", "wb")
-        proc = subprocess.Popen(["mosrun", *options, *argv], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        with open(tmp_path / f"stderr.{next(count)}", "wb") as err:
+            proc = spawn("mosrun", *options, *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=err)
         proc.stderr_path = Path(err.name)
-        err.close()
-        started.append(proc)
         return proc
 
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return start
 
 
 def configure(node, policy: str, directory: Path | None = None) -> None:

@@ -29,23 +29,6 @@ NOBODY = 65534
 
 
 @pytest.fixture
-def spawn():
-    """Start real processes; every one is killed at teardown."""
-    started: list[subprocess.Popen] = []
-
-    def start(*argv: str, **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen(list(argv) or ["sleep", "30"], **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture
 def node(local_cluster):
     cluster = local_cluster(nodes=1, interval=0.2)
     # As /etc/mosix and its var: users reach the socket (see as_nobody for the parents).

@@ -95,6 +95,20 @@ def still(out: Path, seconds: float = 0.5) -> bool:
     return lines(out) == before
 
 
+def start_loop(tmp_path: Path, env, steps: int, megabytes: int):
+    """LOOP under mosrun, once it has started printing: (the process, its output, the script)."""
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    out = tmp_path / "out.txt"
+    proc = start(["mosrun", "python3", str(script), str(steps), str(megabytes)], env, tmp_path, out)
+    try:
+        wait_until(lambda: lines(out) >= 5, what="the program's start")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, out, script
+
+
 def run_with_freezes(argv, env, cwd: Path, out: Path, rounds: int, progress: int) -> None:
     proc = start(argv, env, cwd, out)
     try:
@@ -114,12 +128,8 @@ def run_with_freezes(argv, env, cwd: Path, out: Path, rounds: int, progress: int
 
 
 def test_frozen_python_keeps_no_memory_and_carries_on_exactly(tmp_path, freeze_env):
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP)
-    out = tmp_path / "out.txt"
-    proc = start(["mosrun", "python3", str(script), "150", "48"], freeze_env, tmp_path, out)
+    proc, out, script = start_loop(tmp_path, freeze_env, 150, 48)
     try:
-        wait_until(lambda: lines(out) >= 10, what="10 lines")
         assert rss_kb(proc.pid) > 48 * 1024
         for _ in range(3):
             freeze(proc.pid, freeze_env)
@@ -151,12 +161,8 @@ def test_awk_and_fpu_programs_survive_freezing(tmp_path, freeze_env, programs):
 
 
 def test_a_frozen_process_holds_caught_signals_and_dies_of_fatal_ones(tmp_path, freeze_env):
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP)
-    out = tmp_path / "out.txt"
-    proc = start(["mosrun", "python3", str(script), "2000", "4"], freeze_env, tmp_path, out)
+    proc, out, _ = start_loop(tmp_path, freeze_env, 2000, 4)
     try:
-        wait_until(lambda: lines(out) >= 5, what="start")
         freeze(proc.pid, freeze_env)
         os.kill(proc.pid, signal.SIGUSR1)       # caught: its handler runs once unfrozen
         os.kill(proc.pid, signal.SIGWINCH)      # ignored by default: nothing happens
@@ -174,13 +180,9 @@ def test_a_frozen_process_holds_caught_signals_and_dies_of_fatal_ones(tmp_path, 
 
 
 def test_a_checkpoint_asked_for_while_frozen_is_taken_after_unfreezing(tmp_path, freeze_env):
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP)
-    out = tmp_path / "out.txt"
-    proc = start(["mosrun", "python3", str(script), "2000", "2"], freeze_env, tmp_path, out)
+    proc, out, _ = start_loop(tmp_path, freeze_env, 2000, 2)
     image = tmp_path / f"ckpt.{proc.pid}.1"
     try:
-        wait_until(lambda: lines(out) >= 5, what="start")
         freeze(proc.pid, freeze_env)
         mosmigrate(proc.pid, "checkpoint", freeze_env)
         time.sleep(1)
@@ -196,11 +198,7 @@ def test_a_checkpoint_asked_for_while_frozen_is_taken_after_unfreezing(tmp_path,
 
 def test_no_space_to_freeze_leaves_a_manually_frozen_process_running(tmp_path, mosrun_env, small_tmpfs):
     env = {**mosrun_env, "FREEZE_DIR": str(small_tmpfs)}
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP)
-    out = tmp_path / "out.txt"
-    proc = start(["mosrun", "python3", str(script), "100", "8"], env, tmp_path, out)
-    wait_until(lambda: lines(out) >= 5, what="start")
+    proc, out, script = start_loop(tmp_path, env, 100, 8)
     mosmigrate(proc.pid, "freeze", env)
     assert proc.wait(timeout=60) == 0
     assert "No space to freeze" in (tmp_path / "stderr.txt").read_text()
@@ -209,12 +207,8 @@ def test_no_space_to_freeze_leaves_a_manually_frozen_process_running(tmp_path, m
 
 
 def test_a_damaged_freeze_file_gives_the_manuals_message(tmp_path, freeze_env):
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP)
-    out = tmp_path / "out.txt"
-    proc = start(["mosrun", "python3", str(script), "2000", "2"], freeze_env, tmp_path, out)
+    proc, out, _ = start_loop(tmp_path, freeze_env, 2000, 2)
     try:
-        wait_until(lambda: lines(out) >= 5, what="start")
         freeze(proc.pid, freeze_env)
         (image, size), = freeze_files(proc.pid, freeze_env["FREEZE_DIR"])
         with open(image, "r+b") as f:               # the supervisor's own, unlinked file
@@ -258,12 +252,8 @@ def test_a_failed_unfreeze_freezes_again_and_can_be_retried(tmp_path, freeze_env
 
 
 def test_only_the_owner_or_root_may_freeze(tmp_path, freeze_env):
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP)
-    out = tmp_path / "out.txt"
-    proc = start(["mosrun", "python3", str(script), "2000", "1"], freeze_env, tmp_path, out)
+    proc, out, _ = start_loop(tmp_path, freeze_env, 2000, 1)
     try:
-        wait_until(lambda: lines(out) >= 3, what="start")
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child, as nobody
             os.setgid(65534)
@@ -292,12 +282,8 @@ def test_freeze_conf_directories_fall_through_when_full_and_u_owns_the_image(tmp
     (etc / "freeze.conf").write_text(f"{small_tmpfs} 5\n{last_resort} 0\nU 65534\n")
     env = {**mosrun_env, "MOSIX_ETC": str(etc)}
     env.pop("FREEZE_DIR", None)
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP)
-    out = tmp_path / "out.txt"
-    proc = start(["mosrun", "python3", str(script), "2000", "8"], env, tmp_path, out)
+    proc, out, _ = start_loop(tmp_path, env, 2000, 8)
     try:
-        wait_until(lambda: lines(out) >= 5, what="start")
         mosmigrate(proc.pid, "freeze", env)
         wait_until(lambda: freeze_files(proc.pid, str(last_resort)), what="the image in the last resort")
         (image, size), = freeze_files(proc.pid, str(last_resort))
