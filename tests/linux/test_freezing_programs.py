@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -296,3 +297,27 @@ def test_freeze_conf_directories_fall_through_when_full_and_u_owns_the_image(tmp
         proc.kill()
         proc.wait()
         shutil.rmtree(last_resort)
+
+
+def test_a_process_frozen_inside_a_blocking_read_of_a_pipe_reads_on_when_unfrozen(tmp_path, freeze_env):
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as stdout:
+        proc = subprocess.Popen(["mosrun", "cat"], env=freeze_env, cwd=tmp_path, stdin=subprocess.PIPE,
+                                stdout=stdout, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"before\n")
+        proc.stdin.flush()
+        wait_until(lambda: out.read_bytes() == b"before\n", what="cat at work")
+        freeze(proc.pid, freeze_env)                  # inside read(0): pipes stay with it
+        proc.stdin.write(b"while frozen\n")
+        proc.stdin.flush()
+        assert still(out) and out.read_bytes() == b"before\n"
+        mosmigrate(proc.pid, "continue", freeze_env)
+        wait_until(lambda: out.read_bytes() == b"before\nwhile frozen\n", what="the read to go on")
+        proc.stdin.write(b"after\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out.read_bytes() == b"before\nwhile frozen\nafter\n"
