@@ -1,0 +1,137 @@
+"""The deputy: a migrated process's home half, performing its forwarded calls.
+
+When a MOSIX process leaves home, what stays behind is the process itself made a
+shell — exactly what freezing leaves (:func:`mosix_core.image.freeze.release_memory`):
+same pid, same parent, same open files (terminal, pipes, sockets), cwd, umask,
+credentials, process group and session; no memory but one page. So a call the
+migrated process makes "at home" is made *by that process*: the deputy maps a
+scratch area in the shell, copies the call's input buffers into it, runs the call
+there by injection, and reads back what the call wrote. Every identity question
+(``getpid``, ``getppid``, ``kill`` of its family, terminal job control) is answered by
+the real thing, with no translation.
+
+A call may block (a read of a terminal or a pipe), so it runs in two halves:
+:meth:`Deputy.begin` puts the shell inside the call and returns; the supervisor's
+loop sees the shell's next stop and hands it to :meth:`Deputy.on_stop`, which
+returns the :class:`Reply` once the call is over (None while it is not: a signal
+arrived, which is kept for the caller to forward). :meth:`Deputy.call` does both, for
+callers that may wait.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from mosix_core.errors import TraceError
+from mosix_core.linux import inject, ptrace
+from mosix_core.remote.calls import MAX_TRANSFER, Reply, Request, reply_outputs
+
+SYS_MMAP, SYS_MUNMAP = 9, 11
+PROT_READ, PROT_WRITE = 1, 2
+MAP_PRIVATE, MAP_ANONYMOUS = 0x2, 0x20
+ALIGN = 16
+SCRATCH_SIZE = MAX_TRANSFER + 64 * 1024     # the largest call's buffers, plus paths
+
+
+class Deputy:
+    """Runs forwarded calls in shell ``pid`` (stopped, traced by us), whose ``syscall``
+    instruction is at ``shell``."""
+
+    def __init__(self, pid: int, shell: int) -> None:
+        self.pid = pid
+        self.injector = inject.Injector(pid, shell)
+        self.scratch = self.injector.check(
+            "mmap(deputy scratch)", SYS_MMAP, 0, SCRATCH_SIZE, PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        self.mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        self._running: tuple[Request, dict[int, int]] | None = None
+
+    @property
+    def deferred(self) -> list[int]:
+        """Signals that reached the shell while calls ran: the caller forwards them."""
+        return self.injector.deferred
+
+    def close(self) -> None:
+        """Give the scratch area back (the shell is stopped again)."""
+        try:
+            self.injector.call(SYS_MUNMAP, self.scratch, SCRATCH_SIZE)
+        except TraceError:
+            pass
+        os.close(self.mem)
+
+    # -- one call --------------------------------------------------------------------------------
+    def call(self, request: Request) -> Reply:
+        """Run ``request`` to its end (the shell may block in it meanwhile)."""
+        self.begin(request)
+        while True:
+            reply = self.on_stop(ptrace.wait_for(self.pid))
+            if reply is not None:
+                return reply
+
+    def begin(self, request: Request) -> None:
+        """Put the inputs in place and start the call; the shell is resumed."""
+        if self._running is not None:
+            raise TraceError("the deputy is already running a call", errno.EBUSY)
+        places = self._layout(request)
+        for index, data in request.inputs:
+            os.pwrite(self.mem, data, places[index])
+        args = list(request.args)
+        for index, address in places.items():
+            args[index] = address
+        regs = inject.copy_registers(ptrace.get_regs(self.pid))
+        regs.rip, regs.rax, regs.orig_rax = self.injector.address, request.nr, inject.MINUS_ONE
+        for name, value in zip(inject.ARG_REGISTERS, args):
+            setattr(regs, name, value & inject.MINUS_ONE)
+        ptrace.set_regs(self.pid, regs)
+        self._running = (request, places)
+        # into the call at once (the entry stop never waits), so that what is left to
+        # wait for is the call itself
+        ptrace.syscall(self.pid)
+        while True:
+            stop = ptrace.wait_for(self.pid)
+            if stop.kind in ("exited", "killed"):
+                self._running = None
+                raise TraceError(f"process {self.pid} ended during a forwarded call", errno.ESRCH)
+            if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == ptrace.INFO_ENTRY:
+                break
+            if stop.kind == "signal":
+                self.injector.deferred.append(stop.sig)
+            ptrace.syscall(self.pid)
+        ptrace.syscall(self.pid)
+
+    def on_stop(self, stop: ptrace.Stop) -> Reply | None:
+        """The shell stopped while a call runs: the reply when the call is over."""
+        if self._running is None:
+            raise TraceError("no call is running", errno.EINVAL)
+        if stop.kind in ("exited", "killed"):
+            self._running = None
+            raise TraceError(f"process {self.pid} ended during a forwarded call", errno.ESRCH)
+        if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == ptrace.INFO_EXIT:
+            result = inject.signed(ptrace.get_regs(self.pid).rax)
+            if -result in inject.RESTART_ERRORS:
+                # a signal interrupted it: the signal stop comes next, we keep the signal
+                # from the shell, and the kernel re-issues the call
+                ptrace.syscall(self.pid)
+                return None
+            request, places = self._running
+            self._running = None
+            outputs = reply_outputs(request, result, lambda index, size: os.pread(self.mem, size, places[index]))
+            return Reply(result, outputs)
+        if stop.kind == "signal":
+            self.injector.deferred.append(stop.sig)     # the process's, wherever it runs
+        ptrace.syscall(self.pid)
+        return None
+
+    def _layout(self, request: Request) -> dict[int, int]:
+        """Where each pointer argument's buffer goes in the scratch area."""
+        sizes = {index: len(data) for index, data in request.inputs}
+        for index, size in request.outputs:
+            sizes[index] = max(size, sizes.get(index, 0))
+        places, at = {}, self.scratch
+        for index in sorted(sizes):
+            places[index] = at
+            at += (sizes[index] + ALIGN - 1) // ALIGN * ALIGN
+        if at - self.scratch > SCRATCH_SIZE:
+            raise TraceError(f"a forwarded call's buffers exceed {SCRATCH_SIZE} bytes", errno.E2BIG)
+        return places
