@@ -327,19 +327,20 @@ def check_credentials(status: dict[str, str]) -> None:
 
 # -- the whole image ----------------------------------------------------------------------------------
 def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
-                regs: ptrace.Registers) -> tuple[CaptureStats, list[int]]:
+                regs: ptrace.Registers, files: bool = True) -> tuple[CaptureStats, list[int]]:
     """Capture stopped process ``pid`` into ``writer`` (not closed here).
 
     ``identity`` is the MOSIX side of the process (virtual pid, MOSIX state...);
     ``regs`` its live registers at the stop, which are put back when done. Returns
     the statistics and the signals that arrived while it was examined (the caller
     re-sends them). Raises :class:`CannotCheckpoint` before writing anything when
-    the process cannot be checkpointed."""
+    the process cannot be checkpointed. ``files=False``: the image leaves the open
+    files out (a migrating process keeps them at home, pipes and sockets too)."""
     status = procfs.status_fields(pid)
     check_credentials(status)
     if int(status.get("Threads", "1")) != 1:
         raise CannotCheckpoint("multi-threaded processes cannot be checkpointed")
-    files = dump_files(pid)
+    files = dump_files(pid) if files else []
     mappings = procfs.read_maps(pid)
     entries = dump_mappings(pid, mappings)
     saved_regs = inject.copy_registers(regs)

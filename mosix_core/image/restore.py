@@ -73,6 +73,9 @@ class FileRestoreFailed(MosixError):
 class RestoreOptions:
     redirect: tuple[tuple[int, str], ...] = ()      # mosrun -O
     filter_program: tuple | None = None             # the seccomp filter the process runs under
+    # a process away from home: its files, cwd and umask stay at home (its calls go
+    # there), so it gets none here — not even the descriptors the stub inherited
+    away: bool = False
 
 
 @attrs.define
@@ -324,10 +327,14 @@ class Restorer:
         try:
             process = self.parts[Kind.PROCESS]
             inj = self.injector
-            self._restore_files()
-            cwd = process["cwd"]
-            inj.check(f"chdir({cwd})", SYS_CHDIR, self._scratch(os.fsencode(cwd) + b"\0"))
-            inj.call(SYS_UMASK, process["umask"])
+            if self.options.away:
+                for fd in procfs.open_fds(self.pid):
+                    inj.call(SYS_CLOSE, fd)
+            else:
+                self._restore_files()
+                cwd = process["cwd"]
+                inj.check(f"chdir({cwd})", SYS_CHDIR, self._scratch(os.fsencode(cwd) + b"\0"))
+                inj.call(SYS_UMASK, process["umask"])
             if process.get("personality"):
                 inj.call(SYS_PERSONALITY, process["personality"])
             self._restore_signals(self.parts[Kind.SIGNALS])

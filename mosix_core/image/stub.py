@@ -47,3 +47,35 @@ def memfd() -> int:
     fd = os.memfd_create("mosix-restore", os.MFD_CLOEXEC)
     os.write(fd, elf_image())
     return fd
+
+
+def spawn_traced(options: int) -> int:
+    """A new restore stub, seized by us with ptrace ``options`` and stopped at the exit
+    of its ``execve``, ready to be restored into (the caller reaps it)."""
+    from mosix_core.linux import ptrace
+
+    ready_r, ready_w = os.pipe()
+    fd = memfd()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(ready_w)
+            os.read(ready_r, 1)
+            os.execve(fd, ["mosix-restore"], {})
+        finally:
+            os._exit(127)
+    os.close(ready_r)
+    os.close(fd)
+    try:
+        ptrace.seize(child, options | ptrace.O_TRACEEXEC)    # the exec event is waited for
+        os.write(ready_w, b"x")
+    except BaseException:
+        os.kill(child, 9)
+        raise
+    finally:
+        os.close(ready_w)
+    ptrace.wait_for(child)                  # the exec event
+    ptrace.syscall(child)
+    ptrace.wait_for(child)                  # execve's exit
+    return child
+

@@ -54,6 +54,9 @@ class Arg:
     size: int | None = None
     size_arg: int | None = None
     back: str = "size"
+    # how ``size_arg`` counts: bytes, or "fd_set" (descriptors: a bit each, whole
+    # 64-bit words) or "pollfd" (8-byte entries)
+    unit: str = "byte"
 
 
 def _in(size_arg: int | None = None, size: int | None = None) -> Arg:
@@ -141,6 +144,11 @@ _spec("setpgid", _V, _V)
 _spec("setsid")
 _spec("kill", _V, _V)
 _spec("uname", _out(size=390))
+_spec("gettid")
+# waiting on descriptors (a wait without any runs where the process is)
+_FDSET = Arg(INOUT, size_arg=0, unit="fd_set")
+_spec("select", _V, _FDSET, _FDSET, _FDSET, Arg(INOUT, size=16))
+_spec("poll", Arg(INOUT, size_arg=1, unit="pollfd"), _V, _V)
 
 # ioctl: the requests a terminal program makes, by request number
 TCGETS, TCSETS, TCSETSW, TCSETSF = 0x5401, 0x5402, 0x5403, 0x5404
@@ -188,10 +196,18 @@ def spec_of(nr: int, args: tuple[int, ...]) -> tuple[Arg, ...]:
 
 
 def _size(arg: Arg, args: tuple[int, ...]) -> int:
-    size = arg.size if arg.size is not None else args[arg.size_arg]
+    if arg.size is not None:
+        size = arg.size
+    else:
+        count = _signed(args[arg.size_arg])
+        size = {"byte": count, "fd_set": (count + 63) // 64 * 8, "pollfd": count * 8}[arg.unit]
     if size < 0 or size > MAX_TRANSFER:
         raise CannotForward(f"a buffer of {size} bytes (at most {MAX_TRANSFER} go in one call)")
     return size
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def marshal(nr: int, args: tuple[int, ...], read: Callable[[int, int], bytes],

@@ -46,6 +46,7 @@ class Deputy:
             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         self.mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         self._running: tuple[Request, dict[int, int]] | None = None
+        self.ended: ptrace.Stop | None = None    # how the process ended (exit_group, a signal)
 
     @property
     def deferred(self) -> list[int]:
@@ -91,8 +92,7 @@ class Deputy:
         while True:
             stop = ptrace.wait_for(self.pid)
             if stop.kind in ("exited", "killed"):
-                self._running = None
-                raise TraceError(f"process {self.pid} ended during a forwarded call", errno.ESRCH)
+                self._ended(stop)
             if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == ptrace.INFO_ENTRY:
                 break
             if stop.kind == "signal":
@@ -105,8 +105,7 @@ class Deputy:
         if self._running is None:
             raise TraceError("no call is running", errno.EINVAL)
         if stop.kind in ("exited", "killed"):
-            self._running = None
-            raise TraceError(f"process {self.pid} ended during a forwarded call", errno.ESRCH)
+            self._ended(stop)
         if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == ptrace.INFO_EXIT:
             result = inject.signed(ptrace.get_regs(self.pid).rax)
             if -result in inject.RESTART_ERRORS:
@@ -122,6 +121,12 @@ class Deputy:
             self.injector.deferred.append(stop.sig)     # the process's, wherever it runs
         ptrace.syscall(self.pid)
         return None
+
+    def _ended(self, stop: ptrace.Stop) -> None:
+        """The process ended (its own exit_group, or a signal): no reply will come."""
+        self._running = None
+        self.ended = stop
+        raise TraceError(f"process {self.pid} ended during a forwarded call", errno.ESRCH)
 
     def _layout(self, request: Request) -> dict[int, int]:
         """Where each pointer argument's buffer goes in the scratch area."""

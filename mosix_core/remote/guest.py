@@ -1,0 +1,109 @@
+"""The guest: a MOSIX process running away from home, and the loop that traces it.
+
+The process is restored (``RestoreOptions(away=True)``) with no files, cwd or umask
+of its own — they are at home — under :func:`guest_filter`: the calls that only
+touch the process itself (memory, signal masks and handlers, futexes, sleeping,
+the clock) run here natively; every other call stops, and :class:`Guest` sends it
+home as a :class:`~mosix_core.remote.calls.Request` through ``forward`` (whatever
+carries it: a socket to the home node, or the deputy itself in a test), writes the
+reply's buffers into the process, and makes the call return the home result. A
+call the table does not describe fails with ENOSYS. ``exit``/``exit_group`` go home
+too — the process ends there, with its status — and the guest is then removed.
+
+Signals for the process reach it here: the home side forwards what reaches the
+home process (:meth:`Guest.signal`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from typing import Callable
+
+from mosix_core.errors import TraceError
+from mosix_core.linux import inject, memory, ptrace, seccomp
+from mosix_core.linux.syscall_names import NAMES, NUMBERS
+from mosix_core.remote.calls import CannotForward, Reply, Request, marshal, unmarshal
+
+#: run where the process is: they concern only the process itself
+LOCAL = frozenset({
+    "brk", "munmap", "mprotect", "mremap", "madvise", "msync", "mlock", "munlock",
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigsuspend",
+    "rt_sigtimedwait", "sigaltstack", "arch_prctl", "set_tid_address", "set_robust_list",
+    "get_robust_list", "rseq", "futex", "sched_yield", "nanosleep", "clock_nanosleep",
+    "clock_gettime", "clock_getres", "gettimeofday", "time", "getrandom", "pause",
+    "getrusage", "times", "prlimit64", "getrlimit", "setrlimit", "sched_getaffinity",
+    "restart_syscall",
+})
+#: local when they only wait (no descriptors: ``nfds``, at this argument, is 0)
+WAITING = {"select": 0, "pselect6": 0, "poll": 1, "ppoll": 1}
+EXITS = (NUMBERS["exit"], NUMBERS["exit_group"])
+SYS_MMAP = NUMBERS["mmap"]
+MAP_ANONYMOUS = 0x20
+UNSIGNED = (1 << 64) - 1
+
+
+def guest_filter() -> list:
+    """The seccomp program a guest runs under: everything stops but the local calls."""
+    table = {nr: seccomp.always() for nr, name in NAMES.items() if name not in LOCAL}
+    table[SYS_MMAP] = seccomp.when_arg_in(3, [0], mask=MAP_ANONYMOUS)   # file mappings stop
+    for name, nfds in WAITING.items():
+        table[NUMBERS[name]] = seccomp.unless_arg_in(nfds, [0])
+    return seccomp.build(table, max(NAMES))
+
+
+class Guest:
+    """Traces restored guest ``pid`` until its process ends (at home)."""
+
+    def __init__(self, pid: int, forward: Callable[[Request], Reply]) -> None:
+        self.pid = pid
+        self.forward = forward
+        self.forwarded = 0
+        self.exit_status: int | None = None
+
+    def run(self) -> int:
+        """Let the process run; its exit status (as it ended at home)."""
+        ptrace.cont(self.pid)
+        while True:
+            stop = ptrace.wait_for(self.pid)
+            if stop.kind in ("exited", "killed"):
+                if self.exit_status is None:
+                    raise TraceError(f"guest {self.pid} ended without going home: {stop}", errno.ESRCH)
+                return self.exit_status
+            if stop.kind == "event" and stop.event == ptrace.EVENT_SECCOMP:
+                self._trapped()
+            elif stop.kind == "signal":
+                ptrace.cont(self.pid, stop.sig)       # its own signals are delivered here
+            else:
+                ptrace.cont(self.pid)
+
+    def signal(self, sig: int) -> None:
+        """A signal that reached the process at home."""
+        os.kill(self.pid, sig)
+
+    def _trapped(self) -> None:
+        pid = self.pid
+        info = ptrace.syscall_info(pid)
+        if info.nr in EXITS:
+            status = info.args[0] & 0xFF
+            self.forward(Request(NUMBERS["exit_group"], (status,)))
+            self.exit_status = status
+            os.kill(pid, signal.SIGKILL)              # it has ended at home
+            return
+        try:
+            request = marshal(info.nr, info.args, lambda address, size: memory.read_bytes(pid, address, size),
+                              lambda address: memory.read_cstring(pid, address, limit=4096))
+        except CannotForward:
+            result = -errno.ENOSYS
+        except TraceError:
+            result = -errno.EFAULT
+        else:
+            self.forwarded += 1
+            result = unmarshal(request, self.forward(request),
+                               lambda address, data: memory.write_bytes(pid, address, data))
+        regs = ptrace.get_regs(pid)
+        regs.orig_rax = inject.MINUS_ONE              # skip the call here...
+        regs.rax = result & UNSIGNED                  # ...it returns what it did at home
+        ptrace.set_regs(pid, regs)
+        ptrace.cont(pid)
