@@ -249,24 +249,8 @@ def restore_once(image: Path, out: Path, ready_len: int, profile: cProfile.Profi
     """Restore ``image`` into a new stub, run it, ask it to verify its memory; the timings."""
     os.truncate(out, ready_len)             # the restored program writes after "ready"
     t_fork = time.perf_counter()
-    r, w = os.pipe()
-    fd = stub.memfd()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.read(r, 1)
-            os.execve(fd, ["stub"], {})
-        finally:
-            os._exit(127)
-    os.close(r)
-    os.close(fd)
+    child = stub.spawn_traced(TRACE_OPTIONS)                # stopped at its execve's exit
     try:
-        ptrace.seize(child, TRACE_OPTIONS)
-        os.write(w, b"x")
-        os.close(w)
-        ptrace.wait_for(child)                              # the exec event
-        ptrace.syscall(child)
-        ptrace.wait_for(child)                              # execve's exit
         if profile:
             profile.enable()
         t0 = time.perf_counter()

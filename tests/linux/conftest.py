@@ -77,3 +77,15 @@ def start(argv, env, cwd: Path, out: Path) -> subprocess.Popen:
 def native_output(argv, cwd: Path, env) -> bytes:
     return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           timeout=120, check=True).stdout
+
+
+def stop_traced(pid: int):
+    """Stop ``pid`` (seized by us) at an interrupt stop, letting its signals through on
+    the way; a copy of its registers there."""
+    from mosix_core.linux import inject, ptrace
+
+    ptrace.interrupt(pid)
+    while (stop := ptrace.wait_for(pid)).kind != "event":
+        ptrace.cont(pid, stop.sig if stop.kind == "signal" else 0)
+    return inject.copy_registers(ptrace.get_regs(pid))
+

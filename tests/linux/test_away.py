@@ -11,11 +11,11 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import lines, native_output, wait_until
+from conftest import lines, native_output, stop_traced, wait_until
 from mosix_core.errors import TraceError
 from mosix_core.image import capture, freeze, restore, stub
 from mosix_core.image.stream import ImageReader, ImageWriter
-from mosix_core.linux import inject, ptrace
+from mosix_core.linux import ptrace
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.remote.calls import Reply
 from mosix_core.remote.deputy import Deputy
@@ -46,10 +46,7 @@ def run_away(argv: list[str], cwd: Path, out: Path, after_lines: int) -> tuple[i
     try:
         ptrace.seize(pid, ptrace.O_TRACESYSGOOD | ptrace.O_EXITKILL)
         wait_until(lambda: lines(out) >= after_lines, what=f"{after_lines} lines")
-        ptrace.interrupt(pid)
-        while (stop := ptrace.wait_for(pid)).kind != "event":
-            ptrace.cont(pid, stop.sig if stop.kind == "signal" else 0)
-        regs = inject.copy_registers(ptrace.get_regs(pid))
+        regs = stop_traced(pid)
         image = io.BytesIO()
         writer = ImageWriter(image)
         capture.write_image(pid, writer, identity={"pid": pid}, regs=regs, files=False)

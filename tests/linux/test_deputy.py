@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import lines, wait_until
+from conftest import lines, stop_traced, wait_until
 from mosix_core.image import freeze
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import inject, ptrace
@@ -85,10 +85,7 @@ def shell(tmp_path):
     state = {"proc": proc, "pid": pid, "out": out, "stdin": stdin_w, "cwd": tmp_path / "cwd", "image": None}
     try:
         wait_until(lambda: lines(out) >= 3, what="the program's start")
-        ptrace.interrupt(pid)
-        while (stop := ptrace.wait_for(pid)).kind != "event":
-            ptrace.cont(pid, stop.sig if stop.kind == "signal" else 0)
-        regs = inject.copy_registers(ptrace.get_regs(pid))
+        regs = stop_traced(pid)
         image = io.BytesIO()
         writer = ImageWriter(image)
         freeze.write_freeze_image(pid, writer, regs)
