@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
 from conftest import lines, native_output, stop_traced, wait_until
 from mosix_core.errors import TraceError
-from mosix_core.image import capture, freeze, restore, stub
+from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import ptrace
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.remote.calls import Reply
 from mosix_core.remote.deputy import Deputy
-from mosix_core.remote.guest import Guest, guest_filter
+from mosix_core.remote.frames import Channel
+from mosix_core.remote.link import forwarder, serve
+from mosix_core.remote.moving import arrive, leave
+from mosix_core.remote.guest import Guest
 
 LOOP = """\
 import os, select, sys
@@ -46,17 +51,12 @@ def run_away(argv: list[str], cwd: Path, out: Path, after_lines: int) -> tuple[i
     try:
         ptrace.seize(pid, ptrace.O_TRACESYSGOOD | ptrace.O_EXITKILL)
         wait_until(lambda: lines(out) >= after_lines, what=f"{after_lines} lines")
-        regs = stop_traced(pid)
         image = io.BytesIO()
-        writer = ImageWriter(image)
-        capture.write_image(pid, writer, identity={"pid": pid}, regs=regs, files=False)
-        writer.close()
-        shell, _ = freeze.release_memory(pid)         # what stays home
+        shell, _ = leave(pid, ImageWriter(image), stop_traced(pid), {"pid": pid})   # what stays home
         deputy = Deputy(pid, shell)
         guest_pid = stub.spawn_traced(GUEST_OPTIONS)
         image.seek(0)
-        restore.restore(guest_pid, ImageReader(image, streaming=True),
-                        restore.RestoreOptions(away=True, filter_program=tuple(guest_filter())))
+        arrive(guest_pid, ImageReader(image, streaming=True))
 
         def forward(request):
             if request.nr == NUMBERS["exit_group"]:
@@ -107,3 +107,64 @@ def test_awk_moved_into_a_guest(tmp_path):
     status, _ = run_away(["awk", program], tmp_path, out, after_lines=10)
     assert status == 0
     assert out.read_bytes() == native_output(["awk", program], tmp_path, dict(os.environ))
+
+
+def test_the_guest_and_its_home_in_two_processes_over_a_socket(tmp_path):
+    """The guest host is another process (as on another node): calls and replies
+    cross a socket as frames, a signal sent to the home process reaches the guest."""
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP.replace("import os, select, sys\n", "import os, select, signal, sys\n"
+                                   "signal.signal(signal.SIGUSR1, lambda *_: print('usr1', flush=True))\n"))
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as stdout:
+        proc = subprocess.Popen(["/usr/bin/python3", str(script), "150"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=subprocess.DEVNULL)
+    pid = proc.pid
+    home_end, guest_end = socket.socketpair()
+    host = None
+    try:
+        ptrace.seize(pid, ptrace.O_TRACESYSGOOD | ptrace.O_EXITKILL)
+        wait_until(lambda: lines(out) >= 10, what="10 lines")
+        image = io.BytesIO()
+        shell, _ = leave(pid, ImageWriter(image), stop_traced(pid), {"pid": pid})
+        host = os.fork()
+        if host == 0:  # pragma: no cover - the guest host
+            code = 1
+            try:
+                home_end.close()
+                channel = Channel(guest_end)
+                guest_pid = stub.spawn_traced(GUEST_OPTIONS)
+                image.seek(0)
+                arrive(guest_pid, ImageReader(image, streaming=True))
+                guest = Guest(guest_pid, None)
+                guest.forward = forwarder(channel, guest)
+                code = 0 if guest.run() == 3 else 2
+            finally:
+                os._exit(code)
+        guest_end.close()
+        deputy = Deputy(pid, shell)
+        served = []
+
+        def count(request) -> None:
+            served.append(request)
+            if len(served) == 60:
+                os.kill(pid, signal.SIGUSR1)        # to the home process: the guest's handler runs
+
+        serve(deputy, Channel(home_end), before_call=count)
+        assert deputy.ended.kind == "exited" and deputy.ended.code == 3
+        proc.returncode = 3
+        _, status = os.waitpid(host, 0)
+        host = None
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        home_end.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if host is not None:
+            os.kill(host, signal.SIGKILL)
+            os.waitpid(host, 0)
+    text = out.read_bytes()
+    assert text.count(b"usr1\n") == 1
+    native = subprocess.run(["/usr/bin/python3", str(script), "150"], cwd=tmp_path, capture_output=True, timeout=60)
+    assert text.replace(b"usr1\n", b"") == native.stdout

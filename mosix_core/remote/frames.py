@@ -1,0 +1,138 @@
+"""Forwarded calls on the wire: requests, replies and signals between a guest and
+its home, as length-prefixed binary frames on a stream (a socket).
+
+::
+
+    frame    length u32 | body (length bytes)
+    request  "Q" | nr u16 | nargs u8 | ninputs u8 | noutputs u8 | arg u64 * nargs
+             | (index u8 | size u32 | bytes) * ninputs | (index u8 | capacity u32) * noutputs
+    reply    "R" | result i64 | noutputs u8 | (index u8 | size u32 | bytes) * noutputs
+    signal   "S" | signal u8                       (home → guest: it reached the process)
+
+A malformed frame is a :class:`ProtocolError` saying what is wrong; nothing in it is
+acted on. The channel itself is authenticated by whoever opened it (the peer
+transport between nodes; a socketpair in one machine's tests).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from mosix_core.errors import ProtocolError
+from mosix_core.remote.calls import MAX_TRANSFER, Reply, Request
+
+MAX_FRAME = 2 * MAX_TRANSFER + 4096
+MAX_ARGS = 6
+_LEN = struct.Struct("<I")
+_REQ = struct.Struct("<cHBBB")
+_REP = struct.Struct("<cqB")
+_BUF = struct.Struct("<BI")
+
+
+def encode_request(request: Request) -> bytes:
+    parts = [_REQ.pack(b"Q", request.nr, len(request.args), len(request.inputs), len(request.outputs)),
+             struct.pack(f"<{len(request.args)}Q", *(a & ((1 << 64) - 1) for a in request.args))]
+    for index, data in request.inputs:
+        parts += [_BUF.pack(index, len(data)), data]
+    parts += [_BUF.pack(index, capacity) for index, capacity in request.outputs]
+    return _frame(b"".join(parts))
+
+
+def encode_reply(reply: Reply) -> bytes:
+    parts = [_REP.pack(b"R", reply.result, len(reply.outputs))]
+    for index, data in reply.outputs:
+        parts += [_BUF.pack(index, len(data)), data]
+    return _frame(b"".join(parts))
+
+
+def encode_signal(sig: int) -> bytes:
+    return _frame(b"S" + bytes([sig]))
+
+
+def decode(body: bytes) -> Request | Reply | int:
+    """A frame's body: a Request, a Reply, or a signal number."""
+    if not body:
+        raise ProtocolError("an empty frame")
+    kind = body[:1]
+    reader = _Reader(body)
+    if kind == b"Q":
+        _, nr, nargs, ninputs, noutputs = reader.take(_REQ)
+        if nargs > MAX_ARGS:
+            raise ProtocolError(f"a request with {nargs} arguments")
+        args = struct.unpack(f"<{nargs}Q", reader.bytes(8 * nargs))
+        inputs = tuple((reader.index(nargs), reader.bytes(reader.size())) for _ in range(ninputs))
+        outputs = tuple((reader.index(nargs), reader.size()) for _ in range(noutputs))
+        reader.done()
+        return Request(nr, args, inputs, outputs)
+    if kind == b"R":
+        _, result, noutputs = reader.take(_REP)
+        outputs = tuple((reader.index(MAX_ARGS), reader.bytes(reader.size())) for _ in range(noutputs))
+        reader.done()
+        return Reply(result, outputs)
+    if kind == b"S":
+        if len(body) != 2 or not 0 < body[1] < 65:
+            raise ProtocolError("a malformed signal frame")
+        return body[1]
+    raise ProtocolError(f"an unknown frame kind {kind!r}")
+
+
+class _Reader:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.at = 0
+
+    def bytes(self, size: int) -> bytes:
+        if self.at + size > len(self.body):
+            raise ProtocolError("a frame shorter than its contents")
+        data = self.body[self.at:self.at + size]
+        self.at += size
+        return data
+
+    def take(self, layout: struct.Struct) -> tuple:
+        return layout.unpack(self.bytes(layout.size))
+
+    def index(self, limit: int) -> int:
+        (index,) = struct.unpack("<B", self.bytes(1))
+        if index >= limit:
+            raise ProtocolError(f"a buffer for argument {index}")
+        return index
+
+    def size(self) -> int:
+        (size,) = struct.unpack("<I", self.bytes(4))
+        if size > MAX_TRANSFER:
+            raise ProtocolError(f"a buffer of {size} bytes")
+        return size
+
+    def done(self) -> None:
+        if self.at != len(self.body):
+            raise ProtocolError(f"{len(self.body) - self.at} bytes after a frame's contents")
+
+
+def _frame(body: bytes) -> bytes:
+    return _LEN.pack(len(body)) + body
+
+
+class Channel:
+    """Frames over a connected stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, frame: bytes) -> None:
+        self.sock.sendall(frame)
+
+    def receive(self) -> Request | Reply | int:
+        (length,) = _LEN.unpack(self._exactly(_LEN.size))
+        if length > MAX_FRAME:
+            raise ProtocolError(f"a frame of {length} bytes")
+        return decode(self._exactly(length))
+
+    def _exactly(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise ProtocolError("the connection closed inside a frame" if data else "the connection closed")
+            data += chunk
+        return bytes(data)

@@ -1,0 +1,58 @@
+"""The two ends of a migrated process's link: the guest side sends each call home and
+waits for its reply (delivering the signals that arrive first), the home side runs
+the calls in the deputy and sends back the replies and the signals that reached the
+process at home.
+
+The rule for the end: an exit is answered once the process has ended at home (its
+status is the one its parent sees there); the guest is removed after that.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from mosix_core.errors import ProtocolError, TraceError
+from mosix_core.remote.calls import Reply, Request
+from mosix_core.remote.deputy import Deputy
+from mosix_core.remote.frames import Channel, encode_reply, encode_request, encode_signal
+from mosix_core.remote.guest import Guest
+
+
+def forwarder(channel: Channel, guest: Guest) -> Callable[[Request], Reply]:
+    """The guest's ``forward``: one request out, signals delivered, its reply back."""
+
+    def forward(request: Request) -> Reply:
+        channel.send(encode_request(request))
+        while True:
+            answer = channel.receive()
+            if isinstance(answer, Reply):
+                return answer
+            if isinstance(answer, int):
+                guest.signal(answer)
+            else:
+                raise ProtocolError("a request from home")
+
+    return forward
+
+
+def serve(deputy: Deputy, channel: Channel, before_call: Callable[[Request], None] | None = None) -> None:
+    """Answer the guest's calls until the process has ended at home (``deputy.ended``).
+    Blocking: the supervisor's event loop will drive :meth:`Deputy.begin` and
+    :meth:`Deputy.on_stop` itself; this is the loop for a home side with one process."""
+    while True:
+        request = channel.receive()
+        if not isinstance(request, Request):
+            raise ProtocolError("a reply or signal from the guest")
+        if before_call is not None:
+            before_call(request)
+        try:
+            reply = deputy.call(request)
+        except TraceError:
+            if deputy.ended is None:
+                raise
+            channel.send(encode_reply(Reply(0)))
+            return
+        for sig in deputy.deferred:
+            channel.send(encode_signal(sig))
+        deputy.deferred.clear()
+        channel.send(encode_reply(reply))

@@ -1,0 +1,87 @@
+"""Forwarded calls on the wire (mosix_core/remote/frames.py): what goes out comes back
+the same, and a garbled frame is a ProtocolError — never anything else."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mosix_core.errors import ProtocolError
+from mosix_core.remote.calls import Reply, Request
+from mosix_core.remote.frames import Channel, decode, encode_reply, encode_request, encode_signal
+
+REQUEST = Request(1, (1, 0x7FFF0000, 5), ((1, b"hello"),), ())
+READ = Request(0, (3, 0x1000, 64), (), ((1, 64),))
+REPLY = Reply(-2, ((1, b"abc"),))
+
+
+def body(frame: bytes) -> bytes:
+    (length,) = struct.unpack_from("<I", frame)
+    assert length == len(frame) - 4
+    return frame[4:]
+
+
+@pytest.mark.parametrize("message", [REQUEST, READ, Request(39, ()), Reply(5), REPLY])
+def test_round_trips(message):
+    encoded = encode_request(message) if isinstance(message, Request) else encode_reply(message)
+    assert decode(body(encoded)) == message
+
+
+def test_negative_arguments_travel_as_unsigned_words():
+    decoded = decode(body(encode_request(Request(257, (-100, 0x2000, 0, 0)))))
+    assert decoded.args[0] == (1 << 64) - 100
+
+
+def test_signals():
+    assert decode(body(encode_signal(2))) == 2
+    for bad in (b"S", b"S\x00", b"S\x41", b"S\x02\x02"):
+        with pytest.raises(ProtocolError):
+            decode(bad)
+
+
+@pytest.mark.parametrize("garbled, says", [
+    (b"", "empty"),
+    (b"X", "unknown frame kind"),
+    (body(encode_request(REQUEST))[:-1], "shorter"),
+    (body(encode_request(REQUEST)) + b"\0", "after a frame"),
+    (b"Q" + struct.pack("<HBBB", 0, 7, 0, 0) + bytes(56), "7 arguments"),
+    (b"Q" + struct.pack("<HBBB", 0, 1, 1, 0) + bytes(8) + struct.pack("<BI", 3, 0), "argument 3"),
+    (b"Q" + struct.pack("<HBBB", 0, 1, 0, 1) + bytes(8) + struct.pack("<BI", 0, 1 << 30), "bytes"),
+    (b"R" + struct.pack("<qB", 0, 1) + struct.pack("<BI", 9, 0), "argument 9"),
+])
+def test_garbled_frames_are_protocol_errors(garbled, says):
+    with pytest.raises(ProtocolError, match=says):
+        decode(garbled)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_are_refused(data):
+    for candidate in (data, b"Q" + data, b"R" + data, b"S" + data):
+        try:
+            decode(candidate)
+        except ProtocolError:
+            pass
+
+
+def test_a_channel_carries_frames_and_notices_a_closed_peer():
+    a, b = socket.socketpair()
+    with a, b:
+        left, right = Channel(a), Channel(b)
+        left.send(encode_request(READ))
+        left.send(encode_signal(15))
+        assert right.receive() == READ
+        assert right.receive() == 15
+        right.send(encode_reply(REPLY))
+        assert left.receive() == REPLY
+        a.sendall(struct.pack("<I", 1 << 30))
+        with pytest.raises(ProtocolError, match="a frame of"):
+            right.receive()
+        a.sendall(struct.pack("<I", 10) + b"Q")
+        a.close()
+        with pytest.raises(ProtocolError, match="closed inside a frame"):
+            right.receive()
