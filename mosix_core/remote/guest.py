@@ -24,7 +24,7 @@ from typing import Callable
 from mosix_core.errors import TraceError
 from mosix_core.linux import inject, memory, ptrace, seccomp
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
-from mosix_core.remote.calls import CannotForward, Reply, Request, marshal, unmarshal
+from mosix_core.remote.calls import MAX_TRANSFER, CannotForward, Reply, Request, marshal, unmarshal
 
 #: run where the process is: they concern only the process itself
 LOCAL = frozenset({
@@ -39,6 +39,10 @@ LOCAL = frozenset({
 #: local when they only wait (no descriptors: ``nfds``, at this argument, is 0)
 WAITING = {"select": 0, "pselect6": 0, "poll": 1, "ppoll": 1}
 EXITS = (NUMBERS["exit"], NUMBERS["exit_group"])
+# one forwarded call carries at most MAX_TRANSFER bytes: a larger read returns less (as
+# reads may), a larger write is sent in pieces and returns the total (as if whole)
+READS = {NUMBERS["read"]: 2, NUMBERS["pread64"]: 2, NUMBERS["getdents64"]: 2}
+WRITES = {NUMBERS["write"]: None, NUMBERS["pwrite64"]: 3}     # the offset argument, if any
 SYS_MMAP = NUMBERS["mmap"]
 MAP_ANONYMOUS = 0x20
 UNSIGNED = (1 << 64) - 1
@@ -91,19 +95,44 @@ class Guest:
             self.exit_status = status
             os.kill(pid, signal.SIGKILL)              # it has ended at home
             return
-        try:
-            request = marshal(info.nr, info.args, lambda address, size: memory.read_bytes(pid, address, size),
-                              lambda address: memory.read_cstring(pid, address, limit=4096))
-        except CannotForward:
-            result = -errno.ENOSYS
-        except TraceError:
-            result = -errno.EFAULT
+        args = list(info.args)
+        if info.nr in READS:
+            args[READS[info.nr]] = min(args[READS[info.nr]], MAX_TRANSFER)
+        if info.nr in WRITES and args[2] > MAX_TRANSFER:
+            result = self._write_in_pieces(info.nr, args)
         else:
-            self.forwarded += 1
-            result = unmarshal(request, self.forward(request),
-                               lambda address, data: memory.write_bytes(pid, address, data))
+            result = self._call_home(info.nr, tuple(args))
         regs = ptrace.get_regs(pid)
         regs.orig_rax = inject.MINUS_ONE              # skip the call here...
         regs.rax = result & UNSIGNED                  # ...it returns what it did at home
         ptrace.set_regs(pid, regs)
         ptrace.cont(pid)
+
+    def _call_home(self, nr: int, args: tuple[int, ...]) -> int:
+        pid = self.pid
+        try:
+            request = marshal(nr, args, lambda address, size: memory.read_bytes(pid, address, size),
+                              lambda address: memory.read_cstring(pid, address, limit=4096))
+        except CannotForward:
+            return -errno.ENOSYS
+        except TraceError:
+            return -errno.EFAULT
+        self.forwarded += 1
+        return unmarshal(request, self.forward(request), lambda address, data: memory.write_bytes(pid, address, data))
+
+    def _write_in_pieces(self, nr: int, args: list[int]) -> int:
+        """A write larger than one call may carry: piece by piece, stopping at the first
+        short or failed piece (the total so far, or the error if nothing was written)."""
+        done, count, offset_arg = 0, args[2], WRITES[nr]
+        while done < count:
+            piece = list(args)
+            piece[1], piece[2] = args[1] + done, min(MAX_TRANSFER, count - done)
+            if offset_arg is not None:
+                piece[offset_arg] = args[offset_arg] + done
+            result = self._call_home(nr, tuple(piece))
+            if result < 0:
+                return done or result
+            done += result
+            if result < piece[2]:
+                break
+        return done

@@ -168,3 +168,27 @@ def test_the_guest_and_its_home_in_two_processes_over_a_socket(tmp_path):
     assert text.count(b"usr1\n") == 1
     native = subprocess.run(["/usr/bin/python3", str(script), "150"], cwd=tmp_path, capture_output=True, timeout=60)
     assert text.replace(b"usr1\n", b"") == native.stdout
+
+
+BIG = """\
+import os
+data = bytes(range(256)) * (9 << 12)               # 9 MiB: more than one forwarded call carries
+fd = os.open("big.bin", os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o644)
+print("wrote", os.write(fd, data), flush=True)
+os.lseek(fd, 0, 0)
+got = b""
+while chunk := os.read(fd, 9 << 20):
+    got += chunk
+print("read back", len(got), got == data, flush=True)
+"""
+
+
+def test_reads_and_writes_larger_than_one_forwarded_call(tmp_path):
+    script = tmp_path / "big.py"
+    script.write_text("import select\nfor i in range(20):\n    print(i, flush=True)\n"
+                      "    select.select([], [], [], 0.01)\n" + BIG)
+    out = tmp_path / "out.txt"
+    status, guest = run_away(["/usr/bin/python3", str(script)], tmp_path, out, after_lines=5)
+    assert status == 0
+    assert out.read_bytes().endswith(b"wrote 9437184\nread back 9437184 True\n")
+    assert (tmp_path / "big.bin").stat().st_size == 9 << 20
