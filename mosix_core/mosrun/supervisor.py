@@ -93,6 +93,7 @@ class Tracee:
     frozen: freezing.Frozen | None = None
     freeze_wanted: str | None = None       # "A"/"P"/"M": freeze at the next stop; "-": unfreeze
     freezes: int = 0
+    told_no_space: bool = False            # said once: the policy retries every few seconds
 
     @property
     def native(self) -> bool:
@@ -529,7 +530,9 @@ class Supervisor:
                 os.kill(pid, signal.SIGKILL)
                 return
             # manual freezing, or freeze.conf's killing-memory keeps it: it runs on
-            self.say(tracee, f"{NO_SPACE}: the process keeps running")
+            if how == "M" or not tracee.told_no_space:
+                self.say(tracee, f"{NO_SPACE}: the process keeps running")
+                tracee.told_no_space = how != "M"
             self._resume(tracee)
             return
         except CannotFreeze as err:
