@@ -11,7 +11,7 @@ into the process where its pointer said).
 The guest side builds a :class:`Request` with :func:`marshal`, reading the
 process's memory through a callback; the home side (:mod:`mosix_core.remote.deputy`)
 runs it and answers a :class:`Reply`; the guest side puts the reply's output
-buffers back with :func:`unmarshal`. Nothing here knows ptrace or sockets.
+buffers back with :func:`unmarshal`. Nothing here touches a process or a socket.
 
 Sizes are x86-64 Linux's: ``struct stat`` 144 bytes, ``struct statx`` 256,
 the kernel's ``struct termios`` 36, ``struct winsize`` 8.
@@ -24,6 +24,7 @@ from typing import Callable
 import attrs
 
 from mosix_core.errors import MosixError
+from mosix_core.linux.inject import signed
 from mosix_core.linux.syscall_names import NUMBERS
 
 STAT_SIZE = 144
@@ -199,15 +200,11 @@ def _size(arg: Arg, args: tuple[int, ...]) -> int:
     if arg.size is not None:
         size = arg.size
     else:
-        count = _signed(args[arg.size_arg])
+        count = signed(args[arg.size_arg])
         size = {"byte": count, "fd_set": (count + 63) // 64 * 8, "pollfd": count * 8}[arg.unit]
     if size < 0 or size > MAX_TRANSFER:
         raise CannotForward(f"a buffer of {size} bytes (at most {MAX_TRANSFER} go in one call)")
     return size
-
-
-def _signed(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def marshal(nr: int, args: tuple[int, ...], read: Callable[[int, int], bytes],
