@@ -63,15 +63,21 @@ class FreezeStats:
     mappings: int
 
 
-def memory_to_save(pid: int) -> int:
-    """An upper bound of the page data a freeze image of ``pid`` will hold (bytes)."""
-    entries = capture.dump_mappings(pid, procfs.read_maps(pid), writable_shared_files=True)
-    return sum(length for _, length in capture.page_runs(pid, entries))
+@attrs.frozen
+class FreezePlan:
+    """What a freeze image of a process will hold: its mappings and the page runs worth
+    saving — found once, both to choose a directory with room and to write the image."""
+
+    entries: list
+    runs: list
+
+    @property
+    def page_bytes(self) -> int:
+        return sum(length for _, length in self.runs)
 
 
-def write_freeze_image(pid: int, writer: ImageWriter, regs: ptrace.Registers) -> FreezeStats:
-    """Capture the memory side of stopped process ``pid`` (``regs``: its registers at
-    the stop) into ``writer``, which is not closed here. Changes nothing in the process."""
+def plan_freeze(pid: int) -> FreezePlan:
+    """The plan for stopped process ``pid``; CannotFreeze when it cannot be frozen."""
     status = procfs.status_fields(pid)
     if int(status.get("Threads", "1")) != 1:
         raise CannotFreeze("multi-threaded processes cannot be frozen")
@@ -79,15 +85,22 @@ def write_freeze_image(pid: int, writer: ImageWriter, regs: ptrace.Registers) ->
         entries = capture.dump_mappings(pid, procfs.read_maps(pid), writable_shared_files=True)
     except capture.CannotCheckpoint as err:
         raise CannotFreeze(f"cannot be frozen: {err}") from None
+    return FreezePlan(entries, capture.page_runs(pid, entries))
+
+
+def write_freeze_image(pid: int, writer: ImageWriter, regs: ptrace.Registers, plan: FreezePlan) -> FreezeStats:
+    """Capture the memory side of stopped process ``pid`` (``regs``: its registers at
+    the stop; ``plan``: from :func:`plan_freeze` at this stop) into ``writer``, which
+    is not closed here. Changes nothing in the process."""
     # the process stays: a call restarted through its restart block resumes as it would
     image_regs = inject.resumable_registers(regs, new_process=False)
     pointer, size, signature, flags = ptrace.rseq_configuration(pid)
     writer.add(Kind.REGISTERS, bytes(image_regs))
     writer.add(Kind.XSTATE, ptrace.get_xstate(pid))
     writer.add_json(Kind.RSEQ, {"pointer": pointer, "size": size, "signature": signature, "flags": flags})
-    writer.add_json(Kind.MEMORY_MAP, {"mappings": entries})
-    page_bytes = capture.write_pages(pid, capture.page_runs(pid, entries), writer)
-    return FreezeStats(page_bytes, writer.bytes_written, len(entries))
+    writer.add_json(Kind.MEMORY_MAP, {"mappings": plan.entries})
+    page_bytes = capture.write_pages(pid, plan.runs, writer)
+    return FreezeStats(page_bytes, writer.bytes_written, len(plan.entries))
 
 
 def release_memory(pid: int) -> tuple[int, list[int]]:

@@ -118,7 +118,8 @@ class Freezer:
         process is exactly as it was."""
         config = self.config()
         dirs = self.dirs_for(pid, config)
-        needed = freeze.memory_to_save(pid)
+        plan = freeze.plan_freeze(pid)
+        needed = plan.page_bytes
         for candidate in freeze_dir_order(dirs.dirs, needed):
             path = freeze_file_name(candidate.path, node=self.node, pid=pid, serial=serial)
             image = _create_unlinked(path, dirs.owner)
@@ -126,7 +127,7 @@ class Freezer:
                 continue
             try:
                 writer = ImageWriter(image, compress=True)
-                stats = freeze.write_freeze_image(pid, writer, regs)
+                stats = freeze.write_freeze_image(pid, writer, regs, plan)
                 writer.close()
                 image.flush()
             except OSError as err:

@@ -88,7 +88,7 @@ def shell(tmp_path):
         regs = stop_traced(pid)
         image = io.BytesIO()
         writer = ImageWriter(image)
-        freeze.write_freeze_image(pid, writer, regs)
+        freeze.write_freeze_image(pid, writer, regs, freeze.plan_freeze(pid))
         writer.close()
         state["image"] = image
         address, held = freeze.release_memory(pid)
