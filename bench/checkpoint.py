@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from mosix_core.image import capture, restore, stub  # noqa: E402
 from mosix_core.image.stream import ImageReader, ImageWriter  # noqa: E402
 from mosix_core.linux import inject, ptrace  # noqa: E402
-from machine import busy_share, cpu_times, say, wait_idle  # noqa: E402  (bench/machine.py)
+from machine import busy_share, cpu_times, finish_work, say, wait_idle  # noqa: E402  (bench/machine.py)
 
 TRACE_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACEEXEC | ptrace.O_EXITKILL
 TARGET_MB_S = 1000.0           # DESIGN §5: >= 1 GB/s raw to tmpfs
@@ -442,10 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                 parent.rmdir()
             except OSError:
                 pass
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish_work(work, args.keep)
     elapsed = time.perf_counter() - started
     busy = busy_share(cpu_before, cpu_times())
     rows = summarise(results)

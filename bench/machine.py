@@ -1,14 +1,25 @@
 """What the benchmarks ask about this machine: how busy its CPUs are, and waiting
-until other work (tests, builds) has stopped landing in the figures."""
+until other work (tests, builds) has stopped landing in the figures; and their
+working directory's end."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+from pathlib import Path
 
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def finish_work(work: Path, keep: bool) -> None:
+    """Remove a benchmark's temporary directory, or say where it is kept (``--keep``)."""
+    if keep:
+        say(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def cpu_times() -> tuple[int, int]:

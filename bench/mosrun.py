@@ -54,7 +54,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from machine import busy_share, cpu_times, say, wait_idle  # noqa: E402  (bench/machine.py)
+from machine import busy_share, cpu_times, finish_work, say, wait_idle  # noqa: E402  (bench/machine.py)
 
 # -- the programs ------------------------------------------------------------------------------------
 SOURCES = {
@@ -589,10 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                 pass
         if mosd_etc is not None:
             stop_mosd(mosd_etc)
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish_work(work, args.keep)
     elapsed = time.perf_counter() - started
     busy = busy_share(cpu_before, cpu_times())
     load = f"load average {load_before:.2f} before, {loadavg():.2f} after; CPUs {100 * busy:.0f} % busy"
