@@ -43,7 +43,6 @@ PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL,
 MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
 # what a frozen process does with a signal whose action is the default one (signal(7))
 DEFAULT_IGNORED = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH})
-STOPPING = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
 
 def initial_state(opts: mosopts.MosrunOptions) -> procself.MosixState:
@@ -571,7 +570,7 @@ class Supervisor:
         status = procfs.status_fields(tracee.pid)
         caught = sig in procfs.signal_set(status.get("SigCgt", "0"))
         ignored = sig in procfs.signal_set(status.get("SigIgn", "0"))
-        if caught or sig in STOPPING:
+        if caught or sig in ptrace.STOP_SIGNALS:
             tracee.frozen.held.append(sig)      # its handler (or the stop) once unfrozen
             ptrace.cont(tracee.pid)
         elif ignored or sig in DEFAULT_IGNORED:
