@@ -37,6 +37,15 @@ class InjectedCallFailed(TraceError):
     """An injected call returned an error; ``errno`` is its errno."""
 
 
+class TraceeEnded(TraceError):
+    """The tracee ended while a call ran in it; ``stop`` says how (an injected
+    ``exit_group``, a fatal signal)."""
+
+    def __init__(self, stop: ptrace.Stop) -> None:
+        self.stop = stop
+        super().__init__(f"process {stop.pid} ended while being restored or saved", errno.ESRCH)
+
+
 def signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
@@ -76,7 +85,7 @@ def finish_call(pid: int, result: int) -> None:
     regs.orig_rax = MINUS_ONE
     regs.rax = result & MINUS_ONE
     ptrace.set_regs(pid, regs)
-    Injector(pid, 0)._run_to_exit()
+    Injector(pid, 0).run_to(ptrace.INFO_EXIT)
 
 
 class Injector:
@@ -89,6 +98,11 @@ class Injector:
 
     def call(self, nr: int, *args: int) -> int:
         """The call's raw result (negative errno on failure)."""
+        self.load(nr, *args)
+        return self.run_to(ptrace.INFO_EXIT)
+
+    def load(self, nr: int, *args: int) -> None:
+        """Point the stopped tracee at the call (it runs when resumed)."""
         regs = copy_registers(ptrace.get_regs(self.pid))
         regs.rip = self.address
         regs.rax = nr
@@ -96,7 +110,6 @@ class Injector:
         for name, value in zip(ARG_REGISTERS, args):
             setattr(regs, name, value & MINUS_ONE)
         ptrace.set_regs(self.pid, regs)
-        return self._run_to_exit()
 
     def check(self, what: str, nr: int, *args: int) -> int:
         """The call's result; :class:`InjectedCallFailed` when it fails."""
@@ -105,13 +118,15 @@ class Injector:
             raise InjectedCallFailed(f"{what}: {errno.errorcode.get(-result, -result)}", -result)
         return result
 
-    def _run_to_exit(self) -> int:
+    def run_to(self, op: int) -> int:
+        """Resume the tracee to the loaded call's entry or exit stop (``op``); ``rax``
+        there (at the exit: the result). Signals meanwhile are kept in ``deferred``."""
         ptrace.syscall(self.pid)
         while True:
             stop = ptrace.wait_for(self.pid)
             if stop.kind in ("exited", "killed"):
-                raise TraceError(f"process {self.pid} ended while being restored or saved", errno.ESRCH)
-            if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == ptrace.INFO_EXIT:
+                raise TraceeEnded(stop)
+            if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == op:
                 return signed(ptrace.get_regs(self.pid).rax)
             if stop.kind == "signal":
                 self.deferred.append(stop.sig)

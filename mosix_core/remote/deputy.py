@@ -80,24 +80,14 @@ class Deputy:
         args = list(request.args)
         for index, address in places.items():
             args[index] = address
-        regs = inject.copy_registers(ptrace.get_regs(self.pid))
-        regs.rip, regs.rax, regs.orig_rax = self.injector.address, request.nr, inject.MINUS_ONE
-        for name, value in zip(inject.ARG_REGISTERS, args):
-            setattr(regs, name, value & inject.MINUS_ONE)
-        ptrace.set_regs(self.pid, regs)
+        self.injector.load(request.nr, *args)
         self._running = (request, places)
         # into the call at once (the entry stop never waits), so that what is left to
         # wait for is the call itself
-        ptrace.syscall(self.pid)
-        while True:
-            stop = ptrace.wait_for(self.pid)
-            if stop.kind in ("exited", "killed"):
-                self._ended(stop)
-            if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == ptrace.INFO_ENTRY:
-                break
-            if stop.kind == "signal":
-                self.injector.deferred.append(stop.sig)
-            ptrace.syscall(self.pid)
+        try:
+            self.injector.run_to(ptrace.INFO_ENTRY)
+        except inject.TraceeEnded as err:
+            self._ended(err.stop)
         ptrace.syscall(self.pid)
 
     def on_stop(self, stop: ptrace.Stop) -> Reply | None:
