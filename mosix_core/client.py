@@ -7,6 +7,7 @@ persistent connection for ``mosrun``'s supervisor, with no-reply requests.
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import time
@@ -28,8 +29,17 @@ class Client:
     def call(self, op: str, **args: Any) -> dict:
         """Send one request; return the reply's fields. Raises MosixError with the
         daemon's message on failure, DaemonUnavailable if mosd is not running."""
+        return self._call(op, args, want_fd=False)[0]
+
+    def call_for_socket(self, op: str, **args: Any) -> tuple[dict, socket.socket | None]:
+        """A request whose successful reply comes with a connected socket (mosd passes
+        it with SCM_RIGHTS): (the reply's fields, the socket or None)."""
+        return self._call(op, args, want_fd=True)
+
+    def _call(self, op: str, args: dict, *, want_fd: bool) -> tuple[dict, socket.socket | None]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
+        fds: list[int] = []
         try:
             try:
                 sock.connect(str(self.path))
@@ -39,19 +49,37 @@ class Client:
                 raise DaemonUnavailable(f"cannot reach mosd at {self.path}: {err.strerror}") from None
             sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
             data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
+            while b"\n" not in data:
+                # recvmsg throughout: a plain recv would drop a descriptor that came along
+                chunk, got, _, _ = socket.recv_fds(sock, 65536, 1)
+                fds += got
                 if not chunk:
                     raise DaemonUnavailable("mosd closed the connection")
                 data += chunk
+            line, _, rest = data.partition(b"\n")
+            reply = json.loads(line)
+            if want_fd and reply.get("ok") and "refused" not in reply and not fds:
+                while not fds:
+                    chunk, got, _, _ = socket.recv_fds(sock, 16, 1)
+                    fds += got
+                    if not chunk and not got:
+                        raise DaemonUnavailable("mosd closed the connection before handing over")
         except socket.timeout:
             raise DaemonUnavailable("mosd did not answer in time") from None
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         finally:
             sock.close()
-        reply = json.loads(data)
         if not reply.pop("ok", False):
+            for fd in fds:
+                os.close(fd)
             raise MosixError(reply.get("error", "request failed"))
-        return reply
+        handed = socket.socket(fileno=fds.pop(0)) if fds else None
+        for fd in fds:
+            os.close(fd)
+        return reply, handed
 
 
 class Session:

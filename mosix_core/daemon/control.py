@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mosix_core import __version__, gossip
+from mosix_core.daemon import migration
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError
 from mosix_core.linux import procfs
 from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
@@ -57,9 +58,23 @@ class Connection:
         self.uid = uid
         self.supervisor = False
         self.rows: dict[int, ProcessRecord] = {}   # registered here while supervising
+        self.handing_over: socket.socket | None = None   # sent with the reply (SCM_RIGHTS)
 
 
 _connection: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("mosd_connection", default=None)
+
+
+def _hand_over(writer: asyncio.StreamWriter, sock: socket.socket) -> None:
+    """Pass ``sock`` to the client after its reply (one byte carries the descriptor)."""
+    raw = writer.get_extra_info("socket")
+    carrier = socket.socket(fileno=os.dup(raw.fileno()))
+    try:
+        socket.send_fds(carrier, [b"\0"], [sock.fileno()])
+    except OSError:
+        pass                                   # the client went away: so does the move
+    finally:
+        carrier.close()
+        sock.close()
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -144,6 +159,9 @@ class ControlServer:
                 reply = await self.handle_line(line, uid)
                 if reply is not None:
                     await self._reply(writer, reply)
+                    if conn.handing_over is not None:
+                        _hand_over(writer, conn.handing_over)
+                        conn.handing_over = None
         except (ConnectionError, OSError):
             pass
         finally:
@@ -399,6 +417,38 @@ class ControlServer:
         if not isinstance(request, MosrunRequest):
             raise ProtocolError("a site policy returned something that is not a MosrunRequest")
         return {"request": request.policy_fields()}
+
+    async def op_migrate_out(self, req: dict, uid: int) -> dict:
+        """Open the way for the caller's process ``pid`` to move to node ``to``: the
+        authenticated handshake with the target's mosd, whose accepted connection comes
+        back with the reply (SCM_RIGHTS). ``error`` is the manual's reason."""
+        node, conn = self.node, _connection.get()
+        pid = int(req["pid"])
+        try:
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            raise ProtocolError(f"no such process {pid}") from None
+        if uid != 0 and owner != uid:
+            raise PermissionDenied(f"process {pid} is not yours")
+        try:
+            target = node.canonical(self.resolve(req.get("to")))
+        except MosixError:
+            target = None
+        if target is None:
+            return {"refused": migration.NOT_IN_MAP}
+        if target == node.our_ip:
+            return {"refused": "already there"}
+        memory = req.get("memory_mb", 0)
+        request = {"uid": owner, "pid": pid, "memory_mb": memory if isinstance(memory, int) else 0,
+                   "command": str(req.get("command", "?")), "nmigs": int(req.get("nmigs", 0))}
+        loop = asyncio.get_running_loop()
+        try:
+            sock = await loop.run_in_executor(None, migration.open_migration, node.sealer, node.key, target,
+                                              node.settings.tcp_port, request)
+        except migration.MigrationRefused as err:
+            return {"refused": err.reason, "target": str(target)}
+        conn.handing_over = sock
+        return {"target": str(target), "proximate": node.config.is_proximate(target)}
 
     def op_supervise(self, req: dict, uid: int) -> dict:
         conn = _connection.get()

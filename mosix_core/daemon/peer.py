@@ -16,6 +16,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from mosix_core import PROTOCOL_VERSION, __version__
+from mosix_core.daemon import migration
 from mosix_core.errors import AuthenticationError, ProtocolError
 from mosix_core.net import wire
 
@@ -61,7 +62,11 @@ class PeerServer:
                 self.replay.check(env)
                 if env.kind != wire.RPC_REQUEST:
                     raise ProtocolError(f"unexpected message kind {env.kind}")
-                reply = self.handle(json.loads(env.payload))
+                request = json.loads(env.payload)
+                if isinstance(request, dict) and request.get("op") == "migrate-in":
+                    await self._migrate_in(request, env.sender, writer, sealer)
+                    return
+                reply = self.handle(request)
                 writer.write(sealer.seal(wire.RPC_REPLY, json.dumps(reply).encode()))
                 await writer.drain()
         except AuthenticationError as err:
@@ -73,6 +78,22 @@ class PeerServer:
             node.log.error("peer request failed", source=source, error=f"{type(err).__name__}: {err}")
         finally:
             writer.close()
+
+    async def _migrate_in(self, request: dict, origin: IPv4Address, writer: asyncio.StreamWriter,
+                          sealer: wire.Sealer) -> None:
+        """A process wants to move here: admission, then the connection is the guest
+        host's (nothing more is read here: the image follows our answer)."""
+        node = self.node
+        writer.transport.pause_reading()
+        origin = node.canonical(origin)
+        admission = node.pm.hook.mosix_admit_guest(request=migration.admission_request(node, request, origin),
+                                                   node=node)
+        reply = {"ok": True} if admission.accepted else {"ok": False, "error": admission.reason}
+        writer.write(sealer.seal(wire.RPC_REPLY, json.dumps(reply).encode()))
+        await writer.drain()
+        if admission.accepted:
+            await migration.start_guest_host(node, writer, request, origin)
+            node.log.info("guest arrived", home=str(origin), pid=request.get("pid"))
 
     def handle(self, request: Any) -> dict:
         if not isinstance(request, dict):

@@ -147,9 +147,9 @@ def thaw(pid: int, records: Iterable[Record], shell: int) -> list[int]:
         _finish(restorer)
         return restorer.injector.deferred
     except CorruptImage as err:
-        raise ThawFailed(f"{err}: {err.detail}", _back_to_shell(restorer, shell), corrupt=True) from None
+        raise ThawFailed(f"{err}: {err.detail}", back_to_shell(restorer, shell), corrupt=True) from None
     except (RestoreFailed, inject.InjectedCallFailed) as err:
-        raise ThawFailed(str(err), _back_to_shell(restorer, shell), corrupt=False) from None
+        raise ThawFailed(str(err), back_to_shell(restorer, shell), corrupt=False) from None
     finally:
         restorer.close()
 
@@ -172,8 +172,9 @@ def _finish(restorer: Restorer) -> None:
     ptrace.set_regs(restorer.pid, ptrace.Registers.from_buffer_copy(parts[Kind.REGISTERS]))
 
 
-def _back_to_shell(restorer: Restorer, shell: int) -> int | None:
-    """Release whatever a failed thaw rebuilt; the address the shell now waits at."""
+def back_to_shell(restorer: Restorer, shell: int) -> int | None:
+    """Release whatever a failed thaw (or home-coming) rebuilt; the address the shell
+    now waits at (None: the process could not be made a shell again)."""
     pid = restorer.pid
     if not restorer.trampoline:
         return shell                          # nothing was touched yet

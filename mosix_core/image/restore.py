@@ -76,6 +76,9 @@ class RestoreOptions:
     # a process away from home: its files, cwd and umask stay at home (its calls go
     # there), so it gets none here — not even the descriptors the stub inherited
     away: bool = False
+    # a migrated process coming home into its own shell (the deputy's body): its files,
+    # cwd, umask and executable are there already and stay as they are
+    returning: bool = False
 
 
 @attrs.define
@@ -330,7 +333,7 @@ class Restorer:
             if self.options.away:
                 for fd in procfs.open_fds(self.pid):
                     inj.call(SYS_CLOSE, fd)
-            else:
+            elif not self.options.returning:
                 self._restore_files()
                 cwd = process["cwd"]
                 inj.check(f"chdir({cwd})", SYS_CHDIR, self._scratch(os.fsencode(cwd) + b"\0"))
@@ -344,7 +347,7 @@ class Restorer:
             head, length = process.get("robust_list", [0, 0])
             if head:
                 inj.check("set_robust_list", SYS_SET_ROBUST_LIST, head, length)
-            self._restore_mm(self.parts[Kind.MEMORY_MAP]["mm"], process["exe"])
+            self._restore_mm(self.parts[Kind.MEMORY_MAP]["mm"], None if self.options.returning else process["exe"])
             self._restore_limits(self.parts[Kind.LIMITS])
             if self.options.filter_program is not None:
                 program = list(self.options.filter_program)
@@ -386,11 +389,13 @@ class Restorer:
                 else:
                     inj.call(SYS_RT_TGSIGQUEUEINFO, self.pid, self.pid, sig, address)
 
-    def _restore_mm(self, mm: dict[str, Any], exe: str) -> None:
+    def _restore_mm(self, mm: dict[str, Any], exe: str | None) -> None:
+        """The kernel's memory descriptor fields; the executable too unless ``exe`` is
+        None (-1 leaves it as it is)."""
         inj = self.injector
         auxv = bytes.fromhex(mm["auxv"])
         auxv_at = self._scratch(auxv, offset=2 * PAGE)
-        exe_fd = self._open(exe, O_RDONLY | O_CLOEXEC, 0, exe) if os.path.exists(exe) else -1
+        exe_fd = self._open(exe, O_RDONLY | O_CLOEXEC, 0, exe) if exe and os.path.exists(exe) else -1
 
         def set_map(fd: int) -> int:
             data = _MM_MAP.pack(mm["start_code"], mm["end_code"], mm["start_data"], mm["end_data"],

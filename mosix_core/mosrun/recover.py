@@ -134,7 +134,7 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
 
     def supervise(root: int, messages: int) -> None:
         supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
-                                freezer=Freezer(etc))
+                                freezer=Freezer(etc), etc=etc)
         supervisor.install_wakeup()
         try:
             recovered = restore_root(root, path, opts.redirect)

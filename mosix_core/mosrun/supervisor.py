@@ -24,13 +24,19 @@ from typing import Callable
 
 import attrs
 
-from mosix_core.errors import DaemonUnavailable, MosixError, TraceError
+from mosix_core.errors import DaemonUnavailable, MosixError, ProtocolError, TraceError
 from mosix_core.linux import inject, memory, procfs, ptrace
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.image import freeze as freeze_engine
 from mosix_core.image.freeze import CannotFreeze, ThawFailed
 from mosix_core.image.freezedirs import NO_SPACE
-from mosix_core.mosrun import checkpoints, control, freezing, procself, rules
+from mosix_core.client import Client
+from mosix_core.image.stream import ImageReader, ImageWriter
+from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules
+from mosix_core.remote import moving
+from mosix_core.remote.calls import Reply, Request
+from mosix_core.remote.deputy import Deputy
+from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal
 from mosix_core.mosrun import options as mosopts
 
 UNSIGNED_MINUS_ONE = (1 << 64) - 1
@@ -39,6 +45,8 @@ CONTROL_NAME = "mosrun"
 NOTHING_PENDING = object()      # /proc/self/mosrun: how a recursive mosrun talks to us
 SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
 SYS_KILL, SYS_TKILL, SYS_TGKILL = NUMBERS["kill"], NUMBERS["tkill"], NUMBERS["tgkill"]
+SYS_OPEN, SYS_OPENAT, SYS_RT_SIGPROCMASK = NUMBERS["open"], NUMBERS["openat"], NUMBERS["rt_sigprocmask"]
+SIG_SETMASK = 2
 PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
 MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
 # what a frozen process does with a signal whose action is the default one (signal(7))
@@ -93,6 +101,8 @@ class Tracee:
     freeze_wanted: str | None = None       # "A"/"P"/"M": freeze at the next stop; "-": unfreeze
     freezes: int = 0
     told_no_space: bool = False            # said once: the policy retries every few seconds
+    away: migration.Away | None = None     # running on another node
+    migrate_wanted: str | None = None      # the node to move to at the next clean stop
 
     @property
     def native(self) -> bool:
@@ -113,7 +123,7 @@ class Supervisor:
     def __init__(self, *, messages_fd: int, session=None,
                  in_cluster: Callable[[int], bool] = lambda node: False,
                  on_exit: Callable[[Tracee, ptrace.Stop], None] | None = None,
-                 freezer: freezing.Freezer | None = None) -> None:
+                 freezer: freezing.Freezer | None = None, etc=None) -> None:
         self.tracees: dict[int, Tracee] = {}
         self.orphans: dict[int, ptrace.Stop] = {}     # born before their parent's fork event
         self.messages_fd = messages_fd
@@ -127,6 +137,7 @@ class Supervisor:
         self.keep_running: Callable[[], bool] = lambda: False
         self.control = None
         self.freezer = freezer or freezing.Freezer(None)
+        self.etc = etc
 
     def serve_control(self) -> None:
         """Listen for mosmigrate (see :mod:`mosix_core.mosrun.control`)."""
@@ -161,6 +172,8 @@ class Supervisor:
             timeout = self._next_checkpoint_in()
             if self.timers:
                 timeout = 0.5 if timeout is None else min(timeout, 0.5)
+            if any(t.away is not None for t in self.tracees.values()):
+                timeout = migration.SIGNAL_POLL if timeout is None else min(timeout, migration.SIGNAL_POLL)
             for key, _ in self.selector.select(timeout=timeout):
                 if key.fileobj == self._wake_r:
                     try:
@@ -173,6 +186,7 @@ class Supervisor:
             for _, tick in list(self.timers):
                 tick()
             self._automatic_checkpoints()
+            self._poll_away_signals()
 
     def drain(self) -> None:
         while True:
@@ -197,6 +211,12 @@ class Supervisor:
         if tracee is None:
             # a new child stopping before its parent's fork event told us who it is
             self.orphans[stop.pid] = stop
+            return
+        if tracee.away is not None:
+            self._away_stop(tracee, stop)
+            return
+        if tracee.migrate_wanted is not None and self._may_freeze_at(tracee, stop):
+            self._migrate_now(tracee)
             return
         if tracee.frozen is not None:
             self._frozen_stop(tracee, stop)
@@ -271,6 +291,8 @@ class Supervisor:
         if tracee is None:
             return
         del self.tracees[stop.pid]
+        if tracee.away is not None:
+            self._away_ended(tracee)
         if tracee.frozen is not None:
             tracee.frozen.discard()          # the image's disk space returns now
             tracee.frozen = None
@@ -377,7 +399,8 @@ class Supervisor:
             return None
         env = procself.Environment(
             whereami=lambda: 0, in_cluster=self.in_cluster,
-            read_string=lambda addr: self._read_string(tracee.pid, addr))
+            read_string=lambda addr: self._read_string(tracee.pid, addr),
+            migrate=lambda value: self._migrate_from_program(tracee, value))
         before = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
                   tracee.state.freezable, tracee.state.cpujob)
         checkpointing = (tracee.state.checkpoint_file, tracee.state.checkpoint_limit,
@@ -601,6 +624,257 @@ class Supervisor:
             ptrace.interrupt(pid)             # the checkpoint asked for while it was frozen
         self._send("update", pid=pid, frozen="-")
 
+    # -- migration -----------------------------------------------------------------------------------
+    def request_migration(self, tracee: Tracee, to: str) -> dict:
+        """Move ``tracee`` to node ``to`` (a number, address or host) or "home"."""
+        if self.etc is None:
+            return {"error": "MOSIX is not running on this node"}
+        if tracee.away is not None:
+            if tracee.away.going is None:
+                tracee.away.going = "home" if to in migration.HOME_WORDS else to
+                self._away_send(tracee, encode_control({"op": "home"}))
+            return {"ok": True}
+        if to in migration.HOME_WORDS or tracee.frozen is not None:
+            return {"ok": True}               # at home already (a frozen process stays)
+        first = tracee.migrate_wanted is None
+        tracee.migrate_wanted = to
+        if first:
+            ptrace.interrupt(tracee.pid)
+        return {"ok": True}
+
+    def _migrate_from_program(self, tracee: Tracee, value: int) -> int:
+        """open("/proc/self/migrate", 1|O_CREAT, value): 0 home, -1 "consider" (the
+        automatic decision, made elsewhere), else a node number or IP address."""
+        if value in (0, 0xFFFFFFFF):
+            return 0
+        reply = self.request_migration(tracee, migration.target_text(value))
+        return 0 if "error" not in reply else -errno.EAGAIN
+
+    def _migrate_now(self, tracee: Tracee) -> None:
+        """Send the process to ``tracee.migrate_wanted``; it stays whole here until the
+        target confirms, and runs on here if anything fails."""
+        pid, to = tracee.pid, tracee.migrate_wanted
+        tracee.migrate_wanted = None
+        regs = inject.copy_registers(ptrace.get_regs(pid))
+        try:
+            reply, sock = Client(self.etc).call_for_socket(
+                "migrate_out", pid=pid, to=to, memory_mb=tracee.state.needmem, command=tracee.command,
+                nmigs=tracee.state.nmigs)
+        except MosixError as err:
+            reply, sock = {"refused": str(err)}, None
+        if sock is None:
+            self.say(tracee, migration.failed_migrating(reply.get("target", to), reply.get("refused", "no response")))
+            self._resume(tracee)
+            return
+        target = reply["target"]
+        self._send("update", pid=pid, where="leaving")
+        deferred: list[int] = []
+        try:
+            sock.settimeout(migration.RESTORE_TIMEOUT)
+            out = sock.makefile("wb")
+            deferred = moving.send_image(pid, ImageWriter(out, compress=not reply.get("proximate")), regs,
+                                         {"pid": tracee.own_pid})
+            out.flush()
+            channel = Channel(sock)
+            answer = channel.receive()
+            if not isinstance(answer, dict) or answer.get("op") != "restored":
+                raise ProtocolError(str(answer.get("reason", answer)) if isinstance(answer, dict) else "no answer")
+            shell, held = freeze_engine.release_memory(pid)
+            deputy = Deputy(pid, shell)
+            # the guest keeps the signal mask; here every signal must show, to be sent on
+            deputy.injector.check("rt_sigprocmask", SYS_RT_SIGPROCMASK, SIG_SETMASK, deputy.scratch, 0, 8)
+            sock.settimeout(None)
+            channel.send(encode_control({"op": "go", "signals": deferred + held}))
+        except (MosixError, OSError) as err:
+            sock.close()
+            self._send("update", pid=pid, where="here")
+            if isinstance(err, TraceError) and err.errno == errno.ESRCH:
+                return
+            self.say(tracee, migration.failed_migrating(target, migration.DID_NOT_COMPLETE))
+            ptrace.set_regs(pid, regs)
+            self._resume(tracee)
+            checkpoints.resend(pid, deferred)
+            return
+        tracee.away = migration.Away(target, sock, channel, deputy, compress=not reply.get("proximate"))
+        self.selector.register(sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
+        tracee.state.nmigs += 1
+        self._send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
+        self._signal_migrated(tracee)
+
+    def _signal_migrated(self, tracee: Tracee) -> None:
+        """/proc/self/sigmig: the process asked for a signal after each migration."""
+        if tracee.state.sigmig:
+            if tracee.away is not None:
+                self._away_send(tracee, encode_signal(tracee.state.sigmig))
+            else:
+                checkpoints.resend(tracee.pid, [tracee.state.sigmig])
+
+    def _away_readable(self, tracee: Tracee) -> None:
+        away = tracee.away
+        if away is None:
+            return
+        try:
+            message = away.channel.receive()
+        except (ProtocolError, OSError):
+            self._lost(tracee)
+            return
+        if isinstance(message, Request):
+            self._away_call(tracee, message)
+        elif isinstance(message, dict) and message.get("op") == "image":
+            self._coming_home(tracee)
+        else:
+            self._lost(tracee)
+
+    def _away_call(self, tracee: Tracee, request: Request) -> None:
+        special = self._away_special(tracee, request)
+        if special is not None:
+            self._away_send(tracee, encode_reply(Reply(special)))
+            return
+        try:
+            tracee.away.deputy.begin(request)
+        except TraceError:
+            pass                                 # it ended: _gone answers the guest
+
+    def _away_special(self, tracee: Tracee, request: Request) -> int | None:
+        """The result of an open of one of MOSIX's /proc/self files (None: not one)."""
+        if request.nr not in (SYS_OPEN, SYS_OPENAT):
+            return None
+        path_index, flags_index = (0, 1) if request.nr == SYS_OPEN else (1, 2)
+        path = dict(request.inputs).get(path_index, b"").rstrip(b"\0")
+        name = procself.special_name(path)
+        if name is None:
+            return None
+        flags, value = request.args[flags_index], request.args[flags_index + 1]
+        if name.startswith("checkpoint"):
+            return -errno.EOPNOTSUPP           # checkpoints are taken at home
+        config = _configuration(self.etc) if self.etc is not None else None
+        env = procself.Environment(
+            whereami=lambda: migration.node_value(config, tracee.away.where), in_cluster=self.in_cluster,
+            read_string=lambda addr: b"", migrate=lambda value: self._migrate_from_program(tracee, value))
+        return procself.handle(tracee.state, name, flags, value, env)
+
+    def _away_stop(self, tracee: Tracee, stop: ptrace.Stop) -> None:
+        away = tracee.away
+        deputy = away.deputy
+        if deputy.running is None:
+            if stop.kind == "signal":
+                deputy.injector.deferred.append(stop.sig)
+                self._send_deferred(tracee)
+            return                               # the shell waits, stopped, for the next call
+        try:
+            reply = deputy.on_stop(stop)
+        except TraceError:
+            return
+        self._send_deferred(tracee)
+        if reply is not None:
+            self._away_send(tracee, encode_reply(reply))
+
+    def _send_deferred(self, tracee: Tracee) -> None:
+        deferred = tracee.away.deputy.deferred
+        for sig in deferred:
+            if sig == signal.SIGSTOP:
+                sig = signal.SIGTSTP               # MOSIX processes never get SIGSTOP
+            self._away_send(tracee, encode_signal(sig))
+        deferred.clear()
+
+    def _poll_away_signals(self) -> None:
+        """A shell waiting between calls is stopped, so a signal sent to it stays
+        pending: look for one now and then, and send it to the guest."""
+        now = time.monotonic()
+        for tracee in list(self.tracees.values()):
+            away = tracee.away
+            if away is None or away.deputy.running is not None or now < away.next_poll:
+                continue
+            away.next_poll = now + migration.SIGNAL_POLL
+            status = procfs.status_fields(tracee.pid)
+            if int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16):
+                try:
+                    away.deputy.injector.call(SYS_GETPID)      # the signals stop it: kept in deferred
+                except TraceError:
+                    continue
+                self._send_deferred(tracee)
+
+    def _away_send(self, tracee: Tracee, frame: bytes) -> None:
+        try:
+            tracee.away.channel.send(frame)
+        except OSError:
+            self._lost(tracee)
+
+    def _lost(self, tracee: Tracee) -> None:
+        """The link to the guest broke: the process cannot go on (the manual's words)."""
+        away = tracee.away
+        if away is None:
+            return
+        self.say(tracee, migration.lost_communication(away.where))
+        self._drop_away(tracee)
+        try:
+            os.kill(tracee.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _drop_away(self, tracee: Tracee) -> None:
+        away, tracee.away = tracee.away, None
+        try:
+            self.selector.unregister(away.sock)
+        except (KeyError, ValueError):
+            pass
+        away.close()
+
+    def _away_ended(self, tracee: Tracee) -> None:
+        """The process ended at home (its exit, or a signal): the guest gets its last
+        answer and goes."""
+        try:
+            tracee.away.channel.send(encode_reply(Reply(0)))
+        except OSError:
+            pass
+        self._drop_away(tracee)
+
+    def _coming_home(self, tracee: Tracee) -> None:
+        """The guest sends the process's image back: rebuild it in its shell."""
+        away, pid = tracee.away, tracee.pid
+        going = away.going
+        away.going = None
+        self._send("update", pid=pid, where="starting")
+        try:
+            reader = ImageReader(away.sock.makefile("rb", buffering=0), streaming=True)
+            deferred = moving.come_home(pid, reader, away.deputy.injector.address)
+        except ThawFailed as err:
+            self._not_home(tracee, err)
+            return
+        except (MosixError, OSError):
+            self._lost(tracee)
+            return
+        try:
+            sent = away.channel.receive()
+            away.channel.send(encode_control({"op": "arrived"}))
+        except (ProtocolError, OSError):
+            sent = {}
+        self._drop_away(tracee)
+        deferred += list(sent.get("signals", [])) if isinstance(sent, dict) else []
+        tracee.state.nmigs += 1
+        self._send("update", pid=pid, where="here", nmigs=tracee.state.nmigs)
+        self._resume(tracee)
+        checkpoints.resend(pid, deferred + away.deputy.deferred)
+        self._signal_migrated(tracee)
+        if going not in (None, "home"):
+            self.request_migration(tracee, going)
+
+    def _not_home(self, tracee: Tracee, err: ThawFailed) -> None:
+        """Coming home failed: the process runs on where it was, if it can."""
+        away = tracee.away
+        if err.shell is None:
+            self.say(tracee, f"failed migrating home: {err.reason}")
+            self._lost(tracee)
+            return
+        try:
+            away.channel.receive()                  # the "sent" that follows the image
+            away.channel.send(encode_control({"op": "stay"}))
+        except (ProtocolError, OSError):
+            self._lost(tracee)
+            return
+        away.deputy = Deputy(tracee.pid, err.shell)
+        self.say(tracee, migration.failed_migrating("home", err.reason))
+
     # -- mosmigrate ----------------------------------------------------------------------------------
     def _accept(self) -> None:
         try:
@@ -632,6 +906,10 @@ class Supervisor:
                 return self.request_freeze(tracee, how)
             elif op == "continue":
                 return self.request_unfreeze(tracee, automatic=req.get("how") in ("A", "P"))
+            elif op == "home":
+                return self.request_migration(tracee, "home")
+            elif op == "migrate" and isinstance(req.get("to"), str):
+                return self.request_migration(tracee, req["to"])
             else:
                 return {"error": f"'{op}' is not supported by this MOSIX yet"}
         except TraceError as err:

@@ -23,7 +23,7 @@ def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env:
 
     def supervise(root: int, messages: int) -> None:
         supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
-                                freezer=Freezer(etc))
+                                freezer=Freezer(etc), etc=etc)
         supervisor.install_wakeup()
         supervisor.adopt(root, state, command)
         supervisor.serve_control()
@@ -59,7 +59,7 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
             refill()
 
     supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
-                            on_exit=job_ended, freezer=Freezer(etc))
+                            on_exit=job_ended, freezer=Freezer(etc), etc=etc)
     supervisor.install_wakeup()
     supervisor.serve_control()
 

@@ -49,6 +49,11 @@ class Deputy:
         self.ended: ptrace.Stop | None = None    # how the process ended (exit_group, a signal)
 
     @property
+    def running(self) -> Request | None:
+        """The call the shell is in, if any."""
+        return None if self._running is None else self._running[0]
+
+    @property
     def deferred(self) -> list[int]:
         """Signals that reached the shell while calls ran: the caller forwards them."""
         return self.injector.deferred

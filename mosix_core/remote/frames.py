@@ -8,6 +8,7 @@ its home, as length-prefixed binary frames on a stream (a socket).
              | (index u8 | size u32 | bytes) * ninputs | (index u8 | capacity u32) * noutputs
     reply    "R" | result i64 | noutputs u8 | (index u8 | size u32 | bytes) * noutputs
     signal   "S" | signal u8                       (home → guest: it reached the process)
+    control  "C" | JSON object                     (the move itself: restored, go, home, ...)
 
 A malformed frame is a :class:`ProtocolError` saying what is wrong; nothing in it is
 acted on. The channel itself is authenticated by whoever opened it (the peer
@@ -16,6 +17,7 @@ transport between nodes; a socketpair in one machine's tests).
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 
@@ -50,8 +52,12 @@ def encode_signal(sig: int) -> bytes:
     return _frame(b"S" + bytes([sig]))
 
 
-def decode(body: bytes) -> Request | Reply | int:
-    """A frame's body: a Request, a Reply, or a signal number."""
+def encode_control(message: dict) -> bytes:
+    return _frame(b"C" + json.dumps(message, separators=(",", ":")).encode())
+
+
+def decode(body: bytes) -> Request | Reply | int | dict:
+    """A frame's body: a Request, a Reply, a signal number or a control message."""
     if not body:
         raise ProtocolError("an empty frame")
     kind = body[:1]
@@ -74,6 +80,14 @@ def decode(body: bytes) -> Request | Reply | int:
         if len(body) != 2 or not 0 < body[1] < 65:
             raise ProtocolError("a malformed signal frame")
         return body[1]
+    if kind == b"C":
+        try:
+            message = json.loads(body[1:])
+        except ValueError:
+            raise ProtocolError("a control frame that is not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            raise ProtocolError("a control frame without an operation")
+        return message
     raise ProtocolError(f"an unknown frame kind {kind!r}")
 
 
@@ -122,7 +136,7 @@ class Channel:
     def send(self, frame: bytes) -> None:
         self.sock.sendall(frame)
 
-    def receive(self) -> Request | Reply | int:
+    def receive(self) -> Request | Reply | int | dict:
         (length,) = _LEN.unpack(self._exactly(_LEN.size))
         if length > MAX_FRAME:
             raise ProtocolError(f"a frame of {length} bytes")

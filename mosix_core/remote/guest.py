@@ -65,22 +65,39 @@ class Guest:
         self.forward = forward
         self.forwarded = 0
         self.exit_status: int | None = None
+        self.stepping = False
 
     def run(self) -> int:
         """Let the process run; its exit status (as it ended at home)."""
         ptrace.cont(self.pid)
         while True:
-            stop = ptrace.wait_for(self.pid)
-            if stop.kind in ("exited", "killed"):
-                if self.exit_status is None:
-                    raise TraceError(f"guest {self.pid} ended without going home: {stop}", errno.ESRCH)
-                return self.exit_status
-            if stop.kind == "event" and stop.event == ptrace.EVENT_SECCOMP:
-                self._trapped()
-            elif stop.kind == "signal":
-                ptrace.cont(self.pid, stop.sig)       # its own signals are delivered here
-            else:
-                ptrace.cont(self.pid)
+            status = self.on_stop(ptrace.wait_for(self.pid))
+            if status is not None:
+                return status
+
+    def on_stop(self, stop: ptrace.Stop) -> int | None:
+        """Handle one stop of the guest; its exit status once it has ended (at home).
+        With :attr:`stepping` set, the guest is resumed only to its next system-call
+        stop, so a caller waiting for a clean point to capture it gets one."""
+        if stop.kind in ("exited", "killed"):
+            if self.exit_status is None:
+                raise TraceError(f"guest {self.pid} ended without going home: {stop}", errno.ESRCH)
+            return self.exit_status
+        if stop.kind == "event" and stop.event == ptrace.EVENT_SECCOMP:
+            self._trapped()
+        elif stop.kind == "signal":
+            self._resume(stop.sig)                    # its own signals are delivered here
+        elif stop.kind == "event" and stop.event == ptrace.EVENT_STOP and stop.group_stop:
+            ptrace.listen(self.pid)                   # stopped (SIGTSTP...) until SIGCONT
+        else:
+            self._resume()
+        return None
+
+    def _resume(self, sig: int = 0) -> None:
+        if self.stepping:
+            ptrace.syscall(self.pid, sig)
+        else:
+            ptrace.cont(self.pid, sig)
 
     def signal(self, sig: int) -> None:
         """A signal that reached the process at home."""
@@ -106,7 +123,7 @@ class Guest:
         regs.orig_rax = inject.MINUS_ONE              # skip the call here...
         regs.rax = result & UNSIGNED                  # ...it returns what it did at home
         ptrace.set_regs(pid, regs)
-        ptrace.cont(pid)
+        self._resume()
 
     def _call_home(self, nr: int, args: tuple[int, ...]) -> int:
         pid = self.pid

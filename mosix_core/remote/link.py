@@ -18,8 +18,10 @@ from mosix_core.remote.frames import Channel, encode_reply, encode_request, enco
 from mosix_core.remote.guest import Guest
 
 
-def forwarder(channel: Channel, guest: Guest) -> Callable[[Request], Reply]:
-    """The guest's ``forward``: one request out, signals delivered, its reply back."""
+def forwarder(channel: Channel, guest: Guest,
+              on_control: Callable[[dict], None] | None = None) -> Callable[[Request], Reply]:
+    """The guest's ``forward``: one request out, signals delivered, its reply back.
+    Control messages from home that arrive meanwhile go to ``on_control``."""
 
     def forward(request: Request) -> Reply:
         channel.send(encode_request(request))
@@ -29,6 +31,8 @@ def forwarder(channel: Channel, guest: Guest) -> Callable[[Request], Reply]:
                 return answer
             if isinstance(answer, int):
                 guest.signal(answer)
+            elif isinstance(answer, dict) and on_control is not None:
+                on_control(answer)
             else:
                 raise ProtocolError("a request from home")
 

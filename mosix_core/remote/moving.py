@@ -1,23 +1,31 @@
-"""The two moments of a move: a process leaves home — its image goes out, it stays
-as its own shell (the deputy's body) — and arrives as a guest."""
+"""The moments of a move: a process's image goes out (it stays whole where it was
+until the other side confirms), the process at home becomes its own shell (the
+deputy's body), it arrives somewhere as a guest, and it comes home into that shell."""
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
 from mosix_core.image import capture, freeze, restore
-from mosix_core.image.stream import ImageWriter, Record
-from mosix_core.linux import ptrace
+from mosix_core.image.freeze import ThawFailed
+from mosix_core.image.stream import CorruptImage, ImageWriter, Record
+from mosix_core.linux import inject, ptrace
 from mosix_core.remote.guest import guest_filter
 
 
-def leave(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any]) -> tuple[int, list[int]]:
-    """Write stopped process ``pid``'s image to ``writer`` (closed here) — everything
-    but its files, which stay home — then release its memory: (the shell's address,
-    signals that arrived meanwhile, for the guest). Only once the image is whole does
-    the process lose anything; the caller must keep the image until the guest runs."""
+def send_image(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any]) -> list[int]:
+    """Write stopped process ``pid``'s image to ``writer`` (and END) — everything but
+    its files, which stay home. Changes nothing in the process; the signals that
+    arrived meanwhile, to be re-sent wherever it goes on."""
     _, deferred = capture.write_image(pid, writer, identity=identity, regs=regs, files=False)
     writer.close()
+    return deferred
+
+
+def leave(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any]) -> tuple[int, list[int]]:
+    """:func:`send_image`, then release the memory: (the shell's address, signals for
+    the guest). For callers that keep the image themselves until the guest runs."""
+    deferred = send_image(pid, writer, regs, identity)
     shell, held = freeze.release_memory(pid)
     return shell, deferred + held
 
@@ -26,3 +34,21 @@ def arrive(stub_pid: int, records: Iterable[Record]) -> restore.Restored:
     """Restore the image into stub ``stub_pid`` as a guest: no files, cwd or umask of
     its own, under the guest filter (forwarded calls stop)."""
     return restore.restore(stub_pid, records, restore.RestoreOptions(away=True, filter_program=tuple(guest_filter())))
+
+
+def come_home(pid: int, records: Iterable[Record], shell: int) -> list[int]:
+    """Rebuild shell ``pid`` (stopped, at ``shell``) from the image its guest sent:
+    memory, registers, signal handlers and mask, limits. Its files, cwd and
+    executable never left. The signals held back meanwhile; raises
+    :class:`ThawFailed` (with where the shell waits again) if it cannot."""
+    restorer = restore.Restorer(pid, restore.RestoreOptions(returning=True), shell)
+    try:
+        for record in records:
+            restorer.take(record)
+        return restorer.finish().deferred
+    except CorruptImage as err:
+        raise ThawFailed(f"{err}: {err.detail}", freeze.back_to_shell(restorer, shell), corrupt=True) from None
+    except (restore.RestoreFailed, inject.InjectedCallFailed) as err:
+        raise ThawFailed(str(err), freeze.back_to_shell(restorer, shell), corrupt=False) from None
+    finally:
+        restorer.close()

@@ -1,0 +1,65 @@
+"""The supervisor's side of migration: what it keeps of a process that runs away.
+
+A process that leaves keeps its pid, parent, open files, cwd and credentials here,
+in its own body made a shell (what freezing leaves); the :class:`Away` record holds
+the connection to the guest host and the deputy that performs the calls the guest
+sends home. Everything in this module is plain data and small helpers; the
+supervisor's loop drives them.
+"""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address
+
+import attrs
+
+from mosix_core.remote.deputy import Deputy
+from mosix_core.remote.frames import Channel
+
+#: how long the target may take to restore an image before the move counts as failed
+RESTORE_TIMEOUT = 120.0
+#: how often an idle shell is checked for signals sent to the process at home
+SIGNAL_POLL = 0.05
+DID_NOT_COMPLETE = "did not complete (no memory there?)"
+HOME_WORDS = ("home", "0")
+
+
+def failed_migrating(computer: str, reason: str) -> str:
+    return f"failed migrating to {computer}: {reason}"
+
+
+def lost_communication(computer: str) -> str:
+    return f"Lost communication with {computer}"
+
+
+@attrs.define(eq=False)
+class Away:
+    """A process running on another node."""
+
+    where: str                      # the node's address
+    sock: socket.socket
+    channel: Channel
+    deputy: Deputy
+    compress: bool
+    next_poll: float = 0.0
+    going: str | None = None        # asked home (or on, through home) and not there yet
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def target_text(value: int) -> str:
+    """``/proc/self/migrate``'s value as mosd's resolver reads it: a node number or a
+    host-order IP address."""
+    return str(value) if value <= 65535 else str(IPv4Address(value))
+
+
+def node_value(config, where: str) -> int:
+    """``/proc/self/whereami``: the node number, or the host-order IP outside the map."""
+    ip = IPv4Address(where)
+    number = config.node_number(ip) if config is not None else None
+    return number if number else int(ip)

@@ -1,0 +1,235 @@
+"""The guest host: one migrated process on the node it moved to.
+
+``mosd`` starts it (``python -m mosix_core.remote.host``) for each accepted
+migration, handing over the connection the image arrives on, and it drops to the
+unprivileged guest identity before anything of the process exists here. It then:
+
+1. restores the arriving image into a fresh stub (:func:`moving.arrive`) and
+   answers ``restored`` — or ``failed`` with the reason, and exits;
+2. on ``go`` lets the guest run, tracing it (:class:`~mosix_core.remote.guest.Guest`):
+   its forwarded calls go home over the same connection; signal frames from home
+   are delivered; the process's exit (at home) ends the host;
+3. on ``home`` (or ``leave``, on to another node through home) stops the guest at a
+   clean point and sends its image back; once home says ``arrived`` the guest is
+   removed, and on ``stay`` it runs on here as if nothing happened.
+
+The connection closing while the guest runs means home is gone: the guest is killed
+(the home side tells the user "Lost communication with {computer}").
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import selectors
+import signal
+import socket
+import sys
+
+from mosix_core.errors import MosixError, ProtocolError, TraceError
+from mosix_core.image import stub
+from mosix_core.image.stream import ImageReader, ImageWriter
+from mosix_core.linux import inject, ptrace
+from mosix_core.remote.frames import Channel, encode_control
+from mosix_core.remote.guest import Guest
+from mosix_core.remote.link import forwarder
+from mosix_core.remote.moving import arrive, send_image
+
+PR_SET_DUMPABLE = 4
+GUEST_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACESECCOMP | ptrace.O_EXITKILL
+
+
+class HomeGone(MosixError):
+    """The connection to the process's home closed or went wrong."""
+
+
+class GuestHost:
+    def __init__(self, sock: socket.socket, *, compress: bool) -> None:
+        self.sock = sock
+        self.channel = Channel(sock)
+        self.compress = compress
+        self.guest: Guest | None = None
+        self.controls: list[dict] = []        # control messages that came during a call
+
+    # -- arriving ----------------------------------------------------------------------------
+    def receive(self) -> bool:
+        """Restore the arriving process; True once home said ``go``."""
+        pid = stub.spawn_traced(GUEST_OPTIONS)
+        try:
+            restored = arrive(pid, ImageReader(self.sock.makefile("rb"), streaming=True))
+        except (MosixError, OSError) as err:
+            self._remove(pid)
+            self._send({"op": "failed", "reason": str(err)})
+            return False
+        self._send({"op": "restored"})
+        answer = self._control()
+        if answer.get("op") != "go":
+            self._remove(pid)
+            return False
+        self.guest = Guest(pid, None)
+        self.guest.forward = forwarder(self.channel, self.guest, self.controls.append)
+        for sig in restored.deferred + list(answer.get("signals", [])):
+            self.guest.signal(sig)
+        return True
+
+    # -- running -------------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Run the guest until it ends at home or leaves; the host's exit status."""
+        guest = self.guest
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        selector = selectors.DefaultSelector()
+        selector.register(self.sock, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
+        ptrace.cont(guest.pid)
+        try:
+            while True:
+                while self.controls:
+                    if self._obey(self.controls.pop(0)):
+                        return 0
+                if self._drain():
+                    return 0
+                for key, _ in selector.select():
+                    if key.fileobj is self.sock:
+                        message = self._receive()
+                        if isinstance(message, int):
+                            guest.signal(message)
+                        elif isinstance(message, dict):
+                            self.controls.append(message)
+                        else:
+                            raise ProtocolError("a call or reply from home while no call was running")
+                    else:
+                        try:
+                            while os.read(wake_r, 512):
+                                pass
+                        except BlockingIOError:
+                            pass
+        except (HomeGone, ProtocolError, OSError):
+            self._remove(guest.pid)
+            return 1
+
+    def _drain(self) -> bool:
+        """Handle the guest's stops; True once it has ended."""
+        while True:
+            try:
+                pid, status = os.waitpid(self.guest.pid, os.WNOHANG | ptrace.WALL)
+            except ChildProcessError:
+                return True
+            if pid == 0:
+                return False
+            try:
+                if self.guest.on_stop(ptrace.decode_status(pid, status)) is not None:
+                    return True
+            except TraceError:
+                return True
+
+    def _obey(self, message: dict) -> bool:
+        """A control message from home; True when the guest is gone from here."""
+        if message.get("op") == "home":
+            return self._go_home()
+        return False
+
+    # -- leaving ---------------------------------------------------------------------------------
+    def _go_home(self) -> bool:
+        guest = self.guest
+        pid = guest.pid
+        guest.stepping = True
+        ptrace.interrupt(pid)
+        while True:
+            stop = ptrace.wait_for(pid)
+            if stop.kind in ("exited", "killed"):
+                return True
+            clean = (stop.kind == "event" and stop.event == ptrace.EVENT_STOP and not stop.group_stop) or (
+                stop.kind == "syscall" and ptrace.syscall_stop_op(pid) == ptrace.INFO_EXIT)
+            if clean:
+                break
+            if guest.on_stop(stop) is not None:
+                return True
+        guest.stepping = False
+        regs = inject.copy_registers(ptrace.get_regs(pid))
+        self._send({"op": "image"})
+        out = self.sock.makefile("wb")
+        deferred = send_image(pid, ImageWriter(out, compress=self.compress), regs, {})
+        out.flush()
+        self._send({"op": "sent", "signals": deferred})
+        answer = self._control()
+        if answer.get("op") == "arrived":
+            self._remove(pid)
+            return True
+        ptrace.set_regs(pid, regs)                   # home could not take it: on it goes here
+        ptrace.cont(pid)
+        for sig in deferred:
+            guest.signal(sig)
+        return False
+
+    # -- the connection --------------------------------------------------------------------------
+    def _send(self, message: dict) -> None:
+        try:
+            self.channel.send(encode_control(message))
+        except OSError as err:
+            raise HomeGone(str(err)) from None
+
+    def _receive(self):
+        try:
+            return self.channel.receive()
+        except ProtocolError as err:
+            raise HomeGone(str(err)) from None
+
+    def _control(self) -> dict:
+        """The next control message (signals meanwhile go to the guest, if any)."""
+        while True:
+            message = self._receive()
+            if isinstance(message, dict):
+                return message
+            if isinstance(message, int) and self.guest is not None:
+                self.guest.signal(message)
+            elif not isinstance(message, int):
+                raise HomeGone("a call or reply where a control message was due")
+
+    @staticmethod
+    def _remove(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def become_guest_identity(uid: int, gid: int) -> None:
+    """Give up root for good: nothing of the guest ever runs with the host's rights."""
+    if os.geteuid() != 0:
+        return                                       # already unprivileged (tests as a user)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # changing identity made us undumpable, and the stub we fork would inherit that:
+    # then not even its parent could trace it
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mosix-guest-host")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--uid", type=int, required=True)
+    parser.add_argument("--gid", type=int, required=True)
+    parser.add_argument("--compress", action="store_true")
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    sock.setblocking(True)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    become_guest_identity(args.uid, args.gid)
+    host = GuestHost(sock, compress=args.compress)
+    try:
+        if not host.receive():
+            return 1
+    except (HomeGone, OSError) as err:
+        print(f"guest host: home went away during the move: {err}", file=sys.stderr)
+        return 1
+    return host.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Migration between real mosd nodes on 127.0.0.x: a process started with mosrun on
+node 1 is moved to other nodes and back home while it runs (mosmigrate,
+/proc/self/migrate), its calls forwarded home, and it must behave exactly as a
+native run: the same output, byte for byte, the same exit status. A refused move
+leaves it running at home with the manual's message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+BIN = Path(sys.executable).parent
+AWK = ('BEGIN { for (i = 0; i < %d; i++) { for (j = 0; j < 200000; j++) s += j %% 7; '
+       'printf "%%d %%d\\n", i, s; fflush() } exit 3 }')
+PYTHON = """\
+import os, select, sys
+me, parent, where = os.getpid(), os.getppid(), os.getcwd()
+x = 0
+for i in range(int(sys.argv[1])):
+    x = (x * 31 + i * i) % 1000003
+    print(i, x, os.getpid() == me, os.getppid() == parent, os.getcwd() == where, flush=True)
+    select.select([], [], [], 0.01)
+with open("result.txt", "w") as f:
+    f.write(str(x))
+"""
+
+
+@pytest.fixture
+def cluster(local_cluster):
+    return local_cluster(nodes=3, interval=0.2)
+
+
+@pytest.fixture
+def mosrun(cluster, tmp_path, spawn):
+    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env.pop("LANG", None)
+
+    def start(*argv: str, out: Path) -> subprocess.Popen:
+        with open(out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
+            return spawn("mosrun", *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=stdout,
+                         stderr=stderr)
+
+    start.env = env
+    return start
+
+
+def lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+    return result
+
+
+def row(cluster, k: int = 1) -> dict | None:
+    rows = [p for p in cluster.client(k).call("processes")["processes"] if not p.get("home")]
+    return rows[0] if rows else None
+
+
+def migrate(cluster, pid: int, where: str) -> None:
+    done = cluster.run(1, "mosmigrate", str(pid), where)
+    assert done.returncode == 0, done.stderr
+
+
+def where_is(cluster, expected: str) -> None:
+    wait_until(lambda: (r := row(cluster)) is not None and r["where"] == expected, what=f"WHERE = {expected}")
+
+
+def guests(cluster, k: int) -> list[dict]:
+    return [p for p in cluster.client(k).call("processes")["processes"] if p.get("home")]
+
+
+def test_awk_moves_out_on_and_home_with_identical_output(cluster, mosrun, tmp_path):
+    program = AWK % 300
+    out = tmp_path / "out.txt"
+    proc = mosrun("awk", program, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 10, what="10 lines")
+    for where, expected in (("2", cluster.ip(2)), ("home", "here"), ("3", cluster.ip(3)), ("home", "here")):
+        before = lines(out)
+        migrate(cluster, pid, where)
+        where_is(cluster, expected)
+        if where != "home":
+            assert len(guests(cluster, int(where))) == 1
+        wait_until(lambda: lines(out) >= before + 20, what="progress after the move")
+    assert row(cluster)["nmigs"] == 4
+    assert proc.wait(timeout=120) == 3
+    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+    assert out.read_bytes() == native.stdout
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+def test_python_away_keeps_pid_parent_cwd_and_writes_files_at_home(cluster, mosrun, tmp_path):
+    (tmp_path / "loop.py").write_text(PYTHON)
+    out = tmp_path / "out.txt"
+    proc = mosrun("/usr/bin/python3", "loop.py", "150", out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 10, what="10 lines")
+    migrate(cluster, pid, cluster.ip(2))
+    where_is(cluster, cluster.ip(2))
+    assert proc.wait(timeout=120) == 0               # it ended away: its exit came home
+    native = subprocess.run(["/usr/bin/python3", "loop.py", "150"], cwd=tmp_path, capture_output=True, timeout=60)
+    assert out.read_bytes() == native.stdout
+    assert b"False" not in out.read_bytes()
+    assert (tmp_path / "result.txt").exists()
+
+
+def test_a_refused_migration_leaves_the_process_running_at_home(cluster, mosrun, tmp_path):
+    assert cluster.run(2, "mosctl", "block").returncode == 0
+    program = AWK % 150
+    out = tmp_path / "out.txt"
+    proc = mosrun("awk", program, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    migrate(cluster, pid, "2")
+    message = f"failed migrating to {cluster.ip(2)}: other node refused"
+    wait_until(lambda: message.encode() in (tmp_path / "stderr.txt").read_bytes(), what="the refusal")
+    assert row(cluster)["where"] == "here"
+    assert proc.wait(timeout=120) == 3
+    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+    assert out.read_bytes() == native.stdout
