@@ -44,6 +44,7 @@ class Away:
     compress: bool
     next_poll: float = 0.0
     going: str | None = None        # asked home (or on, through home) and not there yet
+    dying: int | None = None        # a signal killed it away: it dies of it here too
 
     def close(self) -> None:
         try:

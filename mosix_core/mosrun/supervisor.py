@@ -46,6 +46,7 @@ NOTHING_PENDING = object()      # /proc/self/mosrun: how a recursive mosrun talk
 SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
 SYS_KILL, SYS_TKILL, SYS_TGKILL = NUMBERS["kill"], NUMBERS["tkill"], NUMBERS["tgkill"]
 SYS_OPEN, SYS_OPENAT, SYS_RT_SIGPROCMASK = NUMBERS["open"], NUMBERS["openat"], NUMBERS["rt_sigprocmask"]
+SYS_RT_SIGACTION = NUMBERS["rt_sigaction"]
 SIG_SETMASK = 2
 PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
 MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
@@ -645,9 +646,9 @@ class Supervisor:
     def _migrate_from_program(self, tracee: Tracee, value: int) -> int:
         """open("/proc/self/migrate", 1|O_CREAT, value): 0 home, -1 "consider" (the
         automatic decision, made elsewhere), else a node number or IP address."""
-        if value in (0, 0xFFFFFFFF):
+        if value == 0xFFFFFFFF:
             return 0
-        reply = self.request_migration(tracee, migration.target_text(value))
+        reply = self.request_migration(tracee, "home" if value == 0 else migration.target_text(value))
         return 0 if "error" not in reply else -errno.EAGAIN
 
     def _migrate_now(self, tracee: Tracee) -> None:
@@ -682,7 +683,7 @@ class Supervisor:
             shell, held = freeze_engine.release_memory(pid)
             deputy = Deputy(pid, shell)
             # the guest keeps the signal mask; here every signal must show, to be sent on
-            deputy.injector.check("rt_sigprocmask", SYS_RT_SIGPROCMASK, SIG_SETMASK, deputy.scratch, 0, 8)
+            deputy.injector.check("rt_sigprocmask", SYS_RT_SIGPROCMASK, SIG_SETMASK, deputy.zeros(8), 0, 8)
             sock.settimeout(None)
             channel.send(encode_control({"op": "go", "signals": deferred + held}))
         except (MosixError, OSError) as err:
@@ -722,6 +723,8 @@ class Supervisor:
             self._away_call(tracee, message)
         elif isinstance(message, dict) and message.get("op") == "image":
             self._coming_home(tracee)
+        elif isinstance(message, dict) and message.get("op") == "killed" and isinstance(message.get("signal"), int):
+            self._die_like_guest(tracee, message["signal"])
         else:
             self._lost(tracee)
 
@@ -745,6 +748,8 @@ class Supervisor:
         if name is None:
             return None
         flags, value = request.args[flags_index], request.args[flags_index + 1]
+        if flags & ~rules.O_LARGEFILE not in rules.SPECIAL_OPEN_FLAGS:
+            return None                        # as at home: a real open (which fails)
         if name.startswith("checkpoint"):
             return -errno.EOPNOTSUPP           # checkpoints are taken at home
         config = _configuration(self.etc) if self.etc is not None else None
@@ -753,9 +758,22 @@ class Supervisor:
             read_string=lambda addr: b"", migrate=lambda value: self._migrate_from_program(tracee, value))
         return procself.handle(tracee.state, name, flags, value, env)
 
+    def _die_like_guest(self, tracee: Tracee, sig: int) -> None:
+        """A signal killed the process away: it dies of the same one here (the shell's
+        handler for it goes first), which its parent and shell see."""
+        away = tracee.away
+        away.dying = sig
+        if sig != signal.SIGKILL:
+            away.deputy.injector.call(SYS_RT_SIGACTION, sig, away.deputy.zeros(32), 0, 8)   # SIG_DFL
+        os.kill(tracee.pid, sig)
+        ptrace.cont(tracee.pid)
+
     def _away_stop(self, tracee: Tracee, stop: ptrace.Stop) -> None:
         away = tracee.away
         deputy = away.deputy
+        if away.dying is not None:
+            ptrace.cont(tracee.pid, stop.sig if stop.kind == "signal" and stop.sig == away.dying else 0)
+            return
         if deputy.running is None:
             if stop.kind == "signal":
                 deputy.injector.deferred.append(stop.sig)
@@ -824,7 +842,10 @@ class Supervisor:
         """The process ended at home (its exit, or a signal): the guest gets its last
         answer and goes."""
         try:
-            tracee.away.channel.send(encode_reply(Reply(0)))
+            if tracee.away.dying is not None:
+                tracee.away.channel.send(encode_control({"op": "gone"}))
+            else:
+                tracee.away.channel.send(encode_reply(Reply(0)))
         except OSError:
             pass
         self._drop_away(tracee)

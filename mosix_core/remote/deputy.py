@@ -66,6 +66,12 @@ class Deputy:
             pass
         os.close(self.mem)
 
+    def zeros(self, size: int) -> int:
+        """The address of ``size`` zero bytes in the scratch area (an empty signal set,
+        a default signal action), for calls the home side makes on its own."""
+        os.pwrite(self.mem, bytes(size), self.scratch)
+        return self.scratch
+
     # -- one call --------------------------------------------------------------------------------
     def call(self, request: Request) -> Reply:
         """Run ``request`` to its end (the shell may block in it meanwhile)."""

@@ -66,6 +66,7 @@ class Guest:
         self.forwarded = 0
         self.exit_status: int | None = None
         self.stepping = False
+        self.killed_by: int | None = None        # the signal that ended it here, if one did
 
     def run(self) -> int:
         """Let the process run; its exit status (as it ended at home)."""
@@ -81,7 +82,10 @@ class Guest:
         stop, so a caller waiting for a clean point to capture it gets one."""
         if stop.kind in ("exited", "killed"):
             if self.exit_status is None:
-                raise TraceError(f"guest {self.pid} ended without going home: {stop}", errno.ESRCH)
+                if stop.kind != "killed":
+                    raise TraceError(f"guest {self.pid} ended without going home: {stop}", errno.ESRCH)
+                self.killed_by = stop.sig             # a signal's default action, here
+                return 128 + stop.sig
             return self.exit_status
         if stop.kind == "event" and stop.event == ptrace.EVENT_SECCOMP:
             self._trapped()

@@ -13,7 +13,9 @@ unprivileged guest identity before anything of the process exists here. It then:
    clean point and sends its image back; once home says ``arrived`` the guest is
    removed, and on ``stay`` it runs on here as if nothing happened.
 
-The connection closing while the guest runs means home is gone: the guest is killed
+A signal's default action killing the guest here is reported (``killed``) so the
+process dies of it at home too. The connection closing while the guest runs means
+home is gone: the guest is killed
 (the home side tells the user "Lost communication with {computer}").
 """
 
@@ -121,6 +123,10 @@ class GuestHost:
                 return False
             try:
                 if self.guest.on_stop(ptrace.decode_status(pid, status)) is not None:
+                    if self.guest.killed_by is not None:
+                        # the process dies at home of the same signal (its parent sees it)
+                        self._send({"op": "killed", "signal": self.guest.killed_by})
+                        self._control()              # home's "gone", once it has died there
                     return True
             except TraceError:
                 return True

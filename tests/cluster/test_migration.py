@@ -131,3 +131,88 @@ def test_a_refused_migration_leaves_the_process_running_at_home(cluster, mosrun,
     assert proc.wait(timeout=120) == 3
     native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
     assert out.read_bytes() == native.stdout
+
+
+SIGNALS = """\
+import ctypes, os, select, signal, sys
+libc = ctypes.CDLL(None)
+signal.signal(signal.SIGUSR1, lambda *_: print("usr1 at", libc.open(b"/proc/self/whereami", 0), flush=True))
+print("start", flush=True)
+while True:
+    select.select([], [], [], 0.01)
+"""
+
+
+def test_signals_sent_home_reach_the_process_away(cluster, mosrun, tmp_path):
+    (tmp_path / "sig.py").write_text(SIGNALS)
+    out = tmp_path / "out.txt"
+    proc = mosrun("/usr/bin/python3", "sig.py", out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 1, what="the start")
+    migrate(cluster, pid, "2")
+    where_is(cluster, cluster.ip(2))
+    os.kill(pid, 10)
+    wait_until(lambda: b"usr1 at 2\n" in out.read_bytes(), what="the handler, away on node 2")
+    os.kill(pid, 15)
+    assert proc.wait(timeout=30) == -15
+    wait_until(lambda: not guests(cluster, 2), what="the guest to go")
+
+
+PROGRAM_MOVES = """\
+import ctypes, os, select
+libc = ctypes.CDLL(None)
+print("home", libc.open(b"/proc/self/whereami", 0), libc.open(b"/proc/self/nmigs", 0), flush=True)
+libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 3)
+for _ in range(500):
+    if libc.open(b"/proc/self/whereami", 0):
+        break
+    select.select([], [], [], 0.01)
+print("away", libc.open(b"/proc/self/whereami", 0), libc.open(b"/proc/self/nmigs", 0), flush=True)
+libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 0)
+for _ in range(500):
+    if not libc.open(b"/proc/self/whereami", 0):
+        break
+    select.select([], [], [], 0.01)
+print("back", libc.open(b"/proc/self/whereami", 0), libc.open(b"/proc/self/nmigs", 0), flush=True)
+"""
+
+
+def test_a_program_migrates_itself_through_proc_self_migrate(cluster, mosrun, tmp_path):
+    (tmp_path / "moves.py").write_text(PROGRAM_MOVES)
+    out = tmp_path / "out.txt"
+    proc = mosrun("/usr/bin/python3", "moves.py", out=out)
+    assert proc.wait(timeout=60) == 0
+    assert out.read_text() == "home 0 0\naway 3 1\nback 0 2\n"
+
+
+def test_losing_the_guest_host_ends_the_process_with_the_manuals_message(cluster, mosrun, tmp_path):
+    out = tmp_path / "out.txt"
+    proc = mosrun("awk", AWK % 100000, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    migrate(cluster, pid, "2")
+    where_is(cluster, cluster.ip(2))
+    host = wait_until(lambda: guests(cluster, 2), what="the guest row")[0]["pid"]
+    os.kill(host, 9)
+    assert proc.wait(timeout=30) == -9
+    assert f"Lost communication with {cluster.ip(2)}".encode() in (tmp_path / "stderr.txt").read_bytes()
+
+
+@pytest.mark.parametrize("case", ["dead node", "no memory there"])
+def test_a_failed_migration_keeps_the_process_at_home(cluster, mosrun, tmp_path, case):
+    program = AWK % 120
+    out = tmp_path / "out.txt"
+    if case == "dead node":
+        cluster.stop(2)
+        proc = mosrun("awk", program, out=out)
+        reason = "no response"
+    else:
+        proc = mosrun("-m262143", "awk", program, out=out)
+        reason = "did not complete (no memory there?)"
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    migrate(cluster, pid, "2")
+    message = f"failed migrating to {cluster.ip(2)}: {reason}".encode()
+    wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), what=f"'{message.decode()}'")
+    assert proc.wait(timeout=120) == 3
+    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+    assert out.read_bytes() == native.stdout
