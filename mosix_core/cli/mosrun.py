@@ -58,13 +58,14 @@ Program options:
   -X{/directory}   a private temporary directory (up to 10)
   -S{maxjobs}      run the lines of a commands-file, up to maxjobs at once (1-30000)
 
-Available now: the program runs at home under supervision; the unsupported-feature
+Available now: the program runs under supervision, at home or (-r{host} -{n}
+-{a.b.c.d} -b, with -F to fall back home) on another node it migrates to at its
+start, and mosmigrate moves it while it runs; the unsupported-feature
 rules, -m -e -w -u -z -S, recursive mosrun, mosenv, mosnative, the /proc/self
 programming interface, and checkpoints (-C -N -A, -R -O -I, mosmigrate checkpoint,
 chkstop, chkexit) work as the manual says; -L -l -g -G -c -n -d -t -T are kept and
 readable by the program through /proc/self.
 Waiting for later features (accepted and checked now, with a notice when used):
-  process migration:  -b -r{host} -{a.b.c.d} -{n} -F (the program starts at home)
   private temporary files: -X
 """
 
@@ -160,12 +161,12 @@ def open_session(etc: Path):
     return session if session.try_open() else None
 
 
-def notices(opts: mosopts.MosrunOptions) -> list[str]:
-    """Say which requested behaviour waits for a later feature (never ignore silently)."""
+def notices(opts: mosopts.MosrunOptions, daemon: bool = True) -> list[str]:
+    """Say which requested behaviour cannot take effect (never ignore silently)."""
     out = []
     where = mosopts.location_word(opts)
-    if where not in (None, "-h"):
-        out.append(f"note: {where} takes effect with process migration; starting at home")
+    if where not in (None, "-h") and not daemon:
+        out.append(f"note: {where} needs MOSIX running on this node (mosd); starting at home")
     if opts.checkpoint_file is not None or opts.checkpoint_interval:
         from mosix_core.image.naming import NO_WRITE_ACCESS, CheckpointNaming, can_write_in
 
@@ -205,7 +206,7 @@ def mosrun(argv: Sequence[str], *, keep_loader: bool = False, etc: Path | None =
         opts, words = apply_site_policy(opts, list(words), etc)
     else:
         opts, words = checked
-    for text in notices(opts):
+    for text in notices(opts, daemon=session is not None):
         _say(text)
     if opts.recover is not None:
         from mosix_core.mosrun.recover import recover_program

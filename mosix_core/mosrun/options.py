@@ -80,12 +80,12 @@ PROGRAM_LETTERS = frozenset("mewuCzcndXtT")
 #: "recursive programs will inherit the following (and only the following) arguments".
 INHERITED_LETTERS = frozenset("cdeLlgGmnTtuw")
 
-_MIGRATION = "process migration"
+_MIGRATION = "automatic migration"
 _CHECKPOINTS = "checkpoints"
 #: Options that are accepted but wait for a feature not implemented yet ("--help" lists them).
 LATER_FEATURES: Mapping[str, str] = MappingProxyType({
     **{option: _MIGRATION for option in
-       ("-b", "-r", "-{n}", "-{a.b.c.d}", "-L", "-l", "-c", "-n", "-d", "-t", "-T", "-F")},
+       ("-L", "-l", "-c", "-n", "-d", "-t", "-T")},
     **{option: _CHECKPOINTS for option in ("-C", "-N", "-A", "-R", "-O", "-I")},
     "-X": "private temporary files",
     "-g": "freezing",

@@ -104,6 +104,9 @@ class Tracee:
     told_no_space: bool = False            # said once: the policy retries every few seconds
     away: migration.Away | None = None     # running on another node
     migrate_wanted: str | None = None      # the node to move to at the next clean stop
+    start_at: str | None = None            # mosrun -r/-{n}/-b: where the program starts (at its exec)
+    start_force: bool = False              # -F: at home if it cannot start there
+    start_due: float | None = None         # when to move there (monotonic)
 
     @property
     def native(self) -> bool:
@@ -173,7 +176,7 @@ class Supervisor:
             timeout = self._next_checkpoint_in()
             if self.timers:
                 timeout = 0.5 if timeout is None else min(timeout, 0.5)
-            if any(t.away is not None for t in self.tracees.values()):
+            if any(t.away is not None or t.start_due is not None for t in self.tracees.values()):
                 timeout = migration.SIGNAL_POLL if timeout is None else min(timeout, migration.SIGNAL_POLL)
             for key, _ in self.selector.select(timeout=timeout):
                 if key.fileobj == self._wake_r:
@@ -188,6 +191,7 @@ class Supervisor:
                 tick()
             self._automatic_checkpoints()
             self._poll_away_signals()
+            self._due_starts()
 
     def drain(self) -> None:
         while True:
@@ -319,6 +323,10 @@ class Supervisor:
             return
         if not tracee.native:
             self._send("update", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
+        if tracee.start_at is not None and not tracee.native:
+            # not at the exec itself: the dynamic loader maps the libraries from files,
+            # which a guest cannot do yet, so the loader runs here first
+            tracee.start_due = time.monotonic() + migration.START_DELAY
         ptrace.cont(pid)
 
     # -- system calls ------------------------------------------------------------------------------------
@@ -663,9 +671,13 @@ class Supervisor:
                 nmigs=tracee.state.nmigs)
         except MosixError as err:
             reply, sock = {"refused": str(err)}, None
+        if reply.get("refused") == "already there":
+            tracee.start_at = None
+            self._resume(tracee)
+            return
         if sock is None:
             self.say(tracee, migration.failed_migrating(reply.get("target", to), reply.get("refused", "no response")))
-            self._resume(tracee)
+            self._start_failed(tracee)
             return
         target = reply["target"]
         self._send("update", pid=pid, where="leaving")
@@ -693,14 +705,33 @@ class Supervisor:
                 return
             self.say(tracee, migration.failed_migrating(target, migration.DID_NOT_COMPLETE))
             ptrace.set_regs(pid, regs)
-            self._resume(tracee)
             checkpoints.resend(pid, deferred)
+            self._start_failed(tracee)
             return
+        tracee.start_at = None
         tracee.away = migration.Away(target, sock, channel, deputy, compress=not reply.get("proximate"))
         self.selector.register(sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
         tracee.state.nmigs += 1
         self._send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
         self._signal_migrated(tracee)
+
+    def _due_starts(self) -> None:
+        now = time.monotonic()
+        for tracee in list(self.tracees.values()):
+            if tracee.start_due is not None and tracee.start_due <= now:
+                tracee.start_due = None
+                try:
+                    self.request_migration(tracee, tracee.start_at)
+                except TraceError:
+                    pass
+
+    def _start_failed(self, tracee: Tracee) -> None:
+        """A move failed: the process runs on at home — unless it was to start
+        elsewhere (mosrun -r/-{n}/-b) without -F, when it does not run at all."""
+        starting, tracee.start_at = tracee.start_at, None
+        if starting is not None and not tracee.start_force:
+            checkpoints.exit_now(tracee.pid, 1)
+        self._resume(tracee)
 
     def _signal_migrated(self, tracee: Tracee) -> None:
         """/proc/self/sigmig: the process asked for a signal after each migration."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mosix_core.client import Session
 from mosix_core.linux import ptrace
-from mosix_core.mosrun import launch, rules
+from mosix_core.mosrun import launch, placement, rules
 from mosix_core.mosrun.freezing import Freezer
 from mosix_core.mosrun import options as mosopts
 from mosix_core.mosrun.supervisor import Supervisor, flag_summary, initial_state, node_in_cluster
@@ -20,12 +20,14 @@ def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env:
     the local mosd (the supervisor inherits it), or None where mosd does not run."""
     state = initial_state(opts)
     command = " ".join(args)
+    start_at = placement.start_node(opts, etc) if session is not None else None
 
     def supervise(root: int, messages: int) -> None:
         supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
                                 freezer=Freezer(etc), etc=etc)
         supervisor.install_wakeup()
-        supervisor.adopt(root, state, command)
+        tracee = supervisor.adopt(root, state, command)
+        tracee.start_at, tracee.start_force = start_at, opts.force
         supervisor.serve_control()
         supervisor.run()
 

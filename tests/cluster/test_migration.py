@@ -216,3 +216,39 @@ def test_a_failed_migration_keeps_the_process_at_home(cluster, mosrun, tmp_path,
     assert proc.wait(timeout=120) == 3
     native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
     assert out.read_bytes() == native.stdout
+
+
+@pytest.mark.parametrize("location", ["-2", "-r{ip2}", "-{ip2}"])
+def test_mosrun_starts_the_program_on_the_node_it_names(cluster, mosrun, tmp_path, location):
+    program = AWK % 200
+    out = tmp_path / "out.txt"
+    proc = mosrun(location.format(ip2=cluster.ip(2)), "awk", program, out=out)
+    where_is(cluster, cluster.ip(2))
+    assert lines(out) < 200
+    assert proc.wait(timeout=120) == 3
+    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+    assert out.read_bytes() == native.stdout
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_start_node_that_is_down_fails_the_program_unless_forced(cluster, mosrun, tmp_path, force):
+    cluster.stop(2)
+    out = tmp_path / "out.txt"
+    proc = mosrun(*(["-F"] if force else []), "-2", "awk", AWK % 20, out=out)
+    assert proc.wait(timeout=120) == (3 if force else 1)
+    assert (tmp_path / "stderr.txt").read_bytes() == f"MOSRUN: failed migrating to {cluster.ip(2)}: no response\n".encode()
+    # the program's first 0.2 s run at home (its loader maps files: not yet done away)
+    assert lines(out) == 20 if force else lines(out) < 20
+
+
+def test_mosrun_b_starts_on_the_least_loaded_node(cluster, mosrun, tmp_path):
+    burners = [mosrun("awk", "BEGIN { for (;;) x++ }", out=tmp_path / f"burn{k}") for k in range(2)]
+    wait_until(lambda: cluster.node_in_view(2, 1)["load"] > 50, what="node 1 loaded, as node 2 sees it")
+    out = tmp_path / "out.txt"
+    proc = mosrun("-b", "awk", AWK % 100, out=out)
+    wait_until(lambda: any(r["where"] in (cluster.ip(2), cluster.ip(3))
+                           for r in cluster.client(1).call("processes")["processes"]), what="a process away")
+    assert proc.wait(timeout=120) == 3
+    for burner in burners:
+        burner.kill()
