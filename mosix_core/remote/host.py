@@ -22,6 +22,7 @@ home is gone: the guest is killed
 from __future__ import annotations
 
 import argparse
+import importlib
 import ctypes
 import os
 import selectors
@@ -226,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # what the image engine imports only when first needed must be loaded while we can
+    # still read the interpreter's library (it may live where nobody may look: /root)
+    importlib.import_module("concurrent.futures.thread")
+    importlib.import_module("lz4.block")
     become_guest_identity(args.uid, args.gid)
     host = GuestHost(sock, compress=args.compress)
     try:
