@@ -353,12 +353,7 @@ class ControlServer:
                 home = None
             if home is not None:
                 fields.setdefault("frozen", "N/A")
-        try:
-            owner = os.stat(f"/proc/{pid}").st_uid
-        except OSError:
-            raise ProtocolError(f"no such process {pid}") from None
-        if uid != 0 and owner != uid:
-            raise PermissionDenied(f"process {pid} is not yours")
+        owner = self.process_owner(pid, uid)
         if "command" not in fields:
             fields["command"] = procfs.command_line(pid) or "?"
         record = ProcessRecord(pid=pid, uid=owner, command=fields.pop("command"), home=home, origpid=origpid)
@@ -372,6 +367,17 @@ class ControlServer:
                 conn.rows = {p: r for p, r in conn.rows.items() if table.get(p) is r}
         self.node.pm.hook.mosix_process_event(event=ProcessEvent("started", pid, owner, record.command))
         return {"pid": pid}
+
+    @staticmethod
+    def process_owner(pid: int, uid: int) -> int:
+        """The owner of live process ``pid``, which caller ``uid`` must be (or root)."""
+        try:
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            raise ProtocolError(f"no such process {pid}") from None
+        if uid != 0 and owner != uid:
+            raise PermissionDenied(f"process {pid} is not yours")
+        return owner
 
     def owned_row(self, req: dict, uid: int) -> ProcessRecord | None:
         pid = int(req["pid"])
@@ -424,12 +430,7 @@ class ControlServer:
         back with the reply (SCM_RIGHTS). ``error`` is the manual's reason."""
         node, conn = self.node, _connection.get()
         pid = int(req["pid"])
-        try:
-            owner = os.stat(f"/proc/{pid}").st_uid
-        except OSError:
-            raise ProtocolError(f"no such process {pid}") from None
-        if uid != 0 and owner != uid:
-            raise PermissionDenied(f"process {pid} is not yours")
+        owner = self.process_owner(pid, uid)
         try:
             target = node.canonical(self.resolve(req.get("to")))
         except MosixError:
