@@ -151,6 +151,32 @@ def _tree(entries: list[tuple[int, Check]]) -> list[Insn]:
     return [(_JGE, 0, 1, entries[mid][0]), (_JA, 0, 0, len(left))] + left + right
 
 
+def evaluate(program: Sequence[Insn], nr: int, args: Sequence[int] = (), arch: int = AUDIT_ARCH_X86_64) -> int:
+    """What ``program`` returns for call ``nr`` with ``args`` (only the instructions
+    this module emits are understood). The home side of a migrated process asks it
+    whether a call its guest could not forward would have stopped at home."""
+    words = [nr & 0xFFFFFFFF, arch, 0, 0]
+    for value in list(args) + [0] * (6 - len(args)):
+        words += [value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF]
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = program[pc]
+        pc += 1
+        if code == _LD_ABS:
+            acc = words[k // 4]
+        elif code == _ALU_AND:
+            acc &= k
+        elif code == _RET:
+            return k
+        elif code == _JA:
+            pc += k
+        elif code in (_JEQ, _JGE, _JSET):
+            taken = acc == k if code == _JEQ else acc >= k if code == _JGE else bool(acc & k)
+            pc += jt if taken else jf
+        else:
+            raise ValueError(f"BPF instruction {code:#x} is not one of ours")
+
+
 def pack(program: Sequence[Insn]) -> bytes:
     return b"".join(struct.pack("=HBBI", *insn) for insn in program)
 

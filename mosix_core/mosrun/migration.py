@@ -21,8 +21,6 @@ from mosix_core.remote.frames import Channel
 RESTORE_TIMEOUT = 120.0
 #: how often an idle shell is checked for signals sent to the process at home
 SIGNAL_POLL = 0.05
-#: how long after its exec a program named to start elsewhere moves there (its loader runs home)
-START_DELAY = 0.2
 DID_NOT_COMPLETE = "did not complete (no memory there?)"
 HOME_WORDS = ("home", "0")
 

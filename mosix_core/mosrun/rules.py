@@ -252,6 +252,44 @@ def decide(nr: int, args: tuple[int, ...], ctx: CallContext) -> object:
     return ALLOW
 
 
+_HOME_FILTER: list | None = None
+
+
+def home_verdict(nr: int, args: tuple[int, ...], ctx: CallContext) -> object | None:
+    """What mosrun decides of a call at home; None when the call does not even stop
+    there. A migrated process's calls are judged by it as if it never left."""
+    global _HOME_FILTER
+    if _HOME_FILTER is None:
+        _HOME_FILTER = build_filter()
+    if seccomp.evaluate(_HOME_FILTER, nr, args) != seccomp.RET_TRACE:
+        return None
+    return decide(nr, args, ctx)
+
+
+def refuses(verdict: object | None) -> bool:
+    """A verdict that stops the call from running as it is (unsupported...)."""
+    return isinstance(verdict, (Unsupported, Warn, Fail, Return))
+
+
+def settle(verdict: object, mode: int) -> tuple[object, list[str], bool]:
+    """Unwrap :class:`Warn` and :class:`Unsupported` under unsupported-feature ``mode``:
+    (the verdict left to carry out, the messages to print first, whether the process
+    must instead be killed)."""
+    said: list[str] = []
+    while True:
+        if isinstance(verdict, Warn):
+            said.append(verdict.message)
+            verdict = verdict.then
+        elif isinstance(verdict, Unsupported):
+            if mode != MODE_SILENT:
+                said.append(verdict.message)
+            if mode == MODE_KILL:
+                return verdict, said, True
+            verdict = verdict.fallback
+        else:
+            return verdict, said, False
+
+
 def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 

@@ -19,6 +19,7 @@ import json
 import os
 import selectors
 import signal
+import stat
 import time
 from typing import Callable
 
@@ -34,7 +35,7 @@ from mosix_core.client import Client
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules
 from mosix_core.remote import moving
-from mosix_core.remote.calls import Reply, Request
+from mosix_core.remote.calls import CannotForward, Reply, Request, spec_of
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal
 from mosix_core.mosrun import options as mosopts
@@ -46,7 +47,7 @@ NOTHING_PENDING = object()      # /proc/self/mosrun: how a recursive mosrun talk
 SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
 SYS_KILL, SYS_TKILL, SYS_TGKILL = NUMBERS["kill"], NUMBERS["tkill"], NUMBERS["tgkill"]
 SYS_OPEN, SYS_OPENAT, SYS_RT_SIGPROCMASK = NUMBERS["open"], NUMBERS["openat"], NUMBERS["rt_sigprocmask"]
-SYS_RT_SIGACTION = NUMBERS["rt_sigaction"]
+SYS_RT_SIGACTION, SYS_MMAP, SYS_EXIT_GROUP = NUMBERS["rt_sigaction"], NUMBERS["mmap"], NUMBERS["exit_group"]
 SIG_SETMASK = 2
 PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
 MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
@@ -106,7 +107,7 @@ class Tracee:
     migrate_wanted: str | None = None      # the node to move to at the next clean stop
     start_at: str | None = None            # mosrun -r/-{n}/-b: where the program starts (at its exec)
     start_force: bool = False              # -F: at home if it cannot start there
-    start_due: float | None = None         # when to move there (monotonic)
+    return_to: str | None = None           # came home to exec: the new program goes back there
 
     @property
     def native(self) -> bool:
@@ -176,7 +177,7 @@ class Supervisor:
             timeout = self._next_checkpoint_in()
             if self.timers:
                 timeout = 0.5 if timeout is None else min(timeout, 0.5)
-            if any(t.away is not None or t.start_due is not None for t in self.tracees.values()):
+            if any(t.away is not None for t in self.tracees.values()):
                 timeout = migration.SIGNAL_POLL if timeout is None else min(timeout, migration.SIGNAL_POLL)
             for key, _ in self.selector.select(timeout=timeout):
                 if key.fileobj == self._wake_r:
@@ -191,7 +192,6 @@ class Supervisor:
                 tick()
             self._automatic_checkpoints()
             self._poll_away_signals()
-            self._due_starts()
 
     def drain(self) -> None:
         while True:
@@ -323,11 +323,13 @@ class Supervisor:
             return
         if not tracee.native:
             self._send("update", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
-        if tracee.start_at is not None and not tracee.native:
-            # not at the exec itself: the dynamic loader maps the libraries from files,
-            # which a guest cannot do yet, so the loader runs here first
-            tracee.start_due = time.monotonic() + migration.START_DELAY
+        # where the new program runs: where mosrun was told to start it, or back where
+        # the process was when it came home to exec
+        going = tracee.start_at if tracee.start_at is not None else tracee.return_to
+        tracee.return_to = None
         ptrace.cont(pid)
+        if going is not None and not tracee.native:
+            self.request_migration(tracee, going)
 
     # -- system calls ------------------------------------------------------------------------------------
     def _syscall(self, tracee: Tracee) -> None:
@@ -364,34 +366,29 @@ class Supervisor:
 
     def _carry_out(self, tracee: Tracee, verdict) -> None:
         pid = tracee.pid
-        if isinstance(verdict, rules.Allow):
-            self._resume(tracee)
-        elif isinstance(verdict, (rules.Fail, rules.Return)):
+        verdict, said, kill = rules.settle(verdict, self._unsupported_mode(tracee))
+        for message in said:
+            self.say(tracee, message)
+        if kill:
+            os.kill(pid, signal.SIGKILL)
+            return
+        if isinstance(verdict, (rules.Fail, rules.Return)):
             regs = ptrace.get_regs(pid)
             regs.orig_rax = UNSIGNED_MINUS_ONE          # skip the call...
             value = -verdict.errno if isinstance(verdict, rules.Fail) else verdict.value
             regs.rax = value & UNSIGNED_MINUS_ONE       # ...and return this instead
             ptrace.set_regs(pid, regs)
-            self._resume(tracee)
         elif isinstance(verdict, rules.Rewrite):
             regs = ptrace.get_regs(pid)
             setattr(regs, ARG_REGISTERS[verdict.arg], verdict.value & UNSIGNED_MINUS_ONE)
             ptrace.set_regs(pid, regs)
-            self._resume(tracee)
-        elif isinstance(verdict, rules.Warn):
-            self.say(tracee, verdict.message)
-            self._carry_out(tracee, verdict.then)
-        elif isinstance(verdict, rules.Unsupported):
-            mode = rules.MODE_SILENT if tracee.mosix_tool else tracee.state.unsupportok
-            if mode == rules.MODE_KILL:
-                self.say(tracee, verdict.message)
-                os.kill(pid, signal.SIGKILL)
-                return
-            if mode == rules.MODE_WARN:
-                self.say(tracee, verdict.message)
-            self._carry_out(tracee, verdict.fallback)
-        else:
+        elif not isinstance(verdict, rules.Allow):
             raise TypeError(f"unknown verdict {verdict!r}")
+        self._resume(tracee)
+
+    @staticmethod
+    def _unsupported_mode(tracee: Tracee) -> int:
+        return rules.MODE_SILENT if tracee.mosix_tool else tracee.state.unsupportok
 
     def _special_open(self, tracee: Tracee, call: rules.SpecialOpen):
         try:
@@ -715,16 +712,6 @@ class Supervisor:
         self._send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
         self._signal_migrated(tracee)
 
-    def _due_starts(self) -> None:
-        now = time.monotonic()
-        for tracee in list(self.tracees.values()):
-            if tracee.start_due is not None and tracee.start_due <= now:
-                tracee.start_due = None
-                try:
-                    self.request_migration(tracee, tracee.start_at)
-                except TraceError:
-                    pass
-
     def _start_failed(self, tracee: Tracee) -> None:
         """A move failed: the process runs on at home — unless it was to start
         elsewhere (mosrun -r/-{n}/-b) without -F, when it does not run at all."""
@@ -753,14 +740,23 @@ class Supervisor:
         if isinstance(message, Request):
             self._away_call(tracee, message)
         elif isinstance(message, dict) and message.get("op") == "image":
-            self._coming_home(tracee)
+            self._coming_home(tracee, message)
         elif isinstance(message, dict) and message.get("op") == "killed" and isinstance(message.get("signal"), int):
             self._die_like_guest(tracee, message["signal"])
         else:
             self._lost(tracee)
 
     def _away_call(self, tracee: Tracee, request: Request) -> None:
-        special = self._away_special(tracee, request)
+        context = rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid))
+        verdict = rules.home_verdict(request.nr, request.args, context)
+        if request.nr == SYS_MMAP:
+            special = self._away_mapping(tracee, request, verdict)
+        elif rules.refuses(verdict):
+            special = self._answer(self._settled(tracee, verdict))
+        elif not _forwardable(request):
+            special = -errno.ENOSYS                 # home allows it, but cannot make it for the guest
+        else:
+            special = self._away_special(tracee, request)
         if special is not None:
             self._away_send(tracee, encode_reply(Reply(special)))
             return
@@ -768,6 +764,39 @@ class Supervisor:
             tracee.away.deputy.begin(request)
         except TraceError:
             pass                                 # it ended: _gone answers the guest
+
+    def _away_mapping(self, tracee: Tracee, request: Request, verdict) -> int:
+        """mmap of a file away: the guest maps a private copy of the file's pages, read
+        here through the descriptor. Home's ``verdict`` comes first (MAP_SHARED,
+        character devices); the answer is the flags the guest may map with, or -errno."""
+        args = request.args
+        mode = rules.fd_mode_of(tracee.pid)(inject.signed(args[4]))
+        if mode is None:
+            return -errno.EBADF
+        verdict = self._settled(tracee, verdict or rules.ALLOW)
+        if isinstance(verdict, rules.Fail):
+            return -verdict.errno
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            return -errno.ENODEV
+        return verdict.value if isinstance(verdict, rules.Rewrite) else args[3] & 0xFFFFFFFF
+
+    @staticmethod
+    def _answer(verdict) -> int:
+        """A settled verdict as the call's result."""
+        if isinstance(verdict, rules.Return):
+            return verdict.value
+        return -verdict.errno if isinstance(verdict, rules.Fail) else -errno.ENOSYS
+
+    def _settled(self, tracee: Tracee, verdict):
+        """``verdict`` with its messages said; a process the rules kill dies here (and
+        so, its guest): what is left is Fail(ENOSYS)."""
+        verdict, said, kill = rules.settle(verdict, self._unsupported_mode(tracee))
+        for message in said:
+            self.say(tracee, message)
+        if kill:
+            os.kill(tracee.pid, signal.SIGKILL)
+            return rules.Fail(errno.ENOSYS)
+        return verdict
 
     def _away_special(self, tracee: Tracee, request: Request) -> int | None:
         """The result of an open of one of MOSIX's /proc/self files (None: not one)."""
@@ -881,11 +910,13 @@ class Supervisor:
             pass
         self._drop_away(tracee)
 
-    def _coming_home(self, tracee: Tracee) -> None:
-        """The guest sends the process's image back: rebuild it in its shell."""
+    def _coming_home(self, tracee: Tracee, message: dict) -> None:
+        """The guest sends the process's image back: rebuild it in its shell. It comes
+        by itself to fork or exec (``for``): made here; a new program then goes back."""
         away, pid = tracee.away, tracee.pid
         going = away.going
         away.going = None
+        coming_for = message.get("for")
         self._send("update", pid=pid, where="starting")
         try:
             reader = ImageReader(away.sock.makefile("rb", buffering=0), streaming=True)
@@ -905,6 +936,8 @@ class Supervisor:
         deferred += list(sent.get("signals", [])) if isinstance(sent, dict) else []
         tracee.state.nmigs += 1
         self._send("update", pid=pid, where="here", nmigs=tracee.state.nmigs)
+        if coming_for in ("execve", "execveat"):
+            tracee.return_to = away.where
         self._resume(tracee)
         checkpoints.resend(pid, deferred + away.deputy.deferred)
         self._signal_migrated(tracee)
@@ -1089,6 +1122,17 @@ def node_in_cluster(etc) -> Callable[[int], bool]:
         except (MosixError, ValueError):
             return False
     return check
+
+
+def _forwardable(request: Request) -> bool:
+    """A call the deputy can make for the guest (its end, too: exit_group)."""
+    if request.nr == SYS_EXIT_GROUP:
+        return True
+    try:
+        spec_of(request.nr, request.args)
+    except CannotForward:
+        return False
+    return True
 
 
 def _configuration(etc):

@@ -24,7 +24,7 @@ from typing import Callable
 from mosix_core.errors import TraceError
 from mosix_core.linux import inject, memory, ptrace, seccomp
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
-from mosix_core.remote.calls import MAX_TRANSFER, CannotForward, Reply, Request, marshal, unmarshal
+from mosix_core.remote.calls import MAX_TRANSFER, CannotForward, Reply, Request, marshal, spec_of, unmarshal
 
 #: run where the process is: they concern only the process itself
 LOCAL = frozenset({
@@ -43,8 +43,11 @@ EXITS = (NUMBERS["exit"], NUMBERS["exit_group"])
 # reads may), a larger write is sent in pieces and returns the total (as if whole)
 READS = {NUMBERS["read"]: 2, NUMBERS["pread64"]: 2, NUMBERS["getdents64"]: 2}
 WRITES = {NUMBERS["write"]: None, NUMBERS["pwrite64"]: 3}     # the offset argument, if any
-SYS_MMAP = NUMBERS["mmap"]
-MAP_ANONYMOUS = 0x20
+SYS_MMAP, SYS_MUNMAP, SYS_PREAD = NUMBERS["mmap"], NUMBERS["munmap"], NUMBERS["pread64"]
+MAP_TYPE, MAP_PRIVATE, MAP_ANONYMOUS = 0x0F, 0x02, 0x20
+#: calls that make a new process or program: they are made at home, where the
+#: process goes back for them (see :attr:`Guest.wants_home`)
+HOMEWARD = frozenset(NUMBERS[name] for name in ("fork", "vfork", "clone", "clone3", "execve", "execveat"))
 UNSIGNED = (1 << 64) - 1
 
 
@@ -67,6 +70,10 @@ class Guest:
         self.exit_status: int | None = None
         self.stepping = False
         self.killed_by: int | None = None        # the signal that ended it here, if one did
+        # a call it must make at home (fork, exec...): it is backed up to be made again
+        # there, and the guest is stopped at that call's exit, ready to be sent home
+        self.wants_home: str | None = None
+        self._mem: int | None = None
 
     def run(self) -> int:
         """Let the process run; its exit status (as it ended at home)."""
@@ -107,9 +114,30 @@ class Guest:
         """A signal that reached the process at home."""
         os.kill(self.pid, sig)
 
+    def close(self) -> None:
+        if self._mem is not None:
+            os.close(self._mem)
+            self._mem = None
+
+    def _write(self, address: int, data: bytes) -> None:
+        """Into the process's memory, read-only pages too (as the kernel's own
+        copy-out would; a file mapping is filled after it is made)."""
+        if self._mem is None:
+            self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.pwrite(self._mem, data, address)
+        except OSError as err:
+            raise TraceError(f"writing memory of process {self.pid} at {address:#x}: {err}", err.errno) from None
+
     def _trapped(self) -> None:
         pid = self.pid
         info = ptrace.syscall_info(pid)
+        if info.nr in HOMEWARD:
+            self._go_home_for(info.nr)
+            return
+        if info.nr == SYS_MMAP:
+            self._map_file(info.args)
+            return
         if info.nr in EXITS:
             status = info.args[0] & 0xFF
             self.forward(Request(NUMBERS["exit_group"], (status,)))
@@ -123,11 +151,7 @@ class Guest:
             result = self._write_in_pieces(info.nr, args)
         else:
             result = self._call_home(info.nr, tuple(args))
-        regs = ptrace.get_regs(pid)
-        regs.orig_rax = inject.MINUS_ONE              # skip the call here...
-        regs.rax = result & UNSIGNED                  # ...it returns what it did at home
-        ptrace.set_regs(pid, regs)
-        self._resume()
+        self._finish(result)
 
     def _call_home(self, nr: int, args: tuple[int, ...]) -> int:
         pid = self.pid
@@ -135,11 +159,80 @@ class Guest:
             request = marshal(nr, args, lambda address, size: memory.read_bytes(pid, address, size),
                               lambda address: memory.read_cstring(pid, address, limit=4096))
         except CannotForward:
+            try:
+                spec_of(nr, args)
+            except CannotForward:
+                # not a call home can make for it: home says what mosrun's rules say
+                return self.forward(Request(nr, args)).result
             return -errno.ENOSYS
         except TraceError:
             return -errno.EFAULT
         self.forwarded += 1
-        return unmarshal(request, self.forward(request), lambda address, data: memory.write_bytes(pid, address, data))
+        return unmarshal(request, self.forward(request), self._write)
+
+    def _go_home_for(self, nr: int) -> None:
+        """A new process or program is made at home: skip the call here, back up to
+        make it again, and stop at the skipped call's exit (a clean point to leave)."""
+        regs = ptrace.get_regs(self.pid)
+        regs.orig_rax = inject.MINUS_ONE
+        regs.rax = nr
+        regs.rip -= 2                                 # the syscall instruction again
+        ptrace.set_regs(self.pid, regs)
+        self.wants_home = NAMES[nr]
+        self.stepping = True
+        ptrace.syscall(self.pid)
+
+    def stay_instead(self) -> None:
+        """Home could not take the process back for its fork or exec: the call fails."""
+        regs = ptrace.get_regs(self.pid)
+        regs.rip += 2
+        regs.rax = -errno.EAGAIN & UNSIGNED
+        ptrace.set_regs(self.pid, regs)
+        self.wants_home = None
+        self.stepping = False
+
+    def _map_file(self, args: tuple[int, ...]) -> None:
+        """mmap of a file: a private anonymous mapping here, filled with the file's
+        pages read at home through the process's descriptor (home's rules decide
+        first, and say which flags to map with). The file's later changes are not seen,
+        as with MAP_PRIVATE after the pages were touched."""
+        pid = self.pid
+        flags = self.forward(Request(SYS_MMAP, tuple(args))).result
+        if flags < 0:
+            self._finish(flags)
+            return
+        length, fd, offset = args[1], args[4], args[5]
+        regs = ptrace.get_regs(pid)
+        regs.r10 = (flags & ~MAP_TYPE) | MAP_PRIVATE | MAP_ANONYMOUS
+        regs.r8, regs.r9 = UNSIGNED, 0                 # fd -1, offset 0
+        ptrace.set_regs(pid, regs)
+        injector = inject.Injector(pid, 0)
+        address = injector.run_to(ptrace.INFO_EXIT)    # at its exit now: a clean point
+        if address >= 0:
+            done = 0
+            while done < length:
+                piece = min(MAX_TRANSFER, length - done)
+                got = self._call_home(SYS_PREAD, (fd, address + done, piece, offset + done))
+                if got <= 0:
+                    if got < 0 and done == 0:
+                        # no copy to be had: the mapping goes, the call fails as mmap would
+                        inject.Injector(pid, ptrace.get_regs(pid).rip - 2).call(SYS_MUNMAP, address, length)
+                        address = -errno.EACCES if got == -errno.EBADF else -errno.ENODEV
+                    break
+                done += got
+        regs = ptrace.get_regs(pid)
+        regs.rax = address & UNSIGNED
+        ptrace.set_regs(pid, regs)
+        for sig in injector.deferred:
+            self.signal(sig)
+        self._resume()
+
+    def _finish(self, result: int) -> None:
+        regs = ptrace.get_regs(self.pid)
+        regs.orig_rax = inject.MINUS_ONE              # skip the call here...
+        regs.rax = result & UNSIGNED                  # ...it returns what it did at home
+        ptrace.set_regs(self.pid, regs)
+        self._resume()
 
     def _write_in_pieces(self, nr: int, args: list[int]) -> int:
         """A write larger than one call may carry: piece by piece, stopping at the first

@@ -22,6 +22,7 @@ home is gone: the guest is killed
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import ctypes
 import os
@@ -109,8 +110,11 @@ class GuestHost:
                                 pass
                         except BlockingIOError:
                             pass
-        except (HomeGone, ProtocolError, OSError):
+        except (HomeGone, ProtocolError, OSError) as err:
             self._remove(guest.pid)
+            if guest.exit_status is not None:
+                return 0                             # it ended at home; home hung up first
+            print(f"guest host: the link home ended: {err}", file=sys.stderr)
             return 1
 
     def _drain(self) -> bool:
@@ -129,7 +133,11 @@ class GuestHost:
                         self._send({"op": "killed", "signal": self.guest.killed_by})
                         self._control()              # home's "gone", once it has died there
                     return True
-            except TraceError:
+            except TraceError as err:
+                if err.errno != errno.ESRCH:
+                    print(f"guest host: tracing the guest failed: {err}", file=sys.stderr)
+                return True
+            if self.guest.wants_home is not None and self._go_home():
                 return True
 
     def _obey(self, message: dict) -> bool:
@@ -156,7 +164,7 @@ class GuestHost:
                 return True
         guest.stepping = False
         regs = inject.copy_registers(ptrace.get_regs(pid))
-        self._send({"op": "image"})
+        self._send({"op": "image", "for": guest.wants_home})
         out = self.sock.makefile("wb")
         deferred = send_image(pid, ImageWriter(out, compress=self.compress), regs, {})
         out.flush()
@@ -166,6 +174,8 @@ class GuestHost:
             self._remove(pid)
             return True
         ptrace.set_regs(pid, regs)                   # home could not take it: on it goes here
+        if guest.wants_home is not None:
+            guest.stay_instead()
         ptrace.cont(pid)
         for sig in deferred:
             guest.signal(sig)

@@ -238,8 +238,8 @@ def test_a_start_node_that_is_down_fails_the_program_unless_forced(cluster, mosr
     proc = mosrun(*(["-F"] if force else []), "-2", "awk", AWK % 20, out=out)
     assert proc.wait(timeout=120) == (3 if force else 1)
     assert (tmp_path / "stderr.txt").read_bytes() == f"MOSRUN: failed migrating to {cluster.ip(2)}: no response\n".encode()
-    # the program's first 0.2 s run at home (its loader maps files: not yet done away)
-    assert lines(out) == 20 if force else lines(out) < 20
+    # it moves from its exec: it did not run at all when it could not start there
+    assert lines(out) == (20 if force else 0)
 
 
 def test_mosrun_b_starts_on_the_least_loaded_node(cluster, mosrun, tmp_path):
@@ -252,3 +252,113 @@ def test_mosrun_b_starts_on_the_least_loaded_node(cluster, mosrun, tmp_path):
     assert proc.wait(timeout=120) == 3
     for burner in burners:
         burner.kill()
+
+
+MAPS_FILES = """\
+import ctypes, mmap, os, select, sys
+libc = ctypes.CDLL(None)
+print("home", libc.open(b"/proc/self/whereami", 0), flush=True)
+libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 2)
+while not libc.open(b"/proc/self/whereami", 0):
+    select.select([], [], [], 0.01)
+import decimal, _bz2                     # extension modules: their .so files are mapped now
+print("away", libc.open(b"/proc/self/whereami", 0), decimal.Decimal(2).sqrt(), _bz2.__name__, flush=True)
+with open("data.bin", "rb") as f:
+    private = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    private[0:5] = b"HELLO"              # a private copy: the file keeps its bytes
+    print("private", private[0:12], private[-4:], len(private), flush=True)
+    shared = mmap.mmap(f.fileno(), 4096, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=4096)
+    print("shared", shared[0:4], flush=True)
+"""
+
+
+@pytest.mark.parametrize("option", ["-e", None])
+def test_files_mapped_away_are_the_home_nodes_files(cluster, mosrun, tmp_path, option):
+    (tmp_path / "maps.py").write_text(MAPS_FILES)
+    (tmp_path / "data.bin").write_bytes(b"hello, world" + bytes(range(256)) * 64)
+    out = tmp_path / "out.txt"
+    proc = mosrun(*([option] if option else []), "/usr/bin/python3", "maps.py", out=out)
+    status = proc.wait(timeout=60)
+    expected = ("home 0\naway 2 1.414213562373095048801688724 _bz2\n"
+                "private b'HELLO, world' b'\\xfc\\xfd\\xfe\\xff' 16396\n")
+    stderr = (tmp_path / "stderr.txt").read_text()
+    if option == "-e":       # read-only MAP_SHARED becomes MAP_PRIVATE (mosrun(1), -e)
+        assert (status, out.read_text(), stderr) == (0, expected + "shared b'\\xf4\\xf5\\xf6\\xf7'\n", "")
+    else:                    # as at home: the unsupported feature ends the program
+        assert (status, out.read_text()) == (-9, expected)
+        assert stderr == "MOSRUN: Shared memory (MAP_SHARED) not supported under MOSIX\n"
+    assert (tmp_path / "data.bin").read_bytes()[:5] == b"hello"
+
+
+EXECS = """\
+import ctypes, os, select, sys
+libc = ctypes.CDLL(None)
+libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 2)
+while not libc.open(b"/proc/self/whereami", 0):
+    select.select([], [], [], 0.01)
+print("away", libc.open(b"/proc/self/whereami", 0), os.getpid(), flush=True)
+os.execv("/usr/bin/awk", ["awk", sys.argv[1]])
+"""
+
+
+def test_a_program_execd_away_is_made_at_home_and_runs_where_its_process_was(cluster, mosrun, tmp_path):
+    (tmp_path / "execs.py").write_text(EXECS)
+    out = tmp_path / "out.txt"
+    program = AWK % 150
+    proc = mosrun("/usr/bin/python3", "execs.py", program, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 5, what="awk's output")
+    assert row(cluster)["where"] == cluster.ip(2)
+    assert row(cluster)["command"].startswith("awk")
+    assert row(cluster)["nmigs"] == 3                    # out, home for the exec, out again
+    assert proc.wait(timeout=120) == 3
+    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+    assert out.read_bytes() == f"away 2 {pid}\n".encode() + native.stdout
+
+
+FORKS = """\
+i=0
+while [ $i -lt 60 ]; do
+  i=$((i+1))
+  echo "$i $(expr $i \\* 3)"
+  sleep 0.02
+done
+exit 6
+"""
+
+
+def test_a_shell_forking_away_comes_home_to_fork(cluster, mosrun, tmp_path):
+    (tmp_path / "forks.sh").write_text(FORKS)
+    out = tmp_path / "out.txt"
+    proc = mosrun("sh", "forks.sh", out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    migrate(cluster, pid, "2")
+    wait_until(lambda: (r := row(cluster)) is not None and r["nmigs"] == 2, what="out and home again")
+    assert proc.wait(timeout=120) == 6
+    native = subprocess.run(["sh", "forks.sh"], cwd=tmp_path, capture_output=True, timeout=120)
+    assert out.read_bytes() == native.stdout
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+UNSUPPORTED_AWAY = """\
+import ctypes, os, select
+libc = ctypes.CDLL(None)
+libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 2)
+while not libc.open(b"/proc/self/whereami", 0):
+    select.select([], [], [], 0.01)
+try:
+    select.epoll()
+except OSError as err:
+    print("epoll", err.errno, flush=True)
+"""
+
+
+@pytest.mark.parametrize("option", ["-w", None])
+def test_an_unsupported_call_away_is_judged_as_at_home(cluster, mosrun, tmp_path, option):
+    (tmp_path / "epoll.py").write_text(UNSUPPORTED_AWAY)
+    out = tmp_path / "out.txt"
+    proc = mosrun(*([option] if option else []), "/usr/bin/python3", "epoll.py", out=out)
+    status = proc.wait(timeout=60)
+    assert (tmp_path / "stderr.txt").read_text() == "MOSRUN: system-call 'epoll_create1' not supported under MOSIX\n"
+    assert (status, out.read_text()) == ((0, "epoll 38\n") if option else (-9, ""))
