@@ -52,8 +52,7 @@ from machine import busy_share, cpu_times, finish_work, say, wait_idle  # noqa: 
 
 sys.path.insert(0, str(ROOT))
 from mosix_core import localcluster  # noqa: E402
-from mosix_core.client import Client  # noqa: E402
-from mosix_core.errors import MosixError  # noqa: E402
+from mosix_core.testing import LocalCluster  # noqa: E402
 
 TARGET_MB_S = 1000.0        # DESIGN §5: migration of a 1 GiB process over loopback >= 1 GB/s end to end (raw)
 TARGET_STOPPED = 1.0        # DESIGN §5: process stopped during migration <= 1 s for 1 GiB
@@ -107,66 +106,13 @@ def tool_argv(tool: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", f"mosix_core.cli.{tool}"]
 
 
-class Cluster:
+class Cluster(LocalCluster):
     """A running local cluster in ``root`` (stopped by :meth:`down`)."""
 
     def __init__(self, root: Path, nodes: int, base_ip: str, interval: float = 0.2,
                  memory_mb: int = 8192) -> None:
-        self.root = root
-        self.layout = localcluster.up(root, nodes=nodes, base_ip=base_ip, interval=interval,
-                                      memory_mb=memory_mb)
-
-    def etc(self, k: int) -> Path:
-        return self.layout.etc(k)
-
-    def ip(self, k: int) -> str:
-        return str(self.layout.addresses[k - 1])
-
-    def env(self, k: int) -> dict[str, str]:
-        return {**os.environ, "MOSIX_ETC": str(self.etc(k))}
-
-    def client(self, k: int) -> Client:
-        return Client(self.etc(k))
-
-    def run(self, k: int, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([*tool_argv(tool), *args], env=self.env(k), capture_output=True, text=True,
-                              timeout=timeout)
-
-    def converged(self, timeout: float = 20.0) -> None:
-        """Wait until every node sees every node alive."""
-        everyone = {self.ip(k) for k in range(1, self.layout.nodes + 1)}
-
-        def done() -> bool:
-            for k in range(1, self.layout.nodes + 1):
-                seen = {n["ip"] for n in self.client(k).call("view")["nodes"] if n["alive"]}
-                if not seen >= everyone:
-                    return False
-            return True
-
-        wait_for(done, timeout, "every node to see every other alive", quiet=(MosixError, KeyError))
-
-    def set_proximate(self, proximate: bool) -> None:
-        """Rewrite every node's mosix.map with (raw images) or without (lz4) the 'p' field, and
-        have each daemon reload it, as ``mossetpe`` does."""
-        first, count = self.layout.base_ip, self.layout.nodes
-        for k in range(1, count + 1):
-            (self.etc(k) / "mosix.map").write_text(
-                f"# rewritten by bench/migration.py: {'proximate (raw images)' if proximate else 'not proximate (lz4)'}\n"
-                f"{first} {count}{' p' if proximate else ''}\n")
-            self.client(k).call("setpe")
-        for k in range(1, count + 1):
-            ranges = self.client(k).call("listpe")["ranges"]
-            if any(bool(r["proximate"]) != proximate for r in ranges):
-                raise SystemExit(f"node {k} did not take the new mosix.map: {ranges}")
-
-    def logs(self) -> dict[int, Path]:
-        return {k: self.etc(k) / "var" / "mosd.log" for k in range(1, self.layout.nodes + 1)}
-
-    def down(self) -> None:
-        try:
-            localcluster.down(self.root)
-        except MosixError:
-            pass
+        super().__init__(root, localcluster.up(root, nodes=nodes, base_ip=base_ip, interval=interval,
+                                               memory_mb=memory_mb))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.02,

@@ -132,6 +132,23 @@ class LocalCluster:
             return all(self.alive_seen_by(k) >= up for k in range(1, self.nodes + 1) if self.running(k))
         self.wait_until(done, timeout, "every node to see every other alive")
 
+    def set_proximate(self, proximate: bool) -> None:
+        """Rewrite every node's mosix.map with (raw images) or without (lz4) the 'p'
+        field, and have each daemon reload it, as ``mossetpe`` does."""
+        first, count = self.layout.base_ip, self.layout.nodes
+        for k in range(1, count + 1):
+            (self.etc(k) / "mosix.map").write_text(
+                f"# rewritten: {'proximate (raw images)' if proximate else 'not proximate (lz4 images)'}\n"
+                f"{first} {count}{' p' if proximate else ''}\n")
+            self.client(k).call("setpe")
+        for k in range(1, count + 1):
+            ranges = self.client(k).call("listpe")["ranges"]
+            if any(bool(r["proximate"]) != proximate for r in ranges):
+                raise MosixError(f"node {k} did not take the new mosix.map: {ranges}")
+
+    def logs(self) -> dict[int, Path]:
+        return {k: self.etc(k) / "var" / "mosd.log" for k in range(1, self.nodes + 1)}
+
     def down(self) -> None:
         try:
             localcluster.down(self.root)

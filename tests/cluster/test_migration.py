@@ -102,6 +102,29 @@ def test_awk_moves_out_on_and_home_with_identical_output(cluster, mosrun, tmp_pa
     assert (tmp_path / "stderr.txt").read_bytes() == b""
 
 
+def test_between_nodes_not_proximate_the_images_travel_compressed_both_ways(cluster, mosrun, tmp_path):
+    cluster.set_proximate(False)
+    program = AWK % 250
+    out = tmp_path / "out.txt"
+    proc = mosrun("awk", program, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 10, what="10 lines")
+    hosts = []
+    for where, expected in (("3", cluster.ip(3)), ("home", "here")):
+        before = lines(out)
+        migrate(cluster, pid, where)
+        where_is(cluster, expected)
+        if where == "3":
+            host = guests(cluster, 3)[0]["pid"]
+            hosts.append(b"--compress" in Path(f"/proc/{host}/cmdline").read_bytes())
+        wait_until(lambda: lines(out) >= before + 20, what="progress after the move")
+    assert proc.wait(timeout=120) == 3
+    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+    assert out.read_bytes() == native.stdout
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
+    assert hosts == [True]                               # lz4 both ways: the host compresses too
+
+
 def test_python_away_keeps_pid_parent_cwd_and_writes_files_at_home(cluster, mosrun, tmp_path):
     (tmp_path / "loop.py").write_text(PYTHON)
     out = tmp_path / "out.txt"
