@@ -13,9 +13,14 @@ the real thing, with no translation.
 A call may block (a read of a terminal or a pipe), so it runs in two halves:
 :meth:`Deputy.begin` puts the shell inside the call and returns; the supervisor's
 loop sees the shell's next stop and hands it to :meth:`Deputy.on_stop`, which
-returns the :class:`Reply` once the call is over (None while it is not: a signal
-arrived, which is kept for the caller to forward). :meth:`Deputy.call` does both, for
-callers that may wait.
+returns the :class:`Reply` once the call is over (None while it is not).
+:meth:`Deputy.call` does both, for callers that may wait.
+
+A signal that interrupts the call here is kept from the shell (``deferred``, for the
+caller to forward) and the call ends with its ``-ERESTART*`` code: the guest hands
+both to its own kernel, which runs the handler and restarts the call, or fails it
+with EINTR, or lets the signal kill the process, exactly as if the call had been
+interrupted there.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Deputy:
             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         self.mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         self._running: tuple[Request, dict[int, int]] | None = None
+        self._interrupted: int | None = None      # the -ERESTART* the running call ended with
         self.ended: ptrace.Stop | None = None    # how the process ended (exit_group, a signal)
 
     @property
@@ -107,17 +113,30 @@ class Deputy:
             raise TraceError("no call is running", errno.EINVAL)
         if stop.kind in ("exited", "killed"):
             self._ended(stop)
-        if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == ptrace.INFO_EXIT:
-            result = inject.signed(ptrace.get_regs(self.pid).rax)
-            if -result in inject.RESTART_ERRORS:
-                # a signal interrupted it: the signal stop comes next, we keep the signal
-                # from the shell, and the kernel re-issues the call
-                ptrace.syscall(self.pid)
-                return None
-            request, places = self._running
-            self._running = None
-            outputs = reply_outputs(request, result, lambda index, size: os.pread(self.mem, size, places[index]))
-            return Reply(result, outputs)
+        if stop.kind == "syscall":
+            op = ptrace.syscall_stop_op(self.pid)
+            if op == ptrace.INFO_ENTRY and self._interrupted is not None:
+                # the kernel re-issues the call it was interrupted in (we kept the
+                # signal from the shell): not here, it is over
+                regs = ptrace.get_regs(self.pid)
+                regs.orig_rax = inject.MINUS_ONE
+                ptrace.set_regs(self.pid, regs)
+            elif op == ptrace.INFO_EXIT:
+                result = inject.signed(ptrace.get_regs(self.pid).rax)
+                if self._interrupted is not None:
+                    result, self._interrupted = self._interrupted, None
+                    self._running = None
+                    return Reply(result)
+                if -result in inject.RESTART_ERRORS:
+                    # a signal interrupted it: the signal stop comes next (the signal is
+                    # kept for the guest), then the kernel's re-issue, which is skipped
+                    self._interrupted = result
+                    ptrace.syscall(self.pid)
+                    return None
+                request, places = self._running
+                self._running = None
+                outputs = reply_outputs(request, result, lambda index, size: os.pread(self.mem, size, places[index]))
+                return Reply(result, outputs)
         if stop.kind == "signal":
             self.injector.deferred.append(stop.sig)     # the process's, wherever it runs
         ptrace.syscall(self.pid)
@@ -126,6 +145,7 @@ class Deputy:
     def _ended(self, stop: ptrace.Stop) -> None:
         """The process ended (its own exit_group, or a signal): no reply will come."""
         self._running = None
+        self._interrupted = None
         self.ended = stop
         raise TraceError(f"process {self.pid} ended during a forwarded call", errno.ESRCH)
 

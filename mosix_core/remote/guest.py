@@ -44,6 +44,7 @@ EXITS = (NUMBERS["exit"], NUMBERS["exit_group"])
 READS = {NUMBERS["read"]: 2, NUMBERS["pread64"]: 2, NUMBERS["getdents64"]: 2}
 WRITES = {NUMBERS["write"]: None, NUMBERS["pwrite64"]: 3}     # the offset argument, if any
 SYS_MMAP, SYS_MUNMAP, SYS_PREAD = NUMBERS["mmap"], NUMBERS["munmap"], NUMBERS["pread64"]
+SYS_GETPID = NUMBERS["getpid"]
 MAP_TYPE, MAP_PRIVATE, MAP_ANONYMOUS = 0x0F, 0x02, 0x20
 #: calls that make a new process or program: they are made at home, where the
 #: process goes back for them (see :attr:`Guest.wants_home`)
@@ -151,7 +152,31 @@ class Guest:
             result = self._write_in_pieces(info.nr, args)
         else:
             result = self._call_home(info.nr, tuple(args))
-        self._finish(result)
+        if -result in inject.RESTART_ERRORS:
+            self._interrupted(info.nr, result)
+        else:
+            self._finish(result)
+
+    def _interrupted(self, nr: int, result: int) -> None:
+        """A signal interrupted the call at home (it came first, and is pending here):
+        end the call with its -ERESTART* so this kernel decides, as it would have for a
+        call interrupted here — run the handler and restart the call (SA_RESTART) or
+        fail it with EINTR, or restart it if the signal is ignored or blocked. Nothing
+        of the call runs here: getpid stands in for it."""
+        pid = self.pid
+        regs = ptrace.get_regs(pid)
+        regs.orig_rax = SYS_GETPID
+        ptrace.set_regs(pid, regs)
+        injector = inject.Injector(pid, 0)
+        injector.run_to(ptrace.INFO_EXIT)
+        regs = ptrace.get_regs(pid)
+        regs.orig_rax = nr                            # what the kernel restarts, if it does
+        # the restart block (poll's remaining time...) was at home: start over instead
+        regs.rax = -(inject.ERESTART_NOHAND if -result == inject.ERESTART_RESTARTBLOCK else -result) & UNSIGNED
+        ptrace.set_regs(pid, regs)
+        for sig in injector.deferred:
+            self.signal(sig)
+        self._resume()
 
     def _call_home(self, nr: int, args: tuple[int, ...]) -> int:
         pid = self.pid

@@ -385,3 +385,40 @@ def test_an_unsupported_call_away_is_judged_as_at_home(cluster, mosrun, tmp_path
     status = proc.wait(timeout=60)
     assert (tmp_path / "stderr.txt").read_text() == "MOSRUN: system-call 'epoll_create1' not supported under MOSIX\n"
     assert (status, out.read_text()) == ((0, "epoll 38\n") if option else (-9, ""))
+
+
+BLOCKED = """\
+import ctypes, os, select, signal, sys
+libc = ctypes.CDLL(None)
+signal.signal(signal.SIGUSR1, lambda *_: print("usr1 while reading", flush=True))
+libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 2)
+while not libc.open(b"/proc/self/whereami", 0):
+    select.select([], [], [], 0.01)
+print("reading", flush=True)
+print("read", os.read(0, 100), flush=True)   # blocks at home, in the pipe, until written
+os.read(0, 100)                              # again, until SIGTERM
+"""
+
+
+def test_a_signal_interrupts_a_call_blocked_at_home(cluster, tmp_path, spawn, mosrun):
+    (tmp_path / "blocked.py").write_text(BLOCKED)
+    out = tmp_path / "out.txt"
+    reader, writer = os.pipe()
+    with open(out, "wb") as stdout:
+        proc = spawn("mosrun", "/usr/bin/python3", "blocked.py", env=mosrun.env, cwd=tmp_path, stdin=reader,
+                     stdout=stdout, stderr=subprocess.PIPE)
+    os.close(reader)
+    wait_until(lambda: b"reading" in out.read_bytes(), what="the blocking read, away")
+    pid = row(cluster)["pid"]
+    assert row(cluster)["where"] == cluster.ip(2)
+    time.sleep(0.3)                                      # well inside the read
+    os.kill(pid, 10)                                     # the handler runs; Python reads again (PEP 475)
+    wait_until(lambda: b"usr1 while reading" in out.read_bytes(), timeout=10, what="the handler, mid-read")
+    os.write(writer, b"some input")
+    wait_until(lambda: b"read b'some input'" in out.read_bytes(), timeout=10, what="the read's data")
+    time.sleep(0.3)
+    os.kill(pid, 15)                                     # default action: the process ends, mid-read
+    assert proc.wait(timeout=10) == -15
+    os.close(writer)
+    assert out.read_text() == "reading\nusr1 while reading\nread b'some input'\n"
+    wait_until(lambda: not guests(cluster, 2), what="the guest to go")
