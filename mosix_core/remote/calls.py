@@ -14,11 +14,20 @@ runs it and answers a :class:`Reply`; the guest side puts the reply's output
 buffers back with :func:`unmarshal`. Nothing here touches a process or a socket.
 
 Sizes are x86-64 Linux's: ``struct stat`` 144 bytes, ``struct statx`` 256,
-the kernel's ``struct termios`` 36, ``struct winsize`` 8.
+the kernel's ``struct termios`` 36, ``struct winsize`` 8, ``struct statfs`` 120,
+``struct rusage`` 144, ``siginfo_t`` 128, ``struct flock`` 32, ``struct
+epoll_event`` 12 (packed).
+
+A buffer the kernel may leave partly unwritten on success (``wait4``'s status when
+no child was reaped, the ``siginfo_t`` fields ``waitid`` does not set, the bytes of
+a socket address past its length) is INOUT or sent back only as far as it was
+written: what comes back is written over the process's memory, and must be what the
+call left there, not what the home side's scratch area held.
 """
 
 from __future__ import annotations
 
+import errno
 from typing import Callable
 
 import attrs
@@ -31,12 +40,21 @@ STAT_SIZE = 144
 STATX_SIZE = 256
 TERMIOS_SIZE = 36
 WINSIZE_SIZE = 8
+STATFS_SIZE = 120
+RUSAGE_SIZE = 144
+SIGINFO_SIZE = 128
+FLOCK_SIZE = 32
+TIMESPEC_SIZE = 16        # also a struct timeval
 PATH_MAX = 4096
 #: one call's buffers, in and out together: a larger read or write must be split by
 #: the guest side (a read may return less than asked; a write is repeated)
 MAX_TRANSFER = 4 << 20
 
 VALUE, STRING, IN, OUT, INOUT = "value", "string", "in", "out", "inout"
+#: a pointer that can only be carried when it is NULL (it points at more pointers)
+NULL_ONLY = "null only"
+#: bytes per entry, for sizes counted in entries (``fd_set`` is counted in bits: see _size)
+UNITS = {"byte": 1, "int": 4, "pollfd": 8, "epoll_event": 12}
 
 
 class CannotForward(MosixError):
@@ -48,15 +66,19 @@ class Arg:
     """One argument of a forwarded call.
 
     ``size``: a fixed size in bytes; ``size_arg``: the size is that argument's value;
-    for OUT buffers, ``back="result"`` sends back only as many bytes as the call
-    returned (``read``), ``back="size"`` the whole buffer (``fstat``)."""
+    for OUT buffers, ``back="result"`` sends back only as many entries as the call
+    returned (``read``: bytes; ``getgroups``: ints), ``back="size"`` the whole
+    buffer (``fstat``), ``back="socklen"`` as many bytes as the ``socklen_t`` at
+    ``size_arg`` says after the call (``accept``'s address)."""
 
     kind: str = VALUE
     size: int | None = None
     size_arg: int | None = None
     back: str = "size"
-    # how ``size_arg`` counts: bytes, or "fd_set" (descriptors: a bit each, whole
-    # 64-bit words) or "pollfd" (8-byte entries)
+    # how ``size_arg`` counts: entries of a UNITS size, or "fd_set" (descriptors: a
+    # bit each, whole 64-bit words), or "socklen": ``size_arg`` is a pointer, and the
+    # size is the ``socklen_t`` it points at (in the process's memory: the address
+    # length of ``accept``, the option length of ``getsockopt``)
     unit: str = "byte"
 
 
@@ -68,8 +90,21 @@ def _out(size_arg: int | None = None, size: int | None = None, back: str = "size
     return Arg(OUT, size, size_arg, back)
 
 
+def _inout(size: int) -> Arg:
+    return Arg(INOUT, size)
+
+
+def _out_socklen(length_arg: int) -> Arg:
+    """A buffer the kernel fills up to the length at ``length_arg`` (an INOUT
+    ``socklen_t``), setting that length: to the address's whole length (``accept``:
+    more than it wrote when the buffer was short), to what it wrote (``getsockopt``)."""
+    return Arg(OUT, size_arg=length_arg, back="socklen", unit="socklen")
+
+
 _V = Arg()
 _S = Arg(STRING)
+_NULL = Arg(NULL_ONLY)
+_SOCKLEN = _inout(4)
 
 
 @attrs.frozen
@@ -107,28 +142,84 @@ _spec("access", _S, _V)
 _spec("faccessat", _V, _S, _V)
 _spec("faccessat2", _V, _S, _V, _V)
 _spec("getdents64", _V, _out(size_arg=2, back="result"), _V)
+_spec("getdents", _V, _out(size_arg=2, back="result"), _V)
 _spec("readlink", _S, _out(size_arg=2, back="result"), _V)
 _spec("readlinkat", _V, _S, _out(size_arg=3, back="result"), _V)
 _spec("dup", _V)
 _spec("dup2", _V, _V)
 _spec("dup3", _V, _V, _V)
+_spec("pipe", _out(size=8))
 _spec("pipe2", _out(size=8), _V)
+_spec("creat", _S, _V)
+_spec("openat2", _V, _S, _in(size_arg=3), _V)
+_spec("close_range", _V, _V, _V)
 _spec("unlink", _S)
 _spec("unlinkat", _V, _S, _V)
 _spec("mkdir", _S, _V)
 _spec("mkdirat", _V, _S, _V)
 _spec("rmdir", _S)
 _spec("rename", _S, _S)
+_spec("renameat", _V, _S, _V, _S)
 _spec("renameat2", _V, _S, _V, _S, _V)
+_spec("link", _S, _S)
+_spec("linkat", _V, _S, _V, _S, _V)
+_spec("symlink", _S, _S)                       # the target is a string too
+_spec("symlinkat", _S, _V, _S)
+_spec("mknod", _S, _V, _V)
+_spec("mknodat", _V, _S, _V, _V)
 _spec("ftruncate", _V, _V)
 _spec("truncate", _S, _V)
 _spec("fsync", _V)
 _spec("fdatasync", _V)
+_spec("sync")
+_spec("syncfs", _V)
+_spec("sync_file_range", _V, _V, _V, _V)
+_spec("fadvise64", _V, _V, _V, _V)
+_spec("readahead", _V, _V, _V)
+_spec("fallocate", _V, _V, _V, _V)
+_spec("flock", _V, _V)
+# the offsets are read and moved on by the call; NULL: the files' own offsets
+_spec("sendfile", _V, _V, _inout(8), _V)
+_spec("copy_file_range", _V, _inout(8), _V, _inout(8), _V, _V)
 _spec("chmod", _S, _V)
 _spec("fchmod", _V, _V)
+_spec("fchmodat", _V, _S, _V)
+_spec("fchmodat2", _V, _S, _V, _V)
+_spec("chown", _S, _V, _V)
+_spec("fchown", _V, _V, _V)
+_spec("lchown", _S, _V, _V)
+_spec("fchownat", _V, _S, _V, _V, _V)
+_spec("utime", _S, _in(size=16))               # struct utimbuf; NULL: now
+_spec("utimes", _S, _in(size=2 * TIMESPEC_SIZE))
+_spec("futimesat", _V, _S, _in(size=2 * TIMESPEC_SIZE))
+_spec("utimensat", _V, _S, _in(size=2 * TIMESPEC_SIZE), _V)   # a NULL path: the descriptor itself
+_spec("statfs", _S, _out(size=STATFS_SIZE))
+_spec("fstatfs", _V, _out(size=STATFS_SIZE))
 _spec("umask", _V)
+# extended attributes (ls -l, cp -a): the names are strings; a size of 0 asks for the size
+_spec("getxattr", _S, _S, _out(size_arg=3, back="result"), _V)
+_spec("lgetxattr", _S, _S, _out(size_arg=3, back="result"), _V)
+_spec("fgetxattr", _V, _S, _out(size_arg=3, back="result"), _V)
+_spec("listxattr", _S, _out(size_arg=2, back="result"), _V)
+_spec("llistxattr", _S, _out(size_arg=2, back="result"), _V)
+_spec("flistxattr", _V, _out(size_arg=2, back="result"), _V)
+_spec("setxattr", _S, _S, _in(size_arg=3), _V, _V)
+_spec("lsetxattr", _S, _S, _in(size_arg=3), _V, _V)
+_spec("fsetxattr", _V, _S, _in(size_arg=3), _V, _V)
+_spec("removexattr", _S, _S)
+_spec("lremovexattr", _S, _S)
+_spec("fremovexattr", _V, _S)
+# descriptors that are files at home: what they report is read with read()
+_spec("inotify_init")
+_spec("inotify_init1", _V)
+_spec("inotify_add_watch", _V, _S, _V)
+_spec("inotify_rm_watch", _V, _V)
+_spec("eventfd", _V)
+_spec("eventfd2", _V, _V)
+# (not timerfd: its clocks would be home's, and an absolute CLOCK_MONOTONIC time the
+# process read where it runs means nothing there)
 # where the process is
-_spec("getcwd", _out(size_arg=1, back="size"), _V)
+_spec("getcwd", _out(size_arg=1, back="result"), _V)   # the length, with its NUL
 _spec("chdir", _S)
 _spec("fchdir", _V)
 # who the process is (answered by its home: same pid, same parent, same identity)
@@ -143,25 +234,98 @@ _spec("getpgid", _V)
 _spec("getsid", _V)
 _spec("setpgid", _V, _V)
 _spec("setsid")
-_spec("kill", _V, _V)
+_spec("getresuid", _out(size=4), _out(size=4), _out(size=4))
+_spec("getresgid", _out(size=4), _out(size=4), _out(size=4))
+_spec("getgroups", _V, Arg(OUT, size_arg=0, back="result", unit="int"))   # 0 entries: how many
+_spec("getpriority", _V, _V)                    # 20 - nice, as the kernel returns it
+_spec("setpriority", _V, _V, _V)
 _spec("uname", _out(size=390))
 _spec("gettid")
+# its family: signals and waits (its children are at home, children of its home self)
+_spec("kill", _V, _V)
+_spec("tkill", _V, _V)
+_spec("tgkill", _V, _V, _V)
+_spec("rt_sigqueueinfo", _V, _V, _in(size=SIGINFO_SIZE))
+_spec("rt_tgsigqueueinfo", _V, _V, _V, _in(size=SIGINFO_SIZE))
+_spec("pidfd_open", _V, _V)
+_spec("pidfd_send_signal", _V, _V, _in(size=SIGINFO_SIZE), _V)
+# INOUT: wait4 writes the status and usage only when it reaped a child (WNOHANG may
+# return 0), waitid only some fields of the siginfo (and the usage only for a child)
+_spec("wait4", _V, _inout(4), _V, _inout(RUSAGE_SIZE))
+_spec("waitid", _V, _V, _inout(SIGINFO_SIZE), _V, _inout(RUSAGE_SIZE))
+# sockets: addresses in with their length, out up to the length the process gave
+_spec("socket", _V, _V, _V)
+_spec("socketpair", _V, _V, _V, _out(size=8))
+_spec("connect", _V, _in(size_arg=2), _V)
+_spec("bind", _V, _in(size_arg=2), _V)
+_spec("listen", _V, _V)
+_spec("shutdown", _V, _V)
+_spec("accept", _V, _out_socklen(2), _SOCKLEN)
+_spec("accept4", _V, _out_socklen(2), _SOCKLEN, _V)
+_spec("getsockname", _V, _out_socklen(2), _SOCKLEN)
+_spec("getpeername", _V, _out_socklen(2), _SOCKLEN)
+_spec("sendto", _V, _in(size_arg=2), _V, _V, _in(size_arg=5), _V)
+_spec("recvfrom", _V, _out(size_arg=2, back="result"), _V, _V, _out_socklen(5), _SOCKLEN)
+_spec("setsockopt", _V, _V, _V, _in(size_arg=4), _V)
+_spec("getsockopt", _V, _V, _V, _out_socklen(4), _SOCKLEN)
 # waiting on descriptors (a wait without any runs where the process is)
 _FDSET = Arg(INOUT, size_arg=0, unit="fd_set")
 _spec("select", _V, _FDSET, _FDSET, _FDSET, Arg(INOUT, size=16))
 _spec("poll", Arg(INOUT, size_arg=1, unit="pollfd"), _V, _V)
+# (glibc's select() is pselect6; the kernel writes back the time left.) pselect6's
+# last argument points at {sigset pointer, size}: only NULL is carried
+_spec("pselect6", _V, _FDSET, _FDSET, _FDSET, _inout(TIMESPEC_SIZE), _NULL)
+_spec("ppoll", Arg(INOUT, size_arg=1, unit="pollfd"), _V, _inout(TIMESPEC_SIZE), _in(size_arg=4), _V)
+_spec("epoll_create", _V)
+_spec("epoll_create1", _V)
+_spec("epoll_ctl", _V, _V, _V, _in(size=UNITS["epoll_event"]))     # NULL for EPOLL_CTL_DEL
+_EVENTS = Arg(OUT, size_arg=2, back="result", unit="epoll_event")
+_spec("epoll_wait", _V, _EVENTS, _V, _V)
+_spec("epoll_pwait", _V, _EVENTS, _V, _V, _in(size_arg=5), _V)
+_spec("epoll_pwait2", _V, _EVENTS, _V, _in(size=TIMESPEC_SIZE), _in(size_arg=5), _V)
 
 # ioctl: the requests a terminal program makes, by request number
 TCGETS, TCSETS, TCSETSW, TCSETSF = 0x5401, 0x5402, 0x5403, 0x5404
-TIOCGPGRP, TIOCSPGRP, TIOCGWINSZ, TIOCSWINSZ, FIONREAD = 0x540F, 0x5410, 0x5413, 0x5414, 0x541B
+TCSBRK, TCXONC, TCFLSH, TIOCEXCL, TIOCNXCL, TIOCSCTTY = 0x5409, 0x540A, 0x540B, 0x540C, 0x540D, 0x540E
+TIOCGPGRP, TIOCSPGRP, TIOCOUTQ, TIOCGWINSZ, TIOCSWINSZ, FIONREAD = 0x540F, 0x5410, 0x5411, 0x5413, 0x5414, 0x541B
+FIONBIO, TIOCNOTTY, TCSBRKP, TIOCGSID, TIOCGPTPEER = 0x5421, 0x5422, 0x5425, 0x5429, 0x5441
+FIONCLEX, FIOCLEX, FIOASYNC = 0x5450, 0x5451, 0x5452
+TIOCGPTN, TIOCSPTLCK = 0x80045430, 0x40045431
 IOCTLS: dict[int, Arg] = {
     TCGETS: _out(size=TERMIOS_SIZE),
     TCSETS: _in(size=TERMIOS_SIZE), TCSETSW: _in(size=TERMIOS_SIZE), TCSETSF: _in(size=TERMIOS_SIZE),
     TIOCGPGRP: _out(size=4), TIOCSPGRP: _in(size=4),
     TIOCGWINSZ: _out(size=WINSIZE_SIZE), TIOCSWINSZ: _in(size=WINSIZE_SIZE),
-    FIONREAD: _out(size=4),
+    FIONREAD: _out(size=4), TIOCOUTQ: _out(size=4), TIOCGSID: _out(size=4),
+    # the argument is a value, or unused
+    TCSBRK: _V, TCSBRKP: _V, TCXONC: _V, TCFLSH: _V, TIOCSCTTY: _V, TIOCNOTTY: _V,
+    TIOCEXCL: _V, TIOCNXCL: _V, FIOCLEX: _V, FIONCLEX: _V,
+    FIONBIO: _in(size=4), FIOASYNC: _in(size=4),     # Python's setblocking() is FIONBIO
+    # opening a pseudo-terminal (glibc's openpty)
+    TIOCGPTN: _out(size=4), TIOCSPTLCK: _in(size=4), TIOCGPTPEER: _V,
 }
 SYS_IOCTL = NUMBERS["ioctl"]
+
+# fcntl, by command: most take a value; the locks a struct flock, which F_GETLK
+# and F_OFD_GETLK also write back (the lock in the way, or F_UNLCK)
+F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_GETLK, F_SETLK, F_SETLKW = 0, 1, 2, 3, 4, 5, 6, 7
+F_SETOWN, F_GETOWN, F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX = 8, 9, 10, 11, 15, 16
+F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+F_SETLEASE, F_GETLEASE, F_NOTIFY, F_DUPFD_CLOEXEC = 1024, 1025, 1026, 1030
+F_SETPIPE_SZ, F_GETPIPE_SZ, F_ADD_SEALS, F_GET_SEALS = 1031, 1032, 1033, 1034
+FCNTLS: dict[int, Arg] = {
+    **{command: _V for command in (
+        F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_SETOWN, F_GETOWN,
+        F_SETSIG, F_GETSIG, F_SETLEASE, F_GETLEASE, F_NOTIFY, F_SETPIPE_SZ, F_GETPIPE_SZ,
+        F_ADD_SEALS, F_GET_SEALS)},
+    F_GETLK: _inout(FLOCK_SIZE), F_OFD_GETLK: _inout(FLOCK_SIZE),
+    F_SETLK: _in(size=FLOCK_SIZE), F_SETLKW: _in(size=FLOCK_SIZE),
+    F_OFD_SETLK: _in(size=FLOCK_SIZE), F_OFD_SETLKW: _in(size=FLOCK_SIZE),
+    F_SETOWN_EX: _in(size=8), F_GETOWN_EX: _out(size=8),       # struct f_owner_ex
+}
+SYS_FCNTL = NUMBERS["fcntl"]
+#: the calls whose third argument is described by their second (request, command)
+BY_COMMAND = {SYS_IOCTL: ("ioctl request", IOCTLS), SYS_FCNTL: ("fcntl command", FCNTLS)}
 
 
 @attrs.frozen
@@ -182,13 +346,21 @@ class Reply:
     outputs: tuple[tuple[int, bytes], ...] = ()   # what the call wrote, by argument index
 
 
+def unforwardable_error(nr: int) -> int:
+    """The errno a call fails with when its home cannot make it for the guest: an
+    fcntl command or ioctl request no table describes fails as an unknown one does
+    (EINVAL, ENOTTY), any other call with ENOSYS."""
+    return {SYS_FCNTL: errno.EINVAL, SYS_IOCTL: errno.ENOTTY}.get(nr, errno.ENOSYS)
+
+
 def spec_of(nr: int, args: tuple[int, ...]) -> tuple[Arg, ...]:
     """The argument kinds of call ``nr`` with these arguments; CannotForward if unknown."""
-    if nr == SYS_IOCTL:
-        request = args[1] & 0xFFFFFFFF
-        arg = IOCTLS.get(request)
+    if nr in BY_COMMAND:
+        what, table = BY_COMMAND[nr]
+        command = args[1] & 0xFFFFFFFF
+        arg = table.get(command)
         if arg is None:
-            raise CannotForward(f"ioctl request {request:#x}")
+            raise CannotForward(f"{what} {command:#x}")
         return (_V, _V, arg)
     spec = SPECS.get(nr)
     if spec is None:
@@ -196,12 +368,17 @@ def spec_of(nr: int, args: tuple[int, ...]) -> tuple[Arg, ...]:
     return spec.args
 
 
-def _size(arg: Arg, args: tuple[int, ...]) -> int:
+def _size(arg: Arg, args: tuple[int, ...], read: Callable[[int, int], bytes]) -> int:
     if arg.size is not None:
         size = arg.size
+    elif arg.unit == "socklen":
+        pointer = args[arg.size_arg]
+        # a NULL or negative length: nothing to carry (the kernel at home refuses it)
+        size = max(0, int.from_bytes(read(pointer, 4), "little", signed=True)) if pointer else 0
+    elif arg.unit == "fd_set":
+        size = (signed(args[arg.size_arg]) + 63) // 64 * 8
     else:
-        count = signed(args[arg.size_arg])
-        size = {"byte": count, "fd_set": (count + 63) // 64 * 8, "pollfd": count * 8}[arg.unit]
+        size = signed(args[arg.size_arg]) * UNITS[arg.unit]
     if size < 0 or size > MAX_TRANSFER:
         raise CannotForward(f"a buffer of {size} bytes (at most {MAX_TRANSFER} go in one call)")
     return size
@@ -218,6 +395,8 @@ def marshal(nr: int, args: tuple[int, ...], read: Callable[[int, int], bytes],
         pointer = args[index] if index < len(args) else 0
         if arg.kind == VALUE or pointer == 0:
             continue
+        if arg.kind == NULL_ONLY:
+            raise CannotForward(f"argument {index} of system call {nr} points at pointers")
         if arg.kind == STRING:
             data = read_string(pointer)
             if len(data) >= PATH_MAX:
@@ -225,7 +404,7 @@ def marshal(nr: int, args: tuple[int, ...], read: Callable[[int, int], bytes],
             inputs.append((index, data + b"\0"))
             total += len(data) + 1
             continue
-        size = _size(arg, args)
+        size = _size(arg, args, read)
         total += size
         if arg.kind in (IN, INOUT):
             inputs.append((index, read(pointer, size)))
@@ -242,9 +421,19 @@ def reply_outputs(request: Request, result: int, read: Callable[[int, int], byte
     if result < 0:
         return ()
     kinds = spec_of(request.nr, request.args)
+    capacities = dict(request.outputs)
     out = []
     for index, capacity in request.outputs:
-        size = min(result, capacity) if kinds[index].back == "result" else capacity
+        arg = kinds[index]
+        if arg.back == "result":
+            size = min(result * UNITS[arg.unit], capacity)
+        elif arg.back == "socklen":
+            # the length the call set (more than the buffer when it was truncated);
+            # none if the length's pointer was NULL (the call then failed, EFAULT)
+            length = read(arg.size_arg, 4) if arg.size_arg in capacities else bytes(4)
+            size = min(max(0, int.from_bytes(length, "little", signed=True)), capacity)
+        else:
+            size = capacity
         out.append((index, read(index, size)))
     return tuple(out)
 
