@@ -35,7 +35,7 @@ from mosix_core.client import Client
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules
 from mosix_core.remote import moving
-from mosix_core.remote.calls import CannotForward, Reply, Request, spec_of
+from mosix_core.remote.calls import CannotForward, Reply, Request, spec_of, unforwardable_error
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal
 from mosix_core.mosrun import options as mosopts
@@ -754,7 +754,7 @@ class Supervisor:
         elif rules.refuses(verdict):
             special = self._answer(self._settled(tracee, verdict))
         elif not _forwardable(request):
-            special = -errno.ENOSYS                 # home allows it, but cannot make it for the guest
+            special = -unforwardable_error(request.nr)   # home allows it, but cannot make it for the guest
         else:
             special = self._away_special(tracee, request)
         if special is not None:

@@ -29,10 +29,15 @@ import errno
 import os
 
 from mosix_core.errors import TraceError
-from mosix_core.linux import inject, ptrace
+from mosix_core.linux import inject, procfs, ptrace
+from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.remote.calls import MAX_TRANSFER, Reply, Request, reply_outputs
 
 SYS_MMAP, SYS_MUNMAP = 9, 11
+SYS_GETPID = NUMBERS["getpid"]
+#: calls that may send the process a signal of its own
+SIGNALLING = frozenset(NUMBERS[name] for name in (
+    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal"))
 PROT_READ, PROT_WRITE = 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS = 0x2, 0x20
 ALIGN = 16
@@ -136,11 +141,19 @@ class Deputy:
                 request, places = self._running
                 self._running = None
                 outputs = reply_outputs(request, result, lambda index, size: os.pread(self.mem, size, places[index]))
+                if request.nr in SIGNALLING and result >= 0 and self._signal_pending():
+                    # a signal it sent itself: it must reach the guest before the reply,
+                    # as it would be delivered when the call returns there
+                    self.injector.call(SYS_GETPID)
                 return Reply(result, outputs)
         if stop.kind == "signal":
             self.injector.deferred.append(stop.sig)     # the process's, wherever it runs
         ptrace.syscall(self.pid)
         return None
+
+    def _signal_pending(self) -> bool:
+        status = procfs.status_fields(self.pid)
+        return bool(int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16))
 
     def _ended(self, stop: ptrace.Stop) -> None:
         """The process ended (its own exit_group, or a signal): no reply will come."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import struct
 from typing import Callable
 
 from mosix_core.errors import TraceError
@@ -26,25 +27,33 @@ from mosix_core.linux import inject, memory, ptrace, seccomp
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
 from mosix_core.remote.calls import MAX_TRANSFER, CannotForward, Reply, Request, marshal, spec_of, unmarshal
 
-#: run where the process is: they concern only the process itself
+#: run where the process is: they concern only the process itself (and home's rules
+#: let them run: what mosrun refuses at home — madvise, mlock, sched_getaffinity... —
+#: stops here too and is judged at home)
 LOCAL = frozenset({
-    "brk", "munmap", "mprotect", "mremap", "madvise", "msync", "mlock", "munlock",
+    "brk", "munmap", "mprotect", "mremap", "msync",
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigsuspend",
-    "rt_sigtimedwait", "sigaltstack", "arch_prctl", "set_tid_address", "set_robust_list",
-    "get_robust_list", "rseq", "futex", "sched_yield", "nanosleep", "clock_nanosleep",
-    "clock_gettime", "clock_getres", "gettimeofday", "time", "getrandom", "pause",
-    "getrusage", "times", "prlimit64", "getrlimit", "setrlimit", "sched_getaffinity",
-    "restart_syscall",
+    "sigaltstack", "arch_prctl", "set_tid_address", "set_robust_list",
+    "rseq", "sched_yield", "nanosleep", "clock_nanosleep",
+    "clock_gettime", "gettimeofday", "time", "getrandom", "pause",
+    "getrusage", "times", "prlimit64", "getrlimit", "setrlimit",
+    "alarm", "setitimer", "getitimer", "restart_syscall",
 })
+FUTEX_PRIVATE_FLAG = 128
 #: local when they only wait (no descriptors: ``nfds``, at this argument, is 0)
 WAITING = {"select": 0, "pselect6": 0, "poll": 1, "ppoll": 1}
 EXITS = (NUMBERS["exit"], NUMBERS["exit_group"])
 # one forwarded call carries at most MAX_TRANSFER bytes: a larger read returns less (as
 # reads may), a larger write is sent in pieces and returns the total (as if whole)
-READS = {NUMBERS["read"]: 2, NUMBERS["pread64"]: 2, NUMBERS["getdents64"]: 2}
+READS = {NUMBERS[name]: 2 for name in ("read", "pread64", "getdents64", "getdents", "recvfrom")}
 WRITES = {NUMBERS["write"]: None, NUMBERS["pwrite64"]: 3}     # the offset argument, if any
 SYS_MMAP, SYS_MUNMAP, SYS_PREAD = NUMBERS["mmap"], NUMBERS["munmap"], NUMBERS["pread64"]
 SYS_GETPID = NUMBERS["getpid"]
+#: the vectored calls, made at home as one plain read or write of the whole (so a
+#: writev to a pipe stays one atomic write): the call, and its offset argument if any
+VECTORED = {NUMBERS["readv"]: (NUMBERS["read"], None), NUMBERS["writev"]: (NUMBERS["write"], None),
+            NUMBERS["preadv"]: (NUMBERS["pread64"], 3), NUMBERS["pwritev"]: (NUMBERS["pwrite64"], 3)}
+IOV_MAX = 1024
 MAP_TYPE, MAP_PRIVATE, MAP_ANONYMOUS = 0x0F, 0x02, 0x20
 #: calls that make a new process or program: they are made at home, where the
 #: process goes back for them (see :attr:`Guest.wants_home`)
@@ -56,6 +65,8 @@ def guest_filter() -> list:
     """The seccomp program a guest runs under: everything stops but the local calls."""
     table = {nr: seccomp.always() for nr, name in NAMES.items() if name not in LOCAL}
     table[SYS_MMAP] = seccomp.when_arg_in(3, [0], mask=MAP_ANONYMOUS)   # file mappings stop
+    # a private futex lives in the process's own memory (shared ones are refused at home)
+    table[NUMBERS["futex"]] = seccomp.when_arg_in(1, [0], mask=FUTEX_PRIVATE_FLAG)
     for name, nfds in WAITING.items():
         table[NUMBERS[name]] = seccomp.unless_arg_in(nfds, [0])
     return seccomp.build(table, max(NAMES))
@@ -148,7 +159,9 @@ class Guest:
         args = list(info.args)
         if info.nr in READS:
             args[READS[info.nr]] = min(args[READS[info.nr]], MAX_TRANSFER)
-        if info.nr in WRITES and args[2] > MAX_TRANSFER:
+        if info.nr in VECTORED:
+            result = self._vectored(info.nr, args)
+        elif info.nr in WRITES and args[2] > MAX_TRANSFER:
             result = self._write_in_pieces(info.nr, args)
         else:
             result = self._call_home(info.nr, tuple(args))
@@ -258,6 +271,49 @@ class Guest:
         regs.rax = result & UNSIGNED                  # ...it returns what it did at home
         ptrace.set_regs(self.pid, regs)
         self._resume()
+
+    def _vectored(self, nr: int, args: list[int]) -> int:
+        """readv/writev/preadv/pwritev: the buffers gathered here into one write home,
+        or one read's data scattered here into them."""
+        single, offset_arg = VECTORED[nr]
+        count = args[2]
+        if count > IOV_MAX:
+            return -errno.EINVAL
+        try:
+            table = memory.read_bytes(self.pid, args[1], 16 * count) if count else b""
+            if len(table) < 16 * count:
+                return -errno.EFAULT
+            vectors = [struct.unpack_from("=QQ", table, 16 * k) for k in range(count)]
+            offset = () if offset_arg is None else (args[offset_arg],)
+            if single in WRITES:
+                data = b"".join(memory.read_bytes(self.pid, base, size) for base, size in vectors if size)
+                if len(data) < sum(size for _, size in vectors):
+                    return -errno.EFAULT
+                done = 0
+                while True:
+                    piece = data[done:done + MAX_TRANSFER]
+                    piece_offset = () if offset_arg is None else (offset[0] + done,)
+                    self.forwarded += 1
+                    result = self.forward(Request(single, (args[0], 1, len(piece)) + piece_offset,
+                                                  inputs=((1, piece),))).result
+                    if result < 0:
+                        return done or result
+                    done += result
+                    if result < len(piece) or done >= len(data):
+                        return done
+            size = min(sum(size for _, size in vectors), MAX_TRANSFER)
+            self.forwarded += 1
+            reply = self.forward(Request(single, (args[0], 1, size) + offset, outputs=((1, size),)))
+            data = dict(reply.outputs).get(1, b"")
+            at = 0
+            for base, room in vectors:
+                if at >= len(data):
+                    break
+                self._write(base, data[at:at + room])
+                at += room
+            return reply.result
+        except TraceError:
+            return -errno.EFAULT
 
     def _write_in_pieces(self, nr: int, args: list[int]) -> int:
         """A write larger than one call may carry: piece by piece, stopping at the first

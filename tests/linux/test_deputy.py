@@ -161,10 +161,14 @@ def test_a_blocking_call_runs_in_two_halves_and_signals_are_handed_over(shell):
         time.sleep(0.2)
         assert os.waitpid(pid, os.WNOHANG | ptrace.WALL) == (0, 0)
         os.kill(pid, signal.SIGUSR1)                # reaches the home process, is handed over
-        while not deputy.deferred:                  # the call's exit (-ERESTARTSYS), the signal
-            assert deputy.on_stop(ptrace.wait_for(pid)) is None
-        assert deputy.deferred == [signal.SIGUSR1]  # kept from the shell: the read goes on
+        while (reply := deputy.on_stop(ptrace.wait_for(pid))) is None:
+            pass
+        # kept from the shell; the call ends as interrupted, for the guest's kernel to
+        # restart it or fail it (EINTR) once the signal is delivered there
+        assert deputy.deferred == [signal.SIGUSR1]
+        assert unmarshal(request, reply, memory.write) == -512          # -ERESTARTSYS
         os.write(shell["stdin"], b"typed\n")
+        deputy.begin(request)                       # the guest's kernel restarted it
         while (reply := deputy.on_stop(ptrace.wait_for(pid))) is None:
             pass
         assert unmarshal(request, reply, memory.write) == 6
