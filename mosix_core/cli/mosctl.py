@@ -1,4 +1,10 @@
-"""mosctl — miscellaneous MOSIX functions (mosctl(1))."""
+"""mosctl — miscellaneous MOSIX functions (mosctl(1)).
+
+``expel`` and ``bring`` wait, as the manual says, until the processes have moved
+(the daemon does the waiting; see ``mosix_core.daemon.control``). They can be
+interrupted, with no guarantee then that all have moved; ``--timeout`` (ours, not
+the manual's) bounds the wait, after which the ones left are named.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from mosix_core.errors import MosixError, NotInMap, PermissionDenied
 app = new_app("Miscellaneous MOSIX functions.")
 EtcOption = typer.Option(None, "--etc", help=ETC_HELP)
 JsonOption = typer.Option(False, "--json", help="machine-readable output")
+MOVE_TIMEOUT = 300.0
+TimeoutOption = typer.Option(MOVE_TIMEOUT, "--timeout", min=0.1, help="give up after this many seconds")
 
 
 def whois(etc: Path, what: str | None) -> str:
@@ -41,10 +49,26 @@ def whois(etc: Path, what: str | None) -> str:
     return str(number)
 
 
-def set_state(etc: Path, flag: str, value: bool) -> None:
+def require_root() -> None:
     if os.geteuid() != 0:
         raise PermissionDenied("Permission denied: only the Super-User may do this")
+
+
+def set_state(etc: Path, flag: str, value: bool) -> None:
+    require_root()
     Client(etc).call("setstate", flag=flag, value=value)
+
+
+def expel(etc: Path, timeout: float = MOVE_TIMEOUT) -> int:
+    """Send every guest process home; once all have gone, how many there were."""
+    require_root()
+    return Client(etc, timeout=timeout + 30).call("expel", timeout=timeout)["expelled"]
+
+
+def bring(etc: Path, timeout: float = MOVE_TIMEOUT) -> int:
+    """Bring back every process whose home is here; once all are back, how many were away."""
+    require_root()
+    return Client(etc, timeout=timeout + 30).call("bring", timeout=timeout)["brought"]
 
 
 @app.command("whois", help="Convert node numbers to host names and vice versa.")
@@ -99,6 +123,18 @@ _state_command("lstay", "lstay", True, "Prevent automatic migration of local pro
 _state_command("nolstay", "lstay", False, "Cancel 'lstay'.")
 _state_command("block", "block", True, "Do not allow further migrations into this node.")
 _state_command("noblock", "block", False, "Cancel 'block'.")
+
+
+@app.command("expel", help="Expel all guest processes (returns when they have all moved away).")
+@reports_errors
+def expel_cmd(etc: Optional[Path] = EtcOption, timeout: float = TimeoutOption) -> None:
+    expel(etc_path(etc), timeout)
+
+
+@app.command("bring", help="Bring back all processes whose home-node is here (returns when they have all arrived).")
+@reports_errors
+def bring_cmd(etc: Optional[Path] = EtcOption, timeout: float = TimeoutOption) -> None:
+    bring(etc_path(etc), timeout)
 
 
 def add_plugin_commands() -> None:

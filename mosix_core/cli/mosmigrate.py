@@ -6,41 +6,62 @@ continue | checkpoint | chkstop | chkexit}``
 The request goes to the process's supervisor (see
 :mod:`mosix_core.mosrun.control`); as the manual says, mosmigrate does not wait
 for the action to be performed. The caller must be allowed to kill the process
-(root, or its owner). What this MOSIX cannot do yet (migration: ``home``, ``out``,
-a node) is refused with a message saying so, never ignored.
+(root, or its owner: the supervisor checks, with the caller's credentials). What
+this MOSIX cannot do yet is refused with a message saying so, never ignored.
+
+``out`` is the exception: it is about a guest process running *here* (whose home
+is elsewhere), it is for the Super-User only, and it goes to this node's mosd,
+which sends the guest home. ``pid`` is the guest as this node lists it: the PID
+``mosps -V`` shows (its guest host; the guest process itself is accepted too) —
+not its ORIGPID, which is a pid on its home node.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from mosix_core.cli.common import new_app, reports_errors, run
-from mosix_core.errors import MosixError
+from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
+from mosix_core.client import Client
+from mosix_core.errors import MosixError, PermissionDenied
 from mosix_core.mosrun import control
 
 app = new_app("Manually migrate or otherwise instruct a running MOSIX process.")
 ACTIONS = ("home", "out", "freeze", "continue", "checkpoint", "chkstop", "chkexit")
 
 
-def mosmigrate(pid_text: str, action: str) -> None:
+def mosmigrate(pid_text: str, action: str, etc: Path | None = None) -> None:
     """Send ``action`` to process ``pid_text`` (a node, address or host name means "migrate there")."""
     if not pid_text.isascii() or not pid_text.isdigit() or int(pid_text) <= 0:
         raise MosixError(f"{pid_text}: not a process-ID")
     pid = int(pid_text)
-    if action in ACTIONS:
+    if action == "out":
+        send_out(pid, etc_path(etc))
+    elif action in ACTIONS:
         control.request(pid, action)
     else:
         control.request(pid, "migrate", to=action)
 
 
+def send_out(pid: int, etc: Path) -> None:
+    """``out``: guest ``pid`` (as listed here) leaves this node for its home (Super-User only)."""
+    if os.geteuid() != 0:
+        raise PermissionDenied("Permission denied: only the Super-User may do this")
+    Client(etc).call("out", pid=pid)
+
+
 @app.command()
 @reports_errors
 def main_command(
-    pid: str = typer.Argument(..., help="the MOSIX process (see mosps)"),
+    pid: str = typer.Argument(..., help="the MOSIX process (see mosps; with out: a guest, see mosps -V)"),
     action: str = typer.Argument(..., help="node-number | IP-address | host | " + " | ".join(ACTIONS)),
+    etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
 ) -> None:
     """mosmigrate {pid} {node-number | IP-address | host | home | out | freeze | continue | checkpoint | chkstop | chkexit}"""
-    mosmigrate(pid, action)
+    mosmigrate(pid, action, etc)
 
 
 def main() -> None:

@@ -23,6 +23,25 @@ Process-table operations:
 ``processes``   every row (``to_json``), and ``ip``, this node's address.
 
 A row always goes when its process exits (the daemon holds a pidfd per row).
+
+Getting rid of guests, calling our own processes back (all root only):
+
+``out``         ``pid``: send that guest home (``mosmigrate {pid} out``). ``pid`` is the
+                guest as listed here — its row, the guest host's pid (``mosps -V``) —
+                or the guest process itself (traced by its host). Returns at once, as
+                mosmigrate(1) says. The guest host is signalled (:data:`SEND_HOME`);
+                one that was not listening yet (still receiving its guest: the signal
+                is ignored, not fatal) is signalled again every second until its
+                ``SigCgt`` shows it heard.
+``expel``       every guest here goes home (``mosctl expel``); returns once all those
+                present when it was asked have gone, or fails after ``timeout`` seconds
+                naming those left. Each is signalled every second while it is here (a
+                move home that failed is tried again). Guests that arrive meanwhile
+                are not waited for: as the manual says, ``mosctl block`` first.
+``bring``       every process whose home is here and that runs elsewhere (or is
+                leaving) is asked home through its mosrun supervisor (as ``mosmigrate
+                {pid} home`` does); returns once all are back (or ended), or fails after
+                ``timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +50,7 @@ import asyncio
 import contextvars
 import json
 import os
+import signal
 import socket
 import struct
 import time
@@ -42,6 +62,7 @@ from mosix_core import __version__, gossip
 from mosix_core.daemon import migration
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError
 from mosix_core.linux import procfs
+from mosix_core.mosrun import control as supervisors
 from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
 from mosix_core.plugins import apply_policies
 from mosix_core.users import user_name
@@ -49,6 +70,10 @@ from mosix_core.proctable import ProcessEvent, ProcessRecord, checked_fields
 
 MAX_REQUEST = 1024 * 1024
 STATE_FLAGS = {"stay": gossip.ST_STAY, "lstay": gossip.ST_LSTAY, "block": gossip.ST_BLOCK}
+SEND_HOME = signal.SIGURG   # the guest host's "send the guest home" (mosix_core.remote.host.SEND_HOME)
+MOVE_TIMEOUT = 300.0        # how long expel / bring wait for the processes to move, by default
+NUDGE_EVERY = 1.0           # asking again (a lost signal, a move home that failed)
+POLL_EVERY = 0.05
 
 
 class Connection:
@@ -119,6 +144,49 @@ def node_json(node, ip: IPv4Address, now: float) -> dict[str, Any]:
     return data
 
 
+def present(table, records: list[ProcessRecord]) -> list[ProcessRecord]:
+    """Those of ``records`` still in the process table (a row replaced since is gone)."""
+    return [r for r in records if table.get(r.pid) is r]
+
+
+class HomeSender:
+    """Signals guest hosts :data:`SEND_HOME`, each through a pidfd of its own (opened
+    while its row is here, so a pid used again is never signalled)."""
+
+    def __init__(self, table, records: list[ProcessRecord], *, insist: bool) -> None:
+        self.table = table
+        self.records = records
+        self.insist = insist
+        self.pidfds: dict[int, int] = {}
+        self.heard: set[int] = set()      # hosts that were listening when signalled
+
+    def left(self) -> list[ProcessRecord]:
+        return present(self.table, self.records)
+
+    def nudge(self) -> None:
+        for record in self.left():
+            if record.pid in self.heard and not self.insist:
+                continue
+            try:
+                if record.pid not in self.pidfds:
+                    self.pidfds[record.pid] = os.pidfd_open(record.pid)
+                caught = procfs.signal_set(procfs.status_fields(record.pid).get("SigCgt", "0"))
+                signal.pidfd_send_signal(self.pidfds[record.pid], SEND_HOME)
+            except OSError:
+                continue                          # it has just ended
+            if SEND_HOME in caught:
+                self.heard.add(record.pid)
+
+    def done(self) -> bool:
+        """Nothing more to do but wait: every host left has heard (and we do not insist)."""
+        return not self.insist and all(r.pid in self.heard for r in self.left())
+
+    def close(self) -> None:
+        for fd in self.pidfds.values():
+            os.close(fd)
+        self.pidfds.clear()
+
+
 class ControlServer:
     def __init__(self, node, path: Path) -> None:
         self.node = node
@@ -126,6 +194,7 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
         self.on_reconfigure: Callable[[], Any] | None = None
         self.on_stop: Callable[[], Any] | None = None
+        self._background: set[asyncio.Task] = set()   # mosmigrate out's nudging, kept alive
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +206,8 @@ class ControlServer:
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for task in list(self._background):
+            task.cancel()
         try:
             self.path.unlink()
         except OSError:
@@ -457,3 +528,111 @@ class ControlServer:
             raise ProtocolError("supervise needs a connection")
         conn.supervisor = True
         return {}
+
+    # -- getting rid of guests, calling our processes back ----------------------------------------------
+    def guest_row(self, pid: int) -> ProcessRecord:
+        """The guest ``pid`` names here: the guest host's row (the pid ``mosps -V``
+        lists), or the row of the host tracing the guest process ``pid``."""
+        table = self.node.proctable
+        record = table.get(pid)
+        if record is None:
+            try:
+                tracer = int(procfs.status_fields(pid).get("TracerPid", "0"))
+            except (OSError, ValueError):
+                raise ProtocolError(f"{pid}: No such process") from None
+            record = table.get(tracer) if tracer else None
+            if record is None or not record.is_guest:
+                raise ProtocolError(f"{pid}: not a MOSIX process")
+        if not record.is_guest:
+            raise ProtocolError(f"{pid}: not a guest process (its home is this node)")
+        return record
+
+    def op_out(self, req: dict, uid: int) -> dict:
+        """``mosmigrate {pid} out``: the guest goes home; no waiting (mosmigrate(1))."""
+        self.require_root(uid)
+        record = self.guest_row(int(req["pid"]))
+        self.node.log.info("guest sent out", pid=record.pid, home=str(record.home), origpid=record.origpid)
+        task = asyncio.get_running_loop().create_task(self.send_guests_home([record], MOVE_TIMEOUT, insist=False))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return {"pid": record.pid, "home": str(record.home), "origpid": record.origpid}
+
+    async def op_expel(self, req: dict, uid: int) -> dict:
+        """``mosctl expel``: every guest goes home; the reply once they all have."""
+        self.require_root(uid)
+        timeout = self._timeout(req)
+        guests = self.node.proctable.guests()
+        self.node.log.info("expelling guests", count=len(guests))
+        left = await self.send_guests_home(guests, timeout, insist=True)
+        if left:
+            raise MosixError(f"{len(left)} guest process(es) did not leave within {timeout:g} seconds "
+                             f"(pid {', '.join(str(r.pid) for r in left)})")
+        return {"expelled": len(guests)}
+
+    async def op_bring(self, req: dict, uid: int) -> dict:
+        """``mosctl bring``: every process of ours running elsewhere comes home; the
+        reply once they all have (or ended)."""
+        self.require_root(uid)
+        timeout = self._timeout(req)
+        away = [r for r in self.node.proctable.local() if r.is_away or r.where == "leaving"]
+        self.node.log.info("bringing processes home", count=len(away))
+        left = await self.bring_home(away, timeout)
+        if left:
+            raise MosixError(f"{len(left)} process(es) did not come back within {timeout:g} seconds "
+                             f"(pid {', '.join(str(r.pid) for r in left)})")
+        return {"brought": len(away)}
+
+    @staticmethod
+    def _timeout(req: dict) -> float:
+        timeout = req.get("timeout", MOVE_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ProtocolError("timeout must be a positive number of seconds")
+        return float(timeout)
+
+    async def send_guests_home(self, records: list[ProcessRecord], timeout: float, *,
+                               insist: bool) -> list[ProcessRecord]:
+        """Signal the guests' hosts to send them home; those still here after
+        ``timeout`` seconds. A host that was not listening yet (still receiving its
+        guest) is signalled again every NUDGE_EVERY seconds; one that was is left
+        alone unless ``insist`` (then a move home that failed is tried again)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sender = HomeSender(self.node.proctable, records, insist=insist)
+        try:
+            next_nudge = loop.time()
+            while (left := sender.left()) and loop.time() < deadline and not sender.done():
+                if loop.time() >= next_nudge:
+                    sender.nudge()
+                    next_nudge = loop.time() + NUDGE_EVERY
+                await asyncio.sleep(POLL_EVERY)
+            return left
+        finally:
+            sender.close()
+
+    async def bring_home(self, records: list[ProcessRecord], timeout: float) -> list[ProcessRecord]:
+        """Ask each process's supervisor to bring it home (again every NUDGE_EVERY
+        seconds while it is still elsewhere); those not back after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        asking: dict[int, asyncio.Future] = {}
+        next_ask = loop.time()
+
+        def coming(records: list[ProcessRecord]) -> list[ProcessRecord]:
+            return [r for r in present(self.node.proctable, records) if r.where != "here"]
+
+        while (left := coming(records)) and loop.time() < deadline:
+            if loop.time() >= next_ask:
+                for record in left:
+                    pending = asking.get(record.pid)
+                    if record.is_away and (pending is None or pending.done()):
+                        asking[record.pid] = loop.run_in_executor(None, self._ask_home, record.pid)
+                next_ask = loop.time() + NUDGE_EVERY
+            await asyncio.sleep(POLL_EVERY)
+        return left
+
+    def _ask_home(self, pid: int) -> None:
+        """``mosmigrate {pid} home`` from the daemon (blocking: run in a thread)."""
+        try:
+            supervisors.request(pid, "home", timeout=NUDGE_EVERY * 5)
+        except MosixError as err:               # ended meanwhile, or its supervisor is busy
+            self.node.log.debug("bring: asking a process home failed", pid=pid, error=str(err))

@@ -12,6 +12,10 @@ unprivileged guest identity before anything of the process exists here. It then:
 3. on ``home`` (or ``leave``, on to another node through home) stops the guest at a
    clean point and sends its image back; once home says ``arrived`` the guest is
    removed, and on ``stay`` it runs on here as if nothing happened.
+   :data:`SEND_HOME` (SIGURG) from this node's mosd means the same as ``home``
+   from home: ``mosmigrate {pid} out`` and ``mosctl expel`` (a signal whose default
+   action is to be ignored, so one that comes before the guest runs is lost, not
+   fatal: mosd sends it again until the guest has gone).
 
 A signal's default action killing the guest here is reported (``killed``) so the
 process dies of it at home too. The connection closing while the guest runs means
@@ -42,6 +46,7 @@ from mosix_core.remote.moving import arrive, send_image
 
 PR_SET_DUMPABLE = 4
 GUEST_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACESECCOMP | ptrace.O_EXITKILL
+SEND_HOME = signal.SIGURG        # from mosd: send the guest home (mosmigrate out, mosctl expel)
 
 
 class HomeGone(MosixError):
@@ -83,6 +88,8 @@ class GuestHost:
         guest = self.guest
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        # the wake-up fd ends the select below, and the loop's top obeys self.controls
+        signal.signal(SEND_HOME, self._asked_home)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         selector = selectors.DefaultSelector()
         selector.register(self.sock, selectors.EVENT_READ)
@@ -116,6 +123,11 @@ class GuestHost:
                 return 0                             # it ended at home; home hung up first
             print(f"guest host: the link home ended: {err}", file=sys.stderr)
             return 1
+
+    def _asked_home(self, *_) -> None:
+        """SEND_HOME from mosd: as if home had said ``home`` (once, however often asked)."""
+        if {"op": "home"} not in self.controls:
+            self.controls.append({"op": "home"})
 
     def _drain(self) -> bool:
         """Handle the guest's stops; True once it has ended."""
@@ -151,7 +163,10 @@ class GuestHost:
         guest = self.guest
         pid = guest.pid
         guest.stepping = True
-        ptrace.interrupt(pid)
+        try:
+            ptrace.interrupt(pid)
+        except TraceError:
+            return True                              # it has just died here (expelled as it ended)
         while True:
             stop = ptrace.wait_for(pid)
             if stop.kind in ("exited", "killed"):
