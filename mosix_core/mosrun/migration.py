@@ -33,6 +33,17 @@ def lost_communication(computer: str) -> str:
     return f"Lost communication with {computer}"
 
 
+def seems_dead(computer: str) -> str:
+    return f"remote-site ({computer}) seems to be dead"
+
+
+#: how often the gossip view is asked whether the nodes running our processes live
+HEARTBEAT_CHECK = 1.0
+#: how long a process away on a node that seems dead may take to come home before it
+#: is given up for lost (the link's keepalive usually breaks sooner)
+DEAD_NODE_GRACE = 15.0
+
+
 @attrs.define(eq=False)
 class Away:
     """A process running on another node."""
@@ -45,6 +56,11 @@ class Away:
     next_poll: float = 0.0
     going: str | None = None        # asked home (or on, through home) and not there yet
     dying: int | None = None        # a signal killed it away: it dies of it here too
+    utime: float = 0.0              # user CPU seconds there so far (as its host reports)
+    dead_since: float | None = None  # when the node stopped being seen alive (gossip)
+    stopping: int | None = None     # the guest stopped of this signal: the shell is to stop too
+    stopped: bool = False           # the shell is stopped (job control) until SIGCONT
+    continued: bool = False         # its SIGCONT was sent on already, when it woke
 
     def close(self) -> None:
         try:

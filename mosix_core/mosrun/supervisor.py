@@ -38,6 +38,7 @@ from mosix_core.remote import moving
 from mosix_core.remote.calls import CannotForward, Reply, Request, spec_of, unforwardable_error
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal
+from mosix_core.remote.link import keep_alive
 from mosix_core.mosrun import options as mosopts
 
 UNSIGNED_MINUS_ONE = (1 << 64) - 1
@@ -47,6 +48,7 @@ NOTHING_PENDING = object()      # /proc/self/mosrun: how a recursive mosrun talk
 SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
 SYS_KILL, SYS_TKILL, SYS_TGKILL = NUMBERS["kill"], NUMBERS["tkill"], NUMBERS["tgkill"]
 SYS_OPEN, SYS_OPENAT, SYS_RT_SIGPROCMASK = NUMBERS["open"], NUMBERS["openat"], NUMBERS["rt_sigprocmask"]
+STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGSTOP)
 SYS_RT_SIGACTION, SYS_MMAP, SYS_EXIT_GROUP = NUMBERS["rt_sigaction"], NUMBERS["mmap"], NUMBERS["exit_group"]
 SIG_SETMASK = 2
 PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
@@ -108,6 +110,7 @@ class Tracee:
     start_at: str | None = None            # mosrun -r/-{n}/-b: where the program starts (at its exec)
     start_force: bool = False              # -F: at home if it cannot start there
     return_to: str | None = None           # came home to exec: the new program goes back there
+    remote_utime: float = 0.0              # user CPU seconds of its stays away that ended
 
     @property
     def native(self) -> bool:
@@ -136,6 +139,7 @@ class Supervisor:
         self.in_cluster = in_cluster
         self.on_exit = on_exit
         self.timers: list[tuple[float, Callable[[], None]]] = []
+        self._next_heartbeat_check = 0.0
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -192,6 +196,7 @@ class Supervisor:
                 tick()
             self._automatic_checkpoints()
             self._poll_away_signals()
+            self._check_away_nodes()
 
     def drain(self) -> None:
         while True:
@@ -680,6 +685,7 @@ class Supervisor:
         self._send("update", pid=pid, where="leaving")
         deferred: list[int] = []
         try:
+            keep_alive(sock)
             sock.settimeout(migration.RESTORE_TIMEOUT)
             out = sock.makefile("wb")
             deferred = moving.send_image(pid, ImageWriter(out, compress=not reply.get("proximate")), regs,
@@ -743,8 +749,33 @@ class Supervisor:
             self._coming_home(tracee, message)
         elif isinstance(message, dict) and message.get("op") == "killed" and isinstance(message.get("signal"), int):
             self._die_like_guest(tracee, message["signal"])
+        elif isinstance(message, dict) and message.get("op") == "times":
+            self._away_times(tracee, message.get("utime"))
+        elif isinstance(message, dict) and message.get("op") == "stopped" and message.get("signal") in STOPS:
+            self._away_stopped(tracee, message["signal"])
         else:
             self._lost(tracee)
+
+    def _away_stopped(self, tracee: Tracee, sig: int) -> None:
+        """The guest stopped (^Z, SIGTTIN...): so does the process here, of the same
+        signal, so its parent (a shell's job control) sees it stopped. The shell takes
+        the signal's default action (its handler, if any, ran in the guest)."""
+        away = tracee.away
+        if away.deputy.running is not None or away.stopped or away.stopping is not None:
+            return
+        try:
+            away.deputy.injector.call(SYS_RT_SIGACTION, sig, away.deputy.zeros(32), 0, 8)   # SIG_DFL
+            os.kill(tracee.pid, sig)
+            away.stopping = sig
+            ptrace.syscall(tracee.pid)             # from its idle stop to the signal's stop
+        except (TraceError, OSError):
+            away.stopping = None
+
+    def _away_times(self, tracee: Tracee, utime) -> None:
+        """The guest's CPU time on its node so far: mostimeof adds it to the time here."""
+        if isinstance(utime, (int, float)) and utime >= 0:
+            tracee.away.utime = float(utime)
+            self._send("update", pid=tracee.pid, remote_utime=round(tracee.remote_utime + utime, 2))
 
     def _away_call(self, tracee: Tracee, request: Request) -> None:
         context = rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid))
@@ -834,6 +865,20 @@ class Supervisor:
         if away.dying is not None:
             ptrace.cont(tracee.pid, stop.sig if stop.kind == "signal" and stop.sig == away.dying else 0)
             return
+        if away.stopping is not None and stop.kind == "signal" and stop.sig == away.stopping:
+            ptrace.cont(tracee.pid, stop.sig)      # the stop the guest made: here too, for real
+            return
+        if stop.kind == "event" and stop.event == ptrace.EVENT_STOP and stop.group_stop:
+            away.stopping, away.stopped = None, True
+            ptrace.listen(tracee.pid)              # stopped (its parent sees it) until SIGCONT
+            return
+        if away.stopped and stop.kind == "event":
+            # SIGCONT woke it (the signal itself shows at its next resume: not sent twice)
+            away.stopped, away.continued = False, True
+            self._away_send(tracee, encode_signal(signal.SIGCONT))
+            return
+        if stop.kind == "signal" and stop.sig == signal.SIGCONT:
+            away.stopped = False
         if deputy.running is None:
             if stop.kind == "signal":
                 deputy.injector.deferred.append(stop.sig)
@@ -850,6 +895,9 @@ class Supervisor:
     def _send_deferred(self, tracee: Tracee) -> None:
         deferred = tracee.away.deputy.deferred
         for sig in deferred:
+            if sig == signal.SIGCONT and tracee.away.continued:
+                tracee.away.continued = False      # sent already, when it woke
+                continue
             if sig == signal.SIGSTOP:
                 sig = signal.SIGTSTP               # MOSIX processes never get SIGSTOP
             self._away_send(tracee, encode_signal(sig))
@@ -861,7 +909,8 @@ class Supervisor:
         now = time.monotonic()
         for tracee in list(self.tracees.values()):
             away = tracee.away
-            if away is None or away.deputy.running is not None or now < away.next_poll:
+            if away is None or away.deputy.running is not None or now < away.next_poll or away.stopped \
+                    or away.stopping is not None:
                 continue
             away.next_poll = now + migration.SIGNAL_POLL
             status = procfs.status_fields(tracee.pid)
@@ -871,6 +920,32 @@ class Supervisor:
                 except TraceError:
                     continue
                 self._send_deferred(tracee)
+
+    def _check_away_nodes(self) -> None:
+        """The nodes our processes run on must be alive in the gossip view. One that
+        seems dead: say so (the manual's words) and call the process home — if the
+        link still works it comes, else it is lost after a grace period."""
+        now = time.monotonic()
+        if now < self._next_heartbeat_check:
+            return
+        self._next_heartbeat_check = now + migration.HEARTBEAT_CHECK
+        away = [t for t in self.tracees.values() if t.away is not None and t.away.dying is None]
+        if not away or self.etc is None:
+            return
+        try:
+            alive = {n["ip"]: n.get("alive") for n in Client(self.etc).call("view")["nodes"]}
+        except (MosixError, KeyError, TypeError):
+            return                                   # no mosd to ask: the link alone decides
+        for tracee in away:
+            where = tracee.away.where
+            if alive.get(where, True):
+                tracee.away.dead_since = None
+            elif tracee.away.dead_since is None:
+                tracee.away.dead_since = now
+                self.say(tracee, migration.seems_dead(where))
+                self.request_migration(tracee, "home")
+            elif now - tracee.away.dead_since > migration.DEAD_NODE_GRACE:
+                self._lost(tracee)
 
     def _away_send(self, tracee: Tracee, frame: bytes) -> None:
         try:
@@ -933,9 +1008,13 @@ class Supervisor:
         except (ProtocolError, OSError):
             sent = {}
         self._drop_away(tracee)
-        deferred += list(sent.get("signals", [])) if isinstance(sent, dict) else []
+        sent = sent if isinstance(sent, dict) else {}
+        deferred += list(sent.get("signals", []))
+        trip = sent.get("utime")
+        tracee.remote_utime += float(trip) if isinstance(trip, (int, float)) and trip >= 0 else away.utime
         tracee.state.nmigs += 1
-        self._send("update", pid=pid, where="here", nmigs=tracee.state.nmigs)
+        self._send("update", pid=pid, where="here", nmigs=tracee.state.nmigs,
+                   remote_utime=round(tracee.remote_utime, 2))
         if coming_for in ("execve", "execveat"):
             tracee.return_to = away.where
         self._resume(tracee)
@@ -1143,3 +1222,4 @@ def _configuration(etc):
         return load_config_if_present(etc)
     except MosixError:
         return None
+

@@ -23,7 +23,7 @@ import struct
 from typing import Callable
 
 from mosix_core.errors import TraceError
-from mosix_core.linux import inject, memory, ptrace, seccomp
+from mosix_core.linux import inject, memory, procfs, ptrace, seccomp
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
 from mosix_core.remote.calls import MAX_TRANSFER, CannotForward, Reply, Request, marshal, spec_of, unmarshal
 
@@ -40,6 +40,7 @@ LOCAL = frozenset({
     "alarm", "setitimer", "getitimer", "restart_syscall",
 })
 FUTEX_PRIVATE_FLAG = 128
+JOB_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 #: local when they only wait (no descriptors: ``nfds``, at this argument, is 0)
 WAITING = {"select": 0, "pselect6": 0, "poll": 1, "ppoll": 1}
 EXITS = (NUMBERS["exit"], NUMBERS["exit_group"])
@@ -59,6 +60,7 @@ MAP_TYPE, MAP_PRIVATE, MAP_ANONYMOUS = 0x0F, 0x02, 0x20
 #: process goes back for them (see :attr:`Guest.wants_home`)
 HOMEWARD = frozenset(NUMBERS[name] for name in ("fork", "vfork", "clone", "clone3", "execve", "execveat"))
 UNSIGNED = (1 << 64) - 1
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def guest_filter() -> list:
@@ -85,6 +87,7 @@ class Guest:
         # a call it must make at home (fork, exec...): it is backed up to be made again
         # there, and the guest is stopped at that call's exit, ready to be sent home
         self.wants_home: str | None = None
+        self.stopped_by: int | None = None       # the job-control signal it was stopped for
         self._mem: int | None = None
 
     def run(self) -> int:
@@ -124,7 +127,22 @@ class Guest:
 
     def signal(self, sig: int) -> None:
         """A signal that reached the process at home."""
+        if sig in JOB_STOPS and self._takes_default_action(sig):
+            # here its process group is an orphan (the host's, under mosd), whose
+            # members the kernel does not stop for ^Z and the like: SIGSTOP does it
+            self.stopped_by = sig
+            sig = signal.SIGSTOP
         os.kill(self.pid, sig)
+
+    def _takes_default_action(self, sig: int) -> bool:
+        status = procfs.status_fields(self.pid)
+        bit = 1 << (sig - 1)
+        return not (int(status.get("SigCgt", "0"), 16) | int(status.get("SigIgn", "0"), 16)) & bit
+
+    def utime(self) -> float | None:
+        """User CPU seconds the process has used here (None once it is gone)."""
+        fields = procfs.stat_fields(self.pid)
+        return None if fields is None else round(int(fields[11]) / CLOCK_TICKS, 2)
 
     def close(self) -> None:
         if self._mem is not None:

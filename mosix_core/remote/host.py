@@ -34,6 +34,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 
 from mosix_core.errors import MosixError, ProtocolError, TraceError
 from mosix_core.image import stub
@@ -41,11 +42,13 @@ from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import inject, ptrace
 from mosix_core.remote.frames import Channel, encode_control
 from mosix_core.remote.guest import Guest
-from mosix_core.remote.link import forwarder
+from mosix_core.remote.link import forwarder, keep_alive
 from mosix_core.remote.moving import arrive, send_image
 
 PR_SET_DUMPABLE = 4
 GUEST_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACESECCOMP | ptrace.O_EXITKILL
+#: how often the guest's CPU time is reported home (seconds)
+TIMES_EVERY = 1.0
 SEND_HOME = signal.SIGURG        # from mosd: send the guest home (mosmigrate out, mosctl expel)
 
 
@@ -60,6 +63,8 @@ class GuestHost:
         self.compress = compress
         self.guest: Guest | None = None
         self.controls: list[dict] = []        # control messages that came during a call
+        self._next_times = 0.0
+        self._reported_utime: float | None = None
 
     # -- arriving ----------------------------------------------------------------------------
     def receive(self) -> bool:
@@ -102,7 +107,8 @@ class GuestHost:
                         return 0
                 if self._drain():
                     return 0
-                for key, _ in selector.select():
+                self._report_times()
+                for key, _ in selector.select(timeout=TIMES_EVERY):
                     if key.fileobj is self.sock:
                         message = self._receive()
                         if isinstance(message, int):
@@ -124,6 +130,17 @@ class GuestHost:
             print(f"guest host: the link home ended: {err}", file=sys.stderr)
             return 1
 
+    def _report_times(self) -> None:
+        """The guest's user CPU time here, for mostimeof at home (when it changed)."""
+        now = time.monotonic()
+        if now < self._next_times:
+            return
+        self._next_times = now + TIMES_EVERY
+        utime = self.guest.utime()
+        if utime is not None and utime != self._reported_utime:
+            self._reported_utime = utime
+            self._send({"op": "times", "utime": utime})
+
     def _asked_home(self, *_) -> None:
         """SEND_HOME from mosd: as if home had said ``home`` (once, however often asked)."""
         if {"op": "home"} not in self.controls:
@@ -138,8 +155,9 @@ class GuestHost:
                 return True
             if pid == 0:
                 return False
+            stop = ptrace.decode_status(pid, status)
             try:
-                if self.guest.on_stop(ptrace.decode_status(pid, status)) is not None:
+                if self.guest.on_stop(stop) is not None:
                     if self.guest.killed_by is not None:
                         # the process dies at home of the same signal (its parent sees it)
                         self._send({"op": "killed", "signal": self.guest.killed_by})
@@ -149,6 +167,10 @@ class GuestHost:
                 if err.errno != errno.ESRCH:
                     print(f"guest host: tracing the guest failed: {err}", file=sys.stderr)
                 return True
+            if stop.kind == "event" and stop.event == ptrace.EVENT_STOP and stop.group_stop:
+                # stopped (^Z...): the process stops at home too, for its parent to see
+                self._send({"op": "stopped", "signal": self.guest.stopped_by or stop.sig})
+                self.guest.stopped_by = None
             if self.guest.wants_home is not None and self._go_home():
                 return True
 
@@ -183,7 +205,7 @@ class GuestHost:
         out = self.sock.makefile("wb")
         deferred = send_image(pid, ImageWriter(out, compress=self.compress), regs, {})
         out.flush()
-        self._send({"op": "sent", "signals": deferred})
+        self._send({"op": "sent", "signals": deferred, "utime": guest.utime()})
         answer = self._control()
         if answer.get("op") == "arrived":
             self._remove(pid)
@@ -252,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    keep_alive(sock)
     # what the image engine imports only when first needed must be loaded while we can
     # still read the interpreter's library (it may live where nobody may look: /root)
     importlib.import_module("concurrent.futures.thread")

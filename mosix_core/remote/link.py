@@ -9,6 +9,7 @@ status is the one its parent sees there); the guest is removed after that.
 
 from __future__ import annotations
 
+import socket
 from typing import Callable
 
 from mosix_core.errors import ProtocolError, TraceError
@@ -19,6 +20,15 @@ from mosix_core.remote.frames import Channel, encode_reply, encode_request, enco
 from mosix_core.remote.guest import Guest
 
 SYS_MMAP, SYS_EXIT_GROUP = NUMBERS["mmap"], NUMBERS["exit_group"]
+#: TCP keepalive on the link: idle seconds, probe interval, probes — a node that dies
+#: breaks its links in about 11 s (neither half can go on without the other)
+KEEPALIVE = (5, 2, 3)
+
+
+def keep_alive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in zip((socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT), KEEPALIVE):
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def forwarder(channel: Channel, guest: Guest,

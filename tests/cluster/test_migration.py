@@ -7,6 +7,7 @@ leaves it running at home with the manual's message."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -422,3 +423,113 @@ def test_a_signal_interrupts_a_call_blocked_at_home(cluster, tmp_path, spawn, mo
     os.close(writer)
     assert out.read_text() == "reading\nusr1 while reading\nread b'some input'\n"
     wait_until(lambda: not guests(cluster, 2), what="the guest to go")
+
+
+def test_mostimeof_counts_the_cpu_time_used_away(cluster, mosrun, tmp_path):
+    proc = mosrun("awk", "BEGIN { for (;;) x++ }", out=tmp_path / "out.txt")
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    migrate(cluster, pid, "2")
+    where_is(cluster, cluster.ip(2))
+    here = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11]) / os.sysconf("SC_CLK_TCK")
+
+    def seconds() -> float:
+        done = cluster.run(1, "mostimeof", str(pid))
+        assert done.returncode == 0, done.stderr
+        return float(done.stdout.split(":")[1])
+
+    wait_until(lambda: seconds() >= here + 1.5, timeout=20, what="1.5 s of CPU time away, counted at home")
+    migrate(cluster, pid, "home")
+    where_is(cluster, "here")
+    before = seconds()
+    assert before >= here + 1.5                          # the stay away stays counted at home
+    time.sleep(0.5)
+    assert seconds() > before                            # and the time here adds to it
+    proc.kill()
+
+
+def test_a_node_that_stops_gossiping_seems_dead_and_the_process_comes_home(cluster, mosrun, tmp_path):
+    program = AWK % 400
+    out = tmp_path / "out.txt"
+    proc = mosrun("awk", program, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    migrate(cluster, pid, "2")
+    where_is(cluster, cluster.ip(2))
+    host = guests(cluster, 2)[0]["pid"]
+    cluster.stop(2)                                      # its mosd: no heart-beat; the guest host runs on
+    message = f"MOSRUN: remote-site ({cluster.ip(2)}) seems to be dead\n".encode()
+    wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), timeout=30, what="the manual's message")
+    where_is(cluster, "here")                            # the link still worked: it came home
+    wait_until(lambda: not Path(f"/proc/{host}").exists(), what="the guest host to end")
+    assert proc.wait(timeout=120) == 3
+    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+    assert out.read_bytes() == native.stdout
+    assert (tmp_path / "stderr.txt").read_bytes() == message
+
+
+class Terminal:
+    """An interactive bash on a pty of its own: what a user at a terminal types and sees."""
+
+    def __init__(self, env: dict, cwd: Path) -> None:
+        import pty
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.chdir(cwd)
+            os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], {**env, "PS1": "$ "})
+        self.seen = b""
+
+    def type(self, text: bytes) -> None:
+        os.write(self.fd, text)
+
+    def read(self, seconds: float) -> None:
+        import select
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    self.seen += os.read(self.fd, 65536)
+                except OSError:
+                    return
+
+    def expect(self, text: bytes, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            assert time.monotonic() < deadline, f"no {text!r} on the terminal: ...{self.seen[-300:]!r}"
+            self.read(0.05)
+
+    def close(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.fd)
+
+
+def test_job_control_of_a_process_away(cluster, mosrun, tmp_path):
+    terminal = Terminal(mosrun.env, tmp_path)
+    try:
+        terminal.read(0.5)
+        program = (AWK % 300).replace('printf "', 'printf "line ')
+        terminal.type(f"mosrun awk '{program}'\n".encode())
+        terminal.expect(b"line 5 ")
+        pid = row(cluster)["pid"]
+        migrate(cluster, pid, "2")
+        where_is(cluster, cluster.ip(2))
+        terminal.expect(b"line 30 ")
+        terminal.type(b"\x1a")                             # ^Z
+        terminal.expect(b"Stopped")                        # bash saw its job stop
+        terminal.read(0.5)
+        printed = terminal.seen.count(b"line ")
+        terminal.read(1.0)
+        assert terminal.seen.count(b"line ") == printed    # it does not run away either
+        assert row(cluster)["where"] == cluster.ip(2)
+        terminal.type(b"fg\n")
+        terminal.expect(b"line 299 ", timeout=120)
+        terminal.type(b"echo status=$?\n")                # fg's status: the job's
+        terminal.expect(b"status=3")
+        native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+        printed = re.findall(rb"line \d+ \d+\n", terminal.seen.replace(b"\r\n", b"\n"))
+        assert b"".join(printed) == native.stdout          # every line, once, in order
+    finally:
+        terminal.close()
