@@ -38,6 +38,8 @@ from mosix_core.linux.libc import LIBC
 SYS_RT_SIGACTION = 13
 SYS_SIGALTSTACK = 131
 SYS_BRK = 12
+SYS_GETITIMER = 36
+ITIMERS = (0, 1, 2)              # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 SYS_GET_ROBUST_LIST = 274
 RED_ZONE = 128
 SCRATCH = 4096
@@ -114,11 +116,13 @@ def write_unlinked_contents(pid: int, files: list[dict[str, Any]], writer: Image
 
 
 # -- memory -------------------------------------------------------------------------------------------
-def dump_mappings(pid: int, mappings: list[procfs.Mapping], *, writable_shared_files: bool = False
-                  ) -> list[dict[str, Any]]:
+def dump_mappings(pid: int, mappings: list[procfs.Mapping], *, writable_shared_files: bool = False,
+                  copy_private_files: bool = False) -> list[dict[str, Any]]:
     """The mappings to recreate. ``writable_shared_files``: a process that stays where
     it is (freezing) may keep writable shared mappings of files — their contents are
-    the file's, mapped again on return — while a checkpoint cannot."""
+    the file's, mapped again on return — while a checkpoint cannot.
+    ``copy_private_files``: the contents of a private mapping of a file that not
+    everyone may read go in the image (a guest, restored by nobody, could not open it)."""
     out = []
     for m in mappings:
         if m.path in NO_CHECKPOINT:
@@ -130,6 +134,8 @@ def dump_mappings(pid: int, mappings: list[procfs.Mapping], *, writable_shared_f
         entry = {"start": m.start, "end": m.end, "perms": m.perms, "path": m.path}
         if m.path in KERNEL_PLACED:
             entry["kind"] = "kernel"
+        elif m.file_backed and not m.deleted and copy_private_files and not m.shared and not_for_everyone(m.path):
+            entry["kind"] = "copy"
         elif m.file_backed and not m.deleted:
             entry.update(kind="file", offset=m.offset, inode=m.inode, device=m.device)
             try:
@@ -143,6 +149,22 @@ def dump_mappings(pid: int, mappings: list[procfs.Mapping], *, writable_shared_f
             entry["kind"] = "heap" if m.path == "[heap]" else "stack" if m.path == "[stack]" else "anon"
         out.append(entry)
     return out
+
+
+def not_for_everyone(path: str) -> bool:
+    """Whether some user could not open ``path`` for reading (the file is not readable
+    by others, or a directory above it not searchable by others)."""
+    try:
+        if not os.stat(path).st_mode & stat.S_IROTH:
+            return True
+        directory = os.path.dirname(path)
+        while directory not in ("/", ""):
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return True
+            directory = os.path.dirname(directory)
+    except OSError:
+        return True
+    return False
 
 
 def page_runs(pid: int, entries: list[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -293,6 +315,10 @@ def ask_process(pid: int, regs: ptrace.Registers, mappings: list[procfs.Mapping]
         injector.check("sigaltstack", SYS_SIGALTSTACK, 0, scratch.address)
         sp, flags, size = struct.unpack("<Qi4xQ", scratch.read(0, 24))    # stack_t
         brk = injector.check("brk", SYS_BRK, 0)
+        itimers = []                    # real, virtual, profiling: [interval s, us, value s, us]
+        for which in ITIMERS:
+            injector.check(f"getitimer({which})", SYS_GETITIMER, which, scratch.address)
+            itimers.append(list(struct.unpack("<qqqq", scratch.read(0, 32))))
     finally:
         scratch.restore()
         ptrace.set_regs(pid, regs)
@@ -302,6 +328,7 @@ def ask_process(pid: int, regs: ptrace.Registers, mappings: list[procfs.Mapping]
         "altstack": [sp, flags, size],
         "pending": [info.hex() for info in ptrace.pending_siginfo(pid, shared=False)],
         "shared_pending": [info.hex() for info in ptrace.pending_siginfo(pid, shared=True)],
+        "itimers": itimers,
     }
     return signals, brk, injector.deferred
 
@@ -327,7 +354,8 @@ def check_credentials(status: dict[str, str]) -> None:
 
 # -- the whole image ----------------------------------------------------------------------------------
 def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
-                regs: ptrace.Registers, files: bool = True) -> tuple[CaptureStats, list[int]]:
+                regs: ptrace.Registers, files: bool = True,
+                copy_private_files: bool = False) -> tuple[CaptureStats, list[int]]:
     """Capture stopped process ``pid`` into ``writer`` (not closed here).
 
     ``identity`` is the MOSIX side of the process (virtual pid, MOSIX state...);
@@ -342,7 +370,7 @@ def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
         raise CannotCheckpoint("multi-threaded processes cannot be checkpointed")
     files = dump_files(pid) if files else []
     mappings = procfs.read_maps(pid)
-    entries = dump_mappings(pid, mappings)
+    entries = dump_mappings(pid, mappings, copy_private_files=copy_private_files)
     saved_regs = inject.copy_registers(regs)
     signals, brk, deferred = ask_process(pid, saved_regs, mappings, status)
     image_regs = inject.resumable_registers(saved_regs, new_process=True)

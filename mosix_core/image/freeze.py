@@ -138,7 +138,7 @@ def thaw(pid: int, records: Iterable[Record], shell: int) -> list[int]:
 
     On success the process has its memory, registers and FP state back and continues
     where it was frozen when resumed. Raises :class:`ThawFailed`."""
-    restorer = Restorer(pid, RestoreOptions(), shell)
+    restorer = Restorer(pid, RestoreOptions(timers=False), shell)   # its timers ran on here
     try:
         for record in records:
             if record.kind not in THAW_RECORDS:

@@ -44,6 +44,7 @@ LOWEST_HOLE = 0x100000
 SYS_OPEN, SYS_CLOSE, SYS_LSEEK, SYS_MMAP, SYS_MUNMAP = 2, 3, 8, 9, 11
 SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK, SYS_MREMAP, SYS_DUP3 = 13, 14, 25, 292
 SYS_SIGALTSTACK, SYS_PERSONALITY, SYS_CHDIR, SYS_UMASK, SYS_PRCTL = 131, 135, 80, 95, 157
+SYS_SETITIMER = 38
 SYS_SET_ROBUST_LIST, SYS_RSEQ, SYS_SECCOMP = 273, 334, 317
 SYS_RT_SIGQUEUEINFO, SYS_RT_TGSIGQUEUEINFO, SYS_EXIT_GROUP = 129, 297, 231
 
@@ -79,6 +80,8 @@ class RestoreOptions:
     # a migrated process coming home into its own shell (the deputy's body): its files,
     # cwd, umask and executable are there already and stay as they are
     returning: bool = False
+    # interval timers (alarm, setitimer) as they were; a thawed process's ran on meanwhile
+    timers: bool = True
 
 
 @attrs.define
@@ -355,6 +358,11 @@ class Restorer:
                 fprog = self._scratch(struct.pack("<H6xQ", len(program), code))
                 inj.check("prctl(PR_SET_NO_NEW_PRIVS)", SYS_PRCTL, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
                 inj.check("seccomp", SYS_SECCOMP, seccomp.SECCOMP_SET_MODE_FILTER, 0, fprog)
+            if self.options.timers:
+                for which, timer in enumerate(self.parts[Kind.SIGNALS].get("itimers", [])):
+                    if any(timer):
+                        inj.check(f"setitimer({which})", SYS_SETITIMER, which,
+                                  self._scratch(struct.pack("<qqqq", *timer)), 0)
             inj.check("munmap(trampoline)", SYS_MUNMAP, self.trampoline, TRAMPOLINE_SIZE)
             ptrace.set_xstate(self.pid, self.parts[Kind.XSTATE])
             ptrace.set_regs(self.pid, ptrace.Registers.from_buffer_copy(self.parts[Kind.REGISTERS]))

@@ -28,6 +28,7 @@ import attrs
 from mosix_core.errors import DaemonUnavailable, MosixError, ProtocolError, TraceError
 from mosix_core.linux import inject, memory, procfs, ptrace
 from mosix_core.linux.syscall_names import NUMBERS
+from mosix_core.image import capture
 from mosix_core.image import freeze as freeze_engine
 from mosix_core.image.freeze import CannotFreeze, ThawFailed
 from mosix_core.image.freezedirs import NO_SPACE
@@ -48,6 +49,7 @@ NOTHING_PENDING = object()      # /proc/self/mosrun: how a recursive mosrun talk
 SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
 SYS_KILL, SYS_TKILL, SYS_TGKILL = NUMBERS["kill"], NUMBERS["tkill"], NUMBERS["tgkill"]
 SYS_OPEN, SYS_OPENAT, SYS_RT_SIGPROCMASK = NUMBERS["open"], NUMBERS["openat"], NUMBERS["rt_sigprocmask"]
+SYS_SETITIMER = NUMBERS["setitimer"]
 STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGSTOP)
 SYS_RT_SIGACTION, SYS_MMAP, SYS_EXIT_GROUP = NUMBERS["rt_sigaction"], NUMBERS["mmap"], NUMBERS["exit_group"]
 SIG_SETMASK = 2
@@ -689,7 +691,7 @@ class Supervisor:
             sock.settimeout(migration.RESTORE_TIMEOUT)
             out = sock.makefile("wb")
             deferred = moving.send_image(pid, ImageWriter(out, compress=not reply.get("proximate")), regs,
-                                         {"pid": tracee.own_pid})
+                                         {"pid": tracee.own_pid}, to_guest=True)
             out.flush()
             channel = Channel(sock)
             answer = channel.receive()
@@ -699,6 +701,8 @@ class Supervisor:
             deputy = Deputy(pid, shell)
             # the guest keeps the signal mask; here every signal must show, to be sent on
             deputy.injector.check("rt_sigprocmask", SYS_RT_SIGPROCMASK, SIG_SETMASK, deputy.zeros(8), 0, 8)
+            for which in capture.ITIMERS:           # its timers went with it
+                deputy.injector.check("setitimer", SYS_SETITIMER, which, deputy.zeros(32), 0)
             sock.settimeout(None)
             channel.send(encode_control({"op": "go", "signals": deferred + held}))
         except (MosixError, OSError) as err:

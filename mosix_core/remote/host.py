@@ -74,6 +74,7 @@ class GuestHost:
             restored = arrive(pid, ImageReader(self.sock.makefile("rb"), streaming=True))
         except (MosixError, OSError) as err:
             self._remove(pid)
+            print(f"guest host: the process could not be restored here: {err}", file=sys.stderr)
             self._send({"op": "failed", "reason": str(err)})
             return False
         self._send({"op": "restored"})

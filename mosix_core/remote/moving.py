@@ -13,11 +13,14 @@ from mosix_core.linux import inject, ptrace
 from mosix_core.remote.guest import guest_filter
 
 
-def send_image(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any]) -> list[int]:
+def send_image(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any], *,
+               to_guest: bool = False) -> list[int]:
     """Write stopped process ``pid``'s image to ``writer`` (and END) — everything but
     its files, which stay home. Changes nothing in the process; the signals that
-    arrived meanwhile, to be re-sent wherever it goes on."""
-    _, deferred = capture.write_image(pid, writer, identity=identity, regs=regs, files=False)
+    arrived meanwhile, to be re-sent wherever it goes on. ``to_guest``: the mapped
+    files a guest could not open (nobody restores it) travel in the image."""
+    _, deferred = capture.write_image(pid, writer, identity=identity, regs=regs, files=False,
+                                      copy_private_files=to_guest)
     writer.close()
     return deferred
 
@@ -25,7 +28,7 @@ def send_image(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: 
 def leave(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any]) -> tuple[int, list[int]]:
     """:func:`send_image`, then release the memory: (the shell's address, signals for
     the guest). For callers that keep the image themselves until the guest runs."""
-    deferred = send_image(pid, writer, regs, identity)
+    deferred = send_image(pid, writer, regs, identity, to_guest=True)
     shell, held = freeze.release_memory(pid)
     return shell, deferred + held
 
