@@ -646,6 +646,13 @@ class Supervisor:
             if tracee.away.going is None:
                 tracee.away.going = "home" if to in migration.HOME_WORDS else to
                 self._away_send(tracee, encode_control({"op": "home"}))
+                if tracee.away is not None and tracee.away.deputy.running is not None:
+                    # a call that may block here (a read of a terminal...) ends as if
+                    # interrupted; the guest then makes it again — at home
+                    try:
+                        ptrace.interrupt(tracee.pid)
+                    except TraceError:
+                        pass
             return {"ok": True}
         if to in migration.HOME_WORDS or tracee.frozen is not None:
             return {"ok": True}               # at home already (a frozen process stays)

@@ -58,7 +58,8 @@ IOV_MAX = 1024
 MAP_TYPE, MAP_PRIVATE, MAP_ANONYMOUS = 0x0F, 0x02, 0x20
 #: calls that make a new process or program: they are made at home, where the
 #: process goes back for them (see :attr:`Guest.wants_home`)
-HOMEWARD = frozenset(NUMBERS[name] for name in ("fork", "vfork", "clone", "clone3", "execve", "execveat"))
+HOMEWARD_NAMES = ("fork", "vfork", "clone", "clone3", "execve", "execveat")
+HOMEWARD = frozenset(NUMBERS[name] for name in HOMEWARD_NAMES)
 UNSIGNED = (1 << 64) - 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -88,6 +89,7 @@ class Guest:
         # there, and the guest is stopped at that call's exit, ready to be sent home
         self.wants_home: str | None = None
         self.stopped_by: int | None = None       # the job-control signal it was stopped for
+        self.leaving = False                     # home asked for it: its next call is made there
         self._mem: int | None = None
 
     def run(self) -> int:
@@ -163,7 +165,10 @@ class Guest:
         pid = self.pid
         info = ptrace.syscall_info(pid)
         if info.nr in HOMEWARD:
-            self._go_home_for(info.nr)
+            self._go_home_for(info.nr, NAMES[info.nr])
+            return
+        if self.leaving:
+            self._go_home_for(info.nr, "home")       # asked home: the call is made there
             return
         if info.nr == SYS_MMAP:
             self._map_file(info.args)
@@ -200,14 +205,25 @@ class Guest:
         ptrace.set_regs(pid, regs)
         injector = inject.Injector(pid, 0)
         injector.run_to(ptrace.INFO_EXIT)
-        regs = ptrace.get_regs(pid)
-        regs.orig_rax = nr                            # what the kernel restarts, if it does
-        # the restart block (poll's remaining time...) was at home: start over instead
-        regs.rax = -(inject.ERESTART_NOHAND if -result == inject.ERESTART_RESTARTBLOCK else -result) & UNSIGNED
-        ptrace.set_regs(pid, regs)
         for sig in injector.deferred:
             self.signal(sig)
+        regs = ptrace.get_regs(pid)
+        if self._signal_due():
+            regs.orig_rax = nr                        # what the kernel restarts, if it does
+            # the restart block (poll's remaining time...) was at home: start over instead
+            regs.rax = -(inject.ERESTART_NOHAND if -result == inject.ERESTART_RESTARTBLOCK else -result) & UNSIGNED
+        else:
+            # nothing to deliver (home ended the call to let the process leave, or the
+            # signal is blocked here): the kernel looks at no restart code, so restart it
+            regs.orig_rax, regs.rax, regs.rip = inject.MINUS_ONE, nr, regs.rip - 2
+        ptrace.set_regs(pid, regs)
         self._resume()
+
+    def _signal_due(self) -> bool:
+        """A signal is pending and not blocked: the kernel will deliver one on return."""
+        status = procfs.status_fields(self.pid)
+        pending = int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)
+        return bool(pending & ~int(status.get("SigBlk", "0"), 16))
 
     def _call_home(self, nr: int, args: tuple[int, ...]) -> int:
         pid = self.pid
@@ -226,25 +242,29 @@ class Guest:
         self.forwarded += 1
         return unmarshal(request, self.forward(request), self._write)
 
-    def _go_home_for(self, nr: int) -> None:
-        """A new process or program is made at home: skip the call here, back up to
-        make it again, and stop at the skipped call's exit (a clean point to leave)."""
+    def _go_home_for(self, nr: int, reason: str) -> None:
+        """A call to make at home (a new process or program; any call, once home asked
+        for the process): skip it here, back up to make it again, and stop at the
+        skipped call's exit (a clean point to leave)."""
         regs = ptrace.get_regs(self.pid)
         regs.orig_rax = inject.MINUS_ONE
         regs.rax = nr
         regs.rip -= 2                                 # the syscall instruction again
         ptrace.set_regs(self.pid, regs)
-        self.wants_home = NAMES[nr]
+        self.wants_home = reason
         self.stepping = True
         ptrace.syscall(self.pid)
 
     def stay_instead(self) -> None:
-        """Home could not take the process back for its fork or exec: the call fails."""
-        regs = ptrace.get_regs(self.pid)
-        regs.rip += 2
-        regs.rax = -errno.EAGAIN & UNSIGNED
-        ptrace.set_regs(self.pid, regs)
+        """Home could not take the process back: a fork or exec fails (EAGAIN), any
+        other call is made again from here."""
+        if self.wants_home in HOMEWARD_NAMES:
+            regs = ptrace.get_regs(self.pid)
+            regs.rip += 2
+            regs.rax = -errno.EAGAIN & UNSIGNED
+            ptrace.set_regs(self.pid, regs)
         self.wants_home = None
+        self.leaving = False
         self.stepping = False
 
     def _map_file(self, args: tuple[int, ...]) -> None:

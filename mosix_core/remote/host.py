@@ -83,7 +83,7 @@ class GuestHost:
             self._remove(pid)
             return False
         self.guest = Guest(pid, None)
-        self.guest.forward = forwarder(self.channel, self.guest, self.controls.append)
+        self.guest.forward = forwarder(self.channel, self.guest, self._control_during_call)
         for sig in restored.deferred + list(answer.get("signals", [])):
             self.guest.signal(sig)
         return True
@@ -142,6 +142,13 @@ class GuestHost:
             self._reported_utime = utime
             self._send({"op": "times", "utime": utime})
 
+    def _control_during_call(self, message: dict) -> None:
+        """Home's word while a call of the guest runs there: kept for after it; asked
+        home, the guest's next call is made at home (home ends a call that blocks)."""
+        self.controls.append(message)
+        if message.get("op") == "home":
+            self.guest.leaving = True
+
     def _asked_home(self, *_) -> None:
         """SEND_HOME from mosd: as if home had said ``home`` (once, however often asked)."""
         if {"op": "home"} not in self.controls:
@@ -172,8 +179,10 @@ class GuestHost:
                 # stopped (^Z...): the process stops at home too, for its parent to see
                 self._send({"op": "stopped", "signal": self.guest.stopped_by or stop.sig})
                 self.guest.stopped_by = None
-            if self.guest.wants_home is not None and self._go_home():
-                return True
+            if self.guest.wants_home is not None:
+                self.controls = [c for c in self.controls if c.get("op") != "home"]   # this is it
+                if self._go_home():
+                    return True
 
     def _obey(self, message: dict) -> bool:
         """A control message from home; True when the guest is gone from here."""

@@ -533,3 +533,24 @@ def test_job_control_of_a_process_away(cluster, mosrun, tmp_path):
         assert b"".join(printed) == native.stdout          # every line, once, in order
     finally:
         terminal.close()
+
+
+def test_a_process_blocked_in_a_call_at_home_comes_home_when_asked(cluster, tmp_path, spawn, mosrun):
+    (tmp_path / "blocked.py").write_text(BLOCKED)
+    out = tmp_path / "out.txt"
+    reader, writer = os.pipe()
+    with open(out, "wb") as stdout:
+        proc = spawn("mosrun", "/usr/bin/python3", "blocked.py", env=mosrun.env, cwd=tmp_path, stdin=reader,
+                     stdout=stdout, stderr=subprocess.PIPE)
+    os.close(reader)
+    wait_until(lambda: b"reading" in out.read_bytes(), what="the blocking read, away")
+    pid = row(cluster)["pid"]
+    time.sleep(0.3)                                      # well inside the read, made at home
+    migrate(cluster, pid, "home")
+    where_is(cluster, "here")                            # without waiting for the read to end
+    os.write(writer, b"typed at last")
+    wait_until(lambda: b"read b'typed at last'" in out.read_bytes(), timeout=10, what="the read, made again at home")
+    assert (row(cluster)["where"], row(cluster)["nmigs"]) == ("here", 2)
+    os.kill(pid, 15)
+    assert proc.wait(timeout=10) == -15
+    os.close(writer)
