@@ -61,6 +61,7 @@ class Away:
     stopping: int | None = None     # the guest stopped of this signal: the shell is to stop too
     stopped: bool = False           # the shell is stopped (job control) until SIGCONT
     continued: bool = False         # its SIGCONT was sent on already, when it woke
+    affinity: set[int] | None = None  # the CPUs it may run on at home (its shell is pinned)
 
     def close(self) -> None:
         try:

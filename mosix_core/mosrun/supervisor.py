@@ -26,7 +26,7 @@ from typing import Callable
 import attrs
 
 from mosix_core.errors import DaemonUnavailable, MosixError, ProtocolError, TraceError
-from mosix_core.linux import inject, memory, procfs, ptrace
+from mosix_core.linux import cpus, inject, memory, procfs, ptrace
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.image import capture
 from mosix_core.image import freeze as freeze_engine
@@ -142,6 +142,8 @@ class Supervisor:
         self.on_exit = on_exit
         self.timers: list[tuple[float, Callable[[], None]]] = []
         self._next_heartbeat_check = 0.0
+        self._own_affinity: set[int] | None = None      # ours, while pinned (see _pin_shell)
+        self._pinned_to = 0
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -724,6 +726,7 @@ class Supervisor:
             return
         tracee.start_at = None
         tracee.away = migration.Away(target, sock, channel, deputy, compress=not reply.get("proximate"))
+        self._pin_shell(tracee)
         self.selector.register(sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
         tracee.state.nmigs += 1
         self._send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
@@ -983,6 +986,27 @@ class Supervisor:
         except (KeyError, ValueError):
             pass
         away.close()
+        try:
+            if away.affinity is not None:
+                cpus.pin(tracee.pid, away.affinity)      # home again: wherever the kernel likes
+            if self._own_affinity is not None and all(t.away is None for t in self.tracees.values()):
+                cpus.pin(0, self._own_affinity)
+                self._own_affinity = None
+        except TraceError:
+            pass
+
+    def _pin_shell(self, tracee: Tracee) -> None:
+        """While away, the shell runs the process's calls: it and this supervisor stay
+        on one CPU (the supervisor's), where a stop wakes its tracer cheaply."""
+        try:
+            if self._own_affinity is None:
+                self._own_affinity = cpus.allowed()
+                self._pinned_to = cpus.current()
+                cpus.pin(0, self._pinned_to)
+            tracee.away.affinity = cpus.allowed(tracee.pid)
+            cpus.pin(tracee.pid, self._pinned_to)
+        except TraceError:
+            pass
 
     def _away_ended(self, tracee: Tracee) -> None:
         """The process ended at home (its exit, or a signal): the guest gets its last

@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 
 from mosix_core.errors import TraceError
-from mosix_core.linux import inject, procfs, ptrace
-from mosix_core.linux.syscall_names import NUMBERS
+from mosix_core.linux import inject, ptrace
 from mosix_core.remote.calls import MAX_TRANSFER, Reply, Request, reply_outputs
 
 SYS_MMAP, SYS_MUNMAP = 9, 11
-SYS_GETPID = NUMBERS["getpid"]
-#: calls that may send the process a signal of its own
-SIGNALLING = frozenset(NUMBERS[name] for name in (
-    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal"))
+SYS_MPROTECT = 10
+PROT_EXEC = 4
+PAGE = 4096
+CALL_CODE = b"\x0f\x05\xcc"                # syscall; int3
+CALL_END, BREAKPOINT_END = 2, 3            # rip - code: the call returned; the breakpoint was hit
 PROT_READ, PROT_WRITE = 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS = 0x2, 0x20
 ALIGN = 16
@@ -55,8 +56,13 @@ class Deputy:
             "mmap(deputy scratch)", SYS_MMAP, 0, SCRATCH_SIZE, PROT_READ | PROT_WRITE,
             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         self.mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        # where calls are made: "syscall; int3", so one stop (the breakpoint) ends a call
+        self.code = self.injector.check("mmap(deputy code)", SYS_MMAP, 0, PAGE, PROT_READ | PROT_WRITE,
+                                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        os.pwrite(self.mem, CALL_CODE, self.code)
+        self.injector.check("mprotect(deputy code)", SYS_MPROTECT, self.code, PAGE, PROT_READ | PROT_EXEC)
+        self.caller = inject.Injector(pid, self.code)
         self._running: tuple[Request, dict[int, int]] | None = None
-        self._interrupted: int | None = None      # the -ERESTART* the running call ended with
         self.ended: ptrace.Stop | None = None    # how the process ended (exit_group, a signal)
 
     @property
@@ -70,9 +76,10 @@ class Deputy:
         return self.injector.deferred
 
     def close(self) -> None:
-        """Give the scratch area back (the shell is stopped again)."""
+        """Give the scratch area and the code page back (the shell is stopped again)."""
         try:
             self.injector.call(SYS_MUNMAP, self.scratch, SCRATCH_SIZE)
+            self.injector.call(SYS_MUNMAP, self.code, PAGE)
         except TraceError:
             pass
         os.close(self.mem)
@@ -93,7 +100,8 @@ class Deputy:
                 return reply
 
     def begin(self, request: Request) -> None:
-        """Put the inputs in place and start the call; the shell is resumed."""
+        """Put the inputs in place and start the call; the shell is resumed, to stop
+        once, at the breakpoint after the call (or at a signal that interrupts it)."""
         if self._running is not None:
             raise TraceError("the deputy is already running a call", errno.EBUSY)
         places = self._layout(request)
@@ -102,63 +110,39 @@ class Deputy:
         args = list(request.args)
         for index, address in places.items():
             args[index] = address
-        self.injector.load(request.nr, *args)
+        self.caller.load(request.nr, *args)
         self._running = (request, places)
-        # into the call at once (the entry stop never waits), so that what is left to
-        # wait for is the call itself
-        try:
-            self.injector.run_to(ptrace.INFO_ENTRY)
-        except inject.TraceeEnded as err:
-            self._ended(err.stop)
-        ptrace.syscall(self.pid)
+        ptrace.cont(self.pid)
 
     def on_stop(self, stop: ptrace.Stop) -> Reply | None:
-        """The shell stopped while a call runs: the reply when the call is over."""
+        """The shell stopped while a call runs: the reply when the call is over.
+
+        A signal that comes while the call runs stops the shell where the call
+        returns (interrupted: ``-ERESTART*``; or done) and is kept from it, for the
+        guest: the call's result, as it is, is the reply, and the guest's kernel
+        decides the rest (see the module's doc). The shell then waits there, idle."""
         if self._running is None:
             raise TraceError("no call is running", errno.EINVAL)
         if stop.kind in ("exited", "killed"):
             self._ended(stop)
-        if stop.kind == "syscall":
-            op = ptrace.syscall_stop_op(self.pid)
-            if op == ptrace.INFO_ENTRY and self._interrupted is not None:
-                # the kernel re-issues the call it was interrupted in (we kept the
-                # signal from the shell): not here, it is over
-                regs = ptrace.get_regs(self.pid)
-                regs.orig_rax = inject.MINUS_ONE
-                ptrace.set_regs(self.pid, regs)
-            elif op == ptrace.INFO_EXIT:
-                result = inject.signed(ptrace.get_regs(self.pid).rax)
-                if self._interrupted is not None:
-                    result, self._interrupted = self._interrupted, None
-                    self._running = None
-                    return Reply(result)
-                if -result in inject.RESTART_ERRORS:
-                    # a signal interrupted it: the signal stop comes next (the signal is
-                    # kept for the guest), then the kernel's re-issue, which is skipped
-                    self._interrupted = result
-                    ptrace.syscall(self.pid)
-                    return None
-                request, places = self._running
-                self._running = None
-                outputs = reply_outputs(request, result, lambda index, size: os.pread(self.mem, size, places[index]))
-                if request.nr in SIGNALLING and result >= 0 and self._signal_pending():
-                    # a signal it sent itself: it must reach the guest before the reply,
-                    # as it would be delivered when the call returns there
-                    self.injector.call(SYS_GETPID)
-                return Reply(result, outputs)
-        if stop.kind == "signal":
+        regs = ptrace.get_regs(self.pid)
+        at = regs.rip - self.code
+        if stop.kind == "signal" and not (stop.sig == signal.SIGTRAP and at == BREAKPOINT_END):
             self.injector.deferred.append(stop.sig)     # the process's, wherever it runs
-        ptrace.syscall(self.pid)
-        return None
-
-    def _signal_pending(self) -> bool:
-        status = procfs.status_fields(self.pid)
-        return bool(int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16))
+        returned = at in (CALL_END, BREAKPOINT_END) and (
+            stop.kind == "signal" or (stop.kind == "event" and stop.event == ptrace.EVENT_STOP))
+        if not returned:
+            ptrace.cont(self.pid)                       # not in the call yet, or a seccomp stop
+            return None
+        request, places = self._running
+        self._running = None
+        result = inject.signed(regs.rax)
+        outputs = reply_outputs(request, result, lambda index, size: os.pread(self.mem, size, places[index]))
+        return Reply(result, outputs)
 
     def _ended(self, stop: ptrace.Stop) -> None:
         """The process ended (its own exit_group, or a signal): no reply will come."""
         self._running = None
-        self._interrupted = None
         self.ended = stop
         raise TraceError(f"process {self.pid} ended during a forwarded call", errno.ESRCH)
 

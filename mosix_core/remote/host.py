@@ -39,7 +39,7 @@ import time
 from mosix_core.errors import MosixError, ProtocolError, TraceError
 from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
-from mosix_core.linux import inject, ptrace
+from mosix_core.linux import cpus, inject, ptrace
 from mosix_core.remote.frames import Channel, encode_control
 from mosix_core.remote.guest import Guest
 from mosix_core.remote.link import forwarder, keep_alive
@@ -100,6 +100,12 @@ class GuestHost:
         selector = selectors.DefaultSelector()
         selector.register(self.sock, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
+        try:
+            cpu = cpus.current()                     # tracer and guest on one CPU
+            cpus.pin(0, cpu)
+            cpus.pin(guest.pid, cpu)
+        except TraceError:
+            pass
         ptrace.cont(guest.pid)
         try:
             while True:
