@@ -19,12 +19,10 @@ import pytest
 from mosix_core.daemon import control
 from mosix_core.proctable import ProcessRecord, ProcessTable
 from mosix_core.remote import host
+from test_migration import AWK, guests, lines, wait_until
 
 pytestmark = pytest.mark.cluster
 
-BIN = Path(sys.executable).parent
-AWK = ('BEGIN { for (i = 0; i < %d; i++) { for (j = 0; j < 200000; j++) s += j %% 7; '
-       'printf "%%d %%d\\n", i, s; fflush() } exit 3 }')
 # 128 MiB of data in the process: a move takes long enough for "returns only once
 # they have moved" to be seen
 BIG = 'big = "x"; for (k = 0; k < 27; k++) big = big big; '
@@ -56,44 +54,8 @@ except Exception as err:
 """
 
 
-@pytest.fixture
-def cluster(local_cluster):
-    return local_cluster(nodes=3, interval=0.2)
-
-
-@pytest.fixture
-def mosrun(cluster, tmp_path, spawn):
-    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    env.pop("LANG", None)
-
-    def start(*argv: str, out: Path) -> subprocess.Popen:
-        with open(out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
-            return spawn("mosrun", *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=stdout,
-                         stderr=stderr)
-
-    start.env = env
-    return start
-
-
-def lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
-def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return result
-
-
 def local_rows(cluster, k: int = 1) -> list[dict]:
     return [p for p in cluster.client(k).call("processes")["processes"] if not p.get("home")]
-
-
-def guests(cluster, k: int) -> list[dict]:
-    return [p for p in cluster.client(k).call("processes")["processes"] if p.get("home")]
 
 
 def where(cluster, pid: int) -> str | None:

@@ -33,25 +33,6 @@ with open("result.txt", "w") as f:
 """
 
 
-@pytest.fixture
-def cluster(local_cluster):
-    return local_cluster(nodes=3, interval=0.2)
-
-
-@pytest.fixture
-def mosrun(cluster, tmp_path, spawn):
-    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    env.pop("LANG", None)
-
-    def start(*argv: str, out: Path) -> subprocess.Popen:
-        with open(out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
-            return spawn("mosrun", *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=stdout,
-                         stderr=stderr)
-
-    start.env = env
-    return start
-
-
 def lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
@@ -401,7 +382,8 @@ os.read(0, 100)                              # again, until SIGTERM
 """
 
 
-def test_a_signal_interrupts_a_call_blocked_at_home(cluster, tmp_path, spawn, mosrun):
+def start_blocked(spawn, mosrun, tmp_path) -> tuple[subprocess.Popen, Path, int]:
+    """BLOCKED under mosrun, reading a pipe (whose write end is returned) away."""
     (tmp_path / "blocked.py").write_text(BLOCKED)
     out = tmp_path / "out.txt"
     reader, writer = os.pipe()
@@ -410,6 +392,11 @@ def test_a_signal_interrupts_a_call_blocked_at_home(cluster, tmp_path, spawn, mo
                      stdout=stdout, stderr=subprocess.PIPE)
     os.close(reader)
     wait_until(lambda: b"reading" in out.read_bytes(), what="the blocking read, away")
+    return proc, out, writer
+
+
+def test_a_signal_interrupts_a_call_blocked_at_home(cluster, tmp_path, spawn, mosrun):
+    proc, out, writer = start_blocked(spawn, mosrun, tmp_path)
     pid = row(cluster)["pid"]
     assert row(cluster)["where"] == cluster.ip(2)
     time.sleep(0.3)                                      # well inside the read
@@ -536,14 +523,7 @@ def test_job_control_of_a_process_away(cluster, mosrun, tmp_path):
 
 
 def test_a_process_blocked_in_a_call_at_home_comes_home_when_asked(cluster, tmp_path, spawn, mosrun):
-    (tmp_path / "blocked.py").write_text(BLOCKED)
-    out = tmp_path / "out.txt"
-    reader, writer = os.pipe()
-    with open(out, "wb") as stdout:
-        proc = spawn("mosrun", "/usr/bin/python3", "blocked.py", env=mosrun.env, cwd=tmp_path, stdin=reader,
-                     stdout=stdout, stderr=subprocess.PIPE)
-    os.close(reader)
-    wait_until(lambda: b"reading" in out.read_bytes(), what="the blocking read, away")
+    proc, out, writer = start_blocked(spawn, mosrun, tmp_path)
     pid = row(cluster)["pid"]
     time.sleep(0.3)                                      # well inside the read, made at home
     migrate(cluster, pid, "home")

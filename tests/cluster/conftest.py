@@ -1,0 +1,33 @@
+"""What the migration tests share: a 3-node cluster of real mosd daemons on 127.x
+addresses, and ``mosrun`` started on node 1 (the home) in the test's directory, with
+``LC_ALL=C`` and stderr collected in ``stderr.txt``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def cluster(local_cluster):
+    return local_cluster(nodes=3, interval=0.2)
+
+
+@pytest.fixture
+def mosrun(cluster, tmp_path, spawn):
+    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env.pop("LANG", None)
+
+    def start(*argv: str, out: Path) -> subprocess.Popen:
+        with open(out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
+            return spawn("mosrun", *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=stdout,
+                         stderr=stderr)
+
+    start.env = env
+    return start
