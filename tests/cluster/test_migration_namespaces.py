@@ -1,0 +1,202 @@
+"""Migration between nodes that share nothing but the filesystem: each node in PID,
+mount, network, UTS and IPC namespaces of its own, joined by a bridge
+(mosix_core.nscluster). The core scenarios of test_migration.py run again there —
+mosrun on node 1, mosmigrate on node 1, signals sent on node 1 — and a last test
+checks that the nodes really are apart: the guest host on node 2 is not among node
+1's processes, node 2 cannot reach a listener on node 1's loopback, node 1's
+control socket and /tmp are not node 2's."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mosix_core import nscluster
+from test_migration import AWK, BIN, SIGNALS, guests, lines, migrate, row, wait_until, where_is
+
+pytestmark = pytest.mark.cluster
+
+
+
+@functools.cache
+def unavailable() -> str | None:
+    return nscluster.unavailable()
+
+
+@pytest.fixture
+def cluster(tmp_path_factory):
+    reason = unavailable()
+    if reason:
+        pytest.skip(f"no namespaced cluster on this machine: {reason}")
+    netns_before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    # the whole pytest temporary tree stays shared: it is the nodes' "home directories"
+    cluster = nscluster.up(tmp_path_factory.mktemp("nscluster"), nodes=3, interval=0.2,
+                           shared=[tmp_path_factory.getbasetemp()])
+    try:
+        cluster.converged()
+        yield cluster
+    finally:
+        cluster.down()                                   # raises if a process outlived it
+    assert not cluster.leftovers()
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == netns_before
+
+
+@pytest.fixture
+def mosrun(cluster, tmp_path):
+    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env.pop("LANG", None)
+
+    def start(*argv: str, out: Path, cwd: str | Path = tmp_path) -> subprocess.Popen:
+        with open(out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
+            return cluster.spawn(1, ["mosrun", *argv], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout,
+                                 stderr=stderr)
+
+    start.env = env
+    return start
+
+
+def test_awk_moves_out_on_and_home_with_identical_output(cluster, mosrun, tmp_path):
+    program = AWK % 300
+    out = tmp_path / "out.txt"
+    proc = mosrun("awk", program, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 10, what="10 lines")
+    for where, expected in (("2", cluster.ip(2)), ("home", "here"), ("3", cluster.ip(3)), ("home", "here")):
+        before = lines(out)
+        migrate(cluster, pid, where)
+        where_is(cluster, expected)
+        if where != "home":
+            assert [g["origpid"] for g in guests(cluster, int(where))] == [pid]
+        wait_until(lambda: lines(out) >= before + 20, what="progress after the move")
+    assert row(cluster)["nmigs"] == 4
+    assert proc.wait(timeout=120) == 3
+    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+    assert out.read_bytes() == native.stdout
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+MOVES_ITSELF = """\
+import ctypes, os, select, sys
+libc = ctypes.CDLL(None)
+me, parent, where = os.getpid(), os.getppid(), os.getcwd()
+print("home", libc.open(b"/proc/self/whereami", 0), me, where, flush=True)
+libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 2)
+for _ in range(500):
+    if libc.open(b"/proc/self/whereami", 0):
+        break
+    select.select([], [], [], 0.01)
+x = 0
+for i in range(100):
+    x = (x * 31 + i * i) % 1000003
+print("away", libc.open(b"/proc/self/whereami", 0), libc.open(b"/proc/self/nmigs", 0),
+      os.getpid() == me, os.getppid() == parent, os.getcwd() == where, flush=True)
+with open("result.txt", "w") as f:                 # where it is: home's /tmp, private to node 1
+    f.write(str(x))
+print("wrote", open("result.txt").read(), flush=True)
+"""
+
+
+def test_a_python_program_moves_itself_and_keeps_its_pid_parent_cwd_and_home_files(cluster, mosrun, tmp_path):
+    work = cluster.node_path(1, "/tmp/work")             # exists only in node 1's private /tmp
+    work.mkdir()
+    (work / "moves.py").write_text(MOVES_ITSELF)
+    out = tmp_path / "out.txt"
+    proc = mosrun("/usr/bin/python3", "moves.py", out=out, cwd="/tmp/work")
+    assert proc.wait(timeout=60) == 0, (tmp_path / "stderr.txt").read_text()
+    home, away, wrote = out.read_text().splitlines()
+    assert home.startswith("home 0 ") and home.endswith(" /tmp/work")
+    x = 0
+    for i in range(100):
+        x = (x * 31 + i * i) % 1000003
+    assert (away, wrote) == ("away 2 1 True True True", f"wrote {x}")
+    assert (work / "result.txt").read_text() == str(x)
+    assert not cluster.node_path(2, "/tmp/work").exists()
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+def test_signals_sent_at_home_reach_the_process_away(cluster, mosrun, tmp_path):
+    (tmp_path / "sig.py").write_text(SIGNALS)
+    out = tmp_path / "out.txt"
+    proc = mosrun("/usr/bin/python3", "sig.py", out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 1, what="the start")
+    migrate(cluster, pid, "2")
+    where_is(cluster, cluster.ip(2))
+    cluster.kill(1, pid, signal.SIGUSR1)                 # pid: node 1's numbering, sent on node 1
+    wait_until(lambda: b"usr1 at 2\n" in out.read_bytes(), what="the handler, away on node 2")
+    cluster.kill(1, pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == -15
+    wait_until(lambda: not guests(cluster, 2), what="the guest to go")
+
+
+CONNECT = """\
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+    print("connected")
+except OSError as err:
+    print(type(err).__name__)
+"""
+LISTEN = """\
+import socket
+server = socket.create_server(("127.0.0.1", 7777))
+print("listening", flush=True)
+while True:
+    server.accept()[0].close()
+"""
+
+
+def test_the_nodes_share_no_processes_network_or_private_files(cluster, mosrun, tmp_path):
+    proc = mosrun("awk", AWK % 100000, out=tmp_path / "out.txt")
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    migrate(cluster, pid, "2")
+    where_is(cluster, cluster.ip(2))
+    guest = wait_until(lambda: guests(cluster, 2), what="the guest row")[0]
+    host = guest["pid"]                                  # node 2's numbering
+    assert guest["origpid"] == pid                       # node 1's
+    # processes: the guest host is node 2's alone
+    assert b"mosix_core.remote.host" in cluster.node_path(2, f"/proc/{host}/cmdline").read_bytes()
+    on1, on2 = cluster.pid_map(1), cluster.pid_map(2)
+    assert host in on2 and on2[host] != host             # numbered apart from the machine's pids
+    assert on2[host] not in on1.values()                 # node 1 cannot see it, under any number
+    assert not set(on1.values()) & set(on2.values())
+    assert pid in on1 and on1[pid] not in on2.values()   # nor node 2 the home process
+    assert on1[1] != on2[1]                              # each has an init of its own
+    for k, others in ((1, b"mosix_core.remote.host"), (2, b"mosrun")):
+        for p in cluster.pids(k):
+            try:
+                assert others not in cluster.node_path(k, f"/proc/{p}/cmdline").read_bytes()
+            except FileNotFoundError:
+                pass
+    # network: node 1's loopback is its own; the nodes meet on the bridge, not through the machine
+    listener = cluster.spawn(1, [sys.executable, "-c", LISTEN], stdout=subprocess.PIPE)
+    assert listener.stdout.readline() == b"listening\n"
+
+    def connect(k: int, host: str, port: int) -> str:
+        done = cluster.exec(k, [sys.executable, "-c", CONNECT, host, str(port)])
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert connect(1, "127.0.0.1", 7777) == "connected"
+    assert connect(2, "127.0.0.1", 7777) == "ConnectionRefusedError"
+    assert connect(2, cluster.ip(1), 7777) == "ConnectionRefusedError"      # it listens on node 1's lo only
+    assert connect(2, cluster.ip(1), cluster.layout.tcp_port) == "connected"  # mosd of node 1, over the bridge
+    assert connect(3, cluster.ip(2), cluster.layout.tcp_port) == "connected"
+    # mounts: node 1's control socket lives in node 1's tmpfs; each node's /tmp is its own
+    socket_path = cluster.etc(1) / "var" / "mosd.sock"
+    assert cluster.node_path(1, socket_path).is_socket()
+    assert not socket_path.exists() and not cluster.node_path(2, socket_path).exists()
+    cluster.node_path(2, "/tmp/node2-only").write_text("2")
+    assert not cluster.node_path(1, "/tmp/node2-only").exists() and not Path("/tmp/node2-only").exists()
+    assert cluster.exec(2, ["hostname"]).stdout == "mosix-node2\n"
+    # and the process away still runs, then ends by a signal sent at home
+    assert row(cluster)["where"] == cluster.ip(2)
+    cluster.kill(1, pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == -15
+    wait_until(lambda: not guests(cluster, 2), what="the guest to go")
