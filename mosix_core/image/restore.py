@@ -84,6 +84,20 @@ class RestoreOptions:
     timers: bool = True
 
 
+def same_file(info: os.stat_result, entry: dict[str, Any], *, shared: bool, elsewhere: bool) -> bool:
+    """Whether the file at a mapping's path is the one the process had mapped.
+
+    A shared mapping shows the file as it is now (the process may write it itself);
+    a private one holds only the pages it changed, so the rest must not have moved.
+    ``elsewhere`` (a guest on another node): the same file there — a program, a
+    library from the same package — is another inode; size and modification time
+    say it is the same."""
+    if shared:
+        return info.st_ino == entry["inode"]
+    unchanged = (info.st_size, info.st_mtime_ns) == (entry.get("size"), entry.get("mtime_ns"))
+    return unchanged and (elsewhere or info.st_ino == entry["inode"])
+
+
 @attrs.define
 class Restored:
     process: dict[str, Any]
@@ -206,11 +220,7 @@ class Restorer:
         except OSError as err:
             raise RestoreFailed(f"{path}: {err.strerror}") from None
         shared = entry["perms"][3] == "s"
-        # a shared mapping shows the file as it is now (the process may write it itself);
-        # a private one holds only the pages it changed, so the rest must not have moved
-        same = info.st_ino == entry["inode"] if shared else (
-            (info.st_ino, info.st_size, info.st_mtime_ns) == (entry["inode"], entry.get("size"), entry.get("mtime_ns")))
-        if not same:
+        if not same_file(info, entry, shared=shared, elsewhere=self.options.away):
             raise RestoreFailed(f"{path} has changed since the checkpoint")
         access = O_RDWR if shared and "w" in entry["perms"] else O_RDONLY
         return self._open(path, access | O_CLOEXEC, 0, f"open({path})")

@@ -151,3 +151,19 @@ def test_nothing_is_written_after_close_and_bad_kinds_are_refused():
     w.close()
     with pytest.raises(Exception, match="already complete"):
         w.add(Kind.PROCESS, b"{}")
+
+
+def test_a_mapped_file_is_the_same_by_inode_here_and_by_size_and_time_elsewhere(tmp_path):
+    from mosix_core.image.restore import same_file
+
+    path = tmp_path / "lib.so"
+    path.write_bytes(b"x" * 100)
+    info = os.stat(path)
+    entry = {"inode": info.st_ino, "size": 100, "mtime_ns": info.st_mtime_ns}
+    other_inode = {**entry, "inode": info.st_ino + 1}
+    assert same_file(info, entry, shared=False, elsewhere=False)
+    assert not same_file(info, other_inode, shared=False, elsewhere=False)   # here: replaced
+    assert same_file(info, other_inode, shared=False, elsewhere=True)        # another node's copy
+    assert not same_file(info, {**other_inode, "size": 99}, shared=False, elsewhere=True)
+    assert not same_file(info, {**other_inode, "mtime_ns": 1}, shared=False, elsewhere=True)
+    assert not same_file(info, other_inode, shared=True, elsewhere=True)     # shared: the file itself
