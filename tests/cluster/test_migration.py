@@ -534,3 +534,12 @@ def test_a_process_blocked_in_a_call_at_home_comes_home_when_asked(cluster, tmp_
     os.kill(pid, 15)
     assert proc.wait(timeout=10) == -15
     os.close(writer)
+
+
+def test_mosrun_b_with_m_waits_for_a_node_with_the_memory(cluster, mosrun, tmp_path):
+    out = tmp_path / "out.txt"
+    proc = mosrun("-b", "-m262143", "awk", AWK % 5, out=out)     # more than any node has
+    time.sleep(2.0)
+    assert proc.poll() is None and lines(out) == 0 and row(cluster) is None   # not begun anywhere
+    proc.kill()
+    assert mosrun("-b", "-m10", "awk", AWK % 5, out=out).wait(timeout=60) == 3   # one has 10 MB
