@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 import attrs
 
 from mosix_core.remote.deputy import Deputy
+from mosix_core.remote.shortcut import Shortcuts
 from mosix_core.remote.frames import Channel
 
 #: how long the target may take to restore an image before the move counts as failed
@@ -62,8 +63,12 @@ class Away:
     stopped: bool = False           # the shell is stopped (job control) until SIGCONT
     continued: bool = False         # its SIGCONT was sent on already, when it woke
     affinity: set[int] | None = None  # the CPUs it may run on at home (its shell is pinned)
+    shortcuts: Shortcuts | None = None  # calls on regular files, made here on borrowed descriptors
 
     def close(self) -> None:
+        if self.shortcuts is not None:
+            self.shortcuts.close()
+            self.shortcuts = None
         try:
             self.sock.close()
         except OSError:

@@ -40,6 +40,7 @@ from mosix_core.remote.calls import CannotForward, Reply, Request, spec_of, unfo
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal
 from mosix_core.remote.link import keep_alive
+from mosix_core.remote.shortcut import Shortcuts
 from mosix_core.mosrun import options as mosopts
 
 UNSIGNED_MINUS_ONE = (1 << 64) - 1
@@ -726,6 +727,10 @@ class Supervisor:
             return
         tracee.start_at = None
         tracee.away = migration.Away(target, sock, channel, deputy, compress=not reply.get("proximate"))
+        try:
+            tracee.away.shortcuts = Shortcuts(pid)
+        except OSError:
+            pass                                     # every call goes through the deputy
         self._pin_shell(tracee)
         self.selector.register(sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
         tracee.state.nmigs += 1
@@ -804,6 +809,10 @@ class Supervisor:
             special = self._away_special(tracee, request)
         if special is not None:
             self._away_send(tracee, encode_reply(Reply(special)))
+            return
+        reply = tracee.away.shortcuts.answer(request) if tracee.away.shortcuts is not None else None
+        if reply is not None:
+            self._away_send(tracee, encode_reply(reply))
             return
         try:
             tracee.away.deputy.begin(request)

@@ -38,29 +38,29 @@ def encode_request(request: Request) -> bytes:
     for index, data in request.inputs:
         parts += [_BUF.pack(index, len(data)), data]
     parts += [_BUF.pack(index, capacity) for index, capacity in request.outputs]
-    return _frame(b"".join(parts))
+    return _frame(parts)
 
 
 def encode_reply(reply: Reply) -> bytes:
     parts = [_REP.pack(b"R", reply.result, len(reply.outputs))]
     for index, data in reply.outputs:
         parts += [_BUF.pack(index, len(data)), data]
-    return _frame(b"".join(parts))
+    return _frame(parts)
 
 
 def encode_signal(sig: int) -> bytes:
-    return _frame(b"S" + bytes([sig]))
+    return _frame([b"S", bytes([sig])])
 
 
 def encode_control(message: dict) -> bytes:
-    return _frame(b"C" + json.dumps(message, separators=(",", ":")).encode())
+    return _frame([b"C", json.dumps(message, separators=(",", ":")).encode()])
 
 
-def decode(body: bytes) -> Request | Reply | int | dict:
+def decode(body: bytes | bytearray) -> Request | Reply | int | dict:
     """A frame's body: a Request, a Reply, a signal number or a control message."""
     if not body:
         raise ProtocolError("an empty frame")
-    kind = body[:1]
+    kind = bytes(body[:1])
     reader = _Reader(body)
     if kind == b"Q":
         _, nr, nargs, ninputs, noutputs = reader.take(_REQ)
@@ -92,14 +92,15 @@ def decode(body: bytes) -> Request | Reply | int | dict:
 
 
 class _Reader:
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes | bytearray) -> None:
         self.body = body
+        self.view = memoryview(body)
         self.at = 0
 
     def bytes(self, size: int) -> bytes:
         if self.at + size > len(self.body):
             raise ProtocolError("a frame shorter than its contents")
-        data = self.body[self.at:self.at + size]
+        data = bytes(self.view[self.at:self.at + size])
         self.at += size
         return data
 
@@ -123,8 +124,9 @@ class _Reader:
             raise ProtocolError(f"{len(self.body) - self.at} bytes after a frame's contents")
 
 
-def _frame(body: bytes) -> bytes:
-    return _LEN.pack(len(body)) + body
+def _frame(parts: list[bytes]) -> bytes:
+    """The frame of a body in parts, joined once (a call's megabytes are copied once)."""
+    return b"".join([_LEN.pack(sum(len(part) for part in parts)), *parts])
 
 
 class Channel:
@@ -142,11 +144,14 @@ class Channel:
             raise ProtocolError(f"a frame of {length} bytes")
         return decode(self._exactly(length))
 
-    def _exactly(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise ProtocolError("the connection closed inside a frame" if data else "the connection closed")
-            data += chunk
-        return bytes(data)
+    def _exactly(self, size: int) -> bytearray:
+        """``size`` bytes from the socket, received straight into one buffer."""
+        data = bytearray(size)
+        view = memoryview(data)
+        got = 0
+        while got < size:
+            count = self.sock.recv_into(view[got:])
+            if not count:
+                raise ProtocolError("the connection closed inside a frame" if got else "the connection closed")
+            got += count
+        return data

@@ -543,3 +543,46 @@ def test_mosrun_b_with_m_waits_for_a_node_with_the_memory(cluster, mosrun, tmp_p
     assert proc.poll() is None and lines(out) == 0 and row(cluster) is None   # not begun anywhere
     proc.kill()
     assert mosrun("-b", "-m10", "awk", AWK % 5, out=out).wait(timeout=60) == 3   # one has 10 MB
+
+
+REGULAR_FILES = """\
+import ctypes, os, select
+libc = ctypes.CDLL(None)
+fd = os.open("data.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+os.write(fd, b"written at home first\\n")
+libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 2)
+while not libc.open(b"/proc/self/whereami", 0):
+    select.select([], [], [], 0.01)
+print("away", libc.open(b"/proc/self/whereami", 0), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
+print("write", os.write(fd, b"x" * 5000000), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
+print("pwrite", os.pwrite(fd, b"PATCH", 10), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
+print("seek", os.lseek(fd, 0, os.SEEK_SET), os.read(fd, 30), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
+print("pread", os.pread(fd, 12, 5), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
+st = os.fstat(fd)
+print("fstat", st.st_size, oct(st.st_mode), st.st_nlink, flush=True)
+print("end", os.lseek(fd, -3, os.SEEK_END), os.read(fd, 10), os.read(fd, 10), flush=True)
+ro = os.open("data.bin", os.O_RDONLY)
+try:
+    os.write(ro, b"no")
+except OSError as err:
+    print("write to read-only", err.errno, flush=True)
+os.close(ro)
+os.close(fd)
+try:
+    os.read(fd, 1)
+except OSError as err:
+    print("read closed", err.errno, flush=True)
+"""
+
+
+def test_calls_on_regular_files_away_behave_as_at_home(cluster, mosrun, tmp_path):
+    (tmp_path / "files.py").write_text(REGULAR_FILES)
+    native_dir = tmp_path / "native"
+    native_dir.mkdir()
+    (native_dir / "files.py").write_text(REGULAR_FILES.replace('libc.open(b"/proc/self/whereami", 0)', "2"))
+    native = subprocess.run(["/usr/bin/python3", "files.py"], cwd=native_dir, capture_output=True, timeout=60)
+    out = tmp_path / "out.txt"
+    assert mosrun("/usr/bin/python3", "files.py", out=out).wait(timeout=60) == 0
+    assert out.read_bytes() == native.stdout
+    assert (tmp_path / "data.bin").read_bytes() == (native_dir / "data.bin").read_bytes()
+    assert (tmp_path / "stderr.txt").read_bytes() == b""

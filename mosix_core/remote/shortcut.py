@@ -1,0 +1,119 @@
+"""Calls of a migrated process that its home answers without the deputy.
+
+A call the deputy makes costs stops of the home shell: its inputs are written into
+the shell, the call is injected, the shell stops after it. For the commonest calls
+on regular files — read, write, their p- forms, lseek, fstat — the home side can do
+better: it borrows the process's descriptor (``pidfd_getfd``: the same open file,
+so the same offset, flags and position) and makes the call itself. A regular file
+never blocks, so the supervisor's loop is never held; any other descriptor (a
+terminal, a pipe, a socket), and every other call, goes to the deputy as before.
+
+The borrowed descriptors are those of the process's descriptor table as it was; a
+call that may change the table (open, close, dup...) forgets them all.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+
+from mosix_core.errors import TraceError
+from mosix_core.linux import memory
+from mosix_core.linux.libc import LIBC
+from mosix_core.linux.syscall_names import NUMBERS
+from mosix_core.remote.calls import STAT_SIZE, Reply, Request
+
+SYS_READ, SYS_WRITE, SYS_PREAD, SYS_PWRITE = (NUMBERS[n] for n in ("read", "write", "pread64", "pwrite64"))
+SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT = NUMBERS["lseek"], NUMBERS["fstat"], NUMBERS["newfstatat"]
+AT_EMPTY_PATH = 0x1000
+ANSWERED = frozenset({SYS_READ, SYS_WRITE, SYS_PREAD, SYS_PWRITE, SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT})
+#: calls after which a descriptor number may name another file (or none)
+TABLE_CHANGING = frozenset(NUMBERS[name] for name in (
+    "close", "close_range", "dup", "dup2", "dup3", "fcntl", "open", "openat", "openat2", "creat",
+    "socket", "socketpair", "accept", "accept4", "pipe", "pipe2", "epoll_create", "epoll_create1",
+    "eventfd", "eventfd2", "inotify_init", "inotify_init1", "pidfd_open", "pidfd_getfd", "memfd_create",
+    "execve", "execveat") if name in NUMBERS)
+_SYS_FSTAT = 5
+
+
+class Shortcuts:
+    """The borrowed descriptors of process ``pid`` (away), and the calls made on them."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.borrowed: dict[int, int | None] = {}    # its fd -> our copy (None: not a regular file)
+        self.answered = 0
+
+    def close(self) -> None:
+        self.forget()
+        os.close(self.pidfd)
+
+    def forget(self) -> None:
+        for copy in self.borrowed.values():
+            if copy is not None:
+                os.close(copy)
+        self.borrowed.clear()
+
+    def answer(self, request: Request) -> Reply | None:
+        """The reply to ``request`` made here, or None (the deputy makes it)."""
+        nr = request.nr
+        if nr in TABLE_CHANGING:
+            self.forget()
+            return None
+        if nr not in ANSWERED:
+            return None
+        args = request.args
+        if nr == SYS_NEWFSTATAT and not (args[3] & AT_EMPTY_PATH and dict(request.inputs).get(1) == b"\0"):
+            return None                                   # a path: the deputy resolves it at home
+        fd = self._regular(args[0])
+        if fd is None:
+            return None
+        self.answered += 1
+        try:
+            if nr == SYS_READ:
+                data = os.read(fd, args[2])
+                return Reply(len(data), ((1, data),))
+            if nr == SYS_PREAD:
+                data = os.pread(fd, args[2], args[3])
+                return Reply(len(data), ((1, data),))
+            if nr == SYS_WRITE:
+                return Reply(os.write(fd, dict(request.inputs).get(1, b"")))
+            if nr == SYS_PWRITE:
+                return Reply(os.pwrite(fd, dict(request.inputs).get(1, b""), args[3]))
+            if nr == SYS_LSEEK:
+                return Reply(os.lseek(fd, _signed(args[1]), args[2]))
+            return self._fstat(fd, 1 if nr == SYS_FSTAT else 2)
+        except OSError as err:
+            return Reply(-(err.errno or errno.EIO))
+
+    def _regular(self, fd_value: int) -> int | None:
+        """Our copy of its descriptor, if that is a regular file."""
+        fd = _signed(fd_value)
+        if fd < 0 or fd > 1 << 20:
+            return None
+        if fd not in self.borrowed:
+            try:
+                copy = memory.borrow_fd(self.pidfd, fd)
+            except TraceError:
+                self.borrowed[fd] = None                  # closed, or not ours to take
+                return None
+            if not stat.S_ISREG(os.fstat(copy).st_mode):
+                os.close(copy)
+                copy = None
+            self.borrowed[fd] = copy
+        return self.borrowed[fd]
+
+    @staticmethod
+    def _fstat(fd: int, index: int) -> Reply:
+        """The kernel's own ``struct stat`` of our copy (the same file)."""
+        buf = ctypes.create_string_buffer(STAT_SIZE)
+        if LIBC.syscall(ctypes.c_long(_SYS_FSTAT), ctypes.c_long(fd), buf) != 0:
+            return Reply(-(ctypes.get_errno() or errno.EIO))
+        return Reply(0, ((index, buf.raw),))
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
