@@ -363,6 +363,15 @@ class NamespaceCluster(LocalCluster):
         return left
 
 
+def _software() -> list[Path]:
+    """Where this software and its interpreter live: every node has them, as every
+    node of a real cluster has MOSIX installed (a clone under /tmp, as CI's may be,
+    would otherwise vanish under a node's private /tmp)."""
+    places = {Path(sys.prefix).resolve(), Path(sys.executable).resolve().parent,
+              Path(__file__).resolve().parents[1]}
+    return sorted(places)
+
+
 def up(root: Path, nodes: int = 3, speeds: list[int] | None = None, subnet: str | None = None,
        interval: float = 0.2, cpus: int = 1, memory_mb: int = 4096, shared: Iterable[Path] = (),
        extra_conf: str = "", secret: str | None = None) -> NamespaceCluster:
@@ -383,7 +392,7 @@ def up(root: Path, nodes: int = 3, speeds: list[int] | None = None, subnet: str 
                                         speeds=tuple(speeds), cpus=cpus, memory_mb=memory_mb, interval=interval,
                                         udp_port=default_udp, tcp_port=default_tcp)
     localcluster.write_layout(layout, secret=secret, extra_conf=extra_conf)
-    cluster = NamespaceCluster(root, layout, subnet, [root, *shared])
+    cluster = NamespaceCluster(root, layout, subnet, [root, *shared, *_software()])
     try:
         cluster._start_switch()
         for k in range(1, nodes + 1):
