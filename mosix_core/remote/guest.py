@@ -55,6 +55,10 @@ SYS_GETPID = NUMBERS["getpid"]
 VECTORED = {NUMBERS["readv"]: (NUMBERS["read"], None), NUMBERS["writev"]: (NUMBERS["write"], None),
             NUMBERS["preadv"]: (NUMBERS["pread64"], 3), NUMBERS["pwritev"]: (NUMBERS["pwrite64"], 3)}
 IOV_MAX = 1024
+SYS_SENDMSG, SYS_RECVMSG = NUMBERS["sendmsg"], NUMBERS["recvmsg"]
+SYS_SENDTO, SYS_RECVFROM = NUMBERS["sendto"], NUMBERS["recvfrom"]
+#: struct msghdr: name, namelen, iov, iovlen, control, controllen, flags
+MSGHDR = struct.Struct("=QI4xQQQQi4x")
 MAP_TYPE, MAP_PRIVATE, MAP_ANONYMOUS = 0x0F, 0x02, 0x20
 #: calls that make a new process or program: they are made at home, where the
 #: process goes back for them (see :attr:`Guest.wants_home`)
@@ -184,6 +188,8 @@ class Guest:
             args[READS[info.nr]] = min(args[READS[info.nr]], MAX_TRANSFER)
         if info.nr in VECTORED:
             result = self._vectored(info.nr, args)
+        elif info.nr in (SYS_SENDMSG, SYS_RECVMSG):
+            result = self._message(info.nr, args)
         elif info.nr in WRITES and args[2] > MAX_TRANSFER:
             result = self._write_in_pieces(info.nr, args)
         else:
@@ -310,23 +316,38 @@ class Guest:
         ptrace.set_regs(self.pid, regs)
         self._resume()
 
+    def _vectors(self, address: int, count: int) -> list[tuple[int, int]]:
+        """The (base, length) pairs of an iovec array (TraceError if unreadable)."""
+        table = memory.read_bytes(self.pid, address, 16 * count) if count else b""
+        if len(table) < 16 * count:
+            raise TraceError("an iovec array out of the process's memory", errno.EFAULT)
+        return [struct.unpack_from("=QQ", table, 16 * k) for k in range(count)]
+
+    def _gather(self, vectors: list[tuple[int, int]]) -> bytes:
+        data = b"".join(memory.read_bytes(self.pid, base, size) for base, size in vectors if size)
+        if len(data) < sum(size for _, size in vectors):
+            raise TraceError("an iovec buffer out of the process's memory", errno.EFAULT)
+        return data
+
+    def _scatter(self, vectors: list[tuple[int, int]], data: bytes) -> None:
+        at = 0
+        for base, room in vectors:
+            if at >= len(data):
+                break
+            self._write(base, data[at:at + room])
+            at += room
+
     def _vectored(self, nr: int, args: list[int]) -> int:
         """readv/writev/preadv/pwritev: the buffers gathered here into one write home,
         or one read's data scattered here into them."""
         single, offset_arg = VECTORED[nr]
-        count = args[2]
-        if count > IOV_MAX:
+        if args[2] > IOV_MAX:
             return -errno.EINVAL
         try:
-            table = memory.read_bytes(self.pid, args[1], 16 * count) if count else b""
-            if len(table) < 16 * count:
-                return -errno.EFAULT
-            vectors = [struct.unpack_from("=QQ", table, 16 * k) for k in range(count)]
+            vectors = self._vectors(args[1], args[2])
             offset = () if offset_arg is None else (args[offset_arg],)
             if single in WRITES:
-                data = b"".join(memory.read_bytes(self.pid, base, size) for base, size in vectors if size)
-                if len(data) < sum(size for _, size in vectors):
-                    return -errno.EFAULT
+                data = self._gather(vectors)
                 done = 0
                 while True:
                     piece = data[done:done + MAX_TRANSFER]
@@ -342,16 +363,54 @@ class Guest:
             size = min(sum(size for _, size in vectors), MAX_TRANSFER)
             self.forwarded += 1
             reply = self.forward(Request(single, (args[0], 1, size) + offset, outputs=((1, size),)))
-            data = dict(reply.outputs).get(1, b"")
-            at = 0
-            for base, room in vectors:
-                if at >= len(data):
-                    break
-                self._write(base, data[at:at + room])
-                at += room
+            self._scatter(vectors, dict(reply.outputs).get(1, b""))
             return reply.result
-        except TraceError:
-            return -errno.EFAULT
+        except TraceError as err:
+            return -(err.errno or errno.EFAULT)
+
+    def _message(self, nr: int, args: list[int]) -> int:
+        """sendmsg/recvmsg without ancillary data, as sendto/recvfrom of the whole: the
+        message's buffers gathered here, or the data scattered into them and its
+        address and lengths written back. Ancillary data (descriptors, credentials)
+        cannot cross nodes: EOPNOTSUPP."""
+        fd, address, flags = args[0], args[1], args[2]
+        try:
+            header = memory.read_bytes(self.pid, address, MSGHDR.size)
+            if len(header) < MSGHDR.size:
+                return -errno.EFAULT
+            name, namelen, iov, iovlen, control, controllen, _ = MSGHDR.unpack(header)
+            if iovlen > IOV_MAX:
+                return -errno.EMSGSIZE
+            vectors = self._vectors(iov, iovlen)
+            if nr == SYS_SENDMSG:
+                if control and controllen:
+                    return -errno.EOPNOTSUPP
+                data = self._gather(vectors)[:MAX_TRANSFER]          # a stream sends less; a datagram is far less
+                inputs = [(1, data)]
+                if name and namelen:
+                    inputs.append((4, memory.read_bytes(self.pid, name, min(namelen, 128))))
+                self.forwarded += 1
+                return self.forward(Request(SYS_SENDTO, (fd, 1, len(data), flags, 1 if name else 0,
+                                                         len(inputs[-1][1]) if name and namelen else 0),
+                                            inputs=tuple(inputs))).result
+            size = min(sum(size for _, size in vectors), MAX_TRANSFER)
+            room = min(namelen, 128) if name else 0
+            request = Request(SYS_RECVFROM, (fd, 1, size, flags, 1 if room else 0, 1 if room else 0),
+                              inputs=((5, struct.pack("<I", room)),) if room else (),
+                              outputs=((1, size),) + (((4, room), (5, 4)) if room else ()))
+            self.forwarded += 1
+            reply = self.forward(request)
+            if reply.result < 0:
+                return reply.result
+            outputs = dict(reply.outputs)
+            self._scatter(vectors, outputs.get(1, b""))
+            if room:
+                self._write(name, outputs.get(4, b""))
+                self._write(address + 8, outputs.get(5, b"\0\0\0\0"))        # msg_namelen
+            self._write(address + 40, bytes(8) + bytes(4))                   # msg_controllen, msg_flags
+            return reply.result
+        except TraceError as err:
+            return -(err.errno or errno.EFAULT)
 
     def _write_in_pieces(self, nr: int, args: list[int]) -> int:
         """A write larger than one call may carry: piece by piece, stopping at the first
