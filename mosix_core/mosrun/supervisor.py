@@ -374,6 +374,14 @@ class Supervisor:
             ptrace.set_regs(tracee.pid, regs)
         return rules.ALLOW
 
+    def _parent_pid(self, tracee: Tracee) -> int | None:
+        """What getppid says for ``tracee`` (as :meth:`_pid_call` would have it)."""
+        parent = self.tracees.get(tracee.parent) if tracee.parent else None
+        if parent is not None and parent.virtual_pid:
+            return parent.own_pid
+        fields = procfs.stat_fields(tracee.pid)
+        return None if fields is None else int(fields[1])
+
     def _carry_out(self, tracee: Tracee, verdict) -> None:
         pid = tracee.pid
         verdict, said, kill = rules.settle(verdict, self._unsupported_mode(tracee))
@@ -728,7 +736,7 @@ class Supervisor:
         tracee.start_at = None
         tracee.away = migration.Away(target, sock, channel, deputy, compress=not reply.get("proximate"))
         try:
-            tracee.away.shortcuts = Shortcuts(pid)
+            tracee.away.shortcuts = Shortcuts(pid, tracee.own_pid, lambda: self._parent_pid(tracee))
         except OSError:
             pass                                     # every call goes through the deputy
         self._pin_shell(tracee)

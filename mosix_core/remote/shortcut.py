@@ -2,8 +2,8 @@
 
 A call the deputy makes costs stops of the home shell: its inputs are written into
 the shell, the call is injected, the shell stops after it. For the commonest calls
-on regular files — read, write, their p- forms, lseek, fstat — the home side can do
-better: it borrows the process's descriptor (``pidfd_getfd``: the same open file,
+on regular files — read, write, their p- forms, lseek, fstat — and for its own
+identity (getpid, gettid, getppid) the home side can do better: it borrows the process's descriptor (``pidfd_getfd``: the same open file,
 so the same offset, flags and position) and makes the call itself. A regular file
 never blocks, so the supervisor's loop is never held; any other descriptor (a
 terminal, a pipe, a socket), and every other call, goes to the deputy as before.
@@ -18,6 +18,7 @@ import ctypes
 import errno
 import os
 import stat
+from typing import Callable
 
 from mosix_core.errors import TraceError
 from mosix_core.linux import memory
@@ -28,7 +29,9 @@ from mosix_core.remote.calls import STAT_SIZE, Reply, Request
 SYS_READ, SYS_WRITE, SYS_PREAD, SYS_PWRITE = (NUMBERS[n] for n in ("read", "write", "pread64", "pwrite64"))
 SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT = NUMBERS["lseek"], NUMBERS["fstat"], NUMBERS["newfstatat"]
 AT_EMPTY_PATH = 0x1000
-ANSWERED = frozenset({SYS_READ, SYS_WRITE, SYS_PREAD, SYS_PWRITE, SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT})
+SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
+ANSWERED = frozenset({SYS_READ, SYS_WRITE, SYS_PREAD, SYS_PWRITE, SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT,
+                      SYS_GETPID, SYS_GETTID, SYS_GETPPID})
 #: calls after which a descriptor number may name another file (or none)
 TABLE_CHANGING = frozenset(NUMBERS[name] for name in (
     "close", "close_range", "dup", "dup2", "dup3", "fcntl", "open", "openat", "openat2", "creat",
@@ -41,8 +44,10 @@ _SYS_FSTAT = 5
 class Shortcuts:
     """The borrowed descriptors of process ``pid`` (away), and the calls made on them."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, own_pid: int | None = None, parent: Callable[[], int | None] | None = None) -> None:
         self.pid = pid
+        self.own_pid = own_pid or pid               # what getpid says (a restored process keeps its pid)
+        self.parent = parent                        # what getppid says, if the caller knows better
         self.pidfd = os.pidfd_open(pid)
         self.borrowed: dict[int, int | None] = {}    # its fd -> our copy (None: not a regular file)
         self.answered = 0
@@ -65,6 +70,11 @@ class Shortcuts:
             return None
         if nr not in ANSWERED:
             return None
+        if nr in (SYS_GETPID, SYS_GETTID):
+            return Reply(self.own_pid)
+        if nr == SYS_GETPPID:
+            ppid = self.parent() if self.parent is not None else None
+            return Reply(ppid) if ppid is not None else None
         args = request.args
         if nr == SYS_NEWFSTATAT and not (args[3] & AT_EMPTY_PATH and dict(request.inputs).get(1) == b"\0"):
             return None                                   # a path: the deputy resolves it at home
