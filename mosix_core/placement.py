@@ -46,6 +46,12 @@ class MigrationDecision:
         return cls(target, reason)
 
 
+#: the refusal of a node that could take the process but not now (the manual's
+#: "{computer} is too busy to receive now"; other refusals read "failed migrating to
+#: {computer}: {reason}")
+TOO_BUSY = "too busy to receive now"
+
+
 @attrs.frozen
 class AdmissionRequest:
     origin: IPv4Address

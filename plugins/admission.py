@@ -2,7 +2,7 @@
 
 The built-in rule follows mosix(7): a blocked node ("mosctl block") or a node with
 MOSIX turned off takes no one; a partner cluster needs ``cantake``; partner guests
-are limited by ``maxguests``; a process needing more memory than is free is refused.
+are limited by ``maxguests`` (beyond it the node is too busy to receive now); a process needing more memory than is free is refused.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from mosix_core.gossip import ST_BLOCK
 from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import Admission, AdmissionRequest
+from mosix_core.placement import TOO_BUSY, Admission, AdmissionRequest
 
 
 @hookimpl(trylast=True)
@@ -25,7 +25,7 @@ def mosix_admit_guest(request: AdmissionRequest, node: Any) -> Admission:
         limit = node.config.maxguests.limit if node.config.maxguests else None
         outsiders = sum(1 for p in node.proctable.guests() if not node.config.is_local_cluster(p.home))
         if limit is not None and outsiders >= limit:
-            return Admission.refuse("other node refused")
+            return Admission.refuse(TOO_BUSY)      # full of guests from other clusters, for now
     status = node.local_status()
     if request.memory_mb and status.mem_avail_mb < request.memory_mb:
         return Admission.refuse("did not complete (no memory there?)")

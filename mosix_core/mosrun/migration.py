@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 
 import attrs
 
+from mosix_core.placement import TOO_BUSY
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.shortcut import Shortcuts
 from mosix_core.remote.frames import Channel
@@ -27,6 +28,8 @@ HOME_WORDS = ("home", "0")
 
 
 def failed_migrating(computer: str, reason: str) -> str:
+    if reason == TOO_BUSY:
+        return f"{computer} is {TOO_BUSY}"
     return f"failed migrating to {computer}: {reason}"
 
 

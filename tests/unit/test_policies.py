@@ -13,7 +13,9 @@ import pytest
 
 from mosix_core.gossip import ST_BLOCK, ST_LSTAY, ST_STAY, ClusterView, NodeStatus
 from mosix_core.hookspecs import hookimpl
+from mosix_core.mosrun.migration import failed_migrating
 from mosix_core.placement import (
+    TOO_BUSY,
     AdmissionRequest, FreezeChoice, FreezeSituation, MigrationCandidate, PlacementRequest, PlacementView, SpecialPathResult,
 )
 from mosix_core.plugins import build_plugin_manager
@@ -157,6 +159,16 @@ def test_guest_admission(mosix_etc, pm):
     node.state_bits = 0
     outsider = AdmissionRequest(origin=IPv4Address("10.200.0.1"), from_local_cluster=False)
     assert not admit(request=outsider, node=node).accepted    # not a partner
+    # a partner that may send us guests, up to maxguests of them at once
+    (mosix_etc / "partners" / "physics").write_text("The physics cluster\n50 1 1\n10.200.0.1 4 1 1 1\n")
+    (mosix_etc / "maxguests").write_text("1\n")
+    node = Node(mosix_etc, pm=pm)
+    node.sample = measure_host()
+    assert admit(request=outsider, node=node).accepted
+    node.proctable.add(ProcessRecord(pid=4242, uid=65534, command="x", home=IPv4Address("10.200.0.2"), origpid=7))
+    assert admit(request=outsider, node=node).reason == TOO_BUSY
+    assert failed_migrating("10.0.0.9", TOO_BUSY) == "10.0.0.9 is too busy to receive now"
+    assert failed_migrating("10.0.0.9", "other node refused") == "failed migrating to 10.0.0.9: other node refused"
 
 
 @pytest.mark.hook("mosix_special_path")
