@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mosix_core import nscluster
-from test_migration import AWK, BIN, SIGNALS, guests, lines, migrate, row, wait_until, where_is
+from test_migration import AWK, BIN, SIGNALS, awk_moves_out_on_and_home, guests, lines, migrate, row, wait_until, where_is
 
 pytestmark = pytest.mark.cluster
 
@@ -62,23 +62,7 @@ def mosrun(cluster, tmp_path):
 
 
 def test_awk_moves_out_on_and_home_with_identical_output(cluster, mosrun, tmp_path):
-    program = AWK % 300
-    out = tmp_path / "out.txt"
-    proc = mosrun("awk", program, out=out)
-    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
-    wait_until(lambda: lines(out) >= 10, what="10 lines")
-    for where, expected in (("2", cluster.ip(2)), ("home", "here"), ("3", cluster.ip(3)), ("home", "here")):
-        before = lines(out)
-        migrate(cluster, pid, where)
-        where_is(cluster, expected)
-        if where != "home":
-            assert [g["origpid"] for g in guests(cluster, int(where))] == [pid]
-        wait_until(lambda: lines(out) >= before + 20, what="progress after the move")
-    assert row(cluster)["nmigs"] == 4
-    assert proc.wait(timeout=120) == 3
-    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
-    assert out.read_bytes() == native.stdout
-    assert (tmp_path / "stderr.txt").read_bytes() == b""
+    awk_moves_out_on_and_home(cluster, mosrun, tmp_path)
 
 
 MOVES_ITSELF = """\
