@@ -26,6 +26,7 @@ from mosix_core.remote.calls import MAX_TRANSFER, Reply, Request
 
 MAX_FRAME = 2 * MAX_TRANSFER + 4096
 MAX_ARGS = 6
+LARGE = 64 * 1024
 _LEN = struct.Struct("<I")
 _REQ = struct.Struct("<cHBBB")
 _REP = struct.Struct("<cqB")
@@ -100,9 +101,11 @@ class _Reader:
     def bytes(self, size: int) -> bytes:
         if self.at + size > len(self.body):
             raise ProtocolError("a frame shorter than its contents")
-        data = bytes(self.view[self.at:self.at + size])
+        data = self.view[self.at:self.at + size]
         self.at += size
-        return data
+        # a call's megabytes stay where they were received (a view: bytes-like for
+        # os.write/pwrite); small fields become bytes of their own
+        return data if size >= LARGE else bytes(data)
 
     def take(self, layout: struct.Struct) -> tuple:
         return layout.unpack(self.bytes(layout.size))

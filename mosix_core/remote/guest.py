@@ -155,13 +155,24 @@ class Guest:
             os.close(self._mem)
             self._mem = None
 
+    def _memory(self) -> int:
+        if self._mem is None:
+            self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        return self._mem
+
+    def _read(self, address: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the process's memory (fewer where it runs off the
+        mapped memory), copied once."""
+        try:
+            return os.pread(self._memory(), size, address)
+        except OSError as err:
+            raise TraceError(f"reading memory of process {self.pid} at {address:#x}: {err}", errno.EFAULT) from None
+
     def _write(self, address: int, data: bytes) -> None:
         """Into the process's memory, read-only pages too (as the kernel's own
         copy-out would; a file mapping is filled after it is made)."""
-        if self._mem is None:
-            self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         try:
-            os.pwrite(self._mem, data, address)
+            os.pwrite(self._memory(), data, address)
         except OSError as err:
             raise TraceError(f"writing memory of process {self.pid} at {address:#x}: {err}", err.errno) from None
 
@@ -234,7 +245,7 @@ class Guest:
     def _call_home(self, nr: int, args: tuple[int, ...]) -> int:
         pid = self.pid
         try:
-            request = marshal(nr, args, lambda address, size: memory.read_bytes(pid, address, size),
+            request = marshal(nr, args, self._read,
                               lambda address: memory.read_cstring(pid, address, limit=4096))
         except CannotForward:
             try:
@@ -318,13 +329,13 @@ class Guest:
 
     def _vectors(self, address: int, count: int) -> list[tuple[int, int]]:
         """The (base, length) pairs of an iovec array (TraceError if unreadable)."""
-        table = memory.read_bytes(self.pid, address, 16 * count) if count else b""
+        table = self._read(address, 16 * count) if count else b""
         if len(table) < 16 * count:
             raise TraceError("an iovec array out of the process's memory", errno.EFAULT)
         return [struct.unpack_from("=QQ", table, 16 * k) for k in range(count)]
 
     def _gather(self, vectors: list[tuple[int, int]]) -> bytes:
-        data = b"".join(memory.read_bytes(self.pid, base, size) for base, size in vectors if size)
+        data = b"".join(self._read(base, size) for base, size in vectors if size)
         if len(data) < sum(size for _, size in vectors):
             raise TraceError("an iovec buffer out of the process's memory", errno.EFAULT)
         return data
@@ -375,7 +386,7 @@ class Guest:
         cannot cross nodes: EOPNOTSUPP."""
         fd, address, flags = args[0], args[1], args[2]
         try:
-            header = memory.read_bytes(self.pid, address, MSGHDR.size)
+            header = self._read(address, MSGHDR.size)
             if len(header) < MSGHDR.size:
                 return -errno.EFAULT
             name, namelen, iov, iovlen, control, controllen, _ = MSGHDR.unpack(header)
@@ -388,7 +399,7 @@ class Guest:
                 data = self._gather(vectors)[:MAX_TRANSFER]          # a stream sends less; a datagram is far less
                 inputs = [(1, data)]
                 if name and namelen:
-                    inputs.append((4, memory.read_bytes(self.pid, name, min(namelen, 128))))
+                    inputs.append((4, self._read(name, min(namelen, 128))))
                 self.forwarded += 1
                 return self.forward(Request(SYS_SENDTO, (fd, 1, len(data), flags, 1 if name else 0,
                                                          len(inputs[-1][1]) if name and namelen else 0),
