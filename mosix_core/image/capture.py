@@ -321,7 +321,7 @@ def ask_process(pid: int, regs: ptrace.Registers, mappings: list[procfs.Mapping]
             itimers.append(list(struct.unpack("<qqqq", scratch.read(0, 32))))
     finally:
         scratch.restore()
-        ptrace.set_regs(pid, regs)
+        inject.put_back(pid, regs)
     signals = {
         "actions": actions,
         "mask": int(status["SigBlk"], 16),

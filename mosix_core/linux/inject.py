@@ -78,6 +78,14 @@ def resumable_registers(regs: ptrace.Registers, *, new_process: bool) -> ptrace.
     return out
 
 
+def put_back(pid: int, regs: ptrace.Registers) -> None:
+    """Give stopped ``pid`` its registers ``regs`` back after calls were injected into
+    it, so it goes on as it would have: a call it was interrupted in is made again
+    (after injecting, the kernel no longer restarts it by itself — a raw
+    ``-ERESTART*`` would reach the program)."""
+    ptrace.set_regs(pid, resumable_registers(regs, new_process=False))
+
+
 def finish_call(pid: int, result: int) -> None:
     """At a seccomp stop: skip the call, make it return ``result``, and stop at its
     exit, where registers may be changed freely."""

@@ -85,7 +85,7 @@ def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: b
     try:
         write_atomically(path, produce)
     except (MosixError, OSError) as err:
-        ptrace.set_regs(pid, regs)
+        inject.put_back(pid, regs)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         return False, f"{path}: {reason}", deferred
     plan.naming.advance()

@@ -590,7 +590,7 @@ class Supervisor:
             if isinstance(err, TraceError) and err.errno == errno.ESRCH:
                 return
             self.say(tracee, f"freezing failed: {err}")
-            ptrace.set_regs(pid, regs)
+            inject.put_back(pid, regs)
             self._resume(tracee)
             return
         tracee.frozen = frozen
@@ -729,7 +729,7 @@ class Supervisor:
             if isinstance(err, TraceError) and err.errno == errno.ESRCH:
                 return
             self.say(tracee, migration.failed_migrating(target, migration.DID_NOT_COMPLETE))
-            ptrace.set_regs(pid, regs)
+            inject.put_back(pid, regs)
             checkpoints.resend(pid, deferred)
             self._start_failed(tracee)
             return

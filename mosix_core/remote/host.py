@@ -226,7 +226,7 @@ class GuestHost:
         if answer.get("op") == "arrived":
             self._remove(pid)
             return True
-        ptrace.set_regs(pid, regs)                   # home could not take it: on it goes here
+        inject.put_back(pid, regs)                   # home could not take it: on it goes here
         if guest.wants_home is not None:
             guest.stay_instead()
         ptrace.cont(pid)

@@ -591,3 +591,32 @@ def test_calls_on_regular_files_away_behave_as_at_home(cluster, mosrun, tmp_path
     assert out.read_bytes() == native.stdout
     assert (tmp_path / "data.bin").read_bytes() == (native_dir / "data.bin").read_bytes()
     assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+BIG = """\
+import select, sys
+big = bytearray(b"7" * (400 << 20))           # 400 MB to move: the move takes a while
+x = 0
+for i in range(int(sys.argv[1])):
+    x = (x * 31 + i * i + big[i * 4096 % len(big)]) % 1000003
+    print(i, x, flush=True)
+    select.select([], [], [], 0.01)
+"""
+
+
+def test_a_target_killed_during_the_move_leaves_the_process_running_at_home(cluster, mosrun, tmp_path):
+    (tmp_path / "big.py").write_text(BIG)
+    out = tmp_path / "out.txt"
+    proc = mosrun("/usr/bin/python3", "big.py", "400", out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    mover = subprocess.Popen([str(BIN / "mosmigrate"), str(pid), "2"], env=cluster.env(1))
+    host = wait_until(lambda: guests(cluster, 2), timeout=30, what="the guest host, receiving")[0]["pid"]
+    os.kill(host, 9)                                     # the target dies in the middle of the move
+    mover.wait(timeout=30)
+    message = f"failed migrating to {cluster.ip(2)}: did not complete (no memory there?)".encode()
+    wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), what="the manual's message")
+    assert row(cluster)["where"] == "here"
+    assert proc.wait(timeout=120) == 0                   # it ran on at home, to its end
+    native = subprocess.run(["/usr/bin/python3", "big.py", "400"], cwd=tmp_path, capture_output=True, timeout=120)
+    assert out.read_bytes() == native.stdout
