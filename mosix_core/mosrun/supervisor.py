@@ -14,6 +14,7 @@ hook, wired by that feature.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -708,8 +709,9 @@ class Supervisor:
             keep_alive(sock)
             sock.settimeout(migration.RESTORE_TIMEOUT)
             out = sock.makefile("wb")
-            deferred = moving.send_image(pid, ImageWriter(out, compress=not reply.get("proximate")), regs,
-                                         {"pid": tracee.own_pid}, to_guest=True)
+            with self._unpinned():
+                deferred = moving.send_image(pid, ImageWriter(out, compress=not reply.get("proximate")), regs,
+                                             {"pid": tracee.own_pid}, to_guest=True)
             out.flush()
             channel = Channel(sock)
             answer = channel.receive()
@@ -1012,6 +1014,25 @@ class Supervisor:
         except TraceError:
             pass
 
+    @contextlib.contextmanager
+    def _unpinned(self):
+        """While an image is written or read (its threads are made now, with our
+        affinity), every CPU is ours again; pinned back after."""
+        pinned = self._own_affinity is not None
+        try:
+            if pinned:
+                cpus.pin(0, self._own_affinity)
+        except TraceError:
+            pinned = False
+        try:
+            yield
+        finally:
+            try:
+                if pinned:
+                    cpus.pin(0, self._pinned_to)
+            except TraceError:
+                pass
+
     def _pin_shell(self, tracee: Tracee) -> None:
         """While away, the shell runs the process's calls: it and this supervisor stay
         on one CPU (the supervisor's), where a stop wakes its tracer cheaply."""
@@ -1047,7 +1068,8 @@ class Supervisor:
         self._send("update", pid=pid, where="starting")
         try:
             reader = ImageReader(away.sock.makefile("rb", buffering=0), streaming=True)
-            deferred = moving.come_home(pid, reader, away.deputy.injector.address)
+            with self._unpinned():
+                deferred = moving.come_home(pid, reader, away.deputy.injector.address)
         except ThawFailed as err:
             self._not_home(tracee, err)
             return

@@ -64,6 +64,7 @@ class GuestHost:
         self.guest: Guest | None = None
         self.controls: list[dict] = []        # control messages that came during a call
         self._next_times = 0.0
+        self._all_cpus: set[int] = set()
         self._reported_utime: float | None = None
 
     # -- arriving ----------------------------------------------------------------------------
@@ -101,6 +102,7 @@ class GuestHost:
         selector.register(self.sock, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
         try:
+            self._all_cpus = cpus.allowed()
             cpu = cpus.current()                     # tracer and guest on one CPU
             cpus.pin(0, cpu)
             cpus.pin(guest.pid, cpu)
@@ -219,6 +221,11 @@ class GuestHost:
         regs = inject.copy_registers(ptrace.get_regs(pid))
         self._send({"op": "image", "for": guest.wants_home})
         out = self.sock.makefile("wb")
+        try:
+            if self._all_cpus:
+                cpus.pin(0, self._all_cpus)          # the image's threads may use every CPU
+        except TraceError:
+            pass
         deferred = send_image(pid, ImageWriter(out, compress=self.compress), regs, {})
         out.flush()
         self._send({"op": "sent", "signals": deferred, "utime": guest.utime()})
