@@ -620,3 +620,19 @@ def test_a_target_killed_during_the_move_leaves_the_process_running_at_home(clus
     assert proc.wait(timeout=120) == 0                   # it ran on at home, to its end
     native = subprocess.run(["/usr/bin/python3", "big.py", "400"], cwd=tmp_path, capture_output=True, timeout=120)
     assert out.read_bytes() == native.stdout
+
+
+def test_mosrun_L_does_not_stop_a_manual_migration(cluster, mosrun, tmp_path):
+    """-L: no *automatic* migration; the user (or the program) may still move it."""
+    program = AWK % 120
+    out = tmp_path / "out.txt"
+    proc = mosrun("-L", "awk", program, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    assert "L" in row(cluster)["options"].split() or "-L" in row(cluster)["options"]
+    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    migrate(cluster, pid, "2")
+    where_is(cluster, cluster.ip(2))
+    assert proc.wait(timeout=120) == 3
+    native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
+    assert out.read_bytes() == native.stdout
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
