@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,6 +132,10 @@ class LocalCluster:
             up = {self.ip(k) for k in range(1, self.nodes + 1) if self.running(k)}
             return all(self.alive_seen_by(k) >= up for k in range(1, self.nodes + 1) if self.running(k))
         self.wait_until(done, timeout, "every node to see every other alive")
+
+    def kill(self, k: int, pid: int, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to ``pid`` as node k numbers it (here: the machine's pids)."""
+        os.kill(pid, sig)
 
     def set_proximate(self, proximate: bool) -> None:
         """Rewrite every node's mosix.map with (raw images) or without (lz4) the 'p'

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -154,6 +155,11 @@ while True:
 
 
 def test_signals_sent_home_reach_the_process_away(cluster, mosrun, tmp_path):
+    signals_sent_home_reach_the_process_away(cluster, mosrun, tmp_path)
+
+
+def signals_sent_home_reach_the_process_away(cluster, mosrun, tmp_path) -> None:
+    """SIGUSR1 sent to the pid at home runs the handler away; SIGTERM ends it with -15."""
     (tmp_path / "sig.py").write_text(SIGNALS)
     out = tmp_path / "out.txt"
     proc = mosrun("/usr/bin/python3", "sig.py", out=out)
@@ -161,9 +167,9 @@ def test_signals_sent_home_reach_the_process_away(cluster, mosrun, tmp_path):
     wait_until(lambda: lines(out) >= 1, what="the start")
     migrate(cluster, pid, "2")
     where_is(cluster, cluster.ip(2))
-    os.kill(pid, 10)
+    cluster.kill(1, pid, signal.SIGUSR1)                 # pid: as the home node numbers it
     wait_until(lambda: b"usr1 at 2\n" in out.read_bytes(), what="the handler, away on node 2")
-    os.kill(pid, 15)
+    cluster.kill(1, pid, signal.SIGTERM)
     assert proc.wait(timeout=30) == -15
     wait_until(lambda: not guests(cluster, 2), what="the guest to go")
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from mosix_core import nscluster
-from test_migration import AWK, BIN, SIGNALS, awk_moves_out_on_and_home, guests, lines, migrate, row, wait_until, where_is
+from test_migration import (AWK, BIN, awk_moves_out_on_and_home, guests, migrate, row,
+                            signals_sent_home_reach_the_process_away, wait_until, where_is)
 
 pytestmark = pytest.mark.cluster
 
@@ -105,18 +106,7 @@ def test_a_python_program_moves_itself_and_keeps_its_pid_parent_cwd_and_home_fil
 
 
 def test_signals_sent_at_home_reach_the_process_away(cluster, mosrun, tmp_path):
-    (tmp_path / "sig.py").write_text(SIGNALS)
-    out = tmp_path / "out.txt"
-    proc = mosrun("/usr/bin/python3", "sig.py", out=out)
-    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
-    wait_until(lambda: lines(out) >= 1, what="the start")
-    migrate(cluster, pid, "2")
-    where_is(cluster, cluster.ip(2))
-    cluster.kill(1, pid, signal.SIGUSR1)                 # pid: node 1's numbering, sent on node 1
-    wait_until(lambda: b"usr1 at 2\n" in out.read_bytes(), what="the handler, away on node 2")
-    cluster.kill(1, pid, signal.SIGTERM)
-    assert proc.wait(timeout=30) == -15
-    wait_until(lambda: not guests(cluster, 2), what="the guest to go")
+    signals_sent_home_reach_the_process_away(cluster, mosrun, tmp_path)
 
 
 CONNECT = """\
