@@ -41,6 +41,17 @@ sys.exit(3)
 GUEST_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACESECCOMP | ptrace.O_EXITKILL
 
 
+def end_link(home_end, proc: subprocess.Popen, host: int | None) -> None:
+    """Whatever is left of a move over a socket: the home end, the program, the guest host."""
+    home_end.close()
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if host is not None:
+        os.kill(host, signal.SIGKILL)
+        os.waitpid(host, 0)
+
+
 def run_away(argv: list[str], cwd: Path, out: Path, after_lines: int) -> tuple[int, Guest]:
     """Start ``argv`` here, move it into a guest after ``after_lines`` lines of output,
     run it to its end there; (the exit status its parent sees, the guest)."""
@@ -157,13 +168,7 @@ def test_the_guest_and_its_home_in_two_processes_over_a_socket(tmp_path):
         host = None
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
-        home_end.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if host is not None:
-            os.kill(host, signal.SIGKILL)
-            os.waitpid(host, 0)
+        end_link(home_end, proc, host)
     text = out.read_bytes()
     assert text.count(b"usr1\n") == 1
     native = subprocess.run(["/usr/bin/python3", str(script), "150"], cwd=tmp_path, capture_output=True, timeout=60)

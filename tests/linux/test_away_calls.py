@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -31,7 +30,7 @@ from mosix_core.remote.frames import Channel
 from mosix_core.remote.guest import Guest
 from mosix_core.remote.link import forwarder, serve
 from mosix_core.remote.moving import arrive, leave
-from test_away import GUEST_OPTIONS
+from test_away import GUEST_OPTIONS, end_link
 
 PYTHON = "/usr/bin/python3"
 WAIT_TO_GO = """\
@@ -97,13 +96,7 @@ def run_served(script: str, work: Path) -> Away:
         host = None
         assert os.waitstatus_to_exitcode(host_status) == proc.returncode   # the guest saw the same end
     finally:
-        home_end.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if host is not None:
-            os.kill(host, signal.SIGKILL)
-            os.waitpid(host, 0)
+        end_link(home_end, proc, host)
     return Away(proc.returncode, served, out.read_bytes(), err.read_bytes())
 
 
