@@ -37,7 +37,7 @@ from mosix_core.client import Client
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules
 from mosix_core.remote import moving
-from mosix_core.remote.calls import CannotForward, Reply, Request, spec_of, unforwardable_error
+from mosix_core.remote.calls import Reply, Request, forwardable, unforwardable_error
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal
 from mosix_core.remote.link import keep_alive
@@ -53,7 +53,7 @@ SYS_KILL, SYS_TKILL, SYS_TGKILL = NUMBERS["kill"], NUMBERS["tkill"], NUMBERS["tg
 SYS_OPEN, SYS_OPENAT, SYS_RT_SIGPROCMASK = NUMBERS["open"], NUMBERS["openat"], NUMBERS["rt_sigprocmask"]
 SYS_SETITIMER = NUMBERS["setitimer"]
 STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGSTOP)
-SYS_RT_SIGACTION, SYS_MMAP, SYS_EXIT_GROUP = NUMBERS["rt_sigaction"], NUMBERS["mmap"], NUMBERS["exit_group"]
+SYS_RT_SIGACTION, SYS_MMAP = NUMBERS["rt_sigaction"], NUMBERS["mmap"]
 SIG_SETMASK = 2
 PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
 MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
@@ -813,7 +813,7 @@ class Supervisor:
             special = self._away_mapping(tracee, request, verdict)
         elif rules.refuses(verdict):
             special = self._answer(self._settled(tracee, verdict))
-        elif not _forwardable(request):
+        elif not forwardable(request):
             special = -unforwardable_error(request.nr)   # home allows it, but cannot make it for the guest
         else:
             special = self._away_special(tracee, request)
@@ -1275,17 +1275,6 @@ def node_in_cluster(etc) -> Callable[[int], bool]:
         except (MosixError, ValueError):
             return False
     return check
-
-
-def _forwardable(request: Request) -> bool:
-    """A call the deputy can make for the guest (its end, too: exit_group)."""
-    if request.nr == SYS_EXIT_GROUP:
-        return True
-    try:
-        spec_of(request.nr, request.args)
-    except CannotForward:
-        return False
-    return True
 
 
 def _configuration(etc):

@@ -14,12 +14,12 @@ from typing import Callable
 
 from mosix_core.errors import ProtocolError, TraceError
 from mosix_core.linux.syscall_names import NUMBERS
-from mosix_core.remote.calls import CannotForward, Reply, Request, spec_of, unforwardable_error
+from mosix_core.remote.calls import Reply, Request, forwardable, unforwardable_error
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, encode_reply, encode_request, encode_signal
 from mosix_core.remote.guest import Guest
 
-SYS_MMAP, SYS_EXIT_GROUP = NUMBERS["mmap"], NUMBERS["exit_group"]
+SYS_MMAP = NUMBERS["mmap"]
 #: TCP keepalive on the link: idle seconds, probe interval, probes — a node that dies
 #: breaks its links in about 11 s (neither half can go on without the other)
 KEEPALIVE = (5, 2, 3)
@@ -84,10 +84,4 @@ def _answered_here(request: Request) -> Reply | None:
     flags (the guest copies the pages), a call no table describes fails."""
     if request.nr == SYS_MMAP:
         return Reply(request.args[3] & 0xFFFFFFFF)
-    if request.nr == SYS_EXIT_GROUP:
-        return None
-    try:
-        spec_of(request.nr, request.args)
-    except CannotForward:
-        return Reply(-unforwardable_error(request.nr))
-    return None
+    return None if forwardable(request) else Reply(-unforwardable_error(request.nr))
