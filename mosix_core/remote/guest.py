@@ -150,11 +150,6 @@ class Guest:
         fields = procfs.stat_fields(self.pid)
         return None if fields is None else round(int(fields[11]) / CLOCK_TICKS, 2)
 
-    def close(self) -> None:
-        if self._mem is not None:
-            os.close(self._mem)
-            self._mem = None
-
     def _memory(self) -> int:
         if self._mem is None:
             self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)

@@ -50,7 +50,6 @@ class Shortcuts:
         self.parent = parent                        # what getppid says, if the caller knows better
         self.pidfd = os.pidfd_open(pid)
         self.borrowed: dict[int, int | None] = {}    # its fd -> our copy (None: not a regular file)
-        self.answered = 0
 
     def close(self) -> None:
         self.forget()
@@ -81,7 +80,6 @@ class Shortcuts:
         fd = self._regular(args[0])
         if fd is None:
             return None
-        self.answered += 1
         try:
             if nr == SYS_READ:
                 data = os.read(fd, args[2])
