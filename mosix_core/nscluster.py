@@ -18,6 +18,9 @@ small "machine" of its own, made of Linux namespaces:
   so no subnet can clash with the machine's, and nothing is left behind when the
   namespaces' last processes end (``ip netns list`` stays empty: they are never
   named).
+* **time**: node k's monotonic and boot-time clocks are ``(k - 1) *`` :data:`CLOCK_STEP`
+  seconds ahead of the machine's, as on machines that booted at different times
+  (the wall clock cannot be namespaced: it is the machine's on every node).
 * **mounts**: a mount namespace where ``/tmp``, ``/run`` and ``/dev/shm`` are fresh
   tmpfs's of the node's own and the node's ``etc/var`` (mosd's control socket, pid
   file and log: :mod:`mosix_core.paths`) is a tmpfs too. What stays shared is what
@@ -56,8 +59,12 @@ from typing import Any, Iterable
 from mosix_core.testing import LocalCluster
 
 PRIVATE_DIRS = ("/tmp", "/run", "/dev/shm")
-NAMESPACES = ("--pid", "--mount", "--net", "--uts", "--ipc")
-NSENTER_FLAGS = ("-p", "-m", "-n", "-u", "-i")
+NAMESPACES = ("--pid", "--mount", "--net", "--uts", "--ipc", "--time")
+NSENTER_FLAGS = ("-p", "-m", "-n", "-u", "-i", "-T")
+KINDS = ("pid", "mnt", "net", "uts", "ipc", "time")
+#: node k's monotonic and boot-time clocks read (k - 1) times this many seconds more
+#: than the machine's, as if the nodes had booted a day or so apart
+CLOCK_STEP = 100_000
 BRIDGE = "br0"
 _clusters = itertools.count(1)
 _MS_BIND, _MS_REC = 4096, 16384
@@ -270,7 +277,9 @@ class NamespaceCluster(LocalCluster):
         args = ["--hostname", f"mosix-node{k}", "--tmpfs", str(self.etc(k) / "var")]
         for path in self.shared:
             args += ["--shared", str(path)]
-        proc = _start_init(["unshare", *NAMESPACES, "--fork", "--kill-child", "--mount-proc",
+        offset = str((k - 1) * CLOCK_STEP)
+        proc = _start_init(["unshare", *NAMESPACES, "--monotonic", offset, "--boottime", offset,
+                            "--fork", "--kill-child", "--mount-proc",
                             "--propagation", "private", "--", *self._init_argv("node", *args)],
                            self.root / f"node{k}-init.log", f"node {k}'s namespaces")
         init = _children(proc.pid)
@@ -278,9 +287,9 @@ class NamespaceCluster(LocalCluster):
             proc.kill()
             raise RuntimeError(f"node {k}: cannot find init under unshare {proc.pid} ({init})")
         self.members[k] = Node(k, proc, init[0])
-        for kind in ("pid", "mnt", "net", "uts", "ipc"):
+        for kind in KINDS:
             self.namespaces.add(_ns_id(init[0], kind))
-        if self.namespaces & {_ns_id("self", kind) for kind in ("pid", "mnt", "net", "uts", "ipc")}:
+        if self.namespaces & {_ns_id("self", kind) for kind in KINDS}:
             raise RuntimeError(f"node {k} shares a namespace with the machine")
 
     def _cable(self) -> None:
@@ -353,7 +362,7 @@ class NamespaceCluster(LocalCluster):
         left = set()
         for name in os.listdir("/proc"):
             if name.isdigit():
-                for kind in ("pid", "mnt", "net", "uts", "ipc"):
+                for kind in KINDS:
                     try:
                         if _ns_id(name, kind) in self.namespaces:
                             left.add(int(name))

@@ -63,8 +63,9 @@ Available now: the program runs under supervision, at home or (-r{host} -{n}
 start, and mosmigrate moves it while it runs; the unsupported-feature
 rules, -m -e -w -u -z -S, recursive mosrun, mosenv, mosnative, the /proc/self
 programming interface, and checkpoints (-C -N -A, -R -O -I, mosmigrate checkpoint,
-chkstop, chkexit) work as the manual says; -L -l -g -G -c -n -d -t -T are kept and
-readable by the program through /proc/self.
+chkstop, chkexit) work as the manual says, and so do -t -T (a process away reads
+home's clocks unless -t); -L -l -g -G -c -n -d are kept and readable by the
+program through /proc/self.
 Waiting for later features (accepted and checked now, with a notice when used):
   private temporary files: -X
 """

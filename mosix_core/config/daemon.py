@@ -42,6 +42,10 @@ class DaemonSettings:
     hooks_dir: str | None = None  # site hook modules; relative to the configuration directory
     disabled_plugins: tuple[str, ...] = ()
     log_level: str = "info"
+    # a guest takes the wall clock (CLOCK_REALTIME, gettimeofday, time) from its home
+    # node when the two nodes' clocks differ by more than this (ms); within it, this
+    # node's own clock serves it at native speed. 0: always from home.
+    wall_clock_tolerance_ms: float = 1.0
 
     @classmethod
     def default(cls) -> DaemonSettings:
@@ -169,4 +173,5 @@ _PARSERS: dict[str, _Parser] = {
     "hooks_dir": _directory,
     "disabled_plugins": _plugin_names,
     "log_level": _choice(LOG_LEVELS),
+    "wall_clock_tolerance_ms": _number(0.001, 60000.0, zero=True),
 }

@@ -24,6 +24,7 @@ __all__ = ["Registers", "Stop", "seize", "cont", "listen", "interrupt", "detach"
            "get_xstate", "set_xstate", "rseq_configuration", "pending_siginfo", "wait_for", "wait_gone"]
 
 PTRACE_CONT = 7
+PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
@@ -91,6 +92,11 @@ def seize(pid: int, options: int = SUPERVISOR_OPTIONS) -> None:
 
 def cont(pid: int, sig: int = 0) -> None:
     _call(PTRACE_CONT, pid, None, sig, "PTRACE_CONT")
+
+
+def step(pid: int, sig: int = 0) -> None:
+    """Run one instruction (or deliver ``sig`` and stop at its handler's first)."""
+    _call(PTRACE_SINGLESTEP, pid, None, sig, "PTRACE_SINGLESTEP")
 
 
 def listen(pid: int) -> None:

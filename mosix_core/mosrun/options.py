@@ -85,7 +85,7 @@ _CHECKPOINTS = "checkpoints"
 #: Options that are accepted but wait for a feature not implemented yet ("--help" lists them).
 LATER_FEATURES: Mapping[str, str] = MappingProxyType({
     **{option: _MIGRATION for option in
-       ("-L", "-l", "-c", "-n", "-d", "-t", "-T")},
+       ("-L", "-l", "-c", "-n", "-d")},
     **{option: _CHECKPOINTS for option in ("-C", "-N", "-A", "-R", "-O", "-I")},
     "-X": "private temporary files",
     "-g": "freezing",

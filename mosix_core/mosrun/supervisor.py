@@ -36,7 +36,7 @@ from mosix_core.image.freezedirs import NO_SPACE
 from mosix_core.client import Client
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules
-from mosix_core.remote import moving
+from mosix_core.remote import clocks, moving
 from mosix_core.remote.calls import Reply, Request, forwardable, unforwardable_error
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal
@@ -708,12 +708,14 @@ class Supervisor:
         try:
             keep_alive(sock)
             sock.settimeout(migration.RESTORE_TIMEOUT)
+            channel = Channel(sock)
+            clocks.answer_home_side(lambda message: channel.send(encode_control(message)), channel.receive,
+                                    local_time=bool(tracee.state.local_time))
             out = sock.makefile("wb")
             with self._unpinned():
                 deferred = moving.send_image(pid, ImageWriter(out, compress=not reply.get("proximate")), regs,
                                              {"pid": tracee.own_pid}, to_guest=True)
             out.flush()
-            channel = Channel(sock)
             answer = channel.receive()
             if not isinstance(answer, dict) or answer.get("op") != "restored":
                 raise ProtocolError(str(answer.get("reason", answer)) if isinstance(answer, dict) else "no answer")

@@ -20,10 +20,11 @@ import errno
 import os
 import signal
 import struct
+import time
 from typing import Callable
 
 from mosix_core.errors import TraceError
-from mosix_core.linux import inject, memory, procfs, ptrace, seccomp
+from mosix_core.linux import inject, memory, procfs, ptrace, seccomp, vdso
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
 from mosix_core.remote.calls import MAX_TRANSFER, CannotForward, Reply, Request, marshal, spec_of, unmarshal
 
@@ -66,11 +67,21 @@ HOMEWARD_NAMES = ("fork", "vfork", "clone", "clone3", "execve", "execveat")
 HOMEWARD = frozenset(NUMBERS[name] for name in HOMEWARD_NAMES)
 UNSIGNED = (1 << 64) - 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SYS_CLOCK_GETTIME, SYS_GETTIMEOFDAY, SYS_TIME = NUMBERS["clock_gettime"], NUMBERS["gettimeofday"], NUMBERS["time"]
+#: the wall clocks (clock_gettime's ids), each read as this node's clock plus the
+#: offset of home's wall clock: REALTIME, REALTIME_COARSE, REALTIME_ALARM, TAI
+WALL_CLOCKS = {0: time.CLOCK_REALTIME, 5: 5, 8: time.CLOCK_REALTIME, 11: 11}
+NS_PER_S = 1_000_000_000
 
 
-def guest_filter() -> list:
-    """The seccomp program a guest runs under: everything stops but the local calls."""
+def guest_filter(*, wall_clock: bool = False) -> list:
+    """The seccomp program a guest runs under: everything stops but the local calls.
+    ``wall_clock``: reading the wall clock stops too (it is home's, see
+    :meth:`Guest.read_home_wall_clock`)."""
     table = {nr: seccomp.always() for nr, name in NAMES.items() if name not in LOCAL}
+    if wall_clock:
+        table[SYS_CLOCK_GETTIME] = seccomp.when_arg_in(0, WALL_CLOCKS)
+        table[SYS_GETTIMEOFDAY] = table[SYS_TIME] = seccomp.always()
     table[SYS_MMAP] = seccomp.when_arg_in(3, [0], mask=MAP_ANONYMOUS)   # file mappings stop
     # a private futex lives in the process's own memory (shared ones are refused at home)
     table[NUMBERS["futex"]] = seccomp.when_arg_in(1, [0], mask=FUTEX_PRIVATE_FLAG)
@@ -94,6 +105,7 @@ class Guest:
         self.wants_home: str | None = None
         self.stopped_by: int | None = None       # the job-control signal it was stopped for
         self.leaving = False                     # home asked for it: its next call is made there
+        self.wall_offset: int | None = None      # home's wall clock less this node's (ns), if read from home
         self._mem: int | None = None
 
     def run(self) -> int:
@@ -183,6 +195,9 @@ class Guest:
         if info.nr == SYS_MMAP:
             self._map_file(info.args)
             return
+        if info.nr in (SYS_CLOCK_GETTIME, SYS_GETTIMEOFDAY, SYS_TIME) and self.wall_offset is not None:
+            self._finish(self._wall_clock(info.nr, info.args))
+            return
         if info.nr in EXITS:
             status = info.args[0] & 0xFF
             self.forward(Request(NUMBERS["exit_group"], (status,)))
@@ -204,6 +219,61 @@ class Guest:
             self._interrupted(info.nr, result)
         else:
             self._finish(result)
+
+    # -- the wall clock -------------------------------------------------------------------------
+    def read_home_wall_clock(self, offset_ns: int) -> list[int]:
+        """From now on the process reads home's wall clock: this node's, ``offset_ns``
+        ahead. Its vDSO's clock functions are made to enter the kernel (where the
+        filter stops them). Called on the stopped process; the signals that came
+        meanwhile, to be delivered."""
+        self.wall_offset = offset_ns
+        mapping = next((m for m in procfs.read_maps(self.pid) if m.path == "[vdso]"), None)
+        if mapping is None:
+            return []                                # no vDSO: every call enters the kernel already
+        entries = vdso.clock_entry_points(self._read(mapping.start, mapping.size))
+        stub_size = len(vdso.syscall_stub(0))
+        deferred = []
+        # the process may be inside an entry's first instructions, which are about to
+        # change: let it run past them first
+        for _ in range(64):
+            rip = ptrace.get_regs(self.pid).rip
+            if not any(0 < rip - mapping.start - at < stub_size for at in entries):
+                break
+            ptrace.step(self.pid)
+            stop = ptrace.wait_for(self.pid)
+            if stop.kind == "signal" and stop.sig != signal.SIGTRAP:
+                deferred.append(stop.sig)            # held back: delivered once it is done
+            elif stop.kind != "signal":
+                raise TraceError(f"guest {self.pid} stopped unexpectedly in its vDSO: {stop}", errno.ESRCH)
+        else:
+            raise TraceError(f"guest {self.pid} does not leave its vDSO's clock functions", errno.EBUSY)
+        for at, nr in entries.items():
+            self._write(mapping.start + at, vdso.syscall_stub(nr))
+        return deferred
+
+    def _wall_clock(self, nr: int, args: tuple[int, ...]) -> int:
+        """clock_gettime of a wall clock, gettimeofday or time: this node's clock plus
+        home's offset. gettimeofday's obsolete timezone reads as UTC."""
+        try:
+            if nr == SYS_CLOCK_GETTIME:
+                now = time.clock_gettime_ns(WALL_CLOCKS[args[0] & 0xFFFFFFFF]) + self.wall_offset
+                if not args[1]:
+                    return -errno.EFAULT
+                self._write(args[1], struct.pack("=qq", *divmod(now, NS_PER_S)))
+                return 0
+            now = time.clock_gettime_ns(time.CLOCK_REALTIME) + self.wall_offset
+            seconds, nanoseconds = divmod(now, NS_PER_S)
+            if nr == SYS_TIME:
+                if args[0]:
+                    self._write(args[0], struct.pack("=q", seconds))
+                return seconds
+            if args[0]:
+                self._write(args[0], struct.pack("=qq", seconds, nanoseconds // 1000))
+            if args[1]:
+                self._write(args[1], bytes(8))       # struct timezone: minutes west, dst
+            return 0
+        except TraceError:
+            return -errno.EFAULT
 
     def _interrupted(self, nr: int, result: int) -> None:
         """A signal interrupted the call at home (it came first, and is pending here):

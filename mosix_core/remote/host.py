@@ -4,6 +4,10 @@
 migration, handing over the connection the image arrives on, and it drops to the
 unprivileged guest identity before anything of the process exists here. It then:
 
+0. compares clocks with home (:mod:`~mosix_core.remote.clocks`) while still root,
+   and puts the guest-to-be in a time namespace that shows home's monotonic and
+   boot-time clocks; the wall clock is home's too when the nodes differ by more
+   than ``wall_clock_tolerance_ms`` (unless ``mosrun -t``);
 1. restores the arriving image into a fresh stub (:func:`moving.arrive`) and
    answers ``restored`` — or ``failed`` with the reason, and exits;
 2. on ``go`` lets the guest run, tracing it (:class:`~mosix_core.remote.guest.Guest`):
@@ -39,7 +43,8 @@ import time
 from mosix_core.errors import MosixError, ProtocolError, TraceError
 from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
-from mosix_core.linux import cpus, inject, ptrace
+from mosix_core.linux import cpus, inject, ptrace, timens
+from mosix_core.remote import clocks
 from mosix_core.remote.frames import Channel, encode_control
 from mosix_core.remote.guest import Guest
 from mosix_core.remote.link import forwarder, keep_alive
@@ -57,10 +62,12 @@ class HomeGone(MosixError):
 
 
 class GuestHost:
-    def __init__(self, sock: socket.socket, *, compress: bool) -> None:
+    def __init__(self, sock: socket.socket, *, compress: bool, wall_clock_tolerance_ns: int = 0) -> None:
         self.sock = sock
         self.channel = Channel(sock)
         self.compress = compress
+        self.wall_clock_tolerance_ns = wall_clock_tolerance_ns
+        self.clocks = clocks.ClockOffsets()
         self.guest: Guest | None = None
         self.controls: list[dict] = []        # control messages that came during a call
         self._next_times = 0.0
@@ -68,11 +75,32 @@ class GuestHost:
         self._reported_utime: float | None = None
 
     # -- arriving ----------------------------------------------------------------------------
+    def compare_clocks(self) -> None:
+        """Measure home's clocks against ours; the guest-to-be's time namespace then
+        shows home's monotonic and boot-time clocks (this needs root: call before
+        giving it up, and before the guest's stub exists)."""
+        self.clocks = clocks.measure_guest_side(self._send, self._control)
+        if self.clocks.local_time or os.geteuid() != 0:
+            return
+        try:
+            timens.children_shifted_by({name: self.clocks.of(name) for name in timens.SHIFTED})
+        except TraceError as err:
+            print(f"guest host: the guest keeps this node's monotonic clock: {err}", file=sys.stderr)
+
+    @property
+    def wall_clock_from_home(self) -> bool:
+        return not self.clocks.local_time and abs(self.clocks.of("realtime")) > self.wall_clock_tolerance_ns
+
     def receive(self) -> bool:
         """Restore the arriving process; True once home said ``go``."""
         pid = stub.spawn_traced(GUEST_OPTIONS)
+        guest = Guest(pid, None)
         try:
-            restored = arrive(pid, ImageReader(self.sock.makefile("rb"), streaming=True))
+            restored = arrive(pid, ImageReader(self.sock.makefile("rb"), streaming=True),
+                              wall_clock=self.wall_clock_from_home)
+            deferred = list(restored.deferred)
+            if self.wall_clock_from_home:
+                deferred += guest.read_home_wall_clock(self.clocks.of("realtime"))
         except (MosixError, OSError) as err:
             self._remove(pid)
             print(f"guest host: the process could not be restored here: {err}", file=sys.stderr)
@@ -83,9 +111,9 @@ class GuestHost:
         if answer.get("op") != "go":
             self._remove(pid)
             return False
-        self.guest = Guest(pid, None)
+        self.guest = guest
         self.guest.forward = forwarder(self.channel, self.guest, self._control_during_call)
-        for sig in restored.deferred + list(answer.get("signals", [])):
+        for sig in deferred + list(answer.get("signals", [])):
             self.guest.signal(sig)
         return True
 
@@ -293,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uid", type=int, required=True)
     parser.add_argument("--gid", type=int, required=True)
     parser.add_argument("--compress", action="store_true")
+    parser.add_argument("--wall-clock-tolerance-ms", type=float, default=0.0)
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
@@ -302,12 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     # still read the interpreter's library (it may live where nobody may look: /root)
     importlib.import_module("concurrent.futures.thread")
     importlib.import_module("lz4.block")
-    become_guest_identity(args.uid, args.gid)
-    host = GuestHost(sock, compress=args.compress)
+    host = GuestHost(sock, compress=args.compress,
+                     wall_clock_tolerance_ns=int(args.wall_clock_tolerance_ms * 1_000_000))
     try:
+        host.compare_clocks()
+        become_guest_identity(args.uid, args.gid)
         if not host.receive():
             return 1
-    except (HomeGone, OSError) as err:
+    except (HomeGone, ProtocolError, OSError) as err:
         print(f"guest host: home went away during the move: {err}", file=sys.stderr)
         return 1
     return host.serve()

@@ -33,10 +33,12 @@ def leave(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[
     return shell, deferred + held
 
 
-def arrive(stub_pid: int, records: Iterable[Record]) -> restore.Restored:
+def arrive(stub_pid: int, records: Iterable[Record], *, wall_clock: bool = False) -> restore.Restored:
     """Restore the image into stub ``stub_pid`` as a guest: no files, cwd or umask of
-    its own, under the guest filter (forwarded calls stop)."""
-    return restore.restore(stub_pid, records, restore.RestoreOptions(away=True, filter_program=tuple(guest_filter())))
+    its own, under the guest filter (forwarded calls stop; with ``wall_clock``, so do
+    readings of the wall clock)."""
+    program = tuple(guest_filter(wall_clock=wall_clock))
+    return restore.restore(stub_pid, records, restore.RestoreOptions(away=True, filter_program=program))
 
 
 def come_home(pid: int, records: Iterable[Record], shell: int) -> list[int]:

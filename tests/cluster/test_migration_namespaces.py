@@ -174,3 +174,48 @@ def test_the_nodes_share_no_processes_network_or_private_files(cluster, mosrun, 
     cluster.kill(1, pid, signal.SIGTERM)
     assert proc.wait(timeout=30) == -15
     wait_until(lambda: not guests(cluster, 2), what="the guest to go")
+
+
+CLOCKS = """\
+import ctypes, os, select, time
+libc = ctypes.CDLL(None)
+def go(node):
+    libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, node)
+    for _ in range(1000):
+        if bool(libc.open(b"/proc/self/whereami", 0)) == bool(node):
+            return
+        select.select([], [], [], 0.01)
+def read(tag):
+    print(tag, libc.open(b"/proc/self/whereami", 0), time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME),
+          time.clock_gettime(time.CLOCK_MONOTONIC_RAW), flush=True)
+read("home")
+go(3)
+read("away")
+deadline = time.monotonic() + 0.3                   # a deadline from home's clock, kept away
+while time.monotonic() < deadline:
+    pass
+read("waited")
+go(0)
+read("back")
+"""
+
+
+@pytest.mark.parametrize("option", ["-T", "-t"])
+def test_a_process_away_reads_its_homes_monotonic_clocks_unless_t(cluster, mosrun, tmp_path, option):
+    """Node 3's monotonic and boot-time clocks are 200,000 s ahead of node 1's. By
+    default a process moving 1 -> 3 -> 1 sees them run on smoothly (home's clocks);
+    with -t it reads node 3's own while there."""
+    step = 2 * nscluster.CLOCK_STEP
+    (tmp_path / "clocks.py").write_text(CLOCKS)
+    out = tmp_path / "out.txt"
+    proc = mosrun(option, "/usr/bin/python3", "clocks.py", out=out)
+    assert proc.wait(timeout=60) == 0, (tmp_path / "stderr.txt").read_text()
+    readings = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.read_text().splitlines()}
+    assert [readings[tag][0] for tag in ("home", "away", "waited", "back")] == [0, 3, 3, 0]
+    for clock in (1, 2, 3):
+        home, away, waited, back = (readings[tag][clock] for tag in ("home", "away", "waited", "back"))
+        ahead = step if option == "-t" else 0
+        assert 0 < away - home - ahead < 30                      # the move's time, and the node's offset with -t
+        assert 0.3 <= waited - away < 30
+        assert 0 < back - (waited - ahead) < 30
+    assert (tmp_path / "stderr.txt").read_bytes() == b""

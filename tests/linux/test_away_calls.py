@@ -16,6 +16,7 @@ import io
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import attrs
@@ -48,9 +49,10 @@ class Away:
     stderr: bytes
 
 
-def run_served(script: str, work: Path) -> Away:
+def run_served(script: str, work: Path, wall_offset: int | None = None) -> Away:
     """Run python ``script`` in ``work``, move it into a guest host after its first
-    line, serve its calls at home until it ends."""
+    line, serve its calls at home until it ends. ``wall_offset``: the guest reads a
+    home wall clock this many nanoseconds ahead of the machine's."""
     work.mkdir()
     (work / "prog.py").write_text(script)
     out, err = work / "out.txt", work / "err.txt"
@@ -75,8 +77,10 @@ def run_served(script: str, work: Path) -> Away:
                 home_end.close()
                 guest_pid = stub.spawn_traced(GUEST_OPTIONS)
                 image.seek(0)
-                arrive(guest_pid, ImageReader(image, streaming=True))
+                arrive(guest_pid, ImageReader(image, streaming=True), wall_clock=wall_offset is not None)
                 guest = Guest(guest_pid, None)
+                if wall_offset is not None:
+                    guest.read_home_wall_clock(wall_offset)
                 guest.forward = forwarder(Channel(guest_end), guest)
                 code = guest.run()
             finally:
@@ -478,3 +482,37 @@ def test_socket_messages_without_ancillary_data(tmp_path):
     assert away.status == native.returncode == 0, away.stderr.decode()
     assert away.stdout == native.stdout.replace(b"ancillary sent\n", b"ancillary ENOTSUP\n")
     assert {"sendto", "recvfrom"} <= set(away.served) and not {"sendmsg", "recvmsg"} & set(away.served)
+
+
+CLOCKS = """\
+import ctypes, os, time
+""" + WAIT_TO_GO + """\
+libc = ctypes.CDLL(None)
+libc.time.restype = ctypes.c_long
+timeval, timezone = (ctypes.c_long * 2)(), (ctypes.c_int * 2)(7, 7)
+libc.gettimeofday(timeval, timezone)
+print("wall", int(time.time()), time.clock_gettime_ns(time.CLOCK_REALTIME) // 10**9, libc.time(None), timeval[0],
+      time.clock_gettime_ns(5) // 10**9, flush=True)
+print("tai", time.clock_gettime_ns(time.CLOCK_TAI) // 10**9, "timezone", list(timezone), flush=True)
+print("monotonic", int(time.monotonic()), int(time.clock_gettime(time.CLOCK_BOOTTIME)), flush=True)
+print("cpu", time.process_time() < 60, flush=True)
+"""
+
+
+def test_a_guest_reads_homes_wall_clock_through_its_vdso(tmp_path):
+    """Home's wall clock 1000 s ahead: every way a program reads it (the vDSO's
+    clock_gettime, gettimeofday and time, coarse and TAI) answers home's time, in the
+    guest itself (no call goes home); the monotonic and CPU clocks stay native."""
+    offset = 1000
+    before = time.time(), time.clock_gettime(time.CLOCK_TAI)
+    away = run_served(CLOCKS, tmp_path / "away", wall_offset=offset * 10**9)
+    after = time.time(), time.clock_gettime(time.CLOCK_TAI), time.monotonic()
+    assert away.status == 0, away.stderr.decode()
+    out = {line.split()[0]: line.split()[1:] for line in away.stdout.decode().splitlines()}
+    for value in map(int, out["wall"]):
+        assert before[0] + offset - 1 <= value <= after[0] + offset
+    assert before[1] + offset - 1 <= int(out["tai"][0]) <= after[1] + offset
+    assert out["tai"][2:] == ["[0,", "0]"]                     # gettimeofday's timezone: UTC
+    assert after[2] - 30 <= int(out["monotonic"][0]) <= after[2]
+    assert out["cpu"] == ["True"]
+    assert not {"clock_gettime", "gettimeofday", "time"} & set(away.served)

@@ -464,7 +464,7 @@ def test_to_argv_picks_a_separator_the_file_name_lacks():
 
 
 def test_later_features_name_real_options():
-    assert set(LATER_FEATURES) == {"-L", "-l", "-c", "-n", "-d", "-t", "-T",
+    assert set(LATER_FEATURES) == {"-L", "-l", "-c", "-n", "-d",
                                    "-C", "-N", "-A", "-R", "-O", "-I", "-X", "-g", "-G"}
     assert set(LATER_FEATURES.values()) == {"automatic migration", "checkpoints", "private temporary files",
                                             "freezing"}
