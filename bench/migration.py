@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Migration benchmark: how long does moving a large process to another node and back take?
 
-A real local cluster (``mosix_core.localcluster``: two ``mosd`` daemons on loopback
-addresses 127.X.Y.1 and .2) is started in a temporary directory. A /usr/bin/python3
+A real local cluster (``mosix_core.localcluster``: three ``mosd`` daemons on loopback
+addresses 127.X.Y.1 to .3) is started in a temporary directory. A /usr/bin/python3
 program is started under ``mosrun`` on node 1 (its home). It fills a bytearray of N
 bytes with one MiB of random bytes repeated (lz4 finds nothing to shrink in it: its
 window is 64 KiB), then loops: a byte of the buffer touched, ``time.time()`` printed
 and flushed to a file, ``select.select([], [], [], 0.01)`` (``time.sleep`` is refused
-under mosrun). It is then moved with ``mosmigrate PID 2`` and ``mosmigrate PID home``,
-``--repeat`` times each way:
+under mosrun). It is then moved with ``mosmigrate PID 2``, ``mosmigrate PID 3`` (on from
+node 2: the image passes through node 1's mosrun, never restored there) and ``mosmigrate
+PID home``, ``--repeat`` times each way:
 
 ``end-to-end``  from running ``mosmigrate`` (the CLI, its Python start-up included) until
                 the process's row on node 1 (``processes``, polled every 5-20 ms) shows
@@ -406,6 +407,7 @@ def bench_mode(cluster: Cluster, work: Path, size: int, mode: str, repeat: int, 
     prog = MosixProgram(cluster, [PYTHON, str(script), str(size)], work, f"holder-{size}-{mode}")
     programs.append(prog)
     out: list[dict] = []
+    on: list[dict] = []
     home: list[dict] = []
     try:
         prog.wait_row()
@@ -418,22 +420,25 @@ def bench_mode(cluster: Cluster, work: Path, size: int, mode: str, repeat: int, 
             time.sleep(0.3)
             out.append(one_move(prog, "2", cluster.ip(2)))
             time.sleep(0.3)
+            on.append(one_move(prog, "3", cluster.ip(3)))
+            time.sleep(0.3)
             home.append(one_move(prog, "home", "here"))
         check_memory(prog, crc, 60.0 + size / 100e6)
         error = None
     except Failure as err:
         error = str(err)
-        say(f"  {size_name(size)} {mode}: FAILED after {len(out)} move(s) out and {len(home)} home: {error}")
+        say(f"  {size_name(size)} {mode}: FAILED after {len(out)} move(s) out, {len(on)} on and {len(home)} home: "
+            f"{error}")
         diagnose(cluster, [prog])
     finally:
         prog.stop()
-    for way, runs in (("out", out), ("home", home)):
+    for way, runs in (("out", out), ("on", on), ("home", home)):
         if runs:
             say(f"  {size_name(size)} {mode} {way}: end-to-end {[round(r['end_to_end'], 3) for r in runs]} s, "
                 f"stopped {[round(r['stopped'], 3) for r in runs]} s, stop->row "
                 f"{[round(r['stop_to_row'], 3) for r in runs]} s (mosmigrate itself "
                 f"{[round(r['command'], 3) for r in runs]} s)")
-    return {"out": out, "home": home, "error": error}
+    return {"out": out, "on": on, "home": home, "error": error}
 
 
 def summarise(results: list[dict], tcp_mb_s: list[float]) -> list[dict]:
@@ -441,9 +446,9 @@ def summarise(results: list[dict], tcp_mb_s: list[float]) -> list[dict]:
     tcp_best, tcp_median = max(tcp_mb_s), statistics.median(tcp_mb_s)
     for res in results:
         size, mode = res["size"], res["mode"]
-        for way in ("out", "home"):
+        for way in ("out", "on", "home"):
             runs = res[way]
-            judged = mode == "raw" and size == TARGET_SIZE
+            judged = mode == "raw" and size == TARGET_SIZE and way != "on"
             if not runs:
                 rows.append({"size": size, "mode": mode, "way": way, "error": res["error"] or "not measured",
                              "pass_rate": False if judged else None, "pass_stopped": False if judged else None})
@@ -538,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         tcp_bytes = parse_size(args.tcp_bytes)
         tcp = [tcp_bytes / loopback_tcp_seconds(tcp_bytes) / 1e6 for _ in range(max(args.repeat, 3))]
         say(f"  loopback TCP: {[round(x) for x in tcp]} MB/s")
-        cluster = Cluster(work / "cluster", nodes=2, base_ip=args.base_ip or default_base_ip(),
+        cluster = Cluster(work / "cluster", nodes=3, base_ip=args.base_ip or default_base_ip(),
                           memory_mb=max(8192, 4 * max(sizes) >> 20))
         cluster.converged()
         for size in sizes:
@@ -566,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                           "tcp_mb_s": tcp, "rows": rows, "raw": results}, indent=2))
     else:
         print(f"migration benchmark: 2 mosd nodes on loopback; {PYTHON} holding N bytes (1 MiB random, repeated) "
-              f"moved node 1 -> node 2 ('out') and back ('home') with mosmigrate; best of {args.repeat}, median "
+              f"moved node 1 -> node 2 ('out'), on to node 3 ('on': the image passes through node 1) and home ('home') with mosmigrate; best of {args.repeat}, median "
               f"beside; MB/s = N / end-to-end, 10^6 B/s; raw = proximate nodes, lz4 = not proximate; "
               f"{os.cpu_count()} CPUs; {elapsed:.0f} s; CPUs {100 * busy:.0f} % busy over the run (ours included)")
         print_table(rows, tcp)

@@ -508,7 +508,7 @@ class ControlServer:
             target = None
         if target is None:
             return {"refused": migration.NOT_IN_MAP}
-        if target == node.our_ip:
+        if target == node.our_ip or str(target) == req.get("now_at"):
             return {"refused": "already there"}
         memory = req.get("memory_mb", 0)
         request = {"uid": owner, "pid": pid, "memory_mb": memory if isinstance(memory, int) else 0,

@@ -330,6 +330,53 @@ class ImageReader:
         return memoryview(data)
 
 
+def relay(receive_into, send) -> tuple[int, BaseException | None]:
+    """Pass one image on verbatim — from ``receive_into(view) -> n`` to ``send(view)``
+    — as it comes, up to its END record, checking no more than its framing (the
+    reader at the far end verifies it whole). A failing ``send`` does not stop the
+    reading: the image is still taken to its end, so what follows it on the source
+    can be read. (bytes relayed, the send error or None); CorruptImage if the
+    source's framing is impossible or it ends early."""
+    buffer = memoryview(bytearray(MAX_RECORD + _RECORD.size))
+    failed: BaseException | None = None
+    total = 0
+
+    def take(size: int, what: str) -> memoryview:
+        done = 0
+        while done < size:
+            got = receive_into(buffer[done:size])
+            if not got:
+                raise CorruptImage(f"the image ends inside its {what}")
+            done += got
+        return buffer[:size]
+
+    def give(view: memoryview) -> None:
+        nonlocal failed, total
+        total += len(view)
+        if failed is None:
+            try:
+                send(view)
+            except (OSError, MosixError) as err:
+                failed = err
+
+    header = take(_HEADER.size, "header")
+    if bytes(header[:len(MAGIC)]) != MAGIC:
+        raise CorruptImage("not a MOSIX process image")
+    give(header)
+    records = 0
+    while True:
+        kind, flags, raw_len, stored_len, _ = _RECORD.unpack(take(_RECORD.size, "record header"))
+        limit = MAX_RECORD if kind != Kind.END else _END.size
+        if raw_len > limit or stored_len > limit or flags & ~RECORD_LZ4:
+            raise CorruptImage(f"record #{records + 1} has an impossible header")
+        records += 1
+        head = bytes(buffer[:_RECORD.size])
+        give(memoryview(head))
+        give(take(stored_len, f"record #{records}"))
+        if kind == Kind.END:
+            return total, failed
+
+
 def read_all(inp: BinaryIO) -> list[Record]:
     """Every record of a (small) image, after verifying it whole — for tests and -I."""
     reader = ImageReader(inp)

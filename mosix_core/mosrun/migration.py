@@ -49,6 +49,23 @@ DEAD_NODE_GRACE = 15.0
 
 
 @attrs.define(eq=False)
+class Onward:
+    """The way to the next node, open while a process away moves there from where
+    it is: its image passes through home on the way (home keeps the link)."""
+
+    where: str                      # the next node's address
+    sock: socket.socket
+    channel: Channel
+    compress: bool
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+@attrs.define(eq=False)
 class Away:
     """A process running on another node."""
 
@@ -67,8 +84,12 @@ class Away:
     continued: bool = False         # its SIGCONT was sent on already, when it woke
     affinity: set[int] | None = None  # the CPUs it may run on at home (its shell is pinned)
     shortcuts: Shortcuts | None = None  # calls on regular files, made here on borrowed descriptors
+    onward: Onward | None = None    # moving on to another node (not through home's memory)
 
     def close(self) -> None:
+        if self.onward is not None:
+            self.onward.close()
+            self.onward = None
         if self.shortcuts is not None:
             self.shortcuts.close()
             self.shortcuts = None

@@ -34,6 +34,7 @@ from mosix_core.image import freeze as freeze_engine
 from mosix_core.image.freeze import CannotFreeze, ThawFailed
 from mosix_core.image.freezedirs import NO_SPACE
 from mosix_core.client import Client
+from mosix_core.image import stream
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules
 from mosix_core.remote import clocks, moving
@@ -654,10 +655,28 @@ class Supervisor:
         """Move ``tracee`` to node ``to`` (a number, address or host) or "home"."""
         if self.etc is None:
             return {"error": "MOSIX is not running on this node"}
-        if tracee.away is not None:
-            if tracee.away.going is None:
-                tracee.away.going = "home" if to in migration.HOME_WORDS else to
-                self._away_send(tracee, encode_control({"op": "home"}))
+        away = tracee.away
+        if away is not None:
+            if away.going is None:
+                going = "home" if to in migration.HOME_WORDS else to
+                order: dict = {"op": "home"}
+                if going != "home":
+                    # on to another node: the way there is opened first, and the image
+                    # passes through here on its way, never restored here
+                    reply, channel = self._open_way(tracee, going, now_at=away.where)
+                    if channel is None:
+                        if reply.get("refused") != "already there":
+                            self.say(tracee, migration.failed_migrating(reply.get("target", going),
+                                                                        reply.get("refused", "no response")))
+                        return {"ok": True}
+                    if tracee.away is not away:              # it came home or ended meanwhile
+                        channel.sock.close()
+                        return {"ok": True}
+                    away.onward = migration.Onward(reply["target"], channel.sock, channel,
+                                                   compress=not reply.get("proximate"))
+                    order["compress"] = away.onward.compress
+                away.going = going
+                self._away_send(tracee, encode_control(order))
                 if tracee.away is not None and tracee.away.deputy.running is not None:
                     # a call that may block here (a read of a terminal...) ends as if
                     # interrupted; the guest then makes it again — at home
@@ -688,29 +707,19 @@ class Supervisor:
         pid, to = tracee.pid, tracee.migrate_wanted
         tracee.migrate_wanted = None
         regs = inject.copy_registers(ptrace.get_regs(pid))
-        try:
-            reply, sock = Client(self.etc).call_for_socket(
-                "migrate_out", pid=pid, to=to, memory_mb=tracee.state.needmem, command=tracee.command,
-                nmigs=tracee.state.nmigs)
-        except MosixError as err:
-            reply, sock = {"refused": str(err)}, None
+        reply, channel = self._open_way(tracee, to)
         if reply.get("refused") == "already there":
             tracee.start_at = None
             self._resume(tracee)
             return
-        if sock is None:
+        if channel is None:
             self.say(tracee, migration.failed_migrating(reply.get("target", to), reply.get("refused", "no response")))
             self._start_failed(tracee)
             return
-        target = reply["target"]
+        target, sock = reply["target"], channel.sock
         self._send("update", pid=pid, where="leaving")
         deferred: list[int] = []
         try:
-            keep_alive(sock)
-            sock.settimeout(migration.RESTORE_TIMEOUT)
-            channel = Channel(sock)
-            clocks.answer_home_side(lambda message: channel.send(encode_control(message)), channel.receive,
-                                    local_time=bool(tracee.state.local_time))
             out = sock.makefile("wb")
             with self._unpinned():
                 deferred = moving.send_image(pid, ImageWriter(out, compress=not reply.get("proximate")), regs,
@@ -748,6 +757,29 @@ class Supervisor:
         tracee.state.nmigs += 1
         self._send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
         self._signal_migrated(tracee)
+
+    def _open_way(self, tracee: Tracee, to: str, now_at: str | None = None) -> tuple[dict, Channel | None]:
+        """Our mosd's handshake with node ``to`` (not ``now_at``, where the process is),
+        then the clock comparison with the guest host there: (mosd's reply, the
+        channel to that guest host — None when refused, and the reply says why)."""
+        try:
+            reply, sock = Client(self.etc).call_for_socket(
+                "migrate_out", pid=tracee.pid, to=to, memory_mb=tracee.state.needmem, command=tracee.command,
+                nmigs=tracee.state.nmigs, now_at=now_at)
+        except MosixError as err:
+            return {"refused": str(err)}, None
+        if sock is None:
+            return reply, None
+        try:
+            keep_alive(sock)
+            sock.settimeout(migration.RESTORE_TIMEOUT)
+            channel = Channel(sock)
+            clocks.answer_home_side(lambda message: channel.send(encode_control(message)), channel.receive,
+                                    local_time=bool(tracee.state.local_time))
+        except (MosixError, OSError):
+            sock.close()
+            return {**reply, "refused": migration.DID_NOT_COMPLETE}, None
+        return reply, channel
 
     def _start_failed(self, tracee: Tracee) -> None:
         """A move failed: the process runs on at home — unless it was to start
@@ -1064,9 +1096,15 @@ class Supervisor:
         """The guest sends the process's image back: rebuild it in its shell. It comes
         by itself to fork or exec (``for``): made here; a new program then goes back."""
         away, pid = tracee.away, tracee.pid
+        coming_for = message.get("for")
+        if away.onward is not None:
+            if coming_for in (None, "home"):
+                self._move_on(tracee)
+                return
+            away.onward.close()                      # it came for a fork or exec: made here first
+            away.onward = None
         going = away.going
         away.going = None
-        coming_for = message.get("for")
         self._send("update", pid=pid, where="starting")
         try:
             reader = ImageReader(away.sock.makefile("rb", buffering=0), streaming=True)
@@ -1098,6 +1136,58 @@ class Supervisor:
         self._signal_migrated(tracee)
         if going not in (None, "home"):
             self.request_migration(tracee, going)
+
+    def _move_on(self, tracee: Tracee) -> None:
+        """The guest sends its image for the next node: pass it on as it comes (it is
+        never restored here). Once the next node has it, that guest runs and this one
+        goes; if the next node fails, this one runs on where it is."""
+        away, pid = tracee.away, tracee.pid
+        onward, away.onward = away.onward, None
+        away.going = None
+        self._send("update", pid=pid, where="leaving")
+        try:
+            with self._unpinned():
+                _, failed = stream.relay(away.sock.recv_into, onward.sock.sendall)
+            sent = away.channel.receive()
+        except (MosixError, OSError):
+            onward.close()
+            self._lost(tracee)                       # its image broke off: the link with it
+            return
+        answer = None
+        if failed is None:
+            try:
+                answer = onward.channel.receive()
+                if isinstance(answer, dict) and answer.get("op") == "restored":
+                    onward.sock.settimeout(None)
+                    onward.channel.send(encode_control({"op": "go", "signals": sent.get("signals", [])
+                                                        if isinstance(sent, dict) else []}))
+            except (ProtocolError, OSError) as err:
+                failed = err
+        if failed is not None or not (isinstance(answer, dict) and answer.get("op") == "restored"):
+            onward.close()
+            self._send("update", pid=pid, where=away.where)
+            self._away_send(tracee, encode_control({"op": "stay"}))
+            self.say(tracee, migration.failed_migrating(onward.where, migration.DID_NOT_COMPLETE))
+            return
+        try:
+            away.channel.send(encode_control({"op": "arrived"}))
+        except OSError:
+            pass                                     # it goes there anyway: its guest is elsewhere now
+        self.selector.unregister(away.sock)
+        try:
+            away.sock.close()
+        except OSError:
+            pass
+        sent = sent if isinstance(sent, dict) else {}
+        trip = sent.get("utime")
+        tracee.remote_utime += float(trip) if isinstance(trip, (int, float)) and trip >= 0 else away.utime
+        away.where, away.sock, away.channel, away.compress = onward.where, onward.sock, onward.channel, onward.compress
+        away.utime, away.dead_since = 0.0, None
+        self.selector.register(away.sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
+        tracee.state.nmigs += 1
+        self._send("update", pid=pid, where=away.where, nmigs=tracee.state.nmigs,
+                   remote_utime=round(tracee.remote_utime, 2))
+        self._signal_migrated(tracee)
 
     def _not_home(self, tracee: Tracee, err: ThawFailed) -> None:
         """Coming home failed: the process runs on where it was, if it can."""

@@ -13,8 +13,9 @@ unprivileged guest identity before anything of the process exists here. It then:
 2. on ``go`` lets the guest run, tracing it (:class:`~mosix_core.remote.guest.Guest`):
    its forwarded calls go home over the same connection; signal frames from home
    are delivered; the process's exit (at home) ends the host;
-3. on ``home`` (or ``leave``, on to another node through home) stops the guest at a
-   clean point and sends its image back; once home says ``arrived`` the guest is
+3. on ``home`` stops the guest at a clean point and sends its image back (or on:
+   when the process moves to another node, home passes the image through to it,
+   and says with ``compress`` how that link wants it); once home says ``arrived`` the guest is
    removed, and on ``stay`` it runs on here as if nothing happened.
    :data:`SEND_HOME` (SIGURG) from this node's mosd means the same as ``home``
    from home: ``mosmigrate {pid} out`` and ``mosctl expel`` (a signal whose default
@@ -68,6 +69,9 @@ class GuestHost:
         self.compress = compress
         self.wall_clock_tolerance_ns = wall_clock_tolerance_ns
         self.clocks = clocks.ClockOffsets()
+        # home's word on the next image: lz4 or not, as the link to the node it goes
+        # to (home, or the next node the image passes home for) wants it
+        self.next_compress: bool | None = None
         self.guest: Guest | None = None
         self.controls: list[dict] = []        # control messages that came during a call
         self._next_times = 0.0
@@ -151,7 +155,7 @@ class GuestHost:
                         if isinstance(message, int):
                             guest.signal(message)
                         elif isinstance(message, dict):
-                            self.controls.append(message)
+                            self._note(message)
                         else:
                             raise ProtocolError("a call or reply from home while no call was running")
                     else:
@@ -181,9 +185,15 @@ class GuestHost:
     def _control_during_call(self, message: dict) -> None:
         """Home's word while a call of the guest runs there: kept for after it; asked
         home, the guest's next call is made at home (home ends a call that blocks)."""
-        self.controls.append(message)
+        self._note(message)
         if message.get("op") == "home":
             self.guest.leaving = True
+
+    def _note(self, message: dict) -> None:
+        """Keep home's control message for the loop's top."""
+        if message.get("op") == "home" and isinstance(message.get("compress"), bool):
+            self.next_compress = message["compress"]
+        self.controls.append(message)
 
     def _asked_home(self, *_) -> None:
         """SEND_HOME from mosd: as if home had said ``home`` (once, however often asked)."""
@@ -254,7 +264,9 @@ class GuestHost:
                 cpus.pin(0, self._all_cpus)          # the image's threads may use every CPU
         except TraceError:
             pass
-        deferred = send_image(pid, ImageWriter(out, compress=self.compress), regs, {})
+        compress = self.compress if self.next_compress is None else self.next_compress
+        self.next_compress = None
+        deferred = send_image(pid, ImageWriter(out, compress=compress), regs, {})
         out.flush()
         self._send({"op": "sent", "signals": deferred, "utime": guest.utime()})
         answer = self._control()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from mosix_core.linux import procfs
+
 pytestmark = pytest.mark.cluster
 
 BIN = Path(sys.executable).parent
@@ -70,20 +72,21 @@ def test_awk_moves_out_on_and_home_with_identical_output(cluster, mosrun, tmp_pa
 
 
 def awk_moves_out_on_and_home(cluster, mosrun, tmp_path) -> None:
-    """The FAQ's awk loop moved 2 -> home -> 3 -> home: the same output as natively."""
+    """The FAQ's awk loop moved 2 -> 3 -> home -> 3 -> home: the same output as natively."""
     program = AWK % 300
     out = tmp_path / "out.txt"
     proc = mosrun("awk", program, out=out)
     pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
     wait_until(lambda: lines(out) >= 10, what="10 lines")
-    for where, expected in (("2", cluster.ip(2)), ("home", "here"), ("3", cluster.ip(3)), ("home", "here")):
+    for where, expected in (("2", cluster.ip(2)), ("3", cluster.ip(3)), ("home", "here"), ("3", cluster.ip(3)),
+                            ("home", "here")):
         before = lines(out)
         migrate(cluster, pid, where)
         where_is(cluster, expected)
         if where != "home":
             assert [g["origpid"] for g in guests(cluster, int(where))] == [pid]
         wait_until(lambda: lines(out) >= before + 20, what="progress after the move")
-    assert row(cluster)["nmigs"] == 4
+    assert row(cluster)["nmigs"] == 5
     assert proc.wait(timeout=120) == 3
     native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
     assert out.read_bytes() == native.stdout
@@ -642,3 +645,65 @@ def test_mosrun_L_does_not_stop_a_manual_migration(cluster, mosrun, tmp_path):
     native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
     assert out.read_bytes() == native.stdout
     assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+def peak_memory_kb(pid: int) -> int:
+    return int(procfs.status_fields(pid)["VmHWM"].split()[0])
+
+
+def test_a_process_moves_from_node_to_node_without_coming_home(cluster, mosrun, tmp_path):
+    """Started on node 2 (its 400 MB made there), moved 2 -> 3 -> 2 -> home: the
+    image passes through home on its way, never restored there — home's process never
+    held the memory until it came home — and the output is a native run's."""
+    (tmp_path / "big.py").write_text(BIG)
+    out = tmp_path / "out.txt"
+    proc = mosrun("-2", "/usr/bin/python3", "big.py", "500", out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    where_is(cluster, cluster.ip(2))
+    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    for where in ("3", "2"):
+        before = lines(out)
+        migrate(cluster, pid, where)
+        where_is(cluster, cluster.ip(int(where)))
+        assert [g["origpid"] for g in guests(cluster, int(where))] == [pid]
+        wait_until(lambda: not guests(cluster, 5 - int(where)), what="the guest it was to go")
+        wait_until(lambda: lines(out) >= before + 20, what="progress after the move")
+    assert peak_memory_kb(pid) < 100 << 10                 # the 400 MB never came home
+    assert row(cluster)["nmigs"] == 3
+    migrate(cluster, pid, "home")
+    where_is(cluster, "here")
+    assert peak_memory_kb(pid) > 400 << 10
+    assert proc.wait(timeout=120) == 0
+    native = subprocess.run(["/usr/bin/python3", "big.py", "500"], cwd=tmp_path, capture_output=True, timeout=120)
+    assert out.read_bytes() == native.stdout
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+@pytest.mark.parametrize("case", ["refused", "killed"])
+def test_a_failed_move_on_leaves_the_process_where_it_was(cluster, mosrun, tmp_path, case):
+    """Away on node 2 and sent on to node 3, which refuses (blocked) or dies while
+    the image passes home: the process runs on at node 2, to its native output."""
+    (tmp_path / "big.py").write_text(BIG)
+    out = tmp_path / "out.txt"
+    proc = mosrun("-2", "/usr/bin/python3", "big.py", "400", out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    where_is(cluster, cluster.ip(2))
+    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    if case == "refused":
+        assert cluster.run(3, "mosctl", "block").returncode == 0
+        migrate(cluster, pid, "3")
+        reason = "other node refused"
+    else:
+        mover = subprocess.Popen([str(BIN / "mosmigrate"), str(pid), "3"], env=cluster.env(1))
+        host = wait_until(lambda: guests(cluster, 3), timeout=30, what="the guest host, receiving")[0]["pid"]
+        os.kill(host, 9)                                   # the next node dies in the middle of the move
+        mover.wait(timeout=30)
+        reason = "did not complete (no memory there?)"
+    message = f"failed migrating to {cluster.ip(3)}: {reason}".encode()
+    wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), what="the manual's message")
+    before = lines(out)
+    wait_until(lambda: lines(out) >= before + 20, what="progress where it was")
+    assert row(cluster)["where"] == cluster.ip(2)
+    assert proc.wait(timeout=120) == 0
+    native = subprocess.run(["/usr/bin/python3", "big.py", "400"], cwd=tmp_path, capture_output=True, timeout=120)
+    assert out.read_bytes() == native.stdout

@@ -16,6 +16,7 @@ from mosix_core.image.stream import (
     ImageWriter,
     Kind,
     read_all,
+    relay,
 )
 
 
@@ -167,3 +168,46 @@ def test_a_mapped_file_is_the_same_by_inode_here_and_by_size_and_time_elsewhere(
     assert not same_file(info, {**other_inode, "size": 99}, shared=False, elsewhere=True)
     assert not same_file(info, {**other_inode, "mtime_ns": 1}, shared=False, elsewhere=True)
     assert not same_file(info, other_inode, shared=True, elsewhere=True)     # shared: the file itself
+
+
+def relayed(data: bytes, send) -> tuple[int, BaseException | None, int]:
+    source = io.BytesIO(data + b"after")                  # what follows the image stays unread
+    result = relay(source.readinto, send)
+    return (*result, source.tell())
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_an_image_is_relayed_verbatim_up_to_its_end(compress):
+    out = io.BytesIO()
+    w = ImageWriter(out, compress=compress)
+    w.add_pages(0x10000, os.urandom(CHUNK + 999))
+    w.add_json(Kind.SIGNALS, {"mask": 0})
+    w.close()
+    data, sink = out.getvalue(), io.BytesIO()
+    assert relayed(data, sink.write) == (len(data), None, len(data))
+    assert sink.getvalue() == data
+
+
+def test_a_failing_receiver_does_not_stop_the_image_being_read_to_its_end():
+    data, sent = small_image(), []
+
+    def send(view):
+        if sent:
+            raise BrokenPipeError(32, "Broken pipe")
+        sent.append(bytes(view))
+
+    total, failed, read = relayed(data, send)
+    assert (total, read) == (len(data), len(data)) and isinstance(failed, BrokenPipeError)
+    assert sent == [data[:16]]
+
+
+def test_a_relay_refuses_what_is_not_a_whole_image():
+    data = small_image()
+    for bad in (data[:15], data[:40], data[:-1], b"NOTANIMG" + data[8:]):
+        with pytest.raises(CorruptImage):
+            relay(io.BytesIO(bad).readinto, lambda view: None)
+    impossible = bytearray(data)
+    impossible[16 + 8:16 + 12] = (1 << 31).to_bytes(4, "little")      # the first record's stored length
+    with pytest.raises(CorruptImage) as refused:
+        relay(io.BytesIO(bytes(impossible)).readinto, lambda view: None)
+    assert "impossible header" in refused.value.detail
