@@ -651,16 +651,22 @@ def peak_memory_kb(pid: int) -> int:
     return int(procfs.status_fields(pid)["VmHWM"].split()[0])
 
 
+def big_started_on_node_2(cluster, mosrun, tmp_path, count: int):
+    """BIG (400 MB) started on node 2 (``mosrun -2``), running: (mosrun, pid, its output)."""
+    (tmp_path / "big.py").write_text(BIG)
+    out = tmp_path / "out.txt"
+    proc = mosrun("-2", "/usr/bin/python3", "big.py", str(count), out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    where_is(cluster, cluster.ip(2))
+    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    return proc, pid, out
+
+
 def test_a_process_moves_from_node_to_node_without_coming_home(cluster, mosrun, tmp_path):
     """Started on node 2 (its 400 MB made there), moved 2 -> 3 -> 2 -> home: the
     image passes through home on its way, never restored there — home's process never
     held the memory until it came home — and the output is a native run's."""
-    (tmp_path / "big.py").write_text(BIG)
-    out = tmp_path / "out.txt"
-    proc = mosrun("-2", "/usr/bin/python3", "big.py", "500", out=out)
-    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
-    where_is(cluster, cluster.ip(2))
-    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    proc, pid, out = big_started_on_node_2(cluster, mosrun, tmp_path, 500)
     for where in ("3", "2"):
         before = lines(out)
         migrate(cluster, pid, where)
@@ -683,12 +689,7 @@ def test_a_process_moves_from_node_to_node_without_coming_home(cluster, mosrun, 
 def test_a_failed_move_on_leaves_the_process_where_it_was(cluster, mosrun, tmp_path, case):
     """Away on node 2 and sent on to node 3, which refuses (blocked) or dies while
     the image passes home: the process runs on at node 2, to its native output."""
-    (tmp_path / "big.py").write_text(BIG)
-    out = tmp_path / "out.txt"
-    proc = mosrun("-2", "/usr/bin/python3", "big.py", "400", out=out)
-    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
-    where_is(cluster, cluster.ip(2))
-    wait_until(lambda: lines(out) >= 5, what="5 lines")
+    proc, pid, out = big_started_on_node_2(cluster, mosrun, tmp_path, 400)
     if case == "refused":
         assert cluster.run(3, "mosctl", "block").returncode == 0
         migrate(cluster, pid, "3")
