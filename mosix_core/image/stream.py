@@ -341,15 +341,6 @@ def relay(receive_into, send) -> tuple[int, BaseException | None]:
     failed: BaseException | None = None
     total = 0
 
-    def take(size: int, what: str) -> memoryview:
-        done = 0
-        while done < size:
-            got = receive_into(buffer[done:size])
-            if not got:
-                raise CorruptImage(f"the image ends inside its {what}")
-            done += got
-        return buffer[:size]
-
     def give(view: memoryview) -> None:
         nonlocal failed, total
         total += len(view)
@@ -358,6 +349,15 @@ def relay(receive_into, send) -> tuple[int, BaseException | None]:
                 send(view)
             except (OSError, MosixError) as err:
                 failed = err
+
+    def take(size: int, what: str, at: int = 0) -> memoryview:
+        done = 0
+        while done < size:
+            got = receive_into(buffer[at + done:at + size])
+            if not got:
+                raise CorruptImage(f"the image ends inside its {what}")
+            done += got
+        return buffer[at:at + size]
 
     header = take(_HEADER.size, "header")
     if bytes(header[:len(MAGIC)]) != MAGIC:
@@ -370,9 +370,8 @@ def relay(receive_into, send) -> tuple[int, BaseException | None]:
         if raw_len > limit or stored_len > limit or flags & ~RECORD_LZ4:
             raise CorruptImage(f"record #{records + 1} has an impossible header")
         records += 1
-        head = bytes(buffer[:_RECORD.size])
-        give(memoryview(head))
-        give(take(stored_len, f"record #{records}"))
+        take(stored_len, f"record #{records}", at=_RECORD.size)
+        give(buffer[:_RECORD.size + stored_len])          # one send: a lone header would wait (Nagle)
         if kind == Kind.END:
             return total, failed
 

@@ -18,9 +18,11 @@ import contextlib
 import errno
 import json
 import os
+import queue
 import selectors
 import signal
 import stat
+import threading
 import time
 from typing import Callable
 
@@ -112,6 +114,9 @@ class Tracee:
     told_no_space: bool = False            # said once: the policy retries every few seconds
     away: migration.Away | None = None     # running on another node
     migrate_wanted: str | None = None      # the node to move to at the next clean stop
+    # the way there, opened while the process ran on: (mosd's reply, the channel or None)
+    migrate_way: tuple[dict, object] | None = None
+    way_opening: bool = False              # the way to a node is being opened (see request_migration)
     start_at: str | None = None            # mosrun -r/-{n}/-b: where the program starts (at its exec)
     start_force: bool = False              # -F: at home if it cannot start there
     return_to: str | None = None           # came home to exec: the new program goes back there
@@ -150,6 +155,7 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._ways: queue.SimpleQueue = queue.SimpleQueue()   # ways to nodes opened by threads, to act on
         self.keep_running: Callable[[], bool] = lambda: False
         self.control = None
         self.freezer = freezer or freezing.Freezer(None)
@@ -199,6 +205,7 @@ class Supervisor:
                         pass
                 elif key.data is not None:
                     key.data()
+            self._ways_opened()
             for _, tick in list(self.timers):
                 tick()
             self._automatic_checkpoints()
@@ -308,6 +315,8 @@ class Supervisor:
         if tracee is None:
             return
         del self.tracees[stop.pid]
+        if tracee.migrate_way is not None and tracee.migrate_way[1] is not None:
+            tracee.migrate_way[1].sock.close()   # the guest host waiting for it goes
         if tracee.away is not None:
             self._away_ended(tracee)
         if tracee.frozen is not None:
@@ -339,9 +348,9 @@ class Supervisor:
         # the process was when it came home to exec
         going = tracee.start_at if tracee.start_at is not None else tracee.return_to
         tracee.return_to = None
-        ptrace.cont(pid)
         if going is not None and not tracee.native:
-            self.request_migration(tracee, going)
+            self.request_migration(tracee, going, held=True)
+        ptrace.cont(pid)
 
     # -- system calls ------------------------------------------------------------------------------------
     def _syscall(self, tracee: Tracee) -> None:
@@ -651,47 +660,94 @@ class Supervisor:
         self._send("update", pid=pid, frozen="-")
 
     # -- migration -----------------------------------------------------------------------------------
-    def request_migration(self, tracee: Tracee, to: str) -> dict:
-        """Move ``tracee`` to node ``to`` (a number, address or host) or "home"."""
+    def request_migration(self, tracee: Tracee, to: str, *, held: bool = False) -> dict:
+        """Move ``tracee`` to node ``to`` (a number, address or host) or "home".
+
+        Elsewhere than home, the way there is opened first — our mosd's handshake, the
+        target's guest host starting, the clocks compared — in a thread, while the
+        process runs on (away, its calls keep being served here); only then is it
+        stopped and sent. ``held``: it waits at its exec for the way (mosrun
+        -r/-{n}/-b), so that a refused start runs nothing of the program."""
         if self.etc is None:
             return {"error": "MOSIX is not running on this node"}
         away = tracee.away
         if away is not None:
             if away.going is None:
-                going = "home" if to in migration.HOME_WORDS else to
-                order: dict = {"op": "home"}
-                if going != "home":
-                    # on to another node: the way there is opened first, and the image
-                    # passes through here on its way, never restored here
-                    reply, channel = self._open_way(tracee, going, now_at=away.where)
-                    if channel is None:
-                        if reply.get("refused") != "already there":
-                            self.say(tracee, migration.failed_migrating(reply.get("target", going),
-                                                                        reply.get("refused", "no response")))
-                        return {"ok": True}
-                    if tracee.away is not away:              # it came home or ended meanwhile
-                        channel.sock.close()
-                        return {"ok": True}
-                    away.onward = migration.Onward(reply["target"], channel.sock, channel,
-                                                   compress=not reply.get("proximate"))
-                    order["compress"] = away.onward.compress
-                away.going = going
-                self._away_send(tracee, encode_control(order))
-                if tracee.away is not None and tracee.away.deputy.running is not None:
-                    # a call that may block here (a read of a terminal...) ends as if
-                    # interrupted; the guest then makes it again — at home
-                    try:
-                        ptrace.interrupt(tracee.pid)
-                    except TraceError:
-                        pass
+                if to in migration.HOME_WORDS:
+                    self._send_order(tracee, "home", {"op": "home"})   # a way on being opened is dropped
+                elif not tracee.way_opening:
+                    # on to another node: the image passes through here, never restored here
+                    tracee.way_opening = True
+                    self._open_way_then(tracee, to, away.where, lambda reply, channel: self._on_way_open(
+                        tracee, away, to, reply, channel))
             return {"ok": True}
         if to in migration.HOME_WORDS or tracee.frozen is not None:
             return {"ok": True}               # at home already (a frozen process stays)
-        first = tracee.migrate_wanted is None
-        tracee.migrate_wanted = to
-        if first:
-            ptrace.interrupt(tracee.pid)
+        if tracee.migrate_wanted is not None or tracee.way_opening:
+            return {"ok": True}               # on its way already
+        if held:
+            self._way_open(tracee, to, *self._open_way(tracee, to))
+        else:
+            tracee.way_opening = True
+            self._open_way_then(tracee, to, None, lambda reply, channel: self._way_open(tracee, to, reply, channel))
         return {"ok": True}
+
+    def _open_way_then(self, tracee: Tracee, to: str, now_at: str | None, then: Callable[[dict, Channel | None], None]):
+        """:meth:`_open_way` in a thread; ``then(reply, channel)`` in the loop after."""
+        def work() -> None:
+            self._ways.put((then, self._open_way(tracee, to, now_at)))
+            try:
+                os.write(self._wake_w, b"w")
+            except OSError:
+                pass
+        threading.Thread(target=work, name=f"way-{tracee.pid}-{to}", daemon=True).start()
+
+    def _ways_opened(self) -> None:
+        while not self._ways.empty():
+            then, (reply, channel) = self._ways.get()
+            then(reply, channel)
+
+    def _way_open(self, tracee: Tracee, to: str, reply: dict, channel: Channel | None) -> None:
+        """The way for a process at home: it stops at its next clean point to be sent."""
+        tracee.way_opening = False
+        if self.tracees.get(tracee.pid) is not tracee or tracee.away is not None or tracee.frozen is not None:
+            if channel is not None:
+                channel.sock.close()              # it ended, or went elsewhere meanwhile
+            return
+        tracee.migrate_wanted, tracee.migrate_way = to, (reply, channel)
+        try:
+            ptrace.interrupt(tracee.pid)
+        except TraceError:
+            pass                                  # it has just ended: _gone closes the way
+
+    def _on_way_open(self, tracee: Tracee, away: migration.Away, to: str, reply: dict,
+                     channel: Channel | None) -> None:
+        """The way on for a process away: it is asked for its image (which this side
+        will pass on), or told the user why not."""
+        tracee.way_opening = False
+        if tracee.away is not away or away.going is not None:
+            if channel is not None:
+                channel.sock.close()              # it came home, ended or is going meanwhile
+            return
+        if channel is None:
+            if reply.get("refused") != "already there":
+                self.say(tracee, migration.failed_migrating(reply.get("target", to),
+                                                            reply.get("refused", "no response")))
+            return
+        away.onward = migration.Onward(reply["target"], channel.sock, channel, compress=not reply.get("proximate"))
+        self._send_order(tracee, to, {"op": "home", "compress": away.onward.compress})
+
+    def _send_order(self, tracee: Tracee, going: str, order: dict) -> None:
+        """Ask the guest for its image (home, or on through home)."""
+        tracee.away.going = going
+        self._away_send(tracee, encode_control(order))
+        if tracee.away is not None and tracee.away.deputy.running is not None:
+            # a call that may block here (a read of a terminal...) ends as if
+            # interrupted; the guest then makes it again — at home
+            try:
+                ptrace.interrupt(tracee.pid)
+            except TraceError:
+                pass
 
     def _migrate_from_program(self, tracee: Tracee, value: int) -> int:
         """open("/proc/self/migrate", 1|O_CREAT, value): 0 home, -1 "consider" (the
@@ -705,9 +761,9 @@ class Supervisor:
         """Send the process to ``tracee.migrate_wanted``; it stays whole here until the
         target confirms, and runs on here if anything fails."""
         pid, to = tracee.pid, tracee.migrate_wanted
-        tracee.migrate_wanted = None
+        way, tracee.migrate_wanted, tracee.migrate_way = tracee.migrate_way, None, None
         regs = inject.copy_registers(ptrace.get_regs(pid))
-        reply, channel = self._open_way(tracee, to)
+        reply, channel = way or self._open_way(tracee, to)
         if reply.get("refused") == "already there":
             tracee.start_at = None
             self._resume(tracee)
