@@ -42,7 +42,7 @@ from mosix_core.mosrun import checkpoints, control, freezing, migration, procsel
 from mosix_core.remote import clocks, moving
 from mosix_core.remote.calls import Reply, Request, forwardable, unforwardable_error
 from mosix_core.remote.deputy import Deputy
-from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal
+from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal, reply_parts
 from mosix_core.remote.link import keep_alive
 from mosix_core.remote.shortcut import Shortcuts
 from mosix_core.mosrun import options as mosopts
@@ -912,7 +912,7 @@ class Supervisor:
             return
         reply = tracee.away.shortcuts.answer(request) if tracee.away.shortcuts is not None else None
         if reply is not None:
-            self._away_send(tracee, encode_reply(reply))
+            self._away_reply(tracee, reply)
             return
         try:
             tracee.away.deputy.begin(request)
@@ -1013,7 +1013,7 @@ class Supervisor:
             return
         self._send_deferred(tracee)
         if reply is not None:
-            self._away_send(tracee, encode_reply(reply))
+            self._away_reply(tracee, reply)
 
     def _send_deferred(self, tracee: Tracee) -> None:
         deferred = tracee.away.deputy.deferred
@@ -1069,6 +1069,13 @@ class Supervisor:
                 self.request_migration(tracee, "home")
             elif now - tracee.away.dead_since > migration.DEAD_NODE_GRACE:
                 self._lost(tracee)
+
+    def _away_reply(self, tracee: Tracee, reply: Reply) -> None:
+        """A call's reply to the guest (its data sent from where it is)."""
+        try:
+            tracee.away.channel.send_parts(reply_parts(reply))
+        except OSError:
+            self._lost(tracee)
 
     def _away_send(self, tracee: Tracee, frame: bytes) -> None:
         try:

@@ -33,20 +33,30 @@ _REP = struct.Struct("<cqB")
 _BUF = struct.Struct("<BI")
 
 
-def encode_request(request: Request) -> bytes:
+def request_parts(request: Request) -> list:
+    """A request's frame as the buffers it is made of (its data not copied)."""
     parts = [_REQ.pack(b"Q", request.nr, len(request.args), len(request.inputs), len(request.outputs)),
              struct.pack(f"<{len(request.args)}Q", *(a & ((1 << 64) - 1) for a in request.args))]
     for index, data in request.inputs:
         parts += [_BUF.pack(index, len(data)), data]
     parts += [_BUF.pack(index, capacity) for index, capacity in request.outputs]
-    return _frame(parts)
+    return _framed(parts)
 
 
-def encode_reply(reply: Reply) -> bytes:
+def reply_parts(reply: Reply) -> list:
+    """A reply's frame as the buffers it is made of (its data not copied)."""
     parts = [_REP.pack(b"R", reply.result, len(reply.outputs))]
     for index, data in reply.outputs:
         parts += [_BUF.pack(index, len(data)), data]
-    return _frame(parts)
+    return _framed(parts)
+
+
+def encode_request(request: Request) -> bytes:
+    return b"".join(request_parts(request))
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return b"".join(reply_parts(reply))
 
 
 def encode_signal(sig: int) -> bytes:
@@ -127,9 +137,12 @@ class _Reader:
             raise ProtocolError(f"{len(self.body) - self.at} bytes after a frame's contents")
 
 
+def _framed(parts: list) -> list:
+    return [_LEN.pack(sum(len(part) for part in parts)), *parts]
+
+
 def _frame(parts: list[bytes]) -> bytes:
-    """The frame of a body in parts, joined once (a call's megabytes are copied once)."""
-    return b"".join([_LEN.pack(sum(len(part) for part in parts)), *parts])
+    return b"".join(_framed(parts))
 
 
 class Channel:
@@ -140,6 +153,21 @@ class Channel:
 
     def send(self, frame: bytes) -> None:
         self.sock.sendall(frame)
+
+    def send_parts(self, parts: list) -> None:
+        """A frame given as its buffers: a small one joined, a large one gathered by
+        the kernel from where its buffers are (a call's megabytes are not copied here)."""
+        if sum(len(part) for part in parts) < LARGE:
+            self.sock.sendall(b"".join(parts))
+            return
+        views = [memoryview(part).cast("B") for part in parts if len(part)]
+        while views:
+            sent = self.sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            if views and sent:
+                views[0] = views[0][sent:]
 
     def receive(self) -> Request | Reply | int | dict:
         (length,) = _LEN.unpack(self._exactly(_LEN.size))

@@ -16,7 +16,7 @@ from mosix_core.errors import ProtocolError, TraceError
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.remote.calls import Reply, Request, forwardable, unforwardable_error
 from mosix_core.remote.deputy import Deputy
-from mosix_core.remote.frames import Channel, encode_reply, encode_request, encode_signal
+from mosix_core.remote.frames import Channel, encode_reply, encode_signal, request_parts
 from mosix_core.remote.guest import Guest
 
 SYS_MMAP = NUMBERS["mmap"]
@@ -37,7 +37,7 @@ def forwarder(channel: Channel, guest: Guest,
     Control messages from home that arrive meanwhile go to ``on_control``."""
 
     def forward(request: Request) -> Reply:
-        channel.send(encode_request(request))
+        channel.send_parts(request_parts(request))
         while True:
             answer = channel.receive()
             if isinstance(answer, Reply):

@@ -3,8 +3,10 @@ the same, and a garbled frame is a ProtocolError — never anything else."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +14,8 @@ from hypothesis import strategies as st
 
 from mosix_core.errors import ProtocolError
 from mosix_core.remote.calls import Reply, Request
-from mosix_core.remote.frames import Channel, decode, encode_reply, encode_request, encode_signal
+from mosix_core.remote.frames import (Channel, decode, encode_reply, encode_request, encode_signal, reply_parts,
+                                      request_parts)
 
 REQUEST = Request(1, (1, 0x7FFF0000, 5), ((1, b"hello"),), ())
 READ = Request(0, (3, 0x1000, 64), (), ((1, 64),))
@@ -85,3 +88,26 @@ def test_a_channel_carries_frames_and_notices_a_closed_peer():
         a.close()
         with pytest.raises(ProtocolError, match="closed inside a frame"):
             right.receive()
+
+
+def test_large_frames_are_sent_from_their_parts_whole_and_in_order():
+    """send_parts gathers a call's megabytes from where they are; a socket that takes
+    them a little at a time (a small send buffer) still gets every byte, in order."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    data = os.urandom(3 << 20)
+    request = Request(1, (4, 0x1000, len(data)), inputs=((1, memoryview(data)),))
+    reply = Reply(len(data) - 5, outputs=((1, data[5:]),))
+    with a, b:
+        received = []
+        reader = threading.Thread(target=lambda: received.extend(Channel(b).receive() for _ in range(3)))
+        reader.start()
+        sender = Channel(a)
+        sender.send_parts(request_parts(request))
+        sender.send_parts(reply_parts(Reply(7)))           # a small one, joined
+        sender.send_parts(reply_parts(reply))
+        reader.join(30)
+    assert bytes(received[0].inputs[0][1]) == data and received[0].args == request.args
+    assert received[1] == Reply(7)
+    assert received[2].result == reply.result and bytes(received[2].outputs[0][1]) == data[5:]
+    assert encode_request(request) == b"".join(bytes(part) for part in request_parts(request))
