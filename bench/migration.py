@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"repeat": args.repeat, "cpus": os.cpu_count(), "seconds": elapsed, "busy": busy,
                           "tcp_mb_s": tcp, "rows": rows, "raw": results}, indent=2))
     else:
-        print(f"migration benchmark: 2 mosd nodes on loopback; {PYTHON} holding N bytes (1 MiB random, repeated) "
+        print(f"migration benchmark: 3 mosd nodes on loopback; {PYTHON} holding N bytes (1 MiB random, repeated) "
               f"moved node 1 -> node 2 ('out'), on to node 3 ('on': the image passes through node 1) and home ('home') with mosmigrate; best of {args.repeat}, median "
               f"beside; MB/s = N / end-to-end, 10^6 B/s; raw = proximate nodes, lz4 = not proximate; "
               f"{os.cpu_count()} CPUs; {elapsed:.0f} s; CPUs {100 * busy:.0f} % busy over the run (ours included)")
