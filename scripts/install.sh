@@ -27,6 +27,8 @@ fi
 # new module file needs this script again.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
     --config-settings editable_mode=strict 2>&1 | grep -v "^WARNING: Location" || true
+# The guest's trap loop in C (cffi): without it a guest host runs its Python loop alone.
+.venv/bin/python -m mosix_core.remote.trap_build >/dev/null || echo "install.sh: going on without the C trap loop" >&2
 # Compiled bytecode, as an installed package has it: with PYTHONDONTWRITEBYTECODE set
 # (some environments do) every command would otherwise compile its modules afresh.
 .venv/bin/python -m compileall -q -j 0 build/__editable__.* >/dev/null || true

@@ -143,6 +143,14 @@ class Guest:
         else:
             ptrace.cont(self.pid, sig)
 
+    def resume(self) -> None:
+        """Let it go on from a stop whose call is done (its result set)."""
+        self._resume()
+
+    def memory_fd(self) -> int:
+        """The descriptor of its ``/proc/PID/mem`` (read and write)."""
+        return self._memory()
+
     def signal(self, sig: int) -> None:
         """A signal that reached the process at home."""
         if sig in JOB_STOPS and self._takes_default_action(sig):
@@ -274,6 +282,10 @@ class Guest:
             return 0
         except TraceError:
             return -errno.EFAULT
+
+    def interrupted(self, nr: int, result: int) -> None:
+        """Call ``nr`` ended at home with ``result``, -ERESTART*: see :meth:`_interrupted`."""
+        self._interrupted(nr, result)
 
     def _interrupted(self, nr: int, result: int) -> None:
         """A signal interrupted the call at home (it came first, and is pending here):

@@ -45,8 +45,8 @@ from mosix_core.errors import MosixError, ProtocolError, TraceError
 from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import cpus, inject, ptrace, timens
-from mosix_core.remote import clocks
-from mosix_core.remote.frames import Channel, encode_control
+from mosix_core.remote import clocks, fastpath
+from mosix_core.remote.frames import Channel, decode, encode_control
 from mosix_core.remote.guest import Guest
 from mosix_core.remote.link import forwarder, keep_alive
 from mosix_core.remote.moving import arrive, send_image
@@ -140,6 +140,7 @@ class GuestHost:
             cpus.pin(guest.pid, cpu)
         except TraceError:
             pass
+        loop = self._trap_loop()
         ptrace.cont(guest.pid)
         try:
             while True:
@@ -149,15 +150,13 @@ class GuestHost:
                 if self._drain():
                     return 0
                 self._report_times()
+                if loop is not None and not (guest.stepping or guest.leaving or self.controls):
+                    if self._serve_in_c(loop):
+                        return 0
+                    continue
                 for key, _ in selector.select(timeout=TIMES_EVERY):
                     if key.fileobj is self.sock:
-                        message = self._receive()
-                        if isinstance(message, int):
-                            guest.signal(message)
-                        elif isinstance(message, dict):
-                            self._note(message)
-                        else:
-                            raise ProtocolError("a call or reply from home while no call was running")
+                        self._take(self._receive())
                     else:
                         try:
                             while os.read(wake_r, 512):
@@ -170,6 +169,56 @@ class GuestHost:
                 return 0                             # it ended at home; home hung up first
             print(f"guest host: the link home ended: {err}", file=sys.stderr)
             return 1
+
+    def _trap_loop(self) -> fastpath.TrapLoop | None:
+        """The C loop for the guest's simple calls, if it is built."""
+        if not fastpath.AVAILABLE:
+            return None
+        try:
+            return fastpath.TrapLoop(self.guest.pid, self.sock.fileno(), self.guest.memory_fd())
+        except (TraceError, OSError) as err:
+            print(f"guest host: the C trap loop cannot serve: {err}", file=sys.stderr)
+            return None
+
+    def _serve_in_c(self, loop: fastpath.TrapLoop) -> bool:
+        """Let the C loop serve the guest until something needs Python, and do that;
+        True once the guest has ended."""
+        guest = self.guest
+        before = loop.handled
+        what, status, result, frames = loop.serve(TIMES_EVERY)
+        guest.forwarded += loop.handled - before
+        for frame in frames:                         # came while a call waited for its reply
+            message = decode(frame)
+            if isinstance(message, int):
+                guest.signal(message)
+            elif isinstance(message, dict):
+                self._control_during_call(message)
+            else:
+                raise HomeGone("a call or reply where a signal or control message was due")
+        if what == fastpath.STOP:
+            return self._on_guest_stop(ptrace.decode_status(guest.pid, status))
+        if what == fastpath.RESTART:
+            guest.interrupted(status, result)
+        elif what == fastpath.SOCKET:
+            if frames:
+                guest.resume()                       # its call is done; the frames first
+            else:
+                self._take(self._receive())
+        elif what == fastpath.ERROR:
+            if status == errno.ECHILD:
+                return True
+            if status != errno.ESRCH:                # a guest killed meanwhile shows at its next wait
+                raise HomeGone(os.strerror(status))
+        return False
+
+    def _take(self, message) -> None:
+        """A frame from home while no call runs: a signal or a control message."""
+        if isinstance(message, int):
+            self.guest.signal(message)
+        elif isinstance(message, dict):
+            self._note(message)
+        else:
+            raise ProtocolError("a call or reply from home while no call was running")
 
     def _report_times(self) -> None:
         """The guest's user CPU time here, for mostimeof at home (when it changed)."""
@@ -209,26 +258,31 @@ class GuestHost:
                 return True
             if pid == 0:
                 return False
-            stop = ptrace.decode_status(pid, status)
-            try:
-                if self.guest.on_stop(stop) is not None:
-                    if self.guest.killed_by is not None:
-                        # the process dies at home of the same signal (its parent sees it)
-                        self._send({"op": "killed", "signal": self.guest.killed_by})
-                        self._control()              # home's "gone", once it has died there
-                    return True
-            except TraceError as err:
-                if err.errno != errno.ESRCH:
-                    print(f"guest host: tracing the guest failed: {err}", file=sys.stderr)
+            if self._on_guest_stop(ptrace.decode_status(pid, status)):
                 return True
-            if stop.kind == "event" and stop.event == ptrace.EVENT_STOP and stop.group_stop:
-                # stopped (^Z...): the process stops at home too, for its parent to see
-                self._send({"op": "stopped", "signal": self.guest.stopped_by or stop.sig})
-                self.guest.stopped_by = None
-            if self.guest.wants_home is not None:
-                self.controls = [c for c in self.controls if c.get("op") != "home"]   # this is it
-                if self._go_home():
-                    return True
+
+    def _on_guest_stop(self, stop: ptrace.Stop) -> bool:
+        """One stop of the guest; True once it has ended (or gone home)."""
+        try:
+            if self.guest.on_stop(stop) is not None:
+                if self.guest.killed_by is not None:
+                    # the process dies at home of the same signal (its parent sees it)
+                    self._send({"op": "killed", "signal": self.guest.killed_by})
+                    self._control()              # home's "gone", once it has died there
+                return True
+        except TraceError as err:
+            if err.errno != errno.ESRCH:
+                print(f"guest host: tracing the guest failed: {err}", file=sys.stderr)
+            return True
+        if stop.kind == "event" and stop.event == ptrace.EVENT_STOP and stop.group_stop:
+            # stopped (^Z...): the process stops at home too, for its parent to see
+            self._send({"op": "stopped", "signal": self.guest.stopped_by or stop.sig})
+            self.guest.stopped_by = None
+        if self.guest.wants_home is not None:
+            self.controls = [c for c in self.controls if c.get("op") != "home"]   # this is it
+            if self._go_home():
+                return True
+        return False
 
     def _obey(self, message: dict) -> bool:
         """A control message from home; True when the guest is gone from here."""

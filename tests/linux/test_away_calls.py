@@ -20,14 +20,16 @@ import time
 from pathlib import Path
 
 import attrs
+import pytest
 
 from conftest import lines, stop_traced, wait_until
 from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import ptrace
-from mosix_core.linux.syscall_names import NAMES
+from mosix_core.linux.syscall_names import NAMES, NUMBERS
 from mosix_core.remote.deputy import Deputy
-from mosix_core.remote.frames import Channel
+from mosix_core.remote import fastpath
+from mosix_core.remote.frames import Channel, decode
 from mosix_core.remote.guest import Guest
 from mosix_core.remote.link import forwarder, serve
 from mosix_core.remote.moving import arrive, leave
@@ -49,10 +51,12 @@ class Away:
     stderr: bytes
 
 
-def run_served(script: str, work: Path, wall_offset: int | None = None) -> Away:
+def run_served(script: str, work: Path, wall_offset: int | None = None, c_loop: bool = False) -> Away:
     """Run python ``script`` in ``work``, move it into a guest host after its first
     line, serve its calls at home until it ends. ``wall_offset``: the guest reads a
-    home wall clock this many nanoseconds ahead of the machine's."""
+    home wall clock this many nanoseconds ahead of the machine's. ``c_loop``: the
+    guest host serves through the C trap loop (it writes how many calls the loop
+    made itself into ``work/handled``)."""
     work.mkdir()
     (work / "prog.py").write_text(script)
     out, err = work / "out.txt", work / "err.txt"
@@ -82,7 +86,7 @@ def run_served(script: str, work: Path, wall_offset: int | None = None) -> Away:
                 if wall_offset is not None:
                     guest.read_home_wall_clock(wall_offset)
                 guest.forward = forwarder(Channel(guest_end), guest)
-                code = guest.run()
+                code = serve_in_c(guest, guest_end, work) if c_loop else guest.run()
             finally:
                 os._exit(code)
         guest_end.close()
@@ -104,6 +108,33 @@ def run_served(script: str, work: Path, wall_offset: int | None = None) -> Away:
     return Away(proc.returncode, served, out.read_bytes(), err.read_bytes())
 
 
+def serve_in_c(guest: Guest, sock: socket.socket, work: Path) -> int:
+    """What the guest host's loop does with the C trap loop: the stops, frames and
+    interrupted calls it hands back are handled by the Python guest."""
+    loop = fastpath.TrapLoop(guest.pid, sock.fileno(), guest.memory_fd())
+    ptrace.cont(guest.pid)
+    while True:
+        what, status, result, frames = loop.serve(1.0)
+        for frame in frames:
+            message = decode(frame)
+            assert isinstance(message, int), message
+            guest.signal(message)
+        if what == fastpath.STOP:
+            ended = guest.on_stop(ptrace.decode_status(guest.pid, status))
+            if ended is not None:
+                (work / "handled").write_text(str(loop.handled))
+                return ended
+        elif what == fastpath.RESTART:
+            guest.interrupted(status, result)
+        elif what == fastpath.SOCKET:
+            if frames:
+                guest.resume()
+            else:
+                guest.signal(Channel(sock).receive())
+        else:
+            assert what == fastpath.TIMEOUT, (what, status)
+
+
 def run_native(script: str, work: Path) -> subprocess.CompletedProcess:
     work.mkdir()
     (work / "prog.py").write_text(script)
@@ -118,10 +149,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def same_as_native(script: str, tmp_path: Path, calls: set[str]) -> Away:
+def same_as_native(script: str, tmp_path: Path, calls: set[str], c_loop: bool = False) -> Away:
     """Run ``script`` away and natively: the same output and status, and ``calls``
     (at least) performed at home."""
-    away = run_served(script, tmp_path / "away")
+    away = run_served(script, tmp_path / "away", c_loop=c_loop)
     native = run_native(script, tmp_path / "native")
     assert native.returncode == 0, native.stderr.decode()
     assert (away.status, away.stdout) == (0, native.stdout), away.stderr.decode()
@@ -228,8 +259,9 @@ print("pipe", os.write(w, b"through"), os.read(r, 100), fcntl.fcntl(r, fcntl.F_G
 """
 
 
-def test_files_links_locks_and_times(tmp_path):
-    away = same_as_native(FILES, tmp_path, {
+@pytest.mark.parametrize("c_loop", [False, True], ids=["python", "c-loop"])
+def test_files_links_locks_and_times(tmp_path, c_loop):
+    away = same_as_native(FILES, tmp_path, c_loop=c_loop, calls={
         "fcntl", "ioctl", "flock", "link", "symlink", "chown", "lchown", "fchown", "fchownat", "utimensat",
         "statfs", "fstatfs", "fallocate", "fadvise64", "mknodat", "fchmodat", "renameat", "sendfile",
         "copy_file_range", "sync", "getresuid", "getresgid", "getgroups", "getpriority", "setpriority"})
@@ -240,6 +272,8 @@ def test_files_links_locks_and_times(tmp_path):
                             path.read_bytes() if path.is_file() and not path.is_symlink() else None)
                 for path in (top / "w").iterdir()}
     assert made(tmp_path / "away") == made(tmp_path / "native")      # the same files, made at home
+    if c_loop:
+        assert int((tmp_path / "away" / "handled").read_text()) > 30  # the simple calls never left C
 
 
 FAMILY = """\
@@ -279,8 +313,9 @@ print("signals", got)
 """
 
 
-def test_waits_and_signals_in_its_family(tmp_path):
-    same_as_native(FAMILY, tmp_path, {"wait4", "waitid", "kill", "tgkill"})
+@pytest.mark.parametrize("c_loop", [False, True], ids=["python", "c-loop"])
+def test_waits_and_signals_in_its_family(tmp_path, c_loop):
+    same_as_native(FAMILY, tmp_path, {"wait4", "waitid", "kill", "tgkill"}, c_loop=c_loop)
 
 
 SELF_SIGNAL = """\
@@ -294,8 +329,20 @@ print("after kill", flush=True)
 """
 
 
-def test_a_signal_to_itself_is_delivered_before_the_call_returns(tmp_path):
-    same_as_native(SELF_SIGNAL, tmp_path, {"tgkill", "kill"})
+@pytest.mark.parametrize("c_loop", [False, True], ids=["python", "c-loop"])
+def test_a_signal_to_itself_is_delivered_before_the_call_returns(tmp_path, c_loop):
+    """(With the C loop, kill is one of its calls: the signal frame that comes before
+    the reply must be delivered before the guest goes on.)"""
+    same_as_native(SELF_SIGNAL, tmp_path, {"tgkill", "kill"}, c_loop=c_loop)
+
+
+def test_the_c_trap_loop_is_built():
+    """scripts/install.sh builds it; without it every guest runs the Python loop alone."""
+    assert fastpath.AVAILABLE
+    shapes = fastpath.shapes()
+    assert shapes[NUMBERS["read"]][0] == fastpath.SHAPE_OUT and shapes[NUMBERS["write"]][0] == fastpath.SHAPE_IN
+    assert shapes[NUMBERS["newfstatat"]] == (fastpath.SHAPE_OUT, 4, 2, fastpath.FIXED, 144, 0, 1)   # glibc's fstat
+    assert shapes[NUMBERS["ioctl"]][0] == shapes[NUMBERS["mmap"]][0] == shapes[NUMBERS["execve"]][0] == 0
 
 
 SOCKETS = """\

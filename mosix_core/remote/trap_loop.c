@@ -1,0 +1,308 @@
+/* The guest's hot path in C: wait for the guest's next stop and, while each stop
+ * is a forwarded call of a simple shape (values and at most one input or output
+ * buffer), send it home, put the reply into the guest and resume it — without
+ * returning to Python. Everything else is handed back to Python (mosix_core/remote/
+ * fastpath.py), which handles it as it always did.
+ *
+ * Frames are those of mosix_core/remote/frames.py:
+ *   frame    length u32 | body
+ *   request  "Q" | nr u16 | nargs u8 | ninputs u8 | noutputs u8 | arg u64 * nargs
+ *            | (index u8 | size u32 | bytes) * ninputs | (index u8 | capacity u32) * noutputs
+ *   reply    "R" | result i64 | noutputs u8 | (index u8 | size u32 | bytes) * noutputs
+ * Signal and control frames that come while a call waits for its reply are kept,
+ * whole, for Python (after the call). */
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/ptrace.h>
+
+#define TRAP_STOP 1        /* a stop for Python: *status holds it */
+#define TRAP_SOCKET 2      /* the socket has a frame for Python */
+#define TRAP_TIMEOUT 3
+#define TRAP_INTERRUPTED 4 /* a signal for the host itself (Python's handlers run next) */
+#define TRAP_RESTART 5     /* the call was interrupted at home: *status = nr, *result = -ERESTART* */
+#define TRAP_ERROR 6       /* errno in *status: the socket or ptrace failed */
+
+#define SHAPE_NONE 0       /* not for us */
+#define SHAPE_VALUES 1
+#define SHAPE_IN 2
+#define SHAPE_OUT 3
+
+#define MAX_TRANSFER (4 << 20)
+#define FLAG_CLAMP 1       /* an output larger than MAX_TRANSFER is cut (reads may return less) */
+
+struct shape {
+    uint8_t kind, nargs, buffer, size_arg;  /* size_arg 255: fixed size */
+    uint32_t fixed;
+    uint8_t flags, string, pad[2];          /* string: the index of a path argument, 255: none */
+};
+
+#define PATH_MAX_BYTES 4096
+
+/* The NUL-terminated string at ``address`` (with its NUL) into ``to``: its length,
+ * or -1 when it cannot be read or is not shorter than PATH_MAX_BYTES. */
+static ssize_t read_string(int mem, uint64_t address, uint8_t *to)
+{
+    size_t done = 0;
+    while (done < PATH_MAX_BYTES) {
+        size_t piece = 4096 - ((address + done) & 4095);   /* up to the page's end */
+        if (piece > PATH_MAX_BYTES - done)
+            piece = PATH_MAX_BYTES - done;
+        ssize_t got = pread(mem, to + done, piece, (off_t)(address + done));
+        if (got <= 0)
+            return -1;
+        uint8_t *nul = memchr(to + done, 0, (size_t)got);
+        if (nul)
+            return nul - to + 1;
+        done += (size_t)got;
+    }
+    return -1;
+}
+
+/* All of ``size`` bytes sent or received on socket ``fd``: 0, or -1 with errno (a
+ * closed connection is ECONNRESET). */
+static int transfer(int fd, void *data, size_t size, int sending)
+{
+    char *at = data;
+    while (size) {
+        ssize_t n = sending ? send(fd, at, size, MSG_NOSIGNAL) : recv(fd, at, size, 0);
+        if (n == 0 && !sending) {
+            errno = ECONNRESET;
+            return -1;
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        at += n;
+        size -= (size_t)n;
+    }
+    return 0;
+}
+
+/* One forwarded call, the guest stopped at its seccomp stop. 0: done (resumed,
+ * unless frames came for Python meanwhile);
+ * TRAP_RESTART; -1 with errno: the link or ptrace failed; 1: not for us after all
+ * (the guest is untouched: Python handles the stop). */
+static int forward(int pid, int sock, int mem, const struct shape *s, int nr, const uint64_t *args,
+                   uint8_t *buf, size_t room, uint8_t *pending, size_t pending_room, size_t *pending_len,
+                   int64_t *restart_result)
+{
+    uint8_t *at = buf + 4;
+    uint64_t size = 0, pointer = 0;
+    int in = 0, out = 0;
+    if (s->kind == SHAPE_IN || s->kind == SHAPE_OUT) {
+        pointer = args[s->buffer];
+        int64_t wanted = s->size_arg == 255 ? (int64_t)s->fixed : (int64_t)args[s->size_arg];
+        if (wanted < 0)
+            return 1;
+        if (wanted > MAX_TRANSFER) {
+            if (!(s->flags & FLAG_CLAMP))
+                return 1;
+            wanted = MAX_TRANSFER;
+        }
+        size = (uint64_t)wanted;
+        if (pointer) {
+            in = s->kind == SHAPE_IN;
+            out = s->kind == SHAPE_OUT;
+        }
+    }
+    int string = s->string != 255 && args[s->string];
+    if (40 + 8 * 6 + PATH_MAX_BYTES + (in ? size : 0) > room)
+        return 1;
+    *at++ = 'Q';
+    *at++ = nr & 0xFF;
+    *at++ = (nr >> 8) & 0xFF;
+    *at++ = s->nargs;
+    *at++ = in + string;
+    *at++ = out;
+    for (int k = 0; k < s->nargs; k++) {
+        uint64_t value = args[k];
+        if (k == s->size_arg && s->kind == SHAPE_OUT && (s->flags & FLAG_CLAMP))
+            value = size;                         /* as Python clamps the count of a read */
+        memcpy(at, &value, 8);
+        at += 8;
+    }
+    if (string) {                                 /* before an input buffer: inputs go by index */
+        *at++ = s->string;
+        ssize_t length = read_string(mem, args[s->string], at + 4);
+        if (length < 0)
+            return 1;                             /* unreadable or too long: Python answers it */
+        uint32_t length32 = (uint32_t)length;
+        memcpy(at, &length32, 4);
+        at += 4 + length;
+    }
+    if (in) {
+        uint32_t size32 = (uint32_t)size;
+        *at++ = s->buffer;
+        memcpy(at, &size32, 4);
+        at += 4;
+        if (size) {
+            ssize_t got = pread(mem, at, size, (off_t)pointer);
+            if (got != (ssize_t)size)
+                return 1;                         /* unreadable: Python answers it (EFAULT) */
+            at += size;
+        }
+    }
+    if (out) {
+        uint32_t size32 = (uint32_t)size;
+        *at++ = s->buffer;
+        memcpy(at, &size32, 4);
+        at += 4;
+    }
+    uint32_t length = (uint32_t)(at - buf - 4);
+    memcpy(buf, &length, 4);
+    if (transfer(sock, buf, (size_t)(at - buf), 1) < 0)
+        return -1;
+    /* the reply; signal and control frames before it are kept for Python */
+    for (;;) {
+        uint32_t body;
+        if (transfer(sock, &body, 4, 0) < 0)
+            return -1;
+        if (body == 0 || body > room) {
+            errno = EPROTO;
+            return -1;
+        }
+        if (transfer(sock, buf, body, 0) < 0)
+            return -1;
+        if (buf[0] == 'R')
+            break;
+        if (buf[0] != 'S' && buf[0] != 'C') {
+            errno = EPROTO;
+            return -1;
+        }
+        if (*pending_len + 4 + body > pending_room) {
+            errno = ENOBUFS;
+            return -1;
+        }
+        memcpy(pending + *pending_len, &body, 4);
+        memcpy(pending + *pending_len + 4, buf, body);
+        *pending_len += 4 + body;
+    }
+    int64_t result;
+    memcpy(&result, buf + 1, 8);
+    uint8_t outputs = buf[9];
+    uint8_t *reply = buf + 10;
+    for (int k = 0; k < outputs; k++) {
+        uint32_t got;
+        memcpy(&got, reply + 1, 4);
+        if (!out || reply[0] != s->buffer || got > size) {
+            errno = EPROTO;
+            return -1;
+        }
+        if (got && pwrite(mem, reply + 5, got, (off_t)pointer) != (ssize_t)got)
+            result = -EFAULT;
+        reply += 5 + got;
+    }
+    if (result <= -512 && result >= -516) {
+        *restart_result = result;
+        return TRAP_RESTART;
+    }
+    struct user_regs_struct regs;
+    if (ptrace(PTRACE_GETREGS, pid, 0, &regs) < 0)
+        return -1;
+    regs.orig_rax = (unsigned long long)-1;       /* skip the call here... */
+    regs.rax = (unsigned long long)result;        /* ...it returns what it did at home */
+    if (ptrace(PTRACE_SETREGS, pid, 0, &regs) < 0)
+        return -1;
+    /* with frames from home to deliver first (a signal the call itself sent...), the
+       guest stays stopped: Python delivers them, then resumes it */
+    if (*pending_len == 0 && ptrace(PTRACE_CONT, pid, 0, 0) < 0)
+        return -1;
+    return 0;
+}
+
+/* Serve the guest until something needs Python. SIGCHLD is blocked meanwhile and
+ * read from signalfd ``sigfd`` (made by the caller); the caller's mask comes back. */
+int trap_serve(int pid, int sock, int mem, int sigfd, const struct shape *shapes, int nshapes,
+               int timeout_ms, uint8_t *buf, size_t room, uint8_t *pending, size_t pending_room,
+               size_t *pending_len, int *status, int64_t *result, long *handled)
+{
+    sigset_t chld, old;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, &old);
+    int answer;
+    *pending_len = 0;
+    for (;;) {
+        int got = waitpid(pid, status, WNOHANG | __WALL);
+        if (got < 0) {
+            *status = errno;
+            answer = TRAP_ERROR;
+            break;
+        }
+        if (got == pid) {
+            int st = *status;
+            if (!(WIFSTOPPED(st) && (st >> 8) == (SIGTRAP | (PTRACE_EVENT_SECCOMP << 8)))) {
+                answer = TRAP_STOP;
+                break;
+            }
+            struct ptrace_syscall_info info;
+            if (ptrace(PTRACE_GET_SYSCALL_INFO, pid, sizeof info, &info) < 0 ||
+                info.op != PTRACE_SYSCALL_INFO_SECCOMP) {
+                answer = TRAP_STOP;
+                break;
+            }
+            int nr = (int)info.seccomp.nr;
+            if (nr < 0 || nr >= nshapes || shapes[nr].kind == SHAPE_NONE) {
+                answer = TRAP_STOP;
+                break;
+            }
+            int done = forward(pid, sock, mem, &shapes[nr], nr, (const uint64_t *)info.seccomp.args, buf, room,
+                               pending, pending_room, pending_len, result);
+            if (done == 1) {
+                answer = TRAP_STOP;
+                break;
+            }
+            if (done < 0) {
+                *status = errno;
+                answer = TRAP_ERROR;
+                break;
+            }
+            if (done == TRAP_RESTART) {
+                *status = nr;
+                answer = TRAP_RESTART;
+                break;
+            }
+            (*handled)++;
+            if (*pending_len) {
+                answer = TRAP_SOCKET;               /* frames that came during the call: the guest waits */
+                break;
+            }
+            continue;
+        }
+        struct pollfd fds[2] = {{.fd = sock, .events = POLLIN}, {.fd = sigfd, .events = POLLIN}};
+        int ready = poll(fds, 2, timeout_ms);
+        if (ready < 0) {
+            answer = errno == EINTR ? TRAP_INTERRUPTED : TRAP_ERROR;
+            *status = errno;
+            break;
+        }
+        if (ready == 0) {
+            answer = TRAP_TIMEOUT;
+            break;
+        }
+        if (fds[0].revents) {
+            answer = TRAP_SOCKET;
+            break;
+        }
+        struct signalfd_siginfo drained[8];
+        while (read(sigfd, drained, sizeof drained) > 0)
+            ;
+    }
+    sigprocmask(SIG_SETMASK, &old, 0);
+    return answer;
+}
