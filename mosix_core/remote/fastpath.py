@@ -92,14 +92,16 @@ def shapes() -> list[tuple[int, int, int, int, int, int, int]]:
 
 class TrapLoop:
     """The C loop for guest ``pid``, over connected socket ``sock``, reading and
-    writing the guest's memory through ``memory_fd`` (its /proc/PID/mem)."""
+    writing the guest's memory through ``memory_fd`` (its /proc/PID/mem).
+    ``wake_fd``: the caller's ``signal.set_wakeup_fd`` descriptor, if any (a signal
+    for the caller ends the loop's wait: INTERRUPTED; the caller empties it)."""
 
-    def __init__(self, pid: int, sock_fd: int, memory_fd: int) -> None:
+    def __init__(self, pid: int, sock_fd: int, memory_fd: int, wake_fd: int = -1) -> None:
         if not AVAILABLE:
             raise TraceError("the C trap loop is not built")
         ffi, lib = _compiled.ffi, _compiled.lib
         self.ffi, self.lib = ffi, lib
-        self.pid, self.sock_fd, self.memory_fd = pid, sock_fd, memory_fd
+        self.pid, self.sock_fd, self.memory_fd, self.wake_fd = pid, sock_fd, memory_fd, wake_fd
         table = shapes()
         self.shapes = ffi.new("struct shape[]", len(table))
         for nr, (kind, nargs, buffer, size_arg, fixed, flags, string) in enumerate(table):
@@ -125,7 +127,8 @@ class TrapLoop:
         frame waits, or frames came during a call), TIMEOUT, INTERRUPTED (a signal
         for us), RESTART (call ``status`` was interrupted at home with ``result``),
         ERROR (``status`` is an errno)."""
-        what = self.lib.trap_serve(self.pid, self.sock_fd, self.memory_fd, self.sigfd, self.shapes, self.count,
+        what = self.lib.trap_serve(self.pid, self.sock_fd, self.memory_fd, self.sigfd, self.wake_fd, self.shapes,
+                                   self.count,
                                    int(timeout * 1000), self.buffer, MAX_FRAME + 8, self.pending, PENDING_ROOM,
                                    self.pending_len, self.status, self.result, self._handled)
         frames = []

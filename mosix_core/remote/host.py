@@ -140,7 +140,7 @@ class GuestHost:
             cpus.pin(guest.pid, cpu)
         except TraceError:
             pass
-        loop = self._trap_loop()
+        loop = self._trap_loop(wake_r)
         ptrace.cont(guest.pid)
         try:
             while True:
@@ -153,16 +153,13 @@ class GuestHost:
                 if loop is not None and not (guest.stepping or guest.leaving or self.controls):
                     if self._serve_in_c(loop):
                         return 0
+                    _empty(wake_r)                   # the signals it saw have been handled by now
                     continue
                 for key, _ in selector.select(timeout=TIMES_EVERY):
                     if key.fileobj is self.sock:
                         self._take(self._receive())
                     else:
-                        try:
-                            while os.read(wake_r, 512):
-                                pass
-                        except BlockingIOError:
-                            pass
+                        _empty(wake_r)
         except (HomeGone, ProtocolError, OSError) as err:
             self._remove(guest.pid)
             if guest.exit_status is not None:
@@ -170,12 +167,12 @@ class GuestHost:
             print(f"guest host: the link home ended: {err}", file=sys.stderr)
             return 1
 
-    def _trap_loop(self) -> fastpath.TrapLoop | None:
+    def _trap_loop(self, wake_fd: int) -> fastpath.TrapLoop | None:
         """The C loop for the guest's simple calls, if it is built."""
         if not fastpath.AVAILABLE:
             return None
         try:
-            return fastpath.TrapLoop(self.guest.pid, self.sock.fileno(), self.guest.memory_fd())
+            return fastpath.TrapLoop(self.guest.pid, self.sock.fileno(), self.guest.memory_fd(), wake_fd)
         except (TraceError, OSError) as err:
             print(f"guest host: the C trap loop cannot serve: {err}", file=sys.stderr)
             return None
@@ -366,6 +363,15 @@ class GuestHost:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+def _empty(fd: int) -> None:
+    """Read a non-blocking wake-up pipe empty."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def become_guest_identity(uid: int, gid: int) -> None:

@@ -226,8 +226,10 @@ static int forward(int pid, int sock, int mem, const struct shape *s, int nr, co
 }
 
 /* Serve the guest until something needs Python. SIGCHLD is blocked meanwhile and
- * read from signalfd ``sigfd`` (made by the caller); the caller's mask comes back. */
-int trap_serve(int pid, int sock, int mem, int sigfd, const struct shape *shapes, int nshapes,
+ * read from signalfd ``sigfd`` (made by the caller); the caller's mask comes back.
+ * ``wakefd`` (or -1) is Python's signal wake-up descriptor: readable, a signal for the
+ * host has come (its handler runs once we return; the caller empties it). */
+int trap_serve(int pid, int sock, int mem, int sigfd, int wakefd, const struct shape *shapes, int nshapes,
                int timeout_ms, uint8_t *buf, size_t room, uint8_t *pending, size_t pending_room,
                size_t *pending_len, int *status, int64_t *result, long *handled)
 {
@@ -284,8 +286,9 @@ int trap_serve(int pid, int sock, int mem, int sigfd, const struct shape *shapes
             }
             continue;
         }
-        struct pollfd fds[2] = {{.fd = sock, .events = POLLIN}, {.fd = sigfd, .events = POLLIN}};
-        int ready = poll(fds, 2, timeout_ms);
+        struct pollfd fds[3] = {{.fd = sock, .events = POLLIN}, {.fd = sigfd, .events = POLLIN},
+                                {.fd = wakefd, .events = POLLIN}};
+        int ready = poll(fds, 3, timeout_ms);
         if (ready < 0) {
             answer = errno == EINTR ? TRAP_INTERRUPTED : TRAP_ERROR;
             *status = errno;
@@ -293,6 +296,10 @@ int trap_serve(int pid, int sock, int mem, int sigfd, const struct shape *shapes
         }
         if (ready == 0) {
             answer = TRAP_TIMEOUT;
+            break;
+        }
+        if (fds[2].revents) {
+            answer = TRAP_INTERRUPTED;
             break;
         }
         if (fds[0].revents) {
