@@ -1187,11 +1187,7 @@ class Supervisor:
         self._drop_away(tracee)
         sent = sent if isinstance(sent, dict) else {}
         deferred += list(sent.get("signals", []))
-        trip = sent.get("utime")
-        tracee.remote_utime += float(trip) if isinstance(trip, (int, float)) and trip >= 0 else away.utime
-        tracee.state.nmigs += 1
-        self._send("update", pid=pid, where="here", nmigs=tracee.state.nmigs,
-                   remote_utime=round(tracee.remote_utime, 2))
+        self._stay_ended(tracee, away, sent, "here")
         if coming_for in ("execve", "execveat"):
             tracee.return_to = away.where
         self._resume(tracee)
@@ -1216,14 +1212,14 @@ class Supervisor:
             onward.close()
             self._lost(tracee)                       # its image broke off: the link with it
             return
+        sent = sent if isinstance(sent, dict) else {}
         answer = None
         if failed is None:
             try:
                 answer = onward.channel.receive()
                 if isinstance(answer, dict) and answer.get("op") == "restored":
                     onward.sock.settimeout(None)
-                    onward.channel.send(encode_control({"op": "go", "signals": sent.get("signals", [])
-                                                        if isinstance(sent, dict) else []}))
+                    onward.channel.send(encode_control({"op": "go", "signals": sent.get("signals", [])}))
             except (ProtocolError, OSError) as err:
                 failed = err
         if failed is not None or not (isinstance(answer, dict) and answer.get("op") == "restored"):
@@ -1241,16 +1237,21 @@ class Supervisor:
             away.sock.close()
         except OSError:
             pass
-        sent = sent if isinstance(sent, dict) else {}
-        trip = sent.get("utime")
-        tracee.remote_utime += float(trip) if isinstance(trip, (int, float)) and trip >= 0 else away.utime
+        self._stay_ended(tracee, away, sent, onward.where)
         away.where, away.sock, away.channel, away.compress = onward.where, onward.sock, onward.channel, onward.compress
         away.utime, away.dead_since = 0.0, None
         self.selector.register(away.sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
-        tracee.state.nmigs += 1
-        self._send("update", pid=pid, where=away.where, nmigs=tracee.state.nmigs,
-                   remote_utime=round(tracee.remote_utime, 2))
         self._signal_migrated(tracee)
+
+    def _stay_ended(self, tracee: Tracee, away: migration.Away, sent: dict, where: str) -> None:
+        """A stay away ended, the process now ``where`` ("here" or the next node): the
+        CPU time it used there (as the guest's ``sent`` says, else its last report)
+        and the migration counted."""
+        trip = sent.get("utime")
+        tracee.remote_utime += float(trip) if isinstance(trip, (int, float)) and trip >= 0 else away.utime
+        tracee.state.nmigs += 1
+        self._send("update", pid=tracee.pid, where=where, nmigs=tracee.state.nmigs,
+                   remote_utime=round(tracee.remote_utime, 2))
 
     def _not_home(self, tracee: Tracee, err: ThawFailed) -> None:
         """Coming home failed: the process runs on where it was, if it can."""

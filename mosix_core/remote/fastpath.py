@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import os
 import signal
 from pathlib import Path
 
 from mosix_core.errors import TraceError
 from mosix_core.linux.libc import LIBC
-from mosix_core.linux.syscall_names import NAMES, NUMBERS
-from mosix_core.remote import calls
+from mosix_core.linux.syscall_names import NAMES
+from mosix_core.remote import calls, guest
 from mosix_core.remote.frames import MAX_FRAME
 
 MODULE = "mosix_core.remote._trap_loop"
@@ -35,11 +34,10 @@ SHAPE_NONE, SHAPE_VALUES, SHAPE_IN, SHAPE_OUT = 0, 1, 2, 3
 FIXED = NONE = 255
 FLAG_CLAMP = 1
 #: calls the guest treats itself before anything is sent (see guest.Guest._trapped)
-NOT_FAST = frozenset(NUMBERS[name] for name in (
-    "fork", "vfork", "clone", "clone3", "execve", "execveat", "exit", "exit_group", "mmap",
-    "readv", "writev", "preadv", "pwritev", "sendmsg", "recvmsg", "clock_gettime", "gettimeofday", "time"))
+NOT_FAST = frozenset(guest.HOMEWARD | set(guest.EXITS) | {guest.SYS_MMAP, guest.SYS_SENDMSG, guest.SYS_RECVMSG}
+                     | set(guest.VECTORED) | guest.WALL_CALLS)
 #: reads whose count is cut to one call's transfer (a read may return less)
-CLAMPED = frozenset(NUMBERS[name] for name in ("read", "pread64", "getdents64", "getdents"))
+CLAMPED = frozenset(guest.READS)
 PENDING_ROOM = 1 << 20
 SFD_NONBLOCK, SFD_CLOEXEC = 0o4000, 0o2000000
 
@@ -143,8 +141,3 @@ class TrapLoop:
     @property
     def handled(self) -> int:
         return self._handled[0]
-
-    def close(self) -> None:
-        if self.sigfd >= 0:
-            os.close(self.sigfd)
-            self.sigfd = -1

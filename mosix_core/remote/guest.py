@@ -24,7 +24,7 @@ import time
 from typing import Callable
 
 from mosix_core.errors import TraceError
-from mosix_core.linux import inject, memory, procfs, ptrace, seccomp, vdso
+from mosix_core.linux import inject, memory, procfs, ptrace, seccomp, timens, vdso
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
 from mosix_core.remote.calls import MAX_TRANSFER, CannotForward, Reply, Request, marshal, spec_of, unmarshal
 
@@ -68,10 +68,10 @@ HOMEWARD = frozenset(NUMBERS[name] for name in HOMEWARD_NAMES)
 UNSIGNED = (1 << 64) - 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SYS_CLOCK_GETTIME, SYS_GETTIMEOFDAY, SYS_TIME = NUMBERS["clock_gettime"], NUMBERS["gettimeofday"], NUMBERS["time"]
+WALL_CALLS = frozenset({SYS_CLOCK_GETTIME, SYS_GETTIMEOFDAY, SYS_TIME})
 #: the wall clocks (clock_gettime's ids), each read as this node's clock plus the
 #: offset of home's wall clock: REALTIME, REALTIME_COARSE, REALTIME_ALARM, TAI
 WALL_CLOCKS = {0: time.CLOCK_REALTIME, 5: 5, 8: time.CLOCK_REALTIME, 11: 11}
-NS_PER_S = 1_000_000_000
 
 
 def guest_filter(*, wall_clock: bool = False) -> list:
@@ -203,7 +203,7 @@ class Guest:
         if info.nr == SYS_MMAP:
             self._map_file(info.args)
             return
-        if info.nr in (SYS_CLOCK_GETTIME, SYS_GETTIMEOFDAY, SYS_TIME) and self.wall_offset is not None:
+        if info.nr in WALL_CALLS and self.wall_offset is not None:
             self._finish(self._wall_clock(info.nr, info.args))
             return
         if info.nr in EXITS:
@@ -224,7 +224,7 @@ class Guest:
         else:
             result = self._call_home(info.nr, tuple(args))
         if -result in inject.RESTART_ERRORS:
-            self._interrupted(info.nr, result)
+            self.interrupted(info.nr, result)
         else:
             self._finish(result)
 
@@ -267,10 +267,10 @@ class Guest:
                 now = time.clock_gettime_ns(WALL_CLOCKS[args[0] & 0xFFFFFFFF]) + self.wall_offset
                 if not args[1]:
                     return -errno.EFAULT
-                self._write(args[1], struct.pack("=qq", *divmod(now, NS_PER_S)))
+                self._write(args[1], struct.pack("=qq", *divmod(now, timens.NS_PER_S)))
                 return 0
             now = time.clock_gettime_ns(time.CLOCK_REALTIME) + self.wall_offset
-            seconds, nanoseconds = divmod(now, NS_PER_S)
+            seconds, nanoseconds = divmod(now, timens.NS_PER_S)
             if nr == SYS_TIME:
                 if args[0]:
                     self._write(args[0], struct.pack("=q", seconds))
@@ -284,10 +284,6 @@ class Guest:
             return -errno.EFAULT
 
     def interrupted(self, nr: int, result: int) -> None:
-        """Call ``nr`` ended at home with ``result``, -ERESTART*: see :meth:`_interrupted`."""
-        self._interrupted(nr, result)
-
-    def _interrupted(self, nr: int, result: int) -> None:
         """A signal interrupted the call at home (it came first, and is pending here):
         end the call with its -ERESTART* so this kernel decides, as it would have for a
         call interrupted here — run the handler and restart the call (SA_RESTART) or

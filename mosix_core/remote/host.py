@@ -48,7 +48,7 @@ from mosix_core.linux import cpus, inject, ptrace, timens
 from mosix_core.remote import clocks, fastpath
 from mosix_core.remote.frames import Channel, decode, encode_control
 from mosix_core.remote.guest import Guest
-from mosix_core.remote.link import forwarder, keep_alive
+from mosix_core.remote.link import during_call, forwarder, keep_alive
 from mosix_core.remote.moving import arrive, send_image
 
 PR_SET_DUMPABLE = 4
@@ -185,13 +185,7 @@ class GuestHost:
         what, status, result, frames = loop.serve(TIMES_EVERY)
         guest.forwarded += loop.handled - before
         for frame in frames:                         # came while a call waited for its reply
-            message = decode(frame)
-            if isinstance(message, int):
-                guest.signal(message)
-            elif isinstance(message, dict):
-                self._control_during_call(message)
-            else:
-                raise HomeGone("a call or reply where a signal or control message was due")
+            during_call(decode(frame), guest, self._control_during_call)
         if what == fastpath.STOP:
             return self._on_guest_stop(ptrace.decode_status(guest.pid, status))
         if what == fastpath.RESTART:

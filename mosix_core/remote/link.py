@@ -42,14 +42,20 @@ def forwarder(channel: Channel, guest: Guest,
             answer = channel.receive()
             if isinstance(answer, Reply):
                 return answer
-            if isinstance(answer, int):
-                guest.signal(answer)
-            elif isinstance(answer, dict) and on_control is not None:
-                on_control(answer)
-            else:
-                raise ProtocolError("a request from home")
+            during_call(answer, guest, on_control)
 
     return forward
+
+
+def during_call(message, guest: Guest, on_control: Callable[[dict], None] | None = None) -> None:
+    """A frame from home while a call waits for its reply: a signal reaches the guest,
+    a control message goes to ``on_control``; anything else is a ProtocolError."""
+    if isinstance(message, int):
+        guest.signal(message)
+    elif isinstance(message, dict) and on_control is not None:
+        on_control(message)
+    else:
+        raise ProtocolError("a request from home")
 
 
 def serve(deputy: Deputy, channel: Channel, before_call: Callable[[Request], None] | None = None) -> None:

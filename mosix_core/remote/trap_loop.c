@@ -40,7 +40,7 @@
 #define SHAPE_IN 2
 #define SHAPE_OUT 3
 
-#define MAX_TRANSFER (4 << 20)
+#define MAX_TRANSFER (4 << 20)   /* calls.MAX_TRANSFER: one call's buffers */
 #define FLAG_CLAMP 1       /* an output larger than MAX_TRANSFER is cut (reads may return less) */
 
 struct shape {

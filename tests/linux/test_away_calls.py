@@ -31,7 +31,7 @@ from mosix_core.remote.deputy import Deputy
 from mosix_core.remote import fastpath
 from mosix_core.remote.frames import Channel, decode
 from mosix_core.remote.guest import Guest
-from mosix_core.remote.link import forwarder, serve
+from mosix_core.remote.link import during_call, forwarder, serve
 from mosix_core.remote.moving import arrive, leave
 from test_away import GUEST_OPTIONS, end_link
 
@@ -116,9 +116,7 @@ def serve_in_c(guest: Guest, sock: socket.socket, work: Path) -> int:
     while True:
         what, status, result, frames = loop.serve(1.0)
         for frame in frames:
-            message = decode(frame)
-            assert isinstance(message, int), message
-            guest.signal(message)
+            during_call(decode(frame), guest)                  # signals only: no control messages here
         if what == fastpath.STOP:
             ended = guest.on_stop(ptrace.decode_status(guest.pid, status))
             if ended is not None:
