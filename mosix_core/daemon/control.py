@@ -67,10 +67,10 @@ from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
 from mosix_core.plugins import apply_policies
 from mosix_core.users import user_name
 from mosix_core.proctable import ProcessEvent, ProcessRecord, checked_fields
+from mosix_core.remote import SEND_HOME
 
 MAX_REQUEST = 1024 * 1024
 STATE_FLAGS = {"stay": gossip.ST_STAY, "lstay": gossip.ST_LSTAY, "block": gossip.ST_BLOCK}
-SEND_HOME = signal.SIGURG   # the guest host's "send the guest home" (mosix_core.remote.host.SEND_HOME)
 MOVE_TIMEOUT = 300.0        # how long expel / bring wait for the processes to move, by default
 NUDGE_EVERY = 1.0           # asking again (a lost signal, a move home that failed)
 POLL_EVERY = 0.05

@@ -42,6 +42,7 @@ import sys
 import time
 
 from mosix_core.errors import MosixError, ProtocolError, TraceError
+from mosix_core.remote import SEND_HOME
 from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import cpus, inject, ptrace, timens
@@ -55,7 +56,6 @@ PR_SET_DUMPABLE = 4
 GUEST_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACESECCOMP | ptrace.O_EXITKILL
 #: how often the guest's CPU time is reported home (seconds)
 TIMES_EVERY = 1.0
-SEND_HOME = signal.SIGURG        # from mosd: send the guest home (mosmigrate out, mosctl expel)
 
 
 class HomeGone(MosixError):

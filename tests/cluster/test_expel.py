@@ -18,7 +18,6 @@ import pytest
 
 from mosix_core.daemon import control
 from mosix_core.proctable import ProcessRecord, ProcessTable
-from mosix_core.remote import host
 from test_migration import AWK, guests, lines, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -111,10 +110,6 @@ def as_nobody(cluster, k: int, what: str, *args: str) -> subprocess.CompletedPro
     ``mosd:OP`` with its JSON arguments."""
     return subprocess.run([sys.executable, "-c", AS_NOBODY.format(nobody=NOBODY), str(cluster.etc(k)), what, *args],
                           capture_output=True, text=True, timeout=60, env={**os.environ, "LC_ALL": "C"})
-
-
-def test_mosd_and_the_guest_host_agree_on_the_signal():
-    assert control.SEND_HOME == host.SEND_HOME
 
 
 LATE_LISTENER = """\
