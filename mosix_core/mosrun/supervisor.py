@@ -42,7 +42,7 @@ from mosix_core.mosrun import checkpoints, control, freezing, migration, procsel
 from mosix_core.remote import clocks, moving
 from mosix_core.remote.calls import Reply, Request, forwardable, unforwardable_error
 from mosix_core.remote.deputy import Deputy
-from mosix_core.remote.frames import Channel, encode_control, encode_reply, encode_signal, reply_parts
+from mosix_core.remote.frames import Channel, Poured, encode_control, encode_reply, encode_signal, reply_parts
 from mosix_core.remote.link import keep_alive
 from mosix_core.remote.shortcut import Shortcuts
 from mosix_core.mosrun import options as mosopts
@@ -858,11 +858,13 @@ class Supervisor:
         if away is None:
             return
         try:
-            message = away.channel.receive()
+            message = away.channel.receive(pour=lambda *call: self._away_pour(tracee, *call))
         except (ProtocolError, OSError):
             self._lost(tracee)
             return
-        if isinstance(message, Request):
+        if isinstance(message, Poured):
+            self._away_reply(tracee, message.reply)
+        elif isinstance(message, Request):
             self._away_call(tracee, message)
         elif isinstance(message, dict) and message.get("op") == "image":
             self._coming_home(tracee, message)
@@ -918,6 +920,17 @@ class Supervisor:
             tracee.away.deputy.begin(request)
         except TraceError:
             pass                                 # it ended: _gone answers the guest
+
+    def _away_pour(self, tracee: Tracee, request: Request, index: int, size: int, source: Channel) -> Reply | None:
+        """A large write made as its data comes (Shortcuts.pour), when it is one that
+        would go straight to the shortcuts: one home lets run untouched."""
+        shortcuts = tracee.away.shortcuts
+        if shortcuts is None:
+            return None
+        context = rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid))
+        if rules.home_verdict(request.nr, request.args, context) is not None:
+            return None
+        return shortcuts.pour(request, index, size, source)
 
     def _away_mapping(self, tracee: Tracee, request: Request, verdict) -> int:
         """mmap of a file away: the guest maps a private copy of the file's pages, read

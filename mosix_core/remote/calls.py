@@ -32,7 +32,7 @@ from typing import Callable
 
 import attrs
 
-from mosix_core.errors import MosixError
+from mosix_core.errors import MosixError, TraceError
 from mosix_core.linux.inject import signed
 from mosix_core.linux.syscall_names import NUMBERS
 
@@ -395,11 +395,18 @@ def _size(arg: Arg, args: tuple[int, ...], read: Callable[[int, int], bytes]) ->
     return size
 
 
+#: calls that write what they can of a buffer that runs off the process's memory
+_PARTIAL_WRITES = frozenset(NUMBERS[name] for name in ("write", "pwrite64"))
+
+
 def marshal(nr: int, args: tuple[int, ...], read: Callable[[int, int], bytes],
             read_string: Callable[[int], bytes]) -> Request:
     """The request for call ``nr``; ``read(address, size)`` and ``read_string(address)``
-    (without the NUL) read the process's memory. A NULL pointer stays NULL."""
+    (without the NUL) read the process's memory. A NULL pointer stays NULL. A buffer
+    that runs off the process's memory is :class:`TraceError` EFAULT, except a write's:
+    that writes the part that could be read, as the kernel's does."""
     kinds = spec_of(nr, args)
+    args = tuple(args)
     inputs, outputs = [], []
     total = 0
     for index, arg in enumerate(kinds):
@@ -418,7 +425,13 @@ def marshal(nr: int, args: tuple[int, ...], read: Callable[[int, int], bytes],
         size = _size(arg, args, read)
         total += size
         if arg.kind in (IN, INOUT):
-            inputs.append((index, read(pointer, size)))
+            data = read(pointer, size)
+            if len(data) < size:
+                if nr not in _PARTIAL_WRITES or not data:
+                    raise TraceError(f"argument {index} of system call {nr} runs off the process's memory",
+                                     errno.EFAULT)
+                args = args[:2] + (len(data),) + args[3:]          # a short write
+            inputs.append((index, data))
         if arg.kind in (OUT, INOUT):
             outputs.append((index, size))
     if total > MAX_TRANSFER:

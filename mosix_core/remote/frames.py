@@ -20,6 +20,9 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from typing import Callable
+
+import attrs
 
 from mosix_core.errors import ProtocolError
 from mosix_core.remote.calls import MAX_TRANSFER, Reply, Request
@@ -31,6 +34,22 @@ _LEN = struct.Struct("<I")
 _REQ = struct.Struct("<cHBBB")
 _REP = struct.Struct("<cqB")
 _BUF = struct.Struct("<BI")
+
+
+@attrs.frozen
+class Poured:
+    """A request whose input was not received whole: whoever makes the call took it
+    from the channel piece by piece, making the call as it came (``request`` has no
+    inputs), and answered ``reply``."""
+
+    request: Request
+    reply: Reply
+
+
+#: ``pour(request, index, size, channel)``: make ``request`` (its inputs not yet
+#: received) taking its one input, argument ``index``'s ``size`` bytes, with
+#: ``channel.receive_into``, and answer its reply; or answer None having taken nothing.
+Pour = Callable[[Request, int, int, "Channel"], Reply | None]
 
 
 def request_parts(request: Request) -> list:
@@ -169,20 +188,47 @@ class Channel:
             if views and sent:
                 views[0] = views[0][sent:]
 
-    def receive(self) -> Request | Reply | int | dict:
+    def receive(self, pour: Pour | None = None) -> Request | Reply | int | dict | Poured:
+        """The next frame, decoded. With ``pour``, a large request with one input
+        (a write's megabytes) is first offered to it, so the call can be made while
+        its data is still arriving rather than after."""
         (length,) = _LEN.unpack(self._exactly(_LEN.size))
         if length > MAX_FRAME:
             raise ProtocolError(f"a frame of {length} bytes")
-        return decode(self._exactly(length))
+        if pour is None or length < LARGE:
+            return decode(self._exactly(length))
+        head = self._exactly(_REQ.size)
+        if head[:1] == b"Q" and head[3] <= MAX_ARGS and head[4] == 1 and head[5] == 0:
+            head += self._exactly(8 * head[3] + _BUF.size)
+            args = struct.unpack_from(f"<{head[3]}Q", head, _REQ.size)
+            index, size = _BUF.unpack_from(head, _REQ.size + 8 * head[3])
+            if index < len(args) and len(head) + size == length:
+                request = Request(_REQ.unpack_from(head)[1], args)
+                reply = pour(request, index, size, self)
+                if reply is not None:
+                    return Poured(request, reply)
+        body = bytearray(length)
+        body[:len(head)] = head
+        self._fill(memoryview(body)[len(head):])
+        return decode(body)
+
+    def receive_into(self, view: memoryview) -> int:
+        """Some of a frame's bytes (at most ``len(view)``, at least one) into ``view``."""
+        count = self.sock.recv_into(view)
+        if not count:
+            raise ProtocolError("the connection closed inside a frame")
+        return count
 
     def _exactly(self, size: int) -> bytearray:
         """``size`` bytes from the socket, received straight into one buffer."""
         data = bytearray(size)
-        view = memoryview(data)
+        self._fill(memoryview(data))
+        return data
+
+    def _fill(self, view: memoryview) -> None:
         got = 0
-        while got < size:
+        while got < len(view):
             count = self.sock.recv_into(view[got:])
             if not count:
                 raise ProtocolError("the connection closed inside a frame" if got else "the connection closed")
             got += count
-        return data

@@ -10,6 +10,12 @@ terminal, a pipe, a socket), and every other call, goes to the deputy as before.
 
 The borrowed descriptors are those of the process's descriptor table as it was; a
 call that may change the table (open, close, dup...) forgets them all.
+
+A large write to a regular file is *poured*: written piece by piece as its data
+arrives, so the file is being written while the rest is still on its way (on two
+CPUs that doubles a forwarded write's speed). A kernel's write is not atomic on a
+regular file either: should the link be lost half-way, the pieces that came are in
+the file, as if the process had been killed in the middle of its write.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from mosix_core.linux import memory
 from mosix_core.linux.libc import LIBC
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.remote.calls import STAT_SIZE, Reply, Request
+from mosix_core.remote.frames import Channel
 
 SYS_READ, SYS_WRITE, SYS_PREAD, SYS_PWRITE = (NUMBERS[n] for n in ("read", "write", "pread64", "pwrite64"))
 SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT = NUMBERS["lseek"], NUMBERS["fstat"], NUMBERS["newfstatat"]
@@ -39,6 +46,8 @@ TABLE_CHANGING = frozenset(NUMBERS[name] for name in (
     "eventfd", "eventfd2", "inotify_init", "inotify_init1", "pidfd_open", "pidfd_getfd", "memfd_create",
     "execve", "execveat") if name in NUMBERS)
 _SYS_FSTAT = 5
+#: a poured write's data is written in pieces of this size as they come
+POUR_PIECE = 1 << 20
 
 
 class Shortcuts:
@@ -50,6 +59,7 @@ class Shortcuts:
         self.parent = parent                        # what getppid says, if the caller knows better
         self.pidfd = os.pidfd_open(pid)
         self.borrowed: dict[int, int | None] = {}    # its fd -> our copy (None: not a regular file)
+        self._piece: memoryview | None = None
 
     def close(self) -> None:
         self.forget()
@@ -90,12 +100,43 @@ class Shortcuts:
             if nr == SYS_WRITE:
                 return Reply(os.write(fd, dict(request.inputs).get(1, b"")))
             if nr == SYS_PWRITE:
-                return Reply(os.pwrite(fd, dict(request.inputs).get(1, b""), args[3]))
+                return Reply(os.pwrite(fd, dict(request.inputs).get(1, b""), _signed(args[3])))
             if nr == SYS_LSEEK:
                 return Reply(os.lseek(fd, _signed(args[1]), args[2]))
             return self._fstat(fd, 1 if nr == SYS_FSTAT else 2)
         except OSError as err:
             return Reply(-(err.errno or errno.EIO))
+
+    def pour(self, request: Request, index: int, size: int, source: Channel) -> Reply | None:
+        """Make a large write or pwrite to a regular file as its ``size`` bytes come
+        from ``source`` (see the module's docstring); None, having taken nothing, for
+        any other call. As the kernel's does, it ends at its first short write or
+        error, answering what was written, or the error if nothing was (the rest of
+        the data is still taken from ``source``)."""
+        if request.nr not in (SYS_WRITE, SYS_PWRITE) or index != 1:
+            return None
+        fd = self._regular(request.args[0])
+        if fd is None:
+            return None
+        offset = _signed(request.args[3]) if request.nr == SYS_PWRITE else None
+        if self._piece is None:
+            self._piece = memoryview(bytearray(POUR_PIECE))
+        written, error, ended = 0, 0, False
+        left = size
+        while left:
+            got = source.receive_into(self._piece[:min(left, POUR_PIECE)])
+            left -= got
+            if ended:
+                continue                                  # taken, not written
+            try:
+                count = os.write(fd, self._piece[:got]) if offset is None else \
+                    os.pwrite(fd, self._piece[:got], offset + written)
+            except OSError as err:
+                error, ended = err.errno or errno.EIO, True
+                continue
+            written += count
+            ended = count < got
+        return Reply(written if written or not error else -error)
 
     def _regular(self, fd_value: int) -> int | None:
         """Our copy of its descriptor, if that is a regular file."""

@@ -41,6 +41,8 @@
 #define SHAPE_OUT 3
 
 #define MAX_TRANSFER (4 << 20)   /* calls.MAX_TRANSFER: one call's buffers */
+#define PIECE (256 << 10)  /* a large buffer is read from, or written into, the guest in pieces */
+#define REPLY_HEAD 15      /* "R", result, noutputs, and the first output's index and size */
 #define FLAG_CLAMP 1       /* an output larger than MAX_TRANSFER is cut (reads may return less) */
 
 struct shape {
@@ -91,6 +93,26 @@ static int transfer(int fd, void *data, size_t size, int sending)
         size -= (size_t)n;
     }
     return 0;
+}
+
+/* Whether all of the guest's ``size`` bytes at ``address`` can be read: one byte of
+ * each page, in one process_vm_readv of at most IOV_MAX pieces at a time. */
+static int readable(int pid, uint64_t address, uint64_t size)
+{
+    static struct iovec remote[1024];
+    uint8_t sink[1024];
+    uint64_t page = address & ~(uint64_t)4095, end = address + size;
+    while (page < end) {
+        int count = 0;
+        for (; page < end && count < 1024; page += 4096, count++) {
+            remote[count].iov_base = (void *)(uintptr_t)(page < address ? address : page);
+            remote[count].iov_len = 1;
+        }
+        struct iovec local = {.iov_base = sink, .iov_len = (size_t)count};
+        if (process_vm_readv(pid, &local, 1, remote, (unsigned long)count, 0) != count)
+            return 0;
+    }
+    return 1;
 }
 
 /* One forwarded call, the guest stopped at its seccomp stop. 0: done (resumed,
@@ -150,6 +172,26 @@ static int forward(int pid, int sock, int mem, const struct shape *s, int nr, co
         *at++ = s->buffer;
         memcpy(at, &size32, 4);
         at += 4;
+        if (size > PIECE) {
+            /* a large input is sent as it is read, so home takes (and writes) its first
+               pieces while the rest are read: the input ends the frame */
+            if (!readable(pid, pointer, size))
+                return 1;                         /* Python answers it (EFAULT) */
+            uint32_t length = (uint32_t)(at - buf - 4 + size);
+            memcpy(buf, &length, 4);
+            if (transfer(sock, buf, (size_t)(at - buf), 1) < 0)
+                return -1;
+            for (uint64_t done = 0; done < size; ) {
+                size_t piece = size - done < PIECE ? (size_t)(size - done) : PIECE;
+                ssize_t got = pread(mem, buf, piece, (off_t)(pointer + done));
+                if (got != (ssize_t)piece)        /* another thread unmapped it meanwhile: */
+                    memset(buf + (got > 0 ? got : 0), 0, piece - (size_t)(got > 0 ? got : 0));  /* zeros */
+                if (transfer(sock, buf, piece, 1) < 0)
+                    return -1;
+                done += piece;
+            }
+            goto sent;
+        }
         if (size) {
             ssize_t got = pread(mem, at, size, (off_t)pointer);
             if (got != (ssize_t)size)
@@ -167,16 +209,45 @@ static int forward(int pid, int sock, int mem, const struct shape *s, int nr, co
     memcpy(buf, &length, 4);
     if (transfer(sock, buf, (size_t)(at - buf), 1) < 0)
         return -1;
+sent:;
     /* the reply; signal and control frames before it are kept for Python */
+    int64_t result;
+    uint32_t body;
     for (;;) {
-        uint32_t body;
         if (transfer(sock, &body, 4, 0) < 0)
             return -1;
         if (body == 0 || body > room) {
             errno = EPROTO;
             return -1;
         }
-        if (transfer(sock, buf, body, 0) < 0)
+        size_t first = body < REPLY_HEAD ? body : REPLY_HEAD;
+        if (transfer(sock, buf, first, 0) < 0)
+            return -1;
+        if (buf[0] == 'R' && body > PIECE && out && buf[9] == 1) {
+            /* a large output is written into the guest as it comes */
+            uint32_t got;
+            memcpy(&got, buf + 11, 4);
+            if (buf[10] != s->buffer || got > size || body != REPLY_HEAD + got) {
+                errno = EPROTO;
+                return -1;
+            }
+            memcpy(&result, buf + 1, 8);
+            for (uint32_t done = 0; done < got; ) {
+                ssize_t n = recv(sock, buf, got - done < PIECE ? got - done : PIECE, 0);
+                if (n <= 0) {
+                    if (n < 0 && errno == EINTR)
+                        continue;
+                    if (n == 0)
+                        errno = ECONNRESET;
+                    return -1;
+                }
+                if (pwrite(mem, buf, (size_t)n, (off_t)(pointer + done)) != n)
+                    result = -EFAULT;
+                done += (uint32_t)n;
+            }
+            goto received;
+        }
+        if (transfer(sock, buf + first, body - first, 0) < 0)
             return -1;
         if (buf[0] == 'R')
             break;
@@ -192,14 +263,20 @@ static int forward(int pid, int sock, int mem, const struct shape *s, int nr, co
         memcpy(pending + *pending_len + 4, buf, body);
         *pending_len += 4 + body;
     }
-    int64_t result;
     memcpy(&result, buf + 1, 8);
-    uint8_t outputs = buf[9];
-    uint8_t *reply = buf + 10;
-    for (int k = 0; k < outputs; k++) {
+    if (body < REPLY_HEAD - 5) {
+        errno = EPROTO;
+        return -1;
+    }
+    uint8_t *reply = buf + REPLY_HEAD - 5, *end = buf + body;
+    for (int k = 0; k < buf[9]; k++) {
         uint32_t got;
+        if (end - reply < 5) {
+            errno = EPROTO;
+            return -1;
+        }
         memcpy(&got, reply + 1, 4);
-        if (!out || reply[0] != s->buffer || got > size) {
+        if (!out || reply[0] != s->buffer || got > size || (uint64_t)(end - reply - 5) < got) {
             errno = EPROTO;
             return -1;
         }
@@ -207,6 +284,7 @@ static int forward(int pid, int sock, int mem, const struct shape *s, int nr, co
             result = -EFAULT;
         reply += 5 + got;
     }
+received:
     if (result <= -512 && result >= -516) {
         *restart_result = result;
         return TRAP_RESTART;

@@ -560,7 +560,7 @@ def test_mosrun_b_with_m_waits_for_a_node_with_the_memory(cluster, mosrun, tmp_p
 
 
 REGULAR_FILES = """\
-import ctypes, os, select
+import ctypes, os, random, select
 libc = ctypes.CDLL(None)
 fd = os.open("data.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
 os.write(fd, b"written at home first\\n")
@@ -570,6 +570,12 @@ while not libc.open(b"/proc/self/whereami", 0):
 print("away", libc.open(b"/proc/self/whereami", 0), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
 print("write", os.write(fd, b"x" * 5000000), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
 print("pwrite", os.pwrite(fd, b"PATCH", 10), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
+big = random.Random(3).randbytes(3 << 20)                 # written at home as it comes
+print("big write", os.write(fd, big), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
+print("big pwrite", os.pwrite(fd, big[:2 << 20], 12345), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
+log = os.open("log.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+print("appended", os.write(log, big), os.write(log, big[:100000]), flush=True)
+os.close(log)
 print("seek", os.lseek(fd, 0, os.SEEK_SET), os.read(fd, 30), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
 print("pread", os.pread(fd, 12, 5), os.lseek(fd, 0, os.SEEK_CUR), flush=True)
 st = os.fstat(fd)
@@ -598,7 +604,8 @@ def test_calls_on_regular_files_away_behave_as_at_home(cluster, mosrun, tmp_path
     out = tmp_path / "out.txt"
     assert mosrun("/usr/bin/python3", "files.py", out=out).wait(timeout=60) == 0
     assert out.read_bytes() == native.stdout
-    assert (tmp_path / "data.bin").read_bytes() == (native_dir / "data.bin").read_bytes()
+    for name in ("data.bin", "log.bin"):
+        assert (tmp_path / name).read_bytes() == (native_dir / name).read_bytes()
     assert (tmp_path / "stderr.txt").read_bytes() == b""
 
 

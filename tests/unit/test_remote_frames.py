@@ -3,9 +3,11 @@ the same, and a garbled frame is a ProtocolError — never anything else."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
+import subprocess
 import threading
 
 import pytest
@@ -14,8 +16,9 @@ from hypothesis import strategies as st
 
 from mosix_core.errors import ProtocolError
 from mosix_core.remote.calls import Reply, Request
-from mosix_core.remote.frames import (Channel, decode, encode_reply, encode_request, encode_signal, reply_parts,
-                                      request_parts)
+from mosix_core.remote.frames import (Channel, Poured, decode, encode_reply, encode_request, encode_signal,
+                                      reply_parts, request_parts)
+from mosix_core.remote.shortcut import SYS_PWRITE, SYS_WRITE, Shortcuts
 
 REQUEST = Request(1, (1, 0x7FFF0000, 5), ((1, b"hello"),), ())
 READ = Request(0, (3, 0x1000, 64), (), ((1, 64),))
@@ -111,3 +114,97 @@ def test_large_frames_are_sent_from_their_parts_whole_and_in_order():
     assert received[1] == Reply(7)
     assert received[2].result == reply.result and bytes(received[2].outputs[0][1]) == data[5:]
     assert encode_request(request) == b"".join(bytes(part) for part in request_parts(request))
+
+
+def _poured_through(frames: list[bytes], pour) -> list:
+    """What a channel receives of ``frames`` (sent by a thread through a small send
+    buffer, so they come a little at a time), offering each to ``pour``."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    with a, b:
+        sender = threading.Thread(target=lambda: [a.sendall(frame) for frame in frames])
+        sender.start()
+        received = [Channel(b).receive(pour=pour) for _ in frames]
+        sender.join(30)
+    return received
+
+
+def test_a_large_write_is_poured_and_anything_else_received_whole():
+    data = os.urandom(3 << 20)
+    write = Request(1, (4, 0x1000, len(data)), ((1, data),))
+    offered, taken = [], bytearray()
+
+    def pour(request, index, size, channel):
+        offered.append((request, index, size))
+        if request.nr != 1:
+            return None                                    # not taken: received whole after all
+        view = memoryview(bytearray(100000))
+        while len(taken) < len(data):
+            got = channel.receive_into(view[:size - len(taken)])
+            taken.extend(view[:got])
+        return Reply(size)
+    declined = Request(18, (4, 0x1000, len(data), 7), ((1, data),))        # pwrite64, declined
+    read = Request(0, (3, 0x1000, 1 << 20), (), ((1, 1 << 20),))           # an output: never offered
+    path_and_data = Request(1, (4, 0x1000, len(data)), ((0, b"x\0"), (1, data)))
+    frames = [encode_request(m) for m in (write, declined, read, path_and_data, REQUEST)] + [encode_reply(REPLY)]
+    received = _poured_through(frames, pour)
+    assert received[0] == Poured(Request(1, (4, 0x1000, len(data))), Reply(len(data)))
+    assert bytes(taken) == data
+    assert received[1].args == declined.args and bytes(received[1].inputs[0][1]) == data
+    assert received[2] == read
+    assert bytes(received[3].inputs[1][1]) == data
+    assert received[4:] == [REQUEST, REPLY]                 # small frames are never offered
+    assert [(r.nr, i, s) for r, i, s in offered] == [(1, 1, len(data)), (18, 1, len(data))]
+
+
+def test_a_pour_that_lies_about_its_frame_is_refused():
+    """A request whose one input does not end the frame is not offered: decoding it
+    whole finds what is wrong."""
+    frame = bytearray(encode_request(Request(1, (4, 0x1000, 70000), ((1, bytes(70000)),))))
+    frame[4 + 6 + 24 + 1:4 + 6 + 24 + 5] = struct.pack("<I", 69999)   # one byte more than its input
+    with pytest.raises(ProtocolError, match="after a frame's contents"):
+        _poured_through([bytes(frame)], lambda *call: pytest.fail("offered"))
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MiB tmpfs: a write to it ends short when it is full."""
+    where = tmp_path / "small"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
+
+
+def test_shortcuts_pour_a_write_into_the_file_as_it_comes(tmp_path, small_filesystem):
+    data = os.urandom(3 << 20)
+    fd = os.open(tmp_path / "file", os.O_RDWR | os.O_CREAT, 0o600)
+    full = os.open(small_filesystem / "file", os.O_WRONLY | os.O_CREAT, 0o600)
+    appended = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.write(appended, b"first\n")
+    shortcuts = Shortcuts(os.getpid())
+    try:
+        os.write(fd, b"head")
+        requests = [Request(SYS_WRITE, (fd, 0x1000, len(data)), ((1, data),)),
+                    Request(SYS_PWRITE, (fd, 0x1000, len(data), 1 << 20), ((1, data),)),
+                    Request(SYS_PWRITE, (fd, 0x1000, len(data), (1 << 64) - 1), ((1, data),)),   # offset -1
+                    Request(SYS_WRITE, (full, 0x1000, len(data)), ((1, data),)),
+                    Request(SYS_WRITE, (full, 0x1000, len(data)), ((1, data),)),
+                    Request(SYS_WRITE, (appended, 0x1000, len(data)), ((1, data),)),
+                    Request(SYS_WRITE, (0, 0x1000, len(data)), ((1, data),))]        # stdin: not a file here
+        received = _poured_through([encode_request(r) for r in requests] + [encode_signal(9)], shortcuts.pour)
+    finally:
+        shortcuts.close()
+    assert [r.reply if isinstance(r, Poured) else r for r in received[:3]] == [
+        Reply(len(data)), Reply(len(data)), Reply(-errno.EINVAL)]
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 4 + len(data)              # the same offset: the same open file
+    assert (tmp_path / "file").read_bytes() == b"head" + data[:(1 << 20) - 4] + data
+    short = received[3].reply.result
+    assert 0 < short < len(data) and (small_filesystem / "file").read_bytes() == data[:short]
+    assert received[4].reply == Reply(-errno.ENOSPC)                 # full: nothing written, the error
+    assert received[5].reply == Reply(len(data))
+    assert (tmp_path / "log").read_bytes() == b"first\n" + data
+    assert isinstance(received[6], Request) and bytes(received[6].inputs[0][1]) == data
+    assert received[7] == 9                                          # every byte was taken: frames go on
+    for each in (fd, full, appended):
+        os.close(each)
