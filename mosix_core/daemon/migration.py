@@ -100,7 +100,8 @@ async def start_guest_host(node, writer: asyncio.StreamWriter, request: dict, or
         uid, gid = guest_identity()
         compress = not node.config.is_proximate(origin)
         argv = [sys.executable, "-m", "mosix_core.remote.host", "--fd", str(fd), "--uid", str(uid), "--gid", str(gid),
-                "--wall-clock-tolerance-ms", repr(node.settings.wall_clock_tolerance_ms)]
+                "--wall-clock-tolerance-ms", repr(node.settings.wall_clock_tolerance_ms),
+                "--forward-spin-us", repr(node.settings.forward_spin_us)]
         if compress:
             argv.append("--compress")
         process = await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL)

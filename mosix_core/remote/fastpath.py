@@ -94,12 +94,13 @@ class TrapLoop:
     ``wake_fd``: the caller's ``signal.set_wakeup_fd`` descriptor, if any (a signal
     for the caller ends the loop's wait: INTERRUPTED; the caller empties it)."""
 
-    def __init__(self, pid: int, sock_fd: int, memory_fd: int, wake_fd: int = -1) -> None:
+    def __init__(self, pid: int, sock_fd: int, memory_fd: int, wake_fd: int = -1, spin: float = 0.0) -> None:
         if not AVAILABLE:
             raise TraceError("the C trap loop is not built")
         ffi, lib = _compiled.ffi, _compiled.lib
         self.ffi, self.lib = ffi, lib
         self.pid, self.sock_fd, self.memory_fd, self.wake_fd = pid, sock_fd, memory_fd, wake_fd
+        self.spin_ns = int(spin * 1e9)
         table = shapes()
         self.shapes = ffi.new("struct shape[]", len(table))
         for nr, (kind, nargs, buffer, size_arg, fixed, flags, string) in enumerate(table):
@@ -128,7 +129,7 @@ class TrapLoop:
         what = self.lib.trap_serve(self.pid, self.sock_fd, self.memory_fd, self.sigfd, self.wake_fd, self.shapes,
                                    self.count,
                                    int(timeout * 1000), self.buffer, MAX_FRAME + 8, self.pending, PENDING_ROOM,
-                                   self.pending_len, self.status, self.result, self._handled)
+                                   self.pending_len, self.status, self.result, self._handled, self.spin_ns)
         frames = []
         data = bytes(self.ffi.buffer(self.pending, self.pending_len[0]))
         at = 0

@@ -18,8 +18,11 @@ transport between nodes; a socketpair in one machine's tests).
 from __future__ import annotations
 
 import json
+import os
+import select
 import socket
 import struct
+import time
 from typing import Callable
 
 import attrs
@@ -211,6 +214,18 @@ class Channel:
         body[:len(head)] = head
         self._fill(memoryview(body)[len(head):])
         return decode(body)
+
+    def readable_within(self, seconds: float) -> bool:
+        """Whether a frame starts coming within ``seconds``, waited for spinning (not
+        sleeping: for waits shorter than a CPU's wake-up)."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        deadline = time.perf_counter() + seconds
+        while not poller.poll(0):
+            if time.perf_counter() > deadline:
+                return False
+            os.sched_yield()                 # whoever shares this CPU goes first
+        return True
 
     def receive_into(self, view: memoryview) -> int:
         """Some of a frame's bytes (at most ``len(view)``, at least one) into ``view``."""

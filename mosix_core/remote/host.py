@@ -63,8 +63,10 @@ class HomeGone(MosixError):
 
 
 class GuestHost:
-    def __init__(self, sock: socket.socket, *, compress: bool, wall_clock_tolerance_ns: int = 0) -> None:
+    def __init__(self, sock: socket.socket, *, compress: bool, wall_clock_tolerance_ns: int = 0,
+                 forward_spin: float = 0.0) -> None:
         self.sock = sock
+        self.forward_spin = forward_spin            # seconds a reply is waited for spinning (the C loop)
         self.channel = Channel(sock)
         self.compress = compress
         self.wall_clock_tolerance_ns = wall_clock_tolerance_ns
@@ -172,7 +174,8 @@ class GuestHost:
         if not fastpath.AVAILABLE:
             return None
         try:
-            return fastpath.TrapLoop(self.guest.pid, self.sock.fileno(), self.guest.memory_fd(), wake_fd)
+            return fastpath.TrapLoop(self.guest.pid, self.sock.fileno(), self.guest.memory_fd(), wake_fd,
+                                     spin=self.forward_spin)
         except (TraceError, OSError) as err:
             print(f"guest host: the C trap loop cannot serve: {err}", file=sys.stderr)
             return None
@@ -388,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gid", type=int, required=True)
     parser.add_argument("--compress", action="store_true")
     parser.add_argument("--wall-clock-tolerance-ms", type=float, default=0.0)
+    parser.add_argument("--forward-spin-us", type=float, default=0.0)
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
@@ -398,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     importlib.import_module("concurrent.futures.thread")
     importlib.import_module("lz4.block")
     host = GuestHost(sock, compress=args.compress,
-                     wall_clock_tolerance_ns=int(args.wall_clock_tolerance_ms * 1_000_000))
+                     wall_clock_tolerance_ns=int(args.wall_clock_tolerance_ms * 1_000_000),
+                     forward_spin=args.forward_spin_us / 1e6)
     try:
         host.compare_clocks()
         become_guest_identity(args.uid, args.gid)

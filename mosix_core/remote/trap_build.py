@@ -13,7 +13,7 @@ DECLARATIONS = """
 struct shape { uint8_t kind, nargs, buffer, size_arg; uint32_t fixed; uint8_t flags, string, pad[2]; };
 int trap_serve(int pid, int sock, int mem, int sigfd, int wakefd, const struct shape *shapes, int nshapes, int timeout_ms,
                uint8_t *buf, size_t room, uint8_t *pending, size_t pending_room, size_t *pending_len,
-               int *status, int64_t *result, long *handled);
+               int *status, int64_t *result, long *handled, long spin_ns);
 """
 
 

@@ -51,6 +51,8 @@ def test_all_keys():
     hooks_dir = /srv/mosix hooks
     disabled_plugins = freezing, log_mosrun,freezing
     log_level = debug
+    wall_clock_tolerance_ms = 0
+    forward_spin_us = 250
     """
     settings = DaemonSettings.parse(text, SRC)
     assert settings == DaemonSettings(
@@ -58,8 +60,15 @@ def test_all_keys():
         gossip_interval=0.25, dead_after=5.0, gossip_fanout=3, gossip_window=40,
         max_datagram=1400, resources="virtual", virtual_cpus=2, virtual_memory_mb=2048,
         virtual_swap_mb=512, hooks_dir="/srv/mosix hooks", disabled_plugins=("freezing", "log_mosrun"),
-        log_level="debug",
+        log_level="debug", wall_clock_tolerance_ms=0.0, forward_spin_us=250.0,
     )
+
+
+def test_forward_spin():
+    assert DaemonSettings.default().forward_spin_us == 100
+    assert DaemonSettings.parse("forward_spin_us = 0\n", SRC).forward_spin_us == 0
+    for bad in ("-1", "0.5", "20000", "soon"):
+        assert "forward_spin_us" in str(error(f"forward_spin_us = {bad}\n"))
 
 
 def test_empty_values_for_optional_lists():
