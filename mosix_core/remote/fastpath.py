@@ -35,7 +35,7 @@ FIXED = NONE = 255
 FLAG_CLAMP = 1
 #: calls the guest treats itself before anything is sent (see guest.Guest._trapped)
 NOT_FAST = frozenset(guest.HOMEWARD | set(guest.EXITS) | {guest.SYS_MMAP, guest.SYS_SENDMSG, guest.SYS_RECVMSG}
-                     | set(guest.VECTORED) | guest.WALL_CALLS)
+                     | set(guest.VECTORED) | guest.WALL_CALLS | {guest.SYS_FUTEX})
 #: reads whose count is cut to one call's transfer (a read may return less)
 CLAMPED = frozenset(guest.READS)
 PENDING_ROOM = 1 << 20

@@ -40,7 +40,12 @@ LOCAL = frozenset({
     "getrusage", "times", "prlimit64", "getrlimit", "setrlimit",
     "alarm", "setitimer", "getitimer", "restart_syscall",
 })
-FUTEX_PRIVATE_FLAG = 128
+FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME, FUTEX_CMD = 128, 256, 0x7F
+SYS_FUTEX = NUMBERS["futex"]
+#: futex operations whose timeout is a wall-clock time: with FUTEX_CLOCK_REALTIME
+#: (WAIT_BITSET: pthread_cond_timedwait, sem_timedwait; WAIT_REQUEUE_PI; LOCK_PI2),
+#: or always (LOCK_PI)
+FUTEX_WALL_DEADLINES, FUTEX_LOCK_PI = frozenset({9, 11, 13}), 6
 JOB_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 #: local when they only wait (no descriptors: ``nfds``, at this argument, is 0)
 WAITING = {"select": 0, "pselect6": 0, "poll": 1, "ppoll": 1}
@@ -84,7 +89,14 @@ def guest_filter(*, wall_clock: bool = False) -> list:
         table[SYS_GETTIMEOFDAY] = table[SYS_TIME] = seccomp.always()
     table[SYS_MMAP] = seccomp.when_arg_in(3, [0], mask=MAP_ANONYMOUS)   # file mappings stop
     # a private futex lives in the process's own memory (shared ones are refused at home)
-    table[NUMBERS["futex"]] = seccomp.when_arg_in(1, [0], mask=FUTEX_PRIVATE_FLAG)
+    table[SYS_FUTEX] = seccomp.when_arg_in(1, [0], mask=FUTEX_PRIVATE_FLAG)
+    if wall_clock:
+        # ...and a private one waited on until a wall-clock time stops too (the time is
+        # home's, see Guest._until_home_time)
+        table[SYS_FUTEX] = seccomp.custom([
+            seccomp.ld_arg_low(1), seccomp.jset(FUTEX_PRIVATE_FLAG, 0, 4), seccomp.jset(FUTEX_CLOCK_REALTIME, 3, 0),
+            seccomp.and_(FUTEX_CMD), seccomp.jeq(FUTEX_LOCK_PI, 1, 0),
+            seccomp.ret(seccomp.RET_ALLOW), seccomp.ret(seccomp.RET_TRACE)])
     for name, nfds in WAITING.items():
         table[NUMBERS[name]] = seccomp.unless_arg_in(nfds, [0])
     return seccomp.build(table, max(NAMES))
@@ -106,6 +118,9 @@ class Guest:
         self.stopped_by: int | None = None       # the job-control signal it was stopped for
         self.leaving = False                     # home asked for it: its next call is made there
         self.wall_offset: int | None = None      # home's wall clock less this node's (ns), if read from home
+        # a wait's wall-clock deadline, changed to this node's clock while the call
+        # runs: where it is and what it held, to put back when the call returns
+        self._deadline: tuple[int, bytes] | None = None
         self._mem: int | None = None
 
     def run(self) -> int:
@@ -134,6 +149,7 @@ class Guest:
         elif stop.kind == "event" and stop.event == ptrace.EVENT_STOP and stop.group_stop:
             ptrace.listen(self.pid)                   # stopped (SIGTSTP...) until SIGCONT
         else:
+            self.put_back_deadline()
             self._resume()
         return None
 
@@ -205,6 +221,9 @@ class Guest:
             return
         if info.nr in WALL_CALLS and self.wall_offset is not None:
             self._finish(self._wall_clock(info.nr, info.args))
+            return
+        if info.nr == SYS_FUTEX and info.args[1] & FUTEX_PRIVATE_FLAG:
+            self._until_home_time(info.args)          # only stops so when the wall clock is home's
             return
         if info.nr in EXITS:
             status = info.args[0] & 0xFF
@@ -282,6 +301,38 @@ class Guest:
             return 0
         except TraceError:
             return -errno.EFAULT
+
+    def _until_home_time(self, args: tuple[int, ...]) -> None:
+        """A private futex wait (it runs here) whose timeout may be a wall-clock time:
+        that time is home's, so while the call runs it holds the same moment on this
+        node's clock. The process's own timespec is put back when the call returns,
+        before anything else of the process runs (a restart after a signal keeps the
+        kernel's copy of the deadline)."""
+        op, address = args[1] & 0xFFFFFFFF, args[3]
+        command = op & FUTEX_CMD
+        if address and (command == FUTEX_LOCK_PI or (op & FUTEX_CLOCK_REALTIME and command in FUTEX_WALL_DEADLINES)):
+            try:
+                original = self._read(address, 16)
+                seconds, nanoseconds = struct.unpack("=qq", original)
+                if 0 <= nanoseconds < timens.NS_PER_S:       # else the kernel says EINVAL, as it would
+                    here = max(0, seconds * timens.NS_PER_S + nanoseconds - self.wall_offset)
+                    self._write(address, struct.pack("=qq", *divmod(here, timens.NS_PER_S)))
+                    self._deadline = (address, original)
+                    ptrace.syscall(self.pid)              # to the call's end, to put it back
+                    return
+            except (TraceError, struct.error):
+                pass                                  # unreadable: the kernel says EFAULT, as it would
+        self._resume()
+
+    def put_back_deadline(self) -> None:
+        """At the end of a call _until_home_time changed: the timespec as it was."""
+        if self._deadline is not None:
+            address, original = self._deadline
+            self._deadline = None
+            try:
+                self._write(address, original)
+            except TraceError:
+                pass                                  # unmapped meanwhile: nothing to put back
 
     def interrupted(self, nr: int, result: int) -> None:
         """A signal interrupted the call at home (it came first, and is pending here):

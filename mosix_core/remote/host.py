@@ -300,6 +300,7 @@ class GuestHost:
             clean = (stop.kind == "event" and stop.event == ptrace.EVENT_STOP and not stop.group_stop) or (
                 stop.kind == "syscall" and ptrace.syscall_stop_op(pid) == ptrace.INFO_EXIT)
             if clean:
+                guest.put_back_deadline()            # the image holds the process's own timespec
                 break
             if guest.on_stop(stop) is not None:
                 return True

@@ -605,3 +605,62 @@ def test_a_guest_reads_homes_wall_clock_through_its_vdso(tmp_path):
     assert out["cpu"] == ["True"]
     assert not {"clock_gettime", "gettimeofday", "time"} & set(away.served)
 
+
+WALL_DEADLINES = """\
+import ctypes, errno, os, signal, time
+""" + WAIT_TO_GO + """\
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_FUTEX, FUTEX_WAIT_BITSET, FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 202, 9, 128, 256
+word, deadline = ctypes.c_int(0), (ctypes.c_long * 2)()
+
+
+def until(seconds_from_now):
+    deadline[0], deadline[1] = divmod(time.time_ns() + int(seconds_from_now * 1e9), 10**9)
+    return tuple(deadline)
+
+
+def wait(op=FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME):
+    result = libc.syscall(SYS_FUTEX, ctypes.byref(word), op, 0, deadline, None, -1)
+    return "ok" if result == 0 else errno.errorcode[ctypes.get_errno()]
+
+
+# a futex wait until a wall-clock time (pthread_cond_timedwait's): it ends then, by
+# the clock the process reads, and leaves its timespec as it was
+start, given = time.monotonic(), until(0.3)
+print("futex", wait(), 0.25 <= time.monotonic() - start < 30, tuple(deadline) == given, flush=True)
+# interrupted by a handled signal, then made again with the same deadline
+signal.signal(signal.SIGALRM, lambda *_: None)
+signal.setitimer(signal.ITIMER_REAL, 0.1)
+start, given = time.monotonic(), until(0.4)
+first = wait()
+print("interrupted", first, tuple(deadline) == given, flush=True)
+print("again", wait(), 0.35 <= time.monotonic() - start < 30, tuple(deadline) == given, flush=True)
+# a deadline already past; a deadline on the monotonic clock (no FUTEX_CLOCK_REALTIME)
+until(-5)
+print("past", wait(), flush=True)
+start = time.monotonic()
+deadline[0], deadline[1] = divmod(time.monotonic_ns() + 200000000, 10**9)
+print("monotonic", wait(FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG), 0.15 <= time.monotonic() - start < 30, flush=True)
+# glibc's sem_timedwait waits the same way
+sem = ctypes.create_string_buffer(32)
+libc.sem_init(sem, 0, 0)
+start, given = time.monotonic(), until(0.2)
+print("sem_timedwait", libc.sem_timedwait(sem, deadline), errno.errorcode[ctypes.get_errno()],
+      0.15 <= time.monotonic() - start < 30, tuple(deadline) == given, flush=True)
+"""
+
+
+def test_a_wait_until_a_wall_clock_time_is_a_wait_until_homes_time(tmp_path):
+    """Home's wall clock 1000 s behind: a private futex waited on until a wall-clock
+    time (pthread_cond_timedwait, sem_timedwait) ends at that time of home's clock
+    (here it would wait 1000 s longer), and the process's timespec is left as it was,
+    interrupted or not. A deadline in the past times out at once, as it would."""
+    native = run_native(WALL_DEADLINES, tmp_path / "native")
+    assert native.returncode == 0, native.stderr.decode()
+    assert native.stdout.splitlines()[1:] == [
+        b"futex ETIMEDOUT True True", b"interrupted EINTR True", b"again ETIMEDOUT True True", b"past ETIMEDOUT",
+        b"monotonic ETIMEDOUT True", b"sem_timedwait -1 ETIMEDOUT True True"]
+    for offset in (-1000, 1000):
+        away = run_served(WALL_DEADLINES, tmp_path / f"away{offset}", wall_offset=offset * 10**9)
+        assert (away.status, away.stdout) == (0, native.stdout), away.stderr.decode()
+        assert "futex" not in away.served
