@@ -4,6 +4,7 @@ compiler the guest host runs its Python loop alone."""
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -17,16 +18,33 @@ int trap_serve(int pid, int sock, int mem, int sigfd, int wakefd, const struct s
 """
 
 
+def macros() -> list[tuple[str, str]]:
+    """The constants the C side shares with Python, from Python's definitions."""
+    from mosix_core.remote import calls, fastpath
+
+    names = ("STOP", "SOCKET", "TIMEOUT", "INTERRUPTED", "RESTART", "ERROR")
+    shared = {f"TRAP_{name}": getattr(fastpath, name) for name in names}
+    shared.update({name: getattr(fastpath, name) for name in ("SHAPE_NONE", "SHAPE_VALUES", "SHAPE_IN", "SHAPE_OUT",
+                                                               "FLAG_CLAMP")})
+    shared["MAX_TRANSFER"] = calls.MAX_TRANSFER
+    return [(name, str(value)) for name, value in shared.items()]
+
+
 def build() -> Path:
     from cffi import FFI
 
     builder = FFI()
     builder.cdef(DECLARATIONS)
-    builder.set_source("_trap_loop", (HERE / "trap_loop.c").read_text(), extra_compile_args=["-O2", "-Wall"])
+    builder.set_source("_trap_loop", (HERE / "trap_loop.c").read_text(), define_macros=macros(),
+                       extra_compile_args=["-O2", "-Wall"])
     with tempfile.TemporaryDirectory() as scratch:
         built = Path(builder.compile(tmpdir=scratch, verbose=False))
         target = HERE / built.name
-        target.write_bytes(built.read_bytes())
+        fresh = target.with_name(target.name + ".new")
+        fresh.write_bytes(built.read_bytes())
+        # renamed over, not written into: a process that has the old one loaded (a
+        # guest host, or this one) keeps it whole
+        os.replace(fresh, target)
     return target
 
 

@@ -30,22 +30,24 @@
 #include <unistd.h>
 #include <linux/ptrace.h>
 
-#define TRAP_STOP 1        /* a stop for Python: *status holds it */
-#define TRAP_SOCKET 2      /* the socket has a frame for Python */
-#define TRAP_TIMEOUT 3
-#define TRAP_INTERRUPTED 4 /* a signal for the host itself (Python's handlers run next) */
-#define TRAP_RESTART 5     /* the call was interrupted at home: *status = nr, *result = -ERESTART* */
-#define TRAP_ERROR 6       /* errno in *status: the socket or ptrace failed */
+/* What the loop's answers, the shapes' kinds and flags and the largest transfer are
+ * comes from Python (mosix_core/remote/fastpath.py and calls.py, through trap_build.py),
+ * so the two sides cannot disagree:
+ *   TRAP_STOP         a stop for Python: *status holds it
+ *   TRAP_SOCKET       the socket has a frame for Python
+ *   TRAP_TIMEOUT
+ *   TRAP_INTERRUPTED  a signal for the host itself (Python's handlers run next)
+ *   TRAP_RESTART      the call was interrupted at home: *status = nr, *result = -ERESTART*
+ *   TRAP_ERROR        errno in *status: the socket or ptrace failed
+ *   SHAPE_NONE (not for us), SHAPE_VALUES, SHAPE_IN, SHAPE_OUT
+ *   FLAG_CLAMP        an output larger than MAX_TRANSFER is cut (reads may return less)
+ *   MAX_TRANSFER      one call's buffers, at most */
+#if !defined(TRAP_STOP) || !defined(SHAPE_OUT) || !defined(FLAG_CLAMP) || !defined(MAX_TRANSFER)
+#error "build with python -m mosix_core.remote.trap_build"
+#endif
 
-#define SHAPE_NONE 0       /* not for us */
-#define SHAPE_VALUES 1
-#define SHAPE_IN 2
-#define SHAPE_OUT 3
-
-#define MAX_TRANSFER (4 << 20)   /* calls.MAX_TRANSFER: one call's buffers */
 #define PIECE (256 << 10)  /* a large buffer is read from, or written into, the guest in pieces */
 #define REPLY_HEAD 15      /* "R", result, noutputs, and the first output's index and size */
-#define FLAG_CLAMP 1       /* an output larger than MAX_TRANSFER is cut (reads may return less) */
 
 struct shape {
     uint8_t kind, nargs, buffer, size_arg;  /* size_arg 255: fixed size */
