@@ -85,6 +85,7 @@ class Away:
     affinity: set[int] | None = None  # the CPUs it may run on at home (its shell is pinned)
     shortcuts: Shortcuts | None = None  # calls on regular files, made here on borrowed descriptors
     onward: Onward | None = None    # moving on to another node (not through home's memory)
+    written_first: int = 0          # bytes of the call the deputy makes that were written here
 
     def close(self) -> None:
         if self.onward is not None:

@@ -45,7 +45,7 @@ from mosix_core.remote.calls import Reply, Request, forwardable, unforwardable_e
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, Poured, encode_control, encode_reply, encode_signal, reply_parts
 from mosix_core.remote.link import keep_alive
-from mosix_core.remote.shortcut import Shortcuts
+from mosix_core.remote.shortcut import Shortcuts, WrittenInPart
 from mosix_core.mosrun import options as mosopts
 
 UNSIGNED_MINUS_ONE = (1 << 64) - 1
@@ -937,7 +937,9 @@ class Supervisor:
             self._away_send(tracee, encode_reply(Reply(special)))
             return
         reply = tracee.away.shortcuts.answer(request) if tracee.away.shortcuts is not None else None
-        if reply is not None:
+        if isinstance(reply, WrittenInPart):
+            tracee.away.written_first, request = reply.done, reply.rest      # the deputy writes the rest
+        elif reply is not None:
             self._away_reply(tracee, reply)
             return
         try:
@@ -1108,7 +1110,12 @@ class Supervisor:
                 self._lost(tracee)
 
     def _away_reply(self, tracee: Tracee, reply: Reply) -> None:
-        """A call's reply to the guest (its data sent from where it is)."""
+        """A call's reply to the guest (its data sent from where it is). A write begun
+        here and ended by the deputy answers both parts (only the first, if the second
+        failed or a signal interrupted it: as a write that waited half-way)."""
+        done, tracee.away.written_first = tracee.away.written_first, 0
+        if done:
+            reply = Reply(done + reply.result if reply.result >= 0 else done)
         try:
             tracee.away.channel.send_parts(reply_parts(reply))
         except OSError:

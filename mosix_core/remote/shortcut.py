@@ -9,7 +9,16 @@ never blocks, so the supervisor's loop is never held; any other descriptor (a
 terminal, a pipe, a socket), and every other call, goes to the deputy as before.
 
 The borrowed descriptors are those of the process's descriptor table as it was; a
-call that may change the table (open, close, dup...) forgets them all.
+call that may change the table (open, close, dup...) forgets them all (before it is
+made: a pipe's reader sees its end when the process closes its copy).
+
+A read or write on a pipe or socket is made here too, when it need not wait: with
+``RWF_NOWAIT``, which leaves the open file's own flags alone. A read takes what is
+there (a read that would wait returns the same once something comes; an empty pipe
+goes to the deputy, which waits). A write that would wait, fails with EPIPE (the
+process must get its SIGPIPE) or is refused goes to the deputy whole; one that was
+written in part goes to the deputy for the rest (:class:`WrittenInPart`), and its
+answer is the two parts' sum, as a write that waited half-way answers.
 
 A large write to a regular file is *poured*: written piece by piece as its data
 arrives, so the file is being written while the rest is still on its way (on two
@@ -22,14 +31,18 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import stat
+import struct
 from typing import Callable
 
 from mosix_core.errors import TraceError
 from mosix_core.linux import memory
 from mosix_core.linux.libc import LIBC
 from mosix_core.linux.syscall_names import NUMBERS
+import attrs
+
 from mosix_core.remote.calls import STAT_SIZE, Reply, Request
 from mosix_core.remote.frames import Channel
 
@@ -46,8 +59,23 @@ TABLE_CHANGING = frozenset(NUMBERS[name] for name in (
     "eventfd", "eventfd2", "inotify_init", "inotify_init1", "pidfd_open", "pidfd_getfd", "memfd_create",
     "execve", "execveat") if name in NUMBERS)
 _SYS_FSTAT = 5
+FIONREAD = 0x541B
+#: file types whose reads and writes may be tried here without waiting
+STREAMS = (stat.S_IFIFO, stat.S_IFSOCK)
+#: errors after which a read or write is left to the deputy: it waits, or it must raise SIGPIPE
+#: in the process, or this file cannot be written without waiting
+LEFT_TO_DEPUTY = frozenset({errno.EAGAIN, errno.EPIPE, errno.EOPNOTSUPP})
 #: a poured write's data is written in pieces of this size as they come
 POUR_PIECE = 1 << 20
+
+
+@attrs.frozen
+class WrittenInPart:
+    """A write that wrote ``done`` bytes here without waiting: the deputy makes
+    ``rest``, and the process is answered ``done`` plus what that writes."""
+
+    done: int
+    rest: Request
 
 
 class Shortcuts:
@@ -58,7 +86,8 @@ class Shortcuts:
         self.own_pid = own_pid or pid               # what getpid says (a restored process keeps its pid)
         self.parent = parent                        # what getppid says, if the caller knows better
         self.pidfd = os.pidfd_open(pid)
-        self.borrowed: dict[int, int | None] = {}    # its fd -> our copy (None: not a regular file)
+        # its fd -> (our copy, its file type); None: not ours to take, or not worth it
+        self.borrowed: dict[int, tuple[int, int] | None] = {}
         self._piece: memoryview | None = None
 
     def close(self) -> None:
@@ -66,12 +95,12 @@ class Shortcuts:
         os.close(self.pidfd)
 
     def forget(self) -> None:
-        for copy in self.borrowed.values():
-            if copy is not None:
-                os.close(copy)
+        for entry in self.borrowed.values():
+            if entry is not None:
+                os.close(entry[0])
         self.borrowed.clear()
 
-    def answer(self, request: Request) -> Reply | None:
+    def answer(self, request: Request) -> Reply | WrittenInPart | None:
         """The reply to ``request`` made here, or None (the deputy makes it)."""
         nr = request.nr
         if nr in TABLE_CHANGING:
@@ -87,6 +116,10 @@ class Shortcuts:
         args = request.args
         if nr == SYS_NEWFSTATAT and not (args[3] & AT_EMPTY_PATH and dict(request.inputs).get(1) == b"\0"):
             return None                                   # a path: the deputy resolves it at home
+        if nr in (SYS_READ, SYS_WRITE):
+            stream = self._borrowed(args[0], STREAMS)
+            if stream is not None:
+                return self._without_waiting(request, stream)
         fd = self._regular(args[0])
         if fd is None:
             return None
@@ -138,8 +171,41 @@ class Shortcuts:
             ended = count < got
         return Reply(written if written or not error else -error)
 
+    def _without_waiting(self, request: Request, fd: int) -> Reply | WrittenInPart | None:
+        """read or write on a pipe or socket, if it need not wait (the module's docstring)."""
+        args = request.args
+        try:
+            if request.nr == SYS_READ:
+                try:
+                    there = struct.unpack("i", fcntl.ioctl(fd, FIONREAD, b"\0" * 4))[0]
+                except OSError:
+                    return None                            # a listening socket...: the deputy's
+                data = bytearray(min(args[2], max(there, 1)))   # 1 byte: to tell the end from nothing yet
+                count = os.preadv(fd, [data], -1, os.RWF_NOWAIT)
+                return Reply(count, ((1, memoryview(data)[:count]),))
+            data = dict(request.inputs).get(1, b"")
+            count = os.pwritev(fd, [data], -1, os.RWF_NOWAIT)
+        except OSError as err:
+            if err.errno == errno.EOPNOTSUPP:
+                self._not_worth_it(args[0])
+            return None if err.errno in LEFT_TO_DEPUTY else Reply(-(err.errno or errno.EIO))
+        if count >= len(data) or count <= 0:
+            return Reply(count)
+        rest = memoryview(data)[count:]
+        return WrittenInPart(count, Request(SYS_WRITE, (args[0], args[1] + count, len(rest)), ((1, rest),)))
+
+    def _not_worth_it(self, fd_value: int) -> None:
+        entry = self.borrowed.get(_signed(fd_value))
+        if entry is not None:
+            os.close(entry[0])
+        self.borrowed[_signed(fd_value)] = None
+
     def _regular(self, fd_value: int) -> int | None:
         """Our copy of its descriptor, if that is a regular file."""
+        return self._borrowed(fd_value, (stat.S_IFREG,))
+
+    def _borrowed(self, fd_value: int, kinds: tuple[int, ...]) -> int | None:
+        """Our copy of its descriptor, if that is a file of one of these ``kinds``."""
         fd = _signed(fd_value)
         if fd < 0 or fd > 1 << 20:
             return None
@@ -149,11 +215,14 @@ class Shortcuts:
             except TraceError:
                 self.borrowed[fd] = None                  # closed, or not ours to take
                 return None
-            if not stat.S_ISREG(os.fstat(copy).st_mode):
+            kind = stat.S_IFMT(os.fstat(copy).st_mode)
+            if kind not in (stat.S_IFREG, *STREAMS):
                 os.close(copy)
-                copy = None
-            self.borrowed[fd] = copy
-        return self.borrowed[fd]
+                self.borrowed[fd] = None
+                return None
+            self.borrowed[fd] = (copy, kind)
+        entry = self.borrowed[fd]
+        return entry[0] if entry is not None and entry[1] in kinds else None
 
     @staticmethod
     def _fstat(fd: int, index: int) -> Reply:

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -607,6 +608,71 @@ def test_calls_on_regular_files_away_behave_as_at_home(cluster, mosrun, tmp_path
     for name in ("data.bin", "log.bin"):
         assert (tmp_path / name).read_bytes() == (native_dir / name).read_bytes()
     assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+PIPES = """\
+import ctypes, os, random, select, signal, sys
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)    # as a C program has it
+libc = ctypes.CDLL(None)
+libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 2)
+while not libc.open(b"/proc/self/whereami", 0):
+    select.select([], [], [], 0.01)
+sizes, total, calls = random.Random(7), 0, 0
+while True:
+    data = os.read(0, sizes.choice([1, 100, 4096, 5000, 70000, 1 << 20]))
+    if not data:
+        break
+    total += len(data)
+    view = memoryview(data)
+    while view:                                  # a pipe's write may be cut short by a signal only
+        view = view[os.write(1, view):]
+    calls += 1
+print("echoed", total, "where", libc.open(b"/proc/self/whereami", 0), file=sys.stderr, flush=True)
+os.write(1, b"x" * 100000)                       # its reader is gone by now: SIGPIPE
+print("not reached", file=sys.stderr)
+"""
+
+
+def test_pipes_away_carry_every_byte_and_sigpipe(cluster, mosrun, spawn, tmp_path):
+    """Reads and writes on pipes away, made at home without the deputy when they need
+    not wait: bursts with pauses (reads find nothing and wait), a reader that lags (the
+    pipe fills: writes wait, or are written in part and finished by the deputy), the
+    end of the input; then a write with no reader left dies of SIGPIPE, as natively."""
+    (tmp_path / "pipes.py").write_text(PIPES)
+    chunks = [bytes([k % 251]) * (k * 7919 % 300000 + 1) for k in range(60)]
+    sent = b"".join(chunks)
+
+    def run(argv: list[str], **kw) -> tuple[int, bytes, bytes]:
+        proc = spawn(*argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, **kw)
+
+        def feed() -> None:
+            for k, chunk in enumerate(chunks):
+                proc.stdin.write(chunk)
+                proc.stdin.flush()
+                if k % 10 == 9:
+                    time.sleep(0.05)                 # nothing there for a while
+            proc.stdin.close()
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        got = bytearray()
+        while len(got) < len(sent):
+            piece = proc.stdout.read1(1 << 16)
+            if not piece:
+                break
+            got += piece
+            if len(got) % 7 == 0:
+                time.sleep(0.01)                     # the reader lags: the pipe fills
+        proc.stdout.close()                          # no reader: its next write gets SIGPIPE
+        feeder.join(60)
+        err = proc.stderr.read()
+        return proc.wait(timeout=60), bytes(got), err
+    native = run(["/usr/bin/python3", "pipes.py"])
+    assert native[0] == -signal.SIGPIPE and native[1] == sent
+    away = run(["mosrun", "/usr/bin/python3", "pipes.py"], env=mosrun.env)
+    assert away[1] == sent
+    assert native[2] == b"echoed %d where -1\n" % len(sent)               # (no /proc/self/whereami natively)
+    assert away[2] == b"echoed %d where 2\n" % len(sent)
+    assert away[0] in (-signal.SIGPIPE, 128 + signal.SIGPIPE)     # mosrun dies of it, or says so
 
 
 BIG = """\

@@ -3,11 +3,9 @@ the same, and a garbled frame is a ProtocolError — never anything else."""
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
-import subprocess
 import threading
 
 import pytest
@@ -18,7 +16,6 @@ from mosix_core.errors import ProtocolError
 from mosix_core.remote.calls import Reply, Request
 from mosix_core.remote.frames import (Channel, Poured, decode, encode_reply, encode_request, encode_signal,
                                       reply_parts, request_parts)
-from mosix_core.remote.shortcut import SYS_PWRITE, SYS_WRITE, Shortcuts
 
 REQUEST = Request(1, (1, 0x7FFF0000, 5), ((1, b"hello"),), ())
 READ = Request(0, (3, 0x1000, 64), (), ((1, 64),))
@@ -116,7 +113,7 @@ def test_large_frames_are_sent_from_their_parts_whole_and_in_order():
     assert encode_request(request) == b"".join(bytes(part) for part in request_parts(request))
 
 
-def _poured_through(frames: list[bytes], pour) -> list:
+def poured_through(frames: list[bytes], pour) -> list:
     """What a channel receives of ``frames`` (sent by a thread through a small send
     buffer, so they come a little at a time), offering each to ``pour``."""
     a, b = socket.socketpair()
@@ -147,7 +144,7 @@ def test_a_large_write_is_poured_and_anything_else_received_whole():
     read = Request(0, (3, 0x1000, 1 << 20), (), ((1, 1 << 20),))           # an output: never offered
     path_and_data = Request(1, (4, 0x1000, len(data)), ((0, b"x\0"), (1, data)))
     frames = [encode_request(m) for m in (write, declined, read, path_and_data, REQUEST)] + [encode_reply(REPLY)]
-    received = _poured_through(frames, pour)
+    received = poured_through(frames, pour)
     assert received[0] == Poured(Request(1, (4, 0x1000, len(data))), Reply(len(data)))
     assert bytes(taken) == data
     assert received[1].args == declined.args and bytes(received[1].inputs[0][1]) == data
@@ -163,48 +160,4 @@ def test_a_pour_that_lies_about_its_frame_is_refused():
     frame = bytearray(encode_request(Request(1, (4, 0x1000, 70000), ((1, bytes(70000)),))))
     frame[4 + 6 + 24 + 1:4 + 6 + 24 + 5] = struct.pack("<I", 69999)   # one byte more than its input
     with pytest.raises(ProtocolError, match="after a frame's contents"):
-        _poured_through([bytes(frame)], lambda *call: pytest.fail("offered"))
-
-
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A 1 MiB tmpfs: a write to it ends short when it is full."""
-    where = tmp_path / "small"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
-    yield where
-    subprocess.run(["umount", str(where)], check=True)
-
-
-def test_shortcuts_pour_a_write_into_the_file_as_it_comes(tmp_path, small_filesystem):
-    data = os.urandom(3 << 20)
-    fd = os.open(tmp_path / "file", os.O_RDWR | os.O_CREAT, 0o600)
-    full = os.open(small_filesystem / "file", os.O_WRONLY | os.O_CREAT, 0o600)
-    appended = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.write(appended, b"first\n")
-    shortcuts = Shortcuts(os.getpid())
-    try:
-        os.write(fd, b"head")
-        requests = [Request(SYS_WRITE, (fd, 0x1000, len(data)), ((1, data),)),
-                    Request(SYS_PWRITE, (fd, 0x1000, len(data), 1 << 20), ((1, data),)),
-                    Request(SYS_PWRITE, (fd, 0x1000, len(data), (1 << 64) - 1), ((1, data),)),   # offset -1
-                    Request(SYS_WRITE, (full, 0x1000, len(data)), ((1, data),)),
-                    Request(SYS_WRITE, (full, 0x1000, len(data)), ((1, data),)),
-                    Request(SYS_WRITE, (appended, 0x1000, len(data)), ((1, data),)),
-                    Request(SYS_WRITE, (0, 0x1000, len(data)), ((1, data),))]        # stdin: not a file here
-        received = _poured_through([encode_request(r) for r in requests] + [encode_signal(9)], shortcuts.pour)
-    finally:
-        shortcuts.close()
-    assert [r.reply if isinstance(r, Poured) else r for r in received[:3]] == [
-        Reply(len(data)), Reply(len(data)), Reply(-errno.EINVAL)]
-    assert os.lseek(fd, 0, os.SEEK_CUR) == 4 + len(data)              # the same offset: the same open file
-    assert (tmp_path / "file").read_bytes() == b"head" + data[:(1 << 20) - 4] + data
-    short = received[3].reply.result
-    assert 0 < short < len(data) and (small_filesystem / "file").read_bytes() == data[:short]
-    assert received[4].reply == Reply(-errno.ENOSPC)                 # full: nothing written, the error
-    assert received[5].reply == Reply(len(data))
-    assert (tmp_path / "log").read_bytes() == b"first\n" + data
-    assert isinstance(received[6], Request) and bytes(received[6].inputs[0][1]) == data
-    assert received[7] == 9                                          # every byte was taken: frames go on
-    for each in (fd, full, appended):
-        os.close(each)
+        poured_through([bytes(frame)], lambda *call: pytest.fail("offered"))
