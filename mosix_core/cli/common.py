@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import typer
 
-from mosix_core import log, paths
+from mosix_core import paths
 from mosix_core.errors import MosixError
 
 CONTEXT = {"help_option_names": ["--help"]}  # -h is a MOSIX option in several tools
@@ -49,8 +49,8 @@ def print_json(data: Any) -> None:
 
 def run(app: typer.Typer, argv: Sequence[str] | None = None,
         rewrite: Callable[[list[str]], list[str]] | None = None) -> None:
-    """Entry point: MOSIX argv rewriting (``-off``, ``-m500``) then typer."""
-    log.configure()
+    """Entry point: MOSIX argv rewriting (``-off``, ``-m500``) then typer. (Logging
+    is configured when something first logs.)"""
     args = list(sys.argv[1:] if argv is None else argv)
     if rewrite is not None:
         args = rewrite(args)
