@@ -16,13 +16,15 @@ PROGRAMS = Path(__file__).parent / "programs"
 # A python3 -c script: reads MOSIX run-time parameters through the mosix(7) programming
 # interface and prints them as JSON (the value, or the errno's name: ENOENT outside mosrun).
 PROCSELF_READER = """\
-import ctypes, errno, json, sys
+import ctypes, errno, json, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 values = {}
 for name in sys.argv[1:]:
     got = libc.open(("/proc/self/" + name).encode(), 0)
     values[name] = got if got >= 0 else errno.errorcode[ctypes.get_errno()]
-print(json.dumps(values), flush=True)
+# one write: jobs run side by side share the pipe, and an unbuffered print (PYTHONUNBUFFERED)
+# writes the line and its newline apart
+os.write(1, (json.dumps(values) + "\\n").encode())
 """
 BIN = Path(sys.executable).parent
 
