@@ -12,8 +12,9 @@ The borrowed descriptors are those of the process's descriptor table as it was; 
 call that may change the table (open, close, dup...) forgets them all (before it is
 made: a pipe's reader sees its end when the process closes its copy).
 
-A read or write on a pipe or socket is made here too, when it need not wait: with
-``RWF_NOWAIT``, which leaves the open file's own flags alone. A read takes what is
+A read or write on a pipe or socket (and a recv or send without an address on a
+socket) is made here too, when it need not wait: with ``RWF_NOWAIT`` (``MSG_DONTWAIT``),
+which leaves the open file's own flags alone. A read takes what is
 there (a read that would wait returns the same once something comes; an empty pipe
 goes to the deputy, which waits). A write that would wait, fails with EPIPE (the
 process must get its SIGPIPE) or is refused goes to the deputy whole; one that was
@@ -33,6 +34,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import socket
 import stat
 import struct
 from typing import Callable
@@ -50,8 +52,15 @@ SYS_READ, SYS_WRITE, SYS_PREAD, SYS_PWRITE = (NUMBERS[n] for n in ("read", "writ
 SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT = NUMBERS["lseek"], NUMBERS["fstat"], NUMBERS["newfstatat"]
 AT_EMPTY_PATH = 0x1000
 SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
+SYS_RECVFROM, SYS_SENDTO = NUMBERS["recvfrom"], NUMBERS["sendto"]
 ANSWERED = frozenset({SYS_READ, SYS_WRITE, SYS_PREAD, SYS_PWRITE, SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT,
-                      SYS_GETPID, SYS_GETTID, SYS_GETPPID})
+                      SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_RECVFROM, SYS_SENDTO})
+#: the calls on a pipe or socket tried here without waiting: read and write, and on a
+#: socket recv and send (recvfrom/sendto without an address)
+STREAM_CALLS = frozenset({SYS_READ, SYS_WRITE, SYS_RECVFROM, SYS_SENDTO})
+#: recv/send flags that keep their meaning when the call does not wait (MSG_WAITALL
+#: would not: it waits for the whole; MSG_TRUNC answers more than the buffer takes)
+NOWAIT_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL | socket.MSG_MORE
 #: calls after which a descriptor number may name another file (or none)
 TABLE_CHANGING = frozenset(NUMBERS[name] for name in (
     "close", "close_range", "dup", "dup2", "dup3", "fcntl", "open", "openat", "openat2", "creat",
@@ -89,6 +98,7 @@ class Shortcuts:
         # its fd -> (our copy, its file type); None: not ours to take, or not worth it
         self.borrowed: dict[int, tuple[int, int] | None] = {}
         self._piece: memoryview | None = None
+        self._sockets: dict[int, socket.socket] = {}     # our copy -> a socket object on a dup of it
 
     def close(self) -> None:
         self.forget()
@@ -99,6 +109,9 @@ class Shortcuts:
             if entry is not None:
                 os.close(entry[0])
         self.borrowed.clear()
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
 
     def answer(self, request: Request) -> Reply | WrittenInPart | None:
         """The reply to ``request`` made here, or None (the deputy makes it)."""
@@ -116,10 +129,12 @@ class Shortcuts:
         args = request.args
         if nr == SYS_NEWFSTATAT and not (args[3] & AT_EMPTY_PATH and dict(request.inputs).get(1) == b"\0"):
             return None                                   # a path: the deputy resolves it at home
-        if nr in (SYS_READ, SYS_WRITE):
+        if nr in STREAM_CALLS:
             stream = self._borrowed(args[0], STREAMS)
             if stream is not None:
                 return self._without_waiting(request, stream)
+            if nr not in (SYS_READ, SYS_WRITE):
+                return None
         fd = self._regular(args[0])
         if fd is None:
             return None
@@ -172,27 +187,45 @@ class Shortcuts:
         return Reply(written if written or not error else -error)
 
     def _without_waiting(self, request: Request, fd: int) -> Reply | WrittenInPart | None:
-        """read or write on a pipe or socket, if it need not wait (the module's docstring)."""
-        args = request.args
+        """read/write (recv/send on a socket) of a pipe or socket, if it need not wait
+        (the module's docstring)."""
+        nr, args = request.nr, request.args
+        flags = 0
+        if nr in (SYS_RECVFROM, SYS_SENDTO):
+            flags = args[3] & 0xFFFFFFFF
+            if args[4] or flags & ~NOWAIT_FLAGS or not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return None                              # an address, MSG_WAITALL...: the deputy's
         try:
-            if request.nr == SYS_READ:
+            if nr in (SYS_READ, SYS_RECVFROM):
                 try:
                     there = struct.unpack("i", fcntl.ioctl(fd, FIONREAD, b"\0" * 4))[0]
                 except OSError:
                     return None                            # a listening socket...: the deputy's
                 data = bytearray(min(args[2], max(there, 1)))   # 1 byte: to tell the end from nothing yet
-                count = os.preadv(fd, [data], -1, os.RWF_NOWAIT)
+                if nr == SYS_READ:
+                    count = os.preadv(fd, [data], -1, os.RWF_NOWAIT)
+                else:
+                    count = self._socket(fd).recv_into(data, len(data), flags | socket.MSG_DONTWAIT)
                 return Reply(count, ((1, memoryview(data)[:count]),))
             data = dict(request.inputs).get(1, b"")
-            count = os.pwritev(fd, [data], -1, os.RWF_NOWAIT)
+            if nr == SYS_WRITE:
+                count = os.pwritev(fd, [data], -1, os.RWF_NOWAIT)
+            else:
+                count = self._socket(fd).send(data, flags | socket.MSG_DONTWAIT)
         except OSError as err:
-            if err.errno == errno.EOPNOTSUPP:
+            if err.errno == errno.EOPNOTSUPP and nr in (SYS_READ, SYS_WRITE):
                 self._not_worth_it(args[0])
             return None if err.errno in LEFT_TO_DEPUTY else Reply(-(err.errno or errno.EIO))
         if count >= len(data) or count <= 0:
             return Reply(count)
         rest = memoryview(data)[count:]
-        return WrittenInPart(count, Request(SYS_WRITE, (args[0], args[1] + count, len(rest)), ((1, rest),)))
+        return WrittenInPart(count, Request(nr, (args[0], args[1] + count, len(rest), *args[3:]), ((1, rest),)))
+
+    def _socket(self, fd: int) -> socket.socket:
+        """A socket object on our copy ``fd`` (it does not own it: forget closes it)."""
+        if fd not in self._sockets:
+            self._sockets[fd] = socket.socket(fileno=os.dup(fd))
+        return self._sockets[fd]
 
     def _not_worth_it(self, fd_value: int) -> None:
         entry = self.borrowed.get(_signed(fd_value))

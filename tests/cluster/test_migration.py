@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -613,63 +614,91 @@ def test_calls_on_regular_files_away_behave_as_at_home(cluster, mosrun, tmp_path
 PIPES = """\
 import ctypes, os, random, select, signal, sys
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)    # as a C program has it
-libc = ctypes.CDLL(None)
+libc = ctypes.CDLL(None, use_errno=True)
 libc.open(b"/proc/self/migrate", 1 | os.O_CREAT, 2)
 while not libc.open(b"/proc/self/whereami", 0):
     select.select([], [], [], 0.01)
-sizes, total, calls = random.Random(7), 0, 0
+if sys.argv[1] == "socket":                      # recv/send (recvfrom/sendto) on sockets, as C calls them
+    # (not Python's socket module: importing it tries epoll, which MOSIX does not support)
+    def read(size):
+        buf = ctypes.create_string_buffer(size)
+        got = libc.recv(0, buf, ctypes.c_size_t(size), 0)
+        if got < 0:
+            raise OSError(ctypes.get_errno(), "recv")
+        return buf.raw[:got]
+
+    def write(data):
+        done = libc.send(1, bytes(data), ctypes.c_size_t(len(data)), 0)
+        if done < 0:
+            raise OSError(ctypes.get_errno(), "send")
+        return done
+else:                                            # read/write on pipes
+    read, write = (lambda size: os.read(0, size)), (lambda data: os.write(1, data))
+sizes, total = random.Random(7), 0
 while True:
-    data = os.read(0, sizes.choice([1, 100, 4096, 5000, 70000, 1 << 20]))
+    data = read(sizes.choice([1, 100, 4096, 5000, 70000, 1 << 20]))
     if not data:
         break
     total += len(data)
     view = memoryview(data)
-    while view:                                  # a pipe's write may be cut short by a signal only
-        view = view[os.write(1, view):]
-    calls += 1
+    while view:                                  # cut short only by a signal
+        view = view[write(view):]
 print("echoed", total, "where", libc.open(b"/proc/self/whereami", 0), file=sys.stderr, flush=True)
-os.write(1, b"x" * 100000)                       # its reader is gone by now: SIGPIPE
+write(b"x" * 100000)                             # its reader is gone by now: SIGPIPE
 print("not reached", file=sys.stderr)
 """
 
 
-def test_pipes_away_carry_every_byte_and_sigpipe(cluster, mosrun, spawn, tmp_path):
-    """Reads and writes on pipes away, made at home without the deputy when they need
-    not wait: bursts with pauses (reads find nothing and wait), a reader that lags (the
-    pipe fills: writes wait, or are written in part and finished by the deputy), the
-    end of the input; then a write with no reader left dies of SIGPIPE, as natively."""
+@pytest.mark.parametrize("kind", ["pipe", "socket"])
+def test_pipes_and_sockets_away_carry_every_byte_and_sigpipe(cluster, mosrun, spawn, tmp_path, kind):
+    """Reads and writes on pipes (recv and send on sockets) away, made at home without
+    the deputy when they need not wait: bursts with pauses (reads find nothing and
+    wait), a reader that lags (writes wait, or are written in part and finished by the
+    deputy), the end of the input; then a write with no reader left dies of SIGPIPE,
+    as natively."""
     (tmp_path / "pipes.py").write_text(PIPES)
     chunks = [bytes([k % 251]) * (k * 7919 % 300000 + 1) for k in range(60)]
     sent = b"".join(chunks)
 
     def run(argv: list[str], **kw) -> tuple[int, bytes, bytes]:
-        proc = spawn(*argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, **kw)
+        if kind == "pipe":
+            proc = spawn(*argv, kind, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=tmp_path, **kw)
+            send, receive, end_input, end_output = proc.stdin.write, proc.stdout.read1, proc.stdin.close, \
+                proc.stdout.close
+        else:
+            feed_end, its_input = socket.socketpair()
+            read_end, its_output = socket.socketpair()
+            proc = spawn(*argv, kind, stdin=its_input, stdout=its_output, stderr=subprocess.PIPE, cwd=tmp_path, **kw)
+            its_input.close()
+            its_output.close()
+            send, receive = feed_end.sendall, read_end.recv
+            end_input, end_output = (lambda: feed_end.shutdown(socket.SHUT_WR)), read_end.close
 
         def feed() -> None:
             for k, chunk in enumerate(chunks):
-                proc.stdin.write(chunk)
-                proc.stdin.flush()
+                send(chunk)
                 if k % 10 == 9:
                     time.sleep(0.05)                 # nothing there for a while
-            proc.stdin.close()
+            end_input()
         feeder = threading.Thread(target=feed)
         feeder.start()
         got = bytearray()
         while len(got) < len(sent):
-            piece = proc.stdout.read1(1 << 16)
+            piece = receive(1 << 16)
             if not piece:
                 break
             got += piece
             if len(got) % 7 == 0:
                 time.sleep(0.01)                     # the reader lags: the pipe fills
-        proc.stdout.close()                          # no reader: its next write gets SIGPIPE
+        end_output()                                 # no reader: its next write gets SIGPIPE
         feeder.join(60)
         err = proc.stderr.read()
         return proc.wait(timeout=60), bytes(got), err
     native = run(["/usr/bin/python3", "pipes.py"])
-    assert native[0] == -signal.SIGPIPE and native[1] == sent
+    assert native[0] == -signal.SIGPIPE and native[1] == sent, native[2]
     away = run(["mosrun", "/usr/bin/python3", "pipes.py"], env=mosrun.env)
-    assert away[1] == sent
+    assert away[1] == sent, away[2]
     assert native[2] == b"echoed %d where -1\n" % len(sent)               # (no /proc/self/whereami natively)
     assert away[2] == b"echoed %d where 2\n" % len(sent)
     assert away[0] in (-signal.SIGPIPE, 128 + signal.SIGPIPE)     # mosrun dies of it, or says so

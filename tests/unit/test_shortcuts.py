@@ -16,7 +16,8 @@ from test_remote_frames import poured_through
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.remote.calls import Reply, Request
 from mosix_core.remote.frames import Poured, encode_request, encode_signal
-from mosix_core.remote.shortcut import SYS_PWRITE, SYS_READ, SYS_WRITE, Shortcuts, WrittenInPart
+from mosix_core.remote.shortcut import (SYS_PWRITE, SYS_READ, SYS_RECVFROM, SYS_SENDTO, SYS_WRITE, Shortcuts,
+                                        WrittenInPart)
 
 
 @pytest.fixture
@@ -102,3 +103,34 @@ def test_shortcuts_read_and_write_pipes_only_when_they_need_not_wait():
     finally:
         shortcuts.close()
         a.close()
+
+
+def test_shortcuts_recv_and_send_on_sockets_without_an_address():
+    a, b = socket.socketpair()
+    shortcuts = Shortcuts(os.getpid())
+
+    def call(nr, fd, size, flags, data=b"", address=0):
+        if nr == SYS_SENDTO:
+            return shortcuts.answer(Request(nr, (fd, 0x1000, len(data), flags, address, 0), ((1, data),)))
+        return shortcuts.answer(Request(nr, (fd, 0x1000, size, flags, address, 0), (), ((1, size),)))
+    try:
+        assert call(SYS_RECVFROM, a.fileno(), 10, 0) is None                 # nothing there: the deputy waits
+        assert call(SYS_SENDTO, b.fileno(), 0, 0, b"abcdef") == Reply(6)
+        peeked = call(SYS_RECVFROM, a.fileno(), 3, socket.MSG_PEEK)
+        assert peeked.result == 3 and bytes(peeked.outputs[0][1]) == b"abc"
+        got = call(SYS_RECVFROM, a.fileno(), 100, 0)
+        assert got.result == 6 and bytes(got.outputs[0][1]) == b"abcdef"
+        assert call(SYS_RECVFROM, a.fileno(), 100, socket.MSG_WAITALL) is None   # it would wait for all
+        assert call(SYS_SENDTO, b.fileno(), 0, 0, b"x", address=0x2000) is None  # an address: the deputy's
+        big = os.urandom(4 << 20)                                                # more than the socket holds
+        part = call(SYS_SENDTO, b.fileno(), 0, socket.MSG_NOSIGNAL, big)
+        assert isinstance(part, WrittenInPart) and 0 < part.done < len(big)
+        assert part.rest.nr == SYS_SENDTO and part.rest.args[2:] == (len(big) - part.done, socket.MSG_NOSIGNAL, 0, 0)
+        r, w = os.pipe()
+        assert call(SYS_RECVFROM, r, 10, 0) is None                              # not a socket: ENOTSOCK there
+        os.close(r)
+        os.close(w)
+    finally:
+        shortcuts.close()
+        a.close()
+        b.close()
