@@ -286,7 +286,9 @@ def test_freeze_conf_directories_fall_through_when_full_and_u_owns_the_image(tmp
     proc, out, _ = start_loop(tmp_path, env, 2000, 8)
     try:
         mosmigrate(proc.pid, "freeze", env)
-        wait_until(lambda: freeze_files(proc.pid, str(last_resort)), what="the image in the last resort")
+        # until the freeze is over (the file shows as soon as it is being written)
+        wait_until(lambda: freeze_files(proc.pid, str(last_resort)) and rss_kb(proc.pid) < 1024,
+                   what="the image in the last resort")
         (image, size), = freeze_files(proc.pid, str(last_resort))
         assert os.stat(image).st_uid == 65534          # created with U's privileges
         assert size >= 8 << 20 and os.listdir(small_tmpfs) == []
