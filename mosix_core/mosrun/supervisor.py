@@ -61,8 +61,8 @@ SYS_RT_SIGACTION, SYS_MMAP = NUMBERS["rt_sigaction"], NUMBERS["mmap"]
 SIG_SETMASK = 2
 PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
 MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
-# what a frozen process does with a signal whose action is the default one (signal(7))
 FORWARD_BURST = 64                # calls served one after another before the loop's other work
+# what a frozen process does with a signal whose action is the default one (signal(7))
 DEFAULT_IGNORED = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH})
 
 

@@ -89,8 +89,9 @@ def guest_filter(*, wall_clock: bool = False) -> list:
         table[SYS_GETTIMEOFDAY] = table[SYS_TIME] = seccomp.always()
     table[SYS_MMAP] = seccomp.when_arg_in(3, [0], mask=MAP_ANONYMOUS)   # file mappings stop
     # a private futex lives in the process's own memory (shared ones are refused at home)
-    table[SYS_FUTEX] = seccomp.when_arg_in(1, [0], mask=FUTEX_PRIVATE_FLAG)
-    if wall_clock:
+    if not wall_clock:
+        table[SYS_FUTEX] = seccomp.when_arg_in(1, [0], mask=FUTEX_PRIVATE_FLAG)
+    else:
         # ...and a private one waited on until a wall-clock time stops too (the time is
         # home's, see Guest._until_home_time)
         table[SYS_FUTEX] = seccomp.custom([

@@ -42,11 +42,10 @@ import sys
 import time
 
 from mosix_core.errors import MosixError, ProtocolError, TraceError
-from mosix_core.remote import SEND_HOME
 from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import cpus, inject, ptrace, timens
-from mosix_core.remote import clocks, fastpath
+from mosix_core.remote import SEND_HOME, clocks, fastpath
 from mosix_core.remote.frames import Channel, decode, encode_control
 from mosix_core.remote.guest import Guest
 from mosix_core.remote.link import during_call, forwarder, keep_alive

@@ -39,12 +39,12 @@ import stat
 import struct
 from typing import Callable
 
+import attrs
+
 from mosix_core.errors import TraceError
 from mosix_core.linux import memory
 from mosix_core.linux.libc import LIBC
 from mosix_core.linux.syscall_names import NUMBERS
-import attrs
-
 from mosix_core.remote.calls import STAT_SIZE, Reply, Request
 from mosix_core.remote.frames import Channel
 
@@ -130,7 +130,8 @@ class Shortcuts:
         if nr == SYS_NEWFSTATAT and not (args[3] & AT_EMPTY_PATH and dict(request.inputs).get(1) == b"\0"):
             return None                                   # a path: the deputy resolves it at home
         if nr in STREAM_CALLS:
-            stream = self._borrowed(args[0], STREAMS)
+            # recv and send on a socket only (on a pipe they fail, ENOTSOCK, at the deputy)
+            stream = self._borrowed(args[0], STREAMS if nr in (SYS_READ, SYS_WRITE) else (stat.S_IFSOCK,))
             if stream is not None:
                 return self._without_waiting(request, stream)
             if nr not in (SYS_READ, SYS_WRITE):
@@ -193,7 +194,7 @@ class Shortcuts:
         flags = 0
         if nr in (SYS_RECVFROM, SYS_SENDTO):
             flags = args[3] & 0xFFFFFFFF
-            if args[4] or flags & ~NOWAIT_FLAGS or not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            if args[4] or flags & ~NOWAIT_FLAGS:
                 return None                              # an address, MSG_WAITALL...: the deputy's
         try:
             if nr in (SYS_READ, SYS_RECVFROM):
@@ -230,6 +231,9 @@ class Shortcuts:
     def _not_worth_it(self, fd_value: int) -> None:
         entry = self.borrowed.get(_signed(fd_value))
         if entry is not None:
+            sock = self._sockets.pop(entry[0], None)
+            if sock is not None:
+                sock.close()
             os.close(entry[0])
         self.borrowed[_signed(fd_value)] = None
 
