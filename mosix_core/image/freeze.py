@@ -155,6 +155,7 @@ def thaw(pid: int, records: Iterable[Record], shell: int) -> list[int]:
 
 
 def _finish(restorer: Restorer) -> None:
+    restorer.settle()
     parts = restorer.parts
     for kind in (Kind.REGISTERS, Kind.XSTATE, Kind.RSEQ, Kind.MEMORY_MAP):
         if kind not in parts:
@@ -176,6 +177,7 @@ def back_to_shell(restorer: Restorer, shell: int) -> int | None:
     """Release whatever a failed thaw (or home-coming) rebuilt; the address the shell
     now waits at (None: the process could not be made a shell again)."""
     pid = restorer.pid
+    restorer.settle(quiet=True)               # no page lands after the memory is released
     if not restorer.trampoline:
         return shell                          # nothing was touched yet
     try:

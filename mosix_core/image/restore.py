@@ -23,6 +23,8 @@ program: any error kills it and "restores nothing".
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import os
 import resource
 import struct
@@ -34,7 +36,7 @@ import attrs
 from mosix_core.errors import MosixError, TraceError
 from mosix_core.image import stub
 from mosix_core.image.capture import KERNEL_PLACED
-from mosix_core.image.stream import CorruptImage, Kind, Record
+from mosix_core.image.stream import HELD_RECORDS, CorruptImage, Kind, Record
 from mosix_core.linux import inject, procfs, ptrace, seccomp
 
 PAGE = 4096
@@ -138,6 +140,10 @@ class Restorer:
         self.mapped: list[tuple[int, int]] = []
         self.trampoline = 0
         self.page_bytes = 0
+        # chunks of pages being written by the pool; a streaming reader keeps their
+        # buffers for HELD_RECORDS more records
+        self._writing: collections.deque[concurrent.futures.Future] = collections.deque()
+        self._writers: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- the stream -------------------------------------------------------------------------------
     def take(self, record: Record) -> None:
@@ -146,7 +152,9 @@ class Restorer:
             raise RestoreFailed(bytes(record.payload).decode(errors="replace"))
         if kind == Kind.PAGES:
             self._pages(*record.pages())
-        elif kind in (Kind.PROCESS, Kind.SIGNALS, Kind.RSEQ, Kind.LIMITS):
+            return
+        self.settle()
+        if kind in (Kind.PROCESS, Kind.SIGNALS, Kind.RSEQ, Kind.LIMITS):
             self.parts[kind] = _object(record)
         elif kind in (Kind.REGISTERS, Kind.XSTATE):
             self.parts[kind] = bytes(record.payload)
@@ -165,6 +173,9 @@ class Restorer:
             raise CorruptImage(f"unexpected {record.name} record")
 
     def close(self) -> None:
+        self.settle(quiet=True)
+        if self._writers is not None:
+            self._writers.shutdown()
         os.close(self.mem)
         for fd in self.unlinked.values():
             os.close(fd)
@@ -249,15 +260,35 @@ class Restorer:
                                 MREMAP_MAYMOVE | MREMAP_FIXED, e["start"])
 
     def _pages(self, address: int, data: memoryview) -> None:
+        """Write a chunk of pages into the process — in the pool: most of the cost is
+        the kernel's, faulting in and clearing the fresh pages, and two threads do it
+        in ~0.6 the time of one (on a VM whose host hands out memory lazily, too)."""
         if not self.trampoline:
             raise CorruptImage("page data before the memory map")
+        if self._writers is None:
+            self._writers = concurrent.futures.ThreadPoolExecutor(HELD_RECORDS, thread_name_prefix="restore-pages")
+        while len(self._writing) >= HELD_RECORDS:
+            self.page_bytes += self._writing.popleft().result()
+        self._writing.append(self._writers.submit(self._write_pages, address, data))
+
+    def _write_pages(self, address: int, data: memoryview) -> int:
         try:
             written = os.pwrite(self.mem, data, address)
         except OSError as err:
             raise CorruptImage(f"page data for {address:#x} does not fit the memory map ({err.strerror})") from None
         if written != len(data):
             raise CorruptImage(f"page data for {address:#x} runs off the memory map")
-        self.page_bytes += written
+        return written
+
+    def settle(self, *, quiet: bool = False) -> None:
+        """Wait for every chunk of pages being written; their error is raised here
+        (``quiet``: a failed restore being cleaned up, errors no longer matter)."""
+        while self._writing:
+            try:
+                self.page_bytes += self._writing.popleft().result()
+            except MosixError:
+                if not quiet:
+                    raise
 
     # -- files --------------------------------------------------------------------------------------
     def _check_redirections(self) -> None:
@@ -334,6 +365,7 @@ class Restorer:
 
     # -- the rest, after END ---------------------------------------------------------------------------
     def finish(self) -> Restored:
+        self.settle()
         for kind in (Kind.PROCESS, Kind.REGISTERS, Kind.XSTATE, Kind.SIGNALS, Kind.RSEQ, Kind.LIMITS,
                      Kind.MEMORY_MAP):
             if kind not in self.parts:
@@ -447,6 +479,7 @@ class Restorer:
 
     def abandon(self) -> None:
         """Make the half-built process go away quietly (exit status 1)."""
+        self.settle(quiet=True)
         try:
             if self.trampoline:
                 self.injector.address = self.trampoline

@@ -59,6 +59,9 @@ CHUNK = 4 << 20
 # make a reader allocate gigabytes.
 MAX_RECORD = CHUNK + 4096
 MAX_METADATA = 16 << 20
+# A streaming reader's record stays valid while its consumer asks for this many more:
+# a restorer writes that many chunks of pages into the process at once.
+HELD_RECORDS = 2
 
 CORRUPT = "Corrupt or improper checkpoint file"
 
@@ -212,9 +215,10 @@ class ImageReader:
     Every problem is a :class:`CorruptImage`; a stream that ends before END is one too.
 
     ``streaming``: for consumers that act on each record at once (restoring). A record
-    is then valid only until the next one is asked for: payloads are read into three
-    buffers in turn, and a thread reads, checks (and decompresses) the next record
-    while the consumer works on this one — on a restore, reading the image and
+    is then valid only until :data:`HELD_RECORDS` more have been asked for: payloads
+    are read into that many buffers and three more in turn (the consumer's, one
+    waiting, one being read), and a thread reads, checks (and decompresses) the next
+    record while the consumer works on these — on a restore, reading the image and
     writing the process's memory overlap.
     """
 
@@ -223,7 +227,7 @@ class ImageReader:
         self.records = 0
         self.complete = False
         self.streaming = streaming
-        self._buffers: list[bytearray] = [bytearray(), bytearray(), bytearray()]
+        self._buffers: list[bytearray] = [bytearray() for _ in range(3 + HELD_RECORDS)]
         self._turn = 0
         header = self._read(_HEADER.size, "header")
         magic, version, flags, _ = _HEADER.unpack(header)
@@ -270,10 +274,10 @@ class ImageReader:
             return False
 
         def produce() -> None:
-            # three buffers: one the consumer holds, one waiting in the queue, one being read
+            # the consumer's buffers, one waiting in the queue, one being read
             try:
                 for record in self._records():
-                    self._turn = (self._turn + 1) % 3
+                    self._turn = (self._turn + 1) % len(self._buffers)
                     if not offer(record):
                         return
                 offer(_DONE)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import os
+import time
 
 import pytest
 
 from mosix_core.image.stream import (
     CHUNK,
     CORRUPT,
+    HELD_RECORDS,
     CorruptImage,
     ImageReader,
     ImageWriter,
@@ -65,6 +67,29 @@ def test_page_data_is_chunked_and_streamed_back_in_order():
     assert reader.complete
     assert [a for a, _ in chunks] == [0x7F0000000000, 0x7F0000000000 + CHUNK, 0x7F0000000000 + 2 * CHUNK]
     assert b"".join(bytes(c) for _, c in chunks) == data
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_streamed_record_stays_whole_while_held_records_more_are_read(compress):
+    """A restorer writes HELD_RECORDS chunks of pages at once, each from the reader's
+    own buffer: none may be read over while it is held."""
+    out = io.BytesIO()
+    writer = ImageWriter(out, compress=compress)
+    chunks = [os.urandom(1000 + 37 * i) for i in range(12)]
+    for i, chunk in enumerate(chunks):
+        writer.add_pages(0x10000 * i, chunk)
+    writer.close()
+    held: list = []
+    seen = 0
+    for record in ImageReader(io.BytesIO(out.getvalue()), streaming=True):
+        held.append((seen, record.pages()[1]))
+        time.sleep(0.005)                        # the reader reads ahead as far as it may
+        if len(held) > HELD_RECORDS + 1:         # the one in hand and the ones still written
+            held.pop(0)
+        for index, payload in held:
+            assert bytes(payload) == chunks[index]
+        seen += 1
+    assert seen == len(chunks)
 
 
 @pytest.mark.parametrize("compress", [False, True])
