@@ -31,9 +31,11 @@ from typing import Any
 import attrs
 
 from mosix_core.errors import MosixError, TraceError
+from mosix_core.image import runs as run_set
 from mosix_core.image.stream import CHUNK, ImageWriter, Kind
 from mosix_core.linux import inject, memory, procfs, ptrace
 from mosix_core.linux.libc import LIBC
+from mosix_core.linux.writes import WriteTracker, WritesUntracked
 
 SYS_RT_SIGACTION = 13
 SYS_SIGALTSTACK = 131
@@ -43,12 +45,14 @@ ITIMERS = (0, 1, 2)              # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 SYS_GET_ROBUST_LIST = 274
 RED_ZONE = 128
 SCRATCH = 4096
+PAGE = 4096
 O_ACCMODE = 3
 O_WRONLY = 1
 O_CLOEXEC = 0o2000000
 NO_CHECKPOINT = frozenset({"[vsyscall]"})
 KERNEL_PLACED = ("[vdso]", "[vvar]", "[vvar_vclock]")
 RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
+ANONYMOUS_KINDS = ("anon", "heap", "stack")
 
 
 class CannotCheckpoint(MosixError):
@@ -186,17 +190,20 @@ def page_runs(pid: int, entries: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return runs
 
 
-def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter) -> int:
+def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter,
+                copied: list[tuple[int, int]] | None = None) -> int:
     """Copy the runs from ``/proc/PID/mem`` into the image in large reads; the bytes saved.
 
     Reading the process and writing the image (checksum, lz4, the file or socket)
     overlap: a thread writes one chunk while the next is read, three buffers in turn
-    (one being read, one waiting, one being written)."""
+    (one being read, one waiting, one being written). ``copied``: the process is
+    running and may unmap memory meanwhile — what cannot be read is left out, and
+    the ``(start, end)`` runs that went into the image are listed there."""
     total = sum(length for _, length in runs)
     if total <= 2 * CHUNK:
-        return _copy_pages(pid, runs, [bytearray(8 + CHUNK)], writer.add)
+        return _copy_pages(pid, runs, [bytearray(8 + CHUNK)], writer.add, copied)
     if writer.compress:
-        return _write_compressed_pages(pid, runs, writer)
+        return _write_compressed_pages(pid, runs, writer, copied)
     handoff: queue.Queue = queue.Queue(maxsize=1)
     failed: list[BaseException] = []
 
@@ -216,7 +223,7 @@ def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter) -> i
     worker = threading.Thread(target=write_chunks, name="image-writer", daemon=True)
     worker.start()
     try:
-        _copy_pages(pid, runs, [bytearray(8 + CHUNK) for _ in range(3)], hand_over)
+        total = _copy_pages(pid, runs, [bytearray(8 + CHUNK) for _ in range(3)], hand_over, copied)
     finally:
         handoff.put(None)
         worker.join()
@@ -225,7 +232,8 @@ def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter) -> i
     return total
 
 
-def _write_compressed_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter) -> int:
+def _write_compressed_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter,
+                            copied: list[tuple[int, int]] | None) -> int:
     """lz4 is the slow part of a compressed image: two threads compress chunks while
     this one reads the next and puts finished records in, in order."""
     depth = 4
@@ -237,13 +245,14 @@ def _write_compressed_pages(pid: int, runs: list[tuple[int, int]], writer: Image
             pending.append(pool.submit(writer.prepare, kind, (chunk,)))
 
         # depth + 1 buffers: a chunk's buffer is read again only after its record is in
-        total = _copy_pages(pid, runs, [bytearray(8 + CHUNK) for _ in range(depth + 1)], add)
+        total = _copy_pages(pid, runs, [bytearray(8 + CHUNK) for _ in range(depth + 1)], add, copied)
         while pending:
             writer.commit(pending.popleft().result())
     return total
 
 
-def _copy_pages(pid: int, runs: list[tuple[int, int]], buffers: list[bytearray], add) -> int:
+def _copy_pages(pid: int, runs: list[tuple[int, int]], buffers: list[bytearray], add,
+                copied: list[tuple[int, int]] | None = None) -> int:
     # each chunk is read after an 8-byte gap for its address: the PAGES record goes to
     # the writer (and lz4) without being copied together
     views = [memoryview(buffer) for buffer in buffers]
@@ -255,14 +264,21 @@ def _copy_pages(pid: int, runs: list[tuple[int, int]], buffers: list[bytearray],
             while done < length:
                 want = min(CHUNK, length - done)
                 view = views[turn]
-                got = os.preadv(fd, [view[8:8 + want]], address + done)
+                try:
+                    got = os.preadv(fd, [view[8:8 + want]], address + done)
+                except OSError:
+                    got = -1
                 if got <= 0:
-                    raise TraceError(f"reading memory of process {pid} at {address + done:#x}")
+                    if copied is None:
+                        raise TraceError(f"reading memory of process {pid} at {address + done:#x}")
+                    break                   # unmapped by the running process: its end says so
                 struct.pack_into("<Q", buffers[turn], 0, address + done)
                 add(Kind.PAGES, view[:8 + got])
                 turn = (turn + 1) % len(buffers)
+                if copied is not None:
+                    run_set.append(copied, address + done, address + done + got)
                 done += got
-            total += length
+                total += got
     finally:
         os.close(fd)
     return total
@@ -352,10 +368,83 @@ def check_credentials(status: dict[str, str]) -> None:
         raise CannotCheckpoint("processes with setuid/setgid privileges cannot be checkpointed")
 
 
+# -- memory sent while the process runs (migration) ---------------------------------------------------
+@attrs.define
+class Precopy:
+    """What went ahead of a migrating process's image while it ran on: the memory map
+    then (the target built it) and the anonymous memory read from it. The image that
+    follows at the stop sends only what the process wrote meanwhile, or did not have."""
+
+    tracker: WriteTracker
+    entries: list[dict[str, Any]]
+    sent: run_set.Runs = attrs.Factory(list)
+
+    def close(self) -> None:
+        self.tracker.close()
+
+
+def precopy(pid: int, writer: ImageWriter, tracker: WriteTracker, *, copy_private_files: bool = True) -> Precopy:
+    """Start an image of *running* process ``pid``: its memory map (marked ``precopy``)
+    and the pages of its anonymous memory, each mapping's writes tracked from just
+    before it is read. Raises :class:`CannotCheckpoint` as :func:`write_image` would."""
+    entries = dump_mappings(pid, procfs.read_maps(pid), copy_private_files=copy_private_files)
+    tracked = []
+    for entry in entries:
+        if entry["kind"] in ANONYMOUS_KINDS and entry["perms"][3] == "p" and tracker.track(entry["start"], entry["end"]):
+            try:
+                tracker.protect(entry["start"], entry["end"])
+            except WritesUntracked:
+                continue               # unmapped meanwhile: it will not be kept
+            tracked.append(entry)
+    writer.add_json(Kind.MEMORY_MAP, {"mappings": entries, "precopy": True})
+    done = Precopy(tracker, entries)
+    write_pages(pid, page_runs(pid, tracked), writer, copied=done.sent)
+    return done
+
+
+def _after_precopy(pid: int, entries: list[dict[str, Any]], before: Precopy) -> tuple[list[int], run_set.Runs, list]:
+    """(the start of each mapping the target keeps as it was sent ahead, the runs it
+    must drop from those — no longer there —, the page runs still to send).
+
+    A mapping is kept when it lies within one of the same kind sent ahead and its
+    writes were tracked all along (it was not unmapped and mapped again meanwhile); a
+    part of a mapping, its protection changed since, is kept too."""
+    kept, discard, still = [], [], []
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        for entry in entries:
+            start, end = entry["start"], entry["end"]
+            if not (entry["kind"] in ANONYMOUS_KINDS and entry["perms"][3] == "p"
+                    and kept_within(entry, before.entries) and before.tracker.tracked(start, end)):
+                continue
+            kept.append(entry)
+            present = [(a, a + n) for a, n in procfs.page_runs(fd, start, end, changed_only=False)]
+            sent = run_set.intersect(before.sent, [(start, end)])
+            written = before.tracker.written(start, end)
+            # what it wrote, and what it has that did not go (made meanwhile, or unreadable then)
+            needed = run_set.union(run_set.intersect(present, written), run_set.subtract(present, sent))
+            still += [(a, b - a) for a, b in needed]
+            discard += run_set.subtract(sent, present)
+    finally:
+        os.close(fd)
+    kept_starts = {entry["start"] for entry in kept}
+    rest = [entry for entry in entries if entry["start"] not in kept_starts]
+    return sorted(kept_starts), discard, page_runs(pid, rest) + still
+
+
+def kept_within(entry: dict[str, Any], earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The mapping sent ahead that anonymous mapping ``entry`` lies within, with the
+    same kind (a stack stays a stack); None if there is none."""
+    for old in earlier:
+        if old["start"] <= entry["start"] and entry["end"] <= old["end"]:
+            return old if old["kind"] == entry["kind"] and old["kind"] in ANONYMOUS_KINDS else None
+    return None
+
+
 # -- the whole image ----------------------------------------------------------------------------------
 def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
-                regs: ptrace.Registers, files: bool = True,
-                copy_private_files: bool = False) -> tuple[CaptureStats, list[int]]:
+                regs: ptrace.Registers, files: bool = True, copy_private_files: bool = False,
+                ahead: Precopy | None = None) -> tuple[CaptureStats, list[int]]:
     """Capture stopped process ``pid`` into ``writer`` (not closed here).
 
     ``identity`` is the MOSIX side of the process (virtual pid, MOSIX state...);
@@ -363,7 +452,9 @@ def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
     the statistics and the signals that arrived while it was examined (the caller
     re-sends them). Raises :class:`CannotCheckpoint` before writing anything when
     the process cannot be checkpointed. ``files=False``: the image leaves the open
-    files out (a migrating process keeps them at home, pipes and sockets too)."""
+    files out (a migrating process keeps them at home, pipes and sockets too).
+    ``ahead``: :func:`precopy` began the image on ``writer`` while the process ran;
+    then only what changed since goes (and the memory map says what the target keeps)."""
     status = procfs.status_fields(pid)
     check_credentials(status)
     if int(status.get("Threads", "1")) != 1:
@@ -388,8 +479,16 @@ def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
     writer.add_json(Kind.LIMITS, dump_limits(pid))
     writer.add_json(Kind.FILES, files)
     write_unlinked_contents(pid, files, writer)
-    writer.add_json(Kind.MEMORY_MAP, {"mappings": entries, "mm": dump_mm(pid, brk)})
-    page_bytes = write_pages(pid, page_runs(pid, entries), writer)
+    layout: dict[str, Any] = {"mappings": entries, "mm": dump_mm(pid, brk)}
+    if ahead is None:
+        runs = page_runs(pid, entries)
+        writer.add_json(Kind.MEMORY_MAP, layout)
+    else:
+        layout["kept"], discard, runs = _after_precopy(pid, entries, ahead)
+        writer.add_json(Kind.MEMORY_MAP, layout)
+        if discard:
+            writer.add_json(Kind.DISCARD, [[start, end - start] for start, end in discard])
+    page_bytes = write_pages(pid, runs, writer)
     return CaptureStats(page_bytes, writer.bytes_written, len(entries), len(files)), deferred
 
 

@@ -34,7 +34,8 @@ from typing import Any, Iterable
 import attrs
 
 from mosix_core.errors import MosixError, TraceError
-from mosix_core.image import stub
+from mosix_core.image import capture, stub
+from mosix_core.image import runs as run_set
 from mosix_core.image.capture import KERNEL_PLACED
 from mosix_core.image.stream import HELD_RECORDS, CorruptImage, Kind, Record
 from mosix_core.linux import inject, procfs, ptrace, seccomp
@@ -47,6 +48,7 @@ SYS_OPEN, SYS_CLOSE, SYS_LSEEK, SYS_MMAP, SYS_MUNMAP = 2, 3, 8, 9, 11
 SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK, SYS_MREMAP, SYS_DUP3 = 13, 14, 25, 292
 SYS_SIGALTSTACK, SYS_PERSONALITY, SYS_CHDIR, SYS_UMASK, SYS_PRCTL = 131, 135, 80, 95, 157
 SYS_SETITIMER = 38
+SYS_MADVISE, MADV_DONTNEED, SYS_MPROTECT = 28, 4, 10
 SYS_SET_ROBUST_LIST, SYS_RSEQ, SYS_SECCOMP = 273, 334, 317
 SYS_RT_SIGQUEUEINFO, SYS_RT_TGSIGQUEUEINFO, SYS_EXIT_GROUP = 129, 297, 231
 
@@ -138,6 +140,7 @@ class Restorer:
         self.files: list[dict[str, Any]] = []
         self.unlinked: dict[int, int] = {}           # FILES index -> our temporary copy
         self.mapped: list[tuple[int, int]] = []
+        self.ahead: list[dict[str, Any]] | None = None   # a memory map sent ahead, while the process ran
         self.trampoline = 0
         self.page_bytes = 0
         # chunks of pages being written by the pool; a streaming reader keeps their
@@ -167,8 +170,15 @@ class Restorer:
             self._file_data(record.payload)
         elif kind == Kind.MEMORY_MAP:
             layout = _object(record)
+            if self.ahead is not None:
+                self._rebuild_address_space(layout)
+            else:
+                self._build_address_space(layout["mappings"])
+                if layout.get("precopy") is True:
+                    self.ahead = layout["mappings"]
             self.parts[kind] = layout
-            self._build_address_space(layout["mappings"])
+        elif kind == Kind.DISCARD:
+            self._discard(record.json())
         else:
             raise CorruptImage(f"unexpected {record.name} record")
 
@@ -200,11 +210,13 @@ class Restorer:
                 inj.check(f"munmap({m.start:#x})", SYS_MUNMAP, m.start, m.size)
         self._move_kernel_mappings([m for m in current if m.path in KERNEL_PLACED],
                                    [e for e in entries if e["kind"] == "kernel"], wanted)
+        self._map_entries([e for e in entries if e["kind"] != "kernel"])
+
+    def _map_entries(self, entries: list[dict[str, Any]]) -> None:
+        inj = self.injector
         opened: dict[tuple[str, bool], int] = {}
         try:
             for e in entries:
-                if e["kind"] == "kernel":
-                    continue
                 start, length, prot = e["start"], e["end"] - e["start"], _prot(e["perms"])
                 if e["kind"] == "file":
                     sharing = MAP_SHARED if e["perms"][3] == "s" else MAP_PRIVATE
@@ -223,6 +235,62 @@ class Restorer:
         finally:
             for fd in opened.values():
                 inj.call(SYS_CLOSE, fd)
+
+    def _rebuild_address_space(self, layout: dict[str, Any]) -> None:
+        """The memory map at the stop, after one sent ahead: the mappings the source
+        lists as ``kept`` lie within anonymous ones sent ahead and hold what was
+        written there (changes follow); every other part of the memory of then goes,
+        and every other mapping of now is made afresh."""
+        before, self.ahead = self.ahead, None
+        entries = layout["mappings"]
+        kept_starts = set(layout.get("kept", ()))
+        kept = [e for e in entries if e["start"] in kept_starts]
+        if len(kept) != len(kept_starts):
+            raise CorruptImage("the memory map keeps a mapping it does not have")
+        if [e for e in before if e["kind"] == "kernel"] != [e for e in entries if e["kind"] == "kernel"]:
+            raise RestoreFailed("the vDSO moved while the process was being sent")
+        for e in kept:
+            old = capture.kept_within(e, before)
+            if old is None or e["kind"] == "kernel":
+                raise CorruptImage(f"the mapping at {e['start']:#x} was not sent ahead")
+            if e["perms"] != old["perms"]:
+                self.injector.check(f"mprotect({e['start']:#x})", SYS_MPROTECT, e["start"], e["end"] - e["start"],
+                                    _prot(e["perms"]))
+        staying = [(e["start"], e["end"]) for e in kept]
+        for e in before:
+            if e["kind"] == "kernel":
+                continue
+            for start, end in run_set.subtract([(e["start"], e["end"])], staying):
+                self.injector.check(f"munmap({start:#x})", SYS_MUNMAP, start, end - start)
+        wanted = [(e["start"], e["end"]) for e in entries]
+        trampoline = (self.trampoline, self.trampoline + TRAMPOLINE_SIZE)
+        if any(start < trampoline[1] and trampoline[0] < end for start, end in wanted):
+            self._move_trampoline(wanted)
+        self.mapped = staying
+        self._map_entries([e for e in entries if e["kind"] != "kernel" and e["start"] not in kept_starts])
+
+    def _move_trampoline(self, wanted: list[tuple[int, int]]) -> None:
+        """The process now has memory where the trampoline is: it moves to a hole."""
+        old = self.trampoline
+        taken = wanted + [(m.start, m.end) for m in procfs.read_maps(self.pid)]
+        new = find_hole(taken, TRAMPOLINE_SIZE)
+        self.injector.check("mmap(trampoline)", SYS_MMAP, new, TRAMPOLINE_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        os.pwrite(self.mem, inject.SYSCALL_INSTRUCTION, new)
+        self.injector.address = self.trampoline = new
+        self.injector.check("munmap(trampoline)", SYS_MUNMAP, old, TRAMPOLINE_SIZE)
+
+    def _discard(self, runs: Any) -> None:
+        """Memory sent ahead that the process no longer has: empty again (anonymous)."""
+        if self.ahead is not None or Kind.MEMORY_MAP not in self.parts or "kept" not in self.parts[Kind.MEMORY_MAP]:
+            raise CorruptImage("a discard record without memory sent ahead")
+        if not isinstance(runs, list) or not all(
+                isinstance(run, list) and len(run) == 2 and all(type(v) is int for v in run) for run in runs):
+            raise CorruptImage("the discard record is not a list of runs")
+        for start, length in runs:
+            if not any(low <= start and start + length <= high for low, high in self.mapped) or length <= 0:
+                raise CorruptImage(f"discarded memory at {start:#x} is not memory sent ahead")
+            self.injector.check(f"madvise({start:#x})", SYS_MADVISE, start, length, MADV_DONTNEED)
 
     def _open_mapped_file(self, entry: dict[str, Any]) -> int:
         path = entry["path"]
@@ -366,6 +434,8 @@ class Restorer:
     # -- the rest, after END ---------------------------------------------------------------------------
     def finish(self) -> Restored:
         self.settle()
+        if self.ahead is not None:
+            raise CorruptImage("the image has memory sent ahead but no memory map at the stop")
         for kind in (Kind.PROCESS, Kind.REGISTERS, Kind.XSTATE, Kind.SIGNALS, Kind.RSEQ, Kind.LIMITS,
                      Kind.MEMORY_MAP):
             if kind not in self.parts:

@@ -88,11 +88,13 @@ class Kind:
     RSEQ = 8         # JSON: the rseq registration
     LIMITS = 9       # JSON: resource limits
     FILE_DATA = 10   # index u32 (into FILES) | offset u64, then the contents of an unlinked file
+    DISCARD = 11     # JSON: [address, length] runs sent ahead (pre-copied) that are no longer there
     FAILURE = 14     # UTF-8 text: the checkpoint could not be taken, and why (mosrun(1) -N)
     END = 0xFFFF
 
     NAMES = {1: "process", 2: "registers", 3: "xstate", 4: "memory-map", 5: "pages", 6: "files",
-             7: "signals", 8: "rseq", 9: "limits", 10: "file-data", 14: "failure", 0xFFFF: "end"}
+             7: "signals", 8: "rseq", 9: "limits", 10: "file-data", 11: "discard", 14: "failure",
+             0xFFFF: "end"}
 
 
 class ImageWriter:

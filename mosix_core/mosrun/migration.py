@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 
 import attrs
 
+from mosix_core.linux import procfs
 from mosix_core.placement import TOO_BUSY
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.shortcut import Shortcuts
@@ -24,6 +25,10 @@ RESTORE_TIMEOUT = 120.0
 #: how often an idle shell is checked for signals sent to the process at home
 SIGNAL_POLL = 0.05
 DID_NOT_COMPLETE = "did not complete (no memory there?)"
+# A process with at least this much anonymous memory is moved pre-copied: its memory
+# goes while it runs, and it stops only for what it wrote meanwhile. Below, the extra
+# stop and pass cost more than they save.
+SEND_AHEAD_FROM = 64 << 20
 HOME_WORDS = ("home", "0")
 
 
@@ -111,3 +116,13 @@ def node_value(config, where: str) -> int:
     ip = IPv4Address(where)
     number = config.node_number(ip) if config is not None else None
     return number if number else int(ip)
+
+
+def worth_sending_ahead(pid: int) -> bool:
+    """Whether process ``pid`` has enough memory of its own to be moved pre-copied."""
+    try:
+        status = procfs.status_fields(pid)
+        kib = sum(int(status.get(field, "0 kB").split()[0]) for field in ("RssAnon", "VmSwap"))
+    except (OSError, ValueError):
+        return False
+    return kib * 1024 >= SEND_AHEAD_FROM

@@ -119,6 +119,8 @@ class Tracee:
     # the way there, opened while the process ran on: (mosd's reply, the channel or None)
     migrate_way: tuple[dict, object] | None = None
     way_opening: bool = False              # the way to a node is being opened (see request_migration)
+    precopy_wanted: bool = False           # at the stop for a move: send its memory ahead first
+    ahead: tuple | None = None             # (the image's writer, capture.Precopy): its memory went ahead
     start_at: str | None = None            # mosrun -r/-{n}/-b: where the program starts (at its exec)
     start_force: bool = False              # -F: at home if it cannot start there
     return_to: str | None = None           # came home to exec: the new program goes back there
@@ -320,6 +322,8 @@ class Supervisor:
         del self.tracees[stop.pid]
         if tracee.migrate_way is not None and tracee.migrate_way[1] is not None:
             tracee.migrate_way[1].sock.close()   # the guest host waiting for it goes
+        if tracee.ahead is not None:
+            tracee.ahead[1].close()
         if tracee.away is not None:
             self._away_ended(tracee)
         if tracee.frozen is not None:
@@ -718,6 +722,58 @@ class Supervisor:
                 channel.sock.close()              # it ended, or went elsewhere meanwhile
             return
         tracee.migrate_wanted, tracee.migrate_way = to, (reply, channel)
+        tracee.precopy_wanted = channel is not None and migration.worth_sending_ahead(tracee.pid)
+        try:
+            ptrace.interrupt(tracee.pid)
+        except TraceError:
+            pass                                  # it has just ended: _gone closes the way
+
+    def _send_ahead(self, tracee: Tracee, to: str, reply: dict, channel: Channel, regs: ptrace.Registers) -> bool:
+        """Begin the move while the process runs on: its memory goes ahead (a thread
+        writes it), then it is stopped again and only what it changed follows — it is
+        stopped for that, not for all of its memory. False if its writes cannot be
+        followed here: it is then sent stopped, as small processes are."""
+        pid = tracee.pid
+        try:
+            tracker, held = moving.start_tracking(pid, regs)
+        except TraceError:
+            return False
+        checkpoints.resend(pid, held)
+        writer = ImageWriter(channel.sock.makefile("wb"), compress=not reply.get("proximate"))
+        tracee.way_opening = True                 # further requests: "on its way already"
+        self._send("update", pid=pid, where="leaving")
+
+        def work() -> None:
+            try:
+                outcome: object = moving.send_ahead(pid, writer, tracker)
+            except (MosixError, OSError) as err:
+                outcome = err
+            self._ways.put((lambda reply, channel: self._sent_ahead(tracee, to, reply, channel, writer, tracker,
+                                                                    outcome), (reply, channel)))
+            try:
+                os.write(self._wake_w, b"w")
+            except OSError:
+                pass
+        with self._unpinned():
+            threading.Thread(target=work, name=f"ahead-{pid}", daemon=True).start()
+        self._resume(tracee)
+        return True
+
+    def _sent_ahead(self, tracee: Tracee, to: str, reply: dict, channel: Channel, writer: ImageWriter,
+                    tracker, outcome: object) -> None:
+        """The memory went ahead: stop the process for the rest (or, if it failed, it
+        runs on here)."""
+        tracee.way_opening = False
+        gone = self.tracees.get(tracee.pid) is not tracee or tracee.away is not None or tracee.frozen is not None
+        if gone or not isinstance(outcome, capture.Precopy):
+            tracker.close()
+            channel.sock.close()
+            if not gone:
+                self._send("update", pid=tracee.pid, where="here")
+                self.say(tracee, migration.failed_migrating(reply.get("target", to), migration.DID_NOT_COMPLETE))
+            return
+        tracee.ahead = (writer, outcome)
+        tracee.migrate_wanted, tracee.migrate_way = to, (reply, channel)
         try:
             ptrace.interrupt(tracee.pid)
         except TraceError:
@@ -776,14 +832,19 @@ class Supervisor:
             self._start_failed(tracee)
             return
         target, sock = reply["target"], channel.sock
+        if tracee.precopy_wanted:
+            tracee.precopy_wanted = False
+            if self._send_ahead(tracee, to, reply, channel, regs):
+                return                               # it runs on while its memory goes
+        (writer, ahead), tracee.ahead = tracee.ahead or (None, None), None
         self._send("update", pid=pid, where="leaving")
         deferred: list[int] = []
         try:
-            out = sock.makefile("wb")
+            if writer is None:
+                writer = ImageWriter(sock.makefile("wb"), compress=not reply.get("proximate"))
             with self._unpinned():
-                deferred = moving.send_image(pid, ImageWriter(out, compress=not reply.get("proximate")), regs,
-                                             {"pid": tracee.own_pid}, to_guest=True)
-            out.flush()
+                deferred = moving.send_image(pid, writer, regs, {"pid": tracee.own_pid}, to_guest=True, ahead=ahead)
+            writer.out.flush()
             answer = channel.receive()
             if not isinstance(answer, dict) or answer.get("op") != "restored":
                 raise ProtocolError(str(answer.get("reason", answer)) if isinstance(answer, dict) else "no answer")
@@ -805,6 +866,9 @@ class Supervisor:
             checkpoints.resend(pid, deferred)
             self._start_failed(tracee)
             return
+        finally:
+            if ahead is not None:
+                ahead.close()                        # its writes need no following any more
         tracee.start_at = None
         tracee.away = migration.Away(target, sock, channel, deputy, compress=not reply.get("proximate"))
         try:

@@ -8,21 +8,43 @@ from typing import Any, Iterable
 
 from mosix_core.image import capture, freeze, restore
 from mosix_core.image.freeze import ThawFailed
+from mosix_core.errors import TraceError
 from mosix_core.image.stream import CorruptImage, ImageWriter, Record
 from mosix_core.linux import inject, ptrace
+from mosix_core.linux.writes import WriteTracker, WritesUntracked
 from mosix_core.remote.guest import guest_filter
 
 
 def send_image(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any], *,
-               to_guest: bool = False) -> list[int]:
+               to_guest: bool = False, ahead: capture.Precopy | None = None) -> list[int]:
     """Write stopped process ``pid``'s image to ``writer`` (and END) — everything but
     its files, which stay home. Changes nothing in the process; the signals that
     arrived meanwhile, to be re-sent wherever it goes on. ``to_guest``: the mapped
-    files a guest could not open (nobody restores it) travel in the image."""
+    files a guest could not open (nobody restores it) travel in the image.
+    ``ahead``: its memory went ahead on ``writer`` while it ran (:func:`send_ahead`)."""
     _, deferred = capture.write_image(pid, writer, identity=identity, regs=regs, files=False,
-                                      copy_private_files=to_guest)
+                                      copy_private_files=to_guest, ahead=ahead)
     writer.close()
     return deferred
+
+
+def start_tracking(pid: int, regs: ptrace.Registers) -> tuple[WriteTracker, list[int]]:
+    """Have stopped process ``pid`` (at a clean stop, ``regs`` its registers there)
+    give us the means to follow its writes; (the tracker, signals held back). Raises
+    :class:`WritesUntracked`; the process is as it was either way."""
+    injector = inject.Injector(pid, inject.find_syscall_instruction(pid))
+    try:
+        return WriteTracker.start(pid, injector), injector.deferred
+    except TraceError as err:
+        raise WritesUntracked(str(err), err.errno) from None
+    finally:
+        inject.put_back(pid, regs)
+
+
+def send_ahead(pid: int, writer: ImageWriter, tracker: WriteTracker) -> capture.Precopy:
+    """Begin the image of *running* process ``pid`` on ``writer``: its memory, while
+    it runs on (mappings a guest could not open included)."""
+    return capture.precopy(pid, writer, tracker, copy_private_files=True)
 
 
 def leave(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any]) -> tuple[int, list[int]]:

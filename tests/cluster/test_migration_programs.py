@@ -500,3 +500,59 @@ def test_a_program_in_a_private_directory_moves(runs):
                or row_of(runs.cluster, pid)["where"] == runs.where("2"), what="the move or its failure")
     assert (proc.dir / "stderr").read_bytes() == b""
     assert runs.finish(proc) == native
+
+
+# --- 10. a large process, its memory sent ahead while it runs -----------------------------------
+
+WRITER = r"""
+import mmap, sys, zlib
+size = 128 << 20
+pages = size // 4096
+memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for page in range(0, pages, 7):
+    memory[page * 4096:page * 4096 + 8] = page.to_bytes(8, "little")
+x, spare = 12345, None
+for step in range(int(sys.argv[1])):
+    for _ in range(32):
+        x = (x * 1103515245 + 12345) % 2147483648
+        at = (x % pages) * 4096 + (x >> 20) % 4000
+        memory[at:at + 8] = x.to_bytes(8, "little")
+    if step % 16 == 0:     # memory made and dropped (madvise is refused under mosrun)
+        if spare is not None:
+            spare.close()
+        spare = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        spare[::4096] = bytes([step % 251]) * 256
+    print(step, x, zlib.crc32(memory[(x % 4096) * 4096:(x % 4096) * 4096 + (1 << 18)]), flush=True)
+print("all", zlib.crc32(memory), flush=True)
+"""
+
+
+def test_a_large_process_runs_on_while_its_memory_goes_ahead(runs):
+    """128 MiB of anonymous memory that the program keeps writing, and more it maps and
+    unmaps: moved
+    out, it runs on while its memory goes (its row says "leaving" while its output
+    grows), then stops for what it wrote meanwhile. Home and out again, its output is
+    the native one, to the checksum of all its memory at the end."""
+    argv = ["/usr/bin/python3", "-c", WRITER, "50000"]
+    native = runs.run("native", argv, mosix=False)
+    assert native[0] == 0 and native[1].count(b"\n") == 50001 and native[2] == b""
+    proc = runs.start("moved", argv)
+    pid = runs.registered(proc)
+    grew_while_leaving = []
+    for to in ("2", "home", "2"):
+        before = lines(proc.dir / "stdout")
+        wait_until(lambda: lines(proc.dir / "stdout") > before + 20, what=f"progress before the move to {to}")
+        runs.request(pid, to)
+        seen_leaving = None
+        while (row := row_of(runs.cluster, pid)) is not None and row["where"] != runs.where(to):
+            if row["where"] == "leaving":
+                now = lines(proc.dir / "stdout")
+                seen_leaving = now if seen_leaving is None else seen_leaving
+                if now > seen_leaving:
+                    grew_while_leaving.append(to)
+                    seen_leaving = float("inf")
+            time.sleep(0.002)
+        runs.arrived(pid, to)
+    assert alive(pid), "the program ended before the last move was over"
+    assert "2" in grew_while_leaving
+    assert runs.finish(proc) == native
