@@ -26,6 +26,7 @@ from mosix_core.errors import AuthenticationError, MosixError, ProtocolError
 from mosix_core.net import wire
 from mosix_core.placement import AdmissionRequest
 from mosix_core.proctable import ProcessRecord
+from mosix_core.remote.host import guest_host_options
 
 CONNECT_TIMEOUT = 5.0
 GUEST_USER = "nobody"
@@ -92,19 +93,71 @@ def admission_request(node, request: dict, origin: IPv4Address) -> AdmissionRequ
                             from_local_cluster=node.config.is_local_cluster(origin))
 
 
+class SpareGuestHost:
+    """A guest host started before it is needed — Python and the image engine loaded,
+    ~0.1 s of a move's start on this VM — waiting on ``control`` for a connection and
+    its arguments. It exits when mosd closes ``control`` (mosd's end)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, control: socket.socket) -> None:
+        self.process = process
+        self.control = control
+
+    def hand_over(self, fd: int, args: dict) -> bool:
+        """Give it the connection; False if it cannot take it (it has died)."""
+        try:
+            if self.process.returncode is not None:
+                return False
+            socket.send_fds(self.control, [json.dumps(args).encode()], [fd])
+            return True
+        except OSError:
+            return False
+        finally:
+            self.control.close()
+
+
+async def spawn_spare_guest_host() -> SpareGuestHost:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mosix_core.remote.host", "--spare", str(theirs.fileno()),
+            pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    asyncio.get_running_loop().create_task(_reap(process))
+    return SpareGuestHost(process, ours)
+
+
+async def keep_a_spare_guest_host(node) -> None:
+    """Have a guest host ready for the next process that arrives."""
+    if node.spare_guest_host is not None:
+        return
+    try:
+        node.spare_guest_host = await spawn_spare_guest_host()
+    except OSError as err:
+        node.log.error("cannot start a spare guest host", error=str(err))
+
+
 async def start_guest_host(node, writer: asyncio.StreamWriter, request: dict, origin: IPv4Address) -> None:
-    """Hand this end of the connection to a new guest host and list it as a guest."""
+    """Hand this end of the connection to a guest host — the spare one if there is, a
+    new one if not — and list it as a guest."""
     raw = writer.get_extra_info("socket")
     fd = os.dup(raw.fileno())
     try:
         uid, gid = guest_identity()
-        compress = not node.config.is_proximate(origin)
-        argv = [sys.executable, "-m", "mosix_core.remote.host", "--fd", str(fd), "--uid", str(uid), "--gid", str(gid),
-                "--wall-clock-tolerance-ms", repr(node.settings.wall_clock_tolerance_ms),
-                "--forward-spin-us", repr(node.settings.forward_spin_us)]
-        if compress:
-            argv.append("--compress")
-        process = await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL)
+        args = {"uid": uid, "gid": gid, "compress": not node.config.is_proximate(origin),
+                "wall_clock_tolerance_ms": node.settings.wall_clock_tolerance_ms,
+                "forward_spin_us": node.settings.forward_spin_us}
+        spare, node.spare_guest_host = node.spare_guest_host, None
+        if spare is not None and spare.hand_over(fd, args):
+            process = spare.process
+        else:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mosix_core.remote.host", "--fd", str(fd), *guest_host_options(args),
+                pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL)
+            asyncio.get_running_loop().create_task(_reap(process))
     finally:
         os.close(fd)
     origpid = request.get("pid")
@@ -115,7 +168,7 @@ async def start_guest_host(node, writer: asyncio.StreamWriter, request: dict, or
         node.watch_process(record)
     except ProtocolError:
         pass                              # it has already ended
-    asyncio.get_running_loop().create_task(_reap(process))
+    asyncio.get_running_loop().create_task(keep_a_spare_guest_host(node))
 
 
 async def _reap(process: asyncio.subprocess.Process) -> None:

@@ -53,6 +53,7 @@ class Node:
         self.started = time.time()
         self.rng = random.Random()
         self.proctable = ProcessTable()
+        self.spare_guest_host = None            # daemon.migration.SpareGuestHost, ready for a guest
         self.autofreezer = AutoFreezer(self)
         self.smoother = LoadSmoother()
         self.sample: ResourceSample | None = None
@@ -302,6 +303,9 @@ class Node:
     # -- the run loop -------------------------------------------------------------------------------
     async def run_loops(self, stop: asyncio.Event) -> None:
         """Sampling, gossip and the dead-node sweep, until ``stop`` is set."""
+        from mosix_core.daemon.migration import keep_a_spare_guest_host
+
+        await keep_a_spare_guest_host(self)
         next_gossip = time.monotonic() + self.rng.uniform(0, self.interval)
         while not stop.is_set():
             now = time.monotonic()

@@ -34,6 +34,7 @@ import argparse
 import errno
 import importlib
 import ctypes
+import json
 import os
 import selectors
 import signal
@@ -384,23 +385,62 @@ def become_guest_identity(uid: int, gid: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
 
 
+def guest_host_options(args: dict) -> list[str]:
+    """The command-line options for the arguments mosd gives a guest host (what it
+    sends a spare one): uid, gid, compress, wall_clock_tolerance_ms, forward_spin_us."""
+    options = ["--uid", str(int(args["uid"])), "--gid", str(int(args["gid"])),
+               "--wall-clock-tolerance-ms", repr(float(args["wall_clock_tolerance_ms"])),
+               "--forward-spin-us", repr(float(args["forward_spin_us"]))]
+    return options + (["--compress"] if args["compress"] else [])
+
+
+def _work_for_spare(parser: argparse.ArgumentParser, control_fd: int) -> argparse.Namespace | None:
+    """A spare guest host waits here, loaded, for mosd to send a connection and the
+    arguments it would otherwise have been started with."""
+    control = socket.socket(fileno=control_fd)
+    try:
+        message, fds, _, _ = socket.recv_fds(control, 4096, 1)
+    except OSError:
+        return None
+    finally:
+        control.close()
+    if not message or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    try:
+        options = guest_host_options(json.loads(message))
+    except (ValueError, KeyError, TypeError) as err:
+        os.close(fds[0])
+        print(f"guest host: mosd sent a spare a bad job: {err}", file=sys.stderr)
+        return None
+    return parser.parse_args(["--fd", str(fds[0]), *options])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mosix-guest-host")
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--uid", type=int, required=True)
-    parser.add_argument("--gid", type=int, required=True)
+    parser.add_argument("--fd", type=int)
+    parser.add_argument("--spare", type=int, help="wait on this socket for --fd and the rest (from mosd)")
+    parser.add_argument("--uid", type=int)
+    parser.add_argument("--gid", type=int)
     parser.add_argument("--compress", action="store_true")
     parser.add_argument("--wall-clock-tolerance-ms", type=float, default=0.0)
     parser.add_argument("--forward-spin-us", type=float, default=0.0)
     args = parser.parse_args(argv)
-    sock = socket.socket(fileno=args.fd)
-    sock.setblocking(True)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    keep_alive(sock)
     # what the image engine imports only when first needed must be loaded while we can
     # still read the interpreter's library (it may live where nobody may look: /root)
     importlib.import_module("concurrent.futures.thread")
     importlib.import_module("lz4.block")
+    if args.spare is not None:
+        args = _work_for_spare(parser, args.spare)
+        if args is None:
+            return 0                                 # mosd ended, or closed its end
+    if args.fd is None or args.uid is None or args.gid is None:
+        parser.error("--fd, --uid and --gid are needed (or --spare)")
+    sock = socket.socket(fileno=args.fd)
+    sock.setblocking(True)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    keep_alive(sock)
     host = GuestHost(sock, compress=args.compress,
                      wall_clock_tolerance_ns=int(args.wall_clock_tolerance_ms * 1_000_000),
                      forward_spin=args.forward_spin_us / 1e6)
