@@ -810,3 +810,43 @@ def test_a_failed_move_on_leaves_the_process_where_it_was(cluster, mosrun, tmp_p
     assert proc.wait(timeout=120) == 0
     native = subprocess.run(["/usr/bin/python3", "big.py", "400"], cwd=tmp_path, capture_output=True, timeout=120)
     assert out.read_bytes() == native.stdout
+
+
+def spare_guest_hosts() -> set[int]:
+    """The guest hosts waiting for a process, on every node of the machine."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"mosix_core.remote.host" in argv and b"--spare" in argv:
+                found.add(int(entry))
+    return found
+
+
+def test_a_spare_guest_host_takes_the_process_and_a_dead_one_is_replaced(cluster, mosrun, tmp_path):
+    """Each mosd keeps a guest host ready (Python loaded); one that died is not waited
+    for: the move starts a guest host as before, and a new spare is made after it."""
+    out = tmp_path / "out.txt"
+    proc = mosrun("awk", AWK % 100000, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    spares = wait_until(lambda: found if len(found := spare_guest_hosts()) >= 3 else None,
+                        what="a spare guest host on each node")
+    for spare in spares:
+        os.kill(spare, signal.SIGKILL)
+    wait_until(lambda: not spare_guest_hosts() & spares, what="the spares gone")
+    migrate(cluster, pid, "2")
+    where_is(cluster, cluster.ip(2))
+    assert guests(cluster, 2)[0]["pid"] not in spares
+    ready = wait_until(lambda: spare_guest_hosts(), what="a new spare after the arrival")
+    migrate(cluster, pid, "home")
+    where_is(cluster, "here")
+    migrate(cluster, pid, "2")
+    where_is(cluster, cluster.ip(2))
+    assert guests(cluster, 2)[0]["pid"] in ready            # the spare took it
+    before = lines(out)
+    wait_until(lambda: lines(out) > before, what="progress after the moves")
+    proc.kill()
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
