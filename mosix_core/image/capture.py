@@ -394,7 +394,7 @@ def precopy(pid: int, writer: ImageWriter, tracker: WriteTracker, *, copy_privat
             try:
                 tracker.protect(entry["start"], entry["end"])
             except WritesUntracked:
-                continue               # unmapped meanwhile: it will not be kept
+                continue               # the process is gone
             tracked.append(entry)
     writer.add_json(Kind.MEMORY_MAP, {"mappings": entries, "precopy": True})
     done = Precopy(tracker, entries)

@@ -141,6 +141,7 @@ class Restorer:
         self.unlinked: dict[int, int] = {}           # FILES index -> our temporary copy
         self.mapped: list[tuple[int, int]] = []
         self.ahead: list[dict[str, Any]] | None = None   # a memory map sent ahead, while the process ran
+        self.kept: list[tuple[int, int]] = []           # what of the memory sent ahead the process still has
         self.trampoline = 0
         self.page_bytes = 0
         # chunks of pages being written by the pool; a streaming reader keeps their
@@ -266,7 +267,8 @@ class Restorer:
         trampoline = (self.trampoline, self.trampoline + TRAMPOLINE_SIZE)
         if any(start < trampoline[1] and trampoline[0] < end for start, end in wanted):
             self._move_trampoline(wanted)
-        self.mapped = staying
+        self.mapped = list(staying)
+        self.kept = staying
         self._map_entries([e for e in entries if e["kind"] != "kernel" and e["start"] not in kept_starts])
 
     def _move_trampoline(self, wanted: list[tuple[int, int]]) -> None:
@@ -288,7 +290,7 @@ class Restorer:
                 isinstance(run, list) and len(run) == 2 and all(type(v) is int for v in run) for run in runs):
             raise CorruptImage("the discard record is not a list of runs")
         for start, length in runs:
-            if not any(low <= start and start + length <= high for low, high in self.mapped) or length <= 0:
+            if not any(low <= start and start + length <= high for low, high in self.kept) or length <= 0:
                 raise CorruptImage(f"discarded memory at {start:#x} is not memory sent ahead")
             self.injector.check(f"madvise({start:#x})", SYS_MADVISE, start, length, MADV_DONTNEED)
 

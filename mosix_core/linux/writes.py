@@ -104,8 +104,10 @@ class WriteTracker:
             return False
 
     def protect(self, start: int, end: int) -> None:
-        """Forget the writes so far in ``[start, end)``: they count again from now."""
-        self._scan(start, end, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN)
+        """Forget the writes so far in ``[start, end)``: they count again from now.
+        Only tracked memory is protected; a part the process has just mapped anew is
+        left alone (and is not :meth:`tracked`)."""
+        self._scan(start, end, PM_SCAN_WP_MATCHING, PAGE_IS_WRITTEN | PAGE_IS_WPALLOWED)
 
     def written(self, start: int, end: int) -> list[tuple[int, int]]:
         """The ``(start, end)`` runs of ``[start, end)`` written since protected."""

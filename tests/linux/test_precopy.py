@@ -6,6 +6,8 @@ memory must be, byte for byte, the memory it had at the stop."""
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import socket
 import subprocess
@@ -15,7 +17,7 @@ import time
 import pytest
 
 from mosix_core.image import capture, stub
-from mosix_core.image.stream import CorruptImage, ImageReader, ImageWriter, Kind
+from mosix_core.image.stream import CorruptImage, ImageReader, ImageWriter, Kind, read_all
 from mosix_core.linux import inject, procfs, ptrace
 from mosix_core.linux.writes import WriteTracker
 from mosix_core.remote import moving
@@ -170,3 +172,73 @@ def test_an_image_ending_with_memory_sent_ahead_restores_nothing(programs):
         sending.close()
         assert receiver.done.wait(60)
         assert isinstance(receiver.error, CorruptImage), repr(receiver.error)
+
+
+def precopied_image(programs) -> list:
+    """The records of a pre-copied image of the mutator (its memory sent ahead, then
+    the rest at a stop)."""
+    with mutator(programs, 8) as (pid, tracker):
+        out = io.BytesIO()
+        writer = ImageWriter(out)
+        ptrace.cont(pid)
+        ahead = moving.send_ahead(pid, writer, tracker)
+        moving.send_image(pid, writer, stop_cleanly(pid), {}, to_guest=True, ahead=ahead)
+    return read_all(io.BytesIO(out.getvalue()))
+
+
+def rewritten(records, change) -> bytes:
+    """The image again, each record passed through ``change(record) -> [(kind, payload)]``."""
+    out = io.BytesIO()
+    writer = ImageWriter(out)
+    for record in records:
+        for kind, payload in change(record):
+            writer.add(kind, payload)
+    writer.close()
+    return out.getvalue()
+
+
+def final_map(record) -> bool:
+    return record.kind == Kind.MEMORY_MAP and "kept" in record.json()
+
+
+def keeping_what_was_not_sent(record):
+    if not final_map(record):
+        return [(record.kind, record.payload)]
+    layout = record.json()
+    fresh = next(e["start"] for e in layout["mappings"] if e["kind"] == "file")
+    layout["kept"] = sorted(layout["kept"] + [fresh])
+    return [(record.kind, json.dumps(layout).encode())]
+
+
+def discarding_a_file_mapping(record):
+    if not final_map(record):
+        return [(record.kind, record.payload)]
+    code = next(e for e in record.json()["mappings"] if e["kind"] == "file")
+    return [(record.kind, record.payload), (Kind.DISCARD, json.dumps([[code["start"], 4096]]).encode())]
+
+
+def without_the_final_map(record):
+    return [] if record.kind != Kind.PAGES and record.kind != Kind.MEMORY_MAP or final_map(record) else \
+        [(record.kind, record.payload)]
+
+
+@pytest.mark.parametrize("change", [keeping_what_was_not_sent, discarding_a_file_mapping, without_the_final_map])
+def test_a_garbled_precopied_image_restores_nothing(programs, change):
+    """A stream that keeps a mapping it did not send ahead, empties memory that was not
+    sent ahead, or never sends the map at the stop is refused: nothing runs."""
+    data = rewritten(precopied_image(programs), change)
+    ours, theirs = socket.socketpair()
+    receiver = Receiver(theirs)
+    receiver.start()
+    def send() -> None:
+        with contextlib.suppress(OSError):   # the restorer stops reading at the fault
+            ours.sendall(data)
+            ours.shutdown(socket.SHUT_WR)
+
+    threading.Thread(target=send, daemon=True).start()
+    try:
+        assert receiver.done.wait(60)
+        assert isinstance(receiver.error, CorruptImage), repr(receiver.error)
+    finally:
+        receiver.release.set()
+        ours.close()
