@@ -444,7 +444,7 @@ def kept_within(entry: dict[str, Any], earlier: list[dict[str, Any]]) -> dict[st
 # -- the whole image ----------------------------------------------------------------------------------
 def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
                 regs: ptrace.Registers, files: bool = True, copy_private_files: bool = False,
-                ahead: Precopy | None = None) -> tuple[CaptureStats, list[int]]:
+                ahead: Precopy | None = None, deferred_pending: bool = False) -> tuple[CaptureStats, list[int]]:
     """Capture stopped process ``pid`` into ``writer`` (not closed here).
 
     ``identity`` is the MOSIX side of the process (virtual pid, MOSIX state...);
@@ -454,7 +454,10 @@ def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
     the process cannot be checkpointed. ``files=False``: the image leaves the open
     files out (a migrating process keeps them at home, pipes and sockets too).
     ``ahead``: :func:`precopy` began the image on ``writer`` while the process ran;
-    then only what changed since goes (and the memory map says what the target keeps)."""
+    then only what changed since goes (and the memory map says what the target keeps).
+    ``deferred_pending``: the signals that arrived meanwhile are pending in the image
+    too (a checkpoint: the process goes on here and gets them re-sent, and the one
+    recovered from the image must have them as well)."""
     status = procfs.status_fields(pid)
     check_credentials(status)
     if int(status.get("Threads", "1")) != 1:
@@ -464,6 +467,10 @@ def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
     entries = dump_mappings(pid, mappings, copy_private_files=copy_private_files)
     saved_regs = inject.copy_registers(regs)
     signals, brk, deferred = ask_process(pid, saved_regs, mappings, status)
+    if deferred_pending:
+        # the injected calls took them before they were delivered: without this, a
+        # signal pending at the checkpoint would be lost to the recovered process
+        signals["shared_pending"] += [_user_siginfo(sig).hex() for sig in deferred]
     image_regs = inject.resumable_registers(saved_regs, new_process=True)
     rseq = ptrace.rseq_configuration(pid)
     process = dict(identity)
@@ -490,6 +497,11 @@ def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
             writer.add_json(Kind.DISCARD, [[start, end - start] for start, end in discard])
     page_bytes = write_pages(pid, runs, writer)
     return CaptureStats(page_bytes, writer.bytes_written, len(entries), len(files)), deferred
+
+
+def _user_siginfo(sig: int) -> bytes:
+    """A siginfo_t for ``sig`` as kill(2) makes it (SI_USER); the sender is not known."""
+    return struct.pack("<iii", sig, 0, 0).ljust(128, b"\0")
 
 
 def _cmdline(pid: int) -> list[str]:

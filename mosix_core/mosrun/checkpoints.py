@@ -73,7 +73,8 @@ def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: b
     def produce(out) -> None:
         writer = ImageWriter(out, compress=compress)
         try:
-            _, signals = capture.write_image(pid, writer, identity=identity(virtual_pid, state), regs=regs)
+            _, signals = capture.write_image(pid, writer, identity=identity(virtual_pid, state), regs=regs,
+                                             deferred_pending=True)
             deferred.extend(signals)
         except capture.CannotCheckpoint as err:
             # the manual: such a checkpoint is "created and counted - but containing
