@@ -734,11 +734,10 @@ class Supervisor:
         stopped for that, not for all of its memory. False if its writes cannot be
         followed here: it is then sent stopped, as small processes are."""
         pid = tracee.pid
-        try:
-            tracker, held = moving.start_tracking(pid, regs)
-        except TraceError:
-            return False
+        tracker, held = moving.start_tracking(pid, regs)
         checkpoints.resend(pid, held)
+        if tracker is None:
+            return False
         writer = ImageWriter(channel.sock.makefile("wb"), compress=not reply.get("proximate"))
         tracee.way_opening = True                 # further requests: "on its way already"
         self._send("update", pid=pid, where="leaving")

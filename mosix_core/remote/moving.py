@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from mosix_core.image import capture, freeze, restore
-from mosix_core.image.freeze import ThawFailed
 from mosix_core.errors import TraceError
+from mosix_core.image.freeze import ThawFailed
 from mosix_core.image.stream import CorruptImage, ImageWriter, Record
 from mosix_core.linux import inject, ptrace
-from mosix_core.linux.writes import WriteTracker, WritesUntracked
+from mosix_core.linux.writes import WriteTracker
 from mosix_core.remote.guest import guest_filter
 
 
@@ -28,15 +28,16 @@ def send_image(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: 
     return deferred
 
 
-def start_tracking(pid: int, regs: ptrace.Registers) -> tuple[WriteTracker, list[int]]:
+def start_tracking(pid: int, regs: ptrace.Registers) -> tuple[WriteTracker | None, list[int]]:
     """Have stopped process ``pid`` (at a clean stop, ``regs`` its registers there)
-    give us the means to follow its writes; (the tracker, signals held back). Raises
-    :class:`WritesUntracked`; the process is as it was either way."""
+    give us the means to follow its writes: (the tracker, or None if its writes cannot
+    be followed; the signals held back meanwhile, to re-send either way). The process
+    is as it was."""
     injector = inject.Injector(pid, inject.find_syscall_instruction(pid))
     try:
         return WriteTracker.start(pid, injector), injector.deferred
-    except TraceError as err:
-        raise WritesUntracked(str(err), err.errno) from None
+    except TraceError:
+        return None, injector.deferred
     finally:
         inject.put_back(pid, regs)
 
