@@ -168,6 +168,7 @@ async def start_guest_host(node, writer: asyncio.StreamWriter, request: dict, or
         node.watch_process(record)
     except ProtocolError:
         pass                              # it has already ended
+    node.log.info("guest arrived", home=str(origin), pid=request.get("pid"), compress=args["compress"])
     asyncio.get_running_loop().create_task(keep_a_spare_guest_host(node))
 
 

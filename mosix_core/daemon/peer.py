@@ -93,8 +93,6 @@ class PeerServer:
         await writer.drain()
         if admission.accepted:
             await migration.start_guest_host(node, writer, request, origin)
-            node.log.info("guest arrived", home=str(origin), pid=request.get("pid"),
-                          compress=not node.config.is_proximate(origin))
 
     def handle(self, request: Any) -> dict:
         if not isinstance(request, dict):

@@ -139,7 +139,6 @@ class Restorer:
         self.parts: dict[int, Any] = {}
         self.files: list[dict[str, Any]] = []
         self.unlinked: dict[int, int] = {}           # FILES index -> our temporary copy
-        self.mapped: list[tuple[int, int]] = []
         self.ahead: list[dict[str, Any]] | None = None   # a memory map sent ahead, while the process ran
         self.kept: list[tuple[int, int]] = []           # what of the memory sent ahead the process still has
         self.trampoline = 0
@@ -232,7 +231,6 @@ class Restorer:
                     if e["kind"] == "stack":
                         flags |= MAP_GROWSDOWN
                     inj.check(f"mmap({start:#x})", SYS_MMAP, start, length, prot, flags, -1, 0)
-                self.mapped.append((start, start + length))
         finally:
             for fd in opened.values():
                 inj.call(SYS_CLOSE, fd)
@@ -251,8 +249,8 @@ class Restorer:
         if [e for e in before if e["kind"] == "kernel"] != [e for e in entries if e["kind"] == "kernel"]:
             raise RestoreFailed("the vDSO moved while the process was being sent")
         for e in kept:
-            old = capture.kept_within(e, before)
-            if old is None or e["kind"] == "kernel":
+            old = capture.kept_within(e, before)           # anonymous memory only
+            if old is None:
                 raise CorruptImage(f"the mapping at {e['start']:#x} was not sent ahead")
             if e["perms"] != old["perms"]:
                 self.injector.check(f"mprotect({e['start']:#x})", SYS_MPROTECT, e["start"], e["end"] - e["start"],
@@ -267,7 +265,6 @@ class Restorer:
         trampoline = (self.trampoline, self.trampoline + TRAMPOLINE_SIZE)
         if any(start < trampoline[1] and trampoline[0] < end for start, end in wanted):
             self._move_trampoline(wanted)
-        self.mapped = list(staying)
         self.kept = staying
         self._map_entries([e for e in entries if e["kind"] != "kernel" and e["start"] not in kept_starts])
 

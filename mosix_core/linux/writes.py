@@ -9,8 +9,8 @@ nothing waits on us.
 
 A userfaultfd belongs to the memory of the process that made it, so the process
 makes it (an injected call); we take a duplicate with ``pidfd_getfd`` and close
-theirs. Only anonymous memory can be protected; the rest is not tracked, and a
-caller sends it again. Closing our descriptor ends the tracking (the kernel then
+theirs. A caller chooses what to track (capture tracks anonymous memory) and
+sends the rest again. Closing our descriptor ends the tracking (the kernel then
 unprotects everything).
 """
 

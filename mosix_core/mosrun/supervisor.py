@@ -717,7 +717,7 @@ class Supervisor:
     def _way_open(self, tracee: Tracee, to: str, reply: dict, channel: Channel | None) -> None:
         """The way for a process at home: it stops at its next clean point to be sent."""
         tracee.way_opening = False
-        if self.tracees.get(tracee.pid) is not tracee or tracee.away is not None or tracee.frozen is not None:
+        if not self._at_home(tracee):
             if channel is not None:
                 channel.sock.close()              # it ended, or went elsewhere meanwhile
             return
@@ -727,6 +727,10 @@ class Supervisor:
             ptrace.interrupt(tracee.pid)
         except TraceError:
             pass                                  # it has just ended: _gone closes the way
+
+    def _at_home(self, tracee: Tracee) -> bool:
+        """Still ours, at home and not frozen (nothing happened to it meanwhile)."""
+        return self.tracees.get(tracee.pid) is tracee and tracee.away is None and tracee.frozen is None
 
     def _send_ahead(self, tracee: Tracee, to: str, reply: dict, channel: Channel, regs: ptrace.Registers) -> bool:
         """Begin the move while the process runs on: its memory goes ahead (a thread
@@ -763,7 +767,7 @@ class Supervisor:
         """The memory went ahead: stop the process for the rest (or, if it failed, it
         runs on here)."""
         tracee.way_opening = False
-        gone = self.tracees.get(tracee.pid) is not tracee or tracee.away is not None or tracee.frozen is not None
+        gone = not self._at_home(tracee)
         if gone or not isinstance(outcome, capture.Precopy):
             tracker.close()
             channel.sock.close()

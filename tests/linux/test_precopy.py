@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from mosix_core.image import capture, stub
+from mosix_core.image import capture, runs, stub
 from mosix_core.image.stream import CorruptImage, ImageReader, ImageWriter, Kind, read_all
 from mosix_core.linux import inject, procfs, ptrace
 from mosix_core.linux.writes import WriteTracker
@@ -134,7 +134,7 @@ def test_memory_sent_ahead_while_the_process_ran_is_restored_exactly(programs, r
         writer.out.flush()
         assert receiver.done.wait(60)
         assert receiver.error is None, repr(receiver.error)
-        sent_ahead = sum(end - start for start, end in ahead.sent)
+        sent_ahead = runs.total(ahead.sent)
         assert sent_ahead >= 60 * MB           # some of the buffer is emptied now and then
         # the memory went ahead, then the map at the stop and only what changed
         assert receiver.kinds.count(Kind.MEMORY_MAP) == 2
