@@ -1,0 +1,49 @@
+"""What the security tests share: real unprivileged users (see :mod:`tests.security.users`).
+
+Every attack in ``tests/security/`` is made by an ordinary local user (or a stranger on
+the network) against real daemons and real supervisors; ``attacker`` and ``victim`` are
+two such users, created for the session and removed after it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.security.users import USER_NAMES, User, create_user, remove_user
+
+
+@pytest.fixture(scope="session")
+def test_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, User]]:
+    if os.geteuid() != 0:
+        pytest.skip("the security tests create users: run them as root (CI does)")
+    base = tmp_path_factory.getbasetemp()
+    # pytest's own directories are root's (0700): let the users pass through them to
+    # the trees the tests give them (each test's own files keep their own modes)
+    for directory in (base.parent, base):
+        directory.chmod(0o711)
+    root = Path(tmp_path_factory.mktemp("homes"))
+    root.chmod(0o755)
+    users = {name: create_user(name, root) for name in USER_NAMES}
+    try:
+        yield users
+    finally:
+        for name in USER_NAMES:
+            remove_user(name)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def attacker(test_users: dict[str, User]) -> User:
+    return test_users["mosec-attacker"]
+
+
+@pytest.fixture
+def victim(test_users: dict[str, User]) -> User:
+    return test_users["mosec-victim"]
+
+
