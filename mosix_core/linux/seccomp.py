@@ -17,8 +17,10 @@ import attrs
 from mosix_core.linux.libc import LIBC, fail
 
 AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_I386 = 0x40000003
 X32_BIT = 0x40000000
 
+RET_KILL_PROCESS = 0x80000000
 RET_ALLOW = 0x7FFF0000
 RET_TRACE = 0x7FF00000
 RET_ERRNO = 0x00050000
@@ -122,11 +124,16 @@ def and_(mask: int) -> Insn:
 
 # -- the whole program -------------------------------------------------------------------------------
 def build(table: Mapping[int, Check], highest_known: int) -> list[Insn]:
-    """The filter: other architectures (32-bit programs) run untouched; x32 calls
-    fail with ENOSYS; numbers above ``highest_known`` are traced (so the supervisor
-    can report an illegal system call); the table decides the rest."""
+    """The filter. Default deny for the other ABIs: every i386 call (``int $0x80``,
+    or ``sysenter``/``syscall`` from a 32-bit code segment, which a 64-bit program can
+    reach) is traced, so its tracer judges it with the call's architecture in hand
+    (``syscall_info().arch``) — never as the 64-bit call of the same number; any other
+    architecture kills the process; x32 calls fail with ENOSYS. Numbers above
+    ``highest_known`` are traced (so the supervisor can report an illegal system
+    call); the table decides the rest."""
     program: list[Insn] = [
-        _arch(), (_JEQ, 1, 0, AUDIT_ARCH_X86_64), _ret(RET_ALLOW),
+        _arch(), (_JEQ, 3, 0, AUDIT_ARCH_X86_64), (_JEQ, 1, 0, AUDIT_ARCH_I386), _ret(RET_KILL_PROCESS),
+        _ret(RET_TRACE),
         _nr(), (_JSET, 0, 1, X32_BIT), _ret(RET_ERRNO | 38),
         (_JGE, 0, 1, highest_known + 1), _ret(RET_TRACE),
     ]

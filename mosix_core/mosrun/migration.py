@@ -91,6 +91,9 @@ class Away:
     shortcuts: Shortcuts | None = None  # calls on regular files, made here on borrowed descriptors
     onward: Onward | None = None    # moving on to another node (not through home's memory)
     written_first: int = 0          # bytes of the call the deputy makes that were written here
+    # the rules killed it for a call it made away: nothing it sends any more is read,
+    # so nothing it did after that call takes effect
+    refused: bool = False
 
     def close(self) -> None:
         if self.onward is not None:

@@ -49,6 +49,7 @@ import attrs
 
 from mosix_core.linux import seccomp
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
+from mosix_core.remote.calls import FOREIGN_ABI_CALL
 
 # The LIMITATIONS list of mosrun(1), as the manual spells it. Names this kernel
 # does not have on x86_64 (afs_syscall, tuxcall, security... exist as numbers;
@@ -169,6 +170,14 @@ def unsupported_call(name: str) -> Unsupported:
     return Unsupported(f"system-call '{name}' not supported under MOSIX")
 
 
+def foreign_call(nr: int) -> Unsupported:
+    """A MOSIX process's call through the i386 ABI. It would run on the machine the
+    process is on, past every rule of this module (a guest's would act on its host), so
+    it is refused as any unsupported call is: the manual's message, then the process is
+    killed, or the call fails with ENOSYS under ``-e``/``-w``."""
+    return unsupported_call(f"32-bit #{nr & 0xFFFF}")
+
+
 # -- the filter ------------------------------------------------------------------------------------
 def _traced_names() -> set[str]:
     return (set(UNSUPPORTED) | set(UNSUPPORTED_TOO)) - HOUSEKEEPING
@@ -242,6 +251,8 @@ class CallContext:
 
 def decide(nr: int, args: tuple[int, ...], ctx: CallContext) -> object:
     name = NAMES.get(nr)
+    if FOREIGN_ABI_CALL <= nr < FOREIGN_ABI_CALL + 0x8000:
+        return foreign_call(nr - FOREIGN_ABI_CALL)
     if name is None:
         return Unsupported(f"illegal system call #{nr}")
     handler = _HANDLERS.get(name)

@@ -29,7 +29,7 @@ from typing import Callable
 import attrs
 
 from mosix_core.errors import DaemonUnavailable, MosixError, ProtocolError, TraceError
-from mosix_core.linux import cpus, inject, memory, procfs, ptrace
+from mosix_core.linux import cpus, inject, memory, procfs, ptrace, seccomp
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.image import capture
 from mosix_core.image import freeze as freeze_engine
@@ -346,8 +346,11 @@ class Supervisor:
         if not tracee.native and _is_32bit(pid):
             self.say(tracee, f"{_program_name(pid)} is a 32-bit program - will run in native Linux mode")
             self._send("unregister", pid=pid)
-            del self.tracees[pid]
-            ptrace.detach(pid)              # the filter lets other architectures run untouched
+            # it stays traced as a native process: the filter it inherited traces every
+            # i386 call (an untraced one would fail with ENOSYS), and _event lets a
+            # native tracee's calls run untouched
+            tracee.state, tracee.plan = None, None
+            ptrace.cont(pid)
             return
         if not tracee.native:
             self._send("update", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
@@ -363,6 +366,11 @@ class Supervisor:
     def _syscall(self, tracee: Tracee) -> None:
         pid = tracee.pid
         info = ptrace.syscall_info(pid)
+        if info.arch != seccomp.AUDIT_ARCH_X86_64:
+            # never judged as the 64-bit call of the same number (native tracees, the
+            # 32-bit programs among them, do not come here: see _event)
+            self._carry_out(tracee, rules.foreign_call(info.nr))
+            return
         if info.nr in PID_CALLS:
             self._carry_out(tracee, self._pid_call(tracee, info.nr, info.args))
             return
@@ -946,7 +954,7 @@ class Supervisor:
 
     def _away_message(self, tracee: Tracee) -> None:
         away = tracee.away
-        if away is None:
+        if away is None or away.refused:
             return
         try:
             message = away.channel.receive(pour=lambda *call: self._away_pour(tracee, *call))
@@ -1054,9 +1062,22 @@ class Supervisor:
         for message in said:
             self.say(tracee, message)
         if kill:
+            if tracee.away is not None:
+                self._refuse_away(tracee)
             os.kill(tracee.pid, signal.SIGKILL)
             return rules.Fail(errno.ENOSYS)
         return verdict
+
+    def _refuse_away(self, tracee: Tracee) -> None:
+        """The rules kill a process for a call it made away: the guest gets no answer
+        but its death, and home reads nothing more from it (its calls queued behind
+        the refused one would otherwise be made before the kill lands here)."""
+        away = tracee.away
+        away.refused = True
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(away.sock)
+        with contextlib.suppress(OSError):
+            away.channel.send(encode_signal(signal.SIGKILL))
 
     def _away_special(self, tracee: Tracee, request: Request) -> int | None:
         """The result of an open of one of MOSIX's /proc/self files (None: not one)."""
@@ -1183,12 +1204,16 @@ class Supervisor:
         done, tracee.away.written_first = tracee.away.written_first, 0
         if done:
             reply = Reply(done + reply.result if reply.result >= 0 else done)
+        if tracee.away.refused:
+            return
         try:
             tracee.away.channel.send_parts(reply_parts(reply))
         except OSError:
             self._lost(tracee)
 
     def _away_send(self, tracee: Tracee, frame: bytes) -> None:
+        if tracee.away.refused:
+            return
         try:
             tracee.away.channel.send(frame)
         except OSError:

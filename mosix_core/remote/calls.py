@@ -49,6 +49,11 @@ PATH_MAX = 4096
 #: one call's buffers, in and out together: a larger read or write must be split by
 #: the guest side (a read may return less than asked; a write is repeated)
 MAX_TRANSFER = 4 << 20
+#: A guest reports a call made through the 32-bit ABI (``int $0x80``...) home as this
+#: plus the call's i386 number: request numbers are 16 bits, and no 64-bit call is
+#: numbered this high, so the report cannot be taken for the 64-bit call it shares a
+#: number with.
+FOREIGN_ABI_CALL = 0x8000
 
 VALUE, STRING, IN, OUT, INOUT = "value", "string", "in", "out", "inout"
 #: a pointer that can only be carried when it is NULL (it points at more pointers)

@@ -26,11 +26,12 @@ from typing import Callable
 from mosix_core.errors import TraceError
 from mosix_core.linux import inject, memory, procfs, ptrace, seccomp, timens, vdso
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
-from mosix_core.remote.calls import MAX_TRANSFER, CannotForward, Reply, Request, marshal, spec_of, unmarshal
+from mosix_core.remote.calls import FOREIGN_ABI_CALL, MAX_TRANSFER, CannotForward, Reply, Request, marshal, spec_of, unmarshal
 
 #: run where the process is: they concern only the process itself (and home's rules
 #: let them run: what mosrun refuses at home — madvise, mlock, sched_getaffinity... —
-#: stops here too and is judged at home)
+#: stops here too and is judged at home). None of them may name another process:
+#: prlimit64 runs here only on pid 0 (see guest_filter); tests/security checks the rest.
 LOCAL = frozenset({
     "brk", "munmap", "mprotect", "mremap", "msync",
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigsuspend",
@@ -55,7 +56,7 @@ EXITS = (NUMBERS["exit"], NUMBERS["exit_group"])
 READS = {NUMBERS[name]: 2 for name in ("read", "pread64", "getdents64", "getdents", "recvfrom")}
 WRITES = {NUMBERS["write"]: None, NUMBERS["pwrite64"]: 3}     # the offset argument, if any
 SYS_MMAP, SYS_MUNMAP, SYS_PREAD = NUMBERS["mmap"], NUMBERS["munmap"], NUMBERS["pread64"]
-SYS_GETPID = NUMBERS["getpid"]
+SYS_GETPID, SYS_PRLIMIT64 = NUMBERS["getpid"], NUMBERS["prlimit64"]
 #: the vectored calls, made at home as one plain read or write of the whole (so a
 #: writev to a pipe stays one atomic write): the call, and its offset argument if any
 VECTORED = {NUMBERS["readv"]: (NUMBERS["read"], None), NUMBERS["writev"]: (NUMBERS["write"], None),
@@ -100,6 +101,9 @@ def guest_filter(*, wall_clock: bool = False) -> list:
             seccomp.ret(seccomp.RET_ALLOW), seccomp.ret(seccomp.RET_TRACE)])
     for name, nfds in WAITING.items():
         table[NUMBERS[name]] = seccomp.unless_arg_in(nfds, [0])
+    # the process's own limits only: on another pid (another guest's host, say) it is
+    # judged at home, where mosrun refuses it
+    table[SYS_PRLIMIT64] = seccomp.unless_arg_in(0, [0])
     return seccomp.build(table, max(NAMES))
 
 
@@ -211,6 +215,12 @@ class Guest:
     def _trapped(self) -> None:
         pid = self.pid
         info = ptrace.syscall_info(pid)
+        if info.arch != seccomp.AUDIT_ARCH_X86_64:
+            # an i386 call (int $0x80...) would run here, on the host, as the guest's
+            # uid: it never runs; home judges it as mosrun would (the manual's
+            # message, then a kill or ENOSYS)
+            self._finish(self.forward(Request(FOREIGN_ABI_CALL + (info.nr & 0x7FFF), ())).result)
+            return
         if info.nr in HOMEWARD:
             self._go_home_for(info.nr, NAMES[info.nr])
             return

@@ -28,6 +28,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/audit.h>
 #include <linux/ptrace.h>
 
 /* What the loop's answers, the shapes' kinds and flags and the largest transfer are
@@ -361,7 +362,8 @@ int trap_serve(int pid, int sock, int mem, int sigfd, int wakefd, const struct s
                 break;
             }
             int nr = (int)info.seccomp.nr;
-            if (nr < 0 || nr >= nshapes || shapes[nr].kind == SHAPE_NONE) {
+            /* an i386 call shares its numbers with unrelated 64-bit ones: Python refuses it */
+            if (info.arch != AUDIT_ARCH_X86_64 || nr < 0 || nr >= nshapes || shapes[nr].kind == SHAPE_NONE) {
                 answer = TRAP_STOP;
                 break;
             }
