@@ -3,10 +3,10 @@
 ``mosmigrate {pid} {node-number | IP-address | host | home | out | freeze |
 continue | checkpoint | chkstop | chkexit}``
 
-The request goes to the process's supervisor (see
-:mod:`mosix_core.mosrun.control`); as the manual says, mosmigrate does not wait
-for the action to be performed. The caller must be allowed to kill the process
-(root, or its owner: the supervisor checks, with the caller's credentials). What
+The request goes to the process's supervisor, and to nothing else that listens
+under its name (see :mod:`mosix_core.mosrun.control`); as the manual says, mosmigrate
+does not wait for the action to be performed. The caller must be allowed to kill the
+process (root, or its owner: the supervisor checks, with the caller's credentials). What
 this MOSIX cannot do yet is refused with a message saying so, never ignored.
 
 ``out`` is the exception: it is about a guest process running *here* (whose home

@@ -1,40 +1,88 @@
-"""How ``mosmigrate`` reaches the supervisor of a process.
+"""How ``mosmigrate`` (and mosd) reach the supervisor of a process, and only it.
 
-Every supervisor listens on an abstract Unix socket named after its own pid; the
-supervisor of a process is its tracer (``TracerPid`` in ``/proc/PID/status``), so
-``mosmigrate {pid}`` needs no daemon to find it. One JSON request per connection,
-one JSON answer. The rule of mosmigrate(1) — "if you can kill it, then you are
-also allowed to migrate/affect it" — is checked with the caller's credentials
-(``SO_PEERCRED``): root, or the process's own user.
+The supervisor of a process is its tracer (``TracerPid`` in ``/proc/PID/status``), so
+``mosmigrate {pid}`` needs no daemon to find it. Each supervisor listens on an abstract
+Unix socket; one JSON request per connection, one JSON answer. The rule of mosmigrate(1)
+— "if you can kill it, then you are also allowed to migrate/affect it" — is checked with
+the caller's credentials (``SO_PEERCRED``): root, or the process's own user.
+
+Abstract socket names belong to whoever binds them first, with no permission check, and
+pids are predictable. With a fixed name per supervisor pid any user could bind the names
+of the next pids in advance: the real supervisor could not listen, and its user's
+requests (root's too) went to the squatter, who answered ``ok`` with nothing done. So:
+
+* The supervisor listens on ``\\0mosix/supervisor/PID/<128 random bits>``: nobody can bind
+  that name first, so nobody can keep a supervisor from listening.
+* A client (:func:`request`) looks in ``/proc/net/unix`` for the listeners named
+  ``\\0mosix/supervisor/PID/…`` (anyone may bind names there as well) and, before it sends
+  a byte, reads each one's credentials: ``SO_PEERCRED`` on a connected socket gives the
+  pid and euid its listener had when it called ``listen()``, and the kernel records them —
+  no other process can have the tracer's pid. The listener must be the tracer (pid), of
+  the tracer's user (against a listener made by a process whose pid has since been
+  reused), and afterwards the process must still be traced by it. Any other listener gets
+  nothing and is never believed.
+
+The supervisor's single loop also serves the calls its processes away from home forward
+to it, so no client may hold that loop. The caller's credentials are checked at accept,
+before a byte is read: a user who may affect none of the supervisor's processes (not
+root, not their owner) is disconnected at once. The others' requests are read as their
+bytes arrive, never waited for (:class:`Incoming`), within :data:`REQUEST_WITHIN` seconds
+and :data:`MAX_REQUEST` bytes, and at most :data:`MAX_PENDING` at a time.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import socket
 import struct
+import time
+
+import attrs
 
 from mosix_core.errors import MosixError
 from mosix_core.linux import procfs
 
 MAX_REQUEST = 4096
-
-
-def address(supervisor_pid: int) -> bytes:
-    return f"\0mosix/supervisor/{supervisor_pid}".encode()
+#: seconds a client has to send its whole request (a tool sends it at once)
+REQUEST_WITHIN = 5.0
+#: requests arriving at the same time; past that the oldest is dropped
+MAX_PENDING = 16
+PREFIX = "mosix/supervisor/"
+#: ``__SO_ACCEPTCON`` in the Flags column of /proc/net/unix: a listening socket
+_LISTENING = 0x10000
+_STREAM = 1
 
 
 def listen(supervisor_pid: int) -> socket.socket:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    server.bind(address(supervisor_pid))
-    server.listen(16)
+    try:
+        server.bind(f"\0{PREFIX}{supervisor_pid}/{secrets.token_hex(16)}".encode())
+        server.listen(16)
+    except OSError:
+        server.close()
+        raise
     server.setblocking(False)
     return server
 
 
-def peer_uid(conn: socket.socket) -> int:
+@attrs.frozen
+class Credentials:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(conn: socket.socket) -> Credentials:
+    """The other end's credentials: for a client, as it connected; for a listener, as it
+    called listen()."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    return Credentials(*struct.unpack("3i", creds))
+
+
+def peer_uid(conn: socket.socket) -> int:
+    return peer_credentials(conn).uid
 
 
 def may_affect(uid: int, pid: int) -> bool:
@@ -48,25 +96,52 @@ def may_affect(uid: int, pid: int) -> bool:
     return str(uid) in (real, saved)
 
 
-def read_request(conn: socket.socket) -> dict:
-    conn.settimeout(2.0)
-    data = b""
-    while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
-        chunk = conn.recv(MAX_REQUEST)
-        if not chunk:
-            break
-        data += chunk
-    request = json.loads(data)
+def parse_request(line: bytes) -> dict:
+    try:
+        request = json.loads(line)
+    except RecursionError:             # "[[[[…": deep enough for json's own limit
+        raise ValueError("request nested too deeply") from None
     if not isinstance(request, dict):
         raise ValueError("request is not an object")
     return request
+
+
+@attrs.define(eq=False)
+class Incoming:
+    """A connection whose request is still arriving: read when the loop sees bytes, never
+    waited for."""
+
+    conn: socket.socket
+    uid: int
+    deadline: float
+    data: bytearray = attrs.field(factory=bytearray)
+
+    def read(self) -> dict | None:
+        """What has arrived: the request once its line is whole, None until then;
+        ValueError (or OSError) when it will never be one."""
+        try:
+            chunk = self.conn.recv(MAX_REQUEST + 1 - len(self.data))
+        except (BlockingIOError, InterruptedError):
+            return None
+        if not chunk:
+            raise ValueError("the connection ended before the request did")
+        self.data += chunk
+        line, newline, _ = self.data.partition(b"\n")
+        if newline:
+            return parse_request(bytes(line))
+        if len(self.data) > MAX_REQUEST:
+            raise ValueError("request too long")
+        return None
+
+    def late(self, now: float) -> bool:
+        return now >= self.deadline
 
 
 def answer(conn: socket.socket, reply: dict) -> None:
     try:
         conn.sendall(json.dumps(reply).encode() + b"\n")
     except OSError:
-        pass
+        pass          # a client that went away, or one that does not read (never waited for)
 
 
 def supervisor_of(pid: int) -> int:
@@ -80,21 +155,85 @@ def supervisor_of(pid: int) -> int:
     return tracer
 
 
+def listening_names(supervisor_pid: int) -> list[bytes]:
+    """Every listening stream socket named ``\\0mosix/supervisor/PID/…`` (anyone's)."""
+    prefix = f"@{PREFIX}{supervisor_pid}/".encode()
+    try:
+        with open("/proc/net/unix", "rb") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return []
+    names = []
+    for line in lines:
+        fields = line.split(None, 7)       # Num RefCount Protocol Flags Type St Inode Path
+        if len(fields) == 8 and fields[7].startswith(prefix) and fields[4] == b"%04X" % _STREAM:
+            try:
+                listening = int(fields[3], 16) & _LISTENING
+            except ValueError:
+                continue
+            if listening:
+                names.append(b"\0" + fields[7][1:])
+    return names
+
+
+def _uids(pid: int) -> set[int]:
+    try:
+        return {int(uid) for uid in procfs.status_fields(pid)["Uid"].split()}
+    except (OSError, KeyError, ValueError):
+        return set()
+
+
+def connect(pid: int, supervisor: int, deadline: float) -> socket.socket:
+    """A connection to ``supervisor``'s own listener (see the module's docstring), on which
+    nothing has been sent yet. A listener whose backlog is full is tried again until
+    ``deadline`` (the real one may just be busy)."""
+    uids = _uids(supervisor)
+    while True:
+        busy = False
+        for name in listening_names(supervisor):
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+            try:
+                conn.connect(name)
+                listener = peer_credentials(conn)
+            except BlockingIOError:
+                busy = True
+                conn.close()
+                continue
+            except OSError:
+                conn.close()
+                continue
+            if listener.pid == supervisor and listener.uid in uids:
+                if supervisor_of(pid) != supervisor:      # it ended, and its pid was taken again
+                    conn.close()
+                    raise MosixError(f"{pid}: not a MOSIX process")
+                conn.setblocking(True)
+                return conn
+            conn.close()
+        if not busy:
+            raise MosixError(f"{pid}: not a MOSIX process")
+        if time.monotonic() >= deadline:
+            raise MosixError(f"{pid}: its supervisor does not answer")
+        time.sleep(0.05)
+
+
 def request(pid: int, op: str, timeout: float = 10.0, **args) -> dict:
     """Send ``op`` about process ``pid`` to its supervisor; its answer."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    conn.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    supervisor = supervisor_of(pid)
+    if not may_affect(os.geteuid(), pid):
+        # the supervisor would hang up on us unheard (it checks the same credentials)
+        raise MosixError(f"{pid}: Operation not permitted")
+    conn = connect(pid, supervisor, deadline)
+    data = b""
     try:
-        conn.connect(address(supervisor_of(pid)))
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
         conn.sendall(json.dumps({"op": op, "pid": pid, **args}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
+        while not data.endswith(b"\n") and len(data) <= MAX_REQUEST:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
             chunk = conn.recv(MAX_REQUEST)
             if not chunk:
                 break
             data += chunk
-    except (ConnectionRefusedError, FileNotFoundError):
-        raise MosixError(f"{pid}: not a MOSIX process") from None
     except OSError as err:
         raise MosixError(f"{pid}: {err.strerror or err}") from None
     finally:
@@ -103,9 +242,12 @@ def request(pid: int, op: str, timeout: float = 10.0, **args) -> dict:
         reply = json.loads(data)
     except ValueError:
         raise MosixError(f"{pid}: no answer from its supervisor") from None
+    if not isinstance(reply, dict):
+        raise MosixError(f"{pid}: no answer from its supervisor")
     if "error" in reply:
         raise MosixError(f"{pid}: {reply['error']}")
     return reply
 
 
-__all__ = ["listen", "request", "supervisor_of", "may_affect", "peer_uid", "read_request", "answer"]
+__all__ = ["listen", "request", "connect", "supervisor_of", "listening_names", "may_affect", "peer_credentials",
+           "peer_uid", "parse_request", "Incoming", "answer", "REQUEST_WITHIN", "MAX_PENDING", "MAX_REQUEST"]

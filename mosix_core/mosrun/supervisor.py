@@ -168,10 +168,11 @@ class Supervisor:
 
     def serve_control(self) -> None:
         """Listen for mosmigrate (see :mod:`mosix_core.mosrun.control`)."""
+        self._incoming: list[control.Incoming] = []       # requests still arriving, oldest first
         try:
             self.control = control.listen(os.getpid())
         except OSError:
-            return                    # another supervisor of ours is this pid's (cannot be)
+            return                    # no socket left to make: the processes run on, without mosmigrate
         self.selector.register(self.control, selectors.EVENT_READ, self._accept)
 
     # -- setting up --------------------------------------------------------------------------------
@@ -1407,17 +1408,56 @@ class Supervisor:
 
     # -- mosmigrate ----------------------------------------------------------------------------------
     def _accept(self) -> None:
-        try:
-            conn, _ = self.control.accept()
-        except OSError:
-            return
-        with conn:
+        """A new client. This loop also serves the calls forwarded from away, so no client may
+        hold it: a user who may affect none of our processes is cut off before a byte is read,
+        and the others' requests are read only as their bytes arrive."""
+        for _ in range(control.MAX_PENDING * 4):   # the whole backlog: strangers must not fill it
             try:
-                req = control.read_request(conn)
-                reply = self._control_request(req, control.peer_uid(conn))
-            except (OSError, ValueError) as err:
-                reply = {"error": f"bad request: {err}"}
-            control.answer(conn, reply)
+                conn, _ = self.control.accept()
+            except OSError:
+                return
+            try:
+                uid = control.peer_uid(conn)
+            except OSError:
+                uid = None
+            if uid is not None and self._may_ask(uid):
+                self._arriving(conn, uid)
+            else:
+                conn.close()
+
+    def _arriving(self, conn, uid: int) -> None:
+        """Read ``conn``'s request as it comes; the late and the surplus ones are dropped."""
+        conn.setblocking(False)
+        now = time.monotonic()
+        for incoming in [i for i in self._incoming if i.late(now)]:
+            self._answer_control(incoming, {"error": "bad request: not sent in time"})
+        if len(self._incoming) >= control.MAX_PENDING:
+            self._answer_control(self._incoming[0], {"error": "bad request: too many at once"})
+        incoming = control.Incoming(conn, uid, now + control.REQUEST_WITHIN)
+        self._incoming.append(incoming)
+        self.selector.register(conn, selectors.EVENT_READ, lambda: self._control_arrives(incoming))
+
+    def _may_ask(self, uid: int) -> bool:
+        return (uid == 0 or uid in os.getresuid()
+                or any(control.may_affect(uid, t.pid) for t in self.tracees.values() if not t.native))
+
+    def _control_arrives(self, incoming: control.Incoming) -> None:
+        try:
+            req = incoming.read()
+            if req is None:
+                if not incoming.late(time.monotonic()):
+                    return
+                raise ValueError("not sent in time")
+            reply = self._control_request(req, incoming.uid)
+        except (OSError, ValueError) as err:
+            reply = {"error": f"bad request: {err}"}
+        self._answer_control(incoming, reply)
+
+    def _answer_control(self, incoming: control.Incoming, reply: dict) -> None:
+        self._incoming.remove(incoming)
+        self.selector.unregister(incoming.conn)
+        with incoming.conn:
+            control.answer(incoming.conn, reply)
 
     def _control_request(self, req: dict, uid: int) -> dict:
         pid, op = req.get("pid"), req.get("op")

@@ -23,9 +23,11 @@ def test_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, U
         pytest.skip("the security tests create users: run them as root (CI does)")
     base = tmp_path_factory.getbasetemp()
     # pytest's own directories are root's (0700): let the users pass through them to
-    # the trees the tests give them (each test's own files keep their own modes)
+    # the trees the tests give them (each test's own files keep their own modes). Only
+    # pytest's own: a --basetemp's parent may be /tmp itself, whose mode is not ours.
     for directory in (base.parent, base):
-        directory.chmod(0o711)
+        if directory == base or directory.name.startswith("pytest-of-"):
+            directory.chmod(0o711)
     root = Path(tmp_path_factory.mktemp("homes"))
     root.chmod(0o755)
     users = {name: create_user(name, root) for name in USER_NAMES}
