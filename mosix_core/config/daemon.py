@@ -18,6 +18,8 @@ from mosix_core.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RESOURCES = ("host", "virtual")
+GUEST_UID_MIN, GUEST_UID_MAX = 1000, 2**31 - 1
+NOBODY_UID = 65534
 _PLUGIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", re.ASCII)
 
 
@@ -50,6 +52,15 @@ class DaemonSettings:
     # answer, home for a busy guest's next call) spins this long (µs) before sleeping:
     # on virtual machines a sleeping CPU woken for a frame costs some 25 µs. 0: never.
     forward_spin_us: float = 100.0
+    # each guest here runs (with its guest host) as a uid of its own from this range,
+    # so the kernel keeps guests apart (/proc/PID/mem, ptrace, signals). None of them may
+    # be a real account's: the default lies between regular users (below 60000), systemd's
+    # dynamic users (61184-65519) and the subordinate ids useradd hands out (from 100000).
+    guest_uids: tuple[int, int] = (70000, 79999)
+    # a process away whose link home breaks is frozen where it is for this long (s),
+    # waiting for home to reach it again; only then is it given up (or recovered at
+    # home from its last checkpoint). Home's value counts: its guest hosts are told it.
+    link_grace: float = 60.0
 
     @classmethod
     def default(cls) -> DaemonSettings:
@@ -149,6 +160,21 @@ def _plugin_names(raw: str, source: str, line: int, key: str) -> tuple[str, ...]
     return tuple(dict.fromkeys(names))
 
 
+def _uid_range(raw: str, source: str, line: int, key: str) -> tuple[int, int]:
+    word = "".join(raw.split())                       # "70000 - 79999" too
+    first, dash, last = word.partition("-")
+    if not dash or not first or not last:
+        raise ConfigError(source, f"{key} must be a range of uids 'FIRST-LAST', not {word!r}", line)
+    # below 1000 are the system's own accounts; 2^31 and above trip signed uid_t in some tools
+    low, high = parse_int(first, source, line, key, GUEST_UID_MIN, GUEST_UID_MAX), parse_int(
+        last, source, line, key, GUEST_UID_MIN, GUEST_UID_MAX)
+    if low > high:
+        raise ConfigError(source, f"{key}: the first uid ({low}) is above the last ({high})", line)
+    if low <= NOBODY_UID <= high:
+        raise ConfigError(source, f"{key} must not include {NOBODY_UID} (nobody, shared with NFS and others)", line)
+    return low, high
+
+
 def _one_word(raw: str, source: str, line: int, key: str) -> str:
     words = raw.split()
     if len(words) != 1:
@@ -179,4 +205,6 @@ _PARSERS: dict[str, _Parser] = {
     "log_level": _choice(LOG_LEVELS),
     "wall_clock_tolerance_ms": _number(0.001, 60000.0, zero=True),
     "forward_spin_us": _number(1.0, 10000.0, zero=True),
+    "guest_uids": _uid_range,
+    "link_grace": _number(0.1, 86400.0, zero=True),
 }

@@ -4,7 +4,10 @@ A Unix stream socket (``etc/mosix/var/mosd.sock``), one JSON object per line eac
 way: ``{"op": "...", ...}`` → ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 The caller's uid comes from ``SO_PEERCRED``: everyone may read, only root may
 change the node (as with ``mosctl`` and ``mossetpe``), and a user may register
-only their own processes.
+only their own processes. Guests' rows belong to mosd: each guest runs as a uid of
+its own (``guest_uids`` in mosd.conf), and a caller running as a guest uid — a guest
+that got round its system-call filter, since a guest's calls are made at home — may
+only read (:data:`GUEST_OPS`), never change a row, its own or another guest's.
 
 A request carrying ``"noreply": true`` gets no reply line at all (a failure is only
 logged): ``mosrun``'s supervisor streams its process-table changes that way
@@ -15,9 +18,10 @@ Process-table operations:
 ``register``    ``pid`` and optionally ``command``, ``where``, ``frozen``, ``nmigs``,
                 ``queue``, ``options``, ``remote_utime`` (see ``mosix_core.proctable``);
                 root only: ``home`` and ``origpid`` (a guest). Re-registering a pid
-                replaces its row.
-``update``      ``pid`` and any of those fields; only the row's owner or root.
-``unregister``  ``pid``; only the owner or root; ``removed`` says whether a row was there.
+                replaces its row (only the row's owner or root; a guest's row: root).
+``update``      ``pid`` and any of those fields; only the row's owner or root (a
+                guest's row: root only, see below).
+``unregister``  ``pid``; the same; ``removed`` says whether a row was there.
 ``supervise``   marks the connection as a supervisor's: every row registered over it
                 from then on is removed when the connection closes (the supervisor died).
 ``processes``   every row (``to_json``), and ``ip``, this node's address.
@@ -70,6 +74,9 @@ from mosix_core.proctable import ProcessEvent, ProcessRecord, checked_fields
 from mosix_core.remote import SEND_HOME
 
 MAX_REQUEST = 1024 * 1024
+#: all that a caller running as a guest uid (a guest that got round its system-call
+#: filter: a guest's own calls go home) may ask: to read, as everyone may
+GUEST_OPS = frozenset({"ping", "view", "status", "localstatus", "listpe", "processes", "pending"})
 STATE_FLAGS = {"stay": gossip.ST_STAY, "lstay": gossip.ST_LSTAY, "block": gossip.ST_BLOCK}
 MOVE_TIMEOUT = 300.0        # how long expel / bring wait for the processes to move, by default
 NUDGE_EVERY = 1.0           # asking again (a lost signal, a move home that failed)
@@ -255,6 +262,8 @@ class ControlServer:
             handler = getattr(self, "op_" + request["op"], None)
             if handler is None:
                 raise ProtocolError(f"unknown operation '{request['op']}'")
+            if request["op"] not in GUEST_OPS and migration.is_guest_uid(self.node, uid):
+                raise PermissionDenied("Permission denied: a guest process may not do this")
             result = handler(request, uid)
             if asyncio.iscoroutine(result):
                 result = await result
@@ -425,6 +434,7 @@ class ControlServer:
             if home is not None:
                 fields.setdefault("frozen", "N/A")
         owner = self.process_owner(pid, uid)
+        self.may_change(self.node.proctable.get(pid), uid)     # re-registering replaces the row
         if "command" not in fields:
             fields["command"] = procfs.command_line(pid) or "?"
         record = ProcessRecord(pid=pid, uid=owner, command=fields.pop("command"), home=home, origpid=origpid)
@@ -451,11 +461,20 @@ class ControlServer:
         return owner
 
     def owned_row(self, req: dict, uid: int) -> ProcessRecord | None:
-        pid = int(req["pid"])
-        record = self.node.proctable.get(pid)
-        if record is not None and uid != 0 and record.uid != uid:
-            raise PermissionDenied(f"process {pid} is not yours")
+        record = self.node.proctable.get(int(req["pid"]))
+        self.may_change(record, uid)
         return record
+
+    @staticmethod
+    def may_change(record: ProcessRecord | None, uid: int) -> None:
+        """May caller ``uid`` change (or replace, or remove) ``record``? A row of ours is
+        its owner's; a guest's row is mosd's own (its uid is the guest's, which only the
+        guest and its host run as): only root may touch it, or ``mosctl expel`` would
+        miss a guest that removed itself."""
+        if record is None or uid == 0:
+            return
+        if record.is_guest or record.uid != uid:
+            raise PermissionDenied(f"process {record.pid} is not yours")
 
     def op_update(self, req: dict, uid: int) -> dict:
         record = self.owned_row(req, uid)
@@ -521,6 +540,32 @@ class ControlServer:
             return {"refused": err.reason, "target": str(target)}
         conn.handing_over = sock
         return {"target": str(target), "proximate": node.config.is_proximate(target)}
+
+    async def op_reattach(self, req: dict, uid: int) -> dict:
+        """Make the cut link of the caller's process ``pid``, away on node ``to``, again:
+        the authenticated handshake with that node's mosd, which hands the connection to
+        the guest host waiting there for the guest ``token`` names. The connection comes
+        back with the reply; ``refused`` says why not (``no such guest``: none waits)."""
+        node, conn = self.node, _connection.get()
+        pid = int(req["pid"])
+        self.process_owner(pid, uid)
+        token = req.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("reattach needs the guest's token")
+        try:
+            target = node.canonical(self.resolve(req.get("to")))
+        except MosixError:
+            target = None
+        if target is None:
+            return {"refused": migration.NOT_IN_MAP}
+        loop = asyncio.get_running_loop()
+        try:
+            sock = await loop.run_in_executor(None, migration.open_migration, node.sealer, node.key, target,
+                                              node.settings.tcp_port, {"token": token, "pid": pid}, "reattach")
+        except migration.MigrationRefused as err:
+            return {"refused": err.reason, "target": str(target)}
+        conn.handing_over = sock
+        return {"target": str(target)}
 
     def op_supervise(self, req: dict, uid: int) -> dict:
         conn = _connection.get()

@@ -33,6 +33,12 @@ PROBES_PER_ROUND = 4          # suspects probed directly per gossip round
 PROBE_ANSWER_SPACING = 0.05   # seconds between two answers to the same prober
 SUSPECT_AFTER = 0.7           # probe a live node whose information is older than this share of dead_after
 AUTH_LOG_EVERY = 10.0  # seconds: one "Authentication violation" line per source per period
+# Anyone can send datagrams from many addresses, so the lines are limited in all too:
+# a burst, then a trickle, and a line saying how many were held back.
+AUTH_LOG_BURST = 20
+AUTH_LOG_RATE = 0.2           # lines a second once the burst is spent
+AUTH_LOG_SOURCES = 1024       # sources remembered for AUTH_LOG_EVERY (the oldest forgotten first)
+AUTH_SUMMARY_EVERY = 10.0     # seconds between two "... suppressed" lines
 
 
 class Node:
@@ -61,9 +67,12 @@ class Node:
         self.sealer = wire.Sealer(self.key, self.our_ip)
         self.replay = wire.ReplayGuard()
         self.transport: Any = None
-        self.stats = {"sent": 0, "received": 0, "auth_failures": 0, "garbled": 0, "foreign": 0, "probes": 0}
+        self.stats = {"sent": 0, "received": 0, "auth_failures": 0, "garbled": 0, "foreign": 0, "probes": 0,
+                      "auth_sources": 0}
         self._answered: dict[IPv4Address, float] = {}
-        self._auth_logged: dict[str, float] = {}
+        self._auth_log = log.Throttle(burst=AUTH_LOG_BURST, rate=AUTH_LOG_RATE, per_key=AUTH_LOG_EVERY,
+                                      keys=AUTH_LOG_SOURCES)
+        self._auth_summary_due = False
         self._targets_cache: list[IPv4Address] | None = None
         log.bind(node=str(self.our_ip))
 
@@ -215,10 +224,26 @@ class Node:
 
     def auth_violation(self, source: str, why: str) -> None:
         self.stats["auth_failures"] += 1
-        now = time.monotonic()
-        if now - self._auth_logged.get(source, -math.inf) >= AUTH_LOG_EVERY:
-            self._auth_logged[source] = now
+        if self._auth_log.allow(source, time.monotonic()):
+            self._say_held_back()
             self.log.warning(f"Authentication violation with {source}", reason=why)
+        elif self._auth_log.held_back and not self._auth_summary_due:
+            # said later even if the flood stops now
+            try:
+                asyncio.get_running_loop().call_later(AUTH_SUMMARY_EVERY, self._auth_summary_due_now)
+                self._auth_summary_due = True
+            except RuntimeError:  # no event loop (a test driving the node by hand): said with the next line
+                pass
+        self.stats["auth_sources"] = len(self._auth_log)
+
+    def _auth_summary_due_now(self) -> None:
+        self._auth_summary_due = False
+        self._say_held_back()
+
+    def _say_held_back(self) -> None:
+        held_back = self._auth_log.take_held_back()
+        if held_back:
+            self.log.warning(f"{held_back} more authentication violations suppressed")
 
     def on_datagram(self, data: bytes, source_ip: str) -> None:
         """Handle one received gossip datagram. Never raises: bad input is counted and logged."""

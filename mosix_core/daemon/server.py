@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mosix_core import paths
+from mosix_core import log, paths
 from mosix_core.daemon.control import ControlServer
 from mosix_core.daemon.node import Node
 from mosix_core.daemon.peer import PeerServer
@@ -104,11 +104,25 @@ async def _serve(node: Node) -> None:
         node.log.info("mosd stopped")
 
 
+def _log_to_own_file(etc: Path) -> None:
+    """When stderr is mosd's log file (as :func:`start_background` starts it), log
+    there rotated: anyone on the network can make mosd log, and the file must not grow
+    without bound."""
+    path = paths.log_file(etc)
+    try:
+        ours, theirs = os.fstat(2), os.stat(path)
+    except OSError:
+        return
+    if (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino):
+        log.configure(log_file=path)
+
+
 def run_foreground(etc: Path, *, map_override: Path | None = None, ip_override: str | None = None) -> None:
     """Run mosd in this process until SIGTERM/SIGINT (or ``mosd --stop``)."""
     lock = PidLock(paths.pid_file(etc))
     lock.acquire()
     try:
+        _log_to_own_file(etc)
         node = Node(etc, map_override=map_override, ip_override=ip_override)
         asyncio.run(_serve(node))
     finally:

@@ -37,6 +37,9 @@ class CheckpointPlan:
     due: float | None = None          # monotonic time of the next automatic checkpoint
     requested: str | None = None      # "continue" | "stop" | "exit": waiting for a stop
     taken: int = 0
+    # the last checkpoint written whole, (version, path): what the process is recovered
+    # from at home when the node it ran on dies
+    last: tuple[int, str] | None = None
 
     def reset_timer(self, now: float | None = None) -> None:
         """Writing checkpointinterval "has a side effect of resetting the time left"."""
@@ -89,12 +92,37 @@ def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: b
         inject.put_back(pid, regs)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         return False, f"{path}: {reason}", deferred
+    written_as = plan.naming.next_version()
     plan.naming.advance()
     plan.taken += 1
     state.checkpoint_version = plan.naming.next_version()
     if refused:
+        if plan.last is not None and plan.last[1] == path:
+            plan.last = None                  # recycled (-N) into one holding only the reason
         return False, refused[0], deferred
+    plan.last = (written_as, path)
     return True, path, deferred
+
+
+def recover_into(pid: int, path: str, shell: int) -> list[int]:
+    """Rebuild process ``pid`` — a shell waiting at ``shell``, as a process away
+    leaves at home — from checkpoint ``path``: memory, registers, files and their
+    offsets, cwd, signals, limits, as at the checkpoint (what a recovery with mosrun
+    -R gives, in the very process: its pid, parent and terminal are its own). The
+    signals held back meanwhile. Raises MosixError or TraceError if it cannot (the
+    process is then beyond use)."""
+    from mosix_core.image.restore import Restorer, RestoreOptions
+    from mosix_core.image.stream import ImageReader
+    from mosix_core.mosrun.recover import open_checkpoint
+
+    with open_checkpoint(path, "recover") as f:
+        restorer = Restorer(pid, RestoreOptions(), shell)
+        try:
+            for record in ImageReader(f, streaming=True):
+                restorer.take(record)
+            return restorer.finish().deferred
+        finally:
+            restorer.close()
 
 
 def in_blocking_call(regs: ptrace.Registers) -> bool:

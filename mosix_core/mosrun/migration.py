@@ -42,6 +42,10 @@ def lost_communication(computer: str) -> str:
     return f"Lost communication with {computer}"
 
 
+def recovered_after(version: int, computer: str) -> str:
+    return f"recovered from checkpoint {version} after {computer} died"
+
+
 def seems_dead(computer: str) -> str:
     return f"remote-site ({computer}) seems to be dead"
 
@@ -91,6 +95,15 @@ class Away:
     shortcuts: Shortcuts | None = None  # calls on regular files, made here on borrowed descriptors
     onward: Onward | None = None    # moving on to another node (not through home's memory)
     written_first: int = 0          # bytes of the call the deputy makes that were written here
+    # -- the link made again after a cut (see Supervisor._link_lost) ----------------------------
+    token: str = ""                 # the guest's secret with its guest host: names it to that node's mosd
+    grace: float = 0.0              # how long a cut link is waited for before the process is given up
+    requests: int = 0               # the guest's calls received (whole) over every connection
+    replies: int = 0                # ... and answered: the last answer is kept, for a guest that lost it
+    last_reply: object = None
+    lost_since: float | None = None  # the link is cut: since when (None: it is whole)
+    held: list = attrs.field(factory=list)   # frames for the guest made while the link was cut
+    reattaching: bool = False       # a thread is trying to make the link again
     # the rules killed it for a call it made away: nothing it sends any more is read,
     # so nothing it did after that call takes effect
     refused: bool = False

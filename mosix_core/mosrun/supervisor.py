@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import queue
+import secrets
 import selectors
 import signal
 import stat
@@ -44,7 +45,7 @@ from mosix_core.remote import clocks, moving
 from mosix_core.remote.calls import Reply, Request, forwardable, unforwardable_error
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, Poured, encode_control, encode_reply, encode_signal, reply_parts
-from mosix_core.remote.link import keep_alive
+from mosix_core.remote.link import NO_SUCH_GUEST, REATTACH_HANDSHAKE, keep_alive
 from mosix_core.remote.shortcut import Shortcuts, WrittenInPart
 from mosix_core.mosrun import options as mosopts
 
@@ -61,6 +62,7 @@ SYS_RT_SIGACTION, SYS_MMAP = NUMBERS["rt_sigaction"], NUMBERS["mmap"]
 SIG_SETMASK = 2
 PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
 MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
+REATTACH_EVERY = 1.0              # seconds between tries to make a cut link to a guest again
 FORWARD_BURST = 64                # calls served one after another before the loop's other work
 # what a frozen process does with a signal whose action is the default one (signal(7))
 DEFAULT_IGNORED = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH})
@@ -165,6 +167,8 @@ class Supervisor:
         self.freezer = freezer or freezing.Freezer(None)
         self.etc = etc
         self._spin: float | None = None
+        self._grace: float | None = None
+        self._pouring: tuple[Tracee, _Counted] | None = None    # a large write being made as it comes
 
     def serve_control(self) -> None:
         """Listen for mosmigrate (see :mod:`mosix_core.mosrun.control`)."""
@@ -867,7 +871,8 @@ class Supervisor:
             for which in capture.ITIMERS:           # its timers went with it
                 deputy.injector.check("setitimer", SYS_SETITIMER, which, deputy.zeros(32), 0)
             sock.settimeout(None)
-            channel.send(encode_control({"op": "go", "signals": deferred + held}))
+            token, grace = secrets.token_hex(16), self._link_grace()
+            channel.send(encode_control({"op": "go", "signals": deferred + held, "token": token, "grace": grace}))
         except (MosixError, OSError) as err:
             sock.close()
             self._send("update", pid=pid, where="here")
@@ -882,7 +887,8 @@ class Supervisor:
             if ahead is not None:
                 ahead.close()                        # its writes need no following any more
         tracee.start_at = None
-        tracee.away = migration.Away(target, sock, channel, deputy, compress=not reply.get("proximate"))
+        tracee.away = migration.Away(target, sock, channel, deputy, compress=not reply.get("proximate"), token=token,
+                                     grace=grace)
         try:
             tracee.away.shortcuts = Shortcuts(pid, tracee.own_pid, lambda: self._parent_pid(tracee))
         except OSError:
@@ -941,7 +947,7 @@ class Supervisor:
         for _ in range(FORWARD_BURST):
             self._away_message(tracee)
             away = tracee.away
-            if away is None or away.deputy.running is not None or not spin or \
+            if away is None or away.lost_since is not None or away.deputy.running is not None or not spin or \
                     not away.channel.readable_within(spin):
                 return
 
@@ -957,11 +963,15 @@ class Supervisor:
         away = tracee.away
         if away is None or away.refused:
             return
+        self._pouring = None
         try:
             message = away.channel.receive(pour=lambda *call: self._away_pour(tracee, *call))
         except (ProtocolError, OSError):
+            self._cut_in_pour(tracee)
             self._lost(tracee)
             return
+        if isinstance(message, (Poured, Request)):
+            away.requests += 1
         if isinstance(message, Poured):
             self._away_reply(tracee, message.reply)
         elif isinstance(message, Request):
@@ -1010,7 +1020,7 @@ class Supervisor:
         else:
             special = self._away_special(tracee, request)
         if special is not None:
-            self._away_send(tracee, encode_reply(Reply(special)))
+            self._away_answer(tracee, Reply(special))
             return
         reply = tracee.away.shortcuts.answer(request) if tracee.away.shortcuts is not None else None
         if isinstance(reply, WrittenInPart):
@@ -1032,7 +1042,17 @@ class Supervisor:
         context = rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid))
         if rules.home_verdict(request.nr, request.args, context) is not None:
             return None
-        return shortcuts.pour(request, index, size, source)
+        self._pouring = (tracee, _Counted(source))
+        return shortcuts.pour(request, index, size, self._pouring[1])
+
+    def _cut_in_pour(self, tracee: Tracee) -> None:
+        """The link broke in the middle of a large write made as it came: what was
+        written stays written, and the call is answered as a short write of it (the
+        guest, asking again, gets that answer; its program writes the rest)."""
+        pouring, self._pouring = self._pouring, None
+        if pouring is not None and pouring[0] is tracee and pouring[1].taken:
+            tracee.away.requests += 1
+            self._away_answer(tracee, Reply(pouring[1].taken))
 
     def _away_mapping(self, tracee: Tracee, request: Request, verdict) -> int:
         """mmap of a file away: the guest maps a private copy of the file's pages, read
@@ -1180,7 +1200,11 @@ class Supervisor:
         if now < self._next_heartbeat_check:
             return
         self._next_heartbeat_check = now + migration.HEARTBEAT_CHECK
-        away = [t for t in self.tracees.values() if t.away is not None and t.away.dying is None]
+        for tracee in [t for t in self.tracees.values() if t.away is not None and t.away.lost_since is not None]:
+            if now - tracee.away.lost_since > tracee.away.grace:
+                self._given_up(tracee)               # the link stayed cut: the guest is lost
+        away = [t for t in self.tracees.values() if t.away is not None and t.away.dying is None
+                and t.away.lost_since is None]
         if not away or self.etc is None:
             return
         try:
@@ -1205,27 +1229,169 @@ class Supervisor:
         done, tracee.away.written_first = tracee.away.written_first, 0
         if done:
             reply = Reply(done + reply.result if reply.result >= 0 else done)
-        if tracee.away.refused:
-            return
+        self._away_answer(tracee, reply)
+
+    def _away_answer(self, tracee: Tracee, reply: Reply) -> None:
+        """Every answer to a call of the guest goes here: counted and kept, so that a
+        guest whose link broke before the answer came gets it again, once — the call
+        is never made twice (a write is not made again)."""
+        away = tracee.away
+        away.replies += 1
+        away.last_reply = reply
+        if away.refused or away.lost_since is not None:
+            return                                   # sent when the link is whole again
         try:
-            tracee.away.channel.send_parts(reply_parts(reply))
+            away.channel.send_parts(reply_parts(reply))
         except OSError:
             self._lost(tracee)
 
     def _away_send(self, tracee: Tracee, frame: bytes) -> None:
         if tracee.away.refused:
             return
+        if tracee.away.lost_since is not None:
+            tracee.away.held.append(frame)           # sent when the link is whole again
+            return
         try:
             tracee.away.channel.send(frame)
         except OSError:
             self._lost(tracee)
+            if tracee.away is not None and tracee.away.lost_since is not None:
+                tracee.away.held.append(frame)
+
+    def _link_grace(self) -> float:
+        """mosd.conf's link_grace (read once)."""
+        if self._grace is None:
+            config = _configuration(self.etc) if self.etc is not None else None
+            settings = config.daemon if config is not None else DaemonSettings.default()
+            self._grace = float(getattr(settings, "link_grace", 0.0))
+        return self._grace
 
     def _lost(self, tracee: Tracee) -> None:
-        """The link to the guest broke: the process cannot go on (the manual's words)."""
+        """The link to the guest broke. The guest is frozen where it is, waiting; home
+        makes the link again through the node's mosd (a thread tries until the grace
+        period ends) and the process goes on as if nothing happened. Only a process
+        that cannot wait (no grace, dying) is given up at once."""
+        away = tracee.away
+        if away is None or away.lost_since is not None:
+            return
+        if not away.grace or not away.token or away.dying is not None or away.refused:
+            self._given_up(tracee)
+            return
+        away.lost_since = time.monotonic()
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(away.sock)
+        with contextlib.suppress(OSError):
+            away.sock.close()
+        if away.onward is not None:
+            away.onward.close()                      # a move on that was under way: asked again later
+            away.onward = None
+        if away.going is not None:
+            # the order may have been lost with the link: given again once it is whole
+            order = {"op": "home"} if away.going in migration.HOME_WORDS else None
+            away.going = None
+            if order is not None and not any(b'"op":"home"' in frame for frame in away.held):
+                self._send_order(tracee, "home", order)
+        self._reattach_soon(tracee, away)
+
+    def _reattach_soon(self, tracee: Tracee, away: migration.Away) -> None:
+        """In a thread: ask our mosd, again and again until the grace period ends, to
+        make the link to the guest host waiting on the node (the guest's token names
+        it); then wait for its first word, and let the loop take over (_reattached)."""
+        if away.reattaching:
+            return
+        away.reattaching = True
+        pid, where, token = tracee.pid, away.where, away.token
+        deadline = away.lost_since + away.grace
+
+        def work() -> None:
+            outcome: tuple[dict, Channel | None] = ({}, None)
+            while time.monotonic() < deadline and away.lost_since is not None and tracee.away is away:
+                try:
+                    reply, sock = Client(self.etc).call_for_socket("reattach", pid=pid, to=where, token=token)
+                except MosixError as err:
+                    reply, sock = {"refused": str(err)}, None
+                if sock is not None:
+                    try:
+                        keep_alive(sock)
+                        sock.settimeout(REATTACH_HANDSHAKE)
+                        channel = Channel(sock)
+                        hello = channel.receive()
+                        if isinstance(hello, dict) and hello.get("op") == "reattached":
+                            outcome = (hello, channel)
+                            break
+                    except (ProtocolError, OSError):
+                        pass
+                    sock.close()
+                elif reply.get("refused") == NO_SUCH_GUEST:
+                    outcome = ({"gone": True}, None)     # the node lives, the guest does not
+                    break
+                time.sleep(REATTACH_EVERY)
+            self._ways.put((lambda hello, channel: self._reattached(tracee, away, hello, channel), outcome))
+            try:
+                os.write(self._wake_w, b"w")
+            except OSError:
+                pass
+        threading.Thread(target=work, name=f"reattach-{pid}", daemon=True).start()
+
+    def _reattached(self, tracee: Tracee, away: migration.Away, hello: dict, channel: Channel | None) -> None:
+        """The link to the guest is whole again (``channel``), or cannot be: the guest
+        says how many answers it has had; it gets the one it missed, if it missed one,
+        and what was held for it, and goes on."""
+        away.reattaching = False
+        if tracee.away is not away or away.lost_since is None:
+            if channel is not None:
+                channel.sock.close()
+            return
+        if channel is None:
+            if hello.get("gone"):
+                self._given_up(tracee)
+            return                                   # the grace period ends it (_check_away_nodes)
+        replies = hello.get("replies")
+        if not isinstance(replies, int) or replies not in (away.replies, away.replies - 1):
+            channel.sock.close()
+            self._given_up(tracee)                   # the two ends disagree: nothing can be trusted
+            return
+        try:
+            channel.send(encode_control({"op": "resumed", "requests": away.requests}))
+            for frame in away.held:
+                channel.send(frame)
+            if replies < away.replies:
+                channel.send_parts(reply_parts(away.last_reply))
+            channel.sock.settimeout(None)
+        except OSError:
+            channel.sock.close()
+            self._reattach_soon(tracee, away)
+            return
+        away.held = []
+        away.sock, away.channel, away.lost_since = channel.sock, channel, None
+        self.selector.register(away.sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
+
+    def _given_up(self, tracee: Tracee) -> None:
+        """The guest is lost for good (its node died, or the link stayed cut past the
+        grace period). A process with a checkpoint is recovered from its last one, here
+        in its own body; MOSIX kills it ("Lost communication with {computer}")."""
         away = tracee.away
         if away is None:
             return
-        self.say(tracee, migration.lost_communication(away.where))
+        where = away.where
+        last = tracee.plan.last if tracee.plan is not None else None
+        if last is not None and away.deputy.running is None and away.dying is None and not away.refused:
+            self._drop_away(tracee)
+            try:
+                with self._unpinned():
+                    deferred = checkpoints.recover_into(tracee.pid, last[1], away.deputy.injector.address)
+            except (MosixError, OSError) as err:
+                self.say(tracee, f"recovering from checkpoint {last[0]} failed: {err}")
+                self.say(tracee, migration.lost_communication(where))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(tracee.pid, signal.SIGKILL)
+                return
+            self.say(tracee, migration.recovered_after(last[0], where))
+            self._send("update", pid=tracee.pid, where="here")
+            self._resume(tracee)
+            checkpoints.resend(tracee.pid, deferred + away.deputy.deferred)
+            return
+        self.say(tracee, migration.lost_communication(where))
         self._drop_away(tracee)
         try:
             os.kill(tracee.pid, signal.SIGKILL)
@@ -1284,7 +1450,9 @@ class Supervisor:
         """The process ended at home (its exit, or a signal): the guest gets its last
         answer and goes."""
         try:
-            if tracee.away.dying is not None:
+            if tracee.away.lost_since is not None:
+                pass                                 # the guest host gives it up after the grace period
+            elif tracee.away.dying is not None:
                 tracee.away.channel.send(encode_control({"op": "gone"}))
             else:
                 tracee.away.channel.send(encode_reply(Reply(0)))
@@ -1314,7 +1482,7 @@ class Supervisor:
             self._not_home(tracee, err)
             return
         except (MosixError, OSError):
-            self._lost(tracee)
+            self._given_up(tracee)                   # the image broke off: its shell is half rebuilt
             return
         try:
             sent = away.channel.receive()
@@ -1356,7 +1524,9 @@ class Supervisor:
                 answer = onward.channel.receive()
                 if isinstance(answer, dict) and answer.get("op") == "restored":
                     onward.sock.settimeout(None)
-                    onward.channel.send(encode_control({"op": "go", "signals": sent.get("signals", [])}))
+                    token = secrets.token_hex(16)
+                    onward.channel.send(encode_control({"op": "go", "signals": sent.get("signals", []),
+                                                        "token": token, "grace": away.grace}))
             except (ProtocolError, OSError) as err:
                 failed = err
         if failed is not None or not (isinstance(answer, dict) and answer.get("op") == "restored"):
@@ -1377,6 +1547,7 @@ class Supervisor:
         self._stay_ended(tracee, away, sent, onward.where)
         away.where, away.sock, away.channel, away.compress = onward.where, onward.sock, onward.channel, onward.compress
         away.utime, away.dead_since = 0.0, None
+        away.token, away.requests, away.replies, away.last_reply = token, 0, 0, None   # a new guest host
         self.selector.register(away.sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
         self._signal_migrated(tracee)
 
@@ -1395,8 +1566,9 @@ class Supervisor:
         away = tracee.away
         if err.shell is None:
             self.say(tracee, f"failed migrating home: {err.reason}")
-            self._lost(tracee)
+            self._given_up(tracee)
             return
+        away.deputy = Deputy(tracee.pid, err.shell)
         try:
             away.channel.receive()                  # the "sent" that follows the image
             away.channel.send(encode_control({"op": "stay"}))
@@ -1546,6 +1718,19 @@ class Supervisor:
             self.session.send(op, **args)
         except (DaemonUnavailable, OSError):
             self.session = None
+
+
+class _Counted:
+    """A channel as a large write made as it comes reads it, counting what it took."""
+
+    def __init__(self, source: Channel) -> None:
+        self.source = source
+        self.taken = 0
+
+    def receive_into(self, view: memoryview) -> int:
+        count = self.source.receive_into(view)
+        self.taken += count
+        return count
 
 
 def _command_line(pid: int) -> str:

@@ -12,12 +12,20 @@ receiver accepts a message once: a :class:`ReplayGuard` remembers, per sender,
 the newest epoch and a 64-message window of sequence numbers, and refuses
 messages whose timestamp is further than ``max_skew`` from its own clock (which
 bounds what a receiver that restarted, and so forgot, could be fooled with).
+
+That is enough for gossip, where a replayed status is at worst stale news; a TCP
+request (``migrate-in`` gets a guest host) must not be replayable at all, not even
+to a receiver that has just restarted. So a TCP connection starts with both ends
+sending a :func:`hello` carrying a fresh random nonce, and every frame on it is
+sealed over both nonces (``binding``): a frame is worth nothing on any other
+connection.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import struct
 import threading
 import time
@@ -33,6 +41,21 @@ HEADER = struct.Struct("!4sBBH4sQQQI")
 MAC_SIZE = 32
 OVERHEAD = HEADER.size + MAC_SIZE
 MAX_PAYLOAD = 64 * 1024 * 1024
+# Over TCP, requests and replies are small JSON objects (the image of a moving process
+# goes directly between the processes that own the move, not in frames). A
+# connection's first request is read before anyone knows who sent it, so it gets room
+# for a request and little more; later frames, and replies, a little more again.
+MAX_FIRST_REQUEST = 4 * 1024
+MAX_RPC_PAYLOAD = 64 * 1024
+
+# A connection's opening: magic, then a nonce of the sender's. Unauthenticated (a
+# forged nonce only makes the frames sealed over it fail to verify).
+HELLO_MAGIC = b"MOSXHELO"
+NONCE_SIZE = 16
+HELLO_SIZE = len(HELLO_MAGIC) + NONCE_SIZE
+# Put before the bound MAC input: its fifth byte can never be an envelope's version,
+# so a frame sealed for a connection can never pass as a datagram, nor the reverse.
+_BOUND_TAG = b"MOSX-bound\0"
 
 # message kinds
 GOSSIP = 1
@@ -69,7 +92,9 @@ class Sealer:
         self._seq = 0
         self._lock = threading.Lock()
 
-    def seal(self, kind: int, payload: bytes, flags: int = 0) -> bytes:
+    def seal(self, kind: int, payload: bytes, flags: int = 0, binding: bytes = b"") -> bytes:
+        """One message; with ``binding`` (a connection's :func:`channel_binding`) it is
+        valid on that connection only."""
         if len(payload) > MAX_PAYLOAD:
             raise ProtocolError(f"message too large ({len(payload)} bytes)")
         with self._lock:
@@ -77,12 +102,44 @@ class Sealer:
             seq = self._seq
         header = HEADER.pack(MAGIC, WIRE_VERSION, kind, flags, self.sender.packed, self.epoch, seq,
                              int(time.time() * 1000), len(payload))
-        mac = hmac.new(self._key, header + payload, hashlib.sha256).digest()
-        return header + payload + mac
+        return header + payload + _mac(self._key, header + payload, binding)
 
 
-def peek_length(header: bytes) -> int:
-    """Total message length from its header (for stream framing); checks magic and size."""
+def _mac(key: bytes, body: bytes, binding: bytes) -> bytes:
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    if binding:
+        mac.update(_BOUND_TAG + struct.pack("!H", len(binding)) + binding)
+    mac.update(body)
+    return mac.digest()
+
+
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_SIZE)
+
+
+def hello(nonce: bytes) -> bytes:
+    """The first bytes each end of a TCP connection sends."""
+    return HELLO_MAGIC + nonce
+
+
+def parse_hello(data: bytes) -> bytes:
+    """The nonce of the other end's :func:`hello`; ProtocolError if it is not one."""
+    if len(data) != HELLO_SIZE or not data.startswith(HELLO_MAGIC):
+        raise ProtocolError("the connection did not open with a MOSIX hello")
+    return data[len(HELLO_MAGIC):]
+
+
+def channel_binding(listener_nonce: bytes, caller_nonce: bytes) -> bytes:
+    """What both ends seal a connection's frames over (the listener's nonce first)."""
+    return listener_nonce + caller_nonce
+
+
+def peek_length(header: bytes, max_payload: int = MAX_PAYLOAD) -> int:
+    """Total message length from its header (for stream framing); checks magic and size.
+
+    A stream reader passes the most it is willing to hold for this frame, so a
+    header declaring more is refused before anything of the payload is read.
+    """
     if len(header) < HEADER.size:
         raise ProtocolError("truncated header")
     magic, version, _kind, _flags, _ip, _epoch, _seq, _t, length = HEADER.unpack_from(header)
@@ -90,13 +147,14 @@ def peek_length(header: bytes) -> int:
         raise ProtocolError("not a MOSIX message")
     if version != WIRE_VERSION:
         raise ProtocolError(f"incompatible wire version {version}")
-    if length > MAX_PAYLOAD:
+    if length > min(max_payload, MAX_PAYLOAD):
         raise ProtocolError(f"declared payload too large ({length} bytes)")
     return HEADER.size + length + MAC_SIZE
 
 
-def open_envelope(key: bytes, data: bytes) -> Envelope:
-    """Check framing and HMAC; return the envelope. Replay is checked separately.
+def open_envelope(key: bytes, data: bytes, binding: bytes = b"") -> Envelope:
+    """Check framing and HMAC (over ``binding`` too: see :meth:`Sealer.seal`); return
+    the envelope. Replay is checked separately.
 
     Raises ProtocolError for garbled/truncated data and AuthenticationError when the
     HMAC does not match (wrong secret or tampering).
@@ -105,8 +163,7 @@ def open_envelope(key: bytes, data: bytes) -> Envelope:
     if len(data) != total:
         raise ProtocolError(f"length mismatch ({len(data)} bytes, header says {total})")
     body, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
-    expected = hmac.new(key, body, hashlib.sha256).digest()
-    if not hmac.compare_digest(mac, expected):
+    if not hmac.compare_digest(mac, _mac(key, body, binding)):
         raise AuthenticationError("message authentication code does not match")
     _magic, _version, kind, flags, ip, epoch, seq, time_ms, length = HEADER.unpack_from(body)
     return Envelope(kind=kind, sender=IPv4Address(ip), epoch=epoch, seq=seq, time_ms=time_ms,
@@ -121,7 +178,11 @@ class _SenderWindow:
 
 
 class ReplayGuard:
-    """Accept each (sender, epoch, seq) once, and only recent messages."""
+    """Accept each (sender, epoch, seq) once, and only recent messages.
+
+    It keeps a window per sender, so check only envelopes whose MAC verified and
+    whose sender is in the map: then no stranger can grow the table.
+    """
 
     WINDOW = 64
 

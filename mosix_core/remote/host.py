@@ -1,8 +1,10 @@
 """The guest host: one migrated process on the node it moved to.
 
 ``mosd`` starts it (``python -m mosix_core.remote.host``) for each accepted
-migration, handing over the connection the image arrives on, and it drops to the
-unprivileged guest identity before anything of the process exists here. It then:
+migration, handing over the connection the image arrives on and a uid of the
+guest's own (no other guest runs as it), in a scrubbed environment; it drops to that
+uid before anything of the process exists here, and once the guest's stub exists it
+becomes undumpable (the guest cannot reach into it). It then:
 
 0. compares clocks with home (:mod:`~mosix_core.remote.clocks`) while still root,
    and puts the guest-to-be in a time namespace that shows home's monotonic and
@@ -23,9 +25,16 @@ unprivileged guest identity before anything of the process exists here. It then:
    fatal: mosd sends it again until the guest has gone).
 
 A signal's default action killing the guest here is reported (``killed``) so the
-process dies of it at home too. The connection closing while the guest runs means
-home is gone: the guest is killed
-(the home side tells the user "Lost communication with {computer}").
+process dies of it at home too. The connection breaking while the guest runs does
+not end it: the guest stays stopped where it is (a call that was waiting for home
+stays in the call) and the host waits, for the grace period home gave with ``go``,
+on an abstract Unix socket named by the guest's token, where this node's mosd hands
+over the connection home makes again (peer op ``reattach``). The two ends then
+compare counts — the replies the guest had, the requests home had — so the call that
+was waiting is sent again only if home never had it, and its reply, if lost, is sent
+again by home: no call is lost or made twice. Past the grace period the guest is
+killed (home recovers the process from its checkpoint, or tells the user "Lost
+communication with {computer}").
 """
 
 from __future__ import annotations
@@ -49,10 +58,12 @@ from mosix_core.linux import cpus, inject, ptrace, timens
 from mosix_core.remote import SEND_HOME, clocks, fastpath
 from mosix_core.remote.frames import Channel, decode, encode_control
 from mosix_core.remote.guest import Guest
-from mosix_core.remote.link import during_call, forwarder, keep_alive
+from mosix_core.remote.link import (REATTACH_HANDSHAKE, Tally, accept_home, during_call, forwarder, keep_alive,
+                                    listen_for_home)
 from mosix_core.remote.moving import arrive, send_image
 
 PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
 GUEST_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACESECCOMP | ptrace.O_EXITKILL
 #: how often the guest's CPU time is reported home (seconds)
 TIMES_EVERY = 1.0
@@ -60,6 +71,10 @@ TIMES_EVERY = 1.0
 
 class HomeGone(MosixError):
     """The connection to the process's home closed or went wrong."""
+
+
+class HomeLost(HomeGone):
+    """Home did not make the link again within the grace period: it is given up."""
 
 
 class GuestHost:
@@ -79,6 +94,14 @@ class GuestHost:
         self._next_times = 0.0
         self._all_cpus: set[int] = set()
         self._reported_utime: float | None = None
+        # the link home made again after a cut (see _wait_for_home): the guest's secret
+        # with home, how long it may take, where mosd hands the new connection over
+        self.tally = Tally()
+        self.token: str | None = None
+        self.grace = 0.0
+        self.listener: socket.socket | None = None
+        self._c_doubt = False                 # the C loop's call was cut: Python makes it again
+        self._selector: selectors.BaseSelector | None = None
 
     # -- arriving ----------------------------------------------------------------------------
     def compare_clocks(self) -> None:
@@ -118,7 +141,15 @@ class GuestHost:
             self._remove(pid)
             return False
         self.guest = guest
-        self.guest.forward = forwarder(self.channel, self.guest, self._control_during_call)
+        token, grace = answer.get("token"), answer.get("grace")
+        if isinstance(token, str) and token and isinstance(grace, (int, float)) and grace > 0:
+            try:
+                self.listener = listen_for_home(token)
+                self.token, self.grace = token, float(grace)
+            except OSError as err:
+                print(f"guest host: a cut link home will end the process: {err}", file=sys.stderr)
+        self.guest.forward = forwarder(self.channel, self.guest, self._control_during_call, tally=self.tally,
+                                       on_lost=self._link_broke if self.token else None)
         for sig in deferred + list(answer.get("signals", [])):
             self.guest.signal(sig)
         return True
@@ -135,6 +166,7 @@ class GuestHost:
         selector = selectors.DefaultSelector()
         selector.register(self.sock, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
+        self._selector = selector
         try:
             self._all_cpus = cpus.allowed()
             cpu = cpus.current()                     # tracer and guest on one CPU
@@ -146,28 +178,42 @@ class GuestHost:
         ptrace.cont(guest.pid)
         try:
             while True:
-                while self.controls:
-                    if self._obey(self.controls.pop(0)):
+                try:
+                    if self._c_doubt:
+                        # the call the C loop had sent when the link broke: made again
+                        # in Python, which sends it only if home never had it
+                        self._c_doubt, self.tally.in_doubt = False, True
+                        if self._on_guest_stop(ptrace.Stop(guest.pid, "event", event=ptrace.EVENT_SECCOMP)):
+                            return 0
+                    while self.controls:
+                        if self._obey(self.controls.pop(0)):
+                            return 0
+                    if self._drain():
                         return 0
-                if self._drain():
-                    return 0
-                self._report_times()
-                if loop is not None and not (guest.stepping or guest.leaving or self.controls):
-                    if self._serve_in_c(loop):
-                        return 0
-                    _empty(wake_r)                   # the signals it saw have been handled by now
-                    continue
-                for key, _ in selector.select(timeout=TIMES_EVERY):
-                    if key.fileobj is self.sock:
-                        self._take(self._receive())
-                    else:
-                        _empty(wake_r)
+                    self._report_times()
+                    if loop is not None and not (guest.stepping or guest.leaving or self.controls):
+                        if self._serve_in_c(loop):
+                            return 0
+                        _empty(wake_r)               # the signals it saw have been handled by now
+                        continue
+                    for key, _ in selector.select(timeout=TIMES_EVERY):
+                        if key.fileobj is self.sock:
+                            self._take(self._receive())
+                        else:
+                            _empty(wake_r)
+                except (HomeGone, ProtocolError, OSError) as err:
+                    if guest.exit_status is not None or isinstance(err, HomeLost) or not self.token:
+                        raise
+                    self._link_broke(err, False)
         except (HomeGone, ProtocolError, OSError) as err:
             self._remove(guest.pid)
             if guest.exit_status is not None:
                 return 0                             # it ended at home; home hung up first
             print(f"guest host: the link home ended: {err}", file=sys.stderr)
             return 1
+        finally:
+            if self.listener is not None:
+                self.listener.close()
 
     def _trap_loop(self, wake_fd: int) -> fastpath.TrapLoop | None:
         """The C loop for the guest's simple calls, if it is built."""
@@ -187,6 +233,7 @@ class GuestHost:
         before = loop.handled
         what, status, result, frames = loop.serve(TIMES_EVERY)
         guest.forwarded += loop.handled - before
+        self.tally.replies += loop.handled - before + (what == fastpath.RESTART)   # home's answers taken in C
         for frame in frames:                         # came while a call waited for its reply
             during_call(decode(frame), guest, self._control_during_call)
         if what == fastpath.STOP:
@@ -202,8 +249,50 @@ class GuestHost:
             if status == errno.ECHILD:
                 return True
             if status != errno.ESRCH:                # a guest killed meanwhile shows at its next wait
+                self._c_doubt = True                 # stopped in the call it was making
                 raise HomeGone(os.strerror(status))
         return False
+
+    def _link_broke(self, err: BaseException, in_call: bool) -> None:
+        """The link home broke: the guest stays stopped (frozen where it is, its memory
+        kept) until home makes the link again through this node's mosd, within the
+        grace period home gave; then it goes on as if nothing happened. Raises
+        :class:`HomeLost` when the grace period ends first."""
+        if not in_call and not self._c_doubt:
+            try:
+                ptrace.interrupt(self.guest.pid)     # its stop is handled once home is back
+            except TraceError:
+                pass
+        deadline = time.monotonic() + self.grace
+        print(f"guest host: the link home broke ({err}); the guest waits up to {self.grace:g} s for home",
+              file=sys.stderr)
+        while True:
+            sock = accept_home(self.listener, deadline)
+            if sock is None:
+                raise HomeLost(f"{err}; home did not come back within {self.grace:g} s")
+            try:
+                # onto the same descriptor: the C loop, the channel and the guest's
+                # forwarder all go on with it
+                os.dup2(sock.fileno(), self.sock.fileno())
+            finally:
+                sock.close()
+            if self._selector is not None:       # epoll forgot the descriptor's old connection
+                self._selector.unregister(self.sock)
+                self._selector.register(self.sock, selectors.EVENT_READ)
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                keep_alive(self.sock)
+                self.sock.settimeout(REATTACH_HANDSHAKE)
+                self._send({"op": "reattached", "replies": self.tally.replies})
+                answer = self._control()
+                self.sock.settimeout(None)
+            except (HomeGone, OSError) as again:
+                err = again
+                continue
+            if answer.get("op") == "resumed" and isinstance(answer.get("requests"), int):
+                self.tally.home_requests = answer["requests"]
+                print("guest host: home is back; the guest goes on", file=sys.stderr)
+                return
 
     def _take(self, message) -> None:
         """A frame from home while no call runs: a signal or a control message."""
@@ -306,19 +395,26 @@ class GuestHost:
                 return True
         guest.stepping = False
         regs = inject.copy_registers(ptrace.get_regs(pid))
-        self._send({"op": "image", "for": guest.wants_home})
-        out = self.sock.makefile("wb")
         try:
-            if self._all_cpus:
-                cpus.pin(0, self._all_cpus)          # the image's threads may use every CPU
-        except TraceError:
-            pass
-        compress = self.compress if self.next_compress is None else self.next_compress
-        self.next_compress = None
-        deferred = send_image(pid, ImageWriter(out, compress=compress), regs, {})
-        out.flush()
-        self._send({"op": "sent", "signals": deferred, "utime": guest.utime()})
-        answer = self._control()
+            self._send({"op": "image", "for": guest.wants_home})
+            out = self.sock.makefile("wb")
+            try:
+                if self._all_cpus:
+                    cpus.pin(0, self._all_cpus)      # the image's threads may use every CPU
+            except TraceError:
+                pass
+            compress = self.compress if self.next_compress is None else self.next_compress
+            self.next_compress = None
+            deferred = send_image(pid, ImageWriter(out, compress=compress), regs, {})
+            out.flush()
+            self._send({"op": "sent", "signals": deferred, "utime": guest.utime()})
+            answer = self._control()
+        except (HomeGone, ProtocolError, OSError):
+            # the link broke under the move: the guest is as it was (home asks again
+            # once the link is whole, or takes it if it had it all)
+            inject.put_back(pid, regs)
+            ptrace.cont(pid)
+            raise
         if answer.get("op") == "arrived":
             self._remove(pid)
             return True
@@ -373,16 +469,36 @@ def _empty(fd: int) -> None:
 
 
 def become_guest_identity(uid: int, gid: int) -> None:
-    """Give up root for good: nothing of the guest ever runs with the host's rights."""
+    """Give up root for good, for the guest's own uid (mosd gives each guest one): nothing
+    of the guest ever runs with the host's rights, nor with another guest's."""
     if os.geteuid() != 0:
         return                                       # already unprivileged (tests as a user)
+    if uid == 0 or gid == 0:
+        raise OSError(errno.EPERM, "a guest may not run as root")
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        raise OSError(errno.EPERM, f"could not become uid {uid}, gid {gid}")
+    # a setuid program the guest might exec here gains nothing
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
     # changing identity made us undumpable, and the stub we fork would inherit that:
-    # then not even its parent could trace it
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+    # then not even its parent could trace it (see keep_the_guest_out for after)
+    _prctl(PR_SET_DUMPABLE, 1, "PR_SET_DUMPABLE")
+
+
+def keep_the_guest_out() -> None:
+    """Once the guest's stub exists (dumpable, which its tracer needs to read and write
+    its memory), the host becomes undumpable: the guest, of the same uid, then cannot
+    trace it, read its memory or environment or take its descriptors (pidfd_getfd),
+    and /proc shows the host's files as root's. Tracing the guest only needs the guest
+    dumpable, not the tracer."""
+    _prctl(PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")
+
+
+def _prctl(option: int, value: int, name: str) -> None:
+    if ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({name})")
 
 
 def guest_host_options(args: dict) -> list[str]:
@@ -449,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         become_guest_identity(args.uid, args.gid)
         if not host.receive():
             return 1
+        keep_the_guest_out()
     except (HomeGone, ProtocolError, OSError) as err:
         print(f"guest host: home went away during the move: {err}", file=sys.stderr)
         return 1

@@ -9,8 +9,15 @@ status is the one its parent sees there); the guest is removed after that.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import socket
+import struct
+import time
 from typing import Callable
+
+import attrs
 
 from mosix_core.errors import ProtocolError, TraceError
 from mosix_core.linux.syscall_names import NUMBERS
@@ -23,28 +30,153 @@ SYS_MMAP = NUMBERS["mmap"]
 #: TCP keepalive on the link: idle seconds, probe interval, probes — a node that dies
 #: breaks its links in about 11 s (neither half can go on without the other)
 KEEPALIVE = (5, 2, 3)
+#: the same bound for data that is never acknowledged (TCP_USER_TIMEOUT, ms): without
+#: it a call sent into a cut link is retransmitted for some 15 minutes
+UNACKNOWLEDGED_MS = 11_000
+#: how long a guest host waits for the first word on a connection home made again
+REATTACH_HANDSHAKE = 20.0
+#: a node's mosd answers a reattach so when no guest host there waits for the token
+NO_SUCH_GUEST = "no such guest"
 
 
 def keep_alive(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in zip((socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT), KEEPALIVE):
         sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNACKNOWLEDGED_MS)
+
+
+@attrs.define
+class Tally:
+    """The guest side's count of its link home, kept across connections: how many
+    replies to its calls have come (home counts the requests it received and the
+    replies it made; the two counts tell, after a cut, whether the call that was
+    waiting must be sent again or its reply will come)."""
+
+    replies: int = 0
+    # home's count of requests received, as it said when the link was made again
+    home_requests: int = 0
+    # the call that was waiting at the cut was sent by the C loop: Python sends it
+    # again only if home did not receive it
+    in_doubt: bool = False
+
+    def home_has_it(self) -> bool:
+        """Whether home has the request the guest is waiting on (it answers it)."""
+        return self.home_requests > self.replies
+
+
+#: ``on_lost(error, in_call)``: the link broke; returns once it is whole again (the
+#: tally's ``home_requests`` updated) or raises (home is gone for good)
+OnLost = Callable[[BaseException, bool], None]
 
 
 def forwarder(channel: Channel, guest: Guest,
-              on_control: Callable[[dict], None] | None = None) -> Callable[[Request], Reply]:
+              on_control: Callable[[dict], None] | None = None, *, tally: Tally | None = None,
+              on_lost: OnLost | None = None) -> Callable[[Request], Reply]:
     """The guest's ``forward``: one request out, signals delivered, its reply back.
-    Control messages from home that arrive meanwhile go to ``on_control``."""
+    Control messages from home that arrive meanwhile go to ``on_control``. With
+    ``on_lost``, a link that breaks during the call is waited for (the guest stays
+    stopped in its call) and the call goes on over the new one: sent again if home
+    never had it, else its reply waited for (home sends it again if it was lost)."""
+    tally = tally if tally is not None else Tally()
 
     def forward(request: Request) -> Reply:
-        channel.send_parts(request_parts(request))
+        sent = tally.in_doubt and tally.home_has_it()
+        tally.in_doubt = False
         while True:
-            answer = channel.receive()
-            if isinstance(answer, Reply):
-                return answer
-            during_call(answer, guest, on_control)
+            try:
+                if not sent:
+                    channel.send_parts(request_parts(request))
+                    sent = True
+                while True:
+                    answer = channel.receive()
+                    if isinstance(answer, Reply):
+                        tally.replies += 1
+                        return answer
+                    during_call(answer, guest, on_control)
+            except (ProtocolError, OSError) as err:
+                if on_lost is None:
+                    raise
+                on_lost(err, True)
+                sent = tally.home_has_it()
 
     return forward
+
+
+# -- a link made again -------------------------------------------------------------------------------
+def reattach_address(token: str) -> bytes:
+    """The abstract Unix socket where the guest host of the guest ``token`` names
+    waits for its connection home to be made again (mosd hands it over there). The
+    name is a digest: the token itself stays between home and the guest host."""
+    return b"\0mosix-reattach-" + hashlib.sha256(token.encode()).hexdigest()[:32].encode()
+
+
+def listen_for_home(token: str) -> socket.socket:
+    """The guest host's end of :func:`reattach_address` (a listening SEQPACKET socket)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        listener.bind(reattach_address(token))
+        listener.listen(4)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def accept_home(listener: socket.socket, deadline: float) -> socket.socket | None:
+    """The connection home made again, as this node's mosd hands it over (only root —
+    mosd — may); None once ``deadline`` (monotonic) has passed."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        listener.settimeout(left)
+        try:
+            conn, _ = listener.accept()
+        except (socket.timeout, BlockingIOError):
+            return None
+        with conn:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            if struct.unpack("3i", creds)[1] not in (0, os.getuid()):
+                continue                             # not mosd: a guest may not pose as home
+            conn.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                message, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+            except (OSError, socket.timeout):
+                continue
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            sock = socket.socket(fileno=fds[0])
+            if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
+                sock.close()
+                continue
+            return sock
+
+
+def reach_waiting(token: str) -> socket.socket | None:
+    """mosd's part, first: the guest host waiting for ``token``'s link home, reached
+    (None if no guest host here waits for it)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        conn.settimeout(2.0)
+        conn.connect(reattach_address(token))
+        return conn
+    except OSError:
+        conn.close()
+        return None
+
+
+def hand_to_waiting(conn: socket.socket, fd: int, message: dict) -> bool:
+    """...then the connection ``fd`` passed to it (False if it has gone meanwhile)."""
+    try:
+        socket.send_fds(conn, [json.dumps(message).encode()], [fd])
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def during_call(message, guest: Guest, on_control: Callable[[dict], None] | None = None) -> None:

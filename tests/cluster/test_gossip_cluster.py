@@ -121,9 +121,19 @@ def test_peer_tcp_listener_authenticates(local_cluster):
     secret = (cluster.etc(1) / "secret").read_text().strip().encode()
     import json
 
+    nonce = wire.new_nonce()
+    binding = b""
+
     def ask(key: bytes) -> bytes:
+        nonlocal binding
         with socket.create_connection((cluster.ip(1), port), source_address=(cluster.ip(2), 0), timeout=5) as s:
-            s.sendall(wire.Sealer(key, IPv4Address(cluster.ip(2))).seal(wire.RPC_REQUEST, b'{"op": "ping"}'))
+            s.sendall(wire.hello(nonce))
+            hello = b""
+            while len(hello) < wire.HELLO_SIZE:
+                hello += s.recv(wire.HELLO_SIZE - len(hello))
+            binding = wire.channel_binding(wire.parse_hello(hello), nonce)
+            s.sendall(wire.Sealer(key, IPv4Address(cluster.ip(2))).seal(wire.RPC_REQUEST, b'{"op": "ping"}',
+                                                                        binding=binding))
             data = b""
             while True:
                 chunk = s.recv(65536)
@@ -133,7 +143,7 @@ def test_peer_tcp_listener_authenticates(local_cluster):
                 if len(data) >= wire.HEADER.size and len(data) == wire.peek_length(data):
                     return data
 
-    reply = wire.open_envelope(wire.derive_key(secret), ask(wire.derive_key(secret)))
+    reply = wire.open_envelope(wire.derive_key(secret), ask(wire.derive_key(secret)), binding)
     assert json.loads(reply.payload)["ip"] == cluster.ip(1)
     # the same through the daemon's own client side, as node 2 would call it
     import asyncio
