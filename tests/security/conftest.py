@@ -14,11 +14,12 @@ from typing import Iterator
 
 import pytest
 
-from tests.security.users import USER_NAMES, User, create_user, remove_user
+from tests.security.users import User, create_user, remove_stale_users, remove_user, run_user_names
 
 
 @pytest.fixture(scope="session")
 def test_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, User]]:
+    """The run's users, by role."""
     if os.geteuid() != 0:
         pytest.skip("the security tests create users: run them as root (CI does)")
     base = tmp_path_factory.getbasetemp()
@@ -30,22 +31,24 @@ def test_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, U
             directory.chmod(0o711)
     root = Path(tmp_path_factory.mktemp("homes"))
     root.chmod(0o755)
-    users = {name: create_user(name, root) for name in USER_NAMES}
+    remove_stale_users()
+    names = run_user_names()
+    users = {role: create_user(name, root) for role, name in names.items()}
     try:
         yield users
     finally:
-        for name in USER_NAMES:
+        for name in names.values():
             remove_user(name)
         shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
 def attacker(test_users: dict[str, User]) -> User:
-    return test_users["mosec-attacker"]
+    return test_users["attacker"]
 
 
 @pytest.fixture
 def victim(test_users: dict[str, User]) -> User:
-    return test_users["mosec-victim"]
+    return test_users["victim"]
 
 

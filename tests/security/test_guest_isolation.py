@@ -199,7 +199,7 @@ def setup(tmp_path_factory, test_users):
     state = Setup(cluster, {})
     try:
         cluster.converged()
-        for name, user in (("attacker", test_users["mosec-attacker"]), ("victim", test_users["mosec-victim"])):
+        for name, user in (("attacker", test_users["attacker"]), ("victim", test_users["victim"])):
             state.guests[name] = state.start(user, name)
             state.arrive(state.guests[name])
         yield state

@@ -18,9 +18,24 @@ import attrs
 import pytest
 
 BIN = Path(sys.executable).parent
-#: the names are fixed (so a run killed half-way leaves users the next run recognises
-#: and removes) and unlikely to clash with a real account
-USER_NAMES = ("mosec-attacker", "mosec-victim")
+#: the roles; a run's users are named ``mosec{pid}-{role}`` (several runs may share the
+#: machine), and a run removes the users of runs that have ended (killed half-way)
+ROLES = ("attacker", "victim")
+PREFIX = "mosec"
+
+
+def run_user_names() -> dict[str, str]:
+    return {role: f"{PREFIX}{os.getpid()}-{role}" for role in ROLES}
+
+
+def remove_stale_users() -> None:
+    """The users of earlier runs whose pytest is gone."""
+    for entry in pwd.getpwall():
+        owner, dash, role = entry.pw_name.partition("-")
+        if not (owner.startswith(PREFIX) and owner[len(PREFIX):].isdigit() and dash and role in ROLES):
+            continue
+        if not Path(f"/proc/{owner[len(PREFIX):]}").exists():
+            remove_user(entry.pw_name)
 
 
 @attrs.frozen
