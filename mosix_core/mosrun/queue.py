@@ -6,6 +6,12 @@ or is longer than :data:`MAX_LINE`, is reported with the manual's message and
 counts as failed. Blank lines are not commands. The exit status is the number of
 failed lines (255 at most); the failed-file, when asked for, receives each
 failed line as soon as it fails.
+
+A line is bytes, whatever the locale: it reaches bash and the failed-file exactly
+as the commands-file holds it, so that the failed-file can be run again as it is.
+A NUL byte is the one thing a command line cannot carry to ``bash -c`` (the
+argument would end there and bash would run only part of the line), so such a
+line is "broken" as well.
 """
 
 from __future__ import annotations
@@ -25,8 +31,20 @@ MAX_STATUS = 255
 @attrs.define
 class Job:
     number: int       # its line number in the commands-file
-    line: str
+    raw: bytes        # the line as the file holds it, without its line-feed
     pid: int = 0
+
+    @property
+    def line(self) -> str:
+        """The line for ``bash -c``: decoded the way exec encodes arguments back
+        (the file-system encoding with surrogateescape), so bash gets ``raw`` exactly."""
+        return os.fsdecode(self.raw)
+
+    @property
+    def command(self) -> str:
+        """The line for people (mosps, messages): odd bytes shown escaped, never
+        a lone surrogate that a strict UTF-8 writer would refuse."""
+        return self.raw.decode(errors="backslashreplace")
 
 
 def _identity(st: os.stat_result) -> tuple:
@@ -50,7 +68,7 @@ class CommandQueue:
         self._failed_file = None
         if failed is not None:
             try:
-                self._failed_file = open(failed, "w")
+                self._failed_file = open(failed, "wb")
             except OSError as err:
                 raise MosixError(f"{failed}: {err.strerror}") from None
         self._failed_write_error = False
@@ -69,18 +87,21 @@ class CommandQueue:
                 self.exhausted = True
                 break
             self.line_number += 1
-            if not raw.endswith(b"\n") or len(raw) > MAX_LINE:
+            if not raw.endswith(b"\n") or len(raw) > MAX_LINE or b"\0" in raw:
                 self.say(f"Line #{self.line_number} is too long or broken!")
-                first = raw
-                while len(raw) > MAX_LINE and not raw.endswith(b"\n"):
-                    raw = self._file.readline(MAX_LINE + 1)     # skip the rest of it
                 self.done += 1
-                self._record_failure(first[:MAX_LINE].rstrip(b"\n").decode(errors="surrogateescape"))
+                self.failures += 1
+                # the whole line goes to the failed-file, however long, a piece at a time
+                self._write_failed(raw)
+                while len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                    raw = self._file.readline(MAX_LINE + 1)     # the rest of it is not run
+                    self._write_failed(raw)
+                if not raw.endswith(b"\n"):
+                    self._write_failed(b"\n")
                 continue
-            line = raw[:-1].decode(errors="surrogateescape")
-            if not line.strip():
+            if not raw.strip():
                 continue
-            return Job(self.line_number, line)
+            return Job(self.line_number, raw[:-1])
         return None
 
     def started(self, job: Job) -> None:
@@ -92,7 +113,8 @@ class CommandQueue:
             return None
         self.done += 1
         if not ok:
-            self._record_failure(job.line)
+            self.failures += 1
+            self._write_failed(job.raw + b"\n")
         return job
 
     @property
@@ -104,15 +126,14 @@ class CommandQueue:
         return f"{self.total}/{self.done}/{self.failures}"
 
     # -- results ----------------------------------------------------------------------------------------
-    def _record_failure(self, line: str) -> None:
-        self.failures += 1
-        if self._failed_file is not None:
+    def _write_failed(self, data: bytes) -> None:
+        if self._failed_file is not None and not self._failed_write_error:
             try:
-                self._failed_file.write(line + "\n")
+                self._failed_file.write(data)
                 self._failed_file.flush()
             except OSError:
-                if not self._failed_write_error:
-                    self.say("Failed writing to failed-commands file!")
+                # once a piece is lost the file cannot be exact: say so once, write no more
+                self.say("Failed writing to failed-commands file!")
                 self._failed_write_error = True
 
     def close(self) -> int:

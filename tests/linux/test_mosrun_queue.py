@@ -339,3 +339,88 @@ def test_mosps_shows_the_progress_of_a_running_queue(tmp_path, mosrun_env, local
     assert out == "third\n"
     listing = run(["mosps", "-S"], env)
     assert str(queue.pid) not in listing.stdout.split()
+
+
+# -- any bytes a line can hold (issue 17, item 11) ------------------------------------------------------------
+def test_odd_bytes_reach_bash_and_the_failed_file_exactly(tmp_path, mosrun_env):
+    """Lines are bytes: not UTF-8, not the locale's, reach bash and the failed-file as they are."""
+    out = tmp_path / "out"
+    cmds = tmp_path / "cmds"
+    lines = [b"printf '\xff\xfe\x80' > " + bytes(out) + b"; exit 3",   # invalid UTF-8, the job fails
+             b"true \xff",                                            # true ignores its argument: fine
+             b"\xff\xfe",                                             # not a command: fails
+             b": \xc3\xa9 \xed\xa0\x80; exit 4",                      # valid UTF-8 and an encoded surrogate
+             b"echo ok"]
+    cmds.write_bytes(b"\n".join(lines) + b"\n")
+    failed = tmp_path / "failed"
+    result = subprocess.run(["mosrun", "-S1", f"{cmds},{failed}"], env=mosrun_env, capture_output=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == b"ok\n"
+    assert out.read_bytes() == b"\xff\xfe\x80"
+    assert failed.read_bytes() == lines[0] + b"\n" + lines[2] + b"\n" + lines[3] + b"\n"
+
+
+def test_odd_bytes_in_a_nested_queue(tmp_path, mosrun_env):
+    """mosrun -S inside a MOSIX process feeds its jobs the same bytes."""
+    cmds = tmp_path / "cmds"
+    lines = [b"exit 1 # \xff", b"echo \xfe", b"\x80\x81"]
+    cmds.write_bytes(b"\n".join(lines) + b"\n")
+    failed = tmp_path / "failed"
+    result = subprocess.run(["mosrun", "-e", "bash", "-c", f"mosrun -S1 {cmds},{failed}"], env=mosrun_env,
+                            capture_output=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == b"\xfe\n"
+    assert failed.read_bytes() == lines[0] + b"\n" + lines[2] + b"\n"
+
+
+def test_a_line_holding_a_nul_is_broken_and_kept_whole(tmp_path, mosrun_env):
+    """bash -c cannot be given a NUL: running the line up to it would run another command."""
+    marker = tmp_path / "marker"
+    cmds = tmp_path / "cmds"
+    nul_line = b"touch " + bytes(marker) + b"\0; exit 9"
+    cmds.write_bytes(nul_line + b"\necho after\n")
+    failed = tmp_path / "failed"
+    result = subprocess.run(["mosrun", "-S1", f"{cmds},{failed}"], env=mosrun_env, capture_output=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert b"Line #1 is too long or broken!" in result.stderr.splitlines()
+    assert result.stdout == b"after\n"
+    assert not marker.exists()
+    assert failed.read_bytes() == nul_line + b"\n"
+
+
+def test_an_over_long_line_is_recorded_whole(tmp_path, mosrun_env):
+    """The failed-file holds the lines that failed byte for byte, a 200 KB one too."""
+    long_line = b"echo " + b"\xff" * 200_000
+    cmds = tmp_path / "cmds"
+    cmds.write_bytes(b"exit 2\n" + long_line + b"\necho last\n")
+    failed = tmp_path / "failed"
+    result = subprocess.run(["mosrun", "-S1", f"{cmds},{failed}"], env=mosrun_env, capture_output=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == b"last\n"
+    assert failed.read_bytes() == b"exit 2\n" + long_line + b"\n"
+
+
+def test_a_thousand_line_queue_with_failing_signalled_and_odd_lines(tmp_path, mosrun_env):
+    """The issue's load test: every line runs once, and the failed-file holds exactly the
+    failed lines, each whole (completion order, so compared as a multiset)."""
+    kinds = [(b"exit 3", False), (b"kill -TERM $$", False), (b"printf '\xff' >/dev/null; true", True),
+             (b"true", True), (b"sleep 0.01", True), (b": \xff\xfe\x80; exit 5", False),
+             (b"kill -KILL $$", False), (b"true \xc3A", True)]
+    lines, expected = [], []
+    for n in range(1, 1001):
+        body, ok = kinds[n % len(kinds)]
+        line = b"printf '%d\\n' " + str(n).encode() + b"; " + body
+        lines.append(line)
+        if not ok:
+            expected.append(line)
+    cmds = tmp_path / "cmds"
+    cmds.write_bytes(b"\n".join(lines) + b"\n")
+    failed = tmp_path / "failed"
+    result = subprocess.run(["mosrun", "-S16", f"{cmds},{failed}"], env=mosrun_env, capture_output=True,
+                            timeout=240)
+    assert result.returncode == 255, result.stderr[-2000:]
+    assert sorted(map(int, result.stdout.split())) == list(range(1, 1001))      # each line ran, once
+    recorded = failed.read_bytes()
+    assert recorded.endswith(b"\n")
+    assert sorted(recorded[:-1].split(b"\n")) == sorted(expected)
+    assert b"Traceback" not in result.stderr
