@@ -12,13 +12,15 @@ to that pid from within the family reach it.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import attrs
 
-from mosix_core.errors import MosixError, TraceError
-from mosix_core.image.stream import CorruptImage, ImageReader, Kind
+from mosix_core.errors import MosixError
+from mosix_core.image.restore import check_files, check_process
+from mosix_core.image.stream import CorruptImage, ImageReader, Kind, Record
 from mosix_core.linux import ptrace
 from mosix_core.mosrun import options as mosopts
 from mosix_core.mosrun import procself, rules
@@ -62,8 +64,13 @@ def inspect(path: str) -> str:
         for record in ImageReader(f):          # read to the end: a bad file says so
             if record.kind == Kind.PROCESS:
                 process = record.json()
+                if not isinstance(process, dict):
+                    raise CorruptImage("the process record is not an object")
+                check_process(process)
+                state_from(process.get("mosix", {}))
             elif record.kind == Kind.FILES:
                 files = record.json()
+                check_files(files)
             elif record.kind == Kind.FAILURE:
                 failure = bytes(record.payload).decode(errors="replace")
     if failure is not None:
@@ -85,11 +92,20 @@ def check_image_header(path: str) -> None:
 
 
 def state_from(fields: dict[str, Any]) -> procself.MosixState:
-    known = {a.name for a in attrs.fields(procself.MosixState)}
-    try:
-        return procself.MosixState(**{k: v for k, v in fields.items() if k in known})
-    except TypeError as err:
-        raise CorruptImage(f"MOSIX state: {err}") from None
+    """The MOSIX state of the image's process: every field as mosrun sets it (a number
+    the supervisor can count with, a file name or none) or the image is corrupt."""
+    values = {}
+    for field in attrs.fields(procself.MosixState):
+        if field.name not in fields:
+            continue
+        value = fields[field.name]
+        if isinstance(field.default, int):
+            if type(value) is not int or not 0 <= value < 1 << 31:
+                raise CorruptImage(f"MOSIX state: {field.name} is {value!r}")
+        elif value is not None and (not isinstance(value, str) or "\0" in value or len(value) >= 4096):
+            raise CorruptImage(f"MOSIX state: {field.name} is {value!r}")
+        values[field.name] = value
+    return procself.MosixState(**values)
 
 
 @attrs.frozen
@@ -99,6 +115,20 @@ class Recovered:
     state: procself.MosixState
     command: str
     deferred: tuple[int, ...]
+
+
+def _mosix_state_checked(records: Iterable[Record]) -> Iterator[Record]:
+    """The records, the MOSIX state in the process record checked on the way: a bad
+    one must stop the restore while the process can still be told to exit."""
+    for record in records:
+        if record.kind == Kind.PROCESS:
+            process = record.json()
+            if isinstance(process, dict):
+                mosix = process.get("mosix", {})
+                if not isinstance(mosix, dict):
+                    raise CorruptImage("the MOSIX state is not an object")
+                state_from(mosix)
+        yield record
 
 
 def restore_root(root: int, path: str, redirect: tuple[tuple[int, str], ...]) -> Recovered:
@@ -115,7 +145,7 @@ def restore_root(root: int, path: str, redirect: tuple[tuple[int, str], ...]) ->
     stop = ptrace.wait_for(root)                        # the exit of execve: a clean slate
     options = RestoreOptions(redirect=redirect, filter_program=tuple(rules.build_filter(virtual_pids=True)))
     with open_checkpoint(path, "recover") as f:
-        restored = restore(root, ImageReader(f, streaming=True), options)
+        restored = restore(root, _mosix_state_checked(ImageReader(f, streaming=True)), options)
     process = restored.process
     virtual = process.get("pid")
     return Recovered(root, virtual if isinstance(virtual, int) and virtual != root else None,
@@ -138,10 +168,10 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
         supervisor.install_wakeup()
         try:
             recovered = restore_root(root, path, opts.redirect)
-        except (MosixError, TraceError, OSError) as err:
+        except Exception as err:        # whatever it was, the half-built process must not stay
             text = str(err) if isinstance(err, MosixError) else f"Restoration failed: {err}"
             os.write(messages, f"{text}\n".encode(errors="replace"))
-            ptrace.wait_gone(root)
+            _make_gone(root)
             return
         written_as = recovered.state.checkpoint_version      # adopt() starts a fresh naming
         tracee = supervisor.adopt(root, recovered.state, recovered.command, virtual_pid=recovered.virtual_pid)
@@ -153,6 +183,26 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
         supervisor.run()
 
     launch.start_supervised("", [], env, supervise, become=lambda: launch.become_restore_stub(env))
+
+
+def _make_gone(root: int) -> None:
+    """After a failed restore: the stub was told to exit (status 1); if it cannot
+    have been (it is stopped somewhere else, or the telling failed), it is killed."""
+    if _stopped_by_us(root):
+        try:
+            os.kill(root, signal.SIGKILL)
+        except OSError:
+            pass
+    ptrace.wait_gone(root)
+
+
+def _stopped_by_us(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"t", b"T")
 
 
 def continue_numbering(plan, state: procself.MosixState, written_as: int) -> None:
