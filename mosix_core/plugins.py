@@ -7,7 +7,11 @@ disable any of them by name (``disabled_plugins`` in ``mosd.conf``) and replace 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
+import pwd
+import stat
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterable
@@ -15,7 +19,7 @@ from typing import Any, Callable, Iterable
 import attrs
 import pluggy
 
-from mosix_core import hookspecs
+from mosix_core import hookspecs, log
 from mosix_core.entry_points import entry_points, normalized
 from mosix_core.errors import ConfigError, MosixError
 
@@ -40,6 +44,7 @@ class MosixPluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self.origins: dict[str, PluginInfo] = {}
+        self.refused: list[UnsafeHook] = []     # site hooks not loaded, and why
 
     def register_module(self, module: ModuleType | Any, info: PluginInfo) -> None:
         if self.is_blocked(info.name):
@@ -57,25 +62,104 @@ class MosixPluginManager(pluggy.PluginManager):
         return [self.origins[name] for name in sorted(self.origins)]
 
 
+class UnsafeHook(ConfigError):
+    """A site hook someone else could have written: it runs as whoever loads it (root,
+    in mosd), so it is not loaded."""
+
+
+def _owner(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"user {uid}"
+
+
+def _check_trusted(shown: str, info: os.stat_result, where: str, *, ancestor: bool) -> None:
+    """``where`` (``info``: its lstat) may be changed only by root or by us. A directory
+    above the hooks, root's and sticky (/tmp), lets others change only their own entries:
+    it may be written by others, as sudo allows for its plugins' paths."""
+    me = os.geteuid()
+    if info.st_uid not in (0, me):
+        raise UnsafeHook(shown, f"{where} is owned by {_owner(info.st_uid)}, not by root"
+                                + ("" if me == 0 else f" or {_owner(me)}"))
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if ancestor and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX and info.st_uid == 0:
+            return
+        whom = " and ".join(name for bit, name in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others"))
+                            if info.st_mode & bit)
+        raise UnsafeHook(shown, f"{where} is writable by {whom}")
+
+
+def _trusted_directory(directory: Path) -> Path:
+    """The real path of the hooks directory, every directory from / down to it checked;
+    the modules are then read through that path, not through links others may change."""
+    real = Path(os.path.realpath(directory))
+    chain = [*reversed(real.parents), real]
+    for at in chain:
+        _check_trusted(str(directory), os.lstat(at), str(at), ancestor=at != real)
+    return real
+
+
+def _read_trusted(path: Path) -> bytes:
+    """A module's source, from the file as opened (so what was checked is what runs)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafeHook(str(path), "is a symbolic link") from None
+        raise ConfigError(str(path), f"cannot be read: {err.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeHook(str(path), "is not a regular file")
+        _check_trusted(str(path), info, str(path), ancestor=False)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def load_site_hooks(pm: MosixPluginManager, directory: Path) -> None:
-    """Register every ``*.py`` module of a site hook directory, in name order."""
+    """Register every ``*.py`` module of a site hook directory, in name order.
+
+    Only modules that nobody but root (or the user running us) could have written are
+    loaded: the directory, every directory above it and the module itself. Any other is
+    refused — logged with the reason, and the program goes on without it."""
     if not directory.is_dir():
         raise ConfigError(str(directory), "site hook directory does not exist")
-    for path in sorted(directory.glob("*.py")):
+    try:
+        real = _trusted_directory(directory)
+    except UnsafeHook as err:
+        _refused(pm, err)
+        return
+    for path in sorted(real.glob("*.py")):
         if path.name.startswith("_"):
             continue
         name = f"site:{path.stem}"
         if pm.is_blocked(name) or pm.is_blocked(path.stem):
             continue
-        spec = importlib.util.spec_from_file_location(f"mosix_site_hooks.{path.stem}", path)
-        if spec is None or spec.loader is None:
-            raise ConfigError(str(path), "cannot be loaded as a Python module")
-        module = importlib.util.module_from_spec(spec)
+        shown = directory / path.name
         try:
-            spec.loader.exec_module(module)
+            source = _read_trusted(path)
+        except UnsafeHook as err:
+            _refused(pm, err)
+            continue
+        # read and compiled here, not through importlib's loader: it would also take a
+        # cached .pyc from __pycache__, which nothing above has checked
+        spec = importlib.util.spec_from_loader(f"mosix_site_hooks.{path.stem}", loader=None, origin=str(shown))
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        module.__file__ = str(shown)
+        try:
+            exec(compile(source, str(shown), "exec"), module.__dict__)
         except Exception as err:  # a site hook is foreign code: report, don't crash with a traceback
-            raise ConfigError(str(path), f"site hook failed to load: {type(err).__name__}: {err}") from err
-        pm.register_module(module, PluginInfo(name, "site hook", None, None, str(path)))
+            raise ConfigError(str(shown), f"site hook failed to load: {type(err).__name__}: {err}") from err
+        pm.register_module(module, PluginInfo(name, "site hook", None, None, str(shown)))
+
+
+def _refused(pm: MosixPluginManager, err: UnsafeHook) -> None:
+    pm.refused.append(err)
+    log.get("plugins").error("site hook refused: not loaded", path=err.path, reason=err.reason)
 
 
 def build_plugin_manager(
@@ -160,6 +244,7 @@ def apply_policies(pm: pluggy.PluginManager, hook_name: str, request: Any) -> An
 __all__ = [
     "MosixPluginManager",
     "PluginInfo",
+    "UnsafeHook",
     "apply_policies",
     "build_plugin_manager",
     "load_site_hooks",
