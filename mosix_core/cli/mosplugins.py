@@ -32,6 +32,8 @@ def main_command(etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP
         typer.echo(f"{info.name:<20} {origin:<22} {info.location}  [{hooks}]")
     for name in settings.disabled_plugins:
         typer.echo(f"{name:<20} (disabled in mosd.conf)")
+    for refused in pm.refused:                   # site hooks someone else could have written
+        typer.echo(f"{str(refused.path):<20} (refused, not loaded: {refused.reason})")
 
 
 def main() -> None:

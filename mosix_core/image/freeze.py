@@ -168,6 +168,7 @@ def _finish(restorer: Restorer) -> None:
             restorer.injector.check("rseq", SYS_RSEQ, rseq["pointer"], rseq["size"], 0, rseq["signature"])
     except (KeyError, TypeError) as err:
         raise CorruptImage(f"malformed rseq record: {err!r}") from None
+    restorer.check_resumable()
     restorer.injector.check("munmap(trampoline)", SYS_MUNMAP, restorer.trampoline, TRAMPOLINE_SIZE)
     ptrace.set_xstate(restorer.pid, parts[Kind.XSTATE])
     ptrace.set_regs(restorer.pid, ptrace.Registers.from_buffer_copy(parts[Kind.REGISTERS]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import signal
 
 from mosix_core.errors import TraceError
 from mosix_core.linux import memory, procfs, ptrace
@@ -31,6 +32,7 @@ SYSCALL_INSTRUCTION = b"\x0f\x05"
 RESTART_ERRORS = (512, 513, 514, 516)
 ERESTART_NOHAND, ERESTART_RESTARTBLOCK = 514, 516
 SYS_RESTART_SYSCALL = 219
+FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE})
 
 
 class InjectedCallFailed(TraceError):
@@ -130,6 +132,7 @@ class Injector:
         """Resume the tracee to the loaded call's entry or exit stop (``op``); ``rax``
         there (at the exit: the result). Signals meanwhile are kept in ``deferred``."""
         ptrace.syscall(self.pid)
+        fault_at: tuple[int, int] | None = None
         while True:
             stop = ptrace.wait_for(self.pid)
             if stop.kind in ("exited", "killed"):
@@ -137,6 +140,14 @@ class Injector:
             if stop.kind == "syscall" and ptrace.syscall_stop_op(self.pid) == op:
                 return signed(ptrace.get_regs(self.pid).rax)
             if stop.kind == "signal":
+                if stop.sig in FAULTS:
+                    # the injected instruction itself faults (its page gone, say): resumed,
+                    # it faults again forever; a second fault at the same place ends it
+                    here = (stop.sig, ptrace.get_regs(self.pid).rip)
+                    if here == fault_at:
+                        raise TraceError(f"process {self.pid}: the injected call faults (signal {stop.sig} "
+                                         f"at {here[1]:#x})", errno.EFAULT)
+                    fault_at = here
                 self.deferred.append(stop.sig)
             ptrace.syscall(self.pid)
 

@@ -70,7 +70,7 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
             pid = launch.spawn_traced("bash", ["bash", "-c", job.line], env, filter_program)
             job.pid = pid
             queue.started(job)
-            supervisor.adopt(pid, initial_state(opts), job.line, job=job)
+            supervisor.adopt(pid, initial_state(opts), job.command, job=job)   # for people: mosps
 
     def more() -> bool:
         refill()
