@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from mosix_core import nscluster
 from mosix_core.linux import seccomp
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
 from mosix_core.mosrun import rules
@@ -186,3 +187,51 @@ def test_prlimit64_on_another_process_away_is_judged_at_home(cluster, attacks, t
         assert (proc.returncode, out, message in err) == (-9, "away=2\n", True), (out, err)
     if Path(f"/proc/{host}").exists():
         assert Path(f"/proc/{host}/limits").read_text() == limits_before
+
+
+# -- nodes that share nothing: the attack cannot reach the machine's other processes ----------------
+@pytest.fixture
+def ns_cluster(tmp_path_factory):
+    reason = nscluster.unavailable()
+    if reason:
+        pytest.skip(f"no namespaced cluster on this machine: {reason}")
+    cluster = nscluster.up(tmp_path_factory.mktemp("nscluster"), nodes=2, interval=0.2,
+                           shared=[tmp_path_factory.getbasetemp()])
+    try:
+        cluster.converged()
+        yield cluster
+    finally:
+        cluster.down()
+
+
+AWK_SLOW = 'BEGIN { for (i = 0; i < 120; i++) { for (j = 0; j < 100000; j++) s += j % 7; print i, s; fflush() } }'
+
+
+@pytest.mark.cluster
+def test_an_i386_kill_of_everything_away_is_refused_and_other_guests_live(ns_cluster, attacks, tmp_path):
+    """Each node in network, PID and mount namespaces of its own. A bystander moved to
+    node 2 first; then a guest there calls kill(-1, SIGKILL) through int $0x80, which as
+    the shared guest user used to end every guest of the node."""
+    cluster = ns_cluster
+    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    out = tmp_path / "bystander.txt"
+    with open(out, "wb") as stdout:
+        bystander = cluster.spawn(1, ["mosrun", "awk", AWK_SLOW], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                                  stdout=stdout, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (rows := [p for p in cluster.client(1).call("processes")["processes"] if not p.get("home")]):
+        assert time.monotonic() < deadline, "the bystander never started"
+        time.sleep(0.05)
+    moved = cluster.run(1, "mosmigrate", str(rows[0]["pid"]), "2")
+    assert moved.returncode == 0, moved.stderr
+    while not _guests(cluster, 2):
+        assert time.monotonic() < deadline + 30, "the bystander never arrived at node 2"
+        time.sleep(0.05)
+    attack = cluster.spawn(1, ["mosrun", str(attacks), "2", "killall"], env=env, cwd=tmp_path,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = attack.communicate(timeout=60)
+    assert attack.returncode == -9 and stdout == b"away=2\n", (stdout, stderr)
+    assert b"system-call '32-bit #37' not supported under MOSIX" in stderr
+    assert bystander.wait(timeout=120) == 0, bystander.stderr.read()
+    native = subprocess.run(["awk", AWK_SLOW], capture_output=True, env=env, timeout=120).stdout
+    assert out.read_bytes() == native

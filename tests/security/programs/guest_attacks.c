@@ -7,6 +7,7 @@
  *   uid          getuid32 through int $0x80 (the i386 ABI)
  *   open PATH    open(PATH, O_WRONLY|O_CREAT) through int $0x80
  *   socket       socketcall(SYS_SOCKET, AF_INET, SOCK_STREAM) through int $0x80
+ *   killall      kill(-1, SIGKILL) through int $0x80: every process its uid may signal
  *   prlimit FILE prlimit64(pid read from FILE, RLIMIT_CPU, {0, 0}) through the 64-bit ABI
  * Prints "result=N" (the raw result: -errno on failure), 200 lines "after I" (each a
  * write of its own), and "end". Built with -no-pie so
@@ -69,6 +70,8 @@ int main(int argc, char **argv)
     } else if (!strcmp(argv[2], "open") && argc > 3) {
         strncpy(path, argv[3], sizeof path - 1);
         result = sys32(5, (long)path, O_WRONLY | O_CREAT, 0600);
+    } else if (!strcmp(argv[2], "killall")) {
+        result = sys32(37, -1, 9, 0);
     } else if (!strcmp(argv[2], "socket")) {
         result = sys32(102, 1, (long)socket_args, 0);
     } else if (!strcmp(argv[2], "prlimit") && argc > 3) {
