@@ -61,6 +61,9 @@ class DaemonSettings:
     # waiting for home to reach it again; only then is it given up (or recovered at
     # home from its last checkpoint). Home's value counts: its guest hosts are told it.
     link_grace: float = 60.0
+    # yes: mosrun refuses every call of the manual's LIMITATIONS, as the manual does; the
+    # default answers those that keep their meaning on any node (docs/system-calls.md)
+    strict_limitations: bool = False
 
     @classmethod
     def default(cls) -> DaemonSettings:
@@ -207,4 +210,5 @@ _PARSERS: dict[str, _Parser] = {
     "forward_spin_us": _number(1.0, 10000.0, zero=True),
     "guest_uids": _uid_range,
     "link_grace": _number(0.1, 86400.0, zero=True),
+    "strict_limitations": lambda raw, source, line, key: _choice(("yes", "no"))(raw, source, line, key) == "yes",
 }

@@ -10,7 +10,7 @@ fails the call with ENOSYS silently, 2 does the same and prints the message.
 Modern glibc calls a few listed system calls in every program, before ``main``,
 for its own housekeeping; refusing them would refuse every program, which is not
 what the manual's list is for (it names features a migrated process cannot have).
-So, and only so:
+So, in every mode:
 
 * ``set_robust_list`` (and ``rseq``, which the manual predates) register the
   calling thread's own areas: allowed; the process-image engine re-registers them.
@@ -18,8 +18,7 @@ So, and only so:
   ``setrlimit``: treated as those (so RLIMIT_NOFILE gets the manual's WARNING);
   on another process it is unsupported.
 * ``clock_nanosleep`` with a relative CLOCK_REALTIME/CLOCK_MONOTONIC sleep is how
-  glibc implements ``nanosleep`` and ``sleep``: allowed; other clocks and absolute
-  times (which mean different things on another node) remain unsupported.
+  glibc implements ``nanosleep`` and ``sleep``: allowed.
 * ``futex`` on a *private* futex (``FUTEX_PRIVATE_FLAG``): glibc's one-time
   initialisations wake such futexes even in single-threaded programs, and abort
   when the wake fails. A private futex lives in the process's own memory, which
@@ -32,13 +31,25 @@ So, and only so:
   ``posix_spawn``): the parent is suspended until the child execs or exits, as
   with ``vfork``.
 
-Everything else on the manual's list is refused, read-only ``MAP_SHARED``
-included: the tutorial's "use ``mosrun -e ls -la``" still holds
-(glibc maps its gconv cache ``MAP_SHARED`` in UTF-8 locales).
+Beyond that, by default (issue 18: today's glibc, coreutils and interpreters make
+these calls routinely, for reasons that have nothing to do with shared memory or
+threads), the calls that keep their meaning wherever the process runs are answered
+with the meaning a program sees on one machine — see :data:`ANSWERED` and
+``docs/system-calls.md`` (generated from this module: ``python -m
+mosix_core.mosrun.rules --table``). The one choice worth stating here:
+``sched_getaffinity`` answers a mask of ONE CPU. A MOSIX process cannot have
+threads, so a program that sizes a thread pool from the mask (GNU sort, OpenBLAS...)
+runs single-threaded instead of being killed at its first ``clone``; ``nproc``
+says 1. Read-only ``MAP_SHARED`` of a regular file is mapped ``MAP_PRIVATE`` (the
+same pages, as long as nobody writes the file); adding ``PROT_WRITE`` to such a
+mapping later (``mprotect``) is the unsupported case instead, with the manual's
+message. A site whose ``mosd.conf`` says ``strict_limitations = yes`` gets the
+manual's list exactly (only the housekeeping above excepted).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import signal
@@ -48,6 +59,7 @@ from typing import Callable
 import attrs
 
 from mosix_core.linux import seccomp
+from mosix_core.linux.libc import LIBC
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
 from mosix_core.remote.calls import FOREIGN_ABI_CALL
 
@@ -81,6 +93,20 @@ UNSUPPORTED_TOO = frozenset({
 
 HOUSEKEEPING = frozenset({"set_robust_list"})   # see the module docstring
 
+#: Calls of the manual's list answered by default with their one-machine meaning (on
+#: the calling process itself only; a ``strict_limitations`` site refuses them as the
+#: manual does). Their semantics: :data:`CALL_NOTES`.
+ANSWERED = frozenset({
+    "clock_nanosleep", "madvise", "sched_getaffinity", "sched_getparam", "sched_getscheduler",
+    "sched_get_priority_max", "sched_get_priority_min",
+    # Python's selectors module makes and closes an epoll instance when imported (to
+    # choose its DefaultSelector): every program importing subprocess does
+    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
+})
+#: of which these are answered as they are (they need no more than the mode)
+_PLAINLY = ("sched_get_priority_max", "sched_get_priority_min", "epoll_create", "epoll_create1", "epoll_ctl",
+            "epoll_wait", "epoll_pwait", "epoll_pwait2")
+
 # ioctl requests mosrun(1) refuses (the manual's TIOCSESGSTRUCT/TIOCSEGETMULTI/
 # TIOCSEASETMULTI are the serial-driver TIOCSERGSTRUCT/TIOCSERGETMULTI/TIOCSERSETMULTI).
 UNSUPPORTED_IOCTLS = {
@@ -94,9 +120,30 @@ UNSUPPORTED_IOCTLS = {
 }
 
 PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
+#: prctl options that only read or set something of the calling process that means
+#: the same on any node (made at home when the process is away): its name, its parent's
+#: death signal, and flags it can only read. Setting dumpability, seccomp, no_new_privs,
+#: capabilities... stays refused (it would change what the supervisor may do to it).
+PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_SET_NAME, PR_GET_NAME, PR_CAPBSET_READ = 3, 7, 15, 16, 23
+PR_GET_SECUREBITS, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_NO_NEW_PRIVS = 27, 30, 37, 39
+PR_GET_THP_DISABLE = 42
+SELF_PRCTLS = (PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_SET_NAME, PR_GET_NAME,
+               PR_CAPBSET_READ, PR_GET_SECUREBITS, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_NO_NEW_PRIVS,
+               PR_GET_THP_DISABLE)
+#: madvise advice that cannot change what the memory holds (DONTNEED, FREE, REMOVE,
+#: WIPEONFORK... can: a file page copied to a node reads back as zeros there, not as
+#: the file; DONTFORK/DOFORK are not carried by a process image): NORMAL, RANDOM,
+#: SEQUENTIAL, WILLNEED, MERGEABLE, UNMERGEABLE, HUGEPAGE, NOHUGEPAGE, DONTDUMP, DODUMP,
+#: COLD, PAGEOUT, POPULATE_READ, POPULATE_WRITE, COLLAPSE
+MADVISE_HINTS = (0, 1, 2, 3, 12, 13, 14, 15, 16, 17, 20, 21, 22, 23, 25)
+TIMER_ABSTIME = 1
+SHARED_MEMORY = "Shared memory (MAP_SHARED) not supported under MOSIX"
 RLIMIT_NOFILE = 7
 MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE, MAP_ANONYMOUS = 0x01, 0x02, 0x03, 0x20
 PROT_WRITE = 0x2
+SYS_SCHED_GETAFFINITY = NUMBERS["sched_getaffinity"]
+#: more than any kernel's cpumask (8192 CPUs): a longer buffer is answered for this much
+AFFINITY_ROOM = 1 << 16
 MAP_TYPE = 0x0F
 CLONE_VM, CLONE_VFORK = 0x100, 0x4000
 CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x00100000, 0x00200000, 0x01000000
@@ -155,6 +202,23 @@ class Unsupported:
 
 
 @attrs.frozen
+class Answer:
+    """The call does not run: ``writes`` (argument index, bytes) are written where
+    those arguments point, and it returns ``value``."""
+
+    value: int
+    writes: tuple[tuple[int, bytes], ...] = ()
+
+
+@attrs.frozen
+class MapPrivately:
+    """A read-only MAP_SHARED of a regular file: map it MAP_PRIVATE (``flags``), and
+    remember the range, where adding PROT_WRITE is then the unsupported case."""
+
+    flags: int
+
+
+@attrs.frozen
 class SpecialOpen:
     """An open of a path that may be one of the ``/proc/self`` interface files."""
 
@@ -184,7 +248,9 @@ def _traced_names() -> set[str]:
 
 
 def seccomp_table() -> dict[int, seccomp.Check]:
-    """Which calls stop, and under which arguments (the rest run natively)."""
+    """Which calls stop, and under which arguments (the rest run natively). One
+    filter for both modes (a strict site's and the default): what either must judge
+    stops, and :func:`decide` answers by the mode."""
     s = seccomp
     table: dict[int, seccomp.Check] = {}
     for name in _traced_names():
@@ -224,6 +290,9 @@ def seccomp_table() -> dict[int, seccomp.Check]:
     for name in ("getpriority", "setpriority"):
         table[NUMBERS[name]] = s.unless_arg_in(1, (0,))
     table[NUMBERS["sysfs"]] = s.unless_arg_in(0, (1, 2, 3))
+    # mprotect adding PROT_WRITE: it may be to a read-only MAP_SHARED mapped privately
+    table[NUMBERS["mprotect"]] = s.custom([
+        s.ld_arg_low(2), s.jset(PROT_WRITE, 0, 1), s.ret(s.RET_TRACE), s.ret(s.RET_ALLOW)])
     return table
 
 
@@ -247,6 +316,9 @@ class CallContext:
 
     pid: int
     fd_mode: Callable[[int], int | None]   # st_mode of the tracee's descriptor, None if closed
+    strict: bool = False                   # mosd.conf strict_limitations: the manual's list exactly
+    # whether (start, length) overlaps a read-only MAP_SHARED this process has mapped privately
+    converted: Callable[[int, int], bool] = lambda start, length: False
 
 
 def decide(nr: int, args: tuple[int, ...], ctx: CallContext) -> object:
@@ -282,7 +354,7 @@ def home_verdict(nr: int, args: tuple[int, ...], ctx: CallContext) -> object | N
 
 def refuses(verdict: object | None) -> bool:
     """A verdict that stops the call from running as it is (unsupported...)."""
-    return isinstance(verdict, (Unsupported, Warn, Fail, Return))
+    return isinstance(verdict, (Unsupported, Warn, Fail, Return, Answer))
 
 
 def settle(verdict: object, mode: int) -> tuple[object, list[str], bool]:
@@ -321,10 +393,22 @@ def _mmap(args, ctx):
         if mode is not None and stat.S_ISCHR(mode):
             return Unsupported("Mapping special character files not supported under MOSIX")
     if flags & MAP_TYPE in (MAP_SHARED, MAP_SHARED_VALIDATE):
+        private = (flags & ~MAP_TYPE) | MAP_PRIVATE
         if prot & PROT_WRITE:
-            return Unsupported("Shared memory (MAP_SHARED) not supported under MOSIX")
-        return Unsupported("Shared memory (MAP_SHARED) not supported under MOSIX",
-                           fallback=Rewrite(3, (flags & ~MAP_TYPE) | MAP_PRIVATE))
+            return Unsupported(SHARED_MEMORY)
+        if not ctx.strict and not flags & MAP_ANONYMOUS and fd >= 0:
+            mode = ctx.fd_mode(fd)
+            if mode is not None and stat.S_ISREG(mode):
+                # the same pages as long as nobody writes the file (the manual's "unnecessarily used")
+                return MapPrivately(private)
+        return Unsupported(SHARED_MEMORY, fallback=Rewrite(3, private))
+    return ALLOW
+
+
+def _mprotect(args, ctx):
+    if not ctx.strict and args[2] & PROT_WRITE and ctx.converted(args[0], args[1]):
+        # writes would no longer reach the file: the shared mapping the program asked for
+        return Unsupported(SHARED_MEMORY)
     return ALLOW
 
 
@@ -338,6 +422,8 @@ def _clone(args, ctx):
 
 
 def _prctl(args, ctx):
+    if not ctx.strict and args[0] & 0xFFFFFFFF in SELF_PRCTLS and args[0] >> 32 == 0:
+        return ALLOW
     return Unsupported(f"Prctl option #{_signed(args[0])} not supported under MOSIX")
 
 
@@ -379,15 +465,62 @@ def _shmat(args, ctx):
 
 
 def _clock_nanosleep(args, ctx):
-    if args[1] == 0 and args[0] in (0, 1):
+    # any clock, relative or absolute: away, the monotonic clocks are home's (a time
+    # namespace) and an absolute wall-clock time is moved to the node's clock by the guest
+    if (args[1] == 0 and args[0] in (0, 1)) or not ctx.strict:
         return ALLOW
     return unsupported_call("clock_nanosleep")
+
+
+def _self(args) -> bool:
+    return args[0] & 0xFFFFFFFF == 0
+
+
+def _on_self(name: str):
+    """A call answered on the calling process (pid 0, or its own pid) only."""
+    def handle(args, ctx):
+        if ctx.strict or not (_self(args) or _signed(args[0]) == ctx.pid):
+            return unsupported_call(name)
+        return ALLOW
+    return handle
+
+
+def _answered(name: str):
+    def handle(args, ctx):
+        return unsupported_call(name) if ctx.strict else ALLOW
+    return handle
+
+
+def _madvise(args, ctx):
+    if not ctx.strict and args[2] & 0xFFFFFFFF in MADVISE_HINTS and args[2] >> 32 == 0:
+        return ALLOW
+    return unsupported_call("madvise")
+
+
+def _sched_getaffinity(args, ctx):
+    """A mask of one CPU (see the module docstring): the first CPU of the process's
+    real mask, with the length checks and the length returned as the kernel's call
+    does them (it is asked with the same length)."""
+    pid, length = _signed(args[0]), args[1] & 0xFFFFFFFF
+    if ctx.strict or not (_self(args) or pid == ctx.pid):
+        return unsupported_call("sched_getaffinity")
+    room = min(length, AFFINITY_ROOM)
+    buffer = ctypes.create_string_buffer(room)
+    got = LIBC.syscall(SYS_SCHED_GETAFFINITY, ctx.pid, ctypes.c_ulong(room), buffer)
+    if got < 0:
+        return Fail(ctypes.get_errno())
+    real = int.from_bytes(buffer.raw[:got], "little")
+    one = real & -real
+    return Answer(got, ((2, one.to_bytes(got, "little")),))
 
 
 _HANDLERS: dict[str, Callable] = {
     "open": _open(0, 1), "openat": _open(1, 2), "mmap": _mmap, "clone": _clone, "prctl": _prctl,
     "ioctl": _ioctl, "setrlimit": _setrlimit, "prlimit64": _prlimit64, "getpriority": _priority,
     "setpriority": _priority, "sysfs": _sysfs, "shmat": _shmat, "clock_nanosleep": _clock_nanosleep,
+    "mprotect": _mprotect, "madvise": _madvise, "sched_getaffinity": _sched_getaffinity,
+    "sched_getparam": _on_self("sched_getparam"), "sched_getscheduler": _on_self("sched_getscheduler"),
+    **{name: _answered(name) for name in _PLAINLY},
 }
 
 
@@ -398,3 +531,114 @@ def fd_mode_of(pid: int) -> Callable[[int], int | None]:
         except OSError:
             return None
     return mode
+
+
+# -- the table of calls (docs/system-calls.md) -----------------------------------------------------
+#: what each call with a rule of its own means under mosrun, and why
+CALL_NOTES: dict[str, tuple[str, str]] = {
+    "sched_getaffinity": ("supported, with a difference",
+                          "on itself: a mask of ONE CPU (the first of its real mask). A MOSIX process has no "
+                          "threads, so programs sizing a thread pool from it (GNU sort, OpenBLAS) run "
+                          "single-threaded; `nproc` says 1"),
+    "sched_getparam": ("supported", "on itself (pid 0 or its own pid): as the process at home has it"),
+    "sched_getscheduler": ("supported", "on itself (pid 0 or its own pid): as the process at home has it"),
+    "sched_get_priority_max": ("supported", "a constant of the kernel"),
+    "sched_get_priority_min": ("supported", "a constant of the kernel"),
+    "clock_nanosleep": ("supported", "relative and absolute, every clock; away on home's clocks (the monotonic "
+                        "ones by a time namespace, an absolute wall-clock time moved to the node's clock)"),
+    "madvise": ("supported, with a difference",
+                "hints that cannot change content (NORMAL, RANDOM, SEQUENTIAL, WILLNEED, HUGEPAGE, NOHUGEPAGE, "
+                "DONTDUMP, COLD, PAGEOUT, POPULATE_*...); DONTNEED, FREE, REMOVE, WIPEONFORK, DONTFORK stay "
+                "refused: away a file's pages are a copy, which they would empty"),
+    "mmap": ("depends on its arguments",
+             "MAP_SHARED without PROT_WRITE of a regular file: mapped MAP_PRIVATE (the same pages while nobody "
+             "writes the file); writable or anonymous MAP_SHARED and character devices refused (the manual's "
+             "messages); away a file mapping is a copy of home's file"),
+    "mprotect": ("depends on its arguments",
+                 "adding PROT_WRITE to a read-only MAP_SHARED mapped privately is refused with the manual's "
+                 "MAP_SHARED message (writes would no longer reach the file); the mark stays on the range until "
+                 "exec, even if it is unmapped or moved (mremap)"),
+    "prctl": ("depends on its arguments",
+              "on itself: PR_SET/GET_NAME, PR_SET/GET_PDEATHSIG and the PR_GET_* of flags (made on the process at "
+              "home when away); every other option refused (\"Prctl option #N not supported\")"),
+    "epoll_create": ("supported", "Python's selectors module makes one on import; away the instance is at home "
+                     "and its waits are made there, like poll's"),
+    "prlimit64": ("depends on its arguments", "on itself (pid 0 or its own pid); RLIMIT_NOFILE changes are ignored "
+                  "with the manual's WARNING; on another process refused"),
+    "setrlimit": ("depends on its arguments", "RLIMIT_NOFILE ignored with the manual's WARNING"),
+    "getpriority": ("depends on its arguments", "only for self"),
+    "setpriority": ("depends on its arguments", "only for self"),
+    "futex": ("depends on its arguments", "private futexes (its own memory); shared ones refused"),
+    "clone": ("depends on its arguments", "fork-like and vfork-like clones; threads refused (no shared memory)"),
+    "clone3": ("refused quietly", "fails with ENOSYS, so glibc falls back to clone"),
+    "ioctl": ("depends on its arguments", "the manual's network and serial requests refused"),
+    "sysfs": ("depends on its arguments", "options 1-3 only"),
+    "shmat": ("refused", "SysV shared memory (the manual's message)"),
+    "open": ("supported", "/proc/self/{migrate, whereami, ...}: the manual's interface files"),
+    "openat": ("supported", "/proc/self/{migrate, whereami, ...}: the manual's interface files"),
+    "set_robust_list": ("supported", "glibc's housekeeping for the calling thread; re-registered after moves"),
+}
+for _name in ("epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2"):
+    CALL_NOTES[_name] = CALL_NOTES["epoll_create"]
+
+
+def call_table() -> list[tuple[str, str, str, str]]:
+    """(call, under mosrun, away from home, why) for every x86-64 call."""
+    from mosix_core.remote import calls, guest
+
+    rows = []
+    for nr, name in sorted(NAMES.items(), key=lambda item: item[1]):
+        listed = name in UNSUPPORTED or name in UNSUPPORTED_TOO
+        status, why = CALL_NOTES.get(name, ("refused", "the manual's LIMITATIONS") if listed else ("supported", ""))
+        if name in ANSWERED:
+            why += " (refused when mosd.conf says strict_limitations = yes)"
+        if status == "refused":
+            away = "judged at home (refused)"
+        elif nr in guest.HOMEWARD:
+            away = "the process goes home for it"
+        elif nr in calls.RUN_WHERE_IT_IS:
+            away = "home's rules first, then where it runs"
+        elif name in guest.LOCAL:
+            away = "where it runs"
+        elif nr == NUMBERS["mmap"]:
+            away = "anonymous: where it runs; a file: a copy of home's file"
+        elif name in ("exit", "exit_group"):
+            away = "at home"
+        elif nr in calls.SPECS or nr in calls.BY_COMMAND or nr == calls.SYS_PRCTL or nr == NUMBERS["futex"]:
+            away = "where it runs" if nr == NUMBERS["futex"] else "made at home"
+        else:
+            away = "fails with ENOSYS (not forwarded yet)"
+        rows.append((name, status, away, why))
+    return rows
+
+
+def table_markdown() -> str:
+    lines = [
+        "# System calls under mosrun",
+        "",
+        "Generated from `mosix_core/mosrun/rules.py` (`python -m mosix_core.mosrun.rules --table`); "
+        "tests/unit/test_call_table.py checks it is up to date.",
+        "",
+        "*Refused* calls are the manual's LIMITATIONS: the program is killed with the manual's message, "
+        "or the call fails with ENOSYS under `-e` (silently) or `-w` (with the message). By default the "
+        "calls of that list that keep their meaning wherever the process runs are answered as on one machine "
+        "(issue 18); a site whose `mosd.conf` says `strict_limitations = yes` refuses them as the manual does.",
+        "",
+        "Programs that start threads are refused at their first thread (`clone`), as the manual says: "
+        "`xz -T0` (use `-T1`), `zstd` by default (use `--single-thread --no-asyncio`; `-T1` alone still starts a "
+        "worker), `pigz`, `sort --parallel` beyond the one CPU of the affinity mask, OpenMP programs "
+        "(set `OMP_NUM_THREADS=1`), Java, Go programs.",
+        "",
+        "| call | under mosrun | away from home | why |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {status} | {away} | {why} |" for name, status, away, why in call_table()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--table"]:
+        sys.exit("usage: python -m mosix_core.mosrun.rules --table")
+    sys.stdout.write(table_markdown())

@@ -42,7 +42,8 @@ from mosix_core.image import stream
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules
 from mosix_core.remote import clocks, moving
-from mosix_core.remote.calls import Reply, Request, forwardable, unforwardable_error
+from mosix_core.remote.calls import (MAPPED_PRIVATELY, RUN_WHERE_IT_IS, Reply, Request, forwardable,
+                                     unforwardable_error)
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, Poured, encode_control, encode_reply, encode_signal, reply_parts
 from mosix_core.remote.link import NO_SUCH_GUEST, REATTACH_HANDSHAKE, keep_alive
@@ -127,6 +128,9 @@ class Tracee:
     start_force: bool = False              # -F: at home if it cannot start there
     return_to: str | None = None           # came home to exec: the new program goes back there
     remote_utime: float = 0.0              # user CPU seconds of its stays away that ended
+    # read-only MAP_SHARED file mappings it has as MAP_PRIVATE ones, [start, end): adding
+    # PROT_WRITE there is unsupported (rules.MapPrivately); until its next exec
+    converted: list[tuple[int, int]] = attrs.field(factory=list)
 
     @property
     def native(self) -> bool:
@@ -167,6 +171,7 @@ class Supervisor:
         self.freezer = freezer or freezing.Freezer(None)
         self.etc = etc
         self._spin: float | None = None
+        self._strict_limitations: bool | None = None
         self._grace: float | None = None
         self._pouring: tuple[Tracee, _Counted] | None = None    # a large write being made as it comes
 
@@ -310,7 +315,7 @@ class Supervisor:
 
     def _born(self, parent: Tracee, pid: int) -> None:
         state = None if parent.state is None else parent.state.for_child()
-        child = Tracee(pid, state, parent=parent.pid, command=parent.command)
+        child = Tracee(pid, state, parent=parent.pid, command=parent.command, converted=list(parent.converted))
         if state is not None:
             child.plan = checkpoints.plan_for(pid, state)
         self.tracees[pid] = child
@@ -344,6 +349,7 @@ class Supervisor:
             if tracee.state is None:
                 self._send("unregister", pid=pid)
         tracee.command = _command_line(pid)
+        tracee.converted = []
         # A recursive mosrun/mosenv/mosnative is our own Python program, which uses calls
         # MOSIX refuses (epoll...) before it reaches /proc/self/mosrun: they fail quietly
         # for it, whatever the process's -e/-u, until it execs the real program.
@@ -379,7 +385,7 @@ class Supervisor:
         if info.nr in PID_CALLS:
             self._carry_out(tracee, self._pid_call(tracee, info.nr, info.args))
             return
-        verdict = rules.decide(info.nr, info.args, rules.CallContext(pid, rules.fd_mode_of(pid)))
+        verdict = rules.decide(info.nr, info.args, self._context(tracee))
         if isinstance(verdict, rules.SpecialOpen):
             verdict = self._special_open(tracee, verdict)
             if verdict is None:
@@ -413,6 +419,22 @@ class Supervisor:
         fields = procfs.stat_fields(tracee.pid)
         return None if fields is None else int(fields[1])
 
+    def _context(self, tracee: Tracee) -> rules.CallContext:
+        """What the rules may ask about ``tracee`` (and this site's strictness)."""
+        def converted(start: int, length: int) -> bool:
+            end = start + max(length, 1)
+            return any(low < end and start < high for low, high in tracee.converted)
+        return rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid), strict=self._strict(),
+                                 converted=converted)
+
+    def _strict(self) -> bool:
+        """mosd.conf's strict_limitations (read once): the manual's LIMITATIONS exactly."""
+        if self._strict_limitations is None:
+            config = _configuration(self.etc) if self.etc is not None else None
+            self._strict_limitations = bool(getattr(config.daemon if config is not None else None,
+                                                    "strict_limitations", False))
+        return self._strict_limitations
+
     def _carry_out(self, tracee: Tracee, verdict) -> None:
         pid = tracee.pid
         verdict, said, kill = rules.settle(verdict, self._unsupported_mode(tracee))
@@ -420,6 +442,16 @@ class Supervisor:
             self.say(tracee, message)
         if kill:
             os.kill(pid, signal.SIGKILL)
+            return
+        if isinstance(verdict, rules.Answer):
+            try:
+                for index, data in verdict.writes:
+                    memory.write_bytes(pid, ptrace.syscall_info(pid).args[index], data)
+                verdict = rules.Return(verdict.value)
+            except (TraceError, OSError):
+                verdict = rules.Fail(errno.EFAULT)
+        if isinstance(verdict, rules.MapPrivately):
+            self._map_privately(tracee, verdict.flags)
             return
         if isinstance(verdict, (rules.Fail, rules.Return)):
             regs = ptrace.get_regs(pid)
@@ -433,6 +465,26 @@ class Supervisor:
             ptrace.set_regs(pid, regs)
         elif not isinstance(verdict, rules.Allow):
             raise TypeError(f"unknown verdict {verdict!r}")
+        self._resume(tracee)
+
+    def _map_privately(self, tracee: Tracee, flags: int) -> None:
+        """The mmap runs MAP_PRIVATE, to its end here (it does not wait), so the range
+        it got is known; signals that came meanwhile are sent again."""
+        pid = tracee.pid
+        regs = ptrace.get_regs(pid)
+        regs.r10 = flags & UNSIGNED_MINUS_ONE
+        length = regs.rsi
+        ptrace.set_regs(pid, regs)
+        injector = inject.Injector(pid, 0)
+        try:
+            address = injector.run_to(ptrace.INFO_EXIT)
+        except inject.TraceeEnded as ended:
+            self.on_stop(ended.stop)           # killed meanwhile: its end is seen as any other
+            return
+        if not -4096 < address < 0:
+            tracee.converted.append((address, address + length))
+        for sig in injector.deferred:
+            os.kill(pid, sig)
         self._resume(tracee)
 
     @staticmethod
@@ -1009,12 +1061,24 @@ class Supervisor:
             self._send("update", pid=tracee.pid, remote_utime=round(tracee.remote_utime + utime, 2))
 
     def _away_call(self, tracee: Tracee, request: Request) -> None:
-        context = rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid))
+        if request.nr == MAPPED_PRIVATELY:
+            # where the guest mapped a read-only MAP_SHARED privately (see _away_mapping)
+            if len(request.args) == 2 and all(isinstance(v, int) for v in request.args):
+                tracee.converted.append((request.args[0], request.args[0] + request.args[1]))
+            self._away_answer(tracee, Reply(0))
+            return
+        context = self._context(tracee)
         verdict = rules.home_verdict(request.nr, request.args, context)
         if request.nr == SYS_MMAP:
             special = self._away_mapping(tracee, request, verdict)
         elif rules.refuses(verdict):
-            special = self._answer(self._settled(tracee, verdict))
+            settled = self._settled(tracee, verdict)
+            if isinstance(settled, rules.Answer):
+                self._away_answer(tracee, Reply(settled.value, settled.writes))
+                return
+            special = self._answer(settled)
+        elif request.nr in RUN_WHERE_IT_IS:
+            special = 0                          # home's rules allow it: the guest makes it
         elif not forwardable(request):
             special = -unforwardable_error(request.nr)   # home allows it, but cannot make it for the guest
         else:
@@ -1039,8 +1103,7 @@ class Supervisor:
         shortcuts = tracee.away.shortcuts
         if shortcuts is None:
             return None
-        context = rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid))
-        if rules.home_verdict(request.nr, request.args, context) is not None:
+        if rules.home_verdict(request.nr, request.args, self._context(tracee)) is not None:
             return None
         self._pouring = (tracee, _Counted(source))
         return shortcuts.pour(request, index, size, self._pouring[1])
@@ -1067,6 +1130,8 @@ class Supervisor:
             return -verdict.errno
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
             return -errno.ENODEV
+        if isinstance(verdict, rules.MapPrivately):
+            return verdict.flags                 # the guest tells where it mapped it (MAPPED_PRIVATELY)
         return verdict.value if isinstance(verdict, rules.Rewrite) else args[3] & 0xFFFFFFFF
 
     @staticmethod

@@ -54,6 +54,14 @@ MAX_TRANSFER = 4 << 20
 #: numbered this high, so the report cannot be taken for the 64-bit call it shares a
 #: number with.
 FOREIGN_ABI_CALL = 0x8000
+#: Not a system call: a guest tells home where it mapped, MAP_PRIVATE, a file the
+#: process mapped MAP_SHARED read-only (address, length), so home's rules can refuse
+#: adding PROT_WRITE to that range wherever the process is later.
+MAPPED_PRIVATELY = 0x7FFF
+#: Calls on the process's own memory and time that a guest makes where it is, once
+#: home's rules allowed them (home answers 0, or the call's error): mprotect adding
+#: PROT_WRITE, madvise, clock_nanosleep other than a relative REALTIME/MONOTONIC sleep.
+RUN_WHERE_IT_IS = frozenset(NUMBERS[name] for name in ("mprotect", "madvise", "clock_nanosleep"))
 
 VALUE, STRING, IN, OUT, INOUT = "value", "string", "in", "out", "inout"
 #: a pointer that can only be carried when it is NULL (it points at more pointers)
@@ -246,6 +254,13 @@ _spec("getpriority", _V, _V)                    # 20 - nice, as the kernel retur
 _spec("setpriority", _V, _V, _V)
 _spec("uname", _out(size=390))
 _spec("gettid")
+# scheduling, as home's rules answer it (sched_getaffinity: a mask of one CPU) or as
+# the process at home has it
+_spec("sched_getaffinity", _V, _V, _out(size_arg=1, back="result"))
+_spec("sched_getparam", _V, _out(size=4))
+_spec("sched_getscheduler", _V)
+_spec("sched_get_priority_max", _V)
+_spec("sched_get_priority_min", _V)
 # its family: signals and waits (its children are at home, children of its home self)
 _spec("kill", _V, _V)
 _spec("tkill", _V, _V)
@@ -332,6 +347,17 @@ SYS_FCNTL = NUMBERS["fcntl"]
 #: the calls whose third argument is described by their second (request, command)
 BY_COMMAND = {SYS_IOCTL: ("ioctl request", IOCTLS), SYS_FCNTL: ("fcntl command", FCNTLS)}
 
+# prctl, by option (its first argument), for the options home's rules let a process
+# make on itself (rules.SELF_PRCTLS): made on the process at home, whose name and parent
+# are the ones everybody sees; the others take values or nothing
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_SET_NAME, PR_GET_NAME, PR_GET_CHILD_SUBREAPER = 1, 2, 15, 16, 37
+PRCTLS: dict[int, Arg] = {
+    PR_SET_PDEATHSIG: _V, PR_GET_PDEATHSIG: _out(size=4), PR_SET_NAME: _S, PR_GET_NAME: _out(size=16),
+    PR_GET_CHILD_SUBREAPER: _out(size=4),
+    **{option: _V for option in (3, 7, 23, 27, 30, 39, 42)},
+}
+SYS_PRCTL = NUMBERS["prctl"]
+
 
 @attrs.frozen
 class Request:
@@ -371,6 +397,11 @@ def unforwardable_error(nr: int) -> int:
 
 def spec_of(nr: int, args: tuple[int, ...]) -> tuple[Arg, ...]:
     """The argument kinds of call ``nr`` with these arguments; CannotForward if unknown."""
+    if nr == SYS_PRCTL:
+        arg = PRCTLS.get(args[0] if args else -1)
+        if arg is None:
+            raise CannotForward(f"prctl option {args[0] if args else None}")
+        return (_V, arg, _V, _V, _V)
     if nr in BY_COMMAND:
         what, table = BY_COMMAND[nr]
         command = args[1] & 0xFFFFFFFF

@@ -26,12 +26,16 @@ from typing import Callable
 from mosix_core.errors import TraceError
 from mosix_core.linux import inject, memory, procfs, ptrace, seccomp, timens, vdso
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
-from mosix_core.remote.calls import FOREIGN_ABI_CALL, MAX_TRANSFER, CannotForward, Reply, Request, marshal, spec_of, unmarshal
+from mosix_core.remote.calls import (FOREIGN_ABI_CALL, MAPPED_PRIVATELY, MAX_TRANSFER, RUN_WHERE_IT_IS, CannotForward,
+                                     Reply, Request, marshal, spec_of, unmarshal)
 
 #: run where the process is: they concern only the process itself (and home's rules
-#: let them run: what mosrun refuses at home — madvise, mlock, sched_getaffinity... —
-#: stops here too and is judged at home). None of them may name another process:
-#: prlimit64 runs here only on pid 0 (see guest_filter); tests/security checks the rest.
+#: let them run: what mosrun refuses or answers itself at home — mlock,
+#: sched_getaffinity... — stops here too and is judged at home; mprotect adding
+#: PROT_WRITE, madvise and the sleeps other than relative ones are asked of home's
+#: rules first, then made here: calls.RUN_WHERE_IT_IS). None of them may name another
+#: process: prlimit64 runs here only on pid 0 (see guest_filter); tests/security
+#: checks the rest.
 LOCAL = frozenset({
     "brk", "munmap", "mprotect", "mremap", "msync",
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigsuspend",
@@ -57,6 +61,8 @@ READS = {NUMBERS[name]: 2 for name in ("read", "pread64", "getdents64", "getdent
 WRITES = {NUMBERS["write"]: None, NUMBERS["pwrite64"]: 3}     # the offset argument, if any
 SYS_MMAP, SYS_MUNMAP, SYS_PREAD = NUMBERS["mmap"], NUMBERS["munmap"], NUMBERS["pread64"]
 SYS_GETPID, SYS_PRLIMIT64 = NUMBERS["getpid"], NUMBERS["prlimit64"]
+SYS_MPROTECT, SYS_MADVISE, SYS_CLOCK_NANOSLEEP = NUMBERS["mprotect"], NUMBERS["madvise"], NUMBERS["clock_nanosleep"]
+PROT_WRITE, TIMER_ABSTIME, MAP_SHARED_TYPES = 0x2, 1, (0x01, 0x03)
 #: the vectored calls, made at home as one plain read or write of the whole (so a
 #: writev to a pipe stays one atomic write): the call, and its offset argument if any
 VECTORED = {NUMBERS["readv"]: (NUMBERS["read"], None), NUMBERS["writev"]: (NUMBERS["write"], None),
@@ -102,8 +108,19 @@ def guest_filter(*, wall_clock: bool = False) -> list:
     for name, nfds in WAITING.items():
         table[NUMBERS[name]] = seccomp.unless_arg_in(nfds, [0])
     # the process's own limits only: on another pid (another guest's host, say) it is
-    # judged at home, where mosrun refuses it
+    # judged at home, where mosrun refuses it (its own home pid: made here, as pid 0)
     table[SYS_PRLIMIT64] = seccomp.unless_arg_in(0, [0])
+    # asked of home's rules (calls.RUN_WHERE_IT_IS): PROT_WRITE may be added to a
+    # read-only MAP_SHARED mapped privately; madvise and all but the relative
+    # REALTIME/MONOTONIC sleeps are refused by a strict site
+    table[SYS_MPROTECT] = seccomp.custom([
+        seccomp.ld_arg_low(2), seccomp.jset(PROT_WRITE, 0, 1), seccomp.ret(seccomp.RET_TRACE),
+        seccomp.ret(seccomp.RET_ALLOW)])
+    table[SYS_MADVISE] = seccomp.always()
+    table[SYS_CLOCK_NANOSLEEP] = seccomp.custom([
+        seccomp.ld_arg_low(1), seccomp.jeq(0, 1, 0), seccomp.ret(seccomp.RET_TRACE),
+        seccomp.ld_arg_low(0), seccomp.jeq(0, 2, 0), seccomp.jeq(1, 1, 0), seccomp.ret(seccomp.RET_TRACE),
+        seccomp.ret(seccomp.RET_ALLOW)])
     return seccomp.build(table, max(NAMES))
 
 
@@ -127,6 +144,7 @@ class Guest:
         # runs: where it is and what it held, to put back when the call returns
         self._deadline: tuple[int, bytes] | None = None
         self._mem: int | None = None
+        self._home_pid: int | None = None          # the process's pid at home, once asked
 
     def run(self) -> int:
         """Let the process run; its exit status (as it ended at home)."""
@@ -230,6 +248,15 @@ class Guest:
         if info.nr == SYS_MMAP:
             self._map_file(info.args)
             return
+        if info.nr in RUN_WHERE_IT_IS:
+            self._run_here_if_allowed(info.nr, info.args)
+            return
+        if info.nr == SYS_PRLIMIT64 and self._is_home_pid(info.args[0]):
+            regs = ptrace.get_regs(pid)
+            regs.rdi = 0                              # its own limits: they are here
+            ptrace.set_regs(pid, regs)
+            self._resume()
+            return
         if info.nr in WALL_CALLS and self.wall_offset is not None:
             self._finish(self._wall_clock(info.nr, info.args))
             return
@@ -313,15 +340,31 @@ class Guest:
         except TraceError:
             return -errno.EFAULT
 
-    def _until_home_time(self, args: tuple[int, ...]) -> None:
-        """A private futex wait (it runs here) whose timeout may be a wall-clock time:
-        that time is home's, so while the call runs it holds the same moment on this
-        node's clock. The process's own timespec is put back when the call returns,
-        before anything else of the process runs (a restart after a signal keeps the
-        kernel's copy of the deadline)."""
-        op, address = args[1] & 0xFFFFFFFF, args[3]
-        command = op & FUTEX_CMD
-        if address and (command == FUTEX_LOCK_PI or (op & FUTEX_CLOCK_REALTIME and command in FUTEX_WALL_DEADLINES)):
+    def _run_here_if_allowed(self, nr: int, args: tuple[int, ...]) -> None:
+        """A call home's rules judge and the process makes here (calls.RUN_WHERE_IT_IS).
+        An absolute sleep on a wall clock sleeps until home's time, on this node's clock."""
+        allowed = self.forward(Request(nr, tuple(args))).result
+        if allowed < 0:
+            self._finish(allowed)
+        elif (nr == SYS_CLOCK_NANOSLEEP and self.wall_offset is not None and args[1] & TIMER_ABSTIME
+              and args[0] & 0xFFFFFFFF in WALL_CLOCKS):
+            self._deadline_to_here(args[2])
+        else:
+            self._resume()
+
+    def _is_home_pid(self, value: int) -> bool:
+        if value in (0, UNSIGNED) or value >> 31:
+            return False
+        if self._home_pid is None:
+            self._home_pid = self.forward(Request(SYS_GETPID, ())).result
+        return value == self._home_pid
+
+    def _deadline_to_here(self, address: int) -> None:
+        """The call's timespec at ``address``, a wall-clock time of home's, holds the
+        same moment on this node's clock while the call runs; the process's own is put
+        back when the call returns, before anything else of the process runs (a restart
+        after a signal keeps the kernel's copy of the deadline)."""
+        if address:
             try:
                 original = self._read(address, 16)
                 seconds, nanoseconds = struct.unpack("=qq", original)
@@ -334,6 +377,19 @@ class Guest:
             except (TraceError, struct.error):
                 pass                                  # unreadable: the kernel says EFAULT, as it would
         self._resume()
+
+    def _until_home_time(self, args: tuple[int, ...]) -> None:
+        """A private futex wait (it runs here) whose timeout may be a wall-clock time:
+        that time is home's, so while the call runs it holds the same moment on this
+        node's clock. The process's own timespec is put back when the call returns,
+        before anything else of the process runs (a restart after a signal keeps the
+        kernel's copy of the deadline)."""
+        op, address = args[1] & 0xFFFFFFFF, args[3]
+        command = op & FUTEX_CMD
+        if command == FUTEX_LOCK_PI or (op & FUTEX_CLOCK_REALTIME and command in FUTEX_WALL_DEADLINES):
+            self._deadline_to_here(address)
+        else:
+            self._resume()
 
     def put_back_deadline(self) -> None:
         """At the end of a call _until_home_time changed: the timespec as it was."""
@@ -448,6 +504,9 @@ class Guest:
                         address = -errno.EACCES if got == -errno.EBADF else -errno.ENODEV
                     break
                 done += got
+        if address >= 0 and flags & MAP_TYPE == MAP_PRIVATE and args[3] & MAP_TYPE in MAP_SHARED_TYPES:
+            # home's rules mapped a read-only MAP_SHARED privately: home keeps where
+            self.forward(Request(MAPPED_PRIVATELY, (address, length)))
         regs = ptrace.get_regs(pid)
         regs.rax = address & UNSIGNED
         ptrace.set_regs(pid, regs)

@@ -21,16 +21,15 @@ def same_as_native(argv, env, **kwargs):
     return supervised
 
 
-def test_ls_la_needs_e_in_a_utf8_locale(mosrun_env, tmp_path):
-    """The tutorial's example: glibc maps its gconv cache MAP_SHARED."""
+def test_ls_la_runs_in_a_utf8_locale_without_e(mosrun_env, tmp_path):
+    """The tutorial's example: glibc maps its gconv cache MAP_SHARED read-only, which
+    is mapped privately (issue 18; a strict site still needs -e: test_mosrun_site_policy)."""
     env = {**mosrun_env, "LC_ALL": "C.UTF-8"}
     (tmp_path / "file").write_text("x")
-    refused = run(["mosrun", "ls", "-la", str(tmp_path)], env)
-    assert refused.returncode in (-9, 137)
-    assert refused.stderr.strip() == "MOSRUN: Shared memory (MAP_SHARED) not supported under MOSIX"
     native = run(["ls", "-la", str(tmp_path)], env)
-    allowed = run(["mosrun", "-e", "ls", "-la", str(tmp_path)], env)
-    assert (allowed.returncode, allowed.stdout, allowed.stderr) == (0, native.stdout, "")
+    for options in ([], ["-e"]):
+        allowed = run(["mosrun", *options, "ls", "-la", str(tmp_path)], env)
+        assert (allowed.returncode, allowed.stdout, allowed.stderr) == (0, native.stdout, "")
 
 
 @pytest.mark.parametrize("argv", [

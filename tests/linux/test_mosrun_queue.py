@@ -291,12 +291,12 @@ def test_jobs_without_options_have_the_defaults(tmp_path, mosrun_env, reader):
 
 
 def test_unsupported_call_kills_one_job_and_counts_it_failed(tmp_path, mosrun_env):
-    affinity = "python3 -c 'import os; print(len(os.sched_getaffinity(0)) > 0)'"
+    affinity = "python3 -c 'import os; print(os.sched_setaffinity(0, {0}) is None)'"
     cmds = commands(tmp_path / "cmds", affinity, "echo survivor")
     failed = tmp_path / "failed"
     result = run(["mosrun", "-S2", f"{cmds},{failed}"], mosrun_env)
     assert result.returncode == 1
-    assert "MOSRUN: system-call 'sched_getaffinity' not supported under MOSIX" in result.stderr
+    assert "MOSRUN: system-call 'sched_setaffinity' not supported under MOSIX" in result.stderr
     assert result.stdout == "survivor\n"
     assert failed.read_text() == affinity + "\n"
 

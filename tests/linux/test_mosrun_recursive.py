@@ -21,8 +21,8 @@ from tests.linux.conftest import PROCSELF_READER
 pytestmark = pytest.mark.linux
 
 
-AFFINITY = "import os; print('cpus', len(os.sched_getaffinity(0)) > 0)"
-AFFINITY_CAUGHT = ("import os\ntry:\n    os.sched_getaffinity(0)\n    print('allowed')\n"
+AFFINITY = "import os; print('cpus', os.sched_setaffinity(0, {0}) is None)"
+AFFINITY_CAUGHT = ("import os\ntry:\n    os.sched_setaffinity(0, {0})\n    print('allowed')\n"
                    "except OSError as err:\n    print('failed', err.strerror)")
 KILLED = (-9, 137)
 PARAMETERS = "unsupportok needmem lock freezable cpujob decayrate"
@@ -73,7 +73,7 @@ def test_inner_u_makes_unsupported_calls_kill_again(mosrun_env):
                   f'python3 -c "{AFFINITY_CAUGHT}"'], mosrun_env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["inner status 137", "failed Function not implemented"]
-    assert "MOSRUN: system-call 'sched_getaffinity' not supported under MOSIX" in result.stderr
+    assert "MOSRUN: system-call 'sched_setaffinity' not supported under MOSIX" in result.stderr
 
 
 def test_checkpoint_options_belong_to_one_process(mosrun_env, reader):
@@ -142,7 +142,7 @@ def test_mosnative_child_is_not_a_mosix_process(mosrun_env, reader):
 def test_mosnative_child_may_use_what_mosix_refuses(mosrun_env):
     killed = run(["mosrun", "python3", "-c", AFFINITY], mosrun_env)
     assert killed.returncode in KILLED
-    assert killed.stderr.strip() == "MOSRUN: system-call 'sched_getaffinity' not supported under MOSIX"
+    assert killed.stderr.strip() == "MOSRUN: system-call 'sched_setaffinity' not supported under MOSIX"
     assert killed.stdout == ""
 
     result = run(["mosrun", "-e", "sh", "-c",

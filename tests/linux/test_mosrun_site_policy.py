@@ -177,8 +177,31 @@ def utf8_locale():
     pytest.skip("no C.UTF-8 locale on this machine")
 
 
-def test_unsupported_silent_lets_ls_la_work_in_a_utf8_locale(make_site, utf8_locale):
+def test_a_default_site_lets_ls_la_work_in_a_utf8_locale(make_site, utf8_locale):
+    """Issue 18: glibc's read-only MAP_SHARED of its gconv cache is mapped privately."""
     site = make_site()
+    (site.work / "some-file").write_text("x")
+    result = site.mosrun("ls", "-la", str(site.work), locale=utf8_locale)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "some-file" in result.stdout
+
+
+def test_a_strict_site_refuses_as_the_manual_does(make_site, utf8_locale):
+    """mosd.conf strict_limitations = yes: the manual's LIMITATIONS exactly, messages and all."""
+    site = make_site("strict_limitations = yes\n")
+    for argv, message in ((["ls", "-la", str(site.work)], SHARED_MEMORY),
+                          (["nproc"], "MOSRUN: system-call 'sched_getaffinity' not supported under MOSIX"),
+                          (["/usr/bin/python3", "-c", "import time; time.sleep(0.01)"],
+                           "MOSRUN: system-call 'clock_nanosleep' not supported under MOSIX")):
+        killed = site.mosrun(*argv, locale=utf8_locale if argv[0] == "ls" else "C")
+        assert killed.returncode in KILLED, argv
+        assert killed.stderr.strip() == message
+        warned = site.mosrun("-w", *argv, locale=utf8_locale if argv[0] == "ls" else "C")
+        assert message in warned.stderr.splitlines(), argv        # and the call failed with ENOSYS
+
+
+def test_unsupported_silent_lets_ls_la_work_in_a_utf8_locale(make_site, utf8_locale):
+    site = make_site("strict_limitations = yes\n")
     (site.work / "some-file").write_text("x")
     killed = site.mosrun("ls", "-la", str(site.work), locale=utf8_locale)
     assert killed.returncode in KILLED
@@ -195,7 +218,7 @@ def test_unsupported_silent_lets_ls_la_work_in_a_utf8_locale(make_site, utf8_loc
 
 
 def test_unsupported_warn_continues_with_a_message(make_site, utf8_locale):
-    site = make_site()
+    site = make_site("strict_limitations = yes\n")
     site.configure("unsupported = warn\n")
     result = site.mosrun("ls", "-la", str(site.etc), locale=utf8_locale)
     assert result.returncode == 0, result.stderr

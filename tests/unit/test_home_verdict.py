@@ -44,9 +44,9 @@ def test_other_architectures_and_x32_calls():
 
 def test_home_verdicts_of_calls_a_guest_sends():
     assert rules.home_verdict(NUMBERS["getpid"], (), NO_FILES) is None
-    verdict = rules.home_verdict(NUMBERS["epoll_create1"], (0,), NO_FILES)
+    verdict = rules.home_verdict(NUMBERS["sched_setaffinity"], (0, 8, 0), NO_FILES)
     assert rules.refuses(verdict)
-    assert verdict.message == "system-call 'epoll_create1' not supported under MOSIX"
+    assert verdict.message == "system-call 'sched_setaffinity' not supported under MOSIX"
     shared = rules.home_verdict(NUMBERS["mmap"], (0, 4096, 1, 0x01, 3, 0), NO_FILES)
     assert rules.settle(shared, rules.MODE_SILENT) == (rules.Rewrite(3, 0x02), [], False)
     assert rules.settle(shared, rules.MODE_KILL)[1:] == (["Shared memory (MAP_SHARED) not supported under MOSIX"], True)
