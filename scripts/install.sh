@@ -13,6 +13,11 @@ need_apt=()
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)            # the real-terminal test of mosmon
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)              # C test programs, cffi helpers
 [ -x "$PYTHON" ] || need_apt+=(python3)
+# the everyday programs the corpus tests run natively and under mosrun (issue 18)
+for pair in bc:bc dc:dc sqlite3:sqlite3 zstd:zstd xz:xz-utils bzip2:bzip2 gawk:gawk mawk:mawk git:git \
+            make:make openssl:openssl perl:perl; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
+done
 [ -f /usr/include/python3.11/Python.h ] || [ -n "$(ls /usr/include/python3*/Python.h 2>/dev/null)" ] \
     || need_apt+=(python3-dev)                                 # the C trap loop (cffi) compiles against it
 "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv python3-pip)
@@ -43,11 +48,22 @@ chmod -R a+rX .venv . 2>/dev/null || true
 # where the default mode installs an import hook whose own imports cost every command
 # ~20 ms at start (mosrun's start-up is a benchmarked figure). Edits show at once; a
 # new module file needs this script again.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
-    --config-settings editable_mode=strict 2>&1 | grep -v "^WARNING: Location" || true
+# pip speaks only when something goes wrong; then everything it said is shown, and the
+# install stops there: what follows needs the packages it failed to install.
+pip_log=$(mktemp)
+trap 'rm -f "$pip_log"' EXIT
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
+        --config-settings editable_mode=strict >"$pip_log" 2>&1; then
+    grep -v "^WARNING: Location" "$pip_log" >&2 || true
+    echo "install.sh: pip could not install mosix-py's Python packages into $(pwd)/.venv (pip's messages are above)." >&2
+    echo "install.sh: check that this machine reaches the package index (or set PIP_INDEX_URL), then run scripts/install.sh again." >&2
+    exit 1
+fi
+grep -v "^WARNING: Location" "$pip_log" >&2 || true
 # The guest's trap loop in C (cffi): without it a guest host runs its Python loop alone.
-.venv/bin/python -m mosix_core.remote.trap_build >/dev/null \
-    || echo "install.sh: the C trap loop did not build (see above); guests run the slower Python loop" >&2
+if ! trap_error=$(.venv/bin/python -m mosix_core.remote.trap_build 2>&1 >/dev/null); then
+    echo "install.sh: the C trap loop did not build ($(printf '%s\n' "$trap_error" | tail -n 1)); guests run the slower Python loop" >&2
+fi
 # Compiled bytecode, as an installed package has it: with PYTHONDONTWRITEBYTECODE set
 # (some environments do) every command would otherwise compile its modules afresh.
 .venv/bin/python -m compileall -q -j 0 build/__editable__.* >/dev/null || true
