@@ -133,7 +133,7 @@ def up(root: Path, nodes: int = 4, speeds: list[int] | None = None, base_ip: str
         old = ClusterLayout.load(root)
         if any(running_pid(old.etc(k)) for k in range(1, old.nodes + 1)):
             raise MosixError(f"a local cluster is already running at {root}: 'moscluster down' first")
-        shutil.rmtree(root)
+    clear_old_nodes(root)
     default_udp, default_tcp = default_ports()
     layout = ClusterLayout(root=root, nodes=nodes, base_ip=first, speeds=tuple(speeds), cpus=cpus,
                            memory_mb=memory_mb, interval=interval, udp_port=udp_port or default_udp,
@@ -162,7 +162,25 @@ def stop_node(root: Path, k: int) -> int | None:
     return server.stop(ClusterLayout.load(root).etc(k))
 
 
+def clear_old_nodes(root: Path) -> None:
+    """Remove what an earlier cluster left at ``root`` (its layout, its nodes' trees with
+    their logs) — only what moscluster makes, since ``--dir`` may hold the user's files."""
+    if not root.is_dir():
+        return
+    for etc in sorted(root.glob("node[0-9]*")):
+        if etc.is_dir() and etc.name[4:].isdigit():
+            if running_pid(etc):
+                raise MosixError(f"a mosd still runs with {etc}: stop it first")
+            shutil.rmtree(etc)
+    (root / LAYOUT_FILE).unlink(missing_ok=True)
+
+
 def down(root: Path) -> int:
-    """Stop every daemon of the cluster; return how many were running."""
+    """Stop every daemon of the cluster and forget it (``status`` then says there is no
+    cluster, rather than listing nodes that no longer exist); return how many were
+    running. The nodes' trees stay, for their logs, until the next ``up``."""
     layout = ClusterLayout.load(root)
-    return sum(1 for k in range(1, layout.nodes + 1) if server.stop(layout.etc(k)))
+    stopped = sum(1 for k in range(1, layout.nodes + 1) if server.stop(layout.etc(k)))
+    if not any(running_pid(layout.etc(k)) for k in range(1, layout.nodes + 1)):
+        (root / LAYOUT_FILE).unlink(missing_ok=True)
+    return stopped

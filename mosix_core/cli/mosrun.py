@@ -162,12 +162,9 @@ def open_session(etc: Path):
     return session if session.try_open() else None
 
 
-def notices(opts: mosopts.MosrunOptions, daemon: bool = True) -> list[str]:
+def notices(opts: mosopts.MosrunOptions) -> list[str]:
     """Say which requested behaviour cannot take effect (never ignore silently)."""
     out = []
-    where = mosopts.location_word(opts)
-    if where not in (None, "-h") and not daemon:
-        out.append(f"note: {where} needs MOSIX running on this node (mosd); starting at home")
     if opts.checkpoint_file is not None or opts.checkpoint_interval:
         from mosix_core.image.naming import NO_WRITE_ACCESS, CheckpointNaming, can_write_in
 
@@ -207,7 +204,18 @@ def mosrun(argv: Sequence[str], *, keep_loader: bool = False, etc: Path | None =
         opts, words = apply_site_policy(opts, list(words), etc)
     else:
         opts, words = checked
-    for text in notices(opts, daemon=session is not None):
+    if session is None:
+        from mosix_core.mosrun.placement import without_daemon
+
+        said, may_run = without_daemon(opts, etc)
+        for text in said:
+            if text.startswith("MOSRUN:"):
+                print(text, file=sys.stderr)
+            else:
+                _say(text)
+        if not may_run:
+            return 1
+    for text in notices(opts):
         _say(text)
     if opts.recover is not None:
         from mosix_core.mosrun.recover import recover_program

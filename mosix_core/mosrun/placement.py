@@ -5,6 +5,12 @@ at its first ``exec`` (DESIGN §1): ``-r{host}``, ``-{n}`` and ``-{a.b.c.d}`` na
 node; ``-b`` asks mosd for the best one (the ``mosix_select_node`` hook over the
 gossip view, ``-m`` honoured: with it, mosrun waits until some node has the memory);
 ``-h`` or no option keeps it home.
+
+Without a mosd on this node (:func:`without_daemon`) the same rule holds as far as it
+can: a node that is not in the map is refused at once, as mosd would refuse it; a node
+that is cannot be reached (moving is mosd's work), so the program runs at home only
+with ``-F``, the manual's "run even if the requested node is unavailable"; ``-b``
+starts at home with a note, since the best node this node can know of is itself.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mosix_core.errors import MosixError
+from mosix_core.errors import MosixError, NotInMap
 from mosix_core.mosrun import options as mosopts
 
 WAIT_FOR_MEMORY = 1.0           # seconds between asks, while no node has the memory -b -m wants
@@ -39,3 +45,30 @@ def start_node(opts: mosopts.MosrunOptions, etc: Path) -> str | None:
         return None
     ip = chosen.get("ip")
     return None if ip in (None, here) else ip
+
+
+NOT_RUNNING = "MOSIX is not running on this node"
+
+
+def without_daemon(opts: mosopts.MosrunOptions, etc: Path) -> tuple[list[str], bool]:
+    """Where no mosd runs here: (the messages to print, whether the program may run —
+    at home). Messages starting ``MOSRUN:`` are the manual's failure; others notes."""
+    from mosix_core.config import load_config_if_present
+    from mosix_core.mosrun import migration
+    from mosix_core.mosrun.rules import PREFIX
+
+    where = mosopts.location_word(opts)
+    if opts.location == "node":
+        node = opts.location_node or ""
+        try:
+            config = load_config_if_present(etc)
+            if config is None:
+                raise NotInMap(f"{node}: not in map")
+            config.resolve_node(node)
+            reason = NOT_RUNNING
+        except NotInMap:
+            reason = "not in map"
+        return [PREFIX + migration.failed_migrating(node, reason)], opts.force
+    if where not in (None, "-h"):
+        return [f"note: {where} needs MOSIX running on this node (mosd); starting at home"], True
+    return [], True
