@@ -47,6 +47,8 @@ class ProcessRecord:
     command: str
     home: IPv4Address | None = None        # None: home is here
     origpid: int | None = None             # pid at home (guests)
+    home_uid: int | None = None            # guests: the owner's uid at home (``uid`` is the guest uid here)
+    home_user: str | None = None           # guests: the owner's login name, as home names it
     where: str = "here"                    # "here", "leaving", "starting" or a node address
     frozen: str = "-"                      # "-", "A", "P", "M" or "N/A"
     nmigs: int = 0

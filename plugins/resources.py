@@ -6,14 +6,24 @@ import time
 from typing import Any
 
 from mosix_core.hookspecs import hookimpl
+from mosix_core.linux import procfs
 from mosix_core.resources import ResourceSample, VirtualMeter, measure_host
 
 _meter = VirtualMeter()
 
 
+def hosted_pids(processes: Any):
+    """The processes whose CPU a virtual node carries: its rows' and, for a guest, the
+    guest process its guest host traces (the row is the host's, idle while it computes)."""
+    for p in processes:
+        yield p.pid
+        if p.is_guest and (program := procfs.traced_child(p.pid)) is not None:
+            yield program
+
+
 @hookimpl(trylast=True)
 def mosix_measure_resources(settings: Any, processes: Any) -> ResourceSample:
     if settings.resources == "virtual":
-        return _meter.sample((p.pid for p in processes), time.monotonic(), settings.virtual_cpus,
+        return _meter.sample(hosted_pids(processes), time.monotonic(), settings.virtual_cpus,
                              settings.virtual_memory_mb, settings.virtual_swap_mb)
     return measure_host()

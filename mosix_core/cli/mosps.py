@@ -65,6 +65,7 @@ from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, repor
 from mosix_core.client import Client
 from mosix_core.config.userview import UserView
 from mosix_core.errors import MosixError
+from mosix_core.linux import procfs
 from mosix_core.proctable import ProcessRecord
 
 app = new_app("List MOSIX processes in ps(1) style.")
@@ -218,9 +219,13 @@ PS_FIELDS = ("tname:20", "euid:12", "ppid:12", "pgid:12", "sid:12", "tpgid:12", 
 PS_NAMES = ("tty", "euid", "ppid", "pgid", "sid", "tpgid", "ni", "spid", "pid")
 
 
-def ps_rows(request: PsRequest, uid: int) -> list[dict[str, str]]:
-    """The processes ps selects, in its order, with its fields (all text)."""
-    selection = list(request.to_ps) if request.selects else ["-u", str(uid), *request.to_ps]
+def ps_rows(request: PsRequest, uid: int, everyone: bool = False) -> list[dict[str, str]]:
+    """The processes ps selects, in its order, with its fields (all text). Without a
+    selection option: the ``uid``'s, or (``everyone``) every process."""
+    if request.selects:
+        selection = list(request.to_ps)
+    else:
+        selection = ["-e" if everyone else "-u", *([] if everyone else [str(uid)]), *request.to_ps]
     command = "comm" if request.comm or not (request.bsd or "f" in request.unix_format) else "args"
     fields = ",".join(f"{f}=" for f in PS_FIELDS) + f",{command}="
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PS_", "CMD_ENV", "COLUMNS", "PERSONALITY"))}
@@ -305,10 +310,29 @@ class Filters:
         return True
 
 
-def user_name(uid: str, numeric: bool) -> str:
+def user_name(uid: str, numeric: bool, row: dict[str, str] | None = None) -> str:
     if numeric or not uid.isdigit():
         return uid
+    if row is not None and "home_user" in row:
+        return row["home_user"]               # a guest's owner, named as home names it
     return users.user_name(int(uid))
+
+
+def guest_view(row: dict[str, str], record: ProcessRecord, request: PsRequest) -> dict[str, str]:
+    """A guest's ps fields as its owner knows them: the owner at home (not the guest
+    uid it runs as here, which no account has), and the command home sent where ps
+    would show a stranger's: the guest host's own is an interpreter's, and the guest
+    process's name is that of the memory file it was restored from (its argument
+    list, which ps shows for the full command line, is its own)."""
+    row = dict(row)
+    if record.home_uid is not None:
+        row["euid"] = str(record.home_uid)
+        row["home_user"] = record.home_user or str(record.home_uid)
+    if request.comm or not (request.bsd or "f" in request.unix_format):
+        row["cmd"] = Path(record.command.split(" ", 1)[0]).name[:15]
+    elif int(row["pid"]) == record.pid:
+        row["cmd"] = record.command
+    return row
 
 
 def mosix_columns(r: ProcessRecord | None, display: Display, *, origpid: bool, nmigs: bool,
@@ -342,7 +366,7 @@ def ps_columns(request: PsRequest, row: dict[str, str]) -> tuple[list[tuple[str,
     after: list[tuple[str, str]] = [("TTY", row["tty"])]
     thread_cols = [("SPID", row["spid"])] if request.threads else []
     if bf == "u":
-        before += [("USER", user_name(row["euid"], request.numeric)), ("PID", row["pid"]), *thread_cols]
+        before += [("USER", user_name(row["euid"], request.numeric, row)), ("PID", row["pid"]), *thread_cols]
     elif bf == "j":
         before += [("PPID", row["ppid"]), ("PID", row["pid"]), *thread_cols, ("PGID", row["pgid"]),
                    ("SID", row["sid"])]
@@ -353,7 +377,7 @@ def ps_columns(request: PsRequest, row: dict[str, str]) -> tuple[list[tuple[str,
     else:
         if "f" in uf or "l" in uf:
             named = "f" in uf and not request.numeric
-            before.append(("UID", user_name(row["euid"], not named)))
+            before.append(("UID", user_name(row["euid"], not named, row)))
         before += [("PID", row["pid"]), *thread_cols]
         if "f" in uf or "l" in uf:
             before.append(("PPID", row["ppid"]))
@@ -374,25 +398,37 @@ def listing(etc: Path, ps_options: list[PsOption], *, style: str = "numbers", fi
     userview_path = etc / "userview.map"
     display = Display(IPv4Address(reply["ip"]) if reply.get("ip") else None, style,
                       UserView.from_file(userview_path) if style == "numbers" and userview_path.exists() else None)
-    records = {r.pid: r for r in map(ProcessRecord.from_json, reply["processes"]) if filters.keep(r, display)}
+    uid = os.geteuid() if uid is None else uid
+    records = {r.pid: r for r in map(ProcessRecord.from_json, reply["processes"]) if filters.keep(r, display)
+               if not (filters.guests_only and not request.selects and uid != 0 and r.home_uid != uid)}
     if not records:
         return []
+    # A guest is listed as the process that runs its program (what top and kill see
+    # here), not as the guest host that traces it; its host's row stands in meanwhile.
+    programs = {pid: r for r in records.values() if r.is_guest and (pid := procfs.traced_child(r.pid)) is not None}
+    hosts = {r.pid for r in programs.values()}
     rows: list[dict] = []
     current: ProcessRecord | None = None
-    for row in ps_rows(request, os.geteuid() if uid is None else uid):
+    # -V alone: guests run as uids of their own, so "the caller's" means by their owner at home
+    for row in ps_rows(request, uid, everyone=filters.guests_only):
         if row["pid"] == "-":               # a thread of the row before (m, -m)
             record, is_thread = current, True
         else:
-            record = current = records.get(int(row["pid"])) if row["pid"].isdigit() else None
+            pid = int(row["pid"]) if row["pid"].isdigit() else None
+            record = current = None if pid in hosts else records.get(pid) or programs.get(pid)
             is_thread = False
         if record is None:
             continue
+        if record.is_guest and not is_thread:
+            row = guest_view(row, record, request)
         before, after = ps_columns(request, row)
         mosix = mosix_columns(None if is_thread else record, display, origpid=origpid, nmigs=nmigs,
                               guests=filters.guests_only, queues=filters.queues_only)
-        data = {**record.to_json(), "thread": is_thread, "user": user_name(row["euid"], False),
+        data = {**record.to_json(), "thread": is_thread, "user": user_name(row["euid"], False, row),
                 **{k: row[k] for k in ("tty", "ppid", "pgid", "sid", "tpgid", "ni", "cmd")},
                 "display": dict(before + mosix + after), "_columns": before + mosix + after}
+        if record.is_guest and not is_thread:
+            data.update(pid=int(row["pid"]), host_pid=record.pid, user=row.get("home_user", data["user"]))
         rows.append(data)
     return rows
 

@@ -530,7 +530,8 @@ class ControlServer:
         if target == node.our_ip or str(target) == req.get("now_at"):
             return {"refused": "already there"}
         memory = req.get("memory_mb", 0)
-        request = {"uid": owner, "pid": pid, "memory_mb": memory if isinstance(memory, int) else 0,
+        request = {"uid": owner, "user": user_name(owner), "pid": pid,
+                   "memory_mb": memory if isinstance(memory, int) else 0,
                    "command": str(req.get("command", "?")), "nmigs": int(req.get("nmigs", 0))}
         loop = asyncio.get_running_loop()
         try:

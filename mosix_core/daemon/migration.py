@@ -315,9 +315,12 @@ async def start_guest_host(node, writer: asyncio.StreamWriter, request: dict, or
             os.close(fd)
     finally:
         loop.create_task(_give_back_after(node, process, uid))
-    origpid = request.get("pid")
+    origpid, home_uid, home_user = request.get("pid"), request.get("uid"), request.get("user")
     record = ProcessRecord(pid=process.pid, uid=uid, command=str(request.get("command", "?"))[:200],
                            home=origin, origpid=origpid if isinstance(origpid, int) else None,
+                           home_uid=home_uid if type(home_uid) is int and home_uid >= 0 else None,
+                           home_user=home_user if isinstance(home_user, str) and home_user.isprintable()
+                           and 0 < len(home_user) <= 32 else None,
                            where="here", nmigs=int(request.get("nmigs", 0) or 0), started=time.time())
     try:
         node.watch_process(record)

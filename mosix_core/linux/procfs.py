@@ -100,6 +100,23 @@ def command_line(pid: int) -> str | None:
         return None
 
 
+def traced_child(pid: int) -> int | None:
+    """The child that ``pid`` traces (a guest host's guest process); None if none."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            children = f.read().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            with open(f"/proc/{int(child)}/status", "rb") as f:
+                if any(line == b"TracerPid:\t%d\n" % pid for line in f):
+                    return int(child)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def status_fields(pid: int) -> dict[str, str]:
     """``/proc/PID/status`` as name → value text."""
     out = {}
