@@ -11,6 +11,13 @@ names; the value (or -1 with ``errno``) comes back from ``open`` itself:
 Reading a write-only name, writing a read-only one, or a value out of its range
 fails with EINVAL. Outside ``mosrun`` none of these exist: ``open`` fails with
 ENOENT, as Linux says.
+
+These are not files: ``cat /proc/self/whereami`` gets the value as if it were a
+descriptor and reads *that* descriptor (standard input at home, a closed one away).
+The manual's interface stays as it is; a tool that was given such a name on its
+command line (:func:`named_by_argument`) is told so once, on its standard error
+(:func:`misread_note`), which is all that can be done without guessing: nothing
+else tells ``cat``'s ``open(name, 0)`` from a MOSIX program's. See docs/proc-self.md.
 """
 
 from __future__ import annotations
@@ -164,3 +171,16 @@ def _write(state: MosixState, name: str, spec: Special, newval: int, env: Enviro
         return -errno.EOPNOTSUPP
     setattr(state, spec.field, value)
     return 0
+
+
+def named_by_argument(path: bytes, command: str) -> bool:
+    """Was the special name one of the program's arguments (``command``, its command
+    line)? Then the opener is a tool that reads the files it is given (cat, head, od…),
+    not a program that knows the interface, which names these files itself."""
+    return path.decode(errors="replace") in command.split()[1:]
+
+
+def misread_note(name: str, value: int) -> str:
+    shown = f"here {value}" if value >= 0 else f"here -1, errno {errno.errorcode.get(-value, -value)}"
+    return (f"/proc/self/{name} is not a file: its answer is the return value of open() ({shown}), "
+            "not something to read - see mosix(7), INTERFACE FOR PROGRAMS")

@@ -520,6 +520,8 @@ class Supervisor:
         if before != after:
             self._send("update", pid=tracee.pid, options=flag_summary(tracee.state),
                        freezable=bool(tracee.state.freezable))
+        if call.flags & 3 == 0 and procself.named_by_argument(path, tracee.command):
+            self.say(tracee, procself.misread_note(name, result))       # cat /proc/self/whereami
         return rules.Return(result)
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -1183,7 +1185,10 @@ class Supervisor:
         env = procself.Environment(
             whereami=lambda: migration.node_value(config, tracee.away.where), in_cluster=self.in_cluster,
             read_string=lambda addr: b"", migrate=lambda value: self._migrate_from_program(tracee, value))
-        return procself.handle(tracee.state, name, flags, value, env)
+        result = procself.handle(tracee.state, name, flags, value, env)
+        if flags & 3 == 0 and procself.named_by_argument(path, tracee.command):
+            self.say(tracee, procself.misread_note(name, result))       # cat /proc/self/whereami
+        return result
 
     def _die_like_guest(self, tracee: Tracee, sig: int) -> None:
         """A signal killed the process away: it dies of the same one here (the shell's
