@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from mosix_core.resources import process_cpu_ticks
+
 pytestmark = pytest.mark.cluster
 
 BIN = Path(sys.executable).parent
@@ -125,20 +127,40 @@ def test_max_procs_freezes_the_excess_rotates_by_slice_and_unfreezes(node, procs
     assert all(rss_kb(pid) > 0 for pid in left)
 
 
+def cpu_share(pids, seconds: float = 3.0) -> float:
+    """The CPUs the processes ``pids`` really get together (1.0: one whole CPU), measured
+    as the daemon measures a virtual node's load: from their CPU time's growth."""
+    def ticks() -> int:
+        return sum(process_cpu_ticks(pid) or 0 for pid in pids)
+
+    start, t0 = ticks(), time.monotonic()
+    time.sleep(seconds)
+    return (ticks() - start) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0)
+
+
 def test_red_mark_freezes_until_min_keep_and_blue_mark_unfreezes(node, procs):
-    # units=processes, RED 1.5, BLUE 0.3, keep 2 running whatever the load
-    configure(node, "1 0 1.5 0.3 -1 -1 2 -1 20 1000000")
-    loops = [procs(*BURN) for _ in range(3)]
+    # units=processes, RED and BLUE set from the CPU one loop really gets here (other
+    # jobs may hold CPUs: the loops' share, and so the load the policy sees, is smaller
+    # than the loops' number then), keep 2 running whatever the load
+    loops = [procs(*BURN)]
+    wait_for(node, lambda s: loops[0].pid in s, 30, "the first loop registered")
+    one = cpu_share([loops[0].pid])
+    assert one > 0.05, f"a CPU-bound loop got {one:.2f} of a CPU: the machine is too busy to test freezing"
+    red, blue = one / 2, one / 8
+    loops += [procs(*BURN) for _ in range(2)]
     pids = [p.pid for p in loops]
-    state = wait_for(node, lambda s: len(frozen_pids(s, pids)) == 1, 40, "one frozen")
+    configure(node, f"1 0 {red:.3f} {blue:.3f} -1 -1 2 -1 20 1000000")
+    state = wait_for(node, lambda s: len(frozen_pids(s, pids)) == 1, 40,
+                     f"one frozen (RED {red:.3f}, BLUE {blue:.3f})")
     time.sleep(6)                                  # the load stays above RED: min-keep holds
     assert frozen_pids(frz(node), pids) == frozen_pids(state, pids)
     frozen, = frozen_pids(state, pids)
     running = [p for p in loops if p.pid != frozen]
     running[0].kill()
     running[0].wait()
-    time.sleep(6)                                  # load ~1: not below BLUE, stays frozen
-    assert frz(node)[frozen] == "A"
+    time.sleep(6)                                  # one loop's load: not below BLUE, stays frozen
+    now = cpu_share([running[1].pid], 1.0)
+    assert frz(node)[frozen] == "A", f"unfrozen with one loop running at {now:.2f} CPU (BLUE {blue:.3f})"
     running[1].kill()
     running[1].wait()
     wait_for(node, lambda s: s.get(frozen) == "-", 30, "unfreezing below BLUE")
