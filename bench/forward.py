@@ -146,8 +146,8 @@ def parse_output(text: str, kind: str) -> dict:
 
 
 def run_native(work: Path, argv: list[str], timeout: float) -> dict:
-    env = {**os.environ, "LC_ALL": "C"}
-    env.pop("LANG", None)
+    env = {**os.environ, "LANG": "C.UTF-8"}
+    env.pop("LC_ALL", None)
     done = subprocess.run([PYTHON, *argv, "native"], cwd=work, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if done.returncode != 0:
@@ -186,7 +186,7 @@ def awk_program(outer: int) -> str:
 
 def awk_native(outer: int) -> float:
     t0 = time.perf_counter()
-    subprocess.run(["awk", awk_program(outer)], check=True, stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"})
+    subprocess.run(["awk", awk_program(outer)], check=True, stdin=subprocess.DEVNULL, env={**os.environ, "LANG": "C.UTF-8"})
     return time.perf_counter() - t0
 
 

@@ -152,9 +152,9 @@ class MosixProgram:
         self.cluster, self.home = cluster, home
         self.out = work / (out_name or f"{name}.out")
         self.err = work / f"{name}.err"
-        env = {**cluster.env(home), "LC_ALL": "C",
+        env = {**cluster.env(home), "LANG": "C.UTF-8",
                "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-        env.pop("LANG", None)
+        env.pop("LC_ALL", None)
         self.env = env
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.started = time.perf_counter()

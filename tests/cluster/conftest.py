@@ -1,6 +1,6 @@
 """What the migration tests share: a 3-node cluster of real mosd daemons on 127.x
 addresses, and ``mosrun`` started on node 1 (the home) in the test's directory, with
-``LC_ALL=C`` and stderr collected in ``stderr.txt``."""
+the default ``C.UTF-8`` locale and stderr collected in ``stderr.txt``."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def cluster(local_cluster):
 
 @pytest.fixture
 def mosrun(cluster, tmp_path, spawn):
-    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    env.pop("LANG", None)
+    env = {**cluster.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env.pop("LC_ALL", None)
 
     def start(*argv: str, out: Path) -> subprocess.Popen:
         with open(out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:

@@ -48,8 +48,8 @@ def node(local_cluster, tmp_path):
 @pytest.fixture
 def procs(node, tmp_path, spawn):
     """Start MOSIX processes on the node; all killed at teardown."""
-    env = {**node.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    env.pop("LANG", None)
+    env = {**node.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env.pop("LC_ALL", None)
     env.pop("FREEZE_DIR", None)
 
     count = itertools.count()

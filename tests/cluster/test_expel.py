@@ -109,7 +109,7 @@ def as_nobody(cluster, k: int, what: str, *args: str) -> subprocess.CompletedPro
     """As user nobody on node ``k``: ``mosmigrate PID ACTION``, ``expel``, ``bring``, or
     ``mosd:OP`` with its JSON arguments."""
     return subprocess.run([sys.executable, "-c", AS_NOBODY.format(nobody=NOBODY), str(cluster.etc(k)), what, *args],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "LC_ALL": "C"})
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "LANG": "C.UTF-8"})
 
 
 LATE_LISTENER = """\

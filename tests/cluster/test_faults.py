@@ -92,8 +92,8 @@ def make_cluster(tmp_path_factory):
 
 
 def start(cluster, tmp_path: Path, *argv: str, out: str = "out.txt") -> subprocess.Popen:
-    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    env.pop("LANG", None)
+    env = {**cluster.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env.pop("LC_ALL", None)
     with open(tmp_path / out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
         return cluster.spawn(1, ["mosrun", *argv], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                              stdout=stdout, stderr=stderr)

@@ -50,8 +50,8 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def mosrun(cluster, tmp_path):
-    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    env.pop("LANG", None)
+    env = {**cluster.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env.pop("LC_ALL", None)
 
     def start(*argv: str, out: Path, cwd: str | Path = tmp_path) -> subprocess.Popen:
         with open(out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:

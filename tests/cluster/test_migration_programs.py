@@ -73,8 +73,8 @@ class Runs:
 
     def __init__(self, nodes, spawn, tmp_path: Path) -> None:
         self.cluster, self.spawn, self.tmp = nodes, spawn, tmp_path
-        self.env = {**nodes.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-        self.env.pop("LANG", None)
+        self.env = {**nodes.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        self.env.pop("LC_ALL", None)
 
     def dir(self, name: str, files: dict[str, Path] | None = None) -> Path:
         """A directory for run ``name``, with copies of ``files`` (content, mode and times)."""

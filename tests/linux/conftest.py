@@ -43,11 +43,11 @@ def programs(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def mosrun_env(tmp_path) -> dict[str, str]:
-    """An environment for running mosrun: the C locale (see mosix_core.mosrun.rules for
-    why UTF-8 locales need -e), our tools first on PATH, no MOSIX configuration."""
+    """An environment for running mosrun as a user of a stock Debian would: its default
+    locale (C.UTF-8), our tools first on PATH, no MOSIX configuration."""
     env = dict(os.environ)
-    env.update(LC_ALL="C", PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", MOSIX_ETC=str(tmp_path / "no-etc"))
-    env.pop("LANG", None)
+    env.pop("LC_ALL", None)
+    env.update(LANG="C.UTF-8", PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", MOSIX_ETC=str(tmp_path / "no-etc"))
     return env
 
 

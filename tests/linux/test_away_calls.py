@@ -142,8 +142,8 @@ def run_native(script: str, work: Path) -> subprocess.CompletedProcess:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, LC_ALL="C")
-    env.pop("LANG", None)
+    env = dict(os.environ, LANG="C.UTF-8")
+    env.pop("LC_ALL", None)
     return env
 
 

@@ -83,8 +83,8 @@ class Checkpoint:
 def environment(no_etc: Path) -> dict[str, str]:
     """As the ``mosrun_env`` fixture (which is per test; this one serves the module's fixture)."""
     env = dict(os.environ)
-    env.update(LC_ALL="C", PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", MOSIX_ETC=str(no_etc))
-    env.pop("LANG", None)
+    env.pop("LC_ALL", None)
+    env.update(LANG="C.UTF-8", PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", MOSIX_ETC=str(no_etc))
     return env
 
 

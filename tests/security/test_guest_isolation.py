@@ -127,7 +127,7 @@ class Setup:
         with open(out, "wb") as stdout, open(user.home / f"{name}.err", "wb") as stderr:
             # LANG=C: a locale's archive is mapped shared, which MOSIX does not support
             proc = as_user(user, [str(BIN / "mosrun"), "awk", AWK],
-                           env={"MOSIX_ETC": str(self.cluster.etc(1)), "LANG": "C", "LC_ALL": "C"}, popen=True, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+                           env={"MOSIX_ETC": str(self.cluster.etc(1)), "LANG": "C.UTF-8"}, popen=True, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
         row = wait_until(lambda: next((r for r in self.rows(1) if r["uid"] == user.uid and not r.get("home")
                                        and r["pid"] not in [g.pid for g in self.guests.values()]), None),
                          what=f"{user.name}'s process at home", also=user.home / f"{name}.err")

@@ -213,7 +213,7 @@ def test_an_i386_kill_of_everything_away_is_refused_and_other_guests_live(ns_clu
     node 2 first; then a guest there calls kill(-1, SIGKILL) through int $0x80, which as
     the shared guest user used to end every guest of the node."""
     cluster = ns_cluster
-    env = {**cluster.env(1), "LC_ALL": "C", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env = {**cluster.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     out = tmp_path / "bystander.txt"
     with open(out, "wb") as stdout:
         bystander = cluster.spawn(1, ["mosrun", "awk", AWK_SLOW], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,

@@ -180,7 +180,7 @@ def rate(path: Path, seconds: float) -> float:
 def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """What a user's commands need besides their login environment: the C locale (see
     mosix_core.mosrun.rules), and the code under test when PYTHONPATH chooses it."""
-    env = {"LC_ALL": "C", **(extra or {})}
+    env = {"LANG": "C.UTF-8", **(extra or {})}
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return env
