@@ -332,6 +332,17 @@ def test_bad_mac_flood_from_many_sources_is_bounded(local_cluster):
     cluster.converged()
 
 
+def all_logs(var) -> str:
+    """Every log file's text; a file renamed by a rotation meanwhile is read under its new name."""
+    texts = []
+    for path in sorted(var.glob("mosd.log*")):
+        try:
+            texts.append(path.read_text(errors="replace"))
+        except FileNotFoundError:
+            return all_logs(var)
+    return "".join(texts)
+
+
 def test_mosd_log_is_rotated_and_bounded(local_cluster):
     cluster = local_cluster(nodes=2, interval=INTERVAL)
     cluster.converged()
@@ -346,13 +357,15 @@ def test_mosd_log_is_rotated_and_bounded(local_cluster):
                 f.write(filler)
         marker = f"127.252.0.{round}"
         send_from_many((cluster.ip(1), port), bad_mac_datagram(cluster.ip(2)), range(round, round + 1), "127.252")
-        cluster.wait_until(lambda: f"Authentication violation with {marker}" in
-                           "".join(p.read_text(errors="replace") for p in var.glob("mosd.log*")),
+        cluster.wait_until(lambda: f"Authentication violation with {marker}" in all_logs(var),
                            what=f"violation {round} to be logged")
         cluster.wait_until(lambda: current.stat().st_size < mosix_log.LOG_MAX_BYTES, timeout=20,
                            what="the log to be rotated")
+    expected = ["mosd.log"] + [f"mosd.log.{i}" for i in range(1, mosix_log.LOG_BACKUPS + 1)]
+    # the last rotation's renames may still be under way when the new file is small
+    cluster.wait_until(lambda: [p.name for p in sorted(var.glob("mosd.log*"))] == expected, timeout=20,
+                       what=f"exactly {expected}")
     logs = sorted(var.glob("mosd.log*"))
-    assert [p.name for p in logs] == ["mosd.log"] + [f"mosd.log.{i}" for i in range(1, mosix_log.LOG_BACKUPS + 1)]
     for p in logs:
         assert p.stat().st_size < mosix_log.LOG_MAX_BYTES + 64 * 1024, p
     # the daemon goes on logging into the current file
