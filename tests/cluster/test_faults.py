@@ -159,6 +159,10 @@ def test_past_the_grace_period_a_process_is_recovered_from_its_checkpoint_or_kil
     for count, pid in enumerate((saved_pid, plain_pid), start=1):      # one after the other
         migrate(cluster, pid, "2")
         wait_until(lambda: len(guests(cluster, 2)) == count, what=f"{count} on node 2")
+        # a guest's row on node 2 comes when it starts arriving; home's says when it is there
+        wait_until(lambda: any(r["pid"] == pid and r["where"] == cluster.ip(2)
+                               for r in cluster.client(1).call("processes")["processes"]),
+                   what=f"process {pid} running on node 2")
     checkpoints = sorted(p.name for p in saved_dir.iterdir() if p.name.startswith("ckpt."))
     last = max(int(name.split(".")[1]) for name in checkpoints)
     link(cluster, 2, "down")
