@@ -514,6 +514,13 @@ class ControlServer:
             raise ProtocolError("a site policy returned something that is not a MosrunRequest")
         return {"request": request.policy_fields()}
 
+    def target_node(self, text: Any) -> IPv4Address | None:
+        """The node of the map ``text`` names (a number, address or host); None if none."""
+        try:
+            return self.node.canonical(self.resolve(text))
+        except MosixError:
+            return None
+
     async def op_migrate_out(self, req: dict, uid: int) -> dict:
         """Open the way for the caller's process ``pid`` to move to node ``to``: the
         authenticated handshake with the target's mosd, whose accepted connection comes
@@ -521,10 +528,7 @@ class ControlServer:
         node, conn = self.node, _connection.get()
         pid = int(req["pid"])
         owner = self.process_owner(pid, uid)
-        try:
-            target = node.canonical(self.resolve(req.get("to")))
-        except MosixError:
-            target = None
+        target = self.target_node(req.get("to"))
         if target is None:
             return {"refused": migration.NOT_IN_MAP}
         if target == node.our_ip or str(target) == req.get("now_at"):
@@ -553,10 +557,7 @@ class ControlServer:
         token = req.get("token")
         if not isinstance(token, str) or not token:
             raise ProtocolError("reattach needs the guest's token")
-        try:
-            target = node.canonical(self.resolve(req.get("to")))
-        except MosixError:
-            target = None
+        target = self.target_node(req.get("to"))
         if target is None:
             return {"refused": migration.NOT_IN_MAP}
         loop = asyncio.get_running_loop()
