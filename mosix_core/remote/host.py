@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import ctypes
 import json
 import os
 import selectors
@@ -55,6 +54,7 @@ from mosix_core.errors import MosixError, ProtocolError, TraceError
 from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import cpus, inject, ptrace, timens
+from mosix_core.linux.libc import LIBC, fail
 from mosix_core.remote import SEND_HOME, clocks, fastpath
 from mosix_core.remote.frames import Channel, decode, encode_control
 from mosix_core.remote.guest import Guest
@@ -497,8 +497,8 @@ def keep_the_guest_out() -> None:
 
 
 def _prctl(option: int, value: int, name: str) -> None:
-    if ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({name})")
+    if LIBC.prctl(option, value, 0, 0, 0) != 0:
+        raise fail(f"prctl({name})")
 
 
 def guest_host_options(args: dict) -> list[str]:
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         if not host.receive():
             return 1
         keep_the_guest_out()
-    except (HomeGone, ProtocolError, OSError) as err:
+    except (HomeGone, ProtocolError, OSError, TraceError) as err:
         print(f"guest host: home went away during the move: {err}", file=sys.stderr)
         return 1
     return host.serve()
