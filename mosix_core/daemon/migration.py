@@ -29,6 +29,7 @@ from pathlib import Path
 from attrs import define, field
 
 from mosix_core.errors import AuthenticationError, MosixError, ProtocolError
+from mosix_core.linux import procfs
 from mosix_core.net import wire
 from mosix_core.placement import AdmissionRequest
 from mosix_core.proctable import ProcessRecord
@@ -138,11 +139,10 @@ def uids_in_use(first: int, last: int) -> set[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/status", "rb") as status:
-                fields = dict(line.split(b":", 1) for line in status if b":" in line)
-            if fields[b"State"].split()[0] in (b"Z", b"X"):
+            fields = procfs.status_fields(int(entry))
+            if fields["State"].split()[0] in ("Z", "X"):
                 continue                                  # a zombie runs nothing (an init may never reap it)
-            used.update(int(word) for name in (b"Uid", b"Gid") for word in fields[name].split())
+            used.update(int(word) for name in ("Uid", "Gid") for word in fields[name].split())
         except (OSError, ValueError, KeyError, IndexError):
             continue                                      # it has just ended
     return {uid for uid in used if first <= uid <= last}
