@@ -170,9 +170,7 @@ class Supervisor:
         self.control = None
         self.freezer = freezer or freezing.Freezer(None)
         self.etc = etc
-        self._spin: float | None = None
-        self._strict_limitations: bool | None = None
-        self._grace: float | None = None
+        self._daemon_settings: DaemonSettings | None = None     # this node's mosd.conf (see _settings)
         self._pouring: tuple[Tracee, _Counted] | None = None    # a large write being made as it comes
 
     def serve_control(self) -> None:
@@ -427,13 +425,16 @@ class Supervisor:
         return rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid), strict=self._strict(),
                                  converted=converted)
 
-    def _strict(self) -> bool:
-        """mosd.conf's strict_limitations (read once): the manual's LIMITATIONS exactly."""
-        if self._strict_limitations is None:
+    def _settings(self) -> DaemonSettings:
+        """This node's mosd.conf settings, read once (the defaults where there is none)."""
+        if self._daemon_settings is None:
             config = _configuration(self.etc) if self.etc is not None else None
-            self._strict_limitations = bool(getattr(config.daemon if config is not None else None,
-                                                    "strict_limitations", False))
-        return self._strict_limitations
+            self._daemon_settings = config.daemon if config is not None else DaemonSettings.default()
+        return self._daemon_settings
+
+    def _strict(self) -> bool:
+        """mosd.conf's strict_limitations: the manual's LIMITATIONS exactly."""
+        return self._settings().strict_limitations
 
     def _carry_out(self, tracee: Tracee, verdict) -> None:
         pid = tracee.pid
@@ -1006,12 +1007,8 @@ class Supervisor:
                 return
 
     def _forward_spin(self) -> float:
-        """mosd.conf's forward_spin_us, in seconds (read once)."""
-        if self._spin is None:
-            config = _configuration(self.etc) if self.etc is not None else None
-            settings = config.daemon if config is not None else DaemonSettings.default()
-            self._spin = settings.forward_spin_us / 1e6
-        return self._spin
+        """mosd.conf's forward_spin_us, in seconds."""
+        return self._settings().forward_spin_us / 1e6
 
     def _away_message(self, tracee: Tracee) -> None:
         away = tracee.away
@@ -1329,12 +1326,8 @@ class Supervisor:
                 tracee.away.held.append(frame)
 
     def _link_grace(self) -> float:
-        """mosd.conf's link_grace (read once)."""
-        if self._grace is None:
-            config = _configuration(self.etc) if self.etc is not None else None
-            settings = config.daemon if config is not None else DaemonSettings.default()
-            self._grace = float(getattr(settings, "link_grace", 0.0))
-        return self._grace
+        """mosd.conf's link_grace, in seconds."""
+        return self._settings().link_grace
 
     def _lost(self, tracee: Tracee) -> None:
         """The link to the guest broke. The guest is frozen where it is, waiting; home
