@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mosix_core.daemon import control
+from mosix_core.linux import procfs
 from mosix_core.proctable import ProcessRecord, ProcessTable
 from test_migration import AWK, guests, lines, wait_until
 
@@ -193,15 +194,10 @@ def test_bring_with_nothing_away_returns_at_once(cluster):
 
 def guest_process(host_pid: int) -> int:
     """The guest process itself: the one its guest host traces."""
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                status = Path(f"/proc/{name}/status").read_text()
-            except OSError:
-                continue
-            if f"\nTracerPid:\t{host_pid}\n" in status:
-                return int(name)
-    raise AssertionError(f"no process traced by guest host {host_pid}")
+    guest = procfs.traced_child(host_pid)
+    if guest is None:
+        raise AssertionError(f"no process traced by guest host {host_pid}")
+    return guest
 
 
 @pytest.mark.parametrize("which", ["as mosps -V lists it", "the guest process itself"])

@@ -24,6 +24,7 @@ import attrs
 import pytest
 
 from mosix_core import localcluster
+from mosix_core.linux import procfs
 from mosix_core.testing import LocalCluster, fresh_base_ip
 from tests.security.users import User, as_user, world_readable
 
@@ -70,15 +71,10 @@ def ids(pid: int) -> tuple[set[int], set[int]]:
 
 
 def traced_by(host: int) -> int:
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                status = Path(f"/proc/{name}/status").read_text()
-            except OSError:
-                continue
-            if f"\nTracerPid:\t{host}\n" in status:
-                return int(name)
-    raise AssertionError(f"no process traced by guest host {host}")
+    guest = procfs.traced_child(host)
+    if guest is None:
+        raise AssertionError(f"no process traced by guest host {host}")
+    return guest
 
 
 def running_as_guest_uids() -> list[int]:
