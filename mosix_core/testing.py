@@ -26,6 +26,7 @@ import pytest
 from mosix_core import localcluster
 from mosix_core.client import Client
 from mosix_core.errors import MosixError
+from mosix_core.linux import procfs
 
 TOOLS = {
     "mosd",
@@ -188,6 +189,11 @@ def spawn():
     def start(*argv: str, **kwargs: Any) -> subprocess.Popen:
         proc = subprocess.Popen(list(argv) or ["sleep", "30"], **kwargs)
         started.append(proc)
+        # Popen (vfork) returns while execve may still be building the new image, whose
+        # /proc/PID/cmdline reads empty until then: return a process that is its program
+        deadline = time.monotonic() + 10
+        while not procfs.command_line(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
         return proc
 
     yield start

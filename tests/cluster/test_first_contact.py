@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mosix_core import localcluster
+from mosix_core.linux import procfs
 from mosix_core.testing import fresh_base_ip, run_tool
 from mosix_core.users import user_name
 
@@ -62,8 +63,10 @@ def guest(local_cluster, tmp_path, spawn):
     env = {**cluster.env(1), "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     proc = spawn("mosrun", "-2", "awk", LOOP, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                  stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.txt", "wb"))
+    # ready once node 2's guest host has its guest: the row comes before the traced process does
     deadline = time.monotonic() + 30
-    while not [r for r in cluster.client(2).call("processes")["processes"] if r.get("home")]:
+    while not [r for r in cluster.client(2).call("processes")["processes"]
+               if r.get("home") and procfs.traced_child(r["pid"]) is not None]:
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
         time.sleep(0.05)
     return cluster, proc
@@ -78,14 +81,9 @@ def mosps(cluster, k: int, *args: str) -> list[dict[str, str]]:
 
 
 def traced_by(host: int) -> int:
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if f"\nTracerPid:\t{host}\n" in Path(f"/proc/{name}/status").read_text():
-                    return int(name)
-            except OSError:
-                continue
-    raise AssertionError(f"nothing traced by {host}")
+    program = procfs.traced_child(host)
+    assert program is not None, f"nothing traced by {host}"
+    return program
 
 
 def test_mosps_V_shows_the_guest_as_its_owner_knows_it(guest):
