@@ -151,6 +151,15 @@ def mosix_check_mosrun(request: Any) -> Any:
         def mosix_check_mosrun(request):
             if request.memory_mb is None:
                 raise PolicyRefused("mosrun: -m{mb} is mandatory on this cluster")
+
+    ``request.strict_limitations`` starts as mosd.conf's ``strict_limitations``; a
+    policy that sets it gives the program (and its children) the manual's
+    LIMITATIONS exactly, or lifts them, for this invocation::
+
+        @hookimpl
+        def mosix_check_mosrun(request):
+            if request.user in AUDITED_USERS:
+                return attrs.evolve(request, strict_limitations=True)
     """
 
 

@@ -121,6 +121,9 @@ class MosrunRequest:
     options: tuple[str, ...] = ()       # every other mosrun option, as given
     queue_jobs: int | None = None       # -S{maxjobs}
     etc: str | None = None              # the configuration directory: site parameters are in {etc}/mosrun.conf
+    # the manual's LIMITATIONS exactly (no call answered beyond them): mosd.conf's
+    # strict_limitations to begin with; a policy may set it either way for this invocation
+    strict_limitations: bool = False
 
     @classmethod
     def from_fields(cls, fields: Any, *, uid: int, user: str, etc: str | None) -> MosrunRequest:
@@ -128,7 +131,7 @@ class MosrunRequest:
         the control socket): anything of the wrong shape is a ProtocolError."""
         if not isinstance(fields, dict):
             raise ProtocolError("a mosrun request is a JSON object")
-        known = {"argv", "location", "memory_mb", "options", "queue_jobs"}
+        known = {"argv", "location", "memory_mb", "options", "queue_jobs", "strict_limitations"}
         if set(fields) != known:
             raise ProtocolError(f"a mosrun request has exactly the fields {', '.join(sorted(known))}")
         words = {name: fields[name] for name in ("argv", "options")}
@@ -141,14 +144,18 @@ class MosrunRequest:
             value = fields[name]
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ProtocolError(f"mosrun request: {name} must be a whole number")
+        strict = fields["strict_limitations"]
+        if not isinstance(strict, bool):
+            raise ProtocolError("mosrun request: strict_limitations must be true or false")
         return cls(uid=uid, user=user, argv=tuple(words["argv"]), location=fields["location"],
                    memory_mb=fields["memory_mb"], options=tuple(words["options"]),
-                   queue_jobs=fields["queue_jobs"], etc=etc)
+                   queue_jobs=fields["queue_jobs"], etc=etc, strict_limitations=strict)
 
     def policy_fields(self) -> dict[str, Any]:
         """What a policy may have changed, as plain data (the inverse of :meth:`from_fields`)."""
         return {"argv": list(self.argv), "location": self.location, "memory_mb": self.memory_mb,
-                "options": list(self.options), "queue_jobs": self.queue_jobs}
+                "options": list(self.options), "queue_jobs": self.queue_jobs,
+                "strict_limitations": self.strict_limitations}
 
 
 class PlacementView:

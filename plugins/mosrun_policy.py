@@ -1,15 +1,19 @@
 """The administrator's "parameters of mosrun" (manual §4.6), read from ``{etc}/mosrun.conf``.
 
-Three parameters, as ``key = value`` lines (``#`` starts a comment)::
+Four parameters, as ``key = value`` lines (``#`` starts a comment)::
 
     best = user | default | force       # where programs start (mosrun -b)
     unsupported = kill | silent | warn  # the default for users who give none of -e/-w/-u
     require_memory = no | yes           # make mosrun -m{mb} mandatory
+    strict_limitations = default | yes | no  # the manual's LIMITATIONS exactly (yes) or not (no)
+                                        # for programs mosrun starts here; default: as mosd.conf says
 
 No defaults or enforcement are active as shipped: without the file (or with every
 line commented out, as in the sample) every invocation is accepted unchanged.
 The super-user is exempt from ``best = force`` and ``require_memory = yes``;
-defaults (``best = default``, ``unsupported``) apply to everyone.
+defaults (``best = default``, ``unsupported``) and ``strict_limitations`` apply to everyone.
+A strict process's children (and any mosrun they run) stay strict: the supervisor
+keeps the setting in the process's MOSIX state, where the program cannot change it.
 
 Options other than the location and -m reach policies in ``MosrunRequest.options``
 one word each, value glued (see ``mosix_core.mosrun.options.to_request``), so
@@ -49,6 +53,7 @@ class MosrunParameters:
     best: str = "user"             # "user": they decide; "default": -b without a location; "force": always -b
     unsupported: str = "kill"      # what happens on unsupported system calls unless -e/-w/-u says
     require_memory: bool = False   # refuse ordinary users' programs without -m{mb}
+    strict_limitations: str = "default"   # "default": as mosd.conf says; "yes"/"no" decide
 
     @classmethod
     def default(cls) -> MosrunParameters:
@@ -86,6 +91,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "best": BEST_CHOICES,
     "unsupported": UNSUPPORTED_CHOICES,
     "require_memory": tuple(_YES_NO),
+    "strict_limitations": ("default", *_YES_NO),
 }
 
 
@@ -101,6 +107,9 @@ def apply_parameters(parameters: MosrunParameters, request: MosrunRequest) -> Mo
         changes["location"] = "-b"
     elif parameters.best == "default" and request.location is None:
         changes["location"] = "-b"
+    strict = _YES_NO.get(parameters.strict_limitations, request.strict_limitations)
+    if strict != request.strict_limitations:
+        changes["strict_limitations"] = strict
     if parameters.require_memory and ordinary_user and not recovering and request.memory_mb is None:
         raise PolicyRefused(MEMORY_REQUIRED)
     default_option = _UNSUPPORTED_OPTION.get(parameters.unsupported)

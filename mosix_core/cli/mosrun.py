@@ -123,6 +123,8 @@ def program_words(opts: mosopts.MosrunOptions, words: Sequence[str]) -> tuple[st
 
 def apply_site_policy(opts: mosopts.MosrunOptions, words: list[str], etc: Path):
     """The site's mosrun policy, applied in this process (where no mosd runs)."""
+    import attrs
+
     from mosix_core.config import load_config_if_present
     from mosix_core.plugins import apply_policies, plugin_manager_for
     from mosix_core.users import user_name
@@ -131,7 +133,8 @@ def apply_site_policy(opts: mosopts.MosrunOptions, words: list[str], etc: Path):
     config = load_config_if_present(etc)
     pm = plugin_manager_for(config.daemon if config is not None else None, etc)
     request = mosopts.to_request(opts, words, uid=uid, user=user_name(uid), etc=str(etc))
-    request = apply_policies(pm, "mosix_check_mosrun", request)
+    strict = config.daemon.strict_limitations if config is not None else False
+    request = apply_policies(pm, "mosix_check_mosrun", attrs.evolve(request, strict_limitations=strict))
     return mosopts.from_request(request)
 
 

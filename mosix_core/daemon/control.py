@@ -62,6 +62,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
+
 from mosix_core import __version__, gossip
 from mosix_core.daemon import migration
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError
@@ -506,6 +508,8 @@ class ControlServer:
         log only root can write. A refusal is an answer, not a failed request."""
         request = MosrunRequest.from_fields(req.get("request"), uid=uid, user=user_name(uid),
                                             etc=str(self.node.etc))
+        # the site's default is this node's mosd.conf, whatever the caller sent
+        request = attrs.evolve(request, strict_limitations=self.node.settings.strict_limitations)
         try:
             request = apply_policies(self.node.pm, "mosix_check_mosrun", request)
         except MosixError as err:      # PolicyRefused, or a broken mosrun.conf (ConfigError)

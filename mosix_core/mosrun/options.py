@@ -124,6 +124,8 @@ class MosrunOptions:
     inspect: str | None = None         # -I
     private_dirs: tuple[str, ...] = ()  # -X, normalised, without repeats
     explicit: frozenset[str] = frozenset()
+    # no option letter: mosd.conf's strict_limitations as the site's mosrun policy leaves it
+    strict_limitations: bool = False
 
 
 # Alternatives that set one field; the last one given wins.
@@ -534,7 +536,7 @@ _JSON_KINDS: dict[str, tuple[type, ...]] = {
     "cpujob": (bool,), "decay": (int,), "local_time": (bool,), "force": (bool,), "argv0_included": (bool,),
     "queue_jobs": (int, type(None)), "checkpoint_file": (str, type(None)),
     "checkpoint_limit": (int, type(None)), "checkpoint_interval": (int, type(None)),
-    "recover": (str, type(None)), "inspect": (str, type(None)),
+    "recover": (str, type(None)), "inspect": (str, type(None)), "strict_limitations": (bool,),
 }
 
 
@@ -598,7 +600,8 @@ def policy_fields(options: MosrunOptions, words: Sequence[str]) -> dict[str, Any
     rest = attrs.evolve(options, location=None, location_node=None, memory_mb=None, queue_jobs=None,
                         explicit=options.explicit - set("bhrmS"))
     return {"argv": list(words), "location": location_word(options), "memory_mb": options.memory_mb,
-            "options": to_argv(rest), "queue_jobs": options.queue_jobs}
+            "options": to_argv(rest), "queue_jobs": options.queue_jobs,
+            "strict_limitations": options.strict_limitations}
 
 
 def to_request(options: MosrunOptions, words: Sequence[str], *, uid: int, user: str,
@@ -627,4 +630,5 @@ def from_fields(fields: Mapping[str, Any]) -> tuple[MosrunOptions, list[str]]:
     if fields["argv"] and fields["argv"][0].startswith("-"):
         argv.append("--")
     argv.extend(fields["argv"])
-    return parse(argv)
+    options, words = parse(argv)
+    return attrs.evolve(options, strict_limitations=fields["strict_limitations"] is True), words

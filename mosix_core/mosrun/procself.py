@@ -53,6 +53,7 @@ class MosixState:
     checkpoint_interval: int = 0             # -A
     checkpoint_version: int = 1
     statistics_cleared: int = 0              # how often "clear" was written
+    strict: int = 0            # the manual's LIMITATIONS exactly (mosd.conf, the site's mosrun policy)
 
     def for_child(self) -> "MosixState":
         """A forked child: everything but the checkpoint settings (mosrun(1) CHECKPOINTS)."""

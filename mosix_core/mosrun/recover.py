@@ -174,6 +174,7 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
             _make_gone(root)
             return
         written_as = recovered.state.checkpoint_version      # adopt() starts a fresh naming
+        recovered.state.strict = int(opts.strict_limitations)   # the site's rules of today
         tracee = supervisor.adopt(root, recovered.state, recovered.command, virtual_pid=recovered.virtual_pid)
         continue_numbering(tracee.plan, recovered.state, written_as)
         supervisor.serve_control()

@@ -43,8 +43,10 @@ runs single-threaded instead of being killed at its first ``clone``; ``nproc``
 says 1. Read-only ``MAP_SHARED`` of a regular file is mapped ``MAP_PRIVATE`` (the
 same pages, as long as nobody writes the file); adding ``PROT_WRITE`` to such a
 mapping later (``mprotect``) is the unsupported case instead, with the manual's
-message. A site whose ``mosd.conf`` says ``strict_limitations = yes`` gets the
-manual's list exactly (only the housekeeping above excepted).
+message. A strict process gets the manual's list exactly (only the housekeeping
+above excepted): every process of a site whose ``mosd.conf`` says
+``strict_limitations = yes``, unless the site's mosrun policy (``mosrun.conf``, a
+``mosix_check_mosrun`` hook) decides otherwise for the invocation; children inherit it.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ UNSUPPORTED_TOO = frozenset({
 HOUSEKEEPING = frozenset({"set_robust_list"})   # see the module docstring
 
 #: Calls of the manual's list answered by default with their one-machine meaning (on
-#: the calling process itself only; a ``strict_limitations`` site refuses them as the
+#: the calling process itself only; a strict process has them refused as the
 #: manual does). Their semantics: :data:`CALL_NOTES`.
 ANSWERED = frozenset({
     "clock_nanosleep", "madvise", "sched_getaffinity", "sched_getparam", "sched_getscheduler",
@@ -316,7 +318,7 @@ class CallContext:
 
     pid: int
     fd_mode: Callable[[int], int | None]   # st_mode of the tracee's descriptor, None if closed
-    strict: bool = False                   # mosd.conf strict_limitations: the manual's list exactly
+    strict: bool = False                   # the process's strict_limitations: the manual's list exactly
     # whether (start, length) overlaps a read-only MAP_SHARED this process has mapped privately
     converted: Callable[[int, int], bool] = lambda start, length: False
 
@@ -591,7 +593,7 @@ def call_table() -> list[tuple[str, str, str, str]]:
         listed = name in UNSUPPORTED or name in UNSUPPORTED_TOO
         status, why = CALL_NOTES.get(name, ("refused", "the manual's LIMITATIONS") if listed else ("supported", ""))
         if name in ANSWERED:
-            why += " (refused when mosd.conf says strict_limitations = yes)"
+            why += " (refused for a strict process)"
         if status == "refused":
             away = "judged at home (refused)"
         elif nr in guest.HOMEWARD:
@@ -622,7 +624,10 @@ def table_markdown() -> str:
         "*Refused* calls are the manual's LIMITATIONS: the program is killed with the manual's message, "
         "or the call fails with ENOSYS under `-e` (silently) or `-w` (with the message). By default the "
         "calls of that list that keep their meaning wherever the process runs are answered as on one machine "
-        "(issue 18); a site whose `mosd.conf` says `strict_limitations = yes` refuses them as the manual does.",
+        "(issue 18). A *strict* process has them refused as the manual does: every process of a site whose "
+        "`mosd.conf` says `strict_limitations = yes`, unless the site's mosrun policy (`strict_limitations` in "
+        "`mosrun.conf`, or a `mosix_check_mosrun` hook setting `request.strict_limitations`) decides otherwise "
+        "for that invocation. A strict process's children, and the programs they start with mosrun, stay strict.",
         "",
         "Programs that start threads are refused at their first thread (`clone`), as the manual says: "
         "`xz -T0` (use `-T1`), `zstd` by default (use `--single-thread --no-asyncio`; `-T1` alone still starts a "

@@ -76,7 +76,8 @@ def initial_state(opts: mosopts.MosrunOptions) -> procself.MosixState:
         unsupportok={"kill": 0, "silent": 1, "warn": 2}[opts.unsupported],
         needmem=opts.memory_mb or 0, cpujob=int(opts.cpujob), decayrate=opts.decay,
         local_time=int(opts.local_time), checkpoint_file=opts.checkpoint_file,
-        checkpoint_limit=opts.checkpoint_limit or 0, checkpoint_interval=opts.checkpoint_interval or 0)
+        checkpoint_limit=opts.checkpoint_limit or 0, checkpoint_interval=opts.checkpoint_interval or 0,
+        strict=int(opts.strict_limitations))
 
 
 def options_of(state: procself.MosixState) -> mosopts.MosrunOptions:
@@ -84,7 +85,8 @@ def options_of(state: procself.MosixState) -> mosopts.MosrunOptions:
     return mosopts.MosrunOptions(
         lock=bool(state.lock), freezable=bool(state.freezable),
         unsupported=("kill", "silent", "warn")[state.unsupportok], memory_mb=state.needmem or None,
-        cpujob=bool(state.cpujob), decay=state.decayrate, local_time=bool(state.local_time))
+        cpujob=bool(state.cpujob), decay=state.decayrate, local_time=bool(state.local_time),
+        strict_limitations=bool(state.strict))
 
 
 def flag_summary(state: procself.MosixState) -> str:
@@ -418,11 +420,11 @@ class Supervisor:
         return None if fields is None else int(fields[1])
 
     def _context(self, tracee: Tracee) -> rules.CallContext:
-        """What the rules may ask about ``tracee`` (and this site's strictness)."""
+        """What the rules may ask about ``tracee`` (and whether the site is strict with it)."""
         def converted(start: int, length: int) -> bool:
             end = start + max(length, 1)
             return any(low < end and start < high for low, high in tracee.converted)
-        return rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid), strict=self._strict(),
+        return rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid), strict=bool(tracee.state and tracee.state.strict),
                                  converted=converted)
 
     def _settings(self) -> DaemonSettings:
@@ -431,10 +433,6 @@ class Supervisor:
             config = _configuration(self.etc) if self.etc is not None else None
             self._daemon_settings = config.daemon if config is not None else DaemonSettings.default()
         return self._daemon_settings
-
-    def _strict(self) -> bool:
-        """mosd.conf's strict_limitations: the manual's LIMITATIONS exactly."""
-        return self._settings().strict_limitations
 
     def _carry_out(self, tracee: Tracee, verdict) -> None:
         pid = tracee.pid
@@ -1739,6 +1737,7 @@ class Supervisor:
             merged = mosopts.inherit(options_of(tracee.state), explicit)
             state = initial_state(merged)
             state.nmigs = tracee.state.nmigs
+            state.strict = tracee.state.strict    # the site's, whatever the program sends
             if request.get("now"):
                 tracee.state = state          # a nested -S queue driver: its children inherit
                 self._send("update", pid=tracee.pid, options=flag_summary(state))

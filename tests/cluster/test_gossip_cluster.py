@@ -236,8 +236,11 @@ def test_state_changes_need_root_but_reading_does_not(local_cluster):
 def test_check_mosrun_applies_the_policy_and_refuses_garbage(local_cluster):
     cluster = local_cluster(nodes=1, interval=INTERVAL)
     client = cluster.client(1)
-    fields = {"argv": ["sleep", "1"], "location": "-h", "memory_mb": 10, "options": ["-e"], "queue_jobs": None}
+    fields = {"argv": ["sleep", "1"], "location": "-h", "memory_mb": 10, "options": ["-e"], "queue_jobs": None,
+              "strict_limitations": False}
     assert client.call("check_mosrun", request=fields) == {"request": fields}     # no policy: unchanged
+    # the site's strictness is mosd.conf's, not the caller's
+    assert client.call("check_mosrun", request={**fields, "strict_limitations": True}) == {"request": fields}
     (cluster.etc(1) / "mosrun.conf").write_text("require_memory = yes\nunsupported = warn\n")
     # root is exempt from require_memory; the site default (-w) is added for everyone
     changed = client.call("check_mosrun", request={**fields, "memory_mb": None, "options": []})["request"]
@@ -246,7 +249,8 @@ def test_check_mosrun_applies_the_policy_and_refuses_garbage(local_cluster):
     refused = client.call("check_mosrun", request=fields)["refused"]
     assert "mosrun.conf:1:" in refused and "sometimes" in refused
     for bad in (None, [], {"argv": "sleep"}, {**fields, "argv": "sleep 1"}, {**fields, "memory_mb": "10"},
-                {**fields, "options": [1]}, {**fields, "uid": 0}, {**fields, "location": 5}):
+                {**fields, "options": [1]}, {**fields, "uid": 0}, {**fields, "location": 5},
+                {**fields, "strict_limitations": 1}):
         with pytest.raises(MosixError, match="mosrun request"):
             client.call("check_mosrun", request=bad)
     assert client.call("ping")["pid"]          # the daemon is still there

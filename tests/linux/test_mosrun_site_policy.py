@@ -7,7 +7,7 @@ applies the policy with the caller's uid from SO_PEERCRED, and writes the hook's
 
 * a site hook module (hooks/limit_mosrun.py, loaded through ``hooks_dir`` in mosd.conf);
 * the built-in parameters of mosrun in ``{etc}/mosrun.conf`` (plugins/mosrun_policy.py):
-  ``unsupported``, ``require_memory`` and ``best``.
+  ``unsupported``, ``require_memory``, ``best`` and ``strict_limitations``.
 """
 
 from __future__ import annotations
@@ -224,6 +224,57 @@ def test_unsupported_warn_continues_with_a_message(make_site, utf8_locale):
     assert result.returncode == 0, result.stderr
     assert "mosix.map" in result.stdout
     assert SHARED_MEMORY in result.stderr.splitlines()
+
+
+# -- strictness as the site's mosrun policy decides it -----------------------------------------------------
+NPROC_REFUSED = "MOSRUN: system-call 'sched_getaffinity' not supported under MOSIX"
+
+STRICT_FOR_NOBODY = """\
+import attrs
+from mosix_core.hookspecs import hookimpl
+
+@hookimpl
+def mosix_check_mosrun(request):
+    if request.user == "nobody":
+        return attrs.evolve(request, strict_limitations=True)
+"""
+
+
+def test_mosrun_conf_makes_a_default_site_strict_children_and_nested_mosruns_too(make_site):
+    site = make_site()
+    assert (site.mosrun("nproc").stdout, site.mosrun("nproc").stderr) == ("1\n", "")
+    site.configure("strict_limitations = yes\n")
+    # the program, a child of it, and a mosrun a child runs (which cannot lift it: the
+    # supervisor keeps the setting, whatever the nested mosrun sends)
+    for argv in (["nproc"], ["sh", "-c", "nproc"], ["sh", "-c", f"{BIN / 'mosrun'} -u nproc"]):
+        killed = site.mosrun(*argv)
+        assert killed.returncode in KILLED or argv[0] == "sh", argv
+        assert NPROC_REFUSED in killed.stderr.splitlines(), (argv, killed.stderr)
+        assert killed.stdout == "", argv
+    root = site.mosrun("nproc", user="root")
+    assert NPROC_REFUSED in root.stderr.splitlines()          # everyone's, not only ordinary users'
+
+
+def test_mosrun_conf_lifts_a_strict_sites_limitations(make_site):
+    site = make_site("strict_limitations = yes\n")
+    assert NPROC_REFUSED in site.mosrun("nproc").stderr.splitlines()
+    site.configure("strict_limitations = no\n")
+    lifted = site.mosrun("nproc")
+    assert (lifted.returncode, lifted.stdout, lifted.stderr) == (0, "1\n", "")
+
+
+def test_a_site_hook_makes_one_user_strict(make_site):
+    hooks = Path(tempfile.mkdtemp(prefix="mosrun-hooks-"))
+    try:
+        os.chmod(hooks, 0o755)
+        (hooks / "strict_for_nobody.py").write_text(STRICT_FOR_NOBODY)
+        site = make_site(f"hooks_dir = {hooks}\n")
+        refused = site.mosrun("nproc")
+        assert (refused.returncode in KILLED, refused.stderr.strip()) == (True, NPROC_REFUSED)
+        root = site.mosrun("nproc", user="root")
+        assert (root.returncode, root.stdout, root.stderr) == (0, "1\n", "")
+    finally:
+        shutil.rmtree(hooks, ignore_errors=True)
 
 
 # -- mosrun.conf: require_memory -------------------------------------------------------------------------

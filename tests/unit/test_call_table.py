@@ -18,6 +18,6 @@ def test_every_call_has_a_row_and_the_answered_ones_say_how():
     rows = {name: (status, away, why) for name, status, away, why in rules.call_table()}
     assert set(rows) == set(NAMES.values())
     for name in rules.ANSWERED:
-        assert rows[name][0].startswith("supported") and "strict_limitations" in rows[name][2], name
+        assert rows[name][0].startswith("supported") and "strict process" in rows[name][2], name
     assert rows["shmat"][0] == rows["timer_create"][0] == "refused"
     assert rows["sched_getaffinity"][0] == "supported, with a difference"

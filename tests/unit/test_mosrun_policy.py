@@ -193,7 +193,7 @@ def test_site_hooks_run_first_and_the_parameters_see_their_result(etc):
     [
         ("best\n", 1, "expected 'key = value'"),
         ("\n# c\n = user\n", 3, "expected 'key = value'"),
-        ("speed = 5\n", 1, "unknown key 'speed' (known: best, unsupported, require_memory)"),
+        ("speed = 5\n", 1, "unknown key 'speed' (known: best, unsupported, require_memory, strict_limitations)"),
         ("best = always\n", 1, "best must be one of user, default, force, not 'always'"),
         ("best = user force\n", 1, "best must be one of user, default, force, not 'user force'"),
         ("unsupported = ignore\n", 1, "unsupported must be one of kill, silent, warn, not 'ignore'"),
@@ -221,3 +221,17 @@ def test_parse_reads_comments_and_blank_lines():
     params = MosrunParameters.parse("\n# x\nbest=default\n  unsupported =silent # why\nrequire_memory = yes\n",
                                     "mosrun.conf")
     assert params == MosrunParameters(best="default", unsupported="silent", require_memory=True)
+
+
+# --- strict_limitations ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("site", [False, True])
+def test_strict_limitations_default_keeps_mosd_confs_and_yes_no_decide(pm, etc, site):
+    req = attrs.evolve(request(etc, "prog"), strict_limitations=site)    # as mosd.conf says
+    configure(etc, "strict_limitations = default\n")
+    assert check(pm, req) == req
+    for text, strict in (("yes", True), ("no", False)):
+        configure(etc, f"strict_limitations = {text}\n")
+        for uid in (0, 1000):                                 # root's programs too
+            checked = check(pm, attrs.evolve(req, uid=uid))
+            assert checked.strict_limitations is strict
+            assert from_request(checked)[0].strict_limitations is strict   # and it reaches the options
