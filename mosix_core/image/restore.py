@@ -695,6 +695,10 @@ def check_process(process: dict[str, Any]) -> None:
     _text(process.get("exe"), "the executable", absolute=True)
     _int(process.get("umask"), "the umask", 0, 0o777)
     _int(process.get("personality", 0), "the personality", 0, 0xFFFF_FFFE)     # ~0 only asks
+    for pair in _list(process.get("converted", []), "the privately mapped shared ranges", most=1 << 16):
+        low, high = _list(pair, "a privately mapped shared range", 2)
+        if _address(low, "a privately mapped shared range") >= _int(high, "a privately mapped shared range", 1, USER_LIMIT):
+            raise CorruptImage("a privately mapped shared range is empty")
     head, length = _list(process.get("robust_list", [0, 0]), "the robust list", 2)
     if _address(head, "the robust list", align=8, zero=True):
         _int(length, "the robust list's length", ROBUST_LIST_HEAD, ROBUST_LIST_HEAD)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import attrs
 
@@ -55,12 +55,15 @@ def plan_for(pid: int, state) -> CheckpointPlan:
     return plan
 
 
-def identity(virtual_pid: int, state) -> dict[str, Any]:
-    """The MOSIX side of a process, as the PROCESS record keeps it."""
-    return {"pid": virtual_pid, "mosix": attrs.asdict(state)}
+def identity(virtual_pid: int, state, converted: Iterable[tuple[int, int]] = ()) -> dict[str, Any]:
+    """The MOSIX side of a process, as the PROCESS record keeps it: its state, and the
+    read-only MAP_SHARED ranges mapped privately, which must stay unwritable after a
+    recovery as before it."""
+    return {"pid": virtual_pid, "mosix": attrs.asdict(state), "converted": [[low, high] for low, high in converted]}
 
 
-def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: bool = False) -> tuple[bool, str, list[int]]:
+def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: bool = False,
+         converted: Iterable[tuple[int, int]] = ()) -> tuple[bool, str, list[int]]:
     """Write the next checkpoint of stopped process ``pid``.
 
     Returns (succeeded, the file or the reason it failed, signals to re-send)."""
@@ -76,7 +79,7 @@ def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: b
     def produce(out) -> None:
         writer = ImageWriter(out, compress=compress)
         try:
-            _, signals = capture.write_image(pid, writer, identity=identity(virtual_pid, state), regs=regs,
+            _, signals = capture.write_image(pid, writer, identity=identity(virtual_pid, state, converted), regs=regs,
                                              deferred_pending=True)
             deferred.extend(signals)
         except capture.CannotCheckpoint as err:
@@ -104,12 +107,13 @@ def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: b
     return True, path, deferred
 
 
-def recover_into(pid: int, path: str, shell: int) -> list[int]:
+def recover_into(pid: int, path: str, shell: int) -> tuple[list[int], list[tuple[int, int]]]:
     """Rebuild process ``pid`` — a shell waiting at ``shell``, as a process away
     leaves at home — from checkpoint ``path``: memory, registers, files and their
     offsets, cwd, signals, limits, as at the checkpoint (what a recovery with mosrun
-    -R gives, in the very process: its pid, parent and terminal are its own). The
-    signals held back meanwhile. Raises MosixError or TraceError if it cannot (the
+    -R gives, in the very process: its pid, parent and terminal are its own). Returns
+    the signals held back meanwhile and the ranges mapped privately for a read-only
+    MAP_SHARED at the checkpoint. Raises MosixError or TraceError if it cannot (the
     process is then beyond use)."""
     from mosix_core.image.restore import Restorer, RestoreOptions
     from mosix_core.image.stream import ImageReader
@@ -120,9 +124,16 @@ def recover_into(pid: int, path: str, shell: int) -> list[int]:
         try:
             for record in ImageReader(f, streaming=True):
                 restorer.take(record)
-            return restorer.finish().deferred
+            restored = restorer.finish()
+            return restored.deferred, converted_ranges(restored.process)
         finally:
             restorer.close()
+
+
+def converted_ranges(process: dict[str, Any]) -> list[tuple[int, int]]:
+    """The PROCESS record's privately mapped read-only MAP_SHARED ranges (checked by
+    :func:`mosix_core.image.restore.check_process`; none in an image without them)."""
+    return [(low, high) for low, high in process.get("converted", [])]
 
 
 def in_blocking_call(regs: ptrace.Registers) -> bool:

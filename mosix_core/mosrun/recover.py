@@ -24,6 +24,7 @@ from mosix_core.image.stream import CorruptImage, ImageReader, Kind, Record
 from mosix_core.linux import ptrace
 from mosix_core.mosrun import options as mosopts
 from mosix_core.mosrun import procself, rules
+from mosix_core.mosrun.checkpoints import converted_ranges
 
 OPEN_FLAG_NAMES = (
     (0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o400, "O_NOCTTY"), (0o1000, "O_TRUNC"), (0o2000, "O_APPEND"),
@@ -115,6 +116,7 @@ class Recovered:
     state: procself.MosixState
     command: str
     deferred: tuple[int, ...]
+    converted: tuple[tuple[int, int], ...] = ()     # read-only MAP_SHARED ranges mapped privately
 
 
 def _mosix_state_checked(records: Iterable[Record]) -> Iterator[Record]:
@@ -150,7 +152,7 @@ def restore_root(root: int, path: str, redirect: tuple[tuple[int, str], ...]) ->
     virtual = process.get("pid")
     return Recovered(root, virtual if isinstance(virtual, int) and virtual != root else None,
                      state_from(process.get("mosix", {})), " ".join(process.get("cmdline", [])),
-                     tuple(restored.deferred))
+                     tuple(restored.deferred), tuple(converted_ranges(process)))
 
 
 def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) -> None:
@@ -176,6 +178,7 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
         written_as = recovered.state.checkpoint_version      # adopt() starts a fresh naming
         recovered.state.strict = int(opts.strict_limitations)   # the site's rules of today
         tracee = supervisor.adopt(root, recovered.state, recovered.command, virtual_pid=recovered.virtual_pid)
+        tracee.converted = list(recovered.converted)
         continue_numbering(tracee.plan, recovered.state, written_as)
         supervisor.serve_control()
         ptrace.cont(root)

@@ -561,7 +561,8 @@ class Supervisor:
     def _checkpoint_now(self, tracee: Tracee) -> None:
         plan = tracee.plan
         then, plan.requested = plan.requested, None
-        ok, what, deferred = checkpoints.take(tracee.pid, tracee.own_pid, tracee.state, plan)
+        ok, what, deferred = checkpoints.take(tracee.pid, tracee.own_pid, tracee.state, plan,
+                                              converted=tracee.converted)
         if not ok:
             self.say(tracee, f"checkpoint failed: {what}")
         if plan.interval_minutes:
@@ -581,7 +582,7 @@ class Supervisor:
         pid, plan = tracee.pid, tracee.plan
         version = plan.naming.next_version()
         inject.finish_call(pid, 0 if access == 1 else version)
-        ok, what, deferred = checkpoints.take(pid, tracee.own_pid, tracee.state, plan)
+        ok, what, deferred = checkpoints.take(pid, tracee.own_pid, tracee.state, plan, converted=tracee.converted)
         if not ok:
             self.say(tracee, f"checkpoint failed: {what}")
             regs = ptrace.get_regs(pid)
@@ -1440,7 +1441,8 @@ class Supervisor:
             self._drop_away(tracee)
             try:
                 with self._unpinned():
-                    deferred = checkpoints.recover_into(tracee.pid, last[1], away.deputy.injector.address)
+                    deferred, tracee.converted = checkpoints.recover_into(tracee.pid, last[1],
+                                                                         away.deputy.injector.address)
             except (MosixError, OSError) as err:
                 self.say(tracee, f"recovering from checkpoint {last[0]} failed: {err}")
                 self.say(tracee, migration.lost_communication(where))

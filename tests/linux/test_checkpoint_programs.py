@@ -248,3 +248,49 @@ def test_a_checkpoint_that_fills_its_disk_leaves_no_file_and_the_process_runs_on
     assert "checkpoint failed" in (tmp_path / "stderr.txt").read_text()
     assert os.listdir(small_tmpfs) == []          # the partial image went with the error
     assert out.read_bytes() == native_output(["python3", str(script), "150"], tmp_path, mosrun_env)
+
+
+READ_ONLY_SHARED = """\
+import ctypes, errno, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+with open(sys.argv[1], "rb") as f:
+    address = libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+print("mapped", ctypes.string_at(address, 5), flush=True)
+print("checkpoint", libc.open(b"/proc/self/checkpoint", 2 | os.O_CREAT, 1), flush=True)
+if not os.path.exists("recovered"):
+    sys.exit(0)
+result = libc.mprotect(ctypes.c_void_p(address), 4096, mmap.PROT_READ | mmap.PROT_WRITE)
+print("mprotect", result, errno.errorcode.get(ctypes.get_errno(), "-") if result else "-", flush=True)
+"""
+
+
+def test_a_read_only_shared_mapping_stays_unwritable_after_recovery(tmp_path, mosrun_env):
+    """Issue 18: a read-only MAP_SHARED mapped privately may not become writable; the
+    checkpoint keeps which ranges those are, so the recovered process is judged alike."""
+    (tmp_path / "data").write_bytes(b"hello" * 1000)
+    script = tmp_path / "shared.py"
+    script.write_text(READ_ONLY_SHARED)
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+
+    def mosrun(*argv: str) -> int:
+        # output to a file: a process with an open pipe cannot be checkpointed
+        # (neither truncated nor O_APPEND: the recovered process's offset is the one that counts)
+        stdout, stderr = (os.open(path, os.O_WRONLY | os.O_CREAT, 0o644) for path in (out, err))
+        try:
+            return subprocess.run(["mosrun", *argv], env=mosrun_env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                                  stdout=stdout, stderr=stderr, timeout=60).returncode
+        finally:
+            os.close(stdout)
+            os.close(stderr)
+
+    assert mosrun("-e", "python3", str(script), str(tmp_path / "data")) == 0
+    assert (out.read_text(), err.read_text()) == ("mapped b'hello'\ncheckpoint 1\n", "")
+    images = sorted(tmp_path.glob("ckpt.*.1"))
+    assert len(images) == 1
+    (tmp_path / "recovered").touch()
+    assert mosrun(f"-R{images[0]}") == 0
+    # the recovered process writes on from its offset at the checkpoint; -e came back with
+    # the image: the call fails with ENOSYS, as it would have before
+    assert (out.read_text(), err.read_text()) == ("mapped b'hello'\ncheckpoint 1\nmprotect -1 ENOSYS\n", "")

@@ -213,6 +213,9 @@ def cases() -> dict[str, Callable[[bytes, list[Record]], bytes]]:
             found[f"process-robust-list-{name}"] = edit_json(PROCESS, setter(("robust_list", 0), value))
     found["process-robust-list-length"] = edit_json(PROCESS, setter(("robust_list", 1), 1 << 40))
     found["process-robust-list-short"] = edit_json(PROCESS, setter(("robust_list",), [0]))
+    for name, value in (("not-list", 5), ("short", [[4096]]), ("empty", [[8192, 8192]]),
+                        ("kernel", [[4096, 1 << 63]]), ("strings", [["a", "b"]]), ("many", [[4096, 8192]] * 70000)):
+        found[f"process-converted-{name}"] = edit_json(PROCESS, setter(("converted",), value))
     for field, value in (("needmem", -1), ("needmem", 1 << 64), ("checkpoint_interval", "5"),
                          ("lock", 1.5), ("checkpoint_file", 7), ("decayrate", None)):
         found[f"process-mosix-{field}-{value!r}"] = edit_json(PROCESS, setter(("mosix", field), value))
