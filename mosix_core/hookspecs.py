@@ -59,22 +59,6 @@ def mosix_select_node(request: Any, view: Any) -> Any:
     """
 
 
-@hookspec(firstresult=True)
-def mosix_migration_decision(process: Any, view: Any) -> Any:
-    """Decide whether a running process should move, and where (automatic migration).
-
-    Return a :class:`mosix_core.placement.MigrationDecision` (target node address
-    or "stay"), or ``None`` to defer to the next plugin.
-
-    Example::
-
-        @hookimpl
-        def mosix_migration_decision(process, view):
-            if process.options.lock:
-                return MigrationDecision.stay("locked")
-    """
-
-
 # --- guests ---------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)

@@ -21,31 +21,6 @@ class PlacementRequest:
     exclude: frozenset[IPv4Address] = frozenset()
 
 
-@attrs.frozen
-class MigrationCandidate:
-    """A running process, as the automatic-migration decision sees it."""
-
-    pid: int
-    where: IPv4Address                  # the node it runs on now
-    memory_mb: int = 0                  # -m / needmem
-    locked: bool = False                # -L or /proc/self/lock
-    home: IPv4Address | None = None
-
-
-@attrs.frozen
-class MigrationDecision:
-    target: IPv4Address | None          # None: stay where it is
-    reason: str = ""
-
-    @classmethod
-    def stay(cls, reason: str = "") -> "MigrationDecision":
-        return cls(None, reason)
-
-    @classmethod
-    def go(cls, target: IPv4Address, reason: str = "") -> "MigrationDecision":
-        return cls(target, reason)
-
-
 #: the refusal of a node that could take the process but not now (the manual's
 #: "{computer} is too busy to receive now"; other refusals read "failed migrating to
 #: {computer}: {reason}")
@@ -94,8 +69,31 @@ class FreezeChoice:
 
 
 @attrs.frozen
+class OpeningProcess:
+    """A MOSIX process opening ``/proc/self/{name}``, as ``mosix_special_path`` sees it.
+
+    The manual's interface: ``open(path, 0)`` reads, ``open(path, 1|O_CREAT, value)``
+    writes, ``open(path, 2|O_CREAT, value)`` writes and returns the previous value."""
+
+    flags: int                          # open's flags: the access mode (0, 1, 2), perhaps | O_CREAT
+    value: int = 0                      # open's third argument (the value written)
+    where: int = 0                      # the node it runs on: 0 at home, else its number (or address)
+    lock: bool = False                  # -L or /proc/self/lock
+    needmem: int = 0                    # -m{mb} or /proc/self/needmem
+    nmigs: int = 0                      # migrations so far
+
+    @property
+    def reading(self) -> bool:
+        return self.flags & 3 in (0, 2)
+
+    @property
+    def writing(self) -> bool:
+        return self.flags & 3 in (1, 2)
+
+
+@attrs.frozen
 class SpecialPathResult:
-    """The outcome of an intercepted ``open()``: a value or an errno."""
+    """The outcome of an intercepted ``open()``: a value, or -1 and an errno."""
 
     result: int = 0
     errno: int = 0

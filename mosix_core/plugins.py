@@ -226,6 +226,27 @@ def reset_plugin_manager() -> None:
     _cached = None
 
 
+_NO_DEFAULT: Any = object()
+
+
+class NoAnswer(MosixError):
+    """A "who decides?" hook that must be answered was not: the built-in that answers it
+    is disabled (``disabled_plugins``) and nothing replaced it."""
+
+
+def first_answer(hook: pluggy.HookCaller, /, *, default: Any = _NO_DEFAULT, **kwargs: Any) -> Any:
+    """Call a ``firstresult`` hook: the first implementation's answer that is not ``None``.
+
+    When none answers, ``default`` is the answer; without a default, that is an error
+    (:class:`NoAnswer`) naming the hook, because the kernel cannot go on without one."""
+    answer = hook(**kwargs)
+    if answer is not None:
+        return answer
+    if default is _NO_DEFAULT:
+        raise NoAnswer(f"no plugin answers {hook.name} (is its built-in in disabled_plugins?)")
+    return default
+
+
 def apply_policies(pm: pluggy.PluginManager, hook_name: str, request: Any) -> Any:
     """Run a chaining policy hook: each implementation sees the request as the previous
     one left it. ``None`` keeps it; a returned value replaces it; ``PolicyRefused`` stops.
@@ -245,8 +266,10 @@ __all__ = [
     "MosixPluginManager",
     "PluginInfo",
     "UnsafeHook",
+    "NoAnswer",
     "apply_policies",
     "build_plugin_manager",
+    "first_answer",
     "load_site_hooks",
     "plugin_manager_for",
     "reset_plugin_manager",

@@ -18,12 +18,17 @@ The manual's interface stays as it is; a tool that was given such a name on its
 command line (:func:`named_by_argument`) is told so once, on its standard error
 (:func:`misread_note`), which is all that can be done without guessing: nothing
 else tells ``cat``'s ``open(name, 0)`` from a MOSIX program's. See docs/proc-self.md.
+
+A name neither the manual nor Linux defines (``/proc/self/site_quota``) is the site's:
+its plugins answer it through the ``mosix_special_path`` hook (see docs/hooks.md);
+when none does, the open fails with ENOENT, as Linux would have it.
 """
 
 from __future__ import annotations
 
 import errno
-from typing import Callable
+import os
+from typing import Any, Callable
 
 import attrs
 
@@ -90,11 +95,83 @@ SPECIALS: dict[str, Special] = {
 }
 
 
+#: the supervisor reads at most this many bytes of an opened path: a longer one is cut
+PATH_READ_LIMIT = 64
+
+
 def special_name(path: bytes) -> str | None:
+    """The interface name ``path`` opens: one of the manual's, or one the site's plugins
+    may answer; None for any other path (the kernel opens it)."""
     if not path.startswith(PREFIX):
         return None
     name = path[len(PREFIX):].decode(errors="replace")
-    return name if name in SPECIALS else None
+    if name in SPECIALS:
+        return name
+    return name if is_site_name(name, path) and site_plugins_answer_paths() else None
+
+
+def is_site_name(name: str, path: bytes) -> bool:
+    """May ``/proc/self/{name}`` be a site's? One whole path component that Linux's
+    /proc/self does not have (a site cannot hide the kernel's own files), read whole."""
+    return (len(path) < PATH_READ_LIMIT and name not in ("", ".", "..") and "/" not in name
+            and "\ufffd" not in name and name not in _linux_names())
+
+
+_linux: list[frozenset[str]] = []
+
+
+def _linux_names() -> frozenset[str]:
+    if not _linux:
+        _linux.append(frozenset(os.listdir("/proc/self")))
+    return _linux[0]
+
+
+# The site's plugin manager, built when a program first opens a name that may be the
+# site's (rarely: most programs never do), then kept for the supervisor's life.
+_site: list[Any] = []
+
+
+def site_plugins() -> Any:
+    """This node's plugin manager (:mod:`mosix_core.plugins`), from the configuration
+    directory mosrun runs with; None if it cannot be built (then no site name exists)."""
+    if not _site:
+        from mosix_core import paths
+        from mosix_core.config import load_config_if_present
+        from mosix_core.errors import MosixError
+        from mosix_core.plugins import plugin_manager_for
+
+        etc = paths.etc_dir()
+        try:
+            config = load_config_if_present(etc)
+            _site.append(plugin_manager_for(config.daemon if config is not None else None, etc))
+        except MosixError:
+            _site.append(None)      # mosrun itself said what is wrong when it started
+    return _site[0]
+
+
+def site_plugins_answer_paths() -> bool:
+    pm = site_plugins()
+    return pm is not None and bool(pm.hook.mosix_special_path.get_hookimpls())
+
+
+def _site_open(state: MosixState, name: str, flags: int, newval: int, env: Environment) -> int:
+    """A site name: the first plugin's :class:`SpecialPathResult` is the open's result."""
+    from mosix_core.placement import OpeningProcess
+    from mosix_core.plugins import first_answer
+
+    process = OpeningProcess(flags=flags, value=newval, where=env.whereami(), lock=bool(state.lock),
+                             needmem=state.needmem, nmigs=state.nmigs)
+    pm = site_plugins()
+    if pm is None:
+        return -errno.ENOENT
+    try:
+        answer = first_answer(pm.hook.mosix_special_path, default=None,
+                              path=(PREFIX + name.encode()).decode(), process=process)
+    except Exception:   # foreign code: its failure is the open's, never the supervisor's
+        return -errno.EIO
+    if answer is None:
+        return -errno.ENOENT                 # what Linux answers for a name /proc/self lacks
+    return -answer.errno if answer.errno else answer.result
 
 
 @attrs.frozen
@@ -115,6 +192,8 @@ def _as_int32(value: int) -> int:
 
 def handle(state: MosixState, name: str, flags: int, newval: int, env: Environment) -> int:
     """Carry out one special open; return the value for ``open`` to return, or -errno."""
+    if name not in SPECIALS:
+        return _site_open(state, name, flags, newval, env)
     spec = SPECIALS[name]
     access = flags & 3
     if name == "in_cluster":
@@ -177,8 +256,13 @@ def _write(state: MosixState, name: str, spec: Special, newval: int, env: Enviro
 def named_by_argument(path: bytes, command: str) -> bool:
     """Was the special name one of the program's arguments (``command``, its command
     line)? Then the opener is a tool that reads the files it is given (cat, head, od…),
-    not a program that knows the interface, which names these files itself."""
-    return path.decode(errors="replace") in command.split()[1:]
+    not a program that knows the interface, which names these files itself. (Only the
+    manual's names: what a site's name means is the site's to say.)"""
+    return special_name_of_manual(path) and path.decode(errors="replace") in command.split()[1:]
+
+
+def special_name_of_manual(path: bytes) -> bool:
+    return path.startswith(PREFIX) and path[len(PREFIX):].decode(errors="replace") in SPECIALS
 
 
 def misread_note(name: str, value: int) -> str:

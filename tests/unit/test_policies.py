@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import subprocess
 import sys
 import time
@@ -11,12 +10,12 @@ from ipaddress import IPv4Address
 import attrs
 import pytest
 
-from mosix_core.gossip import ST_BLOCK, ST_LSTAY, ST_STAY, ClusterView, NodeStatus
+from mosix_core.gossip import ST_BLOCK, ClusterView, NodeStatus
 from mosix_core.hookspecs import hookimpl
 from mosix_core.mosrun.migration import failed_migrating
 from mosix_core.placement import (
     TOO_BUSY,
-    AdmissionRequest, FreezeChoice, FreezeSituation, MigrationCandidate, PlacementRequest, PlacementView, SpecialPathResult,
+    AdmissionRequest, FreezeChoice, FreezeSituation, PlacementRequest, PlacementView,
 )
 from mosix_core.plugins import build_plugin_manager
 from mosix_core.proctable import ProcessRecord
@@ -70,22 +69,6 @@ def test_a_site_policy_wins_over_the_builtin():
     pm = build_plugin_manager(extra=[("keep_home", KeepHome())])
     view = make_view(status(A, load=900), status(B))
     assert pm.hook.mosix_select_node(request=PlacementRequest(), view=view).status.ip == A
-
-
-@pytest.mark.hook("mosix_migration_decision")
-def test_migration_decision(pm):
-    busy = make_view(status(A, load=300), status(B, load=0), status(C, load=250))
-    decide = pm.hook.mosix_migration_decision
-    assert decide(process=MigrationCandidate(1, A), view=busy).target == B
-    assert decide(process=MigrationCandidate(1, A, locked=True), view=busy).target is None
-    assert decide(process=MigrationCandidate(1, A, memory_mb=5000), view=busy).target is None
-    balanced = make_view(status(A, load=100), status(B, load=0))
-    assert decide(process=MigrationCandidate(1, A), view=balanced).target is None   # hysteresis
-    stay = make_view(status(A, load=300, state=ST_STAY), status(B))
-    assert decide(process=MigrationCandidate(1, A), view=stay).target is None
-    lstay = make_view(status(A, load=300, state=ST_LSTAY), status(B))
-    assert decide(process=MigrationCandidate(1, A), view=lstay).target is None       # local process
-    assert decide(process=MigrationCandidate(1, A, home=C), view=lstay).target == B  # a guest may leave
 
 
 @pytest.mark.hook("mosix_choose_freeze")
@@ -169,22 +152,6 @@ def test_guest_admission(mosix_etc, pm):
     assert admit(request=outsider, node=node).reason == TOO_BUSY
     assert failed_migrating("10.0.0.9", TOO_BUSY) == "10.0.0.9 is too busy to receive now"
     assert failed_migrating("10.0.0.9", "other node refused") == "failed migrating to 10.0.0.9: other node refused"
-
-
-@pytest.mark.hook("mosix_special_path")
-def test_special_path_contract():
-    class SiteQuota:
-        @hookimpl
-        def mosix_special_path(self, path, process):
-            if path == "/proc/self/site_quota":
-                return SpecialPathResult.value(42)
-            return None
-
-    pm = build_plugin_manager(extra=[("quota", SiteQuota())])
-    assert pm.hook.mosix_special_path(path="/proc/self/site_quota", process=None) == SpecialPathResult(42, 0)
-    # no plugin claims an unknown path: the caller then fails the open with ENOENT
-    assert pm.hook.mosix_special_path(path="/proc/self/nonsense", process=None) is None
-    assert SpecialPathResult.error(errno.ENOENT) == SpecialPathResult(-1, errno.ENOENT)
 
 
 @pytest.mark.hook("mosix_measure_resources")
