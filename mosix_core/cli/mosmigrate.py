@@ -27,9 +27,12 @@ import typer
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
 from mosix_core.client import Client
 from mosix_core.errors import MosixError, PermissionDenied
-from mosix_core.mosrun import control
+from mosix_core.mosrun import control, targets
 
 app = new_app("Manually migrate or otherwise instruct a running MOSIX process.")
+#: how long a move may take before mosmigrate stops waiting for its outcome: the target's
+#: restore (migration.RESTORE_TIMEOUT) and the way there (mosd's handshake)
+MOVE_TIMEOUT = 180.0
 ACTIONS = ("home", "out", "freeze", "continue", "checkpoint", "chkstop", "chkexit")
 
 
@@ -40,10 +43,21 @@ def mosmigrate(pid_text: str, action: str, etc: Path | None = None) -> None:
     pid = int(pid_text)
     if action == "out":
         send_out(pid, etc_path(etc))
-    elif action in ACTIONS:
+    elif action in ACTIONS and action != "home":
         control.request(pid, action)
     else:
-        control.request(pid, "migrate", to=action)
+        target = resolve_target(action, etc_path(etc))
+        if target.home:
+            control.request(pid, "home", timeout=MOVE_TIMEOUT)
+        else:
+            control.request(pid, "migrate", timeout=MOVE_TIMEOUT, to=target.text, named=target.named)
+
+
+def resolve_target(named: str, etc: Path) -> targets.MoveTarget:
+    """The node ``named`` means here, before anything is sent (the manual's "not in map" else)."""
+    from mosix_core.config import load_config_if_present
+
+    return targets.resolve(None if named in targets.HOME_WORDS else load_config_if_present(etc), named)
 
 
 def send_out(pid: int, etc: Path) -> None:

@@ -15,10 +15,10 @@ from ipaddress import IPv4Address
 import attrs
 
 from mosix_core.linux import procfs
-from mosix_core.placement import TOO_BUSY
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.shortcut import Shortcuts
 from mosix_core.remote.frames import Channel
+from mosix_core.mosrun.targets import HOME_WORDS, MoveTarget, failed_migrating  # noqa: F401  (their home is targets)
 
 #: how long the target may take to restore an image before the move counts as failed
 RESTORE_TIMEOUT = 120.0
@@ -29,13 +29,6 @@ DID_NOT_COMPLETE = "did not complete (no memory there?)"
 # goes while it runs, and it stops only for what it wrote meanwhile. Below, the extra
 # stop and pass cost more than they save.
 SEND_AHEAD_FROM = 64 << 20
-HOME_WORDS = ("home", "0")
-
-
-def failed_migrating(computer: str, reason: str) -> str:
-    if reason == TOO_BUSY:
-        return f"{computer} is {TOO_BUSY}"
-    return f"failed migrating to {computer}: {reason}"
 
 
 def lost_communication(computer: str) -> str:
@@ -84,7 +77,7 @@ class Away:
     deputy: Deputy
     compress: bool
     next_poll: float = 0.0
-    going: str | None = None        # asked home (or on, through home) and not there yet
+    going: MoveTarget | None = None  # asked home (or on, through home) and not there yet
     dying: int | None = None        # a signal killed it away: it dies of it here too
     utime: float = 0.0              # user CPU seconds there so far (as its host reports)
     dead_since: float | None = None  # when the node stopped being seen alive (gossip)
@@ -119,12 +112,6 @@ class Away:
             self.sock.close()
         except OSError:
             pass
-
-
-def target_text(value: int) -> str:
-    """``/proc/self/migrate``'s value as mosd's resolver reads it: a node number or a
-    host-order IP address."""
-    return str(value) if value <= 65535 else str(IPv4Address(value))
 
 
 def node_value(config, where: str) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mosix_core.errors import MosixError, NotInMap
+from mosix_core.errors import MosixError
 from mosix_core.mosrun import options as mosopts
 
 WAIT_FOR_MEMORY = 1.0           # seconds between asks, while no node has the memory -b -m wants
@@ -47,6 +47,20 @@ def start_node(opts: mosopts.MosrunOptions, etc: Path) -> str | None:
     return None if ip in (None, here) else ip
 
 
+def start_target(opts: mosopts.MosrunOptions, etc: Path):
+    """:func:`start_node` resolved (:func:`mosix_core.mosrun.targets.resolve`): a
+    :class:`~mosix_core.mosrun.targets.MoveTarget`, or None to start at home. Raises
+    :class:`~mosix_core.mosrun.targets.UnknownTarget` for a node not in the map."""
+    from mosix_core.config import load_config_if_present
+    from mosix_core.mosrun import targets
+
+    named = start_node(opts, etc)
+    if named is None:
+        return None
+    target = targets.resolve(load_config_if_present(etc), named)
+    return None if target.home else target
+
+
 NOT_RUNNING = "MOSIX is not running on this node"
 
 
@@ -54,21 +68,18 @@ def without_daemon(opts: mosopts.MosrunOptions, etc: Path) -> tuple[list[str], b
     """Where no mosd runs here: (the messages to print, whether the program may run —
     at home). Messages starting ``MOSRUN:`` are the manual's failure; others notes."""
     from mosix_core.config import load_config_if_present
-    from mosix_core.mosrun import migration
+    from mosix_core.mosrun import targets
     from mosix_core.mosrun.rules import PREFIX
 
     where = mosopts.location_word(opts)
     if opts.location == "node":
         node = opts.location_node or ""
         try:
-            config = load_config_if_present(etc)
-            if config is None:
-                raise NotInMap(f"{node}: not in map")
-            config.resolve_node(node)
+            targets.resolve(load_config_if_present(etc), node)
             reason = NOT_RUNNING
-        except NotInMap:
-            reason = "not in map"
-        return [PREFIX + migration.failed_migrating(node, reason)], opts.force
+        except targets.UnknownTarget:
+            reason = targets.NOT_IN_MAP
+        return [PREFIX + targets.failed_migrating(node, reason)], opts.force
     if where not in (None, "-h"):
         return [f"note: {where} needs MOSIX running on this node (mosd); starting at home"], True
     return [], True

@@ -25,6 +25,7 @@ import signal
 import stat
 import threading
 import time
+from ipaddress import IPv4Address
 from typing import Callable
 
 import attrs
@@ -40,7 +41,7 @@ from mosix_core.client import Client
 from mosix_core.config.daemon import DaemonSettings
 from mosix_core.image import stream
 from mosix_core.image.stream import ImageReader, ImageWriter
-from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules
+from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules, targets
 from mosix_core.remote import clocks, moving
 from mosix_core.remote.calls import (MAPPED_PRIVATELY, RUN_WHERE_IT_IS, Reply, Request, forwardable,
                                      unforwardable_error)
@@ -126,9 +127,9 @@ class Tracee:
     way_opening: bool = False              # the way to a node is being opened (see request_migration)
     precopy_wanted: bool = False           # at the stop for a move: send its memory ahead first
     ahead: tuple | None = None             # (the image's writer, capture.Precopy): its memory went ahead
-    start_at: str | None = None            # mosrun -r/-{n}/-b: where the program starts (at its exec)
+    start_at: targets.MoveTarget | None = None            # mosrun -r/-{n}/-b: where the program starts (at its exec)
     start_force: bool = False              # -F: at home if it cannot start there
-    return_to: str | None = None           # came home to exec: the new program goes back there
+    return_to: targets.MoveTarget | None = None           # came home to exec: the new program goes back there
     remote_utime: float = 0.0              # user CPU seconds of its stays away that ended
     # read-only MAP_SHARED file mappings it has as MAP_PRIVATE ones, [start, end): adding
     # PROT_WRITE there is unsupported (rules.MapPrivately); until its next exec
@@ -734,8 +735,10 @@ class Supervisor:
         self._send("update", pid=pid, frozen="-")
 
     # -- migration -----------------------------------------------------------------------------------
-    def request_migration(self, tracee: Tracee, to: str, *, held: bool = False) -> dict:
-        """Move ``tracee`` to node ``to`` (a number, address or host) or "home".
+    def request_migration(self, tracee: Tracee, to: targets.MoveTarget | str, *, held: bool = False) -> dict:
+        """Move ``tracee`` to node ``to`` (resolved, or a number, address or host to
+        resolve, or "home"); a node not in the map is refused at once, with the manual's
+        message.
 
         Elsewhere than home, the way there is opened first — our mosd's handshake, the
         target's guest host starting, the clocks compared — in a thread, while the
@@ -744,18 +747,26 @@ class Supervisor:
         -r/-{n}/-b), so that a refused start runs nothing of the program."""
         if self.etc is None:
             return {"error": "MOSIX is not running on this node"}
+        if isinstance(to, str):
+            try:
+                to = targets.resolve(_configuration(self.etc), to)
+            except targets.UnknownTarget as err:
+                self.say(tracee, str(err))
+                return {"error": str(err)}
         away = tracee.away
         if away is not None:
             if away.going is None:
-                if to in migration.HOME_WORDS:
-                    self._send_order(tracee, "home", {"op": "home"})   # a way on being opened is dropped
+                if to.home:
+                    self._send_order(tracee, targets.HOME, {"op": "home"})   # a way on being opened is dropped
+                elif to.text == away.where:
+                    pass                          # there already
                 elif not tracee.way_opening:
                     # on to another node: the image passes through here, never restored here
                     tracee.way_opening = True
                     self._open_way_then(tracee, to, away.where, lambda reply, channel: self._on_way_open(
                         tracee, away, to, reply, channel))
             return {"ok": True}
-        if to in migration.HOME_WORDS or tracee.frozen is not None:
+        if to.home or tracee.frozen is not None:
             return {"ok": True}               # at home already (a frozen process stays)
         if tracee.migrate_wanted is not None or tracee.way_opening:
             return {"ok": True}               # on its way already
@@ -766,7 +777,8 @@ class Supervisor:
             self._open_way_then(tracee, to, None, lambda reply, channel: self._way_open(tracee, to, reply, channel))
         return {"ok": True}
 
-    def _open_way_then(self, tracee: Tracee, to: str, now_at: str | None, then: Callable[[dict, Channel | None], None]):
+    def _open_way_then(self, tracee: Tracee, to: targets.MoveTarget, now_at: str | None,
+                       then: Callable[[dict, Channel | None], None]):
         """:meth:`_open_way` in a thread; ``then(reply, channel)`` in the loop after."""
         def work() -> None:
             self._ways.put((then, self._open_way(tracee, to, now_at)))
@@ -774,14 +786,14 @@ class Supervisor:
                 os.write(self._wake_w, b"w")
             except OSError:
                 pass
-        threading.Thread(target=work, name=f"way-{tracee.pid}-{to}", daemon=True).start()
+        threading.Thread(target=work, name=f"way-{tracee.pid}-{to.text}", daemon=True).start()
 
     def _ways_opened(self) -> None:
         while not self._ways.empty():
             then, (reply, channel) = self._ways.get()
             then(reply, channel)
 
-    def _way_open(self, tracee: Tracee, to: str, reply: dict, channel: Channel | None) -> None:
+    def _way_open(self, tracee: Tracee, to: targets.MoveTarget, reply: dict, channel: Channel | None) -> None:
         """The way for a process at home: it stops at its next clean point to be sent."""
         tracee.way_opening = False
         if not self._at_home(tracee):
@@ -799,7 +811,7 @@ class Supervisor:
         """Still ours, at home and not frozen (nothing happened to it meanwhile)."""
         return self.tracees.get(tracee.pid) is tracee and tracee.away is None and tracee.frozen is None
 
-    def _send_ahead(self, tracee: Tracee, to: str, reply: dict, channel: Channel, regs: ptrace.Registers) -> bool:
+    def _send_ahead(self, tracee: Tracee, to: targets.MoveTarget, reply: dict, channel: Channel, regs: ptrace.Registers) -> bool:
         """Begin the move while the process runs on: its memory goes ahead (a thread
         writes it), then it is stopped again and only what it changed follows — it is
         stopped for that, not for all of its memory. False if its writes cannot be
@@ -829,7 +841,7 @@ class Supervisor:
         self._resume(tracee)
         return True
 
-    def _sent_ahead(self, tracee: Tracee, to: str, reply: dict, channel: Channel, writer: ImageWriter,
+    def _sent_ahead(self, tracee: Tracee, to: targets.MoveTarget, reply: dict, channel: Channel, writer: ImageWriter,
                     tracker, outcome: object) -> None:
         """The memory went ahead: stop the process for the rest (or, if it failed, it
         runs on here)."""
@@ -840,7 +852,7 @@ class Supervisor:
             channel.sock.close()
             if not gone:
                 self._send("update", pid=tracee.pid, where="here")
-                self.say(tracee, migration.failed_migrating(reply.get("target", to), migration.DID_NOT_COMPLETE))
+                self.say(tracee, migration.failed_migrating(reply.get("target", to.named), migration.DID_NOT_COMPLETE))
             return
         tracee.ahead = (writer, outcome)
         tracee.migrate_wanted, tracee.migrate_way = to, (reply, channel)
@@ -849,7 +861,7 @@ class Supervisor:
         except TraceError:
             pass                                  # it has just ended: _gone closes the way
 
-    def _on_way_open(self, tracee: Tracee, away: migration.Away, to: str, reply: dict,
+    def _on_way_open(self, tracee: Tracee, away: migration.Away, to: targets.MoveTarget, reply: dict,
                      channel: Channel | None) -> None:
         """The way on for a process away: it is asked for its image (which this side
         will pass on), or told the user why not."""
@@ -860,13 +872,13 @@ class Supervisor:
             return
         if channel is None:
             if reply.get("refused") != "already there":
-                self.say(tracee, migration.failed_migrating(reply.get("target", to),
+                self.say(tracee, migration.failed_migrating(reply.get("target", to.named),
                                                             reply.get("refused", "no response")))
             return
         away.onward = migration.Onward(reply["target"], channel.sock, channel, compress=not reply.get("proximate"))
         self._send_order(tracee, to, {"op": "home", "compress": away.onward.compress})
 
-    def _send_order(self, tracee: Tracee, going: str, order: dict) -> None:
+    def _send_order(self, tracee: Tracee, going: targets.MoveTarget, order: dict) -> None:
         """Ask the guest for its image (home, or on through home)."""
         tracee.away.going = going
         self._away_send(tracee, encode_control(order))
@@ -883,7 +895,12 @@ class Supervisor:
         automatic decision, made elsewhere), else a node number or IP address."""
         if value == 0xFFFFFFFF:
             return 0
-        reply = self.request_migration(tracee, "home" if value == 0 else migration.target_text(value))
+        try:
+            target = targets.resolve(_configuration(self.etc), targets.proc_value_text(value))
+        except targets.UnknownTarget as err:
+            self.say(tracee, str(err))
+            return -errno.EINVAL
+        reply = self.request_migration(tracee, target)
         return 0 if "error" not in reply else -errno.EAGAIN
 
     def _migrate_now(self, tracee: Tracee) -> None:
@@ -898,7 +915,7 @@ class Supervisor:
             self._resume(tracee)
             return
         if channel is None:
-            self.say(tracee, migration.failed_migrating(reply.get("target", to), reply.get("refused", "no response")))
+            self.say(tracee, migration.failed_migrating(reply.get("target", to.named), reply.get("refused", "no response")))
             self._start_failed(tracee)
             return
         target, sock = reply["target"], channel.sock
@@ -953,13 +970,13 @@ class Supervisor:
         self._send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
         self._signal_migrated(tracee)
 
-    def _open_way(self, tracee: Tracee, to: str, now_at: str | None = None) -> tuple[dict, Channel | None]:
+    def _open_way(self, tracee: Tracee, to: targets.MoveTarget, now_at: str | None = None) -> tuple[dict, Channel | None]:
         """Our mosd's handshake with node ``to`` (not ``now_at``, where the process is),
         then the clock comparison with the guest host there: (mosd's reply, the
         channel to that guest host — None when refused, and the reply says why)."""
         try:
             reply, sock = Client(self.etc).call_for_socket(
-                "migrate_out", pid=tracee.pid, to=to, memory_mb=tracee.state.needmem, command=tracee.command,
+                "migrate_out", pid=tracee.pid, to=to.text, memory_mb=tracee.state.needmem, command=tracee.command,
                 nmigs=tracee.state.nmigs, now_at=now_at)
         except MosixError as err:
             return {"refused": str(err)}, None
@@ -1284,7 +1301,7 @@ class Supervisor:
             elif tracee.away.dead_since is None:
                 tracee.away.dead_since = now
                 self.say(tracee, migration.seems_dead(where))
-                self.request_migration(tracee, "home")
+                self.request_migration(tracee, targets.HOME)
             elif now - tracee.away.dead_since > migration.DEAD_NODE_GRACE:
                 self._lost(tracee)
 
@@ -1349,10 +1366,10 @@ class Supervisor:
             away.onward = None
         if away.going is not None:
             # the order may have been lost with the link: given again once it is whole
-            order = {"op": "home"} if away.going in migration.HOME_WORDS else None
+            order = {"op": "home"} if away.going.home else None
             away.going = None
             if order is not None and not any(b'"op":"home"' in frame for frame in away.held):
-                self._send_order(tracee, "home", order)
+                self._send_order(tracee, targets.HOME, order)
         self._reattach_soon(tracee, away)
 
     def _reattach_soon(self, tracee: Tracee, away: migration.Away) -> None:
@@ -1557,11 +1574,11 @@ class Supervisor:
         deferred += list(sent.get("signals", []))
         self._stay_ended(tracee, away, sent, "here")
         if coming_for in ("execve", "execveat"):
-            tracee.return_to = away.where
+            tracee.return_to = targets.MoveTarget(away.where, IPv4Address(away.where))
         self._resume(tracee)
         checkpoints.resend(pid, deferred + away.deputy.deferred)
         self._signal_migrated(tracee)
-        if going not in (None, "home"):
+        if going is not None and not going.home:
             self.request_migration(tracee, going)
 
     def _move_on(self, tracee: Tracee) -> None:
@@ -1712,7 +1729,7 @@ class Supervisor:
             elif op == "continue":
                 return self.request_unfreeze(tracee, automatic=req.get("how") in ("A", "P"))
             elif op == "home":
-                return self.request_migration(tracee, "home")
+                return self.request_migration(tracee, targets.HOME)
             elif op == "migrate" and isinstance(req.get("to"), str):
                 return self.request_migration(tracee, req["to"])
             else:

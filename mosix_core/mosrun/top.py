@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mosix_core.client import Session
 from mosix_core.linux import ptrace
-from mosix_core.mosrun import launch, placement, rules
+from mosix_core.mosrun import launch, placement, rules, targets
 from mosix_core.mosrun.freezing import Freezer
 from mosix_core.mosrun import options as mosopts
 from mosix_core.mosrun.supervisor import Supervisor, flag_summary, initial_state, node_in_cluster
@@ -20,7 +20,15 @@ def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env:
     the local mosd (the supervisor inherits it), or None where mosd does not run."""
     state = initial_state(opts)
     command = " ".join(args)
-    start_at = placement.start_node(opts, etc) if session is not None else None
+    start_at = None
+    if session is not None:
+        try:
+            start_at = placement.start_target(opts, etc)
+        except targets.UnknownTarget as err:
+            # the manual's failure, before the program runs anything; -F: it runs at home
+            os.write(2, f"{rules.PREFIX}{err}\n".encode(errors="replace"))
+            if not opts.force:
+                raise SystemExit(1) from None
 
     def supervise(root: int, messages: int) -> None:
         supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),

@@ -847,3 +847,25 @@ def test_a_spare_guest_host_takes_the_process_and_a_dead_one_is_replaced(cluster
     wait_until(lambda: lines(out) > before, what="progress after the moves")
     proc.kill()
     assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+@pytest.mark.parametrize("where", ["9", "nosuchhost.invalid", "10.9.9.9"])
+def test_mosmigrate_to_an_unknown_node_fails_at_once(cluster, mosrun, tmp_path, where):
+    """The target is resolved before anything is sent: the manual's "not in map", from
+    mosmigrate itself, with a failing exit status; the process is not disturbed."""
+    out = tmp_path / "out.txt"
+    proc = mosrun("awk", AWK % 100000, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    done = cluster.run(1, "mosmigrate", str(pid), where)
+    assert done.returncode == 1
+    assert done.stderr.endswith(f": failed migrating to {where}: not in map\n")      # "mosmigrate: ..."
+    assert row(cluster)["where"] == "here"
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
+    proc.kill()
+
+
+def test_mosrun_to_an_unknown_node_fails_at_once_with_mosd(cluster, mosrun, tmp_path):
+    proc = mosrun("-9", "touch", "ran", out=tmp_path / "out.txt")
+    assert proc.wait(timeout=60) == 1
+    assert (tmp_path / "stderr.txt").read_bytes() == b"MOSRUN: failed migrating to 9: not in map\n"
+    assert not (tmp_path / "ran").exists()
