@@ -38,6 +38,10 @@ ENTRY_POINT_GROUP = "mosix.plugins"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: hooks whose implementations run one after another, each seeing the request as the
+#: previous one left it (:func:`mosix_core.plugins.apply_policies`); no wrappers there
+CHAINED_HOOKS = frozenset({"mosix_check_mosrun"})
+
 
 # --- placement and load balancing ---------------------------------------------------------
 

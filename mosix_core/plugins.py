@@ -14,7 +14,7 @@ import pwd
 import stat
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import attrs
 import pluggy
@@ -56,7 +56,22 @@ class MosixPluginManager(pluggy.PluginManager):
             self.register(module, name=info.name)
         except pluggy.PluginValidationError as err:
             raise MosixError(f"plugin '{info.name}' ({info.location}): {err}") from err
+        self._refuse_chained_wrappers(module, info)
         self.origins[info.name] = info
+
+    def _refuse_chained_wrappers(self, module: ModuleType | Any, info: PluginInfo) -> None:
+        """A chained hook passes each implementation's result to the next one: a wrapper
+        (``wrapper=True``/``hookwrapper=True``) has no place in that chain."""
+        for caller in self.get_hookcallers(module) or ():
+            if caller.name not in hookspecs.CHAINED_HOOKS:
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin is module and (impl.wrapper or impl.hookwrapper):
+                    self.unregister(module)
+                    raise MosixError(f"plugin '{info.name}' ({info.location}): {caller.name} is a chained "
+                                     "policy (each implementation sees the request as the previous one left "
+                                     "it); it cannot be a wrapper: drop wrapper=True/hookwrapper=True and "
+                                     "return the request, changed or None")
 
     def plugins_info(self) -> list[PluginInfo]:
         return [self.origins[name] for name in sorted(self.origins)]
@@ -248,17 +263,22 @@ def first_answer(hook: pluggy.HookCaller, /, *, default: Any = _NO_DEFAULT, **kw
 
 
 def apply_policies(pm: pluggy.PluginManager, hook_name: str, request: Any) -> Any:
-    """Run a chaining policy hook: each implementation sees the request as the previous
-    one left it. ``None`` keeps it; a returned value replaces it; ``PolicyRefused`` stops.
+    """Run a chained policy hook (:data:`mosix_core.hookspecs.CHAINED_HOOKS`): each
+    implementation sees the request as the previous one left it. ``None`` keeps it; a
+    returned value replaces it; ``PolicyRefused`` stops.
 
     Implementations run in pluggy's call order (last registered first, ``tryfirst``/
-    ``trylast`` respected), so a site hook runs before the built-ins.
+    ``trylast`` respected), so a site hook runs before the built-ins. Each is called
+    through pluggy (a hook caller of its plugin alone), so tracing and monitoring see it.
     """
-    caller: Callable[..., Any] = getattr(pm.hook, hook_name)
-    for impl in reversed(caller.get_hookimpls()):
-        result = impl.function(request=request)
-        if result is not None:
-            request = result
+    if hook_name not in hookspecs.CHAINED_HOOKS:
+        raise MosixError(f"{hook_name} is not a chained hook")
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    for impl in reversed(impls):
+        alone = pm.subset_hook_caller(hook_name, remove_plugins=[i.plugin for i in impls if i is not impl])
+        answers = alone(request=request)
+        if answers and answers[0] is not None:
+            request = answers[0]
     return request
 
 

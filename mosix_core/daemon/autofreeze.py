@@ -23,6 +23,7 @@ from typing import Any
 from mosix_core.config.freeze import FreezePolicy
 from mosix_core.mosrun import control
 from mosix_core.placement import FreezeChoice, FreezeSituation
+from mosix_core.plugins import first_answer
 from mosix_core.proctable import ProcessRecord
 
 CHECK_EVERY = 1.0         # seconds between decisions
@@ -75,8 +76,9 @@ class AutoFreezer:
         status = self.node.local_status()
         load = policy_load(policy, self.node.smoother.value, status.load)
         situation, candidates = situation_of(policy, list(self.node.proctable), load, now)
-        choice = self.node.pm.hook.mosix_choose_freeze(candidates=candidates, situation=situation)
-        if choice is None or not (choice.freeze or choice.unfreeze):
+        choice = first_answer(self.node.pm.hook.mosix_choose_freeze, default=FreezeChoice(),
+                              candidates=candidates, situation=situation)
+        if not (choice.freeze or choice.unfreeze):
             return None
         self.quiet_until = now + SETTLE
         for pid in choice.freeze:

@@ -70,7 +70,7 @@ from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolEr
 from mosix_core.linux import procfs
 from mosix_core.mosrun import control as supervisors
 from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
-from mosix_core.plugins import apply_policies
+from mosix_core.plugins import apply_policies, first_answer
 from mosix_core.users import user_name
 from mosix_core.proctable import ProcessEvent, ProcessRecord, checked_fields
 from mosix_core.remote import SEND_HOME
@@ -356,7 +356,7 @@ class ControlServer:
         node.refresh_local(now)
         request = PlacementRequest(memory_mb=int(req.get("memory_mb") or 0))
         view = PlacementView(node.view, node.config.is_local_cluster)
-        chosen = node.pm.hook.mosix_select_node(request=request, view=view)
+        chosen = first_answer(node.pm.hook.mosix_select_node, default=None, request=request, view=view)
         if chosen is None:
             return {"ip": None, "number": None}
         ip = chosen.status.ip

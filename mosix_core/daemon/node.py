@@ -24,7 +24,7 @@ from mosix_core.daemon.autofreeze import AutoFreezer
 from mosix_core.errors import AuthenticationError, ProtocolError
 from mosix_core.gossip import ClusterView, NodeEntry, NodeStatus
 from mosix_core.net import wire
-from mosix_core.plugins import MosixPluginManager, plugin_manager_for
+from mosix_core.plugins import MosixPluginManager, first_answer, plugin_manager_for
 from mosix_core.proctable import ProcessEvent, ProcessRecord, ProcessTable
 from mosix_core.resources import LoadSmoother, ResourceSample, standard_load
 
@@ -151,9 +151,8 @@ class Node:
 
     # -- local status ---------------------------------------------------------------------------
     def measure(self, now: float) -> None:
-        sample = self.pm.hook.mosix_measure_resources(settings=self.settings, processes=self.proctable)
-        if sample is None:
-            raise RuntimeError("no plugin answers mosix_measure_resources")
+        sample = first_answer(self.pm.hook.mosix_measure_resources, settings=self.settings,
+                              processes=self.proctable)
         self.sample = sample
         self.smoother.add(sample.runnable, now)
 

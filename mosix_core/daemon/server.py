@@ -17,6 +17,7 @@ from mosix_core.daemon.node import Node
 from mosix_core.daemon.peer import PeerServer
 from mosix_core.errors import DaemonUnavailable, MosixError
 from mosix_core.linux.procfs import stat_fields
+from mosix_core.plugins import first_answer
 
 
 class PidLock:
@@ -60,9 +61,7 @@ async def _serve(node: Node) -> None:
         if node.transport is not None:
             node.transport.close()
         peer.close()
-        transport = node.pm.hook.mosix_gossip_transport(daemon=node)
-        if transport is None:
-            raise MosixError("no plugin provides a gossip transport")
+        transport = first_answer(node.pm.hook.mosix_gossip_transport, daemon=node)
         await transport.start(node.on_datagram)
         node.transport = transport
         await peer.start()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
+import attrs
 import pytest
 
+from mosix_core.config import DaemonSettings
 from mosix_core.errors import ConfigError, MosixError, PolicyRefused
+from mosix_core.gossip import ClusterView
 from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import MosrunRequest
-from mosix_core.plugins import apply_policies, build_plugin_manager
+from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
+from mosix_core.plugins import NoAnswer, apply_policies, build_plugin_manager, first_answer
 
 BUILTINS = {"bestnode", "udp_gossip", "resources", "admission", "freezing", "mosrun_policy", "log_mosrun"}
 
@@ -84,3 +89,55 @@ def test_policies_chain_and_the_shipped_example_policy(tmp_path, monkeypatch):
     pm2 = build_plugin_manager(hooks_dir=hooks, extra=[("second", Second())])
     # the tryfirst plugin runs first; the site policy then sees its result
     assert apply_policies(pm2, "mosix_check_mosrun", user).memory_mb == 501
+
+
+def test_a_firstresult_hook_nobody_answers_has_one_answer():
+    pm = build_plugin_manager(disabled=["bestnode", "resources"])
+    view = PlacementView(ClusterView(IPv4Address("10.0.0.1"), dead_after=10), lambda ip: True)
+    assert first_answer(pm.hook.mosix_select_node, default=None, request=PlacementRequest(), view=view) is None
+    with pytest.raises(NoAnswer, match="no plugin answers mosix_measure_resources"):
+        first_answer(pm.hook.mosix_measure_resources, settings=DaemonSettings.default(), processes=[])
+    answered = build_plugin_manager()
+    assert first_answer(answered.hook.mosix_measure_resources, settings=DaemonSettings.default(),
+                        processes=[]).ncpus >= 1
+
+
+def test_chained_policies_are_called_through_pluggy():
+    class AddMemory:
+        @hookimpl
+        def mosix_check_mosrun(self, request):
+            return attrs.evolve(request, memory_mb=(request.memory_mb or 0) + 100)
+
+    pm = build_plugin_manager(extra=[("add_memory", AddMemory())])
+    called: list[list[str]] = []
+    undo = pm.add_hookcall_monitoring(lambda name, impls, kwargs: called.append([i.plugin_name for i in impls]),
+                                      lambda outcome, name, impls, kwargs: None)
+    try:
+        request = apply_policies(pm, "mosix_check_mosrun", MosrunRequest(uid=1, user="u", argv=("p",)))
+    finally:
+        undo()
+    assert request.memory_mb == 100
+    assert called == [["add_memory"], ["mosrun_policy"]]     # one at a time, the site's first
+
+
+@pytest.mark.parametrize("marker", [hookimpl(wrapper=True), hookimpl(hookwrapper=True)])
+def test_a_wrapper_on_a_chained_hook_is_refused_when_registered(marker):
+    class Wrapping:
+        def mosix_check_mosrun(self, request):
+            result = yield
+            return result
+
+    Wrapping.mosix_check_mosrun = marker(Wrapping.mosix_check_mosrun)
+    with pytest.raises(MosixError, match="plugin 'wrapping'.*mosix_check_mosrun is a chained policy.*cannot be a wrapper"):
+        build_plugin_manager(extra=[("wrapping", Wrapping())])
+
+
+def test_wrappers_elsewhere_are_pluggys_as_usual():
+    class Timing:
+        @hookimpl(wrapper=True)
+        def mosix_status_fields(self, node):
+            fields = yield
+            return [*fields, [("Timed", "yes")]]
+
+    pm = build_plugin_manager(extra=[("timing", Timing())])
+    assert [("Timed", "yes")] in pm.hook.mosix_status_fields(node=None)
