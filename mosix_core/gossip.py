@@ -67,9 +67,6 @@ class NodeStatus:
     def mem_total_mb(self) -> int:
         return self.mem_total_pages * PAGE_SIZE // (1024 * 1024)
 
-    def with_load(self, load: int) -> "NodeStatus":
-        return attrs.evolve(self, load=load)
-
 
 # ip, age_ms, load, speed, ncpus, frozen, mem avail, mem total, swap free, swap total,
 # nprocs, guests, availability, privileged, state

@@ -124,6 +124,12 @@ class LoadSmoother:
         return self.value
 
 
+def load_of(runnable: float, ncpus: int, speed: int) -> float:
+    """MOSIX load, unrounded: 100 = one CPU-bound process on one standard-speed
+    processor. ``load_of(1, ...)`` is what one more process adds to a node."""
+    return 100 * runnable * STANDARD_SPEED / (max(1, ncpus) * max(1, speed))
+
+
 def standard_load(runnable: float, ncpus: int, speed: int) -> int:
-    """MOSIX load: 100 = one CPU-bound process on one standard-speed processor."""
-    return round(100 * runnable * STANDARD_SPEED / (max(1, ncpus) * max(1, speed)))
+    """The load a node reports (:func:`load_of`, in whole hundredths)."""
+    return round(load_of(runnable, ncpus, speed))

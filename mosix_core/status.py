@@ -15,10 +15,6 @@ def rstatus_integers(node: dict[str, Any]) -> list[int]:
     return [int(node[f]) for f in RSTATUS_FIELDS]
 
 
-def node_label(node: dict[str, Any]) -> str:
-    return f"node #{node['number']} ({node['ip']})" if node.get("number") else node["ip"]
-
-
 def condition(node: dict[str, Any]) -> str:
     if node.get("off"):
         return "MOSIX is turned off (mossetpe -off)"

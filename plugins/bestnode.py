@@ -11,12 +11,12 @@ from __future__ import annotations
 from mosix_core.gossip import NodeEntry
 from mosix_core.hookspecs import hookimpl
 from mosix_core.placement import PlacementRequest, PlacementView
+from mosix_core.resources import load_of
 
 
 def expected_load(entry: NodeEntry) -> float:
     st = entry.status
-    per_process = 100 * 10000 / (max(1, st.speed) * max(1, st.ncpus))
-    return st.load + (entry.reserved + 1) * per_process
+    return st.load + (entry.reserved + 1) * load_of(1, st.ncpus, st.speed)
 
 
 @hookimpl(trylast=True)
