@@ -1,14 +1,88 @@
-"""Records exchanged through the decision hooks (see ``mosix_core.hookspecs``)."""
+"""The records hooks receive and return (see ``mosix_core.hookspecs``).
+
+Hooks see read-only things: frozen records made for the call (:class:`NodeContext`,
+:class:`OpeningProcess`, the requests) or Protocols naming the few attributes of the
+daemon's own objects a plugin may read (:class:`ProcessRow`, :class:`NodesView`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from mosix_core.errors import ProtocolError
-from mosix_core.gossip import ST_BLOCK, ST_OFF
+from mosix_core.gossip import ST_BLOCK, ST_OFF, NodeEntry, NodeStatus
+
+if TYPE_CHECKING:
+    from mosix_core.config import MosixConfig
+    from mosix_core.config.daemon import DaemonSettings
+
+
+class ProcessRow(Protocol):
+    """A row of this node's process table (``mosps``), as plugins read it."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def command(self) -> str: ...
+    @property
+    def home(self) -> IPv4Address | None: ...      # None: a local process; else a guest from there
+    @property
+    def is_guest(self) -> bool: ...
+    @property
+    def where(self) -> str: ...                    # "here", "leaving", "starting" or a node address
+    @property
+    def frozen(self) -> str: ...                   # "-" running, "A" automatically frozen, "P", "M", "N/A"
+    @property
+    def freezable(self) -> bool: ...
+    @property
+    def started(self) -> float: ...                # wall-clock start
+    @property
+    def frozen_since(self) -> float: ...           # monotonic time of the last freeze or unfreeze (or start)
+
+
+class NodesView(Protocol):
+    """This node's view of the cluster: every node it has heard of, by address."""
+
+    @property
+    def local_ip(self) -> IPv4Address: ...
+    @property
+    def entries(self) -> Mapping[IPv4Address, NodeEntry]: ...
+    def alive_nodes(self) -> list[NodeEntry]: ...
+
+
+@attrs.frozen
+class NodeContext:
+    """This node as plugins see it: a snapshot taken for the call (changing it changes
+    nothing)."""
+
+    ip: IPv4Address                     # its MOSIX address
+    etc: Path                           # its configuration directory
+    config: MosixConfig                 # its configuration (the cluster map, partners, mosd.conf ...)
+    status: NodeStatus                  # what it tells the cluster about itself now (load, memory, state)
+    guest_homes: tuple[IPv4Address, ...] = ()   # where each guest running here comes from
+
+    @property
+    def settings(self) -> DaemonSettings:
+        """mosd.conf's settings."""
+        return self.config.daemon
+
+    @property
+    def takes_guests(self) -> bool:
+        """Neither blocked (``mosctl block``) nor with MOSIX turned off."""
+        return not self.status.state & (ST_BLOCK | ST_OFF)
+
+    @classmethod
+    def of(cls, node: Any) -> NodeContext:
+        """The context of a running :class:`mosix_core.daemon.node.Node`."""
+        return cls(ip=node.our_ip, etc=node.etc, config=node.config, status=node.local_status(),
+                   guest_homes=tuple(row.home for row in node.proctable.guests()))
 
 
 @attrs.frozen
@@ -163,16 +237,18 @@ class PlacementView:
     tells whether an address belongs to the local cluster (not a partner).
     """
 
-    def __init__(self, view, in_cluster) -> None:
+    def __init__(self, view: NodesView, in_cluster: Callable[[IPv4Address], bool]) -> None:
         self.view = view
         self.local_ip = view.local_ip
         self.in_cluster = in_cluster
 
     @property
-    def local(self):
+    def local(self) -> NodeEntry | None:
+        """This node's entry."""
         return self.view.entries.get(self.local_ip)
 
-    def candidates(self, request: PlacementRequest) -> list:
+    def candidates(self, request: PlacementRequest) -> list[NodeEntry]:
+        """The live nodes ``request`` may go to (its memory free, not blocked, ...)."""
         out = []
         for ip, entry in self.view.entries.items():
             if not entry.alive or ip in request.exclude:

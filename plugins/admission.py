@@ -7,26 +7,22 @@ are limited by ``maxguests`` (beyond it the node is too busy to receive now); a 
 
 from __future__ import annotations
 
-from typing import Any
-
-from mosix_core.gossip import ST_BLOCK
 from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import TOO_BUSY, Admission, AdmissionRequest
+from mosix_core.placement import TOO_BUSY, Admission, AdmissionRequest, NodeContext
 
 
 @hookimpl(trylast=True)
-def mosix_admit_guest(request: AdmissionRequest, node: Any) -> Admission:
-    if node.off or node.state_bits & ST_BLOCK:
+def mosix_admit_guest(request: AdmissionRequest, node: NodeContext) -> Admission:
+    if not node.takes_guests:
         return Admission.refuse("other node refused")
     if not request.from_local_cluster:
         partner = node.config.partner_of(request.origin)
         if partner is None or not partner.cantake:
             return Admission.refuse("other node refused")
         limit = node.config.maxguests.limit if node.config.maxguests else None
-        outsiders = sum(1 for p in node.proctable.guests() if not node.config.is_local_cluster(p.home))
+        outsiders = sum(1 for home in node.guest_homes if not node.config.is_local_cluster(home))
         if limit is not None and outsiders >= limit:
             return Admission.refuse(TOO_BUSY)      # full of guests from other clusters, for now
-    status = node.local_status()
-    if request.memory_mb and status.mem_avail_mb < request.memory_mb:
+    if request.memory_mb and node.status.mem_avail_mb < request.memory_mb:
         return Admission.refuse("did not complete (no memory there?)")
     return Admission.accept()

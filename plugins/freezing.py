@@ -12,14 +12,14 @@ candidates; the freezing itself belongs to the process's supervisor.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import FreezeChoice, FreezeSituation
+from mosix_core.placement import FreezeChoice, FreezeSituation, ProcessRow
 
 
 @hookimpl(trylast=True)
-def mosix_choose_freeze(candidates: Any, situation: FreezeSituation) -> FreezeChoice:
+def mosix_choose_freeze(candidates: Sequence[ProcessRow], situation: FreezeSituation) -> FreezeChoice:
     running = sorted((p for p in candidates if p.frozen == "-"), key=lambda p: p.started, reverse=True)
     frozen = sorted((p for p in candidates if p.frozen == "A"), key=lambda p: p.frozen_since)
     excess = 0

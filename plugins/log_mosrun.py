@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import syslog
 from pathlib import Path
-from typing import Any
-
 from mosix_core.hookspecs import hookimpl
+from mosix_core.placement import NodeContext
+from mosix_core.proctable import ProcessEvent
 
 _etc: dict[str, Path] = {}
 
 
 @hookimpl
-def mosix_node_started(node: Any) -> None:
+def mosix_node_started(node: NodeContext) -> None:
     _etc["path"] = node.etc
 
 
 @hookimpl
-def mosix_process_event(event: Any) -> None:
+def mosix_process_event(event: ProcessEvent) -> None:
     etc = _etc.get("path")
     if etc is not None and (etc / ".log_mosrun").exists():
         syslog.openlog("mosix", syslog.LOG_PID, syslog.LOG_DAEMON)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterator, Sequence
 
+from mosix_core.config.daemon import DaemonSettings
 from mosix_core.hookspecs import hookimpl
 from mosix_core.linux import procfs
+from mosix_core.placement import ProcessRow
 from mosix_core.resources import ResourceSample, VirtualMeter, measure_host
 
 _meter = VirtualMeter()
 
 
-def hosted_pids(processes: Any):
+def hosted_pids(processes: Sequence[ProcessRow]) -> Iterator[int]:
     """The processes whose CPU a virtual node carries: its rows' and, for a guest, the
     guest process its guest host traces (the row is the host's, idle while it computes)."""
     for p in processes:
@@ -22,7 +24,7 @@ def hosted_pids(processes: Any):
 
 
 @hookimpl(trylast=True)
-def mosix_measure_resources(settings: Any, processes: Any) -> ResourceSample:
+def mosix_measure_resources(settings: DaemonSettings, processes: Sequence[ProcessRow]) -> ResourceSample:
     if settings.resources == "virtual":
         return _meter.sample(hosted_pids(processes), time.monotonic(), settings.virtual_cpus,
                              settings.virtual_memory_mb, settings.virtual_swap_mb)

@@ -7,6 +7,7 @@ from ipaddress import IPv4Address
 from typing import Any, Callable
 
 from mosix_core.hookspecs import hookimpl
+from mosix_core.placement import NodeContext
 
 # asyncio is imported where the transport starts (inside mosd), not at module level:
 # every mosrun loads all plugins to find the site's mosrun policy, and importing
@@ -59,5 +60,5 @@ class UdpTransport:
 
 
 @hookimpl(trylast=True)
-def mosix_gossip_transport(daemon: Any) -> UdpTransport:
-    return UdpTransport(daemon.our_ip, daemon.settings.udp_port)
+def mosix_gossip_transport(node: NodeContext) -> UdpTransport:
+    return UdpTransport(node.ip, node.settings.udp_port)

@@ -69,7 +69,7 @@ from mosix_core.daemon import migration
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError
 from mosix_core.linux import procfs
 from mosix_core.mosrun import control as supervisors
-from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
+from mosix_core.placement import MosrunRequest, NodeContext, PlacementRequest, PlacementView
 from mosix_core.plugins import apply_policies, first_answer
 from mosix_core.users import user_name
 from mosix_core.proctable import ProcessEvent, ProcessRecord, checked_fields
@@ -323,7 +323,8 @@ class ControlServer:
     def op_localstatus(self, req: dict, uid: int) -> dict:
         node, now = self.node, time.monotonic()
         node.refresh_local(now)
-        extra = [list(pair) for fields in node.pm.hook.mosix_status_fields(node=node) for pair in fields]
+        added = node.pm.hook.mosix_status_fields(node=NodeContext.of(node))
+        extra = [list(pair) for fields in added for pair in fields]
         return {
             "node": node_json(node, node.our_ip, now),
             "daemon": {"pid": os.getpid(), "uptime": round(time.time() - node.started, 1),

@@ -152,7 +152,7 @@ class Node:
     # -- local status ---------------------------------------------------------------------------
     def measure(self, now: float) -> None:
         sample = first_answer(self.pm.hook.mosix_measure_resources, settings=self.settings,
-                              processes=self.proctable)
+                              processes=tuple(self.proctable))
         self.sample = sample
         self.smoother.add(sample.runnable, now)
 

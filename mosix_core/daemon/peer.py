@@ -30,7 +30,7 @@ from mosix_core import PROTOCOL_VERSION, __version__
 from mosix_core.daemon import migration
 from mosix_core.errors import AuthenticationError, ProtocolError
 from mosix_core.net import wire
-from mosix_core.placement import Admission
+from mosix_core.placement import Admission, NodeContext
 from mosix_core.plugins import first_answer
 
 FRAME_TIMEOUT = 30.0          # an authenticated connection may idle this long between requests
@@ -166,7 +166,8 @@ class PeerServer:
         origin = node.canonical(origin)
         # a node whose admission rule is gone (disabled, not replaced) takes no one
         admission = first_answer(node.pm.hook.mosix_admit_guest, default=Admission.refuse("other node refused"),
-                                 request=migration.admission_request(node, request, origin), node=node)
+                                 request=migration.admission_request(node, request, origin),
+                                 node=NodeContext.of(node))
         # every guest runs as a uid of its own: with none free, the node cannot take it
         uid = migration.take_guest_uid(node) if admission.accepted else None
         if admission.accepted and uid is None:

@@ -17,6 +17,7 @@ from mosix_core.daemon.node import Node
 from mosix_core.daemon.peer import PeerServer
 from mosix_core.errors import DaemonUnavailable, MosixError
 from mosix_core.linux.procfs import stat_fields
+from mosix_core.placement import NodeContext
 from mosix_core.plugins import first_answer
 
 
@@ -61,7 +62,7 @@ async def _serve(node: Node) -> None:
         if node.transport is not None:
             node.transport.close()
         peer.close()
-        transport = first_answer(node.pm.hook.mosix_gossip_transport, daemon=node)
+        transport = first_answer(node.pm.hook.mosix_gossip_transport, node=NodeContext.of(node))
         await transport.start(node.on_datagram)
         node.transport = transport
         await peer.start()
@@ -88,14 +89,14 @@ async def _serve(node: Node) -> None:
     control.on_reconfigure = reconfigure
     control.on_stop = stop.set
     await control.start()
-    node.pm.hook.mosix_node_started(node=node)
+    node.pm.hook.mosix_node_started(node=NodeContext.of(node))
     node.log.info("mosd started", ip=str(node.our_ip), nodes=len(node.config.cluster),
                   udp=node.settings.udp_port, tcp=node.settings.tcp_port, interval=node.interval,
                   dead_after=node.dead_after)
     try:
         await node.run_loops(stop)
     finally:
-        node.pm.hook.mosix_node_stopping(node=node)
+        node.pm.hook.mosix_node_stopping(node=NodeContext.of(node))
         control.close()
         peer.close()
         if node.transport is not None:

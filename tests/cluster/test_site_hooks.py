@@ -27,12 +27,12 @@ def record(*words):
 
 @hookimpl
 def mosix_node_started(node):
-    record("started", node.our_ip)
+    record("started", node.ip)
 
 
 @hookimpl
 def mosix_node_stopping(node):
-    record("stopping", node.our_ip)
+    record("stopping", node.ip)
 
 
 @hookimpl
@@ -50,7 +50,7 @@ def mosix_process_event(event):
 
 @hookimpl
 def mosix_status_fields(node):
-    return [("Rack", f"rack-of-{node.our_ip}")]
+    return [("Rack", f"rack-of-{node.ip}")]
 
 
 rack = typer.Typer()
@@ -116,8 +116,8 @@ class UnixTransport:
 
 
 @hookimpl
-def mosix_gossip_transport(daemon):
-    return UnixTransport(daemon.our_ip)
+def mosix_gossip_transport(node):
+    return UnixTransport(node.ip)
 '''
 
 

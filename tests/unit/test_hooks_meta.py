@@ -32,8 +32,3 @@ def test_markers_name_real_hooks():
     unknown = hooks_with_tests() - declared_hooks()
     assert not unknown, f"tests marked with hooks that do not exist: {sorted(unknown)}"
 
-
-def test_every_hook_is_documented_with_an_example():
-    for name in declared_hooks():
-        doc = getattr(hookspecs, name).__doc__ or ""
-        assert "Example::" in doc, name

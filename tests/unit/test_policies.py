@@ -16,7 +16,7 @@ from mosix_core.hookspecs import hookimpl
 from mosix_core.mosrun.migration import failed_migrating
 from mosix_core.placement import (
     TOO_BUSY,
-    AdmissionRequest, FreezeChoice, FreezeSituation, PlacementRequest, PlacementView,
+    AdmissionRequest, FreezeChoice, NodeContext, FreezeSituation, PlacementRequest, PlacementView,
 )
 from mosix_core.plugins import build_plugin_manager
 from mosix_core.proctable import ProcessRecord
@@ -135,7 +135,9 @@ def test_guest_admission(mosix_etc, pm):
     node = Node(mosix_etc, pm=pm)
     node.sample = measure_host()
     home = node.our_ip
-    admit = pm.hook.mosix_admit_guest
+    def admit(request, node):
+        return pm.hook.mosix_admit_guest(request=request, node=NodeContext.of(node))
+
     assert admit(request=AdmissionRequest(origin=home), node=node).accepted
     assert admit(request=AdmissionRequest(origin=home, memory_mb=10**7), node=node).reason.startswith("did not complete")
     node.state_bits |= ST_BLOCK
