@@ -100,25 +100,26 @@ class TrapLoop:
         ffi, lib = _compiled.ffi, _compiled.lib
         self.ffi, self.lib = ffi, lib
         self.pid, self.sock_fd, self.memory_fd, self.wake_fd = pid, sock_fd, memory_fd, wake_fd
-        self.spin_ns = int(spin * 1e9)
         table = shapes()
         self.shapes = ffi.new("struct shape[]", len(table))
         for nr, (kind, nargs, buffer, size_arg, fixed, flags, string) in enumerate(table):
             entry = self.shapes[nr]
             entry.kind, entry.nargs, entry.buffer, entry.size_arg, entry.fixed, entry.flags, entry.string = (
                 kind, nargs, buffer, size_arg, fixed, flags, string)
-        self.count = len(table)
         self.buffer = ffi.new("uint8_t[]", MAX_FRAME + 8)
         self.pending = ffi.new("uint8_t[]", PENDING_ROOM)
-        self.pending_len = ffi.new("size_t *")
         self.status = ffi.new("int *")
         self.result = ffi.new("int64_t *")
-        self._handled = ffi.new("long *")
         mask = bytearray(128)                     # a glibc sigset_t holding SIGCHLD
         mask[(signal.SIGCHLD - 1) // 8] |= 1 << ((signal.SIGCHLD - 1) % 8)
         self.sigfd = LIBC.signalfd(-1, bytes(mask), SFD_NONBLOCK | SFD_CLOEXEC)
         if self.sigfd < 0:
             raise TraceError("signalfd(SIGCHLD) failed")
+        # the C loop's own record: it keeps pointers to the arrays above, which live as long as self
+        self.loop = ffi.new("struct trap_loop *", {
+            "pid": pid, "sock": sock_fd, "mem": memory_fd, "sigfd": self.sigfd, "wakefd": wake_fd,
+            "shapes": self.shapes, "nshapes": len(table), "buf": self.buffer, "room": MAX_FRAME + 8,
+            "pending": self.pending, "pending_room": PENDING_ROOM, "spin_ns": int(spin * 1e9)})
 
     def serve(self, timeout: float) -> tuple[int, int, int, list[bytes]]:
         """Run until Python is needed: (what, status, result, the frames home sent
@@ -126,12 +127,9 @@ class TrapLoop:
         frame waits, or frames came during a call), TIMEOUT, INTERRUPTED (a signal
         for us), RESTART (call ``status`` was interrupted at home with ``result``),
         ERROR (``status`` is an errno)."""
-        what = self.lib.trap_serve(self.pid, self.sock_fd, self.memory_fd, self.sigfd, self.wake_fd, self.shapes,
-                                   self.count,
-                                   int(timeout * 1000), self.buffer, MAX_FRAME + 8, self.pending, PENDING_ROOM,
-                                   self.pending_len, self.status, self.result, self._handled, self.spin_ns)
+        what = self.lib.trap_serve(self.loop, int(timeout * 1000), self.status, self.result)
         frames = []
-        data = bytes(self.ffi.buffer(self.pending, self.pending_len[0]))
+        data = bytes(self.ffi.buffer(self.pending, self.loop.pending_len))
         at = 0
         while at < len(data):
             length = int.from_bytes(data[at:at + 4], "little")
@@ -141,4 +139,4 @@ class TrapLoop:
 
     @property
     def handled(self) -> int:
-        return self._handled[0]
+        return self.loop.handled

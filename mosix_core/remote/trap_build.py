@@ -10,12 +10,26 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "trap_loop.c"
+#: trap_loop.c's interface (cffi checks it against the C when it compiles)
 DECLARATIONS = """
 struct shape { uint8_t kind, nargs, buffer, size_arg; uint32_t fixed; uint8_t flags, string, pad[2]; };
-int trap_serve(int pid, int sock, int mem, int sigfd, int wakefd, const struct shape *shapes, int nshapes, int timeout_ms,
-               uint8_t *buf, size_t room, uint8_t *pending, size_t pending_room, size_t *pending_len,
-               int *status, int64_t *result, long *handled, long spin_ns);
+struct trap_loop {
+    int pid, sock, mem, sigfd, wakefd;
+    const struct shape *shapes;
+    int nshapes;
+    uint8_t *buf;
+    size_t room;
+    uint8_t *pending;
+    size_t pending_room, pending_len;
+    long handled, spin_ns;
+    int error;
+};
+int trap_serve(struct trap_loop *loop, int timeout_ms, int *status, int64_t *result);
 """
+#: besides Python's own flags for an extension (tests/unit/test_trap_loop_frames.py
+#: compiles its harness of trap_loop.c with these too)
+COMPILE_ARGS = ["-O2", "-Wall"]
 
 
 def macros() -> list[tuple[str, str]]:
@@ -35,8 +49,7 @@ def build() -> Path:
 
     builder = FFI()
     builder.cdef(DECLARATIONS)
-    builder.set_source("_trap_loop", (HERE / "trap_loop.c").read_text(), define_macros=macros(),
-                       extra_compile_args=["-O2", "-Wall"])
+    builder.set_source("_trap_loop", SOURCE.read_text(), define_macros=macros(), extra_compile_args=COMPILE_ARGS)
     with tempfile.TemporaryDirectory() as scratch:
         built = Path(builder.compile(tmpdir=scratch, verbose=False))
         target = HERE / built.name
