@@ -13,6 +13,9 @@ need_apt=()
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)            # the real-terminal test of mosmon
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)              # C test programs, cffi helpers
 [ -x "$PYTHON" ] || need_apt+=(python3)
+# libseccomp's system-call table checks ours (tests/unit/test_syscall_names.py); apt itself
+# depends on it, so it is nearly always there already
+/sbin/ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2 ' || need_apt+=(libseccomp2)
 # the everyday programs the corpus tests run natively and under mosrun (issue 18)
 for pair in bc:bc dc:dc sqlite3:sqlite3 zstd:zstd xz:xz-utils bzip2:bzip2 gawk:gawk mawk:mawk git:git \
             make:make openssl:openssl perl:perl; do

@@ -1,4 +1,13 @@
-"""x86_64 system-call numbers and names (from <asm/unistd_64.h>, kernel 6.1, plus the calls added up to 6.18)."""
+"""x86_64 system-call numbers and names: every call of kernel 6.18.
+
+This table is policy as much as data: a number it names and :mod:`mosix_core.mosrun.rules`
+does not list runs natively under mosrun, and a number above it stops as an illegal
+system call. So it is committed, the same on every machine, and grows only when someone
+has decided how mosrun treats the new calls. It is checked against libseccomp's table
+(``tests/unit/test_syscall_names.py``): every name libseccomp knows must be the same here,
+and a call libseccomp knows that is missing here fails the test. Why it is not read from
+libseccomp at run time: ``docs/dependencies.md``.
+"""
 
 NAMES: dict[int, str] = {
     0: "read",
