@@ -23,13 +23,14 @@ import attrs
 
 from mosix_core.errors import PolicyRefused
 from mosix_core.hookspecs import hookimpl
+from mosix_core.placement import MosrunRequest
 
 FORCE_BEST_NODE = True
 REQUIRE_MEMORY = True
 LOG_FILE = os.environ.get("MOSRUN_POLICY_LOG", "/var/log/mosix/mosrun.log")
 
 
-def _log(request, verdict: str) -> None:
+def _log(request: MosrunRequest, verdict: str) -> None:
     try:
         os.makedirs(os.path.dirname(LOG_FILE), exist_ok=True)
         with open(LOG_FILE, "a") as f:
@@ -40,7 +41,7 @@ def _log(request, verdict: str) -> None:
 
 
 @hookimpl
-def mosix_check_mosrun(request):
+def mosix_check_mosrun(request: MosrunRequest) -> MosrunRequest | None:
     if request.uid == 0:
         _log(request, "allowed (root)")
         return None

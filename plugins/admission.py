@@ -2,7 +2,8 @@
 
 The built-in rule follows mosix(7): a blocked node ("mosctl block") or a node with
 MOSIX turned off takes no one; a partner cluster needs ``cantake``; partner guests
-are limited by ``maxguests`` (beyond it the node is too busy to receive now); a process needing more memory than is free is refused.
+are limited by ``maxguests`` (beyond it the node is too busy to receive now); a process
+needing more memory than is free is refused.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -61,7 +62,7 @@ class MosrunParameters:
 
     @classmethod
     def parse(cls, text: str, source: str) -> MosrunParameters:
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         lines: dict[str, int] = {}
         for number, content in content_lines(text):
             key, equals, raw = content.partition("=")
@@ -102,10 +103,10 @@ def apply_parameters(parameters: MosrunParameters, request: MosrunRequest) -> Mo
     # -R takes its program options from the checkpoint file, -m and -e/-w among them.
     recovering = any(option.startswith("-R") for option in request.options)
     ordinary_user = request.uid != 0
-    changes: dict[str, object] = {}
-    if parameters.best == "force" and ordinary_user and request.location != "-b":
-        changes["location"] = "-b"
-    elif parameters.best == "default" and request.location is None:
+    changes: dict[str, Any] = {}
+    forced = parameters.best == "force" and ordinary_user and request.location != "-b"
+    by_default = parameters.best == "default" and request.location is None
+    if forced or by_default:
         changes["location"] = "-b"
     strict = _YES_NO.get(parameters.strict_limitations, request.strict_limitations)
     if strict != request.strict_limitations:

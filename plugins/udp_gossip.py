@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Any, Callable
+from typing import Any
 
 from mosix_core.hookspecs import hookimpl
 from mosix_core.placement import NodeContext
@@ -47,7 +48,9 @@ class UdpTransport:
         import asyncio
 
         loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(on_datagram), sock=sock)
+        # _Protocol is an asyncio protocol by its methods, not by its base class
+        self._transport, _ = await loop.create_datagram_endpoint(  # type: ignore[type-var]
+            lambda: _Protocol(on_datagram), sock=sock)
 
     def send(self, ip: IPv4Address, data: bytes) -> None:
         if self._transport is not None:

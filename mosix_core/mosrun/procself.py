@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import attrs
 
@@ -60,7 +61,7 @@ class MosixState:
     statistics_cleared: int = 0              # how often "clear" was written
     strict: int = 0            # the manual's LIMITATIONS exactly (mosd.conf, the site's mosrun policy)
 
-    def for_child(self) -> "MosixState":
+    def for_child(self) -> MosixState:
         """A forked child: everything but the checkpoint settings (mosrun(1) CHECKPOINTS)."""
         return attrs.evolve(self, checkpoint_file=None, checkpoint_limit=0, checkpoint_interval=0,
                             checkpoint_version=1)
@@ -219,7 +220,7 @@ def _read(state: MosixState, name: str, spec: Special, env: Environment) -> int:
         return env.whereami()
     if name == "checkpoint":
         return state.checkpoint_version
-    return getattr(state, spec.field)
+    return getattr(state, cast(str, spec.field))      # every other readable name has one
 
 
 def _write(state: MosixState, name: str, spec: Special, newval: int, env: Environment) -> int:
@@ -249,7 +250,7 @@ def _write(state: MosixState, name: str, spec: Special, newval: int, env: Enviro
         if env.checkpoint is not None:
             return env.checkpoint()
         return -errno.EOPNOTSUPP
-    setattr(state, spec.field, value)
+    setattr(state, cast(str, spec.field), value)      # every other writable name has one
     return 0
 
 

@@ -72,7 +72,8 @@ def page_examples() -> list[tuple[str, int, str]]:
         title, _, body = section.partition("\n")
         if title.startswith("mosix_"):
             hooks = "+".join(name.strip() for name in title.split(","))
-            found += [(f"page:{hooks}", k, code) for k, code in enumerate(re.findall(r"```python\n(.*?)```", body, re.S))]
+            blocks = re.findall(r"```python\n(.*?)```", body, re.S)
+            found += [(f"page:{hooks}", k, code) for k, code in enumerate(blocks)]
     return found
 
 

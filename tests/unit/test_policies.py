@@ -16,7 +16,12 @@ from mosix_core.hookspecs import hookimpl
 from mosix_core.mosrun.migration import failed_migrating
 from mosix_core.placement import (
     TOO_BUSY,
-    AdmissionRequest, FreezeChoice, NodeContext, FreezeSituation, PlacementRequest, PlacementView,
+    AdmissionRequest,
+    FreezeChoice,
+    FreezeSituation,
+    NodeContext,
+    PlacementRequest,
+    PlacementView,
 )
 from mosix_core.plugins import build_plugin_manager
 from mosix_core.proctable import ProcessRecord
@@ -139,7 +144,8 @@ def test_guest_admission(mosix_etc, pm):
         return pm.hook.mosix_admit_guest(request=request, node=NodeContext.of(node))
 
     assert admit(request=AdmissionRequest(origin=home), node=node).accepted
-    assert admit(request=AdmissionRequest(origin=home, memory_mb=10**7), node=node).reason.startswith("did not complete")
+    too_big = AdmissionRequest(origin=home, memory_mb=10**7)
+    assert admit(request=too_big, node=node).reason.startswith("did not complete")
     node.state_bits |= ST_BLOCK
     assert admit(request=AdmissionRequest(origin=home), node=node).reason == "other node refused"
     node.state_bits = 0
@@ -159,8 +165,9 @@ def test_guest_admission(mosix_etc, pm):
 
 @pytest.mark.hook("mosix_measure_resources")
 def test_resource_measurement(pm):
-    from mosix_core.config import DaemonSettings
     import attrs
+
+    from mosix_core.config import DaemonSettings
 
     host = pm.hook.mosix_measure_resources(settings=DaemonSettings.default(), processes=[])
     assert host.ncpus >= 1 and host.mem_total_mb > 0 and 0 <= host.mem_avail_mb <= host.mem_total_mb
