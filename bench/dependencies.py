@@ -20,7 +20,8 @@ Figures behind the decisions of ``docs/dependencies.md``:
               without a filter. Filters are measured in turns so a change of load on
               the machine falls on every one alike.
 
-Needs gcc and libseccomp.so.2 (Debian's libseccomp2); cffi is optional.
+Needs gcc and libseccomp.so.2 (Debian's libseccomp2). python-ptrace is no longer a
+dependency: its line says "not available" unless it is installed by hand.
 """
 
 from __future__ import annotations
