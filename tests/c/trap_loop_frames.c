@@ -6,15 +6,18 @@
  *
  *   trap_loop_frames MODE KIND CAPACITY ROOM PENDING_ROOM
  *
- * The call waiting for its reply is a read(3, buffer, CAPACITY) (KIND out), a
- * write(3, buffer, CAPACITY) (in) or a getppid() (values); the guest's memory is a
- * memfd filled with 0xEE. MODE
+ * The call is a read(3, buffer, CAPACITY) (KIND out), a write(3, buffer, CAPACITY)
+ * (in), a getppid() (values) or an access(path, CAPACITY) (path); the guest's memory
+ * is a memfd filled with 0xEE. MODE
  *   receive  receive_reply on stdin, which is a stream socket the test writes to;
  *   take     take_reply on stdin's whole content (one reply frame's body), given in
- *            a buffer of exactly its size.
+ *            a buffer of exactly its size;
+ *   build    build_request, stdin's content put into the guest's buffer (or path)
+ *            first.
  * Prints "verdict NAME error ERRNO result RESULT", then "memory HEX" (CAPACITY + 16
- * bytes of the guest from its buffer on), then "pending HEX" (the frames kept for
- * Python). */
+ * bytes of the guest from its buffer on; not when built), "pending HEX" (the frames kept for
+ * Python) and, when built, "frame HEX" (the request's head: length, then the body or
+ * its beginning) and "streamed N" (its input's bytes that follow it). */
 
 #define _GNU_SOURCE
 #include "trap_loop.c"
@@ -64,7 +67,7 @@ static uint8_t *slurp(size_t *size)
 int main(int argc, char **argv)
 {
     if (argc != 6) {
-        fprintf(stderr, "usage: %s receive|take values|in|out CAPACITY ROOM PENDING_ROOM\n", argv[0]);
+        fprintf(stderr, "usage: %s receive|take|build values|in|out|path CAPACITY ROOM PENDING_ROOM\n", argv[0]);
         return 2;
     }
     const char *mode = argv[1], *kind = argv[2];
@@ -89,20 +92,35 @@ int main(int argc, char **argv)
         shape = (struct shape){.kind = out ? SHAPE_OUT : SHAPE_IN, .nargs = 3, .buffer = 1, .size_arg = 2,
                                .flags = out ? FLAG_CLAMP : 0, .string = NO_ARG};
         nr = out ? SYS_read : SYS_write;
+    } else if (!strcmp(kind, "path")) {
+        shape = (struct shape){.kind = SHAPE_VALUES, .nargs = 2, .size_arg = NO_ARG, .string = 0};
+        nr = SYS_access;
     }
     uint64_t args[MAX_ARGS] = {3, pointer, capacity};
+    if (shape.string == 0)
+        args[0] = pointer, args[1] = capacity;
     uint8_t *buf = malloc(room), *pending = malloc(pending_room ? pending_room : 1);
     struct trap_loop loop = {.pid = 0, .sock = 0, .mem = mem, .sigfd = -1, .wakefd = -1, .shapes = &shape,
                              .nshapes = 1, .buf = buf, .room = room, .pending = pending,
                              .pending_room = pending_room};
     struct call call = {.nr = nr, .shape = &shape, .args = args};
-    if (size_up(&call) != DONE) {
+    int built = !strcmp(mode, "build");
+    if (!built && size_up(&call) != DONE) {       /* as build_request has sized it up */
         fprintf(stderr, "the call is not ours\n");
         return 2;
     }
 
     enum outcome verdict;
-    if (!strcmp(mode, "receive")) {
+    if (built) {
+        size_t length;
+        uint8_t *data = slurp(&length);
+        if (pwrite(mem, data, length, (off_t)pointer) != (ssize_t)length) {
+            perror("guest memory");
+            return 2;
+        }
+        free(data);
+        verdict = build_request(&loop, &call);
+    } else if (!strcmp(mode, "receive")) {
         verdict = receive_reply(&loop, &call);
     } else {
         size_t length;
@@ -111,8 +129,13 @@ int main(int argc, char **argv)
         free(body);
     }
     printf("verdict %s error %d result %lld\n", VERDICTS[verdict], loop.error, (long long)call.result);
-    print_hex("memory", mem, 0, capacity + 16, (off_t)pointer);
+    if (!built)
+        print_hex("memory", mem, 0, capacity + 16, (off_t)pointer);
     print_hex("pending", -1, pending, loop.pending_len, 0);
+    if (built && verdict == DONE) {
+        print_hex("frame", -1, buf, call.head, 0);
+        printf("streamed %llu\n", (unsigned long long)call.streamed);
+    }
     free(buf);
     free(pending);
     return 0;

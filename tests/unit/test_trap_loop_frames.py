@@ -1,11 +1,13 @@
-"""The C trap loop's reply steps (mosix_core/remote/trap_loop.c) fed hand-made frames
-through a harness (tests/c/trap_loop_frames.c) compiled with the loop's own flags and,
-where the compiler has them, the address and undefined-behaviour sanitizers: a good
-reply is taken whole, every malformed one is refused with the right verdict — and
-without a read past the bytes it came in (a sanitizer would end the harness)."""
+"""The C trap loop's steps (mosix_core/remote/trap_loop.c) through a harness
+(tests/c/trap_loop_frames.c) compiled with the loop's own flags and, where the compiler
+has them, the address and undefined-behaviour sanitizers. Fed hand-made reply frames, a
+good reply is taken whole and every malformed one is refused with the right verdict —
+without a read past the bytes it came in (a sanitizer would end the harness). The
+requests it builds are those frames.py decodes."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import struct
@@ -18,8 +20,8 @@ import attrs
 import pytest
 
 from mosix_core.remote import trap_build
-from mosix_core.remote.calls import Reply
-from mosix_core.remote.frames import MAX_FRAME, encode_control, encode_reply, encode_signal
+from mosix_core.remote.calls import MAX_TRANSFER, Reply, Request
+from mosix_core.remote.frames import MAX_FRAME, decode, encode_control, encode_reply, encode_signal
 
 HARNESS = Path(__file__).resolve().parents[1] / "c" / "trap_loop_frames.c"
 SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
@@ -28,6 +30,8 @@ PENDING_ROOM = 1 << 20
 PIECE = 256 << 10                         # trap_loop.c pours a reply above this into the guest as it comes
 EPROTO, ECONNRESET, ENOBUFS, EFAULT = 71, 104, 105, 14
 FILLER = b"\xee"                          # the guest's memory before the reply
+BUFFER = os.sysconf("SC_PAGE_SIZE")      # where the harness's guest has its buffer
+SYS_READ, SYS_WRITE, SYS_ACCESS, SYS_GETPPID = 0, 1, 21, 110
 
 
 @attrs.frozen
@@ -37,6 +41,8 @@ class Verdict:
     result: int
     memory: bytes                         # the guest's buffer, and 16 bytes past it
     pending: bytes
+    frame: bytes                          # a request built: its head
+    streamed: int                         # and the bytes of its input that follow it
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +67,7 @@ def run(harness: Path, mode: str, data: bytes, kind: str = "out", capacity: int 
     closed), in mode "take" one reply body handed over whole."""
     command = [str(harness), mode, kind, str(capacity), str(room), str(pending_room)]
     env = {"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=99", "UBSAN_OPTIONS": "halt_on_error=1"}
-    if mode == "take":
+    if mode in ("take", "build"):
         done = subprocess.run(command, input=data, capture_output=True, env=env, timeout=60)
     else:
         ours, theirs = socket.socketpair()
@@ -84,8 +90,9 @@ def run(harness: Path, mode: str, data: bytes, kind: str = "out", capacity: int 
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-4000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.decode().splitlines())
     _, verdict, _, error, _, result = ("verdict " + lines["verdict"]).split()
-    return Verdict(verdict, int(error), int(result), bytes.fromhex(lines["memory"]),
-                   bytes.fromhex(lines.get("pending", "")))
+    return Verdict(verdict, int(error), int(result), bytes.fromhex(lines.get("memory", "")),
+                   bytes.fromhex(lines.get("pending", "")), bytes.fromhex(lines.get("frame", "")),
+                   int(lines.get("streamed", 0)))
 
 
 def reply_body(result: int, *outputs: tuple[int, bytes]) -> bytes:
@@ -273,3 +280,50 @@ def test_frames_for_python_beyond_their_room_fail(harness: Path) -> None:
 def test_a_kept_frame_then_the_end_of_the_link_fails(harness: Path) -> None:
     got = run(harness, "receive", encode_signal(10), kind="values")
     assert (got.verdict, got.error) == ("FAILED", ECONNRESET)
+
+
+# -- requests -------------------------------------------------------------------------
+
+def built(harness: Path, kind: str, capacity: int, guest_data: bytes = b"", room: int = ROOM) -> Request | str:
+    got = run(harness, "build", guest_data, kind=kind, capacity=capacity, room=room)
+    if got.verdict != "DONE":
+        return got.verdict
+    (length,) = struct.unpack_from("<I", got.frame)
+    assert length == len(got.frame) - 4 + got.streamed
+    return decode(got.frame[4:])
+
+
+def test_a_request_with_values_only(harness: Path) -> None:
+    assert built(harness, "values", 0) == Request(SYS_GETPPID, (), (), ())
+
+
+def test_a_request_for_an_output(harness: Path) -> None:
+    assert built(harness, "out", 144) == Request(SYS_READ, (3, BUFFER, 144), (), ((1, 144),))
+
+
+def test_a_read_larger_than_one_transfer_is_cut(harness: Path) -> None:
+    assert built(harness, "out", MAX_TRANSFER + 5) == Request(SYS_READ, (3, BUFFER, MAX_TRANSFER), (),
+                                                               ((1, MAX_TRANSFER),))
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000])
+def test_a_request_carries_its_input(harness: Path, size: int) -> None:
+    data = bytes(k % 253 for k in range(size))
+    assert built(harness, "in", size, data) == Request(SYS_WRITE, (3, BUFFER, size), ((1, data),), ())
+
+
+def test_a_write_larger_than_one_transfer_is_for_python(harness: Path) -> None:
+    assert built(harness, "in", MAX_TRANSFER + 1) == "NOT_OURS"
+
+
+def test_a_request_carries_its_path_with_its_nul(harness: Path) -> None:
+    assert built(harness, "path", 4, b"/etc/hostname\0") == Request(SYS_ACCESS, (BUFFER, 4),
+                                                                     ((0, b"/etc/hostname\0"),), ())
+
+
+def test_a_path_without_its_nul_is_for_python(harness: Path) -> None:
+    assert built(harness, "path", 4, b"x" * 5000) == "NOT_OURS"
+
+
+def test_a_request_that_does_not_fit_the_room_is_for_python(harness: Path) -> None:
+    assert built(harness, "in", 1000, bytes(1000), room=5000) == "NOT_OURS"
