@@ -2,6 +2,12 @@
 
 ``Client``: one request per connection, for the short-lived tools. ``Session``: one
 persistent connection for ``mosrun``'s supervisor, with no-reply requests.
+
+Typed: ``client.request(protocol.SomeRequest(...))`` returns the operation's reply
+record (:mod:`mosix_core.daemon.protocol`). Untyped, for callers that build requests
+by name: ``call(op, **fields)`` returns the reply's fields as a dict. Either way a
+refusal raises :class:`~mosix_core.errors.Refused` with the daemon's message (the
+manual's), a bad request ProtocolError, anything else MosixError.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from mosix_core import paths
-from mosix_core.errors import DaemonUnavailable, MosixError
+from mosix_core.daemon import protocol
+from mosix_core.errors import DaemonUnavailable, MosixError, Refused
 
 
 class Client:
@@ -26,15 +33,39 @@ class Client:
         self.path = paths.control_socket(etc)
         self.timeout = timeout
 
+    def request(self, request: Any) -> Any:
+        """Send one request record; return its reply record. Raises Refused with the
+        daemon's message when refused, DaemonUnavailable if mosd is not running."""
+        op = protocol.op_of(request)
+        return protocol.decode_reply(op, self._call(op, protocol.encode(request), want_fd=False)[0])
+
+    def request_for_socket(self, request: Any) -> tuple[Any, socket.socket]:
+        """A request whose reply comes with a connected socket (mosd passes it with
+        SCM_RIGHTS: migrate_out, reattach): (the reply record, the socket)."""
+        op = protocol.op_of(request)
+        fields, sock = self._call(op, protocol.encode(request), want_fd=True)
+        if sock is None:
+            raise DaemonUnavailable("mosd did not hand over the connection")
+        try:
+            return protocol.decode_reply(op, fields), sock
+        except BaseException:
+            sock.close()
+            raise
+
     def call(self, op: str, **args: Any) -> dict:
-        """Send one request; return the reply's fields. Raises MosixError with the
-        daemon's message on failure, DaemonUnavailable if mosd is not running."""
+        """Send one request by name; return the reply's fields. Raises Refused with the
+        daemon's message when refused, DaemonUnavailable if mosd is not running."""
         return self._call(op, args, want_fd=False)[0]
 
     def call_for_socket(self, op: str, **args: Any) -> tuple[dict, socket.socket | None]:
         """A request whose successful reply comes with a connected socket (mosd passes
-        it with SCM_RIGHTS): (the reply's fields, the socket or None)."""
-        return self._call(op, args, want_fd=True)
+        it with SCM_RIGHTS): (the reply's fields, the socket). Refused, it returns
+        ``({"refused": message, **details}, None)`` — ``target``: the node that refused —
+        as the supervisor reads a handshake's outcome."""
+        try:
+            return self._call(op, args, want_fd=True)
+        except Refused as err:
+            return {**err.details, "refused": str(err)}, None
 
     def _call(self, op: str, args: dict, *, want_fd: bool) -> tuple[dict, socket.socket | None]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -58,7 +89,7 @@ class Client:
                 data += chunk
             line, _, rest = data.partition(b"\n")
             reply = json.loads(line)
-            if want_fd and reply.get("ok") and "refused" not in reply and not fds:
+            if want_fd and isinstance(reply, dict) and reply.get("ok") is True and not fds:
                 while not fds:
                     chunk, got, _, _ = socket.recv_fds(sock, 16, 1)
                     fds += got
@@ -72,14 +103,16 @@ class Client:
             raise
         finally:
             sock.close()
-        if not reply.pop("ok", False):
+        try:
+            fields = protocol.outcome(reply)
+        except MosixError:
             for fd in fds:
                 os.close(fd)
-            raise MosixError(reply.get("error", "request failed"))
+            raise
         handed = socket.socket(fileno=fds.pop(0)) if fds else None
         for fd in fds:
             os.close(fd)
-        return reply, handed
+        return fields, handed
 
 
 class Session:
@@ -128,7 +161,7 @@ class Session:
         self._sock, self.broken = sock, None
         self._out.clear()
         self._in.clear()
-        self.request("supervise")  # raises DaemonUnavailable (and closes) if mosd does not answer
+        self.ask(protocol.SuperviseRequest())  # raises DaemonUnavailable (and closes) if mosd does not answer
         return self
 
     def try_open(self) -> bool:
@@ -194,8 +227,13 @@ class Session:
         return -1 if self._sock is None else self._sock.fileno()
 
     # -- waiting for a reply ---------------------------------------------------------------------
+    def ask(self, request: Any) -> Any:
+        """Send one request record and return its reply record (as :meth:`Client.request`)."""
+        op = protocol.op_of(request)
+        return protocol.decode_reply(op, self.request(op, **protocol.encode(request)))
+
     def request(self, op: str, **args: Any) -> dict:
-        """Send one request and return its reply's fields (as :meth:`Client.call`)."""
+        """Send one request by name and return its reply's fields (as :meth:`Client.call`)."""
         if self._sock is None:
             raise DaemonUnavailable(self.broken or "no session with mosd")
         self._out += json.dumps({"op": op, **args}).encode() + b"\n"
@@ -223,10 +261,7 @@ class Session:
             raise DaemonUnavailable(reason)
         line, _, rest = bytes(self._in).partition(b"\n")
         self._in[:] = rest
-        reply = json.loads(line)
-        if not reply.pop("ok", False):
-            raise MosixError(reply.get("error", "request failed"))
-        return reply
+        return protocol.outcome(json.loads(line))
 
     def _wait(self, events: int, deadline: float) -> bool:
         left = deadline - time.monotonic()

@@ -37,15 +37,27 @@ class DaemonUnavailable(MosixError):
     """The local mosd cannot be reached through its control socket."""
 
 
-class NotInMap(MosixError):
+class Refused(MosixError):
+    """An answer, not a failure: the request was understood and is refused (the node is
+    not in the map, the process is already there, a site policy said no...). mosd
+    sends it over its sockets as it is and the caller raises it again: the message is
+    the manual's. ``details``: what else the refusal tells (the node a move was refused
+    by, as mosd resolved it)."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        self.details = details
+        super().__init__(message)
+
+
+class NotInMap(Refused):
     """A node named by the user is not part of this cluster or multi-cluster."""
 
 
-class PermissionDenied(MosixError):
+class PermissionDenied(Refused):
     """The caller is not allowed to do this (most mosctl functions are root's)."""
 
 
-class PolicyRefused(MosixError):
+class PolicyRefused(Refused):
     """A site policy refused a request; the message is the policy's."""
 
 

@@ -10,18 +10,19 @@ import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
 from mosix_core.client import Client
+from mosix_core.daemon import protocol as p
 
 app = new_app("Select the best node to run a new MOSIX process on.")
 
 
 def best_node(etc: Path, *, memory_mb: int = 0, reserve: bool = True, wait: bool = False,
-              poll: float = 0.5) -> dict:
+              poll: float = 0.5) -> p.BestnodeReply:
     """Ask mosd for the best node; unless ``reserve`` is False, mosd then assumes a
     process is about to start there. With ``wait``, retry until a node qualifies."""
     client = Client(etc)
     while True:
-        reply = client.call("bestnode", memory_mb=memory_mb, reserve=reserve)
-        if reply["ip"] is not None or not wait:
+        reply = client.request(p.BestnodeRequest(memory_mb=memory_mb, reserve=reserve))
+        if reply.ip is not None or not wait:
             return reply
         time.sleep(poll)
 
@@ -38,11 +39,11 @@ def main_command(
 ) -> None:
     reply = best_node(etc_path(etc), memory_mb=memory_mb, reserve=not no_reserve, wait=wait)
     if as_json:
-        print_json(reply)
-    elif reply["ip"] is None:
+        print_json(p.encode(reply))
+    elif reply.ip is None:
         typer.echo("0")
     else:
-        typer.echo(str(reply["number"]) if number and reply["number"] else reply["ip"])
+        typer.echo(str(reply.number) if number and reply.number else reply.ip)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import typer
 from mosix_core import localcluster
 from mosix_core.cli.common import new_app, print_json, reports_errors, run
 from mosix_core.client import Client
+from mosix_core.daemon import protocol as p
 from mosix_core.errors import DaemonUnavailable, MosixError
 
 app = new_app("Run a whole MOSIX cluster on this machine: one mosd per 127.0.0.K address.")
@@ -39,7 +40,7 @@ def cluster_status(root: Path) -> list[dict]:
         row = {"node": k, "ip": str(ip), "pid": pid, "running": pid is not None, "view": None}
         if pid:
             try:
-                view = Client(layout.etc(k)).call("view")["nodes"]
+                view = Client(layout.etc(k)).request(p.ViewRequest()).nodes
                 row["view"] = {"alive": sum(1 for n in view if n["alive"]), "known": len(view)}
                 row["self"] = next(n for n in view if n["local"])
             except (DaemonUnavailable, MosixError):

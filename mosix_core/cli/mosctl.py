@@ -19,6 +19,7 @@ import typer
 from mosix_core import status as fmt
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
 from mosix_core.client import Client
+from mosix_core.daemon import protocol as p
 from mosix_core.config import load_config
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied
 
@@ -33,7 +34,7 @@ def whois(etc: Path, what: str | None) -> str:
     """Node number → host name (or IP); IP or host name → node number."""
     config = load_config(etc)
     if what is None:
-        ip = IPv4Address(Client(etc).call("ping")["ip"])
+        ip = IPv4Address(Client(etc).request(p.PingRequest()).ip)
         number = config.node_number(ip)
         return f"{number}" if number else f"{ip}: no node number"
     if what.isdigit():
@@ -56,19 +57,19 @@ def require_root() -> None:
 
 def set_state(etc: Path, flag: str, value: bool) -> None:
     require_root()
-    Client(etc).call("setstate", flag=flag, value=value)
+    Client(etc).request(p.SetstateRequest(flag=p.StateFlag(flag), value=value))
 
 
 def expel(etc: Path, timeout: float = MOVE_TIMEOUT) -> int:
     """Send every guest process home; once all have gone, how many there were."""
     require_root()
-    return Client(etc, timeout=timeout + 30).call("expel", timeout=timeout)["expelled"]
+    return Client(etc, timeout=timeout + 30).request(p.ExpelRequest(timeout=timeout)).expelled
 
 
 def bring(etc: Path, timeout: float = MOVE_TIMEOUT) -> int:
     """Bring back every process whose home is here; once all are back, how many were away."""
     require_root()
-    return Client(etc, timeout=timeout + 30).call("bring", timeout=timeout)["brought"]
+    return Client(etc, timeout=timeout + 30).request(p.BringRequest(timeout=timeout)).brought
 
 
 @app.command("whois", help="Convert node numbers to host names and vice versa.")
@@ -81,7 +82,7 @@ def whois_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] = 
 @reports_errors
 def status_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] = EtcOption,
                as_json: bool = JsonOption) -> None:
-    info = Client(etc_path(etc)).call("status", node=node)["node"]
+    info = Client(etc_path(etc)).request(p.StatusRequest(node=node)).node
     if as_json:
         print_json(info)
     else:
@@ -91,7 +92,7 @@ def status_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] =
 @app.command("localstatus", help="Like status, with what only this node knows.")
 @reports_errors
 def localstatus_cmd(etc: Optional[Path] = EtcOption, as_json: bool = JsonOption) -> None:
-    report = Client(etc_path(etc)).call("localstatus")
+    report = p.encode(Client(etc_path(etc)).request(p.LocalStatusRequest()))
     if as_json:
         print_json(report)
     else:
@@ -102,7 +103,7 @@ def localstatus_cmd(etc: Optional[Path] = EtcOption, as_json: bool = JsonOption)
 @reports_errors
 def rstatus_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] = EtcOption,
                 as_json: bool = JsonOption) -> None:
-    info = Client(etc_path(etc)).call("status", node=node)["node"]
+    info = Client(etc_path(etc)).request(p.StatusRequest(node=node)).node
     values = fmt.rstatus_integers(info)
     if as_json:
         print_json(dict(zip(fmt.RSTATUS_FIELDS, values)))

@@ -27,6 +27,7 @@ import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
 from mosix_core.client import Client
+from mosix_core.daemon import protocol as p
 from mosix_core.errors import MosixError
 from mosix_core.proctable import ProcessRecord
 
@@ -75,7 +76,7 @@ def targets(rows: list[ProcessRecord], uid: int) -> list[ProcessRecord]:
 def kill_all(etc: Path, signum: int = signal.SIGTERM, uid: int | None = None) -> KillReport:
     if signum == signal.SIGSTOP:
         signum = signal.SIGTSTP
-    rows = [ProcessRecord.from_json(p) for p in Client(etc).call("processes")["processes"]]
+    rows = [ProcessRecord.from_json(row) for row in Client(etc).request(p.ProcessesRequest()).processes]
     signalled, gone, failed = [], [], []
     for record in targets(rows, os.geteuid() if uid is None else uid):
         try:

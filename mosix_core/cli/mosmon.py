@@ -20,6 +20,7 @@ import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
 from mosix_core.client import Client
+from mosix_core.daemon import protocol as p
 from mosix_core.errors import MosixError
 from mosix_core.monitor import ENTER, LEFT, RIGHT, MonitorState, handle_key, render
 
@@ -44,7 +45,7 @@ def initial_state(*, vertical: bool = False, tight: bool = False, horizontal: bo
 def fetch(client: Client) -> tuple[dict[str, Any] | None, str | None]:
     """The view, or why there is none (mosd not running, not answering…)."""
     try:
-        return client.call("view"), None
+        return p.encode(client.request(p.ViewRequest())), None
     except MosixError as err:
         return None, f"[retrying] {err}"
 
@@ -52,7 +53,7 @@ def fetch(client: Client) -> tuple[dict[str, Any] | None, str | None]:
 def once(etc: Path, state: MonitorState) -> list[str]:
     """One screen for stdout, as big as the terminal (80x24 when there is none)."""
     size = shutil.get_terminal_size((80, 24))
-    lines = render(state, Client(etc).call("view"), size.columns, size.lines)
+    lines = render(state, p.encode(Client(etc).request(p.ViewRequest())), size.columns, size.lines)
     while lines and not lines[-1]:
         lines.pop()
     return lines

@@ -63,6 +63,7 @@ import typer
 from mosix_core import users
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
 from mosix_core.client import Client
+from mosix_core.daemon import protocol as p
 from mosix_core.config.userview import UserView
 from mosix_core.errors import MosixError
 from mosix_core.linux import procfs
@@ -394,12 +395,12 @@ def listing(etc: Path, ps_options: list[PsOption], *, style: str = "numbers", fi
     """The rows mosps shows: each a process's table fields plus ``display``, the
     columns as printed (header → text, in order), and ps's fields."""
     request = interpret(ps_options)
-    reply = Client(etc).call("processes")
+    reply = Client(etc).request(p.ProcessesRequest())
     userview_path = etc / "userview.map"
-    display = Display(IPv4Address(reply["ip"]) if reply.get("ip") else None, style,
+    display = Display(IPv4Address(reply.ip), style,
                       UserView.from_file(userview_path) if style == "numbers" and userview_path.exists() else None)
     uid = os.geteuid() if uid is None else uid
-    records = {r.pid: r for r in map(ProcessRecord.from_json, reply["processes"]) if filters.keep(r, display)
+    records = {r.pid: r for r in map(ProcessRecord.from_json, reply.processes) if filters.keep(r, display)
                if not (filters.guests_only and not request.selects and uid != 0 and r.home_uid != uid)}
     if not records:
         return []

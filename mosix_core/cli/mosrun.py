@@ -141,18 +141,19 @@ def apply_site_policy(opts: mosopts.MosrunOptions, words: list[str], etc: Path):
 def ask_daemon_for_policy(session, opts: mosopts.MosrunOptions, words: list[str]):
     """The site's mosrun policy, applied by the node's mosd (its hooks are loaded
     already). None if the daemon went away meanwhile: then it is applied here."""
-    from mosix_core.errors import DaemonUnavailable
+    from mosix_core.daemon.protocol import CheckMosrunRequest
+    from mosix_core.errors import DaemonUnavailable, Refused
 
     try:
-        reply = session.request("check_mosrun", request=mosopts.policy_fields(opts, words))
+        reply = session.ask(CheckMosrunRequest(request=mosopts.policy_fields(opts, words)))
     except DaemonUnavailable:
         return None
+    except Refused:
+        raise                          # the policy's own message
     except MosixError as err:
         raise MosixError(f"the site's mosrun policy could not be applied: {err}") from None
-    if "refused" in reply:
-        raise MosixError(str(reply["refused"]))
     try:
-        return mosopts.from_fields(reply["request"])
+        return mosopts.from_fields(reply.request)
     except (KeyError, TypeError, AttributeError):
         raise MosixError("the site's mosrun policy could not be applied: mosd's answer is malformed") from None
 

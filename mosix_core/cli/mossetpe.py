@@ -12,6 +12,7 @@ import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
 from mosix_core.client import Client
+from mosix_core.daemon import protocol as p
 from mosix_core.errors import PermissionDenied
 
 app = new_app("Modify (or list) the MOSIX node configuration.")
@@ -29,28 +30,28 @@ def listing(info: dict) -> list[str]:
     lines = [f"This is MOSIX node {number}({info['ip']}){' - MOSIX is OFF' if info['off'] else ''}"]
     lines += [range_text(r) + (" proximate" if r["proximate"] else "") for r in info["ranges"]]
     lines += [f"alias {a['alias']} = {a['target']}" for a in info["aliases"]]
-    for p in info.get("partners", []):
-        flags = [f"pri={p['priority']}"]
-        if not p["cango"]:
+    for partner in info.get("partners", []):
+        flags = [f"pri={partner['priority']}"]
+        if not partner["cango"]:
             flags.append("dontgo")
-        if not p["cantake"]:
+        if not partner["cantake"]:
             flags.append("dont_take")
-        lines.append(f"partner {p['name']} ({p['description']}): {' '.join(flags)}")
-        lines += ["    " + range_text(r) + (" proximate" if r["proximate"] else "") for r in p["ranges"]]
+        lines.append(f"partner {partner['name']} ({partner['description']}): {' '.join(flags)}")
+        lines += ["    " + range_text(r) + (" proximate" if r["proximate"] else "") for r in partner["ranges"]]
     return lines
 
 
 def wait_settled(client: Client, poll: float = 0.5) -> None:
     """Wait until no process runs where the new configuration no longer allows it."""
-    while client.call("pending")["pending"]:
+    while client.request(p.PendingRequest()).pending:
         time.sleep(poll)
 
 
-def setpe(etc: Path, mapfile: Path | None, our_ip: str | None, no_wait: bool) -> dict:
+def setpe(etc: Path, mapfile: Path | None, our_ip: str | None, no_wait: bool) -> p.SetpeReply:
     if os.geteuid() != 0:
         raise PermissionDenied("Permission denied: only the Super-User may modify the MOSIX configuration")
     client = Client(etc)
-    reply = client.call("setpe", map=str(mapfile.resolve()) if mapfile else None, ip=our_ip)
+    reply = client.request(p.SetpeRequest(map=str(mapfile.resolve()) if mapfile else None, ip=our_ip))
     if not no_wait:
         wait_settled(client)
     return reply
@@ -60,7 +61,7 @@ def turn_off(etc: Path, no_wait: bool) -> None:
     if os.geteuid() != 0:
         raise PermissionDenied("Permission denied: only the Super-User may modify the MOSIX configuration")
     client = Client(etc)
-    client.call("off")
+    client.request(p.OffRequest())
     if not no_wait:
         wait_settled(client)
 
@@ -79,7 +80,7 @@ def main_command(
 ) -> None:
     etc_dir = etc_path(etc)
     if list_cluster or list_multi:
-        info = Client(etc_dir).call("listpe", multi=list_multi)
+        info = p.encode(Client(etc_dir).request(p.ListpeRequest(multi=list_multi)))
         if as_json:
             print_json(info)
         else:
@@ -89,7 +90,7 @@ def main_command(
         turn_off(etc_dir, no_wait)
         return
     reply = setpe(etc_dir, mapfile, our_ip, no_wait)
-    typer.echo(f"MOSIX configured: this is {reply['ip']}, {reply['nodes']} nodes in the cluster")
+    typer.echo(f"MOSIX configured: this is {reply.ip}, {reply.nodes} nodes in the cluster")
 
 
 def rewrite(argv: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
 from mosix_core.client import Client
+from mosix_core.daemon import protocol as p
 from mosix_core.linux.procfs import stat_fields
 from mosix_core.proctable import ProcessRecord
 
@@ -53,7 +54,7 @@ def time_of(record: ProcessRecord | None) -> tuple[float | None, str | None]:
 
 
 def times_of(etc: Path, args: list[str]) -> list[dict]:
-    rows = {p["pid"]: ProcessRecord.from_json(p) for p in Client(etc).call("processes")["processes"]}
+    rows = {row["pid"]: ProcessRecord.from_json(row) for row in Client(etc).request(p.ProcessesRequest()).processes}
     report = []
     for arg in args:
         text = arg.strip()

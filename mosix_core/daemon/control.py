@@ -1,7 +1,11 @@
 """The local control socket: how the ``mos*`` tools talk to mosd.
 
 A Unix stream socket (``etc/mosix/var/mosd.sock``), one JSON object per line each
-way: ``{"op": "...", ...}`` → ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+way: ``{"op": "...", ...}`` → ``{"ok": true, ...}``, or ``{"ok": false, "error": "..."}``
+(refused: the manual's message), or that with ``"fault"`` (a bad request, a failure).
+Every operation's request and reply are records of :mod:`mosix_core.daemon.protocol`:
+a request is decoded (every field checked) before its operation runs, which returns
+its reply record or raises :class:`~mosix_core.errors.Refused`.
 The caller's uid comes from ``SO_PEERCRED``: everyone may read, only root may
 change the node (as with ``mosctl`` and ``mossetpe``), and a user may register
 only their own processes. Guests' rows belong to mosd: each guest runs as a uid of
@@ -65,22 +69,23 @@ from typing import Any, Callable
 import attrs
 
 from mosix_core import __version__, gossip
-from mosix_core.daemon import migration
-from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError
+from mosix_core.daemon import migration, protocol as p
+from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError, Refused
 from mosix_core.linux import procfs
 from mosix_core.mosrun import control as supervisors
 from mosix_core.placement import MosrunRequest, NodeContext, PlacementRequest, PlacementView
 from mosix_core.plugins import apply_policies, first_answer
 from mosix_core.users import user_name
-from mosix_core.proctable import ProcessEvent, ProcessRecord, checked_fields
+from mosix_core.proctable import ProcessEvent, ProcessRecord
 from mosix_core.remote import SEND_HOME
 
 MAX_REQUEST = 1024 * 1024
 #: all that a caller running as a guest uid (a guest that got round its system-call
 #: filter: a guest's own calls go home) may ask: to read, as everyone may
 GUEST_OPS = frozenset({"ping", "view", "status", "localstatus", "listpe", "processes", "pending"})
-STATE_FLAGS = {"stay": gossip.ST_STAY, "lstay": gossip.ST_LSTAY, "block": gossip.ST_BLOCK}
-MOVE_TIMEOUT = 300.0        # how long expel / bring wait for the processes to move, by default
+STATE_FLAGS = {p.StateFlag.STAY: gossip.ST_STAY, p.StateFlag.LSTAY: gossip.ST_LSTAY,
+               p.StateFlag.BLOCK: gossip.ST_BLOCK}
+MOVE_TIMEOUT = p.MOVE_TIMEOUT    # how long expel / bring wait for the processes to move, by default
 NUDGE_EVERY = 1.0           # asking again (a lost signal, a move home that failed)
 POLL_EVERY = 0.05
 
@@ -232,7 +237,7 @@ class ControlServer:
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
-                    await self._reply(writer, {"ok": False, "error": "request too long"})
+                    await self._reply(writer, p.fault("protocol", "request too long"))
                     break
                 if not line:
                     break
@@ -257,25 +262,25 @@ class ControlServer:
         """The reply to one request line; None when the request asked for no reply."""
         noreply = False
         try:
-            request = json.loads(line)
-            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+            fields = json.loads(line)
+            if not isinstance(fields, dict) or not isinstance(fields.get("op"), str):
                 raise ProtocolError("a request is a JSON object with an 'op'")
-            noreply = request.get("noreply") is True
-            handler = getattr(self, "op_" + request["op"], None)
-            if handler is None:
-                raise ProtocolError(f"unknown operation '{request['op']}'")
-            if request["op"] not in GUEST_OPS and migration.is_guest_uid(self.node, uid):
+            op = fields["op"]
+            noreply = fields.get("noreply") is True
+            request = p.decode(op, fields)
+            if op not in GUEST_OPS and migration.is_guest_uid(self.node, uid):
                 raise PermissionDenied("Permission denied: a guest process may not do this")
-            result = handler(request, uid)
+            result = getattr(self, "op_" + op)(request, uid)
             if asyncio.iscoroutine(result):
                 result = await result
-            reply = {"ok": True, **result}
-        except (MosixError, ValueError, TypeError, KeyError) as err:
-            message = str(err) if isinstance(err, MosixError) else f"bad request: {err}"
-            reply = {"ok": False, "error": message}
+            reply = p.answer(result)
+        except (ProtocolError, ValueError) as err:
+            reply = p.fault("protocol", str(err) if isinstance(err, MosixError) else f"bad request: {err}")
+        except MosixError as err:      # Refused; or ConfigError, a policy's error...: an answer all the same
+            reply = p.refusal(str(err), getattr(err, "details", None))
         except Exception as err:  # the daemon must survive any request
             self.node.log.error("control request failed", error=f"{type(err).__name__}: {err}")
-            reply = {"ok": False, "error": f"internal error: {type(err).__name__}"}
+            reply = p.fault("internal", f"internal error: {type(err).__name__}")
         if not noreply:
             return reply
         if not reply["ok"]:
@@ -302,134 +307,131 @@ class ControlServer:
         return self.node.config.resolve_node(str(text))
 
     # -- reading -----------------------------------------------------------------------------------
-    def op_ping(self, req: dict, uid: int) -> dict:
-        return {"ip": str(self.node.our_ip), "version": __version__, "pid": os.getpid(), "off": self.node.off}
+    def op_ping(self, req: p.PingRequest, uid: int) -> p.PingReply:
+        return p.PingReply(ip=str(self.node.our_ip), version=__version__, pid=os.getpid(), off=self.node.off)
 
-    def op_view(self, req: dict, uid: int) -> dict:
+    def op_view(self, req: p.ViewRequest, uid: int) -> p.ViewReply:
         node, now = self.node, time.monotonic()
         node.refresh_local(now)
         addresses = list(dict.fromkeys([*node.config.cluster.nodes(), *node.view.entries.keys()]))
-        return {"local": str(node.our_ip), "dead_after": node.dead_after, "interval": node.interval,
-                "nodes": [node_json(node, ip, now) for ip in addresses]}
+        return p.ViewReply(local=str(node.our_ip), dead_after=node.dead_after, interval=node.interval,
+                           nodes=[node_json(node, ip, now) for ip in addresses])
 
-    def op_status(self, req: dict, uid: int) -> dict:
+    def op_status(self, req: p.StatusRequest, uid: int) -> p.StatusReply:
         node, now = self.node, time.monotonic()
         node.refresh_local(now)
-        ip = self.resolve(req.get("node"))
+        ip = self.resolve(req.node)
         if not node.is_known_address(ip):
-            raise NotInMap(f"{req.get('node')}: not in map")
-        return {"node": node_json(node, ip, now)}
+            raise NotInMap(f"{req.node}: not in map")
+        return p.StatusReply(node=node_json(node, ip, now))
 
-    def op_localstatus(self, req: dict, uid: int) -> dict:
+    def op_localstatus(self, req: p.LocalStatusRequest, uid: int) -> p.LocalStatusReply:
         node, now = self.node, time.monotonic()
         node.refresh_local(now)
         added = node.pm.hook.mosix_status_fields(node=NodeContext.of(node))
         extra = [list(pair) for fields in added for pair in fields]
-        return {
-            "node": node_json(node, node.our_ip, now),
-            "daemon": {"pid": os.getpid(), "uptime": round(time.time() - node.started, 1),
-                       "udp_port": node.settings.udp_port, "tcp_port": node.settings.tcp_port,
-                       "gossip_interval": node.interval, "dead_after": node.dead_after,
-                       "window": node.window, "stats": dict(node.stats),
-                       "peer_server": getattr(node, "peer_server_up", False),
-                       "plugins": [p.name for p in node.pm.plugins_info()]},
-            "processes": {"local": len(node.proctable.local()), "guests": len(node.proctable.guests()),
-                          "frozen": node.proctable.frozen_count()},
-            "maxguests": node.config.maxguests.limit if node.config.maxguests else None,
-            "extra": extra,
-        }
+        return p.LocalStatusReply(
+            node=node_json(node, node.our_ip, now),
+            daemon={"pid": os.getpid(), "uptime": round(time.time() - node.started, 1),
+                    "udp_port": node.settings.udp_port, "tcp_port": node.settings.tcp_port,
+                    "gossip_interval": node.interval, "dead_after": node.dead_after,
+                    "window": node.window, "stats": dict(node.stats),
+                    "peer_server": getattr(node, "peer_server_up", False),
+                    "plugins": [plugin.name for plugin in node.pm.plugins_info()]},
+            processes={"local": len(node.proctable.local()), "guests": len(node.proctable.guests()),
+                       "frozen": node.proctable.frozen_count()},
+            maxguests=node.config.maxguests.limit if node.config.maxguests else None,
+            extra=extra,
+        )
 
-    def op_listpe(self, req: dict, uid: int) -> dict:
+    def op_listpe(self, req: p.ListpeRequest, uid: int) -> p.ListpeReply:
         cfg = self.node.config
         ranges = [{"first": str(r.first), "count": r.count, "proximate": r.proximate} for r in cfg.cluster.ranges]
         aliases = [{"alias": str(a.alias), "target": str(a.target)} for a in cfg.cluster.aliases]
         partners = []
-        if req.get("multi"):
+        if req.multi:
             partners = [{"name": p.name, "description": p.description, "priority": p.priority,
                          "cango": p.cango, "cantake": p.cantake,
                          "ranges": [{"first": str(r.first), "count": r.count, "proximate": r.proximate}
                                     for r in p.ranges]} for p in cfg.partners]
-        return {"ip": str(self.node.our_ip), "number": cfg.node_number(self.node.our_ip), "off": self.node.off,
-                "ranges": ranges, "aliases": aliases, "partners": partners}
+        return p.ListpeReply(ip=str(self.node.our_ip), number=cfg.node_number(self.node.our_ip), off=self.node.off,
+                             ranges=ranges, aliases=aliases, partners=partners)
 
-    def op_bestnode(self, req: dict, uid: int) -> dict:
+    def op_bestnode(self, req: p.BestnodeRequest, uid: int) -> p.BestnodeReply:
         node, now = self.node, time.monotonic()
         node.refresh_local(now)
-        request = PlacementRequest(memory_mb=int(req.get("memory_mb") or 0))
+        request = PlacementRequest(memory_mb=req.memory_mb or 0)
         view = PlacementView(node.view, node.config.is_local_cluster)
         chosen = first_answer(node.pm.hook.mosix_select_node, default=None, request=request, view=view)
         if chosen is None:
-            return {"ip": None, "number": None}
+            return p.BestnodeReply(ip=None, number=None)
         ip = chosen.status.ip
-        if req.get("reserve", True):
+        if req.reserve:
             node.view.reserve(ip, now)
-        return {"ip": str(ip), "number": node.config.node_number(ip)}
+        return p.BestnodeReply(ip=str(ip), number=node.config.node_number(ip))
 
-    def op_processes(self, req: dict, uid: int) -> dict:
-        return {"ip": str(self.node.our_ip), "processes": [p.to_json() for p in self.node.proctable]}
+    def op_processes(self, req: p.ProcessesRequest, uid: int) -> p.ProcessesReply:
+        return p.ProcessesReply(ip=str(self.node.our_ip), processes=[row.to_json() for row in self.node.proctable])
 
     # -- changing ------------------------------------------------------------------------------------
-    def op_setstate(self, req: dict, uid: int) -> dict:
+    def op_setstate(self, req: p.SetstateRequest, uid: int) -> p.SetstateReply:
         self.require_root(uid)
-        flag = STATE_FLAGS.get(req.get("flag"))
-        if flag is None:
-            raise ProtocolError("flag must be stay, lstay or block")
-        if req.get("value"):
+        flag = STATE_FLAGS[req.flag]
+        if req.value:
             self.node.state_bits |= flag
         else:
             self.node.state_bits &= ~flag
         self.node.refresh_local(time.monotonic())
-        self.node.log.info("state changed", flag=req.get("flag"), value=bool(req.get("value")))
-        return {"state": self.node.state_bits}
+        self.node.log.info("state changed", flag=req.flag.value, value=req.value)
+        return p.SetstateReply(state=self.node.state_bits)
 
-    async def op_setpe(self, req: dict, uid: int) -> dict:
+    async def op_setpe(self, req: p.SetpeRequest, uid: int) -> p.SetpeReply:
         self.require_root(uid)
         node = self.node
-        map_override = Path(req["map"]) if req.get("map") else None
-        changed = node.reload(map_override=map_override, ip_override=req.get("ip") or None)
+        map_override = Path(req.map) if req.map else None
+        changed = node.reload(map_override=map_override, ip_override=req.ip or None)
         if changed and self.on_reconfigure is not None:
             await self.on_reconfigure()
-        return {"ip": str(node.our_ip), "nodes": len(node.config.cluster), "pending": self.pending_moves()}
+        return p.SetpeReply(ip=str(node.our_ip), nodes=len(node.config.cluster), pending=self.pending_moves())
 
-    def op_pending(self, req: dict, uid: int) -> dict:
-        return {"pending": self.pending_moves()}
+    def op_pending(self, req: p.PendingRequest, uid: int) -> p.PendingReply:
+        return p.PendingReply(pending=self.pending_moves())
 
     def pending_moves(self) -> int:
         """Processes that must move because of the configuration: guests from nodes no
         longer accepted, and our processes running where we no longer may send them."""
         node = self.node
-        bad_guests = sum(1 for p in node.proctable.guests() if not node.is_known_address(p.home))
+        bad_guests = sum(1 for row in node.proctable.guests() if not node.is_known_address(row.home))
         bad_away = 0
-        for p in node.proctable.local():
+        for row in node.proctable.local():
             try:
-                where = IPv4Address(p.where)
+                where = IPv4Address(row.where)
             except ValueError:
                 continue  # "here", "leaving", "starting"
             if not node.is_known_address(where):
                 bad_away += 1
         return bad_guests + bad_away
 
-    def op_off(self, req: dict, uid: int) -> dict:
+    def op_off(self, req: p.OffRequest, uid: int) -> p.PendingReply:
         self.require_root(uid)
         self.node.off = True
         self.node.log.warning("MOSIX disabled (mossetpe -off)")
-        return {"pending": self.pending_moves()}
+        return p.PendingReply(pending=self.pending_moves())
 
-    def op_stop(self, req: dict, uid: int) -> dict:
+    def op_stop(self, req: p.StopRequest, uid: int) -> p.NoFields:
         self.require_root(uid)
         if self.on_stop is not None:
             self.on_stop()
-        return {}
+        return p.NoFields()
 
     # -- the process table ----------------------------------------------------------------------------
-    def op_register(self, req: dict, uid: int) -> dict:
-        pid = int(req["pid"])
-        fields = checked_fields(req)
-        home, origpid = req.get("home"), req.get("origpid")
+    def op_register(self, req: p.RegisterRequest, uid: int) -> p.PidReply:
+        pid = req.pid
+        fields = req.changes.present()
+        home, origpid = req.home, req.origpid
         if home is not None or origpid is not None:
             self.require_root(uid)  # guests are the daemon's business, not a user's
             home = IPv4Address(home) if home is not None else None
-            origpid = int(origpid) if origpid is not None else None
             if home is None or origpid is None:
                 raise ProtocolError("a guest needs both home and origpid")
             if home == self.node.our_ip:
@@ -450,7 +452,7 @@ class ControlServer:
                 table = self.node.proctable
                 conn.rows = {p: r for p, r in conn.rows.items() if table.get(p) is r}
         self.node.pm.hook.mosix_process_event(event=ProcessEvent("started", pid, owner, record.command))
-        return {"pid": pid}
+        return p.PidReply(pid=pid)
 
     @staticmethod
     def process_owner(pid: int, uid: int) -> int:
@@ -458,13 +460,13 @@ class ControlServer:
         try:
             owner = os.stat(f"/proc/{pid}").st_uid
         except OSError:
-            raise ProtocolError(f"no such process {pid}") from None
+            raise Refused(f"no such process {pid}") from None
         if uid != 0 and owner != uid:
             raise PermissionDenied(f"process {pid} is not yours")
         return owner
 
-    def owned_row(self, req: dict, uid: int) -> ProcessRecord | None:
-        record = self.node.proctable.get(int(req["pid"]))
+    def owned_row(self, pid: int, uid: int) -> ProcessRecord | None:
+        record = self.node.proctable.get(pid)
         self.may_change(record, uid)
         return record
 
@@ -479,107 +481,97 @@ class ControlServer:
         if record.is_guest or record.uid != uid:
             raise PermissionDenied(f"process {record.pid} is not yours")
 
-    def op_update(self, req: dict, uid: int) -> dict:
-        record = self.owned_row(req, uid)
+    def op_update(self, req: p.UpdateRequest, uid: int) -> p.UpdateReply:
+        record = self.owned_row(req.pid, uid)
         if record is None:
-            raise ProtocolError(f"{int(req['pid'])}: not a MOSIX process")
-        changed = record.apply(checked_fields(req))
+            raise Refused(f"{req.pid}: not a MOSIX process")
+        changed = record.apply(req.changes.present())
         event = self.node.pm.hook.mosix_process_event
         if "where" in changed:
             event(event=ProcessEvent("migrated", record.pid, record.uid, record.where))
         if "frozen" in changed:
             kind = "unfrozen" if record.frozen in ("-", "N/A") else "frozen"
             event(event=ProcessEvent(kind, record.pid, record.uid, record.frozen))
-        return {"pid": record.pid, "changed": sorted(changed)}
+        return p.UpdateReply(pid=record.pid, changed=sorted(changed))
 
-    def op_unregister(self, req: dict, uid: int) -> dict:
-        record = self.owned_row(req, uid)
+    def op_unregister(self, req: p.UnregisterRequest, uid: int) -> p.UnregisterReply:
+        record = self.owned_row(req.pid, uid)
         removed = record is not None and self.node.proctable.discard(record)
         if removed:
             self.node.pm.hook.mosix_process_event(
                 event=ProcessEvent("exited", record.pid, record.uid, "unregistered"))
-        return {"pid": int(req["pid"]), "removed": removed}
+        return p.UnregisterReply(pid=req.pid, removed=removed)
 
-    def op_check_mosrun(self, req: dict, uid: int) -> dict:
+    def op_check_mosrun(self, req: p.CheckMosrunRequest, uid: int) -> p.CheckMosrunReply:
         """The site's mosrun policy (``mosix_check_mosrun``), applied here for the caller.
 
         mosrun asks the daemon rather than loading every plugin itself: the hooks are
         loaded already (a start-up of ~0.1 s less for every program), they see the
         caller's real uid (SO_PEERCRED), the node's own configuration directory and a
-        log only root can write. A refusal is an answer, not a failed request."""
-        request = MosrunRequest.from_fields(req.get("request"), uid=uid, user=user_name(uid),
-                                            etc=str(self.node.etc))
+        log only root can write. A refusal (PolicyRefused, or a broken mosrun.conf) is an
+        answer: Refused, with the policy's message."""
+        request = MosrunRequest.from_fields(req.request, uid=uid, user=user_name(uid), etc=str(self.node.etc))
         # the site's default is this node's mosd.conf, whatever the caller sent
         request = attrs.evolve(request, strict_limitations=self.node.settings.strict_limitations)
-        try:
-            request = apply_policies(self.node.pm, "mosix_check_mosrun", request)
-        except MosixError as err:      # PolicyRefused, or a broken mosrun.conf (ConfigError)
-            return {"refused": str(err)}
+        request = apply_policies(self.node.pm, "mosix_check_mosrun", request)
         if not isinstance(request, MosrunRequest):
-            raise ProtocolError("a site policy returned something that is not a MosrunRequest")
-        return {"request": request.policy_fields()}
+            raise MosixError("a site policy returned something that is not a MosrunRequest")
+        return p.CheckMosrunReply(request=request.policy_fields())
 
-    def target_node(self, text: Any) -> IPv4Address | None:
+    def target_node(self, text: str | None) -> IPv4Address | None:
         """The node of the map ``text`` names (a number, address or host); None if none."""
         try:
             return self.node.canonical(self.resolve(text))
         except MosixError:
             return None
 
-    async def op_migrate_out(self, req: dict, uid: int) -> dict:
+    async def op_migrate_out(self, req: p.MigrateOutRequest, uid: int) -> p.MigrateOutReply:
         """Open the way for the caller's process ``pid`` to move to node ``to``: the
         authenticated handshake with the target's mosd, whose accepted connection comes
-        back with the reply (SCM_RIGHTS). ``error`` is the manual's reason."""
+        back with the reply (SCM_RIGHTS). Refused with the manual's reason."""
         node, conn = self.node, _connection.get()
-        pid = int(req["pid"])
-        owner = self.process_owner(pid, uid)
-        target = self.target_node(req.get("to"))
+        owner = self.process_owner(req.pid, uid)
+        target = self.target_node(req.to)
         if target is None:
-            return {"refused": migration.NOT_IN_MAP}
-        if target == node.our_ip or str(target) == req.get("now_at"):
-            return {"refused": "already there"}
-        memory = req.get("memory_mb", 0)
-        request = {"uid": owner, "user": user_name(owner), "pid": pid,
-                   "memory_mb": memory if isinstance(memory, int) else 0,
-                   "command": str(req.get("command", "?")), "nmigs": int(req.get("nmigs", 0))}
+            raise Refused(migration.NOT_IN_MAP)
+        if target == node.our_ip or str(target) == req.now_at:
+            raise Refused(migration.ALREADY_THERE)
+        request = p.MigrateInRequest(uid=owner, user=user_name(owner), pid=req.pid, memory_mb=req.memory_mb or 0,
+                                     command=req.command[:p.MAX_PEER_COMMAND], nmigs=req.nmigs)
         loop = asyncio.get_running_loop()
         try:
             sock = await loop.run_in_executor(None, migration.open_migration, node.sealer, node.key, target,
                                               node.settings.tcp_port, request)
         except migration.MigrationRefused as err:
-            return {"refused": err.reason, "target": str(target)}
+            raise Refused(err.reason, target=str(target)) from None
         conn.handing_over = sock
-        return {"target": str(target), "proximate": node.config.is_proximate(target)}
+        return p.MigrateOutReply(target=str(target), proximate=node.config.is_proximate(target))
 
-    async def op_reattach(self, req: dict, uid: int) -> dict:
+    async def op_reattach(self, req: p.ReattachRequest, uid: int) -> p.ReattachReply:
         """Make the cut link of the caller's process ``pid``, away on node ``to``, again:
         the authenticated handshake with that node's mosd, which hands the connection to
         the guest host waiting there for the guest ``token`` names. The connection comes
-        back with the reply; ``refused`` says why not (``no such guest``: none waits)."""
+        back with the reply; refused with why not (``no such guest``: none waits)."""
         node, conn = self.node, _connection.get()
-        pid = int(req["pid"])
-        self.process_owner(pid, uid)
-        token = req.get("token")
-        if not isinstance(token, str) or not token:
-            raise ProtocolError("reattach needs the guest's token")
-        target = self.target_node(req.get("to"))
+        self.process_owner(req.pid, uid)
+        target = self.target_node(req.to)
         if target is None:
-            return {"refused": migration.NOT_IN_MAP}
+            raise Refused(migration.NOT_IN_MAP)
         loop = asyncio.get_running_loop()
         try:
             sock = await loop.run_in_executor(None, migration.open_migration, node.sealer, node.key, target,
-                                              node.settings.tcp_port, {"token": token, "pid": pid}, "reattach")
+                                              node.settings.tcp_port, p.PeerReattachRequest(token=req.token, pid=req.pid))
         except migration.MigrationRefused as err:
-            return {"refused": err.reason, "target": str(target)}
+            raise Refused(err.reason, target=str(target)) from None
         conn.handing_over = sock
-        return {"target": str(target)}
+        return p.ReattachReply(target=str(target))
 
-    def op_supervise(self, req: dict, uid: int) -> dict:
+    def op_supervise(self, req: p.SuperviseRequest, uid: int) -> p.NoFields:
         conn = _connection.get()
         if conn is None:
             raise ProtocolError("supervise needs a connection")
         conn.supervisor = True
-        return {}
+        return p.NoFields()
 
     # -- getting rid of guests, calling our processes back ----------------------------------------------
     def guest_row(self, pid: int) -> ProcessRecord:
@@ -591,55 +583,48 @@ class ControlServer:
             try:
                 tracer = int(procfs.status_fields(pid).get("TracerPid", "0"))
             except (OSError, ValueError):
-                raise ProtocolError(f"{pid}: No such process") from None
+                raise Refused(f"{pid}: No such process") from None
             record = table.get(tracer) if tracer else None
             if record is None or not record.is_guest:
-                raise ProtocolError(f"{pid}: not a MOSIX process")
+                raise Refused(f"{pid}: not a MOSIX process")
         if not record.is_guest:
-            raise ProtocolError(f"{pid}: not a guest process (its home is this node)")
+            raise Refused(f"{pid}: not a guest process (its home is this node)")
         return record
 
-    def op_out(self, req: dict, uid: int) -> dict:
+    def op_out(self, req: p.OutRequest, uid: int) -> p.OutReply:
         """``mosmigrate {pid} out``: the guest goes home; no waiting (mosmigrate(1))."""
         self.require_root(uid)
-        record = self.guest_row(int(req["pid"]))
+        record = self.guest_row(req.pid)
         self.node.log.info("guest sent out", pid=record.pid, home=str(record.home), origpid=record.origpid)
         task = asyncio.get_running_loop().create_task(self.send_guests_home([record], MOVE_TIMEOUT, insist=False))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        return {"pid": record.pid, "home": str(record.home), "origpid": record.origpid}
+        return p.OutReply(pid=record.pid, home=str(record.home), origpid=record.origpid)
 
-    async def op_expel(self, req: dict, uid: int) -> dict:
+    async def op_expel(self, req: p.ExpelRequest, uid: int) -> p.ExpelReply:
         """``mosctl expel``: every guest goes home; the reply once they all have."""
         self.require_root(uid)
-        timeout = self._timeout(req)
+        timeout = req.timeout
         guests = self.node.proctable.guests()
         self.node.log.info("expelling guests", count=len(guests))
         left = await self.send_guests_home(guests, timeout, insist=True)
         if left:
             raise MosixError(f"{len(left)} guest process(es) did not leave within {timeout:g} seconds "
                              f"(pid {', '.join(str(r.pid) for r in left)})")
-        return {"expelled": len(guests)}
+        return p.ExpelReply(expelled=len(guests))
 
-    async def op_bring(self, req: dict, uid: int) -> dict:
+    async def op_bring(self, req: p.BringRequest, uid: int) -> p.BringReply:
         """``mosctl bring``: every process of ours running elsewhere comes home; the
         reply once they all have (or ended)."""
         self.require_root(uid)
-        timeout = self._timeout(req)
+        timeout = req.timeout
         away = [r for r in self.node.proctable.local() if r.is_away or r.where == "leaving"]
         self.node.log.info("bringing processes home", count=len(away))
         left = await self.bring_home(away, timeout)
         if left:
             raise MosixError(f"{len(left)} process(es) did not come back within {timeout:g} seconds "
                              f"(pid {', '.join(str(r.pid) for r in left)})")
-        return {"brought": len(away)}
-
-    @staticmethod
-    def _timeout(req: dict) -> float:
-        timeout = req.get("timeout", MOVE_TIMEOUT)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ProtocolError("timeout must be a positive number of seconds")
-        return float(timeout)
+        return p.BringReply(brought=len(away))
 
     async def send_guests_home(self, records: list[ProcessRecord], timeout: float, *,
                                insist: bool) -> list[ProcessRecord]:

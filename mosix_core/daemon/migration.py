@@ -28,7 +28,8 @@ from pathlib import Path
 
 from attrs import define, field
 
-from mosix_core.errors import AuthenticationError, MosixError, ProtocolError
+from mosix_core.daemon import protocol
+from mosix_core.errors import AuthenticationError, ProtocolError, Refused
 from mosix_core.linux import procfs
 from mosix_core.net import wire
 from mosix_core.placement import AdmissionRequest
@@ -43,10 +44,10 @@ GUEST_UID_LOCKS = Path("/run/mosix/guest-uids")
 SWEEP = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass\n"
 #: the whole environment of a guest host: nothing of mosd's (HOME, the container's name...)
 GUEST_HOST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C"}
-NO_RESPONSE, REFUSED, NOT_IN_MAP = "no response", "other node refused", "not in map"
+NO_RESPONSE, REFUSED, NOT_IN_MAP, ALREADY_THERE = "no response", "other node refused", "not in map", "already there"
 
 
-class MigrationRefused(MosixError):
+class MigrationRefused(Refused):
     """The target will not (or cannot) take the process: ``reason`` is the manual's."""
 
     def __init__(self, reason: str) -> None:
@@ -178,25 +179,24 @@ def take_guest_uid(node) -> int | None:
 
 
 # -- the source's side ----------------------------------------------------------------------------
-def open_migration(sealer: wire.Sealer, key: bytes, target: IPv4Address, port: int, request: dict,
-                   op: str = "migrate-in") -> socket.socket:
+def open_migration(sealer: wire.Sealer, key: bytes, target: IPv4Address, port: int,
+                   request: protocol.MigrateInRequest | protocol.PeerReattachRequest) -> socket.socket:
     """Connect to ``target``'s mosd and have it accept the process (blocking); the
-    connected socket on success. Raises :class:`MigrationRefused`. ``op``
-    ``reattach``: a cut link home made again to the guest host already there."""
+    connected socket on success. Raises :class:`MigrationRefused`. A
+    :class:`~protocol.PeerReattachRequest`: a cut link home made again to the guest
+    host already there. (The whole request fits in the small first frame the target
+    accepts, wire.MAX_FIRST_REQUEST: the command line is cut to what it keeps.)"""
+    op = protocol.op_of(request, protocol.PEER)
     try:
         sock = socket.create_connection((str(target), port), timeout=CONNECT_TIMEOUT, source_address=(str(sealer.sender), 0))
     except OSError:
         raise MigrationRefused(NO_RESPONSE) from None
-    # The target keeps no more than this of the command line; the whole request must fit
-    # in the small first frame the target accepts (wire.MAX_FIRST_REQUEST).
-    if "command" in request:
-        request = {**request, "command": str(request["command"])[:200]}
     try:
         # Sealed over both hellos' nonces: the target takes this request on this connection only.
         ours = wire.new_nonce()
         sock.sendall(wire.hello(ours))
         binding = wire.channel_binding(wire.parse_hello(_exactly(sock, wire.HELLO_SIZE)), ours)
-        sock.sendall(sealer.seal(wire.RPC_REQUEST, json.dumps({"op": op, **request}).encode(),
+        sock.sendall(sealer.seal(wire.RPC_REQUEST, json.dumps({"op": op, **protocol.encode(request)}).encode(),
                                  binding=binding))
         header = _exactly(sock, wire.HEADER.size)
         length = wire.peek_length(header, wire.MAX_RPC_PAYLOAD)
@@ -207,9 +207,17 @@ def open_migration(sealer: wire.Sealer, key: bytes, target: IPv4Address, port: i
     except (OSError, ProtocolError, AuthenticationError, ValueError):
         sock.close()
         raise MigrationRefused(NO_RESPONSE) from None
-    if not isinstance(answer, dict) or not answer.get("ok"):
+    try:
+        protocol.decode_reply(op, protocol.outcome(answer), protocol.PEER)
+    except Refused as err:
         sock.close()
-        raise MigrationRefused(str(answer.get("error", REFUSED)) if isinstance(answer, dict) else REFUSED)
+        raise MigrationRefused(str(err)) from None
+    except (ProtocolError, TypeError):      # a fault, or a garbled answer: the other node refused
+        sock.close()
+        raise MigrationRefused(REFUSED) from None
+    except BaseException:
+        sock.close()
+        raise
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -226,11 +234,8 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
 
 
 # -- the target's side ----------------------------------------------------------------------------
-def admission_request(node, request: dict, origin: IPv4Address) -> AdmissionRequest:
-    memory = request.get("memory_mb", 0)
-    if not isinstance(memory, int) or isinstance(memory, bool) or memory < 0:
-        raise ProtocolError("migrate-in: memory_mb must be a non-negative integer")
-    return AdmissionRequest(origin=origin, memory_mb=memory,
+def admission_request(node, request: protocol.MigrateInRequest, origin: IPv4Address) -> AdmissionRequest:
+    return AdmissionRequest(origin=origin, memory_mb=request.memory_mb,
                             from_local_cluster=node.config.is_local_cluster(origin))
 
 
@@ -290,8 +295,8 @@ def guest_host_env() -> dict[str, str]:
     return env
 
 
-async def start_guest_host(node, writer: asyncio.StreamWriter, request: dict, origin: IPv4Address,
-                           uid: int) -> None:
+async def start_guest_host(node, writer: asyncio.StreamWriter, request: protocol.MigrateInRequest,
+                           origin: IPv4Address, uid: int) -> None:
     """Hand this end of the connection to a guest host — the spare one if there is, a
     new one if not — that becomes ``uid`` (from :func:`take_guest_uid`), and list it as
     a guest. The uid is given back when that guest host ends."""
@@ -315,18 +320,16 @@ async def start_guest_host(node, writer: asyncio.StreamWriter, request: dict, or
             os.close(fd)
     finally:
         loop.create_task(_give_back_after(node, process, uid))
-    origpid, home_uid, home_user = request.get("pid"), request.get("uid"), request.get("user")
-    record = ProcessRecord(pid=process.pid, uid=uid, command=str(request.get("command", "?"))[:200],
-                           home=origin, origpid=origpid if isinstance(origpid, int) else None,
-                           home_uid=home_uid if type(home_uid) is int and home_uid >= 0 else None,
-                           home_user=home_user if isinstance(home_user, str) and home_user.isprintable()
-                           and 0 < len(home_user) <= 32 else None,
-                           where="here", nmigs=int(request.get("nmigs", 0) or 0), started=time.time())
+    home_user = request.user
+    record = ProcessRecord(pid=process.pid, uid=uid, command=request.command, home=origin, origpid=request.pid,
+                           home_uid=request.uid,
+                           home_user=home_user if home_user.isprintable() and 0 < len(home_user) <= 32 else None,
+                           where="here", nmigs=request.nmigs, started=time.time())
     try:
         node.watch_process(record)
     except ProtocolError:
         pass                              # it has already ended
-    node.log.info("guest arrived", home=str(origin), pid=request.get("pid"), uid=uid, compress=args["compress"])
+    node.log.info("guest arrived", home=str(origin), pid=request.pid, uid=uid, compress=args["compress"])
     asyncio.get_running_loop().create_task(keep_a_spare_guest_host(node))
 
 

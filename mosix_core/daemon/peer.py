@@ -1,8 +1,10 @@
 """The peer TCP listener (MOSIX's TCP port 253): authenticated requests between nodes.
 
 Each frame is a :mod:`mosix_core.net.wire` envelope; the request payload is a JSON
-object with an ``op``. The process-migration issue adds its operations here; the
-kernel answers ``ping`` (reachability and version) and ``status``. A connection
+object with an ``op``, and the operations (``ping``: reachability and version,
+``status``, ``migrate-in``, ``reattach``) are :data:`mosix_core.daemon.protocol.PEER`'s:
+each request is decoded into its record before it is served, and the reply is one
+of the protocol's three shapes (done, refused with the manual's reason, a fault). A connection
 whose first frame fails authentication is logged as the manual's
 "Authentication violation with {computer}" and closed.
 
@@ -27,7 +29,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from mosix_core import PROTOCOL_VERSION, __version__
-from mosix_core.daemon import migration
+from mosix_core.daemon import migration, protocol
 from mosix_core.errors import AuthenticationError, ProtocolError
 from mosix_core.net import wire
 from mosix_core.placement import Admission, NodeContext
@@ -123,14 +125,22 @@ class PeerServer:
             while True:
                 if env.kind != wire.RPC_REQUEST:
                     raise ProtocolError(f"unexpected message kind {env.kind}")
-                request = json.loads(env.payload)
-                if isinstance(request, dict) and request.get("op") == "migrate-in":
+                fields = json.loads(env.payload)
+                op = fields.get("op") if isinstance(fields, dict) else None
+                try:
+                    request = protocol.decode(op, fields, protocol.PEER)
+                except ProtocolError as err:
+                    if op in ("migrate-in", "reattach"):
+                        raise                      # garbled: the connection goes
+                    request, reply = None, protocol.fault("protocol", str(err))
+                if isinstance(request, protocol.MigrateInRequest):
                     await self._migrate_in(request, env.sender, writer, sealer, binding)
                     return
-                if isinstance(request, dict) and request.get("op") == "reattach":
+                if isinstance(request, protocol.PeerReattachRequest):
                     await self._reattach(request, env.sender, writer, sealer, binding)
                     return
-                reply = self.handle(request)
+                if request is not None:
+                    reply = self.handle(op, request)
                 writer.write(sealer.seal(wire.RPC_REPLY, json.dumps(reply).encode(), binding=binding))
                 await writer.drain()
                 try:
@@ -157,7 +167,7 @@ class PeerServer:
             self._open -= 1
             writer.close()
 
-    async def _migrate_in(self, request: dict, origin: IPv4Address, writer: asyncio.StreamWriter,
+    async def _migrate_in(self, request: protocol.MigrateInRequest, origin: IPv4Address, writer: asyncio.StreamWriter,
                           sealer: wire.Sealer, binding: bytes) -> None:
         """A process wants to move here: admission, then the connection is the guest
         host's (nothing more is read here: the image follows our answer)."""
@@ -171,9 +181,9 @@ class PeerServer:
         # every guest runs as a uid of its own: with none free, the node cannot take it
         uid = migration.take_guest_uid(node) if admission.accepted else None
         if admission.accepted and uid is None:
-            reply = {"ok": False, "error": migration.REFUSED}
+            reply = protocol.refusal(migration.REFUSED)
         else:
-            reply = {"ok": True} if admission.accepted else {"ok": False, "error": admission.reason}
+            reply = protocol.answer(protocol.NoFields()) if admission.accepted else protocol.refusal(admission.reason)
         try:
             writer.write(sealer.seal(wire.RPC_REPLY, json.dumps(reply).encode(), binding=binding))
             await writer.drain()
@@ -184,7 +194,7 @@ class PeerServer:
         if uid is not None:
             await migration.start_guest_host(node, writer, request, origin, uid)
 
-    async def _reattach(self, request: dict, origin: IPv4Address, writer: asyncio.StreamWriter,
+    async def _reattach(self, request: protocol.PeerReattachRequest, origin: IPv4Address, writer: asyncio.StreamWriter,
                         sealer: wire.Sealer, binding: bytes) -> None:
         """Home makes a cut link to one of our guests again: the connection goes to the
         guest host waiting for it, which the guest's token (only home and it know it)
@@ -192,9 +202,8 @@ class PeerServer:
         from mosix_core.remote.link import NO_SUCH_GUEST, reach_waiting
 
         writer.transport.pause_reading()
-        token = request.get("token")
-        waiting = reach_waiting(token) if isinstance(token, str) and token else None
-        reply = {"ok": True} if waiting is not None else {"ok": False, "error": NO_SUCH_GUEST}
+        waiting = reach_waiting(request.token)
+        reply = protocol.answer(protocol.NoFields()) if waiting is not None else protocol.refusal(NO_SUCH_GUEST)
         try:
             writer.write(sealer.seal(wire.RPC_REPLY, json.dumps(reply).encode(), binding=binding))
             await writer.drain()
@@ -205,22 +214,20 @@ class PeerServer:
         if waiting is not None:
             migration.reattach_guest_host(self.node, writer, waiting, self.node.canonical(origin))
 
-    def handle(self, request: Any) -> dict:
-        if not isinstance(request, dict):
-            raise ProtocolError("request is not an object")
-        op = request.get("op")
+    def handle(self, op: str, request: Any) -> dict:
+        """The wire reply to a decoded request that is answered at once (ping, status)."""
         node = self.node
         if op == "ping":
-            return {"ok": True, "ip": str(node.our_ip), "version": __version__, "protocol": PROTOCOL_VERSION}
-        if op == "status":
-            node.refresh_local(time.monotonic())
-            st = node.local_status()
-            return {"ok": True, "load": st.load, "speed": st.speed, "ncpus": st.ncpus, "state": st.state}
-        return {"ok": False, "error": f"unknown operation {op!r}"}
+            return protocol.answer(protocol.PeerPingReply(ip=str(node.our_ip), version=__version__,
+                                                          protocol=PROTOCOL_VERSION))
+        node.refresh_local(time.monotonic())
+        st = node.local_status()
+        return protocol.answer(protocol.PeerStatusReply(load=st.load, speed=st.speed, ncpus=st.ncpus, state=st.state))
 
 
 async def call(node, ip: IPv4Address, request: dict, timeout: float = 5.0) -> dict:
-    """Send one authenticated request to another node's peer listener and return the reply."""
+    """Send one authenticated request to another node's peer listener and return the
+    reply as it came (see :func:`ask` for the typed form)."""
     sealer = wire.Sealer(node.key, node.our_ip)
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(str(ip), node.settings.tcp_port, local_addr=(str(node.our_ip), 0),
@@ -241,3 +248,11 @@ async def call(node, ip: IPv4Address, request: dict, timeout: float = 5.0) -> di
         return await asyncio.wait_for(exchange(), timeout)
     finally:
         writer.close()
+
+
+async def ask(node, ip: IPv4Address, request: Any, timeout: float = 5.0) -> Any:
+    """A peer request record to another node: its reply record; Refused, ProtocolError
+    or MosixError as :func:`protocol.outcome` says."""
+    op = protocol.op_of(request, protocol.PEER)
+    wire_reply = await call(node, ip, {"op": op, **protocol.encode(request)}, timeout)
+    return protocol.decode_reply(op, protocol.outcome(wire_reply), protocol.PEER)

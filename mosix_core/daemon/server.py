@@ -133,6 +133,7 @@ def start_background(etc: Path, *, map_override: Path | None = None, ip_override
                      wait: float = 15.0) -> int:
     """Start mosd detached (log in ``var/mosd.log``); return its pid once it answers."""
     from mosix_core.client import Client
+    from mosix_core.daemon.protocol import PingRequest
 
     log_path = paths.log_file(etc)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +152,7 @@ def start_background(etc: Path, *, map_override: Path | None = None, ip_override
             tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
             raise MosixError("mosd failed to start:\n" + "\n".join(tail))
         try:
-            reply = client.call("ping")
-            if reply.get("pid") == proc.pid:
+            if client.request(PingRequest()).pid == proc.pid:
                 return proc.pid
         except DaemonUnavailable:
             pass

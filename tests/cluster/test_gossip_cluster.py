@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -10,7 +11,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from mosix_core import gossip
-from mosix_core.errors import MosixError
+from mosix_core.errors import ProtocolError, Refused
 from mosix_core.net import wire
 
 pytestmark = pytest.mark.cluster
@@ -246,14 +247,50 @@ def test_check_mosrun_applies_the_policy_and_refuses_garbage(local_cluster):
     changed = client.call("check_mosrun", request={**fields, "memory_mb": None, "options": []})["request"]
     assert changed["options"] == ["-w"] and changed["memory_mb"] is None
     (cluster.etc(1) / "mosrun.conf").write_text("best = sometimes\n")
-    refused = client.call("check_mosrun", request=fields)["refused"]
-    assert "mosrun.conf:1:" in refused and "sometimes" in refused
+    with pytest.raises(Refused) as refused:
+        client.call("check_mosrun", request=fields)
+    assert "mosrun.conf:1:" in str(refused.value) and "sometimes" in str(refused.value)
     for bad in (None, [], {"argv": "sleep"}, {**fields, "argv": "sleep 1"}, {**fields, "memory_mb": "10"},
                 {**fields, "options": [1]}, {**fields, "uid": 0}, {**fields, "location": 5},
                 {**fields, "strict_limitations": 1}):
-        with pytest.raises(MosixError, match="mosrun request"):
+        with pytest.raises(ProtocolError, match="mosrun request"):
             client.call("check_mosrun", request=bad)
     assert client.call("ping")["pid"]          # the daemon is still there
+
+
+def test_a_refusal_arrives_as_refused_with_the_manuals_message(local_cluster):
+    """Every answer that refuses crosses the wire in one shape and is raised again as
+    Refused; a bad request is a ProtocolError, never a refusal."""
+    from mosix_core.daemon import protocol as p
+
+    cluster = local_cluster(nodes=2, interval=INTERVAL)
+    cluster.converged()
+    client = cluster.client(1)
+    me = os.getpid()
+    for to, message in (("10.99.99.99", "not in map"), (cluster.ip(1), "already there"),
+                        ("2", "already there")):
+        now_at = cluster.ip(2) if to == "2" else None
+        with pytest.raises(Refused) as refused:
+            client.request_for_socket(p.MigrateOutRequest(pid=me, to=to, now_at=now_at))
+        assert str(refused.value) == message, to
+    # the target's own refusal (a blocked node takes no one) comes back as it said it
+    assert cluster.run(2, "mosctl", "block").returncode == 0
+    with pytest.raises(Refused, match="^other node refused$") as refused:
+        client.request_for_socket(p.MigrateOutRequest(pid=me, to="2"))
+    assert refused.value.details == {"target": cluster.ip(2)}
+    # the untyped form that mosrun's supervisor reads keeps its shape
+    assert client.call_for_socket("migrate_out", pid=me, to="2") == \
+        ({"refused": "other node refused", "target": cluster.ip(2)}, None)
+    with pytest.raises(Refused, match="not in map"):
+        client.request(p.StatusRequest(node="10.99.99.99"))
+    # on the wire: refused is ok false with the message and nothing else
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(cluster.etc(1) / "var" / "mosd.sock"))
+        s.sendall(b'{"op": "migrate_out", "pid": %d, "to": "10.99.99.99"}\n' % me)
+        assert json.loads(s.makefile().readline()) == {"ok": False, "error": "not in map"}
+    with pytest.raises(ProtocolError, match="pid: must be in"):
+        client.call("migrate_out", pid=-5, to="2")
+    assert client.request(p.PingRequest()).ip == cluster.ip(1)
 
 
 def test_mossetpe_reloads_the_map_without_restart(local_cluster):

@@ -1,0 +1,643 @@
+"""The typed protocol of mosd: one request and one reply record per operation.
+
+Two sets of operations: :data:`CONTROL` (the local control socket, the ``mos*``
+tools and ``mosrun``) and :data:`PEER` (another node's mosd, over the authenticated
+TCP port). On the wire a request is the JSON object ``{"op": name, **fields}`` and a
+reply one of three shapes, each side reading and writing them only here:
+
+``{"ok": true, **fields}``
+    done; ``fields`` are the reply record's.
+``{"ok": false, "error": message, **details}``
+    refused: an answer, not a failure (the node is not in the map, the process is
+    already there, a site policy said no, permission denied...). ``message`` is the
+    manual's; the caller gets it back as :class:`~mosix_core.errors.Refused`, with
+    its ``details`` (``target``: the node that refused a move).
+``{"ok": false, "error": message, "fault": "protocol" | "internal"}``
+    the request itself was bad (a ProtocolError at the caller) or the daemon failed
+    while serving it (a plain MosixError).
+
+:func:`decode` turns the fields of a request into its record, refusing any field of
+the wrong type, out of range, unknown or missing with a ProtocolError that names it;
+:func:`encode` turns any record back into plain JSON data. The checks of the
+process-table fields and of a mosrun request are those of
+:func:`mosix_core.proctable.checked_fields` and :meth:`MosrunRequest.from_fields`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address
+from typing import Any
+
+import attrs
+
+from mosix_core.errors import MosixError, ProtocolError, Refused
+from mosix_core.placement import MosrunRequest
+from mosix_core.proctable import SETTABLE, checked_fields
+
+MAX_PID = 1 << 22               # the kernel's largest pid_max
+MAX_UID = (1 << 32) - 2         # (uid_t)-1 means "none"
+MAX_NAME = 256                  # a node's number, address or host name; a login name
+MAX_PATH = 4096
+MAX_TOKEN = 128
+MAX_MEMORY_MB = 1 << 40
+MAX_COUNT = 1 << 31
+MAX_TIMEOUT = 7 * 24 * 3600.0
+MAX_PEER_COMMAND = 200          # what the target keeps (and what fits its small first frame)
+MOVE_TIMEOUT = 300.0            # how long expel and bring wait for the processes to move, by default
+FAULTS = ("protocol", "internal")
+
+
+class _Unset(enum.Enum):
+    UNSET = "unset"
+
+
+#: a process-table field that a register or update request does not set
+UNSET = _Unset.UNSET
+
+
+class StateFlag(enum.Enum):
+    """What ``mosctl stay|lstay|block`` (and their ``no`` forms) set."""
+
+    STAY = "stay"
+    LSTAY = "lstay"
+    BLOCK = "block"
+
+
+# -- field checks: each takes the raw value, returns the normalised one or raises ValueError ------
+Check = Callable[[Any], Any]
+
+
+def _optional(check: Check) -> Check:
+    def optional(value: Any) -> Any:
+        return None if value is None else check(value)
+    return optional
+
+
+def whole(low: int, high: int) -> Check:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number, not {type(value).__name__}")
+        if not low <= value <= high:
+            raise ValueError(f"must be in {low}..{high}, not {value}")
+        return value
+    return check
+
+
+def number(low: float, high: float, *, above: bool = False) -> Check:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number, not {type(value).__name__}")
+        if not (low < value if above else low <= value) or not value <= high:
+            raise ValueError(f"must be {'above' if above else 'at least'} {low:g} and at most {high:g}, not {value}")
+        return value
+    return check
+
+
+def text(most: int, *, least: int = 0) -> Check:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, not {type(value).__name__}")
+        if not least <= len(value) <= most:
+            raise ValueError(f"must be a string of {least}..{most} characters")
+        return value
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {type(value).__name__}")
+    return value
+
+
+def address(value: Any) -> str:
+    """An IPv4 address, in its canonical text."""
+    if isinstance(value, IPv4Address):
+        return str(value)
+    try:
+        return str(IPv4Address(text(15)(value)))
+    except ValueError:
+        raise ValueError(f"must be an IPv4 address, not {value!r}") from None
+
+
+def one_of(kind: type[enum.Enum]) -> Check:
+    def check(value: Any) -> enum.Enum:
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"must be one of {', '.join(str(m.value) for m in kind)}, not {value!r}") from None
+    return check
+
+
+def settable(name: str) -> Check:
+    """A process-table field, as :func:`checked_fields` checks it."""
+    def check(value: Any) -> Any:
+        return value if value is UNSET else checked_fields({name: value})[name]
+    return check
+
+
+def mosrun_fields(value: Any) -> dict[str, Any]:
+    """A mosrun request's policy fields, as :meth:`MosrunRequest.from_fields` checks them
+    (whose uid and user the daemon fills in from the caller)."""
+    return MosrunRequest.from_fields(value, uid=0, user="", etc=None).policy_fields()
+
+
+def json_list(value: Any) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be a list, not {type(value).__name__}")
+    return tuple(value)
+
+
+def json_object(value: Any) -> dict:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be an object, not {type(value).__name__}")
+    return dict(value)
+
+
+def _field(check: Check, default: Any = attrs.NOTHING) -> Any:
+    return attrs.field(converter=check, default=default)
+
+
+def record(cls: type) -> type:
+    """A message: frozen, and built by keyword (as it comes off the wire)."""
+    return attrs.frozen(kw_only=True)(cls)
+
+
+PID = whole(1, MAX_PID)
+NODE = _optional(text(MAX_NAME))     # a number, address or host name of the map; None: this node
+COUNT = whole(0, MAX_COUNT)
+
+
+# -- control requests -----------------------------------------------------------------------------
+@record
+class NoFields:
+    """A reply that carries nothing (stop, supervise...); the base of requests that do not."""
+
+
+@record
+class PingRequest(NoFields):
+    pass
+
+
+@record
+class ViewRequest(NoFields):
+    pass
+
+
+@record
+class LocalStatusRequest(NoFields):
+    pass
+
+
+@record
+class ProcessesRequest(NoFields):
+    pass
+
+
+@record
+class PendingRequest(NoFields):
+    pass
+
+
+@record
+class OffRequest(NoFields):
+    pass
+
+
+@record
+class StopRequest(NoFields):
+    pass
+
+
+@record
+class SuperviseRequest(NoFields):
+    """From now on, this connection's rows go when it closes (a supervisor's)."""
+
+
+@record
+class StatusRequest:
+    node: str | None = _field(NODE, None)
+
+
+@record
+class ListpeRequest:
+    multi: bool = _field(boolean, False)
+
+
+@record
+class BestnodeRequest:
+    memory_mb: int | None = _field(_optional(whole(0, MAX_MEMORY_MB)), None)
+    reserve: bool = _field(boolean, True)
+
+
+@record
+class SetstateRequest:
+    flag: StateFlag = _field(one_of(StateFlag))
+    value: bool = _field(boolean)
+
+
+@record
+class SetpeRequest:
+    map: str | None = _field(_optional(text(MAX_PATH)), None)
+    ip: str | None = _field(_optional(text(MAX_NAME)), None)
+
+
+@record
+class RowChanges:
+    """The process-table fields a request sets (UNSET: left as they are)."""
+
+    command: Any = _field(settable("command"), UNSET)
+    where: Any = _field(settable("where"), UNSET)
+    frozen: Any = _field(settable("frozen"), UNSET)
+    nmigs: Any = _field(settable("nmigs"), UNSET)
+    queue: Any = _field(settable("queue"), UNSET)
+    options: Any = _field(settable("options"), UNSET)
+    remote_utime: Any = _field(settable("remote_utime"), UNSET)
+    freezable: Any = _field(settable("freezable"), UNSET)
+
+    def present(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SETTABLE if getattr(self, name) is not UNSET}
+
+
+@record
+class RegisterRequest:
+    """A row for process ``pid`` (root only: ``home`` and ``origpid``, a guest's)."""
+
+    pid: int = _field(PID)
+    changes: RowChanges = RowChanges()
+    home: str | None = _field(_optional(address), None)
+    origpid: int | None = _field(_optional(PID), None)
+
+
+@record
+class UpdateRequest:
+    pid: int = _field(PID)
+    changes: RowChanges = RowChanges()
+
+
+@record
+class PidRequest:
+    pid: int = _field(PID)
+
+
+@record
+class UnregisterRequest(PidRequest):
+    pass
+
+
+@record
+class OutRequest(PidRequest):
+    """The guest ``pid`` goes home."""
+
+
+@record
+class CheckMosrunRequest:
+    request: dict = _field(mosrun_fields)
+
+
+@record
+class MigrateOutRequest:
+    pid: int = _field(PID)
+    to: str | None = _field(NODE, None)
+    memory_mb: int | None = _field(_optional(whole(0, MAX_MEMORY_MB)), None)
+    command: str = _field(settable("command"), "?")      # cut to proctable.MAX_COMMAND
+    nmigs: int = _field(COUNT, 0)
+    now_at: str | None = _field(_optional(text(MAX_NAME)), None)   # where the process is now
+
+
+@record
+class ReattachRequest:
+    pid: int = _field(PID)
+    to: str | None = _field(NODE, None)
+    token: str = _field(text(MAX_TOKEN, least=1))
+
+
+@record
+class MoveAllRequest:
+    """How long to wait for the processes to move."""
+
+    timeout: float = _field(number(0, MAX_TIMEOUT, above=True), MOVE_TIMEOUT)
+
+
+@record
+class ExpelRequest(MoveAllRequest):
+    pass
+
+
+@record
+class BringRequest(MoveAllRequest):
+    pass
+
+
+# -- control replies ------------------------------------------------------------------------------
+@record
+class PingReply:
+    ip: str = _field(address)
+    version: str = _field(text(MAX_NAME))
+    pid: int = _field(PID)
+    off: bool = _field(boolean)
+
+
+@record
+class ViewReply:
+    local: str = _field(address)
+    dead_after: float = _field(number(0, MAX_TIMEOUT))
+    interval: float = _field(number(0, MAX_TIMEOUT))
+    nodes: tuple = _field(json_list)            # node_json() objects
+
+
+@record
+class StatusReply:
+    node: dict = _field(json_object)
+
+
+@record
+class LocalStatusReply:
+    node: dict = _field(json_object)
+    daemon: dict = _field(json_object)
+    processes: dict = _field(json_object)
+    maxguests: int | None = _field(_optional(COUNT))
+    extra: tuple = _field(json_list)             # [name, value] pairs from mosix_status_fields
+
+
+@record
+class ListpeReply:
+    ip: str = _field(address)
+    number: int | None = _field(_optional(COUNT))
+    off: bool = _field(boolean)
+    ranges: tuple = _field(json_list)
+    aliases: tuple = _field(json_list)
+    partners: tuple = _field(json_list)
+
+
+@record
+class BestnodeReply:
+    ip: str | None = _field(_optional(address))
+    number: int | None = _field(_optional(COUNT))
+
+
+@record
+class ProcessesReply:
+    ip: str = _field(address)
+    processes: tuple = _field(json_list)         # ProcessRecord.to_json() objects
+
+
+@record
+class SetstateReply:
+    state: int = _field(COUNT)
+
+
+@record
+class SetpeReply:
+    ip: str = _field(address)
+    nodes: int = _field(COUNT)
+    pending: int = _field(COUNT)
+
+
+@record
+class PendingReply:
+    pending: int = _field(COUNT)
+
+
+@record
+class PidReply:
+    pid: int = _field(PID)
+
+
+@record
+class UpdateReply:
+    pid: int = _field(PID)
+    changed: tuple = _field(json_list)
+
+
+@record
+class UnregisterReply:
+    pid: int = _field(PID)
+    removed: bool = _field(boolean)
+
+
+@record
+class CheckMosrunReply:
+    request: dict = _field(mosrun_fields)
+
+
+@record
+class MigrateOutReply:
+    target: str = _field(address)
+    proximate: bool = _field(boolean)
+
+
+@record
+class ReattachReply:
+    target: str = _field(address)
+
+
+@record
+class OutReply:
+    pid: int = _field(PID)
+    home: str = _field(address)
+    origpid: int | None = _field(_optional(PID))
+
+
+@record
+class ExpelReply:
+    expelled: int = _field(COUNT)
+
+
+@record
+class BringReply:
+    brought: int = _field(COUNT)
+
+
+# -- peer requests and replies --------------------------------------------------------------------
+@record
+class PeerPingRequest(NoFields):
+    pass
+
+
+@record
+class PeerStatusRequest(NoFields):
+    pass
+
+
+@record
+class PeerPingReply:
+    ip: str = _field(address)
+    version: str = _field(text(MAX_NAME))
+    protocol: int = _field(COUNT)
+
+
+@record
+class PeerStatusReply:
+    load: int = _field(COUNT)
+    speed: int = _field(COUNT)
+    ncpus: int = _field(COUNT)
+    state: int = _field(COUNT)
+
+
+@record
+class MigrateInRequest:
+    """A process of ``uid`` (``user`` at home) wants to move here."""
+
+    uid: int = _field(whole(0, MAX_UID))
+    user: str = _field(text(MAX_NAME))
+    pid: int = _field(PID)
+    memory_mb: int = _field(whole(0, MAX_MEMORY_MB), 0)
+    command: str = _field(text(MAX_PEER_COMMAND), "?")
+    nmigs: int = _field(COUNT, 0)
+
+
+@record
+class PeerReattachRequest:
+    """Home makes a cut link to its guest (``token`` names it) again."""
+
+    token: str = _field(text(MAX_TOKEN, least=1))
+    pid: int = _field(PID)
+
+
+#: op name -> (request record, reply record)
+CONTROL: dict[str, tuple[type, type]] = {
+    "ping": (PingRequest, PingReply),
+    "view": (ViewRequest, ViewReply),
+    "status": (StatusRequest, StatusReply),
+    "localstatus": (LocalStatusRequest, LocalStatusReply),
+    "listpe": (ListpeRequest, ListpeReply),
+    "bestnode": (BestnodeRequest, BestnodeReply),
+    "processes": (ProcessesRequest, ProcessesReply),
+    "setstate": (SetstateRequest, SetstateReply),
+    "setpe": (SetpeRequest, SetpeReply),
+    "pending": (PendingRequest, PendingReply),
+    "off": (OffRequest, PendingReply),
+    "stop": (StopRequest, NoFields),
+    "register": (RegisterRequest, PidReply),
+    "update": (UpdateRequest, UpdateReply),
+    "unregister": (UnregisterRequest, UnregisterReply),
+    "supervise": (SuperviseRequest, NoFields),
+    "check_mosrun": (CheckMosrunRequest, CheckMosrunReply),
+    "migrate_out": (MigrateOutRequest, MigrateOutReply),
+    "reattach": (ReattachRequest, ReattachReply),
+    "out": (OutRequest, OutReply),
+    "expel": (ExpelRequest, ExpelReply),
+    "bring": (BringRequest, BringReply),
+}
+PEER: dict[str, tuple[type, type]] = {
+    "ping": (PeerPingRequest, PeerPingReply),
+    "status": (PeerStatusRequest, PeerStatusReply),
+    "migrate-in": (MigrateInRequest, NoFields),
+    "reattach": (PeerReattachRequest, NoFields),
+}
+#: envelope keys of a control request, not fields of its record
+ENVELOPE = ("op", "noreply")
+
+
+# -- decoding and encoding ------------------------------------------------------------------------
+def decode(op: str, fields: Any, ops: Mapping[str, tuple[type, type]] = CONTROL) -> Any:
+    """The request record of operation ``op`` from its fields (envelope keys ignored)."""
+    try:
+        kind, _reply = ops[op]
+    except (KeyError, TypeError):
+        raise ProtocolError(f"unknown operation {op!r}") from None
+    return from_fields(kind, {k: v for k, v in _object(fields, op).items() if k not in ENVELOPE}, op)
+
+
+def decode_reply(op: str, fields: Any, ops: Mapping[str, tuple[type, type]] = CONTROL) -> Any:
+    """The reply record of operation ``op`` from a successful reply's fields."""
+    _request, kind = ops[op]
+    return from_fields(kind, {k: v for k, v in _object(fields, op).items() if k != "ok"}, op)
+
+
+def _object(fields: Any, op: str) -> dict:
+    if not isinstance(fields, Mapping):
+        raise ProtocolError(f"bad request: {op}: not a JSON object")
+    return dict(fields)
+
+
+def from_fields(kind: type, fields: dict[str, Any], op: str) -> Any:
+    """``kind`` from flat wire fields; ProtocolError naming the first bad field."""
+    names = {a.name: a for a in attrs.fields(kind)}
+    flat = dict(fields)
+    if "changes" in names:     # register, update: the row's fields travel at the top level
+        flat["changes"] = from_fields(RowChanges, {n: flat.pop(n) for n in SETTABLE if n in flat}, op)
+    unknown = sorted(set(flat) - set(names))
+    if unknown:
+        raise ProtocolError(f"bad request: {op}: unknown field {', '.join(map(repr, unknown))}")
+    missing = [a.name for a in names.values() if a.default is attrs.NOTHING and a.name not in flat]
+    if missing:
+        raise ProtocolError(f"bad request: {op}: missing field {', '.join(map(repr, missing))}")
+    for name, value in flat.items():
+        converter = names[name].converter
+        if converter is None or name == "changes":
+            continue
+        try:
+            flat[name] = converter(value)
+        except (ValueError, TypeError, ProtocolError) as err:
+            raise ProtocolError(f"bad request: {op}: {name}: {err}") from None
+    return kind(**flat)
+
+
+def encode(record: Any) -> dict[str, Any]:
+    """A request or reply record as flat JSON data (what :func:`decode` reads back)."""
+    out: dict[str, Any] = {}
+    for a in attrs.fields(type(record)):
+        value = getattr(record, a.name)
+        if isinstance(value, RowChanges):
+            out.update({name: _plain(v) for name, v in value.present().items()})
+        else:
+            out[a.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, IPv4Address):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def op_of(request: Any, ops: Mapping[str, tuple[type, type]] = CONTROL) -> str:
+    """The operation whose request record ``request`` is."""
+    for op, (kind, _reply) in ops.items():
+        if kind is type(request):
+            return op
+    raise TypeError(f"{type(request).__name__} is the request of no operation")
+
+
+# -- the three reply shapes -----------------------------------------------------------------------
+def answer(reply: Any) -> dict[str, Any]:
+    """The wire form of a reply record: done."""
+    return {"ok": True, **encode(reply)}
+
+
+def refusal(message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The wire form of a refusal: ``message`` is the manual's."""
+    return {**(details or {}), "ok": False, "error": message}
+
+
+def fault(kind: str, message: str) -> dict[str, Any]:
+    """The wire form of a bad request (``protocol``) or a daemon's failure (``internal``)."""
+    assert kind in FAULTS
+    return {"ok": False, "error": message, "fault": kind}
+
+
+def outcome(wire: Any) -> dict[str, Any]:
+    """A reply read from the wire: its fields when done; else the refusal raised as
+    Refused, a bad request as ProtocolError, a daemon's failure as MosixError."""
+    if not isinstance(wire, dict):
+        raise ProtocolError("a reply is a JSON object")
+    fields = dict(wire)
+    if fields.pop("ok", False) is True:
+        return fields
+    message = str(fields.get("error", "request failed"))
+    kind = fields.get("fault")
+    if kind == "protocol":
+        raise ProtocolError(message)
+    if kind is not None:
+        raise MosixError(message)
+    fields.pop("error", None)
+    raise Refused(message, **fields)
