@@ -34,8 +34,14 @@ SHAPE_NONE, SHAPE_VALUES, SHAPE_IN, SHAPE_OUT = 0, 1, 2, 3
 FIXED = NONE = 255
 FLAG_CLAMP = 1
 #: calls the guest treats itself before anything is sent (see guest.Guest._trapped)
-NOT_FAST = frozenset(guest.HOMEWARD | set(guest.EXITS) | {guest.SYS_MMAP, guest.SYS_SENDMSG, guest.SYS_RECVMSG}
-                     | set(guest.VECTORED) | guest.WALL_CALLS | {guest.SYS_FUTEX})
+NOT_FAST = frozenset(
+    guest.HOMEWARD
+    | set(guest.EXITS)
+    | {guest.SYS_MMAP, guest.SYS_SENDMSG, guest.SYS_RECVMSG}
+    | set(guest.VECTORED)
+    | guest.WALL_CALLS
+    | {guest.SYS_FUTEX}
+)
 #: reads whose count is cut to one call's transfer (a read may return less)
 CLAMPED = frozenset(guest.READS)
 PENDING_ROOM = 1 << 20
@@ -44,8 +50,9 @@ SFD_NONBLOCK, SFD_CLOEXEC = 0o4000, 0o2000000
 
 def _load():
     for path in sorted(HERE.glob("_trap_loop*.so")):
-        spec = importlib.util.spec_from_file_location(MODULE, path,
-                                                      loader=importlib.machinery.ExtensionFileLoader(MODULE, str(path)))
+        spec = importlib.util.spec_from_file_location(
+            MODULE, path, loader=importlib.machinery.ExtensionFileLoader(MODULE, str(path))
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
@@ -105,21 +112,41 @@ class TrapLoop:
         for nr, (kind, nargs, buffer, size_arg, fixed, flags, string) in enumerate(table):
             entry = self.shapes[nr]
             entry.kind, entry.nargs, entry.buffer, entry.size_arg, entry.fixed, entry.flags, entry.string = (
-                kind, nargs, buffer, size_arg, fixed, flags, string)
+                kind,
+                nargs,
+                buffer,
+                size_arg,
+                fixed,
+                flags,
+                string,
+            )
         self.buffer = ffi.new("uint8_t[]", MAX_FRAME + 8)
         self.pending = ffi.new("uint8_t[]", PENDING_ROOM)
         self.status = ffi.new("int *")
         self.result = ffi.new("int64_t *")
-        mask = bytearray(128)                     # a glibc sigset_t holding SIGCHLD
+        mask = bytearray(128)  # a glibc sigset_t holding SIGCHLD
         mask[(signal.SIGCHLD - 1) // 8] |= 1 << ((signal.SIGCHLD - 1) % 8)
         self.sigfd = LIBC.signalfd(-1, bytes(mask), SFD_NONBLOCK | SFD_CLOEXEC)
         if self.sigfd < 0:
             raise TraceError("signalfd(SIGCHLD) failed")
         # the C loop's own record: it keeps pointers to the arrays above, which live as long as self
-        self.loop = ffi.new("struct trap_loop *", {
-            "pid": pid, "sock": sock_fd, "mem": memory_fd, "sigfd": self.sigfd, "wakefd": wake_fd,
-            "shapes": self.shapes, "nshapes": len(table), "buf": self.buffer, "room": MAX_FRAME + 8,
-            "pending": self.pending, "pending_room": PENDING_ROOM, "spin_ns": int(spin * 1e9)})
+        self.loop = ffi.new(
+            "struct trap_loop *",
+            {
+                "pid": pid,
+                "sock": sock_fd,
+                "mem": memory_fd,
+                "sigfd": self.sigfd,
+                "wakefd": wake_fd,
+                "shapes": self.shapes,
+                "nshapes": len(table),
+                "buf": self.buffer,
+                "room": MAX_FRAME + 8,
+                "pending": self.pending,
+                "pending_room": PENDING_ROOM,
+                "spin_ns": int(spin * 1e9),
+            },
+        )
 
     def serve(self, timeout: float) -> tuple[int, int, int, list[bytes]]:
         """Run until Python is needed: (what, status, result, the frames home sent
@@ -132,8 +159,8 @@ class TrapLoop:
         data = bytes(self.ffi.buffer(self.pending, self.loop.pending_len))
         at = 0
         while at < len(data):
-            length = int.from_bytes(data[at:at + 4], "little")
-            frames.append(data[at + 4:at + 4 + length])
+            length = int.from_bytes(data[at : at + 4], "little")
+            frames.append(data[at + 4 : at + 4 + length])
             at += 4 + length
         return what, self.status[0], self.result[0], frames
 

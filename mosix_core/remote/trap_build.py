@@ -38,8 +38,12 @@ def macros() -> list[tuple[str, str]]:
 
     names = ("STOP", "SOCKET", "TIMEOUT", "INTERRUPTED", "RESTART", "ERROR")
     shared = {f"TRAP_{name}": getattr(fastpath, name) for name in names}
-    shared.update({name: getattr(fastpath, name) for name in ("SHAPE_NONE", "SHAPE_VALUES", "SHAPE_IN", "SHAPE_OUT",
-                                                               "FLAG_CLAMP")})
+    shared.update(
+        {
+            name: getattr(fastpath, name)
+            for name in ("SHAPE_NONE", "SHAPE_VALUES", "SHAPE_IN", "SHAPE_OUT", "FLAG_CLAMP")
+        }
+    )
     shared["MAX_TRANSFER"] = calls.MAX_TRANSFER
     return [(name, str(value)) for name, value in shared.items()]
 
@@ -64,6 +68,6 @@ def build() -> Path:
 if __name__ == "__main__":
     try:
         print(f"built {build()}")
-    except Exception as err:                      # the Python loop serves without it
+    except Exception as err:  # the Python loop serves without it
         print(f"trap_build: the C trap loop was not built: {err}", file=sys.stderr)
         sys.exit(1)

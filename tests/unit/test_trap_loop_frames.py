@@ -25,12 +25,12 @@ from mosix_core.remote.frames import MAX_FRAME, decode, encode_control, encode_r
 
 HARNESS = Path(__file__).resolve().parents[1] / "c" / "trap_loop_frames.c"
 SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-ROOM = MAX_FRAME + 8                      # what fastpath.TrapLoop gives the loop
+ROOM = MAX_FRAME + 8  # what fastpath.TrapLoop gives the loop
 PENDING_ROOM = 1 << 20
-PIECE = 256 << 10                         # trap_loop.c pours a reply above this into the guest as it comes
+PIECE = 256 << 10  # trap_loop.c pours a reply above this into the guest as it comes
 EPROTO, ECONNRESET, ENOBUFS, EFAULT = 71, 104, 105, 14
-FILLER = b"\xee"                          # the guest's memory before the reply
-BUFFER = os.sysconf("SC_PAGE_SIZE")      # where the harness's guest has its buffer
+FILLER = b"\xee"  # the guest's memory before the reply
+BUFFER = os.sysconf("SC_PAGE_SIZE")  # where the harness's guest has its buffer
 SYS_READ, SYS_WRITE, SYS_ACCESS, SYS_GETPPID = 0, 1, 21, 110
 
 
@@ -39,10 +39,10 @@ class Verdict:
     verdict: str
     error: int
     result: int
-    memory: bytes                         # the guest's buffer, and 16 bytes past it
+    memory: bytes  # the guest's buffer, and 16 bytes past it
     pending: bytes
-    frame: bytes                          # a request built: its head
-    streamed: int                         # and the bytes of its input that follow it
+    frame: bytes  # a request built: its head
+    streamed: int  # and the bytes of its input that follow it
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +54,22 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
     defines = [f"-D{name}={value}" for name, value in trap_build.macros()]
     base = [compiler, *trap_build.COMPILE_ARGS, *defines, f"-I{trap_build.HERE}", str(HARNESS), "-o", str(binary)]
     built = subprocess.run(base[:1] + SANITIZERS + base[1:], capture_output=True, text=True)
-    if built.returncode != 0:                 # no sanitizer runtime: the verdicts are still checked
+    if built.returncode != 0:  # no sanitizer runtime: the verdicts are still checked
         print(f"built without sanitizers: {built.stderr}", file=sys.stderr)
         built = subprocess.run(base, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     return binary
 
 
-def run(harness: Path, mode: str, data: bytes, kind: str = "out", capacity: int = 144, room: int = ROOM,
-        pending_room: int = PENDING_ROOM) -> Verdict:
+def run(
+    harness: Path,
+    mode: str,
+    data: bytes,
+    kind: str = "out",
+    capacity: int = 144,
+    room: int = ROOM,
+    pending_room: int = PENDING_ROOM,
+) -> Verdict:
     """The harness's verdict on ``data``: in mode "receive" sent on a socket (then
     closed), in mode "take" one reply body handed over whole."""
     command = [str(harness), mode, kind, str(capacity), str(room), str(pending_room)]
@@ -79,7 +86,7 @@ def run(harness: Path, mode: str, data: bytes, kind: str = "out", capacity: int 
                 try:
                     ours.sendall(data)
                     ours.shutdown(socket.SHUT_WR)
-                except OSError:                  # the harness stopped reading: it refused the frame
+                except OSError:  # the harness stopped reading: it refused the frame
                     pass
 
             writer = threading.Thread(target=feed, daemon=True)
@@ -90,9 +97,15 @@ def run(harness: Path, mode: str, data: bytes, kind: str = "out", capacity: int 
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-4000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.decode().splitlines())
     _, verdict, _, error, _, result = ("verdict " + lines["verdict"]).split()
-    return Verdict(verdict, int(error), int(result), bytes.fromhex(lines.get("memory", "")),
-                   bytes.fromhex(lines.get("pending", "")), bytes.fromhex(lines.get("frame", "")),
-                   int(lines.get("streamed", 0)))
+    return Verdict(
+        verdict,
+        int(error),
+        int(result),
+        bytes.fromhex(lines.get("memory", "")),
+        bytes.fromhex(lines.get("pending", "")),
+        bytes.fromhex(lines.get("frame", "")),
+        int(lines.get("streamed", 0)),
+    )
 
 
 def reply_body(result: int, *outputs: tuple[int, bytes]) -> bytes:
@@ -114,6 +127,7 @@ def output_head(index: int, size: int) -> bytes:
 
 # -- good replies ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["receive", "take"])
 def test_a_reply_with_values_only(harness: Path, mode: str) -> None:
     body = reply_body(4711)
@@ -128,11 +142,11 @@ def test_an_output_within_the_capacity_goes_into_the_guest(harness: Path, mode: 
     body = reply_body(size, (1, data))
     got = run(harness, mode, framed(body) if mode == "receive" else body, capacity=144)
     assert (got.verdict, got.result) == ("DONE", size)
-    assert got.memory == data + FILLER * (144 + 16 - size)     # not a byte past it
+    assert got.memory == data + FILLER * (144 + 16 - size)  # not a byte past it
 
 
 def test_a_large_output_is_poured_into_the_guest(harness: Path) -> None:
-    size = PIECE + 44_000                 # above PIECE: written into the guest as it arrives
+    size = PIECE + 44_000  # above PIECE: written into the guest as it arrives
     data = bytes(k * 7 % 251 for k in range(size))
     got = run(harness, "receive", framed(reply_body(size, (1, data))), capacity=size + 100)
     assert (got.verdict, got.result) == ("DONE", size)
@@ -162,10 +176,11 @@ def test_signal_and_control_frames_before_the_reply_are_kept_for_python(harness:
     early = encode_signal(10) + encode_control({"op": "go"})
     got = run(harness, "receive", early + framed(reply_body(5, (1, b"hello"))), capacity=64)
     assert (got.verdict, got.result, got.memory[:5]) == ("DONE", 5, b"hello")
-    assert got.pending == early           # each whole, with its length, in order
+    assert got.pending == early  # each whole, with its length, in order
 
 
 # -- malformed replies ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["receive", "take"])
 @pytest.mark.parametrize("length", [1, 5, 9])
@@ -233,7 +248,7 @@ def test_a_large_output_larger_than_the_capacity_asked_is_refused(harness: Path)
 
 def test_a_large_output_whose_frame_disagrees_is_refused(harness: Path) -> None:
     size = PIECE + 1000
-    body = raw_reply(size, 1, output_head(1, size - 1), bytes(size))   # one byte more than it says
+    body = raw_reply(size, 1, output_head(1, size - 1), bytes(size))  # one byte more than it says
     got = run(harness, "receive", framed(body), capacity=size)
     assert (got.verdict, got.error) == ("MALFORMED", EPROTO)
 
@@ -284,6 +299,7 @@ def test_a_kept_frame_then_the_end_of_the_link_fails(harness: Path) -> None:
 
 # -- requests -------------------------------------------------------------------------
 
+
 def built(harness: Path, kind: str, capacity: int, guest_data: bytes = b"", room: int = ROOM) -> Request | str:
     got = run(harness, "build", guest_data, kind=kind, capacity=capacity, room=room)
     if got.verdict != "DONE":
@@ -302,8 +318,9 @@ def test_a_request_for_an_output(harness: Path) -> None:
 
 
 def test_a_read_larger_than_one_transfer_is_cut(harness: Path) -> None:
-    assert built(harness, "out", MAX_TRANSFER + 5) == Request(SYS_READ, (3, BUFFER, MAX_TRANSFER), (),
-                                                               ((1, MAX_TRANSFER),))
+    assert built(harness, "out", MAX_TRANSFER + 5) == Request(
+        SYS_READ, (3, BUFFER, MAX_TRANSFER), (), ((1, MAX_TRANSFER),)
+    )
 
 
 @pytest.mark.parametrize("size", [0, 1, 1000])
@@ -317,8 +334,9 @@ def test_a_write_larger_than_one_transfer_is_for_python(harness: Path) -> None:
 
 
 def test_a_request_carries_its_path_with_its_nul(harness: Path) -> None:
-    assert built(harness, "path", 4, b"/etc/hostname\0") == Request(SYS_ACCESS, (BUFFER, 4),
-                                                                     ((0, b"/etc/hostname\0"),), ())
+    assert built(harness, "path", 4, b"/etc/hostname\0") == Request(
+        SYS_ACCESS, (BUFFER, 4), ((0, b"/etc/hostname\0"),), ()
+    )
 
 
 def test_a_path_without_its_nul_is_for_python(harness: Path) -> None:
