@@ -4,8 +4,12 @@
 continue | checkpoint | chkstop | chkexit}``
 
 The request goes to the process's supervisor, and to nothing else that listens
-under its name (see :mod:`mosix_core.mosrun.control`); as the manual says, mosmigrate
-does not wait for the action to be performed. The caller must be allowed to kill the
+under its name (see :mod:`mosix_core.mosrun.control`). The manual says mosmigrate does
+not wait for the action to be performed; this one does wait for a *move* (a node, an
+address, a host, ``home``): it reports the move's outcome — exit status 0 once the
+process is there, else the manual's "failed migrating to {computer}: {reason}" and
+exit status 1. A node not in the map is refused before anything is sent. The other
+actions are requests, answered as soon as they are taken. The caller must be allowed to kill the
 process (root, or its owner: the supervisor checks, with the caller's credentials). What
 this MOSIX cannot do yet is refused with a message saying so, never ignored.
 
@@ -48,9 +52,9 @@ def mosmigrate(pid_text: str, action: str, etc: Path | None = None) -> None:
     else:
         target = resolve_target(action, etc_path(etc))
         if target.home:
-            control.request(pid, "home", timeout=MOVE_TIMEOUT)
+            control.request(pid, "home", timeout=MOVE_TIMEOUT, wait=True)
         else:
-            control.request(pid, "migrate", timeout=MOVE_TIMEOUT, to=target.text, named=target.named)
+            control.request(pid, "migrate", timeout=MOVE_TIMEOUT, to=target.text, wait=True)
 
 
 def resolve_target(named: str, etc: Path) -> targets.MoveTarget:

@@ -30,7 +30,7 @@ ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 SYSCALL_INSTRUCTION = b"\x0f\x05"
 # -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK
 RESTART_ERRORS = (512, 513, 514, 516)
-ERESTART_NOHAND, ERESTART_RESTARTBLOCK = 514, 516
+ERESTARTNOINTR, ERESTART_NOHAND, ERESTART_RESTARTBLOCK = 513, 514, 516
 SYS_RESTART_SYSCALL = 219
 FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE})
 
@@ -96,6 +96,66 @@ def finish_call(pid: int, result: int) -> None:
     regs.rax = result & MINUS_ONE
     ptrace.set_regs(pid, regs)
     Injector(pid, 0).run_to(ptrace.INFO_EXIT)
+
+
+def end_call(pid: int, result: int) -> list[int]:
+    """:func:`finish_call`, for a call whose answer was waited for: the signals that
+    arrived meanwhile, to be re-sent."""
+    regs = ptrace.get_regs(pid)
+    regs.orig_rax = MINUS_ONE
+    regs.rax = result & MINUS_ONE
+    ptrace.set_regs(pid, regs)
+    injector = Injector(pid, 0)
+    injector.run_to(ptrace.INFO_EXIT)
+    return injector.deferred
+
+
+def skip_call(pid: int, result: int) -> None:
+    """At a seccomp stop: the call is not made, and returns ``result`` (-errno: fails)."""
+    regs = ptrace.get_regs(pid)
+    regs.orig_rax = MINUS_ONE
+    regs.rax = result & MINUS_ONE
+    ptrace.set_regs(pid, regs)
+
+
+def set_result(pid: int, result: int) -> None:
+    """At a system-call exit stop: the call returns ``result`` (-errno: fails)."""
+    regs = ptrace.get_regs(pid)
+    regs.rax = result & MINUS_ONE
+    ptrace.set_regs(pid, regs)
+
+
+def set_arguments(pid: int, values: dict[int, int]) -> ptrace.Registers:
+    """At a seccomp stop: the call is made with argument ``index`` (0-5) ``value``
+    instead, for each item of ``values``; the registers the call then has."""
+    regs = ptrace.get_regs(pid)
+    for index, value in values.items():
+        setattr(regs, ARG_REGISTERS[index], value & MINUS_ONE)
+    ptrace.set_regs(pid, regs)
+    return regs
+
+
+# -- what a process that moved leaves behind (the shell at home, see remote/deputy.py) --------
+SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK, SYS_SETITIMER = 13, 14, 38
+SIG_SETMASK = 2
+ITIMERS = (0, 1, 2)              # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+
+
+def unblock_every_signal(injector: "Injector", zeros: int) -> None:
+    """The tracee's signal mask emptied (``zeros``: 8 zero bytes in its memory)."""
+    injector.check("rt_sigprocmask", SYS_RT_SIGPROCMASK, SIG_SETMASK, zeros, 0, 8)
+
+
+def stop_interval_timers(injector: "Injector", zeros: int) -> None:
+    """Every interval timer of the tracee stopped (``zeros``: 32 zero bytes in its memory)."""
+    for which in ITIMERS:
+        injector.check("setitimer", SYS_SETITIMER, which, zeros, 0)
+
+
+def default_action(injector: "Injector", sig: int, zeros: int) -> int:
+    """Signal ``sig``'s action set to SIG_DFL in the tracee (``zeros``: a zeroed
+    ``struct sigaction`` in its memory); the call's raw result."""
+    return injector.call(SYS_RT_SIGACTION, sig, zeros, 0, 8)
 
 
 class Injector:

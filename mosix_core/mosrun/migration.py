@@ -18,7 +18,7 @@ from mosix_core.linux import procfs
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.shortcut import Shortcuts
 from mosix_core.remote.frames import Channel
-from mosix_core.mosrun.targets import HOME_WORDS, MoveTarget, failed_migrating  # noqa: F401  (their home is targets)
+from mosix_core.mosrun.targets import HOME_WORDS, failed_migrating  # noqa: F401  (their home is targets)
 
 #: how long the target may take to restore an image before the move counts as failed
 RESTORE_TIMEOUT = 120.0
@@ -51,23 +51,6 @@ DEAD_NODE_GRACE = 15.0
 
 
 @attrs.define(eq=False)
-class Onward:
-    """The way to the next node, open while a process away moves there from where
-    it is: its image passes through home on the way (home keeps the link)."""
-
-    where: str                      # the next node's address
-    sock: socket.socket
-    channel: Channel
-    compress: bool
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-@attrs.define(eq=False)
 class Away:
     """A process running on another node."""
 
@@ -77,7 +60,6 @@ class Away:
     deputy: Deputy
     compress: bool
     next_poll: float = 0.0
-    going: MoveTarget | None = None  # asked home (or on, through home) and not there yet
     dying: int | None = None        # a signal killed it away: it dies of it here too
     utime: float = 0.0              # user CPU seconds there so far (as its host reports)
     dead_since: float | None = None  # when the node stopped being seen alive (gossip)
@@ -86,7 +68,9 @@ class Away:
     continued: bool = False         # its SIGCONT was sent on already, when it woke
     affinity: set[int] | None = None  # the CPUs it may run on at home (its shell is pinned)
     shortcuts: Shortcuts | None = None  # calls on regular files, made here on borrowed descriptors
-    onward: Onward | None = None    # moving on to another node (not through home's memory)
+    # its program's own move (/proc/self/migrate) failed after its call was answered
+    # "made again": the call, made again, fails (see Supervisor._send_order)
+    program_move_failed: bool = False
     written_first: int = 0          # bytes of the call the deputy makes that were written here
     # -- the link made again after a cut (see Supervisor._link_lost) ----------------------------
     token: str = ""                 # the guest's secret with its guest host: names it to that node's mosd
@@ -102,9 +86,6 @@ class Away:
     refused: bool = False
 
     def close(self) -> None:
-        if self.onward is not None:
-            self.onward.close()
-            self.onward = None
         if self.shortcuts is not None:
             self.shortcuts.close()
             self.shortcuts = None

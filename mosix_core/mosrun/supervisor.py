@@ -42,6 +42,7 @@ from mosix_core.config.daemon import DaemonSettings
 from mosix_core.image import stream
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules, targets
+from mosix_core.mosrun.move import Move, MoveRequest, Phase
 from mosix_core.remote import clocks, moving
 from mosix_core.remote.calls import (MAPPED_PRIVATELY, RUN_WHERE_IT_IS, Reply, Request, forwardable,
                                      unforwardable_error)
@@ -51,17 +52,14 @@ from mosix_core.remote.link import NO_SUCH_GUEST, REATTACH_HANDSHAKE, keep_alive
 from mosix_core.remote.shortcut import Shortcuts, WrittenInPart
 from mosix_core.mosrun import options as mosopts
 
-UNSIGNED_MINUS_ONE = (1 << 64) - 1
-ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 CONTROL_NAME = "mosrun"
 NOTHING_PENDING = object()      # /proc/self/mosrun: how a recursive mosrun talks to us
+PENDING = object()              # a call of the program answered later (its /proc/self/migrate)
 SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
 SYS_KILL, SYS_TKILL, SYS_TGKILL = NUMBERS["kill"], NUMBERS["tkill"], NUMBERS["tgkill"]
-SYS_OPEN, SYS_OPENAT, SYS_RT_SIGPROCMASK = NUMBERS["open"], NUMBERS["openat"], NUMBERS["rt_sigprocmask"]
-SYS_SETITIMER = NUMBERS["setitimer"]
+SYS_OPEN, SYS_OPENAT = NUMBERS["open"], NUMBERS["openat"]
 STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGSTOP)
-SYS_RT_SIGACTION, SYS_MMAP = NUMBERS["rt_sigaction"], NUMBERS["mmap"]
-SIG_SETMASK = 2
+SYS_MMAP = NUMBERS["mmap"]
 PID_CALLS = frozenset({SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_KILL, SYS_TKILL, SYS_TGKILL})
 MOSMIGRATE_CHECKPOINTS = {"checkpoint": "continue", "chkstop": "stop", "chkexit": "exit"}
 REATTACH_EVERY = 1.0              # seconds between tries to make a cut link to a guest again
@@ -121,15 +119,10 @@ class Tracee:
     freezes: int = 0
     told_no_space: bool = False            # said once: the policy retries every few seconds
     away: migration.Away | None = None     # running on another node
-    migrate_wanted: str | None = None      # the node to move to at the next clean stop
-    # the way there, opened while the process ran on: (mosd's reply, the channel or None)
-    migrate_way: tuple[dict, object] | None = None
-    way_opening: bool = False              # the way to a node is being opened (see request_migration)
-    precopy_wanted: bool = False           # at the stop for a move: send its memory ahead first
-    ahead: tuple | None = None             # (the image's writer, capture.Precopy): its memory went ahead
-    start_at: targets.MoveTarget | None = None            # mosrun -r/-{n}/-b: where the program starts (at its exec)
-    start_force: bool = False              # -F: at home if it cannot start there
-    return_to: targets.MoveTarget | None = None           # came home to exec: the new program goes back there
+    move: Move | None = None               # the move under way (see mosix_core.mosrun.move)
+    # the move its next exec makes: mosrun -r/-{n}/-b (where the program starts), or back
+    # where the process was when it came home to exec
+    start_at: MoveRequest | None = None
     remote_utime: float = 0.0              # user CPU seconds of its stays away that ended
     # read-only MAP_SHARED file mappings it has as MAP_PRIVATE ones, [start, end): adding
     # PROT_WRITE there is unsupported (rules.MapPrivately); until its next exec
@@ -142,6 +135,10 @@ class Tracee:
     @property
     def own_pid(self) -> int:
         return self.virtual_pid or self.pid
+
+
+class MoveRefused(MosixError):
+    """No move can begin (no MOSIX on this node)."""
 
 
 class Supervisor:
@@ -168,7 +165,7 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._ways: queue.SimpleQueue = queue.SimpleQueue()   # ways to nodes opened by threads, to act on
+        self._ways: queue.SimpleQueue = queue.SimpleQueue()   # what threads leave for the loop (see _later)
         self.keep_running: Callable[[], bool] = lambda: False
         self.control = None
         self.freezer = freezer or freezing.Freezer(None)
@@ -221,7 +218,7 @@ class Supervisor:
                         pass
                 elif key.data is not None:
                     key.data()
-            self._ways_opened()
+            self._run_later()
             for _, tick in list(self.timers):
                 tick()
             self._automatic_checkpoints()
@@ -255,7 +252,7 @@ class Supervisor:
         if tracee.away is not None:
             self._away_stop(tracee, stop)
             return
-        if tracee.migrate_wanted is not None and self._may_freeze_at(tracee, stop):
+        if tracee.move is not None and tracee.move.awaiting_stop and self._may_freeze_at(tracee, stop):
             self._migrate_now(tracee)
             return
         if tracee.frozen is not None:
@@ -331,10 +328,10 @@ class Supervisor:
         if tracee is None:
             return
         del self.tracees[stop.pid]
-        if tracee.migrate_way is not None and tracee.migrate_way[1] is not None:
-            tracee.migrate_way[1].sock.close()   # the guest host waiting for it goes
-        if tracee.ahead is not None:
-            tracee.ahead[1].close()
+        if tracee.move is not None:
+            move, tracee.move = tracee.move, None
+            move.drop_channel()                  # the guest host waiting for it goes
+            move.fail(f"{tracee.pid}: the process ended before its move did")
         if tracee.away is not None:
             self._away_ended(tracee)
         if tracee.frozen is not None:
@@ -368,10 +365,10 @@ class Supervisor:
             self._send("update", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
         # where the new program runs: where mosrun was told to start it, or back where
         # the process was when it came home to exec
-        going = tracee.start_at if tracee.start_at is not None else tracee.return_to
-        tracee.return_to = None
-        if going is not None and not tracee.native:
-            self.request_migration(tracee, going, held=True)
+        start, tracee.start_at = tracee.start_at, None
+        if start is not None and not tracee.native:
+            with contextlib.suppress(MoveRefused):
+                self.request_migration(tracee, start)
         ptrace.cont(pid)
 
     # -- system calls ------------------------------------------------------------------------------------
@@ -401,15 +398,14 @@ class Supervisor:
             parent = self.tracees.get(tracee.parent) if tracee.parent else None
             return rules.Return(parent.own_pid) if parent is not None and parent.virtual_pid else rules.ALLOW
         real = {t.virtual_pid: t.pid for t in self.tracees.values() if t.virtual_pid}
-        targets = (0,) if nr in (SYS_KILL, SYS_TKILL) else (0, 1)
-        regs = None
-        for index in targets:
+        indexes = (0,) if nr in (SYS_KILL, SYS_TKILL) else (0, 1)
+        translated = {}
+        for index in indexes:
             value = inject.signed(args[index]) if index == 0 else args[index]
             if value in real:
-                regs = regs or ptrace.get_regs(tracee.pid)
-                setattr(regs, ARG_REGISTERS[index], real[value])
-        if regs is not None:
-            ptrace.set_regs(tracee.pid, regs)
+                translated[index] = real[value]
+        if translated:
+            inject.set_arguments(tracee.pid, translated)
         return rules.ALLOW
 
     def _parent_pid(self, tracee: Tracee) -> int | None:
@@ -454,15 +450,9 @@ class Supervisor:
             self._map_privately(tracee, verdict.flags)
             return
         if isinstance(verdict, (rules.Fail, rules.Return)):
-            regs = ptrace.get_regs(pid)
-            regs.orig_rax = UNSIGNED_MINUS_ONE          # skip the call...
-            value = -verdict.errno if isinstance(verdict, rules.Fail) else verdict.value
-            regs.rax = value & UNSIGNED_MINUS_ONE       # ...and return this instead
-            ptrace.set_regs(pid, regs)
+            inject.skip_call(pid, -verdict.errno if isinstance(verdict, rules.Fail) else verdict.value)
         elif isinstance(verdict, rules.Rewrite):
-            regs = ptrace.get_regs(pid)
-            setattr(regs, ARG_REGISTERS[verdict.arg], verdict.value & UNSIGNED_MINUS_ONE)
-            ptrace.set_regs(pid, regs)
+            inject.set_arguments(pid, {verdict.arg: verdict.value})
         elif not isinstance(verdict, rules.Allow):
             raise TypeError(f"unknown verdict {verdict!r}")
         self._resume(tracee)
@@ -471,10 +461,7 @@ class Supervisor:
         """The mmap runs MAP_PRIVATE, to its end here (it does not wait), so the range
         it got is known; signals that came meanwhile are sent again."""
         pid = tracee.pid
-        regs = ptrace.get_regs(pid)
-        regs.r10 = flags & UNSIGNED_MINUS_ONE
-        length = regs.rsi
-        ptrace.set_regs(pid, regs)
+        length = inject.set_arguments(pid, {3: flags}).rsi
         injector = inject.Injector(pid, 0)
         try:
             address = injector.run_to(ptrace.INFO_EXIT)
@@ -504,10 +491,12 @@ class Supervisor:
         if name == "checkpoint" and call.flags & 3 in (1, 2):
             self._checkpoint_from_program(tracee, call.flags & 3)
             return None
+        if name == "migrate" and call.flags & 3 == 1:
+            result = self._migrate_from_program(tracee, call.value & 0xFFFFFFFF)
+            return None if result is PENDING else rules.Return(result)    # PENDING: answered when the move ends
         env = procself.Environment(
             whereami=lambda: 0, in_cluster=self.in_cluster,
-            read_string=lambda addr: self._read_string(tracee.pid, addr),
-            migrate=lambda value: self._migrate_from_program(tracee, value))
+            read_string=lambda addr: self._read_string(tracee.pid, addr))
         before = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
                   tracee.state.freezable, tracee.state.cpujob)
         checkpointing = (tracee.state.checkpoint_file, tracee.state.checkpoint_limit,
@@ -586,9 +575,7 @@ class Supervisor:
         ok, what, deferred = checkpoints.take(pid, tracee.own_pid, tracee.state, plan, converted=tracee.converted)
         if not ok:
             self.say(tracee, f"checkpoint failed: {what}")
-            regs = ptrace.get_regs(pid)
-            regs.rax = -errno.EIO & UNSIGNED_MINUS_ONE
-            ptrace.set_regs(pid, regs)
+            inject.set_result(pid, -errno.EIO)
         ptrace.cont(pid)
         checkpoints.resend(pid, deferred)
 
@@ -735,249 +722,88 @@ class Supervisor:
         self._send("update", pid=pid, frozen="-")
 
     # -- migration -----------------------------------------------------------------------------------
-    def request_migration(self, tracee: Tracee, to: targets.MoveTarget | str, *, held: bool = False) -> dict:
-        """Move ``tracee`` to node ``to`` (resolved, or a number, address or host to
-        resolve, or "home"); a node not in the map is refused at once, with the manual's
-        message.
+    def request_migration(self, tracee: Tracee, request: MoveRequest) -> Move | None:
+        """Begin the move ``request`` asks for (its target resolved already, see
+        :mod:`mosix_core.mosrun.targets`): the :class:`Move` under way, or None when there
+        is nothing to do (there already; a frozen process stays home). A request while a
+        move is under way joins it. :class:`MoveRefused` when no move can begin.
 
         Elsewhere than home, the way there is opened first — our mosd's handshake, the
         target's guest host starting, the clocks compared — in a thread, while the
         process runs on (away, its calls keep being served here); only then is it
-        stopped and sent. ``held``: it waits at its exec for the way (mosrun
-        -r/-{n}/-b), so that a refused start runs nothing of the program."""
+        stopped and sent. A ``starting`` move waits at the program's exec for the way
+        (mosrun -r/-{n}/-b), so that a refused start runs nothing of the program."""
         if self.etc is None:
-            return {"error": "MOSIX is not running on this node"}
-        if isinstance(to, str):
-            try:
-                to = targets.resolve(_configuration(self.etc), to)
-            except targets.UnknownTarget as err:
-                self.say(tracee, str(err))
-                return {"error": str(err)}
-        away = tracee.away
+            raise MoveRefused("MOSIX is not running on this node")
+        to, away, current = request.target, tracee.away, tracee.move
         if away is not None:
-            if away.going is None:
-                if to.home:
-                    self._send_order(tracee, targets.HOME, {"op": "home"})   # a way on being opened is dropped
-                elif to.text == away.where:
-                    pass                          # there already
-                elif not tracee.way_opening:
-                    # on to another node: the image passes through here, never restored here
-                    tracee.way_opening = True
-                    self._open_way_then(tracee, to, away.where, lambda reply, channel: self._on_way_open(
-                        tracee, away, to, reply, channel))
-            return {"ok": True}
+            if current is not None and to.home and not current.target.home and current.phase is Phase.HANDSHAKE:
+                # home, while the way on is still being opened: the way on is dropped
+                self._move_failed(tracee, current, "called home instead", say=False)
+                current = None
+            if current is not None:
+                return current                    # on its way already
+            if to.home:
+                move = tracee.move = Move(request, origin=away.where)
+                move.to(Phase.STOPPED)
+                self._send_order(tracee, move, {"op": "home"})
+                return move
+            if to.text == away.where:
+                return None                       # there already
+            move = tracee.move = Move(request, origin=away.where)
+            self._open_way_then(tracee, move, lambda: self._onward_way_open(tracee, move))
+            return move
         if to.home or tracee.frozen is not None:
-            return {"ok": True}               # at home already (a frozen process stays)
-        if tracee.migrate_wanted is not None or tracee.way_opening:
-            return {"ok": True}               # on its way already
-        if held:
-            self._way_open(tracee, to, *self._open_way(tracee, to))
+            return None                           # at home already (a frozen process stays)
+        if current is not None:
+            return current
+        move = tracee.move = Move(request)
+        if request.starting:
+            move.to(Phase.HANDSHAKE)
+            move.reply, move.channel = self._handshake(tracee, move)
+            self._way_open(tracee, move)
         else:
-            tracee.way_opening = True
-            self._open_way_then(tracee, to, None, lambda reply, channel: self._way_open(tracee, to, reply, channel))
-        return {"ok": True}
+            self._open_way_then(tracee, move, lambda: self._way_open(tracee, move))
+        return move
 
-    def _open_way_then(self, tracee: Tracee, to: targets.MoveTarget, now_at: str | None,
-                       then: Callable[[dict, Channel | None], None]):
-        """:meth:`_open_way` in a thread; ``then(reply, channel)`` in the loop after."""
-        def work() -> None:
-            self._ways.put((then, self._open_way(tracee, to, now_at)))
-            try:
-                os.write(self._wake_w, b"w")
-            except OSError:
-                pass
-        threading.Thread(target=work, name=f"way-{tracee.pid}-{to.text}", daemon=True).start()
-
-    def _ways_opened(self) -> None:
-        while not self._ways.empty():
-            then, (reply, channel) = self._ways.get()
-            then(reply, channel)
-
-    def _way_open(self, tracee: Tracee, to: targets.MoveTarget, reply: dict, channel: Channel | None) -> None:
-        """The way for a process at home: it stops at its next clean point to be sent."""
-        tracee.way_opening = False
-        if not self._at_home(tracee):
-            if channel is not None:
-                channel.sock.close()              # it ended, or went elsewhere meanwhile
-            return
-        tracee.migrate_wanted, tracee.migrate_way = to, (reply, channel)
-        tracee.precopy_wanted = channel is not None and migration.worth_sending_ahead(tracee.pid)
+    def _later(self, then: Callable[[], None]) -> None:
+        """``then()`` in the loop, soon (from a thread)."""
+        self._ways.put(then)
         try:
-            ptrace.interrupt(tracee.pid)
-        except TraceError:
-            pass                                  # it has just ended: _gone closes the way
-
-    def _at_home(self, tracee: Tracee) -> bool:
-        """Still ours, at home and not frozen (nothing happened to it meanwhile)."""
-        return self.tracees.get(tracee.pid) is tracee and tracee.away is None and tracee.frozen is None
-
-    def _send_ahead(self, tracee: Tracee, to: targets.MoveTarget, reply: dict, channel: Channel, regs: ptrace.Registers) -> bool:
-        """Begin the move while the process runs on: its memory goes ahead (a thread
-        writes it), then it is stopped again and only what it changed follows — it is
-        stopped for that, not for all of its memory. False if its writes cannot be
-        followed here: it is then sent stopped, as small processes are."""
-        pid = tracee.pid
-        tracker, held = moving.start_tracking(pid, regs)
-        checkpoints.resend(pid, held)
-        if tracker is None:
-            return False
-        writer = ImageWriter(channel.sock.makefile("wb"), compress=not reply.get("proximate"))
-        tracee.way_opening = True                 # further requests: "on its way already"
-        self._send("update", pid=pid, where="leaving")
-
-        def work() -> None:
-            try:
-                outcome: object = moving.send_ahead(pid, writer, tracker)
-            except (MosixError, OSError) as err:
-                outcome = err
-            self._ways.put((lambda reply, channel: self._sent_ahead(tracee, to, reply, channel, writer, tracker,
-                                                                    outcome), (reply, channel)))
-            try:
-                os.write(self._wake_w, b"w")
-            except OSError:
-                pass
-        with self._unpinned():
-            threading.Thread(target=work, name=f"ahead-{pid}", daemon=True).start()
-        self._resume(tracee)
-        return True
-
-    def _sent_ahead(self, tracee: Tracee, to: targets.MoveTarget, reply: dict, channel: Channel, writer: ImageWriter,
-                    tracker, outcome: object) -> None:
-        """The memory went ahead: stop the process for the rest (or, if it failed, it
-        runs on here)."""
-        tracee.way_opening = False
-        gone = not self._at_home(tracee)
-        if gone or not isinstance(outcome, capture.Precopy):
-            tracker.close()
-            channel.sock.close()
-            if not gone:
-                self._send("update", pid=tracee.pid, where="here")
-                self.say(tracee, migration.failed_migrating(reply.get("target", to.named), migration.DID_NOT_COMPLETE))
-            return
-        tracee.ahead = (writer, outcome)
-        tracee.migrate_wanted, tracee.migrate_way = to, (reply, channel)
-        try:
-            ptrace.interrupt(tracee.pid)
-        except TraceError:
-            pass                                  # it has just ended: _gone closes the way
-
-    def _on_way_open(self, tracee: Tracee, away: migration.Away, to: targets.MoveTarget, reply: dict,
-                     channel: Channel | None) -> None:
-        """The way on for a process away: it is asked for its image (which this side
-        will pass on), or told the user why not."""
-        tracee.way_opening = False
-        if tracee.away is not away or away.going is not None:
-            if channel is not None:
-                channel.sock.close()              # it came home, ended or is going meanwhile
-            return
-        if channel is None:
-            if reply.get("refused") != "already there":
-                self.say(tracee, migration.failed_migrating(reply.get("target", to.named),
-                                                            reply.get("refused", "no response")))
-            return
-        away.onward = migration.Onward(reply["target"], channel.sock, channel, compress=not reply.get("proximate"))
-        self._send_order(tracee, to, {"op": "home", "compress": away.onward.compress})
-
-    def _send_order(self, tracee: Tracee, going: targets.MoveTarget, order: dict) -> None:
-        """Ask the guest for its image (home, or on through home)."""
-        tracee.away.going = going
-        self._away_send(tracee, encode_control(order))
-        if tracee.away is not None and tracee.away.deputy.running is not None:
-            # a call that may block here (a read of a terminal...) ends as if
-            # interrupted; the guest then makes it again — at home
-            try:
-                ptrace.interrupt(tracee.pid)
-            except TraceError:
-                pass
-
-    def _migrate_from_program(self, tracee: Tracee, value: int) -> int:
-        """open("/proc/self/migrate", 1|O_CREAT, value): 0 home, -1 "consider" (the
-        automatic decision, made elsewhere), else a node number or IP address."""
-        if value == 0xFFFFFFFF:
-            return 0
-        try:
-            target = targets.resolve(_configuration(self.etc), targets.proc_value_text(value))
-        except targets.UnknownTarget as err:
-            self.say(tracee, str(err))
-            return -errno.EINVAL
-        reply = self.request_migration(tracee, target)
-        return 0 if "error" not in reply else -errno.EAGAIN
-
-    def _migrate_now(self, tracee: Tracee) -> None:
-        """Send the process to ``tracee.migrate_wanted``; it stays whole here until the
-        target confirms, and runs on here if anything fails."""
-        pid, to = tracee.pid, tracee.migrate_wanted
-        way, tracee.migrate_wanted, tracee.migrate_way = tracee.migrate_way, None, None
-        regs = inject.copy_registers(ptrace.get_regs(pid))
-        reply, channel = way or self._open_way(tracee, to)
-        if reply.get("refused") == "already there":
-            tracee.start_at = None
-            self._resume(tracee)
-            return
-        if channel is None:
-            self.say(tracee, migration.failed_migrating(reply.get("target", to.named), reply.get("refused", "no response")))
-            self._start_failed(tracee)
-            return
-        target, sock = reply["target"], channel.sock
-        if tracee.precopy_wanted:
-            tracee.precopy_wanted = False
-            if self._send_ahead(tracee, to, reply, channel, regs):
-                return                               # it runs on while its memory goes
-        (writer, ahead), tracee.ahead = tracee.ahead or (None, None), None
-        self._send("update", pid=pid, where="leaving")
-        deferred: list[int] = []
-        try:
-            if writer is None:
-                writer = ImageWriter(sock.makefile("wb"), compress=not reply.get("proximate"))
-            with self._unpinned():
-                deferred = moving.send_image(pid, writer, regs, {"pid": tracee.own_pid}, to_guest=True, ahead=ahead)
-            writer.out.flush()
-            answer = channel.receive()
-            if not isinstance(answer, dict) or answer.get("op") != "restored":
-                raise ProtocolError(str(answer.get("reason", answer)) if isinstance(answer, dict) else "no answer")
-            shell, held = freeze_engine.release_memory(pid)
-            deputy = Deputy(pid, shell)
-            # the guest keeps the signal mask; here every signal must show, to be sent on
-            deputy.injector.check("rt_sigprocmask", SYS_RT_SIGPROCMASK, SIG_SETMASK, deputy.zeros(8), 0, 8)
-            for which in capture.ITIMERS:           # its timers went with it
-                deputy.injector.check("setitimer", SYS_SETITIMER, which, deputy.zeros(32), 0)
-            sock.settimeout(None)
-            token, grace = secrets.token_hex(16), self._link_grace()
-            channel.send(encode_control({"op": "go", "signals": deferred + held, "token": token, "grace": grace}))
-        except (MosixError, OSError) as err:
-            sock.close()
-            self._send("update", pid=pid, where="here")
-            if isinstance(err, TraceError) and err.errno == errno.ESRCH:
-                return
-            self.say(tracee, migration.failed_migrating(target, migration.DID_NOT_COMPLETE))
-            inject.put_back(pid, regs)
-            checkpoints.resend(pid, deferred)
-            self._start_failed(tracee)
-            return
-        finally:
-            if ahead is not None:
-                ahead.close()                        # its writes need no following any more
-        tracee.start_at = None
-        tracee.away = migration.Away(target, sock, channel, deputy, compress=not reply.get("proximate"), token=token,
-                                     grace=grace)
-        try:
-            tracee.away.shortcuts = Shortcuts(pid, tracee.own_pid, lambda: self._parent_pid(tracee))
+            os.write(self._wake_w, b"w")
         except OSError:
-            pass                                     # every call goes through the deputy
-        self._pin_shell(tracee)
-        self.selector.register(sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
-        tracee.state.nmigs += 1
-        self._send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
-        self._signal_migrated(tracee)
+            pass
 
-    def _open_way(self, tracee: Tracee, to: targets.MoveTarget, now_at: str | None = None) -> tuple[dict, Channel | None]:
-        """Our mosd's handshake with node ``to`` (not ``now_at``, where the process is),
-        then the clock comparison with the guest host there: (mosd's reply, the
-        channel to that guest host — None when refused, and the reply says why)."""
+    def _run_later(self) -> None:
+        while not self._ways.empty():
+            self._ways.get()()
+
+    def _open_way_then(self, tracee: Tracee, move: Move, then: Callable[[], None]) -> None:
+        """:meth:`_handshake` in a thread; ``then()`` in the loop after, if the move is
+        still the process's."""
+        move.to(Phase.HANDSHAKE)
+
+        def work() -> None:
+            reply, channel = self._handshake(tracee, move)
+
+            def opened() -> None:
+                if tracee.move is not move or move.over:
+                    if channel is not None:
+                        channel.sock.close()      # it ended, came home or went elsewhere meanwhile
+                    return
+                move.reply, move.channel = reply, channel
+                then()
+            self._later(opened)
+        threading.Thread(target=work, name=f"way-{tracee.pid}-{move.target.text}", daemon=True).start()
+
+    def _handshake(self, tracee: Tracee, move: Move) -> tuple[dict, Channel | None]:
+        """Our mosd's handshake with the move's target (from ``move.origin``, where the
+        process is), then the clock comparison with the guest host there: (mosd's reply,
+        the channel to that guest host — None when refused, and the reply says why)."""
         try:
             reply, sock = Client(self.etc).call_for_socket(
-                "migrate_out", pid=tracee.pid, to=to.text, memory_mb=tracee.state.needmem, command=tracee.command,
-                nmigs=tracee.state.nmigs, now_at=now_at)
+                "migrate_out", pid=tracee.pid, to=move.target.text, memory_mb=tracee.state.needmem,
+                command=tracee.command, nmigs=tracee.state.nmigs, now_at=move.origin)
         except MosixError as err:
             return {"refused": str(err)}, None
         if sock is None:
@@ -993,11 +819,244 @@ class Supervisor:
             return {**reply, "refused": migration.DID_NOT_COMPLETE}, None
         return reply, channel
 
-    def _start_failed(self, tracee: Tracee) -> None:
+    def _way_open(self, tracee: Tracee, move: Move) -> None:
+        """The handshake of a move from home is over: the process is sent from its next
+        clean stop (where a refusal is handled too: a start that fails ends the program
+        there). The program's own request waits in its call, which ends now."""
+        if not self._at_home(tracee):
+            self._move_failed(tracee, move, "the process is frozen", say=False)
+            return
+        if move.request.by_program:
+            self._program_way_open(tracee, move)
+            return
+        move.precopy_wanted = move.channel is not None and migration.worth_sending_ahead(tracee.pid)
+        move.awaiting_stop = True
+        try:
+            ptrace.interrupt(tracee.pid)
+        except TraceError:
+            pass                                  # it has just ended: _gone ends the move
+
+    def _program_way_open(self, tracee: Tracee, move: Move) -> None:
+        """/proc/self/migrate at home, its call waiting at its seccomp stop: it returns
+        0 where the process arrives, or -1 (EAGAIN) here if the move fails."""
+        pid = tracee.pid
+        if move.channel is None:
+            already = move.reply.get("refused") == "already there"
+            if already:
+                tracee.move = None
+                move.confirm()
+            else:
+                self._move_failed(tracee, move, move.reply.get("refused", "no response"))
+            inject.skip_call(pid, 0 if already else -errno.EAGAIN)
+            self._resume(tracee)
+            return
+        try:
+            held = inject.end_call(pid, 0)       # a clean stop: the call's exit
+        except TraceError:
+            return                                # it ended meanwhile: _gone ends the move
+        self._migrate_now(tracee, held)
+
+    def _at_home(self, tracee: Tracee) -> bool:
+        """Still ours, at home and not frozen (nothing happened to it meanwhile)."""
+        return self.tracees.get(tracee.pid) is tracee and tracee.away is None and tracee.frozen is None
+
+    def _move_failed(self, tracee: Tracee, move: Move, reason: str, *, say: bool = True) -> None:
+        """``move`` failed for ``reason``: the manual's message, said to the process
+        (``say``) and given to whoever waits. A program away whose own request it was
+        gets its answer: -1 (EAGAIN) now, or when it makes its call again (it was told
+        to, so that the call is made where it arrives)."""
+        message = migration.failed_migrating(move.where if not move.target.home else "home", reason)
+        if say:
+            self.say(tracee, message)
+        if tracee.move is move:
+            tracee.move = None
+        if move.request.by_program and tracee.away is not None and not move.over:
+            if move.call_made_again:
+                tracee.away.program_move_failed = True
+            else:
+                self._away_answer(tracee, Reply(-errno.EAGAIN))
+        move.fail(message)
+
+    def _send_ahead(self, tracee: Tracee, move: Move, regs: ptrace.Registers) -> bool:
+        """Begin the move while the process runs on: its memory goes ahead (a thread
+        writes it), then it is stopped again and only what it changed follows — it is
+        stopped for that, not for all of its memory. False if its writes cannot be
+        followed here: it is then sent stopped, as small processes are."""
+        pid = tracee.pid
+        tracker, held = moving.start_tracking(pid, regs)
+        checkpoints.resend(pid, held)
+        if tracker is None:
+            return False
+        move.to(Phase.PRECOPY)
+        writer = ImageWriter(move.channel.sock.makefile("wb"), compress=move.compress)
+        self._send("update", pid=pid, where="leaving")
+
+        def work() -> None:
+            try:
+                outcome: object = moving.send_ahead(pid, writer, tracker)
+            except (MosixError, OSError) as err:
+                outcome = err
+            self._later(lambda: self._sent_ahead(tracee, move, writer, tracker, outcome))
+        with self._unpinned():
+            threading.Thread(target=work, name=f"ahead-{pid}", daemon=True).start()
+        self._resume(tracee)
+        return True
+
+    def _sent_ahead(self, tracee: Tracee, move: Move, writer: ImageWriter, tracker, outcome: object) -> None:
+        """The memory went ahead: stop the process for the rest (or, if it failed, it
+        runs on here)."""
+        gone = tracee.move is not move or not self._at_home(tracee)
+        if gone or not isinstance(outcome, capture.Precopy):
+            tracker.close()
+            move.drop_channel()
+            if not gone:
+                self._send("update", pid=tracee.pid, where="here")
+                self._move_failed(tracee, move, migration.DID_NOT_COMPLETE)
+            return
+        move.ahead = (writer, outcome)
+        move.awaiting_stop = True
+        try:
+            ptrace.interrupt(tracee.pid)
+        except TraceError:
+            pass                                  # it has just ended: _gone ends the move
+
+    def _onward_way_open(self, tracee: Tracee, move: Move) -> None:
+        """The way on for a process away: it is asked for its image (which this side
+        will pass on), or told the user why not."""
+        if move.channel is None:
+            if move.reply.get("refused") == "already there":
+                tracee.move = None
+                if move.request.by_program:
+                    self._away_answer(tracee, Reply(0))
+                move.confirm()
+            else:
+                self._move_failed(tracee, move, move.reply.get("refused", "no response"))
+            return
+        move.to(Phase.STOPPED)
+        self._send_order(tracee, move, {"op": "home", "compress": move.compress})
+
+    def _send_order(self, tracee: Tracee, move: Move, order: dict) -> None:
+        """Ask the guest for its image (home, or on through home). The program's own
+        request, waiting in its call, is answered "made again": the guest makes it
+        again where it arrives (or, if it stays, there — and learns the failure)."""
+        self._away_send(tracee, encode_control(order))
+        if move.request.by_program and not move.call_made_again and tracee.away is not None:
+            move.call_made_again = True
+            self._away_answer(tracee, Reply(-inject.ERESTARTNOINTR))
+        if tracee.away is not None and tracee.away.deputy.running is not None:
+            # a call that may block here (a read of a terminal...) ends as if
+            # interrupted; the guest then makes it again — at home
+            try:
+                ptrace.interrupt(tracee.pid)
+            except TraceError:
+                pass
+
+    def _migrate_from_program(self, tracee: Tracee, value: int):
+        """open("/proc/self/migrate", 1|O_CREAT, value): 0 home, -1 "consider" (the
+        automatic decision, made elsewhere), else a node number or IP address. The
+        call returns when the move is over (PENDING until then): 0 if it happened, -1
+        if not (mosix(7))."""
+        if value == 0xFFFFFFFF:
+            return 0
+        try:
+            target = targets.resolve(_configuration(self.etc), targets.proc_value_text(value))
+        except targets.UnknownTarget as err:
+            self.say(tracee, str(err))
+            return -errno.EINVAL
+        away = tracee.away
+        if away is not None and away.program_move_failed:
+            away.program_move_failed = False      # the call made again after its move failed
+            return -errno.EAGAIN
+        try:
+            move = self.request_migration(tracee, MoveRequest(target, by_program=True))
+        except MoveRefused:
+            return -errno.EAGAIN
+        if move is None or not move.request.by_program or move.over:
+            return 0                              # there already, or someone else's move carries it
+        return PENDING
+
+    def _migrate_now(self, tracee: Tracee, held: list[int] | tuple = ()) -> None:
+        """Send the process where ``tracee.move`` goes, from a clean stop; it stays
+        whole here until the target confirms, and runs on here if anything fails."""
+        pid, move = tracee.pid, tracee.move
+        move.awaiting_stop = False
+        regs = inject.copy_registers(ptrace.get_regs(pid))
+        if move.channel is None:
+            if move.reply.get("refused") == "already there":
+                tracee.move = None
+                move.confirm()
+                self._resume(tracee)
+            else:
+                self._move_failed(tracee, move, move.reply.get("refused", "no response"))
+                self._start_failed(tracee, move)
+            checkpoints.resend(pid, list(held))
+            return
+        if move.precopy_wanted:
+            move.precopy_wanted = False
+            if self._send_ahead(tracee, move, regs):
+                return                               # it runs on while its memory goes
+        move.to(Phase.STOPPED)
+        (writer, ahead), move.ahead = move.ahead or (None, None), None
+        channel, target = move.channel, move.where
+        sock = channel.sock
+        self._send("update", pid=pid, where="leaving")
+        deferred: list[int] = list(held)
+
+        def restored() -> None:
+            writer.out.flush()
+            move.to(Phase.SENT)
+            answer = channel.receive()
+            if not isinstance(answer, dict) or answer.get("op") != "restored":
+                raise ProtocolError(str(answer.get("reason", answer)) if isinstance(answer, dict) else "no answer")
+        try:
+            if writer is None:
+                writer = ImageWriter(sock.makefile("wb"), compress=move.compress)
+            with self._unpinned():
+                shell, signals = moving.leave(pid, writer, regs, {"pid": tracee.own_pid}, confirmed=restored,
+                                              ahead=ahead)
+            deferred += signals
+            deputy = Deputy(pid, shell)
+            # the guest keeps the signal mask; here every signal must show, to be sent on;
+            # its timers went with it
+            inject.unblock_every_signal(deputy.injector, deputy.zeros(8))
+            inject.stop_interval_timers(deputy.injector, deputy.zeros(32))
+            sock.settimeout(None)
+            token, grace = secrets.token_hex(16), self._link_grace()
+            channel.send(encode_control({"op": "go", "signals": deferred, "token": token, "grace": grace}))
+        except (MosixError, OSError) as err:
+            if isinstance(err, moving.NotConfirmed):
+                deferred += err.deferred
+            move.drop_channel()
+            self._send("update", pid=pid, where="here")
+            if isinstance(err, TraceError) and err.errno == errno.ESRCH:
+                return                               # it ended: _gone ends the move
+            self._move_failed(tracee, move, migration.DID_NOT_COMPLETE)
+            inject.put_back(pid, regs)
+            if move.request.by_program:
+                inject.set_result(pid, -errno.EAGAIN)     # its /proc/self/migrate fails
+            checkpoints.resend(pid, deferred)
+            self._start_failed(tracee, move)
+            return
+        finally:
+            if ahead is not None:
+                ahead.close()                        # its writes need no following any more
+        tracee.away = migration.Away(target, sock, channel, deputy, compress=move.compress, token=token, grace=grace)
+        tracee.move = None
+        try:
+            tracee.away.shortcuts = Shortcuts(pid, tracee.own_pid, lambda: self._parent_pid(tracee))
+        except OSError:
+            pass                                     # every call goes through the deputy
+        self._pin_shell(tracee)
+        self.selector.register(sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
+        tracee.state.nmigs += 1
+        self._send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
+        move.confirm()
+        self._signal_migrated(tracee)
+
+    def _start_failed(self, tracee: Tracee, move: Move) -> None:
         """A move failed: the process runs on at home — unless it was to start
         elsewhere (mosrun -r/-{n}/-b) without -F, when it does not run at all."""
-        starting, tracee.start_at = tracee.start_at, None
-        if starting is not None and not tracee.start_force:
+        if move.request.starting and not move.request.force:
             checkpoints.exit_now(tracee.pid, 1)
         self._resume(tracee)
 
@@ -1062,7 +1121,7 @@ class Supervisor:
         if away.deputy.running is not None or away.stopped or away.stopping is not None:
             return
         try:
-            away.deputy.injector.call(SYS_RT_SIGACTION, sig, away.deputy.zeros(32), 0, 8)   # SIG_DFL
+            inject.default_action(away.deputy.injector, sig, away.deputy.zeros(32))
             os.kill(tracee.pid, sig)
             away.stopping = sig
             ptrace.syscall(tracee.pid)             # from its idle stop to the signal's stop
@@ -1098,6 +1157,8 @@ class Supervisor:
             special = -unforwardable_error(request.nr)   # home allows it, but cannot make it for the guest
         else:
             special = self._away_special(tracee, request)
+            if special is PENDING:
+                return                           # its move is under way: answered when it ends
         if special is not None:
             self._away_answer(tracee, Reply(special))
             return
@@ -1194,10 +1255,12 @@ class Supervisor:
             return None                        # as at home: a real open (which fails)
         if name.startswith("checkpoint"):
             return -errno.EOPNOTSUPP           # checkpoints are taken at home
+        if name == "migrate" and flags & 3 == 1:
+            return self._migrate_from_program(tracee, value & 0xFFFFFFFF)   # PENDING: answered when the move ends
         config = _configuration(self.etc) if self.etc is not None else None
         env = procself.Environment(
             whereami=lambda: migration.node_value(config, tracee.away.where), in_cluster=self.in_cluster,
-            read_string=lambda addr: b"", migrate=lambda value: self._migrate_from_program(tracee, value))
+            read_string=lambda addr: b"")
         result = procself.handle(tracee.state, name, flags, value, env)
         if flags & 3 == 0 and procself.named_by_argument(path, tracee.command):
             self.say(tracee, procself.misread_note(name, result))       # cat /proc/self/whereami
@@ -1209,7 +1272,7 @@ class Supervisor:
         away = tracee.away
         away.dying = sig
         if sig != signal.SIGKILL:
-            away.deputy.injector.call(SYS_RT_SIGACTION, sig, away.deputy.zeros(32), 0, 8)   # SIG_DFL
+            inject.default_action(away.deputy.injector, sig, away.deputy.zeros(32))
         os.kill(tracee.pid, sig)
         ptrace.cont(tracee.pid)
 
@@ -1301,7 +1364,8 @@ class Supervisor:
             elif tracee.away.dead_since is None:
                 tracee.away.dead_since = now
                 self.say(tracee, migration.seems_dead(where))
-                self.request_migration(tracee, targets.HOME)
+                with contextlib.suppress(MoveRefused):
+                    self.request_migration(tracee, MoveRequest(targets.HOME))
             elif now - tracee.away.dead_since > migration.DEAD_NODE_GRACE:
                 self._lost(tracee)
 
@@ -1361,15 +1425,16 @@ class Supervisor:
             self.selector.unregister(away.sock)
         with contextlib.suppress(OSError):
             away.sock.close()
-        if away.onward is not None:
-            away.onward.close()                      # a move on that was under way: asked again later
-            away.onward = None
-        if away.going is not None:
+        move = tracee.move
+        if move is not None and move.target.home:
             # the order may have been lost with the link: given again once it is whole
-            order = {"op": "home"} if away.going.home else None
-            away.going = None
-            if order is not None and not any(b'"op":"home"' in frame for frame in away.held):
-                self._send_order(tracee, targets.HOME, order)
+            if not any(b'"op":"home"' in frame for frame in away.held):
+                self._away_send(tracee, encode_control({"op": "home"}))
+        elif move is not None and move.phase is not Phase.HANDSHAKE:
+            # a move on that was under way: asked again later (its way's handshake, still
+            # going on, carries on: its order waits for the link)
+            move.drop_channel()
+            self._move_failed(tracee, move, migration.DID_NOT_COMPLETE, say=False)
         self._reattach_soon(tracee, away)
 
     def _reattach_soon(self, tracee: Tracee, away: migration.Away) -> None:
@@ -1405,11 +1470,7 @@ class Supervisor:
                     outcome = ({"gone": True}, None)     # the node lives, the guest does not
                     break
                 time.sleep(REATTACH_EVERY)
-            self._ways.put((lambda hello, channel: self._reattached(tracee, away, hello, channel), outcome))
-            try:
-                os.write(self._wake_w, b"w")
-            except OSError:
-                pass
+            self._later(lambda: self._reattached(tracee, away, *outcome))
         threading.Thread(target=work, name=f"reattach-{pid}", daemon=True).start()
 
     def _reattached(self, tracee: Tracee, away: migration.Away, hello: dict, channel: Channel | None) -> None:
@@ -1453,6 +1514,10 @@ class Supervisor:
         if away is None:
             return
         where = away.where
+        move, tracee.move = tracee.move, None
+        if move is not None:
+            move.drop_channel()
+            move.fail(migration.lost_communication(where))
         last = tracee.plan.last if tracee.plan is not None else None
         if last is not None and away.deputy.running is None and away.dying is None and not away.refused:
             self._drop_away(tracee)
@@ -1541,18 +1606,21 @@ class Supervisor:
         self._drop_away(tracee)
 
     def _coming_home(self, tracee: Tracee, message: dict) -> None:
-        """The guest sends the process's image back: rebuild it in its shell. It comes
-        by itself to fork or exec (``for``): made here; a new program then goes back."""
+        """The guest sends the process's image back: rebuild it in its shell (the move
+        home ends), or pass it on (:meth:`_move_on`). It comes by itself to fork or
+        exec (``for``): made here; a new program then goes back, and a move on that was
+        under way starts again from here."""
         away, pid = tracee.away, tracee.pid
         coming_for = message.get("for")
-        if away.onward is not None:
-            if coming_for in (None, "home"):
-                self._move_on(tracee)
+        move, again = tracee.move, None
+        if move is not None and not move.target.home:
+            if move.phase is Phase.STOPPED and coming_for in (None, "home"):
+                self._move_on(tracee, move)
                 return
-            away.onward.close()                      # it came for a fork or exec: made here first
-            away.onward = None
-        going = away.going
-        away.going = None
+            move.drop_channel()                      # it came for a fork or exec: made here first
+            tracee.move, again, move = None, move, None
+        if move is not None:
+            move.to(Phase.SENT)
         self._send("update", pid=pid, where="starting")
         try:
             reader = ImageReader(away.sock.makefile("rb", buffering=0), streaming=True)
@@ -1574,46 +1642,66 @@ class Supervisor:
         deferred += list(sent.get("signals", []))
         self._stay_ended(tracee, away, sent, "here")
         if coming_for in ("execve", "execveat"):
-            tracee.return_to = targets.MoveTarget(away.where, IPv4Address(away.where))
+            back = targets.MoveTarget(away.where, IPv4Address(away.where))
+            tracee.start_at = MoveRequest(back, starting=True, force=True)
+        if move is not None:
+            tracee.move = None
+            move.confirm()
         self._resume(tracee)
         checkpoints.resend(pid, deferred + away.deputy.deferred)
         self._signal_migrated(tracee)
-        if going is not None and not going.home:
-            self.request_migration(tracee, going)
+        if again is not None:
+            self._start_again(tracee, again)
 
-    def _move_on(self, tracee: Tracee) -> None:
+    def _start_again(self, tracee: Tracee, move: Move) -> None:
+        """``move`` (on, from a node) starts again from home: whoever waits for it waits
+        for the new one."""
+        try:
+            new = self.request_migration(tracee, move.request)
+        except MoveRefused as err:
+            move.fail(str(err))
+            return
+        if new is None:
+            move.confirm()
+        else:
+            new.waiters.extend(move.waiters)
+            move.waiters.clear()
+            move.fail("started again from home")
+
+    def _move_on(self, tracee: Tracee, move: Move) -> None:
         """The guest sends its image for the next node: pass it on as it comes (it is
         never restored here). Once the next node has it, that guest runs and this one
         goes; if the next node fails, this one runs on where it is."""
         away, pid = tracee.away, tracee.pid
-        onward, away.onward = away.onward, None
-        away.going = None
+        move.to(Phase.SENT)
+        onward = move.channel
         self._send("update", pid=pid, where="leaving")
         try:
             with self._unpinned():
                 _, failed = stream.relay(away.sock.recv_into, onward.sock.sendall)
             sent = away.channel.receive()
         except (MosixError, OSError):
-            onward.close()
+            move.drop_channel()
+            self._move_failed(tracee, move, migration.DID_NOT_COMPLETE, say=False)
             self._lost(tracee)                       # its image broke off: the link with it
             return
         sent = sent if isinstance(sent, dict) else {}
         answer = None
         if failed is None:
             try:
-                answer = onward.channel.receive()
+                answer = onward.receive()
                 if isinstance(answer, dict) and answer.get("op") == "restored":
                     onward.sock.settimeout(None)
                     token = secrets.token_hex(16)
-                    onward.channel.send(encode_control({"op": "go", "signals": sent.get("signals", []),
-                                                        "token": token, "grace": away.grace}))
+                    onward.send(encode_control({"op": "go", "signals": sent.get("signals", []),
+                                                "token": token, "grace": away.grace}))
             except (ProtocolError, OSError) as err:
                 failed = err
         if failed is not None or not (isinstance(answer, dict) and answer.get("op") == "restored"):
-            onward.close()
+            move.drop_channel()
             self._send("update", pid=pid, where=away.where)
             self._away_send(tracee, encode_control({"op": "stay"}))
-            self.say(tracee, migration.failed_migrating(onward.where, migration.DID_NOT_COMPLETE))
+            self._move_failed(tracee, move, migration.DID_NOT_COMPLETE)
             return
         try:
             away.channel.send(encode_control({"op": "arrived"}))
@@ -1624,10 +1712,12 @@ class Supervisor:
             away.sock.close()
         except OSError:
             pass
-        self._stay_ended(tracee, away, sent, onward.where)
-        away.where, away.sock, away.channel, away.compress = onward.where, onward.sock, onward.channel, onward.compress
+        self._stay_ended(tracee, away, sent, move.where)
+        away.where, away.sock, away.channel, away.compress = move.where, onward.sock, onward, move.compress
         away.utime, away.dead_since = 0.0, None
         away.token, away.requests, away.replies, away.last_reply = token, 0, 0, None   # a new guest host
+        tracee.move = None
+        move.confirm()
         self.selector.register(away.sock, selectors.EVENT_READ, lambda: self._away_readable(tracee))
         self._signal_migrated(tracee)
 
@@ -1656,7 +1746,11 @@ class Supervisor:
             self._lost(tracee)
             return
         away.deputy = Deputy(tracee.pid, err.shell)
-        self.say(tracee, migration.failed_migrating("home", err.reason))
+        move = tracee.move
+        if move is not None and move.target.home:
+            self._move_failed(tracee, move, err.reason)
+        else:
+            self.say(tracee, migration.failed_migrating("home", err.reason))
 
     # -- mosmigrate ----------------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -1703,7 +1797,21 @@ class Supervisor:
             reply = self._control_request(req, incoming.uid)
         except (OSError, ValueError) as err:
             reply = {"error": f"bad request: {err}"}
-        self._answer_control(incoming, reply)
+        if isinstance(reply, Move):
+            self._answer_when_over(incoming, reply)
+        else:
+            self._answer_control(incoming, reply)
+
+    def _answer_when_over(self, incoming: control.Incoming, move: Move) -> None:
+        """The request is whole: no longer "arriving" (nor late); its answer is the
+        move's outcome."""
+        self._incoming.remove(incoming)
+        self.selector.unregister(incoming.conn)
+
+        def answer(over: Move) -> None:
+            with incoming.conn:
+                control.answer(incoming.conn, {"ok": True} if over.failure is None else {"error": over.failure})
+        move.wait(answer)
 
     def _answer_control(self, incoming: control.Incoming, reply: dict) -> None:
         self._incoming.remove(incoming)
@@ -1711,7 +1819,7 @@ class Supervisor:
         with incoming.conn:
             control.answer(incoming.conn, reply)
 
-    def _control_request(self, req: dict, uid: int) -> dict:
+    def _control_request(self, req: dict, uid: int) -> dict | Move:
         pid, op = req.get("pid"), req.get("op")
         tracee = next((t for t in self.tracees.values() if pid in (t.pid, t.virtual_pid)), None)
         if tracee is None or tracee.native:
@@ -1728,15 +1836,25 @@ class Supervisor:
                 return self.request_freeze(tracee, how)
             elif op == "continue":
                 return self.request_unfreeze(tracee, automatic=req.get("how") in ("A", "P"))
-            elif op == "home":
-                return self.request_migration(tracee, targets.HOME)
-            elif op == "migrate" and isinstance(req.get("to"), str):
-                return self.request_migration(tracee, req["to"])
+            elif op == "home" or (op == "migrate" and isinstance(req.get("to"), str)):
+                return self._control_move(tracee, req)
             else:
                 return {"error": f"'{op}' is not supported by this MOSIX yet"}
         except TraceError as err:
             return {"error": str(err)}
         return {"ok": True}
+
+    def _control_move(self, tracee: Tracee, req: dict):
+        """mosmigrate {pid} {node | home}: the move begun, and with ``wait`` (mosmigrate
+        waits for the outcome) the move itself, answered when it is over."""
+        try:
+            target = targets.HOME if req["op"] == "home" else targets.resolve(_configuration(self.etc), req["to"])
+            move = self.request_migration(tracee, MoveRequest(target))
+        except (targets.UnknownTarget, MoveRefused) as err:
+            return {"error": str(err)}
+        if move is None or not req.get("wait"):
+            return {"ok": True}
+        return move
 
     def _read_string(self, pid: int, addr: int) -> bytes:
         try:

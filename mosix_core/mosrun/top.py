@@ -11,6 +11,7 @@ from mosix_core.linux import ptrace
 from mosix_core.mosrun import launch, placement, rules, targets
 from mosix_core.mosrun.freezing import Freezer
 from mosix_core.mosrun import options as mosopts
+from mosix_core.mosrun.move import MoveRequest
 from mosix_core.mosrun.supervisor import Supervisor, flag_summary, initial_state, node_in_cluster
 
 
@@ -35,7 +36,8 @@ def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env:
                                 freezer=Freezer(etc), etc=etc)
         supervisor.install_wakeup()
         tracee = supervisor.adopt(root, state, command)
-        tracee.start_at, tracee.start_force = start_at, opts.force
+        if start_at is not None:
+            tracee.start_at = MoveRequest(start_at, starting=True, force=opts.force)
         supervisor.serve_control()
         supervisor.run()
 

@@ -1,13 +1,14 @@
 """The moments of a move: a process's image goes out (it stays whole where it was
-until the other side confirms), the process at home becomes its own shell (the
-deputy's body), it arrives somewhere as a guest, and it comes home into that shell."""
+until the other side confirms: only then does the supervisor make the process at home
+its own shell, the deputy's body, with :func:`mosix_core.image.freeze.release_memory`),
+it arrives somewhere as a guest, and it comes home into that shell."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from mosix_core.image import capture, freeze, restore
-from mosix_core.errors import TraceError
+from mosix_core.errors import MosixError, TraceError
 from mosix_core.image.freeze import ThawFailed
 from mosix_core.image.stream import CorruptImage, ImageWriter, Record
 from mosix_core.linux import inject, ptrace
@@ -48,10 +49,27 @@ def send_ahead(pid: int, writer: ImageWriter, tracker: WriteTracker) -> capture.
     return capture.precopy(pid, writer, tracker, copy_private_files=True)
 
 
-def leave(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any]) -> tuple[int, list[int]]:
-    """:func:`send_image`, then release the memory: (the shell's address, signals for
-    the guest). For callers that keep the image themselves until the guest runs."""
-    deferred = send_image(pid, writer, regs, identity, to_guest=True)
+class NotConfirmed(MosixError):
+    """The target did not confirm the image: the process stays whole here. ``deferred``:
+    the signals held back while it was written, to re-send here."""
+
+    def __init__(self, reason: str, deferred: list[int]) -> None:
+        super().__init__(reason)
+        self.deferred = deferred
+
+
+def leave(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any], *,
+          confirmed: Callable[[], None] = lambda: None,
+          ahead: capture.Precopy | None = None) -> tuple[int, list[int]]:
+    """Send stopped process ``pid`` to a guest (:func:`send_image`), wait for the target
+    to have restored it (``confirmed()``, which raises if it did not: then
+    :class:`NotConfirmed`, and the process is unchanged), then release its memory: (the
+    shell's address, the signals for the guest)."""
+    deferred = send_image(pid, writer, regs, identity, to_guest=True, ahead=ahead)
+    try:
+        confirmed()
+    except (MosixError, OSError) as err:
+        raise NotConfirmed(str(err), deferred) from err
     shell, held = freeze.release_memory(pid)
     return shell, deferred + held
 

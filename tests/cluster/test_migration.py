@@ -6,6 +6,7 @@ leaves it running at home with the manual's message."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -59,6 +60,13 @@ def row(cluster, k: int = 1) -> dict | None:
 def migrate(cluster, pid: int, where: str) -> None:
     done = cluster.run(1, "mosmigrate", str(pid), where)
     assert done.returncode == 0, done.stderr
+
+
+def migrate_fails(cluster, pid: int, where: str, message: str) -> None:
+    """mosmigrate waits for the move's outcome: a failure is its exit status 1 and the
+    manual's message."""
+    done = cluster.run(1, "mosmigrate", str(pid), where)
+    assert done.returncode == 1 and done.stderr.endswith(f": {message}\n"), done.stderr
 
 
 def where_is(cluster, expected: str) -> None:
@@ -140,8 +148,8 @@ def test_a_refused_migration_leaves_the_process_running_at_home(cluster, mosrun,
     proc = mosrun("awk", program, out=out)
     pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
     wait_until(lambda: lines(out) >= 5, what="5 lines")
-    migrate(cluster, pid, "2")
     message = f"failed migrating to {cluster.ip(2)}: other node refused"
+    migrate_fails(cluster, pid, "2", message)
     wait_until(lambda: message.encode() in (tmp_path / "stderr.txt").read_bytes(), what="the refusal")
     assert row(cluster)["where"] == "here"
     assert proc.wait(timeout=120) == 3
@@ -231,8 +239,9 @@ def test_a_failed_migration_keeps_the_process_at_home(cluster, mosrun, tmp_path,
         reason = "did not complete (no memory there?)"
     pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
     wait_until(lambda: lines(out) >= 5, what="5 lines")
-    migrate(cluster, pid, "2")
-    message = f"failed migrating to {cluster.ip(2)}: {reason}".encode()
+    message = f"failed migrating to {cluster.ip(2)}: {reason}"
+    migrate_fails(cluster, pid, "2", message)
+    message = message.encode()
     wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), what=f"'{message.decode()}'")
     assert proc.wait(timeout=120) == 3
     native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
@@ -721,7 +730,7 @@ def test_a_target_killed_during_the_move_leaves_the_process_running_at_home(clus
     mover = subprocess.Popen([str(BIN / "mosmigrate"), str(pid), "2"], env=cluster.env(1))
     host = wait_until(lambda: guests(cluster, 2), timeout=30, what="the guest host, receiving")[0]["pid"]
     os.kill(host, 9)                                     # the target dies in the middle of the move
-    mover.wait(timeout=30)
+    assert mover.wait(timeout=60) == 1                    # mosmigrate reports the failed move
     message = f"failed migrating to {cluster.ip(2)}: did not complete (no memory there?)".encode()
     wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), what="the manual's message")
     assert row(cluster)["where"] == "here"
@@ -791,13 +800,13 @@ def test_a_failed_move_on_leaves_the_process_where_it_was(cluster, mosrun, tmp_p
     proc, pid, out = big_started_on_node_2(cluster, mosrun, tmp_path, 400)
     if case == "refused":
         assert cluster.run(3, "mosctl", "block").returncode == 0
-        migrate(cluster, pid, "3")
         reason = "other node refused"
+        migrate_fails(cluster, pid, "3", f"failed migrating to {cluster.ip(3)}: {reason}")
     else:
         mover = subprocess.Popen([str(BIN / "mosmigrate"), str(pid), "3"], env=cluster.env(1))
         host = wait_until(lambda: guests(cluster, 3), timeout=30, what="the guest host, receiving")[0]["pid"]
         os.kill(host, 9)                                   # the next node dies in the middle of the move
-        mover.wait(timeout=30)
+        assert mover.wait(timeout=60) == 1                # mosmigrate reports the failed move
         reason = "did not complete (no memory there?)"
     message = f"failed migrating to {cluster.ip(3)}: {reason}".encode()
     wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), what="the manual's message")
@@ -869,3 +878,53 @@ def test_mosrun_to_an_unknown_node_fails_at_once_with_mosd(cluster, mosrun, tmp_
     assert proc.wait(timeout=60) == 1
     assert (tmp_path / "stderr.txt").read_bytes() == b"MOSRUN: failed migrating to 9: not in map\n"
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.fixture
+def migrate_self(tmp_path) -> Path:
+    """tests/cluster/programs/migrate_self.c, built."""
+    program = tmp_path / "migrate_self"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(program), str(Path(__file__).parent / "programs" /
+                                                                    "migrate_self.c")], check=True)
+    return program
+
+
+def test_proc_self_migrate_returns_when_the_move_is_over(cluster, mosrun, tmp_path, migrate_self):
+    """mosix(7): writing /proc/self/migrate returns 0 once the move happened, so an
+    immediate read of whereami sees the new node: home -> 2 -> home -> 2 -> 3 -> home."""
+    out = tmp_path / "out.txt"
+    proc = mosrun(str(migrate_self), "2", "0", "2", "3", "0", out=out)
+    assert proc.wait(timeout=120) == 0, (tmp_path / "stderr.txt").read_text()
+    assert out.read_text() == "2 0 2 0\n0 0 0 0\n2 0 2 0\n3 0 3 0\n0 0 0 0\n"
+    assert (tmp_path / "stderr.txt").read_bytes() == b""
+
+
+def test_proc_self_migrate_returns_minus_one_when_the_move_fails(cluster, mosrun, tmp_path, migrate_self):
+    """A refused move (node 3 blocked) returns -1, at home and away (on from node 2),
+    with the manual's message; a node not in the map too, at once (EINVAL)."""
+    assert cluster.run(3, "mosctl", "block").returncode == 0
+    out = tmp_path / "out.txt"
+    proc = mosrun(str(migrate_self), "3", "9", "2", "3", "9", out=out)
+    assert proc.wait(timeout=120) == 0, (tmp_path / "stderr.txt").read_text()
+    eagain, einval = errno.EAGAIN, errno.EINVAL
+    assert out.read_text() == f"3 -1 0 {eagain}\n9 -1 0 {einval}\n2 0 2 0\n3 -1 2 {eagain}\n9 -1 2 {einval}\n"
+    refused = f"MOSRUN: failed migrating to {cluster.ip(3)}: other node refused\n"
+    unknown = "MOSRUN: failed migrating to 9: not in map\n"
+    assert (tmp_path / "stderr.txt").read_text() == refused + unknown + refused + unknown
+
+
+def test_mosmigrate_reports_the_outcome_of_the_move(cluster, mosrun, tmp_path):
+    """mosmigrate waits for the move: exit 0 once the process is there (the table says
+    so at once), 1 with the manual's message when the target refuses."""
+    assert cluster.run(3, "mosctl", "block").returncode == 0
+    out = tmp_path / "out.txt"
+    proc = mosrun("awk", AWK % 100000, out=out)
+    pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
+    refused = cluster.run(1, "mosmigrate", str(pid), "3")
+    assert refused.returncode == 1
+    assert refused.stderr.endswith(f"failed migrating to {cluster.ip(3)}: other node refused\n")
+    assert row(cluster)["where"] == "here"
+    for where, expected in (("2", cluster.ip(2)), ("home", "here")):
+        migrate(cluster, pid, where)
+        where_is(cluster, expected)
+    proc.kill()
