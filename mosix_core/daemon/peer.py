@@ -26,7 +26,6 @@ import asyncio
 import json
 import time
 from ipaddress import IPv4Address
-from typing import Any
 
 from mosix_core import PROTOCOL_VERSION, __version__
 from mosix_core.daemon import migration, protocol
@@ -140,7 +139,7 @@ class PeerServer:
                     await self._reattach(request, env.sender, writer, sealer, binding)
                     return
                 if request is not None:
-                    reply = self.handle(op, request)
+                    reply = self.handle(request)
                 writer.write(sealer.seal(wire.RPC_REPLY, json.dumps(reply).encode(), binding=binding))
                 await writer.drain()
                 try:
@@ -214,10 +213,10 @@ class PeerServer:
         if waiting is not None:
             migration.reattach_guest_host(self.node, writer, waiting, self.node.canonical(origin))
 
-    def handle(self, op: str, request: Any) -> dict:
-        """The wire reply to a decoded request that is answered at once (ping, status)."""
+    def handle(self, request: protocol.PeerPingRequest | protocol.PeerStatusRequest) -> dict:
+        """The wire reply to a request that is answered at once."""
         node = self.node
-        if op == "ping":
+        if isinstance(request, protocol.PeerPingRequest):
             return protocol.answer(protocol.PeerPingReply(ip=str(node.our_ip), version=__version__,
                                                           protocol=PROTOCOL_VERSION))
         node.refresh_local(time.monotonic())
@@ -227,7 +226,7 @@ class PeerServer:
 
 async def call(node, ip: IPv4Address, request: dict, timeout: float = 5.0) -> dict:
     """Send one authenticated request to another node's peer listener and return the
-    reply as it came (see :func:`ask` for the typed form)."""
+    reply as it came (:func:`protocol.outcome` reads it)."""
     sealer = wire.Sealer(node.key, node.our_ip)
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(str(ip), node.settings.tcp_port, local_addr=(str(node.our_ip), 0),
@@ -248,11 +247,3 @@ async def call(node, ip: IPv4Address, request: dict, timeout: float = 5.0) -> di
         return await asyncio.wait_for(exchange(), timeout)
     finally:
         writer.close()
-
-
-async def ask(node, ip: IPv4Address, request: Any, timeout: float = 5.0) -> Any:
-    """A peer request record to another node: its reply record; Refused, ProtocolError
-    or MosixError as :func:`protocol.outcome` says."""
-    op = protocol.op_of(request, protocol.PEER)
-    wire_reply = await call(node, ip, {"op": op, **protocol.encode(request)}, timeout)
-    return protocol.decode_reply(op, protocol.outcome(wire_reply), protocol.PEER)
