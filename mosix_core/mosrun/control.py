@@ -35,14 +35,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import selectors
 import socket
 import struct
 import time
+from typing import Callable
 
 import attrs
 
 from mosix_core.errors import MosixError
 from mosix_core.linux import procfs
+from mosix_core.mosrun.move import Move
 
 MAX_REQUEST = 4096
 #: seconds a client has to send its whole request (a tool sends it at once)
@@ -249,5 +252,83 @@ def request(pid: int, op: str, timeout: float = 10.0, **args) -> dict:
     return reply
 
 
+class ControlServer:
+    """The supervisor's listener: requests are read as their bytes arrive and handed to
+    ``handle(request, uid)``, whose answer is a dict, or a :class:`Move` answered when it
+    is over (mosmigrate waits for a move's outcome). ``may_ask(uid)``: whether that user
+    may affect any of the supervisor's processes (else the connection is closed unheard)."""
+
+    def __init__(self, selector: selectors.BaseSelector, may_ask: Callable[[int], bool],
+                 handle: Callable[[dict, int], "dict | Move"]) -> None:
+        self.sock = listen(os.getpid())
+        self.selector = selector
+        self._may_ask = may_ask
+        self._handle = handle
+        self._incoming: list[Incoming] = []       # requests still arriving, oldest first
+        selector.register(self.sock, selectors.EVENT_READ, self._accept)
+
+    def _accept(self) -> None:
+        """A new client. This loop also serves the calls forwarded from away, so no client may
+        hold it: a user who may affect none of our processes is cut off before a byte is read,
+        and the others' requests are read only as their bytes arrive."""
+        for _ in range(MAX_PENDING * 4):   # the whole backlog: strangers must not fill it
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                uid = peer_uid(conn)
+            except OSError:
+                uid = None
+            if uid is not None and self._may_ask(uid):
+                self._arriving(conn, uid)
+            else:
+                conn.close()
+
+    def _arriving(self, conn, uid: int) -> None:
+        """Read ``conn``'s request as it comes; the late and the surplus ones are dropped."""
+        conn.setblocking(False)
+        now = time.monotonic()
+        for incoming in [i for i in self._incoming if i.late(now)]:
+            self._answer_control(incoming, {"error": "bad request: not sent in time"})
+        if len(self._incoming) >= MAX_PENDING:
+            self._answer_control(self._incoming[0], {"error": "bad request: too many at once"})
+        incoming = Incoming(conn, uid, now + REQUEST_WITHIN)
+        self._incoming.append(incoming)
+        self.selector.register(conn, selectors.EVENT_READ, lambda: self._control_arrives(incoming))
+
+    def _control_arrives(self, incoming: Incoming) -> None:
+        try:
+            req = incoming.read()
+            if req is None:
+                if not incoming.late(time.monotonic()):
+                    return
+                raise ValueError("not sent in time")
+            reply = self._handle(req, incoming.uid)
+        except (OSError, ValueError) as err:
+            reply = {"error": f"bad request: {err}"}
+        if isinstance(reply, Move):
+            self._answer_when_over(incoming, reply)
+        else:
+            self._answer_control(incoming, reply)
+
+    def _answer_when_over(self, incoming: Incoming, move: Move) -> None:
+        """The request is whole: no longer "arriving" (nor late); its answer is the
+        move's outcome."""
+        self._incoming.remove(incoming)
+        self.selector.unregister(incoming.conn)
+
+        def when_over(over: Move) -> None:
+            with incoming.conn:
+                answer(incoming.conn, {"ok": True} if over.failure is None else {"error": over.failure})
+        move.wait(when_over)
+
+    def _answer_control(self, incoming: Incoming, reply: dict) -> None:
+        self._incoming.remove(incoming)
+        self.selector.unregister(incoming.conn)
+        with incoming.conn:
+            answer(incoming.conn, reply)
+
+
 __all__ = ["listen", "request", "connect", "supervisor_of", "listening_names", "may_affect", "peer_credentials",
-           "peer_uid", "parse_request", "Incoming", "answer", "REQUEST_WITHIN", "MAX_PENDING", "MAX_REQUEST"]
+           "peer_uid", "parse_request", "Incoming", "ControlServer", "answer", "REQUEST_WITHIN", "MAX_PENDING", "MAX_REQUEST"]

@@ -30,6 +30,7 @@ from typing import Callable
 
 import attrs
 
+from mosix_core.errors import MosixError
 from mosix_core.mosrun.targets import MoveTarget
 from mosix_core.remote.frames import Channel
 
@@ -52,6 +53,10 @@ _NEXT = {
     Phase.SENT: set(),
 }
 OVER = frozenset({Phase.CONFIRMED, Phase.FAILED})
+
+
+class MoveRefused(MosixError):
+    """No move can begin (no MOSIX on this node)."""
 
 
 class BadTransition(RuntimeError):

@@ -178,7 +178,7 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
         written_as = recovered.state.checkpoint_version      # adopt() starts a fresh naming
         recovered.state.strict = int(opts.strict_limitations)   # the site's rules of today
         tracee = supervisor.adopt(root, recovered.state, recovered.command, virtual_pid=recovered.virtual_pid)
-        tracee.converted = list(recovered.converted)
+        tracee.program.converted = list(recovered.converted)
         continue_numbering(tracee.plan, recovered.state, written_as)
         supervisor.serve_control()
         ptrace.cont(root)

@@ -116,10 +116,17 @@ class Runs:
         return "here" if to == "home" else self.cluster.ip(int(to))
 
     def request(self, pid: int, to: str) -> None:
-        """``mosmigrate pid to``, to a process that is still running (mosmigrate does not wait)."""
+        """``mosmigrate pid to``, to a process that is still running (mosmigrate waits
+        for the move's outcome)."""
         assert alive(pid), f"{pid} ended before its move to {to}"
         done = self.cluster.run(1, "mosmigrate", str(pid), to)
         assert done.returncode == 0, done.stderr
+
+    def request_meanwhile(self, pid: int, to: str) -> subprocess.Popen:
+        """:meth:`request`, running while the caller watches the move."""
+        assert alive(pid), f"{pid} ended before its move to {to}"
+        return subprocess.Popen([str(BIN / "mosmigrate"), str(pid), to],
+                                env=self.cluster.env(1), stderr=subprocess.PIPE)
 
     def arrived(self, pid: int, to: str) -> None:
         expected = self.where(to)
@@ -542,7 +549,7 @@ def test_a_large_process_runs_on_while_its_memory_goes_ahead(runs):
     for to in ("2", "home", "2"):
         before = lines(proc.dir / "stdout")
         wait_until(lambda: lines(proc.dir / "stdout") > before + 20, what=f"progress before the move to {to}")
-        runs.request(pid, to)
+        mover = runs.request_meanwhile(pid, to)
         seen_leaving = None
         while (row := row_of(runs.cluster, pid)) is not None and row["where"] != runs.where(to):
             if row["where"] == "leaving":
@@ -552,6 +559,7 @@ def test_a_large_process_runs_on_while_its_memory_goes_ahead(runs):
                     grew_while_leaving.append(to)
                     seen_leaving = float("inf")
             time.sleep(0.002)
+        assert mover.wait(timeout=120) == 0, mover.stderr.read()
         runs.arrived(pid, to)
     assert alive(pid), "the program ended before the last move was over"
     assert "2" in grew_while_leaving
