@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -76,7 +75,7 @@ def send_out(pid: int, etc: Path) -> None:
 def main_command(
     pid: str = typer.Argument(..., help="the MOSIX process (see mosps; with out: a guest, see mosps -V)"),
     action: str = typer.Argument(..., help="node-number | IP-address | host | " + " | ".join(ACTIONS)),
-    etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
+    etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
 ) -> None:
     """mosmigrate {pid} {node-number | IP-address | host | home | out | freeze | continue | checkpoint | chkstop | chkexit}"""
     mosmigrate(pid, action, etc)

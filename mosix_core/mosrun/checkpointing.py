@@ -19,7 +19,6 @@ from mosix_core.mosrun import checkpoints
 from mosix_core.mosrun.tracee import Tracee
 
 
-
 class CheckpointControl:
     """The supervisor's checkpoints (``sup``: the :class:`~mosix_core.mosrun.supervisor.Supervisor`)."""
 
@@ -84,7 +83,8 @@ class CheckpointControl:
         pid, plan = tracee.pid, tracee.plan
         version = plan.naming.next_version()
         inject.finish_call(pid, 0 if access == 1 else version)
-        ok, what, deferred = checkpoints.take(pid, tracee.own_pid, tracee.state, plan, converted=tracee.program.converted)
+        ok, what, deferred = checkpoints.take(pid, tracee.own_pid, tracee.state, plan,
+                                              converted=tracee.program.converted)
         if not ok:
             self.sup.say(tracee, f"checkpoint failed: {what}")
             inject.set_result(pid, -errno.EIO)

@@ -39,7 +39,7 @@ import selectors
 import socket
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 
@@ -259,7 +259,7 @@ class ControlServer:
     may affect any of the supervisor's processes (else the connection is closed unheard)."""
 
     def __init__(self, selector: selectors.BaseSelector, may_ask: Callable[[int], bool],
-                 handle: Callable[[dict, int], "dict | Move"]) -> None:
+                 handle: Callable[[dict, int], dict | Move]) -> None:
         self.sock = listen(os.getpid())
         self.selector = selector
         self._may_ask = may_ask
@@ -331,4 +331,5 @@ class ControlServer:
 
 
 __all__ = ["listen", "request", "connect", "supervisor_of", "listening_names", "may_affect", "peer_credentials",
-           "peer_uid", "parse_request", "Incoming", "ControlServer", "answer", "REQUEST_WITHIN", "MAX_PENDING", "MAX_REQUEST"]
+           "peer_uid", "parse_request", "Incoming", "ControlServer", "answer", "REQUEST_WITHIN", "MAX_PENDING",
+           "MAX_REQUEST"]

@@ -36,7 +36,7 @@ class FreezeControl:
                 tracee.freezing.wanted = None            # stays frozen after all
             if how == "M" and tracee.freezing.frozen.how != "M":
                 tracee.freezing.frozen.how = "M"                # not to be unfrozen automatically now
-                self.sup._send("update", pid=tracee.pid, frozen="M")
+                self.sup.send("update", pid=tracee.pid, frozen="M")
             return {"ok": True}
         if how != "M" and not tracee.state.freezable:
             return {"error": "the process may not be frozen automatically (mosrun -g)"}
@@ -78,19 +78,19 @@ class FreezeControl:
             if how == "M" or not tracee.freezing.told_no_space:
                 self.sup.say(tracee, f"{NO_SPACE}: the process keeps running")
                 tracee.freezing.told_no_space = how != "M"
-            self.sup._resume(tracee)
+            self.sup.resume(tracee)
             return
         except CannotFreeze as err:
             self.sup.say(tracee, str(err))
-            self.sup._send("update", pid=pid, frozen="N/A")
-            self.sup._resume(tracee)
+            self.sup.send("update", pid=pid, frozen="N/A")
+            self.sup.resume(tracee)
             return
         except (MosixError, OSError) as err:
             if isinstance(err, TraceError) and err.errno == errno.ESRCH:
                 return
             self.sup.say(tracee, f"freezing failed: {err}")
             inject.put_back(pid, regs)
-            self.sup._resume(tracee)
+            self.sup.resume(tracee)
             return
         tracee.freezing.frozen = frozen
         tracee.freezing.count += 1
@@ -98,7 +98,7 @@ class FreezeControl:
         ptrace.cont(pid)
         held, frozen.held = frozen.held, []
         checkpoints.resend(pid, held)            # judged as a frozen process's signals
-        self.sup._send("update", pid=pid, frozen=how)
+        self.sup.send("update", pid=pid, frozen=how)
 
     def frozen_stop(self, tracee: Tracee, stop: ptrace.Stop) -> None:
         """A frozen process reacts only to unfreezing or a signal that kills it (mosix(7))."""
@@ -141,8 +141,8 @@ class FreezeControl:
             return
         tracee.freezing.frozen = None
         frozen.discard()
-        self.sup._resume(tracee)
+        self.sup.resume(tracee)
         checkpoints.resend(pid, frozen.held + deferred)
         if self.sup.checkpointing.checkpoint_waiting(tracee):
             ptrace.interrupt(pid)             # the checkpoint asked for while it was frozen
-        self.sup._send("update", pid=pid, frozen="-")
+        self.sup.send("update", pid=pid, frozen="-")

@@ -26,7 +26,7 @@ and checks that each transition is one the diagram allows.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 
@@ -93,7 +93,7 @@ class Move:
     # makes it again where the process arrives, or where it stays
     call_made_again: bool = False
     failure: str | None = None       # the manual's message, once failed
-    waiters: list[Callable[["Move"], None]] = attrs.field(factory=list)
+    waiters: list[Callable[[Move], None]] = attrs.field(factory=list)
 
     @property
     def target(self) -> MoveTarget:
@@ -134,7 +134,7 @@ class Move:
         self._close()
         self._tell()
 
-    def wait(self, then: Callable[["Move"], None]) -> None:
+    def wait(self, then: Callable[[Move], None]) -> None:
         """``then(move)`` once the move is over (at once if it is)."""
         if self.over:
             then(self)

@@ -14,8 +14,8 @@ import errno
 import secrets
 import selectors
 import threading
+from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Callable
 
 from mosix_core.client import Client
 from mosix_core.errors import MosixError, ProtocolError, TraceError
@@ -27,12 +27,11 @@ from mosix_core.mosrun import checkpoints, migration, targets
 from mosix_core.mosrun.move import Move, MoveRefused, MoveRequest, Phase
 from mosix_core.mosrun.tracee import PENDING, Tracee, configuration
 from mosix_core.remote import clocks, moving
-from mosix_core.remote.calls import (Reply)
+from mosix_core.remote.calls import Reply
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, encode_control, encode_signal
 from mosix_core.remote.link import keep_alive
 from mosix_core.remote.shortcut import Shortcuts
-
 
 
 class Mover:
@@ -100,7 +99,7 @@ class Mover:
                     return
                 move.reply, move.channel = reply, channel
                 then()
-            self.sup._later(opened)
+            self.sup.later(opened)
         threading.Thread(target=work, name=f"way-{tracee.pid}-{move.target.text}", daemon=True).start()
 
     def _handshake(self, tracee: Tracee, move: Move) -> tuple[dict, Channel | None]:
@@ -155,7 +154,7 @@ class Mover:
             else:
                 self.move_failed(tracee, move, move.reply.get("refused", "no response"))
             inject.skip_call(pid, 0 if already else -errno.EAGAIN)
-            self.sup._resume(tracee)
+            self.sup.resume(tracee)
             return
         try:
             held = inject.end_call(pid, 0)       # a clean stop: the call's exit
@@ -196,17 +195,17 @@ class Mover:
             return False
         move.to(Phase.PRECOPY)
         writer = ImageWriter(move.channel.sock.makefile("wb"), compress=move.compress)
-        self.sup._send("update", pid=pid, where="leaving")
+        self.sup.send("update", pid=pid, where="leaving")
 
         def work() -> None:
             try:
                 outcome: object = moving.send_ahead(pid, writer, tracker)
             except (MosixError, OSError) as err:
                 outcome = err
-            self.sup._later(lambda: self._sent_ahead(tracee, move, writer, tracker, outcome))
+            self.sup.later(lambda: self._sent_ahead(tracee, move, writer, tracker, outcome))
         with self.sup.link.unpinned():
             threading.Thread(target=work, name=f"ahead-{pid}", daemon=True).start()
-        self.sup._resume(tracee)
+        self.sup.resume(tracee)
         return True
 
     def _sent_ahead(self, tracee: Tracee, move: Move, writer: ImageWriter, tracker, outcome: object) -> None:
@@ -217,7 +216,7 @@ class Mover:
             tracker.close()
             move.drop_channel()
             if not gone:
-                self.sup._send("update", pid=tracee.pid, where="here")
+                self.sup.send("update", pid=tracee.pid, where="here")
                 self.move_failed(tracee, move, migration.DID_NOT_COMPLETE)
             return
         move.ahead = (writer, outcome)
@@ -292,7 +291,7 @@ class Mover:
             if move.reply.get("refused") == "already there":
                 tracee.move = None
                 move.confirm()
-                self.sup._resume(tracee)
+                self.sup.resume(tracee)
             else:
                 self.move_failed(tracee, move, move.reply.get("refused", "no response"))
                 self._start_failed(tracee, move)
@@ -306,7 +305,7 @@ class Mover:
         (writer, ahead), move.ahead = move.ahead or (None, None), None
         channel, target = move.channel, move.where
         sock = channel.sock
-        self.sup._send("update", pid=pid, where="leaving")
+        self.sup.send("update", pid=pid, where="leaving")
         deferred: list[int] = list(held)
 
         def restored() -> None:
@@ -334,7 +333,7 @@ class Mover:
             if isinstance(err, moving.NotConfirmed):
                 deferred += err.deferred
             move.drop_channel()
-            self.sup._send("update", pid=pid, where="here")
+            self.sup.send("update", pid=pid, where="here")
             if isinstance(err, TraceError) and err.errno == errno.ESRCH:
                 return                               # it ended: _gone ends the move
             self.move_failed(tracee, move, migration.DID_NOT_COMPLETE)
@@ -350,13 +349,13 @@ class Mover:
         tracee.away = migration.Away(target, sock, channel, deputy, compress=move.compress, token=token, grace=grace)
         tracee.move = None
         try:
-            tracee.away.shortcuts = Shortcuts(pid, tracee.own_pid, lambda: self.sup._parent_pid(tracee))
+            tracee.away.shortcuts = Shortcuts(pid, tracee.own_pid, lambda: self.sup.parent_pid(tracee))
         except OSError:
             pass                                     # every call goes through the deputy
         self.sup.link.pin_shell(tracee)
         self.sup.selector.register(sock, selectors.EVENT_READ, lambda: self.sup.home.away_readable(tracee))
         tracee.state.nmigs += 1
-        self.sup._send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
+        self.sup.send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
         move.confirm()
         self._signal_migrated(tracee)
 
@@ -365,7 +364,7 @@ class Mover:
         elsewhere (mosrun -r/-{n}/-b) without -F, when it does not run at all."""
         if move.request.starting and not move.request.force:
             checkpoints.exit_now(tracee.pid, 1)
-        self.sup._resume(tracee)
+        self.sup.resume(tracee)
 
     def _signal_migrated(self, tracee: Tracee) -> None:
         """/proc/self/sigmig: the process asked for a signal after each migration."""
@@ -391,7 +390,7 @@ class Mover:
             tracee.move, again, move = None, move, None
         if move is not None:
             move.to(Phase.SENT)
-        self.sup._send("update", pid=pid, where="starting")
+        self.sup.send("update", pid=pid, where="starting")
         try:
             reader = ImageReader(away.sock.makefile("rb", buffering=0), streaming=True)
             with self.sup.link.unpinned():
@@ -417,7 +416,7 @@ class Mover:
         if move is not None:
             tracee.move = None
             move.confirm()
-        self.sup._resume(tracee)
+        self.sup.resume(tracee)
         checkpoints.resend(pid, deferred + away.deputy.deferred)
         self._signal_migrated(tracee)
         if again is not None:
@@ -445,7 +444,7 @@ class Mover:
         away, pid = tracee.away, tracee.pid
         move.to(Phase.SENT)
         onward = move.channel
-        self.sup._send("update", pid=pid, where="leaving")
+        self.sup.send("update", pid=pid, where="leaving")
         try:
             with self.sup.link.unpinned():
                 _, failed = stream.relay(away.sock.recv_into, onward.sock.sendall)
@@ -469,7 +468,7 @@ class Mover:
                 failed = err
         if failed is not None or not (isinstance(answer, dict) and answer.get("op") == "restored"):
             move.drop_channel()
-            self.sup._send("update", pid=pid, where=away.where)
+            self.sup.send("update", pid=pid, where=away.where)
             self.sup.home.away_send(tracee, encode_control({"op": "stay"}))
             self.move_failed(tracee, move, migration.DID_NOT_COMPLETE)
             return
@@ -498,7 +497,7 @@ class Mover:
         trip = sent.get("utime")
         tracee.remote_utime += float(trip) if isinstance(trip, (int, float)) and trip >= 0 else away.utime
         tracee.state.nmigs += 1
-        self.sup._send("update", pid=tracee.pid, where=where, nmigs=tracee.state.nmigs,
+        self.sup.send("update", pid=tracee.pid, where=where, nmigs=tracee.state.nmigs,
                    remote_utime=round(tracee.remote_utime, 2))
 
     def _not_home(self, tracee: Tracee, err: ThawFailed) -> None:

@@ -29,22 +29,34 @@ import os
 import queue
 import selectors
 import signal
-from typing import Callable
+from collections.abc import Callable
 
-
+from mosix_core.config.daemon import DaemonSettings
 from mosix_core.errors import DaemonUnavailable, MosixError, TraceError
 from mosix_core.linux import inject, memory, procfs, ptrace, seccomp
 from mosix_core.linux.syscall_names import NUMBERS
-from mosix_core.config.daemon import DaemonSettings
 from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules, targets
-from mosix_core.mosrun.move import Move, MoveRequest
 from mosix_core.mosrun import options as mosopts
 from mosix_core.mosrun.checkpointing import CheckpointControl
 from mosix_core.mosrun.freeze_control import FreezeControl
-from mosix_core.mosrun.move import MoveRefused
+from mosix_core.mosrun.move import Move, MoveRefused, MoveRequest
 from mosix_core.mosrun.mover import Mover
-from mosix_core.mosrun.tracee import (NOTHING_PENDING, PENDING, Program, Tracee, configuration,  # noqa: F401
-                                      flag_summary, initial_state, options_of)
+from mosix_core.mosrun.tracee import (  # noqa: F401  (elf_class, flag_summary, initial_state, node_in_cluster: for mosrun)
+    NOTHING_PENDING,
+    PENDING,
+    Program,
+    Tracee,
+    command_line,
+    configuration,
+    elf_class,
+    flag_summary,
+    initial_state,
+    is_32bit,
+    is_mosix_tool,
+    node_in_cluster,
+    options_of,
+    program_name,
+)
 from mosix_core.remote.home_link import HomeLink
 from mosix_core.remote.home_side import HomeSide
 
@@ -77,7 +89,7 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._ways: queue.SimpleQueue = queue.SimpleQueue()   # what threads leave for the loop (see _later)
+        self._ways: queue.SimpleQueue = queue.SimpleQueue()   # what threads leave for the loop (see later)
         self.keep_running: Callable[[], bool] = lambda: False
         self.control = None
         self.freezer = freezer or freezing.Freezer(None)
@@ -190,7 +202,7 @@ class Supervisor:
                     tracee.thread.allow_sigstop = False
                 else:
                     sig = signal.SIGTSTP       # MOSIX processes never get SIGSTOP (mosrun(1))
-            self._resume(tracee, sig)
+            self.resume(tracee, sig)
         elif stop.kind == "syscall" and self.checkpointing.checkpoint_waiting(tracee):
             if ptrace.syscall_stop_op(tracee.pid) == ptrace.INFO_EXIT:
                 self.checkpointing.checkpoint_now(tracee)
@@ -199,7 +211,7 @@ class Supervisor:
         else:
             ptrace.cont(tracee.pid)
 
-    def _resume(self, tracee: Tracee, sig: int = 0) -> None:
+    def resume(self, tracee: Tracee, sig: int = 0) -> None:
         """Let the tracee go on; to the end of its current call if a checkpoint waits for it."""
         if self.checkpointing.checkpoint_waiting(tracee):
             ptrace.syscall(tracee.pid, sig)
@@ -263,16 +275,16 @@ class Supervisor:
         if tracee.program.pending_exec is not NOTHING_PENDING:
             tracee.state, tracee.program.pending_exec = tracee.program.pending_exec, NOTHING_PENDING
             if tracee.state is None:
-                self._send("unregister", pid=pid)
-        tracee.program.command = _command_line(pid)
+                self.send("unregister", pid=pid)
+        tracee.program.command = command_line(pid)
         tracee.program.converted = []
         # A recursive mosrun/mosenv/mosnative is our own Python program, which uses calls
         # MOSIX refuses (epoll...) before it reaches /proc/self/mosrun: they fail quietly
         # for it, whatever the process's -e/-u, until it execs the real program.
-        tracee.program.mosix_tool = _is_mosix_tool(tracee.command)
-        if not tracee.native and _is_32bit(pid):
-            self.say(tracee, f"{_program_name(pid)} is a 32-bit program - will run in native Linux mode")
-            self._send("unregister", pid=pid)
+        tracee.program.mosix_tool = is_mosix_tool(tracee.command)
+        if not tracee.native and is_32bit(pid):
+            self.say(tracee, f"{program_name(pid)} is a 32-bit program - will run in native Linux mode")
+            self.send("unregister", pid=pid)
             # it stays traced as a native process: the filter it inherited traces every
             # i386 call (an untraced one would fail with ENOSYS), and _event lets a
             # native tracee's calls run untouched
@@ -280,7 +292,7 @@ class Supervisor:
             ptrace.cont(pid)
             return
         if not tracee.native:
-            self._send("update", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
+            self.send("update", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
         # where the new program runs: where mosrun was told to start it, or back where
         # the process was when it came home to exec
         start, tracee.start_at = tracee.start_at, None
@@ -301,7 +313,7 @@ class Supervisor:
         if info.nr in PID_CALLS:
             self._carry_out(tracee, self._pid_call(tracee, info.nr, info.args))
             return
-        verdict = rules.decide(info.nr, info.args, self._context(tracee))
+        verdict = rules.decide(info.nr, info.args, self.call_context(tracee))
         if isinstance(verdict, rules.SpecialOpen):
             verdict = self._special_open(tracee, verdict)
             if verdict is None:
@@ -326,7 +338,7 @@ class Supervisor:
             inject.set_arguments(tracee.pid, translated)
         return rules.ALLOW
 
-    def _parent_pid(self, tracee: Tracee) -> int | None:
+    def parent_pid(self, tracee: Tracee) -> int | None:
         """What getppid says for ``tracee`` (as :meth:`_pid_call` would have it)."""
         parent = self.tracees.get(tracee.parent) if tracee.parent else None
         if parent is not None and parent.virtual_pid:
@@ -334,15 +346,16 @@ class Supervisor:
         fields = procfs.stat_fields(tracee.pid)
         return None if fields is None else int(fields[1])
 
-    def _context(self, tracee: Tracee) -> rules.CallContext:
+    def call_context(self, tracee: Tracee) -> rules.CallContext:
         """What the rules may ask about ``tracee`` (and whether the site is strict with it)."""
         def converted(start: int, length: int) -> bool:
             end = start + max(length, 1)
             return any(low < end and start < high for low, high in tracee.program.converted)
-        return rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid), strict=bool(tracee.state and tracee.state.strict),
+        return rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid),
+                                 strict=bool(tracee.state and tracee.state.strict),
                                  converted=converted)
 
-    def _settings(self) -> DaemonSettings:
+    def settings(self) -> DaemonSettings:
         """This node's mosd.conf settings, read once (the defaults where there is none)."""
         if self._daemon_settings is None:
             config = configuration(self.etc) if self.etc is not None else None
@@ -351,7 +364,7 @@ class Supervisor:
 
     def _carry_out(self, tracee: Tracee, verdict) -> None:
         pid = tracee.pid
-        verdict, said, kill = rules.settle(verdict, self._unsupported_mode(tracee))
+        verdict, said, kill = rules.settle(verdict, self.unsupported_mode(tracee))
         for message in said:
             self.say(tracee, message)
         if kill:
@@ -373,7 +386,7 @@ class Supervisor:
             inject.set_arguments(pid, {verdict.arg: verdict.value})
         elif not isinstance(verdict, rules.Allow):
             raise TypeError(f"unknown verdict {verdict!r}")
-        self._resume(tracee)
+        self.resume(tracee)
 
     def _map_privately(self, tracee: Tracee, flags: int) -> None:
         """The mmap runs MAP_PRIVATE, to its end here (it does not wait), so the range
@@ -390,10 +403,10 @@ class Supervisor:
             tracee.program.converted.append((address, address + length))
         for sig in injector.deferred:
             os.kill(pid, sig)
-        self._resume(tracee)
+        self.resume(tracee)
 
     @staticmethod
-    def _unsupported_mode(tracee: Tracee) -> int:
+    def unsupported_mode(tracee: Tracee) -> int:
         return rules.MODE_SILENT if tracee.program.mosix_tool else tracee.state.unsupportok
 
     def _special_open(self, tracee: Tracee, call: rules.SpecialOpen):
@@ -425,7 +438,7 @@ class Supervisor:
         after = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
                  tracee.state.freezable, tracee.state.cpujob)
         if before != after:
-            self._send("update", pid=tracee.pid, options=flag_summary(tracee.state),
+            self.send("update", pid=tracee.pid, options=flag_summary(tracee.state),
                        freezable=bool(tracee.state.freezable))
         if call.flags & 3 == 0 and procself.named_by_argument(path, tracee.command):
             self.say(tracee, procself.misread_note(name, result))       # cat /proc/self/whereami
@@ -440,7 +453,7 @@ class Supervisor:
         return stop.kind == "syscall" and ptrace.syscall_stop_op(tracee.pid) == ptrace.INFO_EXIT
 
     # -- work threads leave for the loop ------------------------------------------------------------
-    def _later(self, then: Callable[[], None]) -> None:
+    def later(self, then: Callable[[], None]) -> None:
         """``then()`` in the loop, soon (from a thread)."""
         self._ways.put(then)
         try:
@@ -511,7 +524,7 @@ class Supervisor:
             state.strict = tracee.state.strict    # the site's, whatever the program sends
             if request.get("now"):
                 tracee.state = state          # a nested -S queue driver: its children inherit
-                self._send("update", pid=tracee.pid, options=flag_summary(state))
+                self.send("update", pid=tracee.pid, options=flag_summary(state))
             else:
                 tracee.program.pending_exec = state
             return 0
@@ -541,74 +554,13 @@ class Supervisor:
                 os.close(fd)
 
     def _register(self, tracee: Tracee) -> None:
-        self._send("register", pid=tracee.pid, command=tracee.command, options=flag_summary(tracee.state),
+        self.send("register", pid=tracee.pid, command=tracee.command, options=flag_summary(tracee.state),
                    freezable=bool(tracee.state.freezable))
 
-    def _send(self, op: str, **args) -> None:
+    def send(self, op: str, **args) -> None:
         if self.session is None:
             return
         try:
             self.session.send(op, **args)
         except (DaemonUnavailable, OSError):
             self.session = None
-
-
-def _command_line(pid: int) -> str:
-    line = procfs.command_line(pid)
-    return "?" if line is None else line
-
-
-MOSIX_TOOLS = frozenset({"mosrun", "mosenv", "mosnative"})
-
-
-def _is_mosix_tool(command: str) -> bool:
-    words = command.split()[:2]
-    return any(os.path.basename(word) in MOSIX_TOOLS for word in words)
-
-
-def _program_name(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return "program"
-
-
-def elf_class(path: str) -> int | None:
-    """1 for a 32-bit ELF file, 2 for 64-bit, None if it is not ELF (a script...)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(5)
-    except OSError:
-        return None
-    if head[:4] != b"\x7fELF":
-        return None
-    return head[4]
-
-
-def _is_32bit(pid: int) -> bool:
-    return elf_class(f"/proc/{pid}/exe") == 1
-
-
-def node_in_cluster(etc) -> Callable[[int], bool]:
-    """``in_cluster`` for the node whose configuration is in ``etc``: a node number or
-    host-order IP. The configuration is read when a program first asks (rarely), not
-    while the program waits to start."""
-    loaded: list = []
-
-    def check(value: int) -> bool:
-        if not loaded:
-            loaded.append(configuration(etc))
-        config = loaded[0]
-        if config is None:
-            return False
-        from ipaddress import IPv4Address
-
-        try:
-            if value <= 65535:
-                ip = config.resolve_node(str(value))
-            else:
-                ip = IPv4Address(value)
-            return bool(config.cluster.contains(ip))
-        except (MosixError, ValueError):
-            return False
-    return check

@@ -9,8 +9,8 @@ from pathlib import Path
 from mosix_core.client import Session
 from mosix_core.linux import ptrace
 from mosix_core.mosrun import launch, placement, rules, targets
-from mosix_core.mosrun.freezing import Freezer
 from mosix_core.mosrun import options as mosopts
+from mosix_core.mosrun.freezing import Freezer
 from mosix_core.mosrun.move import MoveRequest
 from mosix_core.mosrun.supervisor import Supervisor, flag_summary, initial_state, node_in_cluster
 

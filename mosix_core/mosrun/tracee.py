@@ -10,9 +10,13 @@ pid; the split is there so that a later step can trace several.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import attrs
 
 from mosix_core.errors import MosixError
+from mosix_core.linux import procfs
 from mosix_core.mosrun import checkpoints, freezing, migration, procself
 from mosix_core.mosrun import options as mosopts
 from mosix_core.mosrun.move import Move, MoveRequest
@@ -128,3 +132,65 @@ def configuration(etc):
         return load_config_if_present(etc)
     except MosixError:
         return None
+
+
+# -- the program a process runs ---------------------------------------------------------------
+def command_line(pid: int) -> str:
+    line = procfs.command_line(pid)
+    return "?" if line is None else line
+
+
+MOSIX_TOOLS = frozenset({"mosrun", "mosenv", "mosnative"})
+
+
+def is_mosix_tool(command: str) -> bool:
+    words = command.split()[:2]
+    return any(os.path.basename(word) in MOSIX_TOOLS for word in words)
+
+
+def program_name(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return "program"
+
+
+def elf_class(path: str) -> int | None:
+    """1 for a 32-bit ELF file, 2 for 64-bit, None if it is not ELF (a script...)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(5)
+    except OSError:
+        return None
+    if head[:4] != b"\x7fELF":
+        return None
+    return head[4]
+
+
+def is_32bit(pid: int) -> bool:
+    return elf_class(f"/proc/{pid}/exe") == 1
+
+
+def node_in_cluster(etc) -> Callable[[int], bool]:
+    """``in_cluster`` for the node whose configuration is in ``etc``: a node number or
+    host-order IP. The configuration is read when a program first asks (rarely), not
+    while the program waits to start."""
+    loaded: list = []
+
+    def check(value: int) -> bool:
+        if not loaded:
+            loaded.append(configuration(etc))
+        config = loaded[0]
+        if config is None:
+            return False
+        from ipaddress import IPv4Address
+
+        try:
+            if value <= 65535:
+                ip = config.resolve_node(str(value))
+            else:
+                ip = IPv4Address(value)
+            return bool(config.cluster.contains(ip))
+        except (MosixError, ValueError):
+            return False
+    return check

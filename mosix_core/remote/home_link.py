@@ -19,7 +19,7 @@ from mosix_core.linux import cpus
 from mosix_core.mosrun import checkpoints, migration, targets
 from mosix_core.mosrun.move import MoveRefused, MoveRequest, Phase
 from mosix_core.mosrun.tracee import Tracee
-from mosix_core.remote.calls import (Reply)
+from mosix_core.remote.calls import Reply
 from mosix_core.remote.frames import Channel, encode_control, encode_reply, reply_parts
 from mosix_core.remote.link import NO_SUCH_GUEST, REATTACH_HANDSHAKE, keep_alive
 
@@ -68,7 +68,7 @@ class HomeLink:
 
     def link_grace(self) -> float:
         """mosd.conf's link_grace, in seconds."""
-        return self.sup._settings().link_grace
+        return self.sup.settings().link_grace
 
     def lost(self, tracee: Tracee) -> None:
         """The link to the guest broke. The guest is frozen where it is, waiting; home
@@ -131,7 +131,7 @@ class HomeLink:
                     outcome = ({"gone": True}, None)     # the node lives, the guest does not
                     break
                 time.sleep(REATTACH_EVERY)
-            self.sup._later(lambda: self._reattached(tracee, away, *outcome))
+            self.sup.later(lambda: self._reattached(tracee, away, *outcome))
         threading.Thread(target=work, name=f"reattach-{pid}", daemon=True).start()
 
     def _reattached(self, tracee: Tracee, away: migration.Away, hello: dict, channel: Channel | None) -> None:
@@ -193,8 +193,8 @@ class HomeLink:
                     os.kill(tracee.pid, signal.SIGKILL)
                 return
             self.sup.say(tracee, migration.recovered_after(last[0], where))
-            self.sup._send("update", pid=tracee.pid, where="here")
-            self.sup._resume(tracee)
+            self.sup.send("update", pid=tracee.pid, where="here")
+            self.sup.resume(tracee)
             checkpoints.resend(tracee.pid, deferred + away.deputy.deferred)
             return
         self.sup.say(tracee, migration.lost_communication(where))

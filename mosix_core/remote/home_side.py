@@ -21,8 +21,7 @@ from mosix_core.linux import inject, procfs, ptrace
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.mosrun import migration, procself, rules
 from mosix_core.mosrun.tracee import PENDING, Tracee, configuration
-from mosix_core.remote.calls import (MAPPED_PRIVATELY, RUN_WHERE_IT_IS, Reply, Request, forwardable,
-                                     unforwardable_error)
+from mosix_core.remote.calls import MAPPED_PRIVATELY, RUN_WHERE_IT_IS, Reply, Request, forwardable, unforwardable_error
 from mosix_core.remote.frames import Channel, Poured, encode_signal, reply_parts
 from mosix_core.remote.shortcut import WrittenInPart
 
@@ -55,7 +54,7 @@ class HomeSide:
 
     def _forward_spin(self) -> float:
         """mosd.conf's forward_spin_us, in seconds."""
-        return self.sup._settings().forward_spin_us / 1e6
+        return self.sup.settings().forward_spin_us / 1e6
 
     def _away_message(self, tracee: Tracee) -> None:
         away = tracee.away
@@ -104,7 +103,7 @@ class HomeSide:
         """The guest's CPU time on its node so far: mostimeof adds it to the time here."""
         if isinstance(utime, (int, float)) and utime >= 0:
             tracee.away.utime = float(utime)
-            self.sup._send("update", pid=tracee.pid, remote_utime=round(tracee.remote_utime + utime, 2))
+            self.sup.send("update", pid=tracee.pid, remote_utime=round(tracee.remote_utime + utime, 2))
 
     def _away_call(self, tracee: Tracee, request: Request) -> None:
         if request.nr == MAPPED_PRIVATELY:
@@ -113,7 +112,7 @@ class HomeSide:
                 tracee.program.converted.append((request.args[0], request.args[0] + request.args[1]))
             self.away_answer(tracee, Reply(0))
             return
-        context = self.sup._context(tracee)
+        context = self.sup.call_context(tracee)
         verdict = rules.home_verdict(request.nr, request.args, context)
         if request.nr == SYS_MMAP:
             special = self._away_mapping(tracee, request, verdict)
@@ -151,7 +150,7 @@ class HomeSide:
         shortcuts = tracee.away.shortcuts
         if shortcuts is None:
             return None
-        if rules.home_verdict(request.nr, request.args, self.sup._context(tracee)) is not None:
+        if rules.home_verdict(request.nr, request.args, self.sup.call_context(tracee)) is not None:
             return None
         self._pouring = (tracee, _Counted(source))
         return shortcuts.pour(request, index, size, self._pouring[1])
@@ -192,7 +191,7 @@ class HomeSide:
     def _settled(self, tracee: Tracee, verdict):
         """``verdict`` with its messages said; a process the rules kill dies here (and
         so, its guest): what is left is Fail(ENOSYS)."""
-        verdict, said, kill = rules.settle(verdict, self.sup._unsupported_mode(tracee))
+        verdict, said, kill = rules.settle(verdict, self.sup.unsupported_mode(tracee))
         for message in said:
             self.sup.say(tracee, message)
         if kill:
@@ -228,7 +227,8 @@ class HomeSide:
         if name.startswith("checkpoint"):
             return -errno.EOPNOTSUPP           # checkpoints are taken at home
         if name == "migrate" and flags & 3 == 1:
-            return self.sup.mover.migrate_from_program(tracee, value & 0xFFFFFFFF)   # PENDING: answered when the move ends
+            # PENDING: answered when the move ends
+            return self.sup.mover.migrate_from_program(tracee, value & 0xFFFFFFFF)
         config = configuration(self.sup.etc) if self.sup.etc is not None else None
         env = procself.Environment(
             whereami=lambda: migration.node_value(config, tracee.away.where), in_cluster=self.sup.in_cluster,

@@ -5,10 +5,11 @@ it arrives somewhere as a guest, and it comes home into that shell."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from mosix_core.image import capture, freeze, restore
 from mosix_core.errors import MosixError, TraceError
+from mosix_core.image import capture, freeze, restore
 from mosix_core.image.freeze import ThawFailed
 from mosix_core.image.stream import CorruptImage, ImageWriter, Record
 from mosix_core.linux import inject, ptrace
