@@ -136,6 +136,10 @@ class Mover:
             self._program_way_open(tracee, move)
             return
         move.precopy_wanted = move.channel is not None and migration.worth_sending_ahead(tracee.pid)
+        self._interrupt_for(tracee, move)
+
+    def _interrupt_for(self, tracee: Tracee, move: Move) -> None:
+        """Ask for the interrupt stop at which ``move`` goes on."""
         move.awaiting_stop = True
         try:
             ptrace.interrupt(tracee.pid)
@@ -220,11 +224,7 @@ class Mover:
                 self.move_failed(tracee, move, migration.DID_NOT_COMPLETE)
             return
         move.ahead = (writer, outcome)
-        move.awaiting_stop = True
-        try:
-            ptrace.interrupt(tracee.pid)
-        except TraceError:
-            pass                                  # it has just ended: _gone ends the move
+        self._interrupt_for(tracee, move)
 
     def _onward_way_open(self, tracee: Tracee, move: Move) -> None:
         """The way on for a process away: it is asked for its image (which this side
