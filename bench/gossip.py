@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Gossip benchmark: how old is what each node knows about the others?
 
-Runs the gossip algorithm of :mod:`mosix_core.gossip` over a simulated network of
+Runs the gossip algorithm of :mod:`mosix_core.cluster.gossip` over a simulated network of
 100, 1,000 and 10,000 nodes and prints the distribution of information age (mean,
 95th percentile, max, in gossip periods), messages per node per period and bytes
 per message, as ratios against baselines measured in the same run.
@@ -22,7 +22,7 @@ Simulation (event driven, one time unit = one gossip period):
 
 Two engines run the same algorithm:
 
-``views``  one real :class:`~mosix_core.gossip.ClusterView` per node; messages go
+``views``  one real :class:`~mosix_core.cluster.gossip.ClusterView` per node; messages go
            through the real ``encode_entries``/``decode_entries`` (all of them, or a
            random sample with ``--codec-fraction``: the others carry exactly what the
            codec would deliver — ages rounded down to the millisecond — and every
@@ -58,7 +58,7 @@ except ImportError:  # pragma: no cover - told to the user below
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mosix_core.gossip import (  # noqa: E402
+from mosix_core.cluster.gossip import (  # noqa: E402
     ENTRY_SIZE, ClusterView, NodeStatus, choose_targets, decode_entries, encode_entries, window_for)
 from mosix_core.daemon.node import PROBES_PER_ROUND, SUSPECT_AFTER  # noqa: E402
 from mosix_core.net.wire import OVERHEAD  # noqa: E402
@@ -256,7 +256,7 @@ def simulate(engine: Any, p: Params) -> Result:
 def split_window(p: Params) -> tuple[int, int, str]:
     """(entries chosen freshest, entries chosen otherwise, how) for ``p.strategy``.
 
-    freshest      the W youngest live entries (mosix_core.gossip today)
+    freshest      the W youngest live entries (mosix_core.cluster.gossip today)
     mixed[:f]     the (1-f)W youngest, f·W uniformly random other live entries (f=0.5)
     freshrr[:f]   the (1-f)W youngest, f·W taken round-robin through the view (f=0.5)
     random        our own entry, then W-1 uniformly random live entries

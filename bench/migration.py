@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Migration benchmark: how long does moving a large process to another node and back take?
 
-A real local cluster (``mosix_core.localcluster``: three ``mosd`` daemons on loopback
+A real local cluster (``mosix_core.cluster.localcluster``: three ``mosd`` daemons on loopback
 addresses 127.X.Y.1 to .3) is started in a temporary directory. A /usr/bin/python3
 program is started under ``mosrun`` on node 1 (its home). It fills a bytearray of N
 bytes with one MiB of random bytes repeated (lz4 finds nothing to shrink in it: its
@@ -60,8 +60,8 @@ from checkpoint import ROOT, parse_size, size_name  # noqa: E402
 from machine import busy_share, cpu_times, finish_work, say, wait_idle  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from mosix_core import localcluster  # noqa: E402
-from mosix_core.testing import LocalCluster  # noqa: E402
+from mosix_core.cluster import localcluster  # noqa: E402
+from tests.helpers.cluster import LocalCluster  # noqa: E402
 
 TARGET_MB_S = 1000.0        # DESIGN §5: migration of a 1 GiB process over loopback >= 1 GB/s end to end (raw)
 TARGET_STOPPED = 1.0        # DESIGN §5: process stopped during migration <= 1 s for 1 GiB
@@ -103,7 +103,7 @@ def use_source_tree() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
-# -- a local cluster, as mosix_core.testing.LocalCluster without pytest -----------------------------
+# -- a local cluster, as tests.helpers.cluster.LocalCluster without pytest -----------------------------
 def default_base_ip() -> str:
     """A /24 of our own: the tests take 127.(10-209).(1-250).1, the mosrun benchmark 127.0.77.1."""
     return f"127.{10 + os.getpid() % 200}.{251 + os.getpid() % 4}.1"

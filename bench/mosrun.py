@@ -188,7 +188,7 @@ def ours(marker: str) -> list[int]:
 def start_mosd(ip: str) -> Path:
     """A one-node MOSIX cluster (outside the work directory: its daemon is not 'ours')."""
     sys.path.insert(0, str(ROOT))
-    from mosix_core import localcluster
+    from mosix_core.cluster import localcluster
 
     root = Path(tempfile.mkdtemp(prefix="bench-mosd-"))
     layout = localcluster.up(root, nodes=1, base_ip=ip)

@@ -9,7 +9,7 @@ Enable it by copying this file into the site ``hooks_dir``: it then answers
 
 from __future__ import annotations
 
-from mosix_core.hookspecs import hookimpl
+from mosix_core.contract.hookspecs import hookimpl
 from mosix_plugins.bestnode import expected_load
 
 

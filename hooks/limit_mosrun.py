@@ -22,8 +22,8 @@ import time
 import attrs
 
 from mosix_core.errors import PolicyRefused
-from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import MosrunRequest
+from mosix_core.contract.hookspecs import hookimpl
+from mosix_core.contract.records import MosrunRequest
 
 FORCE_BEST_NODE = True
 REQUIRE_MEMORY = True

@@ -8,8 +8,8 @@ needing more memory than is free is refused.
 
 from __future__ import annotations
 
-from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import TOO_BUSY, Admission, AdmissionRequest, NodeContext
+from mosix_core.contract.hookspecs import hookimpl
+from mosix_core.contract.records import TOO_BUSY, Admission, AdmissionRequest, NodeContext
 
 
 @hookimpl(trylast=True)

@@ -8,10 +8,10 @@ to the home node (no migration needed), then to the faster node.
 
 from __future__ import annotations
 
-from mosix_core.gossip import NodeEntry
-from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import PlacementRequest, PlacementView
-from mosix_core.resources import load_of
+from mosix_core.cluster.gossip import NodeEntry
+from mosix_core.contract.hookspecs import hookimpl
+from mosix_core.contract.records import PlacementRequest, PlacementView
+from mosix_core.cluster.resources import load_of
 
 
 def expected_load(entry: NodeEntry) -> float:

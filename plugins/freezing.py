@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import FreezeChoice, FreezeSituation, ProcessRow
+from mosix_core.contract.hookspecs import hookimpl
+from mosix_core.contract.records import FreezeChoice, FreezeSituation, ProcessRow
 
 
 @hookimpl(trylast=True)

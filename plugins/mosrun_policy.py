@@ -35,8 +35,8 @@ import attrs
 
 from mosix_core.config.source import content_lines, read_optional_text
 from mosix_core.errors import ConfigError, PolicyRefused
-from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import MosrunRequest
+from mosix_core.contract.hookspecs import hookimpl
+from mosix_core.contract.records import MosrunRequest
 
 CONFIG_NAME = "mosrun.conf"
 

@@ -6,10 +6,10 @@ import time
 from collections.abc import Iterator, Sequence
 
 from mosix_core.config.daemon import DaemonSettings
-from mosix_core.hookspecs import hookimpl
+from mosix_core.contract.hookspecs import hookimpl
 from mosix_core.linux import procfs
-from mosix_core.placement import ProcessRow
-from mosix_core.resources import ResourceSample, VirtualMeter, measure_host
+from mosix_core.contract.records import ProcessRow
+from mosix_core.cluster.resources import ResourceSample, VirtualMeter, measure_host
 
 _meter = VirtualMeter()
 

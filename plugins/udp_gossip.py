@@ -7,8 +7,8 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
-from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import NodeContext
+from mosix_core.contract.hookspecs import hookimpl
+from mosix_core.contract.records import NodeContext
 
 # asyncio is imported where the transport starts (inside mosd), not at module level:
 # every mosrun loads all plugins to find the site's mosrun policy, and importing
@@ -21,7 +21,7 @@ class _Protocol:
     def connection_made(self, transport: Any) -> None:
         pass
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         pass
 
     def __init__(self, on_datagram: Callable[[bytes, str], None]) -> None:
@@ -30,7 +30,7 @@ class _Protocol:
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.on_datagram(data, addr[0])
 
-    def error_received(self, exc: Exception) -> None:  # ICMP unreachable from a dead peer
+    def error_received(self, _exc: Exception) -> None:  # ICMP unreachable from a dead peer
         pass
 
 

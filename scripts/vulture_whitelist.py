@@ -14,3 +14,12 @@ Registers.rdi
 Registers.r8
 Registers.r9
 Registers.r10
+
+# values the kernel or the C trap loop defines: kept beside the ones we compare against,
+# so that each table reads as the interface it mirrors
+from mosix_core.linux import ptrace
+from mosix_core.remote import fastpath
+
+ptrace.INFO_ENTRY        # PTRACE_SYSCALL_INFO op (we compare against INFO_EXIT and INFO_SECCOMP)
+ptrace.Stop.core         # WCOREDUMP of a killed process's wait status
+fastpath.INTERRUPTED     # trap_loop.c's result codes (an interrupted wait ends as a STOP)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.daemon import protocol as p
 
 app = new_app("Select the best node to run a new MOSIX process on.")

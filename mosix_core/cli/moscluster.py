@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from mosix_core import localcluster
+from mosix_core.cluster import localcluster
 from mosix_core.cli.common import new_app, print_json, reports_errors, run
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.daemon import protocol as p
 from mosix_core.errors import DaemonUnavailable, MosixError
 

@@ -16,9 +16,9 @@ from typing import Optional
 
 import typer
 
-from mosix_core import status as fmt
+from mosix_core.cluster import status as fmt
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.daemon import protocol as p
 from mosix_core.config import load_config
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied
@@ -140,7 +140,7 @@ def bring_cmd(etc: Optional[Path] = EtcOption, timeout: float = TimeoutOption) -
 
 def add_plugin_commands() -> None:
     """Sub-commands contributed by plugins through ``mosix_cli_commands``."""
-    from mosix_core.plugins import plugin_manager_for
+    from mosix_core.contract.plugins import plugin_manager_for
 
     import sys
 

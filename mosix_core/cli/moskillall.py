@@ -26,10 +26,10 @@ import attrs
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.daemon import protocol as p
 from mosix_core.errors import MosixError
-from mosix_core.proctable import ProcessRecord
+from mosix_core.cluster.proctable import ProcessRecord
 
 app = new_app("Send a signal (SIGTERM by default) to all your MOSIX processes.")
 

@@ -4,7 +4,7 @@
 continue | checkpoint | chkstop | chkexit}``
 
 The request goes to the process's supervisor, and to nothing else that listens
-under its name (see :mod:`mosix_core.mosrun.control`). The manual says mosmigrate does
+under its name (see :mod:`mosix_core.mosrun.control_socket`). The manual says mosmigrate does
 not wait for the action to be performed; this one does wait for a *move* (a node, an
 address, a host, ``home``): it reports the move's outcome — exit status 0 once the
 process is there, else the manual's "failed migrating to {computer}: {reason}" and
@@ -28,9 +28,10 @@ from pathlib import Path
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.errors import MosixError, PermissionDenied
-from mosix_core.mosrun import control, targets
+from mosix_core.mosrun import targets
+from mosix_core.mosrun import control_socket
 
 app = new_app("Manually migrate or otherwise instruct a running MOSIX process.")
 #: how long a move may take before mosmigrate stops waiting for its outcome: the target's
@@ -47,13 +48,13 @@ def mosmigrate(pid_text: str, action: str, etc: Path | None = None) -> None:
     if action == "out":
         send_out(pid, etc_path(etc))
     elif action in ACTIONS and action != "home":
-        control.request(pid, action)
+        control_socket.request(pid, action)
     else:
         target = resolve_target(action, etc_path(etc))
         if target.home:
-            control.request(pid, "home", timeout=MOVE_TIMEOUT, wait=True)
+            control_socket.request(pid, "home", timeout=MOVE_TIMEOUT, wait=True)
         else:
-            control.request(pid, "migrate", timeout=MOVE_TIMEOUT, to=target.text, wait=True)
+            control_socket.request(pid, "migrate", timeout=MOVE_TIMEOUT, to=target.text, wait=True)
 
 
 def resolve_target(named: str, etc: Path) -> targets.MoveTarget:

@@ -1,6 +1,6 @@
 """mosmon — MOSIX monitor (mosmon(1)): a bar chart of the nodes' loads, speeds, memory…
 
-The model and the drawing are in ``mosix_core.monitor``; this module only parses the
+The model and the drawing are in ``mosix_core.cluster.monitor``; this module only parses the
 options, fetches the cluster view from the local mosd every interval and paints it
 with curses (or prints one screen with ``--once``, or when stdout is not a terminal).
 """
@@ -19,10 +19,10 @@ from typing import Any, Optional
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.daemon import protocol as p
 from mosix_core.errors import MosixError
-from mosix_core.monitor import ENTER, LEFT, RIGHT, MonitorState, handle_key, render
+from mosix_core.cluster.monitor import ENTER, LEFT, RIGHT, MonitorState, handle_key, render
 
 app = new_app("Display the load, speed, memory, swap space, frozen processes or cores of the MOSIX nodes.")
 

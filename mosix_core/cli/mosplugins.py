@@ -9,7 +9,7 @@ import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
 from mosix_core.config import load_config
-from mosix_core.plugins import MosixPluginManager, build_plugin_manager, plugin_options
+from mosix_core.contract.plugins import MosixPluginManager, build_plugin_manager, plugin_options
 
 app = new_app("List the plugins on the hook bus and the package that supplied each.")
 

@@ -62,12 +62,12 @@ import typer
 
 from mosix_core import users
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.daemon import protocol as p
 from mosix_core.config.userview import UserView
 from mosix_core.errors import MosixError
 from mosix_core.linux import procfs
-from mosix_core.proctable import ProcessRecord
+from mosix_core.cluster.proctable import ProcessRecord
 
 app = new_app("List MOSIX processes in ps(1) style.")
 

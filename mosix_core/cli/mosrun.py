@@ -70,7 +70,6 @@ Waiting for later features (accepted and checked now, with a notice when used):
   private temporary files: -X
 """
 
-MOSIX_ENV = "MOSIX_ETC"
 SYS_OPENAT = 257
 AT_FDCWD = -100
 O_CREAT = 0x40
@@ -126,7 +125,7 @@ def apply_site_policy(opts: mosopts.MosrunOptions, words: list[str], etc: Path):
     import attrs
 
     from mosix_core.config import load_config_if_present
-    from mosix_core.plugins import apply_policies, plugin_manager_for
+    from mosix_core.contract.plugins import apply_policies, plugin_manager_for
     from mosix_core.users import user_name
 
     uid = os.getuid()
@@ -160,7 +159,7 @@ def ask_daemon_for_policy(session, opts: mosopts.MosrunOptions, words: list[str]
 
 def open_session(etc: Path):
     """A session with the node's mosd (kept by the supervisor), or None without one."""
-    from mosix_core.client import Session
+    from mosix_core.daemon.client import Session
 
     session = Session(etc)
     return session if session.try_open() else None

@@ -25,10 +25,10 @@ from typing import Optional
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.daemon import protocol as p
 from mosix_core.linux.procfs import stat_fields
-from mosix_core.proctable import ProcessRecord
+from mosix_core.cluster.proctable import ProcessRecord
 
 app = new_app("Report the user CPU time of MOSIX processes, wherever they run.")
 

@@ -21,10 +21,10 @@ import time
 from typing import Any
 
 from mosix_core.config.freeze import FreezePolicy
-from mosix_core.mosrun import control
-from mosix_core.placement import FreezeChoice, FreezeSituation
-from mosix_core.plugins import first_answer
-from mosix_core.proctable import ProcessRecord
+from mosix_core.mosrun import control_socket
+from mosix_core.contract.records import FreezeChoice, FreezeSituation
+from mosix_core.contract.plugins import first_answer
+from mosix_core.cluster.proctable import ProcessRecord
 
 CHECK_EVERY = 1.0         # seconds between decisions
 SETTLE = 4.0              # seconds after acting: twice the load smoother's time constant
@@ -99,4 +99,4 @@ class AutoFreezer:
                 self.node.log.warning("automatic freezing request failed", pid=pid, op=op, error=str(err))
 
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, lambda: control.request(pid, op, how="A")).add_done_callback(done)
+        loop.run_in_executor(None, lambda: control_socket.request(pid, op, how="A")).add_done_callback(done)

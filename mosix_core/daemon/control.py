@@ -15,12 +15,12 @@ only read (:data:`GUEST_OPS`), never change a row, its own or another guest's.
 
 A request carrying ``"noreply": true`` gets no reply line at all (a failure is only
 logged): ``mosrun``'s supervisor streams its process-table changes that way
-without ever waiting (``mosix_core.client.Session``).
+without ever waiting (``mosix_core.daemon.client.Session``).
 
 Process-table operations:
 
 ``register``    ``pid`` and optionally ``command``, ``where``, ``frozen``, ``nmigs``,
-                ``queue``, ``options``, ``remote_utime`` (see ``mosix_core.proctable``);
+                ``queue``, ``options``, ``remote_utime`` (see ``mosix_core.cluster.proctable``);
                 root only: ``home`` and ``origpid`` (a guest). Re-registering a pid
                 replaces its row (only the row's owner or root; a guest's row: root).
 ``update``      ``pid`` and any of those fields; only the row's owner or root (a
@@ -68,15 +68,17 @@ from typing import Any, Callable
 
 import attrs
 
-from mosix_core import __version__, gossip
-from mosix_core.daemon import migration, protocol as p
+from mosix_core import __version__
+from mosix_core.cluster import gossip
+from mosix_core.daemon import protocol as p
+from mosix_core.daemon import handshake
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, ProtocolError, Refused
 from mosix_core.linux import procfs
-from mosix_core.mosrun import control as supervisors
-from mosix_core.placement import MosrunRequest, NodeContext, PlacementRequest, PlacementView
-from mosix_core.plugins import apply_policies, first_answer
+from mosix_core.mosrun import control_socket as supervisors
+from mosix_core.contract.records import MosrunRequest, NodeContext, PlacementRequest, PlacementView
+from mosix_core.contract.plugins import apply_policies, first_answer
 from mosix_core.users import user_name
-from mosix_core.proctable import ProcessEvent, ProcessRecord
+from mosix_core.cluster.proctable import ProcessEvent, ProcessRecord
 from mosix_core.remote import SEND_HOME
 
 MAX_REQUEST = 1024 * 1024
@@ -268,7 +270,7 @@ class ControlServer:
             op = fields["op"]
             noreply = fields.get("noreply") is True
             request = p.decode(op, fields)
-            if op not in GUEST_OPS and migration.is_guest_uid(self.node, uid):
+            if op not in GUEST_OPS and handshake.is_guest_uid(self.node, uid):
                 raise PermissionDenied("Permission denied: a guest process may not do this")
             result = getattr(self, "op_" + op)(request, uid)
             if asyncio.iscoroutine(result):
@@ -533,16 +535,16 @@ class ControlServer:
         owner = self.process_owner(req.pid, uid)
         target = self.target_node(req.to)
         if target is None:
-            raise Refused(migration.NOT_IN_MAP)
+            raise Refused(handshake.NOT_IN_MAP)
         if target == node.our_ip or str(target) == req.now_at:
-            raise Refused(migration.ALREADY_THERE)
+            raise Refused(handshake.ALREADY_THERE)
         request = p.MigrateInRequest(uid=owner, user=user_name(owner), pid=req.pid, memory_mb=req.memory_mb or 0,
                                      command=req.command[:p.MAX_PEER_COMMAND], nmigs=req.nmigs)
         loop = asyncio.get_running_loop()
         try:
-            sock = await loop.run_in_executor(None, migration.open_migration, node.sealer, node.key, target,
+            sock = await loop.run_in_executor(None, handshake.open_migration, node.sealer, node.key, target,
                                               node.settings.tcp_port, request)
-        except migration.MigrationRefused as err:
+        except handshake.MigrationRefused as err:
             raise Refused(err.reason, target=str(target)) from None
         conn.handing_over = sock
         return p.MigrateOutReply(target=str(target), proximate=node.config.is_proximate(target))
@@ -556,12 +558,12 @@ class ControlServer:
         self.process_owner(req.pid, uid)
         target = self.target_node(req.to)
         if target is None:
-            raise Refused(migration.NOT_IN_MAP)
+            raise Refused(handshake.NOT_IN_MAP)
         loop = asyncio.get_running_loop()
         try:
-            sock = await loop.run_in_executor(None, migration.open_migration, node.sealer, node.key, target,
+            sock = await loop.run_in_executor(None, handshake.open_migration, node.sealer, node.key, target,
                                               node.settings.tcp_port, p.PeerReattachRequest(token=req.token, pid=req.pid))
-        except migration.MigrationRefused as err:
+        except handshake.MigrationRefused as err:
             raise Refused(err.reason, target=str(target)) from None
         conn.handing_over = sock
         return p.ReattachReply(target=str(target))

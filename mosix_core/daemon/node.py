@@ -18,15 +18,16 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from mosix_core import gossip, log
+from mosix_core import log
+from mosix_core.cluster import gossip
 from mosix_core.config import MosixConfig, load_config, load_secret
 from mosix_core.daemon.autofreeze import AutoFreezer
 from mosix_core.errors import AuthenticationError, ProtocolError
-from mosix_core.gossip import ClusterView, NodeEntry, NodeStatus
+from mosix_core.cluster.gossip import ClusterView, NodeEntry, NodeStatus
 from mosix_core.net import wire
-from mosix_core.plugins import MosixPluginManager, first_answer, plugin_manager_for
-from mosix_core.proctable import ProcessEvent, ProcessRecord, ProcessTable
-from mosix_core.resources import LoadSmoother, ResourceSample, standard_load
+from mosix_core.contract.plugins import MosixPluginManager, first_answer, plugin_manager_for
+from mosix_core.cluster.proctable import ProcessEvent, ProcessRecord, ProcessTable
+from mosix_core.cluster.resources import LoadSmoother, ResourceSample, standard_load
 
 SAMPLE_INTERVAL = 0.25
 PROBES_PER_ROUND = 4          # suspects probed directly per gossip round
@@ -327,7 +328,7 @@ class Node:
     # -- the run loop -------------------------------------------------------------------------------
     async def run_loops(self, stop: asyncio.Event) -> None:
         """Sampling, gossip and the dead-node sweep, until ``stop`` is set."""
-        from mosix_core.daemon.migration import keep_a_spare_guest_host
+        from mosix_core.daemon.handshake import keep_a_spare_guest_host
 
         await keep_a_spare_guest_host(self)
         next_gossip = time.monotonic() + self.rng.uniform(0, self.interval)

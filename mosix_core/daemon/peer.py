@@ -28,11 +28,12 @@ import time
 from ipaddress import IPv4Address
 
 from mosix_core import PROTOCOL_VERSION, __version__
-from mosix_core.daemon import migration, protocol
+from mosix_core.daemon import protocol
+from mosix_core.daemon import handshake
 from mosix_core.errors import AuthenticationError, ProtocolError
 from mosix_core.net import wire
-from mosix_core.placement import Admission, NodeContext
-from mosix_core.plugins import first_answer
+from mosix_core.contract.records import Admission, NodeContext
+from mosix_core.contract.plugins import first_answer
 
 FRAME_TIMEOUT = 30.0          # an authenticated connection may idle this long between requests
 # From accept to a verified first request. An honest caller needs one round trip
@@ -175,12 +176,12 @@ class PeerServer:
         origin = node.canonical(origin)
         # a node whose admission rule is gone (disabled, not replaced) takes no one
         admission = first_answer(node.pm.hook.mosix_admit_guest, default=Admission.refuse("other node refused"),
-                                 request=migration.admission_request(node, request, origin),
+                                 request=handshake.admission_request(node, request, origin),
                                  node=NodeContext.of(node))
         # every guest runs as a uid of its own: with none free, the node cannot take it
-        uid = migration.take_guest_uid(node) if admission.accepted else None
+        uid = handshake.take_guest_uid(node) if admission.accepted else None
         if admission.accepted and uid is None:
-            reply = protocol.refusal(migration.REFUSED)
+            reply = protocol.refusal(handshake.REFUSED)
         else:
             reply = protocol.answer(protocol.NoFields()) if admission.accepted else protocol.refusal(admission.reason)
         try:
@@ -188,10 +189,10 @@ class PeerServer:
             await writer.drain()
         except BaseException:
             if uid is not None:
-                await migration.guest_uids(node).give_back(uid, node.log)
+                await handshake.guest_uids(node).give_back(uid, node.log)
             raise
         if uid is not None:
-            await migration.start_guest_host(node, writer, request, origin, uid)
+            await handshake.start_guest_host(node, writer, request, origin, uid)
 
     async def _reattach(self, request: protocol.PeerReattachRequest, origin: IPv4Address, writer: asyncio.StreamWriter,
                         sealer: wire.Sealer, binding: bytes) -> None:
@@ -211,7 +212,7 @@ class PeerServer:
                 waiting.close()
             raise
         if waiting is not None:
-            migration.reattach_guest_host(self.node, writer, waiting, self.node.canonical(origin))
+            handshake.reattach_guest_host(self.node, writer, waiting, self.node.canonical(origin))
 
     def handle(self, request: protocol.PeerPingRequest | protocol.PeerStatusRequest) -> dict:
         """The wire reply to a request that is answered at once."""

@@ -20,7 +20,7 @@ reply one of three shapes, each side reading and writing them only here:
 the wrong type, out of range, unknown or missing with a ProtocolError that names it;
 :func:`encode` turns any record back into plain JSON data. The checks of the
 process-table fields and of a mosrun request are those of
-:func:`mosix_core.proctable.checked_fields` and :meth:`MosrunRequest.from_fields`.
+:func:`mosix_core.cluster.proctable.checked_fields` and :meth:`MosrunRequest.from_fields`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 import attrs
 
 from mosix_core.errors import MosixError, ProtocolError, Refused
-from mosix_core.placement import MosrunRequest
-from mosix_core.proctable import SETTABLE, checked_fields
+from mosix_core.contract.records import MosrunRequest
+from mosix_core.cluster.proctable import SETTABLE, checked_fields
 
 MAX_PID = 1 << 22               # the kernel's largest pid_max
 MAX_UID = (1 << 32) - 2         # (uid_t)-1 means "none"

@@ -17,8 +17,8 @@ from mosix_core.daemon.node import Node
 from mosix_core.daemon.peer import PeerServer
 from mosix_core.errors import DaemonUnavailable, MosixError
 from mosix_core.linux.procfs import stat_fields
-from mosix_core.placement import NodeContext
-from mosix_core.plugins import first_answer
+from mosix_core.contract.records import NodeContext
+from mosix_core.contract.plugins import first_answer
 
 
 class PidLock:
@@ -132,7 +132,7 @@ def run_foreground(etc: Path, *, map_override: Path | None = None, ip_override: 
 def start_background(etc: Path, *, map_override: Path | None = None, ip_override: str | None = None,
                      wait: float = 15.0) -> int:
     """Start mosd detached (log in ``var/mosd.log``); return its pid once it answers."""
-    from mosix_core.client import Client
+    from mosix_core.daemon.client import Client
     from mosix_core.daemon.protocol import PingRequest
 
     log_path = paths.log_file(etc)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.errors import MosixError, ProtocolError, TraceError
 from mosix_core.image import capture, stream
 from mosix_core.image.freeze import ThawFailed

@@ -28,9 +28,9 @@ import attrs
 from mosix_core.errors import MosixError, ProtocolError
 
 if TYPE_CHECKING:
-    from mosix_core.placement import MosrunRequest
+    from mosix_core.contract.records import MosrunRequest
 
-# mosix_core.config and mosix_core.placement are imported where they are needed, not
+# mosix_core.config and mosix_core.contract.records are imported where they are needed, not
 # here: every mosrun parses its options before the program may start, and the
 # configuration package costs ~30 ms to import (a node without /etc/mosix/mosix.map
 # never needs it).
@@ -592,7 +592,7 @@ def _json_pair(item: Any) -> tuple[int, str]:
 
 def policy_fields(options: MosrunOptions, words: Sequence[str]) -> dict[str, Any]:
     """The invocation as site policies see it, as plain data: the fields of a
-    :class:`mosix_core.placement.MosrunRequest` other than who and where.
+    :class:`mosix_core.contract.records.MosrunRequest` other than who and where.
 
     ``options`` holds every option but the location, -m and -S as one word each,
     value glued (``-d9000``, ``-X/tmp``), so a policy can test for ``"-e"`` safely.
@@ -607,7 +607,7 @@ def policy_fields(options: MosrunOptions, words: Sequence[str]) -> dict[str, Any
 def to_request(options: MosrunOptions, words: Sequence[str], *, uid: int, user: str,
                etc: str | None = None) -> MosrunRequest:
     """The invocation as site policies see it (``mosix_check_mosrun``)."""
-    from mosix_core.placement import MosrunRequest
+    from mosix_core.contract.records import MosrunRequest
 
     return MosrunRequest.from_fields(policy_fields(options, words), uid=uid, user=user, etc=etc)
 

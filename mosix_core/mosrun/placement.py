@@ -30,7 +30,7 @@ def start_node(opts: mosopts.MosrunOptions, etc: Path) -> str | None:
         return opts.location_node
     if opts.location != "best":
         return None
-    from mosix_core.client import Client
+    from mosix_core.daemon.client import Client
 
     try:
         client = Client(etc)

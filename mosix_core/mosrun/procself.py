@@ -133,13 +133,13 @@ _site: list[Any] = []
 
 
 def site_plugins() -> Any:
-    """This node's plugin manager (:mod:`mosix_core.plugins`), from the configuration
+    """This node's plugin manager (:mod:`mosix_core.contract.plugins`), from the configuration
     directory mosrun runs with; None if it cannot be built (then no site name exists)."""
     if not _site:
         from mosix_core import paths
         from mosix_core.config import load_config_if_present
         from mosix_core.errors import MosixError
-        from mosix_core.plugins import plugin_manager_for
+        from mosix_core.contract.plugins import plugin_manager_for
 
         etc = paths.etc_dir()
         try:
@@ -157,8 +157,8 @@ def site_plugins_answer_paths() -> bool:
 
 def _site_open(state: MosixState, name: str, flags: int, newval: int, env: Environment) -> int:
     """A site name: the first plugin's :class:`SpecialPathResult` is the open's result."""
-    from mosix_core.placement import OpeningProcess
-    from mosix_core.plugins import first_answer
+    from mosix_core.contract.records import OpeningProcess
+    from mosix_core.contract.plugins import first_answer
 
     process = OpeningProcess(flags=flags, value=newval, where=env.whereami(), lock=bool(state.lock),
                              needmem=state.needmem, nmigs=state.nmigs)

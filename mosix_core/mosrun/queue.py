@@ -55,7 +55,6 @@ class CommandQueue:
     def __init__(self, commands: str, failed: str | None, maxjobs: int,
                  say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> None:
         self.path = commands
-        self.failed_path = failed
         self.maxjobs = maxjobs
         self.say = say
         try:

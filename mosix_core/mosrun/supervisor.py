@@ -17,7 +17,7 @@ feature is a part it hands stops and requests to: checkpoints
 moves (:mod:`~mosix_core.mosrun.mover`), and the home side of a process away — its calls
 and signals (:mod:`mosix_core.remote.home_side`), its link
 (:mod:`mosix_core.remote.home_link`). mosmigrate's requests come through
-:class:`mosix_core.mosrun.control.ControlServer`.
+:class:`mosix_core.mosrun.control_socket.ControlServer`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from mosix_core.config.daemon import DaemonSettings
 from mosix_core.errors import DaemonUnavailable, MosixError, TraceError
 from mosix_core.linux import inject, memory, procfs, ptrace, seccomp
 from mosix_core.linux.syscall_names import NUMBERS
-from mosix_core.mosrun import checkpoints, control, freezing, migration, procself, rules, targets
+from mosix_core.mosrun import checkpoints, freezing, migration, procself, rules, targets
+from mosix_core.mosrun import control_socket
 from mosix_core.mosrun import options as mosopts
 from mosix_core.mosrun.checkpointing import CheckpointControl
 from mosix_core.mosrun.freeze_control import FreezeControl
@@ -72,7 +73,7 @@ class Supervisor:
     """Traces a set of processes until the last one is gone.
 
     ``home_view`` answers ``/proc/self/in_cluster``; ``session`` (a
-    :class:`mosix_core.client.Session` or None) carries process-table updates to mosd.
+    :class:`mosix_core.daemon.client.Session` or None) carries process-table updates to mosd.
     """
 
     def __init__(self, *, messages_fd: int, session=None,
@@ -103,16 +104,16 @@ class Supervisor:
         self.link = HomeLink(self)
 
     def serve_control(self) -> None:
-        """Listen for mosmigrate (see :mod:`mosix_core.mosrun.control`)."""
+        """Listen for mosmigrate (see :mod:`mosix_core.mosrun.control_socket`)."""
         try:
-            self.control = control.ControlServer(self.selector, self._may_ask, self._control_request)
+            self.control = control_socket.ControlServer(self.selector, self._may_ask, self._control_request)
         except OSError:
             pass                      # no socket left to make: the processes run on, without mosmigrate
 
     def _may_ask(self, uid: int) -> bool:
         """Whether user ``uid`` may affect any of our processes (else it is not heard)."""
         return (uid == 0 or uid in os.getresuid()
-                or any(control.may_affect(uid, t.pid) for t in self.tracees.values() if not t.native))
+                or any(control_socket.may_affect(uid, t.pid) for t in self.tracees.values() if not t.native))
 
     # -- setting up --------------------------------------------------------------------------------
     def install_wakeup(self) -> None:
@@ -471,7 +472,7 @@ class Supervisor:
         tracee = next((t for t in self.tracees.values() if pid in (t.pid, t.virtual_pid)), None)
         if tracee is None or tracee.native:
             return {"error": "not a MOSIX process"}
-        if not control.may_affect(uid, tracee.pid):
+        if not control_socket.may_affect(uid, tracee.pid):
             return {"error": "Operation not permitted"}
         try:
             if op in MOSMIGRATE_CHECKPOINTS:

@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 import attrs
 
 from mosix_core.errors import MosixError, NotInMap
-from mosix_core.placement import TOO_BUSY
+from mosix_core.contract.records import TOO_BUSY
 
 #: the words (and /proc/self/migrate's value 0) that mean the process's home node
 HOME_WORDS = ("home", "0")

@@ -6,7 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from mosix_core.client import Session
+from mosix_core.daemon.client import Session
 from mosix_core.linux import ptrace
 from mosix_core.mosrun import launch, placement, rules, targets
 from mosix_core.mosrun import options as mosopts

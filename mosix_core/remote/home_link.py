@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 from mosix_core.errors import MosixError, ProtocolError, TraceError
 from mosix_core.linux import cpus
 from mosix_core.mosrun import checkpoints, migration, targets

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mosix_core.gossip import ST_ACCEPTS, ST_BLOCK, ST_LSTAY, ST_STAY, STANDARD_SPEED
+from mosix_core.cluster.gossip import ST_ACCEPTS, ST_BLOCK, ST_LSTAY, ST_STAY, STANDARD_SPEED
 
 RSTATUS_FIELDS = ("status", "load", "availability", "speed", "ncpus", "frozen", "mem_avail_pages",
                   "mem_total_pages", "swap_free_tenths", "swap_total_tenths", "privileged_pages", "nprocs")

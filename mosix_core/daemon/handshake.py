@@ -32,8 +32,8 @@ from mosix_core.daemon import protocol
 from mosix_core.errors import AuthenticationError, ProtocolError, Refused
 from mosix_core.linux import procfs
 from mosix_core.net import wire
-from mosix_core.placement import AdmissionRequest
-from mosix_core.proctable import ProcessRecord
+from mosix_core.contract.records import AdmissionRequest
+from mosix_core.cluster.proctable import ProcessRecord
 from mosix_core.remote.host import guest_host_options
 
 CONNECT_TIMEOUT = 5.0

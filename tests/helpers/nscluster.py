@@ -1,6 +1,6 @@
 """A MOSIX cluster on one machine whose nodes share nothing but the filesystem.
 
-:mod:`mosix_core.localcluster` runs N mosds as plain processes on 127.x.y.k: they
+:mod:`mosix_core.cluster.localcluster` runs N mosds as plain processes on 127.x.y.k: they
 share the machine's network stack, process table and mounts. Here each node k is a
 small "machine" of its own, made of Linux namespaces:
 
@@ -56,7 +56,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from mosix_core.testing import LocalCluster
+from tests.helpers.cluster import LocalCluster
+
+#: the inits run ``python -m tests.helpers.nscluster`` from here (the harness is not installed)
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 PRIVATE_DIRS = ("/tmp", "/run", "/dev/shm")
 NAMESPACES = ("--pid", "--mount", "--net", "--uts", "--ipc", "--time")
@@ -133,7 +136,7 @@ def _start_init(argv: list[str], log: Path, what: str, timeout: float = 30.0) ->
     """Start an init under ``unshare`` and wait for its "ready" line."""
     with open(log, "ab") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_die_with_parent, cwd=REPOSITORY)
     assert proc.stdout is not None
     line = b""
     if select.select([proc.stdout], [], [], timeout)[0]:
@@ -194,7 +197,7 @@ class NamespaceCluster(LocalCluster):
     def client(self, k: int):
         """A control-socket client of node k's mosd (its socket is in node k's private
         tmpfs: reached through node k's mount namespace)."""
-        from mosix_core.client import Client
+        from mosix_core.daemon.client import Client
         return Client(self.node_path(k, self.etc(k)))
 
     def stop(self, k: int) -> None:
@@ -208,7 +211,7 @@ class NamespaceCluster(LocalCluster):
             raise RuntimeError(f"node {k}: mosd did not start: {done.stderr.strip()}")
 
     def running(self, k: int) -> bool:
-        from mosix_core.client import Client
+        from mosix_core.daemon.client import Client
         from mosix_core.errors import MosixError
         try:
             Client(self.node_path(k, self.etc(k)), timeout=2.0).call("ping")
@@ -264,7 +267,7 @@ class NamespaceCluster(LocalCluster):
 
     # -- building and taking down -----------------------------------------------------------------
     def _init_argv(self, mode: str, *args: str) -> list[str]:
-        return [sys.executable, "-m", "mosix_core.nscluster", mode, *args]
+        return [sys.executable, "-m", "tests.helpers.nscluster", mode, *args]
 
     def _start_switch(self) -> None:
         self.switch = _start_init(["unshare", "--net", "--", *self._init_argv("switch")],
@@ -390,7 +393,7 @@ def up(root: Path, nodes: int = 3, speeds: list[int] | None = None, subnet: str 
     far is taken down."""
     from ipaddress import IPv4Address
 
-    from mosix_core import localcluster
+    from mosix_core.cluster import localcluster
 
     if not 1 <= nodes <= 250:
         raise ValueError("nodes must be between 1 and 250")
@@ -414,7 +417,7 @@ def up(root: Path, nodes: int = 3, speeds: list[int] | None = None, subnet: str 
     return cluster
 
 
-# -- the inits (run under unshare: python -m mosix_core.nscluster switch|node ...) ---------------
+# -- the inits (run under unshare: python -m tests.helpers.nscluster switch|node ...) ---------------
 def _mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
@@ -468,7 +471,7 @@ def _serve_as_init() -> None:
 def _init_main(argv: list[str]) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="mosix_core.nscluster")
+    parser = argparse.ArgumentParser(prog="tests.helpers.nscluster")
     parser.add_argument("mode", choices=["switch", "node"])
     parser.add_argument("--hostname")
     parser.add_argument("--tmpfs", action="append", default=[])

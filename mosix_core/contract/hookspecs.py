@@ -11,14 +11,14 @@ Kinds of hooks:
 * "Who decides?" hooks are ``firstresult``: the first plugin that returns
   something other than ``None`` decides (placement, admission, freezing choice,
   special paths, transport, resource measurement). The kernel calls them through
-  :func:`mosix_core.plugins.first_answer`, which says what happens when none answers.
+  :func:`mosix_core.contract.plugins.first_answer`, which says what happens when none answers.
 * A chained policy (:data:`CHAINED_HOOKS`): every implementation runs, each seeing
   the request as the previous one left it; wrappers are refused there.
 * "Everyone adds" hooks return lists (status fields, CLI commands).
 * Notifications return nothing (node started, view changed, process events).
 
 Hooks receive read-only things: records made for the call, or Protocols naming the
-attributes of the kernel's objects that a plugin may read (``mosix_core.placement``),
+attributes of the kernel's objects that a plugin may read (``mosix_core.contract.records``),
 never the daemon itself. Every hook name starts with ``mosix_``; a plugin
 implementing a name that is not declared here is rejected when the plugin manager
 is built. The examples below are run by tests/unit/test_hook_examples.py.
@@ -26,7 +26,7 @@ is built. The examples below are run by tests/unit/test_hook_examples.py.
 Example site plugin (``hooks/prefer_fast.py``): the least loaded of the fast nodes,
 or let the built-in decide::
 
-    from mosix_core.hookspecs import hookimpl
+    from mosix_core.contract.hookspecs import hookimpl
 
     @hookimpl
     def mosix_select_node(request, view):
@@ -46,9 +46,9 @@ if TYPE_CHECKING:   # only for the signatures: every mosrun loads this module, k
     import typer
 
     from mosix_core.config.daemon import DaemonSettings
-    from mosix_core.gossip import NodeEntry
+    from mosix_core.cluster.gossip import NodeEntry
     from mosix_core.net.transport import DatagramTransport
-    from mosix_core.placement import (
+    from mosix_core.contract.records import (
         Admission,
         AdmissionRequest,
         FreezeChoice,
@@ -62,8 +62,8 @@ if TYPE_CHECKING:   # only for the signatures: every mosrun loads this module, k
         ProcessRow,
         SpecialPathResult,
     )
-    from mosix_core.proctable import ProcessEvent
-    from mosix_core.resources import ResourceSample
+    from mosix_core.cluster.proctable import ProcessEvent
+    from mosix_core.cluster.resources import ResourceSample
 
 PROJECT = "mosix"
 ENTRY_POINT_GROUP = "mosix.plugins"
@@ -72,7 +72,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: hooks whose implementations run one after another, each seeing the request as the
-#: previous one left it (:func:`mosix_core.plugins.apply_policies`); no wrappers there
+#: previous one left it (:func:`mosix_core.contract.plugins.apply_policies`); no wrappers there
 CHAINED_HOOKS = frozenset({"mosix_check_mosrun"})
 
 
@@ -83,17 +83,17 @@ def mosix_select_node(request: PlacementRequest, view: PlacementView) -> NodeEnt
     """Choose the node a new process should start on (``mosrun -b``, ``mosbestnode``).
 
     Called by mosd for each ``mosbestnode`` and each ``mosrun -b``. ``request`` is a
-    :class:`mosix_core.placement.PlacementRequest` (memory needed, whether the local
-    node may be chosen, ...); ``view`` a :class:`mosix_core.placement.PlacementView`,
+    :class:`mosix_core.contract.records.PlacementRequest` (memory needed, whether the local
+    node may be chosen, ...); ``view`` a :class:`mosix_core.contract.records.PlacementView`,
     whose ``candidates(request)`` are the live nodes the request may go to. Return
-    one of them (a :class:`mosix_core.gossip.NodeEntry`: ``.status`` has its ``ip``,
+    one of them (a :class:`mosix_core.cluster.gossip.NodeEntry`: ``.status`` has its ``ip``,
     ``load``, ``speed``, ``ncpus``, ``mem_avail_mb`` ...), or ``None`` to let the next
     plugin decide; when none does, no node qualifies. The built-in picks the node with
     the lowest load after adding one process.
 
     Example (keep everything at home)::
 
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
 
         @hookimpl
         def mosix_select_node(request, view):
@@ -108,18 +108,18 @@ def mosix_admit_guest(request: AdmissionRequest, node: NodeContext) -> Admission
     """Decide whether this node accepts a process that wants to move here.
 
     Called by mosd when another node asks to send a process. ``request`` is a
-    :class:`mosix_core.placement.AdmissionRequest` (origin node, memory needed,
+    :class:`mosix_core.contract.records.AdmissionRequest` (origin node, memory needed,
     whether the origin is in our cluster); ``node`` this node's
-    :class:`mosix_core.placement.NodeContext`. Return an
-    :class:`mosix_core.placement.Admission`: accepted, or refused with the reason
-    the user sees (``"other node refused"``; :data:`mosix_core.placement.TOO_BUSY`
+    :class:`mosix_core.contract.records.NodeContext`. Return an
+    :class:`mosix_core.contract.records.Admission`: accepted, or refused with the reason
+    the user sees (``"other node refused"``; :data:`mosix_core.contract.records.TOO_BUSY`
     reads "{node} is too busy to receive now"). When no plugin answers, the node
     refuses.
 
     Example (no guest needing more than 4 GB)::
 
-        from mosix_core.hookspecs import hookimpl
-        from mosix_core.placement import Admission
+        from mosix_core.contract.hookspecs import hookimpl
+        from mosix_core.contract.records import Admission
 
         @hookimpl
         def mosix_admit_guest(request, node):
@@ -137,16 +137,16 @@ def mosix_choose_freeze(candidates: Sequence[ProcessRow], situation: FreezeSitua
 
     Called by mosd about once a second while a freezing policy is set (freeze.conf).
     ``candidates`` are the freezable process-table rows
-    (:class:`mosix_core.placement.ProcessRow`: ``frozen`` is ``"-"`` running or
+    (:class:`mosix_core.contract.records.ProcessRow`: ``frozen`` is ``"-"`` running or
     ``"A"`` frozen by this policy); ``situation`` is a
-    :class:`mosix_core.placement.FreezeSituation` (load, marks, counts). Return a
-    :class:`mosix_core.placement.FreezeChoice` listing pids to freeze and to
+    :class:`mosix_core.contract.records.FreezeSituation` (load, marks, counts). Return a
+    :class:`mosix_core.contract.records.FreezeChoice` listing pids to freeze and to
     unfreeze, or ``None``; when none answers, nothing changes.
 
     Example (when above the RED mark, freeze the largest first)::
 
-        from mosix_core.hookspecs import hookimpl
-        from mosix_core.placement import FreezeChoice
+        from mosix_core.contract.hookspecs import hookimpl
+        from mosix_core.contract.records import FreezeChoice
 
         @hookimpl
         def mosix_choose_freeze(candidates, situation):
@@ -166,17 +166,17 @@ def mosix_special_path(path: str, process: OpeningProcess) -> SpecialPathResult 
 
     Called by the supervisor of a MOSIX process (``mosrun``) when the program opens
     such a name with the interface's flags (0, 1, 2, perhaps with ``O_CREAT``).
-    ``process`` is a :class:`mosix_core.placement.OpeningProcess` (flags, the value
+    ``process`` is a :class:`mosix_core.contract.records.OpeningProcess` (flags, the value
     written, where it runs, ...). Return a
-    :class:`mosix_core.placement.SpecialPathResult` (the value ``open`` returns, or
+    :class:`mosix_core.contract.records.SpecialPathResult` (the value ``open`` returns, or
     -1 and an errno), or ``None`` if the name is not yours; when none answers, the
     open fails with ENOENT as under Linux. The manual's names and Linux's own
     (``status``, ``maps``, ``fd/``...) are never asked about.
 
     Example::
 
-        from mosix_core.hookspecs import hookimpl
-        from mosix_core.placement import SpecialPathResult
+        from mosix_core.contract.hookspecs import hookimpl
+        from mosix_core.contract.records import SpecialPathResult
 
         @hookimpl
         def mosix_special_path(path, process):
@@ -195,15 +195,15 @@ def mosix_check_mosrun(request: MosrunRequest) -> MosrunRequest | None:
     Called for every ``mosrun``: by mosd when it runs on the node, else by mosrun
     itself. A chained policy: the kernel calls the implementations one after another,
     each seeing the request as the previous one left it (see
-    :func:`mosix_core.plugins.apply_policies`). Return ``None`` to accept the
-    request as it is, a new :class:`mosix_core.placement.MosrunRequest` to replace
+    :func:`mosix_core.contract.plugins.apply_policies`). Return ``None`` to accept the
+    request as it is, a new :class:`mosix_core.contract.records.MosrunRequest` to replace
     it (e.g. with ``-b`` forced), or raise :class:`mosix_core.errors.PolicyRefused`
     to refuse it. ``wrapper=True`` is refused on this hook.
 
     Example::
 
         from mosix_core.errors import PolicyRefused
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
 
         @hookimpl
         def mosix_check_mosrun(request):
@@ -217,7 +217,7 @@ def mosix_check_mosrun(request: MosrunRequest) -> MosrunRequest | None:
 
         import attrs
 
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
 
         AUDITED_USERS = {"alice"}
 
@@ -237,7 +237,7 @@ def mosix_measure_resources(settings: DaemonSettings, processes: Sequence[Proces
 
     Called by mosd four times a second. ``settings`` is mosd.conf's
     :class:`mosix_core.config.daemon.DaemonSettings`; ``processes`` the rows of the
-    local process table. Return a :class:`mosix_core.resources.ResourceSample`. The
+    local process table. Return a :class:`mosix_core.cluster.resources.ResourceSample`. The
     built-in measures the whole machine ("host") or only the processes this node
     hosts ("virtual", for several nodes sharing one machine). mosd cannot run
     without an answer.
@@ -246,8 +246,8 @@ def mosix_measure_resources(settings: DaemonSettings, processes: Sequence[Proces
 
         import attrs
 
-        from mosix_core.hookspecs import hookimpl
-        from mosix_core.resources import measure_host
+        from mosix_core.contract.hookspecs import hookimpl
+        from mosix_core.cluster.resources import measure_host
 
         @hookimpl
         def mosix_measure_resources(settings, processes):
@@ -268,7 +268,7 @@ def mosix_gossip_transport(node: NodeContext) -> DatagramTransport | None:
 
     Example (gossip on another UDP port)::
 
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
         from mosix_plugins.udp_gossip import UdpTransport
 
         @hookimpl
@@ -284,11 +284,11 @@ def mosix_status_fields(node: NodeContext) -> list[tuple[str, str]]:
     """Add ``(label, value)`` lines to ``mosctl localstatus``.
 
     Called by mosd for each ``mosctl localstatus``, with this node's
-    :class:`mosix_core.placement.NodeContext`.
+    :class:`mosix_core.contract.records.NodeContext`.
 
     Example::
 
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
 
         @hookimpl
         def mosix_status_fields(node):
@@ -306,7 +306,7 @@ def mosix_cli_commands() -> list[tuple[str, typer.Typer]]:
 
         import typer
 
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
 
         rack_app = typer.Typer()
 
@@ -326,13 +326,13 @@ def mosix_cli_commands() -> list[tuple[str, typer.Typer]]:
 def mosix_node_started(node: NodeContext) -> None:
     """The daemon is up (sockets bound, configuration loaded).
 
-    Called by mosd once, with this node's :class:`mosix_core.placement.NodeContext`.
+    Called by mosd once, with this node's :class:`mosix_core.contract.records.NodeContext`.
 
     Example::
 
         import logging
 
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
 
         @hookimpl
         def mosix_node_started(node):
@@ -350,7 +350,7 @@ def mosix_node_stopping(node: NodeContext) -> None:
 
         import logging
 
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
 
         @hookimpl
         def mosix_node_stopping(node):
@@ -363,14 +363,14 @@ def mosix_view_changed(view: NodesView, alive: list[IPv4Address], dead: list[IPv
     """Nodes came alive or were declared dead in this node's view of the cluster.
 
     Called by mosd when its view changes. ``view`` is its
-    :class:`mosix_core.placement.NodesView` (``local_ip``, ``entries`` by address);
+    :class:`mosix_core.contract.records.NodesView` (``local_ip``, ``entries`` by address);
     ``alive`` and ``dead`` are the addresses that changed.
 
     Example::
 
         import logging
 
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
 
         @hookimpl
         def mosix_view_changed(view, alive, dead):
@@ -385,7 +385,7 @@ def mosix_process_event(event: ProcessEvent) -> None:
     logging and accounting.
 
     Called by mosd as its process table changes. ``event`` is a
-    :class:`mosix_core.proctable.ProcessEvent` (``kind``, ``pid``, ``uid``,
+    :class:`mosix_core.cluster.proctable.ProcessEvent` (``kind``, ``pid``, ``uid``,
     ``detail``). The built-in writes it to the system log when
     ``/etc/mosix/.log_mosrun`` exists.
 
@@ -393,7 +393,7 @@ def mosix_process_event(event: ProcessEvent) -> None:
 
         from collections import Counter
 
-        from mosix_core.hookspecs import hookimpl
+        from mosix_core.contract.hookspecs import hookimpl
 
         STARTS = Counter()
 

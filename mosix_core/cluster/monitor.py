@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import attrs
 
-from mosix_core.gossip import PAGE_SIZE, STANDARD_SPEED
+from mosix_core.cluster.gossip import PAGE_SIZE, STANDARD_SPEED
 
 MODES = ("load", "speed", "mem", "swap", "frozen", "cores")
 NUMBERINGS = ("w", "v", "V", "a")  # horizontal, vertical, tight vertical, automatic

@@ -31,7 +31,6 @@ ST_LSTAY = 8           # "mosctl lstay"
 ST_BLOCK = 16          # "mosctl block"
 ST_ACCEPTS = 32        # may accept processes from here
 ST_FRESH = 512         # the information is not too old
-ST_PREFERS_US = 1024   # prefers processes from here over its current guests
 # Bits a node reports about itself; the others are computed by the viewer.
 SELF_REPORTED = ST_STAY | ST_LSTAY | ST_BLOCK
 ST_OFF = 1 << 14       # our extension: "mossetpe -off" — MOSIX disabled on that node

@@ -19,8 +19,9 @@ from typing import Any, Iterable
 import attrs
 import pluggy
 
-from mosix_core import hookspecs, log
-from mosix_core.entry_points import entry_points, normalized
+from mosix_core import log
+from mosix_core.contract import hookspecs
+from mosix_core.contract.entry_points import entry_points, normalized
 from mosix_core.errors import ConfigError, MosixError
 
 OUR_DISTRIBUTION = "mosix-py"
@@ -263,7 +264,7 @@ def first_answer(hook: pluggy.HookCaller, /, *, default: Any = _NO_DEFAULT, **kw
 
 
 def apply_policies(pm: pluggy.PluginManager, hook_name: str, request: Any) -> Any:
-    """Run a chained policy hook (:data:`mosix_core.hookspecs.CHAINED_HOOKS`): each
+    """Run a chained policy hook (:data:`mosix_core.contract.hookspecs.CHAINED_HOOKS`): each
     implementation sees the request as the previous one left it. ``None`` keeps it; a
     returned value replaces it; ``PolicyRefused`` stops.
 

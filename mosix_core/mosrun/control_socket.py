@@ -93,7 +93,7 @@ def may_affect(uid: int, pid: int) -> bool:
     if uid == 0:
         return True
     try:
-        real, effective, saved, _ = procfs.status_fields(pid)["Uid"].split()
+        real, _, saved, _ = procfs.status_fields(pid)["Uid"].split()
     except (OSError, KeyError, ValueError):
         return False
     return str(uid) in (real, saved)

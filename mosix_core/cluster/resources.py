@@ -17,7 +17,7 @@ from typing import Iterable
 
 import attrs
 
-from mosix_core.gossip import PAGE_SIZE, STANDARD_SPEED
+from mosix_core.cluster.gossip import PAGE_SIZE, STANDARD_SPEED
 from mosix_core.linux.procfs import stat_fields
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -1,4 +1,4 @@
-"""The records hooks receive and return (see ``mosix_core.hookspecs``).
+"""The records hooks receive and return (see ``mosix_core.contract.hookspecs``).
 
 Hooks see read-only things: frozen records made for the call (:class:`NodeContext`,
 :class:`OpeningProcess`, the requests) or Protocols naming the few attributes of the
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from mosix_core.errors import ProtocolError
-from mosix_core.gossip import ST_BLOCK, ST_OFF, NodeEntry, NodeStatus
+from mosix_core.cluster.gossip import ST_BLOCK, ST_OFF, NodeEntry, NodeStatus
 
 if TYPE_CHECKING:
     from mosix_core.config import MosixConfig
@@ -233,7 +233,7 @@ class MosrunRequest:
 class PlacementView:
     """What placement hooks see: the live nodes that a request may go to.
 
-    Built by the daemon from its :class:`mosix_core.gossip.ClusterView`; ``in_cluster``
+    Built by the daemon from its :class:`mosix_core.cluster.gossip.ClusterView`; ``in_cluster``
     tells whether an address belongs to the local cluster (not a partner).
     """
 
