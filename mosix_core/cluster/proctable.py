@@ -19,6 +19,11 @@ by :func:`checked_fields`, so the daemon, the tools and the tests agree on them:
                   ``mostimeof`` adds the home process's own user time
 ``freezable``     may the automatic freezing policy freeze it (``mosrun -g``/``-G``,
                   ``/proc/self/freezable``)
+``locked``        no automatic migration (``mosrun -L``, ``/proc/self/lock``)
+``cpujob``        its system calls and I/O do not count against leaving (``-c``, ``/proc/self/cpujob``)
+``decayrate``     how its statistics decay, per 10000 per second (``-d``, ``/proc/self/decayrate``)
+``needmem``       MB it needs free where it goes (``-m``, ``/proc/self/needmem``)
+``cleared``       how often it wrote ``/proc/self/clear``: its statistics start again at each change
 
 The daemon itself keeps ``frozen_since``: when ``frozen`` last changed (the policy's
 time slices).
@@ -37,7 +42,10 @@ WHERE_WORDS = ("here", "leaving", "starting")
 MAX_COMMAND = 4096
 MAX_OPTIONS = 256
 #: fields a supervisor may set when registering or updating a row
-SETTABLE = ("command", "where", "frozen", "nmigs", "queue", "options", "remote_utime", "freezable")
+SETTABLE = ("command", "where", "frozen", "nmigs", "queue", "options", "remote_utime", "freezable",
+            "locked", "cpujob", "decayrate", "needmem", "cleared")
+DECAY_SCALE = 10000             # decay rates are per DECAY_SCALE per second
+DEFAULT_DECAY = 9976            # mosrun(1) -d
 
 
 @attrs.define
@@ -57,6 +65,11 @@ class ProcessRecord:
     options: str = ""                      # mosrun flags, e.g. "-b -m500"
     remote_utime: float | None = None      # user CPU seconds accumulated away from home
     freezable: bool = True                 # by the automatic policy
+    locked: bool = False                   # no automatic migration
+    cpujob: bool = False                   # its calls and I/O do not count
+    decayrate: int = DEFAULT_DECAY         # per DECAY_SCALE per second
+    needmem: int = 0                       # MB
+    cleared: int = 0                       # /proc/self/clear writes
     # monotonic time of the last freeze or unfreeze (or the start): the policy's slices
     frozen_since: float = attrs.field(factory=time.monotonic)
 
@@ -148,9 +161,15 @@ def checked_fields(raw: dict[str, Any]) -> dict[str, Any]:
                 if not isinstance(value, str):
                     raise ValueError("queue must be a 'total/done/fail' string")
                 parse_queue(value)
-        elif name == "freezable":
+        elif name in ("freezable", "locked", "cpujob"):
             if not isinstance(value, bool):
-                raise ValueError("freezable must be true or false")
+                raise ValueError(f"{name} must be true or false")
+        elif name == "decayrate":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= DECAY_SCALE:
+                raise ValueError(f"decayrate must be an integer from 0 to {DECAY_SCALE}")
+        elif name in ("needmem", "cleared"):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 31:
+                raise ValueError(f"{name} must be a non-negative integer")
         elif name == "remote_utime":
             if value is not None:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:

@@ -255,6 +255,11 @@ class RowChanges:
     options: Any = _field(settable("options"), UNSET)
     remote_utime: Any = _field(settable("remote_utime"), UNSET)
     freezable: Any = _field(settable("freezable"), UNSET)
+    locked: Any = _field(settable("locked"), UNSET)
+    cpujob: Any = _field(settable("cpujob"), UNSET)
+    decayrate: Any = _field(settable("decayrate"), UNSET)
+    needmem: Any = _field(settable("needmem"), UNSET)
+    cleared: Any = _field(settable("cleared"), UNSET)
 
     def present(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in SETTABLE if getattr(self, name) is not UNSET}

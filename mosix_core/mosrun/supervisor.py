@@ -57,6 +57,7 @@ from mosix_core.mosrun.tracee import (  # noqa: F401  (elf_class, flag_summary, 
     node_in_cluster,
     options_of,
     program_name,
+    row_fields,
 )
 from mosix_core.remote.home_link import HomeLink
 from mosix_core.remote.home_side import HomeSide
@@ -293,7 +294,7 @@ class Supervisor:
             ptrace.cont(pid)
             return
         if not tracee.native:
-            self.send("update", pid=pid, command=tracee.command, options=flag_summary(tracee.state))
+            self.send("update", pid=pid, command=tracee.command, **row_fields(tracee.state))
         # where the new program runs: where mosrun was told to start it, or back where
         # the process was when it came home to exec
         start, tracee.start_at = tracee.start_at, None
@@ -429,18 +430,14 @@ class Supervisor:
         env = procself.Environment(
             whereami=lambda: 0, in_cluster=self.in_cluster,
             read_string=lambda addr: self._read_string(tracee.pid, addr))
-        before = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
-                  tracee.state.freezable, tracee.state.cpujob)
+        before = row_fields(tracee.state)
         checkpointing = (tracee.state.checkpoint_file, tracee.state.checkpoint_limit,
                          tracee.state.checkpoint_interval)
         result = procself.handle(tracee.state, name, call.flags, call.value, env)
         if result >= 0 and call.flags & 3 and name.startswith("checkpoint"):
             self.checkpointing.checkpoint_settings(tracee, name, checkpointing)
-        after = (tracee.state.needmem, tracee.state.lock, tracee.state.unsupportok,
-                 tracee.state.freezable, tracee.state.cpujob)
-        if before != after:
-            self.send("update", pid=tracee.pid, options=flag_summary(tracee.state),
-                       freezable=bool(tracee.state.freezable))
+        if (after := row_fields(tracee.state)) != before:
+            self.send("update", pid=tracee.pid, **after)
         if call.flags & 3 == 0 and procself.named_by_argument(path, tracee.command):
             self.say(tracee, procself.misread_note(name, result))       # cat /proc/self/whereami
         return rules.Return(result)
@@ -525,7 +522,7 @@ class Supervisor:
             state.strict = tracee.state.strict    # the site's, whatever the program sends
             if request.get("now"):
                 tracee.state = state          # a nested -S queue driver: its children inherit
-                self.send("update", pid=tracee.pid, options=flag_summary(state))
+                self.send("update", pid=tracee.pid, **row_fields(state))
             else:
                 tracee.program.pending_exec = state
             return 0
@@ -555,8 +552,7 @@ class Supervisor:
                 os.close(fd)
 
     def _register(self, tracee: Tracee) -> None:
-        self.send("register", pid=tracee.pid, command=tracee.command, options=flag_summary(tracee.state),
-                   freezable=bool(tracee.state.freezable))
+        self.send("register", pid=tracee.pid, command=tracee.command, **row_fields(tracee.state))
 
     def send(self, op: str, **args) -> None:
         if self.session is None:

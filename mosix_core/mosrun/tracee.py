@@ -57,6 +57,14 @@ def flag_summary(state: procself.MosixState) -> str:
     return " ".join(flags)
 
 
+def row_fields(state: procself.MosixState) -> dict:
+    """The process-table fields mosd keeps from the process's parameters: what mosps shows,
+    what automatic freezing and the balancer go by."""
+    return {"options": flag_summary(state), "freezable": bool(state.freezable), "locked": bool(state.lock),
+            "cpujob": bool(state.cpujob), "decayrate": state.decayrate, "needmem": state.needmem,
+            "cleared": state.statistics_cleared}
+
+
 @attrs.define(eq=False)
 class Thread:
     """What the kernel keeps per thread. Registers and the signal mask are read from
