@@ -48,6 +48,7 @@ if TYPE_CHECKING:   # only for the signatures: every mosrun loads this module, k
     from mosix_core.config.daemon import DaemonSettings
     from mosix_core.cluster.gossip import NodeEntry
     from mosix_core.net.transport import DatagramTransport
+    from mosix_core.contract.balancing import BalanceView, MigrationDecision, ProcessFacts
     from mosix_core.contract.records import (
         Admission,
         AdmissionRequest,
@@ -98,6 +99,41 @@ def mosix_select_node(request: PlacementRequest, view: PlacementView) -> NodeEnt
         @hookimpl
         def mosix_select_node(request, view):
             return view.local
+    """
+
+
+@hookspec(firstresult=True)
+def mosix_migration_decision(candidates: Sequence[ProcessFacts], view: BalanceView) -> MigrationDecision | None:
+    """Decide whether one of this node's processes should move by itself, and where
+    (automatic load balancing, memory ushering, I/O pulling a process home).
+
+    Called by mosd's balancer about once a second (jittered), and at once for a process
+    that writes -1 to ``/proc/self/migrate``, while no move it decided is under way.
+    ``candidates`` are the MOSIX processes running on this node that could move (not frozen,
+    not moving): :class:`mosix_core.contract.balancing.ProcessFacts` (``pid``, ``home`` —
+    ``None`` at home —, ``cpu_share``, ``cpu_seconds``, ``image_mb``, ``needmem_mb``, the
+    decayed ``io_calls``/``io_bytes``, ``cpujob``, ``locked``, ``since_move``). ``view`` is a
+    :class:`mosix_core.contract.balancing.BalanceView`: ``local`` (this node's
+    :class:`~mosix_core.contract.balancing.NodeFacts`: ``load`` now, ``speed``, ``ncpus``,
+    ``mem_avail_mb``, ``state`` with the stay/lstay/block bits), ``nodes`` (the others, best
+    first), ``now``, ``settings``, ``sent``. Return a
+    :class:`mosix_core.contract.balancing.MigrationDecision` (one ``pid``, its ``target``,
+    the ``reason`` the daemon logs, the expected ``gain`` in seconds), or
+    ``MigrationDecision.stay(reason)`` to keep everything where it is, or ``None`` to let the
+    next plugin decide; when none answers, nothing moves. The built-in (``balancing``,
+    docs/balancing.md) moves a process where it would run fastest, counting itself, when
+    that saves more than the move costs.
+
+    Example (keep the processes of a node's owner at home; the built-in decides the rest)::
+
+        from mosix_core.contract.hookspecs import hookimpl
+        from mosix_core.contract.balancing import MigrationDecision
+
+        @hookimpl
+        def mosix_migration_decision(candidates, view):
+            if any(p.home is None for p in candidates) and view.local.load < 100:
+                return MigrationDecision.stay("the owner's processes stay while the load is low")
+            return None
     """
 
 

@@ -1,0 +1,264 @@
+"""The built-in automatic load-balancing policy (``mosix_migration_decision``).
+
+One decision per call, in this order (the first rule that finds a move wins):
+
+1. **stop rules**: ``mosctl stay`` — nothing leaves; ``lstay`` — only guests may leave; a
+   locked process (``-L``, ``/proc/self/lock``) never moves. Blocked (or off) nodes take
+   no one; a process's home always takes it back.
+2. **memory**: below its free-memory floor, the node sends its largest process away, to the
+   node where it would run fastest among those with at least ``max(needmem, image + floor)``
+   free — never to one with less than its ``needmem``.
+3. **guests**: when its own processes need its CPUs, the node sends a guest on (to the best
+   node) or home, whichever the guest would run faster on.
+4. **time saved**: each process's time per unit of work here — ``1 / share`` plus, away from
+   home, its forwarded calls and bytes (unless ``cpujob``) — against the best other node and
+   its home, counting itself there, stale gossip against it (``BalanceView.effective_share``).
+   It moves when that is at least ``hysteresis`` faster and its expected remaining work (the
+   work it did so far, at least ``min_work``: old processes run long) saves more than
+   ``cost_factor`` times the move's cost. Load spread, speed attraction and I/O pulling a
+   process home all come out of this one comparison. The process saving the most moves.
+
+Deterministic given its arguments: near-equal targets (``spread``) are drawn among by a hash
+of this node's address and the clock, so that nodes seeing the same idle node do not all
+send there in the same second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from ipaddress import IPv4Address
+
+from mosix_core.cluster.gossip import STANDARD_SPEED
+from mosix_core.contract.balancing import (
+    ST_LSTAY,
+    ST_STAY,
+    BalanceView,
+    MigrationDecision,
+    NodeFacts,
+    ProcessFacts,
+    cpu_share,
+    move_seconds,
+)
+from mosix_core.contract.hookspecs import hookimpl
+
+#: the most near-equal targets drawn among
+NEAR = 8
+
+
+@hookimpl(trylast=True)
+def mosix_migration_decision(candidates: Sequence[ProcessFacts], view: BalanceView) -> MigrationDecision | None:
+    return decide(candidates, view)
+
+
+def decide(candidates: Sequence[ProcessFacts], view: BalanceView) -> MigrationDecision | None:
+    local = view.local
+    if not candidates or local.state & ST_STAY:
+        return None
+    lstay = local.state & ST_LSTAY
+    movable = [p for p in candidates if not p.locked and not (lstay and not p.is_guest)]
+    if not movable:
+        return None
+    return _Decision(candidates, movable, view).run()
+
+
+class _Decision:
+    """One call's worth of state; what is the same for many processes is computed once."""
+
+    def __init__(self, candidates: Sequence[ProcessFacts], movable: list[ProcessFacts], view: BalanceView) -> None:
+        self.view, self.local, self.settings = view, view.local, view.settings
+        self.candidates, self.movable = candidates, movable
+        local = self.local
+        self.runnable = max(local.runnable, sum(min(1.0, p.cpu_share) for p in candidates), 1e-9)
+        self.fraction = min(1.0, local.ncpus / self.runnable)  # of a CPU each runnable process gets here
+        self.targets: dict[float, tuple[NodeFacts, float] | None] = {}
+        self.shares: dict[tuple[int, float], float] = {}  # (id(node), demand) -> effective share
+
+    def run(self) -> MigrationDecision | None:
+        if self.local.mem_avail_mb < self.settings.mem_floor_mb:
+            decision = self.memory()
+            if decision is not None:
+                return decision
+        decision = self.guests()
+        if decision is not None:
+            return decision
+        return self.time_saved()
+
+    # -- the facts of one process ---------------------------------------------------------------
+    def demand(self, p: ProcessFacts) -> float:
+        """How much of a CPU ``p`` wants: what it used over what it could get here."""
+        return min(1.0, max(0.05, p.cpu_share / self.fraction))
+
+    def here_time(self, p: ProcessFacts) -> float:
+        """Seconds per standard CPU-second of work here (``runnable`` counts ``p`` already)."""
+        local = self.local
+        time = 1.0 / cpu_share(max(self.runnable, self.demand(p)), local.ncpus, local.speed)
+        if p.home is None:
+            return time
+        home = self.view.node(p.home)
+        return time + self.io_time(p, home.proximate if home is not None else True)
+
+    def io_time(self, p: ProcessFacts, proximate: bool | None) -> float:
+        """Seconds per standard CPU-second its calls and I/O cost away from home over a link
+        (``proximate``: the kind of link; None: at home, where they cost nothing extra)."""
+        if proximate is None or p.cpujob or (p.io_calls <= 0 and p.io_bytes <= 0):
+            return 0.0
+        s = self.settings
+        per_second = p.io_calls * (s.proximate_call_s if proximate else s.distant_call_s) + p.io_bytes / (
+            1e6 * (s.proximate_mb_s if proximate else s.distant_mb_s)
+        )
+        work_rate = max(0.01, min(1.0, p.cpu_share) * self.local.speed / STANDARD_SPEED)
+        return per_second / work_rate
+
+    def there_time(self, p: ProcessFacts, node: NodeFacts) -> float:
+        demand = self.demand(p)
+        key = (id(node), demand)
+        share = self.shares.get(key)
+        if share is None:
+            share = self.shares[key] = max(1e-9, self.view.effective_share(node, added=demand))
+        at_home = node.ip == p.home if p.home is not None else False
+        return 1.0 / share + self.io_time(p, None if at_home else node.proximate)
+
+    def need(self, p: ProcessFacts) -> float:
+        """Free memory a target must have: its ``needmem``, and room for its image above the floor."""
+        return max(float(p.needmem_mb), p.image_mb + self.settings.mem_floor_mb)
+
+    # -- where to --------------------------------------------------------------------------------
+    def best(self, need_mb: float) -> tuple[NodeFacts, float] | None:
+        """The node (other than this one) where a newcomer needing ``need_mb`` free would run
+        fastest, and its share; among near-equal ones, one drawn by this node and the clock."""
+        if need_mb in self.targets:
+            return self.targets[need_mb]
+        view, local_ip = self.view, self.local.ip
+        now, inv_tau = view.now, 1.0 / self.settings.stale_tau
+        keep = 1.0 - self.settings.spread
+        best_share, found = 0.0, []
+        for node in view.nodes:
+            if node.mem_avail_mb < need_mb or not node.takes_guests or node.ip == local_ip:
+                continue
+            upper = node.newcomer * math.exp((node.fresh_at - now) * inv_tau)
+            if upper < best_share * keep:
+                break  # ranked: nobody further on can be near the best
+            share = view.effective_share(node) if node.ip in view.sent else upper
+            best_share = max(best_share, share)
+            found.append((share, node))
+            if len(found) >= NEAR:
+                break
+        near = [(node, share) for share, node in found if share >= best_share * keep]
+        pick = near[_draw(local_ip, now, len(near))] if near else None
+        self.targets[need_mb] = pick
+        return pick
+
+    def home_of(self, p: ProcessFacts) -> NodeFacts | None:
+        """A guest's home as this node knows it (its home takes it back even when blocked)."""
+        if p.home is None:
+            return None
+        home = self.view.node(p.home)
+        return home if home is not None and home.mem_avail_mb >= p.needmem_mb else None
+
+    def choices(self, p: ProcessFacts) -> list[NodeFacts]:
+        found = self.best(self.need(p))
+        home = self.home_of(p)
+        if found is None:
+            return [] if home is None else [home]
+        if home is None or found[0].ip == home.ip:
+            return [found[0]]
+        return [found[0], home]
+
+    # -- the rules -------------------------------------------------------------------------------
+    def memory(self) -> MigrationDecision | None:
+        for p in sorted(self.movable, key=lambda p: (-p.image_mb, p.pid)):
+            options = [n for n in self.choices(p) if n.mem_avail_mb >= self.need(p)]
+            if options:
+                node = min(options, key=lambda n: self.there_time(p, n))
+                return MigrationDecision(
+                    p.pid,
+                    node.ip,
+                    f"memory: {self.local.mem_avail_mb} MB free here (floor "
+                    f"{self.settings.mem_floor_mb}), {node.mem_avail_mb} MB at {node.ip} for {p.image_mb:.0f} MB "
+                    f"(needs {p.needmem_mb})",
+                    self.gain(p, node),
+                    "memory",
+                )
+        return None
+
+    def guests(self) -> MigrationDecision | None:
+        guests = [p for p in self.movable if p.is_guest and p.since_move >= self.settings.min_residency]
+        if not guests:
+            return None
+        own = sum(self.demand(p) for p in self.candidates if not p.is_guest)
+        total = sum(self.demand(p) for p in self.candidates)
+        if own < 0.5 or total <= self.local.ncpus + 0.5:
+            return None
+        p = min(guests, key=lambda p: (p.image_mb, p.pid))
+        options = self.choices(p)
+        if not options:
+            return None
+        node = min(options, key=lambda n: (self.there_time(p, n), n.ip != p.home))
+        where = "home" if node.ip == p.home else "on"
+        return MigrationDecision(
+            p.pid,
+            node.ip,
+            f"guest sent {where} to {node.ip}: this node's own processes want {own:.1f} of its {self.local.ncpus} CPUs",
+            self.gain(p, node),
+            "guest",
+        )
+
+    def time_saved(self) -> MigrationDecision | None:
+        s = self.settings
+        faster = 1.0 - s.hysteresis
+        best: tuple[float, int, ProcessFacts, NodeFacts, float, float] | None = None
+        for p in self.movable:
+            if p.since_move < s.min_residency:
+                continue
+            here = self.here_time(p)
+            for node in self.choices(p):
+                there = self.there_time(p, node)
+                if there > here * faster:
+                    continue
+                cost = move_seconds(p.image_mb, node.proximate, s)
+                saved = max(p.cpu_seconds, s.min_work) * (here - there)
+                if saved < s.cost_factor * cost:
+                    continue
+                if best is None or (saved - cost, -p.pid) > best[:2]:
+                    best = (saved - cost, -p.pid, p, node, here, there)
+        if best is None:
+            return None
+        gain, _, p, node, here, there = best
+        reason, rule = self.why(p, node, here, there)
+        return MigrationDecision(p.pid, node.ip, reason, gain, rule)
+
+    def why(self, p: ProcessFacts, node: NodeFacts, here: float, there: float) -> tuple[str, str]:
+        """The reason text and the rule a time-saving move counts under."""
+        local = self.local
+        if p.home is not None and node.ip == p.home and not p.cpujob and (p.io_calls > 0 or p.io_bytes > 0):
+            return (
+                f"I/O pulls it home: {p.io_calls:.0f} calls/s and {p.io_bytes / 1e6:.1f} MB/s forwarded "
+                f"({here:.2f} -> {there:.2f} s per CPU-second)"
+            ), "home"
+        if self.runnable <= local.ncpus + 0.5:
+            return (
+                f"speed: {node.ip} ({node.speed}) runs it faster than here ({local.speed}): "
+                f"{1 / here:.2f} -> {1 / there:.2f} standard CPUs"
+            ), "speed"
+        return (
+            f"load: {local.load:.0f} here ({1 / here:.2f} standard CPUs) -> {1 / there:.2f} at {node.ip} "
+            f"(load {node.load:.0f})"
+        ), "load"
+
+    def gain(self, p: ProcessFacts, node: NodeFacts) -> float:
+        """Seconds the move is expected to save (negative: it costs, for memory's sake)."""
+        here, there = self.here_time(p), self.there_time(p, node)
+        return max(p.cpu_seconds, self.settings.min_work) * (here - there) - move_seconds(
+            p.image_mb, node.proximate, self.settings
+        )
+
+
+def _draw(ip: IPv4Address, now: float, count: int) -> int:
+    """A deterministic pick among ``count``: changes with the node and every second."""
+    if count <= 1:
+        return 0
+    return hash((int(ip), int(now))) % count  # ints and their tuples hash the same in every run
+
+
+__all__ = ["decide", "mosix_migration_decision"]
