@@ -117,7 +117,8 @@ def check_process(process: dict[str, Any]) -> None:
     _int(process.get("personality", 0), "the personality", 0, 0xFFFF_FFFE)     # ~0 only asks
     for pair in _list(process.get("converted", []), "the privately mapped shared ranges", most=1 << 16):
         low, high = _list(pair, "a privately mapped shared range", 2)
-        if _address(low, "a privately mapped shared range") >= _int(high, "a privately mapped shared range", 1, USER_LIMIT):
+        what = "a privately mapped shared range"
+        if _address(low, what) >= _int(high, what, 1, USER_LIMIT):
             raise CorruptImage("a privately mapped shared range is empty")
     head, length = _list(process.get("robust_list", [0, 0]), "the robust list", 2)
     if _address(head, "the robust list", align=8, zero=True):

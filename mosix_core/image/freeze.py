@@ -27,7 +27,8 @@ import attrs
 
 from mosix_core.errors import MosixError, TraceError
 from mosix_core.image import capture
-from mosix_core.image.restore import PAGE, TRAMPOLINE_SIZE, RestoreFailed, RestoreOptions, Restorer, find_hole
+from mosix_core.image.restore import RestoreOptions, Restorer
+from mosix_core.image.restore_memory import PAGE, TRAMPOLINE_SIZE, RestoreFailed, find_hole
 from mosix_core.image.stream import CorruptImage, ImageWriter, Kind, Record
 from mosix_core.linux import inject, procfs, ptrace
 

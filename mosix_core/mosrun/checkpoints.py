@@ -132,7 +132,7 @@ def recover_into(pid: int, path: str, shell: int) -> tuple[list[int], list[tuple
 
 def converted_ranges(process: dict[str, Any]) -> list[tuple[int, int]]:
     """The PROCESS record's privately mapped read-only MAP_SHARED ranges (checked by
-    :func:`mosix_core.image.restore.check_process`; none in an image without them)."""
+    :func:`mosix_core.image.checks.check_process`; none in an image without them)."""
     return [(low, high) for low, high in process.get("converted", [])]
 
 

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import attrs
 
 from mosix_core.errors import MosixError
-from mosix_core.image.restore import check_files, check_process
+from mosix_core.image.checks import check_files, check_process
 from mosix_core.image.stream import CorruptImage, ImageReader, Kind, Record
 from mosix_core.linux import ptrace
 from mosix_core.mosrun import options as mosopts

@@ -180,7 +180,7 @@ def test_nothing_is_written_after_close_and_bad_kinds_are_refused():
 
 
 def test_a_mapped_file_is_the_same_by_inode_here_and_by_size_and_time_elsewhere(tmp_path):
-    from mosix_core.image.restore import same_file
+    from mosix_core.image.restore_memory import same_file
 
     path = tmp_path / "lib.so"
     path.write_bytes(b"x" * 100)
