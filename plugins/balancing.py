@@ -72,6 +72,7 @@ class _Decision:
         self.runnable = max(local.runnable, sum(min(1.0, p.cpu_share) for p in candidates), 1e-9)
         self.fraction = min(1.0, local.ncpus / self.runnable)  # of a CPU each runnable process gets here
         self.targets: dict[float, tuple[NodeFacts, float] | None] = {}
+        self.top: list[tuple[float, NodeFacts]] = []
         self.shares: dict[tuple[int, float], float] = {}  # (id(node), demand) -> effective share
 
     def run(self) -> MigrationDecision | None:
@@ -79,9 +80,6 @@ class _Decision:
             decision = self.memory()
             if decision is not None:
                 return decision
-        decision = self.guests()
-        if decision is not None:
-            return decision
         return self.time_saved()
 
     # -- the facts of one process ---------------------------------------------------------------
@@ -129,6 +127,21 @@ class _Decision:
         fastest, and its share; among near-equal ones, one drawn by this node and the clock."""
         if need_mb in self.targets:
             return self.targets[need_mb]
+        if 0.0 not in self.targets:
+            self.targets[0.0] = None
+            self.top = self.walk(0.0)
+        found = [(share, node) for share, node in self.top if node.mem_avail_mb >= need_mb] or self.walk(need_mb)
+        pick = None
+        if found:
+            keep = max(share for share, _ in found) * (1.0 - self.settings.spread)
+            near = [(node, share) for share, node in found if share >= keep]
+            pick = near[_draw(self.local.ip, self.view.now, len(near))]
+        self.targets[need_mb] = pick
+        return pick
+
+    def walk(self, need_mb: float) -> list[tuple[float, NodeFacts]]:
+        """The best few nodes with ``need_mb`` free, and their shares: the view is ranked, so
+        the walk stops at the first that cannot come near the best."""
         view, local_ip = self.view, self.local.ip
         now, inv_tau = view.now, 1.0 / self.settings.stale_tau
         keep = 1.0 - self.settings.spread
@@ -138,16 +151,35 @@ class _Decision:
                 continue
             upper = node.newcomer * math.exp((node.fresh_at - now) * inv_tau)
             if upper < best_share * keep:
-                break  # ranked: nobody further on can be near the best
+                break
             share = view.effective_share(node) if node.ip in view.sent else upper
             best_share = max(best_share, share)
             found.append((share, node))
             if len(found) >= NEAR:
                 break
-        near = [(node, share) for share, node in found if share >= best_share * keep]
-        pick = near[_draw(local_ip, now, len(near))] if near else None
-        self.targets[need_mb] = pick
-        return pick
+        return found
+
+    def now_is_my_turn(self, wanted: float) -> bool:
+        """Several nodes may see the same few better nodes, and go on seeing them as they were
+        until gossip brings their new load (``load_tau`` plus the information's age): if ``K``
+        nodes look as busy as this one and only ``R`` offer at least ``wanted``, each sends with
+        probability ``R / (K * lag)`` (drawn by this node and the clock), so that a node freed by
+        an ending job is not sent the processes of every busy node at once."""
+        view, local, s = self.view, self.local, self.settings
+        busy = view.as_busy(cpu_share(self.runnable, local.ncpus, local.speed)) + 1
+        now, inv_tau, local_ip = view.now, 1.0 / s.stale_tau, local.ip
+        offers, lag = 0, 1.0
+        for node in view.nodes:
+            if node.newcomer * math.exp((node.fresh_at - now) * inv_tau) < wanted:
+                break
+            if node.takes_guests and node.ip != local_ip:
+                if not offers:
+                    lag = max(1.0, (s.load_tau + now - node.fresh_at) / s.period)
+                offers += 1
+                if offers >= busy * lag:
+                    return True
+        # none seen offering it (only the process's own demand or home made the move pay): one
+        return _draw(local_ip, now, 1_000_003) < 1_000_003 * max(1, offers) / (busy * lag)
 
     def home_of(self, p: ProcessFacts) -> NodeFacts | None:
         """A guest's home as this node knows it (its home takes it back even when blocked)."""
@@ -182,35 +214,18 @@ class _Decision:
                 )
         return None
 
-    def guests(self) -> MigrationDecision | None:
-        guests = [p for p in self.movable if p.is_guest and p.since_move >= self.settings.min_residency]
-        if not guests:
-            return None
-        own = sum(self.demand(p) for p in self.candidates if not p.is_guest)
-        total = sum(self.demand(p) for p in self.candidates)
-        if own < 0.5 or total <= self.local.ncpus + 0.5:
-            return None
-        p = min(guests, key=lambda p: (p.image_mb, p.pid))
-        options = self.choices(p)
-        if not options:
-            return None
-        node = min(options, key=lambda n: (self.there_time(p, n), n.ip != p.home))
-        where = "home" if node.ip == p.home else "on"
-        return MigrationDecision(
-            p.pid,
-            node.ip,
-            f"guest sent {where} to {node.ip}: this node's own processes want {own:.1f} of its {self.local.ncpus} CPUs",
-            self.gain(p, node),
-            "guest",
-        )
-
     def time_saved(self) -> MigrationDecision | None:
-        s = self.settings
-        faster = 1.0 - s.hysteresis
-        best: tuple[float, int, ProcessFacts, NodeFacts, float, float] | None = None
+        """The move saving the most time; guests first (with half the hysteresis) while this
+        node's own processes alone want all its CPUs."""
+        s, local = self.settings, self.local
+        own = sum(self.demand(p) for p in self.candidates if not p.is_guest)
+        crowded = own >= local.ncpus - 0.5
+        best: tuple[bool, float, int, ProcessFacts, NodeFacts, float, float] | None = None
         for p in self.movable:
             if p.since_move < s.min_residency:
                 continue
+            pushed = crowded and p.is_guest
+            faster = 1.0 - (s.hysteresis / 2 if pushed else s.hysteresis)
             here = self.here_time(p)
             for node in self.choices(p):
                 there = self.there_time(p, node)
@@ -220,12 +235,19 @@ class _Decision:
                 saved = max(p.cpu_seconds, s.min_work) * (here - there)
                 if saved < s.cost_factor * cost:
                     continue
-                if best is None or (saved - cost, -p.pid) > best[:2]:
-                    best = (saved - cost, -p.pid, p, node, here, there)
+                key = (pushed, saved - cost, -p.pid)
+                if best is None or key > best[:3]:
+                    best = (pushed, saved - cost, -p.pid, p, node, here, there)
         if best is None:
             return None
-        gain, _, p, node, here, there = best
+        pushed, gain, _, p, node, here, there = best
         reason, rule = self.why(p, node, here, there)
+        if pushed and rule != "home":
+            where = "home" if node.ip == p.home else "on"
+            reason = f"guest sent {where}: this node's own processes want {own:.1f} of its {local.ncpus} CPUs; {reason}"
+            rule = "guest"
+        if rule != "home" and not self.now_is_my_turn(1.0 / (here * (1.0 - s.hysteresis))):
+            return None
         return MigrationDecision(p.pid, node.ip, reason, gain, rule)
 
     def why(self, p: ProcessFacts, node: NodeFacts, here: float, there: float) -> tuple[str, str]:
@@ -258,7 +280,7 @@ def _draw(ip: IPv4Address, now: float, count: int) -> int:
     """A deterministic pick among ``count``: changes with the node and every second."""
     if count <= 1:
         return 0
-    return hash((int(ip), int(now))) % count  # ints and their tuples hash the same in every run
+    return hash((int(ip), int(now * 1000))) % count  # ints and their tuples hash the same in every run
 
 
 __all__ = ["decide", "mosix_migration_decision"]

@@ -83,6 +83,7 @@ def move_seconds(image_mb: float, proximate: bool, settings: BalanceSettings) ->
 class BalanceSettings:
     """The policy's tunables (defaults: what ``bench/balance.py`` tuned them to)."""
 
+    period: float = 1.0               # seconds between two decisions of a node
     hysteresis: float = 0.15  # a move must make the process this much faster (fraction)
     min_residency: float = 4.0  # seconds a process stays where it arrived before load moves it
     min_work: float = 2.0  # standard CPU-seconds a process is expected to run at least
@@ -114,12 +115,17 @@ class NodeFacts:
     state: int = 0  # NodeStatus.state: ST_STAY, ST_LSTAY, ST_BLOCK, ST_OFF bits
     fresh_at: float = 0.0  # when the information was current (the view's clock)
     proximate: bool = True  # the map's 'p' (or the partner's proximate column)
-    # what a newcomer would get there (newcomer_share), computed once per record: views are
-    # built every second from records that change only when gossip brings news
+    # what each of its processes gets now (cpu_share; inf when idle) and what a newcomer would get there
+    # (newcomer_share), computed once per record: views are built every second from records
+    # that change only when gossip brings news
+    share: float = attrs.field(init=False, eq=False, repr=False)
     newcomer: float = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "newcomer", newcomer_share(self.load, self.ncpus, self.speed))
+        runnable = runnable_of(self.load, self.ncpus, self.speed)
+        # an idle node sends nothing: it is no competitor of busy ones (BalanceView.as_busy)
+        object.__setattr__(self, "share", cpu_share(runnable, self.ncpus, self.speed) if runnable >= 0.5 else math.inf)
+        object.__setattr__(self, "newcomer", cpu_share(runnable + 1.0, self.ncpus, self.speed))
 
     @property
     def runnable(self) -> float:
@@ -223,6 +229,11 @@ class BalanceView:
             object.__setattr__(self, "by_ip", {n.ip: n for n in self.nodes})
         assert self.by_ip is not None
         return self.by_ip.get(ip)
+
+    def as_busy(self, share: float) -> int:
+        """How many nodes of the view give their processes no more than ``share`` standard
+        CPUs: those that would send to the same idle nodes as one with that share."""
+        return sum(1 for n in self.nodes if n.share <= share)
 
     def effective_share(self, node: NodeFacts, added: float = 1.0) -> float:
         """What a newcomer gets on ``node``, counting this node's own recent moves there
