@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mosix_core.linux.syscall_names import NAMES
-from mosix_core.mosrun import rules
+from mosix_core.mosrun import call_table as rules
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "system-calls.md"
 
