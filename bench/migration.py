@@ -120,8 +120,9 @@ class Cluster(LocalCluster):
 
     def __init__(self, root: Path, nodes: int, base_ip: str, interval: float = 0.2,
                  memory_mb: int = 8192) -> None:
+        # the benchmark moves its processes itself: the balancer would move them too
         super().__init__(root, localcluster.up(root, nodes=nodes, base_ip=base_ip, interval=interval,
-                                               memory_mb=memory_mb))
+                                               memory_mb=memory_mb, extra_conf="automatic_migration = no\n"))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.02,

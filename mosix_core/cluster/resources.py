@@ -81,8 +81,20 @@ def process_rss_mb(pid: int) -> int:
         return 0
 
 
+def sched_ns(pid: int) -> int | None:
+    """Nanoseconds ``pid`` has been runnable: on a CPU plus waiting for one."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            run, wait, _ = f.read().split()
+        return int(run) + int(wait)
+    except (OSError, ValueError):
+        return None
+
+
 class VirtualMeter:
-    """CPU demand of a set of processes, from their CPU-time growth between samples."""
+    """CPU demand of a set of processes: how much of the time between samples each was
+    runnable (on a CPU or waiting for one). What they *got* would understate it whenever
+    the machine is busier than the virtual node: nodes of a local cluster share its CPUs."""
 
     def __init__(self) -> None:
         self._last: dict[int, tuple[int, float]] = {}
@@ -93,13 +105,13 @@ class VirtualMeter:
         used_mb = 0
         seen = {}
         for pid in pids:
-            ticks = process_cpu_ticks(pid)
-            if ticks is None:
+            runnable_ns = sched_ns(pid)
+            if runnable_ns is None:
                 continue
             previous = self._last.get(pid)
-            seen[pid] = (ticks, now)
+            seen[pid] = (runnable_ns, now)
             if previous is not None and now > previous[1]:
-                demand += min(1.0, (ticks - previous[0]) / _CLOCK_TICKS / (now - previous[1]))
+                demand += min(1.0, (runnable_ns - previous[0]) / 1e9 / (now - previous[1]))
             used_mb += process_rss_mb(pid)
         self._last = seen
         return ResourceSample(runnable=demand, ncpus=cpus, mem_avail_mb=max(0, memory_mb - used_mb),

@@ -64,6 +64,9 @@ class DaemonSettings:
     # yes: mosrun refuses every call of the manual's LIMITATIONS, as the manual does; the
     # default answers those that keep their meaning on any node (docs/system-calls.md)
     strict_limitations: bool = False
+    # no: processes move only when asked (mosmigrate, /proc/self/migrate, mosctl expel/bring),
+    # never by the balancer; as "mosctl stay" would, but from the start and for good
+    automatic_migration: bool = True
 
     @classmethod
     def default(cls) -> DaemonSettings:
@@ -211,4 +214,5 @@ _PARSERS: dict[str, _Parser] = {
     "guest_uids": _uid_range,
     "link_grace": _number(0.1, 86400.0, zero=True),
     "strict_limitations": lambda raw, source, line, key: _choice(("yes", "no"))(raw, source, line, key) == "yes",
+    "automatic_migration": lambda raw, source, line, key: _choice(("yes", "no"))(raw, source, line, key) == "yes",
 }

@@ -22,6 +22,7 @@ from mosix_core import log
 from mosix_core.cluster import gossip
 from mosix_core.config import MosixConfig, load_config, load_secret
 from mosix_core.daemon.autofreeze import AutoFreezer
+from mosix_core.daemon.balancer import Balancer
 from mosix_core.errors import AuthenticationError, ProtocolError
 from mosix_core.cluster.gossip import ClusterView, NodeEntry, NodeStatus
 from mosix_core.net import wire
@@ -62,6 +63,8 @@ class Node:
         self.proctable = ProcessTable()
         self.spare_guest_host = None            # daemon.migration.SpareGuestHost, ready for a guest
         self.autofreezer = AutoFreezer(self)
+        self.balancer = Balancer(self)
+        self.control = None                # the ControlServer (set by the server)
         self.smoother = LoadSmoother()
         self.sample: ResourceSample | None = None
         self.view = self.new_view()
@@ -337,6 +340,7 @@ class Node:
             try:
                 self.measure(now)
                 self.autofreezer.tick(now)
+                self.balancer.tick(now)
                 if now >= next_gossip:
                     self.gossip_once(now)
                     # Jitter keeps nodes from falling into lock-step.

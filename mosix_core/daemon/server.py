@@ -85,7 +85,7 @@ async def _serve(node: Node) -> None:
             node.log.error("reload failed; keeping the old configuration", error=str(err))
 
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_on_hup()))
-    control = ControlServer(node, paths.control_socket(node.etc))
+    control = node.control = ControlServer(node, paths.control_socket(node.etc))
     control.on_reconfigure = reconfigure
     control.on_stop = stop.set
     await control.start()

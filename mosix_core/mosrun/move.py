@@ -71,12 +71,14 @@ class MoveRequest:
     process was when it came home to exec) — the move waits at its exec, and without
     ``force`` (-F) a failure ends the program before it ran anything. ``by_program``:
     the program's own ``/proc/self/migrate``, whose call returns only when the move is
-    over."""
+    over. ``automatic``: the balancer's (mosd asked): refused for a locked process, and
+    its failure is not said to the program — nobody asked it to move."""
 
     target: MoveTarget
     starting: bool = False
     force: bool = False
     by_program: bool = False
+    automatic: bool = False
 
 
 @attrs.define(eq=False)

@@ -176,7 +176,7 @@ class Mover:
         gets its answer: -1 (EAGAIN) now, or when it makes its call again (it was told
         to, so that the call is made where it arrives)."""
         message = migration.failed_migrating(move.where if not move.target.home else "home", reason)
-        if say:
+        if say and not move.request.automatic:
             self.sup.say(tracee, message)
         if tracee.move is move:
             tracee.move = None

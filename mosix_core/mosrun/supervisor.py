@@ -490,11 +490,15 @@ class Supervisor:
         return {"ok": True}
 
     def _control_move(self, tracee: Tracee, req: dict):
-        """mosmigrate {pid} {node | home}: the move begun, and with ``wait`` (mosmigrate
-        waits for the outcome) the move itself, answered when it is over."""
+        """mosmigrate {pid} {node | home} (or mosd's balancer, ``automatic``): the move begun,
+        and with ``wait`` (mosmigrate waits for the outcome) the move itself, answered when
+        it is over."""
+        automatic = req.get("automatic") is True
+        if automatic and tracee.state.lock:
+            return {"error": "locked (-L or /proc/self/lock): it does not move by itself"}
         try:
             target = targets.HOME if req["op"] == "home" else targets.resolve(configuration(self.etc), req["to"])
-            move = self.mover.request_migration(tracee, MoveRequest(target))
+            move = self.mover.request_migration(tracee, MoveRequest(target, automatic=automatic))
         except (targets.UnknownTarget, MoveRefused) as err:
             return {"error": str(err)}
         if move is None or not req.get("wait"):

@@ -13,12 +13,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
 from mosix_core.cluster import localcluster
 from mosix_core.daemon.client import Client
 from mosix_core.errors import MosixError
-from mosix_core.linux import procfs
 
 TOOLS = {
     "mosd",
@@ -35,6 +32,10 @@ TOOLS = {
     "mosrun",
     "mosmigrate",
 }
+
+#: mosd.conf for the clusters of tests that move processes themselves: the balancer would
+#: move them too (a test of automatic migration asks for it: ``balancing=True``)
+MANUAL_ONLY = "automatic_migration = no\n"
 
 # Each test gets a /24 of its own in 127.0.0.0/8: second octet from the pytest worker's
 # pid, third from a counter, so parallel runs and lingering sockets never collide.

@@ -6,6 +6,8 @@ of anything we can run:
   addresses of its own so tests never collide; everything is stopped at teardown.
 * ``spawn``: start a real process, killed at teardown.
 * ``small_tmpfs``: a real 1 MiB tmpfs, for running out of space (freezing, checkpoints).
+* ``checkpoint``, ``checkpoint_image``: one real checkpoint of a real program per test module
+  (tests/linux/test_checkpoint_bad_images.py, tests/security/test_bad_images.py damage it).
 """
 
 from __future__ import annotations
@@ -19,18 +21,21 @@ import pytest
 
 from mosix_core.cluster import localcluster
 from mosix_core.linux import procfs
-from tests.helpers.cluster import LocalCluster, fresh_base_ip
+from tests.helpers.checkpoints import Checkpoint, make_checkpoint
+from tests.helpers.cluster import MANUAL_ONLY, LocalCluster, fresh_base_ip
 
 
 @pytest.fixture
 def local_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """Factory: ``local_cluster(nodes=4, speeds=None, interval=0.2, **kw)`` → LocalCluster."""
+    """Factory: ``local_cluster(nodes=4, speeds=None, interval=0.2, balancing=False, **kw)`` →
+    LocalCluster. Processes move only when a test moves them unless ``balancing``."""
     clusters: list[LocalCluster] = []
 
-    def make(nodes: int = 4, speeds: list[int] | None = None, interval: float = 0.2, **kwargs: Any) -> LocalCluster:
+    def make(nodes: int = 4, speeds: list[int] | None = None, interval: float = 0.2, balancing: bool = False,
+             extra_conf: str = "", **kwargs: Any) -> LocalCluster:
         root = tmp_path_factory.mktemp("cluster")
-        layout = localcluster.up(root, nodes=nodes, speeds=speeds, base_ip=str(fresh_base_ip()),
-                                 interval=interval, **kwargs)
+        layout = localcluster.up(root, nodes=nodes, speeds=speeds, base_ip=str(fresh_base_ip()), interval=interval,
+                                 extra_conf=extra_conf + ("" if balancing else MANUAL_ONLY), **kwargs)
         cluster = LocalCluster(root, layout)
         clusters.append(cluster)
         return cluster
@@ -86,3 +91,16 @@ def small_tmpfs(tmp_path: Path):
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
+    """A real checkpoint of a real program (mosrun, then ``mosmigrate PID chkexit``), made
+    once per test module: the tests that damage it never touch the file itself."""
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint_image(checkpoint: Checkpoint) -> bytes:
+    """The bytes of the module's ``checkpoint``."""
+    return checkpoint.path.read_bytes()

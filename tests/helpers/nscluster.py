@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from tests.helpers.cluster import LocalCluster
+from tests.helpers.cluster import MANUAL_ONLY, LocalCluster
 
 #: the inits run ``python -m tests.helpers.nscluster`` from here (the harness is not installed)
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -386,7 +386,7 @@ def _software() -> list[Path]:
 
 def up(root: Path, nodes: int = 3, speeds: list[int] | None = None, subnet: str | None = None,
        interval: float = 0.2, cpus: int = 1, memory_mb: int = 4096, shared: Iterable[Path] = (),
-       extra_conf: str = "", secret: str | None = None) -> NamespaceCluster:
+       extra_conf: str = "", secret: str | None = None, balancing: bool = False) -> NamespaceCluster:
     """Build and start an N-node namespaced cluster under ``root`` (configuration
     trees, init logs). ``shared``: directories (under /tmp, typically) that stay the
     same on every node — ``root`` always does. On any failure everything built so
@@ -403,7 +403,7 @@ def up(root: Path, nodes: int = 3, speeds: list[int] | None = None, subnet: str 
     layout = localcluster.ClusterLayout(root=root, nodes=nodes, base_ip=IPv4Address(f"{subnet}.1"),
                                         speeds=tuple(speeds), cpus=cpus, memory_mb=memory_mb, interval=interval,
                                         udp_port=default_udp, tcp_port=default_tcp)
-    localcluster.write_layout(layout, secret=secret, extra_conf=extra_conf)
+    localcluster.write_layout(layout, secret=secret, extra_conf=extra_conf + ("" if balancing else MANUAL_ONLY))
     cluster = NamespaceCluster(root, layout, subnet, [root, *shared, *_software()])
     try:
         cluster._start_switch()
