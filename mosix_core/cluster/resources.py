@@ -119,10 +119,14 @@ class VirtualMeter:
 
 
 class LoadSmoother:
-    """Exponentially decaying average of the run queue (time constant ``tau`` seconds)."""
+    """Exponentially decaying average of the run queue: time constant ``tau`` seconds as
+    the load falls, ``tau_up`` as it rises. A node that has just received processes says
+    so within a gossip period, so the others do not send it more on old news; a load that
+    drops shows only once it stayed low (a pause of its processes attracts nobody)."""
 
-    def __init__(self, tau: float = 2.0) -> None:
+    def __init__(self, tau: float = 2.0, tau_up: float | None = None) -> None:
         self.tau = tau
+        self.tau_up = tau if tau_up is None else tau_up
         self.value = 0.0
         self._t: float | None = None
 
@@ -130,7 +134,8 @@ class LoadSmoother:
         if self._t is None:
             self.value = runnable
         else:
-            weight = math.exp(-(now - self._t) / self.tau)
+            tau = self.tau_up if runnable > self.value else self.tau
+            weight = math.exp(-(now - self._t) / tau)
             self.value = self.value * weight + runnable * (1 - weight)
         self._t = now
         return self.value

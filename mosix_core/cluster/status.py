@@ -69,6 +69,10 @@ def localstatus_lines(report: dict[str, Any]) -> list[str]:
         f"Processes: {report['processes']['local']} local, {report['processes']['guests']} guests, "
         f"{report['processes']['frozen']} frozen",
     ]
+    moves = report["processes"].get("automatic")
+    if moves is not None:
+        lines.append(f"Automatic migration: {'on' if moves['on'] else 'off'}; moved out {moves['out']}, "
+                     f"arrived {moves['arrived']}, failed {moves['failed']}")
     limit = report.get("maxguests")
     lines.append(f"Guest processes from other clusters: {report['processes']['guests']}/"
                  f"{'unlimited' if limit is None else limit}")

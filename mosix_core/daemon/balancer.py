@@ -93,8 +93,7 @@ class Balancer:
         now = time.monotonic()
         if self.busy(now) or self.node.off or not self.node.settings.automatic_migration:
             return
-        facts = [f for f in self.measure(now) if f.pid == pid]
-        decision = self.decide(facts, now) if facts else None
+        decision = self.decide(self.measure(now), now, only=pid)
         if decision is not None:
             self.carry_out(decision, now)
 
@@ -156,11 +155,16 @@ class Balancer:
             for pid in [p for p in table if p not in present]:
                 del table[pid]
 
-    def view(self, now: float) -> BalanceView:
+    def view(self, now: float, facts: list[ProcessFacts]) -> BalanceView:
         node = self.node
         local_status = node.local_status()
         sample = node.sample
-        load_now = standard_load(sample.runnable, sample.ncpus, node.config.speed) if sample else local_status.load
+        if node.settings.resources == "virtual":
+            # what runs here now: a process that is leaving no longer counts
+            runnable = sum(f.cpu_share for f in facts)
+        else:
+            runnable = sample.runnable if sample else 0.0
+        load_now = standard_load(runnable, local_status.ncpus, node.config.speed)
         local = NodeFacts(ip=node.our_ip, load=load_now, speed=local_status.speed, ncpus=local_status.ncpus,
                           mem_avail_mb=local_status.mem_avail_mb, state=local_status.state, fresh_at=now)
         others = [NodeFacts.of_status(e.status, e.fresh_at, node.config.is_proximate(e.status.ip))
@@ -172,19 +176,21 @@ class Balancer:
         return BalanceView.of(local, others, now, sent={ip: tuple(ts) for ip, ts in self.sent.items()})
 
     # -- deciding and moving ----------------------------------------------------------------------
-    def decide(self, facts: list[ProcessFacts], now: float) -> MigrationDecision | None:
-        if not facts:
+    def decide(self, facts: list[ProcessFacts], now: float, only: int | None = None) -> MigrationDecision | None:
+        """The hook's decision about ``facts`` (about process ``only`` of them, if given)."""
+        candidates = tuple(f for f in facts if only is None or f.pid == only)
+        if not candidates:
             return None
         try:
             # no answer is an answer: nothing moves
             decision = first_answer(self.node.pm.hook.mosix_migration_decision, default=None,
-                                    candidates=tuple(facts), view=self.view(now))
+                                    candidates=candidates, view=self.view(now, facts))
         except Exception as err:            # a site plugin's bug must not stop the node
             self.log.error("migration decision failed", error=f"{type(err).__name__}: {err}")
             return None
         if decision is None or decision.target is None:
             return None
-        if not any(f.pid == decision.pid for f in facts) or decision.target == self.node.our_ip:
+        if not any(f.pid == decision.pid for f in candidates) or decision.target == self.node.our_ip:
             self.log.warning("migration decision ignored: not a candidate here", pid=decision.pid,
                              to=str(decision.target))
             return None

@@ -341,7 +341,8 @@ class ControlServer:
                     "peer_server": getattr(node, "peer_server_up", False),
                     "plugins": [plugin.name for plugin in node.pm.plugins_info()]},
             processes={"local": len(node.proctable.local()), "guests": len(node.proctable.guests()),
-                       "frozen": node.proctable.frozen_count()},
+                       "frozen": node.proctable.frozen_count(),
+                       "automatic": {"on": node.settings.automatic_migration, **attrs.asdict(node.balancer.counters)}},
             maxguests=node.config.maxguests.limit if node.config.maxguests else None,
             extra=extra,
         )
@@ -504,6 +505,12 @@ class ControlServer:
                 event=ProcessEvent("exited", record.pid, record.uid, "unregistered"))
         return p.UnregisterReply(pid=req.pid, removed=removed)
 
+    def op_consider(self, req: p.ConsiderRequest, uid: int) -> p.NoFields:
+        """``/proc/self/migrate`` = -1: the balancer decides about the caller's process now."""
+        self.process_owner(req.pid, uid)
+        self.node.balancer.consider(req.pid)
+        return p.NoFields()
+
     def op_check_mosrun(self, req: p.CheckMosrunRequest, uid: int) -> p.CheckMosrunReply:
         """The site's mosrun policy (``mosix_check_mosrun``), applied here for the caller.
 
@@ -538,8 +545,12 @@ class ControlServer:
             raise Refused(handshake.NOT_IN_MAP)
         if target == node.our_ip or str(target) == req.now_at:
             raise Refused(handshake.ALREADY_THERE)
+        row = node.proctable.get(req.pid)
         request = p.MigrateInRequest(uid=owner, user=user_name(owner), pid=req.pid, memory_mb=req.memory_mb or 0,
-                                     command=req.command[:p.MAX_PEER_COMMAND], nmigs=req.nmigs)
+                                     command=req.command[:p.MAX_PEER_COMMAND], nmigs=req.nmigs,
+                                     automatic=req.automatic, locked=bool(row and row.locked),
+                                     cpujob=bool(row and row.cpujob),
+                                     decayrate=row.decayrate if row else p.DEFAULT_DECAY)
         loop = asyncio.get_running_loop()
         try:
             sock = await loop.run_in_executor(None, handshake.open_migration, node.sealer, node.key, target,

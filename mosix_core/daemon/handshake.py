@@ -324,12 +324,16 @@ async def start_guest_host(node, writer: asyncio.StreamWriter, request: protocol
     record = ProcessRecord(pid=process.pid, uid=uid, command=request.command, home=origin, origpid=request.pid,
                            home_uid=request.uid,
                            home_user=home_user if home_user.isprintable() and 0 < len(home_user) <= 32 else None,
-                           where="here", nmigs=request.nmigs, started=time.time())
+                           where="here", nmigs=request.nmigs, started=time.time(), locked=request.locked,
+                           cpujob=request.cpujob, decayrate=request.decayrate, needmem=request.memory_mb)
     try:
         node.watch_process(record)
     except ProtocolError:
         pass                              # it has already ended
-    node.log.info("guest arrived", home=str(origin), pid=request.pid, uid=uid, compress=args["compress"])
+    node.log.info("guest arrived", home=str(origin), pid=request.pid, uid=uid, compress=args["compress"],
+                  automatic=request.automatic)
+    if request.automatic:
+        node.balancer.counters.arrived += 1
     asyncio.get_running_loop().create_task(keep_a_spare_guest_host(node))
 
 

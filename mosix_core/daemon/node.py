@@ -65,7 +65,7 @@ class Node:
         self.autofreezer = AutoFreezer(self)
         self.balancer = Balancer(self)
         self.control = None                # the ControlServer (set by the server)
-        self.smoother = LoadSmoother()
+        self.smoother = LoadSmoother(tau=2.0, tau_up=0.5)
         self.sample: ResourceSample | None = None
         self.view = self.new_view()
         self.sealer = wire.Sealer(self.key, self.our_ip)

@@ -33,6 +33,7 @@ from typing import Any
 import attrs
 
 from mosix_core.errors import MosixError, ProtocolError, Refused
+from mosix_core.cluster.proctable import DECAY_SCALE, DEFAULT_DECAY
 from mosix_core.contract.records import MosrunRequest
 from mosix_core.cluster.proctable import SETTABLE, checked_fields
 
@@ -292,6 +293,11 @@ class UnregisterRequest(PidRequest):
 
 
 @record
+class ConsiderRequest(PidRequest):
+    """The balancer decides about process ``pid`` now (it wrote -1 to /proc/self/migrate)."""
+
+
+@record
 class OutRequest(PidRequest):
     """The guest ``pid`` goes home."""
 
@@ -309,6 +315,7 @@ class MigrateOutRequest:
     command: str = _field(settable("command"), "?")      # cut to proctable.MAX_COMMAND
     nmigs: int = _field(COUNT, 0)
     now_at: str | None = _field(_optional(text(MAX_NAME)), None)   # where the process is now
+    automatic: bool = _field(boolean, False)       # the balancer's move, not a request's
 
 
 @record
@@ -491,6 +498,11 @@ class MigrateInRequest:
     memory_mb: int = _field(whole(0, MAX_MEMORY_MB), 0)
     command: str = _field(text(MAX_PEER_COMMAND), "?")
     nmigs: int = _field(COUNT, 0)
+    # what the target's balancer goes by (its home's process-table row says)
+    automatic: bool = _field(boolean, False)
+    locked: bool = _field(boolean, False)
+    cpujob: bool = _field(boolean, False)
+    decayrate: int = _field(whole(0, DECAY_SCALE), DEFAULT_DECAY)
 
 
 @record
@@ -518,6 +530,7 @@ CONTROL: dict[str, tuple[type, type]] = {
     "register": (RegisterRequest, PidReply),
     "update": (UpdateRequest, UpdateReply),
     "unregister": (UnregisterRequest, UnregisterReply),
+    "consider": (ConsiderRequest, NoFields),
     "supervise": (SuperviseRequest, NoFields),
     "check_mosrun": (CheckMosrunRequest, CheckMosrunReply),
     "migrate_out": (MigrateOutRequest, MigrateOutReply),

@@ -109,7 +109,8 @@ class Mover:
         try:
             reply, sock = Client(self.sup.etc).call_for_socket(
                 "migrate_out", pid=tracee.pid, to=move.target.text, memory_mb=tracee.state.needmem,
-                command=tracee.command, nmigs=tracee.state.nmigs, now_at=move.origin)
+                command=tracee.command, nmigs=tracee.state.nmigs, now_at=move.origin,
+                automatic=move.request.automatic)
         except MosixError as err:
             return {"refused": str(err)}, None
         if sock is None:
@@ -263,6 +264,7 @@ class Mover:
         call returns when the move is over (PENDING until then): 0 if it happened, -1
         if not (mosix(7))."""
         if value == 0xFFFFFFFF:
+            self.sup.send("consider", pid=tracee.pid)     # mosd's balancer decides now
             return 0
         try:
             target = targets.resolve(configuration(self.sup.etc), targets.proc_value_text(value))
