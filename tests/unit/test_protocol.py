@@ -10,7 +10,7 @@ import pytest
 
 from mosix_core.daemon import protocol as p
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied, PolicyRefused, ProtocolError, Refused
-from mosix_core.proctable import SETTABLE
+from mosix_core.cluster.proctable import SETTABLE
 
 MOSRUN = {"argv": ["sleep", "1"], "location": "-h", "memory_mb": 10, "options": ["-e"], "queue_jobs": None,
           "strict_limitations": False}
@@ -44,6 +44,7 @@ CONTROL_SAMPLES = {
     "update": (p.UpdateRequest(pid=42, changes=p.RowChanges(where="leaving", queue=None)),
                p.UpdateReply(pid=42, changed=["where"])),
     "unregister": (p.UnregisterRequest(pid=42), p.UnregisterReply(pid=42, removed=True)),
+    "consider": (p.ConsiderRequest(pid=42), p.NoFields()),
     "supervise": (p.SuperviseRequest(), p.NoFields()),
     "check_mosrun": (p.CheckMosrunRequest(request=MOSRUN), p.CheckMosrunReply(request=MOSRUN)),
     "migrate_out": (p.MigrateOutRequest(pid=42, to="2", memory_mb=None, command="sleep 9", nmigs=2,
@@ -162,7 +163,7 @@ def test_the_three_reply_shapes_come_back_as_what_they_were():
 
 def test_the_answers_that_refuse_are_all_refused():
     """Every error that answers rather than fails is one Refused (and still a MosixError)."""
-    from mosix_core.daemon.migration import MigrationRefused
+    from mosix_core.daemon.handshake import MigrationRefused
 
     for kind in (NotInMap, PermissionDenied, PolicyRefused, MigrationRefused):
         assert issubclass(kind, Refused) and issubclass(kind, MosixError)
