@@ -12,6 +12,10 @@ too — the process ends there, with its status — and the guest is then remove
 
 Signals for the process reach it here: the home side forwards what reaches the
 home process (:meth:`Guest.signal`).
+
+The guest's memory, and the calls whose data is in buffers scattered through it
+(readv/writev, sendmsg/recvmsg), are :mod:`mosix_core.remote.guest_buffers`; the wall
+clock of home a guest may have to read is :mod:`mosix_core.remote.guest_clock`.
 """
 
 from __future__ import annotations
@@ -19,15 +23,38 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import struct
-import time
-from typing import Callable
+from collections.abc import Callable
 
 from mosix_core.errors import TraceError
-from mosix_core.linux import inject, memory, procfs, ptrace, seccomp, timens, vdso
+from mosix_core.linux import inject, memory, procfs, ptrace, seccomp
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
-from mosix_core.remote.calls import (FOREIGN_ABI_CALL, MAPPED_PRIVATELY, MAX_TRANSFER, RUN_WHERE_IT_IS, CannotForward,
-                                     Reply, Request, marshal, spec_of, unmarshal)
+from mosix_core.remote import guest_buffers
+from mosix_core.remote.calls import (
+    FOREIGN_ABI_CALL,
+    MAPPED_PRIVATELY,
+    MAX_TRANSFER,
+    RUN_WHERE_IT_IS,
+    CannotForward,
+    Reply,
+    Request,
+    marshal,
+    spec_of,
+    unmarshal,
+)
+from mosix_core.remote.guest_buffers import SYS_RECVMSG, SYS_SENDMSG, VECTORED, WRITES, GuestMemory
+from mosix_core.remote.guest_clock import (
+    FUTEX_CLOCK_REALTIME,
+    FUTEX_CMD,
+    FUTEX_LOCK_PI,
+    FUTEX_PRIVATE_FLAG,
+    SYS_CLOCK_GETTIME,
+    SYS_GETTIMEOFDAY,
+    SYS_TIME,
+    WALL_CALLS,
+    WALL_CLOCKS,
+    HomeClock,
+    futex_waits_for_wall_time,
+)
 
 #: run where the process is: they concern only the process itself (and home's rules
 #: let them run: what mosrun refuses or answers itself at home — mlock,
@@ -45,12 +72,7 @@ LOCAL = frozenset({
     "getrusage", "times", "prlimit64", "getrlimit", "setrlimit",
     "alarm", "setitimer", "getitimer", "restart_syscall",
 })
-FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME, FUTEX_CMD = 128, 256, 0x7F
 SYS_FUTEX = NUMBERS["futex"]
-#: futex operations whose timeout is a wall-clock time: with FUTEX_CLOCK_REALTIME
-#: (WAIT_BITSET: pthread_cond_timedwait, sem_timedwait; WAIT_REQUEUE_PI; LOCK_PI2),
-#: or always (LOCK_PI)
-FUTEX_WALL_DEADLINES, FUTEX_LOCK_PI = frozenset({9, 11, 13}), 6
 JOB_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 #: local when they only wait (no descriptors: ``nfds``, at this argument, is 0)
 WAITING = {"select": 0, "pselect6": 0, "poll": 1, "ppoll": 1}
@@ -58,20 +80,10 @@ EXITS = (NUMBERS["exit"], NUMBERS["exit_group"])
 # one forwarded call carries at most MAX_TRANSFER bytes: a larger read returns less (as
 # reads may), a larger write is sent in pieces and returns the total (as if whole)
 READS = {NUMBERS[name]: 2 for name in ("read", "pread64", "getdents64", "getdents", "recvfrom")}
-WRITES = {NUMBERS["write"]: None, NUMBERS["pwrite64"]: 3}     # the offset argument, if any
 SYS_MMAP, SYS_MUNMAP, SYS_PREAD = NUMBERS["mmap"], NUMBERS["munmap"], NUMBERS["pread64"]
 SYS_GETPID, SYS_PRLIMIT64 = NUMBERS["getpid"], NUMBERS["prlimit64"]
 SYS_MPROTECT, SYS_MADVISE, SYS_CLOCK_NANOSLEEP = NUMBERS["mprotect"], NUMBERS["madvise"], NUMBERS["clock_nanosleep"]
 PROT_WRITE, TIMER_ABSTIME, MAP_SHARED_TYPES = 0x2, 1, (0x01, 0x03)
-#: the vectored calls, made at home as one plain read or write of the whole (so a
-#: writev to a pipe stays one atomic write): the call, and its offset argument if any
-VECTORED = {NUMBERS["readv"]: (NUMBERS["read"], None), NUMBERS["writev"]: (NUMBERS["write"], None),
-            NUMBERS["preadv"]: (NUMBERS["pread64"], 3), NUMBERS["pwritev"]: (NUMBERS["pwrite64"], 3)}
-IOV_MAX = 1024
-SYS_SENDMSG, SYS_RECVMSG = NUMBERS["sendmsg"], NUMBERS["recvmsg"]
-SYS_SENDTO, SYS_RECVFROM = NUMBERS["sendto"], NUMBERS["recvfrom"]
-#: struct msghdr: name, namelen, iov, iovlen, control, controllen, flags
-MSGHDR = struct.Struct("=QI4xQQQQi4x")
 MAP_TYPE, MAP_PRIVATE, MAP_ANONYMOUS = 0x0F, 0x02, 0x20
 #: calls that make a new process or program: they are made at home, where the
 #: process goes back for them (see :attr:`Guest.wants_home`)
@@ -79,11 +91,6 @@ HOMEWARD_NAMES = ("fork", "vfork", "clone", "clone3", "execve", "execveat")
 HOMEWARD = frozenset(NUMBERS[name] for name in HOMEWARD_NAMES)
 UNSIGNED = (1 << 64) - 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SYS_CLOCK_GETTIME, SYS_GETTIMEOFDAY, SYS_TIME = NUMBERS["clock_gettime"], NUMBERS["gettimeofday"], NUMBERS["time"]
-WALL_CALLS = frozenset({SYS_CLOCK_GETTIME, SYS_GETTIMEOFDAY, SYS_TIME})
-#: the wall clocks (clock_gettime's ids), each read as this node's clock plus the
-#: offset of home's wall clock: REALTIME, REALTIME_COARSE, REALTIME_ALARM, TAI
-WALL_CLOCKS = {0: time.CLOCK_REALTIME, 5: 5, 8: time.CLOCK_REALTIME, 11: 11}
 
 
 def guest_filter(*, wall_clock: bool = False) -> list:
@@ -139,11 +146,8 @@ class Guest:
         self.wants_home: str | None = None
         self.stopped_by: int | None = None       # the job-control signal it was stopped for
         self.leaving = False                     # home asked for it: its next call is made there
-        self.wall_offset: int | None = None      # home's wall clock less this node's (ns), if read from home
-        # a wait's wall-clock deadline, changed to this node's clock while the call
-        # runs: where it is and what it held, to put back when the call returns
-        self._deadline: tuple[int, bytes] | None = None
-        self._mem: int | None = None
+        self.memory = GuestMemory(pid)
+        self.clock = HomeClock(pid, self.memory)   # home's wall clock, once read_home_wall_clock is called
         self._home_pid: int | None = None          # the process's pid at home, once asked
 
     def run(self) -> int:
@@ -188,7 +192,7 @@ class Guest:
 
     def memory_fd(self) -> int:
         """The descriptor of its ``/proc/PID/mem`` (read and write)."""
-        return self._memory()
+        return self.memory.fd()
 
     def signal(self, sig: int) -> None:
         """A signal that reached the process at home."""
@@ -208,27 +212,6 @@ class Guest:
         """User CPU seconds the process has used here (None once it is gone)."""
         fields = procfs.stat_fields(self.pid)
         return None if fields is None else round(int(fields[11]) / CLOCK_TICKS, 2)
-
-    def _memory(self) -> int:
-        if self._mem is None:
-            self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
-        return self._mem
-
-    def _read(self, address: int, size: int) -> bytes:
-        """Up to ``size`` bytes of the process's memory (fewer where it runs off the
-        mapped memory), copied once."""
-        try:
-            return os.pread(self._memory(), size, address)
-        except OSError as err:
-            raise TraceError(f"reading memory of process {self.pid} at {address:#x}: {err}", errno.EFAULT) from None
-
-    def _write(self, address: int, data: bytes) -> None:
-        """Into the process's memory, read-only pages too (as the kernel's own
-        copy-out would; a file mapping is filled after it is made)."""
-        try:
-            os.pwrite(self._memory(), data, address)
-        except OSError as err:
-            raise TraceError(f"writing memory of process {self.pid} at {address:#x}: {err}", err.errno) from None
 
     def _trapped(self) -> None:
         pid = self.pid
@@ -257,8 +240,8 @@ class Guest:
             ptrace.set_regs(pid, regs)
             self._resume()
             return
-        if info.nr in WALL_CALLS and self.wall_offset is not None:
-            self._finish(self._wall_clock(info.nr, info.args))
+        if info.nr in WALL_CALLS and self.clock.offset is not None:
+            self._finish(self.clock.read(info.nr, info.args))
             return
         if info.nr == SYS_FUTEX and info.args[1] & FUTEX_PRIVATE_FLAG:
             self._until_home_time(info.args)          # only stops so when the wall clock is home's
@@ -273,9 +256,9 @@ class Guest:
         if info.nr in READS:
             args[READS[info.nr]] = min(args[READS[info.nr]], MAX_TRANSFER)
         if info.nr in VECTORED:
-            result = self._vectored(info.nr, args)
+            result = guest_buffers.vectored(self.memory, self._send, info.nr, args)
         elif info.nr in (SYS_SENDMSG, SYS_RECVMSG):
-            result = self._message(info.nr, args)
+            result = guest_buffers.message(self.memory, self._send, info.nr, args)
         elif info.nr in WRITES and args[2] > MAX_TRANSFER:
             result = self._write_in_pieces(info.nr, args)
         else:
@@ -285,60 +268,16 @@ class Guest:
         else:
             self._finish(result)
 
-    # -- the wall clock -------------------------------------------------------------------------
+    # -- the wall clock (see mosix_core.remote.guest_clock) ------------------------------------------
     def read_home_wall_clock(self, offset_ns: int) -> list[int]:
         """From now on the process reads home's wall clock: this node's, ``offset_ns``
-        ahead. Its vDSO's clock functions are made to enter the kernel (where the
-        filter stops them). Called on the stopped process; the signals that came
-        meanwhile, to be delivered."""
-        self.wall_offset = offset_ns
-        mapping = next((m for m in procfs.read_maps(self.pid) if m.path == "[vdso]"), None)
-        if mapping is None:
-            return []                                # no vDSO: every call enters the kernel already
-        entries = vdso.clock_entry_points(self._read(mapping.start, mapping.size))
-        stub_size = len(vdso.syscall_stub(0))
-        deferred = []
-        # the process may be inside an entry's first instructions, which are about to
-        # change: let it run past them first
-        for _ in range(64):
-            rip = ptrace.get_regs(self.pid).rip
-            if not any(0 < rip - mapping.start - at < stub_size for at in entries):
-                break
-            ptrace.step(self.pid)
-            stop = ptrace.wait_for(self.pid)
-            if stop.kind == "signal" and stop.sig != signal.SIGTRAP:
-                deferred.append(stop.sig)            # held back: delivered once it is done
-            elif stop.kind != "signal":
-                raise TraceError(f"guest {self.pid} stopped unexpectedly in its vDSO: {stop}", errno.ESRCH)
-        else:
-            raise TraceError(f"guest {self.pid} does not leave its vDSO's clock functions", errno.EBUSY)
-        for at, nr in entries.items():
-            self._write(mapping.start + at, vdso.syscall_stub(nr))
-        return deferred
+        ahead (:meth:`HomeClock.follow_home`). Called on the stopped process; the
+        signals that came meanwhile, to be delivered."""
+        return self.clock.follow_home(offset_ns)
 
-    def _wall_clock(self, nr: int, args: tuple[int, ...]) -> int:
-        """clock_gettime of a wall clock, gettimeofday or time: this node's clock plus
-        home's offset. gettimeofday's obsolete timezone reads as UTC."""
-        try:
-            if nr == SYS_CLOCK_GETTIME:
-                now = time.clock_gettime_ns(WALL_CLOCKS[args[0] & 0xFFFFFFFF]) + self.wall_offset
-                if not args[1]:
-                    return -errno.EFAULT
-                self._write(args[1], struct.pack("=qq", *divmod(now, timens.NS_PER_S)))
-                return 0
-            now = time.clock_gettime_ns(time.CLOCK_REALTIME) + self.wall_offset
-            seconds, nanoseconds = divmod(now, timens.NS_PER_S)
-            if nr == SYS_TIME:
-                if args[0]:
-                    self._write(args[0], struct.pack("=q", seconds))
-                return seconds
-            if args[0]:
-                self._write(args[0], struct.pack("=qq", seconds, nanoseconds // 1000))
-            if args[1]:
-                self._write(args[1], bytes(8))       # struct timezone: minutes west, dst
-            return 0
-        except TraceError:
-            return -errno.EFAULT
+    def put_back_deadline(self) -> None:
+        """At the end of a call whose wall-clock deadline was moved: the timespec as it was."""
+        self.clock.put_back_deadline()
 
     def _run_here_if_allowed(self, nr: int, args: tuple[int, ...]) -> None:
         """A call home's rules judge and the process makes here (calls.RUN_WHERE_IT_IS).
@@ -346,7 +285,7 @@ class Guest:
         allowed = self.forward(Request(nr, tuple(args))).result
         if allowed < 0:
             self._finish(allowed)
-        elif (nr == SYS_CLOCK_NANOSLEEP and self.wall_offset is not None and args[1] & TIMER_ABSTIME
+        elif (nr == SYS_CLOCK_NANOSLEEP and self.clock.offset is not None and args[1] & TIMER_ABSTIME
               and args[0] & 0xFFFFFFFF in WALL_CLOCKS):
             self._deadline_to_here(args[2])
         else:
@@ -360,46 +299,19 @@ class Guest:
         return value == self._home_pid
 
     def _deadline_to_here(self, address: int) -> None:
-        """The call's timespec at ``address``, a wall-clock time of home's, holds the
-        same moment on this node's clock while the call runs; the process's own is put
-        back when the call returns, before anything else of the process runs (a restart
-        after a signal keeps the kernel's copy of the deadline)."""
-        if address:
-            try:
-                original = self._read(address, 16)
-                seconds, nanoseconds = struct.unpack("=qq", original)
-                if 0 <= nanoseconds < timens.NS_PER_S:       # else the kernel says EINVAL, as it would
-                    here = max(0, seconds * timens.NS_PER_S + nanoseconds - self.wall_offset)
-                    self._write(address, struct.pack("=qq", *divmod(here, timens.NS_PER_S)))
-                    self._deadline = (address, original)
-                    ptrace.syscall(self.pid)              # to the call's end, to put it back
-                    return
-            except (TraceError, struct.error):
-                pass                                  # unreadable: the kernel says EFAULT, as it would
-        self._resume()
+        """A wait until home's wall-clock time at ``address``: until the same moment on
+        this node's clock (:meth:`HomeClock.deadline_to_here`)."""
+        if not self.clock.deadline_to_here(address):
+            self._resume()
 
     def _until_home_time(self, args: tuple[int, ...]) -> None:
         """A private futex wait (it runs here) whose timeout may be a wall-clock time:
         that time is home's, so while the call runs it holds the same moment on this
-        node's clock. The process's own timespec is put back when the call returns,
-        before anything else of the process runs (a restart after a signal keeps the
-        kernel's copy of the deadline)."""
-        op, address = args[1] & 0xFFFFFFFF, args[3]
-        command = op & FUTEX_CMD
-        if command == FUTEX_LOCK_PI or (op & FUTEX_CLOCK_REALTIME and command in FUTEX_WALL_DEADLINES):
-            self._deadline_to_here(address)
+        node's clock."""
+        if futex_waits_for_wall_time(args):
+            self._deadline_to_here(args[3])
         else:
             self._resume()
-
-    def put_back_deadline(self) -> None:
-        """At the end of a call _until_home_time changed: the timespec as it was."""
-        if self._deadline is not None:
-            address, original = self._deadline
-            self._deadline = None
-            try:
-                self._write(address, original)
-            except TraceError:
-                pass                                  # unmapped meanwhile: nothing to put back
 
     def interrupted(self, nr: int, result: int) -> None:
         """A signal interrupted the call at home (it came first, and is pending here):
@@ -436,7 +348,7 @@ class Guest:
     def _call_home(self, nr: int, args: tuple[int, ...]) -> int:
         pid = self.pid
         try:
-            request = marshal(nr, args, self._read,
+            request = marshal(nr, args, self.memory.read,
                               lambda address: memory.read_cstring(pid, address, limit=4096))
         except CannotForward:
             try:
@@ -448,7 +360,7 @@ class Guest:
         except TraceError:
             return -errno.EFAULT
         self.forwarded += 1
-        return unmarshal(request, self.forward(request), self._write)
+        return unmarshal(request, self.forward(request), self.memory.write)
 
     def _go_home_for(self, nr: int, reason: str) -> None:
         """A call to make at home (a new process or program; any call, once home asked
@@ -521,101 +433,10 @@ class Guest:
         ptrace.set_regs(self.pid, regs)
         self._resume()
 
-    def _vectors(self, address: int, count: int) -> list[tuple[int, int]]:
-        """The (base, length) pairs of an iovec array (TraceError if unreadable)."""
-        table = self._read(address, 16 * count) if count else b""
-        if len(table) < 16 * count:
-            raise TraceError("an iovec array out of the process's memory", errno.EFAULT)
-        return [struct.unpack_from("=QQ", table, 16 * k) for k in range(count)]
-
-    def _gather(self, vectors: list[tuple[int, int]]) -> bytes:
-        data = b"".join(self._read(base, size) for base, size in vectors if size)
-        if len(data) < sum(size for _, size in vectors):
-            raise TraceError("an iovec buffer out of the process's memory", errno.EFAULT)
-        return data
-
-    def _scatter(self, vectors: list[tuple[int, int]], data: bytes) -> None:
-        at = 0
-        for base, room in vectors:
-            if at >= len(data):
-                break
-            self._write(base, data[at:at + room])
-            at += room
-
-    def _vectored(self, nr: int, args: list[int]) -> int:
-        """readv/writev/preadv/pwritev: the buffers gathered here into one write home,
-        or one read's data scattered here into them."""
-        single, offset_arg = VECTORED[nr]
-        if args[2] > IOV_MAX:
-            return -errno.EINVAL
-        try:
-            vectors = self._vectors(args[1], args[2])
-            offset = () if offset_arg is None else (args[offset_arg],)
-            if single in WRITES:
-                data = self._gather(vectors)
-                done = 0
-                while True:
-                    piece = data[done:done + MAX_TRANSFER]
-                    piece_offset = () if offset_arg is None else (offset[0] + done,)
-                    self.forwarded += 1
-                    result = self.forward(Request(single, (args[0], 1, len(piece)) + piece_offset,
-                                                  inputs=((1, piece),))).result
-                    if result < 0:
-                        return done or result
-                    done += result
-                    if result < len(piece) or done >= len(data):
-                        return done
-            size = min(sum(size for _, size in vectors), MAX_TRANSFER)
-            self.forwarded += 1
-            reply = self.forward(Request(single, (args[0], 1, size) + offset, outputs=((1, size),)))
-            self._scatter(vectors, dict(reply.outputs).get(1, b""))
-            return reply.result
-        except TraceError as err:
-            return -(err.errno or errno.EFAULT)
-
-    def _message(self, nr: int, args: list[int]) -> int:
-        """sendmsg/recvmsg without ancillary data, as sendto/recvfrom of the whole: the
-        message's buffers gathered here, or the data scattered into them and its
-        address and lengths written back. Ancillary data (descriptors, credentials)
-        cannot cross nodes: EOPNOTSUPP."""
-        fd, address, flags = args[0], args[1], args[2]
-        try:
-            header = self._read(address, MSGHDR.size)
-            if len(header) < MSGHDR.size:
-                return -errno.EFAULT
-            name, namelen, iov, iovlen, control, controllen, _ = MSGHDR.unpack(header)
-            if iovlen > IOV_MAX:
-                return -errno.EMSGSIZE
-            vectors = self._vectors(iov, iovlen)
-            if nr == SYS_SENDMSG:
-                if control and controllen:
-                    return -errno.EOPNOTSUPP
-                data = self._gather(vectors)[:MAX_TRANSFER]          # a stream sends less; a datagram is far less
-                inputs = [(1, data)]
-                if name and namelen:
-                    inputs.append((4, self._read(name, min(namelen, 128))))
-                self.forwarded += 1
-                return self.forward(Request(SYS_SENDTO, (fd, 1, len(data), flags, 1 if name else 0,
-                                                         len(inputs[-1][1]) if name and namelen else 0),
-                                            inputs=tuple(inputs))).result
-            size = min(sum(size for _, size in vectors), MAX_TRANSFER)
-            room = min(namelen, 128) if name else 0
-            request = Request(SYS_RECVFROM, (fd, 1, size, flags, 1 if room else 0, 1 if room else 0),
-                              inputs=((5, struct.pack("<I", room)),) if room else (),
-                              outputs=((1, size),) + (((4, room), (5, 4)) if room else ()))
-            self.forwarded += 1
-            reply = self.forward(request)
-            if reply.result < 0:
-                return reply.result
-            outputs = dict(reply.outputs)
-            self._scatter(vectors, outputs.get(1, b""))
-            if room:
-                self._write(name, outputs.get(4, b""))
-                self._write(address + 8, outputs.get(5, b"\0\0\0\0"))        # msg_namelen
-            self._write(address + 40, bytes(8) + bytes(4))                   # msg_controllen, msg_flags
-            return reply.result
-        except TraceError as err:
-            return -(err.errno or errno.EFAULT)
+    def _send(self, request: Request) -> Reply:
+        """Forward one request home, counted."""
+        self.forwarded += 1
+        return self.forward(request)
 
     def _write_in_pieces(self, nr: int, args: list[int]) -> int:
         """A write larger than one call may carry: piece by piece, stopping at the first
