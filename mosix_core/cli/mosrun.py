@@ -21,6 +21,7 @@ from typing import Sequence
 from mosix_core import paths
 from mosix_core.errors import MosixError
 from mosix_core.mosrun import options as mosopts
+from mosix_core.mosrun import options_wire
 
 PROG = "mosrun"
 
@@ -131,10 +132,10 @@ def apply_site_policy(opts: mosopts.MosrunOptions, words: list[str], etc: Path):
     uid = os.getuid()
     config = load_config_if_present(etc)
     pm = plugin_manager_for(config.daemon if config is not None else None, etc)
-    request = mosopts.to_request(opts, words, uid=uid, user=user_name(uid), etc=str(etc))
+    request = options_wire.to_request(opts, words, uid=uid, user=user_name(uid), etc=str(etc))
     strict = config.daemon.strict_limitations if config is not None else False
     request = apply_policies(pm, "mosix_check_mosrun", attrs.evolve(request, strict_limitations=strict))
-    return mosopts.from_request(request)
+    return options_wire.from_request(request)
 
 
 def ask_daemon_for_policy(session, opts: mosopts.MosrunOptions, words: list[str]):
@@ -144,7 +145,7 @@ def ask_daemon_for_policy(session, opts: mosopts.MosrunOptions, words: list[str]
     from mosix_core.errors import DaemonUnavailable, Refused
 
     try:
-        reply = session.ask(CheckMosrunRequest(request=mosopts.policy_fields(opts, words)))
+        reply = session.ask(CheckMosrunRequest(request=options_wire.policy_fields(opts, words)))
     except DaemonUnavailable:
         return None
     except Refused:
@@ -152,7 +153,7 @@ def ask_daemon_for_policy(session, opts: mosopts.MosrunOptions, words: list[str]
     except MosixError as err:
         raise MosixError(f"the site's mosrun policy could not be applied: {err}") from None
     try:
-        return mosopts.from_fields(reply.request)
+        return options_wire.from_fields(reply.request)
     except (KeyError, TypeError, AttributeError):
         raise MosixError("the site's mosrun policy could not be applied: mosd's answer is malformed") from None
 
@@ -191,7 +192,7 @@ def mosrun(argv: Sequence[str], *, keep_loader: bool = False, etc: Path | None =
         return 0
     etc = paths.etc_dir(etc)
     env = launch.program_environment(os.environ, keep_loader)
-    nested = {"options": mosopts.to_json(opts)}
+    nested = {"options": options_wire.to_json(opts)}
     if opts.queue_jobs is not None:
         if tell_supervisor({**nested, "now": True}):
             return run_nested_queue(opts, words[0], env)

@@ -38,6 +38,7 @@ from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.mosrun import checkpoints, freezing, migration, procself, rules, targets
 from mosix_core.mosrun import control_socket
 from mosix_core.mosrun import options as mosopts
+from mosix_core.mosrun import options_wire
 from mosix_core.mosrun.checkpointing import CheckpointControl
 from mosix_core.mosrun.freeze_control import FreezeControl
 from mosix_core.mosrun.move import Move, MoveRefused, MoveRequest
@@ -519,7 +520,7 @@ class Supervisor:
             if request.get("native"):
                 tracee.program.pending_exec = None
                 return 0
-            explicit = mosopts.from_json(request["options"])
+            explicit = options_wire.from_json(request["options"])
             merged = mosopts.inherit(options_of(tracee.state), explicit)
             state = initial_state(merged)
             state.nmigs = tracee.state.nmigs

@@ -16,17 +16,14 @@ from mosix_core.mosrun.options import (
     MosrunOptions,
     UsageError,
     for_child_process,
-    from_json,
-    from_request,
     inherit,
     location_word,
     normalize_private_dir,
     parse,
     parse_queue_spec,
     to_argv,
-    to_json,
-    to_request,
 )
+from mosix_core.mosrun.options_wire import from_json, from_request, to_json, to_request
 from mosix_core.placement import MosrunRequest
 
 

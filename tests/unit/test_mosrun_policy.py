@@ -10,7 +10,8 @@ import attrs
 import pytest
 
 from mosix_core.errors import ConfigError, PolicyRefused
-from mosix_core.mosrun.options import from_request, parse, to_request
+from mosix_core.mosrun.options import parse
+from mosix_core.mosrun.options_wire import from_request, to_request
 from mosix_core.placement import MosrunRequest
 from mosix_core.plugins import apply_policies, build_plugin_manager
 from mosix_plugins.mosrun_policy import MosrunParameters
