@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mosix_core.daemon import control
+from mosix_core.daemon import control_moves as control
 from mosix_core.linux import procfs
 from mosix_core.proctable import ProcessRecord, ProcessTable
 from test_migration import AWK, guests, lines, wait_until
