@@ -17,7 +17,8 @@ reply one of three shapes, each side reading and writing them only here:
     while serving it (a plain MosixError).
 
 :func:`decode` turns the fields of a request into its record, refusing any field of
-the wrong type, out of range, unknown or missing with a ProtocolError that names it;
+the wrong type, out of range, unknown or missing with a ProtocolError that names it
+(each field's check is one of :mod:`mosix_core.daemon.field_checks`);
 :func:`encode` turns any record back into plain JSON data. The checks of the
 process-table fields and of a mosrun request are those of
 :func:`mosix_core.cluster.proctable.checked_fields` and :meth:`MosrunRequest.from_fields`.
@@ -26,16 +27,29 @@ process-table fields and of a mosrun request are those of
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 import attrs
 
+from mosix_core.cluster.proctable import DECAY_SCALE, DEFAULT_DECAY, SETTABLE
+from mosix_core.daemon.field_checks import (
+    UNSET,
+    Check,
+    address,
+    boolean,
+    json_list,
+    json_object,
+    mosrun_fields,
+    number,
+    one_of,
+    optional,
+    settable,
+    text,
+    whole,
+)
 from mosix_core.errors import MosixError, ProtocolError, Refused
-from mosix_core.cluster.proctable import DECAY_SCALE, DEFAULT_DECAY
-from mosix_core.contract.records import MosrunRequest
-from mosix_core.cluster.proctable import SETTABLE, checked_fields
 
 MAX_PID = 1 << 22               # the kernel's largest pid_max
 MAX_UID = (1 << 32) - 2         # (uid_t)-1 means "none"
@@ -50,14 +64,6 @@ MOVE_TIMEOUT = 300.0            # how long expel and bring wait for the processe
 FAULTS = ("protocol", "internal")
 
 
-class _Unset(enum.Enum):
-    UNSET = "unset"
-
-
-#: a process-table field that a register or update request does not set
-UNSET = _Unset.UNSET
-
-
 class StateFlag(enum.Enum):
     """What ``mosctl stay|lstay|block`` (and their ``no`` forms) set."""
 
@@ -66,107 +72,23 @@ class StateFlag(enum.Enum):
     BLOCK = "block"
 
 
-# -- field checks: each takes the raw value, returns the normalised one or raises ValueError ------
-Check = Callable[[Any], Any]
-
-
-def _optional(check: Check) -> Check:
-    def optional(value: Any) -> Any:
-        return None if value is None else check(value)
-    return optional
-
-
-def whole(low: int, high: int) -> Check:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be a whole number, not {type(value).__name__}")
-        if not low <= value <= high:
-            raise ValueError(f"must be in {low}..{high}, not {value}")
-        return value
-    return check
-
-
-def number(low: float, high: float, *, above: bool = False) -> Check:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"must be a number, not {type(value).__name__}")
-        if not (low < value if above else low <= value) or not value <= high:
-            raise ValueError(f"must be {'above' if above else 'at least'} {low:g} and at most {high:g}, not {value}")
-        return value
-    return check
-
-
-def text(most: int, *, least: int = 0) -> Check:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise ValueError(f"must be a string, not {type(value).__name__}")
-        if not least <= len(value) <= most:
-            raise ValueError(f"must be a string of {least}..{most} characters")
-        return value
-    return check
-
-
-def boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, not {type(value).__name__}")
-    return value
-
-
-def address(value: Any) -> str:
-    """An IPv4 address, in its canonical text."""
-    if isinstance(value, IPv4Address):
-        return str(value)
-    try:
-        return str(IPv4Address(text(15)(value)))
-    except ValueError:
-        raise ValueError(f"must be an IPv4 address, not {value!r}") from None
-
-
-def one_of(kind: type[enum.Enum]) -> Check:
-    def check(value: Any) -> enum.Enum:
-        try:
-            return kind(value)
-        except ValueError:
-            raise ValueError(f"must be one of {', '.join(str(m.value) for m in kind)}, not {value!r}") from None
-    return check
-
-
-def settable(name: str) -> Check:
-    """A process-table field, as :func:`checked_fields` checks it."""
-    def check(value: Any) -> Any:
-        return value if value is UNSET else checked_fields({name: value})[name]
-    return check
-
-
-def mosrun_fields(value: Any) -> dict[str, Any]:
-    """A mosrun request's policy fields, as :meth:`MosrunRequest.from_fields` checks them
-    (whose uid and user the daemon fills in from the caller)."""
-    return MosrunRequest.from_fields(value, uid=0, user="", etc=None).policy_fields()
-
-
-def json_list(value: Any) -> tuple:
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"must be a list, not {type(value).__name__}")
-    return tuple(value)
-
-
-def json_object(value: Any) -> dict:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"must be an object, not {type(value).__name__}")
-    return dict(value)
-
-
-def _field(check: Check, default: Any = attrs.NOTHING) -> Any:
+def _field(check: Check, *, default: Any = attrs.NOTHING) -> Any:
+    """A field whose wire value ``check`` checks and normalises (no ``default``: required)."""
     return attrs.field(converter=check, default=default)
 
 
-def record(cls: type) -> type:
-    """A message: frozen, and built by keyword (as it comes off the wire)."""
+_R = TypeVar("_R")
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(attrs.field, _field))
+def record(cls: type[_R]) -> type[_R]:
+    """A message: frozen, and built by keyword (as it comes off the wire). A type
+    checker sees the fields' own types (what the checks normalise to)."""
     return attrs.frozen(kw_only=True)(cls)
 
 
 PID = whole(1, MAX_PID)
-NODE = _optional(text(MAX_NAME))     # a number, address or host name of the map; None: this node
+NODE = optional(text(MAX_NAME))     # a number, address or host name of the map; None: this node
 COUNT = whole(0, MAX_COUNT)
 
 
@@ -218,18 +140,18 @@ class SuperviseRequest(NoFields):
 
 @record
 class StatusRequest:
-    node: str | None = _field(NODE, None)
+    node: str | None = _field(NODE, default=None)
 
 
 @record
 class ListpeRequest:
-    multi: bool = _field(boolean, False)
+    multi: bool = _field(boolean, default=False)
 
 
 @record
 class BestnodeRequest:
-    memory_mb: int | None = _field(_optional(whole(0, MAX_MEMORY_MB)), None)
-    reserve: bool = _field(boolean, True)
+    memory_mb: int | None = _field(optional(whole(0, MAX_MEMORY_MB)), default=None)
+    reserve: bool = _field(boolean, default=True)
 
 
 @record
@@ -240,27 +162,27 @@ class SetstateRequest:
 
 @record
 class SetpeRequest:
-    map: str | None = _field(_optional(text(MAX_PATH)), None)
-    ip: str | None = _field(_optional(text(MAX_NAME)), None)
+    map: str | None = _field(optional(text(MAX_PATH)), default=None)
+    ip: str | None = _field(optional(text(MAX_NAME)), default=None)
 
 
 @record
 class RowChanges:
     """The process-table fields a request sets (UNSET: left as they are)."""
 
-    command: Any = _field(settable("command"), UNSET)
-    where: Any = _field(settable("where"), UNSET)
-    frozen: Any = _field(settable("frozen"), UNSET)
-    nmigs: Any = _field(settable("nmigs"), UNSET)
-    queue: Any = _field(settable("queue"), UNSET)
-    options: Any = _field(settable("options"), UNSET)
-    remote_utime: Any = _field(settable("remote_utime"), UNSET)
-    freezable: Any = _field(settable("freezable"), UNSET)
-    locked: Any = _field(settable("locked"), UNSET)
-    cpujob: Any = _field(settable("cpujob"), UNSET)
-    decayrate: Any = _field(settable("decayrate"), UNSET)
-    needmem: Any = _field(settable("needmem"), UNSET)
-    cleared: Any = _field(settable("cleared"), UNSET)
+    command: Any = _field(settable("command"), default=UNSET)
+    where: Any = _field(settable("where"), default=UNSET)
+    frozen: Any = _field(settable("frozen"), default=UNSET)
+    nmigs: Any = _field(settable("nmigs"), default=UNSET)
+    queue: Any = _field(settable("queue"), default=UNSET)
+    options: Any = _field(settable("options"), default=UNSET)
+    remote_utime: Any = _field(settable("remote_utime"), default=UNSET)
+    freezable: Any = _field(settable("freezable"), default=UNSET)
+    locked: Any = _field(settable("locked"), default=UNSET)
+    cpujob: Any = _field(settable("cpujob"), default=UNSET)
+    decayrate: Any = _field(settable("decayrate"), default=UNSET)
+    needmem: Any = _field(settable("needmem"), default=UNSET)
+    cleared: Any = _field(settable("cleared"), default=UNSET)
 
     def present(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in SETTABLE if getattr(self, name) is not UNSET}
@@ -272,8 +194,8 @@ class RegisterRequest:
 
     pid: int = _field(PID)
     changes: RowChanges = RowChanges()
-    home: str | None = _field(_optional(address), None)
-    origpid: int | None = _field(_optional(PID), None)
+    home: str | None = _field(optional(address), default=None)
+    origpid: int | None = _field(optional(PID), default=None)
 
 
 @record
@@ -310,18 +232,18 @@ class CheckMosrunRequest:
 @record
 class MigrateOutRequest:
     pid: int = _field(PID)
-    to: str | None = _field(NODE, None)
-    memory_mb: int | None = _field(_optional(whole(0, MAX_MEMORY_MB)), None)
-    command: str = _field(settable("command"), "?")      # cut to proctable.MAX_COMMAND
-    nmigs: int = _field(COUNT, 0)
-    now_at: str | None = _field(_optional(text(MAX_NAME)), None)   # where the process is now
-    automatic: bool = _field(boolean, False)       # the balancer's move, not a request's
+    to: str | None = _field(NODE, default=None)
+    memory_mb: int | None = _field(optional(whole(0, MAX_MEMORY_MB)), default=None)
+    command: str = _field(settable("command"), default="?")      # cut to proctable.MAX_COMMAND
+    nmigs: int = _field(COUNT, default=0)
+    now_at: str | None = _field(optional(text(MAX_NAME)), default=None)   # where the process is now
+    automatic: bool = _field(boolean, default=False)       # the balancer's move, not a request's
 
 
 @record
 class ReattachRequest:
     pid: int = _field(PID)
-    to: str | None = _field(NODE, None)
+    to: str | None = _field(NODE, default=None)
     token: str = _field(text(MAX_TOKEN, least=1))
 
 
@@ -329,7 +251,7 @@ class ReattachRequest:
 class MoveAllRequest:
     """How long to wait for the processes to move."""
 
-    timeout: float = _field(number(0, MAX_TIMEOUT, above=True), MOVE_TIMEOUT)
+    timeout: float = _field(number(0, MAX_TIMEOUT, above=True), default=MOVE_TIMEOUT)
 
 
 @record
@@ -369,14 +291,14 @@ class LocalStatusReply:
     node: dict = _field(json_object)
     daemon: dict = _field(json_object)
     processes: dict = _field(json_object)
-    maxguests: int | None = _field(_optional(COUNT))
+    maxguests: int | None = _field(optional(COUNT))
     extra: tuple = _field(json_list)             # [name, value] pairs from mosix_status_fields
 
 
 @record
 class ListpeReply:
     ip: str = _field(address)
-    number: int | None = _field(_optional(COUNT))
+    number: int | None = _field(optional(COUNT))
     off: bool = _field(boolean)
     ranges: tuple = _field(json_list)
     aliases: tuple = _field(json_list)
@@ -385,8 +307,8 @@ class ListpeReply:
 
 @record
 class BestnodeReply:
-    ip: str | None = _field(_optional(address))
-    number: int | None = _field(_optional(COUNT))
+    ip: str | None = _field(optional(address))
+    number: int | None = _field(optional(COUNT))
 
 
 @record
@@ -449,7 +371,7 @@ class ReattachReply:
 class OutReply:
     pid: int = _field(PID)
     home: str = _field(address)
-    origpid: int | None = _field(_optional(PID))
+    origpid: int | None = _field(optional(PID))
 
 
 @record
@@ -495,14 +417,14 @@ class MigrateInRequest:
     uid: int = _field(whole(0, MAX_UID))
     user: str = _field(text(MAX_NAME))
     pid: int = _field(PID)
-    memory_mb: int = _field(whole(0, MAX_MEMORY_MB), 0)
-    command: str = _field(text(MAX_PEER_COMMAND), "?")
-    nmigs: int = _field(COUNT, 0)
+    memory_mb: int = _field(whole(0, MAX_MEMORY_MB), default=0)
+    command: str = _field(text(MAX_PEER_COMMAND), default="?")
+    nmigs: int = _field(COUNT, default=0)
     # what the target's balancer goes by (its home's process-table row says)
-    automatic: bool = _field(boolean, False)
-    locked: bool = _field(boolean, False)
-    cpujob: bool = _field(boolean, False)
-    decayrate: int = _field(whole(0, DECAY_SCALE), DEFAULT_DECAY)
+    automatic: bool = _field(boolean, default=False)
+    locked: bool = _field(boolean, default=False)
+    cpujob: bool = _field(boolean, default=False)
+    decayrate: int = _field(whole(0, DECAY_SCALE), default=DEFAULT_DECAY)
 
 
 @record
