@@ -7,7 +7,7 @@ daemon's own objects a plugin may read (:class:`ProcessRow`, :class:`NodesView`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,7 +54,7 @@ class NodesView(Protocol):
     def local_ip(self) -> IPv4Address: ...
     @property
     def entries(self) -> Mapping[IPv4Address, NodeEntry]: ...
-    def alive_nodes(self) -> list[NodeEntry]: ...
+    def alive_nodes(self) -> Iterator[NodeEntry]: ...
 
 
 @attrs.frozen

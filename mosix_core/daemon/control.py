@@ -34,7 +34,7 @@ import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mosix_core.cluster.proctable import ProcessEvent
 from mosix_core.daemon import handshake
@@ -44,6 +44,9 @@ from mosix_core.daemon.control_moves import MoveOperations
 from mosix_core.daemon.control_node import NodeOperations
 from mosix_core.daemon.control_processes import ProcessOperations
 from mosix_core.errors import MosixError, PermissionDenied, ProtocolError
+
+if TYPE_CHECKING:
+    from mosix_core.daemon.node import Node
 
 MAX_REQUEST = 1024 * 1024
 #: all that a caller running as a guest uid (a guest that got round its system-call
@@ -75,7 +78,7 @@ class ControlServer(NodeOperations, ProcessOperations, MoveOperations):
     """Serves the control socket at ``path`` for ``node``: every ``op_{name}`` of its
     operation classes answers the request of that name."""
 
-    def __init__(self, node, path: Path) -> None:
+    def __init__(self, node: Node, path: Path) -> None:
         self.node = node
         self.path = path
         self._server: asyncio.base_events.Server | None = None

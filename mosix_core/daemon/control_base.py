@@ -17,7 +17,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
 from mosix_core.cluster.proctable import ProcessRecord
-from mosix_core.errors import PermissionDenied, Refused
+from mosix_core.errors import PermissionDenied, ProtocolError, Refused
 
 if TYPE_CHECKING:
     from mosix_core.daemon.node import Node
@@ -37,6 +37,14 @@ class Connection:
 #: and a context, of its own)
 current_connection: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
     "mosd_connection", default=None)
+
+
+def connection_for(op: str) -> Connection:
+    """The connection being served, which operation ``op`` answers on."""
+    conn = current_connection.get()
+    if conn is None:
+        raise ProtocolError(f"{op} needs a connection")
+    return conn
 
 
 class Operations:

@@ -33,10 +33,10 @@ import os
 import signal
 from ipaddress import IPv4Address
 
-from mosix_core.cluster.proctable import ProcessRecord
+from mosix_core.cluster.proctable import ProcessRecord, ProcessTable
 from mosix_core.daemon import handshake
 from mosix_core.daemon import protocol as p
-from mosix_core.daemon.control_base import Operations, current_connection
+from mosix_core.daemon.control_base import Operations, connection_for
 from mosix_core.errors import MosixError, Refused
 from mosix_core.linux import procfs
 from mosix_core.mosrun import control_socket as supervisors
@@ -48,7 +48,7 @@ NUDGE_EVERY = 1.0           # asking again (a lost signal, a move home that fail
 POLL_EVERY = 0.05
 
 
-def present(table, records: list[ProcessRecord]) -> list[ProcessRecord]:
+def present(table: ProcessTable, records: list[ProcessRecord]) -> list[ProcessRecord]:
     """Those of ``records`` still in the process table (a row replaced since is gone)."""
     return [r for r in records if table.get(r.pid) is r]
 
@@ -57,7 +57,7 @@ class HomeSender:
     """Signals guest hosts :data:`SEND_HOME`, each through a pidfd of its own (opened
     while its row is here, so a pid used again is never signalled)."""
 
-    def __init__(self, table, records: list[ProcessRecord], *, insist: bool) -> None:
+    def __init__(self, table: ProcessTable, records: list[ProcessRecord], *, insist: bool) -> None:
         self.table = table
         self.records = records
         self.insist = insist
@@ -104,7 +104,7 @@ class MoveOperations(Operations):
         """Open the way for the caller's process ``pid`` to move to node ``to``: the
         authenticated handshake with the target's mosd, whose accepted connection comes
         back with the reply (SCM_RIGHTS). Refused with the manual's reason."""
-        node, conn = self.node, current_connection.get()
+        node, conn = self.node, connection_for("migrate_out")
         owner = self.process_owner(req.pid, uid)
         target = self.target_node(req.to)
         if target is None:
@@ -131,7 +131,7 @@ class MoveOperations(Operations):
         the authenticated handshake with that node's mosd, which hands the connection to
         the guest host waiting there for the guest ``token`` names. The connection comes
         back with the reply; refused with why not (``no such guest``: none waits)."""
-        node, conn = self.node, current_connection.get()
+        node, conn = self.node, connection_for("reattach")
         self.process_owner(req.pid, uid)
         target = self.target_node(req.to)
         if target is None:

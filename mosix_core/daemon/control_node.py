@@ -14,7 +14,7 @@ import os
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -26,11 +26,14 @@ from mosix_core.daemon import protocol as p
 from mosix_core.daemon.control_base import Operations
 from mosix_core.errors import NotInMap
 
+if TYPE_CHECKING:
+    from mosix_core.daemon.node import Node
+
 STATE_FLAGS = {p.StateFlag.STAY: gossip.ST_STAY, p.StateFlag.LSTAY: gossip.ST_LSTAY,
                p.StateFlag.BLOCK: gossip.ST_BLOCK}
 
 
-def node_json(node, ip: IPv4Address, now: float) -> dict[str, Any]:
+def node_json(node: Node, ip: IPv4Address, now: float) -> dict[str, Any]:
     """One node as the tools see it, including the computed ``rstatus`` bits."""
     cfg = node.config
     entry = node.entry(ip)
@@ -75,7 +78,7 @@ class NodeOperations(Operations):
         node.refresh_local(now)
         addresses = list(dict.fromkeys([*node.config.cluster.nodes(), *node.view.entries.keys()]))
         return p.ViewReply(local=str(node.our_ip), dead_after=node.dead_after, interval=node.interval,
-                           nodes=[node_json(node, ip, now) for ip in addresses])
+                           nodes=tuple(node_json(node, ip, now) for ip in addresses))
 
     def op_status(self, req: p.StatusRequest, uid: int) -> p.StatusReply:
         node, now = self.node, time.monotonic()
@@ -89,7 +92,7 @@ class NodeOperations(Operations):
         node, now = self.node, time.monotonic()
         node.refresh_local(now)
         added = node.pm.hook.mosix_status_fields(node=NodeContext.of(node))
-        extra = [list(pair) for fields in added for pair in fields]
+        extra = tuple(list(pair) for fields in added for pair in fields)
         return p.LocalStatusReply(
             node=node_json(node, node.our_ip, now),
             daemon={"pid": os.getpid(), "uptime": round(time.time() - node.started, 1),
@@ -107,14 +110,14 @@ class NodeOperations(Operations):
 
     def op_listpe(self, req: p.ListpeRequest, uid: int) -> p.ListpeReply:
         cfg = self.node.config
-        ranges = [{"first": str(r.first), "count": r.count, "proximate": r.proximate} for r in cfg.cluster.ranges]
-        aliases = [{"alias": str(a.alias), "target": str(a.target)} for a in cfg.cluster.aliases]
-        partners = []
+        ranges = tuple({"first": str(r.first), "count": r.count, "proximate": r.proximate} for r in cfg.cluster.ranges)
+        aliases = tuple({"alias": str(a.alias), "target": str(a.target)} for a in cfg.cluster.aliases)
+        partners: tuple[dict[str, Any], ...] = ()
         if req.multi:
-            partners = [{"name": p.name, "description": p.description, "priority": p.priority,
+            partners = tuple({"name": p.name, "description": p.description, "priority": p.priority,
                          "cango": p.cango, "cantake": p.cantake,
                          "ranges": [{"first": str(r.first), "count": r.count, "proximate": r.proximate}
-                                    for r in p.ranges]} for p in cfg.partners]
+                                    for r in p.ranges]} for p in cfg.partners)
         return p.ListpeReply(ip=str(self.node.our_ip), number=cfg.node_number(self.node.our_ip), off=self.node.off,
                              ranges=ranges, aliases=aliases, partners=partners)
 
@@ -159,7 +162,8 @@ class NodeOperations(Operations):
         """Processes that must move because of the configuration: guests from nodes no
         longer accepted, and our processes running where we no longer may send them."""
         node = self.node
-        bad_guests = sum(1 for row in node.proctable.guests() if not node.is_known_address(row.home))
+        bad_guests = sum(1 for row in node.proctable.guests()
+                         if row.home is None or not node.is_known_address(row.home))
         bad_away = 0
         for row in node.proctable.local():
             try:

@@ -26,7 +26,7 @@ from mosix_core.cluster.proctable import ProcessEvent, ProcessRecord
 from mosix_core.contract.plugins import apply_policies
 from mosix_core.contract.records import MosrunRequest
 from mosix_core.daemon import protocol as p
-from mosix_core.daemon.control_base import Operations, current_connection
+from mosix_core.daemon.control_base import Operations, connection_for, current_connection
 from mosix_core.errors import MosixError, PermissionDenied, ProtocolError, Refused
 from mosix_core.linux import procfs
 from mosix_core.users import user_name
@@ -34,15 +34,16 @@ from mosix_core.users import user_name
 
 class ProcessOperations(Operations):
     def op_processes(self, req: p.ProcessesRequest, uid: int) -> p.ProcessesReply:
-        return p.ProcessesReply(ip=str(self.node.our_ip), processes=[row.to_json() for row in self.node.proctable])
+        return p.ProcessesReply(ip=str(self.node.our_ip), processes=tuple(row.to_json() for row in self.node.proctable))
 
     def op_register(self, req: p.RegisterRequest, uid: int) -> p.PidReply:
         pid = req.pid
         fields = req.changes.present()
-        home, origpid = req.home, req.origpid
-        if home is not None or origpid is not None:
+        home: IPv4Address | None = None
+        origpid = req.origpid
+        if req.home is not None or origpid is not None:
             self.require_root(uid)  # guests are the daemon's business, not a user's
-            home = IPv4Address(home) if home is not None else None
+            home = IPv4Address(req.home) if req.home is not None else None
             if home is None or origpid is None:
                 raise ProtocolError("a guest needs both home and origpid")
             if home == self.node.our_ip:
@@ -92,21 +93,18 @@ class ProcessOperations(Operations):
         if "frozen" in changed:
             kind = "unfrozen" if record.frozen in ("-", "N/A") else "frozen"
             event(event=ProcessEvent(kind, record.pid, record.uid, record.frozen))
-        return p.UpdateReply(pid=record.pid, changed=sorted(changed))
+        return p.UpdateReply(pid=record.pid, changed=tuple(sorted(changed)))
 
     def op_unregister(self, req: p.UnregisterRequest, uid: int) -> p.UnregisterReply:
         record = self.owned_row(req.pid, uid)
         removed = record is not None and self.node.proctable.discard(record)
-        if removed:
+        if record is not None and removed:
             self.node.pm.hook.mosix_process_event(
                 event=ProcessEvent("exited", record.pid, record.uid, "unregistered"))
         return p.UnregisterReply(pid=req.pid, removed=removed)
 
     def op_supervise(self, req: p.SuperviseRequest, uid: int) -> p.NoFields:
-        conn = current_connection.get()
-        if conn is None:
-            raise ProtocolError("supervise needs a connection")
-        conn.supervisor = True
+        connection_for("supervise").supervisor = True
         return p.NoFields()
 
     def op_consider(self, req: p.ConsiderRequest, uid: int) -> p.NoFields:
