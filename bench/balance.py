@@ -55,10 +55,10 @@ from mosix_core.contract.balancing import (  # noqa: E402
 )
 from mosix_core.contract.plugins import build_plugin_manager  # noqa: E402
 
-TAU = 2.0                   # mosd's load smoothing (LoadSmoother)
-LINK_MB_S = 950.0           # a move's image bandwidth (1 GiB raw, proximate: bench/RESULTS.md)
-MOVE_FIXED = 0.1            # a move's fixed part, s (10 MiB end to end: 0.16 s)
-CALL_RTT = 60e-6            # a forwarded call's round trip, s (measured 30-60 µs)
+TAU = 2.0  # mosd's load smoothing (LoadSmoother)
+LINK_MB_S = 950.0  # a move's image bandwidth (1 GiB raw, proximate: bench/RESULTS.md)
+MOVE_FIXED = 0.1  # a move's fixed part, s (10 MiB end to end: 0.16 s)
+CALL_RTT = 60e-6  # a forwarded call's round trip, s (measured 30-60 µs)
 EPS = 1e-9
 BASE_IP = int(IPv4Address("10.0.0.1"))
 # measured information ages (periods): bench/RESULTS.md, "Gossip"; (nodes, mean, gamma shape)
@@ -78,7 +78,7 @@ def age_law(n: int) -> tuple[float, float]:
     """Mean and gamma shape of information ages at ``n`` nodes (log-interpolated)."""
     if n <= AGES[0][0]:
         return AGES[0][1], AGES[0][2]
-    for (n0, m0, k0), (n1, m1, k1) in zip(AGES, AGES[1:]):
+    for (n0, m0, k0), (n1, m1, k1) in zip(AGES, AGES[1:], strict=False):
         if n <= n1:
             f = math.log(n / n0) / math.log(n1 / n0)
             return m0 + f * (m1 - m0), k0 + f * (k1 - k0)
@@ -86,15 +86,48 @@ def age_law(n: int) -> tuple[float, float]:
 
 
 class Job:
-    __slots__ = ("id", "home", "arrival", "work", "image", "needmem", "cpujob", "phases", "decay", "node",
-                 "done", "rate", "cpu", "demand", "wait", "phase", "phase_left", "io_num", "io_bytes", "io_den",
-                 "moved_at", "finish", "moves", "ip")
+    __slots__ = (
+        "id",
+        "home",
+        "arrival",
+        "work",
+        "image",
+        "needmem",
+        "cpujob",
+        "phases",
+        "decay",
+        "node",
+        "done",
+        "rate",
+        "cpu",
+        "demand",
+        "wait",
+        "phase",
+        "phase_left",
+        "io_num",
+        "io_bytes",
+        "io_den",
+        "moved_at",
+        "finish",
+        "moves",
+        "ip",
+    )
 
-    def __init__(self, id: int, home: int, arrival: float, work: float, image: float = 100.0, needmem: int = 0,
-                 cpujob: bool = False, phases: tuple = ((math.inf, 0.0, 0.0),), decay: int = 9976) -> None:
+    def __init__(
+        self,
+        id: int,
+        home: int,
+        arrival: float,
+        work: float,
+        image: float = 100.0,
+        needmem: int = 0,
+        cpujob: bool = False,
+        phases: tuple = ((math.inf, 0.0, 0.0),),
+        decay: int = 9976,
+    ) -> None:
         self.id, self.home, self.arrival, self.work = id, home, arrival, work
         self.image, self.needmem, self.cpujob, self.phases = image, needmem, cpujob, phases
-        self.decay = -math.log(max(decay, 1) / 10000.0)           # per second
+        self.decay = -math.log(max(decay, 1) / 10000.0)  # per second
         self.node, self.done, self.rate, self.cpu, self.demand, self.wait = -1, 0.0, 0.0, 0.0, 1.0, 0.0
         self.phase, self.phase_left = 0, phases[0][0]
         self.io_num = self.io_bytes = self.io_den = 0.0
@@ -104,8 +137,16 @@ class Job:
 class Sim:
     """One run: ``placement`` is home, rr or ll; ``balance`` calls the plugin."""
 
-    def __init__(self, nodes: list[tuple[int, int, int]], jobs: list[Job], seed: int, placement: str = "home",
-                 balance: bool = True, plugin=None, settings: BalanceSettings | None = None) -> None:
+    def __init__(
+        self,
+        nodes: list[tuple[int, int, int]],
+        jobs: list[Job],
+        seed: int,
+        placement: str = "home",
+        balance: bool = True,
+        plugin=None,
+        settings: BalanceSettings | None = None,
+    ) -> None:
         self.n = n = len(nodes)
         self.speed = [s for s, _, _ in nodes]
         self.ncpus = [c for _, c, _ in nodes]
@@ -121,6 +162,7 @@ class Sim:
         self.last = [0.0] * n
         self.version = [0] * n
         self.moving = [False] * n
+        self.ticking = [False] * n
         self.sent: list[dict] = [{} for _ in range(n)]
         self.heap: list = []
         self.seq = 0
@@ -130,12 +172,15 @@ class Sim:
         self.rr = 0
         mean, shape = age_law(n)
         self.age_mean, self.age_shape = mean, shape
-        self.history = 16 + int(mean * 6)                         # seconds of published loads kept
-        self.dead_after = max(10.0, 4 * math.ceil(n / 184))       # mosd's rule, 8 KiB datagrams
+        self.history = 16 + int(mean * 6)  # seconds of published loads kept
+        self.dead_after = max(10.0, 4 * math.ceil(n / 184))  # mosd's rule, 8 KiB datagrams
         self.loads: list[array] = []
         self.free: list[array] = []
-        self.variants: list[tuple[tuple[NodeFacts, ...], dict]] = []
-        self.nvariants = 8 if n <= 2000 else 4
+        self.records: list[list[NodeFacts | None]] = []
+        # information ages, drawn once: each view reads n of them from a random place
+        self.ages = [self.rng.gammavariate(shape, mean / shape) for _ in range(4 * n + 4096)]
+        self.variants: list[list] = []  # [ranked nodes, by address or None, sorted leavings or None]
+        self.nvariants = 8 if n <= 100 else 4
         self.decide_s = 0.0
         self.last_arrival = max(j.arrival for j in jobs)
 
@@ -145,12 +190,9 @@ class Sim:
         heapq.heappush(self.heap, (t, self.seq, kind, a, b))
 
     def run(self) -> Sim:
-        self.push(0.0, 3, 0)                    # the first views, before anything arrives
+        self.push(0.0, 3, 0)  # the first views, before anything arrives
         for job in self.jobs:
             self.push(job.arrival, 0, job)
-        if self.balance:
-            for i in range(self.n):
-                self.push(self.rng.uniform(0.0, 1.0), 2, i)
         heap = self.heap
         while heap and self.left:
             t, _, kind, a, b = heapq.heappop(heap)
@@ -236,6 +278,9 @@ class Sim:
         self.recompute(i)
 
     def place(self, job: Job, i: int) -> None:
+        if self.balance and not self.ticking[i]:
+            self.ticking[i] = True  # its balancer runs while it has processes (a random phase)
+            self.push(self.now + self.rng.uniform(0.0, 1.2), 2, i)
         self.advance(i)
         job.node = i
         self.on[i].append(job)
@@ -251,11 +296,15 @@ class Sim:
         self.place(job, i)
 
     def least_loaded(self, job: Job) -> int:
-        """``mosrun -b``: the node where it would run fastest by the same model and views (ties: home)."""
+        """``mosrun -b``: the node where it would run fastest by the same model, in a view of
+        its own (each origin sees gossip its own way; ties: home)."""
         h = job.home
-        view = self.view_for(h)
-        best, best_share = h, self.local_facts(h).newcomer
-        for node in view.nodes[:64]:
+        nodes = self.draw_view(int(self.now))[0]
+        view = BalanceView(
+            local=self.local_facts(h), nodes=nodes, now=self.now, settings=self.settings, sent=self.recent_sent(h)
+        )
+        best, best_share = h, view.local.newcomer
+        for node in nodes[:64]:
             j = int(node.ip) - BASE_IP
             if j != h and node.mem_avail_mb >= job.needmem:
                 share = view.effective_share(node)
@@ -277,63 +326,95 @@ class Sim:
             free.append(max(0.0, self.mem[i] - self.used[i]))
         self.loads.append(loads)
         self.free.append(free)
+        self.records.append([None] * self.n)
         if len(self.loads) > self.history:
-            self.loads.pop(0)
-            self.free.pop(0)
-        if self.balance or (self.placement == "ll" and now <= self.last_arrival):
+            del self.loads[0], self.free[0], self.records[0]
+        if self.balance:
             self.variants = [self.draw_view(slot) for _ in range(self.nvariants)]
         self.push(now + 1.0, 3, slot + 1)
 
-    def draw_view(self, slot: int) -> tuple[tuple[NodeFacts, ...], dict]:
-        kept, rng, ips = len(self.loads), self.rng, self.ips
-        scale, shape, dead = self.age_mean / self.age_shape, self.age_shape, self.dead_after
-        speed, ncpus, state = self.speed, self.ncpus, 0
+    def draw_view(self, slot: int) -> list:
+        """One observer's view: node ``i`` as published ``age`` seconds ago (a record per node and
+        second, shared by every view that sees that version)."""
+        kept, ips, speed, ncpus = len(self.loads), self.ips, self.speed, self.ncpus
+        start = self.rng.randrange(len(self.ages) - self.n)
+        ages, dead = self.ages[start : start + self.n], self.dead_after
         nodes = []
         for i in range(self.n):
-            age = rng.gammavariate(shape, scale)
-            back = int(age)
+            age = ages[i]
             if age > dead:
                 continue
-            back = min(back, kept - 1)    # older than what is kept: the oldest kept stands for it
+            back = min(int(age), kept - 1)  # older than what is kept: the oldest kept stands for it
             k = kept - 1 - back
-            nodes.append(NodeFacts(ips[i], self.loads[k][i], speed[i], ncpus[i], int(self.free[k][i]), state,
-                                   float(slot - back)))
-        return rank(nodes, self.settings), {}
+            record = self.records[k][i]
+            if record is None:
+                record = self.records[k][i] = NodeFacts(
+                    ips[i], self.loads[k][i], speed[i], ncpus[i], int(self.free[k][i]), 0, float(slot - back)
+                )
+            nodes.append(record)
+        return [rank(nodes, self.settings), None, None]
 
-    def view_for(self, i: int) -> BalanceView:
-        nodes, by_ip = self.variants[self.rng.randrange(len(self.variants))]
+    def view_for(self, i: int) -> tuple[BalanceView, list]:
+        """Node ``i``'s view: one of this second's draws, its own recent moves, its own facts
+        (what a view computes on first use is kept with the draw for the next node using it)."""
+        variant = self.variants[self.rng.randrange(len(self.variants))]
+        nodes, by_ip, leavings = variant
+        return BalanceView(
+            local=self.local_facts(i),
+            nodes=nodes,
+            now=self.now,
+            settings=self.settings,
+            sent=self.recent_sent(i),
+            by_ip=by_ip,
+            leavings=leavings,
+        ), variant
+
+    def recent_sent(self, i: int) -> dict:
+        """The times of node ``i``'s moves (or placements) to each node in the last 10 s."""
         sent = self.sent[i]
-        if sent:
-            horizon = self.now - 10.0
-            for ip in [ip for ip, times in sent.items() if times[-1] < horizon]:
-                del sent[ip]
-            sent = {ip: tuple(t for t in times if t >= horizon) for ip, times in sent.items()}
-        if not by_ip and len(nodes) <= 2000:
-            by_ip.update((n.ip, n) for n in nodes)
-        return BalanceView(local=self.local_facts(i), nodes=nodes, now=self.now, settings=self.settings,
-                           sent=sent, by_ip=by_ip or None)
+        if not sent:
+            return sent
+        horizon = self.now - 10.0
+        for ip in [ip for ip, times in sent.items() if times[-1] < horizon]:
+            del sent[ip]
+        return {ip: tuple(t for t in times if t >= horizon) for ip, times in sent.items()}
 
     def local_facts(self, i: int) -> NodeFacts:
         load = 100.0 * self.runnable[i] * STANDARD_SPEED / (self.ncpus[i] * self.speed[i])
-        return NodeFacts(self.ips[i], load, self.speed[i], self.ncpus[i], int(max(0.0, self.mem[i] - self.used[i])),
-                         0, self.now)
+        return NodeFacts(
+            self.ips[i], load, self.speed[i], self.ncpus[i], int(max(0.0, self.mem[i] - self.used[i])), 0, self.now
+        )
 
     # -- the balancer --------------------------------------------------------------------------------
     def tick(self, i: int) -> None:
+        if not self.on[i] and not self.moving[i]:
+            self.ticking[i] = False  # no candidates: the hook is not called; asleep until a job comes
+            return
         self.push(self.now + self.rng.uniform(0.8, 1.2), 2, i)
-        if self.moving[i] or not self.on[i]:
+        if self.moving[i]:
             return
         self.advance(i)
         now, ips = self.now, self.ips
-        candidates = [ProcessFacts(
-            pid=job.id, home=None if job.home == i else ips[job.home], cpu_share=job.cpu, cpu_seconds=job.done,
-            image_mb=job.image, needmem_mb=job.needmem, io_calls=job.io_num / job.io_den if job.io_den else 0.0,
-            io_bytes=job.io_bytes / job.io_den if job.io_den else 0.0, cpujob=job.cpujob,
-            since_move=now - job.moved_at) for job in self.on[i]]
-        view = self.view_for(i)
+        candidates = [
+            ProcessFacts(
+                pid=job.id,
+                home=None if job.home == i else ips[job.home],
+                cpu_share=job.cpu,
+                cpu_seconds=job.done,
+                image_mb=job.image,
+                needmem_mb=job.needmem,
+                io_calls=job.io_num / job.io_den if job.io_den else 0.0,
+                io_bytes=job.io_bytes / job.io_den if job.io_den else 0.0,
+                cpujob=job.cpujob,
+                since_move=now - job.moved_at,
+            )
+            for job in self.on[i]
+        ]
+        view, variant = self.view_for(i)
         started = time.perf_counter()
         decision = self.plugin(candidates=candidates, view=view)
         self.decide_s += time.perf_counter() - started
+        variant[1], variant[2] = view.by_ip, view.leavings
         self.decisions += 1
         if decision is None or decision.target is None:
             return
@@ -376,8 +457,10 @@ def capacity(nodes) -> float:
 def all_at_once(rng, homes, count, mean, spread=0.5, image=(20.0, 200.0)) -> list[Job]:
     """``count`` jobs started at once, of ``mean`` standard CPU-seconds ± ``spread`` (uniform):
     a batch of similar runs (a parameter sweep), MOSIX's everyday workload."""
-    return [Job(k, homes[k % len(homes)], 0.0, mean * rng.uniform(1 - spread, 1 + spread), image=rng.uniform(*image))
-            for k in range(count)]
+    return [
+        Job(k, homes[k % len(homes)], 0.0, mean * rng.uniform(1 - spread, 1 + spread), image=rng.uniform(*image))
+        for k in range(count)
+    ]
 
 
 def arrivals(rng, nodes, window, util, median, sigma, bursts=0.0) -> list[Job]:
@@ -403,15 +486,16 @@ def one_node(rng):
 
 
 def hetero(rng):
-    """16 nodes of speeds 1x-4x and 1, 2 or 4 CPUs; 96 jobs started on random nodes."""
+    """16 nodes of speeds 1x-4x and 1, 2 or 4 CPUs; 4 jobs per CPU (as above) started on random nodes."""
     nodes = hetero_nodes(rng, 16)
-    return nodes, all_at_once(rng, [rng.randrange(16) for _ in range(96)], 96, 150)
+    count = 4 * sum(c for _, c, _ in nodes)
+    return nodes, all_at_once(rng, [rng.randrange(16) for _ in range(count)], count, 150)
 
 
 def memory(rng):
-    """16 nodes of 2 CPUs and 8 GB; 48 jobs of 1-3 GB (their -m) started on 4 nodes."""
-    nodes = [(10000, 2, 8192)] * 16
-    jobs = all_at_once(rng, [0, 1, 2, 3], 48, 200, image=(1000.0, 3000.0))
+    """16 nodes of 2 CPUs and 16 GB; 128 jobs of 0.5-1.5 GB (their -m) started on 4 nodes (32 GB each)."""
+    nodes = [(10000, 2, 16384)] * 16
+    jobs = all_at_once(rng, [0, 1, 2, 3], 128, 200, image=(500.0, 1500.0))
     for job in jobs:
         job.needmem = int(job.image)
     return nodes, jobs
@@ -426,7 +510,7 @@ def io_phased(rng):
     for job in jobs[::2]:
         job.phases = ((30.0, 0.0, 0.0), (15.0, 20000.0, 2e6))
         job.phase_left = 30.0
-        job.decay = -math.log(0.99)              # -d9900: the user knows the job's cycle
+        job.decay = -math.log(0.99)  # -d9900: the user knows the job's cycle
     for job in jobs[::8]:
         job.cpujob = True
     return nodes, jobs
@@ -442,12 +526,20 @@ def scale(n, window):
     def scenario(rng):
         nodes = hetero_nodes(rng, n)
         return nodes, arrivals(rng, nodes, window, 0.7, 40, 0.8, bursts=0.3)
+
     scenario.__doc__ = f"{n:,} nodes of speeds 1x-4x; jobs arriving for {window} s at 70 % load, 30 % in batches of 16."
     return scenario
 
 
-SCENARIOS = {"one_node_64": one_node, "hetero_speeds": hetero, "memory": memory, "io_phased": io_phased,
-             "arrivals": arriving, "nodes_1000": scale(1000, 60), "nodes_10000": scale(10000, 20)}
+SCENARIOS = {
+    "one_node_64": one_node,
+    "hetero_speeds": hetero,
+    "memory": memory,
+    "io_phased": io_phased,
+    "arrivals": arriving,
+    "nodes_1000": scale(1000, 60),
+    "nodes_10000": scale(10000, 10),
+}
 #: where the targets apply (makespan within 10 % of the bound needs the work to be spreadable)
 STANDARD = ("one_node_64", "hetero_speeds", "memory", "arrivals")
 
@@ -471,16 +563,24 @@ def measure(nodes, jobs, sim: Sim | None) -> dict:
     start = min(j.arrival for j in jobs)
     makespan = max(j.finish for j in jobs) - start
     slowdowns = [(j.finish - j.arrival) / (j.work / fastest) for j in jobs]
-    out = {"makespan_over_ideal": makespan / ideal(nodes, jobs), "mean_slowdown": statistics.fmean(slowdowns),
-           "migrations_per_job": sum(j.moves for j in jobs) / len(jobs), "makespan_s": makespan}
+    out = {
+        "makespan_over_ideal": makespan / ideal(nodes, jobs),
+        "mean_slowdown": statistics.fmean(slowdowns),
+        "migrations_per_job": sum(j.moves for j in jobs) / len(jobs),
+        "makespan_s": makespan,
+    }
     if sim is not None and sim.balance:
         out["decision_ms"] = 1000 * sim.decide_s / max(1, sim.decisions)
         out["refused_per_job"] = sim.refused / len(jobs)
     return out
 
 
-WAYS = {"policy": ("home", True), "no_migration": ("home", False), "round_robin": ("rr", False),
-        "least_loaded": ("ll", False)}
+WAYS = {
+    "policy": ("home", True),
+    "no_migration": ("home", False),
+    "round_robin": ("rr", False),
+    "least_loaded": ("ll", False),
+}
 
 
 def run_scenario(name: str, seeds: list[int], plugin) -> dict:
@@ -494,15 +594,22 @@ def run_scenario(name: str, seeds: list[int], plugin) -> dict:
     for k, run in enumerate(runs["policy"]):
         run["slowdown_vs_round_robin"] = run["mean_slowdown"] / runs["round_robin"][k]["mean_slowdown"]
     nodes, jobs = SCENARIOS[name](random.Random(seeds[0]))
-    out: dict = {"scenario": name, "what": SCENARIOS[name].__doc__, "nodes": len(nodes), "jobs": len(jobs),
-                 "seeds": len(seeds), "ideal_makespan_s": round(ideal(nodes, jobs), 1)}
+    out: dict = {
+        "scenario": name,
+        "what": SCENARIOS[name].__doc__,
+        "nodes": len(nodes),
+        "jobs": len(jobs),
+        "seeds": len(seeds),
+        "ideal_makespan_s": round(ideal(nodes, jobs), 1),
+    }
     for way, rows in runs.items():
         out[way] = {key: summary(key, [r[key] for r in rows]) for key in rows[0]}
     policy = out["policy"]
     out["targets_met"] = {
         "makespan_le_1.10_ideal": policy["makespan_over_ideal"]["median"] <= 1.10,
         "slowdown_30pct_below_round_robin": policy["slowdown_vs_round_robin"]["median"] <= 0.70,
-        "migrations_le_2_per_job": policy["migrations_per_job"]["median"] <= 2.0}
+        "migrations_le_2_per_job": policy["migrations_per_job"]["median"] <= 2.0,
+    }
     out["standard"] = name in STANDARD
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
@@ -516,13 +623,32 @@ def summary(key: str, values: list[float]) -> dict:
 def time_decision(plugin, n: int = 1000, candidates: int = 8, repeat: int = 2000) -> dict:
     """One decision of the real plugin against an ``n``-node view (and the view's ranking)."""
     rng = random.Random(1)
-    nodes = [NodeFacts(IPv4Address(BASE_IP + 1 + i), rng.choice((0, 25, 50, 100, 200, 400)) * 1.0,
-                       rng.choice((10000, 20000, 30000, 40000)), rng.choice((1, 2, 4, 8)),
-                       rng.choice((500, 4000, 16000)), 0, 100.0 - rng.gammavariate(3.0, 1.55)) for i in range(n)]
+    nodes = [
+        NodeFacts(
+            IPv4Address(BASE_IP + 1 + i),
+            rng.choice((0, 25, 50, 100, 200, 400)) * 1.0,
+            rng.choice((10000, 20000, 30000, 40000)),
+            rng.choice((1, 2, 4, 8)),
+            rng.choice((500, 4000, 16000)),
+            0,
+            100.0 - rng.gammavariate(3.0, 1.55),
+        )
+        for i in range(n)
+    ]
     local = NodeFacts(IPv4Address(BASE_IP), 400.0, 10000, 2, 3000, 0, 100.0)
-    procs = [ProcessFacts(pid=100 + k, home=None if k % 2 else nodes[k].ip, cpu_share=0.5, cpu_seconds=10.0 * k,
-                          image_mb=50.0 + 100 * k, io_calls=100.0 * k, io_bytes=1e5 * k, since_move=30.0)
-             for k in range(candidates)]
+    procs = [
+        ProcessFacts(
+            pid=100 + k,
+            home=None if k % 2 else nodes[k].ip,
+            cpu_share=0.5,
+            cpu_seconds=10.0 * k,
+            image_mb=50.0 + 100 * k,
+            io_calls=100.0 * k,
+            io_bytes=1e5 * k,
+            since_move=30.0,
+        )
+        for k in range(candidates)
+    ]
     ranks, decides = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -534,10 +660,14 @@ def time_decision(plugin, n: int = 1000, candidates: int = 8, repeat: int = 2000
         decides.append(t2 - t1)
     decides.sort()
     ranks.sort()
-    return {"nodes": n, "candidates": candidates, "decision_ms_median": round(1000 * decides[len(decides) // 2], 4),
-            "decision_ms_p99": round(1000 * decides[int(len(decides) * 0.99)], 4),
-            "view_ranking_ms_median": round(1000 * ranks[len(ranks) // 2], 4),
-            "decision": str(plugin(candidates=procs, view=BalanceView.of(local, nodes, 100.0)))}
+    return {
+        "nodes": n,
+        "candidates": candidates,
+        "decision_ms_median": round(1000 * decides[len(decides) // 2], 4),
+        "decision_ms_p99": round(1000 * decides[int(len(decides) * 0.99)], 4),
+        "view_ranking_ms_median": round(1000 * ranks[len(ranks) // 2], 4),
+        "decision": str(plugin(candidates=procs, view=BalanceView.of(local, nodes, 100.0))),
+    }
 
 
 def main() -> None:
@@ -560,11 +690,15 @@ def human(r: dict) -> str:
     lines = [f"{r['scenario']}: {r['what']} ({r['jobs']} jobs, {r['seeds']} seeds, {r['seconds']} s)"]
     for way in WAYS:
         row = r[way]
-        lines.append(f"  {way:13} makespan/ideal {row['makespan_over_ideal']['median']:.3f} "
-                     f"({row['makespan_over_ideal']['best']:.3f})  mean slowdown {row['mean_slowdown']['median']:.2f} "
-                     f"({row['mean_slowdown']['best']:.2f})  migrations/job {row['migrations_per_job']['median']:.2f}")
-    lines.append(f"  policy slowdown / round-robin {r['policy']['slowdown_vs_round_robin']['median']:.3f}; "
-                 f"targets {r['targets_met']}")
+        lines.append(
+            f"  {way:13} makespan/ideal {row['makespan_over_ideal']['median']:.3f} "
+            f"({row['makespan_over_ideal']['best']:.3f})  mean slowdown {row['mean_slowdown']['median']:.2f} "
+            f"({row['mean_slowdown']['best']:.2f})  migrations/job {row['migrations_per_job']['median']:.2f}"
+        )
+    lines.append(
+        f"  policy slowdown / round-robin {r['policy']['slowdown_vs_round_robin']['median']:.3f}; "
+        f"targets {r['targets_met']}"
+    )
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ from mosix_core.contract.balancing import (
     NodeFacts,
     ProcessFacts,
     cpu_share,
+    marginal_time,
     move_seconds,
 )
 from mosix_core.contract.hookspecs import hookimpl
@@ -74,6 +75,7 @@ class _Decision:
         self.targets: dict[float, tuple[NodeFacts, float] | None] = {}
         self.top: list[tuple[float, NodeFacts]] = []
         self.shares: dict[tuple[int, float], float] = {}  # (id(node), demand) -> effective share
+        self.costs: dict[tuple[int, float], float] = {}  # (id(node), demand) -> marginal time
 
     def run(self) -> MigrationDecision | None:
         if self.local.mem_avail_mb < self.settings.mem_floor_mb:
@@ -142,17 +144,17 @@ class _Decision:
     def walk(self, need_mb: float) -> list[tuple[float, NodeFacts]]:
         """The best few nodes with ``need_mb`` free, and their shares: the view is ranked, so
         the walk stops at the first that cannot come near the best."""
-        view, local_ip = self.view, self.local.ip
+        view, local_addr = self.view, self.local.addr
         now, inv_tau = view.now, 1.0 / self.settings.stale_tau
         keep = 1.0 - self.settings.spread
         best_share, found = 0.0, []
         for node in view.nodes:
-            if node.mem_avail_mb < need_mb or not node.takes_guests or node.ip == local_ip:
+            if node.mem_avail_mb < need_mb or not node.takes_guests or node.addr == local_addr:
                 continue
             upper = node.newcomer * math.exp((node.fresh_at - now) * inv_tau)
             if upper < best_share * keep:
                 break
-            share = view.effective_share(node) if node.ip in view.sent else upper
+            share = view.effective_share(node) if view.sent and node.ip in view.sent else upper
             best_share = max(best_share, share)
             found.append((share, node))
             if len(found) >= NEAR:
@@ -161,25 +163,28 @@ class _Decision:
 
     def now_is_my_turn(self, wanted: float) -> bool:
         """Several nodes may see the same few better nodes, and go on seeing them as they were
-        until gossip brings their new load (``load_tau`` plus the information's age): if ``K``
-        nodes look as busy as this one and only ``R`` offer at least ``wanted``, each sends with
-        probability ``R / (K * lag)`` (drawn by this node and the clock), so that a node freed by
-        an ending job is not sent the processes of every busy node at once."""
+        until gossip brings their new load (``load_tau`` plus the information's age, ``lag``
+        periods): if ``K`` other nodes would save as much by sending a process and only ``R``
+        offer at least ``wanted``, each sends with probability ``R / (1 + K * lag)`` (drawn by
+        this node and the clock), so that a node freed by an ending job is not sent the
+        processes of every busy node at once. Its own moves count already (``sent``)."""
         view, local, s = self.view, self.local, self.settings
-        busy = view.as_busy(cpu_share(self.runnable, local.ncpus, local.speed)) + 1
+        runnable = self.runnable
+        mine = marginal_time(max(0.0, runnable - 1.0), local.ncpus, local.speed, min(1.0, runnable))
+        others = view.senders(mine)  # (an entry for this node in the view, if any, counts: conservative)
         now, inv_tau, local_ip = view.now, 1.0 / s.stale_tau, local.ip
         offers, lag = 0, 1.0
         for node in view.nodes:
             if node.newcomer * math.exp((node.fresh_at - now) * inv_tau) < wanted:
                 break
-            if node.takes_guests and node.ip != local_ip:
+            if node.takes_guests and node.addr != local.addr:
                 if not offers:
                     lag = max(1.0, (s.load_tau + now - node.fresh_at) / s.period)
                 offers += 1
-                if offers >= busy * lag:
+                if offers >= 1 + others * lag:
                     return True
         # none seen offering it (only the process's own demand or home made the move pay): one
-        return _draw(local_ip, now, 1_000_003) < 1_000_003 * max(1, offers) / (busy * lag)
+        return _draw(local_ip, now, 1_000_003) < 1_000_003 * max(1, offers) / (1 + others * lag)
 
     def home_of(self, p: ProcessFacts) -> NodeFacts | None:
         """A guest's home as this node knows it (its home takes it back even when blocked)."""
@@ -215,8 +220,9 @@ class _Decision:
         return None
 
     def time_saved(self) -> MigrationDecision | None:
-        """The move saving the most time; guests first (with half the hysteresis) while this
-        node's own processes alone want all its CPUs."""
+        """The move saving the most time, its own and the other processes' at both ends
+        (``marginal_time``); guests first (with half the hysteresis) while this node's own
+        processes alone want all its CPUs."""
         s, local = self.settings, self.local
         own = sum(self.demand(p) for p in self.candidates if not p.is_guest)
         crowded = own >= local.ncpus - 0.5
@@ -225,19 +231,19 @@ class _Decision:
             if p.since_move < s.min_residency:
                 continue
             pushed = crowded and p.is_guest
-            faster = 1.0 - (s.hysteresis / 2 if pushed else s.hysteresis)
-            here = self.here_time(p)
+            bar = (s.hysteresis / 2 if pushed else s.hysteresis) * self.here_time(p)
+            leaving = self.leaving(p)
             for node in self.choices(p):
-                there = self.there_time(p, node)
-                if there > here * faster:
+                delta = leaving - self.arriving(p, node)
+                if delta < bar:
                     continue
                 cost = move_seconds(p.image_mb, node.proximate, s)
-                saved = max(p.cpu_seconds, s.min_work) * (here - there)
+                saved = max(p.cpu_seconds, s.min_work) * delta
                 if saved < s.cost_factor * cost:
                     continue
                 key = (pushed, saved - cost, -p.pid)
                 if best is None or key > best[:3]:
-                    best = (pushed, saved - cost, -p.pid, p, node, here, there)
+                    best = (pushed, saved - cost, -p.pid, p, node, self.here_time(p), self.there_time(p, node))
         if best is None:
             return None
         pushed, gain, _, p, node, here, there = best
@@ -246,9 +252,32 @@ class _Decision:
             where = "home" if node.ip == p.home else "on"
             reason = f"guest sent {where}: this node's own processes want {own:.1f} of its {local.ncpus} CPUs; {reason}"
             rule = "guest"
-        if rule != "home" and not self.now_is_my_turn(1.0 / (here * (1.0 - s.hysteresis))):
+        if rule != "home" and not self.now_is_my_turn(self.view.effective_share(node) * (1.0 - s.spread)):
             return None
         return MigrationDecision(p.pid, node.ip, reason, gain, rule)
+
+    def leaving(self, p: ProcessFacts) -> float:
+        """What ``p`` leaving saves here: the processes' summed time per unit of work falls by
+        the marginal time of ``p`` (its own time and what it takes from the others), and its
+        forwarded calls stop costing if it goes home."""
+        local, d = self.local, self.demand(p)
+        runnable = max(self.runnable, d)
+        saved = marginal_time(runnable - d, local.ncpus, local.speed, d)
+        if p.home is None:
+            return saved
+        home = self.view.node(p.home)
+        return saved + self.io_time(p, home.proximate if home is not None else True)
+
+    def arriving(self, p: ProcessFacts, node: NodeFacts) -> float:
+        """What ``p`` arriving at ``node`` costs there (itself counted), with its calls and I/O
+        away from home."""
+        d = self.demand(p)
+        key = (id(node), d)
+        cost = self.costs.get(key)
+        if cost is None:
+            cost = self.costs[key] = self.view.marginal(node, d)
+        at_home = node.ip == p.home if p.home is not None else False
+        return cost + self.io_time(p, None if at_home else node.proximate)
 
     def why(self, p: ProcessFacts, node: NodeFacts, here: float, there: float) -> tuple[str, str]:
         """The reason text and the rule a time-saving move counts under."""
@@ -270,8 +299,8 @@ class _Decision:
 
     def gain(self, p: ProcessFacts, node: NodeFacts) -> float:
         """Seconds the move is expected to save (negative: it costs, for memory's sake)."""
-        here, there = self.here_time(p), self.there_time(p, node)
-        return max(p.cpu_seconds, self.settings.min_work) * (here - there) - move_seconds(
+        delta = self.leaving(p) - self.arriving(p, node)
+        return max(p.cpu_seconds, self.settings.min_work) * delta - move_seconds(
             p.image_mb, node.proximate, self.settings
         )
 

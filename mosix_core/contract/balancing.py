@@ -19,6 +19,7 @@ in mosd and in the simulator (which injects its own clock and views).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address
@@ -36,6 +37,7 @@ __all__ = [
     "NodeFacts",
     "ProcessFacts",
     "cpu_share",
+    "marginal_time",
     "move_seconds",
     "newcomer_share",
     "runnable_of",
@@ -69,6 +71,19 @@ def newcomer_share(load: float, ncpus: int, speed: int, added: float = 1.0) -> f
     return cpu_share(runnable_of(load, ncpus, speed) + added, ncpus, speed)
 
 
+def total_time(runnable: float, ncpus: int, speed: float) -> float:
+    """The sum over a node's ``runnable`` processes of their time per unit of work (seconds
+    per standard CPU-second): ``r * max(r, c) / (c * s)`` — its processes' summed slowdown."""
+    per_cpu = max(speed, 1e-9) / STANDARD_SPEED
+    return runnable * max(runnable, ncpus) / (max(1, ncpus) * per_cpu)
+
+
+def marginal_time(runnable: float, ncpus: int, speed: float, added: float = 1.0) -> float:
+    """How much :func:`total_time` grows when ``added`` processes join ``runnable`` ones: the
+    cost of a newcomer to everyone there, itself included (MOSIX's opportunity cost)."""
+    return total_time(runnable + added, ncpus, speed) - total_time(runnable, ncpus, speed)
+
+
 def move_seconds(image_mb: float, proximate: bool, settings: BalanceSettings) -> float:
     """How long a move keeps a process from running: its image over the link's bandwidth
     (uncompressed to a proximate node, compressed to a distant one) plus a fixed part."""
@@ -83,7 +98,7 @@ def move_seconds(image_mb: float, proximate: bool, settings: BalanceSettings) ->
 class BalanceSettings:
     """The policy's tunables (defaults: what ``bench/balance.py`` tuned them to)."""
 
-    period: float = 1.0               # seconds between two decisions of a node
+    period: float = 1.0  # seconds between two decisions of a node
     hysteresis: float = 0.15  # a move must make the process this much faster (fraction)
     min_residency: float = 4.0  # seconds a process stays where it arrived before load moves it
     min_work: float = 2.0  # standard CPU-seconds a process is expected to run at least
@@ -115,17 +130,19 @@ class NodeFacts:
     state: int = 0  # NodeStatus.state: ST_STAY, ST_LSTAY, ST_BLOCK, ST_OFF bits
     fresh_at: float = 0.0  # when the information was current (the view's clock)
     proximate: bool = True  # the map's 'p' (or the partner's proximate column)
-    # what each of its processes gets now (cpu_share; inf when idle) and what a newcomer would get there
-    # (newcomer_share), computed once per record: views are built every second from records
-    # that change only when gossip brings news
-    share: float = attrs.field(init=False, eq=False, repr=False)
+    # what a newcomer would get there (newcomer_share), and what one of its processes leaving
+    # would save (marginal_time; 0 when idle): computed once per record, since views are
+    # built every second from records that change only when gossip brings news
     newcomer: float = attrs.field(init=False, eq=False, repr=False)
+    leaving: float = attrs.field(init=False, eq=False, repr=False)
+    addr: int = attrs.field(init=False, eq=False, repr=False)  # the address as an int: hashed in C
 
     def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "addr", int(self.ip))
         runnable = runnable_of(self.load, self.ncpus, self.speed)
-        # an idle node sends nothing: it is no competitor of busy ones (BalanceView.as_busy)
-        object.__setattr__(self, "share", cpu_share(runnable, self.ncpus, self.speed) if runnable >= 0.5 else math.inf)
         object.__setattr__(self, "newcomer", cpu_share(runnable + 1.0, self.ncpus, self.speed))
+        leaving = marginal_time(runnable - 1.0, self.ncpus, self.speed) if runnable >= 1.0 else 0.0
+        object.__setattr__(self, "leaving", leaving)
 
     @property
     def runnable(self) -> float:
@@ -207,9 +224,9 @@ class BalanceView:
     now: float
     settings: BalanceSettings = BalanceSettings()
     sent: Mapping[IPv4Address, tuple[float, ...]] = attrs.field(factory=dict)
-    # nodes by address (a guest's home): made on first use unless given (hashing 1,000
-    # addresses costs a third of a millisecond, and most decisions never look one up)
-    by_ip: Mapping[IPv4Address, NodeFacts] | None = attrs.field(default=None, eq=False, repr=False)
+    # nodes by address as an int (NodeFacts.addr; a guest's home): made on first use unless given
+    by_ip: Mapping[int, NodeFacts] | None = attrs.field(default=None, eq=False, repr=False)
+    leavings: list[float] | None = attrs.field(default=None, eq=False, repr=False)  # sorted (senders)
 
     @classmethod
     def of(
@@ -226,14 +243,18 @@ class BalanceView:
     def node(self, ip: IPv4Address) -> NodeFacts | None:
         """What this view knows about ``ip`` (another node than this one), or None."""
         if self.by_ip is None:
-            object.__setattr__(self, "by_ip", {n.ip: n for n in self.nodes})
+            object.__setattr__(self, "by_ip", {n.addr: n for n in self.nodes})
         assert self.by_ip is not None
-        return self.by_ip.get(ip)
+        return self.by_ip.get(int(ip))
 
-    def as_busy(self, share: float) -> int:
-        """How many nodes of the view give their processes no more than ``share`` standard
-        CPUs: those that would send to the same idle nodes as one with that share."""
-        return sum(1 for n in self.nodes if n.share <= share)
+    def senders(self, leaving: float) -> int:
+        """How many nodes of the view would save at least ``leaving`` (:func:`marginal_time`)
+        by sending one of their processes away: those that would send to the same idle nodes
+        as one that saves that much. (Sorted on first use: the simulator shares a view.)"""
+        if self.leavings is None:
+            object.__setattr__(self, "leavings", sorted(n.leaving for n in self.nodes))
+        assert self.leavings is not None
+        return len(self.leavings) - bisect.bisect_left(self.leavings, leaving)
 
     def effective_share(self, node: NodeFacts, added: float = 1.0) -> float:
         """What a newcomer gets on ``node``, counting this node's own recent moves there
@@ -245,6 +266,12 @@ class BalanceView:
             else newcomer_share(node.load, node.ncpus, node.speed, added + pending)
         )
         return share * math.exp(-max(0.0, self.now - node.fresh_at) / self.settings.stale_tau)
+
+    def marginal(self, node: NodeFacts, added: float = 1.0) -> float:
+        """:func:`marginal_time` of ``added`` more processes on ``node``, counting this node's
+        recent moves there; stale information counts as a slower node (``stale_tau``)."""
+        speed = node.speed * math.exp(-max(0.0, self.now - node.fresh_at) / self.settings.stale_tau)
+        return marginal_time(node.runnable + self.pending(node), node.ncpus, speed, added)
 
     def pending(self, node: NodeFacts) -> float:
         """Processes this node sent to ``node`` that its gossiped load does not count yet:
