@@ -152,11 +152,15 @@ CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x00100000, 0x00
 CLONE_ALLOWED = CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID
 CSIGNAL = 0xFF
 FUTEX_PRIVATE_FLAG = 128
-O_CREAT, O_LARGEFILE = 0x40, 0x8000
+O_CREAT, O_LARGEFILE, O_CLOEXEC = 0x40, 0x8000, 0x80000
 # open flags under which "/proc/self/{special}" is special (mosix(7)): read 0,
 # write 1|O_CREAT, read+write 2|O_CREAT, in_cluster O_CREAT; plain 1 and 2 too, as
-# a program built without O_CREAT passes them.
-SPECIAL_OPEN_FLAGS = (0, 1, 2, O_CREAT, 1 | O_CREAT, 2 | O_CREAT)
+# a program built without O_CREAT passes them. The O_CREAT forms also with O_CLOEXEC,
+# which Python's os.open always adds (they return a value, never a descriptor, so it
+# changes nothing); the plain read form only exactly, since an ordinary read of the
+# file (Python's open(), which adds O_CLOEXEC) is the kernel's.
+SPECIAL_OPEN_FLAGS = (0, 1, 2, O_CREAT, 1 | O_CREAT, 2 | O_CREAT,
+                      O_CREAT | O_CLOEXEC, 1 | O_CREAT | O_CLOEXEC, 2 | O_CREAT | O_CLOEXEC)
 
 MODE_KILL, MODE_SILENT, MODE_WARN = 0, 1, 2
 PREFIX = "MOSRUN: "
