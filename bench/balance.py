@@ -117,7 +117,7 @@ class Sim:
         self.version = [0] * n
         self.moving = [False] * n
         self.ticking = [False] * n
-        self.token = [0] * n                    # a node's current chain of balancer periods
+        self.token = [0] * n  # a node's current chain of balancer periods
         self.eager = eager
         self.sent: list[dict] = [{} for _ in range(n)]
         self.heap: list = []
