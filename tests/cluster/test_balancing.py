@@ -6,6 +6,7 @@ say they stay — with their outputs byte-identical to a native run."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -37,6 +38,11 @@ def placement(cluster, nodes: int) -> list[int]:
         if row["home"] is None:
             counts[1 if row["where"] in ("here", "leaving", "starting") else numbers.get(row["where"], 0)] += 1
     return [counts[k] for k in range(1, nodes + 1)]
+
+
+def logged(cluster, k: int) -> list[dict]:
+    """Node k's log, one record per line."""
+    return [json.loads(line) for line in cluster.logs()[k].read_text().splitlines() if line.startswith("{")]
 
 
 def moves(cluster) -> int:
@@ -99,3 +105,137 @@ def test_cpu_jobs_started_at_one_node_spread_and_spread_again_when_half_end(loca
         assert (tmp_path / name).read_bytes() == done == b"done\n"
         assert (tmp_path / f"{name}.err").read_bytes() == b""
     assert spread_after < 60
+
+
+def settled(cluster, nodes: int, condition, seconds: float = 3 * INTERVAL, timeout: float = 60, what: str = ""):
+    """Wait until ``condition(placement)`` has held for ``seconds`` in a row."""
+    since = None
+
+    seen = []
+
+    def steady() -> bool:
+        nonlocal since
+        seen[:] = [placement(cluster, nodes)]
+        if not condition(seen[0]):
+            since = None
+            return False
+        since = since or time.monotonic()
+        return time.monotonic() - since >= seconds
+    try:
+        wait_until(steady, timeout=timeout, what=what or "the placement to settle")
+    except AssertionError as err:
+        raise AssertionError(f"{err} (last placement: {seen})") from None
+
+
+def test_a_node_twice_as_fast_gets_about_twice_the_share(local_cluster, start, tmp_path):
+    cluster = local_cluster(nodes=4, speeds=[10000, 20000, 10000, 10000], interval=INTERVAL, balancing=True)
+    cluster.converged()
+    stop = tmp_path / "stop"
+    jobs = [start(cluster, awk_until(stop), f"job{i}") for i in range(8)]
+    # capacities 1, 2, 1, 1: node 2 should run 3 or 4 of the 8, the others 1 or 2 each
+    settled(cluster, 4, lambda at: at[1] >= 3 and max(at[0], at[2], at[3]) <= 2 and sum(at) == 8,
+            what="node 2 to run about twice the share of the others")
+    stop.write_text("stop\n")
+    for i, job in enumerate(jobs):
+        assert job.wait(timeout=60) == 0
+        assert (tmp_path / f"job{i}").read_bytes() == b"done\n"
+
+
+def test_stay_holds_every_process_and_nostay_lets_them_go(local_cluster, start, tmp_path):
+    cluster = local_cluster(nodes=2, interval=INTERVAL, balancing=True)
+    cluster.converged()
+    assert cluster.run(1, "mosctl", "stay").returncode == 0
+    stop = tmp_path / "stop"
+    jobs = [start(cluster, awk_until(stop), f"job{i}") for i in range(4)]
+    wait_until(lambda: placement(cluster, 2) == [4, 0], what="the jobs to start")
+    time.sleep(8 * INTERVAL)                      # unheld, 2 would have left within ~3 s
+    assert placement(cluster, 2) == [4, 0] and moves(cluster) == 0
+    assert cluster.run(1, "mosctl", "nostay").returncode == 0
+    settled(cluster, 2, lambda at: at == [2, 2], what="the jobs to spread once stay is lifted")
+    stop.write_text("stop\n")
+    assert [job.wait(timeout=60) for job in jobs] == [0] * 4
+
+
+def test_lstay_holds_local_processes(local_cluster, start, tmp_path):
+    cluster = local_cluster(nodes=2, interval=INTERVAL, balancing=True)
+    cluster.converged()
+    assert cluster.run(1, "mosctl", "lstay").returncode == 0
+    stop = tmp_path / "stop"
+    jobs = [start(cluster, awk_until(stop), f"job{i}") for i in range(4)]
+    wait_until(lambda: placement(cluster, 2) == [4, 0], what="the jobs to start")
+    time.sleep(8 * INTERVAL)
+    assert placement(cluster, 2) == [4, 0] and moves(cluster) == 0
+    assert cluster.run(1, "mosctl", "nolstay").returncode == 0
+    settled(cluster, 2, lambda at: at == [2, 2], what="the jobs to spread once lstay is lifted")
+    stop.write_text("stop\n")
+    assert [job.wait(timeout=60) for job in jobs] == [0] * 4
+
+
+LOCKS_ITSELF = """\
+import os, sys
+fd = os.open("/proc/self/lock", os.O_WRONLY | os.O_CREAT, 1)
+while not os.path.exists(sys.argv[1]):
+    sum(range(200000))
+print("done", flush=True)
+"""
+
+
+def test_locked_processes_never_move_by_themselves(local_cluster, start, tmp_path):
+    cluster = local_cluster(nodes=2, interval=INTERVAL, balancing=True)
+    cluster.converged()
+    stop = tmp_path / "stop"
+    locked = [start(cluster, awk_until(stop), "L0", "-L"),
+              start(cluster, ["python3", "-c", LOCKS_ITSELF, str(stop)], "L1")]
+    free = [start(cluster, awk_until(stop), f"free{i}") for i in range(4)]
+    locked_pids = {job.pid for job in locked}
+    # 6 jobs on 2 nodes: 3 move — never a locked one
+    settled(cluster, 2, lambda at: at == [3, 3], what="the free jobs to spread")
+    rows = {r["pid"]: r for r in cluster.client(1).call("processes")["processes"]}
+    assert all(rows[pid]["where"] == "here" and rows[pid]["nmigs"] == 0 for pid in locked_pids)
+    assert all(rows[pid]["locked"] for pid in locked_pids)
+    stop.write_text("stop\n")
+    for job in locked + free:
+        assert job.wait(timeout=60) == 0
+
+
+def test_a_blocked_node_receives_nothing(local_cluster, start, tmp_path):
+    cluster = local_cluster(nodes=3, interval=INTERVAL, balancing=True)
+    cluster.converged()
+    assert cluster.run(2, "mosctl", "block").returncode == 0
+    stop = tmp_path / "stop"
+    jobs = [start(cluster, awk_until(stop), f"job{i}") for i in range(4)]
+    settled(cluster, 3, lambda at: at == [2, 0, 2], what="the jobs to spread to node 3 only")
+    assert not [d for d in logged(cluster, 2) if d.get("event") == "guest arrived"]
+    stop.write_text("stop\n")
+    assert [job.wait(timeout=60) for job in jobs] == [0] * 4
+
+
+CHATTY = """\
+import os, sys
+with open("chat.txt", "w") as f:
+    for i in range(int(sys.argv[1])):
+        f.write(f"{i}\\n")
+        f.flush()
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("cpujob", [False, True], ids=["comes-home", "-c-stays-away"])
+def test_a_process_making_many_calls_away_comes_home_unless_it_is_a_cpu_job(local_cluster, start, tmp_path, cpujob):
+    cluster = local_cluster(nodes=2, interval=INTERVAL, balancing=True)
+    cluster.converged()
+    options = ["-2"] + (["-c"] if cpujob else [])
+    job = start(cluster, ["python3", "-c", CHATTY, "400000"], "chatty", *options)
+    pid = job.pid
+    wait_until(lambda: placement(cluster, 2) == [0, 1], what="the process to start on node 2")
+    if cpujob:
+        time.sleep(10 * INTERVAL)
+        assert placement(cluster, 2) == [0, 1]
+    else:
+        wait_until(lambda: placement(cluster, 2) == [1, 0], timeout=30, what="the process to come home")
+        decisions = [d for d in logged(cluster, 2) if d.get("event") == "automatic migration"]
+        assert [(d["origpid"], d["to"], d["rule"]) for d in decisions] == [(pid, "home", "home")]
+        assert "calls/s" in decisions[0]["reason"]
+    assert job.wait(timeout=300) == 0
+    assert (tmp_path / "chatty").read_bytes() == b"done\n"
+    assert (tmp_path / "chat.txt").read_bytes() == "".join(f"{i}\n" for i in range(400000)).encode()
