@@ -189,9 +189,6 @@ class Balancer:
             self.log.error("migration decision failed", error=f"{type(err).__name__}: {err}")
             return None
         if decision is None or decision.target is None:
-            import os as _os
-            if _os.environ.get("MOSIX_BALANCE_DEBUG"):
-                self.log.info("no decision", facts=repr(candidates), view=repr(self.view(now, facts))[:2000])
             return None
         if not any(f.pid == decision.pid for f in candidates) or decision.target == self.node.our_ip:
             self.log.warning("migration decision ignored: not a candidate here", pid=decision.pid,
