@@ -11,8 +11,8 @@ locked process refuses and a failure is not said to the program); a guest goes h
 to, the reason and the gain expected.
 
 A guest's move to a third node is its home's to make (home runs every move of its
-processes): the decision is logged, and the guest is sent home, from where its home's
-balancer places it again.
+processes): the balancer asks home (peer op ``relocate``), and home's supervisor moves it
+on, as ``mosmigrate`` at home would.
 """
 
 from __future__ import annotations
@@ -206,10 +206,10 @@ class Balancer:
                       to=to, reason=decision.reason, gain=round(decision.gain, 2), rule=decision.rule)
         loop = asyncio.get_running_loop()
         self.pending = Pending(decision, now)
-        if row.is_guest:
-            if to != "home":
-                self.log.info("a guest's move on is its home's: sending it home", pid=row.pid, to=to)
+        if row.is_guest and to == "home":
             self.pending.task = loop.create_task(self._send_home(row))
+        elif row.is_guest:
+            self.pending.task = loop.create_task(self._move_on(row, to))
         else:
             self.pending.task = loop.run_in_executor(None, self._ask_supervisor, row.pid, to)
         self.sent.setdefault(decision.target, []).append(now)
@@ -225,6 +225,19 @@ class Balancer:
         left = await self.node.control.send_guests_home([row], MOVE_TIMEOUT, insist=True)
         if left:
             raise MosixError("the guest did not leave")
+
+    async def _move_on(self, row: ProcessRecord, to: str) -> None:
+        """A guest's move to a third node: its home makes it (peer op ``relocate``); done
+        once the guest has left."""
+        from mosix_core.daemon import peer, protocol
+
+        assert row.home is not None and row.origpid is not None
+        protocol.outcome(await peer.call(self.node, row.home, {"op": "relocate", "pid": row.origpid, "to": to}))
+        deadline = asyncio.get_running_loop().time() + MOVE_TIMEOUT
+        while self.node.proctable.get(row.pid) is row:
+            if asyncio.get_running_loop().time() > deadline:
+                raise MosixError("the guest did not leave")
+            await asyncio.sleep(0.1)
 
     def _done(self, decision: MigrationDecision, task: asyncio.Future) -> None:
         error = None if task.cancelled() else task.exception()

@@ -30,7 +30,7 @@ from ipaddress import IPv4Address
 from mosix_core import PROTOCOL_VERSION, __version__
 from mosix_core.daemon import protocol
 from mosix_core.daemon import handshake
-from mosix_core.errors import AuthenticationError, ProtocolError
+from mosix_core.errors import AuthenticationError, MosixError, ProtocolError
 from mosix_core.net import wire
 from mosix_core.contract.records import Admission, NodeContext
 from mosix_core.contract.plugins import first_answer
@@ -139,7 +139,9 @@ class PeerServer:
                 if isinstance(request, protocol.PeerReattachRequest):
                     await self._reattach(request, env.sender, writer, sealer, binding)
                     return
-                if request is not None:
+                if isinstance(request, protocol.RelocateRequest):
+                    reply = self.relocate(request, env.sender)
+                elif request is not None:
                     reply = self.handle(request)
                 writer.write(sealer.seal(wire.RPC_REPLY, json.dumps(reply).encode(), binding=binding))
                 await writer.drain()
@@ -213,6 +215,29 @@ class PeerServer:
             raise
         if waiting is not None:
             handshake.reattach_guest_host(self.node, writer, waiting, self.node.canonical(origin))
+
+    def relocate(self, request: protocol.RelocateRequest, sender: IPv4Address) -> dict:
+        """Move our process ``request.pid`` on from ``sender``, where it runs, to
+        ``request.to`` (its supervisor does it; the reply does not wait for the move)."""
+        node = self.node
+        row = node.proctable.get(request.pid)
+        here = node.canonical(sender)
+        target = IPv4Address(request.to)
+        if row is None or row.is_guest or here is None or row.where != str(here):
+            return protocol.refusal(f"{request.pid}: not a process of ours running on {sender}")
+        if not node.is_known_address(target) or target in (here, node.our_ip):
+            return protocol.refusal(f"{request.to}: not in map")
+        node.log.info("moving on at its node's request", pid=row.pid, **{"from": str(here)}, to=str(target))
+        asyncio.get_running_loop().run_in_executor(None, self._ask_supervisor, row.pid, str(target))
+        return protocol.answer(protocol.NoFields())
+
+    def _ask_supervisor(self, pid: int, to: str) -> None:
+        from mosix_core.mosrun import control_socket
+
+        try:
+            control_socket.request(pid, "migrate", to=to, automatic=True)
+        except MosixError as err:
+            self.node.log.info("moving on failed", pid=pid, to=to, error=str(err))
 
     def handle(self, request: protocol.PeerPingRequest | protocol.PeerStatusRequest) -> dict:
         """The wire reply to a request that is answered at once."""

@@ -37,6 +37,7 @@ from mosix_core.cluster.proctable import DECAY_SCALE, DEFAULT_DECAY, SETTABLE
 from mosix_core.daemon.field_checks import (
     UNSET,
     Check,
+    Unset,
     address,
     boolean,
     json_list,
@@ -170,19 +171,19 @@ class SetpeRequest:
 class RowChanges:
     """The process-table fields a request sets (UNSET: left as they are)."""
 
-    command: Any = _field(settable("command"), default=UNSET)
-    where: Any = _field(settable("where"), default=UNSET)
-    frozen: Any = _field(settable("frozen"), default=UNSET)
-    nmigs: Any = _field(settable("nmigs"), default=UNSET)
-    queue: Any = _field(settable("queue"), default=UNSET)
-    options: Any = _field(settable("options"), default=UNSET)
-    remote_utime: Any = _field(settable("remote_utime"), default=UNSET)
-    freezable: Any = _field(settable("freezable"), default=UNSET)
-    locked: Any = _field(settable("locked"), default=UNSET)
-    cpujob: Any = _field(settable("cpujob"), default=UNSET)
-    decayrate: Any = _field(settable("decayrate"), default=UNSET)
-    needmem: Any = _field(settable("needmem"), default=UNSET)
-    cleared: Any = _field(settable("cleared"), default=UNSET)
+    command: str | Unset = _field(settable("command"), default=UNSET)
+    where: str | Unset = _field(settable("where"), default=UNSET)        # here, leaving, starting, an address
+    frozen: str | Unset = _field(settable("frozen"), default=UNSET)      # -, A, P, M, N/A
+    nmigs: int | Unset = _field(settable("nmigs"), default=UNSET)
+    queue: str | None | Unset = _field(settable("queue"), default=UNSET)   # total/done/fail
+    options: str | Unset = _field(settable("options"), default=UNSET)
+    remote_utime: float | None | Unset = _field(settable("remote_utime"), default=UNSET)
+    freezable: bool | Unset = _field(settable("freezable"), default=UNSET)
+    locked: bool | Unset = _field(settable("locked"), default=UNSET)
+    cpujob: bool | Unset = _field(settable("cpujob"), default=UNSET)
+    decayrate: int | Unset = _field(settable("decayrate"), default=UNSET)
+    needmem: int | Unset = _field(settable("needmem"), default=UNSET)
+    cleared: int | Unset = _field(settable("cleared"), default=UNSET)
 
     def present(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in SETTABLE if getattr(self, name) is not UNSET}
@@ -396,6 +397,15 @@ class PeerStatusRequest(NoFields):
 
 
 @record
+class RelocateRequest:
+    """The node where home's process ``pid`` runs asks home to move it on to ``to`` (its
+    balancer decided; home runs every move of its processes)."""
+
+    pid: int = _field(PID)
+    to: str = _field(address)
+
+
+@record
 class PeerPingReply:
     ip: str = _field(address)
     version: str = _field(text(MAX_NAME))
@@ -466,6 +476,7 @@ PEER: dict[str, tuple[type, type]] = {
     "status": (PeerStatusRequest, PeerStatusReply),
     "migrate-in": (MigrateInRequest, NoFields),
     "reattach": (PeerReattachRequest, NoFields),
+    "relocate": (RelocateRequest, NoFields),
 }
 #: envelope keys of a control request, not fields of its record
 ENVELOPE = ("op", "noreply")

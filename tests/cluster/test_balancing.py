@@ -55,9 +55,10 @@ def automatic(cluster, k: int) -> dict:
 
 @pytest.fixture
 def start(tmp_path, spawn):
-    """``start(cluster, argv, name)``: ``mosrun argv`` at node 1, its output in ``name``."""
-    def run(cluster, argv: list[str], name: str, *options: str) -> subprocess.Popen:
-        env = {**cluster.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    """``start(cluster, argv, name, *options, node=1)``: ``mosrun options argv`` at node
+    ``node``, its output in ``name``."""
+    def run(cluster, argv: list[str], name: str, *options: str, node: int = 1) -> subprocess.Popen:
+        env = {**cluster.env(node), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
         with open(tmp_path / name, "wb") as out, open(tmp_path / f"{name}.err", "wb") as err:
             return spawn("mosrun", *options, *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                          stdout=out, stderr=err)
@@ -239,3 +240,21 @@ def test_a_process_making_many_calls_away_comes_home_unless_it_is_a_cpu_job(loca
     assert job.wait(timeout=300) == 0
     assert (tmp_path / "chatty").read_bytes() == b"done\n"
     assert (tmp_path / "chat.txt").read_bytes() == "".join(f"{i}\n" for i in range(400000)).encode()
+
+
+def test_a_node_whose_own_processes_need_it_sends_a_guest_on(local_cluster, start, tmp_path):
+    cluster = local_cluster(nodes=3, interval=INTERVAL, balancing=True)
+    cluster.converged()
+    stop = tmp_path / "stop"
+    # home (node 1) and node 2 each busy with two processes of their own that stay (-L)
+    busy = [start(cluster, awk_until(stop), f"home{i}", "-L") for i in range(2)]
+    busy += [start(cluster, awk_until(stop), f"two{i}", "-L", node=2) for i in range(2)]
+    guest = start(cluster, awk_until(stop), "guest", "-2")
+    # node 3 is idle: node 2 has home send its guest on there, not home (as loaded as node 2)
+    wait_until(lambda: placement(cluster, 3)[2] == 1, timeout=60, what="the guest to move on to node 3")
+    relocations = [d for d in logged(cluster, 1) if d.get("event") == "moving on at its node's request"]
+    assert [(d["pid"], d["from"], d["to"]) for d in relocations] == [(guest.pid, cluster.ip(2), cluster.ip(3))]
+    stop.write_text("stop\n")
+    for job in busy + [guest]:
+        assert job.wait(timeout=60) == 0
+    assert (tmp_path / "guest").read_bytes() == b"done\n"

@@ -61,6 +61,7 @@ PEER_SAMPLES = {
     "migrate-in": (p.MigrateInRequest(uid=1000, user="alice", pid=42, memory_mb=100, command="sleep 9", nmigs=1),
                    p.NoFields()),
     "reattach": (p.PeerReattachRequest(token="abc", pid=42), p.NoFields()),
+    "relocate": (p.RelocateRequest(pid=42, to="10.0.0.3"), p.NoFields()),
 }
 
 
