@@ -12,17 +12,16 @@ import itertools
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from mosix_core.resources import process_cpu_ticks
+from mosix_core.cluster.resources import process_cpu_ticks
+from tests.helpers.programs import BIN
 
 pytestmark = pytest.mark.cluster
 
-BIN = Path(sys.executable).parent
 BURN = ["awk", "BEGIN { for (;;) x++ }"]
 HOLD = """\
 import random, select, sys

@@ -1,4 +1,4 @@
-"""Issue 18: the long-running members of the everyday corpus (tests/linux/everyday.py),
+"""Issue 18: the long-running members of the everyday corpus (tests/helpers/everyday.py),
 in the default UTF-8 locale, moved node 2 -> node 3 -> home while they run on a local
 cluster: stdout, stderr and exit status byte-identical to a native run."""
 
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.test_migration import BIN, migrate, row, wait_until
-from tests.linux import everyday
+from tests.helpers import everyday
+from tests.helpers.migration import migrate, row
+from tests.helpers.programs import BIN, wait_until
 
 pytestmark = pytest.mark.cluster
 

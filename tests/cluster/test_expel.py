@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from mosix_core.cluster.proctable import ProcessRecord, ProcessTable
 from mosix_core.daemon import control_moves as control
 from mosix_core.linux import procfs
-from mosix_core.proctable import ProcessRecord, ProcessTable
-from test_migration import AWK, guests, lines, wait_until
+from tests.helpers.migration import AWK, guests
+from tests.helpers.programs import lines, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -35,7 +36,7 @@ AS_NOBODY = """\
 import json, os, sys
 from pathlib import Path
 from mosix_core.cli import mosctl, mosmigrate
-from mosix_core.client import Client
+from mosix_core.daemon.client import Client
 os.chdir(sys.argv[1])
 os.setgroups([])
 os.setresgid({nobody}, {nobody}, {nobody})

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from mosix_core import nscluster
-from test_migration import BIN, guests, migrate, row, wait_until, where_is
+from tests.helpers import nscluster
+from tests.helpers.migration import guests, migrate, row, where_is
+from tests.helpers.programs import BIN, lines, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -97,10 +98,6 @@ def start(cluster, tmp_path: Path, *argv: str, out: str = "out.txt") -> subproce
     with open(tmp_path / out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
         return cluster.spawn(1, ["mosrun", *argv], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                              stdout=stdout, stderr=stderr)
-
-
-def lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 def link(cluster, k: int, state: str) -> None:

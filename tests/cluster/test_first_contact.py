@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from mosix_core import localcluster
+from mosix_core.cluster import localcluster
 from mosix_core.linux import procfs
-from mosix_core.testing import fresh_base_ip, run_tool
 from mosix_core.users import user_name
+from tests.helpers.cluster import fresh_base_ip, run_tool
+from tests.helpers.programs import BIN
 
 pytestmark = pytest.mark.cluster
 
-BIN = Path(sys.executable).parent
 # long enough to be looked at on the node it moved to (killed at teardown)
 LOOP = 'BEGIN { for (i = 0; ; i++) { for (j = 0; j < 200000; j++) s += j % 7; printf "%d\\n", i; fflush() } }'
 

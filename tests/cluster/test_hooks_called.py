@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from mosix_core import hookspecs
+from mosix_core.contract import hookspecs
+from tests.helpers.programs import BIN
 
 pytestmark = pytest.mark.cluster
 
-BIN = Path(sys.executable).parent
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("mosix_"))
 EVERYONE_ADDS = {"mosix_status_fields", "mosix_cli_commands"}
 SITE_NAME = "site_probe"
@@ -49,8 +49,8 @@ def recording_plugin() -> str:
     """A site hook module implementing every declared hook with its declared arguments."""
     lines = ["import os, sys",
              "from pathlib import Path",
-             "from mosix_core.hookspecs import hookimpl",
-             "from mosix_core.placement import SpecialPathResult",
+             "from mosix_core.contract.hookspecs import hookimpl",
+             "from mosix_core.contract.records import SpecialPathResult",
              "CALLED = Path(__file__).with_name('called.log')",
              "def record(name):",
              "    with open(CALLED, 'a') as f:",

@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.programs import BIN
+
 pytestmark = pytest.mark.cluster
 
-BIN = Path(sys.executable).parent
 SOURCE = Path(__file__).parent / "programs" / "ticker.c"
 PROCESSES = 100
 TICKS = 100

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from mosix_core.linux import procfs, vdso
-from test_migration import guests, lines, wait_until
+from tests.helpers.migration import guests
+from tests.helpers.programs import lines, wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -1,6 +1,6 @@
 """Migration between nodes that share nothing but the filesystem: each node in PID,
 mount, network, UTS and IPC namespaces of its own, joined by a bridge
-(mosix_core.nscluster). The core scenarios of test_migration.py run again there —
+(tests.helpers.nscluster). The core scenarios of test_migration.py run again there —
 mosrun on node 1, mosmigrate on node 1, signals sent on node 1 — and a last test
 checks that the nodes really are apart: the guest host on node 2 is not among node
 1's processes, node 2 cannot reach a listener on node 1's loopback, node 1's
@@ -17,9 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from mosix_core import nscluster
-from test_migration import (AWK, BIN, awk_moves_out_on_and_home, guests, migrate, row,
-                            signals_sent_home_reach_the_process_away, wait_until, where_is)
+from tests.helpers import nscluster
+from tests.helpers.migration import (
+    AWK,
+    awk_moves_out_on_and_home,
+    guests,
+    migrate,
+    row,
+    signals_sent_home_reach_the_process_away,
+    where_is,
+)
+from tests.helpers.programs import BIN, wait_until
 
 pytestmark = pytest.mark.cluster
 

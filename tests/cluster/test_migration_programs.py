@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_migration import AWK, BIN, guests, lines, wait_until
+
+from tests.helpers.migration import AWK, guests
+from tests.helpers.programs import BIN, lines, wait_until
 
 pytestmark = pytest.mark.cluster
 

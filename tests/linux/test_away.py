@@ -13,7 +13,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-from conftest import lines, native_output, stop_traced, wait_until
 from mosix_core.errors import TraceError
 from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
@@ -22,9 +21,11 @@ from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.remote.calls import Reply
 from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel
+from mosix_core.remote.guest import Guest
 from mosix_core.remote.link import forwarder, serve
 from mosix_core.remote.moving import arrive, leave
-from mosix_core.remote.guest import Guest
+from tests.helpers.guest import GUEST_OPTIONS, end_link, stop_traced
+from tests.helpers.programs import lines, native_output, wait_until
 
 LOOP = """\
 import os, select, sys
@@ -38,18 +39,6 @@ with open("result.txt", "w") as f:
     f.write(str(x))
 sys.exit(3)
 """
-GUEST_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACESECCOMP | ptrace.O_EXITKILL
-
-
-def end_link(home_end, proc: subprocess.Popen, host: int | None) -> None:
-    """Whatever is left of a move over a socket: the home end, the program, the guest host."""
-    home_end.close()
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if host is not None:
-        os.kill(host, signal.SIGKILL)
-        os.waitpid(host, 0)
 
 
 def run_away(argv: list[str], cwd: Path, out: Path, after_lines: int) -> tuple[int, Guest]:

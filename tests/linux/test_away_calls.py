@@ -22,18 +22,18 @@ from pathlib import Path
 import attrs
 import pytest
 
-from conftest import lines, stop_traced, wait_until
 from mosix_core.image import stub
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import ptrace
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
-from mosix_core.remote.deputy import Deputy
 from mosix_core.remote import fastpath
+from mosix_core.remote.deputy import Deputy
 from mosix_core.remote.frames import Channel, decode
 from mosix_core.remote.guest import Guest
 from mosix_core.remote.link import during_call, forwarder, serve
 from mosix_core.remote.moving import arrive, leave
-from test_away import GUEST_OPTIONS, end_link
+from tests.helpers.guest import GUEST_OPTIONS, end_link, stop_traced
+from tests.helpers.programs import lines, wait_until
 
 PYTHON = "/usr/bin/python3"
 WAIT_TO_GO = """\

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import lines, native_output, run, start, wait_until
+from tests.helpers.programs import lines, native_output, run, start, wait_until
 
 LOOP = """\
 import os, select, sys

@@ -15,14 +15,14 @@ import time
 
 import pytest
 
-from conftest import lines, stop_traced, wait_until
 from mosix_core.image import freeze
 from mosix_core.image.stream import ImageReader, ImageWriter
 from mosix_core.linux import inject, ptrace
 from mosix_core.linux.syscall_names import NUMBERS
-from mosix_core.remote.calls import (MAX_TRANSFER, TCGETS, CannotForward, Request, marshal, spec_of,
-                                     unmarshal)
+from mosix_core.remote.calls import MAX_TRANSFER, TCGETS, CannotForward, Request, marshal, spec_of, unmarshal
 from mosix_core.remote.deputy import Deputy
+from tests.helpers.guest import stop_traced
+from tests.helpers.programs import lines, wait_until
 
 PROGRAM = """\
 import select, sys

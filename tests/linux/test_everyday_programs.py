@@ -1,6 +1,6 @@
 """Issue 18: everyday programs from the Debian archive run unmodified under mosrun, in
 the default UTF-8 locale (no LC_ALL): each case natively and under mosrun, byte-identical
-stdout, stderr and exit status. The corpus is tests/linux/everyday.py.
+stdout, stderr and exit status. The corpus is tests/helpers/everyday.py.
 
 Before issue 18 every one of them was killed at once ("Shared memory (MAP_SHARED) not
 supported under MOSIX": glibc maps its gconv cache MAP_SHARED read-only in UTF-8
@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.linux import everyday
+from tests.helpers import everyday
+from tests.helpers.programs import BIN
 
 pytestmark = pytest.mark.linux
 
-BIN = Path(sys.executable).parent
 PROGRAMS = ("sort", "ls", "wc", "sha256sum", "md5sum", "cut", "tr", "uniq", "join", "split", "du", "date", "seq",
             "factor", "grep", "sed", "gawk", "mawk", "find", "tar", "gzip", "bzip2", "xz", "zstd", "bc", "dc",
             "python3", "perl", "sqlite3", "make", "gcc", "git", "openssl", "b2sum", "tac", "od", "base64", "comm",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import lines, native_output, run, start, wait_until
+from tests.helpers.programs import lines, native_output, run, start, wait_until
 
 # deterministic, incompressible ballast: the image is as large as the memory
 LOOP = """\

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from tests.linux.conftest import run
+from tests.helpers.programs import run
 
 pytestmark = pytest.mark.linux
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.linux.conftest import run
+from tests.helpers.programs import run
 
 pytestmark = pytest.mark.linux
 

@@ -15,14 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.linux.conftest import PROCSELF_READER
+from tests.helpers.programs import PROCSELF_READER, run
 
 pytestmark = pytest.mark.linux
 
-
-
-def run(argv, env, cwd=None, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def commands(path: Path, *lines: str, last_newline: bool = True) -> Path:

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from tests.linux.conftest import PROCSELF_READER
+from tests.helpers.programs import PROCSELF_READER, run
 
 pytestmark = pytest.mark.linux
 
@@ -26,10 +26,6 @@ AFFINITY_CAUGHT = ("import os\ntry:\n    os.sched_setaffinity(0, {0})\n    print
                    "except OSError as err:\n    print('failed', err.strerror)")
 KILLED = (-9, 137)
 PARAMETERS = "unsupportok needmem lock freezable cpujob decayrate"
-
-
-def run(argv, env, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def reports(result: subprocess.CompletedProcess) -> list[dict]:

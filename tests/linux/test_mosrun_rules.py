@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.linux.conftest import run
+from tests.helpers.programs import elf32, run
 
 pytestmark = pytest.mark.linux
 
@@ -116,30 +116,10 @@ def test_descriptor_1024_is_refused(mosrun_env, tmp_path):
     assert not marker.exists()
 
 
-def _elf32(tmp_path):
-    """A minimal static 32-bit x86 program: write(1, "hi\\n", 3); exit(0) through int 0x80."""
-    import struct
-
-    base, code_at = 0x08048000, 52 + 32
-    msg_at = base + code_at + 31
-    code = (b"\xb8\x04\x00\x00\x00" + b"\xbb\x01\x00\x00\x00" + b"\xb9" + struct.pack("<I", msg_at)
-            + b"\xba\x03\x00\x00\x00" + b"\xcd\x80" + b"\xb8\x01\x00\x00\x00" + b"\x31\xdb" + b"\xcd\x80")
-    assert len(code) == 31
-    body = code + b"hi\n"
-    size = code_at + len(body)
-    header = (b"\x7fELF\x01\x01\x01" + b"\0" * 9
-              + struct.pack("<HHIIIIIHHHHHH", 2, 3, 1, base + code_at, 52, 0, 0, 52, 32, 1, 0, 0, 0))
-    phdr = struct.pack("<IIIIIIII", 1, 0, base, base, size, size, 5, 0x1000)
-    path = tmp_path / "hello32"
-    path.write_bytes(header + phdr + body)
-    path.chmod(0o755)
-    return path
-
-
 def test_32_bit_program_runs_natively_with_the_message(mosrun_env, tmp_path):
     import subprocess
 
-    program = _elf32(tmp_path)
+    program = elf32(tmp_path)
     native = subprocess.run([str(program)], capture_output=True, text=True)
     if native.returncode != 0:
         pytest.skip("this kernel cannot run 32-bit programs (no IA32 emulation)")
@@ -151,7 +131,7 @@ def test_32_bit_program_runs_natively_with_the_message(mosrun_env, tmp_path):
 def test_32_bit_program_execed_by_a_mosix_process(mosrun_env, tmp_path):
     import subprocess
 
-    program = _elf32(tmp_path)
+    program = elf32(tmp_path)
     if subprocess.run([str(program)], capture_output=True).returncode != 0:
         pytest.skip("this kernel cannot run 32-bit programs (no IA32 emulation)")
     result = run(["mosrun", "sh", "-c", f"{program}; echo after"], mosrun_env)

@@ -15,20 +15,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from mosix_core import localcluster
+from mosix_core.cluster import localcluster
 from mosix_core.daemon import server
-from mosix_core.testing import fresh_base_ip
+from tests.helpers.cluster import fresh_base_ip
+from tests.helpers.programs import BIN
 
-pytestmark = [pytest.mark.linux, pytest.mark.hook("mosix_check_mosrun")]
+pytestmark = pytest.mark.linux
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 KILLED = (-9, 137)
@@ -231,7 +230,7 @@ NPROC_REFUSED = "MOSRUN: system-call 'sched_getaffinity' not supported under MOS
 
 STRICT_FOR_NOBODY = """\
 import attrs
-from mosix_core.hookspecs import hookimpl
+from mosix_core.contract.hookspecs import hookimpl
 
 @hookimpl
 def mosix_check_mosrun(request):

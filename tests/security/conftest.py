@@ -1,4 +1,4 @@
-"""What the security tests share: real unprivileged users (see :mod:`tests.security.users`).
+"""What the security tests share: real unprivileged users (see :mod:`tests.helpers.users`).
 
 Every attack in ``tests/security/`` is made by an ordinary local user (or a stranger on
 the network) against real daemons and real supervisors; ``attacker`` and ``victim`` are
@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.security.users import User, create_user, remove_stale_users, remove_user, run_user_names
+from tests.helpers.users import User, create_user, remove_stale_users, remove_user, run_user_names
 
 
 @pytest.fixture(scope="session")

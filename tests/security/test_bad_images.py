@@ -24,9 +24,19 @@ from typing import Any, Callable
 import pytest
 import xxhash
 
-from tests.linux.test_checkpoint_bad_images import (  # noqa: F401  (fixtures)
-    CORRUPT, END, HEADER, PAGES, RECORD, Checkpoint, Record, checkpoint, image, messages, parse,
-    processes_with, wait_no_process_with)
+from tests.helpers.checkpoints import (
+    CORRUPT,
+    END,
+    HEADER,
+    PAGES,
+    RECORD,
+    Checkpoint,
+    Record,
+    messages,
+    parse,
+    processes_with,
+    wait_no_process_with,
+)
 
 pytestmark = pytest.mark.linux
 
@@ -331,10 +341,10 @@ def assert_refused(bad: Path, checkpoint: Checkpoint, directory: Path) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_field_out_of_range_is_a_corrupt_image(case, checkpoint, image, tmp_path):
-    records = parse(image)
-    data = CASES[case](image, records)
-    assert data != image
+def test_a_field_out_of_range_is_a_corrupt_image(case, checkpoint, checkpoint_image, tmp_path):
+    records = parse(checkpoint_image)
+    data = CASES[case](checkpoint_image, records)
+    assert data != checkpoint_image
     parse(data)                              # every checksum is right: only the values are wrong
     bad = tmp_path / f"bad-{case}"
     bad.write_bytes(data)
@@ -361,15 +371,15 @@ def truncation_offsets(image: bytes, *, every_page_record: bool) -> list[int]:
     return sorted(o for o in offsets if 0 < o < len(image))
 
 
-def test_an_image_cut_short_anywhere_is_a_corrupt_image(checkpoint, image, tmp_path):
+def test_an_image_cut_short_anywhere_is_a_corrupt_image(checkpoint, checkpoint_image, tmp_path):
     # MOSIX_TRUNCATION_ALL=1: every page record too (~2 min on 2 CPUs instead of ~40 s)
-    offsets = truncation_offsets(image, every_page_record=bool(os.environ.get("MOSIX_TRUNCATION_ALL")))
+    offsets = truncation_offsets(checkpoint_image, every_page_record=bool(os.environ.get("MOSIX_TRUNCATION_ALL")))
     assert len(offsets) > 100
     for offset in offsets:
         bad = tmp_path / f"cut-at-{offset}"
-        bad.write_bytes(image[:offset])
+        bad.write_bytes(checkpoint_image[:offset])
         try:
             assert_refused(bad, checkpoint, tmp_path)
         except AssertionError as err:
-            raise AssertionError(f"cut at {offset} of {len(image)}: {err}") from None
+            raise AssertionError(f"cut at {offset} of {len(checkpoint_image)}: {err}") from None
         bad.unlink()

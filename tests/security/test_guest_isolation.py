@@ -16,21 +16,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import attrs
 import pytest
 
-from mosix_core import localcluster
+from mosix_core.cluster import localcluster
 from mosix_core.linux import procfs
-from mosix_core.testing import LocalCluster, fresh_base_ip
-from tests.security.users import User, as_user, world_readable
+from tests.helpers.cluster import LocalCluster, fresh_base_ip
+from tests.helpers.programs import BIN
+from tests.helpers.users import User, as_user, world_readable
 
 pytestmark = pytest.mark.cluster
 
-BIN = Path(sys.executable).parent
 #: two uids only (outside the default range, so no other cluster of the machine has them)
 FIRST_UID, LAST_UID = 80170, 80171
 AWK = 'BEGIN { for (i = 0; ; i++) { for (j = 0; j < 200000; j++) s += j % 7; printf "%d %d\\n", i, s; fflush() } }'

@@ -15,19 +15,18 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from mosix_core import nscluster
 from mosix_core.linux import seccomp
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
 from mosix_core.mosrun import rules
 from mosix_core.remote import guest
+from tests.helpers import nscluster
+from tests.helpers.programs import BIN, elf32
 
-BIN = Path(sys.executable).parent
 SOURCE = Path(__file__).parent / "programs" / "guest_attacks.c"
 I386_GETUID32, I386_OPEN, I386_KILL, I386_SOCKETCALL = 199, 5, 37, 102
 #: what the program prints after its attack, when the call fails with ENOSYS
@@ -120,9 +119,7 @@ def test_i386_calls_at_home_are_refused_with_the_manuals_message(attacks, home_e
 def test_a_32_bit_program_still_runs_natively(home_env, tmp_path):
     """Its i386 calls now stop too (the filter it inherits traces them): the
     supervisor lets a native process's calls run."""
-    from tests.linux.test_mosrun_rules import _elf32   # noqa: PLC0415 - the one 32-bit test program
-
-    program = _elf32(tmp_path)
+    program = elf32(tmp_path)
     if subprocess.run([str(program)], capture_output=True).returncode != 0:
         pytest.skip("this kernel cannot run 32-bit programs (no IA32 emulation)")
     done = _run(["mosrun", "sh", "-c", f"{program}; {program}; echo after"], home_env, tmp_path)

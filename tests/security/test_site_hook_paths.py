@@ -19,15 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from mosix_core import localcluster, paths
-from mosix_core.plugins import build_plugin_manager
-from mosix_core.testing import LocalCluster, fresh_base_ip
-from tests.security.users import User, as_user
+from mosix_core import paths
+from mosix_core.cluster import localcluster
+from mosix_core.contract.plugins import build_plugin_manager
+from tests.helpers.cluster import LocalCluster, fresh_base_ip
+from tests.helpers.users import User, as_user
 
 HOOK = '''\
 import pathlib
 pathlib.Path({marker!r}).write_text("ran as " + str(__import__("os").geteuid()))
-from mosix_core.hookspecs import hookimpl
+from mosix_core.contract.hookspecs import hookimpl
 
 @hookimpl
 def mosix_status_fields(node):
@@ -197,7 +198,8 @@ def test_a_user_may_load_hooks_of_their_own_but_root_does_not(attacker, tmp_path
     done = as_user(attacker, ["sh", "-c", f"umask 022; mkdir {hooks}"])
     assert done.returncode == 0, done.stderr
     plant(hooks, "mine", marker, as_=attacker)
-    program = ("import sys; from pathlib import Path; from mosix_core.plugins import build_plugin_manager\n"
+    program = ("import sys; from pathlib import Path\n"
+               "from mosix_core.contract.plugins import build_plugin_manager\n"
                "pm = build_plugin_manager(hooks_dir=Path(sys.argv[1]))\n"
                "print(sorted(i.name for i in pm.plugins_info() if i.source == 'site hook'))\n")
     theirs = as_user(attacker, [sys.executable, "-c", program, str(hooks)], text=True)

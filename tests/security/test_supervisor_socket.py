@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.users import User, as_user, world_readable
+from tests.helpers.programs import BIN, lines
+from tests.helpers.users import User, as_user, world_readable
 
-BIN = Path(sys.executable).parent
 #: one forwarded stat and one forwarded write a line, about a hundred lines a second
 CALLING = """\
 import os, select
@@ -150,10 +150,6 @@ libc.ptrace(7, pid, None, None)                     # PTRACE_CONT
 print(pid, flush=True)
 os.waitpid(pid, 0)
 """
-
-
-def lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 def wait_until(condition, timeout: float = 30.0, what: str = "condition", errors: Path | None = None):

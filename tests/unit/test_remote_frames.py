@@ -14,8 +14,17 @@ from hypothesis import strategies as st
 
 from mosix_core.errors import ProtocolError
 from mosix_core.remote.calls import Reply, Request
-from mosix_core.remote.frames import (Channel, Poured, decode, encode_reply, encode_request, encode_signal,
-                                      reply_parts, request_parts)
+from mosix_core.remote.frames import (
+    Channel,
+    Poured,
+    decode,
+    encode_reply,
+    encode_request,
+    encode_signal,
+    reply_parts,
+    request_parts,
+)
+from tests.helpers.frames import poured_through
 
 REQUEST = Request(1, (1, 0x7FFF0000, 5), ((1, b"hello"),), ())
 READ = Request(0, (3, 0x1000, 64), (), ((1, 64),))
@@ -111,19 +120,6 @@ def test_large_frames_are_sent_from_their_parts_whole_and_in_order():
     assert received[1] == Reply(7)
     assert received[2].result == reply.result and bytes(received[2].outputs[0][1]) == data[5:]
     assert encode_request(request) == b"".join(bytes(part) for part in request_parts(request))
-
-
-def poured_through(frames: list[bytes], pour) -> list:
-    """What a channel receives of ``frames`` (sent by a thread through a small send
-    buffer, so they come a little at a time), offering each to ``pour``."""
-    a, b = socket.socketpair()
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-    with a, b:
-        sender = threading.Thread(target=lambda: [a.sendall(frame) for frame in frames])
-        sender.start()
-        received = [Channel(b).receive(pour=pour) for _ in frames]
-        sender.join(30)
-    return received
 
 
 def test_a_large_write_is_poured_and_anything_else_received_whole():

@@ -11,13 +11,20 @@ import socket
 import subprocess
 
 import pytest
-from test_remote_frames import poured_through
 
 from mosix_core.linux.syscall_names import NUMBERS
 from mosix_core.remote.calls import Reply, Request
 from mosix_core.remote.frames import Poured, encode_request, encode_signal
-from mosix_core.remote.shortcut import (SYS_PWRITE, SYS_READ, SYS_RECVFROM, SYS_SENDTO, SYS_WRITE, Shortcuts,
-                                        WrittenInPart)
+from mosix_core.remote.shortcut import (
+    SYS_PWRITE,
+    SYS_READ,
+    SYS_RECVFROM,
+    SYS_SENDTO,
+    SYS_WRITE,
+    Shortcuts,
+    WrittenInPart,
+)
+from tests.helpers.frames import poured_through
 
 
 @pytest.fixture

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.helpers.programs import BIN
+
 #: the roles; a run's users are named ``mosec{pid}-{role}`` (several runs may share the
 #: machine), and a run removes the users of runs that have ended (killed half-way)
 ROLES = ("attacker", "victim")
