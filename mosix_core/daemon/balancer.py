@@ -89,9 +89,10 @@ class Balancer:
             self.carry_out(decision, now)
 
     def consider(self, pid: int) -> None:
-        """``/proc/self/migrate`` = -1: decide about ``pid`` now."""
+        """``/proc/self/migrate`` = -1: decide about ``pid`` now. The program asks, so this
+        holds with ``automatic_migration = no`` too (as mosmigrate does)."""
         now = time.monotonic()
-        if self.busy(now) or self.node.off or not self.node.settings.automatic_migration:
+        if self.busy(now) or self.node.off:
             return
         decision = self.decide(self.measure(now), now, only=pid)
         if decision is not None:

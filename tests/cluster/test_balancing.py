@@ -258,3 +258,35 @@ def test_a_node_whose_own_processes_need_it_sends_a_guest_on(local_cluster, star
     for job in busy + [guest]:
         assert job.wait(timeout=60) == 0
     assert (tmp_path / "guest").read_bytes() == b"done\n"
+
+
+SIGNALLED = """\
+import os, signal, sys
+got = []
+signal.signal(signal.SIGUSR1, lambda *_: got.append(1))
+os.open("/proc/self/sigmig", os.O_WRONLY | os.O_CREAT, signal.SIGUSR1)
+rounds = 0
+while not os.path.exists(sys.argv[1]):
+    sum(range(200000))
+    rounds += 1
+    if rounds == int(sys.argv[2]):
+        os.open("/proc/self/migrate", os.O_WRONLY | os.O_CREAT, -1)     # decide now
+print("migrated", len(got), flush=True)
+"""
+
+
+def test_minus_one_asks_for_a_decision_now_and_sigmig_follows_the_move(local_cluster, start, tmp_path):
+    # no periodic decisions: only the program that writes -1 can move
+    cluster = local_cluster(nodes=2, interval=INTERVAL)
+    cluster.converged()
+    stop = tmp_path / "stop"
+    stays = start(cluster, ["python3", "-c", SIGNALLED, str(stop), "0"], "stays")
+    asks = start(cluster, ["python3", "-c", SIGNALLED, str(stop), "100"], "asks")
+    wait_until(lambda: placement(cluster, 2) == [1, 1], timeout=60, what="the process that asked to move")
+    rows = {r["pid"]: r for r in cluster.client(1).call("processes")["processes"]}
+    assert rows[asks.pid]["where"] == cluster.ip(2) and rows[stays.pid]["where"] == "here"
+    assert automatic(cluster, 1)["out"] == 1 and not automatic(cluster, 1)["on"]
+    stop.write_text("stop\n")
+    assert asks.wait(timeout=60) == 0 and stays.wait(timeout=60) == 0
+    assert (tmp_path / "asks").read_bytes() == b"migrated 1\n"
+    assert (tmp_path / "stays").read_bytes() == b"migrated 0\n"
