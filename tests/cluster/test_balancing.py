@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import nscluster
 from tests.helpers.programs import BIN, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -315,3 +316,27 @@ def test_a_node_out_of_memory_pushes_a_process_to_a_node_with_what_it_needs(loca
     assert decisions and {(d["to"], d["rule"]) for d in decisions} == {(cluster.ip(4), "memory")}
     job.send_signal(signal.SIGTERM)
     job.wait(timeout=60)
+
+
+def test_the_spread_with_each_node_in_namespaces_of_its_own(tmp_path_factory, tmp_path):
+    reason = nscluster.unavailable()
+    if reason:
+        pytest.skip(f"no namespaced cluster on this machine: {reason}")
+    cluster = nscluster.up(tmp_path_factory.mktemp("nscluster"), nodes=4, interval=INTERVAL, balancing=True,
+                           shared=[tmp_path_factory.getbasetemp()])
+    try:
+        cluster.converged()
+        env = {**cluster.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        stop = tmp_path / "stop"
+        jobs = []
+        for i in range(8):
+            with open(tmp_path / f"job{i}", "wb") as out:
+                jobs.append(cluster.spawn(1, ["mosrun", *awk_until(stop)], env=env, cwd=tmp_path,
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL))
+        settled(cluster, 4, lambda at: at == [2, 2, 2, 2], what="8 jobs to spread 2 per node")
+        stop.write_text("stop\n")
+        assert [job.wait(timeout=60) for job in jobs] == [0] * 8
+        assert all((tmp_path / f"job{i}").read_bytes() == b"done\n" for i in range(8))
+    finally:
+        cluster.down()
+    assert not cluster.leftovers()
