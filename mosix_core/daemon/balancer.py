@@ -61,6 +61,20 @@ class Pending:
     task: asyncio.Future | None = None
 
 
+def disallowed(node) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
+    """(guests whose home is not in the map, our processes running on nodes not in it)."""
+    guests = [row for row in node.proctable.guests() if row.home is None or not node.is_known_address(row.home)]
+    away = []
+    for row in node.proctable.local():
+        try:
+            where = IPv4Address(row.where)
+        except ValueError:
+            continue                                # "here", "leaving", "starting"
+        if not node.is_known_address(where):
+            away.append(row)
+    return guests, away
+
+
 class Balancer:
     def __init__(self, node) -> None:
         self.node = node
@@ -74,6 +88,7 @@ class Balancer:
         self.sent: dict[IPv4Address, list[float]] = {}
         self.rng = random.Random()
         self.log = node.log
+        self.enforcing: asyncio.Future | None = None
 
     # -- the period -------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -81,12 +96,25 @@ class Balancer:
         if now < self.next_at:
             return
         self.next_at = now + self.node.interval * self.rng.uniform(0.8, 1.2)
+        self.enforce_map()
         facts = self.measure(now)
         if self.busy(now) or self.node.off or not self.node.settings.automatic_migration:
             return
         decision = self.decide(facts, now)
         if decision is not None:
             self.carry_out(decision, now)
+
+    def enforce_map(self) -> None:
+        """Move what the map (``mossetpe``) no longer allows: guests whose home is not in it
+        go home, our processes on nodes not in it come home. Whatever the balancer is set
+        to: this is the configuration, not a policy."""
+        guests, away = disallowed(self.node)
+        if not (guests or away) or (self.enforcing is not None and not self.enforcing.done()):
+            return
+        self.log.info("moving what the map no longer allows", guests=len(guests), away=len(away))
+        control = self.node.control
+        self.enforcing = asyncio.get_running_loop().create_task(asyncio.gather(
+            control.send_guests_home(guests, MOVE_TIMEOUT, insist=True), control.bring_home(away, MOVE_TIMEOUT)))
 
     def consider(self, pid: int) -> None:
         """``/proc/self/migrate`` = -1: decide about ``pid`` now. The program asks, so this

@@ -23,6 +23,7 @@ from mosix_core.cluster import gossip
 from mosix_core.contract.plugins import first_answer
 from mosix_core.contract.records import NodeContext, PlacementRequest, PlacementView
 from mosix_core.daemon import protocol as p
+from mosix_core.daemon.balancer import disallowed
 from mosix_core.daemon.control_base import Operations
 from mosix_core.errors import NotInMap
 
@@ -160,19 +161,10 @@ class NodeOperations(Operations):
 
     def pending_moves(self) -> int:
         """Processes that must move because of the configuration: guests from nodes no
-        longer accepted, and our processes running where we no longer may send them."""
-        node = self.node
-        bad_guests = sum(1 for row in node.proctable.guests()
-                         if row.home is None or not node.is_known_address(row.home))
-        bad_away = 0
-        for row in node.proctable.local():
-            try:
-                where = IPv4Address(row.where)
-            except ValueError:
-                continue  # "here", "leaving", "starting"
-            if not node.is_known_address(where):
-                bad_away += 1
-        return bad_guests + bad_away
+        longer accepted, and our processes running where we no longer may send them (the
+        balancer moves them: :meth:`mosix_core.daemon.balancer.Balancer.enforce_map`)."""
+        guests, away = disallowed(self.node)
+        return len(guests) + len(away)
 
     def op_off(self, req: p.OffRequest, uid: int) -> p.PendingReply:
         self.require_root(uid)

@@ -340,3 +340,19 @@ def test_the_spread_with_each_node_in_namespaces_of_its_own(tmp_path_factory, tm
     finally:
         cluster.down()
     assert not cluster.leftovers()
+
+
+def test_a_new_map_brings_home_what_it_no_longer_allows(local_cluster, start, tmp_path):
+    # with automatic migration off: this is the configuration, not the balancer's policy
+    cluster = local_cluster(nodes=3, interval=INTERVAL)
+    cluster.converged()
+    stop = tmp_path / "stop"
+    job = start(cluster, awk_until(stop), "away", "-3")
+    wait_until(lambda: placement(cluster, 3) == [0, 0, 1], timeout=60, what="the job to start on node 3")
+    smaller = cluster.root / "two.map"
+    smaller.write_text(f"{cluster.ip(1)} 2 p\n")
+    assert cluster.run(1, "mossetpe", "-m", str(smaller)).returncode == 0
+    wait_until(lambda: placement(cluster, 3) == [1, 0, 0], timeout=60, what="the job to come home")
+    stop.write_text("stop\n")
+    assert job.wait(timeout=60) == 0
+    assert (tmp_path / "away").read_bytes() == b"done\n"
