@@ -16,11 +16,12 @@ import attrs
 import pytest
 import typer
 
-from mosix_core import hookspecs
+from mosix_core.contract import hookspecs
+from mosix_core.contract.balancing import BalanceView, MigrationDecision, NodeFacts, ProcessFacts
 from mosix_core.config import DaemonSettings
 from mosix_core.errors import PolicyRefused
-from mosix_core.gossip import ClusterView, NodeEntry, NodeStatus
-from mosix_core.placement import (
+from mosix_core.cluster.gossip import ClusterView, NodeEntry, NodeStatus
+from mosix_core.contract.records import (
     Admission,
     AdmissionRequest,
     FreezeChoice,
@@ -32,9 +33,9 @@ from mosix_core.placement import (
     PlacementView,
     SpecialPathResult,
 )
-from mosix_core.plugins import build_plugin_manager
-from mosix_core.proctable import ProcessEvent, ProcessRecord
-from mosix_core.resources import ResourceSample
+from mosix_core.contract.plugins import build_plugin_manager
+from mosix_core.cluster.proctable import ProcessEvent, ProcessRecord
+from mosix_core.cluster.resources import ResourceSample
 
 A, B, C = (IPv4Address(f"10.0.0.{i}") for i in (1, 2, 3))
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("mosix_"))
@@ -126,6 +127,9 @@ def arguments(name: str, node: NodeContext, view: ClusterView) -> dict:
         "mosix_node_stopping": dict(node=node),
         "mosix_view_changed": dict(view=view, alive=[B], dead=[C]),
         "mosix_process_event": dict(event=ProcessEvent("started", 4242, 1000, "prog")),
+        "mosix_migration_decision": dict(
+            candidates=(ProcessFacts(pid=1, image_mb=9000), ProcessFacts(pid=2, home=B, image_mb=9000)),
+            view=BalanceView.of(NodeFacts(ip=A, load=50, mem_avail_mb=4096), [NodeFacts(ip=C, load=0)], now=0.0)),
     }[name]
 
 
@@ -138,6 +142,7 @@ def is_answer(name: str, answer) -> bool:
         "mosix_admit_guest": lambda: isinstance(answer, Admission),
         "mosix_choose_freeze": lambda: isinstance(answer, FreezeChoice) and answer.freeze,
         "mosix_special_path": lambda: isinstance(answer, SpecialPathResult),
+        "mosix_migration_decision": lambda: isinstance(answer, MigrationDecision),
         "mosix_check_mosrun": lambda: isinstance(answer, (MosrunRequest, PolicyRefused)),
         "mosix_measure_resources": lambda: isinstance(answer, ResourceSample),
         "mosix_gossip_transport": lambda: all(callable(getattr(answer, m, None)) for m in ("start", "send", "close")),
