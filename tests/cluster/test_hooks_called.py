@@ -77,7 +77,7 @@ def test_every_declared_hook_is_called_by_the_kernel(local_cluster, tmp_path):
     hooks.mkdir(mode=0o755)
     (hooks / "recorder.py").write_text(recording_plugin())
     log = hooks / "called.log"
-    cluster = local_cluster(nodes=2, interval=0.2, extra_conf=f"hooks_dir = {hooks}\n")
+    cluster = local_cluster(nodes=2, interval=0.2, extra_conf=f"hooks_dir = {hooks}\n", balancing=True)
     cluster.converged()
     assert "site:recorder" in cluster.client(1).call("localstatus")["daemon"]["plugins"]
 
@@ -99,6 +99,14 @@ def test_every_declared_hook_is_called_by_the_kernel(local_cluster, tmp_path):
     assert run.stdout.split("\n")[:2] == ["home 42", "away 2 42"], run.stdout + run.stderr
 
     cluster.wait_until(lambda: "mosix_choose_freeze" in called(log), what="the freezing policy consulted")
+    # a MOSIX process that stays a while: the balancer asks whether it should move
+    sleeper = subprocess.Popen([str(BIN / "mosrun"), "sleep", "20"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        cluster.wait_until(lambda: "mosix_migration_decision" in called(log), timeout=20,
+                           what="the balancer consulted")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     cluster.stop(2)
     cluster.wait_until(lambda: set(HOOKS) <= set(called(log)), timeout=20,
                        what="every hook called: missing " + ", ".join(sorted(set(HOOKS) - set(called(log)))))
@@ -109,3 +117,4 @@ def test_every_declared_hook_is_called_by_the_kernel(local_cluster, tmp_path):
     assert by_hook["mosix_cli_commands"] == {"mosctl"}
     assert by_hook["mosix_special_path"] == {"mosrun"}
     assert by_hook["mosix_admit_guest"] == {"mosd"}
+    assert by_hook["mosix_migration_decision"] == {"mosd"}
