@@ -10,7 +10,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from mosix_core import gossip
+from mosix_core.cluster import gossip
 from mosix_core.errors import ProtocolError, Refused
 from mosix_core.net import wire
 
@@ -397,7 +397,7 @@ def test_mossetpe_with_a_broken_map_keeps_the_running_configuration(local_cluste
 
 def test_bestnode_waits_for_a_node_with_enough_memory(local_cluster):
     import subprocess
-    from mosix_core.testing import tool_argv
+    from tests.helpers.cluster import tool_argv
 
     cluster = local_cluster(nodes=2, interval=INTERVAL, memory_mb=2048)
     cluster.converged()

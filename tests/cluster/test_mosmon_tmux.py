@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mosix_core.testing import run_tool, tool_argv
+from tests.helpers.cluster import run_tool, tool_argv
 
 pytestmark = [pytest.mark.cluster,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]

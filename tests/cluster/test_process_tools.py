@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mosix_core.cli import moskillall, mosps as mosps_cli
-from mosix_core.client import Session
+from mosix_core.daemon.client import Session
 from mosix_core.errors import DaemonUnavailable, MosixError
 
 pytestmark = pytest.mark.cluster

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from mosix_core.hookspecs import hookimpl
+from mosix_core.contract.hookspecs import hookimpl
 
 EVENTS = Path(__file__).with_name("events.log")
 
@@ -74,7 +74,7 @@ import os
 import socket
 from pathlib import Path
 
-from mosix_core.hookspecs import hookimpl
+from mosix_core.contract.hookspecs import hookimpl
 
 SOCKETS = Path(__file__).with_name("sockets")
 
@@ -129,12 +129,6 @@ def hooks_dir(tmp_path):
     return directory
 
 
-@pytest.mark.hook("mosix_node_started")
-@pytest.mark.hook("mosix_node_stopping")
-@pytest.mark.hook("mosix_view_changed")
-@pytest.mark.hook("mosix_process_event")
-@pytest.mark.hook("mosix_status_fields")
-@pytest.mark.hook("mosix_cli_commands")
 def test_site_hooks_see_the_life_of_a_cluster(local_cluster, hooks_dir):
     cluster = local_cluster(nodes=3, interval=0.2, extra_conf=f"hooks_dir = {hooks_dir}\n")
     cluster.converged()
@@ -165,7 +159,6 @@ def test_site_hooks_see_the_life_of_a_cluster(local_cluster, hooks_dir):
     cluster.wait_until(lambda: f"process exited {child.pid}" in events.read_text(), what="exit event")
 
 
-@pytest.mark.hook("mosix_gossip_transport")
 def test_a_site_transport_replaces_udp(local_cluster, hooks_dir):
     (hooks_dir / "events.py").unlink()
     (hooks_dir / "unix_transport.py").write_text(textwrap.dedent(UNIX_TRANSPORT_HOOK))

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from mosix_core.cli import mostestload as mtl
 from mosix_core.cli.loadspec import IOSpec, LoadSpec, SpecError, TimeSpec
 from mosix_core.cli.mostestload import rewrite, run_load
-from mosix_core.testing import tool_argv
+from tests.helpers.cluster import tool_argv
 
 pytestmark = pytest.mark.linux
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from mosix_core import log as mosix_log
-from mosix_core.daemon import migration, node as mosd_node, protocol
+from mosix_core.daemon import node as mosd_node, protocol
+from mosix_core.daemon import handshake
 from mosix_core.daemon.node import Node
 from mosix_core.daemon.peer import call
 from mosix_core.errors import AuthenticationError
@@ -261,7 +262,7 @@ def test_migrate_in_replayed_after_the_target_restarts_is_refused(local_cluster)
     tap = Tap(re.sub(r"\.\d+$", ".250", cluster.ip(1)), (cluster.ip(1), tcp_port(cluster)), cluster.ip(2))
     # node 2's mosd asking node 1 to take a process, exactly as it does (through the tap)
     request = protocol.MigrateInRequest(uid=0, user="root", pid=os.getpid(), memory_mb=1, command="sleep 100")
-    accepted = migration.open_migration(wire.Sealer(key, IPv4Address(cluster.ip(2))), key,
+    accepted = handshake.open_migration(wire.Sealer(key, IPv4Address(cluster.ip(2))), key,
                                         IPv4Address(tap.address[0]), tap.address[1], request)
     accepted.close()                        # the guest host it got ends: no image follows
     tap.thread.join(20)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mosix_core import hookspecs
-from mosix_core.entry_points import entry_points, normalized
-from mosix_core.plugins import build_plugin_manager
+from mosix_core.contract import hookspecs
+from mosix_core.contract.entry_points import entry_points, normalized
+from mosix_core.contract.plugins import build_plugin_manager
 
 PLUGIN = '''
-from mosix_core.hookspecs import hookimpl
+from mosix_core.contract.hookspecs import hookimpl
 
 @hookimpl
 def mosix_check_mosrun(request):

@@ -1,4 +1,4 @@
-"""mosix_core.gossip: the payload codec, the cluster view and target choice."""
+"""mosix_core.cluster.gossip: the payload codec, the cluster view and target choice."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ipaddress import IPv4Address as IP
 import pytest
 
 from mosix_core.errors import ProtocolError
-from mosix_core.gossip import (
+from mosix_core.cluster.gossip import (
     ENTRY_SIZE, ClusterView, NodeEntry, NodeStatus, choose_targets, decode_entries, encode_entries,
     window_for)
 

@@ -9,10 +9,10 @@ import pytest
 
 from mosix_core.config import DaemonSettings
 from mosix_core.errors import ConfigError, MosixError, PolicyRefused
-from mosix_core.gossip import ClusterView
-from mosix_core.hookspecs import hookimpl
-from mosix_core.placement import MosrunRequest, PlacementRequest, PlacementView
-from mosix_core.plugins import NoAnswer, apply_policies, build_plugin_manager, first_answer
+from mosix_core.cluster.gossip import ClusterView
+from mosix_core.contract.hookspecs import hookimpl
+from mosix_core.contract.records import MosrunRequest, PlacementRequest, PlacementView
+from mosix_core.contract.plugins import NoAnswer, apply_policies, build_plugin_manager, first_answer
 
 BUILTINS = {"bestnode", "udp_gossip", "resources", "admission", "freezing", "mosrun_policy", "log_mosrun"}
 
@@ -43,7 +43,7 @@ def test_unknown_hook_names_fail_loudly():
 
 def test_site_hooks_are_loaded_by_path_and_reported(tmp_path):
     (tmp_path / "site_policy.py").write_text(
-        "from mosix_core.hookspecs import hookimpl\n"
+        "from mosix_core.contract.hookspecs import hookimpl\n"
         "@hookimpl\n"
         "def mosix_status_fields(node):\n"
         "    return [('Rack', '7')]\n")
@@ -62,7 +62,6 @@ def test_broken_site_hook_is_a_clear_error(tmp_path):
         build_plugin_manager(hooks_dir=tmp_path / "missing")
 
 
-@pytest.mark.hook("mosix_check_mosrun")
 def test_policies_chain_and_the_shipped_example_policy(tmp_path, monkeypatch):
     from pathlib import Path
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from mosix_core.gossip import NodeEntry, NodeStatus
-from mosix_core.resources import load_of, standard_load
+from mosix_core.cluster.gossip import NodeEntry, NodeStatus
+from mosix_core.cluster.resources import load_of, standard_load
 from mosix_plugins.bestnode import expected_load
 
 

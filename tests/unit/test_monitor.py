@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mosix_core.cli import mosmon
-from mosix_core.monitor import (ENTER, HELP, LEFT, MODES, NUMBERINGS, RIGHT, MonitorState, handle_key,
+from mosix_core.cluster.monitor import (ENTER, HELP, LEFT, MODES, NUMBERINGS, RIGHT, MonitorState, handle_key,
                                 render)
 
 PAGES_PER_MB = 256  # 4 KiB pages

@@ -24,7 +24,7 @@ from mosix_core.mosrun.options import (
     to_argv,
 )
 from mosix_core.mosrun.options_wire import from_json, from_request, to_json, to_request
-from mosix_core.placement import MosrunRequest
+from mosix_core.contract.records import MosrunRequest
 
 
 def opts(*argv: str) -> MosrunOptions:

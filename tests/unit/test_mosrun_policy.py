@@ -12,14 +12,13 @@ import pytest
 from mosix_core.errors import ConfigError, PolicyRefused
 from mosix_core.mosrun.options import parse
 from mosix_core.mosrun.options_wire import from_request, to_request
-from mosix_core.placement import MosrunRequest
-from mosix_core.plugins import apply_policies, build_plugin_manager
+from mosix_core.contract.records import MosrunRequest
+from mosix_core.contract.plugins import apply_policies, build_plugin_manager
 from mosix_plugins.mosrun_policy import MosrunParameters
 
 SAMPLE = Path(__file__).resolve().parents[2] / "etc" / "mosix"
 MEMORY_REQUIRED = "this cluster requires -m{mb}: please specify the memory your program needs"
 
-pytestmark = pytest.mark.hook("mosix_check_mosrun")
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +173,7 @@ def test_a_changed_file_takes_effect_at_once(pm, etc):
 
 
 def test_site_hooks_run_first_and_the_parameters_see_their_result(etc):
-    from mosix_core.hookspecs import hookimpl
+    from mosix_core.contract.hookspecs import hookimpl
 
     class AddMemory:
         @hookimpl

@@ -16,10 +16,10 @@ import pytest
 
 from mosix_core import paths
 from mosix_core.cli import moskillall, mosps, mostimeof
-from mosix_core.client import Session
+from mosix_core.daemon.client import Session
 from mosix_core.config.userview import UserView
 from mosix_core.errors import MosixError
-from mosix_core.proctable import ProcessRecord, ProcessTable, checked_fields, parse_queue
+from mosix_core.cluster.proctable import ProcessRecord, ProcessTable, checked_fields, parse_queue
 
 
 # -- fields ------------------------------------------------------------------------------------------

@@ -7,12 +7,11 @@ import errno
 
 import pytest
 
-from mosix_core.hookspecs import hookimpl
+from mosix_core.contract.hookspecs import hookimpl
 from mosix_core.mosrun import procself
-from mosix_core.placement import OpeningProcess, SpecialPathResult
-from mosix_core.plugins import build_plugin_manager
+from mosix_core.contract.records import OpeningProcess, SpecialPathResult
+from mosix_core.contract.plugins import build_plugin_manager
 
-pytestmark = pytest.mark.hook("mosix_special_path")
 
 AT_HOME = procself.Environment(whereami=lambda: 0, in_cluster=lambda node: False, read_string=lambda addr: b"")
 WRITE = 1 | procself.O_CREAT

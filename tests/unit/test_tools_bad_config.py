@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mosix_core.cli import mosctl, mosplugins
 from mosix_core.daemon.node import Node
 from mosix_core.errors import MosixError
-from mosix_core.testing import tool_argv
+from tests.helpers.cluster import tool_argv
 
 FILES = ["mosix.map", "userview.map", "speed", "mosip", "secret", "freeze.conf", "partners/other",
          "private.conf", "retainpri", "maxguests", "mosd.conf"]
