@@ -4,10 +4,14 @@
 persistent connection for ``mosrun``'s supervisor, with no-reply requests.
 
 Typed: ``client.request(protocol.SomeRequest(...))`` returns the operation's reply
-record (:mod:`mosix_core.daemon.protocol`). Untyped, for callers that build requests
-by name: ``call(op, **fields)`` returns the reply's fields as a dict. Either way a
-refusal raises :class:`~mosix_core.errors.Refused` with the daemon's message (the
-manual's), a bad request ProtocolError, anything else MosixError.
+record (:mod:`mosix_core.daemon.protocol`); a session's :meth:`Session.tell` sends a
+request record without waiting, :meth:`Session.ask` waits for its reply record.
+Untyped, by name, for what still speaks the wire's dicts (the tests, and a few
+callers: ``remote.home_link``, ``cli.mosmigrate``): ``call(op, **fields)`` and
+``call_for_socket`` return the reply's fields as a dict, ``Session.send(op, **fields)``
+queues a no-reply request, ``Session.request`` waits for the reply's fields. Either
+way a refusal raises :class:`~mosix_core.errors.Refused` with the daemon's message
+(the manual's), a bad request ProtocolError, anything else MosixError.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ class Client:
                     fds += got
                     if not chunk and not got:
                         raise DaemonUnavailable("mosd closed the connection before handing over")
-        except socket.timeout:
+        except TimeoutError:
             raise DaemonUnavailable("mosd did not answer in time") from None
         except BaseException:
             for fd in fds:
@@ -123,14 +127,16 @@ class Session:
       registered over it is removed when it closes (the supervisor died). It raises
       DaemonUnavailable if mosd is not running; :meth:`try_open` returns False instead.
       Either way a session that is not open is *inert*: :meth:`send` does nothing.
-    * :meth:`send` never waits: it queues the request with ``"noreply": true`` and
+    * :meth:`tell` (a request record) and :meth:`send` (a request by name) never
+      wait: they queue the request with ``"noreply": true`` and
       writes what the socket takes without blocking. What the kernel did not take
       stays queued until the next send or :meth:`flush` (an event loop can call
       ``flush`` when :meth:`fileno` becomes writable while :attr:`pending` is
       non-zero). A broken connection, or more than ``max_queue`` bytes that mosd does
       not read, makes the session inert — no exception reaches the caller.
-    * :meth:`request` sends one request and waits (at most ``timeout``) for its reply;
-      no-reply requests produce no reply lines, so the next line is this one's.
+    * :meth:`ask` sends one request record and waits (at most ``timeout``) for its
+      reply record (:meth:`request`: one by name, for its reply's fields); no-reply
+      requests produce no reply lines, so the next line is this one's.
     """
 
     def __init__(self, etc: Path, timeout: float = 10.0, max_queue: int = 8 << 20) -> None:
@@ -193,6 +199,10 @@ class Session:
         self.close()
 
     # -- without waiting -------------------------------------------------------------------------
+    def tell(self, request: Any) -> bool:
+        """Queue a no-reply request record (as :meth:`send` does one by name)."""
+        return self.send(protocol.op_of(request), **protocol.encode(request))
+
     def send(self, op: str, **args: Any) -> bool:
         """Queue a no-reply request and write what can be written now. Returns False
         when the session is (or just became) inert."""

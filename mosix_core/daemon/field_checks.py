@@ -14,12 +14,12 @@ from mosix_core.cluster.proctable import checked_fields
 from mosix_core.contract.records import MosrunRequest
 
 
-class _Unset(enum.Enum):
+class Unset(enum.Enum):
     UNSET = "unset"
 
 
 #: a process-table field that a register or update request does not set
-UNSET = _Unset.UNSET
+UNSET = Unset.UNSET
 
 Check = Callable[[Any], Any]
 

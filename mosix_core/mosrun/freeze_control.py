@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 
+from mosix_core.daemon import protocol as p
 from mosix_core.errors import MosixError, TraceError
 from mosix_core.image import freeze as freeze_engine
 from mosix_core.image.freeze import CannotFreeze, ThawFailed
@@ -36,7 +37,7 @@ class FreezeControl:
                 tracee.freezing.wanted = None            # stays frozen after all
             if how == "M" and tracee.freezing.frozen.how != "M":
                 tracee.freezing.frozen.how = "M"                # not to be unfrozen automatically now
-                self.sup.send("update", pid=tracee.pid, frozen="M")
+                self.sup.tell(p.UpdateRequest(pid=tracee.pid, changes=p.RowChanges(frozen="M")))
             return {"ok": True}
         if how != "M" and not tracee.state.freezable:
             return {"error": "the process may not be frozen automatically (mosrun -g)"}
@@ -82,7 +83,7 @@ class FreezeControl:
             return
         except CannotFreeze as err:
             self.sup.say(tracee, str(err))
-            self.sup.send("update", pid=pid, frozen="N/A")
+            self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(frozen="N/A")))
             self.sup.resume(tracee)
             return
         except (MosixError, OSError) as err:
@@ -98,7 +99,7 @@ class FreezeControl:
         ptrace.cont(pid)
         held, frozen.held = frozen.held, []
         checkpoints.resend(pid, held)            # judged as a frozen process's signals
-        self.sup.send("update", pid=pid, frozen=how)
+        self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(frozen=frozen.how)))
 
     def frozen_stop(self, tracee: Tracee, stop: ptrace.Stop) -> None:
         """A frozen process reacts only to unfreezing or a signal that kills it (mosix(7))."""
@@ -145,4 +146,4 @@ class FreezeControl:
         checkpoints.resend(pid, frozen.held + deferred)
         if self.sup.checkpointing.checkpoint_waiting(tracee):
             ptrace.interrupt(pid)             # the checkpoint asked for while it was frozen
-        self.sup.send("update", pid=pid, frozen="-")
+        self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(frozen="-")))

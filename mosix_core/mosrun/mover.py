@@ -17,8 +17,9 @@ import threading
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
+from mosix_core.daemon import protocol as p
 from mosix_core.daemon.client import Client
-from mosix_core.errors import MosixError, ProtocolError, TraceError
+from mosix_core.errors import MosixError, ProtocolError, Refused, TraceError
 from mosix_core.image import capture, stream
 from mosix_core.image.freeze import ThawFailed
 from mosix_core.image.stream import ImageReader, ImageWriter
@@ -107,14 +108,15 @@ class Mover:
         process is), then the clock comparison with the guest host there: (mosd's reply,
         the channel to that guest host — None when refused, and the reply says why)."""
         try:
-            reply, sock = Client(self.sup.etc).call_for_socket(
-                "migrate_out", pid=tracee.pid, to=move.target.text, memory_mb=tracee.state.needmem,
-                command=tracee.command, nmigs=tracee.state.nmigs, now_at=move.origin,
-                automatic=move.request.automatic)
-        except MosixError as err:
+            request = p.MigrateOutRequest(pid=tracee.pid, to=move.target.text, memory_mb=tracee.state.needmem,
+                                          command=tracee.command, nmigs=tracee.state.nmigs, now_at=move.origin,
+                                          automatic=move.request.automatic)
+            answer, sock = Client(self.sup.etc).request_for_socket(request)
+        except Refused as err:
+            return {**err.details, "refused": str(err)}, None     # why, and the node that refused
+        except (MosixError, ValueError) as err:
             return {"refused": str(err)}, None
-        if sock is None:
-            return reply, None
+        reply = p.encode(answer)               # the move keeps it: the target as mosd resolved it
         try:
             keep_alive(sock)
             sock.settimeout(migration.RESTORE_TIMEOUT)
@@ -200,7 +202,7 @@ class Mover:
             return False
         move.to(Phase.PRECOPY)
         writer = ImageWriter(move.channel.sock.makefile("wb"), compress=move.compress)
-        self.sup.send("update", pid=pid, where="leaving")
+        self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(where="leaving")))
 
         def work() -> None:
             try:
@@ -221,7 +223,7 @@ class Mover:
             tracker.close()
             move.drop_channel()
             if not gone:
-                self.sup.send("update", pid=tracee.pid, where="here")
+                self.sup.tell(p.UpdateRequest(pid=tracee.pid, changes=p.RowChanges(where="here")))
                 self.move_failed(tracee, move, migration.DID_NOT_COMPLETE)
             return
         move.ahead = (writer, outcome)
@@ -264,7 +266,7 @@ class Mover:
         call returns when the move is over (PENDING until then): 0 if it happened, -1
         if not (mosix(7))."""
         if value == 0xFFFFFFFF:
-            self.sup.send("consider", pid=tracee.pid)     # mosd's balancer decides now
+            self.sup.tell(p.ConsiderRequest(pid=tracee.pid))     # mosd's balancer decides now
             return 0
         try:
             target = targets.resolve(configuration(self.sup.etc), targets.proc_value_text(value))
@@ -307,7 +309,7 @@ class Mover:
         (writer, ahead), move.ahead = move.ahead or (None, None), None
         channel, target = move.channel, move.where
         sock = channel.sock
-        self.sup.send("update", pid=pid, where="leaving")
+        self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(where="leaving")))
         deferred: list[int] = list(held)
 
         def restored() -> None:
@@ -335,7 +337,7 @@ class Mover:
             if isinstance(err, moving.NotConfirmed):
                 deferred += err.deferred
             move.drop_channel()
-            self.sup.send("update", pid=pid, where="here")
+            self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(where="here")))
             if isinstance(err, TraceError) and err.errno == errno.ESRCH:
                 return                               # it ended: _gone ends the move
             self.move_failed(tracee, move, migration.DID_NOT_COMPLETE)
@@ -357,7 +359,7 @@ class Mover:
         self.sup.link.pin_shell(tracee)
         self.sup.selector.register(sock, selectors.EVENT_READ, lambda: self.sup.home.away_readable(tracee))
         tracee.state.nmigs += 1
-        self.sup.send("update", pid=pid, where=target, nmigs=tracee.state.nmigs)
+        self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(where=target, nmigs=tracee.state.nmigs)))
         move.confirm()
         self._signal_migrated(tracee)
 
@@ -392,7 +394,7 @@ class Mover:
             tracee.move, again, move = None, move, None
         if move is not None:
             move.to(Phase.SENT)
-        self.sup.send("update", pid=pid, where="starting")
+        self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(where="starting")))
         try:
             reader = ImageReader(away.sock.makefile("rb", buffering=0), streaming=True)
             with self.sup.link.unpinned():
@@ -446,7 +448,7 @@ class Mover:
         away, pid = tracee.away, tracee.pid
         move.to(Phase.SENT)
         onward = move.channel
-        self.sup.send("update", pid=pid, where="leaving")
+        self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(where="leaving")))
         try:
             with self.sup.link.unpinned():
                 _, failed = stream.relay(away.sock.recv_into, onward.sock.sendall)
@@ -470,7 +472,7 @@ class Mover:
                 failed = err
         if failed is not None or not (isinstance(answer, dict) and answer.get("op") == "restored"):
             move.drop_channel()
-            self.sup.send("update", pid=pid, where=away.where)
+            self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(where=away.where)))
             self.sup.home.away_send(tracee, encode_control({"op": "stay"}))
             self.move_failed(tracee, move, migration.DID_NOT_COMPLETE)
             return
@@ -499,8 +501,8 @@ class Mover:
         trip = sent.get("utime")
         tracee.remote_utime += float(trip) if isinstance(trip, (int, float)) and trip >= 0 else away.utime
         tracee.state.nmigs += 1
-        self.sup.send("update", pid=tracee.pid, where=where, nmigs=tracee.state.nmigs,
-                   remote_utime=round(tracee.remote_utime, 2))
+        changes = p.RowChanges(where=where, nmigs=tracee.state.nmigs, remote_utime=round(tracee.remote_utime, 2))
+        self.sup.tell(p.UpdateRequest(pid=tracee.pid, changes=changes))
 
     def _not_home(self, tracee: Tracee, err: ThawFailed) -> None:
         """Coming home failed: the process runs on where it was, if it can."""

@@ -30,21 +30,21 @@ def start_node(opts: mosopts.MosrunOptions, etc: Path) -> str | None:
         return opts.location_node
     if opts.location != "best":
         return None
+    from mosix_core.daemon import protocol as p
     from mosix_core.daemon.client import Client
 
     try:
         client = Client(etc)
-        here = client.call("ping")["ip"]
+        here = client.request(p.PingRequest()).ip
         while True:
-            chosen = client.call("bestnode", memory_mb=opts.memory_mb or 0)
-            if chosen.get("ip") is not None or not opts.memory_mb:
+            chosen = client.request(p.BestnodeRequest(memory_mb=opts.memory_mb or 0))
+            if chosen.ip is not None or not opts.memory_mb:
                 break
             # -b -m{mb}: "will not begin until at least one such node is found" (mosrun(1))
             time.sleep(WAIT_FOR_MEMORY)
     except MosixError:
         return None
-    ip = chosen.get("ip")
-    return None if ip in (None, here) else ip
+    return None if chosen.ip in (None, here) else chosen.ip
 
 
 def start_target(opts: mosopts.MosrunOptions, etc: Path):

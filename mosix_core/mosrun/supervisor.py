@@ -32,6 +32,7 @@ import signal
 from collections.abc import Callable
 
 from mosix_core.config.daemon import DaemonSettings
+from mosix_core.daemon import protocol as p
 from mosix_core.errors import DaemonUnavailable, MosixError, TraceError
 from mosix_core.linux import inject, memory, procfs, ptrace, seccomp
 from mosix_core.linux.syscall_names import NUMBERS
@@ -278,7 +279,7 @@ class Supervisor:
         if tracee.program.pending_exec is not NOTHING_PENDING:
             tracee.state, tracee.program.pending_exec = tracee.program.pending_exec, NOTHING_PENDING
             if tracee.state is None:
-                self.send("unregister", pid=pid)
+                self.tell(p.UnregisterRequest(pid=pid))
         tracee.program.command = command_line(pid)
         tracee.program.converted = []
         # A recursive mosrun/mosenv/mosnative is our own Python program, which uses calls
@@ -287,7 +288,7 @@ class Supervisor:
         tracee.program.mosix_tool = is_mosix_tool(tracee.command)
         if not tracee.native and is_32bit(pid):
             self.say(tracee, f"{program_name(pid)} is a 32-bit program - will run in native Linux mode")
-            self.send("unregister", pid=pid)
+            self.tell(p.UnregisterRequest(pid=pid))
             # it stays traced as a native process: the filter it inherited traces every
             # i386 call (an untraced one would fail with ENOSYS), and _event lets a
             # native tracee's calls run untouched
@@ -295,7 +296,8 @@ class Supervisor:
             ptrace.cont(pid)
             return
         if not tracee.native:
-            self.send("update", pid=pid, command=tracee.command, **row_fields(tracee.state))
+            changes = p.RowChanges(command=tracee.command, **row_fields(tracee.state))
+            self.tell(p.UpdateRequest(pid=pid, changes=changes))
         # where the new program runs: where mosrun was told to start it, or back where
         # the process was when it came home to exec
         start, tracee.start_at = tracee.start_at, None
@@ -438,7 +440,7 @@ class Supervisor:
         if result >= 0 and call.flags & 3 and name.startswith("checkpoint"):
             self.checkpointing.checkpoint_settings(tracee, name, checkpointing)
         if (after := row_fields(tracee.state)) != before:
-            self.send("update", pid=tracee.pid, **after)
+            self.tell(p.UpdateRequest(pid=tracee.pid, changes=p.RowChanges(**after)))
         if call.flags & 3 == 0 and procself.named_by_argument(path, tracee.command):
             self.say(tracee, procself.misread_note(name, result))       # cat /proc/self/whereami
         return rules.Return(result)
@@ -527,7 +529,7 @@ class Supervisor:
             state.strict = tracee.state.strict    # the site's, whatever the program sends
             if request.get("now"):
                 tracee.state = state          # a nested -S queue driver: its children inherit
-                self.send("update", pid=tracee.pid, **row_fields(state))
+                self.tell(p.UpdateRequest(pid=tracee.pid, changes=p.RowChanges(**row_fields(state))))
             else:
                 tracee.program.pending_exec = state
             return 0
@@ -557,9 +559,22 @@ class Supervisor:
                 os.close(fd)
 
     def _register(self, tracee: Tracee) -> None:
-        self.send("register", pid=tracee.pid, command=tracee.command, **row_fields(tracee.state))
+        changes = p.RowChanges(command=tracee.command, **row_fields(tracee.state))
+        self.tell(p.RegisterRequest(pid=tracee.pid, changes=changes))
+
+    def tell(self, request: p.RegisterRequest | p.UpdateRequest | p.UnregisterRequest | p.ConsiderRequest) -> None:
+        """A request record for mosd about one of our processes, sent without waiting
+        (nothing without a session; one that broke is dropped)."""
+        if self.session is None:
+            return
+        try:
+            self.session.tell(request)
+        except (DaemonUnavailable, OSError):
+            self.session = None
 
     def send(self, op: str, **args) -> None:
+        """:meth:`tell` by the operation's name and fields (what remote.home_side and
+        remote.home_link still send)."""
         if self.session is None:
             return
         try:

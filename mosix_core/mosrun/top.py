@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+from mosix_core.daemon import protocol as p
 from mosix_core.daemon.client import Session
 from mosix_core.linux import ptrace
 from mosix_core.mosrun import launch, placement, rules, targets
@@ -67,7 +68,7 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
         if queue.finished(tracee.pid, stop.kind == "exited" and stop.code == 0) is not None:
             progress.show(queue)
             if session is not None:
-                session.send("update", pid=os.getpid(), queue=queue.progress)
+                session.tell(p.UpdateRequest(pid=os.getpid(), changes=p.RowChanges(queue=queue.progress)))
             refill()
 
     supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
@@ -88,8 +89,9 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
 
     supervisor.keep_running = more
     if session is not None:
-        session.send("register", pid=os.getpid(), command=f"mosrun -S{opts.queue_jobs} {spec}",
-                     queue=queue.progress, options=flag_summary(initial_state(opts)))
+        changes = p.RowChanges(command=f"mosrun -S{opts.queue_jobs} {spec}", queue=queue.progress,
+                               options=flag_summary(initial_state(opts)))
+        session.tell(p.RegisterRequest(pid=os.getpid(), changes=changes))
     refill()
     supervisor.run()
     progress.end()
