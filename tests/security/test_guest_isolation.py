@@ -24,7 +24,7 @@ import pytest
 
 from mosix_core.cluster import localcluster
 from mosix_core.linux import procfs
-from tests.helpers.cluster import LocalCluster, fresh_base_ip
+from tests.helpers.cluster import MANUAL_ONLY, LocalCluster, fresh_base_ip
 from tests.helpers.programs import BIN
 from tests.helpers.users import User, as_user, world_readable
 
@@ -188,7 +188,7 @@ def setup(tmp_path_factory, test_users):
     root = tmp_path_factory.mktemp("isolation")
     wait_until(lambda: not running_as_guest_uids(), what="the guests of an earlier run to end")
     layout = localcluster.up(root, nodes=2, base_ip=str(fresh_base_ip()), interval=0.2,
-                             extra_conf=f"guest_uids = {FIRST_UID}-{LAST_UID}\n")
+                             extra_conf=f"guest_uids = {FIRST_UID}-{LAST_UID}\n" + MANUAL_ONLY)
     cluster = LocalCluster(root, layout)
     world_readable(root)
     state = Setup(cluster, {})
