@@ -76,7 +76,7 @@ def targets(rows: list[ProcessRecord], uid: int) -> list[ProcessRecord]:
 def kill_all(etc: Path, signum: int = signal.SIGTERM, uid: int | None = None) -> KillReport:
     if signum == signal.SIGSTOP:
         signum = signal.SIGTSTP
-    rows = [ProcessRecord.from_json(row) for row in Client(etc).request(p.ProcessesRequest()).processes]
+    rows = list(Client(etc).request(p.ProcessesRequest()).processes)
     signalled, gone, failed = [], [], []
     for record in targets(rows, os.geteuid() if uid is None else uid):
         try:

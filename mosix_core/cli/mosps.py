@@ -400,7 +400,7 @@ def listing(etc: Path, ps_options: list[PsOption], *, style: str = "numbers", fi
     display = Display(IPv4Address(reply.ip), style,
                       UserView.from_file(userview_path) if style == "numbers" and userview_path.exists() else None)
     uid = os.geteuid() if uid is None else uid
-    records = {r.pid: r for r in map(ProcessRecord.from_json, reply.processes) if filters.keep(r, display)
+    records = {r.pid: r for r in reply.processes if filters.keep(r, display)
                if not (filters.guests_only and not request.selects and uid != 0 and r.home_uid != uid)}
     if not records:
         return []

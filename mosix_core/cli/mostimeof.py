@@ -54,7 +54,7 @@ def time_of(record: ProcessRecord | None) -> tuple[float | None, str | None]:
 
 
 def times_of(etc: Path, args: list[str]) -> list[dict]:
-    rows = {row["pid"]: ProcessRecord.from_json(row) for row in Client(etc).request(p.ProcessesRequest()).processes}
+    rows = {row.pid: row for row in Client(etc).request(p.ProcessesRequest()).processes}
     report = []
     for arg in args:
         text = arg.strip()

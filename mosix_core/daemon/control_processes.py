@@ -34,7 +34,7 @@ from mosix_core.users import user_name
 
 class ProcessOperations(Operations):
     def op_processes(self, req: p.ProcessesRequest, uid: int) -> p.ProcessesReply:
-        return p.ProcessesReply(ip=str(self.node.our_ip), processes=tuple(row.to_json() for row in self.node.proctable))
+        return p.ProcessesReply(ip=str(self.node.our_ip), processes=tuple(self.node.proctable))
 
     def op_register(self, req: p.RegisterRequest, uid: int) -> p.PidReply:
         pid = req.pid

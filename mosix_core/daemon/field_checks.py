@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address
 from typing import Any
 
-from mosix_core.cluster.proctable import checked_fields
+from mosix_core.cluster.proctable import ProcessRecord, checked_fields
 from mosix_core.contract.records import MosrunRequest
 
 
@@ -108,3 +108,14 @@ def json_object(value: Any) -> dict:
     if not isinstance(value, Mapping):
         raise ValueError(f"must be an object, not {type(value).__name__}")
     return dict(value)
+
+
+def process_rows(value: Any) -> tuple[ProcessRecord, ...]:
+    """Rows of a process table, as :meth:`ProcessRecord.to_json` writes them (or the
+    records themselves, on the daemon's side)."""
+    rows = json_list(value)
+    try:
+        return tuple(row if isinstance(row, ProcessRecord) else ProcessRecord.from_json(json_object(row))
+                     for row in rows)
+    except TypeError as err:                  # a row without its pid, uid or command
+        raise ValueError(f"a process row is malformed: {err}") from None

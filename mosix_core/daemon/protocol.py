@@ -33,7 +33,7 @@ from typing import Any, TypeVar, dataclass_transform
 
 import attrs
 
-from mosix_core.cluster.proctable import DECAY_SCALE, DEFAULT_DECAY, SETTABLE
+from mosix_core.cluster.proctable import DECAY_SCALE, DEFAULT_DECAY, SETTABLE, ProcessRecord
 from mosix_core.daemon.field_checks import (
     UNSET,
     Check,
@@ -46,6 +46,7 @@ from mosix_core.daemon.field_checks import (
     number,
     one_of,
     optional,
+    process_rows,
     settable,
     text,
     whole,
@@ -315,7 +316,7 @@ class BestnodeReply:
 @record
 class ProcessesReply:
     ip: str = _field(address)
-    processes: tuple = _field(json_list)         # ProcessRecord.to_json() objects
+    processes: tuple[ProcessRecord, ...] = _field(process_rows)   # on the wire: ProcessRecord.to_json() objects
 
 
 @record
@@ -544,6 +545,8 @@ def _plain(value: Any) -> Any:
         return value.value
     if isinstance(value, IPv4Address):
         return str(value)
+    if isinstance(value, ProcessRecord):
+        return value.to_json()
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, Mapping):
