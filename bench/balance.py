@@ -63,6 +63,7 @@ LINK_MB_S = 950.0  # a move's image bandwidth (1 GiB raw, proximate: bench/RESUL
 MOVE_FIXED = 0.1  # a move's fixed part, s (10 MiB end to end: 0.16 s)
 CALL_RTT = 60e-6  # a forwarded call's round trip, s (measured 30-60 µs)
 BASE_IP = int(IPv4Address("10.0.0.1"))
+PARTIAL = 2000  # views above this many nodes hold a random sample of this size
 # measured information ages (periods): bench/RESULTS.md, "Gossip"; (nodes, mean, gamma shape)
 AGES = ((16, 2.5, 6.0), (100, 3.6, 8.0), (1000, 4.65, 3.0), (10000, 58.7, 1.5))
 
@@ -136,7 +137,7 @@ class Sim:
         # information ages, drawn once: each view reads n of them from a random place
         self.ages = [self.rng.gammavariate(shape, mean / shape) for _ in range(4 * n + 4096)]
         self.variants: list[list] = []  # [ranked nodes, by address or None, sorted leavings or None]
-        self.nvariants = 8 if n <= 100 else 4
+        self.nvariants = 8 if n <= 100 else 4 if n <= PARTIAL else 16
         self.decide_s = 0.0
         self.last_arrival = max(j.arrival for j in jobs)
 
@@ -256,7 +257,13 @@ class Sim:
         """``mosrun -b``: the node where it would run fastest by the same model, in a view of
         its own (each origin sees gossip its own way; ties: home)."""
         h = job.home
-        nodes = self.draw_view(int(self.now))[0]
+        # a view of its own per start up to 1,000 nodes; above, half of one of this second's
+        # 16 draws (no two starts see alike, as no two nodes' views are alike)
+        if self.n <= 1000:
+            nodes = self.draw_view(int(self.now))[0]
+        else:
+            shared = self.variants[self.rng.randrange(len(self.variants))][0]
+            nodes = rank(self.rng.sample(shared, len(shared) // 2), self.settings)
         view = BalanceView(
             local=self.local_facts(h), nodes=nodes, now=self.now, settings=self.settings, sent=self.recent_sent(h)
         )
@@ -286,18 +293,20 @@ class Sim:
         self.records.append([None] * self.n)
         if len(self.loads) > self.history:
             del self.loads[0], self.free[0], self.records[0]
-        if self.balance:
+        if self.balance or (self.placement == "ll" and self.n > 1000 and now <= self.last_arrival + 1):
             self.variants = [self.draw_view(slot) for _ in range(self.nvariants)]
         self.push(now + 1.0, 3, slot + 1)
 
     def draw_view(self, slot: int) -> list:
         """One observer's view: node ``i`` as published ``age`` seconds ago (a record per node and
-        second, shared by every view that sees that version)."""
+        second, shared by every view that sees that version). Above 2,000 nodes a view holds a
+        random 2,000 of them: what differs between observers matters more than each view's size."""
         kept, ips, speed, ncpus = len(self.loads), self.ips, self.speed, self.ncpus
         start = self.rng.randrange(len(self.ages) - self.n)
         ages, dead = self.ages[start : start + self.n], self.dead_after
+        which = range(self.n) if self.n <= PARTIAL else self.rng.sample(range(self.n), PARTIAL)
         nodes = []
-        for i in range(self.n):
+        for i in which:
             age = ages[i]
             if age > dead:
                 continue
