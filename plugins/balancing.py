@@ -1,26 +1,28 @@
 """The built-in automatic load-balancing policy (``mosix_migration_decision``).
 
-One decision per call, in this order (the first rule that finds a move wins):
+One decision per call, in this order (docs/balancing.md has the design and the figures):
 
-1. **stop rules**: ``mosctl stay`` — nothing leaves; ``lstay`` — only guests may leave; a
+1. **what stops it**: ``mosctl stay`` — nothing leaves; ``lstay`` — only guests may leave; a
    locked process (``-L``, ``/proc/self/lock``) never moves. Blocked (or off) nodes take
-   no one; a process's home always takes it back.
+   no one; a guest's home always takes it back.
 2. **memory**: below its free-memory floor, the node sends its largest process away, to the
    node where it would run fastest among those with at least ``max(needmem, image + floor)``
    free — never to one with less than its ``needmem``.
-3. **guests**: when its own processes need its CPUs, the node sends a guest on (to the best
-   node) or home, whichever the guest would run faster on.
-4. **time saved**: each process's time per unit of work here — ``1 / share`` plus, away from
-   home, its forwarded calls and bytes (unless ``cpujob``) — against the best other node and
-   its home, counting itself there, stale gossip against it (``BalanceView.effective_share``).
-   It moves when that is at least ``hysteresis`` faster and its expected remaining work (the
-   work it did so far, at least ``min_work``: old processes run long) saves more than
-   ``cost_factor`` times the move's cost. Load spread, speed attraction and I/O pulling a
-   process home all come out of this one comparison. The process saving the most moves.
+3. **time saved**: for each process, against the best other node for it and its home, what
+   the cluster's processes save per unit of work when it moves (``marginal_time`` here minus
+   there: its own time and what it takes from the others, stale gossip counting against a
+   node), plus its forwarded calls and bytes when away from home (unless ``cpujob``). A move
+   needs ``hysteresis`` of the process's time and, over its expected remaining work (the
+   work it did so far, at least ``min_work``: old processes run long), ``cost_factor`` times
+   the move's cost. Load spread, speed attraction and I/O pulling a process home all come
+   out of this one comparison; the move saving the most wins. While this node's own
+   processes alone want all its CPUs, guests go first ("sent on or home").
+4. **herds**: nodes that see the same good targets send with a probability that keeps the
+   expected number of arrivals there, over the time gossip takes to show them, near what
+   those targets can take (``now_is_my_turn``).
 
-Deterministic given its arguments: near-equal targets (``spread``) are drawn among by a hash
-of this node's address and the clock, so that nodes seeing the same idle node do not all
-send there in the same second.
+Deterministic given its arguments: near-equal targets (``spread``) and the herd draw use a
+hash of this node's address and the clock, the same in every run, different between nodes.
 """
 
 from __future__ import annotations
