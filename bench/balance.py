@@ -214,7 +214,6 @@ class Sim:
         for job in jobs:
             x = frac * per_cpu
             job.rate = x / (1.0 + job.wait * x) * thrash
-            job.cpu = frac * job.demand
             soonest = min(soonest, min(job.work - job.done, job.phase_left) / job.rate)
         if soonest < math.inf:
             self.push(self.now + max(soonest, 0.0), 1, i, self.version[i])
@@ -365,7 +364,7 @@ class Sim:
             ProcessFacts(
                 pid=job.id,
                 home=None if job.home == i else ips[job.home],
-                cpu_share=job.cpu,
+                cpu_share=job.demand,  # the time it ran or waited to run, as mosd measures it
                 cpu_seconds=job.done,
                 image_mb=job.image,
                 needmem_mb=job.needmem,

@@ -24,7 +24,6 @@ class Job:
         "node",
         "done",
         "rate",
-        "cpu",
         "demand",
         "wait",
         "phase",
@@ -53,7 +52,7 @@ class Job:
         self.id, self.home, self.arrival, self.work = id, home, arrival, work
         self.image, self.needmem, self.cpujob, self.phases = image, needmem, cpujob, phases
         self.decay = -math.log(max(decay, 1) / 10000.0)  # per second
-        self.node, self.done, self.rate, self.cpu, self.demand, self.wait = -1, 0.0, 0.0, 0.0, 1.0, 0.0
+        self.node, self.done, self.rate, self.demand, self.wait = -1, 0.0, 0.0, 1.0, 0.0
         self.phase, self.phase_left = 0, phases[0][0]
         self.io_num = self.io_bytes = self.io_den = 0.0
         self.moved_at, self.finish, self.moves = -math.inf, math.nan, 0

@@ -88,8 +88,8 @@ class _Decision:
 
     # -- the facts of one process ---------------------------------------------------------------
     def demand(self, p: ProcessFacts) -> float:
-        """How much of a CPU ``p`` wants: what it used over what it could get here."""
-        return min(1.0, max(0.05, p.cpu_share / self.fraction))
+        """How much of a CPU ``p`` wants (``cpu_share``: the time it ran or waited to run)."""
+        return min(1.0, max(0.05, p.cpu_share))
 
     def here_time(self, p: ProcessFacts) -> float:
         """Seconds per standard CPU-second of work here (``runnable`` counts ``p`` already)."""
@@ -109,7 +109,8 @@ class _Decision:
         per_second = p.io_calls * (s.proximate_call_s if proximate else s.distant_call_s) + p.io_bytes / (
             1e6 * (s.proximate_mb_s if proximate else s.distant_mb_s)
         )
-        work_rate = max(0.01, min(1.0, p.cpu_share) * self.local.speed / STANDARD_SPEED)
+        # the work it does per second here: the CPU it wants, as much of it as it gets
+        work_rate = max(0.01, self.demand(p) * self.fraction * self.local.speed / STANDARD_SPEED)
         return per_second / work_rate
 
     def there_time(self, p: ProcessFacts, node: NodeFacts) -> float:

@@ -99,7 +99,7 @@ class BalanceSettings:
     """The policy's tunables (defaults: what ``bench/balance.py`` tuned them to)."""
 
     period: float = 1.0  # seconds between two decisions of a node
-    hysteresis: float = 0.15  # a move must make the process this much faster (fraction)
+    hysteresis: float = 0.15  # a move must save this fraction of the process's time per unit of work
     min_residency: float = 4.0  # seconds a process stays where it arrived before load moves it
     min_work: float = 2.0  # standard CPU-seconds a process is expected to run at least
     cost_factor: float = 2.0  # the time saved must exceed the move's cost this many times
@@ -171,12 +171,13 @@ class NodeFacts:
 class ProcessFacts:
     """A MOSIX process running on this node, as its supervisor (or guest host) reports it.
 
-    The rates are decayed by the process's decay rate (``-d``, ``/proc/self/decayrate``;
-    default 9976/10000 per second) and zeroed by ``/proc/self/clear``."""
+    The rates are averages whose weights decay by the process's decay rate (``-d``,
+    ``/proc/self/decayrate``; default 9976/10000 per second: a young process's are its whole
+    life's), restarted by ``/proc/self/clear``."""
 
     pid: int  # its pid on this node
     home: IPv4Address | None = None  # None: this node is its home (it runs at home); else a guest from there
-    cpu_share: float = 1.0  # the fraction of one CPU it used recently (1.0: CPU-bound, alone)
+    cpu_share: float = 1.0  # how much of a CPU it wants: the time it ran or waited to run, recently (1.0: CPU-bound)
     cpu_seconds: float = 0.0  # CPU time it has used so far (the older, the longer it is expected to run)
     image_mb: float = 0.0  # its memory image (what a move sends)
     needmem_mb: int = 0  # -m / /proc/self/needmem: never to a node with less free
@@ -215,7 +216,9 @@ class BalanceView:
     ``nodes`` are the other nodes this node may send processes to (alive; the daemon may
     leave out partners that do not take its processes), best first: highest newcomer share,
     staleness counted (:meth:`of` sorts them; the simulator shares one sorted tuple between
-    many views). An entry for this node's own address in ``nodes`` is ignored. ``sent``:
+    many views). An entry for this node's own address in ``nodes`` is never a target (mosd
+    leaves it out; the simulator's shared views have it, and it counts as one more sender
+    where herds are damped: ``senders``). ``sent``:
     the times (view's clock) of this node's moves to each node in the last few seconds —
     the load a node gossips catches up with an arrival only after a while."""
 

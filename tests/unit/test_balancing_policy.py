@@ -48,6 +48,7 @@ def node(ip, procs=0.0, speed=10000, ncpus=1, free_mb=4096, state=0, age=0.0):
 
 
 def cpu_bound(pid, share=1.0, **kw):
+    """A process wanting a whole CPU (``share``: the time it ran or waited to run)."""
     return ProcessFacts(pid=pid, cpu_share=share, cpu_seconds=kw.pop("cpu_seconds", 60.0), image_mb=100, **kw)
 
 
@@ -66,7 +67,7 @@ def test_the_load_model_is_mosix_standard_load():
 
 def test_load_spreads_to_the_idle_node(pm):
     here = node(A, procs=3)
-    procs = [cpu_bound(p, share=1 / 3) for p in (11, 12, 13)]
+    procs = [cpu_bound(p) for p in (11, 12, 13)]
     decision = decide(pm, procs, here, node(B, procs=1), node(C))
     assert isinstance(decision, MigrationDecision)
     assert (decision.target, decision.rule) == (C, "load")
@@ -74,7 +75,7 @@ def test_load_spreads_to_the_idle_node(pm):
 
 
 def test_the_oldest_process_moves_first(pm):
-    procs = [cpu_bound(11, 0.5, cpu_seconds=5.0), cpu_bound(12, 0.5, cpu_seconds=500.0)]
+    procs = [cpu_bound(11, cpu_seconds=5.0), cpu_bound(12, cpu_seconds=500.0)]
     assert decide(pm, procs, node(A, procs=2), node(B)).pid == 12  # it is expected to run longest
 
 
@@ -99,7 +100,7 @@ def test_memory_pressure_moves_a_process_only_where_its_needmem_is_free(pm):
 
 
 def test_a_load_move_needs_room_for_the_image_too(pm):
-    procs = [cpu_bound(p, 0.5) for p in (11, 12)]
+    procs = [cpu_bound(p) for p in (11, 12)]
     assert decide(pm, procs, node(A, procs=2), node(B, free_mb=50)) is None
     assert decide(pm, procs, node(A, procs=2), node(B, free_mb=50), node(C)).target == C
 
@@ -125,7 +126,7 @@ def test_cpujob_ignores_io(pm):
 def test_io_weighs_against_cpu_gain_away_from_home(pm):
     # at home on a busy node: a CPU-bound process leaves for the idle node, an I/O-bound one stays
     here = node(A, procs=2)
-    cpu = [cpu_bound(11, 0.5), cpu_bound(12, 0.5)]
+    cpu = [cpu_bound(11), cpu_bound(12)]
     io = [attrs.evolve(p, io_calls=20000.0) for p in cpu]
     assert decide(pm, cpu, here, node(B)).target == B
     assert decide(pm, io, here, node(B)) is None
@@ -133,16 +134,16 @@ def test_io_weighs_against_cpu_gain_away_from_home(pm):
 
 
 def test_a_locked_process_never_moves(pm):
-    locked = [cpu_bound(p, 0.25, locked=True) for p in (11, 12, 13, 14)]
+    locked = [cpu_bound(p, locked=True) for p in (11, 12, 13, 14)]
     assert decide(pm, locked, node(A, procs=4), node(B)) is None
     # ... even when memory is short
     assert decide(pm, locked, node(A, procs=4, free_mb=10), node(B, free_mb=8000)) is None
     # the unlocked one among them moves
-    assert decide(pm, locked[:3] + [cpu_bound(15, 0.25)], node(A, procs=4), node(B)).pid == 15
+    assert decide(pm, locked[:3] + [cpu_bound(15)], node(A, procs=4), node(B)).pid == 15
 
 
 def test_stay_holds_everything_lstay_only_local_processes(pm):
-    local, guest = cpu_bound(11, 0.5), cpu_bound(12, 0.5, home=C)
+    local, guest = cpu_bound(11), cpu_bound(12, home=C)
     assert decide(pm, [local, guest], node(A, procs=2, state=ST_STAY), node(B)) is None
     decision = decide(pm, [local, guest], node(A, procs=2, state=ST_LSTAY), node(B), node(C, procs=1))
     assert decision.pid == 12  # the guest may leave
@@ -150,17 +151,17 @@ def test_stay_holds_everything_lstay_only_local_processes(pm):
 
 
 def test_a_blocked_node_takes_no_one_but_its_own(pm):
-    procs = [cpu_bound(p, 1 / 3) for p in (11, 12, 13)]
+    procs = [cpu_bound(p) for p in (11, 12, 13)]
     assert decide(pm, procs, node(A, procs=3), node(B, state=ST_BLOCK)) is None
     assert decide(pm, procs, node(A, procs=3), node(B, state=ST_BLOCK), node(C, procs=1)).target == C
     # a guest's home takes it back even when blocked
-    guest = [cpu_bound(11, 1 / 3, home=B)] + procs[1:]
+    guest = [cpu_bound(11, home=B)] + procs[1:]
     assert decide(pm, guest, node(A, procs=3), node(B, state=ST_BLOCK)).target == B
 
 
 def test_guests_leave_first_when_own_processes_want_the_cpus(pm):
-    own = [cpu_bound(p, 1 / 3) for p in (11, 12)]
-    guest = cpu_bound(21, 1 / 3, home=C, cpu_seconds=1.0)
+    own = [cpu_bound(p) for p in (11, 12)]
+    guest = cpu_bound(21, home=C, cpu_seconds=1.0)
     decision = decide(pm, own + [guest], node(A, procs=3), node(B), node(C, procs=2))
     assert (decision.pid, decision.rule) == (21, "guest")  # though the own ones are older
 
@@ -175,7 +176,7 @@ def test_hysteresis_no_ping_pong_between_two_equal_nodes(pm):
         if not mine:
             continue
         n_here, n_there = len(mine), len(where) - len(mine)
-        procs = [cpu_bound(p, min(1.0, 1 / n_here), since_move=60.0) for p in mine]
+        procs = [cpu_bound(p, since_move=60.0) for p in mine]
         decision = decide(pm, procs, node(here, procs=n_here), node(there, procs=n_there))
         if decision is not None:
             where[decision.pid] = decision.target
@@ -185,13 +186,13 @@ def test_hysteresis_no_ping_pong_between_two_equal_nodes(pm):
 
 def test_a_process_that_just_moved_stays_a_while(pm):
     settings = BalanceSettings()
-    fresh = [cpu_bound(p, 1 / 3, since_move=settings.min_residency / 2) for p in (11, 12, 13)]
+    fresh = [cpu_bound(p, since_move=settings.min_residency / 2) for p in (11, 12, 13)]
     assert decide(pm, fresh, node(A, procs=3), node(B)) is None
     assert decide(pm, [attrs.evolve(fresh[0], since_move=60.0)] + fresh[1:], node(A, procs=3), node(B)).pid == 11
 
 
 def test_stale_information_counts_against_a_node(pm):
-    procs = [cpu_bound(p, 0.25) for p in (11, 12, 13, 14)]
+    procs = [cpu_bound(p) for p in (11, 12, 13, 14)]
     here = node(A, procs=4)
     # two idle nodes: the one heard of recently wins, whatever the order
     for others in ((node(B, age=60.0), node(C, age=0.5)), (node(C, age=0.5), node(B, age=60.0))):
@@ -201,7 +202,7 @@ def test_stale_information_counts_against_a_node(pm):
 
 
 def test_a_move_just_made_counts_at_its_target(pm):
-    procs = [cpu_bound(p, 0.25) for p in (11, 12, 13, 14)]
+    procs = [cpu_bound(p) for p in (11, 12, 13, 14)]
     here = node(A, procs=4)
     # B reported idle 2 s ago, but this node sent it two processes since: C is the better one now
     assert decide(pm, procs, here, node(B, age=2.0), node(C, procs=1.5, ncpus=2)).target == B
@@ -212,7 +213,7 @@ def test_a_move_just_made_counts_at_its_target(pm):
 
 
 def test_the_decision_is_deterministic(pm):
-    procs = [cpu_bound(p, 0.1) for p in range(10)]
+    procs = [cpu_bound(p) for p in range(10)]
     others = [node(IPv4Address(f"10.0.1.{i}"), procs=i % 3) for i in range(1, 60)]
     first = decide(pm, procs, node(A, procs=10), *others)
     assert all(decide(pm, procs, node(A, procs=10), *others) == first for _ in range(5))
@@ -225,7 +226,7 @@ def test_a_site_plugin_answering_first_wins(pm):
             return MigrationDecision.stay("maintenance window")
 
     site = build_plugin_manager(extra=[("keep_all", KeepAll())])
-    procs = [cpu_bound(p, 1 / 3) for p in (11, 12, 13)]
+    procs = [cpu_bound(p) for p in (11, 12, 13)]
     decision = decide(site, procs, node(A, procs=3), node(B))
     assert decision.target is None and decision.rule == "stay"
     assert decide(pm, procs, node(A, procs=3), node(B)).target == B
