@@ -128,7 +128,6 @@ class Sim:
         self.moves = self.refused = self.decisions = 0
         self.rr = 0
         mean, shape = age_law(n)
-        self.age_mean, self.age_shape = mean, shape
         self.history = 16 + int(mean * 6)  # seconds of published loads kept
         self.dead_after = max(10.0, 4 * math.ceil(n / 184))  # mosd's rule, 8 KiB datagrams
         self.loads: list[array] = []
