@@ -16,7 +16,7 @@ A strict process's children (and any mosrun they run) stay strict: the superviso
 keeps the setting in the process's MOSIX state, where the program cannot change it.
 
 Options other than the location and -m reach policies in ``MosrunRequest.options``
-one word each, value glued (see ``mosix_core.mosrun.options.to_request``), so
+one word each, value glued (see ``mosix_core.mosrun.options_wire.to_request``), so
 ``"-e"`` there is the option, never a file name; a site default of ``silent`` or
 ``warn`` is added to them as ``"-e"`` or ``"-w"``.
 

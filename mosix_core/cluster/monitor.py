@@ -3,7 +3,7 @@
 ``MonitorState`` is the user's choices (what value, which numbering, dead nodes or not,
 which node is first on the screen); ``handle_key`` applies one key of mosmon(1) to it;
 ``render`` turns a cluster view (the ``view`` reply of mosd, see
-``mosix_core.daemon.control.node_json``) into the screen as plain text lines, never
+``mosix_core.daemon.control_node.node_json``) into the screen as plain text lines, never
 wider than ``width`` nor more than ``height`` lines. The curses loop in
 ``mosix_core.cli.mosmon`` only fetches, calls these two and paints.
 

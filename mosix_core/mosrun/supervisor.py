@@ -571,13 +571,3 @@ class Supervisor:
             self.session.tell(request)
         except (DaemonUnavailable, OSError):
             self.session = None
-
-    def send(self, op: str, **args) -> None:
-        """:meth:`tell` by the operation's name and fields (what remote.home_side and
-        remote.home_link still send)."""
-        if self.session is None:
-            return
-        try:
-            self.session.send(op, **args)
-        except (DaemonUnavailable, OSError):
-            self.session = None

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 
+from mosix_core.daemon import protocol as p
 from mosix_core.daemon.client import Client
 from mosix_core.errors import MosixError, ProtocolError, TraceError
 from mosix_core.linux import cpus
@@ -193,7 +194,7 @@ class HomeLink:
                     os.kill(tracee.pid, signal.SIGKILL)
                 return
             self.sup.say(tracee, migration.recovered_after(last[0], where))
-            self.sup.send("update", pid=tracee.pid, where="here")
+            self.sup.tell(p.UpdateRequest(pid=tracee.pid, changes=p.RowChanges(where="here")))
             self.sup.resume(tracee)
             checkpoints.resend(tracee.pid, deferred + away.deputy.deferred)
             return

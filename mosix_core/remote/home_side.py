@@ -16,6 +16,7 @@ import signal
 import stat
 import time
 
+from mosix_core.daemon import protocol as p
 from mosix_core.errors import ProtocolError, TraceError
 from mosix_core.linux import inject, procfs, ptrace
 from mosix_core.linux.syscall_names import NUMBERS
@@ -103,7 +104,8 @@ class HomeSide:
         """The guest's CPU time on its node so far: mostimeof adds it to the time here."""
         if isinstance(utime, (int, float)) and utime >= 0:
             tracee.away.utime = float(utime)
-            self.sup.send("update", pid=tracee.pid, remote_utime=round(tracee.remote_utime + utime, 2))
+            self.sup.tell(p.UpdateRequest(pid=tracee.pid,
+                                          changes=p.RowChanges(remote_utime=round(tracee.remote_utime + utime, 2))))
 
     def _away_call(self, tracee: Tracee, request: Request) -> None:
         if request.nr == MAPPED_PRIVATELY:

@@ -1,5 +1,5 @@
 """mosmon's model: what each key does and what the screen shows, on hand-built views
-(the dicts mosd's ``view`` answer holds, see ``mosix_core.daemon.control.node_json``)."""
+(the dicts mosd's ``view`` answer holds, see ``mosix_core.daemon.control_node.node_json``)."""
 
 from __future__ import annotations
 
