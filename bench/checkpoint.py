@@ -51,13 +51,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import busy_share, cpu_times, finish_work, say, wait_idle  # noqa: E402  (bench/machine.py)
+
 from mosix_core.image import capture, restore, stub  # noqa: E402
 from mosix_core.image.stream import ImageReader, ImageWriter  # noqa: E402
 from mosix_core.linux import inject, ptrace  # noqa: E402
-from machine import busy_share, cpu_times, finish_work, say, wait_idle  # noqa: E402  (bench/machine.py)
 
 TRACE_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACEEXEC | ptrace.O_EXITKILL
-TARGET_MB_S = 1000.0           # DESIGN §5: >= 1 GB/s raw to tmpfs
+TARGET_MB_S = 1000.0  # DESIGN §5: >= 1 GB/s raw to tmpfs
 # A throughput target: below this size a checkpoint or restore is a fixed ~10 ms of
 # set-up (injected calls, the stub) more than it is bytes per second.
 TARGET_FROM = 100 << 20
@@ -159,7 +160,7 @@ def memcpy_seconds(size: int, reps: int) -> list[float]:
     """A plain copy of ``size`` bytes between two touched buffers, ``reps`` times."""
     src = bytearray(b"\x5a") * size
     dst = bytearray(size)
-    dst[:] = src                            # fault the destination in
+    dst[:] = src  # fault the destination in
     s, d = memoryview(src), memoryview(dst)
     times = []
     for _ in range(reps):
@@ -191,8 +192,9 @@ def wait_line(path: Path, offset: int, prefixes: tuple[str, ...], timeout: float
                     return line
         got, status = os.waitpid(pid, os.WNOHANG | ptrace.WALL)
         if got:
-            raise SystemExit(f"process {pid} ended ({ptrace.decode_status(got, status)}) "
-                             f"before printing {'/'.join(prefixes)}")
+            raise SystemExit(
+                f"process {pid} ended ({ptrace.decode_status(got, status)}) before printing {'/'.join(prefixes)}"
+            )
         if time.monotonic() > deadline:
             raise SystemExit(f"process {pid}: no {'/'.join(prefixes)} in {path} after {timeout:g} s")
         time.sleep(0.005)
@@ -204,8 +206,9 @@ class Target:
     def __init__(self, exe: str, size: int, work: Path) -> None:
         self.out = work / f"target-{size}.out"
         with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen([exe, str(size)], stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [exe, str(size)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
         self.pid = self.proc.pid
         wait_line(self.out, 0, ("ready", "malloc failed"), 300.0, self.pid)
         if "ready" not in self.out.read_text():
@@ -237,19 +240,23 @@ class Target:
         if deferred:
             raise SystemExit(f"target {self.pid}: signals {deferred} arrived during the checkpoint")
         ptrace.cont(self.pid)
-        return {"write": t1 - t0, "stop_to_disk": t1 - t_stop, "page_bytes": stats.page_bytes,
-                "image_bytes": path.stat().st_size}
+        return {
+            "write": t1 - t0,
+            "stop_to_disk": t1 - t_stop,
+            "page_bytes": stats.page_bytes,
+            "image_bytes": path.stat().st_size,
+        }
 
     def kill(self) -> None:
         reap(self.pid)
-        self.proc.returncode = -signal.SIGKILL      # reaped above, not by Popen
+        self.proc.returncode = -signal.SIGKILL  # reaped above, not by Popen
 
 
 def restore_once(image: Path, out: Path, ready_len: int, profile: cProfile.Profile | None = None) -> dict:
     """Restore ``image`` into a new stub, run it, ask it to verify its memory; the timings."""
-    os.truncate(out, ready_len)             # the restored program writes after "ready"
+    os.truncate(out, ready_len)  # the restored program writes after "ready"
     t_fork = time.perf_counter()
-    child = stub.spawn_traced(TRACE_OPTIONS)                # stopped at its execve's exit
+    child = stub.spawn_traced(TRACE_OPTIONS)  # stopped at its execve's exit
     try:
         if profile:
             profile.enable()
@@ -270,15 +277,13 @@ def restore_once(image: Path, out: Path, ready_len: int, profile: cProfile.Profi
         line = wait_line(out, ready_len, ("OK", "BAD"), 120.0, child)
         if not line.startswith("OK"):
             raise SystemExit(f"restored process {child}: {line}")
-        return {"restore": t1 - t0, "disk_to_running": t2 - t_fork, "page_bytes": restored.page_bytes,
-                "verified": line}
+        return {"restore": t1 - t0, "disk_to_running": t2 - t_fork, "page_bytes": restored.page_bytes, "verified": line}
     finally:
         reap(child)
 
 
 # -- one size ------------------------------------------------------------------------------------------------
-def bench_size(exe: str, size: int, modes: list[str], reps: int, work: Path, images: Path,
-               profile: bool) -> dict:
+def bench_size(exe: str, size: int, modes: list[str], reps: int, work: Path, images: Path, profile: bool) -> dict:
     result: dict = {"size": size, "memcpy": memcpy_seconds(size, max(reps, 3)), "modes": {}}
     say(f"  memcpy {size_name(size)}: best {size / min(result['memcpy']) / 1e6:,.0f} MB/s")
     target = Target(exe, size, work)
@@ -294,8 +299,10 @@ def bench_size(exe: str, size: int, modes: list[str], reps: int, work: Path, ima
                 if prof:
                     profiles[f"write {mode}"] = prof
             result["modes"][mode] = {"checkpoint": runs}
-            say(f"  {size_name(size)} {mode}: write {[round(x['write'], 3) for x in runs]} s, "
-                f"{runs[-1]['page_bytes']:,} page bytes, image {runs[-1]['image_bytes']:,} bytes")
+            say(
+                f"  {size_name(size)} {mode}: write {[round(x['write'], 3) for x in runs]} s, "
+                f"{runs[-1]['page_bytes']:,} page bytes, image {runs[-1]['image_bytes']:,} bytes"
+            )
     finally:
         target.kill()
     try:
@@ -307,8 +314,10 @@ def bench_size(exe: str, size: int, modes: list[str], reps: int, work: Path, ima
                 if prof:
                     profiles[f"restore {mode}"] = prof
             result["modes"][mode]["restore"] = runs
-            say(f"  {size_name(size)} {mode}: restore {[round(x['restore'], 3) for x in runs]} s; "
-                f"{runs[-1]['verified']}")
+            say(
+                f"  {size_name(size)} {mode}: restore {[round(x['restore'], 3) for x in runs]} s; "
+                f"{runs[-1]['verified']}"
+            )
     finally:
         for path in paths.values():
             if path.exists():
@@ -338,11 +347,21 @@ def summarise(results: list[dict]) -> list[dict]:
             for what, key in (("write", "checkpoint"), ("restore", "restore")):
                 best, med = mb_s(pages, [r[what] for r in runs[key]])
                 target = TARGET_MB_S if mode == "raw" and size >= TARGET_FROM else None
-                rows.append({"size": size, "what": f"{what} {mode}", "best": best, "median": med,
-                             "ratio": best / copy_best, "ratio_median": med / copy_med,
-                             "seconds": min(r[what] for r in runs[key]), "page_bytes": pages,
-                             "image_bytes": image, "target": target,
-                             "pass": None if target is None else med >= target})
+                rows.append(
+                    {
+                        "size": size,
+                        "what": f"{what} {mode}",
+                        "best": best,
+                        "median": med,
+                        "ratio": best / copy_best,
+                        "ratio_median": med / copy_med,
+                        "seconds": min(r[what] for r in runs[key]),
+                        "page_bytes": pages,
+                        "image_bytes": image,
+                        "target": target,
+                        "pass": None if target is None else med >= target,
+                    }
+                )
     return rows
 
 
@@ -359,8 +378,10 @@ def freeze_like(results: list[dict]) -> dict | None:
 
 
 def print_table(rows: list[dict], freeze: dict | None) -> None:
-    head = (f"{'size':<8} {'what':<12} {'MB/s':>9} {'(median)':>9} {'x memcpy':>9} {'(median)':>9} "
-            f"{'seconds':>8} {'image':>12} {'target':>12} {'':>4}")
+    head = (
+        f"{'size':<8} {'what':<12} {'MB/s':>9} {'(median)':>9} {'x memcpy':>9} {'(median)':>9} "
+        f"{'seconds':>8} {'image':>12} {'target':>12} {'':>4}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -371,15 +392,19 @@ def print_table(rows: list[dict], freeze: dict | None) -> None:
         shrink = r["page_bytes"] / r["image_bytes"]
         verdict = {True: "pass", False: "FAIL", None: ""}[r["pass"]]
         target = f">= {r['target']:,.0f} MB/s" if r["target"] else "-"
-        print(f"{size_name(r['size']):<8} {r['what']:<12} {r['best']:>9,.0f} {r['median']:>9,.0f} "
-              f"{'x' + format(r['ratio'], '.3f'):>9} {'x' + format(r['ratio_median'], '.3f'):>9} "
-              f"{r['seconds']:>8.3f} {f'{image:,.0f} MB /{shrink:.1f}':>12} {target:>12} {verdict:>4}")
+        print(
+            f"{size_name(r['size']):<8} {r['what']:<12} {r['best']:>9,.0f} {r['median']:>9,.0f} "
+            f"{'x' + format(r['ratio'], '.3f'):>9} {'x' + format(r['ratio_median'], '.3f'):>9} "
+            f"{r['seconds']:>8.3f} {f'{image:,.0f} MB /{shrink:.1f}':>12} {target:>12} {verdict:>4}"
+        )
     if freeze:
         down, up = freeze["stop_to_disk"], freeze["disk_to_running"]
         print()
-        print(f"freeze-like (lz4) {size_name(freeze['size'])}: stop→on disk {min(down):.3f} s "
-              f"(median {statistics.median(down):.3f}), disk→running {min(up):.3f} s "
-              f"(median {statistics.median(up):.3f})")
+        print(
+            f"freeze-like (lz4) {size_name(freeze['size'])}: stop→on disk {min(down):.3f} s "
+            f"(median {statistics.median(down):.3f}), disk→running {min(up):.3f} s "
+            f"(median {statistics.median(up):.3f})"
+        )
 
 
 # -- the image directory ----------------------------------------------------------------------------------
@@ -406,13 +431,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10M,100M,1G", help="process sizes, comma-separated (K/M/G binary)")
     ap.add_argument("--compress", choices=["both", "raw", "lz4"], default="both")
-    ap.add_argument("--dir", default="/dev/shm/mosix-bench",
-                    help="where images are written (a tmpfs; created and removed)")
+    ap.add_argument(
+        "--dir", default="/dev/shm/mosix-bench", help="where images are written (a tmpfs; created and removed)"
+    )
     ap.add_argument("--reps", type=int, default=3, help="checkpoints and restores of each (best and median)")
-    ap.add_argument("--wait-idle", type=float, default=30.0,
-                    help="before each size, wait up to this many seconds for idle CPUs (0: don't)")
-    ap.add_argument("--profile", action="store_true",
-                    help="cProfile the last write and restore of each size and mode (slows them)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=30.0,
+        help="before each size, wait up to this many seconds for idle CPUs (0: don't)",
+    )
+    ap.add_argument(
+        "--profile", action="store_true", help="cProfile the last write and restore of each size and mode (slows them)"
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (program, outputs)")
     args = ap.parse_args(argv)
@@ -448,14 +479,29 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(results)
     freeze = freeze_like(results)
     if args.json:
-        print(json.dumps({"dir": str(parent), "fstype": fstype, "reps": args.reps, "cpus": os.cpu_count(),
-                          "seconds": elapsed, "busy": busy, "rows": rows, "freeze_like": freeze,
-                          "raw": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "dir": str(parent),
+                    "fstype": fstype,
+                    "reps": args.reps,
+                    "cpus": os.cpu_count(),
+                    "seconds": elapsed,
+                    "busy": busy,
+                    "rows": rows,
+                    "freeze_like": freeze,
+                    "raw": results,
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"checkpoint benchmark: images in {parent} ({fstype}); {os.cpu_count()} CPUs; best of "
-              f"{args.reps}, median beside; MB/s of process memory (page bytes), 10^6 B/s; image = MB "
-              f"on disk / compression; {elapsed:.0f} s; CPUs {100 * busy:.0f} % busy over the run (ours "
-              f"included)")
+        print(
+            f"checkpoint benchmark: images in {parent} ({fstype}); {os.cpu_count()} CPUs; best of "
+            f"{args.reps}, median beside; MB/s of process memory (page bytes), 10^6 B/s; image = MB "
+            f"on disk / compression; {elapsed:.0f} s; CPUs {100 * busy:.0f} % busy over the run (ours "
+            f"included)"
+        )
         print_table(rows, freeze)
     return 1 if any(r.get("pass") is False for r in rows) else 0
 

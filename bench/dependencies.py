@@ -92,8 +92,12 @@ def table_times(runs: int) -> None:
 
 # -- libseccomp building our filters -------------------------------------------------------------------
 class _ArgCmp(ctypes.Structure):
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
-                ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
 
 
 SCMP_CMP_NE, SCMP_CMP_MASKED_EQ = 1, 7
@@ -105,8 +109,13 @@ class Libseccomp:
         lib = self.lib = ctypes.CDLL("libseccomp.so.2")
         lib.seccomp_init.restype, lib.seccomp_init.argtypes = ctypes.c_void_p, [ctypes.c_uint32]
         lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
-        lib.seccomp_rule_add_exact_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
-                                                     ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
+        lib.seccomp_rule_add_exact_array.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.POINTER(_ArgCmp),
+        ]
         lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
         lib.seccomp_release.argtypes = [ctypes.c_void_p]
 
@@ -116,7 +125,7 @@ class Libseccomp:
         lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)
         lib.seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, seccomp.RET_TRACE)
         if tree:
-            lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)    # a binary tree, as ours
+            lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)  # a binary tree, as ours
         for nr, check in table.items():
             for action, conds in _rules_of(check):
                 cmps = (_ArgCmp * max(1, len(conds)))(*[_ArgCmp(*cond) for cond in conds])
@@ -153,7 +162,7 @@ def _rules_of(check: seccomp.Check) -> list[tuple[int, list[tuple[int, int, int,
             mask = k
         elif op in (seccomp._JEQ, seccomp._JSET):
             when_true, when_false = pc + 1 + jt, pc + 1 + jf
-            if traces(when_false) and not traces(when_true):     # stops unless this holds
+            if traces(when_false) and not traces(when_true):  # stops unless this holds
                 cond = (arg, SCMP_CMP_MASKED_EQ, k, 0) if op == seccomp._JSET else (arg, SCMP_CMP_NE, k, 0)
             else:
                 cond = (arg, SCMP_CMP_MASKED_EQ, k, k) if op == seccomp._JSET else (arg, SCMP_CMP_MASKED_EQ, mask, k)
@@ -240,10 +249,11 @@ def per_call(filters: dict[str, list | None], calls: int, turns: int) -> None:
             for name, program in filters.items():
                 for call, letter in CALLS.items():
                     if "guest" in name and call == "getppid":
-                        continue             # a guest's getppid stops (it is home's)
+                        continue  # a guest's getppid stops (it is home's)
                     data = seccomp.pack(program) if program else b""
-                    out = subprocess.run([str(loop), letter, str(calls), "5"], input=data,
-                                         capture_output=True, check=True).stdout
+                    out = subprocess.run(
+                        [str(loop), letter, str(calls), "5"], input=data, capture_output=True, check=True
+                    ).stdout
                     key = (name, call)
                     best[key] = min(best.get(key, float("inf")), float(out))
     print(f"per call: ns per call, best of {turns} turns x 5 rounds of {calls}")
@@ -272,15 +282,19 @@ def main() -> None:
     for name, make in builds.items():
         ms, length = median_ms(make, args.runs * 2)
         print(f"  {name:22s} {ms:7.3f} ms  {length:5d} insns")
-    per_call({
-        "none": None,
-        "ours, home": rules.build_filter(),
-        "libseccomp, home (tree)": lsc.build(home),
-        "libseccomp, home (linear)": lsc.build(home, tree=False),
-        "ours, guest": guest.guest_filter(),
-        "libseccomp, guest (tree)": lsc.build(guest_rules),
-        "libseccomp, guest (linear)": lsc.build(guest_rules, tree=False),
-    }, args.calls, args.turns)
+    per_call(
+        {
+            "none": None,
+            "ours, home": rules.build_filter(),
+            "libseccomp, home (tree)": lsc.build(home),
+            "libseccomp, home (linear)": lsc.build(home, tree=False),
+            "ours, guest": guest.guest_filter(),
+            "libseccomp, guest (tree)": lsc.build(guest_rules),
+            "libseccomp, guest (linear)": lsc.build(guest_rules, tree=False),
+        },
+        args.calls,
+        args.turns,
+    )
 
 
 if __name__ == "__main__":

@@ -55,11 +55,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checkpoint import parse_size, size_name  # noqa: E402
 from machine import busy_share, cpu_times, finish_work, say, wait_idle  # noqa: E402
-from migration import (PYTHON, Cluster, Failure, MosixProgram, default_base_ip, diagnose,  # noqa: E402
-                       loopback_tcp_rtt_us, loopback_tcp_seconds, use_source_tree)
+from migration import (  # noqa: E402
+    PYTHON,
+    Cluster,
+    Failure,
+    MosixProgram,
+    default_base_ip,
+    diagnose,
+    loopback_tcp_rtt_us,
+    loopback_tcp_seconds,
+    use_source_tree,
+)
 
-TARGET_CALL_US = 60.0        # DESIGN §5: forwarded system call from a guest (small) <= 60 µs round trip
-TARGET_BULK_SHARE = 0.40     # DESIGN §5: forwarded bulk read/write >= 40 % of loopback TCP bandwidth
+TARGET_CALL_US = 60.0  # DESIGN §5: forwarded system call from a guest (small) <= 60 µs round trip
+TARGET_BULK_SHARE = 0.40  # DESIGN §5: forwarded bulk read/write >= 40 % of loopback TCP bandwidth
 
 PROGRAM = r"""
 import ctypes, os, select, sys, time
@@ -148,15 +157,15 @@ def parse_output(text: str, kind: str) -> dict:
 def run_native(work: Path, argv: list[str], timeout: float) -> dict:
     env = {**os.environ, "LANG": "C.UTF-8"}
     env.pop("LC_ALL", None)
-    done = subprocess.run([PYTHON, *argv, "native"], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run([PYTHON, *argv, "native"], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise Failure(f"native run: status {done.returncode}: {done.stderr.strip()[-500:]}")
     return parse_output(done.stdout, "native")
 
 
-def run_mosix(cluster: Cluster, work: Path, argv: list[str], kind: str, timeout: float,
-              programs: list[MosixProgram]) -> dict:
+def run_mosix(
+    cluster: Cluster, work: Path, argv: list[str], kind: str, timeout: float, programs: list[MosixProgram]
+) -> dict:
     prog = MosixProgram(cluster, [PYTHON, *argv, kind], work, f"calls-{kind}-{len(programs)}")
     programs.append(prog)
     try:
@@ -186,7 +195,9 @@ def awk_program(outer: int) -> str:
 
 def awk_native(outer: int) -> float:
     t0 = time.perf_counter()
-    subprocess.run(["awk", awk_program(outer)], check=True, stdin=subprocess.DEVNULL, env={**os.environ, "LANG": "C.UTF-8"})
+    subprocess.run(
+        ["awk", awk_program(outer)], check=True, stdin=subprocess.DEVNULL, env={**os.environ, "LANG": "C.UTF-8"}
+    )
     return time.perf_counter() - t0
 
 
@@ -205,7 +216,7 @@ def awk_mosix(cluster: Cluster, work: Path, outer: int, move: bool, programs: li
             while prog.proc.poll() is None:
                 try:
                     r = prog.row()
-                except Exception:          # noqa: BLE001  (the row may go as the process ends)
+                except Exception:  # noqa: BLE001  (the row may go as the process ends)
                     r = None
                 if r is not None and r["where"] == cluster.ip(2):
                     away = True
@@ -254,29 +265,40 @@ def fmt(pair: tuple[float, float], unit: str) -> str:
     return f"{format(pair[0], spec)} ({format(pair[1], spec)})"
 
 
-def print_table(rows: list[dict], awk: dict | None, rtt: list[float], rtt1: list[float], tcp: list[float],
-                reps: int) -> None:
-    print(f"baselines: loopback TCP round trip {min(rtt):.1f} µs (median {statistics.median(rtt):.1f}; on one CPU "
-          f"{min(rtt1):.1f}, median {statistics.median(rtt1):.1f}), "
-          f"loopback TCP bandwidth {max(tcp):,.0f} MB/s (median {statistics.median(tcp):,.0f})")
-    head = (f"{'what (best (median) of ' + str(reps) + ')':<26} {'native':>17} {'home (mosrun)':>17} "
-            f"{'away (node 2)':>19} {'away, median':>22} {'target':>18}")
+def print_table(
+    rows: list[dict], awk: dict | None, rtt: list[float], rtt1: list[float], tcp: list[float], reps: int
+) -> None:
+    print(
+        f"baselines: loopback TCP round trip {min(rtt):.1f} µs (median {statistics.median(rtt):.1f}; on one CPU "
+        f"{min(rtt1):.1f}, median {statistics.median(rtt1):.1f}), "
+        f"loopback TCP bandwidth {max(tcp):,.0f} MB/s (median {statistics.median(tcp):,.0f})"
+    )
+    head = (
+        f"{'what (best (median) of ' + str(reps) + ')':<26} {'native':>17} {'home (mosrun)':>17} "
+        f"{'away (node 2)':>19} {'away, median':>22} {'target':>18}"
+    )
     print(head)
     print("-" * (len(head) + 6))
     for r in rows:
-        print(f"{r['what']:<26} {fmt(r['native'], r['unit']):>17} {fmt(r['home'], r['unit']):>17} "
-              f"{fmt(r['away'], r['unit']):>19} {r['vs']:>22} {r['target']:>18} {'pass' if r['pass'] else 'FAIL'}")
+        print(
+            f"{r['what']:<26} {fmt(r['native'], r['unit']):>17} {fmt(r['home'], r['unit']):>17} "
+            f"{fmt(r['away'], r['unit']):>19} {r['vs']:>22} {r['target']:>18} {'pass' if r['pass'] else 'FAIL'}"
+        )
     if awk:
         n, h, a = awk["native"], awk["home"], awk["away"]
         med = statistics.median
-        print(f"{'awk loop s (FAQ)':<26} {min(n):>8.2f} ({med(n):.2f}) {min(h):>8.2f} ({med(h):.2f}) "
-              f"{min(a):>10.2f} ({med(a):.2f}) {'x' + format(med(a) / med(h), '.3f') + ' home':>22} "
-              f"{'x' + format(med(a) / med(n), '.3f') + ' native':>18}")
+        print(
+            f"{'awk loop s (FAQ)':<26} {min(n):>8.2f} ({med(n):.2f}) {min(h):>8.2f} ({med(h):.2f}) "
+            f"{min(a):>10.2f} ({med(a):.2f}) {'x' + format(med(a) / med(h), '.3f') + ' home':>22} "
+            f"{'x' + format(med(a) / med(n), '.3f') + ' native':>18}"
+        )
         print()
-        print(f"awk loop: awk '{awk['program']}' ({awk['runs']} runs each, ~{awk['seconds']:g} s natively), wall "
-              f"time start to exit; away = moved to node 2 as soon as its row showed ({awk['seen_away']} of "
-              f"{awk['runs']} seen away). Away over home: best x{min(a) / min(h):.3f}, median x{med(a) / med(h):.3f}; "
-              f"away over native: median x{med(a) / med(n):.3f}; home over native: median x{med(h) / med(n):.3f}.")
+        print(
+            f"awk loop: awk '{awk['program']}' ({awk['runs']} runs each, ~{awk['seconds']:g} s natively), wall "
+            f"time start to exit; away = moved to node 2 as soon as its row showed ({awk['seen_away']} of "
+            f"{awk['runs']} seen away). Away over home: best x{min(a) / min(h):.3f}, median x{med(a) / med(h):.3f}; "
+            f"away over native: median x{med(a) / med(n):.3f}; home over native: median x{med(h) / med(n):.3f}."
+        )
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -292,8 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tcp-bytes", default="1G", help="bytes of the loopback TCP bandwidth baseline")
     ap.add_argument("--base-ip", default=None, help="first loopback address of the cluster")
     ap.add_argument("--dir", default="/dev/shm", help="parent of the temporary directory (the programs' cwd)")
-    ap.add_argument("--wait-idle", type=float, default=30.0,
-                    help="before each part, wait up to this many seconds for idle CPUs (0: don't)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=30.0,
+        help="before each part, wait up to this many seconds for idle CPUs (0: don't)",
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (cluster, outputs)")
     args = ap.parse_args(argv)
@@ -308,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-forward-", dir=args.dir))
     (work / "calls.py").write_text(PROGRAM)
     prog_argv = [str(work / "calls.py"), str(args.calls), str(bulk), ",".join(str(c) for c in chunks)]
-    timeout = 120.0 + len(chunks) * bulk / 5e6          # 5 MB/s at worst
+    timeout = 120.0 + len(chunks) * bulk / 5e6  # 5 MB/s at worst
     cluster: Cluster | None = None
     programs: list[MosixProgram] = []
     runs: dict[str, list[dict]] = {k: [] for k in KINDS}
@@ -317,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_before = cpu_times()
     failed = False
     try:
+
         def begin(text: str) -> None:
             if args.wait_idle > 0:
                 wait_idle(args.wait_idle)
@@ -327,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         rtt1 = [loopback_tcp_rtt_us(args.rtt_rounds, one_cpu=True) for _ in range(3)]
         tcp_bytes = parse_size(args.tcp_bytes)
         tcp = [tcp_bytes / loopback_tcp_seconds(tcp_bytes) / 1e6 for _ in range(3)]
-        say(f"  round trip {[round(x, 1) for x in rtt]} µs ({[round(x, 1) for x in rtt1]} on one CPU), "
-            f"bandwidth {[round(x) for x in tcp]} MB/s")
+        say(
+            f"  round trip {[round(x, 1) for x in rtt]} µs ({[round(x, 1) for x in rtt1]} on one CPU), "
+            f"bandwidth {[round(x) for x in tcp]} MB/s"
+        )
         cluster = Cluster(work / "cluster", nodes=2, base_ip=args.base_ip or default_base_ip())
         cluster.converged()
         for rep in range(args.reps):
@@ -340,24 +369,35 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     figures = run_mosix(cluster, work, prog_argv, kind, timeout, programs)
                 runs[kind].append(figures)
-                say(f"  getppid {figures['getppid']} µs, fstat {figures['fstat']} µs, write "
-                    f"{figures['write']} MB/s, read {figures['read']} MB/s")
+                say(
+                    f"  getppid {figures['getppid']} µs, fstat {figures['fstat']} µs, write "
+                    f"{figures['write']} MB/s, read {figures['read']} MB/s"
+                )
         if args.awk_runs > 0:
             begin("awk loop ...")
             probe = 1000
             t = min(awk_native(probe) for _ in range(2))
             outer = max(1, round(probe * args.awk_seconds / t))
             say(f"  awk: {outer} x 10,000 iterations (~{args.awk_seconds:g} s natively)")
-            awk = {"program": awk_program(outer), "runs": args.awk_runs, "seconds": args.awk_seconds,
-                   "native": [], "home": [], "away": [], "seen_away": 0}
+            awk = {
+                "program": awk_program(outer),
+                "runs": args.awk_runs,
+                "seconds": args.awk_seconds,
+                "native": [],
+                "home": [],
+                "away": [],
+                "seen_away": 0,
+            }
             for _ in range(args.awk_runs):
                 awk["native"].append(awk_native(outer))
                 awk["home"].append(awk_mosix(cluster, work, outer, False, programs)[0])
                 wall, away = awk_mosix(cluster, work, outer, True, programs)
                 awk["away"].append(wall)
                 awk["seen_away"] += away
-            say(f"  awk native {[round(x, 2) for x in awk['native']]} s, home {[round(x, 2) for x in awk['home']]} s, "
-                f"away {[round(x, 2) for x in awk['away']]} s")
+            say(
+                f"  awk native {[round(x, 2) for x in awk['native']]} s, home {[round(x, 2) for x in awk['home']]} s, "
+                f"away {[round(x, 2) for x in awk['away']]} s"
+            )
     except Failure as err:
         failed = True
         say(f"FAILED: {err}")
@@ -374,15 +414,34 @@ def main(argv: list[str] | None = None) -> int:
     busy = busy_share(cpu_before, cpu_times())
     rows = summarise(runs, chunks, rtt, tcp)
     if args.json:
-        print(json.dumps({"reps": args.reps, "calls": args.calls, "bulk": bulk, "chunks": chunks,
-                          "cpus": os.cpu_count(), "seconds": elapsed, "busy": busy, "rtt_us": rtt, "rtt_one_cpu_us": rtt1,
-                          "tcp_mb_s": tcp,
-                          "rows": rows, "runs": runs, "awk": awk}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "reps": args.reps,
+                    "calls": args.calls,
+                    "bulk": bulk,
+                    "chunks": chunks,
+                    "cpus": os.cpu_count(),
+                    "seconds": elapsed,
+                    "busy": busy,
+                    "rtt_us": rtt,
+                    "rtt_one_cpu_us": rtt1,
+                    "tcp_mb_s": tcp,
+                    "rows": rows,
+                    "runs": runs,
+                    "awk": awk,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     else:
-        print(f"forward benchmark: {PYTHON}, {args.calls:,} x getppid and fstat(1), {size_name(bulk)} written and "
-              f"read back per chunk size, native / under mosrun at home / moved to node 2 of a 2-node loopback "
-              f"cluster; best (median) of {args.reps}; {os.cpu_count()} CPUs; {elapsed:.0f} s; CPUs "
-              f"{100 * busy:.0f} % busy over the run (ours included)")
+        print(
+            f"forward benchmark: {PYTHON}, {args.calls:,} x getppid and fstat(1), {size_name(bulk)} written and "
+            f"read back per chunk size, native / under mosrun at home / moved to node 2 of a 2-node loopback "
+            f"cluster; best (median) of {args.reps}; {os.cpu_count()} CPUs; {elapsed:.0f} s; CPUs "
+            f"{100 * busy:.0f} % busy over the run (ours included)"
+        )
         print_table(rows, awk, rtt, rtt1, tcp, args.reps)
     return 1 if any(not r["pass"] for r in rows) else 0
 

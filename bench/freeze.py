@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checkpoint import (ROOT, Target, compile_target, memcpy_seconds, parse_size, size_name,  # noqa: E402
-                        wait_line)
+from checkpoint import ROOT, Target, compile_target, memcpy_seconds, parse_size, size_name, wait_line  # noqa: E402
 from machine import say, wait_idle  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
@@ -61,7 +60,7 @@ def file_round_trip(directory: Path, size: int) -> tuple[float, float]:
     with open(path, "wb", buffering=0) as f:
         left = size
         while left > 0:
-            left -= f.write(block[:min(left, len(block))])
+            left -= f.write(block[: min(left, len(block))])
     t1 = time.perf_counter()
     with open(path, "rb", buffering=0) as f:
         while f.read(len(block)):
@@ -98,15 +97,23 @@ def one_round(target: Target, freezer: Freezer, serial: int) -> dict:
     line = wait_line(target.out, answer_at, ("OK", "BAD"), 120.0, pid)
     if not line.startswith("OK"):
         raise SystemExit(f"unfrozen process: {line}")
-    return {"freeze": t1 - t0, "unfreeze": t3 - t2, "frozen_rss_kb": frozen_rss,
-            "page_bytes": frozen.page_bytes, "image_bytes": frozen.image_bytes}
+    return {
+        "freeze": t1 - t0,
+        "unfreeze": t3 - t2,
+        "frozen_rss_kb": frozen_rss,
+        "page_bytes": frozen.page_bytes,
+        "image_bytes": frozen.image_bytes,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1G", help="process sizes, comma-separated (K/M/G binary)")
-    ap.add_argument("--dir", default="/var/tmp/mosix-bench-freeze",
-                    help="the freezing directory (created and removed; a disk, as freezing directories are)")
+    ap.add_argument(
+        "--dir",
+        default="/var/tmp/mosix-bench-freeze",
+        help="the freezing directory (created and removed; a disk, as freezing directories are)",
+    )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--wait-idle", type=float, default=30.0)
     args = ap.parse_args(argv)
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-freeze-"))
     freeze_dir = Path(args.dir)
     freeze_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["FREEZE_DIR"] = str(freeze_dir)          # the target inherits it
+    os.environ["FREEZE_DIR"] = str(freeze_dir)  # the target inherits it
     freezer = Freezer(None)
     rows = []
     try:
@@ -134,20 +141,28 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(freeze_dir, ignore_errors=True)
-    print(f"freeze benchmark: freezing directory {freeze_dir}; best of {args.reps}, median beside; "
-          f"baselines in the same run: memcpy, and a plain file write / read of the same size there")
+    print(
+        f"freeze benchmark: freezing directory {freeze_dir}; best of {args.reps}, median beside; "
+        f"baselines in the same run: memcpy, and a plain file write / read of the same size there"
+    )
     for size, copy, disk_write, disk_read, runs in rows:
         freeze_s = [r["freeze"] for r in runs]
         thaw_s = [r["unfreeze"] for r in runs]
         last = runs[-1]
-        print(f"{size_name(size)}: image {last['image_bytes'] / 1e6:,.0f} MB for {last['page_bytes'] / 1e6:,.0f} MB "
-              f"of memory; RSS while frozen {last['frozen_rss_kb']} kB")
-        print(f"  freeze   {min(freeze_s):.3f} s (median {statistics.median(freeze_s):.3f}) = "
-              f"{min(freeze_s) / copy:.1f}x the memcpy time ({copy:.3f} s), {min(freeze_s) / disk_write:.2f}x "
-              f"the plain write ({disk_write:.3f} s)")
-        print(f"  unfreeze {min(thaw_s):.3f} s (median {statistics.median(thaw_s):.3f}) = "
-              f"{min(thaw_s) / copy:.1f}x the memcpy time, {min(thaw_s) / disk_read:.2f}x the plain read "
-              f"({disk_read:.3f} s)")
+        print(
+            f"{size_name(size)}: image {last['image_bytes'] / 1e6:,.0f} MB for {last['page_bytes'] / 1e6:,.0f} MB "
+            f"of memory; RSS while frozen {last['frozen_rss_kb']} kB"
+        )
+        print(
+            f"  freeze   {min(freeze_s):.3f} s (median {statistics.median(freeze_s):.3f}) = "
+            f"{min(freeze_s) / copy:.1f}x the memcpy time ({copy:.3f} s), {min(freeze_s) / disk_write:.2f}x "
+            f"the plain write ({disk_write:.3f} s)"
+        )
+        print(
+            f"  unfreeze {min(thaw_s):.3f} s (median {statistics.median(thaw_s):.3f}) = "
+            f"{min(thaw_s) / copy:.1f}x the memcpy time, {min(thaw_s) / disk_read:.2f}x the plain read "
+            f"({disk_read:.3f} s)"
+        )
     return 0
 
 

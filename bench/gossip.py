@@ -59,7 +59,14 @@ except ImportError:  # pragma: no cover - told to the user below
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mosix_core.cluster.gossip import (  # noqa: E402
-    ENTRY_SIZE, ClusterView, NodeStatus, choose_targets, decode_entries, encode_entries, window_for)
+    ENTRY_SIZE,
+    ClusterView,
+    NodeStatus,
+    choose_targets,
+    decode_entries,
+    encode_entries,
+    window_for,
+)
 from mosix_core.daemon.node import PROBES_PER_ROUND, SUSPECT_AFTER  # noqa: E402
 from mosix_core.net.wire import OVERHEAD  # noqa: E402
 
@@ -73,9 +80,9 @@ def _fast_address_hash(self: IPv4Address) -> int:
 # hash equal, so nothing but the speed changes.
 IPv4Address.__hash__ = _fast_address_hash  # type: ignore[method-assign]
 
-COUNT_SIZE = 2            # the entry count in front of a gossip payload
-VIEWS_MAX_NODES = 2000    # "auto" engine: real ClusterViews up to here
-BIN = 0.01                # age histogram resolution, in periods
+COUNT_SIZE = 2  # the entry count in front of a gossip payload
+VIEWS_MAX_NODES = 2000  # "auto" engine: real ClusterViews up to here
+BIN = 0.01  # age histogram resolution, in periods
 _TRUE = np.ones(1, bool)
 
 
@@ -83,8 +90,16 @@ _TRUE = np.ones(1, bool)
 class Params:
     """One simulation: size, window, strategy and the network model."""
 
-    def __init__(self, n: int, window: int, dead_after: float, strategy: str, args: argparse.Namespace,
-                 engine: str, label: str = "") -> None:
+    def __init__(
+        self,
+        n: int,
+        window: int,
+        dead_after: float,
+        strategy: str,
+        args: argparse.Namespace,
+        engine: str,
+        label: str = "",
+    ) -> None:
         self.n, self.window, self.dead_after, self.strategy = n, window, dead_after, strategy
         self.engine, self.label = engine, label or strategy
         self.fanout, self.loss, self.jitter = args.fanout, args.loss, args.jitter
@@ -124,7 +139,7 @@ class AgeStats:
         self.max = 0.0
         self.dead = 0
         self.unknown = 0
-        self.bounded = False   # some age dated from the first period: max is a lower bound
+        self.bounded = False  # some age dated from the first period: max is a lower bound
 
     def add(self, ages: np.ndarray, unknown: int, now: float) -> None:
         self.unknown += unknown
@@ -164,11 +179,11 @@ class Result:
         self.stats = AgeStats(p.dead_after)
         self.warmup = 0
         self.full = False
-        self.known = 0.0           # fraction of observer pairs known when measuring started
-        self.msgs = 0              # sent during the measurement
-        self.entries = 0           # entries in those messages
+        self.known = 0.0  # fraction of observer pairs known when measuring started
+        self.msgs = 0  # sent during the measurement
+        self.entries = 0  # entries in those messages
         self.lost = 0
-        self.codec_msgs = 0        # messages that went through encode/decode
+        self.codec_msgs = 0  # messages that went through encode/decode
         self.seconds = 0.0
 
     @property
@@ -289,10 +304,18 @@ def address(k: int) -> IPv4Address:
 def node_status(k: int) -> NodeStatus:
     r = random.Random(k)
     ncpus = r.choice([2, 4, 8, 16, 32])
-    return NodeStatus(address(k), load=r.randrange(0, 100 * ncpus), speed=r.choice([10000, 12000, 15000]),
-                      ncpus=ncpus, mem_avail_pages=r.randrange(1, 1 << 24), mem_total_pages=1 << 24,
-                      swap_free_tenths=r.randrange(0, 80), swap_total_tenths=80, nprocs=r.randrange(0, 40),
-                      guests=r.randrange(0, 10))
+    return NodeStatus(
+        address(k),
+        load=r.randrange(0, 100 * ncpus),
+        speed=r.choice([10000, 12000, 15000]),
+        ncpus=ncpus,
+        mem_avail_pages=r.randrange(1, 1 << 24),
+        mem_total_pages=1 << 24,
+        swap_free_tenths=r.randrange(0, 80),
+        swap_total_tenths=80,
+        nprocs=r.randrange(0, 40),
+        guests=r.randrange(0, 10),
+    )
 
 
 def quantised(entries: list[tuple[NodeStatus, float]]) -> list[tuple[NodeStatus, float]]:
@@ -308,9 +331,9 @@ class ViewsEngine:
         self.status = [node_status(k) for k in range(p.n)]
         self.views = [ClusterView(ip, dead_after=p.dead_after) for ip in self.ips]
         self.fresh, self.rest, self.how = split_window(p)
-        self.srng = random.Random(p.seed + 1)      # strategy choices
-        self.crng = random.Random(p.seed + 2)      # which messages go through the codec
-        self.cursor = [0] * p.n                    # round-robin position
+        self.srng = random.Random(p.seed + 1)  # strategy choices
+        self.crng = random.Random(p.seed + 2)  # which messages go through the codec
+        self.cursor = [0] * p.n  # round-robin position
         self.keys: list[list[IPv4Address]] = [[] for _ in range(p.n)]
         self.codec_msgs = 0
 
@@ -405,20 +428,20 @@ class ArraysEngine:
         self.p = p
         self.F = np.full((n, n), -np.inf)
         self.fresh, self.rest, self.how = split_window(p)
-        self.keep = self.fresh + 1                      # one spare for the excluded target
+        self.keep = self.fresh + 1  # one spare for the excluded target
         self.top: list[np.ndarray | None] = [None] * n  # the last ranking
-        self.thr = [-math.inf] * n                      # its oldest fresh_at (-inf: all live kept)
+        self.thr = [-math.inf] * n  # its oldest fresh_at (-inf: all live kept)
         self.pend: list[list[np.ndarray]] = [[] for _ in range(n)]  # made younger since
-        self.cursor = [0] * n                           # round-robin position
+        self.cursor = [0] * n  # round-robin position
         self.srng = np.random.default_rng(p.seed + 1)
         self.dead_after = p.dead_after
         self.others_seq = list(range(n))
 
     def send(self, i: int, now: float, rng: random.Random):
         row = self.F[i]
-        row[i] = now                                    # update_local
+        row[i] = now  # update_local
         cand, vals = self.youngest(i, row, now)
-        if self.p.fanout == 1:                          # what choose_targets draws, without the list
+        if self.p.fanout == 1:  # what choose_targets draws, without the list
             k = rng._randbelow(self.n - 1)
             targets: Any = (k + (k >= i),)
         else:
@@ -432,7 +455,7 @@ class ArraysEngine:
             if self.rest:
                 extra = self.others(i, row, idx, target, now)
                 idx, v = np.concatenate((idx, extra)), np.concatenate((v, row[extra]))
-            ages = np.floor((now - v) * 1000) / 1000    # whole milliseconds on the wire
+            ages = np.floor((now - v) * 1000) / 1000  # whole milliseconds on the wire
             out.append((target, (idx, ages), len(idx)))
         return out
 
@@ -447,8 +470,8 @@ class ArraysEngine:
             else:
                 cand = top
             vals = row[cand]
-            if len(cand) > keep:                        # fast path: the youngest are all live
-                part = vals.argpartition(len(cand) - keep)[len(cand) - keep:]
+            if len(cand) > keep:  # fast path: the youngest are all live
+                part = vals.argpartition(len(cand) - keep)[len(cand) - keep :]
                 c, v = cand[part], vals[part]
                 oldest = v.min()
                 if now - oldest <= dead_after and oldest >= thr:
@@ -456,7 +479,7 @@ class ArraysEngine:
             live = now - vals <= dead_after
             cand, vals = cand[live], vals[live]
             if len(cand) >= keep:
-                part = vals.argpartition(len(cand) - keep)[len(cand) - keep:]
+                part = vals.argpartition(len(cand) - keep)[len(cand) - keep :]
                 cand, vals = cand[part], vals[part]
                 oldest = vals.min()
                 if oldest >= thr:
@@ -468,7 +491,7 @@ class ArraysEngine:
         vals = row[cand]
         if len(cand) < keep:
             return self.remember(i, cand, vals, -math.inf)
-        part = vals.argpartition(len(cand) - keep)[len(cand) - keep:]
+        part = vals.argpartition(len(cand) - keep)[len(cand) - keep :]
         cand, vals = cand[part], vals[part]
         return self.remember(i, cand, vals, vals.min())
 
@@ -489,14 +512,13 @@ class ArraysEngine:
             good = good[np.sort(first)][:want]
             if len(good) == want or attempt:
                 break
-            draw = (self.srng.permutation(n) if self.how == "random"
-                    else (self.cursor[i] + 1 + np.arange(n)) % n)
+            draw = self.srng.permutation(n) if self.how == "random" else (self.cursor[i] + 1 + np.arange(n)) % n
         if self.how == "rr" and len(good):
             self.cursor[i] = int(good[-1])
         return good
 
     def deliver(self, j: int, message: tuple[np.ndarray, np.ndarray], now: float) -> None:
-        idx, ages = message                             # never our own entry: exclude=target
+        idx, ages = message  # never our own entry: exclude=target
         row = self.F[j]
         fresh = now - ages
         better = fresh > row[idx]
@@ -545,18 +567,22 @@ def fmt(x: float, width: int = 7, prec: int = 2) -> str:
     return f"{x:{width}.{prec}f}" if not math.isnan(x) else f"{'-':>{width}}"
 
 
-HEAD = (f"{'nodes':>6} {'engine':<6} {'strategy':<13} {'window':>6} {'dead':>5} {'warmup':>7} "
-        f"{'mean':>7} {'p95':>7} {'p99.9':>7} {'max':>8} {'dead%':>6} {'msg/n/p':>7} {'B/msg':>6} {'sec':>5}")
+HEAD = (
+    f"{'nodes':>6} {'engine':<6} {'strategy':<13} {'window':>6} {'dead':>5} {'warmup':>7} "
+    f"{'mean':>7} {'p95':>7} {'p99.9':>7} {'max':>8} {'dead%':>6} {'msg/n/p':>7} {'B/msg':>6} {'sec':>5}"
+)
 
 
 def row_text(res: Result) -> str:
     p, s = res.p, res.stats
     warm = f"{res.warmup}{'' if res.full else '*'}"
     bounded = "+" if s.bounded else " "
-    return (f"{p.n:>6} {p.engine:<6} {p.label:<13} {min(p.window, p.n - 1):>6} {p.dead_after:>5.0f} {warm:>7} "
-            f"{fmt(s.mean)} {fmt(s.percentile(95))} {fmt(s.percentile(99.9))} {fmt(s.max)}{bounded}"
-            f"{fmt(100 * s.dead_fraction, 6, 3)} {fmt(res.msgs_per_node_period, 7, 3)} "
-            f"{res.bytes_per_msg:>6.0f} {res.seconds:>5.0f}")
+    return (
+        f"{p.n:>6} {p.engine:<6} {p.label:<13} {min(p.window, p.n - 1):>6} {p.dead_after:>5.0f} {warm:>7} "
+        f"{fmt(s.mean)} {fmt(s.percentile(95))} {fmt(s.percentile(99.9))} {fmt(s.max)}{bounded}"
+        f"{fmt(100 * s.dead_fraction, 6, 3)} {fmt(res.msgs_per_node_period, 7, 3)} "
+        f"{res.bytes_per_msg:>6.0f} {res.seconds:>5.0f}"
+    )
 
 
 def estimated_cost(p: Params) -> float:
@@ -575,9 +601,10 @@ def run_all(jobs: list[tuple[Any, Params]], workers: int, show) -> dict[Any, Res
             show(key, results[key])
         return results
     import multiprocessing
+
     with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
         biggest = max(range(len(jobs)), key=lambda k: estimated_cost(jobs[k][1]))
-        order = [jobs[biggest]] + jobs[:biggest] + jobs[biggest + 1:]  # the rest in printing order
+        order = [jobs[biggest]] + jobs[:biggest] + jobs[biggest + 1 :]  # the rest in printing order
         pending = {key: pool.apply_async(run, (p,)) for key, p in order}
         for key, _ in jobs:
             results[key] = pending[key].get()
@@ -593,36 +620,62 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-datagram", type=int, default=8192, help="bytes; sets the window")
     ap.add_argument("--loss", type=float, default=0.0, help="probability a message is lost")
     ap.add_argument("--jitter", type=float, default=0.1, help="delivery delay up to this many periods")
-    ap.add_argument("--interval-jitter", type=float, default=0.2,
-                    help="send interval is U(1-x, 1+x) periods (mosd: 0.2)")
+    ap.add_argument(
+        "--interval-jitter", type=float, default=0.2, help="send interval is U(1-x, 1+x) periods (mosd: 0.2)"
+    )
     ap.add_argument("--fanout", type=int, default=1)
-    ap.add_argument("--probes", type=int, default=PROBES_PER_ROUND,
-                    help="suspects probed per round, as mosd does (views engine only; 0: none)")
-    ap.add_argument("--suspect-after", type=float, default=SUSPECT_AFTER,
-                    help="probe live entries older than this share of dead_after (mosd's rule)")
-    ap.add_argument("--strategy", default="freshest",
-                    help="entry selection: freshest, mixed[:f], freshrr[:f], random, roundrobin; "
-                         "comma-separated to compare; 'all' for all of them")
-    ap.add_argument("--engine", choices=["auto", "views", "arrays"], default="auto",
-                    help=f"auto: views up to {VIEWS_MAX_NODES} nodes, arrays above")
-    ap.add_argument("--dead-after", type=float, default=0.0,
-                    help="periods; 0: the daemon's rule max(10, 4*ceil(n/window))")
-    ap.add_argument("--fill", type=float, default=None,
-                    help="warm up until this share of observer/node pairs is known (default 1 up to "
-                         f"{VIEWS_MAX_NODES} nodes, else 0.999: the last 0.1%% would take as long again)")
+    ap.add_argument(
+        "--probes",
+        type=int,
+        default=PROBES_PER_ROUND,
+        help="suspects probed per round, as mosd does (views engine only; 0: none)",
+    )
+    ap.add_argument(
+        "--suspect-after",
+        type=float,
+        default=SUSPECT_AFTER,
+        help="probe live entries older than this share of dead_after (mosd's rule)",
+    )
+    ap.add_argument(
+        "--strategy",
+        default="freshest",
+        help="entry selection: freshest, mixed[:f], freshrr[:f], random, roundrobin; "
+        "comma-separated to compare; 'all' for all of them",
+    )
+    ap.add_argument(
+        "--engine",
+        choices=["auto", "views", "arrays"],
+        default="auto",
+        help=f"auto: views up to {VIEWS_MAX_NODES} nodes, arrays above",
+    )
+    ap.add_argument(
+        "--dead-after", type=float, default=0.0, help="periods; 0: the daemon's rule max(10, 4*ceil(n/window))"
+    )
+    ap.add_argument(
+        "--fill",
+        type=float,
+        default=None,
+        help="warm up until this share of observer/node pairs is known (default 1 up to "
+        f"{VIEWS_MAX_NODES} nodes, else 0.999: the last 0.1%% would take as long again)",
+    )
     ap.add_argument("--max-warmup", type=int, default=0, help="periods; 0: enough to fill the views")
     ap.add_argument("--observers", type=int, default=200, help="sampled observers above --observers-all-up-to")
     ap.add_argument("--observers-all-up-to", type=int, default=1000)
-    ap.add_argument("--codec-fraction", type=float, default=None,
-                    help="views engine: share of messages through encode/decode (default min(1, 50/n))")
+    ap.add_argument(
+        "--codec-fraction",
+        type=float,
+        default=None,
+        help="views engine: share of messages through encode/decode (default min(1, 50/n))",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the whole-view and cross-engine runs")
     ap.add_argument("--ideal-up-to", type=int, default=1000, help="largest size with the whole-view baseline")
     ap.add_argument("--jobs", type=int, default=2, help="simulations run in parallel (processes)")
     args = ap.parse_args(argv)
 
     sizes = [int(x) for x in args.nodes.split(",") if x]
-    strategies = (["freshest", "mixed", "freshrr", "random", "roundrobin"] if args.strategy == "all"
-                  else args.strategy.split(","))
+    strategies = (
+        ["freshest", "mixed", "freshrr", "random", "roundrobin"] if args.strategy == "all" else args.strategy.split(",")
+    )
     for name in strategies:
         split_window(Params(1000, 184, 10.0, name, args, "arrays"))  # fail early on a bad name
     window = window_for(args.max_datagram, OVERHEAD)
@@ -638,38 +691,52 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_baseline:
             continue
         if n - 1 > window and n <= args.ideal_up_to:
-            jobs.append(((n, "ideal"), Params(n, n, dead_after, "freshest", args, engine_for(n),
-                                              label="ideal(whole)")))
+            jobs.append(((n, "ideal"), Params(n, n, dead_after, "freshest", args, engine_for(n), label="ideal(whole)")))
         if engine_for(n) == "views" and n - 1 > window and strategies[0] == "freshest":
             jobs.append(((n, "cross"), Params(n, window, dead_after, "freshest", args, "arrays")))
 
-    print(f"gossip benchmark: datagram <= {args.max_datagram} B = {OVERHEAD} B envelope + {COUNT_SIZE} B count "
-          f"+ window {window} entries x {ENTRY_SIZE} B; fanout {args.fanout}; loss {args.loss:g}; "
-          f"delivery delay U(0, {args.jitter:g}); send interval U({1 - args.interval_jitter:g}, "
-          f"{1 + args.interval_jitter:g}); seed {args.seed}")
-    print("ages in gossip periods; cold start (each node knows only itself); measured "
-          f"{args.periods} periods after warm-up; dead_after "
-          + ("= mosd's rule max(10, 4*ceil(n/window)) periods" if not args.dead_after
-             else f"= {args.dead_after:g} periods"))
+    print(
+        f"gossip benchmark: datagram <= {args.max_datagram} B = {OVERHEAD} B envelope + {COUNT_SIZE} B count "
+        f"+ window {window} entries x {ENTRY_SIZE} B; fanout {args.fanout}; loss {args.loss:g}; "
+        f"delivery delay U(0, {args.jitter:g}); send interval U({1 - args.interval_jitter:g}, "
+        f"{1 + args.interval_jitter:g}); seed {args.seed}"
+    )
+    print(
+        "ages in gossip periods; cold start (each node knows only itself); measured "
+        f"{args.periods} periods after warm-up; dead_after "
+        + (
+            "= mosd's rule max(10, 4*ceil(n/window)) periods"
+            if not args.dead_after
+            else f"= {args.dead_after:g} periods"
+        )
+    )
     print(HEAD, flush=True)
     results = run_all(jobs, args.jobs, lambda key, res: print(row_text(res), flush=True))
 
     print()
     print("views = one real ClusterView per node; arrays = the same rules on a matrix (see --help).")
-    print("warmup: periods until every observer knew every node; * = stopped at --fill/--max-warmup "
-          "(pairs still unknown are left out).")
-    for key, res in results.items():
+    print(
+        "warmup: periods until every observer knew every node; * = stopped at --fill/--max-warmup "
+        "(pairs still unknown are left out)."
+    )
+    for _key, res in results.items():
         if not res.full:
-            print(f"  {res.p.n} nodes {res.p.label}: {100 * res.known:.2f} % of observer/node pairs known after "
-                  f"{res.warmup} periods")
+            print(
+                f"  {res.p.n} nodes {res.p.label}: {100 * res.known:.2f} % of observer/node pairs known after "
+                f"{res.warmup} periods"
+            )
     print("max: + = some age dated from the start of the run, so the max is a lower bound.")
     print("dead% = observer/node pairs older than dead_after, i.e. live nodes taken for dead.")
     print()
-    print(f"ratios ({strategies[0]}): /ideal = mean age against the same run with every message carrying the "
-          "whole view; log2 n = push-epidemic reference; n/W = (n-1)/(window*fanout), the periods a node needs "
-          "to receive one entry per node; arrays/views = the two engines on the same run")
-    print(f"{'nodes':>6} {'mean':>7} {'ideal':>7} {'/ideal':>7} {'log2 n':>7} {'/log2n':>7} {'n/W':>7} "
-          f"{'/(n/W)':>7} {'arrays':>7} {'/views':>7}")
+    print(
+        f"ratios ({strategies[0]}): /ideal = mean age against the same run with every message carrying the "
+        "whole view; log2 n = push-epidemic reference; n/W = (n-1)/(window*fanout), the periods a node needs "
+        "to receive one entry per node; arrays/views = the two engines on the same run"
+    )
+    print(
+        f"{'nodes':>6} {'mean':>7} {'ideal':>7} {'/ideal':>7} {'log2 n':>7} {'/log2n':>7} {'n/W':>7} "
+        f"{'/(n/W)':>7} {'arrays':>7} {'/views':>7}"
+    )
     for n in sizes:
         res = results[(n, strategies[0])]
         m = res.stats.mean
@@ -679,11 +746,15 @@ def main(argv: list[str] | None = None) -> int:
         cm = cross.stats.mean if cross else math.nan
         bound = (n - 1) / (min(window, n - 1) * args.fanout)
         note = "  (window holds the whole view: ideal = this run)" if n - 1 <= window else ""
-        print(f"{n:>6} {fmt(m)} {fmt(im)} {fmt(m / im, 7, 3)} {fmt(math.log2(n))} {fmt(m / math.log2(n), 7, 3)} "
-              f"{fmt(bound)} {fmt(m / bound, 7, 3)} {fmt(cm)} {fmt(cm / m, 7, 3)}{note}")
+        print(
+            f"{n:>6} {fmt(m)} {fmt(im)} {fmt(m / im, 7, 3)} {fmt(math.log2(n))} {fmt(m / math.log2(n), 7, 3)} "
+            f"{fmt(bound)} {fmt(m / bound, 7, 3)} {fmt(cm)} {fmt(cm / m, 7, 3)}{note}"
+        )
     codec = sum(r.codec_msgs for r in results.values())
-    print(f"\nmessages through the real encode_entries/decode_entries: {codec}; the others carried the same "
-          "entries with ages cut to whole ms, as the codec does (checked on a sample of them)")
+    print(
+        f"\nmessages through the real encode_entries/decode_entries: {codec}; the others carried the same "
+        "entries with ages cut to whole ms, as the codec does (checked on a sample of them)"
+    )
     return 0
 
 

@@ -52,8 +52,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checkpoint import ROOT, parse_size, size_name  # noqa: E402
@@ -63,8 +64,8 @@ sys.path.insert(0, str(ROOT))
 from mosix_core.cluster import localcluster  # noqa: E402
 from tests.helpers.cluster import LocalCluster  # noqa: E402
 
-TARGET_MB_S = 1000.0        # DESIGN §5: migration of a 1 GiB process over loopback >= 1 GB/s end to end (raw)
-TARGET_STOPPED = 1.0        # DESIGN §5: process stopped during migration <= 1 s for 1 GiB
+TARGET_MB_S = 1000.0  # DESIGN §5: migration of a 1 GiB process over loopback >= 1 GB/s end to end (raw)
+TARGET_STOPPED = 1.0  # DESIGN §5: process stopped during migration <= 1 s for 1 GiB
 TARGET_SIZE = 1 << 30
 PYTHON = "/usr/bin/python3"  # the program's interpreter (not the venv's)
 
@@ -118,15 +119,28 @@ def tool_argv(tool: str) -> list[str]:
 class Cluster(LocalCluster):
     """A running local cluster in ``root`` (stopped by :meth:`down`)."""
 
-    def __init__(self, root: Path, nodes: int, base_ip: str, interval: float = 0.2,
-                 memory_mb: int = 8192) -> None:
+    def __init__(self, root: Path, nodes: int, base_ip: str, interval: float = 0.2, memory_mb: int = 8192) -> None:
         # the benchmark moves its processes itself: the balancer would move them too
-        super().__init__(root, localcluster.up(root, nodes=nodes, base_ip=base_ip, interval=interval,
-                                               memory_mb=memory_mb, extra_conf="automatic_migration = no\n"))
+        super().__init__(
+            root,
+            localcluster.up(
+                root,
+                nodes=nodes,
+                base_ip=base_ip,
+                interval=interval,
+                memory_mb=memory_mb,
+                extra_conf="automatic_migration = no\n",
+            ),
+        )
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.02,
-             quiet: tuple[type[BaseException], ...] = ()) -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    poll: float = 0.02,
+    quiet: tuple[type[BaseException], ...] = (),
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -148,20 +162,30 @@ class Failure(Exception):
 class MosixProgram:
     """``mosrun ARGV`` started on node ``home`` of ``cluster``, stdout and stderr to files in ``work``."""
 
-    def __init__(self, cluster: Cluster, argv: list[str], work: Path, name: str, home: int = 1,
-                 out_name: str | None = None) -> None:
+    def __init__(
+        self, cluster: Cluster, argv: list[str], work: Path, name: str, home: int = 1, out_name: str | None = None
+    ) -> None:
         self.cluster, self.home = cluster, home
         self.out = work / (out_name or f"{name}.out")
         self.err = work / f"{name}.err"
-        env = {**cluster.env(home), "LANG": "C.UTF-8",
-               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        env = {
+            **cluster.env(home),
+            "LANG": "C.UTF-8",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        }
         env.pop("LC_ALL", None)
         self.env = env
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.started = time.perf_counter()
-            self.proc = subprocess.Popen([*tool_argv("mosrun"), *argv], env=env, cwd=work,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*tool_argv("mosrun"), *argv],
+                env=env,
+                cwd=work,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
         self.pid: int | None = None
 
     def row(self) -> dict | None:
@@ -176,6 +200,7 @@ class MosixProgram:
             if self.proc.poll() is not None:
                 raise Failure(f"mosrun ended (status {self.proc.returncode}) before its process showed")
             return self.row()
+
         r = wait_for(found, timeout, "the process's row", poll=poll)
         self.pid = r["pid"]
         return r
@@ -185,6 +210,7 @@ class MosixProgram:
 
     def wait_line(self, prefix: str, timeout: float, after: int = 0) -> str:
         """The first output line starting with ``prefix`` (among lines ``after`` on)."""
+
         def found() -> str | None:
             for line in self.text().splitlines()[after:]:
                 if line.startswith(prefix):
@@ -192,6 +218,7 @@ class MosixProgram:
             if self.proc.poll() is not None:
                 raise Failure(f"mosrun ended (status {self.proc.returncode}) before printing {prefix!r}")
             return None
+
         return wait_for(found, timeout, f"the line {prefix!r}", poll=0.01)
 
     def migrate(self, to: str, expect: str, timeout: float = 120.0) -> dict:
@@ -216,8 +243,9 @@ class MosixProgram:
                 if r["where"] == "here" and expect != "here" and self.refused(t_cmd):
                     raise Failure(f"migration to {to} failed: {self.refused(t_cmd)}")
             if time.monotonic() > deadline:
-                raise Failure(f"mosmigrate {self.pid} {to}: WHERE not {expect} after {timeout:g} s "
-                              f"(seen {sorted(seen)})")
+                raise Failure(
+                    f"mosmigrate {self.pid} {to}: WHERE not {expect} after {timeout:g} s (seen {sorted(seen)})"
+                )
             time.sleep(0.005 if t - t_cmd < 0.5 else 0.02)
 
     def refused(self, since: float) -> str:
@@ -257,7 +285,7 @@ def diagnose(cluster: Cluster | None, programs: list[MosixProgram], lines: int =
             say(f"--- stderr of mosrun ({p.err.name}) ---")
             say("\n".join(err.splitlines()[-lines:]))
     if cluster is not None:
-        for k, log in cluster.logs().items():
+        for _k, log in cluster.logs().items():
             try:
                 text = log.read_text(errors="replace").strip().splitlines()
             except OSError:
@@ -273,13 +301,13 @@ def loopback_tcp_seconds(total: int, chunk: int = 4 << 20) -> float:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     pid = os.fork()
-    if pid == 0:                                 # the sender
+    if pid == 0:  # the sender
         code = 0
         try:
             server.close()
             data = os.urandom(chunk)
             with socket.create_connection(("127.0.0.1", port)) as s:
-                s.recv(1)                        # "go"
+                s.recv(1)  # "go"
                 left = total
                 while left > 0:
                     piece = data if left >= chunk else data[:left]
@@ -335,7 +363,7 @@ def loopback_tcp_rtt_us(rounds: int, size: int = 64, one_cpu: bool = False) -> f
     this VM, waking an idle vCPU for every hand-over costs more than the hand-over)."""
     allowed = os.sched_getaffinity(0)
     if one_cpu:
-        os.sched_setaffinity(0, {min(allowed)})          # the child inherits it
+        os.sched_setaffinity(0, {min(allowed)})  # the child inherits it
     try:
         return _ping_pong(rounds, size)
     finally:
@@ -346,7 +374,7 @@ def _ping_pong(rounds: int, size: int) -> float:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     pid = os.fork()
-    if pid == 0:                                  # the echo
+    if pid == 0:  # the echo
         code = 0
         try:
             server.close()
@@ -372,7 +400,7 @@ def _ping_pong(rounds: int, size: int) -> float:
                 while got < size:
                     got += len(conn.recv(size - got))
 
-        ping(min(1000, rounds))                   # warm
+        ping(min(1000, rounds))  # warm
         t0 = time.perf_counter()
         ping(rounds)
         t1 = time.perf_counter()
@@ -410,8 +438,13 @@ def stopped_gap(prog: MosixProgram, t_cmd: float, t_row: float, timeout: float =
 def one_move(prog: MosixProgram, to: str, expect: str) -> dict:
     t = prog.migrate(to, expect)
     a, b = stopped_gap(prog, t["t_cmd"], t["t_row"])
-    return {"end_to_end": t["t_row"] - t["t_cmd"], "command": t["t_ret"] - t["t_cmd"],
-            "stop_to_row": t["t_row"] - a, "stopped": b - a, "nmigs": t["nmigs"]}
+    return {
+        "end_to_end": t["t_row"] - t["t_cmd"],
+        "command": t["t_ret"] - t["t_cmd"],
+        "stop_to_row": t["t_row"] - a,
+        "stopped": b - a,
+        "nmigs": t["nmigs"],
+    }
 
 
 def check_memory(prog: MosixProgram, expected: str, timeout: float) -> None:
@@ -423,8 +456,9 @@ def check_memory(prog: MosixProgram, expected: str, timeout: float) -> None:
         raise Failure(f"the buffer changed: CRC-32 {line.split()[1]}, {expected} at the start")
 
 
-def bench_mode(cluster: Cluster, work: Path, size: int, mode: str, repeat: int, wait: float,
-               programs: list[MosixProgram]) -> dict:
+def bench_mode(
+    cluster: Cluster, work: Path, size: int, mode: str, repeat: int, wait: float, programs: list[MosixProgram]
+) -> dict:
     """``repeat`` moves out and home of a fresh program holding ``size`` bytes; the timings, or
     the failure (with what mosrun and the daemons said printed) in ``error``."""
     cluster.set_proximate(mode == "raw")
@@ -453,17 +487,21 @@ def bench_mode(cluster: Cluster, work: Path, size: int, mode: str, repeat: int, 
         error = None
     except Failure as err:
         error = str(err)
-        say(f"  {size_name(size)} {mode}: FAILED after {len(out)} move(s) out, {len(on)} on and {len(home)} home: "
-            f"{error}")
+        say(
+            f"  {size_name(size)} {mode}: FAILED after {len(out)} move(s) out, {len(on)} on and {len(home)} home: "
+            f"{error}"
+        )
         diagnose(cluster, [prog])
     finally:
         prog.stop()
     for way, runs in (("out", out), ("on", on), ("home", home)):
         if runs:
-            say(f"  {size_name(size)} {mode} {way}: end-to-end {[round(r['end_to_end'], 3) for r in runs]} s, "
+            say(
+                f"  {size_name(size)} {mode} {way}: end-to-end {[round(r['end_to_end'], 3) for r in runs]} s, "
                 f"stopped {[round(r['stopped'], 3) for r in runs]} s, stop->row "
                 f"{[round(r['stop_to_row'], 3) for r in runs]} s (mosmigrate itself "
-                f"{[round(r['command'], 3) for r in runs]} s)")
+                f"{[round(r['command'], 3) for r in runs]} s)"
+            )
     return {"out": out, "on": on, "home": home, "error": error}
 
 
@@ -476,74 +514,111 @@ def summarise(results: list[dict], tcp_mb_s: list[float]) -> list[dict]:
             runs = res[way]
             judged = mode == "raw" and size == TARGET_SIZE and way != "on"
             if not runs:
-                rows.append({"size": size, "mode": mode, "way": way, "error": res["error"] or "not measured",
-                             "pass_rate": False if judged else None, "pass_stopped": False if judged else None})
+                rows.append(
+                    {
+                        "size": size,
+                        "mode": mode,
+                        "way": way,
+                        "error": res["error"] or "not measured",
+                        "pass_rate": False if judged else None,
+                        "pass_stopped": False if judged else None,
+                    }
+                )
                 continue
             e2e = [r["end_to_end"] for r in runs]
             stop = [r["stopped"] for r in runs]
             proper = [r["stop_to_row"] for r in runs]
             mb_s = [size / t / 1e6 for t in e2e]
             proper_mb_s = [size / t / 1e6 for t in proper]
-            rows.append({
-                "size": size, "mode": mode, "way": way, "runs": len(runs), "error": res["error"],
-                "e2e": min(e2e), "e2e_median": statistics.median(e2e),
-                "mb_s": max(mb_s), "mb_s_median": statistics.median(mb_s),
-                "ratio": max(mb_s) / tcp_best, "ratio_median": statistics.median(mb_s) / tcp_median,
-                "stopped": min(stop), "stopped_median": statistics.median(stop),
-                "stop_to_row": min(proper), "stop_to_row_median": statistics.median(proper),
-                "proper_mb_s": max(proper_mb_s), "proper_mb_s_median": statistics.median(proper_mb_s),
-                "proper_ratio_median": statistics.median(proper_mb_s) / tcp_median,
-                "command_median": statistics.median(r["command"] for r in runs),
-                "pass_rate": (statistics.median(mb_s) >= TARGET_MB_S) if judged else None,
-                "pass_stopped": (statistics.median(stop) <= TARGET_STOPPED) if judged else None})
+            rows.append(
+                {
+                    "size": size,
+                    "mode": mode,
+                    "way": way,
+                    "runs": len(runs),
+                    "error": res["error"],
+                    "e2e": min(e2e),
+                    "e2e_median": statistics.median(e2e),
+                    "mb_s": max(mb_s),
+                    "mb_s_median": statistics.median(mb_s),
+                    "ratio": max(mb_s) / tcp_best,
+                    "ratio_median": statistics.median(mb_s) / tcp_median,
+                    "stopped": min(stop),
+                    "stopped_median": statistics.median(stop),
+                    "stop_to_row": min(proper),
+                    "stop_to_row_median": statistics.median(proper),
+                    "proper_mb_s": max(proper_mb_s),
+                    "proper_mb_s_median": statistics.median(proper_mb_s),
+                    "proper_ratio_median": statistics.median(proper_mb_s) / tcp_median,
+                    "command_median": statistics.median(r["command"] for r in runs),
+                    "pass_rate": (statistics.median(mb_s) >= TARGET_MB_S) if judged else None,
+                    "pass_stopped": (statistics.median(stop) <= TARGET_STOPPED) if judged else None,
+                }
+            )
     return rows
 
 
 def print_table(rows: list[dict], tcp_mb_s: list[float]) -> None:
     print(f"baseline: loopback TCP {max(tcp_mb_s):,.0f} MB/s (median {statistics.median(tcp_mb_s):,.0f})")
-    head = (f"{'size':<8} {'mode':<4} {'way':<4} {'end-to-end s':>12} {'(median)':>8} {'MB/s':>6} "
-            f"{'(median)':>8} {'x TCP':>7} {'(median)':>8} {'stopped s':>9} {'(median)':>8} "
-            f"{'stop->row s':>11} {'MB/s':>6} {'x TCP':>7}  target")
+    head = (
+        f"{'size':<8} {'mode':<4} {'way':<4} {'end-to-end s':>12} {'(median)':>8} {'MB/s':>6} "
+        f"{'(median)':>8} {'x TCP':>7} {'(median)':>8} {'stopped s':>9} {'(median)':>8} "
+        f"{'stop->row s':>11} {'MB/s':>6} {'x TCP':>7}  target"
+    )
     print(head)
     print("-" * (len(head) + 20))
     for r in rows:
         if "e2e" not in r:
-            print(f"{size_name(r['size']):<8} {r['mode']:<4} {r['way']:<4} FAILED: {r['error']}"
-                  + ("  (target: FAIL)" if r["pass_rate"] is False else ""))
+            print(
+                f"{size_name(r['size']):<8} {r['mode']:<4} {r['way']:<4} FAILED: {r['error']}"
+                + ("  (target: FAIL)" if r["pass_rate"] is False else "")
+            )
             continue
         verdicts = []
         if r["pass_rate"] is not None:
             verdicts.append(f">= 1,000 MB/s {'pass' if r['pass_rate'] else 'FAIL'}")
             verdicts.append(f"stopped <= 1 s {'pass' if r['pass_stopped'] else 'FAIL'}")
-        print(f"{size_name(r['size']):<8} {r['mode']:<4} {r['way']:<4} {r['e2e']:>12.3f} {r['e2e_median']:>8.3f} "
-              f"{r['mb_s']:>6,.0f} {r['mb_s_median']:>8,.0f} {'x' + format(r['ratio'], '.3f'):>7} "
-              f"{'x' + format(r['ratio_median'], '.3f'):>8} {r['stopped']:>9.3f} {r['stopped_median']:>8.3f} "
-              f"{r['stop_to_row_median']:>11.3f} {r['proper_mb_s_median']:>6,.0f} "
-              f"{'x' + format(r['proper_ratio_median'], '.3f'):>7}  {', '.join(verdicts) or '-'}")
+        print(
+            f"{size_name(r['size']):<8} {r['mode']:<4} {r['way']:<4} {r['e2e']:>12.3f} {r['e2e_median']:>8.3f} "
+            f"{r['mb_s']:>6,.0f} {r['mb_s_median']:>8,.0f} {'x' + format(r['ratio'], '.3f'):>7} "
+            f"{'x' + format(r['ratio_median'], '.3f'):>8} {r['stopped']:>9.3f} {r['stopped_median']:>8.3f} "
+            f"{r['stop_to_row_median']:>11.3f} {r['proper_mb_s_median']:>6,.0f} "
+            f"{'x' + format(r['proper_ratio_median'], '.3f'):>7}  {', '.join(verdicts) or '-'}"
+        )
         if r["error"]:
             print(f"{'':<18} then FAILED: {r['error']}")
     print()
     commands = [r["command_median"] for r in rows if "command_median" in r]
-    print("end-to-end: from running mosmigrate to the row showing the move (MB/s = size / it; x TCP = over loopback "
-          "TCP); the mosmigrate command itself took "
-          + (f"{min(commands):.2f}-{max(commands):.2f} s (medians)" if commands else "-")
-          + " of it. stopped: the longest gap in the program's output (it prints every ~10 ms). stop->row: from "
-          "the program's last line before the gap to the row showing the move (medians; MB/s = size / it). "
-          "Targets (DESIGN §5) on the 1 GiB raw medians.")
+    print(
+        "end-to-end: from running mosmigrate to the row showing the move (MB/s = size / it; x TCP = over loopback "
+        "TCP); the mosmigrate command itself took "
+        + (f"{min(commands):.2f}-{max(commands):.2f} s (medians)" if commands else "-")
+        + " of it. stopped: the longest gap in the program's output (it prints every ~10 ms). stop->row: from "
+        "the program's last line before the gap to the row showing the move (medians; MB/s = size / it). "
+        "Targets (DESIGN §5) on the 1 GiB raw medians."
+    )
 
 
 # -- main ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10M,100M,1G", help="process sizes, comma-separated (K/M/G binary)")
-    ap.add_argument("--compress", choices=["both", "raw", "lz4"], default="both",
-                    help="raw: proximate nodes; lz4: the 'p' taken out of mosix.map")
+    ap.add_argument(
+        "--compress",
+        choices=["both", "raw", "lz4"],
+        default="both",
+        help="raw: proximate nodes; lz4: the 'p' taken out of mosix.map",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="moves each way per size and mode (best and median)")
     ap.add_argument("--tcp-bytes", default="1G", help="bytes of the loopback TCP baseline")
     ap.add_argument("--base-ip", default=None, help="first loopback address of the cluster (default 127.X.25[1-4].1)")
     ap.add_argument("--dir", default=None, help="parent of the temporary directory (default: the system's)")
-    ap.add_argument("--wait-idle", type=float, default=30.0,
-                    help="before each size and mode, wait up to this many seconds for idle CPUs (0: don't)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=30.0,
+        help="before each size and mode, wait up to this many seconds for idle CPUs (0: don't)",
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (cluster, outputs)")
     args = ap.parse_args(argv)
@@ -571,14 +646,23 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  loopback TCP: {[round(x) for x in tcp]} MB/s")
         fresh = [max(sizes) / fresh_memory_seconds(max(sizes)) / 1e6 for _ in range(max(args.repeat, 3))]
         say(f"  first touch of {size_name(max(sizes))} of fresh memory: {[round(x) for x in fresh]} MB/s")
-        cluster = Cluster(work / "cluster", nodes=3, base_ip=args.base_ip or default_base_ip(),
-                          memory_mb=max(8192, 4 * max(sizes) >> 20))
+        cluster = Cluster(
+            work / "cluster",
+            nodes=3,
+            base_ip=args.base_ip or default_base_ip(),
+            memory_mb=max(8192, 4 * max(sizes) >> 20),
+        )
         cluster.converged()
         for size in sizes:
             for mode in modes:
                 say(f"{size_name(size)} {mode} ...")
-                results.append({"size": size, "mode": mode,
-                                **bench_mode(cluster, work, size, mode, args.repeat, args.wait_idle, programs)})
+                results.append(
+                    {
+                        "size": size,
+                        "mode": mode,
+                        **bench_mode(cluster, work, size, mode, args.repeat, args.wait_idle, programs),
+                    }
+                )
     except Failure as err:
         failed = True
         say(f"FAILED: {err}")
@@ -595,17 +679,34 @@ def main(argv: list[str] | None = None) -> int:
     busy = busy_share(cpu_before, cpu_times())
     rows = summarise(results, tcp)
     if args.json:
-        print(json.dumps({"repeat": args.repeat, "cpus": os.cpu_count(), "seconds": elapsed, "busy": busy,
-                          "tcp_mb_s": tcp, "fresh_memory_mb_s": fresh, "rows": rows, "raw": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "repeat": args.repeat,
+                    "cpus": os.cpu_count(),
+                    "seconds": elapsed,
+                    "busy": busy,
+                    "tcp_mb_s": tcp,
+                    "fresh_memory_mb_s": fresh,
+                    "rows": rows,
+                    "raw": results,
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"migration benchmark: 3 mosd nodes on loopback; {PYTHON} holding N bytes (1 MiB random, repeated) "
-              f"moved node 1 -> node 2 ('out'), on to node 3 ('on': the image passes through node 1) and home ('home') with mosmigrate; best of {args.repeat}, median "
-              f"beside; MB/s = N / end-to-end, 10^6 B/s; raw = proximate nodes, lz4 = not proximate; "
-              f"{os.cpu_count()} CPUs; {elapsed:.0f} s; CPUs {100 * busy:.0f} % busy over the run (ours included)")
+        print(
+            f"migration benchmark: 3 mosd nodes on loopback; {PYTHON} holding N bytes (1 MiB random, repeated) "
+            f"moved node 1 -> node 2 ('out'), on to node 3 ('on': the image passes through node 1) and home ('home') with mosmigrate; best of {args.repeat}, median "
+            f"beside; MB/s = N / end-to-end, 10^6 B/s; raw = proximate nodes, lz4 = not proximate; "
+            f"{os.cpu_count()} CPUs; {elapsed:.0f} s; CPUs {100 * busy:.0f} % busy over the run (ours included)"
+        )
         print_table(rows, tcp)
-        print(f"baseline: first touch of {size_name(max(sizes))} of fresh memory, 3 s after memory was freed "
-              f"{max(fresh):,.0f} MB/s (median {statistics.median(fresh):,.0f}): the target's share of a move "
-              f"that no sender can avoid")
+        print(
+            f"baseline: first touch of {size_name(max(sizes))} of fresh memory, 3 s after memory was freed "
+            f"{max(fresh):,.0f} MB/s (median {statistics.median(fresh):,.0f}): the target's share of a move "
+            f"that no sender can avoid"
+        )
     return 1 if any(r["pass_rate"] is False or r["pass_stopped"] is False for r in rows) else 0
 
 

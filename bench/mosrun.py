@@ -48,8 +48,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,16 +147,16 @@ class Runner:
         self.work, self.mosrun, self.env = work, mosrun, env
         self.out, self.err = work / "stdout", work / "stderr"
 
-    def run(self, argv: list[str], under: bool, options: tuple[str, ...] = (),
-            cpus: set[int] | None = None) -> tuple[float, str]:
+    def run(
+        self, argv: list[str], under: bool, options: tuple[str, ...] = (), cpus: set[int] | None = None
+    ) -> tuple[float, str]:
         """Wall time and standard output; ``cpus``: run (mosrun, supervisor and program) there only."""
         cmd = [*self.mosrun, *options, *argv] if under else argv
         pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.settle()
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env,
-                                    preexec_fn=pin)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env, preexec_fn=pin)
             code = proc.wait()
             wall = time.perf_counter() - t0
         if code != 0:
@@ -212,8 +212,7 @@ def find_mosrun() -> list[str]:
     return [sys.executable, "-c", "from mosix_core.cli.mosrun import main; main()"]
 
 
-def alternate(reps: int, native: Callable[[], float],
-              under: Callable[[], float]) -> tuple[list[float], list[float]]:
+def alternate(reps: int, native: Callable[[], float], under: Callable[[], float]) -> tuple[list[float], list[float]]:
     """Run the two alternately (so drift hits both alike); the values each returns."""
     a, b = [], []
     for k in range(reps):
@@ -230,9 +229,18 @@ def loop_seconds(output: str) -> float:
 
 # -- results -------------------------------------------------------------------------------------------
 class Row:
-    def __init__(self, name: str, unit: str, measured: list[float], baseline: list[float],
-                 kind: str, target: float | None, note: str = "", scale: float = 1.0,
-                 paired: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        unit: str,
+        measured: list[float],
+        baseline: list[float],
+        kind: str,
+        target: float | None,
+        note: str = "",
+        scale: float = 1.0,
+        paired: bool = False,
+    ) -> None:
         """``kind``: "ratio" (measured / baseline) or "added" ((measured - baseline) * ``scale``).
         Figures are taken from the best (lowest) run of each, or with ``figure(pick)``.
 
@@ -253,8 +261,9 @@ class Row:
 
     def figure(self, pick: Callable[[list[float]], float] = min) -> float:
         if self.paired:
-            return pick([m / b if self.kind == "ratio" else (m - b) * self.scale
-                         for m, b in zip(self.measured, self.baseline)])
+            return pick(
+                [m / b if self.kind == "ratio" else (m - b) * self.scale for m, b in zip(self.measured, self.baseline)]
+            )
         m, b = pick(self.measured), pick(self.baseline)
         return m / b if self.kind == "ratio" else (m - b) * self.scale
 
@@ -265,10 +274,21 @@ class Row:
         return (self.figure(statistics.median) if self.paired else self.figure()) <= self.target
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "unit": self.unit, "kind": self.kind, "measured": self.measured,
-                "baseline": self.baseline, "best": self.best, "base": self.base,
-                "figure": self.figure(), "figure_median": self.figure(statistics.median),
-                "target": self.target, "pass": self.passed, "paired": self.paired, "note": self.note}
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "kind": self.kind,
+            "measured": self.measured,
+            "baseline": self.baseline,
+            "best": self.best,
+            "base": self.base,
+            "figure": self.figure(),
+            "figure_median": self.figure(statistics.median),
+            "target": self.target,
+            "pass": self.passed,
+            "paired": self.paired,
+            "note": self.note,
+        }
 
 
 def fmt(x: float, unit: str) -> str:
@@ -284,8 +304,7 @@ def fmt(x: float, unit: str) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = (f"{'name':<32} {'measured':>12} {'baseline':>12} {'ratio/added':>16} {'(median)':>12} "
-            f"{'target':>16} {'':>4}")
+    head = f"{'name':<32} {'measured':>12} {'baseline':>12} {'ratio/added':>16} {'(median)':>12} {'target':>16} {'':>4}"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -299,8 +318,10 @@ def print_table(rows: list[Row]) -> None:
             med = f"{r.figure(statistics.median):{spec}}"
             tgt = r.target and (f"<= {r.target:g} {per}")
         verdict = {True: "pass", False: "FAIL", None: ""}[r.passed]
-        print(f"{r.name:<32} {fmt(r.best, r.unit):>12} {fmt(r.base, r.unit):>12} {fig:>16} {med:>12} "
-              f"{tgt or '-':>16} {verdict:>4}")
+        print(
+            f"{r.name:<32} {fmt(r.best, r.unit):>12} {fmt(r.base, r.unit):>12} {fig:>16} {med:>12} "
+            f"{tgt or '-':>16} {verdict:>4}"
+        )
     notes = [r for r in rows if r.note]
     if notes:
         print()
@@ -310,11 +331,20 @@ def print_table(rows: list[Row]) -> None:
 
 # -- the measurements ------------------------------------------------------------------------------------
 def bench_startup(run: Runner, reps: int) -> list[Row]:
-    argv = ["/bin/true", str(run.work)]        # the argument only marks the process as ours
+    argv = ["/bin/true", str(run.work)]  # the argument only marks the process as ours
     native, under = alternate(reps, lambda: run.run(argv, False)[0], lambda: run.run(argv, True)[0])
     ms = lambda xs: [1000 * x for x in xs]  # noqa: E731
-    return [Row("start-up (/bin/true)", "ms", ms(under), ms(native), "added", None,
-                "mosrun /bin/true against /bin/true, wall time fork-to-wait")]
+    return [
+        Row(
+            "start-up (/bin/true)",
+            "ms",
+            ms(under),
+            ms(native),
+            "added",
+            None,
+            "mosrun /bin/true against /bin/true, wall time fork-to-wait",
+        )
+    ]
 
 
 def bench_cpu(run: Runner, exe: str, reps: int, seconds: float) -> list[Row]:
@@ -332,19 +362,47 @@ def bench_cpu(run: Runner, exe: str, reps: int, seconds: float) -> list[Row]:
         return wall
 
     alternate(reps, lambda: one(False), lambda: one(True))
-    return [Row("cpu loop, wall (+start-up)", "s", walls[True], walls[False], "ratio", 1.01,
-                "paired: each mosrun run over the native run next to it; best pair, median pair "
-                "(judged)", paired=True),
-            Row("cpu loop, in program", "s", loops[True], loops[False], "ratio", None,
-                "the loop's own clock_gettime time: start-up excluded; paired", paired=True)]
+    return [
+        Row(
+            "cpu loop, wall (+start-up)",
+            "s",
+            walls[True],
+            walls[False],
+            "ratio",
+            1.01,
+            "paired: each mosrun run over the native run next to it; best pair, median pair (judged)",
+            paired=True,
+        ),
+        Row(
+            "cpu loop, in program",
+            "s",
+            loops[True],
+            loops[False],
+            "ratio",
+            None,
+            "the loop's own clock_gettime time: start-up excluded; paired",
+            paired=True,
+        ),
+    ]
 
 
 def bench_getpid(run: Runner, exe: str, reps: int, calls: int) -> list[Row]:
-    native, under = alternate(reps, lambda: loop_seconds(run.run([exe, str(calls)], False)[1]),
-                              lambda: loop_seconds(run.run([exe, str(calls)], True)[1]))
-    return [Row(f"getpid x{calls:,} (not trapped)", "us", [1e6 * x / calls for x in under],
-                [1e6 * x / calls for x in native], "added", 0.1,
-                "syscall(SYS_getpid) in a loop timed by the program; figure = added µs per call")]
+    native, under = alternate(
+        reps,
+        lambda: loop_seconds(run.run([exe, str(calls)], False)[1]),
+        lambda: loop_seconds(run.run([exe, str(calls)], True)[1]),
+    )
+    return [
+        Row(
+            f"getpid x{calls:,} (not trapped)",
+            "us",
+            [1e6 * x / calls for x in under],
+            [1e6 * x / calls for x in native],
+            "added",
+            0.1,
+            "syscall(SYS_getpid) in a loop timed by the program; figure = added µs per call",
+        )
+    ]
 
 
 def bench_open(run: Runner, exe: str, reps: int, calls: int) -> list[Row]:
@@ -370,21 +428,45 @@ def bench_open(run: Runner, exe: str, reps: int, calls: int) -> list[Row]:
     native, trapped = alternate(reps, lambda: hostname(False), special)
     _, passed = alternate(reps, lambda: hostname(False), lambda: hostname(True))
     us = lambda xs: [1e6 * x / calls for x in xs]  # noqa: E731
-    rows = [Row(f"open needmem x{calls:,} (trapped)", "us", us(trapped), us(native), "ratio", None,
-                "open(\"/proc/self/needmem\", 0) answered by the supervisor, µs/call; baseline native "
-                "open(\"/etc/hostname\", O_RDONLY)+close"),
-            Row("open hostname (trapped, let by)", "us", us(passed), us(native), "ratio", None,
-                "open(\"/etc/hostname\", O_RDONLY)+close under mosrun: stops, then runs")]
+    rows = [
+        Row(
+            f"open needmem x{calls:,} (trapped)",
+            "us",
+            us(trapped),
+            us(native),
+            "ratio",
+            None,
+            'open("/proc/self/needmem", 0) answered by the supervisor, µs/call; baseline native '
+            'open("/etc/hostname", O_RDONLY)+close',
+        ),
+        Row(
+            "open hostname (trapped, let by)",
+            "us",
+            us(passed),
+            us(native),
+            "ratio",
+            None,
+            'open("/etc/hostname", O_RDONLY)+close under mosrun: stops, then runs',
+        ),
+    ]
     one = {min(os.sched_getaffinity(0))}
     if len(os.sched_getaffinity(0)) > 1:
         # The supervisor and the program hand every trapped call to each other: when both
         # share one CPU, no wake-up of an idle CPU is paid (on a VM, an idle vCPU is slow to wake).
         native1, trapped1 = alternate(reps, lambda: hostname(False, one), lambda: special(one))
         _, passed1 = alternate(reps, lambda: hostname(False, one), lambda: hostname(True, one))
-        rows += [Row("open needmem, one CPU", "us", us(trapped1), us(native1), "ratio", None,
-                     "as above, mosrun, supervisor and program all on one CPU (sched_setaffinity)"),
-                 Row("open hostname, one CPU", "us", us(passed1), us(native1), "ratio", None,
-                     "as above, on one CPU")]
+        rows += [
+            Row(
+                "open needmem, one CPU",
+                "us",
+                us(trapped1),
+                us(native1),
+                "ratio",
+                None,
+                "as above, mosrun, supervisor and program all on one CPU (sched_setaffinity)",
+            ),
+            Row("open hostname, one CPU", "us", us(passed1), us(native1), "ratio", None, "as above, on one CPU"),
+        ]
     return rows
 
 
@@ -398,7 +480,7 @@ def children_of(pid: int) -> list[int]:
         return kids
     except OSError:
         pass
-    for name in os.listdir("/proc"):        # no /proc/.../children: scan for the parent pid
+    for name in os.listdir("/proc"):  # no /proc/.../children: scan for the parent pid
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/stat") as f:
@@ -447,9 +529,14 @@ def queue_rss(run: Runner, jobs: int, timeout: float = 120.0) -> tuple[int, int,
     cmds.write_text("exec sleep 30\n" * jobs)
     run.settle()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*run.mosrun, f"-S{jobs}", str(cmds)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=run.env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*run.mosrun, f"-S{jobs}", str(cmds)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=run.env,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -462,7 +549,7 @@ def queue_rss(run: Runner, jobs: int, timeout: float = 120.0) -> tuple[int, int,
                 raise SystemExit(f"mosrun -S{jobs}: only {len(sleeping)} jobs running after {timeout:g} s")
             time.sleep(0.05)
         started = time.perf_counter() - t0
-        time.sleep(1.0)                       # let the supervisor finish answering their exec stops
+        time.sleep(1.0)  # let the supervisor finish answering their exec stops
         return status_kb(proc.pid, "VmRSS"), status_kb(proc.pid, "VmHWM"), started
     finally:
         kill_queue(proc)
@@ -496,13 +583,25 @@ def bench_memory(run: Runner, reps: int, jobs: int) -> list[Row]:
         many.append(float(rssn))
         hwm_many.append(hwmn)
         starts.append(started)
-    say(f"  memory: RSS1 {[int(x) for x in one]} KB, RSS{jobs} {[int(x) for x in many]} KB, "
-        f"HWM{jobs} {hwm_many} KB; {jobs} jobs started in {[round(s, 2) for s in starts]} s")
+    say(
+        f"  memory: RSS1 {[int(x) for x in one]} KB, RSS{jobs} {[int(x) for x in many]} KB, "
+        f"HWM{jobs} {hwm_many} KB; {jobs} jobs started in {[round(s, 2) for s in starts]} s"
+    )
     per = 1.0 / (jobs - 1)
-    return [Row(f"supervisor RSS, {jobs} vs 1 job", "KB", many, one, "added", 1024.0,
-                f"mosrun -S{jobs} (the supervisor) with {jobs} x 'exec sleep 30' against -S1 with one; "
-                f"figure = (RSS{jobs} - RSS1)/{jobs - 1}; RSS1 {statistics.median(one):,.0f} KB, "
-                f"RSS{jobs} {statistics.median(many):,.0f} KB (medians)", scale=per)]
+    return [
+        Row(
+            f"supervisor RSS, {jobs} vs 1 job",
+            "KB",
+            many,
+            one,
+            "added",
+            1024.0,
+            f"mosrun -S{jobs} (the supervisor) with {jobs} x 'exec sleep 30' against -S1 with one; "
+            f"figure = (RSS{jobs} - RSS1)/{jobs - 1}; RSS1 {statistics.median(one):,.0f} KB, "
+            f"RSS{jobs} {statistics.median(many):,.0f} KB (medians)",
+            scale=per,
+        )
+    ]
 
 
 def loadavg() -> float:
@@ -526,13 +625,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--getpid-calls", type=int, default=5_000_000)
     ap.add_argument("--open-calls", type=int, default=20_000)
     ap.add_argument("--jobs", type=int, default=200, help="jobs of the mosrun -S memory measurement")
-    ap.add_argument("--wait-idle", type=float, default=30.0,
-                    help="before each measurement, wait up to this many seconds for idle CPUs (0: don't)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=30.0,
+        help="before each measurement, wait up to this many seconds for idle CPUs (0: don't)",
+    )
     ap.add_argument("--mosrun", default=None, help="the mosrun command (default: the one next to python)")
-    ap.add_argument("--bytecode", choices=["cache", "as-is"], default="cache",
-                    help="cache: mosrun's Python keeps compiled bytecode (in the temporary directory, "
-                         "through PYTHONPYCACHEPREFIX), as an installed mosrun would; as-is: the "
-                         "environment's own setting (PYTHONDONTWRITEBYTECODE compiles afresh every start)")
+    ap.add_argument(
+        "--bytecode",
+        choices=["cache", "as-is"],
+        default="cache",
+        help="cache: mosrun's Python keeps compiled bytecode (in the temporary directory, "
+        "through PYTHONPYCACHEPREFIX), as an installed mosrun would; as-is: the "
+        "environment's own setting (PYTHONDONTWRITEBYTECODE compiles afresh every start)",
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (programs, outputs)")
     args = ap.parse_args(argv)
@@ -559,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         exes = compile_programs(work)
         run = Runner(work, mosrun, env)
-        run.run(["/bin/true", str(work)], True)           # warm caches (and fail early)
+        run.run(["/bin/true", str(work)], True)  # warm caches (and fail early)
+
         def begin(text: str) -> None:
             if args.wait_idle > 0:
                 wait_idle(args.wait_idle)
@@ -595,14 +703,29 @@ def main(argv: list[str] | None = None) -> int:
     load = f"load average {load_before:.2f} before, {loadavg():.2f} after; CPUs {100 * busy:.0f} % busy"
 
     if args.json:
-        print(json.dumps({"mosrun": mosrun, "mosd": mosd_etc is not None, "reps": args.reps, "cpus": os.cpu_count(), "seconds": elapsed,
-                          "bytecode": args.bytecode, "load_before": load_before, "busy": busy,
-                          "rows": [r.as_dict() for r in rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "mosrun": mosrun,
+                    "mosd": mosd_etc is not None,
+                    "reps": args.reps,
+                    "cpus": os.cpu_count(),
+                    "seconds": elapsed,
+                    "bytecode": args.bytecode,
+                    "load_before": load_before,
+                    "busy": busy,
+                    "rows": [r.as_dict() for r in rows],
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"mosrun benchmark: {' '.join(mosrun)}; {os.cpu_count()} CPUs; best of {args.reps} "
-              f"(start-up {args.startup_reps}, memory {args.memory_reps}) alternate runs, median beside; "
-              f"LANG=C.UTF-8; bytecode {args.bytecode}; {'with' if mosd_etc else 'without'} mosd; "
-              f"{elapsed:.0f} s; {load}")
+        print(
+            f"mosrun benchmark: {' '.join(mosrun)}; {os.cpu_count()} CPUs; best of {args.reps} "
+            f"(start-up {args.startup_reps}, memory {args.memory_reps}) alternate runs, median beside; "
+            f"LANG=C.UTF-8; bytecode {args.bytecode}; {'with' if mosd_etc else 'without'} mosd; "
+            f"{elapsed:.0f} s; {load}"
+        )
         print_table(rows)
     failed = [r for r in rows if r.passed is False]
     return 1 if failed else 0

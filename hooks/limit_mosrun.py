@@ -21,9 +21,9 @@ import time
 
 import attrs
 
-from mosix_core.errors import PolicyRefused
 from mosix_core.contract.hookspecs import hookimpl
 from mosix_core.contract.records import MosrunRequest
+from mosix_core.errors import PolicyRefused
 
 FORCE_BEST_NODE = True
 REQUIRE_MEMORY = True
@@ -34,8 +34,10 @@ def _log(request: MosrunRequest, verdict: str) -> None:
     try:
         os.makedirs(os.path.dirname(LOG_FILE), exist_ok=True)
         with open(LOG_FILE, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} uid={request.uid} user={request.user} "
-                    f"{verdict}: {' '.join(request.argv)}\n")
+            f.write(
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')} uid={request.uid} user={request.user} "
+                f"{verdict}: {' '.join(request.argv)}\n"
+            )
     except OSError:
         pass  # logging must never stop a user's program
 

@@ -39,8 +39,13 @@ class RotatingFile:
     traceback lands next to the lines before it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS,
-                 stdio: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int = LOG_MAX_BYTES,
+        backups: int = LOG_BACKUPS,
+        stdio: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = max(1, backups)
@@ -48,7 +53,7 @@ class RotatingFile:
         self._file = self._open()
 
     def _open(self) -> TextIO:
-        stream = open(self.path, "a", encoding="utf-8", errors="replace")
+        stream = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115  (the log's, kept open)
         if self.stdio:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -102,7 +107,7 @@ class Throttle:
         self.held_back = 0
         self._tokens = float(burst)
         self._filled_at: float | None = None
-        self._last: dict[str, float] = {}   # key -> when it last got a line, oldest first
+        self._last: dict[str, float] = {}  # key -> when it last got a line, oldest first
 
     def __len__(self) -> int:
         return len(self._last)
@@ -120,7 +125,7 @@ class Throttle:
         self._tokens -= 1
         self._last.pop(key, None)
         self._last[key] = now
-        while self._last:                  # oldest first: drop the expired, and any beyond the bound
+        while self._last:  # oldest first: drop the expired, and any beyond the bound
             oldest = next(iter(self._last))
             if len(self._last) <= self.max_keys and now - self._last[oldest] < self.per_key:
                 break
@@ -132,8 +137,12 @@ class Throttle:
         return held_back
 
 
-def configure(stream: TextIO | None = None, level: str | None = None, json: bool | None = None,
-              log_file: str | os.PathLike[str] | None = None) -> None:
+def configure(
+    stream: TextIO | None = None,
+    level: str | None = None,
+    json: bool | None = None,
+    log_file: str | os.PathLike[str] | None = None,
+) -> None:
     """Configure structlog for this process; later calls are ignored.
 
     ``log_file``: the process's stdout and stderr are this file (a daemon started in

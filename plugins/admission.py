@@ -23,7 +23,7 @@ def mosix_admit_guest(request: AdmissionRequest, node: NodeContext) -> Admission
         limit = node.config.maxguests.limit if node.config.maxguests else None
         outsiders = sum(1 for home in node.guest_homes if not node.config.is_local_cluster(home))
         if limit is not None and outsiders >= limit:
-            return Admission.refuse(TOO_BUSY)      # full of guests from other clusters, for now
+            return Admission.refuse(TOO_BUSY)  # full of guests from other clusters, for now
     if request.memory_mb and node.status.mem_avail_mb < request.memory_mb:
         return Admission.refuse("did not complete (no memory there?)")
     return Admission.accept()

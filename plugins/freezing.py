@@ -29,7 +29,7 @@ def mosix_choose_freeze(candidates: Sequence[ProcessRow], situation: FreezeSitua
         excess = max(excess, 1)
     if excess:
         may_freeze = min(len(running), max(0, situation.running - max(situation.min_keep, 0)))
-        return FreezeChoice(freeze=tuple(p.pid for p in running[:min(excess, may_freeze)]))
+        return FreezeChoice(freeze=tuple(p.pid for p in running[: min(excess, may_freeze)]))
     if not frozen:
         return FreezeChoice()
     below_blue = situation.load < situation.blue

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import syslog
 from pathlib import Path
+
+from mosix_core.cluster.proctable import ProcessEvent
 from mosix_core.contract.hookspecs import hookimpl
 from mosix_core.contract.records import NodeContext
-from mosix_core.cluster.proctable import ProcessEvent
 
 _etc: dict[str, Path] = {}
 

@@ -34,9 +34,9 @@ from typing import Any
 import attrs
 
 from mosix_core.config.source import content_lines, read_optional_text
-from mosix_core.errors import ConfigError, PolicyRefused
 from mosix_core.contract.hookspecs import hookimpl
 from mosix_core.contract.records import MosrunRequest
+from mosix_core.errors import ConfigError, PolicyRefused
 
 CONFIG_NAME = "mosrun.conf"
 
@@ -51,10 +51,10 @@ MEMORY_REQUIRED = "this cluster requires -m{mb}: please specify the memory your 
 
 @attrs.frozen
 class MosrunParameters:
-    best: str = "user"             # "user": they decide; "default": -b without a location; "force": always -b
-    unsupported: str = "kill"      # what happens on unsupported system calls unless -e/-w/-u says
-    require_memory: bool = False   # refuse ordinary users' programs without -m{mb}
-    strict_limitations: str = "default"   # "default": as mosd.conf says; "yes"/"no" decide
+    best: str = "user"  # "user": they decide; "default": -b without a location; "force": always -b
+    unsupported: str = "kill"  # what happens on unsupported system calls unless -e/-w/-u says
+    require_memory: bool = False  # refuse ordinary users' programs without -m{mb}
+    strict_limitations: str = "default"  # "default": as mosd.conf says; "yes"/"no" decide
 
     @classmethod
     def default(cls) -> MosrunParameters:

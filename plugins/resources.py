@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
+from mosix_core.cluster.resources import ResourceSample, VirtualMeter, measure_host
 from mosix_core.config.daemon import DaemonSettings
 from mosix_core.contract.hookspecs import hookimpl
-from mosix_core.linux import procfs
 from mosix_core.contract.records import ProcessRow
-from mosix_core.cluster.resources import ResourceSample, VirtualMeter, measure_host
+from mosix_core.linux import procfs
 
 _meter = VirtualMeter()
 
@@ -26,6 +26,11 @@ def hosted_pids(processes: Sequence[ProcessRow]) -> Iterator[int]:
 @hookimpl(trylast=True)
 def mosix_measure_resources(settings: DaemonSettings, processes: Sequence[ProcessRow]) -> ResourceSample:
     if settings.resources == "virtual":
-        return _meter.sample(hosted_pids(processes), time.monotonic(), settings.virtual_cpus,
-                             settings.virtual_memory_mb, settings.virtual_swap_mb)
+        return _meter.sample(
+            hosted_pids(processes),
+            time.monotonic(),
+            settings.virtual_cpus,
+            settings.virtual_memory_mb,
+            settings.virtual_swap_mb,
+        )
     return measure_host()

@@ -37,7 +37,7 @@ class _Protocol:
 class UdpTransport:
     def __init__(self, ip: IPv4Address, port: int) -> None:
         self.ip, self.port = ip, port
-        self._transport: Any = None          # asyncio.DatagramTransport once started
+        self._transport: Any = None  # asyncio.DatagramTransport once started
 
     async def start(self, on_datagram: Callable[[bytes, str], None]) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -50,7 +50,8 @@ class UdpTransport:
         loop = asyncio.get_running_loop()
         # _Protocol is an asyncio protocol by its methods, not by its base class
         self._transport, _ = await loop.create_datagram_endpoint(  # type: ignore[type-var]
-            lambda: _Protocol(on_datagram), sock=sock)
+            lambda: _Protocol(on_datagram), sock=sock
+        )
 
     def send(self, ip: IPv4Address, data: bytes) -> None:
         if self._transport is not None:

@@ -9,6 +9,9 @@ status=0
 # pytest's "no tests ran" (5) is no failure when options select tests of the other part only
 run() { "$@" || { local rc=$?; [ "$rc" -eq 5 ] || status=$rc; }; }
 
+# The code's habits first (ruff lint and format, vulture, mypy): a new finding fails CI
+run bash scripts/lint.sh
+
 run .venv/bin/python -m pytest tests -q -p no:cacheprovider --ignore=tests/security "$@"
 
 # The attacks (tests/security) run in network and PID namespaces of their own: nothing

@@ -20,6 +20,6 @@ Registers.r10
 from mosix_core.linux import ptrace
 from mosix_core.remote import fastpath
 
-ptrace.INFO_ENTRY        # PTRACE_SYSCALL_INFO op (we compare against INFO_EXIT and INFO_SECCOMP)
-ptrace.Stop.core         # WCOREDUMP of a killed process's wait status
-fastpath.INTERRUPTED     # trap_loop.c's result codes (an interrupted wait ends as a STOP)
+ptrace.INFO_ENTRY  # PTRACE_SYSCALL_INFO op (we compare against INFO_EXIT and INFO_SECCOMP)
+ptrace.Stop.core  # WCOREDUMP of a killed process's wait status
+fastpath.INTERRUPTED  # trap_loop.c's result codes (an interrupted wait ends as a STOP)

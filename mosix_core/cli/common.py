@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import typer
 
@@ -18,8 +19,13 @@ ETC_HELP = "configuration directory (default: $MOSIX_ETC, else /etc/mosix)"
 
 
 def new_app(help_text: str) -> typer.Typer:
-    return typer.Typer(add_completion=False, context_settings=CONTEXT, help=help_text,
-                       pretty_exceptions_enable=False, rich_markup_mode=None)
+    return typer.Typer(
+        add_completion=False,
+        context_settings=CONTEXT,
+        help=help_text,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+    )
 
 
 def etc_path(etc: Path | None) -> Path:
@@ -47,8 +53,9 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-def run(app: typer.Typer, argv: Sequence[str] | None = None,
-        rewrite: Callable[[list[str]], list[str]] | None = None) -> None:
+def run(
+    app: typer.Typer, argv: Sequence[str] | None = None, rewrite: Callable[[list[str]], list[str]] | None = None
+) -> None:
     """Entry point: MOSIX argv rewriting (``-off``, ``-m500``) then typer. (Logging
     is configured when something first logs.)"""
     args = list(sys.argv[1:] if argv is None else argv)

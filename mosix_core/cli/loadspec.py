@@ -127,18 +127,30 @@ class LoadSpec:
     sleep: float = 0.0
 
     @classmethod
-    def from_options(cls, *, time_text: str | None = None, low: float | None = None,
-                     high: float | None = None, mem_mb: int = 0, random_mem: bool = False,
-                     cpu_units: int | None = None, read: str | None = None, write: str | None = None,
-                     noio: str | None = None, directory: Path | None = None, file: Path | None = None,
-                     maxiosize_mb: float | None = None, verbose: bool = False,
-                     report_migrations: bool = False, sleep: float = 0.0) -> LoadSpec:
+    def from_options(
+        cls,
+        *,
+        time_text: str | None = None,
+        low: float | None = None,
+        high: float | None = None,
+        mem_mb: int = 0,
+        random_mem: bool = False,
+        cpu_units: int | None = None,
+        read: str | None = None,
+        write: str | None = None,
+        noio: str | None = None,
+        directory: Path | None = None,
+        file: Path | None = None,
+        maxiosize_mb: float | None = None,
+        verbose: bool = False,
+        report_migrations: bool = False,
+        sleep: float = 0.0,
+    ) -> LoadSpec:
         """Validate the command-line values (as strings where the manual has a mini-syntax)."""
         if time_text is not None and (low is not None or high is not None):
             raise SpecError("-t", "give either -t/--time or -l/-h, not both")
         if (low is None) != (high is None):
-            raise SpecError("-l" if high is None else "-h",
-                            "-l {min} and -h {max} go together (or use -t {min},{max})")
+            raise SpecError("-l" if high is None else "-h", "-l {min} and -h {max} go together (or use -t {min},{max})")
         if time_text is not None:
             run_time = TimeSpec.parse(time_text, "-t")
         elif low is not None and high is not None:
@@ -149,8 +161,9 @@ class LoadSpec:
             raise SpecError("-m", "memory must not be negative")
         if cpu_units is not None and cpu_units < 0:
             raise SpecError("--cpu", "units must not be negative")
-        given = [name for name, value in (("--read", read), ("--write", write), ("--noiosyscall", noio))
-                 if value is not None]
+        given = [
+            name for name, value in (("--read", read), ("--write", write), ("--noiosyscall", noio)) if value is not None
+        ]
         if len(given) > 1:
             raise SpecError(given[1], f"{' and '.join(given)} are alternatives: give one of them")
         if directory is not None and file is not None:
@@ -160,12 +173,19 @@ class LoadSpec:
         if sleep < 0 or sleep != sleep:
             raise SpecError("--sleep", "seconds must not be negative")
         return cls(
-            time=run_time, mem_mb=mem_mb, random_mem=random_mem, cpu_units=cpu_units,
+            time=run_time,
+            mem_mb=mem_mb,
+            random_mem=random_mem,
+            cpu_units=cpu_units,
             read=IOSpec.parse(read, "--read") if read is not None else None,
             write=IOSpec.parse(write, "--write") if write is not None else None,
             noio=IOSpec.parse(noio, "--noiosyscall", sized=False) if noio is not None else None,
-            directory=directory, file=file, maxiosize_mb=maxiosize_mb, verbose=verbose,
-            report_migrations=report_migrations, sleep=sleep,
+            directory=directory,
+            file=file,
+            maxiosize_mb=maxiosize_mb,
+            verbose=verbose,
+            report_migrations=report_migrations,
+            sleep=sleep,
         )
 
     @property

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
-from mosix_core.daemon.client import Client
 from mosix_core.daemon import protocol as p
+from mosix_core.daemon.client import Client
 
 app = new_app("Select the best node to run a new MOSIX process on.")
 
 
-def best_node(etc: Path, *, memory_mb: int = 0, reserve: bool = True, wait: bool = False,
-              poll: float = 0.5) -> p.BestnodeReply:
+def best_node(
+    etc: Path, *, memory_mb: int = 0, reserve: bool = True, wait: bool = False, poll: float = 0.5
+) -> p.BestnodeReply:
     """Ask mosd for the best node; unless ``reserve`` is False, mosd then assumes a
     process is about to start there. With ``wait``, retry until a node qualifies."""
     client = Client(etc)
@@ -34,7 +34,7 @@ def main_command(
     no_reserve: bool = typer.Option(False, "-n", help="information only: no process is about to start there"),
     wait: bool = typer.Option(False, "-w", help="wait until an appropriate node is found"),
     memory_mb: int = typer.Option(0, "-m", min=0, help="only nodes with at least this many MB free"),
-    etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
+    etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     reply = best_node(etc_path(etc), memory_mb=memory_mb, reserve=not no_reserve, wait=wait)

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from mosix_core.cluster import localcluster
 from mosix_core.cli.common import new_app, print_json, reports_errors, run
-from mosix_core.daemon.client import Client
+from mosix_core.cluster import localcluster
 from mosix_core.daemon import protocol as p
+from mosix_core.daemon.client import Client
 from mosix_core.errors import DaemonUnavailable, MosixError
 
 app = new_app("Run a whole MOSIX cluster on this machine: one mosd per 127.0.0.K address.")
-RootOption = typer.Option(None, "--dir", help="where the cluster lives (default $MOSCLUSTER_DIR or /tmp/moscluster-UID)")
+RootOption = typer.Option(
+    None, "--dir", help="where the cluster lives (default $MOSCLUSTER_DIR or /tmp/moscluster-UID)"
+)
 
 
-def root_of(path: Optional[Path]) -> Path:
+def root_of(path: Path | None) -> Path:
     return path or localcluster.default_root()
 
 
@@ -51,44 +52,57 @@ def cluster_status(root: Path) -> list[dict]:
 
 @app.command("up", help="Create the configuration and start N daemons.")
 @reports_errors
-def up_cmd(nodes: int = typer.Option(4, "--nodes", "-n", help="number of nodes"),
-           speeds: Optional[str] = typer.Option(None, "--speeds", help="comma-separated speeds (10000 = standard)"),
-           base_ip: str = typer.Option("127.0.0.1", "--base-ip", help="address of node 1"),
-           cpus: int = typer.Option(1, "--cpus", min=1, help="CPUs of each virtual node"),
-           memory_mb: int = typer.Option(4096, "--memory", min=1, help="memory of each virtual node (MB)"),
-           interval: float = typer.Option(1.0, "--interval", min=0.05, help="gossip period (seconds)"),
-           port: Optional[int] = typer.Option(None, "--port", help="UDP and TCP port (default MOSIX's 253 as root)"),
-           root: Optional[Path] = RootOption) -> None:
-    layout = localcluster.up(root_of(root), nodes=nodes, speeds=parse_speeds(speeds), base_ip=base_ip, cpus=cpus,
-                             memory_mb=memory_mb, interval=interval, udp_port=port, tcp_port=port)
-    typer.echo(f"local cluster of {layout.nodes} nodes up: {layout.addresses[0]} … {layout.addresses[-1]} "
-               f"(configuration in {layout.root})")
+def up_cmd(
+    nodes: int = typer.Option(4, "--nodes", "-n", help="number of nodes"),
+    speeds: str | None = typer.Option(None, "--speeds", help="comma-separated speeds (10000 = standard)"),
+    base_ip: str = typer.Option("127.0.0.1", "--base-ip", help="address of node 1"),
+    cpus: int = typer.Option(1, "--cpus", min=1, help="CPUs of each virtual node"),
+    memory_mb: int = typer.Option(4096, "--memory", min=1, help="memory of each virtual node (MB)"),
+    interval: float = typer.Option(1.0, "--interval", min=0.05, help="gossip period (seconds)"),
+    port: int | None = typer.Option(None, "--port", help="UDP and TCP port (default MOSIX's 253 as root)"),
+    root: Path | None = RootOption,
+) -> None:
+    layout = localcluster.up(
+        root_of(root),
+        nodes=nodes,
+        speeds=parse_speeds(speeds),
+        base_ip=base_ip,
+        cpus=cpus,
+        memory_mb=memory_mb,
+        interval=interval,
+        udp_port=port,
+        tcp_port=port,
+    )
+    typer.echo(
+        f"local cluster of {layout.nodes} nodes up: {layout.addresses[0]} … {layout.addresses[-1]} "
+        f"(configuration in {layout.root})"
+    )
 
 
 @app.command("down", help="Stop every daemon of the local cluster.")
 @reports_errors
-def down_cmd(root: Optional[Path] = RootOption) -> None:
+def down_cmd(root: Path | None = RootOption) -> None:
     count = localcluster.down(root_of(root))
     typer.echo(f"stopped {count} node{'s' if count != 1 else ''}")
 
 
 @app.command("stop", help="Stop the daemon of node K (it will be seen dead by the others).")
 @reports_errors
-def stop_cmd(k: int, root: Optional[Path] = RootOption) -> None:
+def stop_cmd(k: int, root: Path | None = RootOption) -> None:
     pid = localcluster.stop_node(root_of(root), k)
     typer.echo(f"node {k} stopped" if pid else f"node {k} was not running")
 
 
 @app.command("start", help="Start the daemon of node K again.")
 @reports_errors
-def start_cmd(k: int, root: Optional[Path] = RootOption) -> None:
+def start_cmd(k: int, root: Path | None = RootOption) -> None:
     pid = localcluster.start_node(root_of(root), k)
     typer.echo(f"node {k} started (pid {pid})")
 
 
 @app.command("status", help="Which daemons run, and how much of the cluster each one sees.")
 @reports_errors
-def status_cmd(root: Optional[Path] = RootOption, as_json: bool = typer.Option(False, "--json")) -> None:
+def status_cmd(root: Path | None = RootOption, as_json: bool = typer.Option(False, "--json")) -> None:
     rows = cluster_status(root_of(root))
     if as_json:
         print_json(rows)
@@ -102,11 +116,14 @@ def status_cmd(root: Optional[Path] = RootOption, as_json: bool = typer.Option(F
         typer.echo(f"node {row['node']}  {row['ip']:<15} up (pid {row['pid']})  {seen}  {load}")
 
 
-@app.command("exec", help="Run a command 'on node K' (with that node's MOSIX_ETC).",
-             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    "exec",
+    help="Run a command 'on node K' (with that node's MOSIX_ETC).",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
 @reports_errors
-def exec_cmd(ctx: typer.Context, k: int, root: Optional[Path] = RootOption) -> None:
-    command: List[str] = list(ctx.args)
+def exec_cmd(ctx: typer.Context, k: int, root: Path | None = RootOption) -> None:
+    command: list[str] = list(ctx.args)
     if command and command[0] == "--":
         command = command[1:]
     if not command:

@@ -12,15 +12,14 @@ import os
 import socket
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from mosix_core.cluster import status as fmt
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
-from mosix_core.daemon.client import Client
-from mosix_core.daemon import protocol as p
+from mosix_core.cluster import status as fmt
 from mosix_core.config import load_config
+from mosix_core.daemon import protocol as p
+from mosix_core.daemon.client import Client
 from mosix_core.errors import MosixError, NotInMap, PermissionDenied
 
 app = new_app("Miscellaneous MOSIX functions.")
@@ -74,14 +73,15 @@ def bring(etc: Path, timeout: float = MOVE_TIMEOUT) -> int:
 
 @app.command("whois", help="Convert node numbers to host names and vice versa.")
 @reports_errors
-def whois_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] = EtcOption) -> None:
+def whois_cmd(node: str | None = typer.Argument(None), etc: Path | None = EtcOption) -> None:
     typer.echo(whois(etc_path(etc), node))
 
 
 @app.command("status", help="User-friendly information about a node (default: this one).")
 @reports_errors
-def status_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] = EtcOption,
-               as_json: bool = JsonOption) -> None:
+def status_cmd(
+    node: str | None = typer.Argument(None), etc: Path | None = EtcOption, as_json: bool = JsonOption
+) -> None:
     info = Client(etc_path(etc)).request(p.StatusRequest(node=node)).node
     if as_json:
         print_json(info)
@@ -91,7 +91,7 @@ def status_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] =
 
 @app.command("localstatus", help="Like status, with what only this node knows.")
 @reports_errors
-def localstatus_cmd(etc: Optional[Path] = EtcOption, as_json: bool = JsonOption) -> None:
+def localstatus_cmd(etc: Path | None = EtcOption, as_json: bool = JsonOption) -> None:
     report = p.encode(Client(etc_path(etc)).request(p.LocalStatusRequest()))
     if as_json:
         print_json(report)
@@ -101,8 +101,9 @@ def localstatus_cmd(etc: Optional[Path] = EtcOption, as_json: bool = JsonOption)
 
 @app.command("rstatus", help="Raw information about a node: the manual's integers, in order.")
 @reports_errors
-def rstatus_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] = EtcOption,
-                as_json: bool = JsonOption) -> None:
+def rstatus_cmd(
+    node: str | None = typer.Argument(None), etc: Path | None = EtcOption, as_json: bool = JsonOption
+) -> None:
     info = Client(etc_path(etc)).request(p.StatusRequest(node=node)).node
     values = fmt.rstatus_integers(info)
     if as_json:
@@ -114,7 +115,7 @@ def rstatus_cmd(node: Optional[str] = typer.Argument(None), etc: Optional[Path] 
 def _state_command(name: str, flag: str, value: bool, text: str) -> None:
     @app.command(name, help=text)
     @reports_errors
-    def command(etc: Optional[Path] = EtcOption) -> None:
+    def command(etc: Path | None = EtcOption) -> None:
         set_state(etc_path(etc), flag, value)
 
 
@@ -128,21 +129,21 @@ _state_command("noblock", "block", False, "Cancel 'block'.")
 
 @app.command("expel", help="Expel all guest processes (returns when they have all moved away).")
 @reports_errors
-def expel_cmd(etc: Optional[Path] = EtcOption, timeout: float = TimeoutOption) -> None:
+def expel_cmd(etc: Path | None = EtcOption, timeout: float = TimeoutOption) -> None:
     expel(etc_path(etc), timeout)
 
 
 @app.command("bring", help="Bring back all processes whose home-node is here (returns when they have all arrived).")
 @reports_errors
-def bring_cmd(etc: Optional[Path] = EtcOption, timeout: float = TimeoutOption) -> None:
+def bring_cmd(etc: Path | None = EtcOption, timeout: float = TimeoutOption) -> None:
     bring(etc_path(etc), timeout)
 
 
 def add_plugin_commands() -> None:
     """Sub-commands contributed by plugins through ``mosix_cli_commands``."""
-    from mosix_core.contract.plugins import plugin_manager_for
-
     import sys
+
+    from mosix_core.contract.plugins import plugin_manager_for
 
     argv = sys.argv[1:]
     etc = Path(argv[argv.index("--etc") + 1]) if "--etc" in argv[:-1] else None
@@ -160,7 +161,7 @@ def main() -> None:
         add_plugin_commands()
     except MosixError as err:
         typer.echo(f"mosctl: {err}", err=True)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     run(app)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,10 +15,10 @@ app = new_app("Start (or stop) the MOSIX daemon of this node.")
 @app.command()
 @reports_errors
 def main_command(
-    etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
+    etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
     foreground: bool = typer.Option(False, "--foreground", "-f", help="stay in the foreground (log to stderr)"),
-    mapfile: Optional[Path] = typer.Option(None, "-m", help="use this map instead of mosix.map"),
-    our_ip: Optional[str] = typer.Option(None, "-p", help="our MOSIX IP address"),
+    mapfile: Path | None = typer.Option(None, "-m", help="use this map instead of mosix.map"),
+    our_ip: str | None = typer.Option(None, "-p", help="our MOSIX IP address"),
     stop: bool = typer.Option(False, "--stop", help="stop the running mosd"),
 ) -> None:
     etc_dir = etc_path(etc)

@@ -20,21 +20,51 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Optional
 
 import attrs
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
-from mosix_core.daemon.client import Client
-from mosix_core.daemon import protocol as p
-from mosix_core.errors import MosixError
 from mosix_core.cluster.proctable import ProcessRecord
+from mosix_core.daemon import protocol as p
+from mosix_core.daemon.client import Client
+from mosix_core.errors import MosixError
 
 app = new_app("Send a signal (SIGTERM by default) to all your MOSIX processes.")
 
-SYMBOLIC = ("HUP INT QUIT ILL TRAP ABRT BUS FPE KILL USR1 SEGV USR2 PIPE ALRM TERM STKFLT CHLD CONT STOP "
-            "TSTP TTIN TTOU URG XCPU XFSZ VTALRM PROF WINCH POLL PWR SYS").split()
+SYMBOLIC = [
+    "HUP",
+    "INT",
+    "QUIT",
+    "ILL",
+    "TRAP",
+    "ABRT",
+    "BUS",
+    "FPE",
+    "KILL",
+    "USR1",
+    "SEGV",
+    "USR2",
+    "PIPE",
+    "ALRM",
+    "TERM",
+    "STKFLT",
+    "CHLD",
+    "CONT",
+    "STOP",
+    "TSTP",
+    "TTIN",
+    "TTOU",
+    "URG",
+    "XCPU",
+    "XFSZ",
+    "VTALRM",
+    "PROF",
+    "WINCH",
+    "POLL",
+    "PWR",
+    "SYS",
+]
 
 
 def parse_signal(text: str) -> int:
@@ -64,7 +94,7 @@ def rewrite(argv: list[str]) -> list[str]:
 @attrs.frozen
 class KillReport:
     signalled: list[int]
-    gone: list[int]                       # exited before the signal reached them
+    gone: list[int]  # exited before the signal reached them
     failed: list[tuple[int, str]]
 
 
@@ -94,7 +124,7 @@ def kill_all(etc: Path, signum: int = signal.SIGTERM, uid: int | None = None) ->
 @reports_errors
 def main_command(
     sig: str = typer.Option("TERM", "--signal", hidden=True, help="the signal (written -{signum} or -{NAME})"),
-    etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
+    etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
 ) -> None:
     """moskillall [-{signum} | -{symbolic_signal}]
 

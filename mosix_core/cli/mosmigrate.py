@@ -30,8 +30,7 @@ import typer
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
 from mosix_core.daemon.client import Client
 from mosix_core.errors import MosixError, PermissionDenied
-from mosix_core.mosrun import targets
-from mosix_core.mosrun import control_socket
+from mosix_core.mosrun import control_socket, targets
 
 app = new_app("Manually migrate or otherwise instruct a running MOSIX process.")
 #: how long a move may take before mosmigrate stops waiting for its outcome: the target's
@@ -78,7 +77,8 @@ def main_command(
     action: str = typer.Argument(..., help="node-number | IP-address | host | " + " | ".join(ACTIONS)),
     etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
 ) -> None:
-    """mosmigrate {pid} {node-number | IP-address | host | home | out | freeze | continue | checkpoint | chkstop | chkexit}"""
+    """mosmigrate {pid} {node-number | IP-address | host | home | out | freeze | continue | checkpoint |
+    chkstop | chkexit}"""
     mosmigrate(pid, action, etc)
 
 

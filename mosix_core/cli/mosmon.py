@@ -14,32 +14,56 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, reports_errors, run
-from mosix_core.daemon.client import Client
-from mosix_core.daemon import protocol as p
-from mosix_core.errors import MosixError
 from mosix_core.cluster.monitor import ENTER, LEFT, RIGHT, MonitorState, handle_key, render
+from mosix_core.daemon import protocol as p
+from mosix_core.daemon.client import Client
+from mosix_core.errors import MosixError
 
 app = new_app("Display the load, speed, memory, swap space, frozen processes or cores of the MOSIX nodes.")
 
 
-def initial_state(*, vertical: bool = False, tight: bool = False, horizontal: bool = False, count: bool = False,
-                  dead: bool = False, speed: bool = False, memory: int = 0, frozen: bool = False,
-                  cores: bool = False, load: bool = False) -> MonitorState:
+def initial_state(
+    *,
+    vertical: bool = False,
+    tight: bool = False,
+    horizontal: bool = False,
+    count: bool = False,
+    dead: bool = False,
+    speed: bool = False,
+    memory: int = 0,
+    frozen: bool = False,
+    cores: bool = False,
+    load: bool = False,
+) -> MonitorState:
     """The state the command-line options ask for (mosmon(1) SYNOPSIS)."""
     numberings = [key for key, given in (("v", vertical), ("V", tight), ("w", horizontal)) if given]
     if len(numberings) > 1:
         raise typer.BadParameter("choose only one of -v, -V and -w")
-    modes = [m for m, given in (("speed", speed), ("mem", memory == 1), ("swap", memory >= 2),
-                                ("frozen", frozen), ("cores", cores), ("load", load)) if given]
+    modes = [
+        m
+        for m, given in (
+            ("speed", speed),
+            ("mem", memory == 1),
+            ("swap", memory >= 2),
+            ("frozen", frozen),
+            ("cores", cores),
+            ("load", load),
+        )
+        if given
+    ]
     if len(modes) > 1:
         raise typer.BadParameter("choose only one of -s, -m, -m -m, -f, -c and -l")
-    return MonitorState(mode=modes[0] if modes else "load", numbering=numberings[0] if numberings else "a",
-                        show_dead=dead, show_count=count)
+    return MonitorState(
+        mode=modes[0] if modes else "load",
+        numbering=numberings[0] if numberings else "a",
+        show_dead=dead,
+        show_count=count,
+    )
 
 
 def fetch(client: Client) -> tuple[dict[str, Any] | None, str | None]:
@@ -59,8 +83,15 @@ def once(etc: Path, state: MonitorState) -> list[str]:
     return lines
 
 
-_CURSES_KEYS = {curses.KEY_RIGHT: RIGHT, curses.KEY_LEFT: LEFT, curses.KEY_ENTER: ENTER, 10: ENTER, 13: ENTER,
-                curses.KEY_NPAGE: "n", curses.KEY_PPAGE: "p"}
+_CURSES_KEYS = {
+    curses.KEY_RIGHT: RIGHT,
+    curses.KEY_LEFT: LEFT,
+    curses.KEY_ENTER: ENTER,
+    10: ENTER,
+    13: ENTER,
+    curses.KEY_NPAGE: "n",
+    curses.KEY_PPAGE: "p",
+}
 
 
 def key_name(code: int) -> str | None:
@@ -140,12 +171,22 @@ def main_command(
     frozen: bool = typer.Option(False, "-f", help="display the number of frozen processes"),
     cores: bool = typer.Option(False, "-c", help="display the number of cores"),
     load: bool = typer.Option(False, "-l", help="display the load (default)"),
-    etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
+    etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
     one_screen: bool = typer.Option(False, "--once", help="print one screen to stdout and exit (no curses)"),
     interval: float = typer.Option(1.0, "--interval", min=0.05, help="seconds between refreshes"),
 ) -> None:
-    state = initial_state(vertical=vertical, tight=tight, horizontal=horizontal, count=count, dead=dead,
-                          speed=speed, memory=memory, frozen=frozen, cores=cores, load=load)
+    state = initial_state(
+        vertical=vertical,
+        tight=tight,
+        horizontal=horizontal,
+        count=count,
+        dead=dead,
+        speed=speed,
+        memory=memory,
+        frozen=frozen,
+        cores=cores,
+        load=load,
+    )
     if one_screen or not (sys.stdin.isatty() and sys.stdout.isatty()):
         for line in once(etc_path(etc), state):
             typer.echo(line)

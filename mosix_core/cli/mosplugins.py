@@ -16,8 +16,10 @@ app = new_app("List the plugins on the hook bus and the package that supplied ea
 
 @app.command()
 @reports_errors
-def main_command(etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
-                 as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def main_command(
+    etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
     settings = load_config(etc_path(etc)).daemon
     pm = build_plugin_manager(**plugin_options(settings, etc_path(etc)))
     infos = pm.plugins_info()
@@ -30,7 +32,7 @@ def main_command(etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
         typer.echo(f"{info.name:<20} {origin:<22} {info.location}  [{hooks}]")
     for name in settings.disabled_plugins:
         typer.echo(f"{name:<20} (disabled in mosd.conf)")
-    for refused in pm.refused:                   # site hooks someone else could have written
+    for refused in pm.refused:  # site hooks someone else could have written
         typer.echo(f"{str(refused.path):<20} (refused, not loaded: {refused.reason})")
 
 

@@ -53,25 +53,26 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import attrs
 import typer
 
 from mosix_core import users
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
-from mosix_core.daemon.client import Client
-from mosix_core.daemon import protocol as p
+from mosix_core.cluster.proctable import ProcessRecord
 from mosix_core.config.userview import UserView
+from mosix_core.daemon import protocol as p
+from mosix_core.daemon.client import Client
 from mosix_core.errors import MosixError
 from mosix_core.linux import procfs
-from mosix_core.cluster.proctable import ProcessRecord
 
 app = new_app("List MOSIX processes in ps(1) style.")
 
-OWN_FLAGS = frozenset("IhMLOnPVS")           # mosps's own, always after a '-'
+OWN_FLAGS = frozenset("IhMLOnPVS")  # mosps's own, always after a '-'
 DASH_LETTERS = frozenset("AGHNTUadefgjlmptuw")
 BSD_LETTERS = frozenset("TUacefgjlmnptuwx")  # x is not in the manual's list, but its note uses "ax"
 DASH_WITH_LIST = frozenset("GUgptu")
@@ -127,7 +128,7 @@ def split_argv(argv: list[str]) -> tuple[list[PsOption], list[str]]:
             if dash and letter in OWN_FLAGS:
                 rest.append("-" + letter)
             elif letter in with_list:
-                value = letters[j + 1:]
+                value = letters[j + 1 :]
                 if not value and i < len(argv):
                     value = argv[i]
                     i += 1
@@ -151,15 +152,15 @@ def rewrite(argv: list[str]) -> list[str]:
 class PsRequest:
     """What the user's ps options ask for, once interpreted."""
 
-    to_ps: tuple[str, ...]           # selection and modifiers, for the real ps
-    selects: bool                    # some option chooses which processes
-    unix_format: frozenset[str]      # of f, l, j
-    bsd_format: str | None           # u, j or l
-    bsd: bool                        # BSD personality (BSD options were used)
-    comm: bool                       # show the command name, not the command line
-    numeric: bool                    # user ids as numbers
-    width: int                       # how many w
-    threads: bool                    # -T, -m, m: one row per thread, with SPID
+    to_ps: tuple[str, ...]  # selection and modifiers, for the real ps
+    selects: bool  # some option chooses which processes
+    unix_format: frozenset[str]  # of f, l, j
+    bsd_format: str | None  # u, j or l
+    bsd: bool  # BSD personality (BSD options were used)
+    comm: bool  # show the command name, not the command line
+    numeric: bool  # user ids as numbers
+    width: int  # how many w
+    threads: bool  # -T, -m, m: one row per thread, with SPID
 
 
 def interpret(options: list[PsOption]) -> PsRequest:
@@ -173,8 +174,7 @@ def interpret(options: list[PsOption]) -> PsRequest:
         allowed = DASH_LETTERS if o.dash else BSD_LETTERS
         if len(o.letter) != 1 or o.letter not in allowed:
             shown = ("-" if o.dash else "") + (o.letter or "")
-            raise MosixError(f"unsupported ps option '{shown}' (supported: TUacefgjlmnptuw "
-                             "and -AGHNTUadefgjlmptuw)")
+            raise MosixError(f"unsupported ps option '{shown}' (supported: TUacefgjlmnptuw and -AGHNTUadefgjlmptuw)")
         if o.arg is not None and not o.arg:
             raise MosixError(f"ps option '{o.encode()}' needs a list")
         if o.dash:
@@ -209,8 +209,7 @@ def interpret(options: list[PsOption]) -> PsRequest:
         raise MosixError("conflicting format options")
     if bsd_flags:
         to_ps.insert(0, bsd_flags)
-    return PsRequest(tuple(to_ps), selects, frozenset(unix_format), bsd_format, bsd, comm, numeric, width,
-                     threads)
+    return PsRequest(tuple(to_ps), selects, frozenset(unix_format), bsd_format, bsd, comm, numeric, width, threads)
 
 
 # -- asking ps ---------------------------------------------------------------------------------------
@@ -231,8 +230,9 @@ def ps_rows(request: PsRequest, uid: int, everyone: bool = False) -> list[dict[s
     fields = ",".join(f"{f}=" for f in PS_FIELDS) + f",{command}="
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PS_", "CMD_ENV", "COLUMNS", "PERSONALITY"))}
     try:
-        out = subprocess.run([PS, "-ww", *selection, "-o", fields], capture_output=True, text=True, env=env,
-                             errors="replace", timeout=60)
+        out = subprocess.run(
+            [PS, "-ww", *selection, "-o", fields], capture_output=True, text=True, env=env, errors="replace", timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise MosixError(f"cannot run ps: {err}") from None
     if out.returncode != 0 and out.stderr.strip():
@@ -294,10 +294,10 @@ def host_name(ip: str) -> str | None:
 
 @attrs.frozen
 class Filters:
-    local_only: bool = False     # -L
-    away_only: bool = False      # -O
-    guests_only: bool = False    # -V
-    queues_only: bool = False    # -S
+    local_only: bool = False  # -L
+    away_only: bool = False  # -O
+    guests_only: bool = False  # -V
+    queues_only: bool = False  # -S
 
     def keep(self, r: ProcessRecord, display: Display) -> bool:
         if self.local_only and r.is_guest:
@@ -306,16 +306,14 @@ class Filters:
             return False
         if self.guests_only and not r.is_guest:
             return False
-        if self.queues_only and r.queue is None:
-            return False
-        return True
+        return not (self.queues_only and r.queue is None)
 
 
 def user_name(uid: str, numeric: bool, row: dict[str, str] | None = None) -> str:
     if numeric or not uid.isdigit():
         return uid
     if row is not None and "home_user" in row:
-        return row["home_user"]               # a guest's owner, named as home names it
+        return row["home_user"]  # a guest's owner, named as home names it
     return users.user_name(int(uid))
 
 
@@ -336,8 +334,9 @@ def guest_view(row: dict[str, str], record: ProcessRecord, request: PsRequest) -
     return row
 
 
-def mosix_columns(r: ProcessRecord | None, display: Display, *, origpid: bool, nmigs: bool,
-                  guests: bool, queues: bool) -> list[tuple[str, str]]:
+def mosix_columns(
+    r: ProcessRecord | None, display: Display, *, origpid: bool, nmigs: bool, guests: bool, queues: bool
+) -> list[tuple[str, str]]:
     """The MOSIX columns of one row (``r`` None: a thread row, left blank)."""
     cols: list[tuple[str, str]] = []
 
@@ -369,12 +368,10 @@ def ps_columns(request: PsRequest, row: dict[str, str]) -> tuple[list[tuple[str,
     if bf == "u":
         before += [("USER", user_name(row["euid"], request.numeric, row)), ("PID", row["pid"]), *thread_cols]
     elif bf == "j":
-        before += [("PPID", row["ppid"]), ("PID", row["pid"]), *thread_cols, ("PGID", row["pgid"]),
-                   ("SID", row["sid"])]
+        before += [("PPID", row["ppid"]), ("PID", row["pid"]), *thread_cols, ("PGID", row["pgid"]), ("SID", row["sid"])]
         after += [("TPGID", row["tpgid"]), ("UID", row["euid"])]
     elif bf == "l":
-        before += [("UID", row["euid"]), ("PID", row["pid"]), *thread_cols, ("PPID", row["ppid"]),
-                   ("NI", row["ni"])]
+        before += [("UID", row["euid"]), ("PID", row["pid"]), *thread_cols, ("PPID", row["ppid"]), ("NI", row["ni"])]
     else:
         if "f" in uf or "l" in uf:
             named = "f" in uf and not request.numeric
@@ -390,18 +387,33 @@ def ps_columns(request: PsRequest, row: dict[str, str]) -> tuple[list[tuple[str,
     return before, after
 
 
-def listing(etc: Path, ps_options: list[PsOption], *, style: str = "numbers", filters: Filters = Filters(),
-            origpid: bool = False, nmigs: bool = False, uid: int | None = None) -> list[dict]:
+def listing(
+    etc: Path,
+    ps_options: list[PsOption],
+    *,
+    style: str = "numbers",
+    filters: Filters = Filters(),
+    origpid: bool = False,
+    nmigs: bool = False,
+    uid: int | None = None,
+) -> list[dict]:
     """The rows mosps shows: each a process's table fields plus ``display``, the
     columns as printed (header → text, in order), and ps's fields."""
     request = interpret(ps_options)
     reply = Client(etc).request(p.ProcessesRequest())
     userview_path = etc / "userview.map"
-    display = Display(IPv4Address(reply.ip), style,
-                      UserView.from_file(userview_path) if style == "numbers" and userview_path.exists() else None)
+    display = Display(
+        IPv4Address(reply.ip),
+        style,
+        UserView.from_file(userview_path) if style == "numbers" and userview_path.exists() else None,
+    )
     uid = os.geteuid() if uid is None else uid
-    records = {r.pid: r for r in reply.processes if filters.keep(r, display)
-               if not (filters.guests_only and not request.selects and uid != 0 and r.home_uid != uid)}
+    records = {
+        r.pid: r
+        for r in reply.processes
+        if filters.keep(r, display)
+        if not (filters.guests_only and not request.selects and uid != 0 and r.home_uid != uid)
+    }
     if not records:
         return []
     # A guest is listed as the process that runs its program (what top and kill see
@@ -412,7 +424,7 @@ def listing(etc: Path, ps_options: list[PsOption], *, style: str = "numbers", fi
     current: ProcessRecord | None = None
     # -V alone: guests run as uids of their own, so "the caller's" means by their owner at home
     for row in ps_rows(request, uid, everyone=filters.guests_only):
-        if row["pid"] == "-":               # a thread of the row before (m, -m)
+        if row["pid"] == "-":  # a thread of the row before (m, -m)
             record, is_thread = current, True
         else:
             pid = int(row["pid"]) if row["pid"].isdigit() else None
@@ -423,19 +435,43 @@ def listing(etc: Path, ps_options: list[PsOption], *, style: str = "numbers", fi
         if record.is_guest and not is_thread:
             row = guest_view(row, record, request)
         before, after = ps_columns(request, row)
-        mosix = mosix_columns(None if is_thread else record, display, origpid=origpid, nmigs=nmigs,
-                              guests=filters.guests_only, queues=filters.queues_only)
-        data = {**record.to_json(), "thread": is_thread, "user": user_name(row["euid"], False, row),
-                **{k: row[k] for k in ("tty", "ppid", "pgid", "sid", "tpgid", "ni", "cmd")},
-                "display": dict(before + mosix + after), "_columns": before + mosix + after}
+        mosix = mosix_columns(
+            None if is_thread else record,
+            display,
+            origpid=origpid,
+            nmigs=nmigs,
+            guests=filters.guests_only,
+            queues=filters.queues_only,
+        )
+        data = {
+            **record.to_json(),
+            "thread": is_thread,
+            "user": user_name(row["euid"], False, row),
+            **{k: row[k] for k in ("tty", "ppid", "pgid", "sid", "tpgid", "ni", "cmd")},
+            "display": dict(before + mosix + after),
+            "_columns": before + mosix + after,
+        }
         if record.is_guest and not is_thread:
             data.update(pid=int(row["pid"]), host_pid=record.pid, user=row.get("home_user", data["user"]))
         rows.append(data)
     return rows
 
 
-NUMERIC_HEADERS = {"PID", "PPID", "PGID", "SID", "TPGID", "UID", "NI", "SPID", "ORIGPID", "NMIGS", "TOTAL",
-                   "DONE", "FAIL"}
+NUMERIC_HEADERS = {
+    "PID",
+    "PPID",
+    "PGID",
+    "SID",
+    "TPGID",
+    "UID",
+    "NI",
+    "SPID",
+    "ORIGPID",
+    "NMIGS",
+    "TOTAL",
+    "DONE",
+    "FAIL",
+}
 
 
 def headers_for(ps_options: list[PsOption], *, origpid: bool, nmigs: bool, filters: Filters) -> list[str]:
@@ -443,8 +479,9 @@ def headers_for(ps_options: list[PsOption], *, origpid: bool, nmigs: bool, filte
     request = interpret(ps_options)
     empty = dict.fromkeys(PS_NAMES + ("cmd",), "")
     before, after = ps_columns(request, empty)
-    mosix = mosix_columns(None, Display(None), origpid=origpid, nmigs=nmigs, guests=filters.guests_only,
-                          queues=filters.queues_only)
+    mosix = mosix_columns(
+        None, Display(None), origpid=origpid, nmigs=nmigs, guests=filters.guests_only, queues=filters.queues_only
+    )
     return [h for h, _ in before + mosix + after]
 
 
@@ -486,7 +523,7 @@ def main_command(
     origpid: bool = typer.Option(False, "-P", help="show the original process ID at home (ORIGPID)"),
     guests_only: bool = typer.Option(False, "-V", help="only guest processes (home elsewhere)"),
     queues_only: bool = typer.Option(False, "-S", help="only mosrun -S queue drivers, with TOTAL DONE FAIL"),
-    etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
+    etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """mosps [ps options] [-I] [-h] [-M] [-L] [-O] [-n] [-P] [-V] [-S]
@@ -504,8 +541,9 @@ def main_command(
         headers = [h for h, _ in rows[0]["_columns"]]
     else:
         headers = headers_for(options, origpid=origpid, nmigs=nmigs, filters=filters)
-    for line in render(headers, [[text for _, text in row["_columns"]] for row in rows],
-                       line_width(interpret(options))):
+    for line in render(
+        headers, [[text for _, text in row["_columns"]] for row in rows], line_width(interpret(options))
+    ):
         typer.echo(line)
 
 

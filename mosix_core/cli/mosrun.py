@@ -15,8 +15,8 @@ import errno
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mosix_core import paths
 from mosix_core.errors import MosixError
@@ -90,12 +90,17 @@ def tell_supervisor(request: dict) -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     data = ctypes.create_string_buffer(json.dumps(request).encode())
-    result = libc.syscall(ctypes.c_long(SYS_OPENAT), ctypes.c_long(AT_FDCWD), b"/proc/self/mosrun",
-                          ctypes.c_long(1 | O_CREAT), ctypes.cast(data, ctypes.c_void_p))
+    result = libc.syscall(
+        ctypes.c_long(SYS_OPENAT),
+        ctypes.c_long(AT_FDCWD),
+        b"/proc/self/mosrun",
+        ctypes.c_long(1 | O_CREAT),
+        ctypes.cast(data, ctypes.c_void_p),
+    )
     if result >= 0:
         return True
     err = ctypes.get_errno()
-    if err == errno.ENOENT:           # Linux's own answer: no supervisor here
+    if err == errno.ENOENT:  # Linux's own answer: no supervisor here
         return False
     raise MosixError(f"the supervisor refused: {os.strerror(err)}")
 
@@ -149,7 +154,7 @@ def ask_daemon_for_policy(session, opts: mosopts.MosrunOptions, words: list[str]
     except DaemonUnavailable:
         return None
     except Refused:
-        raise                          # the policy's own message
+        raise  # the policy's own message
     except MosixError as err:
         raise MosixError(f"the site's mosrun policy could not be applied: {err}") from None
     try:
@@ -230,9 +235,9 @@ def mosrun(argv: Sequence[str], *, keep_loader: bool = False, etc: Path | None =
 
         return run_queue(opts, words[0], env, etc, session)
     program, args = program_words(opts, words)
-    from mosix_core.mosrun.supervisor import elf_class
-
     import shutil
+
+    from mosix_core.mosrun.supervisor import elf_class
 
     path = shutil.which(program, path=env.get("PATH")) if "/" not in program else program
     if path is not None and elf_class(path) == 1:
@@ -241,7 +246,7 @@ def mosrun(argv: Sequence[str], *, keep_loader: bool = False, etc: Path | None =
     from mosix_core.mosrun.top import run_program
 
     run_program(opts, program, args, env, etc, session)
-    return 0   # not reached: run_program execs
+    return 0  # not reached: run_program execs
 
 
 def mosnative(argv: Sequence[str]) -> int:
@@ -259,10 +264,10 @@ def _exec(program: str, args: list[str], env: dict) -> None:
         os.execvpe(program, args, env)
     except FileNotFoundError:
         _say(f"{program}: command not found" if "/" not in program else f"{program}: No such file or directory")
-        raise SystemExit(127)
+        raise SystemExit(127) from None
     except OSError as err:
         _say(f"{program}: {err.strerror}")
-        raise SystemExit(126)
+        raise SystemExit(126) from None
 
 
 def run_nested_queue(opts: mosopts.MosrunOptions, spec: str, env: dict) -> int:
@@ -297,7 +302,7 @@ def run_nested_queue(opts: mosopts.MosrunOptions, spec: str, env: dict) -> int:
 def _guarded(fn, *args, **kwargs) -> int:
     try:
         return fn(*args, **kwargs)
-    except MosixError as err:       # UsageError included
+    except MosixError as err:  # UsageError included
         _say(str(err))
         return 1
     except KeyboardInterrupt:
@@ -323,8 +328,10 @@ def mosnative_main() -> None:
     PROG = "mosnative"
     args = sys.argv[1:]
     if args[:1] == ["--help"]:
-        print("Usage: mosnative program [args]...\n\nRun a program outside MOSIX (as a native Linux "
-              "process) from within a MOSIX program.")
+        print(
+            "Usage: mosnative program [args]...\n\nRun a program outside MOSIX (as a native Linux "
+            "process) from within a MOSIX program."
+        )
         raise SystemExit(0)
     raise SystemExit(_guarded(mosnative, args))
 

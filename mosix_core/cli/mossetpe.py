@@ -6,13 +6,12 @@ import os
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
-from mosix_core.daemon.client import Client
 from mosix_core.daemon import protocol as p
+from mosix_core.daemon.client import Client
 from mosix_core.errors import PermissionDenied
 
 app = new_app("Modify (or list) the MOSIX node configuration.")
@@ -69,13 +68,13 @@ def turn_off(etc: Path, no_wait: bool) -> None:
 @app.command()
 @reports_errors
 def main_command(
-    mapfile: Optional[Path] = typer.Option(None, "-m", help="map file instead of mosix.map"),
-    our_ip: Optional[str] = typer.Option(None, "-p", help="our MOSIX IP address"),
+    mapfile: Path | None = typer.Option(None, "-m", help="map file instead of mosix.map"),
+    our_ip: str | None = typer.Option(None, "-p", help="our MOSIX IP address"),
     no_wait: bool = typer.Option(False, "-A", help="return without waiting for processes to move"),
     list_cluster: bool = typer.Option(False, "-r", help="list the nodes of the local cluster"),
     list_multi: bool = typer.Option(False, "-R", help="list the nodes of the multi-cluster"),
     off: bool = typer.Option(False, "--off", help="disable MOSIX (also spelt -off)"),
-    etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
+    etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output with -r/-R"),
 ) -> None:
     etc_dir = etc_path(etc)

@@ -31,9 +31,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Callable, Optional, TextIO
+from typing import TextIO
 
 import typer
 from attrs import define
@@ -44,11 +45,11 @@ from mosix_core.errors import MosixError
 
 PROG = "mostestload"
 PAGE = mmap.PAGESIZE
-UNIT_ITERATIONS = 100_000            # one unit of CPU work: ~10 ms on a 3 GHz machine
-TOUCH_WINDOW = 64 * MB               # memory re-touched after each unit / batch of calls
-READ_PREFILL_MAX = 16 * MB           # data put in a temporary file before --read
+UNIT_ITERATIONS = 100_000  # one unit of CPU work: ~10 ms on a 3 GHz machine
+TOUCH_WINDOW = 64 * MB  # memory re-touched after each unit / batch of calls
+READ_PREFILL_MAX = 16 * MB  # data put in a temporary file before --read
 WHEREAMI = "/proc/self/whereami"
-SYSCALL_BATCH = 64                   # system calls between two housekeeping ticks
+SYSCALL_BATCH = 64  # system calls between two housekeeping ticks
 
 DESCRIPTION = (
     "MOSIX test program: generate artificial load and consume memory for testing MOSIX.\n\n"
@@ -97,7 +98,7 @@ class Summary:
     other_calls: int = 0
     chunks: int = 0
     migrations: int = 0
-    ended_by: str = ""          # "time", "cpu", "repeats" or the name of a signal
+    ended_by: str = ""  # "time", "cpu", "repeats" or the name of a signal
 
     def lines(self) -> list[str]:
         limit = "indefinitely" if self.seconds_limit == 0 else f"{self.seconds_limit:.2f} seconds"
@@ -130,7 +131,7 @@ _libc.open.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.open.restype = ctypes.c_int
 
 
-def read_whereami() -> Optional[int]:
+def read_whereami() -> int | None:
     """The MOSIX programming interface: under mosrun, ``open("/proc/self/whereami", O_RDONLY)``
     returns where the process runs (0 = home); elsewhere the file does not exist (None).
 
@@ -149,8 +150,15 @@ class _Stopped(Exception):
 class _Load:
     """The state of one run."""
 
-    def __init__(self, spec: LoadSpec, out: TextIO, err: TextIO, whereami: Callable[[], Optional[int]],
-                 poll_interval: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        spec: LoadSpec,
+        out: TextIO,
+        err: TextIO,
+        whereami: Callable[[], int | None],
+        poll_interval: float,
+        rng: random.Random,
+    ) -> None:
         self.spec = spec
         self.out = out
         self.err = err
@@ -160,14 +168,14 @@ class _Load:
         self.summary = Summary(memory_mb=spec.mem_mb)
         self.base = 0.0
         self.seconds = 0.0
-        self.mem: Optional[bytearray] = None
+        self.mem: bytearray | None = None
         self.touch_at = 0
-        self.where: Optional[int] = None
+        self.where: int | None = None
         self.polling = spec.report_migrations
         self.last_poll = 0.0
         self.last_progress = 0.0
         self.fd = -1
-        self.path: Optional[Path] = None
+        self.path: Path | None = None
         self.temporary = False
         self.offset = 0
         self.file_size = 0
@@ -201,14 +209,16 @@ class _Load:
             if self.spec.random_mem:
                 self.mem = bytearray(size)
                 for start in range(0, size, MB):
-                    self.mem[start:start + MB] = os.urandom(min(MB, size - start))
+                    self.mem[start : start + MB] = os.urandom(min(MB, size - start))
             else:
                 self.mem = bytearray(b"\xa5") * size
         except MemoryError:
             self.mem = None
             raise LoadError(f"cannot allocate {self.spec.mem_mb} MB of memory") from None
-        self.debug(f"allocated {self.spec.mem_mb} MB of memory, filled with "
-                   f"{'a random pattern' if self.spec.random_mem else 'the byte 0xa5'}")
+        self.debug(
+            f"allocated {self.spec.mem_mb} MB of memory, filled with "
+            f"{'a random pattern' if self.spec.random_mem else 'the byte 0xa5'}"
+        )
 
     def touch(self) -> None:
         """Rewrite one byte of every page of the next window, so the memory stays resident
@@ -252,11 +262,13 @@ class _Load:
             if now - self.last_progress >= 1.0:
                 self.last_progress = now
                 s = self.summary
-                self.debug(f"progress: {self.used():.2f} CPU seconds, {s.units} units, {s.chunks} chunks, "
-                           f"{s.bytes_read} bytes read, {s.bytes_written} bytes written, "
-                           f"{s.other_calls} other system calls")
+                self.debug(
+                    f"progress: {self.used():.2f} CPU seconds, {s.units} units, {s.chunks} chunks, "
+                    f"{s.bytes_read} bytes read, {s.bytes_written} bytes written, "
+                    f"{s.other_calls} other system calls"
+                )
 
-    def units(self, count: Optional[int]) -> bool:
+    def units(self, count: int | None) -> bool:
         """Run ``count`` units (None: until the time is up); False once the time is up."""
         done = 0
         while count is None or done < count:
@@ -297,9 +309,11 @@ class _Load:
             if spec.read:
                 self.prefill(spec.read)
         self.file_size = os.fstat(self.fd).st_size
-        self.debug(f"{'reading' if spec.read else 'writing'} {self.path}"
-                   f"{' (temporary)' if self.temporary else ''}"
-                   f"{f', wrapping at {self.limit} bytes' if self.limit else ''}")
+        self.debug(
+            f"{'reading' if spec.read else 'writing'} {self.path}"
+            f"{' (temporary)' if self.temporary else ''}"
+            f"{f', wrapping at {self.limit} bytes' if self.limit else ''}"
+        )
 
     def prefill(self, io: IOSpec) -> None:
         """Something to read in a fresh temporary file."""
@@ -310,7 +324,7 @@ class _Load:
         try:
             written = 0
             while written < amount:
-                written += os.write(self.fd, block[:amount - written])
+                written += os.write(self.fd, block[: amount - written])
             os.lseek(self.fd, 0, os.SEEK_SET)
         except OSError as err:
             raise LoadError(f"{self.path}: cannot write: {err.strerror}") from None
@@ -351,11 +365,11 @@ class _Load:
         size = len(self.buffer)
         try:
             self.rewind_before(size)
-            if self.offset > 0 and self.offset >= self.file_size:   # known end of file: start again
+            if self.offset > 0 and self.offset >= self.file_size:  # known end of file: start again
                 os.lseek(self.fd, 0, os.SEEK_SET)
                 self.offset = 0
             n = len(os.read(self.fd, size))
-            if n == 0:                       # the file shrank: start again
+            if n == 0:  # the file shrank: start again
                 if self.offset == 0:
                     raise LoadError(f"{self.path}: the file is empty: nothing to read")
                 os.lseek(self.fd, 0, os.SEEK_SET)
@@ -367,7 +381,7 @@ class _Load:
         self.summary.bytes_read += n
 
     def noio_call(self) -> None:
-        os.getppid()                         # a real system call (glibc does not cache it)
+        os.getppid()  # a real system call (glibc does not cache it)
         self.summary.other_calls += 1
 
     def chunk(self, io: IOSpec) -> bool:
@@ -416,9 +430,15 @@ class _Load:
         return self.summary
 
 
-def run_load(spec: LoadSpec, *, out: TextIO | None = None, err: TextIO | None = None,
-             whereami: Callable[[], Optional[int]] = read_whereami, poll_interval: float = 0.1,
-             rng: random.Random | None = None) -> Summary:
+def run_load(
+    spec: LoadSpec,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    whereami: Callable[[], int | None] = read_whereami,
+    poll_interval: float = 0.1,
+    rng: random.Random | None = None,
+) -> Summary:
     """Generate the load ``spec`` describes until its time, units or repeats are done, or
     SIGINT/SIGTERM/SIGHUP arrives (then ``ended_by`` names the signal). Always releases
     the memory and removes a temporary file. Raises LoadError on I/O or memory failure."""
@@ -427,7 +447,7 @@ def run_load(spec: LoadSpec, *, out: TextIO | None = None, err: TextIO | None = 
     cleaning_up = False
 
     def stop(signum: int, _frame: object) -> None:
-        if not cleaning_up:           # a second signal must not interrupt the cleanup
+        if not cleaning_up:  # a second signal must not interrupt the cleanup
             raise _Stopped(signum)
 
     handlers: dict[int, object] = {}
@@ -485,50 +505,88 @@ def rewrite(argv: list[str]) -> list[str]:
 @app.command(help=DESCRIPTION)
 @reports_errors
 def main_command(
-    time_text: Optional[str] = typer.Option(
-        None, "-t", "--time", metavar="SECONDS|MIN,MAX",
+    time_text: str | None = typer.Option(
+        None,
+        "-t",
+        "--time",
+        metavar="SECONDS|MIN,MAX",
         help=f"run for this many CPU seconds (default {DEFAULT_SECONDS:g}; 0: indefinitely), "
-             "or a random number of seconds between MIN and MAX"),
-    low: Optional[float] = typer.Option(None, "-l", metavar="MIN", help="minimum of a random run time (with -h)"),
-    high: Optional[float] = typer.Option(
-        None, "-h", metavar="MAX", help="maximum of a random run time (with -l); a bare -h is --help"),
+        "or a random number of seconds between MIN and MAX",
+    ),
+    low: float | None = typer.Option(None, "-l", metavar="MIN", help="minimum of a random run time (with -h)"),
+    high: float | None = typer.Option(
+        None, "-h", metavar="MAX", help="maximum of a random run time (with -l); a bare -h is --help"
+    ),
     mem_mb: int = typer.Option(0, "-m", "--mem", metavar="MB", help="memory to consume, in megabytes"),
-    random_mem: bool = typer.Option(False, "--random-mem",
-                                    help="fill the memory with a random pattern (else with one byte value)"),
-    cpu_units: Optional[int] = typer.Option(
-        None, "--cpu", metavar="N",
+    random_mem: bool = typer.Option(
+        False, "--random-mem", help="fill the memory with a random pattern (else with one byte value)"
+    ),
+    cpu_units: int | None = typer.Option(
+        None,
+        "--cpu",
+        metavar="N",
         help=f"perform N units of CPU work ({UNIT_ITERATIONS:,} loop rounds, ~10 ms at 3 GHz), then exit; "
-             "with --read/--write/--noiosyscall: N units between chunks of system calls"),
-    read: Optional[str] = typer.Option(
-        None, "--read", metavar="[SIZE[,NCALLS[,REPEATS]]]",
+        "with --read/--write/--noiosyscall: N units between chunks of system calls",
+    ),
+    read: str | None = typer.Option(
+        None,
+        "--read",
+        metavar="[SIZE[,NCALLS[,REPEATS]]]",
         help="read SIZE KB (default 1) NCALLS times (default 1024) per chunk, REPEATS chunks "
-             "(default: indefinitely); wraps to the start at end of file"),
-    write: Optional[str] = typer.Option(
-        None, "--write", metavar="[SIZE[,NCALLS[,REPEATS]]]",
+        "(default: indefinitely); wraps to the start at end of file",
+    ),
+    write: str | None = typer.Option(
+        None,
+        "--write",
+        metavar="[SIZE[,NCALLS[,REPEATS]]]",
         help="write SIZE KB (default 1) NCALLS times (default 1024) per chunk, REPEATS chunks "
-             "(default: indefinitely); the file is truncated first"),
-    noio: Optional[str] = typer.Option(
-        None, "--noiosyscall", metavar="[NCALLS[,REPEATS]]",
+        "(default: indefinitely); the file is truncated first",
+    ),
+    noio: str | None = typer.Option(
+        None,
+        "--noiosyscall",
+        metavar="[NCALLS[,REPEATS]]",
         help="perform a system call that does no I/O (getppid) NCALLS times (default 1024) per chunk, "
-             "REPEATS chunks (default: indefinitely)"),
-    directory: Optional[Path] = typer.Option(
-        None, "-d", "--dir", metavar="DIRECTORY", help="create the (temporary) file to read or write here"),
-    file: Optional[Path] = typer.Option(
-        None, "-f", "--file", metavar="FILENAME",
-        help="read or write this file (default: a temporary file in /tmp, removed at exit)"),
-    maxiosize_mb: Optional[float] = typer.Option(
-        None, "--maxiosize", metavar="SIZE", help="resume I/O at the start of the file once it reaches SIZE MB"),
+        "REPEATS chunks (default: indefinitely)",
+    ),
+    directory: Path | None = typer.Option(
+        None, "-d", "--dir", metavar="DIRECTORY", help="create the (temporary) file to read or write here"
+    ),
+    file: Path | None = typer.Option(
+        None,
+        "-f",
+        "--file",
+        metavar="FILENAME",
+        help="read or write this file (default: a temporary file in /tmp, removed at exit)",
+    ),
+    maxiosize_mb: float | None = typer.Option(
+        None, "--maxiosize", metavar="SIZE", help="resume I/O at the start of the file once it reaches SIZE MB"
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="produce debug output (on stderr)"),
-    report_migrations: bool = typer.Option(False, "--report-migrations",
-                                           help="report when mostestload migrates (under mosrun)"),
+    report_migrations: bool = typer.Option(
+        False, "--report-migrations", help="report when mostestload migrates (under mosrun)"
+    ),
     report: bool = typer.Option(False, "-r", "--report", help="produce a summary at the end of the run"),
     sleep: float = typer.Option(0.0, "--sleep", metavar="SEC", help="sleep SEC seconds before starting"),
 ) -> None:
     try:
         spec = LoadSpec.from_options(
-            time_text=time_text, low=low, high=high, mem_mb=mem_mb, random_mem=random_mem,
-            cpu_units=cpu_units, read=read, write=write, noio=noio, directory=directory, file=file,
-            maxiosize_mb=maxiosize_mb, verbose=verbose, report_migrations=report_migrations, sleep=sleep)
+            time_text=time_text,
+            low=low,
+            high=high,
+            mem_mb=mem_mb,
+            random_mem=random_mem,
+            cpu_units=cpu_units,
+            read=read,
+            write=write,
+            noio=noio,
+            directory=directory,
+            file=file,
+            maxiosize_mb=maxiosize_mb,
+            verbose=verbose,
+            report_migrations=report_migrations,
+            sleep=sleep,
+        )
     except SpecError as err:
         raise typer.BadParameter(str(err), param_hint=f"'{err.option}'") from None
     try:

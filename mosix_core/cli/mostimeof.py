@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from mosix_core.cli.common import ETC_HELP, etc_path, new_app, print_json, reports_errors, run
-from mosix_core.daemon.client import Client
-from mosix_core.daemon import protocol as p
-from mosix_core.linux.procfs import stat_fields
 from mosix_core.cluster.proctable import ProcessRecord
+from mosix_core.daemon import protocol as p
+from mosix_core.daemon.client import Client
+from mosix_core.linux.procfs import stat_fields
 
 app = new_app("Report the user CPU time of MOSIX processes, wherever they run.")
 
@@ -38,7 +37,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def local_utime(pid: int) -> float | None:
     """User CPU seconds of a process running here (None if it is gone)."""
     fields = stat_fields(pid)
-    return None if fields is None else int(fields[11]) / CLOCK_TICKS     # field 14, utime
+    return None if fields is None else int(fields[11]) / CLOCK_TICKS  # field 14, utime
 
 
 def time_of(record: ProcessRecord | None) -> tuple[float | None, str | None]:
@@ -71,7 +70,7 @@ def times_of(etc: Path, args: list[str]) -> list[dict]:
 @reports_errors
 def main_command(
     pids: list[str] = typer.Argument(..., metavar="PID", help="process IDs (from mosps)"),
-    etc: Optional[Path] = typer.Option(None, "--etc", help=ETC_HELP),
+    etc: Path | None = typer.Option(None, "--etc", help=ETC_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """mostimeof pid..."""

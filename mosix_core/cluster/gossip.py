@@ -16,24 +16,24 @@ import heapq
 import math
 import random
 import struct
+from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address
-from typing import Iterable, Iterator
 
 import attrs
 
 from mosix_core.errors import ProtocolError
 
 # Node state bits, as in ``mosctl rstatus`` (the first integer).
-ST_CONFIGURED = 1      # part of our MOSIX configuration
-ST_INFO = 2            # information is available about the node
-ST_STAY = 4            # "mosctl stay"
-ST_LSTAY = 8           # "mosctl lstay"
-ST_BLOCK = 16          # "mosctl block"
-ST_ACCEPTS = 32        # may accept processes from here
-ST_FRESH = 512         # the information is not too old
+ST_CONFIGURED = 1  # part of our MOSIX configuration
+ST_INFO = 2  # information is available about the node
+ST_STAY = 4  # "mosctl stay"
+ST_LSTAY = 8  # "mosctl lstay"
+ST_BLOCK = 16  # "mosctl block"
+ST_ACCEPTS = 32  # may accept processes from here
+ST_FRESH = 512  # the information is not too old
 # Bits a node reports about itself; the others are computed by the viewer.
 SELF_REPORTED = ST_STAY | ST_LSTAY | ST_BLOCK
-ST_OFF = 1 << 14       # our extension: "mossetpe -off" — MOSIX disabled on that node
+ST_OFF = 1 << 14  # our extension: "mossetpe -off" — MOSIX disabled on that node
 
 STANDARD_SPEED = 10000
 PAGE_SIZE = 4096
@@ -44,19 +44,19 @@ class NodeStatus:
     """One node's resources as it reported them (the gossip payload entry)."""
 
     ip: IPv4Address
-    load: int = 0                 # 100 = one standard load unit
+    load: int = 0  # 100 = one standard load unit
     speed: int = STANDARD_SPEED
     ncpus: int = 1
     frozen: int = 0
     mem_avail_pages: int = 0
     mem_total_pages: int = 0
-    swap_free_tenths: int = 0     # 0.1 GB units
+    swap_free_tenths: int = 0  # 0.1 GB units
     swap_total_tenths: int = 0
-    nprocs: int = 0               # MOSIX processes (local + guests)
+    nprocs: int = 0  # MOSIX processes (local + guests)
     guests: int = 0
     availability: int = 65535
     privileged_pages: int = 0
-    state: int = 0                # SELF_REPORTED bits and ST_OFF
+    state: int = 0  # SELF_REPORTED bits and ST_OFF
 
     @property
     def mem_avail_mb(self) -> int:
@@ -82,12 +82,25 @@ def encode_entries(entries: Iterable[tuple[NodeStatus, float]]) -> bytes:
     """Encode ``(status, age_seconds)`` pairs into a gossip payload."""
     parts = []
     for st, age in entries:
-        parts.append(_ENTRY.pack(
-            st.ip.packed, _clamp(age * 1000, 32), _clamp(st.load, 32), _clamp(st.speed, 32),
-            _clamp(st.ncpus, 16), _clamp(st.frozen, 16), _clamp(st.mem_avail_pages, 32),
-            _clamp(st.mem_total_pages, 32), _clamp(st.swap_free_tenths, 16),
-            _clamp(st.swap_total_tenths, 16), _clamp(st.nprocs, 16), _clamp(st.guests, 16),
-            _clamp(st.availability, 16), _clamp(st.privileged_pages, 32), _clamp(st.state, 16)))
+        parts.append(
+            _ENTRY.pack(
+                st.ip.packed,
+                _clamp(age * 1000, 32),
+                _clamp(st.load, 32),
+                _clamp(st.speed, 32),
+                _clamp(st.ncpus, 16),
+                _clamp(st.frozen, 16),
+                _clamp(st.mem_avail_pages, 32),
+                _clamp(st.mem_total_pages, 32),
+                _clamp(st.swap_free_tenths, 16),
+                _clamp(st.swap_total_tenths, 16),
+                _clamp(st.nprocs, 16),
+                _clamp(st.guests, 16),
+                _clamp(st.availability, 16),
+                _clamp(st.privileged_pages, 32),
+                _clamp(st.state, 16),
+            )
+        )
     return _COUNT.pack(len(parts)) + b"".join(parts)
 
 
@@ -100,12 +113,32 @@ def decode_entries(payload: bytes) -> list[tuple[NodeStatus, float]]:
         raise ProtocolError(f"gossip payload of {len(payload)} bytes does not hold {count} entries")
     out = []
     for i in range(count):
-        (ip, age_ms, load, speed, ncpus, frozen, mav, mtot, sfree, stot, nprocs, guests, avail,
-         priv, state) = _ENTRY.unpack_from(payload, _COUNT.size + i * _ENTRY.size)
+        (ip, age_ms, load, speed, ncpus, frozen, mav, mtot, sfree, stot, nprocs, guests, avail, priv, state) = (
+            _ENTRY.unpack_from(payload, _COUNT.size + i * _ENTRY.size)
+        )
         if speed == 0 or ncpus == 0:
             raise ProtocolError("gossip entry with zero speed or CPUs")
-        out.append((NodeStatus(IPv4Address(ip), load, speed, ncpus, frozen, mav, mtot, sfree, stot,
-                               nprocs, guests, avail, priv, state), age_ms / 1000.0))
+        out.append(
+            (
+                NodeStatus(
+                    IPv4Address(ip),
+                    load,
+                    speed,
+                    ncpus,
+                    frozen,
+                    mav,
+                    mtot,
+                    sfree,
+                    stot,
+                    nprocs,
+                    guests,
+                    avail,
+                    priv,
+                    state,
+                ),
+                age_ms / 1000.0,
+            )
+        )
     return out
 
 
@@ -119,11 +152,11 @@ class NodeEntry:
     """What this node currently believes about one other node."""
 
     status: NodeStatus
-    fresh_at: float                 # our clock: when the information was current
+    fresh_at: float  # our clock: when the information was current
     alive: bool = True
-    reserved: int = 0               # processes "about to start" there (mosbestnode)
+    reserved: int = 0  # processes "about to start" there (mosbestnode)
     reserved_at: float = 0.0
-    reserved_base: int = 0          # its process count when the first promise was made
+    reserved_base: int = 0  # its process count when the first promise was made
 
 
 class ClusterView:
@@ -144,21 +177,21 @@ class ClusterView:
         self.entries: dict[IPv4Address, NodeEntry] = {}
         self.accept = accept or (lambda ip: True)
         self.dead_after = dead_after
-        self.reserve_hold = 5.0             # seconds a mosbestnode promise lasts at most
+        self.reserve_hold = 5.0  # seconds a mosbestnode promise lasts at most
         self._reserved: dict[int, NodeEntry] = {}
         # freshest(): the entries that can be among the youngest live ones — the last
         # ranking plus every entry made younger or alive since — by id() (hashing an
         # IPv4Address runs Python code). Every live entry outside is no younger than
         # _hot_floor.
         self._hot: dict[int, NodeEntry] = {}
-        self._hot_size = 0                  # how many the last ranking kept
-        self._hot_floor = -math.inf         # fresh_at of the last one kept (-inf: all kept)
-        self._known = 0                     # len(entries) as of the last ranking, plus ours since
+        self._hot_size = 0  # how many the last ranking kept
+        self._hot_floor = -math.inf  # fresh_at of the last one kept (-inf: all kept)
+        self._known = 0  # len(entries) as of the last ranking, plus ours since
         # sweep(): every live entry other than ours is in _doomed or no older than
         # _sweep_floor (-inf: unknown, scan everything).
         self._sweep_floor = -math.inf
         self._doomed: list[NodeEntry] = []
-        self._swept = 0                     # len(entries) as of the last full scan, plus ours since
+        self._swept = 0  # len(entries) as of the last full scan, plus ours since
 
     # -- updating -------------------------------------------------------------------------
     def update_local(self, status: NodeStatus, now: float) -> None:
@@ -280,8 +313,12 @@ class ClusterView:
     def alive_nodes(self) -> Iterator[NodeEntry]:
         return (e for e in self.entries.values() if e.alive)
 
-    def freshest(self, count: int, now: float, exclude: IPv4Address | None = None,
-                 ) -> list[tuple[NodeStatus, float]]:
+    def freshest(
+        self,
+        count: int,
+        now: float,
+        exclude: IPv4Address | None = None,
+    ) -> list[tuple[NodeStatus, float]]:
         """Up to ``count`` of the youngest live entries, as ``(status, age)``; ours first."""
         if count <= 0:
             return []

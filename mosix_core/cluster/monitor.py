@@ -16,7 +16,8 @@ the total with ``+``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -266,8 +267,9 @@ def effective_numbering(numbering: str, count: int, label_width: int, room: int)
     return "w"
 
 
-def render(state: MonitorState, view: dict[str, Any] | None, width: int, height: int,
-           message: str | None = None) -> list[str]:
+def render(
+    state: MonitorState, view: dict[str, Any] | None, width: int, height: int, message: str | None = None
+) -> list[str]:
     """The whole screen as lines of plain text (at most ``height``, none wider than ``width``).
     ``message`` (e.g. "mosd is not reachable") goes on the last line."""
     if width <= 0 or height <= 0:
@@ -290,8 +292,9 @@ def _title(state: MonitorState, width: int) -> str:
     return title
 
 
-def _screen(state: MonitorState, view: dict[str, Any] | None, width: int, height: int,
-            message: str | None) -> list[str]:
+def _screen(
+    state: MonitorState, view: dict[str, Any] | None, width: int, height: int, message: str | None
+) -> list[str]:
     lines = [_title(state, width)]
     nodes = shown_nodes(view, state.show_dead) if view else []
     if state.show_count and view:
@@ -333,8 +336,8 @@ def _screen(state: MonitorState, view: dict[str, Any] | None, width: int, height
     state.offset = max(0, min(state.offset, len(nodes) - per_page))
     state.per_page, state.total = per_page, len(nodes)
     first = state.offset
-    visible = nodes[first:first + per_page]
-    vis_labels = labels[first:first + per_page]
+    visible = nodes[first : first + per_page]
+    vis_labels = labels[first : first + per_page]
 
     pairs = [values(state.mode, n) for n in visible]
     alive = [bool(n.get("alive")) for n in visible]
@@ -346,7 +349,7 @@ def _screen(state: MonitorState, view: dict[str, Any] | None, width: int, height
     bar = cols.bar
 
     columns: list[list[str]] = []  # per node, chart cells bottom-up
-    for node, (value, total), is_alive in zip(visible, pairs, alive):
+    for _node, (value, total), is_alive in zip(visible, pairs, alive):
         if not is_alive:
             word = "DEAD" if chart_rows >= 4 else "X" * chart_rows
             cells = [" "] * chart_rows
@@ -375,9 +378,12 @@ def _screen(state: MonitorState, view: dict[str, Any] | None, width: int, height
         lines.append(f"{'cpus':>{lw}}  " + sep.join(_cpus(n, bar) for n in visible))
     if paged:
         last = first + len(visible)
-        footer[0] = (("<< " if first > 0 else "") + f"nodes {vis_labels[0]}-{vis_labels[-1]}"
-                     f" ({first + 1}-{last} of {len(nodes)})" + (" >>" if last < len(nodes) else "")
-                     + "   n/p: screen  Left/Right: node")
+        footer[0] = (
+            ("<< " if first > 0 else "") + f"nodes {vis_labels[0]}-{vis_labels[-1]}"
+            f" ({first + 1}-{last} of {len(nodes)})"
+            + (" >>" if last < len(nodes) else "")
+            + "   n/p: screen  Left/Right: node"
+        )
     while len(lines) + len(footer) < height:
         lines.append("")
     return lines + footer

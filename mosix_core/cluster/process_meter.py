@@ -53,12 +53,12 @@ def io_counters(pid: int) -> tuple[int, int] | None:
 class Usage:
     """One process's measured behaviour (runtime state, updated each sample)."""
 
-    demand: float = 0.0              # fraction of the time it was runnable (smoothed)
-    cpu_seconds: float = 0.0         # CPU time used so far
+    demand: float = 0.0  # fraction of the time it was runnable (smoothed)
+    cpu_seconds: float = 0.0  # CPU time used so far
     rss_mb: int = 0
-    calls: float = 0.0               # decayed count of calls
-    bytes: float = 0.0               # decayed count of bytes
-    weight: float = 0.0              # decayed seconds observed: the rates' denominator
+    calls: float = 0.0  # decayed count of calls
+    bytes: float = 0.0  # decayed count of bytes
+    weight: float = 0.0  # decayed seconds observed: the rates' denominator
     samples: int = 0
     # the raw counters at the last sample
     at: float = 0.0
@@ -82,8 +82,9 @@ class ProcessMeter:
     def __init__(self) -> None:
         self.usage: dict[int, Usage] = {}
 
-    def sample(self, pid: int, now: float, *, io_pid: int | None = None, decayrate: int = DEFAULT_DECAY,
-               cleared: int = 0) -> Usage | None:
+    def sample(
+        self, pid: int, now: float, *, io_pid: int | None = None, decayrate: int = DEFAULT_DECAY, cleared: int = 0
+    ) -> Usage | None:
         """Measure ``pid`` (its calls and I/O on ``io_pid``, itself by default); None if it
         has gone."""
         sched = sched_ns(pid)

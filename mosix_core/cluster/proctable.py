@@ -32,8 +32,9 @@ time slices).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import attrs
 
@@ -42,10 +43,23 @@ WHERE_WORDS = ("here", "leaving", "starting")
 MAX_COMMAND = 4096
 MAX_OPTIONS = 256
 #: fields a supervisor may set when registering or updating a row
-SETTABLE = ("command", "where", "frozen", "nmigs", "queue", "options", "remote_utime", "freezable",
-            "locked", "cpujob", "decayrate", "needmem", "cleared")
-DECAY_SCALE = 10000             # decay rates are per DECAY_SCALE per second
-DEFAULT_DECAY = 9976            # mosrun(1) -d
+SETTABLE = (
+    "command",
+    "where",
+    "frozen",
+    "nmigs",
+    "queue",
+    "options",
+    "remote_utime",
+    "freezable",
+    "locked",
+    "cpujob",
+    "decayrate",
+    "needmem",
+    "cleared",
+)
+DECAY_SCALE = 10000  # decay rates are per DECAY_SCALE per second
+DEFAULT_DECAY = 9976  # mosrun(1) -d
 
 
 @attrs.define
@@ -53,23 +67,23 @@ class ProcessRecord:
     pid: int
     uid: int
     command: str
-    home: IPv4Address | None = None        # None: home is here
-    origpid: int | None = None             # pid at home (guests)
-    home_uid: int | None = None            # guests: the owner's uid at home (``uid`` is the guest uid here)
-    home_user: str | None = None           # guests: the owner's login name, as home names it
-    where: str = "here"                    # "here", "leaving", "starting" or a node address
-    frozen: str = "-"                      # "-", "A", "P", "M" or "N/A"
+    home: IPv4Address | None = None  # None: home is here
+    origpid: int | None = None  # pid at home (guests)
+    home_uid: int | None = None  # guests: the owner's uid at home (``uid`` is the guest uid here)
+    home_user: str | None = None  # guests: the owner's login name, as home names it
+    where: str = "here"  # "here", "leaving", "starting" or a node address
+    frozen: str = "-"  # "-", "A", "P", "M" or "N/A"
     nmigs: int = 0
-    queue: str | None = None               # "total/done/fail" for a mosrun -S supervisor
+    queue: str | None = None  # "total/done/fail" for a mosrun -S supervisor
     started: float = attrs.field(factory=time.time)
-    options: str = ""                      # mosrun flags, e.g. "-b -m500"
-    remote_utime: float | None = None      # user CPU seconds accumulated away from home
-    freezable: bool = True                 # by the automatic policy
-    locked: bool = False                   # no automatic migration
-    cpujob: bool = False                   # its calls and I/O do not count
-    decayrate: int = DEFAULT_DECAY         # per DECAY_SCALE per second
-    needmem: int = 0                       # MB
-    cleared: int = 0                       # /proc/self/clear writes
+    options: str = ""  # mosrun flags, e.g. "-b -m500"
+    remote_utime: float | None = None  # user CPU seconds accumulated away from home
+    freezable: bool = True  # by the automatic policy
+    locked: bool = False  # no automatic migration
+    cpujob: bool = False  # its calls and I/O do not count
+    decayrate: int = DEFAULT_DECAY  # per DECAY_SCALE per second
+    needmem: int = 0  # MB
+    cleared: int = 0  # /proc/self/clear writes
     # monotonic time of the last freeze or unfreeze (or the start): the policy's slices
     frozen_since: float = attrs.field(factory=time.monotonic)
 
@@ -170,11 +184,10 @@ def checked_fields(raw: dict[str, Any]) -> dict[str, Any]:
         elif name in ("needmem", "cleared"):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 31:
                 raise ValueError(f"{name} must be a non-negative integer")
-        elif name == "remote_utime":
-            if value is not None:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                    raise ValueError("remote_utime must be a non-negative number of seconds")
-                value = float(value)
+        elif name == "remote_utime" and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError("remote_utime must be a non-negative number of seconds")
+            value = float(value)
         out[name] = value
     return out
 
@@ -183,7 +196,7 @@ def checked_fields(raw: dict[str, Any]) -> dict[str, Any]:
 class ProcessEvent:
     """Something happened to a MOSIX process (for ``mosix_process_event``)."""
 
-    kind: str              # "started", "exited", "migrated", "frozen", "unfrozen"
+    kind: str  # "started", "exited", "migrated", "frozen", "unfrozen"
     pid: int
     uid: int
     detail: str = ""

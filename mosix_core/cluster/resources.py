@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 
@@ -27,7 +27,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 class ResourceSample:
     """One instantaneous measurement (the daemon smooths ``runnable`` over time)."""
 
-    runnable: float          # processes wanting a CPU right now
+    runnable: float  # processes wanting a CPU right now
     ncpus: int
     mem_avail_mb: int
     mem_total_mb: int
@@ -99,8 +99,14 @@ class VirtualMeter:
     def __init__(self) -> None:
         self._last: dict[int, tuple[int, float]] = {}
 
-    def sample(self, pids: Iterable[int], now: float, cpus: int, memory_mb: int, swap_mb: int,
-               ) -> ResourceSample:
+    def sample(
+        self,
+        pids: Iterable[int],
+        now: float,
+        cpus: int,
+        memory_mb: int,
+        swap_mb: int,
+    ) -> ResourceSample:
         demand = 0.0
         used_mb = 0
         seen = {}
@@ -114,8 +120,14 @@ class VirtualMeter:
                 demand += min(1.0, (runnable_ns - previous[0]) / 1e9 / (now - previous[1]))
             used_mb += process_rss_mb(pid)
         self._last = seen
-        return ResourceSample(runnable=demand, ncpus=cpus, mem_avail_mb=max(0, memory_mb - used_mb),
-                              mem_total_mb=memory_mb, swap_free_mb=swap_mb, swap_total_mb=swap_mb)
+        return ResourceSample(
+            runnable=demand,
+            ncpus=cpus,
+            mem_avail_mb=max(0, memory_mb - used_mb),
+            mem_total_mb=memory_mb,
+            swap_free_mb=swap_mb,
+            swap_total_mb=swap_mb,
+        )
 
 
 class LoadSmoother:

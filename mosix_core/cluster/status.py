@@ -6,8 +6,20 @@ from typing import Any
 
 from mosix_core.cluster.gossip import ST_ACCEPTS, ST_BLOCK, ST_LSTAY, ST_STAY, STANDARD_SPEED
 
-RSTATUS_FIELDS = ("status", "load", "availability", "speed", "ncpus", "frozen", "mem_avail_pages",
-                  "mem_total_pages", "swap_free_tenths", "swap_total_tenths", "privileged_pages", "nprocs")
+RSTATUS_FIELDS = (
+    "status",
+    "load",
+    "availability",
+    "speed",
+    "ncpus",
+    "frozen",
+    "mem_avail_pages",
+    "mem_total_pages",
+    "swap_free_tenths",
+    "swap_total_tenths",
+    "privileged_pages",
+    "nprocs",
+)
 
 
 def rstatus_integers(node: dict[str, Any]) -> list[int]:
@@ -39,12 +51,17 @@ def status_lines(node: dict[str, Any]) -> list[str]:
         f"Frozen: {node['frozen']}",
         f"Avail: {'YES' if node['availability'] == 65535 else node['availability']}",
         f"Procs: Running {node['nprocs']} MOSIX processes",
-        "Accept: " + ("Yes, will welcome processes from here" if node["status"] & ST_ACCEPTS
-                      else "No, will not accept processes from here"),
+        "Accept: "
+        + (
+            "Yes, will welcome processes from here"
+            if node["status"] & ST_ACCEPTS
+            else "No, will not accept processes from here"
+        ),
         f"Memory: Available {mb(node['mem_avail_pages'])}MB/{mb(node['mem_total_pages'])}MB",
     ]
-    modes = [name for bit, name in ((ST_STAY, "stay"), (ST_LSTAY, "lstay"), (ST_BLOCK, "block"))
-             if node["status"] & bit]
+    modes = [
+        name for bit, name in ((ST_STAY, "stay"), (ST_LSTAY, "lstay"), (ST_BLOCK, "block")) if node["status"] & bit
+    ]
     if modes:
         lines.append("Mode: " + " ".join(modes))
     return lines
@@ -55,8 +72,10 @@ def localstatus_lines(report: dict[str, Any]) -> list[str]:
     node, daemon = report["node"], report["daemon"]
     lines = status_lines(node)
     if node["alive"]:
-        lines.insert(-1 if lines[-1].startswith("Mode:") else len(lines),
-                     f"Swap: Available {node['swap_free_tenths'] / 10:.1f}GB/{node['swap_total_tenths'] / 10:.1f}GB")
+        lines.insert(
+            -1 if lines[-1].startswith("Mode:") else len(lines),
+            f"Swap: Available {node['swap_free_tenths'] / 10:.1f}GB/{node['swap_total_tenths'] / 10:.1f}GB",
+        )
     stats = daemon["stats"]
     lines += [
         "Daemons:",
@@ -71,11 +90,15 @@ def localstatus_lines(report: dict[str, Any]) -> list[str]:
     ]
     moves = report["processes"].get("automatic")
     if moves is not None:
-        lines.append(f"Automatic migration: {'on' if moves['on'] else 'off'}; moved out {moves['out']}, "
-                     f"arrived {moves['arrived']}, failed {moves['failed']}")
+        lines.append(
+            f"Automatic migration: {'on' if moves['on'] else 'off'}; moved out {moves['out']}, "
+            f"arrived {moves['arrived']}, failed {moves['failed']}"
+        )
     limit = report.get("maxguests")
-    lines.append(f"Guest processes from other clusters: {report['processes']['guests']}/"
-                 f"{'unlimited' if limit is None else limit}")
+    lines.append(
+        f"Guest processes from other clusters: {report['processes']['guests']}/"
+        f"{'unlimited' if limit is None else limit}"
+    )
     lines.append("Plugins: " + ", ".join(daemon["plugins"]))
     lines += [f"{label}: {value}" for label, value in report.get("extra", [])]
     return lines

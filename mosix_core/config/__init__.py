@@ -143,9 +143,7 @@ class MosixConfig:
         return found is not None and found.proximate
 
 
-def load_config(
-    etc: Path, *, map_override: Path | None = None, resolve: Resolver | None = None
-) -> MosixConfig:
+def load_config(etc: Path, *, map_override: Path | None = None, resolve: Resolver | None = None) -> MosixConfig:
     """Everything in ``etc`` but the secret; only ``mosix.map`` is mandatory."""
     etc = Path(etc)
     cluster = ClusterMap.from_file(map_override or etc / "mosix.map", resolve=resolve)
@@ -201,8 +199,7 @@ def _check_partners_apart(cluster: ClusterMap, partners: tuple[Partner, ...]) ->
         local, other = clash if any(clash[0] is r for r in cluster.ranges) else clash[::-1]
         raise ConfigError(
             partner.source,
-            f"nodes {other.first}..{other.last} include nodes of the local cluster"
-            f" ({cluster.source}:{local.line})",
+            f"nodes {other.first}..{other.last} include nodes of the local cluster ({cluster.source}:{local.line})",
             other.line,
         )
 

@@ -107,7 +107,9 @@ class DaemonSettings:
         for first, second in (("tcp_port", "tcp_aux_port"), ("udp_port", "udp_aux_port")):
             if getattr(self, first) == getattr(self, second):
                 raise ConfigError(
-                    source, f"{first} and {second} must differ (both are {getattr(self, first)})", line_of(first, second)
+                    source,
+                    f"{first} and {second} must differ (both are {getattr(self, first)})",
+                    line_of(first, second),
                 )
         if self.dead_after and self.dead_after <= self.gossip_interval:
             raise ConfigError(
@@ -167,13 +169,15 @@ def _plugin_names(raw: str, source: str, line: int, key: str) -> tuple[str, ...]
 
 
 def _uid_range(raw: str, source: str, line: int, key: str) -> tuple[int, int]:
-    word = "".join(raw.split())                       # "70000 - 79999" too
+    word = "".join(raw.split())  # "70000 - 79999" too
     first, dash, last = word.partition("-")
     if not dash or not first or not last:
         raise ConfigError(source, f"{key} must be a range of uids 'FIRST-LAST', not {word!r}", line)
     # below 1000 are the system's own accounts; 2^31 and above trip signed uid_t in some tools
-    low, high = parse_int(first, source, line, key, GUEST_UID_MIN, GUEST_UID_MAX), parse_int(
-        last, source, line, key, GUEST_UID_MIN, GUEST_UID_MAX)
+    low, high = (
+        parse_int(first, source, line, key, GUEST_UID_MIN, GUEST_UID_MAX),
+        parse_int(last, source, line, key, GUEST_UID_MIN, GUEST_UID_MAX),
+    )
     if low > high:
         raise ConfigError(source, f"{key}: the first uid ({low}) is above the last ({high})", line)
     if low <= NOBODY_UID <= high:

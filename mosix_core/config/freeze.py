@@ -79,8 +79,7 @@ class FreezePolicy:
         if red != -1 and red <= blue:
             raise ConfigError(
                 source,
-                f"RED-MARK ({values[1]}) must be higher than BLUE-MARK ({values[2]});"
-                " allow at least 1.1 between them",
+                f"RED-MARK ({values[1]}) must be higher than BLUE-MARK ({values[2]}); allow at least 1.1 between them",
                 line,
             )
         return cls(
@@ -125,9 +124,7 @@ class FreezeConfig:
         for number, fields in data_lines(text):
             if fields[0] == "1":
                 if policy is not None:
-                    raise ConfigError(
-                        source, f"a second freezing policy (the first is on line {policy_line})", number
-                    )
+                    raise ConfigError(source, f"a second freezing policy (the first is on line {policy_line})", number)
                 policy = FreezePolicy.parse(fields, source, number)
                 policy_line = number
             elif fields[0].startswith("/"):
@@ -159,9 +156,7 @@ def parse_freeze_dirs_file(text: str, source: str) -> tuple[FreezeDir, ...]:
     dirs = _DirCollector(source)
     for number, fields in data_lines(text):
         if not fields[0].startswith("/"):
-            raise ConfigError(
-                source, f"expected a directory name starting with '/', not {fields[0]!r}", number
-            )
+            raise ConfigError(source, f"expected a directory name starting with '/', not {fields[0]!r}", number)
         dirs.add(fields, number)
     return dirs.collected()
 
@@ -177,9 +172,7 @@ class _DirCollector:
     def add(self, fields: list[str], line: int) -> None:
         source = self._source
         if len(fields) > 2:
-            raise ConfigError(
-                source, "a freezing-directory line is a directory name and an optional weight", line
-            )
+            raise ConfigError(source, "a freezing-directory line is a directory name and an optional weight", line)
         path = parse_path(fields[0], source, line, "a freezing directory")
         weight = 1.0
         if len(fields) == 2:

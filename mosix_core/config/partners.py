@@ -145,8 +145,7 @@ def _parse_range(fields: list[str], source: str, number: int, resolve: Resolver 
     if len(fields) != 5:
         raise ConfigError(
             source,
-            "a node line has 5 fields (first node, number of nodes, 1, 1, proximate 0/1),"
-            f" not {len(fields)}",
+            f"a node line has 5 fields (first node, number of nodes, 1, 1, proximate 0/1), not {len(fields)}",
             number,
         )
     first, _ = parse_node(fields[0], source, number, resolve)

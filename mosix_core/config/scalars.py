@@ -99,9 +99,7 @@ def detect_our_ip(
 ) -> IPv4Address:
     """Our address for MOSIX: ``mossetpe -p`` beats ``mosip`` beats the one interface
     address that the map lists."""
-    where = os.fspath(mosip_path) if mosip_path is not None else os.path.join(
-        os.path.dirname(cluster.source), "mosip"
-    )
+    where = os.fspath(mosip_path) if mosip_path is not None else os.path.join(os.path.dirname(cluster.source), "mosip")
     if override is not None:
         chosen = parse_address(override.strip(), "mossetpe -p", None, what="our IP address")
     elif mosip is not None:

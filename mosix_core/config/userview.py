@@ -87,11 +87,7 @@ class UserView:
         return None if found is None else found.first + (n - found.number)
 
     def numbered(self) -> list[tuple[int, IPv4Address]]:
-        pairs = [
-            (r.number + offset, r.first + offset)
-            for r in self.ranges
-            for offset in range(r.count)
-        ]
+        pairs = [(r.number + offset, r.first + offset) for r in self.ranges for offset in range(r.count)]
         return sorted(pairs)
 
 

@@ -25,8 +25,8 @@ class EntryPoint:
 
     def __init__(self, name: str, value: str, distribution: str, version: str) -> None:
         self.name = name
-        self.value = value                  # "module" or "module:attribute"
-        self.distribution = distribution    # the distribution's own spelling of its name
+        self.value = value  # "module" or "module:attribute"
+        self.distribution = distribution  # the distribution's own spelling of its name
         self.version = version
 
     def __repr__(self) -> str:
@@ -52,11 +52,11 @@ def normalized(name: str) -> str:
 
 def entry_points(group: str, path: Iterable[str] | None = None) -> Iterator[EntryPoint]:
     seen: set[str] = set()
-    for directory in (sys.path if path is None else path):
+    for directory in sys.path if path is None else path:
         try:
             names = sorted(os.listdir(directory or "."))
         except OSError:
-            continue     # missing directories and zip files hold no plugins of ours
+            continue  # missing directories and zip files hold no plugins of ours
         for entry in names:
             if not entry.endswith((".dist-info", ".egg-info")):
                 continue
@@ -105,7 +105,7 @@ def _name_and_version(meta_dir: str, stem: str) -> tuple[str, str]:
             with open(os.path.join(meta_dir, file), encoding="utf-8", errors="replace") as f:
                 for line in f:
                     if not line.strip():
-                        break                 # end of the headers
+                        break  # end of the headers
                     key, colon, value = line.partition(":")
                     if colon and key.lower() in found and value.strip():
                         found[key.lower()] = value.strip()

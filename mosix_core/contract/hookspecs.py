@@ -42,12 +42,13 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
-if TYPE_CHECKING:   # only for the signatures: every mosrun loads this module, keep it light
+if TYPE_CHECKING:  # only for the signatures: every mosrun loads this module, keep it light
     import typer
 
-    from mosix_core.config.daemon import DaemonSettings
     from mosix_core.cluster.gossip import NodeEntry
-    from mosix_core.net.transport import DatagramTransport
+    from mosix_core.cluster.proctable import ProcessEvent
+    from mosix_core.cluster.resources import ResourceSample
+    from mosix_core.config.daemon import DaemonSettings
     from mosix_core.contract.balancing import BalanceView, MigrationDecision, ProcessFacts
     from mosix_core.contract.records import (
         Admission,
@@ -63,8 +64,7 @@ if TYPE_CHECKING:   # only for the signatures: every mosrun loads this module, k
         ProcessRow,
         SpecialPathResult,
     )
-    from mosix_core.cluster.proctable import ProcessEvent
-    from mosix_core.cluster.resources import ResourceSample
+    from mosix_core.net.transport import DatagramTransport
 
 PROJECT = "mosix"
 ENTRY_POINT_GROUP = "mosix.plugins"
@@ -78,6 +78,7 @@ CHAINED_HOOKS = frozenset({"mosix_check_mosrun"})
 
 
 # --- placement ---------------------------------------------------------------------------------
+
 
 @hookspec(firstresult=True)
 def mosix_select_node(request: PlacementRequest, view: PlacementView) -> NodeEntry | None:
@@ -139,6 +140,7 @@ def mosix_migration_decision(candidates: Sequence[ProcessFacts], view: BalanceVi
 
 # --- guests ---------------------------------------------------------------------------------
 
+
 @hookspec(firstresult=True)
 def mosix_admit_guest(request: AdmissionRequest, node: NodeContext) -> Admission | None:
     """Decide whether this node accepts a process that wants to move here.
@@ -166,6 +168,7 @@ def mosix_admit_guest(request: AdmissionRequest, node: NodeContext) -> Admission
 
 
 # --- freezing ---------------------------------------------------------------------------------
+
 
 @hookspec(firstresult=True)
 def mosix_choose_freeze(candidates: Sequence[ProcessRow], situation: FreezeSituation) -> FreezeChoice | None:
@@ -195,6 +198,7 @@ def mosix_choose_freeze(candidates: Sequence[ProcessRow], situation: FreezeSitua
 
 # --- the programming interface ------------------------------------------------------------------
 
+
 @hookspec(firstresult=True)
 def mosix_special_path(path: str, process: OpeningProcess) -> SpecialPathResult | None:
     """Answer an ``open()`` of a ``/proc/self/{name}`` that neither mosix(7) nor Linux
@@ -223,6 +227,7 @@ def mosix_special_path(path: str, process: OpeningProcess) -> SpecialPathResult 
 
 
 # --- mosrun site policy -----------------------------------------------------------------------------
+
 
 @hookspec
 def mosix_check_mosrun(request: MosrunRequest) -> MosrunRequest | None:
@@ -266,6 +271,7 @@ def mosix_check_mosrun(request: MosrunRequest) -> MosrunRequest | None:
 
 
 # --- node resources, transport --------------------------------------------------------------------
+
 
 @hookspec(firstresult=True)
 def mosix_measure_resources(settings: DaemonSettings, processes: Sequence[ProcessRow]) -> ResourceSample | None:
@@ -315,6 +321,7 @@ def mosix_gossip_transport(node: NodeContext) -> DatagramTransport | None:
 
 # --- "everyone adds" -----------------------------------------------------------------------------------
 
+
 @hookspec
 def mosix_status_fields(node: NodeContext) -> list[tuple[str, str]]:
     """Add ``(label, value)`` lines to ``mosctl localstatus``.
@@ -357,6 +364,7 @@ def mosix_cli_commands() -> list[tuple[str, typer.Typer]]:
 
 
 # --- notifications -----------------------------------------------------------------------------------------
+
 
 @hookspec
 def mosix_node_started(node: NodeContext) -> None:

@@ -12,9 +12,10 @@ import importlib.util
 import os
 import pwd
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any
 
 import attrs
 import pluggy
@@ -45,14 +46,15 @@ class MosixPluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self.origins: dict[str, PluginInfo] = {}
-        self.refused: list[UnsafeHook] = []     # site hooks not loaded, and why
+        self.refused: list[UnsafeHook] = []  # site hooks not loaded, and why
 
     def register_module(self, module: ModuleType | Any, info: PluginInfo) -> None:
         if self.is_blocked(info.name):
             return
         if self.get_plugin(info.name) is not None:
-            raise MosixError(f"plugin name '{info.name}' is used twice ({info.location} and "
-                             f"{self.origins[info.name].location})")
+            raise MosixError(
+                f"plugin name '{info.name}' is used twice ({info.location} and {self.origins[info.name].location})"
+            )
         try:
             self.register(module, name=info.name)
         except pluggy.PluginValidationError as err:
@@ -69,10 +71,12 @@ class MosixPluginManager(pluggy.PluginManager):
             for impl in caller.get_hookimpls():
                 if impl.plugin is module and (impl.wrapper or impl.hookwrapper):
                     self.unregister(module)
-                    raise MosixError(f"plugin '{info.name}' ({info.location}): {caller.name} is a chained "
-                                     "policy (each implementation sees the request as the previous one left "
-                                     "it); it cannot be a wrapper: drop wrapper=True/hookwrapper=True and "
-                                     "return the request, changed or None")
+                    raise MosixError(
+                        f"plugin '{info.name}' ({info.location}): {caller.name} is a chained "
+                        "policy (each implementation sees the request as the previous one left "
+                        "it); it cannot be a wrapper: drop wrapper=True/hookwrapper=True and "
+                        "return the request, changed or None"
+                    )
 
     def plugins_info(self) -> list[PluginInfo]:
         return [self.origins[name] for name in sorted(self.origins)]
@@ -96,13 +100,15 @@ def _check_trusted(shown: str, info: os.stat_result, where: str, *, ancestor: bo
     it may be written by others, as sudo allows for its plugins' paths."""
     me = os.geteuid()
     if info.st_uid not in (0, me):
-        raise UnsafeHook(shown, f"{where} is owned by {_owner(info.st_uid)}, not by root"
-                                + ("" if me == 0 else f" or {_owner(me)}"))
+        raise UnsafeHook(
+            shown, f"{where} is owned by {_owner(info.st_uid)}, not by root" + ("" if me == 0 else f" or {_owner(me)}")
+        )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         if ancestor and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX and info.st_uid == 0:
             return
-        whom = " and ".join(name for bit, name in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others"))
-                            if info.st_mode & bit)
+        whom = " and ".join(
+            name for bit, name in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others")) if info.st_mode & bit
+        )
         raise UnsafeHook(shown, f"{where} is writable by {whom}")
 
 
@@ -198,13 +204,14 @@ def build_plugin_manager(
         try:
             module = ep.load()
         except Exception as err:
-            raise MosixError(f"plugin '{ep.name}' from {ep.distribution} failed to load: "
-                             f"{type(err).__name__}: {err}") from err
-        pm.register_module(module, PluginInfo(ep.name, "entry point", ep.distribution,
-                                              ep.version, ep.value))
+            raise MosixError(
+                f"plugin '{ep.name}' from {ep.distribution} failed to load: {type(err).__name__}: {err}"
+            ) from err
+        pm.register_module(module, PluginInfo(ep.name, "entry point", ep.distribution, ep.version, ep.value))
     if not found_builtins:
-        raise MosixError("mosix-py is not installed (no 'mosix.plugins' entry points found): "
-                         "run 'pip install .' in the source tree")
+        raise MosixError(
+            "mosix-py is not installed (no 'mosix.plugins' entry points found): run 'pip install .' in the source tree"
+        )
     if hooks_dir is not None:
         load_site_hooks(pm, hooks_dir)
     for name, plugin in extra:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from mosix_core.errors import ProtocolError
 from mosix_core.cluster.gossip import ST_BLOCK, ST_OFF, NodeEntry, NodeStatus
+from mosix_core.errors import ProtocolError
 
 if TYPE_CHECKING:
     from mosix_core.config import MosixConfig
@@ -32,19 +32,19 @@ class ProcessRow(Protocol):
     @property
     def command(self) -> str: ...
     @property
-    def home(self) -> IPv4Address | None: ...      # None: a local process; else a guest from there
+    def home(self) -> IPv4Address | None: ...  # None: a local process; else a guest from there
     @property
     def is_guest(self) -> bool: ...
     @property
-    def where(self) -> str: ...                    # "here", "leaving", "starting" or a node address
+    def where(self) -> str: ...  # "here", "leaving", "starting" or a node address
     @property
-    def frozen(self) -> str: ...                   # "-" running, "A" automatically frozen, "P", "M", "N/A"
+    def frozen(self) -> str: ...  # "-" running, "A" automatically frozen, "P", "M", "N/A"
     @property
     def freezable(self) -> bool: ...
     @property
-    def started(self) -> float: ...                # wall-clock start
+    def started(self) -> float: ...  # wall-clock start
     @property
-    def frozen_since(self) -> float: ...           # monotonic time of the last freeze or unfreeze (or start)
+    def frozen_since(self) -> float: ...  # monotonic time of the last freeze or unfreeze (or start)
 
 
 class NodesView(Protocol):
@@ -62,11 +62,11 @@ class NodeContext:
     """This node as plugins see it: a snapshot taken for the call (changing it changes
     nothing)."""
 
-    ip: IPv4Address                     # its MOSIX address
-    etc: Path                           # its configuration directory
-    config: MosixConfig                 # its configuration (the cluster map, partners, mosd.conf ...)
-    status: NodeStatus                  # what it tells the cluster about itself now (load, memory, state)
-    guest_homes: tuple[IPv4Address, ...] = ()   # where each guest running here comes from
+    ip: IPv4Address  # its MOSIX address
+    etc: Path  # its configuration directory
+    config: MosixConfig  # its configuration (the cluster map, partners, mosd.conf ...)
+    status: NodeStatus  # what it tells the cluster about itself now (load, memory, state)
+    guest_homes: tuple[IPv4Address, ...] = ()  # where each guest running here comes from
 
     @property
     def settings(self) -> DaemonSettings:
@@ -81,17 +81,22 @@ class NodeContext:
     @classmethod
     def of(cls, node: Any) -> NodeContext:
         """The context of a running :class:`mosix_core.daemon.node.Node`."""
-        return cls(ip=node.our_ip, etc=node.etc, config=node.config, status=node.local_status(),
-                   guest_homes=tuple(row.home for row in node.proctable.guests()))
+        return cls(
+            ip=node.our_ip,
+            etc=node.etc,
+            config=node.config,
+            status=node.local_status(),
+            guest_homes=tuple(row.home for row in node.proctable.guests()),
+        )
 
 
 @attrs.frozen
 class PlacementRequest:
     """Where should a new process start? (``mosrun -b``, ``mosbestnode``)."""
 
-    memory_mb: int = 0                  # -m{mb}: only nodes with this much free memory
-    allow_local: bool = True            # the home node itself is a candidate
-    local_cluster_only: bool = True     # initial placement stays in the local cluster
+    memory_mb: int = 0  # -m{mb}: only nodes with this much free memory
+    allow_local: bool = True  # the home node itself is a candidate
+    local_cluster_only: bool = True  # initial placement stays in the local cluster
     exclude: frozenset[IPv4Address] = frozenset()
 
 
@@ -112,28 +117,28 @@ class AdmissionRequest:
 @attrs.frozen
 class Admission:
     accepted: bool
-    reason: str = ""                    # what the user sees when refused
+    reason: str = ""  # what the user sees when refused
 
     @classmethod
-    def accept(cls) -> "Admission":
+    def accept(cls) -> Admission:
         return cls(True)
 
     @classmethod
-    def refuse(cls, reason: str) -> "Admission":
+    def refuse(cls, reason: str) -> Admission:
         return cls(False, reason)
 
 
 @attrs.frozen
 class FreezeSituation:
-    load: float                         # in the policy's units (processes or standard load)
-    running: int                        # local MOSIX processes running at home (not frozen)
-    frozen: int                         # automatically frozen ones
-    red: float                          # -1: off
+    load: float  # in the policy's units (processes or standard load)
+    running: int  # local MOSIX processes running at home (not frozen)
+    frozen: int  # automatically frozen ones
+    red: float  # -1: off
     blue: float
     min_keep: int
-    max_procs: int                      # -1: no limit
-    slice_seconds: float = 0.0          # time slice while some are frozen (0: no rotation)
-    now: float = 0.0                    # the monotonic clock the rows' ``frozen_since`` uses
+    max_procs: int  # -1: no limit
+    slice_seconds: float = 0.0  # time slice while some are frozen (0: no rotation)
+    now: float = 0.0  # the monotonic clock the rows' ``frozen_since`` uses
 
 
 @attrs.frozen
@@ -149,12 +154,12 @@ class OpeningProcess:
     The manual's interface: ``open(path, 0)`` reads, ``open(path, 1|O_CREAT, value)``
     writes, ``open(path, 2|O_CREAT, value)`` writes and returns the previous value."""
 
-    flags: int                          # open's flags: the access mode (0, 1, 2), perhaps | O_CREAT
-    value: int = 0                      # open's third argument (the value written)
-    where: int = 0                      # the node it runs on: 0 at home, else its number (or address)
-    lock: bool = False                  # -L or /proc/self/lock
-    needmem: int = 0                    # -m{mb} or /proc/self/needmem
-    nmigs: int = 0                      # migrations so far
+    flags: int  # open's flags: the access mode (0, 1, 2), perhaps | O_CREAT
+    value: int = 0  # open's third argument (the value written)
+    where: int = 0  # the node it runs on: 0 at home, else its number (or address)
+    lock: bool = False  # -L or /proc/self/lock
+    needmem: int = 0  # -m{mb} or /proc/self/needmem
+    nmigs: int = 0  # migrations so far
 
     @property
     def reading(self) -> bool:
@@ -173,11 +178,11 @@ class SpecialPathResult:
     errno: int = 0
 
     @classmethod
-    def value(cls, value: int) -> "SpecialPathResult":
+    def value(cls, value: int) -> SpecialPathResult:
         return cls(value, 0)
 
     @classmethod
-    def error(cls, errno: int) -> "SpecialPathResult":
+    def error(cls, errno: int) -> SpecialPathResult:
         return cls(-1, errno)
 
 
@@ -187,12 +192,12 @@ class MosrunRequest:
 
     uid: int
     user: str
-    argv: tuple[str, ...]               # the program and its arguments
-    location: str | None = None         # "-b", "-h", "-r{host}", "-{n}", "-{a.b.c.d}" or None
+    argv: tuple[str, ...]  # the program and its arguments
+    location: str | None = None  # "-b", "-h", "-r{host}", "-{n}", "-{a.b.c.d}" or None
     memory_mb: int | None = None
-    options: tuple[str, ...] = ()       # every other mosrun option, as given
-    queue_jobs: int | None = None       # -S{maxjobs}
-    etc: str | None = None              # the configuration directory: site parameters are in {etc}/mosrun.conf
+    options: tuple[str, ...] = ()  # every other mosrun option, as given
+    queue_jobs: int | None = None  # -S{maxjobs}
+    etc: str | None = None  # the configuration directory: site parameters are in {etc}/mosrun.conf
     # the manual's LIMITATIONS exactly (no call answered beyond them): mosd.conf's
     # strict_limitations to begin with; a policy may set it either way for this invocation
     strict_limitations: bool = False
@@ -219,15 +224,28 @@ class MosrunRequest:
         strict = fields["strict_limitations"]
         if not isinstance(strict, bool):
             raise ProtocolError("mosrun request: strict_limitations must be true or false")
-        return cls(uid=uid, user=user, argv=tuple(words["argv"]), location=fields["location"],
-                   memory_mb=fields["memory_mb"], options=tuple(words["options"]),
-                   queue_jobs=fields["queue_jobs"], etc=etc, strict_limitations=strict)
+        return cls(
+            uid=uid,
+            user=user,
+            argv=tuple(words["argv"]),
+            location=fields["location"],
+            memory_mb=fields["memory_mb"],
+            options=tuple(words["options"]),
+            queue_jobs=fields["queue_jobs"],
+            etc=etc,
+            strict_limitations=strict,
+        )
 
     def policy_fields(self) -> dict[str, Any]:
         """What a policy may have changed, as plain data (the inverse of :meth:`from_fields`)."""
-        return {"argv": list(self.argv), "location": self.location, "memory_mb": self.memory_mb,
-                "options": list(self.options), "queue_jobs": self.queue_jobs,
-                "strict_limitations": self.strict_limitations}
+        return {
+            "argv": list(self.argv),
+            "location": self.location,
+            "memory_mb": self.memory_mb,
+            "options": list(self.options),
+            "queue_jobs": self.queue_jobs,
+            "strict_limitations": self.strict_limitations,
+        }
 
 
 class PlacementView:

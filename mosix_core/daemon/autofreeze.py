@@ -20,14 +20,14 @@ import asyncio
 import time
 from typing import Any
 
-from mosix_core.config.freeze import FreezePolicy
-from mosix_core.mosrun import control_socket
-from mosix_core.contract.records import FreezeChoice, FreezeSituation
-from mosix_core.contract.plugins import first_answer
 from mosix_core.cluster.proctable import ProcessRecord
+from mosix_core.config.freeze import FreezePolicy
+from mosix_core.contract.plugins import first_answer
+from mosix_core.contract.records import FreezeChoice, FreezeSituation
+from mosix_core.mosrun import control_socket
 
-CHECK_EVERY = 1.0         # seconds between decisions
-SETTLE = 4.0              # seconds after acting: twice the load smoother's time constant
+CHECK_EVERY = 1.0  # seconds between decisions
+SETTLE = 4.0  # seconds after acting: twice the load smoother's time constant
 NOT_RUNNING = ("A", "P", "M")
 
 
@@ -42,16 +42,24 @@ def at_home(row: ProcessRecord) -> bool:
     return not row.is_guest and row.where == "here" and row.queue is None
 
 
-def situation_of(policy: FreezePolicy, rows: list[ProcessRecord], load: float, now: float
-                 ) -> tuple[FreezeSituation, list[ProcessRecord]]:
+def situation_of(
+    policy: FreezePolicy, rows: list[ProcessRecord], load: float, now: float
+) -> tuple[FreezeSituation, list[ProcessRecord]]:
     """The situation and the candidates (freezable running rows, automatically frozen rows)."""
     home = [r for r in rows if at_home(r)]
     running = [r for r in home if r.frozen not in NOT_RUNNING]
     candidates = [r for r in home if (r.frozen == "-" and r.freezable) or r.frozen == "A"]
     situation = FreezeSituation(
-        load=load, running=len(running), frozen=sum(1 for r in home if r.frozen == "A"),
-        red=policy.red, blue=policy.blue, min_keep=policy.min_keep, max_procs=policy.max_procs,
-        slice_seconds=policy.slice_minutes * 60.0, now=now)
+        load=load,
+        running=len(running),
+        frozen=sum(1 for r in home if r.frozen == "A"),
+        red=policy.red,
+        blue=policy.blue,
+        min_keep=policy.min_keep,
+        max_procs=policy.max_procs,
+        slice_seconds=policy.slice_minutes * 60.0,
+        now=now,
+    )
     return situation, candidates
 
 
@@ -62,7 +70,7 @@ class AutoFreezer:
         self.node = node
         self.next_check = 0.0
         self.quiet_until = 0.0
-        self.pending: set[int] = set()        # pids whose request is still on its way
+        self.pending: set[int] = set()  # pids whose request is still on its way
 
     def tick(self, now: float | None = None) -> FreezeChoice | None:
         """Decide and act if it is time; the choice acted on (for logs and tests)."""
@@ -76,8 +84,9 @@ class AutoFreezer:
         status = self.node.local_status()
         load = policy_load(policy, self.node.smoother.value, status.load)
         situation, candidates = situation_of(policy, list(self.node.proctable), load, now)
-        choice = first_answer(self.node.pm.hook.mosix_choose_freeze, default=FreezeChoice(),
-                              candidates=candidates, situation=situation)
+        choice = first_answer(
+            self.node.pm.hook.mosix_choose_freeze, default=FreezeChoice(), candidates=candidates, situation=situation
+        )
         if not (choice.freeze or choice.unfreeze):
             return None
         self.quiet_until = now + SETTLE
@@ -85,8 +94,9 @@ class AutoFreezer:
             self._ask(pid, "freeze")
         for pid in choice.unfreeze:
             self._ask(pid, "continue")
-        self.node.log.info("automatic freezing", load=round(load, 2), freeze=list(choice.freeze),
-                           unfreeze=list(choice.unfreeze))
+        self.node.log.info(
+            "automatic freezing", load=round(load, 2), freeze=list(choice.freeze), unfreeze=list(choice.unfreeze)
+        )
         return choice
 
     def _ask(self, pid: int, op: str) -> None:

@@ -22,10 +22,10 @@ import math
 import random
 import time
 from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
 
 import attrs
 
-from mosix_core.cluster import gossip
 from mosix_core.cluster.process_meter import ProcessMeter
 from mosix_core.cluster.proctable import ProcessRecord
 from mosix_core.cluster.resources import standard_load
@@ -33,6 +33,9 @@ from mosix_core.contract.balancing import BalanceView, MigrationDecision, NodeFa
 from mosix_core.contract.plugins import first_answer
 from mosix_core.errors import MosixError
 from mosix_core.linux import procfs
+
+if TYPE_CHECKING:
+    from mosix_core.daemon.node import Node
 
 #: how long an automatic move may take before the balancer decides again (a move ends
 #: earlier: when the supervisor answers, or when the guest has left)
@@ -47,9 +50,9 @@ SENT_MEMORY = 10.0
 class Counters:
     """Automatic moves, for ``mosctl localstatus``."""
 
-    out: int = 0            # processes this node's balancer moved away (or sent home)
-    failed: int = 0         # decisions whose move failed or was refused
-    arrived: int = 0        # guests that came here by another node's balancer
+    out: int = 0  # processes this node's balancer moved away (or sent home)
+    failed: int = 0  # decisions whose move failed or was refused
+    arrived: int = 0  # guests that came here by another node's balancer
 
 
 @attrs.define
@@ -61,7 +64,7 @@ class Pending:
     task: asyncio.Future | None = None
 
 
-def disallowed(node) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
+def disallowed(node: Node) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
     """(guests whose home is not in the map, our processes running on nodes not in it)."""
     guests = [row for row in node.proctable.guests() if row.home is None or not node.is_known_address(row.home)]
     away = []
@@ -69,22 +72,22 @@ def disallowed(node) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
         try:
             where = IPv4Address(row.where)
         except ValueError:
-            continue                                # "here", "leaving", "starting"
+            continue  # "here", "leaving", "starting"
         if not node.is_known_address(where):
             away.append(row)
     return guests, away
 
 
 class Balancer:
-    def __init__(self, node) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.meter = ProcessMeter()
         self.counters = Counters()
         self.pending: Pending | None = None
         self.next_at = 0.0
-        self.moved_at: dict[int, float] = {}         # pid -> when it last moved (came or arrived)
-        self.where: dict[int, str] = {}              # pid -> its row's last "where"
-        self.refused: dict[int, float] = {}          # pid -> until when it is left alone
+        self.moved_at: dict[int, float] = {}  # pid -> when it last moved (came or arrived)
+        self.where: dict[int, str] = {}  # pid -> its row's last "where"
+        self.refused: dict[int, float] = {}  # pid -> until when it is left alone
         self.sent: dict[IPv4Address, list[float]] = {}
         self.rng = random.Random()
         self.log = node.log
@@ -111,10 +114,14 @@ class Balancer:
         guests, away = disallowed(self.node)
         if not (guests or away) or (self.enforcing is not None and not self.enforcing.done()):
             return
-        self.log.info("moving what the map no longer allows", guests=len(guests), away=len(away))
         control = self.node.control
-        self.enforcing = asyncio.get_running_loop().create_task(asyncio.gather(
-            control.send_guests_home(guests, MOVE_TIMEOUT, insist=True), control.bring_home(away, MOVE_TIMEOUT)))
+        if control is None:
+            return
+        self.log.info("moving what the map no longer allows", guests=len(guests), away=len(away))
+        # gather schedules both at once; the future it returns says when both are over
+        self.enforcing = asyncio.gather(
+            control.send_guests_home(guests, MOVE_TIMEOUT, insist=True), control.bring_home(away, MOVE_TIMEOUT)
+        )
 
     def consider(self, pid: int) -> None:
         """``/proc/self/migrate`` = -1: decide about ``pid`` now. The program asks, so this
@@ -163,10 +170,21 @@ class Balancer:
             if usage is None or usage.samples == 0 or self.refused.get(row.pid, 0.0) > now:
                 continue
             since = now - self.moved_at[row.pid] if row.pid in self.moved_at else math.inf
-            facts.append(ProcessFacts(
-                pid=row.pid, home=row.home, cpu_share=usage.demand, cpu_seconds=usage.cpu_seconds,
-                image_mb=usage.rss_mb, needmem_mb=row.needmem, io_calls=usage.call_rate, io_bytes=usage.byte_rate,
-                cpujob=row.cpujob, locked=row.locked, since_move=since))
+            facts.append(
+                ProcessFacts(
+                    pid=row.pid,
+                    home=row.home,
+                    cpu_share=usage.demand,
+                    cpu_seconds=usage.cpu_seconds,
+                    image_mb=usage.rss_mb,
+                    needmem_mb=row.needmem,
+                    io_calls=usage.call_rate,
+                    io_bytes=usage.byte_rate,
+                    cpujob=row.cpujob,
+                    locked=row.locked,
+                    since_move=since,
+                )
+            )
         self.meter.keep_only(pid for _, pid in rows)
         return facts
 
@@ -194,10 +212,20 @@ class Balancer:
         else:
             runnable = sample.runnable if sample else 0.0
         load_now = standard_load(runnable, local_status.ncpus, node.config.speed)
-        local = NodeFacts(ip=node.our_ip, load=load_now, speed=local_status.speed, ncpus=local_status.ncpus,
-                          mem_avail_mb=local_status.mem_avail_mb, state=local_status.state, fresh_at=now)
-        others = [NodeFacts.of_status(e.status, e.fresh_at, node.config.is_proximate(e.status.ip))
-                  for e in node.view.alive_nodes() if e.status.ip != node.our_ip]
+        local = NodeFacts(
+            ip=node.our_ip,
+            load=load_now,
+            speed=local_status.speed,
+            ncpus=local_status.ncpus,
+            mem_avail_mb=local_status.mem_avail_mb,
+            state=local_status.state,
+            fresh_at=now,
+        )
+        others = [
+            NodeFacts.of_status(e.status, e.fresh_at, node.config.is_proximate(e.status.ip))
+            for e in node.view.alive_nodes()
+            if e.status.ip != node.our_ip
+        ]
         for ip in list(self.sent):
             self.sent[ip] = [t for t in self.sent[ip] if now - t < SENT_MEMORY]
             if not self.sent[ip]:
@@ -212,16 +240,21 @@ class Balancer:
             return None
         try:
             # no answer is an answer: nothing moves
-            decision = first_answer(self.node.pm.hook.mosix_migration_decision, default=None,
-                                    candidates=candidates, view=self.view(now, facts))
-        except Exception as err:            # a site plugin's bug must not stop the node
+            decision = first_answer(
+                self.node.pm.hook.mosix_migration_decision,
+                default=None,
+                candidates=candidates,
+                view=self.view(now, facts),
+            )
+        except Exception as err:  # a site plugin's bug must not stop the node
             self.log.error("migration decision failed", error=f"{type(err).__name__}: {err}")
             return None
         if decision is None or decision.target is None:
             return None
         if not any(f.pid == decision.pid for f in candidates) or decision.target == self.node.our_ip:
-            self.log.warning("migration decision ignored: not a candidate here", pid=decision.pid,
-                             to=str(decision.target))
+            self.log.warning(
+                "migration decision ignored: not a candidate here", pid=decision.pid, to=str(decision.target)
+            )
             return None
         return decision
 
@@ -231,8 +264,16 @@ class Balancer:
             return
         home = row.home
         to = "home" if home is not None and decision.target == home else str(decision.target)
-        self.log.info("automatic migration", pid=row.pid, origpid=row.origpid, **{"from": str(self.node.our_ip)},
-                      to=to, reason=decision.reason, gain=round(decision.gain, 2), rule=decision.rule)
+        self.log.info(
+            "automatic migration",
+            pid=row.pid,
+            origpid=row.origpid,
+            **{"from": str(self.node.our_ip)},
+            to=to,
+            reason=decision.reason,
+            gain=round(decision.gain, 2),
+            rule=decision.rule,
+        )
         loop = asyncio.get_running_loop()
         self.pending = Pending(decision, now)
         if row.is_guest and to == "home":
@@ -241,7 +282,8 @@ class Balancer:
             self.pending.task = loop.create_task(self._move_on(row, to))
         else:
             self.pending.task = loop.run_in_executor(None, self._ask_supervisor, row.pid, to)
-        self.sent.setdefault(decision.target, []).append(now)
+        if decision.target is not None:
+            self.sent.setdefault(decision.target, []).append(now)
         self.pending.task.add_done_callback(lambda task: self._done(decision, task))
 
     def _ask_supervisor(self, pid: int, to: str) -> None:
@@ -251,7 +293,10 @@ class Balancer:
         control_socket.request(pid, "migrate", timeout=MOVE_TIMEOUT, to=to, automatic=True, wait=True)
 
     async def _send_home(self, row: ProcessRecord) -> None:
-        left = await self.node.control.send_guests_home([row], MOVE_TIMEOUT, insist=True)
+        control = self.node.control
+        if control is None:
+            raise MosixError("mosd is not serving yet")
+        left = await control.send_guests_home([row], MOVE_TIMEOUT, insist=True)
         if left:
             raise MosixError("the guest did not leave")
 

@@ -147,7 +147,7 @@ class Session:
         self._sock: socket.socket | None = None
         self._out = bytearray()
         self._in = bytearray()
-        self.broken: str | None = None     # why a session that was open is inert now
+        self.broken: str | None = None  # why a session that was open is inert now
 
     # -- opening and closing ---------------------------------------------------------------------
     def open(self) -> Session:
@@ -191,7 +191,7 @@ class Session:
     def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     def _break(self, why: str) -> None:

@@ -61,7 +61,7 @@ def _hand_over(writer: asyncio.StreamWriter, sock: socket.socket) -> None:
     try:
         socket.send_fds(carrier, [b"\0"], [sock.fileno()])
     except OSError:
-        pass                                   # the client went away: so does the move
+        pass  # the client went away: so does the move
     finally:
         carrier.close()
         sock.close()
@@ -84,7 +84,7 @@ class ControlServer(NodeOperations, ProcessOperations, MoveOperations):
         self._server: asyncio.base_events.Server | None = None
         self.on_reconfigure: Callable[[], Any] | None = None
         self.on_stop: Callable[[], Any] | None = None
-        self._background: set[asyncio.Task] = set()   # mosmigrate out's nudging, kept alive
+        self._background: set[asyncio.Task] = set()  # mosmigrate out's nudging, kept alive
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,7 @@ class ControlServer(NodeOperations, ProcessOperations, MoveOperations):
             reply = p.answer(result)
         except (ProtocolError, ValueError) as err:
             reply = p.fault("protocol", str(err) if isinstance(err, MosixError) else f"bad request: {err}")
-        except MosixError as err:      # Refused; or ConfigError, a policy's error...: an answer all the same
+        except MosixError as err:  # Refused; or ConfigError, a policy's error...: an answer all the same
             reply = p.refusal(str(err), getattr(err, "details", None))
         except Exception as err:  # the daemon must survive any request
             self.node.log.error("control request failed", error=f"{type(err).__name__}: {err}")
@@ -166,5 +166,6 @@ class ControlServer(NodeOperations, ProcessOperations, MoveOperations):
         for record in conn.rows.values():
             if self.node.proctable.discard(record):
                 self.node.pm.hook.mosix_process_event(
-                    event=ProcessEvent("exited", record.pid, record.uid, "supervisor gone"))
+                    event=ProcessEvent("exited", record.pid, record.uid, "supervisor gone")
+                )
         conn.rows.clear()

@@ -29,14 +29,13 @@ class Connection:
     def __init__(self, uid: int) -> None:
         self.uid = uid
         self.supervisor = False
-        self.rows: dict[int, ProcessRecord] = {}   # registered here while supervising
-        self.handing_over: socket.socket | None = None   # sent with the reply (SCM_RIGHTS)
+        self.rows: dict[int, ProcessRecord] = {}  # registered here while supervising
+        self.handing_over: socket.socket | None = None  # sent with the reply (SCM_RIGHTS)
 
 
 #: the connection whose request is being served (each client is served in a task,
 #: and a context, of its own)
-current_connection: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
-    "mosd_connection", default=None)
+current_connection: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("mosd_connection", default=None)
 
 
 def connection_for(op: str) -> Connection:
@@ -54,7 +53,7 @@ class Operations:
     node: Node
     on_reconfigure: Callable[[], Any] | None
     on_stop: Callable[[], Any] | None
-    _background: set[asyncio.Task]        # tasks an operation leaves running (mosmigrate out's nudging)
+    _background: set[asyncio.Task]  # tasks an operation leaves running (mosmigrate out's nudging)
 
     @staticmethod
     def require_root(uid: int) -> None:

@@ -43,8 +43,8 @@ from mosix_core.mosrun import control_socket as supervisors
 from mosix_core.remote import SEND_HOME
 from mosix_core.users import user_name
 
-MOVE_TIMEOUT = p.MOVE_TIMEOUT    # how long expel / bring wait for the processes to move, by default
-NUDGE_EVERY = 1.0           # asking again (a lost signal, a move home that failed)
+MOVE_TIMEOUT = p.MOVE_TIMEOUT  # how long expel / bring wait for the processes to move, by default
+NUDGE_EVERY = 1.0  # asking again (a lost signal, a move home that failed)
 POLL_EVERY = 0.05
 
 
@@ -62,7 +62,7 @@ class HomeSender:
         self.records = records
         self.insist = insist
         self.pidfds: dict[int, int] = {}
-        self.heard: set[int] = set()      # hosts that were listening when signalled
+        self.heard: set[int] = set()  # hosts that were listening when signalled
 
     def left(self) -> list[ProcessRecord]:
         return present(self.table, self.records)
@@ -77,7 +77,7 @@ class HomeSender:
                 caught = procfs.signal_set(procfs.status_fields(record.pid).get("SigCgt", "0"))
                 signal.pidfd_send_signal(self.pidfds[record.pid], SEND_HOME)
             except OSError:
-                continue                          # it has just ended
+                continue  # it has just ended
             if SEND_HOME in caught:
                 self.heard.add(record.pid)
 
@@ -112,15 +112,23 @@ class MoveOperations(Operations):
         if target == node.our_ip or str(target) == req.now_at:
             raise Refused(handshake.ALREADY_THERE)
         row = node.proctable.get(req.pid)
-        request = p.MigrateInRequest(uid=owner, user=user_name(owner), pid=req.pid, memory_mb=req.memory_mb or 0,
-                                     command=req.command[:p.MAX_PEER_COMMAND], nmigs=req.nmigs,
-                                     automatic=req.automatic, locked=bool(row and row.locked),
-                                     cpujob=bool(row and row.cpujob),
-                                     decayrate=row.decayrate if row else p.DEFAULT_DECAY)
+        request = p.MigrateInRequest(
+            uid=owner,
+            user=user_name(owner),
+            pid=req.pid,
+            memory_mb=req.memory_mb or 0,
+            command=req.command[: p.MAX_PEER_COMMAND],
+            nmigs=req.nmigs,
+            automatic=req.automatic,
+            locked=bool(row and row.locked),
+            cpujob=bool(row and row.cpujob),
+            decayrate=row.decayrate if row else p.DEFAULT_DECAY,
+        )
         loop = asyncio.get_running_loop()
         try:
-            sock = await loop.run_in_executor(None, handshake.open_migration, node.sealer, node.key, target,
-                                              node.settings.tcp_port, request)
+            sock = await loop.run_in_executor(
+                None, handshake.open_migration, node.sealer, node.key, target, node.settings.tcp_port, request
+            )
         except handshake.MigrationRefused as err:
             raise Refused(err.reason, target=str(target)) from None
         conn.handing_over = sock
@@ -139,8 +147,9 @@ class MoveOperations(Operations):
         loop = asyncio.get_running_loop()
         try:
             request = p.PeerReattachRequest(token=req.token, pid=req.pid)
-            sock = await loop.run_in_executor(None, handshake.open_migration, node.sealer, node.key, target,
-                                              node.settings.tcp_port, request)
+            sock = await loop.run_in_executor(
+                None, handshake.open_migration, node.sealer, node.key, target, node.settings.tcp_port, request
+            )
         except handshake.MigrationRefused as err:
             raise Refused(err.reason, target=str(target)) from None
         conn.handing_over = sock
@@ -182,8 +191,10 @@ class MoveOperations(Operations):
         self.node.log.info("expelling guests", count=len(guests))
         left = await self.send_guests_home(guests, timeout, insist=True)
         if left:
-            raise MosixError(f"{len(left)} guest process(es) did not leave within {timeout:g} seconds "
-                             f"(pid {', '.join(str(r.pid) for r in left)})")
+            raise MosixError(
+                f"{len(left)} guest process(es) did not leave within {timeout:g} seconds "
+                f"(pid {', '.join(str(r.pid) for r in left)})"
+            )
         return p.ExpelReply(expelled=len(guests))
 
     async def op_bring(self, req: p.BringRequest, uid: int) -> p.BringReply:
@@ -195,12 +206,15 @@ class MoveOperations(Operations):
         self.node.log.info("bringing processes home", count=len(away))
         left = await self.bring_home(away, timeout)
         if left:
-            raise MosixError(f"{len(left)} process(es) did not come back within {timeout:g} seconds "
-                             f"(pid {', '.join(str(r.pid) for r in left)})")
+            raise MosixError(
+                f"{len(left)} process(es) did not come back within {timeout:g} seconds "
+                f"(pid {', '.join(str(r.pid) for r in left)})"
+            )
         return p.BringReply(brought=len(away))
 
-    async def send_guests_home(self, records: list[ProcessRecord], timeout: float, *,
-                               insist: bool) -> list[ProcessRecord]:
+    async def send_guests_home(
+        self, records: list[ProcessRecord], timeout: float, *, insist: bool
+    ) -> list[ProcessRecord]:
         """Signal the guests' hosts to send them home; those still here after
         ``timeout`` seconds. A host that was not listening yet (still receiving its
         guest) is signalled again every NUDGE_EVERY seconds; one that was is left
@@ -244,5 +258,5 @@ class MoveOperations(Operations):
         """``mosmigrate {pid} home`` from the daemon (blocking: run in a thread)."""
         try:
             supervisors.request(pid, "home", timeout=NUDGE_EVERY * 5)
-        except MosixError as err:               # ended meanwhile, or its supervisor is busy
+        except MosixError as err:  # ended meanwhile, or its supervisor is busy
             self.node.log.debug("bring: asking a process home failed", pid=pid, error=str(err))

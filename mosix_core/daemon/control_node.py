@@ -30,8 +30,7 @@ from mosix_core.errors import NotInMap
 if TYPE_CHECKING:
     from mosix_core.daemon.node import Node
 
-STATE_FLAGS = {p.StateFlag.STAY: gossip.ST_STAY, p.StateFlag.LSTAY: gossip.ST_LSTAY,
-               p.StateFlag.BLOCK: gossip.ST_BLOCK}
+STATE_FLAGS = {p.StateFlag.STAY: gossip.ST_STAY, p.StateFlag.LSTAY: gossip.ST_LSTAY, p.StateFlag.BLOCK: gossip.ST_BLOCK}
 
 
 def node_json(node: Node, ip: IPv4Address, now: float) -> dict[str, Any]:
@@ -42,9 +41,14 @@ def node_json(node: Node, ip: IPv4Address, now: float) -> dict[str, Any]:
     in_cluster = cfg.cluster.contains(ip)
     is_local = ip == node.our_ip
     data: dict[str, Any] = {
-        "ip": str(ip), "number": cfg.node_number(ip), "local": is_local, "in_cluster": in_cluster,
-        "partner": partner.name if partner else None, "proximate": cfg.is_proximate(ip),
-        "known": entry is not None, "alive": bool(entry and entry.alive) and not (is_local and node.off),
+        "ip": str(ip),
+        "number": cfg.node_number(ip),
+        "local": is_local,
+        "in_cluster": in_cluster,
+        "partner": partner.name if partner else None,
+        "proximate": cfg.is_proximate(ip),
+        "known": entry is not None,
+        "alive": bool(entry and entry.alive) and not (is_local and node.off),
         "age": None if entry is None else round(max(0.0, now - entry.fresh_at), 3),
     }
     bits = gossip.ST_CONFIGURED if (in_cluster or partner) else 0
@@ -58,14 +62,26 @@ def node_json(node: Node, ip: IPv4Address, now: float) -> dict[str, Any]:
             accepts = False
         if accepts:
             bits |= gossip.ST_ACCEPTS
-    data.update({
-        "status": bits, "state": st.state, "off": bool(st.state & gossip.ST_OFF),
-        "load": st.load, "availability": st.availability, "speed": st.speed, "ncpus": st.ncpus,
-        "frozen": st.frozen, "mem_avail_pages": st.mem_avail_pages, "mem_total_pages": st.mem_total_pages,
-        "swap_free_tenths": st.swap_free_tenths, "swap_total_tenths": st.swap_total_tenths,
-        "privileged_pages": st.privileged_pages, "nprocs": st.nprocs, "guests": st.guests,
-        "reserved": entry.reserved if entry else 0,
-    })
+    data.update(
+        {
+            "status": bits,
+            "state": st.state,
+            "off": bool(st.state & gossip.ST_OFF),
+            "load": st.load,
+            "availability": st.availability,
+            "speed": st.speed,
+            "ncpus": st.ncpus,
+            "frozen": st.frozen,
+            "mem_avail_pages": st.mem_avail_pages,
+            "mem_total_pages": st.mem_total_pages,
+            "swap_free_tenths": st.swap_free_tenths,
+            "swap_total_tenths": st.swap_total_tenths,
+            "privileged_pages": st.privileged_pages,
+            "nprocs": st.nprocs,
+            "guests": st.guests,
+            "reserved": entry.reserved if entry else 0,
+        }
+    )
     return data
 
 
@@ -78,8 +94,12 @@ class NodeOperations(Operations):
         node, now = self.node, time.monotonic()
         node.refresh_local(now)
         addresses = list(dict.fromkeys([*node.config.cluster.nodes(), *node.view.entries.keys()]))
-        return p.ViewReply(local=str(node.our_ip), dead_after=node.dead_after, interval=node.interval,
-                           nodes=tuple(node_json(node, ip, now) for ip in addresses))
+        return p.ViewReply(
+            local=str(node.our_ip),
+            dead_after=node.dead_after,
+            interval=node.interval,
+            nodes=tuple(node_json(node, ip, now) for ip in addresses),
+        )
 
     def op_status(self, req: p.StatusRequest, uid: int) -> p.StatusReply:
         node, now = self.node, time.monotonic()
@@ -96,15 +116,24 @@ class NodeOperations(Operations):
         extra = tuple(list(pair) for fields in added for pair in fields)
         return p.LocalStatusReply(
             node=node_json(node, node.our_ip, now),
-            daemon={"pid": os.getpid(), "uptime": round(time.time() - node.started, 1),
-                    "udp_port": node.settings.udp_port, "tcp_port": node.settings.tcp_port,
-                    "gossip_interval": node.interval, "dead_after": node.dead_after,
-                    "window": node.window, "stats": dict(node.stats),
-                    "peer_server": getattr(node, "peer_server_up", False),
-                    "plugins": [plugin.name for plugin in node.pm.plugins_info()]},
-            processes={"local": len(node.proctable.local()), "guests": len(node.proctable.guests()),
-                       "frozen": node.proctable.frozen_count(),
-                       "automatic": {"on": node.settings.automatic_migration, **attrs.asdict(node.balancer.counters)}},
+            daemon={
+                "pid": os.getpid(),
+                "uptime": round(time.time() - node.started, 1),
+                "udp_port": node.settings.udp_port,
+                "tcp_port": node.settings.tcp_port,
+                "gossip_interval": node.interval,
+                "dead_after": node.dead_after,
+                "window": node.window,
+                "stats": dict(node.stats),
+                "peer_server": getattr(node, "peer_server_up", False),
+                "plugins": [plugin.name for plugin in node.pm.plugins_info()],
+            },
+            processes={
+                "local": len(node.proctable.local()),
+                "guests": len(node.proctable.guests()),
+                "frozen": node.proctable.frozen_count(),
+                "automatic": {"on": node.settings.automatic_migration, **attrs.asdict(node.balancer.counters)},
+            },
             maxguests=node.config.maxguests.limit if node.config.maxguests else None,
             extra=extra,
         )
@@ -115,12 +144,25 @@ class NodeOperations(Operations):
         aliases = tuple({"alias": str(a.alias), "target": str(a.target)} for a in cfg.cluster.aliases)
         partners: tuple[dict[str, Any], ...] = ()
         if req.multi:
-            partners = tuple({"name": p.name, "description": p.description, "priority": p.priority,
-                         "cango": p.cango, "cantake": p.cantake,
-                         "ranges": [{"first": str(r.first), "count": r.count, "proximate": r.proximate}
-                                    for r in p.ranges]} for p in cfg.partners)
-        return p.ListpeReply(ip=str(self.node.our_ip), number=cfg.node_number(self.node.our_ip), off=self.node.off,
-                             ranges=ranges, aliases=aliases, partners=partners)
+            partners = tuple(
+                {
+                    "name": p.name,
+                    "description": p.description,
+                    "priority": p.priority,
+                    "cango": p.cango,
+                    "cantake": p.cantake,
+                    "ranges": [{"first": str(r.first), "count": r.count, "proximate": r.proximate} for r in p.ranges],
+                }
+                for p in cfg.partners
+            )
+        return p.ListpeReply(
+            ip=str(self.node.our_ip),
+            number=cfg.node_number(self.node.our_ip),
+            off=self.node.off,
+            ranges=ranges,
+            aliases=aliases,
+            partners=partners,
+        )
 
     def op_bestnode(self, req: p.BestnodeRequest, uid: int) -> p.BestnodeReply:
         node, now = self.node, time.monotonic()

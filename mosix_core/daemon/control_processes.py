@@ -51,7 +51,7 @@ class ProcessOperations(Operations):
             if home is not None:
                 fields.setdefault("frozen", "N/A")
         owner = self.process_owner(pid, uid)
-        self.may_change(self.node.proctable.get(pid), uid)     # re-registering replaces the row
+        self.may_change(self.node.proctable.get(pid), uid)  # re-registering replaces the row
         if "command" not in fields:
             fields["command"] = procfs.command_line(pid) or "?"
         record = ProcessRecord(pid=pid, uid=owner, command=fields.pop("command"), home=home, origpid=origpid)
@@ -99,8 +99,7 @@ class ProcessOperations(Operations):
         record = self.owned_row(req.pid, uid)
         removed = record is not None and self.node.proctable.discard(record)
         if record is not None and removed:
-            self.node.pm.hook.mosix_process_event(
-                event=ProcessEvent("exited", record.pid, record.uid, "unregistered"))
+            self.node.pm.hook.mosix_process_event(event=ProcessEvent("exited", record.pid, record.uid, "unregistered"))
         return p.UnregisterReply(pid=req.pid, removed=removed)
 
     def op_supervise(self, req: p.SuperviseRequest, uid: int) -> p.NoFields:

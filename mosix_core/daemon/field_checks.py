@@ -27,6 +27,7 @@ Check = Callable[[Any], Any]
 def optional(check: Check) -> Check:
     def optional(value: Any) -> Any:
         return None if value is None else check(value)
+
     return optional
 
 
@@ -37,6 +38,7 @@ def whole(low: int, high: int) -> Check:
         if not low <= value <= high:
             raise ValueError(f"must be in {low}..{high}, not {value}")
         return value
+
     return check
 
 
@@ -47,6 +49,7 @@ def number(low: float, high: float, *, above: bool = False) -> Check:
         if not (low < value if above else low <= value) or not value <= high:
             raise ValueError(f"must be {'above' if above else 'at least'} {low:g} and at most {high:g}, not {value}")
         return value
+
     return check
 
 
@@ -57,6 +60,7 @@ def text(most: int, *, least: int = 0) -> Check:
         if not least <= len(value) <= most:
             raise ValueError(f"must be a string of {least}..{most} characters")
         return value
+
     return check
 
 
@@ -82,13 +86,16 @@ def one_of(kind: type[enum.Enum]) -> Check:
             return kind(value)
         except ValueError:
             raise ValueError(f"must be one of {', '.join(str(m.value) for m in kind)}, not {value!r}") from None
+
     return check
 
 
 def settable(name: str) -> Check:
     """A process-table field, as :func:`checked_fields` checks it."""
+
     def check(value: Any) -> Any:
         return value if value is UNSET else checked_fields({name: value})[name]
+
     return check
 
 
@@ -115,7 +122,8 @@ def process_rows(value: Any) -> tuple[ProcessRecord, ...]:
     records themselves, on the daemon's side)."""
     rows = json_list(value)
     try:
-        return tuple(row if isinstance(row, ProcessRecord) else ProcessRecord.from_json(json_object(row))
-                     for row in rows)
-    except TypeError as err:                  # a row without its pid, uid or command
+        return tuple(
+            row if isinstance(row, ProcessRecord) else ProcessRecord.from_json(json_object(row)) for row in rows
+        )
+    except TypeError as err:  # a row without its pid, uid or command
         raise ValueError(f"a process row is malformed: {err}") from None

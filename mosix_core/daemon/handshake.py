@@ -6,7 +6,8 @@ to the target's peer port, sends a sealed ``migrate-in`` request (who, from wher
 how much memory) and reads the sealed answer. The target's mosd decides with the
 ``mosix_admit_guest`` hook; when it accepts, it gives the guest a uid of its own
 (:class:`GuestUids`) and starts a guest host (:mod:`mosix_core.remote.host`) on
-its end of the connection, which becomes that uid, and the source mosd hands its end to mosrun (SCM_RIGHTS). From then on
+its end of the connection, which becomes that uid, and the source mosd hands its end to mosrun
+(SCM_RIGHTS). From then on
 the connection carries the image and the forwarded calls directly, between the two
 processes that own the move, with no daemon in the data path.
 """
@@ -28,12 +29,12 @@ from pathlib import Path
 
 from attrs import define, field
 
+from mosix_core.cluster.proctable import ProcessRecord
+from mosix_core.contract.records import AdmissionRequest
 from mosix_core.daemon import protocol
 from mosix_core.errors import AuthenticationError, ProtocolError, Refused
 from mosix_core.linux import procfs
 from mosix_core.net import wire
-from mosix_core.contract.records import AdmissionRequest
-from mosix_core.cluster.proctable import ProcessRecord
 from mosix_core.remote.host import guest_host_options
 
 CONNECT_TIMEOUT = 5.0
@@ -65,8 +66,8 @@ class GuestUids:
     that an account has, or a process this mosd did not start runs as, are skipped."""
 
     lock_dir: Path | None = GUEST_UID_LOCKS
-    held: dict[int, int] = field(factory=dict)            # uid -> descriptor of its lock (-1: none)
-    next_uid: int = 0                                     # taken in turn: a uid given back rests longest
+    held: dict[int, int] = field(factory=dict)  # uid -> descriptor of its lock (-1: none)
+    next_uid: int = 0  # taken in turn: a uid given back rests longest
     foreign: set[int] | None = None
 
     def take(self, first: int, last: int) -> int | None:
@@ -75,7 +76,7 @@ class GuestUids:
         if self.foreign is None:
             self.foreign = uids_in_use(first, last) - set(self.held)
         uid = self._first_free(first, last)
-        if uid is None:                                   # what was running as some may have ended
+        if uid is None:  # what was running as some may have ended
             self.foreign = uids_in_use(first, last) - set(self.held)
             uid = self._first_free(first, last)
         return uid
@@ -103,7 +104,7 @@ class GuestUids:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            return None                                   # another mosd of this machine has it
+            return None  # another mosd of this machine has it
         return fd
 
     async def give_back(self, uid: int, log) -> None:
@@ -115,15 +116,27 @@ class GuestUids:
         if os.geteuid() == 0:
             try:
                 sweep = await asyncio.create_subprocess_exec(
-                    sys.executable, "-I", "-S", "-c", SWEEP, user=uid, group=uid, extra_groups=[], env={},
-                    cwd="/", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL)
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    SWEEP,
+                    user=uid,
+                    group=uid,
+                    extra_groups=[],
+                    env={},
+                    cwd="/",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
                 failed = await sweep.wait()
             except OSError as err:
                 failed = err
             if failed:
-                log.error("a guest uid stays out of use: what runs as it could not be killed", uid=uid,
-                          error=str(failed))
+                log.error(
+                    "a guest uid stays out of use: what runs as it could not be killed", uid=uid, error=str(failed)
+                )
                 return
         fd = self.held.pop(uid)
         if fd >= 0:
@@ -142,10 +155,10 @@ def uids_in_use(first: int, last: int) -> set[int]:
         try:
             fields = procfs.status_fields(int(entry))
             if fields["State"].split()[0] in ("Z", "X"):
-                continue                                  # a zombie runs nothing (an init may never reap it)
+                continue  # a zombie runs nothing (an init may never reap it)
             used.update(int(word) for name in ("Uid", "Gid") for word in fields[name].split())
         except (OSError, ValueError, KeyError, IndexError):
-            continue                                      # it has just ended
+            continue  # it has just ended
     return {uid for uid in used if first <= uid <= last}
 
 
@@ -179,8 +192,13 @@ def take_guest_uid(node) -> int | None:
 
 
 # -- the source's side ----------------------------------------------------------------------------
-def open_migration(sealer: wire.Sealer, key: bytes, target: IPv4Address, port: int,
-                   request: protocol.MigrateInRequest | protocol.PeerReattachRequest) -> socket.socket:
+def open_migration(
+    sealer: wire.Sealer,
+    key: bytes,
+    target: IPv4Address,
+    port: int,
+    request: protocol.MigrateInRequest | protocol.PeerReattachRequest,
+) -> socket.socket:
     """Connect to ``target``'s mosd and have it accept the process (blocking); the
     connected socket on success. Raises :class:`MigrationRefused`. A
     :class:`~protocol.PeerReattachRequest`: a cut link home made again to the guest
@@ -188,7 +206,9 @@ def open_migration(sealer: wire.Sealer, key: bytes, target: IPv4Address, port: i
     accepts, wire.MAX_FIRST_REQUEST: the command line is cut to what it keeps.)"""
     op = protocol.op_of(request, protocol.PEER)
     try:
-        sock = socket.create_connection((str(target), port), timeout=CONNECT_TIMEOUT, source_address=(str(sealer.sender), 0))
+        sock = socket.create_connection(
+            (str(target), port), timeout=CONNECT_TIMEOUT, source_address=(str(sealer.sender), 0)
+        )
     except OSError:
         raise MigrationRefused(NO_RESPONSE) from None
     try:
@@ -196,8 +216,9 @@ def open_migration(sealer: wire.Sealer, key: bytes, target: IPv4Address, port: i
         ours = wire.new_nonce()
         sock.sendall(wire.hello(ours))
         binding = wire.channel_binding(wire.parse_hello(_exactly(sock, wire.HELLO_SIZE)), ours)
-        sock.sendall(sealer.seal(wire.RPC_REQUEST, json.dumps({"op": op, **protocol.encode(request)}).encode(),
-                                 binding=binding))
+        sock.sendall(
+            sealer.seal(wire.RPC_REQUEST, json.dumps({"op": op, **protocol.encode(request)}).encode(), binding=binding)
+        )
         header = _exactly(sock, wire.HEADER.size)
         length = wire.peek_length(header, wire.MAX_RPC_PAYLOAD)
         envelope = wire.open_envelope(key, header + _exactly(sock, length - wire.HEADER.size), binding)
@@ -212,7 +233,7 @@ def open_migration(sealer: wire.Sealer, key: bytes, target: IPv4Address, port: i
     except Refused as err:
         sock.close()
         raise MigrationRefused(str(err)) from None
-    except (ProtocolError, TypeError):      # a fault, or a garbled answer: the other node refused
+    except (ProtocolError, TypeError):  # a fault, or a garbled answer: the other node refused
         sock.close()
         raise MigrationRefused(REFUSED) from None
     except BaseException:
@@ -235,8 +256,9 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
 
 # -- the target's side ----------------------------------------------------------------------------
 def admission_request(node, request: protocol.MigrateInRequest, origin: IPv4Address) -> AdmissionRequest:
-    return AdmissionRequest(origin=origin, memory_mb=request.memory_mb,
-                            from_local_cluster=node.config.is_local_cluster(origin))
+    return AdmissionRequest(
+        origin=origin, memory_mb=request.memory_mb, from_local_cluster=node.config.is_local_cluster(origin)
+    )
 
 
 class SpareGuestHost:
@@ -265,8 +287,16 @@ async def spawn_spare_guest_host() -> SpareGuestHost:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mosix_core.remote.host", "--spare", str(theirs.fileno()),
-            pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=guest_host_env(), cwd="/")
+            sys.executable,
+            "-m",
+            "mosix_core.remote.host",
+            "--spare",
+            str(theirs.fileno()),
+            pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
+            env=guest_host_env(),
+            cwd="/",
+        )
     except BaseException:
         ours.close()
         raise
@@ -295,8 +325,9 @@ def guest_host_env() -> dict[str, str]:
     return env
 
 
-async def start_guest_host(node, writer: asyncio.StreamWriter, request: protocol.MigrateInRequest,
-                           origin: IPv4Address, uid: int) -> None:
+async def start_guest_host(
+    node, writer: asyncio.StreamWriter, request: protocol.MigrateInRequest, origin: IPv4Address, uid: int
+) -> None:
     """Hand this end of the connection to a guest host — the spare one if there is, a
     new one if not — that becomes ``uid`` (from :func:`take_guest_uid`), and list it as
     a guest. The uid is given back when that guest host ends."""
@@ -305,33 +336,63 @@ async def start_guest_host(node, writer: asyncio.StreamWriter, request: protocol
     try:
         fd = os.dup(writer.get_extra_info("socket").fileno())
         try:
-            args = {"uid": uid, "gid": uid, "compress": not node.config.is_proximate(origin),
-                    "wall_clock_tolerance_ms": node.settings.wall_clock_tolerance_ms,
-                    "forward_spin_us": node.settings.forward_spin_us}
+            args = {
+                "uid": uid,
+                "gid": uid,
+                "compress": not node.config.is_proximate(origin),
+                "wall_clock_tolerance_ms": node.settings.wall_clock_tolerance_ms,
+                "forward_spin_us": node.settings.forward_spin_us,
+            }
             spare, node.spare_guest_host = node.spare_guest_host, None
             if spare is not None and spare.hand_over(fd, args):
                 process = spare.process
             else:
                 process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "mosix_core.remote.host", "--fd", str(fd), *guest_host_options(args),
-                    pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL, env=guest_host_env(), cwd="/")
+                    sys.executable,
+                    "-m",
+                    "mosix_core.remote.host",
+                    "--fd",
+                    str(fd),
+                    *guest_host_options(args),
+                    pass_fds=(fd,),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    env=guest_host_env(),
+                    cwd="/",
+                )
                 loop.create_task(_reap(process))
         finally:
             os.close(fd)
     finally:
         loop.create_task(_give_back_after(node, process, uid))
     home_user = request.user
-    record = ProcessRecord(pid=process.pid, uid=uid, command=request.command, home=origin, origpid=request.pid,
-                           home_uid=request.uid,
-                           home_user=home_user if home_user.isprintable() and 0 < len(home_user) <= 32 else None,
-                           where="here", nmigs=request.nmigs, started=time.time(), locked=request.locked,
-                           cpujob=request.cpujob, decayrate=request.decayrate, needmem=request.memory_mb)
+    record = ProcessRecord(
+        pid=process.pid,
+        uid=uid,
+        command=request.command,
+        home=origin,
+        origpid=request.pid,
+        home_uid=request.uid,
+        home_user=home_user if home_user.isprintable() and 0 < len(home_user) <= 32 else None,
+        where="here",
+        nmigs=request.nmigs,
+        started=time.time(),
+        locked=request.locked,
+        cpujob=request.cpujob,
+        decayrate=request.decayrate,
+        needmem=request.memory_mb,
+    )
     try:
         node.watch_process(record)
     except ProtocolError:
-        pass                              # it has already ended
-    node.log.info("guest arrived", home=str(origin), pid=request.pid, uid=uid, compress=args["compress"],
-                  automatic=request.automatic)
+        pass  # it has already ended
+    node.log.info(
+        "guest arrived",
+        home=str(origin),
+        pid=request.pid,
+        uid=uid,
+        compress=args["compress"],
+        automatic=request.automatic,
+    )
     if request.automatic:
         node.balancer.counters.arrived += 1
     asyncio.get_running_loop().create_task(keep_a_spare_guest_host(node))
@@ -357,6 +418,5 @@ def reattach_guest_host(node, writer: asyncio.StreamWriter, waiting, origin: IPv
         handed = hand_to_waiting(waiting, fd, {"op": "reattach", "home": str(origin)})
     finally:
         os.close(fd)
-    node.log.info("guest link made again" if handed else "guest gone before its link was made again",
-                  home=str(origin))
+    node.log.info("guest link made again" if handed else "guest gone before its link was made again", home=str(origin))
     return handed

@@ -16,38 +16,47 @@ import random
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mosix_core import log
 from mosix_core.cluster import gossip
+from mosix_core.cluster.gossip import ClusterView, NodeEntry, NodeStatus
+from mosix_core.cluster.proctable import ProcessEvent, ProcessRecord, ProcessTable
+from mosix_core.cluster.resources import LoadSmoother, ResourceSample, standard_load
 from mosix_core.config import MosixConfig, load_config, load_secret
+from mosix_core.contract.plugins import MosixPluginManager, first_answer, plugin_manager_for
 from mosix_core.daemon.autofreeze import AutoFreezer
 from mosix_core.daemon.balancer import Balancer
 from mosix_core.errors import AuthenticationError, ProtocolError
-from mosix_core.cluster.gossip import ClusterView, NodeEntry, NodeStatus
 from mosix_core.net import wire
-from mosix_core.contract.plugins import MosixPluginManager, first_answer, plugin_manager_for
-from mosix_core.cluster.proctable import ProcessEvent, ProcessRecord, ProcessTable
-from mosix_core.cluster.resources import LoadSmoother, ResourceSample, standard_load
+
+if TYPE_CHECKING:
+    from mosix_core.daemon.control import ControlServer
 
 SAMPLE_INTERVAL = 0.25
-PROBES_PER_ROUND = 4          # suspects probed directly per gossip round
-PROBE_ANSWER_SPACING = 0.05   # seconds between two answers to the same prober
-SUSPECT_AFTER = 0.7           # probe a live node whose information is older than this share of dead_after
+PROBES_PER_ROUND = 4  # suspects probed directly per gossip round
+PROBE_ANSWER_SPACING = 0.05  # seconds between two answers to the same prober
+SUSPECT_AFTER = 0.7  # probe a live node whose information is older than this share of dead_after
 AUTH_LOG_EVERY = 10.0  # seconds: one "Authentication violation" line per source per period
 # Anyone can send datagrams from many addresses, so the lines are limited in all too:
 # a burst, then a trickle, and a line saying how many were held back.
 AUTH_LOG_BURST = 20
-AUTH_LOG_RATE = 0.2           # lines a second once the burst is spent
-AUTH_LOG_SOURCES = 1024       # sources remembered for AUTH_LOG_EVERY (the oldest forgotten first)
-AUTH_SUMMARY_EVERY = 10.0     # seconds between two "... suppressed" lines
+AUTH_LOG_RATE = 0.2  # lines a second once the burst is spent
+AUTH_LOG_SOURCES = 1024  # sources remembered for AUTH_LOG_EVERY (the oldest forgotten first)
+AUTH_SUMMARY_EVERY = 10.0  # seconds between two "... suppressed" lines
 
 
 class Node:
     """A running MOSIX node (the state behind one ``mosd``)."""
 
-    def __init__(self, etc: Path, *, map_override: Path | None = None, ip_override: str | None = None,
-                 pm: MosixPluginManager | None = None) -> None:
+    def __init__(
+        self,
+        etc: Path,
+        *,
+        map_override: Path | None = None,
+        ip_override: str | None = None,
+        pm: MosixPluginManager | None = None,
+    ) -> None:
         self.etc = etc
         self.map_override = map_override
         self.ip_override = ip_override
@@ -61,21 +70,29 @@ class Node:
         self.started = time.time()
         self.rng = random.Random()
         self.proctable = ProcessTable()
-        self.spare_guest_host = None            # daemon.migration.SpareGuestHost, ready for a guest
+        self.spare_guest_host = None  # daemon.migration.SpareGuestHost, ready for a guest
         self.autofreezer = AutoFreezer(self)
         self.balancer = Balancer(self)
-        self.control = None                # the ControlServer (set by the server)
+        self.control: ControlServer | None = None  # set by the server
         self.smoother = LoadSmoother(tau=2.0, tau_up=0.5)
         self.sample: ResourceSample | None = None
         self.view = self.new_view()
         self.sealer = wire.Sealer(self.key, self.our_ip)
         self.replay = wire.ReplayGuard()
         self.transport: Any = None
-        self.stats = {"sent": 0, "received": 0, "auth_failures": 0, "garbled": 0, "foreign": 0, "probes": 0,
-                      "auth_sources": 0}
+        self.stats = {
+            "sent": 0,
+            "received": 0,
+            "auth_failures": 0,
+            "garbled": 0,
+            "foreign": 0,
+            "probes": 0,
+            "auth_sources": 0,
+        }
         self._answered: dict[IPv4Address, float] = {}
-        self._auth_log = log.Throttle(burst=AUTH_LOG_BURST, rate=AUTH_LOG_RATE, per_key=AUTH_LOG_EVERY,
-                                      keys=AUTH_LOG_SOURCES)
+        self._auth_log = log.Throttle(
+            burst=AUTH_LOG_BURST, rate=AUTH_LOG_RATE, per_key=AUTH_LOG_EVERY, keys=AUTH_LOG_SOURCES
+        )
         self._auth_summary_due = False
         self._targets_cache: list[IPv4Address] | None = None
         log.bind(node=str(self.our_ip))
@@ -155,8 +172,9 @@ class Node:
 
     # -- local status ---------------------------------------------------------------------------
     def measure(self, now: float) -> None:
-        sample = first_answer(self.pm.hook.mosix_measure_resources, settings=self.settings,
-                              processes=tuple(self.proctable))
+        sample = first_answer(
+            self.pm.hook.mosix_measure_resources, settings=self.settings, processes=tuple(self.proctable)
+        )
         self.sample = sample
         self.smoother.add(sample.runnable, now)
 
@@ -350,5 +368,5 @@ class Node:
                 self.log.error("gossip round failed", error=f"{type(err).__name__}: {err}")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=min(SAMPLE_INTERVAL, self.interval / 2))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -28,20 +28,19 @@ import time
 from ipaddress import IPv4Address
 
 from mosix_core import PROTOCOL_VERSION, __version__
-from mosix_core.daemon import protocol
-from mosix_core.daemon import handshake
+from mosix_core.contract.plugins import first_answer
+from mosix_core.contract.records import Admission, NodeContext
+from mosix_core.daemon import handshake, protocol
 from mosix_core.errors import AuthenticationError, MosixError, ProtocolError
 from mosix_core.net import wire
-from mosix_core.contract.records import Admission, NodeContext
-from mosix_core.contract.plugins import first_answer
 
-FRAME_TIMEOUT = 30.0          # an authenticated connection may idle this long between requests
+FRAME_TIMEOUT = 30.0  # an authenticated connection may idle this long between requests
 # From accept to a verified first request. An honest caller needs one round trip
 # (our hello, its request); the rest is room for a loaded machine or a far partner.
 AUTH_TIMEOUT = 5.0
-MAX_PENDING_PER_SOURCE = 16   # connections waiting to authenticate, from one address
-MAX_PENDING = 128             # ... and from all addresses
-MAX_CONNECTIONS = 512         # open at once; newcomers beyond are closed at once
+MAX_PENDING_PER_SOURCE = 16  # connections waiting to authenticate, from one address
+MAX_PENDING = 128  # ... and from all addresses
+MAX_CONNECTIONS = 512  # open at once; newcomers beyond are closed at once
 # asyncio's read buffer per connection (it stops reading from the socket at twice this).
 STREAM_LIMIT = 16 * 1024
 
@@ -62,9 +61,13 @@ class PeerServer:
         self._pending_from: dict[str, int] = {}
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, host=str(self.node.our_ip),
-                                                  port=self.node.settings.tcp_port, reuse_address=True,
-                                                  limit=STREAM_LIMIT)
+        self._server = await asyncio.start_server(
+            self._serve,
+            host=str(self.node.our_ip),
+            port=self.node.settings.tcp_port,
+            reuse_address=True,
+            limit=STREAM_LIMIT,
+        )
         self.node.peer_server_up = True
 
     def close(self) -> None:
@@ -95,8 +98,11 @@ class PeerServer:
         self._done_waiting(writer)
         writer.transport.abort()
 
-    async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            ) -> tuple[bytes, wire.Envelope]:
+    async def _authenticate(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> tuple[bytes, wire.Envelope]:
         ours = wire.new_nonce()
         writer.write(wire.hello(ours))
         binding = wire.channel_binding(ours, wire.parse_hello(await reader.readexactly(wire.HELLO_SIZE)))
@@ -131,7 +137,7 @@ class PeerServer:
                     request = protocol.decode(op, fields, protocol.PEER)
                 except ProtocolError as err:
                     if op in ("migrate-in", "reattach"):
-                        raise                      # garbled: the connection goes
+                        raise  # garbled: the connection goes
                     request, reply = None, protocol.fault("protocol", str(err))
                 if isinstance(request, protocol.MigrateInRequest):
                     await self._migrate_in(request, env.sender, writer, sealer, binding)
@@ -147,7 +153,7 @@ class PeerServer:
                 await writer.drain()
                 try:
                     data = await asyncio.wait_for(read_frame(reader), FRAME_TIMEOUT)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
                 env = wire.open_envelope(node.key, data, binding)
                 # The binding makes frames of other connections fail; within this one,
@@ -157,7 +163,7 @@ class PeerServer:
                 seq = env.seq
         except AuthenticationError as err:
             node.auth_violation(source, str(err))
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             # gone, too slow, or pushed out before authenticating: nothing worth a line each
             pass
         except (ProtocolError, ValueError) as err:
@@ -169,17 +175,26 @@ class PeerServer:
             self._open -= 1
             writer.close()
 
-    async def _migrate_in(self, request: protocol.MigrateInRequest, origin: IPv4Address, writer: asyncio.StreamWriter,
-                          sealer: wire.Sealer, binding: bytes) -> None:
+    async def _migrate_in(
+        self,
+        request: protocol.MigrateInRequest,
+        origin: IPv4Address,
+        writer: asyncio.StreamWriter,
+        sealer: wire.Sealer,
+        binding: bytes,
+    ) -> None:
         """A process wants to move here: admission, then the connection is the guest
         host's (nothing more is read here: the image follows our answer)."""
         node = self.node
         writer.transport.pause_reading()
         origin = node.canonical(origin)
         # a node whose admission rule is gone (disabled, not replaced) takes no one
-        admission = first_answer(node.pm.hook.mosix_admit_guest, default=Admission.refuse("other node refused"),
-                                 request=handshake.admission_request(node, request, origin),
-                                 node=NodeContext.of(node))
+        admission = first_answer(
+            node.pm.hook.mosix_admit_guest,
+            default=Admission.refuse("other node refused"),
+            request=handshake.admission_request(node, request, origin),
+            node=NodeContext.of(node),
+        )
         # every guest runs as a uid of its own: with none free, the node cannot take it
         uid = handshake.take_guest_uid(node) if admission.accepted else None
         if admission.accepted and uid is None:
@@ -196,8 +211,14 @@ class PeerServer:
         if uid is not None:
             await handshake.start_guest_host(node, writer, request, origin, uid)
 
-    async def _reattach(self, request: protocol.PeerReattachRequest, origin: IPv4Address, writer: asyncio.StreamWriter,
-                        sealer: wire.Sealer, binding: bytes) -> None:
+    async def _reattach(
+        self,
+        request: protocol.PeerReattachRequest,
+        origin: IPv4Address,
+        writer: asyncio.StreamWriter,
+        sealer: wire.Sealer,
+        binding: bytes,
+    ) -> None:
         """Home makes a cut link to one of our guests again: the connection goes to the
         guest host waiting for it, which the guest's token (only home and it know it)
         names. No admission: the guest is here already."""
@@ -243,8 +264,9 @@ class PeerServer:
         """The wire reply to a request that is answered at once."""
         node = self.node
         if isinstance(request, protocol.PeerPingRequest):
-            return protocol.answer(protocol.PeerPingReply(ip=str(node.our_ip), version=__version__,
-                                                          protocol=PROTOCOL_VERSION))
+            return protocol.answer(
+                protocol.PeerPingReply(ip=str(node.our_ip), version=__version__, protocol=PROTOCOL_VERSION)
+            )
         node.refresh_local(time.monotonic())
         st = node.local_status()
         return protocol.answer(protocol.PeerStatusReply(load=st.load, speed=st.speed, ncpus=st.ncpus, state=st.state))
@@ -255,8 +277,9 @@ async def call(node, ip: IPv4Address, request: dict, timeout: float = 5.0) -> di
     reply as it came (:func:`protocol.outcome` reads it)."""
     sealer = wire.Sealer(node.key, node.our_ip)
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(str(ip), node.settings.tcp_port, local_addr=(str(node.our_ip), 0),
-                                limit=STREAM_LIMIT), timeout)
+        asyncio.open_connection(str(ip), node.settings.tcp_port, local_addr=(str(node.our_ip), 0), limit=STREAM_LIMIT),
+        timeout,
+    )
 
     async def exchange() -> dict:
         ours = wire.new_nonce()

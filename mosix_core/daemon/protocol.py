@@ -53,16 +53,16 @@ from mosix_core.daemon.field_checks import (
 )
 from mosix_core.errors import MosixError, ProtocolError, Refused
 
-MAX_PID = 1 << 22               # the kernel's largest pid_max
-MAX_UID = (1 << 32) - 2         # (uid_t)-1 means "none"
-MAX_NAME = 256                  # a node's number, address or host name; a login name
+MAX_PID = 1 << 22  # the kernel's largest pid_max
+MAX_UID = (1 << 32) - 2  # (uid_t)-1 means "none"
+MAX_NAME = 256  # a node's number, address or host name; a login name
 MAX_PATH = 4096
 MAX_TOKEN = 128
 MAX_MEMORY_MB = 1 << 40
 MAX_COUNT = 1 << 31
 MAX_TIMEOUT = 7 * 24 * 3600.0
-MAX_PEER_COMMAND = 200          # what the target keeps (and what fits its small first frame)
-MOVE_TIMEOUT = 300.0            # how long expel and bring wait for the processes to move, by default
+MAX_PEER_COMMAND = 200  # what the target keeps (and what fits its small first frame)
+MOVE_TIMEOUT = 300.0  # how long expel and bring wait for the processes to move, by default
 FAULTS = ("protocol", "internal")
 
 
@@ -90,7 +90,7 @@ def record(cls: type[_R]) -> type[_R]:
 
 
 PID = whole(1, MAX_PID)
-NODE = optional(text(MAX_NAME))     # a number, address or host name of the map; None: this node
+NODE = optional(text(MAX_NAME))  # a number, address or host name of the map; None: this node
 COUNT = whole(0, MAX_COUNT)
 
 
@@ -173,10 +173,10 @@ class RowChanges:
     """The process-table fields a request sets (UNSET: left as they are)."""
 
     command: str | Unset = _field(settable("command"), default=UNSET)
-    where: str | Unset = _field(settable("where"), default=UNSET)        # here, leaving, starting, an address
-    frozen: str | Unset = _field(settable("frozen"), default=UNSET)      # -, A, P, M, N/A
+    where: str | Unset = _field(settable("where"), default=UNSET)  # here, leaving, starting, an address
+    frozen: str | Unset = _field(settable("frozen"), default=UNSET)  # -, A, P, M, N/A
     nmigs: int | Unset = _field(settable("nmigs"), default=UNSET)
-    queue: str | None | Unset = _field(settable("queue"), default=UNSET)   # total/done/fail
+    queue: str | None | Unset = _field(settable("queue"), default=UNSET)  # total/done/fail
     options: str | Unset = _field(settable("options"), default=UNSET)
     remote_utime: float | None | Unset = _field(settable("remote_utime"), default=UNSET)
     freezable: bool | Unset = _field(settable("freezable"), default=UNSET)
@@ -236,10 +236,10 @@ class MigrateOutRequest:
     pid: int = _field(PID)
     to: str | None = _field(NODE, default=None)
     memory_mb: int | None = _field(optional(whole(0, MAX_MEMORY_MB)), default=None)
-    command: str = _field(settable("command"), default="?")      # cut to proctable.MAX_COMMAND
+    command: str = _field(settable("command"), default="?")  # cut to proctable.MAX_COMMAND
     nmigs: int = _field(COUNT, default=0)
-    now_at: str | None = _field(optional(text(MAX_NAME)), default=None)   # where the process is now
-    automatic: bool = _field(boolean, default=False)       # the balancer's move, not a request's
+    now_at: str | None = _field(optional(text(MAX_NAME)), default=None)  # where the process is now
+    automatic: bool = _field(boolean, default=False)  # the balancer's move, not a request's
 
 
 @record
@@ -280,7 +280,7 @@ class ViewReply:
     local: str = _field(address)
     dead_after: float = _field(number(0, MAX_TIMEOUT))
     interval: float = _field(number(0, MAX_TIMEOUT))
-    nodes: tuple = _field(json_list)            # node_json() objects
+    nodes: tuple = _field(json_list)  # node_json() objects
 
 
 @record
@@ -294,7 +294,7 @@ class LocalStatusReply:
     daemon: dict = _field(json_object)
     processes: dict = _field(json_object)
     maxguests: int | None = _field(optional(COUNT))
-    extra: tuple = _field(json_list)             # [name, value] pairs from mosix_status_fields
+    extra: tuple = _field(json_list)  # [name, value] pairs from mosix_status_fields
 
 
 @record
@@ -316,7 +316,7 @@ class BestnodeReply:
 @record
 class ProcessesReply:
     ip: str = _field(address)
-    processes: tuple[ProcessRecord, ...] = _field(process_rows)   # on the wire: ProcessRecord.to_json() objects
+    processes: tuple[ProcessRecord, ...] = _field(process_rows)  # on the wire: ProcessRecord.to_json() objects
 
 
 @record
@@ -509,7 +509,7 @@ def from_fields(kind: type, fields: dict[str, Any], op: str) -> Any:
     """``kind`` from flat wire fields; ProtocolError naming the first bad field."""
     names = {a.name: a for a in attrs.fields(kind)}
     flat = dict(fields)
-    if "changes" in names:     # register, update: the row's fields travel at the top level
+    if "changes" in names:  # register, update: the row's fields travel at the top level
         flat["changes"] = from_fields(RowChanges, {n: flat.pop(n) for n in SETTABLE if n in flat}, op)
     unknown = sorted(set(flat) - set(names))
     if unknown:

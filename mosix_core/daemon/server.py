@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 from mosix_core import log, paths
+from mosix_core.contract.plugins import first_answer
+from mosix_core.contract.records import NodeContext
 from mosix_core.daemon.control import ControlServer
 from mosix_core.daemon.node import Node
 from mosix_core.daemon.peer import PeerServer
 from mosix_core.errors import DaemonUnavailable, MosixError
 from mosix_core.linux.procfs import stat_fields
-from mosix_core.contract.records import NodeContext
-from mosix_core.contract.plugins import first_answer
 
 
 class PidLock:
@@ -70,8 +70,10 @@ async def _serve(node: Node) -> None:
     try:
         await bind_network()
     except OSError as err:
-        raise MosixError(f"cannot bind {node.our_ip} (UDP {node.settings.udp_port}, TCP {node.settings.tcp_port}): "
-                         f"{err.strerror or err}") from None
+        raise MosixError(
+            f"cannot bind {node.our_ip} (UDP {node.settings.udp_port}, TCP {node.settings.tcp_port}): "
+            f"{err.strerror or err}"
+        ) from None
 
     async def reconfigure() -> None:
         await bind_network()
@@ -90,9 +92,15 @@ async def _serve(node: Node) -> None:
     control.on_stop = stop.set
     await control.start()
     node.pm.hook.mosix_node_started(node=NodeContext.of(node))
-    node.log.info("mosd started", ip=str(node.our_ip), nodes=len(node.config.cluster),
-                  udp=node.settings.udp_port, tcp=node.settings.tcp_port, interval=node.interval,
-                  dead_after=node.dead_after)
+    node.log.info(
+        "mosd started",
+        ip=str(node.our_ip),
+        nodes=len(node.config.cluster),
+        udp=node.settings.udp_port,
+        tcp=node.settings.tcp_port,
+        interval=node.interval,
+        dead_after=node.dead_after,
+    )
     try:
         await node.run_loops(stop)
     finally:
@@ -129,8 +137,9 @@ def run_foreground(etc: Path, *, map_override: Path | None = None, ip_override: 
         lock.release()
 
 
-def start_background(etc: Path, *, map_override: Path | None = None, ip_override: str | None = None,
-                     wait: float = 15.0) -> int:
+def start_background(
+    etc: Path, *, map_override: Path | None = None, ip_override: str | None = None, wait: float = 15.0
+) -> int:
     """Start mosd detached (log in ``var/mosd.log``); return its pid once it answers."""
     from mosix_core.daemon.client import Client
     from mosix_core.daemon.protocol import PingRequest
@@ -143,8 +152,14 @@ def start_background(etc: Path, *, map_override: Path | None = None, ip_override
     if ip_override:
         argv += ["-p", ip_override]
     with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
-                                env={**os.environ, "MOSIX_ETC": str(etc)})
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+            env={**os.environ, "MOSIX_ETC": str(etc)},
+        )
     deadline = time.monotonic() + wait
     client = Client(etc)
     while time.monotonic() < deadline:

@@ -35,13 +35,13 @@ from mosix_core.image import runs as run_set
 from mosix_core.image.stream import CHUNK, ImageWriter, Kind
 from mosix_core.linux import inject, memory, procfs, ptrace
 from mosix_core.linux.libc import LIBC
-from mosix_core.linux.writes import WriteTracker, WritesUntracked
+from mosix_core.linux.writes import WritesUntracked, WriteTracker
 
 SYS_RT_SIGACTION = 13
 SYS_SIGALTSTACK = 131
 SYS_BRK = 12
 SYS_GETITIMER = 36
-ITIMERS = (0, 1, 2)              # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+ITIMERS = (0, 1, 2)  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 SYS_GET_ROBUST_LIST = 274
 RED_ZONE = 128
 SCRATCH = 4096
@@ -77,14 +77,20 @@ def dump_files(pid: int) -> list[dict[str, Any]]:
             info = os.stat(link)
             pos, flags = procfs.fd_info(pid, fd)
         except FileNotFoundError:
-            continue                       # closed while we looked
+            continue  # closed while we looked
         mode = info.st_mode
         if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or not target.startswith("/"):
             what = "pipe" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else target
-            raise CannotCheckpoint(f"file-descriptor #{fd} is a {what}: processes with open pipes "
-                                   "or sockets cannot be checkpointed")
-        entry = {"fd": fd, "flags": flags & ~O_CLOEXEC, "cloexec": bool(flags & O_CLOEXEC),
-                 "pos": pos, "path": target.removesuffix(" (deleted)")}
+            raise CannotCheckpoint(
+                f"file-descriptor #{fd} is a {what}: processes with open pipes or sockets cannot be checkpointed"
+            )
+        entry = {
+            "fd": fd,
+            "flags": flags & ~O_CLOEXEC,
+            "cloexec": bool(flags & O_CLOEXEC),
+            "pos": pos,
+            "path": target.removesuffix(" (deleted)"),
+        }
         if stat.S_ISDIR(mode):
             entry["kind"] = "dir"
         elif stat.S_ISREG(mode) and info.st_nlink == 0:
@@ -96,7 +102,7 @@ def dump_files(pid: int) -> list[dict[str, Any]]:
         elif stat.S_ISREG(mode):
             entry["kind"] = "file"
         else:
-            entry["kind"] = "special"      # terminals, /dev/null...: see mosrun(1)
+            entry["kind"] = "special"  # terminals, /dev/null...: see mosrun(1)
         files.append(entry)
     return files
 
@@ -119,8 +125,9 @@ def write_unlinked_contents(pid: int, files: list[dict[str, Any]], writer: Image
 
 
 # -- memory -------------------------------------------------------------------------------------------
-def dump_mappings(pid: int, mappings: list[procfs.Mapping], *, writable_shared_files: bool = False,
-                  copy_private_files: bool = False) -> list[dict[str, Any]]:
+def dump_mappings(
+    pid: int, mappings: list[procfs.Mapping], *, writable_shared_files: bool = False, copy_private_files: bool = False
+) -> list[dict[str, Any]]:
     """The mappings to recreate. ``writable_shared_files``: a process that stays where
     it is (freezing) may keep writable shared mappings of files — their contents are
     the file's, mapped again on return — while a checkpoint cannot.
@@ -145,9 +152,9 @@ def dump_mappings(pid: int, mappings: list[procfs.Mapping], *, writable_shared_f
                 info = os.stat(m.path)
                 entry.update(mtime_ns=info.st_mtime_ns, size=info.st_size)
             except OSError:
-                entry["kind"] = "copy"     # the file is not where maps says: keep its contents
+                entry["kind"] = "copy"  # the file is not where maps says: keep its contents
         elif m.file_backed:
-            entry["kind"] = "copy"         # a deleted file: keep all of it
+            entry["kind"] = "copy"  # a deleted file: keep all of it
         else:
             entry["kind"] = "heap" if m.path == "[heap]" else "stack" if m.path == "[stack]" else "anon"
         out.append(entry)
@@ -189,8 +196,9 @@ def page_runs(pid: int, entries: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return runs
 
 
-def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter,
-                copied: list[tuple[int, int]] | None = None) -> int:
+def write_pages(
+    pid: int, runs: list[tuple[int, int]], writer: ImageWriter, copied: list[tuple[int, int]] | None = None
+) -> int:
     """Copy the runs from ``/proc/PID/mem`` into the image in large reads; the bytes saved.
 
     Reading the process and writing the image (checksum, lz4, the file or socket)
@@ -211,7 +219,7 @@ def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter,
             if not failed:
                 try:
                     writer.add(Kind.PAGES, chunk)
-                except BaseException as err:    # re-raised by the reader
+                except BaseException as err:  # re-raised by the reader
                     failed.append(err)
 
     def hand_over(kind: int, chunk: memoryview) -> None:
@@ -231,13 +239,15 @@ def write_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter,
     return total
 
 
-def _write_compressed_pages(pid: int, runs: list[tuple[int, int]], writer: ImageWriter,
-                            copied: list[tuple[int, int]] | None) -> int:
+def _write_compressed_pages(
+    pid: int, runs: list[tuple[int, int]], writer: ImageWriter, copied: list[tuple[int, int]] | None
+) -> int:
     """lz4 is the slow part of a compressed image: two threads compress chunks while
     this one reads the next and puts finished records in, in order."""
     depth = 4
     pending: collections.deque = collections.deque()
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="image-lz4") as pool:
+
         def add(kind: int, chunk: memoryview) -> None:
             if len(pending) == depth:
                 writer.commit(pending.popleft().result())
@@ -250,8 +260,9 @@ def _write_compressed_pages(pid: int, runs: list[tuple[int, int]], writer: Image
     return total
 
 
-def _copy_pages(pid: int, runs: list[tuple[int, int]], buffers: list[bytearray], add,
-                copied: list[tuple[int, int]] | None = None) -> int:
+def _copy_pages(
+    pid: int, runs: list[tuple[int, int]], buffers: list[bytearray], add, copied: list[tuple[int, int]] | None = None
+) -> int:
     # each chunk is read after an 8-byte gap for its address: the PAGES record goes to
     # the writer (and lz4) without being copied together
     views = [memoryview(buffer) for buffer in buffers]
@@ -264,15 +275,15 @@ def _copy_pages(pid: int, runs: list[tuple[int, int]], buffers: list[bytearray],
                 want = min(CHUNK, length - done)
                 view = views[turn]
                 try:
-                    got = os.preadv(fd, [view[8:8 + want]], address + done)
+                    got = os.preadv(fd, [view[8 : 8 + want]], address + done)
                 except OSError:
                     got = -1
                 if got <= 0:
                     if copied is None:
                         raise TraceError(f"reading memory of process {pid} at {address + done:#x}")
-                    break                   # unmapped by the running process: its end says so
+                    break  # unmapped by the running process: its end says so
                 struct.pack_into("<Q", buffers[turn], 0, address + done)
-                add(Kind.PAGES, view[:8 + got])
+                add(Kind.PAGES, view[: 8 + got])
                 turn = (turn + 1) % len(buffers)
                 if copied is not None:
                     run_set.append(copied, address + done, address + done + got)
@@ -294,10 +305,20 @@ def dump_mm(pid: int, brk: int) -> dict[str, Any]:
 
     with open(f"/proc/{pid}/auxv", "rb") as f:
         auxv = f.read()
-    return {"start_code": field(26), "end_code": field(27), "start_stack": field(28),
-            "start_data": field(45), "end_data": field(46), "start_brk": field(47), "brk": brk,
-            "arg_start": field(48), "arg_end": field(49), "env_start": field(50),
-            "env_end": field(51), "auxv": auxv.hex()}
+    return {
+        "start_code": field(26),
+        "end_code": field(27),
+        "start_stack": field(28),
+        "start_data": field(45),
+        "end_data": field(46),
+        "start_brk": field(47),
+        "brk": brk,
+        "arg_start": field(48),
+        "arg_end": field(49),
+        "env_start": field(50),
+        "env_end": field(51),
+        "auxv": auxv.hex(),
+    }
 
 
 # -- what only the process can tell -----------------------------------------------------------------
@@ -316,8 +337,9 @@ class _Scratch:
         memory.write_bytes(self.pid, self.address, self.saved)
 
 
-def ask_process(pid: int, regs: ptrace.Registers, mappings: list[procfs.Mapping],
-                status: dict[str, str]) -> tuple[dict[str, Any], int, list[int]]:
+def ask_process(
+    pid: int, regs: ptrace.Registers, mappings: list[procfs.Mapping], status: dict[str, str]
+) -> tuple[dict[str, Any], int, list[int]]:
     """(signal state, brk, signals that arrived meanwhile), by injected calls."""
     injector = inject.Injector(pid, inject.find_syscall_instruction(pid, mappings))
     scratch = _Scratch(pid, regs.rsp)
@@ -328,9 +350,9 @@ def ask_process(pid: int, regs: ptrace.Registers, mappings: list[procfs.Mapping]
             handler, flags, restorer, mask = struct.unpack("<QQQQ", scratch.read(0, 32))
             actions[str(sig)] = [handler, flags, restorer, mask]
         injector.check("sigaltstack", SYS_SIGALTSTACK, 0, scratch.address)
-        sp, flags, size = struct.unpack("<Qi4xQ", scratch.read(0, 24))    # stack_t
+        sp, flags, size = struct.unpack("<Qi4xQ", scratch.read(0, 24))  # stack_t
         brk = injector.check("brk", SYS_BRK, 0)
-        itimers = []                    # real, virtual, profiling: [interval s, us, value s, us]
+        itimers = []  # real, virtual, profiling: [interval s, us, value s, us]
         for which in ITIMERS:
             injector.check(f"getitimer({which})", SYS_GETITIMER, which, scratch.address)
             itimers.append(list(struct.unpack("<qqqq", scratch.read(0, 32))))
@@ -351,8 +373,10 @@ def ask_process(pid: int, regs: ptrace.Registers, mappings: list[procfs.Mapping]
 def robust_list(pid: int) -> list[int]:
     head = ctypes.c_ulong()
     length = ctypes.c_size_t()
-    if LIBC.syscall(ctypes.c_long(SYS_GET_ROBUST_LIST), ctypes.c_long(pid), ctypes.byref(head),
-                    ctypes.byref(length)) != 0:
+    if (
+        LIBC.syscall(ctypes.c_long(SYS_GET_ROBUST_LIST), ctypes.c_long(pid), ctypes.byref(head), ctypes.byref(length))
+        != 0
+    ):
         return [0, 0]
     return [head.value, length.value]
 
@@ -389,11 +413,15 @@ def precopy(pid: int, writer: ImageWriter, tracker: WriteTracker, *, copy_privat
     entries = dump_mappings(pid, procfs.read_maps(pid), copy_private_files=copy_private_files)
     tracked = []
     for entry in entries:
-        if entry["kind"] in ANONYMOUS_KINDS and entry["perms"][3] == "p" and tracker.track(entry["start"], entry["end"]):
+        if (
+            entry["kind"] in ANONYMOUS_KINDS
+            and entry["perms"][3] == "p"
+            and tracker.track(entry["start"], entry["end"])
+        ):
             try:
                 tracker.protect(entry["start"], entry["end"])
             except WritesUntracked:
-                continue               # the process is gone
+                continue  # the process is gone
             tracked.append(entry)
     writer.add_json(Kind.MEMORY_MAP, {"mappings": entries, "precopy": True})
     done = Precopy(tracker, entries)
@@ -413,8 +441,12 @@ def _after_precopy(pid: int, entries: list[dict[str, Any]], before: Precopy) -> 
     try:
         for entry in entries:
             start, end = entry["start"], entry["end"]
-            if not (entry["kind"] in ANONYMOUS_KINDS and entry["perms"][3] == "p"
-                    and kept_within(entry, before.entries) and before.tracker.tracked(start, end)):
+            if not (
+                entry["kind"] in ANONYMOUS_KINDS
+                and entry["perms"][3] == "p"
+                and kept_within(entry, before.entries)
+                and before.tracker.tracked(start, end)
+            ):
                 continue
             kept.append(entry)
             present = [(a, a + n) for a, n in procfs.page_runs(fd, start, end, changed_only=False)]
@@ -441,9 +473,17 @@ def kept_within(entry: dict[str, Any], earlier: list[dict[str, Any]]) -> dict[st
 
 
 # -- the whole image ----------------------------------------------------------------------------------
-def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
-                regs: ptrace.Registers, files: bool = True, copy_private_files: bool = False,
-                ahead: Precopy | None = None, deferred_pending: bool = False) -> tuple[CaptureStats, list[int]]:
+def write_image(
+    pid: int,
+    writer: ImageWriter,
+    *,
+    identity: dict[str, Any],
+    regs: ptrace.Registers,
+    files: bool = True,
+    copy_private_files: bool = False,
+    ahead: Precopy | None = None,
+    deferred_pending: bool = False,
+) -> tuple[CaptureStats, list[int]]:
     """Capture stopped process ``pid`` into ``writer`` (not closed here).
 
     ``identity`` is the MOSIX side of the process (virtual pid, MOSIX state...);
@@ -474,9 +514,13 @@ def write_image(pid: int, writer: ImageWriter, *, identity: dict[str, Any],
     rseq = ptrace.rseq_configuration(pid)
     process = dict(identity)
     process.update(
-        exe=os.readlink(f"/proc/{pid}/exe"), cwd=os.readlink(f"/proc/{pid}/cwd"),
-        cmdline=_cmdline(pid), umask=int(status.get("Umask", "022"), 8),
-        personality=_personality(pid), robust_list=robust_list(pid))
+        exe=os.readlink(f"/proc/{pid}/exe"),
+        cwd=os.readlink(f"/proc/{pid}/cwd"),
+        cmdline=_cmdline(pid),
+        umask=int(status.get("Umask", "022"), 8),
+        personality=_personality(pid),
+        robust_list=robust_list(pid),
+    )
     writer.add_json(Kind.PROCESS, process)
     writer.add(Kind.REGISTERS, bytes(image_regs))
     writer.add(Kind.XSTATE, ptrace.get_xstate(pid))

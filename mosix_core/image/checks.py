@@ -21,31 +21,42 @@ from mosix_core.linux import ptrace
 PAGE = 4096
 SS_ONSTACK = 1
 
-USER_LIMIT = 0x7FFF_FFFF_F000      # the top of a process's address space (x86-64, 4-level paging)
+USER_LIMIT = 0x7FFF_FFFF_F000  # the top of a process's address space (x86-64, 4-level paging)
 U64 = (1 << 64) - 1
 NSIG = 64
-MAX_FD = 1 << 20                   # the kernel's NR_OPEN
-MAX_PATH = 4096                    # PATH_MAX, with its NUL
-MAX_PENDING = 1 << 16              # queued signals: far above any RLIMIT_SIGPENDING in use
-PID_MAX = 1 << 22                  # PID_MAX_LIMIT
+MAX_FD = 1 << 20  # the kernel's NR_OPEN
+MAX_PATH = 4096  # PATH_MAX, with its NUL
+MAX_PENDING = 1 << 16  # queued signals: far above any RLIMIT_SIGPENDING in use
+PID_MAX = 1 << 22  # PID_MAX_LIMIT
 SIGINFO_SIZE = 128
-AUXV_MAX = 1024                    # mm->saved_auxv is smaller: the kernel refuses more
+AUXV_MAX = 1024  # mm->saved_auxv is smaller: the kernel refuses more
 RSEQ_MIN, RSEQ_MAX, RSEQ_ALIGN = 32, PAGE, 32
-ROBUST_LIST_HEAD = 24              # sizeof(struct robust_list_head): the only length accepted
+ROBUST_LIST_HEAD = 24  # sizeof(struct robust_list_head): the only length accepted
 # what rt_sigaction(2) keeps of sa_flags on x86-64 (the capture reads them back from it)
 SA_FLAGS = 0x1 | 0x2 | 0x4 | 0x400 | 0x800 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x4000_0000 | 0x8000_0000
 SS_DISABLE = 0x2
 SS_FLAGS = SS_ONSTACK | SS_DISABLE | 0x8000_0000  # and SS_AUTODISARM
 MINSIGSTKSZ = 2048
-OPEN_FLAGS = 0o37777777                           # every O_* bit open(2) knows
-USER_CS, USER_DS = 0x33, 0x2B                     # a 64-bit process's segment selectors
+OPEN_FLAGS = 0o37777777  # every O_* bit open(2) knows
+USER_CS, USER_DS = 0x33, 0x2B  # a 64-bit process's segment selectors
 MAPPING_KINDS = frozenset({"file", "copy", "anon", "heap", "stack", "kernel"})
 FILE_KINDS = frozenset({"file", "dir", "special", "unlinked"})
-MM_FIELDS = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
-             "arg_start", "arg_end", "env_start", "env_end")
-XSAVE_HEADER = 512                 # the legacy area, then the header: xstate_bv, xcomp_bv, reserved
+MM_FIELDS = (
+    "start_code",
+    "end_code",
+    "start_data",
+    "end_data",
+    "start_brk",
+    "brk",
+    "start_stack",
+    "arg_start",
+    "arg_end",
+    "env_start",
+    "env_end",
+)
+XSAVE_HEADER = 512  # the legacy area, then the header: xstate_bv, xcomp_bv, reserved
 XSAVE_HEADER_SIZE = 64
-XSAVE_XCR0 = 464                   # in the legacy area's software-reserved bytes
+XSAVE_XCR0 = 464  # in the legacy area's software-reserved bytes
 
 
 def _int(value: Any, what: str, low: int = 0, high: int = U64) -> int:
@@ -104,7 +115,7 @@ def _max_map_count() -> int:
 
 
 def check_process(process: dict[str, Any]) -> None:
-    if "pid" in process:            # an image going home from a guest has none
+    if "pid" in process:  # an image going home from a guest has none
         _int(process["pid"], "the pid", 1, PID_MAX)
     if not isinstance(process.get("mosix", {}), dict):
         raise CorruptImage("the MOSIX state is not an object")
@@ -114,7 +125,7 @@ def check_process(process: dict[str, Any]) -> None:
     _text(process.get("cwd"), "the working directory", absolute=True)
     _text(process.get("exe"), "the executable", absolute=True)
     _int(process.get("umask"), "the umask", 0, 0o777)
-    _int(process.get("personality", 0), "the personality", 0, 0xFFFF_FFFE)     # ~0 only asks
+    _int(process.get("personality", 0), "the personality", 0, 0xFFFF_FFFE)  # ~0 only asks
     for pair in _list(process.get("converted", []), "the privately mapped shared ranges", most=1 << 16):
         low, high = _list(pair, "a privately mapped shared range", 2)
         what = "a privately mapped shared range"
@@ -136,7 +147,8 @@ def check_registers(raw: bytes) -> None:
     _address(regs.fs_base, "the fs base", zero=True)
     _address(regs.gs_base, "the gs base", zero=True)
     if (regs.cs, regs.ss) != (USER_CS, USER_DS) or any(
-            getattr(regs, name) not in (0, USER_DS) for name in ("ds", "es", "fs", "gs")):
+        getattr(regs, name) not in (0, USER_DS) for name in ("ds", "es", "fs", "gs")
+    ):
         raise CorruptImage("the segment registers are not a 64-bit process's")
 
 
@@ -146,13 +158,13 @@ def check_xstate(raw: bytes, own: bytes) -> None:
     if len(raw) != len(own) or len(raw) < XSAVE_HEADER + XSAVE_HEADER_SIZE:
         raise CorruptImage(f"the FP state has {len(raw)} bytes; this CPU's has {len(own)}")
     features, compacted = struct.unpack_from("<QQ", raw, XSAVE_HEADER)
-    supported = struct.unpack_from("<Q", own, XSAVE_XCR0)[0]      # the kernel puts XCR0 there
-    if compacted or any(raw[XSAVE_HEADER + 16:XSAVE_HEADER + XSAVE_HEADER_SIZE]):
+    supported = struct.unpack_from("<Q", own, XSAVE_XCR0)[0]  # the kernel puts XCR0 there
+    if compacted or any(raw[XSAVE_HEADER + 16 : XSAVE_HEADER + XSAVE_HEADER_SIZE]):
         raise CorruptImage("the FP state is not in the standard format")
     if features & ~supported:
         raise CorruptImage(f"the FP state has features {features:#x}; this CPU has {supported:#x}")
     mxcsr = struct.unpack_from("<I", raw, 24)[0]
-    allowed = struct.unpack_from("<I", own, 28)[0] or 0xFFBF       # MXCSR_MASK; 0 means the default
+    allowed = struct.unpack_from("<I", own, 28)[0] or 0xFFBF  # MXCSR_MASK; 0 means the default
     if mxcsr & ~allowed:
         raise CorruptImage(f"the FP control word MXCSR {mxcsr:#x} is not one this CPU allows")
 
@@ -251,8 +263,14 @@ def check_mappings(layout: dict[str, Any]) -> run_set.Runs:
             raise CorruptImage(f"the mapping at {start:#x} overlaps another or lies below the lowest address")
         end_before = end
         perms = e.get("perms")
-        if not (isinstance(perms, str) and len(perms) == 4 and perms[0] in "r-" and perms[1] in "w-"
-                and perms[2] in "x-" and perms[3] in "ps"):
+        if not (
+            isinstance(perms, str)
+            and len(perms) == 4
+            and perms[0] in "r-"
+            and perms[1] in "w-"
+            and perms[2] in "x-"
+            and perms[3] in "ps"
+        ):
             raise CorruptImage(f"the mapping at {start:#x} has protection {perms!r}")
         path = _text(e.get("path", ""), f"the path of the mapping at {start:#x}")
         kind = e["kind"]
@@ -262,8 +280,9 @@ def check_mappings(layout: dict[str, Any]) -> run_set.Runs:
             continue
         if kind == "file":
             _text(path, f"the file of the mapping at {start:#x}", absolute=True)
-            offset = _int(e.get("offset"), f"the file offset of the mapping at {start:#x}", 0,
-                          (1 << 63) - 1 - (end - start))
+            offset = _int(
+                e.get("offset"), f"the file offset of the mapping at {start:#x}", 0, (1 << 63) - 1 - (end - start)
+            )
             if offset % PAGE:
                 raise CorruptImage(f"the file offset of the mapping at {start:#x} is not aligned")
             _int(e.get("inode"), f"the inode of the mapping at {start:#x}")
@@ -282,9 +301,13 @@ def check_mappings(layout: dict[str, Any]) -> run_set.Runs:
         if not isinstance(mm, dict):
             raise CorruptImage("the memory map's mm fields are malformed")
         values = {name: _int(mm.get(name), f"the mm field {name}", low, USER_LIMIT - 1) for name in MM_FIELDS}
-        if not (values["start_code"] < values["end_code"] and values["start_data"] <= values["end_data"]
-                and values["start_brk"] <= values["brk"] and values["arg_start"] <= values["arg_end"]
-                and values["env_start"] <= values["env_end"]):
+        if not (
+            values["start_code"] < values["end_code"]
+            and values["start_data"] <= values["end_data"]
+            and values["start_brk"] <= values["brk"]
+            and values["arg_start"] <= values["arg_end"]
+            and values["env_start"] <= values["env_end"]
+        ):
             raise CorruptImage("the mm fields are out of order")
         try:
             auxv = bytes.fromhex(mm.get("auxv"))
@@ -295,8 +318,7 @@ def check_mappings(layout: dict[str, Any]) -> run_set.Runs:
     return memory
 
 
-CHECKS = {Kind.PROCESS: check_process, Kind.SIGNALS: check_signals, Kind.RSEQ: check_rseq,
-          Kind.LIMITS: check_limits}
+CHECKS = {Kind.PROCESS: check_process, Kind.SIGNALS: check_signals, Kind.RSEQ: check_rseq, Kind.LIMITS: check_limits}
 
 
 def check_pages(address: int, length: int, memory: run_set.Runs) -> None:

@@ -21,7 +21,7 @@ The image format is the checkpoint's; a freeze image simply has fewer records.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 
@@ -32,7 +32,7 @@ from mosix_core.image.restore_memory import PAGE, TRAMPOLINE_SIZE, RestoreFailed
 from mosix_core.image.stream import CorruptImage, ImageWriter, Kind, Record
 from mosix_core.linux import inject, procfs, ptrace
 
-SHELL_CODE = b"\x0f\x05\xeb\xfc"          # syscall; jmp back to the syscall
+SHELL_CODE = b"\x0f\x05\xeb\xfc"  # syscall; jmp back to the syscall
 SYS_PAUSE = 34
 SYS_MMAP, SYS_MUNMAP, SYS_RSEQ = 9, 11, 334
 PROT_READ, PROT_EXEC = 1, 4
@@ -117,8 +117,16 @@ def release_memory(pid: int) -> tuple[int, list[int]]:
         # memory gone that would be a SIGSEGV
         injector.check("rseq(unregister)", SYS_RSEQ, pointer, size, RSEQ_FLAG_UNREGISTER, signature)
     shell = find_hole([(m.start, m.end) for m in mappings], PAGE)
-    injector.check("mmap(shell)", SYS_MMAP, shell, PAGE, PROT_READ | PROT_EXEC,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+    injector.check(
+        "mmap(shell)",
+        SYS_MMAP,
+        shell,
+        PAGE,
+        PROT_READ | PROT_EXEC,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+        -1,
+        0,
+    )
     _write(pid, shell, SHELL_CODE)
     injector.address = shell
     for m in mappings:
@@ -139,7 +147,7 @@ def thaw(pid: int, records: Iterable[Record], shell: int) -> list[int]:
 
     On success the process has its memory, registers and FP state back and continues
     where it was frozen when resumed. Raises :class:`ThawFailed`."""
-    restorer = Restorer(pid, RestoreOptions(timers=False), shell)   # its timers ran on here
+    restorer = Restorer(pid, RestoreOptions(timers=False), shell)  # its timers ran on here
     try:
         for record in records:
             if record.kind not in THAW_RECORDS:
@@ -179,9 +187,9 @@ def back_to_shell(restorer: Restorer, shell: int) -> int | None:
     """Release whatever a failed thaw (or home-coming) rebuilt; the address the shell
     now waits at (None: the process could not be made a shell again)."""
     pid = restorer.pid
-    restorer.settle(quiet=True)               # no page lands after the memory is released
+    restorer.settle(quiet=True)  # no page lands after the memory is released
     if not restorer.trampoline:
-        return shell                          # nothing was touched yet
+        return shell  # nothing was touched yet
     try:
         keep = restorer.trampoline
         injector = inject.Injector(pid, keep)

@@ -73,9 +73,7 @@ def split_name(name: str) -> tuple[str, int, int]:
         return name, 1, 0
     first = int(digits)
     if first > MAX_VERSION:
-        raise CheckpointSettingError(
-            f"the numeric extension of {name!r} is larger than {MAX_VERSION}"
-        )
+        raise CheckpointSettingError(f"the numeric extension of {name!r} is larger than {MAX_VERSION}")
     width = len(digits) if len(digits) > 1 and digits.startswith("0") else 0
     return name[: len(name) - len(digits) - 1], first, width
 

@@ -44,8 +44,8 @@ SYS_EXIT_GROUP = 231
 
 @attrs.frozen
 class RestoreOptions:
-    redirect: tuple[tuple[int, str], ...] = ()      # mosrun -O
-    filter_program: tuple | None = None             # the seccomp filter the process runs under
+    redirect: tuple[tuple[int, str], ...] = ()  # mosrun -O
+    filter_program: tuple | None = None  # the seccomp filter the process runs under
     # a process away from home: its files, cwd and umask stay at home (its calls go
     # there), so it gets none here — not even the descriptors the stub inherited
     away: bool = False
@@ -123,16 +123,16 @@ class Restorer:
     def check_resumable(self) -> None:
         """The process will carry on from its instruction pointer: that must be code of its own."""
         rip = ptrace.Registers.from_buffer_copy(self.parts[Kind.REGISTERS]).rip
-        if not any(e["start"] <= rip < e["end"] and e["perms"][2] == "x"
-                   for e in self.parts[Kind.MEMORY_MAP]["mappings"]):
+        if not any(
+            e["start"] <= rip < e["end"] and e["perms"][2] == "x" for e in self.parts[Kind.MEMORY_MAP]["mappings"]
+        ):
             raise CorruptImage(f"the instruction pointer {rip:#x} is not in code of the process")
 
     def finish(self) -> Restored:
         self.settle()
         if self.space.ahead is not None:
             raise CorruptImage("the image has memory sent ahead but no memory map at the stop")
-        for kind in (Kind.PROCESS, Kind.REGISTERS, Kind.XSTATE, Kind.SIGNALS, Kind.RSEQ, Kind.LIMITS,
-                     Kind.MEMORY_MAP):
+        for kind in (Kind.PROCESS, Kind.REGISTERS, Kind.XSTATE, Kind.SIGNALS, Kind.RSEQ, Kind.LIMITS, Kind.MEMORY_MAP):
             if kind not in self.parts:
                 raise CorruptImage(f"the image has no {Kind.NAMES[kind]} record")
         if "mm" not in self.parts[Kind.MEMORY_MAP]:

@@ -50,8 +50,8 @@ class FileTable:
         self.injector = space.injector
         self.redirect = redirect
         self.files: list[dict[str, Any]] = []
-        self.unlinked: dict[int, int] = {}           # FILES index -> our temporary copy
-        self.file_data_at: dict[int, int] = {}       # FILES index -> the next offset due
+        self.unlinked: dict[int, int] = {}  # FILES index -> our temporary copy
+        self.file_data_at: dict[int, int] = {}  # FILES index -> the next offset due
 
     def close(self) -> None:
         for fd in self.unlinked.values():
@@ -100,8 +100,9 @@ class FileTable:
     def _restore_descriptors(self) -> None:
         redirect = dict(self.redirect)
         inherited = set(procfs.open_fds(self.pid))
-        keep = {e["fd"] for e in self.files if e["kind"] == "special" and e["fd"] in inherited
-                and e["fd"] not in redirect}
+        keep = {
+            e["fd"] for e in self.files if e["kind"] == "special" and e["fd"] in inherited and e["fd"] not in redirect
+        }
         for fd in sorted(inherited - keep):
             self.injector.call(SYS_CLOSE, fd)
         for index, entry in enumerate(self.files):
@@ -117,8 +118,8 @@ class FileTable:
                     got = self.space.open(path, flags | O_CREAT, 0o666, path)
                 except inject.InjectedCallFailed as err:
                     raise FileRestoreFailed(
-                        f"Could not restore file-descriptor {fd} with \u2018{path}\u2019: "
-                        f"{os.strerror(err.errno)}") from None
+                        f"Could not restore file-descriptor {fd} with \u2018{path}\u2019: {os.strerror(err.errno)}"
+                    ) from None
             elif entry["kind"] == "special":
                 got = self.space.open("/dev/null", flags & (3 | O_CLOEXEC), 0, "/dev/null")
             elif entry["kind"] == "unlinked":

@@ -63,8 +63,11 @@ def same_file(info: os.stat_result, entry: dict[str, Any], *, shared: bool, else
 
 
 def _prot(perms: str) -> int:
-    return ((PROT_READ if perms[0] == "r" else 0) | (PROT_WRITE if perms[1] == "w" else 0)
-            | (PROT_EXEC if perms[2] == "x" else 0))
+    return (
+        (PROT_READ if perms[0] == "r" else 0)
+        | (PROT_WRITE if perms[1] == "w" else 0)
+        | (PROT_EXEC if perms[2] == "x" else 0)
+    )
 
 
 def find_hole(taken: Iterable[tuple[int, int]], size: int, low: int = LOWEST_HOLE) -> int:
@@ -91,12 +94,12 @@ class AddressSpace:
         self.injector = injector
         self.elsewhere = elsewhere
         self.mem = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-        self.layout: dict[str, Any] | None = None        # the last memory map record
-        self.ahead: list[dict[str, Any]] | None = None   # a memory map sent ahead, while the process ran
-        self.kept: list[tuple[int, int]] = []           # what of the memory sent ahead the process still has
+        self.layout: dict[str, Any] | None = None  # the last memory map record
+        self.ahead: list[dict[str, Any]] | None = None  # a memory map sent ahead, while the process ran
+        self.kept: list[tuple[int, int]] = []  # what of the memory sent ahead the process still has
         self.trampoline = 0
         self.page_bytes = 0
-        self.memory: run_set.Runs = []                 # where page data may go: the map's memory
+        self.memory: run_set.Runs = []  # where page data may go: the map's memory
         # chunks of pages being written by the pool; a streaming reader keeps their
         # buffers for HELD_RECORDS more records
         self._writing: collections.deque[concurrent.futures.Future] = collections.deque()
@@ -129,16 +132,24 @@ class AddressSpace:
         wanted = [(e["start"], e["end"]) for e in entries]
         ours = [(m.start, m.end) for m in current]
         self.trampoline = find_hole(wanted + ours, TRAMPOLINE_SIZE)
-        inj.check("mmap(trampoline)", SYS_MMAP, self.trampoline, TRAMPOLINE_SIZE,
-                  PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-                  -1, 0)
+        inj.check(
+            "mmap(trampoline)",
+            SYS_MMAP,
+            self.trampoline,
+            TRAMPOLINE_SIZE,
+            PROT_READ | PROT_WRITE | PROT_EXEC,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
         os.pwrite(self.mem, inject.SYSCALL_INSTRUCTION, self.trampoline)
         inj.address = self.trampoline
         for m in current:
             if m.path not in KERNEL_PLACED and m.path != "[vsyscall]":
                 inj.check(f"munmap({m.start:#x})", SYS_MUNMAP, m.start, m.size)
-        self._move_kernel_mappings([m for m in current if m.path in KERNEL_PLACED],
-                                   [e for e in entries if e["kind"] == "kernel"], wanted)
+        self._move_kernel_mappings(
+            [m for m in current if m.path in KERNEL_PLACED], [e for e in entries if e["kind"] == "kernel"], wanted
+        )
         self._map_entries([e for e in entries if e["kind"] != "kernel"])
 
     def _map_entries(self, entries: list[dict[str, Any]]) -> None:
@@ -153,8 +164,7 @@ class AddressSpace:
                     fd = opened.get(key)
                     if fd is None:
                         fd = opened[key] = self._open_mapped_file(e)
-                    inj.check(f"mmap({e['path']})", SYS_MMAP, start, length, prot, sharing | MAP_FIXED,
-                              fd, e["offset"])
+                    inj.check(f"mmap({e['path']})", SYS_MMAP, start, length, prot, sharing | MAP_FIXED, fd, e["offset"])
                 else:
                     flags = MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS
                     if e["kind"] == "stack":
@@ -179,12 +189,13 @@ class AddressSpace:
         if [e for e in before if e["kind"] == "kernel"] != [e for e in entries if e["kind"] == "kernel"]:
             raise RestoreFailed("the vDSO moved while the process was being sent")
         for e in kept:
-            old = capture.kept_within(e, before)           # anonymous memory only
+            old = capture.kept_within(e, before)  # anonymous memory only
             if old is None:
                 raise CorruptImage(f"the mapping at {e['start']:#x} was not sent ahead")
             if e["perms"] != old["perms"]:
-                self.injector.check(f"mprotect({e['start']:#x})", SYS_MPROTECT, e["start"], e["end"] - e["start"],
-                                    _prot(e["perms"]))
+                self.injector.check(
+                    f"mprotect({e['start']:#x})", SYS_MPROTECT, e["start"], e["end"] - e["start"], _prot(e["perms"])
+                )
         staying = [(e["start"], e["end"]) for e in kept]
         for e in before:
             if e["kind"] == "kernel":
@@ -203,8 +214,16 @@ class AddressSpace:
         old = self.trampoline
         taken = wanted + [(m.start, m.end) for m in procfs.read_maps(self.pid)]
         new = find_hole(taken, TRAMPOLINE_SIZE)
-        self.injector.check("mmap(trampoline)", SYS_MMAP, new, TRAMPOLINE_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
-                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        self.injector.check(
+            "mmap(trampoline)",
+            SYS_MMAP,
+            new,
+            TRAMPOLINE_SIZE,
+            PROT_READ | PROT_WRITE | PROT_EXEC,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
         os.pwrite(self.mem, inject.SYSCALL_INSTRUCTION, new)
         self.injector.address = self.trampoline = new
         self.injector.check("munmap(trampoline)", SYS_MUNMAP, old, TRAMPOLINE_SIZE)
@@ -214,7 +233,8 @@ class AddressSpace:
         if self.ahead is not None or self.layout is None or "kept" not in self.layout:
             raise CorruptImage("a discard record without memory sent ahead")
         if not isinstance(runs, list) or not all(
-                isinstance(run, list) and len(run) == 2 and all(type(v) is int for v in run) for run in runs):
+            isinstance(run, list) and len(run) == 2 and all(type(v) is int for v in run) for run in runs
+        ):
             raise CorruptImage("the discard record is not a list of runs")
         for start, length in runs:
             user_range(start, length, "discarded memory")
@@ -234,8 +254,9 @@ class AddressSpace:
         access = O_RDWR if shared and "w" in entry["perms"] else O_RDONLY
         return self.open(path, access | O_CLOEXEC, 0, f"open({path})")
 
-    def _move_kernel_mappings(self, now: list[procfs.Mapping], wanted: list[dict[str, Any]],
-                              image: list[tuple[int, int]]) -> None:
+    def _move_kernel_mappings(
+        self, now: list[procfs.Mapping], wanted: list[dict[str, Any]], image: list[tuple[int, int]]
+    ) -> None:
         """Move the vDSO and its data pages to where the program's code expects them."""
         here = {m.path: m for m in now}
         there = {e["path"]: e for e in wanted}
@@ -249,14 +270,16 @@ class AddressSpace:
         parking = find_hole(taken, total)
         parked = {}
         for path, m in here.items():
-            self.injector.check(f"mremap({path})", SYS_MREMAP, m.start, m.size, m.size,
-                                MREMAP_MAYMOVE | MREMAP_FIXED, parking)
+            self.injector.check(
+                f"mremap({path})", SYS_MREMAP, m.start, m.size, m.size, MREMAP_MAYMOVE | MREMAP_FIXED, parking
+            )
             parked[path] = parking
             parking += m.size
         for path, e in there.items():
             size = e["end"] - e["start"]
-            self.injector.check(f"mremap({path})", SYS_MREMAP, parked[path], size, size,
-                                MREMAP_MAYMOVE | MREMAP_FIXED, e["start"])
+            self.injector.check(
+                f"mremap({path})", SYS_MREMAP, parked[path], size, size, MREMAP_MAYMOVE | MREMAP_FIXED, e["start"]
+            )
 
     # -- pages -----------------------------------------------------------------------------------
     def pages(self, address: int, data: memoryview) -> None:

@@ -79,15 +79,27 @@ def restore_mm(space: AddressSpace, mm: dict[str, Any], exe: str | None) -> None
     exe_fd = space.open(exe, O_RDONLY | O_CLOEXEC, 0, exe) if exe and os.path.exists(exe) else -1
 
     def set_map(fd: int) -> int:
-        data = _MM_MAP.pack(mm["start_code"], mm["end_code"], mm["start_data"], mm["end_data"],
-                            mm["start_brk"], mm["brk"], mm["start_stack"], mm["arg_start"],
-                            mm["arg_end"], mm["env_start"], mm["env_end"], auxv_at, len(auxv),
-                            fd & 0xFFFFFFFF)
+        data = _MM_MAP.pack(
+            mm["start_code"],
+            mm["end_code"],
+            mm["start_data"],
+            mm["end_data"],
+            mm["start_brk"],
+            mm["brk"],
+            mm["start_stack"],
+            mm["arg_start"],
+            mm["arg_end"],
+            mm["env_start"],
+            mm["env_end"],
+            auxv_at,
+            len(auxv),
+            fd & 0xFFFFFFFF,
+        )
         return inj.call(SYS_PRCTL, PR_SET_MM, PR_SET_MM_MAP, space.scratch(data), len(data), 0)
 
     result = set_map(exe_fd)
     if result < 0 and exe_fd >= 0:
-        result = set_map(-1)        # exe needs CAP_CHECKPOINT_RESTORE: keep the rest
+        result = set_map(-1)  # exe needs CAP_CHECKPOINT_RESTORE: keep the rest
     if exe_fd >= 0:
         inj.call(SYS_CLOSE, exe_fd)
     if result < 0:
@@ -102,7 +114,7 @@ def restore_limits(pid: int, limits: dict[str, list[int]]) -> None:
         try:
             resource.prlimit(pid, number, (soft, hard))
         except (OSError, ValueError):
-            try:            # a hard limit above ours needs privilege: keep what we can
+            try:  # a hard limit above ours needs privilege: keep what we can
                 _, current_hard = resource.prlimit(pid, number)
                 within = soft if current_hard == resource.RLIM_INFINITY else min(soft, current_hard)
                 resource.prlimit(pid, number, (within, current_hard))
@@ -124,8 +136,9 @@ def restore_timers(space: AddressSpace, itimers: list[list[int]]) -> None:
     """The interval timers (alarm, setitimer) as they were."""
     for which, timer in enumerate(itimers):
         if any(timer):
-            space.injector.check(f"setitimer({which})", SYS_SETITIMER, which,
-                                 space.scratch(struct.pack("<qqqq", *timer)), 0)
+            space.injector.check(
+                f"setitimer({which})", SYS_SETITIMER, which, space.scratch(struct.pack("<qqqq", *timer)), 0
+            )
 
 
 def set_registers(pid: int, xstate: bytes, registers: bytes) -> None:

@@ -50,7 +50,7 @@ RECORD_LZ4 = 0x1
 
 _HEADER = struct.Struct("<8sHHI")
 _RECORD = struct.Struct("<HHIIQ")
-_FIELDS = 12                      # of a record header: all but its check
+_FIELDS = 12  # of a record header: all but its check
 _END = struct.Struct("<QQ")
 
 # Page data goes in chunks of at most this much, so memory use stays bounded on both sides.
@@ -78,23 +78,35 @@ class CorruptImage(MosixError):
 class Kind:
     """Record kinds, one per resource of a process (the split the engine captures by)."""
 
-    PROCESS = 1      # JSON: identity, command line, MOSIX per-process state and options
-    REGISTERS = 2    # user_regs_struct, raw
-    XSTATE = 3       # FP/SSE/AVX state (PTRACE_GETREGSET NT_X86_XSTATE), raw
-    MEMORY_MAP = 4   # JSON: mm fields (brk, stack, auxv...) and the list of mappings
-    PAGES = 5        # address u64, then the bytes of memory from there
-    FILES = 6        # JSON: the open-file table, cwd, umask
-    SIGNALS = 7      # JSON: dispositions, mask, pending, alternate stack
-    RSEQ = 8         # JSON: the rseq registration
-    LIMITS = 9       # JSON: resource limits
-    FILE_DATA = 10   # index u32 (into FILES) | offset u64, then the contents of an unlinked file
-    DISCARD = 11     # JSON: [address, length] runs sent ahead (pre-copied) that are no longer there
-    FAILURE = 14     # UTF-8 text: the checkpoint could not be taken, and why (mosrun(1) -N)
+    PROCESS = 1  # JSON: identity, command line, MOSIX per-process state and options
+    REGISTERS = 2  # user_regs_struct, raw
+    XSTATE = 3  # FP/SSE/AVX state (PTRACE_GETREGSET NT_X86_XSTATE), raw
+    MEMORY_MAP = 4  # JSON: mm fields (brk, stack, auxv...) and the list of mappings
+    PAGES = 5  # address u64, then the bytes of memory from there
+    FILES = 6  # JSON: the open-file table, cwd, umask
+    SIGNALS = 7  # JSON: dispositions, mask, pending, alternate stack
+    RSEQ = 8  # JSON: the rseq registration
+    LIMITS = 9  # JSON: resource limits
+    FILE_DATA = 10  # index u32 (into FILES) | offset u64, then the contents of an unlinked file
+    DISCARD = 11  # JSON: [address, length] runs sent ahead (pre-copied) that are no longer there
+    FAILURE = 14  # UTF-8 text: the checkpoint could not be taken, and why (mosrun(1) -N)
     END = 0xFFFF
 
-    NAMES = {1: "process", 2: "registers", 3: "xstate", 4: "memory-map", 5: "pages", 6: "files",
-             7: "signals", 8: "rseq", 9: "limits", 10: "file-data", 11: "discard", 14: "failure",
-             0xFFFF: "end"}
+    NAMES = {
+        1: "process",
+        2: "registers",
+        3: "xstate",
+        4: "memory-map",
+        5: "pages",
+        6: "files",
+        7: "signals",
+        8: "rseq",
+        9: "limits",
+        10: "file-data",
+        11: "discard",
+        14: "failure",
+        0xFFFF: "end",
+    }
 
 
 class ImageWriter:
@@ -108,7 +120,7 @@ class ImageWriter:
         self._chain = xxhash.xxh3_64()
         self._closed = False
         if compress:
-            import lz4.block    # only images that compress pay for the import
+            import lz4.block  # only images that compress pay for the import
 
             self._lz4 = lz4.block
         self._emit(_HEADER.pack(MAGIC, VERSION, FLAG_LZ4 if compress else 0, 0))
@@ -129,7 +141,7 @@ class ImageWriter:
         """Memory contents starting at ``address``, in chunks of at most :data:`CHUNK`."""
         view = memoryview(data).cast("B")
         for offset in range(0, len(view), CHUNK):
-            self._add(Kind.PAGES, (memoryview(struct.pack("<Q", address + offset)), view[offset:offset + CHUNK]))
+            self._add(Kind.PAGES, (memoryview(struct.pack("<Q", address + offset)), view[offset : offset + CHUNK]))
 
     def _add(self, kind: int, parts: tuple[memoryview, ...]) -> None:
         self.commit(self.prepare(kind, parts))
@@ -158,7 +170,7 @@ class ImageWriter:
         header, stored = prepared
         self._emit(header)
         for part in stored:
-            self._emit(part, chained=False)     # the header's check already covers it
+            self._emit(part, chained=False)  # the header's check already covers it
         self.records += 1
 
     def close(self) -> None:
@@ -283,7 +295,7 @@ class ImageReader:
                     if not offer(record):
                         return
                 offer(_DONE)
-            except BaseException as err:    # handed to the consumer, raised there
+            except BaseException as err:  # handed to the consumer, raised there
                 offer(err)
 
         threading.Thread(target=produce, name="image-reader", daemon=True).start()
@@ -359,14 +371,14 @@ def relay(receive_into, send) -> tuple[int, BaseException | None]:
     def take(size: int, what: str, at: int = 0) -> memoryview:
         done = 0
         while done < size:
-            got = receive_into(buffer[at + done:at + size])
+            got = receive_into(buffer[at + done : at + size])
             if not got:
                 raise CorruptImage(f"the image ends inside its {what}")
             done += got
-        return buffer[at:at + size]
+        return buffer[at : at + size]
 
     header = take(_HEADER.size, "header")
-    if bytes(header[:len(MAGIC)]) != MAGIC:
+    if bytes(header[: len(MAGIC)]) != MAGIC:
         raise CorruptImage("not a MOSIX process image")
     give(header)
     records = 0
@@ -377,7 +389,7 @@ def relay(receive_into, send) -> tuple[int, BaseException | None]:
             raise CorruptImage(f"record #{records + 1} has an impossible header")
         records += 1
         take(stored_len, f"record #{records}", at=_RECORD.size)
-        give(buffer[:_RECORD.size + stored_len])          # one send: a lone header would wait (Nagle)
+        give(buffer[: _RECORD.size + stored_len])  # one send: a lone header would wait (Nagle)
         if kind == Kind.END:
             return total, failed
 

@@ -20,15 +20,27 @@ BASE = 0x10000000
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
 PT_LOAD = 1
-PT_GNU_STACK = 0x6474E551     # without it the kernel gives the process READ_IMPLIES_EXEC
+PT_GNU_STACK = 0x6474E551  # without it the kernel gives the process READ_IMPLIES_EXEC
 HEADERS = _EHDR.size + 2 * _PHDR.size
 
-CODE = bytes([
-    0xB8, 0x3C, 0x00, 0x00, 0x00,     # mov eax, 60 (exit)
-    0xBF, 0x7F, 0x00, 0x00, 0x00,     # mov edi, 127
-    0x0F, 0x05,                       # syscall           <- injected calls run here
-    0xEB, 0xFE,                       # jmp .
-])
+CODE = bytes(
+    [
+        0xB8,
+        0x3C,
+        0x00,
+        0x00,
+        0x00,  # mov eax, 60 (exit)
+        0xBF,
+        0x7F,
+        0x00,
+        0x00,
+        0x00,  # mov edi, 127
+        0x0F,
+        0x05,  # syscall           <- injected calls run here
+        0xEB,
+        0xFE,  # jmp .
+    ]
+)
 ENTRY = BASE + HEADERS
 SYSCALL_ADDRESS = ENTRY + 10
 
@@ -67,15 +79,14 @@ def spawn_traced(options: int) -> int:
     os.close(ready_r)
     os.close(fd)
     try:
-        ptrace.seize(child, options | ptrace.O_TRACEEXEC)    # the exec event is waited for
+        ptrace.seize(child, options | ptrace.O_TRACEEXEC)  # the exec event is waited for
         os.write(ready_w, b"x")
     except BaseException:
         os.kill(child, 9)
         raise
     finally:
         os.close(ready_w)
-    ptrace.wait_for(child)                  # the exec event
+    ptrace.wait_for(child)  # the exec event
     ptrace.syscall(child)
-    ptrace.wait_for(child)                  # execve's exit
+    ptrace.wait_for(child)  # execve's exit
     return child
-

@@ -138,21 +138,21 @@ def set_arguments(pid: int, values: dict[int, int]) -> ptrace.Registers:
 # -- what a process that moved leaves behind (the shell at home, see remote/deputy.py) --------
 SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK, SYS_SETITIMER = 13, 14, 38
 SIG_SETMASK = 2
-ITIMERS = (0, 1, 2)              # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+ITIMERS = (0, 1, 2)  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 
 
-def unblock_every_signal(injector: "Injector", zeros: int) -> None:
+def unblock_every_signal(injector: Injector, zeros: int) -> None:
     """The tracee's signal mask emptied (``zeros``: 8 zero bytes in its memory)."""
     injector.check("rt_sigprocmask", SYS_RT_SIGPROCMASK, SIG_SETMASK, zeros, 0, 8)
 
 
-def stop_interval_timers(injector: "Injector", zeros: int) -> None:
+def stop_interval_timers(injector: Injector, zeros: int) -> None:
     """Every interval timer of the tracee stopped (``zeros``: 32 zero bytes in its memory)."""
     for which in ITIMERS:
         injector.check("setitimer", SYS_SETITIMER, which, zeros, 0)
 
 
-def default_action(injector: "Injector", sig: int, zeros: int) -> int:
+def default_action(injector: Injector, sig: int, zeros: int) -> int:
     """Signal ``sig``'s action set to SIG_DFL in the tracee (``zeros``: a zeroed
     ``struct sigaction`` in its memory); the call's raw result."""
     return injector.call(SYS_RT_SIGACTION, sig, zeros, 0, 8)
@@ -164,7 +164,7 @@ class Injector:
     def __init__(self, pid: int, address: int) -> None:
         self.pid = pid
         self.address = address
-        self.deferred: list[int] = []    # signals held back while injecting
+        self.deferred: list[int] = []  # signals held back while injecting
 
     def call(self, nr: int, *args: int) -> int:
         """The call's raw result (negative errno on failure)."""
@@ -205,8 +205,10 @@ class Injector:
                     # it faults again forever; a second fault at the same place ends it
                     here = (stop.sig, ptrace.get_regs(self.pid).rip)
                     if here == fault_at:
-                        raise TraceError(f"process {self.pid}: the injected call faults (signal {stop.sig} "
-                                         f"at {here[1]:#x})", errno.EFAULT)
+                        raise TraceError(
+                            f"process {self.pid}: the injected call faults (signal {stop.sig} at {here[1]:#x})",
+                            errno.EFAULT,
+                        )
                     fault_at = here
                 self.deferred.append(stop.sig)
             ptrace.syscall(self.pid)

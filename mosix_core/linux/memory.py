@@ -33,8 +33,9 @@ def read_bytes(pid: int, addr: int, size: int) -> bytes:
     buf = ctypes.create_string_buffer(size)
     local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), size)
     remote = _IoVec(addr, size)
-    got = LIBC.syscall(*_longs(SYS_PROCESS_VM_READV, pid), ctypes.byref(local), *_longs(1),
-                       ctypes.byref(remote), *_longs(1, 0))
+    got = LIBC.syscall(
+        *_longs(SYS_PROCESS_VM_READV, pid), ctypes.byref(local), *_longs(1), ctypes.byref(remote), *_longs(1, 0)
+    )
     if got < 0:
         raise fail(f"reading memory of process {pid} at {addr:#x}")
     return buf.raw[:got]
@@ -44,8 +45,9 @@ def write_bytes(pid: int, addr: int, data: bytes) -> None:
     buf = ctypes.create_string_buffer(data, len(data))
     local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
     remote = _IoVec(addr, len(data))
-    put = LIBC.syscall(*_longs(SYS_PROCESS_VM_WRITEV, pid), ctypes.byref(local), *_longs(1),
-                       ctypes.byref(remote), *_longs(1, 0))
+    put = LIBC.syscall(
+        *_longs(SYS_PROCESS_VM_WRITEV, pid), ctypes.byref(local), *_longs(1), ctypes.byref(remote), *_longs(1, 0)
+    )
     if put != len(data):
         raise fail(f"writing memory of process {pid} at {addr:#x}")
 

@@ -20,7 +20,7 @@ def stat_fields(pid: int) -> list[bytes] | None:
     except OSError:
         return None
     end = data.rfind(b")")
-    return None if end < 0 else data[end + 2:].split()
+    return None if end < 0 else data[end + 2 :].split()
 
 
 # -- what the process-image engine reads ---------------------------------------------------------
@@ -33,11 +33,11 @@ class Mapping:
 
     start: int
     end: int
-    perms: str            # "rwxp" / "r--s" ...
+    perms: str  # "rwxp" / "r--s" ...
     offset: int
-    device: str           # "fd:01"
+    device: str  # "fd:01"
     inode: int
-    path: str             # "" for anonymous memory, "[heap]", "[stack]", "[vdso]", a file
+    path: str  # "" for anonymous memory, "[heap]", "[stack]", "[vdso]", a file
 
     @property
     def size(self) -> int:
@@ -67,8 +67,17 @@ def read_maps(pid: int) -> list[Mapping]:
     for line in lines:
         parts = line.split(None, 5)
         start, end = parts[0].split("-")
-        out.append(Mapping(int(start, 16), int(end, 16), parts[1], int(parts[2], 16), parts[3],
-                           int(parts[4]), parts[5] if len(parts) > 5 else ""))
+        out.append(
+            Mapping(
+                int(start, 16),
+                int(end, 16),
+                parts[1],
+                int(parts[2], 16),
+                parts[3],
+                int(parts[4]),
+                parts[5] if len(parts) > 5 else "",
+            )
+        )
     return out
 
 

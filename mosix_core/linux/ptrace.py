@@ -19,9 +19,28 @@ import attrs
 from mosix_core.errors import TraceError
 from mosix_core.linux.libc import LIBC, fail
 
-__all__ = ["Registers", "Stop", "seize", "cont", "listen", "interrupt", "detach", "get_regs",
-           "set_regs", "event_message", "syscall_info", "SyscallInfo", "decode_status", "syscall",
-           "get_xstate", "set_xstate", "rseq_configuration", "pending_siginfo", "wait_for", "wait_gone"]
+__all__ = [
+    "Registers",
+    "Stop",
+    "seize",
+    "cont",
+    "listen",
+    "interrupt",
+    "detach",
+    "get_regs",
+    "set_regs",
+    "event_message",
+    "syscall_info",
+    "SyscallInfo",
+    "decode_status",
+    "syscall",
+    "get_xstate",
+    "set_xstate",
+    "rseq_configuration",
+    "pending_siginfo",
+    "wait_for",
+    "wait_gone",
+]
 
 PTRACE_CONT = 7
 PTRACE_SINGLESTEP = 9
@@ -56,20 +75,48 @@ EVENT_EXEC = 4
 EVENT_SECCOMP = 7
 EVENT_STOP = 128
 
-SUPERVISOR_OPTIONS = (O_TRACESYSGOOD | O_TRACEFORK | O_TRACEVFORK | O_TRACECLONE | O_TRACEEXEC
-                      | O_TRACESECCOMP | O_EXITKILL)
+SUPERVISOR_OPTIONS = (
+    O_TRACESYSGOOD | O_TRACEFORK | O_TRACEVFORK | O_TRACECLONE | O_TRACEEXEC | O_TRACESECCOMP | O_EXITKILL
+)
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 WALL = 0x40000000  # __WALL: wait for every kind of tracee
-
 
 
 class Registers(ctypes.Structure):
     """x86-64 ``struct user_regs_struct`` (<sys/user.h>), what PTRACE_GETREGS fills."""
 
-    _fields_ = [(name, ctypes.c_ulong) for name in (
-        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
-        "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base",
-        "ds", "es", "fs", "gs")]
+    _fields_ = [
+        (name, ctypes.c_ulong)
+        for name in (
+            "r15",
+            "r14",
+            "r13",
+            "r12",
+            "rbp",
+            "rbx",
+            "r11",
+            "r10",
+            "r9",
+            "r8",
+            "rax",
+            "rcx",
+            "rdx",
+            "rsi",
+            "rdi",
+            "orig_rax",
+            "rip",
+            "cs",
+            "eflags",
+            "rsp",
+            "ss",
+            "fs_base",
+            "gs_base",
+            "ds",
+            "es",
+            "fs",
+            "gs",
+        )
+    ]
 
 
 _regs = Registers()
@@ -128,10 +175,17 @@ def event_message(pid: int) -> int:
 
 
 class _SyscallInfo(ctypes.Structure):
-    _fields_ = [("op", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("arch", ctypes.c_uint32),
-                ("instruction_pointer", ctypes.c_uint64), ("stack_pointer", ctypes.c_uint64),
-                ("nr", ctypes.c_uint64), ("args", ctypes.c_uint64 * 6), ("ret_data", ctypes.c_uint32),
-                ("tail", ctypes.c_uint32)]
+    _fields_ = [
+        ("op", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("arch", ctypes.c_uint32),
+        ("instruction_pointer", ctypes.c_uint64),
+        ("stack_pointer", ctypes.c_uint64),
+        ("nr", ctypes.c_uint64),
+        ("args", ctypes.c_uint64 * 6),
+        ("ret_data", ctypes.c_uint32),
+        ("tail", ctypes.c_uint32),
+    ]
 
 
 _info = _SyscallInfo()
@@ -181,7 +235,7 @@ def get_xstate(pid: int) -> bytes:
     buf = ctypes.create_string_buffer(XSTATE_MAX)
     iov = _IoVec(ctypes.cast(buf, ctypes.c_void_p), XSTATE_MAX)
     _call(PTRACE_GETREGSET, pid, NT_X86_XSTATE, ctypes.byref(iov), "PTRACE_GETREGSET")
-    return buf.raw[:iov.len]
+    return buf.raw[: iov.len]
 
 
 def set_xstate(pid: int, data: bytes) -> None:
@@ -191,15 +245,19 @@ def set_xstate(pid: int, data: bytes) -> None:
 
 
 class _RseqConfiguration(ctypes.Structure):
-    _fields_ = [("rseq_abi_pointer", ctypes.c_uint64), ("rseq_abi_size", ctypes.c_uint32),
-                ("signature", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [
+        ("rseq_abi_pointer", ctypes.c_uint64),
+        ("rseq_abi_size", ctypes.c_uint32),
+        ("signature", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
 
 
 def rseq_configuration(pid: int) -> tuple[int, int, int, int]:
     """``(pointer, size, signature, flags)`` of the thread's rseq area; pointer 0: none."""
     conf = _RseqConfiguration()
-    _call(PTRACE_GET_RSEQ_CONFIGURATION, pid, ctypes.sizeof(conf), ctypes.byref(conf),
-          "PTRACE_GET_RSEQ_CONFIGURATION")
+    _call(PTRACE_GET_RSEQ_CONFIGURATION, pid, ctypes.sizeof(conf), ctypes.byref(conf), "PTRACE_GET_RSEQ_CONFIGURATION")
     return conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature, conf.flags
 
 
@@ -219,7 +277,7 @@ def pending_siginfo(pid: int, shared: bool) -> list[bytes]:
     while True:
         args = _PeekSiginfoArgs(len(out), PEEKSIGINFO_SHARED if shared else 0, batch)
         got = _call(PTRACE_PEEKSIGINFO, pid, ctypes.byref(args), buf, "PTRACE_PEEKSIGINFO")
-        out += [buf.raw[i * SIGINFO_SIZE:(i + 1) * SIGINFO_SIZE] for i in range(got)]
+        out += [buf.raw[i * SIGINFO_SIZE : (i + 1) * SIGINFO_SIZE] for i in range(got)]
         if got < batch:
             return out
 

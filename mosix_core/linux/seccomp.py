@@ -31,19 +31,19 @@ RET_ALLOW = 0x7FFF0000
 RET_TRACE = 0x7FF00000
 RET_ERRNO = 0x00050000
 
-_LD_ABS = 0x20      # BPF_LD | BPF_W | BPF_ABS
-_ALU_AND = 0x54     # BPF_ALU | BPF_AND | BPF_K
-_JA = 0x05          # BPF_JMP | BPF_JA
-_JEQ = 0x15         # BPF_JMP | BPF_JEQ | BPF_K
-_JGE = 0x35         # BPF_JMP | BPF_JGE | BPF_K
-_JSET = 0x45        # BPF_JMP | BPF_JSET | BPF_K
-_RET = 0x06         # BPF_RET | BPF_K
+_LD_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
+_ALU_AND = 0x54  # BPF_ALU | BPF_AND | BPF_K
+_JA = 0x05  # BPF_JMP | BPF_JA
+_JEQ = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_JGE = 0x35  # BPF_JMP | BPF_JGE | BPF_K
+_JSET = 0x45  # BPF_JMP | BPF_JSET | BPF_K
+_RET = 0x06  # BPF_RET | BPF_K
 
 PR_SET_NO_NEW_PRIVS = 38
 SYS_SECCOMP = 317
 SECCOMP_SET_MODE_FILTER = 1
 
-Insn = tuple[int, int, int, int]   # code, jt, jf, k
+Insn = tuple[int, int, int, int]  # code, jt, jf, k
 
 
 def _nr() -> Insn:
@@ -138,10 +138,16 @@ def build(table: Mapping[int, Check], highest_known: int) -> list[Insn]:
     ``highest_known`` are traced (so the supervisor can report an illegal system
     call); the table decides the rest."""
     program: list[Insn] = [
-        _arch(), (_JEQ, 3, 0, AUDIT_ARCH_X86_64), (_JEQ, 1, 0, AUDIT_ARCH_I386), _ret(RET_KILL_PROCESS),
+        _arch(),
+        (_JEQ, 3, 0, AUDIT_ARCH_X86_64),
+        (_JEQ, 1, 0, AUDIT_ARCH_I386),
+        _ret(RET_KILL_PROCESS),
         _ret(RET_TRACE),
-        _nr(), (_JSET, 0, 1, X32_BIT), _ret(RET_ERRNO | 38),
-        (_JGE, 0, 1, highest_known + 1), _ret(RET_TRACE),
+        _nr(),
+        (_JSET, 0, 1, X32_BIT),
+        _ret(RET_ERRNO | 38),
+        (_JGE, 0, 1, highest_known + 1),
+        _ret(RET_TRACE),
     ]
     program += _tree(sorted(table.items()))
     return program

@@ -44,7 +44,7 @@ def own_offsets(path: str = OFFSETS) -> dict[str, int]:
                 name, seconds, nanoseconds = line.split()
                 offsets[name] = int(seconds) * NS_PER_S + int(nanoseconds)
     except FileNotFoundError:
-        pass                                     # a kernel without time namespaces
+        pass  # a kernel without time namespaces
     except (OSError, ValueError) as err:
         raise TraceError(f"reading {path}: {err}") from None
     return offsets
@@ -64,9 +64,8 @@ def children_shifted_by(shift: dict[str, int]) -> None:
     try:
         fd = os.open(OFFSETS, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.write(fd, "".join(lines).encode())    # one write: all offsets or none
+            os.write(fd, "".join(lines).encode())  # one write: all offsets or none
         finally:
             os.close(fd)
     except OSError as err:
         raise TraceError(f"setting time namespace offsets {lines}: {err.strerror}", err.errno) from None
-

@@ -18,9 +18,10 @@ from mosix_core.linux.syscall_names import NUMBERS
 
 #: entry point names → the system call each one stands for (the plain names are
 #: aliases of the __vdso_ ones, at the same addresses)
-CLOCK_ENTRIES = {f"{prefix}{name}": NUMBERS[name] for name in ("clock_gettime", "gettimeofday", "time")
-                 for prefix in ("__vdso_", "")}
-ELF_MAGIC = b"\x7fELF\x02\x01"          # 64-bit, little-endian
+CLOCK_ENTRIES = {
+    f"{prefix}{name}": NUMBERS[name] for name in ("clock_gettime", "gettimeofday", "time") for prefix in ("__vdso_", "")
+}
+ELF_MAGIC = b"\x7fELF\x02\x01"  # 64-bit, little-endian
 SHT_DYNSYM = 11
 PT_LOAD = 1
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -40,9 +41,14 @@ def clock_entry_points(image: bytes) -> dict[int, int]:
         if not image.startswith(ELF_MAGIC):
             raise ValueError("no 64-bit little-endian ELF header")
         (_, _, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _) = _EHDR.unpack_from(image)
-        base = min((_PHDR.unpack_from(image, phoff + k * phentsize)[3]
-                    for k in range(phnum) if _PHDR.unpack_from(image, phoff + k * phentsize)[0] == PT_LOAD),
-                   default=0)
+        base = min(
+            (
+                _PHDR.unpack_from(image, phoff + k * phentsize)[3]
+                for k in range(phnum)
+                if _PHDR.unpack_from(image, phoff + k * phentsize)[0] == PT_LOAD
+            ),
+            default=0,
+        )
         sections = [_SHDR.unpack_from(image, shoff + k * shentsize) for k in range(shnum)]
         found: dict[int, int] = {}
         for kind, offset, size, link in ((s[1], s[4], s[5], s[6]) for s in sections):
@@ -52,7 +58,7 @@ def clock_entry_points(image: bytes) -> dict[int, int]:
             for at in range(offset, offset + size, _SYM.size):
                 name_at, _, _, _, value, _ = _SYM.unpack_from(image, at)
                 end = image.index(b"\0", strings + name_at)
-                name = image[strings + name_at:end].decode("ascii", "replace")
+                name = image[strings + name_at : end].decode("ascii", "replace")
                 if name in CLOCK_ENTRIES and value:
                     found[value - base] = CLOCK_ENTRIES[name]
         if not found:

@@ -30,14 +30,14 @@ UFFD_API = 0xAA
 UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
 UFFD_FEATURE_WP_ASYNC = 1 << 15
 UFFDIO_REGISTER_MODE_WP = 2
-UFFDIO_API = 0xC018AA3F            # _IOWR(0xAA, 0x3F, struct uffdio_api)
-UFFDIO_REGISTER = 0xC020AA00       # _IOWR(0xAA, 0x00, struct uffdio_register)
-PAGEMAP_SCAN = 0xC0606610          # _IOWR('f', 16, struct pm_scan_arg)
+UFFDIO_API = 0xC018AA3F  # _IOWR(0xAA, 0x3F, struct uffdio_api)
+UFFDIO_REGISTER = 0xC020AA00  # _IOWR(0xAA, 0x00, struct uffdio_register)
+PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg)
 PM_SCAN_WP_MATCHING = 1
 PM_SCAN_CHECK_WPASYNC = 2
 PAGE_IS_WPALLOWED = 1
 PAGE_IS_WRITTEN = 2
-REGIONS = 4096                     # page runs asked for per scan
+REGIONS = 4096  # page runs asked for per scan
 
 
 class WritesUntracked(TraceError):
@@ -49,8 +49,12 @@ class _Api(ctypes.Structure):
 
 
 class _Register(ctypes.Structure):
-    _fields_ = [("start", ctypes.c_uint64), ("len", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("ioctls", ctypes.c_uint64)]
+    _fields_ = [
+        ("start", ctypes.c_uint64),
+        ("len", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("ioctls", ctypes.c_uint64),
+    ]
 
 
 class _Region(ctypes.Structure):
@@ -58,9 +62,23 @@ class _Region(ctypes.Structure):
 
 
 class _Scan(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in (
-        "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages", "category_inverted",
-        "category_mask", "category_anyof_mask", "return_mask")]
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "size",
+            "flags",
+            "start",
+            "end",
+            "walk_end",
+            "vec",
+            "vec_len",
+            "max_pages",
+            "category_inverted",
+            "category_mask",
+            "category_anyof_mask",
+            "return_mask",
+        )
+    ]
 
 
 class WriteTracker:
@@ -135,8 +153,20 @@ class WriteTracker:
         runs: list[tuple[int, int]] = []
         at = start
         while at < end:
-            scan = _Scan(ctypes.sizeof(_Scan), flags, at, end, 0, ctypes.addressof(self._regions), REGIONS, 0,
-                         0, category, 0, category)
+            scan = _Scan(
+                ctypes.sizeof(_Scan),
+                flags,
+                at,
+                end,
+                0,
+                ctypes.addressof(self._regions),
+                REGIONS,
+                0,
+                0,
+                category,
+                0,
+                category,
+            )
             try:
                 count = fcntl.ioctl(pagemap, PAGEMAP_SCAN, scan)
             except OSError as err:

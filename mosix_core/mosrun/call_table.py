@@ -14,35 +14,54 @@ from mosix_core.remote import calls, guest
 
 #: what each call with a rule of its own means under mosrun, and why
 CALL_NOTES: dict[str, tuple[str, str]] = {
-    "sched_getaffinity": ("supported, with a difference",
-                          "on itself: a mask of ONE CPU (the first of its real mask). A MOSIX process has no "
-                          "threads, so programs sizing a thread pool from it (GNU sort, OpenBLAS) run "
-                          "single-threaded; `nproc` says 1"),
+    "sched_getaffinity": (
+        "supported, with a difference",
+        "on itself: a mask of ONE CPU (the first of its real mask). A MOSIX process has no "
+        "threads, so programs sizing a thread pool from it (GNU sort, OpenBLAS) run "
+        "single-threaded; `nproc` says 1",
+    ),
     "sched_getparam": ("supported", "on itself (pid 0 or its own pid): as the process at home has it"),
     "sched_getscheduler": ("supported", "on itself (pid 0 or its own pid): as the process at home has it"),
     "sched_get_priority_max": ("supported", "a constant of the kernel"),
     "sched_get_priority_min": ("supported", "a constant of the kernel"),
-    "clock_nanosleep": ("supported", "relative and absolute, every clock; away on home's clocks (the monotonic "
-                        "ones by a time namespace, an absolute wall-clock time moved to the node's clock)"),
-    "madvise": ("supported, with a difference",
-                "hints that cannot change content (NORMAL, RANDOM, SEQUENTIAL, WILLNEED, HUGEPAGE, NOHUGEPAGE, "
-                "DONTDUMP, COLD, PAGEOUT, POPULATE_*...); DONTNEED, FREE, REMOVE, WIPEONFORK, DONTFORK stay "
-                "refused: away a file's pages are a copy, which they would empty"),
-    "mmap": ("depends on its arguments",
-             "MAP_SHARED without PROT_WRITE of a regular file: mapped MAP_PRIVATE (the same pages while nobody "
-             "writes the file); writable or anonymous MAP_SHARED and character devices refused (the manual's "
-             "messages); away a file mapping is a copy of home's file"),
-    "mprotect": ("depends on its arguments",
-                 "adding PROT_WRITE to a read-only MAP_SHARED mapped privately is refused with the manual's "
-                 "MAP_SHARED message (writes would no longer reach the file); the mark stays on the range until "
-                 "exec, even if it is unmapped or moved (mremap)"),
-    "prctl": ("depends on its arguments",
-              "on itself: PR_SET/GET_NAME, PR_SET/GET_PDEATHSIG and the PR_GET_* of flags (made on the process at "
-              "home when away); every other option refused (\"Prctl option #N not supported\")"),
-    "epoll_create": ("supported", "Python's selectors module makes one on import; away the instance is at home "
-                     "and its waits are made there, like poll's"),
-    "prlimit64": ("depends on its arguments", "on itself (pid 0 or its own pid); RLIMIT_NOFILE changes are ignored "
-                  "with the manual's WARNING; on another process refused"),
+    "clock_nanosleep": (
+        "supported",
+        "relative and absolute, every clock; away on home's clocks (the monotonic "
+        "ones by a time namespace, an absolute wall-clock time moved to the node's clock)",
+    ),
+    "madvise": (
+        "supported, with a difference",
+        "hints that cannot change content (NORMAL, RANDOM, SEQUENTIAL, WILLNEED, HUGEPAGE, NOHUGEPAGE, "
+        "DONTDUMP, COLD, PAGEOUT, POPULATE_*...); DONTNEED, FREE, REMOVE, WIPEONFORK, DONTFORK stay "
+        "refused: away a file's pages are a copy, which they would empty",
+    ),
+    "mmap": (
+        "depends on its arguments",
+        "MAP_SHARED without PROT_WRITE of a regular file: mapped MAP_PRIVATE (the same pages while nobody "
+        "writes the file); writable or anonymous MAP_SHARED and character devices refused (the manual's "
+        "messages); away a file mapping is a copy of home's file",
+    ),
+    "mprotect": (
+        "depends on its arguments",
+        "adding PROT_WRITE to a read-only MAP_SHARED mapped privately is refused with the manual's "
+        "MAP_SHARED message (writes would no longer reach the file); the mark stays on the range until "
+        "exec, even if it is unmapped or moved (mremap)",
+    ),
+    "prctl": (
+        "depends on its arguments",
+        "on itself: PR_SET/GET_NAME, PR_SET/GET_PDEATHSIG and the PR_GET_* of flags (made on the process at "
+        'home when away); every other option refused ("Prctl option #N not supported")',
+    ),
+    "epoll_create": (
+        "supported",
+        "Python's selectors module makes one on import; away the instance is at home "
+        "and its waits are made there, like poll's",
+    ),
+    "prlimit64": (
+        "depends on its arguments",
+        "on itself (pid 0 or its own pid); RLIMIT_NOFILE changes are ignored "
+        "with the manual's WARNING; on another process refused",
+    ),
     "setrlimit": ("depends on its arguments", "RLIMIT_NOFILE ignored with the manual's WARNING"),
     "getpriority": ("depends on its arguments", "only for self"),
     "setpriority": ("depends on its arguments", "only for self"),

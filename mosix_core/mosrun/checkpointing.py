@@ -50,20 +50,21 @@ class CheckpointControl:
         if not waiting or then != "continue":
             tracee.plan.requested = then
         if not waiting and tracee.freezing.frozen is None:
-            ptrace.interrupt(tracee.pid)    # a frozen process checkpoints once unfrozen
+            ptrace.interrupt(tracee.pid)  # a frozen process checkpoints once unfrozen
 
     def checkpoint_stop(self, tracee: Tracee) -> None:
         """An interrupt stop with a checkpoint requested: now, or when the call returns."""
         if checkpoints.in_blocking_call(ptrace.get_regs(tracee.pid)):
-            ptrace.syscall(tracee.pid)        # the manual: delayed until the call completes
+            ptrace.syscall(tracee.pid)  # the manual: delayed until the call completes
         else:
             self.checkpoint_now(tracee)
 
     def checkpoint_now(self, tracee: Tracee) -> None:
         plan = tracee.plan
         then, plan.requested = plan.requested, None
-        ok, what, deferred = checkpoints.take(tracee.pid, tracee.own_pid, tracee.state, plan,
-                                              converted=tracee.program.converted)
+        ok, what, deferred = checkpoints.take(
+            tracee.pid, tracee.own_pid, tracee.state, plan, converted=tracee.program.converted
+        )
         if not ok:
             self.sup.say(tracee, f"checkpoint failed: {what}")
         if plan.interval_minutes:
@@ -83,8 +84,9 @@ class CheckpointControl:
         pid, plan = tracee.pid, tracee.plan
         version = plan.naming.next_version()
         inject.finish_call(pid, 0 if access == 1 else version)
-        ok, what, deferred = checkpoints.take(pid, tracee.own_pid, tracee.state, plan,
-                                              converted=tracee.program.converted)
+        ok, what, deferred = checkpoints.take(
+            pid, tracee.own_pid, tracee.state, plan, converted=tracee.program.converted
+        )
         if not ok:
             self.sup.say(tracee, f"checkpoint failed: {what}")
             inject.set_result(pid, -errno.EIO)
@@ -101,7 +103,7 @@ class CheckpointControl:
         for tracee in list(self.sup.tracees.values()):
             plan = tracee.plan
             if plan is not None and plan.due is not None and plan.due <= now:
-                plan.due = None               # set again when the checkpoint is taken
+                plan.due = None  # set again when the checkpoint is taken
                 try:
                     self.request_checkpoint(tracee, "continue")
                 except TraceError:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -28,14 +29,15 @@ from mosix_core.image.naming import CheckpointNaming, write_atomically
 from mosix_core.image.stream import ImageWriter, Kind
 from mosix_core.linux import inject, ptrace
 
+
 @attrs.define
 class CheckpointPlan:
     """A tracee's checkpoint bookkeeping (not inherited by children)."""
 
     naming: CheckpointNaming
     interval_minutes: int = 0
-    due: float | None = None          # monotonic time of the next automatic checkpoint
-    requested: str | None = None      # "continue" | "stop" | "exit": waiting for a stop
+    due: float | None = None  # monotonic time of the next automatic checkpoint
+    requested: str | None = None  # "continue" | "stop" | "exit": waiting for a stop
     taken: int = 0
     # the last checkpoint written whole, (version, path): what the process is recovered
     # from at home when the node it ran on dies
@@ -62,8 +64,15 @@ def identity(virtual_pid: int, state, converted: Iterable[tuple[int, int]] = ())
     return {"pid": virtual_pid, "mosix": attrs.asdict(state), "converted": [[low, high] for low, high in converted]}
 
 
-def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: bool = False,
-         converted: Iterable[tuple[int, int]] = ()) -> tuple[bool, str, list[int]]:
+def take(
+    pid: int,
+    virtual_pid: int,
+    state,
+    plan: CheckpointPlan,
+    *,
+    compress: bool = False,
+    converted: Iterable[tuple[int, int]] = (),
+) -> tuple[bool, str, list[int]]:
     """Write the next checkpoint of stopped process ``pid``.
 
     Returns (succeeded, the file or the reason it failed, signals to re-send)."""
@@ -79,13 +88,14 @@ def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: b
     def produce(out) -> None:
         writer = ImageWriter(out, compress=compress)
         try:
-            _, signals = capture.write_image(pid, writer, identity=identity(virtual_pid, state, converted), regs=regs,
-                                             deferred_pending=True)
+            _, signals = capture.write_image(
+                pid, writer, identity=identity(virtual_pid, state, converted), regs=regs, deferred_pending=True
+            )
             deferred.extend(signals)
         except capture.CannotCheckpoint as err:
             # the manual: such a checkpoint is "created and counted - but containing
             # just an error message"
-            writer.add(Kind.FAILURE, str(err).encode())    # (raised before any record)
+            writer.add(Kind.FAILURE, str(err).encode())  # (raised before any record)
             refused.append(str(err))
         writer.close()
 
@@ -101,7 +111,7 @@ def take(pid: int, virtual_pid: int, state, plan: CheckpointPlan, *, compress: b
     state.checkpoint_version = plan.naming.next_version()
     if refused:
         if plan.last is not None and plan.last[1] == path:
-            plan.last = None                  # recycled (-N) into one holding only the reason
+            plan.last = None  # recycled (-N) into one holding only the reason
         return False, refused[0], deferred
     plan.last = (written_as, path)
     return True, path, deferred
@@ -115,7 +125,7 @@ def recover_into(pid: int, path: str, shell: int) -> tuple[list[int], list[tuple
     the signals held back meanwhile and the ranges mapped privately for a read-only
     MAP_SHARED at the checkpoint. Raises MosixError or TraceError if it cannot (the
     process is then beyond use)."""
-    from mosix_core.image.restore import Restorer, RestoreOptions
+    from mosix_core.image.restore import RestoreOptions, Restorer
     from mosix_core.image.stream import ImageReader
     from mosix_core.mosrun.recover import open_checkpoint
 
@@ -155,4 +165,3 @@ def resend(pid: int, signals: list[int]) -> None:
             os.kill(pid, sig)
         except OSError:
             pass
-

@@ -102,7 +102,7 @@ def may_affect(uid: int, pid: int) -> bool:
 def parse_request(line: bytes) -> dict:
     try:
         request = json.loads(line)
-    except RecursionError:             # "[[[[…": deep enough for json's own limit
+    except RecursionError:  # "[[[[…": deep enough for json's own limit
         raise ValueError("request nested too deeply") from None
     if not isinstance(request, dict):
         raise ValueError("request is not an object")
@@ -144,7 +144,7 @@ def answer(conn: socket.socket, reply: dict) -> None:
     try:
         conn.sendall(json.dumps(reply).encode() + b"\n")
     except OSError:
-        pass          # a client that went away, or one that does not read (never waited for)
+        pass  # a client that went away, or one that does not read (never waited for)
 
 
 def supervisor_of(pid: int) -> int:
@@ -168,7 +168,7 @@ def listening_names(supervisor_pid: int) -> list[bytes]:
         return []
     names = []
     for line in lines:
-        fields = line.split(None, 7)       # Num RefCount Protocol Flags Type St Inode Path
+        fields = line.split(None, 7)  # Num RefCount Protocol Flags Type St Inode Path
         if len(fields) == 8 and fields[7].startswith(prefix) and fields[4] == b"%04X" % _STREAM:
             try:
                 listening = int(fields[3], 16) & _LISTENING
@@ -206,7 +206,7 @@ def connect(pid: int, supervisor: int, deadline: float) -> socket.socket:
                 conn.close()
                 continue
             if listener.pid == supervisor and listener.uid in uids:
-                if supervisor_of(pid) != supervisor:      # it ended, and its pid was taken again
+                if supervisor_of(pid) != supervisor:  # it ended, and its pid was taken again
                     conn.close()
                     raise MosixError(f"{pid}: not a MOSIX process")
                 conn.setblocking(True)
@@ -258,20 +258,24 @@ class ControlServer:
     is over (mosmigrate waits for a move's outcome). ``may_ask(uid)``: whether that user
     may affect any of the supervisor's processes (else the connection is closed unheard)."""
 
-    def __init__(self, selector: selectors.BaseSelector, may_ask: Callable[[int], bool],
-                 handle: Callable[[dict, int], dict | Move]) -> None:
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        may_ask: Callable[[int], bool],
+        handle: Callable[[dict, int], dict | Move],
+    ) -> None:
         self.sock = listen(os.getpid())
         self.selector = selector
         self._may_ask = may_ask
         self._handle = handle
-        self._incoming: list[Incoming] = []       # requests still arriving, oldest first
+        self._incoming: list[Incoming] = []  # requests still arriving, oldest first
         selector.register(self.sock, selectors.EVENT_READ, self._accept)
 
     def _accept(self) -> None:
         """A new client. This loop also serves the calls forwarded from away, so no client may
         hold it: a user who may affect none of our processes is cut off before a byte is read,
         and the others' requests are read only as their bytes arrive."""
-        for _ in range(MAX_PENDING * 4):   # the whole backlog: strangers must not fill it
+        for _ in range(MAX_PENDING * 4):  # the whole backlog: strangers must not fill it
             try:
                 conn, _ = self.sock.accept()
             except OSError:
@@ -321,6 +325,7 @@ class ControlServer:
         def when_over(over: Move) -> None:
             with incoming.conn:
                 answer(incoming.conn, {"ok": True} if over.failure is None else {"error": over.failure})
+
         move.wait(when_over)
 
     def _answer_control(self, incoming: Incoming, reply: dict) -> None:
@@ -330,6 +335,20 @@ class ControlServer:
             answer(incoming.conn, reply)
 
 
-__all__ = ["listen", "request", "connect", "supervisor_of", "listening_names", "may_affect", "peer_credentials",
-           "peer_uid", "parse_request", "Incoming", "ControlServer", "answer", "REQUEST_WITHIN", "MAX_PENDING",
-           "MAX_REQUEST"]
+__all__ = [
+    "listen",
+    "request",
+    "connect",
+    "supervisor_of",
+    "listening_names",
+    "may_affect",
+    "peer_credentials",
+    "peer_uid",
+    "parse_request",
+    "Incoming",
+    "ControlServer",
+    "answer",
+    "REQUEST_WITHIN",
+    "MAX_PENDING",
+    "MAX_REQUEST",
+]

@@ -34,9 +34,9 @@ class FreezeControl:
         """Freeze ``tracee`` ("M": manually, "A": the automatic policy, "P": a package)."""
         if tracee.freezing.frozen is not None:
             if tracee.freezing.wanted == freezing.UNFREEZE:
-                tracee.freezing.wanted = None            # stays frozen after all
+                tracee.freezing.wanted = None  # stays frozen after all
             if how == "M" and tracee.freezing.frozen.how != "M":
-                tracee.freezing.frozen.how = "M"                # not to be unfrozen automatically now
+                tracee.freezing.frozen.how = "M"  # not to be unfrozen automatically now
                 self.sup.tell(p.UpdateRequest(pid=tracee.pid, changes=p.RowChanges(frozen="M")))
             return {"ok": True}
         if how != "M" and not tracee.state.freezable:
@@ -51,7 +51,7 @@ class FreezeControl:
     def request_unfreeze(self, tracee: Tracee, *, automatic: bool) -> dict:
         if tracee.freezing.frozen is None:
             if tracee.freezing.wanted in freezing.FREEZE_KINDS and not (automatic and tracee.freezing.wanted == "M"):
-                tracee.freezing.wanted = None            # not frozen yet: just don't
+                tracee.freezing.wanted = None  # not frozen yet: just don't
             return {"ok": True}
         if automatic and tracee.freezing.frozen.how == "M":
             return {"error": "a manually frozen process is not unfrozen automatically"}
@@ -72,7 +72,7 @@ class FreezeControl:
             return
         except freezing.NoSpace as err:
             if how != "M" and err.needed_mb >= self.sup.freezer.killing_memory_mb():
-                self.sup.say(tracee, NO_SPACE)        # the manual: "so the program was killed"
+                self.sup.say(tracee, NO_SPACE)  # the manual: "so the program was killed"
                 os.kill(pid, signal.SIGKILL)
                 return
             # manual freezing, or freeze.conf's killing-memory keeps it: it runs on
@@ -98,7 +98,7 @@ class FreezeControl:
         freeze_engine.wait_in_shell(pid, frozen.shell)
         ptrace.cont(pid)
         held, frozen.held = frozen.held, []
-        checkpoints.resend(pid, held)            # judged as a frozen process's signals
+        checkpoints.resend(pid, held)  # judged as a frozen process's signals
         self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(frozen=frozen.how)))
 
     def frozen_stop(self, tracee: Tracee, stop: ptrace.Stop) -> None:
@@ -111,19 +111,19 @@ class FreezeControl:
         elif stop.kind == "event" and stop.event == ptrace.EVENT_STOP and tracee.freezing.wanted == freezing.UNFREEZE:
             self._thaw_now(tracee)
         else:
-            ptrace.cont(pid)                   # back to its pause()
+            ptrace.cont(pid)  # back to its pause()
 
     def _frozen_signal(self, tracee: Tracee, sig: int) -> None:
         status = procfs.status_fields(tracee.pid)
         caught = sig in procfs.signal_set(status.get("SigCgt", "0"))
         ignored = sig in procfs.signal_set(status.get("SigIgn", "0"))
         if caught or sig in ptrace.STOP_SIGNALS:
-            tracee.freezing.frozen.held.append(sig)      # its handler (or the stop) once unfrozen
+            tracee.freezing.frozen.held.append(sig)  # its handler (or the stop) once unfrozen
             ptrace.cont(tracee.pid)
         elif ignored or sig in DEFAULT_IGNORED:
             ptrace.cont(tracee.pid)
         else:
-            ptrace.cont(tracee.pid, sig)        # fatal: it dies frozen
+            ptrace.cont(tracee.pid, sig)  # fatal: it dies frozen
 
     def _thaw_now(self, tracee: Tracee) -> None:
         pid, frozen = tracee.pid, tracee.freezing.frozen
@@ -145,5 +145,5 @@ class FreezeControl:
         self.sup.resume(tracee)
         checkpoints.resend(pid, frozen.held + deferred)
         if self.sup.checkpointing.checkpoint_waiting(tracee):
-            ptrace.interrupt(pid)             # the checkpoint asked for while it was frozen
+            ptrace.interrupt(pid)  # the checkpoint asked for while it was frozen
         self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(frozen="-")))

@@ -29,8 +29,7 @@ import attrs
 from mosix_core.config.freeze import FreezeConfig
 from mosix_core.errors import MosixError
 from mosix_core.image import freeze
-from mosix_core.image.freezedirs import (FreezeDirs, NoSpaceToFreeze, freeze_dir_order, freeze_dirs_for,
-                                         freeze_file_name)
+from mosix_core.image.freezedirs import FreezeDirs, NoSpaceToFreeze, freeze_dir_order, freeze_dirs_for, freeze_file_name
 from mosix_core.image.stream import CorruptImage, ImageReader, ImageWriter
 from mosix_core.linux import procfs, ptrace
 
@@ -49,13 +48,13 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 class Frozen:
     """A frozen tracee: its image, and where its shell waits."""
 
-    how: str                      # "A", "P" or "M"
-    image: BinaryIO               # the freeze file (unlinked: this is its only name)
+    how: str  # "A", "P" or "M"
+    image: BinaryIO  # the freeze file (unlinked: this is its only name)
     directory: str
     shell: int
     page_bytes: int
     image_bytes: int
-    held: list[int] = attrs.field(factory=list)    # signals to deliver once unfrozen
+    held: list[int] = attrs.field(factory=list)  # signals to deliver once unfrozen
 
     def discard(self) -> None:
         try:

@@ -18,7 +18,7 @@ import os
 import resource
 import signal
 import struct
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from mosix_core.errors import MosixError, TraceError
 from mosix_core.linux import ptrace, seccomp
@@ -31,15 +31,44 @@ PR_SET_PTRACER = 0x59616D61
 # What glibc strips from the environment of a set-user-ID program (its
 # UNSECURE_ENVVARS): real mosrun is set-user-ID, so its programs never see these;
 # mosenv exists to keep them.
-LOADER_ENVIRONMENT = frozenset({
-    "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LD_AUDIT", "LD_DEBUG",
-    "LD_DEBUG_OUTPUT", "LD_DYNAMIC_WEAK", "LD_HWCAP_MASK", "LD_LIBRARY_PATH", "LD_ORIGIN_PATH",
-    "LD_PRELOAD", "LD_PROFILE", "LD_SHOW_AUXV", "LD_USE_LOAD_BIAS", "LOCALDOMAIN", "LOCPATH",
-    "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST", "MALLOC_CHECK_", "MALLOC_MMAP_MAX_",
-    "MALLOC_MMAP_THRESHOLD_", "MALLOC_PERTURB_", "MALLOC_TCACHE_COUNT", "MALLOC_TCACHE_MAX",
-    "MALLOC_TCACHE_UNSORTED_LIMIT", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_", "NIS_PATH",
-    "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR",
-})
+LOADER_ENVIRONMENT = frozenset(
+    {
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LD_AUDIT",
+        "LD_DEBUG",
+        "LD_DEBUG_OUTPUT",
+        "LD_DYNAMIC_WEAK",
+        "LD_HWCAP_MASK",
+        "LD_LIBRARY_PATH",
+        "LD_ORIGIN_PATH",
+        "LD_PRELOAD",
+        "LD_PROFILE",
+        "LD_SHOW_AUXV",
+        "LD_USE_LOAD_BIAS",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_ARENA_MAX",
+        "MALLOC_ARENA_TEST",
+        "MALLOC_CHECK_",
+        "MALLOC_MMAP_MAX_",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_PERTURB_",
+        "MALLOC_TCACHE_COUNT",
+        "MALLOC_TCACHE_MAX",
+        "MALLOC_TCACHE_UNSORTED_LIMIT",
+        "MALLOC_TOP_PAD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TMPDIR",
+        "TZDIR",
+    }
+)
 
 
 def program_environment(env: Mapping[str, str], keep_loader: bool) -> dict[str, str]:
@@ -57,7 +86,7 @@ def check_descriptors() -> None:
     high = [fd for fd in fds if fd >= MAX_FILES]
     for fd in sorted(high):
         try:
-            os.fstat(fd)     # listdir's own descriptor is gone by now
+            os.fstat(fd)  # listdir's own descriptor is gone by now
         except OSError:
             continue
         raise MosixError(f"File-descriptor #{fd} is open (only 1024 files supported under MOSIX)")
@@ -73,8 +102,16 @@ def limit_files() -> None:
 def become_program(program: str, argv: Sequence[str], env: Mapping[str, str], filter_program) -> None:
     """The last steps of a traced process before it is the program: Linux defaults for
     the signals Python changed, the file limit, the filter, exec. Never returns."""
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP,
-                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+    for sig in (
+        signal.SIGPIPE,
+        signal.SIGXFSZ,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGTSTP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGCHLD,
+    ):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     try:
@@ -84,8 +121,12 @@ def become_program(program: str, argv: Sequence[str], env: Mapping[str, str], fi
     except TraceError as err:
         _die(f"mosrun: cannot supervise: {err}", 1)
     except FileNotFoundError:
-        _die(f"mosrun: {program}: command not found" if "/" not in program
-             else f"mosrun: {program}: No such file or directory", 127)
+        _die(
+            f"mosrun: {program}: command not found"
+            if "/" not in program
+            else f"mosrun: {program}: No such file or directory",
+            127,
+        )
     except OSError as err:
         _die(f"mosrun: {program}: {err.strerror}", 126)
 
@@ -115,9 +156,13 @@ def _die(message: str, status: int) -> None:
         os._exit(status)
 
 
-def start_supervised(program: str, argv: Sequence[str], env: Mapping[str, str],
-                     supervise: Callable[[int, int], None],
-                     become: Callable[[], None] | None = None) -> None:
+def start_supervised(
+    program: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    supervise: Callable[[int, int], None],
+    become: Callable[[], None] | None = None,
+) -> None:
     """Run ``program`` in this very process, traced by a new supervisor process.
 
     ``supervise(root_pid, messages_fd)`` runs in the supervisor after it has seized
@@ -145,7 +190,7 @@ def start_supervised(program: str, argv: Sequence[str], env: Mapping[str, str],
     if len(pid_bytes) != 4:
         raise MosixError("could not start the supervisor")
     (supervisor,) = struct.unpack("=i", pid_bytes)
-    LIBC.prctl(PR_SET_PTRACER, supervisor, 0, 0, 0)    # only matters under Yama
+    LIBC.prctl(PR_SET_PTRACER, supervisor, 0, 0, 0)  # only matters under Yama
     os.write(to_super_w, b"go")
     os.close(to_super_w)
     answer = os.read(to_front_r, 4096)
@@ -157,9 +202,8 @@ def start_supervised(program: str, argv: Sequence[str], env: Mapping[str, str],
     become_program(program, argv, env, filter_program)
 
 
-def _supervisor_side(root: int, to_front: int, from_front: int,
-                     supervise: Callable[[int, int], None]) -> None:
-    os.setsid()                       # no terminal signals meant for the program
+def _supervisor_side(root: int, to_front: int, from_front: int, supervise: Callable[[int, int], None]) -> None:
+    os.setsid()  # no terminal signals meant for the program
     messages = os.dup(2)
     os.set_inheritable(messages, False)
     os.write(to_front, struct.pack("=i", os.getpid()))
@@ -175,7 +219,7 @@ def _supervisor_side(root: int, to_front: int, from_front: int,
     os.close(from_front)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
-        os.dup2(null, fd)     # hold no pipe of the program's open
+        os.dup2(null, fd)  # hold no pipe of the program's open
     os.close(null)
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
@@ -213,4 +257,3 @@ def _read_exactly(fd: int, size: int) -> bytes:
             break
         data += chunk
     return data
-

@@ -15,10 +15,10 @@ from ipaddress import IPv4Address
 import attrs
 
 from mosix_core.linux import procfs
-from mosix_core.remote.deputy import Deputy
-from mosix_core.remote.shortcut import Shortcuts
-from mosix_core.remote.frames import Channel
 from mosix_core.mosrun.targets import HOME_WORDS, failed_migrating  # noqa: F401  (their home is targets)
+from mosix_core.remote.deputy import Deputy
+from mosix_core.remote.frames import Channel
+from mosix_core.remote.shortcut import Shortcuts
 
 #: how long the target may take to restore an image before the move counts as failed
 RESTORE_TIMEOUT = 120.0
@@ -54,33 +54,33 @@ DEAD_NODE_GRACE = 15.0
 class Away:
     """A process running on another node."""
 
-    where: str                      # the node's address
+    where: str  # the node's address
     sock: socket.socket
     channel: Channel
     deputy: Deputy
     compress: bool
     next_poll: float = 0.0
-    dying: int | None = None        # a signal killed it away: it dies of it here too
-    utime: float = 0.0              # user CPU seconds there so far (as its host reports)
+    dying: int | None = None  # a signal killed it away: it dies of it here too
+    utime: float = 0.0  # user CPU seconds there so far (as its host reports)
     dead_since: float | None = None  # when the node stopped being seen alive (gossip)
-    stopping: int | None = None     # the guest stopped of this signal: the shell is to stop too
-    stopped: bool = False           # the shell is stopped (job control) until SIGCONT
-    continued: bool = False         # its SIGCONT was sent on already, when it woke
+    stopping: int | None = None  # the guest stopped of this signal: the shell is to stop too
+    stopped: bool = False  # the shell is stopped (job control) until SIGCONT
+    continued: bool = False  # its SIGCONT was sent on already, when it woke
     affinity: set[int] | None = None  # the CPUs it may run on at home (its shell is pinned)
     shortcuts: Shortcuts | None = None  # calls on regular files, made here on borrowed descriptors
     # its program's own move (/proc/self/migrate) failed after its call was answered
     # "made again": the call, made again, fails (see Supervisor._send_order)
     program_move_failed: bool = False
-    written_first: int = 0          # bytes of the call the deputy makes that were written here
+    written_first: int = 0  # bytes of the call the deputy makes that were written here
     # -- the link made again after a cut (see Supervisor._link_lost) ----------------------------
-    token: str = ""                 # the guest's secret with its guest host: names it to that node's mosd
-    grace: float = 0.0              # how long a cut link is waited for before the process is given up
-    requests: int = 0               # the guest's calls received (whole) over every connection
-    replies: int = 0                # ... and answered: the last answer is kept, for a guest that lost it
+    token: str = ""  # the guest's secret with its guest host: names it to that node's mosd
+    grace: float = 0.0  # how long a cut link is waited for before the process is given up
+    requests: int = 0  # the guest's calls received (whole) over every connection
+    replies: int = 0  # ... and answered: the last answer is kept, for a guest that lost it
     last_reply: object = None
     lost_since: float | None = None  # the link is cut: since when (None: it is whole)
-    held: list = attrs.field(factory=list)   # frames for the guest made while the link was cut
-    reattaching: bool = False       # a thread is trying to make the link again
+    held: list = attrs.field(factory=list)  # frames for the guest made while the link was cut
+    reattaching: bool = False  # a thread is trying to make the link again
     # the rules killed it for a call it made away: nothing it sends any more is read,
     # so nothing it did after that call takes effect
     refused: bool = False

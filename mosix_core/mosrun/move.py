@@ -84,17 +84,17 @@ class MoveRequest:
 @attrs.define(eq=False)
 class Move:
     request: MoveRequest
-    origin: str | None = None        # the node it leaves (None: home)
+    origin: str | None = None  # the node it leaves (None: home)
     phase: Phase = Phase.REQUESTED
-    reply: dict = attrs.field(factory=dict)   # mosd's answer to the handshake (target, proximate)
-    channel: Channel | None = None   # to the guest host waiting on the target
-    precopy_wanted: bool = False     # at its stop: its memory is to go ahead first
-    ahead: tuple | None = None       # (the image's writer, capture.Precopy): its memory went ahead
-    awaiting_stop: bool = False      # asked to stop (interrupted): the next clean stop sends it
+    reply: dict = attrs.field(factory=dict)  # mosd's answer to the handshake (target, proximate)
+    channel: Channel | None = None  # to the guest host waiting on the target
+    precopy_wanted: bool = False  # at its stop: its memory is to go ahead first
+    ahead: tuple | None = None  # (the image's writer, capture.Precopy): its memory went ahead
+    awaiting_stop: bool = False  # asked to stop (interrupted): the next clean stop sends it
     # by_program, away: its call was answered "made again" (-ERESTARTNOINTR): the guest
     # makes it again where the process arrives, or where it stays
     call_made_again: bool = False
-    failure: str | None = None       # the manual's message, once failed
+    failure: str | None = None  # the manual's message, once failed
     waiters: list[Callable[[Move], None]] = attrs.field(factory=list)
 
     @property
@@ -150,9 +150,9 @@ class Move:
 
     def _close(self) -> None:
         if self.ahead is not None:
-            self.ahead[1].close()        # its writes need no following any more
+            self.ahead[1].close()  # its writes need no following any more
             self.ahead = None
-        self.channel = None              # the socket is the caller's: kept or closed by it
+        self.channel = None  # the socket is the caller's: kept or closed by it
 
     def drop_channel(self) -> None:
         """Close the way (the move failed, or the process ended or went elsewhere)."""

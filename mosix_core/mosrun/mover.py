@@ -61,19 +61,19 @@ class Mover:
                 self.move_failed(tracee, current, "called home instead", say=False)
                 current = None
             if current is not None:
-                return current                    # on its way already
+                return current  # on its way already
             if to.home:
                 move = tracee.move = Move(request, origin=away.where)
                 move.to(Phase.STOPPED)
                 self._send_order(tracee, move, {"op": "home"})
                 return move
             if to.text == away.where:
-                return None                       # there already
+                return None  # there already
             move = tracee.move = Move(request, origin=away.where)
             self._open_way_then(tracee, move, lambda: self._onward_way_open(tracee, move))
             return move
         if to.home or tracee.freezing.frozen is not None:
-            return None                           # at home already (a frozen process stays)
+            return None  # at home already (a frozen process stays)
         if current is not None:
             return current
         move = tracee.move = Move(request)
@@ -96,11 +96,13 @@ class Mover:
             def opened() -> None:
                 if tracee.move is not move or move.over:
                     if channel is not None:
-                        channel.sock.close()      # it ended, came home or went elsewhere meanwhile
+                        channel.sock.close()  # it ended, came home or went elsewhere meanwhile
                     return
                 move.reply, move.channel = reply, channel
                 then()
+
             self.sup.later(opened)
+
         threading.Thread(target=work, name=f"way-{tracee.pid}-{move.target.text}", daemon=True).start()
 
     def _handshake(self, tracee: Tracee, move: Move) -> tuple[dict, Channel | None]:
@@ -108,21 +110,30 @@ class Mover:
         process is), then the clock comparison with the guest host there: (mosd's reply,
         the channel to that guest host — None when refused, and the reply says why)."""
         try:
-            request = p.MigrateOutRequest(pid=tracee.pid, to=move.target.text, memory_mb=tracee.state.needmem,
-                                          command=tracee.command, nmigs=tracee.state.nmigs, now_at=move.origin,
-                                          automatic=move.request.automatic)
+            request = p.MigrateOutRequest(
+                pid=tracee.pid,
+                to=move.target.text,
+                memory_mb=tracee.state.needmem,
+                command=tracee.command,
+                nmigs=tracee.state.nmigs,
+                now_at=move.origin,
+                automatic=move.request.automatic,
+            )
             answer, sock = Client(self.sup.etc).request_for_socket(request)
         except Refused as err:
-            return {**err.details, "refused": str(err)}, None     # why, and the node that refused
+            return {**err.details, "refused": str(err)}, None  # why, and the node that refused
         except (MosixError, ValueError) as err:
             return {"refused": str(err)}, None
-        reply = p.encode(answer)               # the move keeps it: the target as mosd resolved it
+        reply = p.encode(answer)  # the move keeps it: the target as mosd resolved it
         try:
             keep_alive(sock)
             sock.settimeout(migration.RESTORE_TIMEOUT)
             channel = Channel(sock)
-            clocks.answer_home_side(lambda message: channel.send(encode_control(message)), channel.receive,
-                                    local_time=bool(tracee.state.local_time))
+            clocks.answer_home_side(
+                lambda message: channel.send(encode_control(message)),
+                channel.receive,
+                local_time=bool(tracee.state.local_time),
+            )
         except (MosixError, OSError):
             sock.close()
             return {**reply, "refused": migration.DID_NOT_COMPLETE}, None
@@ -147,7 +158,7 @@ class Mover:
         try:
             ptrace.interrupt(tracee.pid)
         except TraceError:
-            pass                                  # it has just ended: _gone ends the move
+            pass  # it has just ended: _gone ends the move
 
     def _program_way_open(self, tracee: Tracee, move: Move) -> None:
         """/proc/self/migrate at home, its call waiting at its seccomp stop: it returns
@@ -164,9 +175,9 @@ class Mover:
             self.sup.resume(tracee)
             return
         try:
-            held = inject.end_call(pid, 0)       # a clean stop: the call's exit
+            held = inject.end_call(pid, 0)  # a clean stop: the call's exit
         except TraceError:
-            return                                # it ended meanwhile: _gone ends the move
+            return  # it ended meanwhile: _gone ends the move
         self.migrate_now(tracee, held)
 
     def _at_home(self, tracee: Tracee) -> bool:
@@ -210,6 +221,7 @@ class Mover:
             except (MosixError, OSError) as err:
                 outcome = err
             self.sup.later(lambda: self._sent_ahead(tracee, move, writer, tracker, outcome))
+
         with self.sup.link.unpinned():
             threading.Thread(target=work, name=f"ahead-{pid}", daemon=True).start()
         self.sup.resume(tracee)
@@ -266,7 +278,7 @@ class Mover:
         call returns when the move is over (PENDING until then): 0 if it happened, -1
         if not (mosix(7))."""
         if value == 0xFFFFFFFF:
-            self.sup.tell(p.ConsiderRequest(pid=tracee.pid))     # mosd's balancer decides now
+            self.sup.tell(p.ConsiderRequest(pid=tracee.pid))  # mosd's balancer decides now
             return 0
         try:
             target = targets.resolve(configuration(self.sup.etc), targets.proc_value_text(value))
@@ -275,14 +287,14 @@ class Mover:
             return -errno.EINVAL
         away = tracee.away
         if away is not None and away.program_move_failed:
-            away.program_move_failed = False      # the call made again after its move failed
+            away.program_move_failed = False  # the call made again after its move failed
             return -errno.EAGAIN
         try:
             move = self.request_migration(tracee, MoveRequest(target, by_program=True))
         except MoveRefused:
             return -errno.EAGAIN
         if move is None or not move.request.by_program or move.over:
-            return 0                              # there already, or someone else's move carries it
+            return 0  # there already, or someone else's move carries it
         return PENDING
 
     def migrate_now(self, tracee: Tracee, held: list[int] | tuple = ()) -> None:
@@ -304,7 +316,7 @@ class Mover:
         if move.precopy_wanted:
             move.precopy_wanted = False
             if self._send_ahead(tracee, move, regs):
-                return                               # it runs on while its memory goes
+                return  # it runs on while its memory goes
         move.to(Phase.STOPPED)
         (writer, ahead), move.ahead = move.ahead or (None, None), None
         channel, target = move.channel, move.where
@@ -318,12 +330,14 @@ class Mover:
             answer = channel.receive()
             if not isinstance(answer, dict) or answer.get("op") != "restored":
                 raise ProtocolError(str(answer.get("reason", answer)) if isinstance(answer, dict) else "no answer")
+
         try:
             if writer is None:
                 writer = ImageWriter(sock.makefile("wb"), compress=move.compress)
             with self.sup.link.unpinned():
-                shell, signals = moving.leave(pid, writer, regs, {"pid": tracee.own_pid}, confirmed=restored,
-                                              ahead=ahead)
+                shell, signals = moving.leave(
+                    pid, writer, regs, {"pid": tracee.own_pid}, confirmed=restored, ahead=ahead
+                )
             deferred += signals
             deputy = Deputy(pid, shell)
             # the guest keeps the signal mask; here every signal must show, to be sent on;
@@ -339,23 +353,23 @@ class Mover:
             move.drop_channel()
             self.sup.tell(p.UpdateRequest(pid=pid, changes=p.RowChanges(where="here")))
             if isinstance(err, TraceError) and err.errno == errno.ESRCH:
-                return                               # it ended: _gone ends the move
+                return  # it ended: _gone ends the move
             self.move_failed(tracee, move, migration.DID_NOT_COMPLETE)
             inject.put_back(pid, regs)
             if move.request.by_program:
-                inject.set_result(pid, -errno.EAGAIN)     # its /proc/self/migrate fails
+                inject.set_result(pid, -errno.EAGAIN)  # its /proc/self/migrate fails
             checkpoints.resend(pid, deferred)
             self._start_failed(tracee, move)
             return
         finally:
             if ahead is not None:
-                ahead.close()                        # its writes need no following any more
+                ahead.close()  # its writes need no following any more
         tracee.away = migration.Away(target, sock, channel, deputy, compress=move.compress, token=token, grace=grace)
         tracee.move = None
         try:
             tracee.away.shortcuts = Shortcuts(pid, tracee.own_pid, lambda: self.sup.parent_pid(tracee))
         except OSError:
-            pass                                     # every call goes through the deputy
+            pass  # every call goes through the deputy
         self.sup.link.pin_shell(tracee)
         self.sup.selector.register(sock, selectors.EVENT_READ, lambda: self.sup.home.away_readable(tracee))
         tracee.state.nmigs += 1
@@ -390,7 +404,7 @@ class Mover:
             if move.phase is Phase.STOPPED and coming_for in (None, "home"):
                 self._move_on(tracee, move)
                 return
-            move.drop_channel()                      # it came for a fork or exec: made here first
+            move.drop_channel()  # it came for a fork or exec: made here first
             tracee.move, again, move = None, move, None
         if move is not None:
             move.to(Phase.SENT)
@@ -403,7 +417,7 @@ class Mover:
             self._not_home(tracee, err)
             return
         except (MosixError, OSError):
-            self.sup.link.given_up(tracee)                   # the image broke off: its shell is half rebuilt
+            self.sup.link.given_up(tracee)  # the image broke off: its shell is half rebuilt
             return
         try:
             sent = away.channel.receive()
@@ -456,7 +470,7 @@ class Mover:
         except (MosixError, OSError):
             move.drop_channel()
             self.move_failed(tracee, move, migration.DID_NOT_COMPLETE, say=False)
-            self.sup.link.lost(tracee)                       # its image broke off: the link with it
+            self.sup.link.lost(tracee)  # its image broke off: the link with it
             return
         sent = sent if isinstance(sent, dict) else {}
         answer = None
@@ -466,8 +480,11 @@ class Mover:
                 if isinstance(answer, dict) and answer.get("op") == "restored":
                     onward.sock.settimeout(None)
                     token = secrets.token_hex(16)
-                    onward.send(encode_control({"op": "go", "signals": sent.get("signals", []),
-                                                "token": token, "grace": away.grace}))
+                    onward.send(
+                        encode_control(
+                            {"op": "go", "signals": sent.get("signals", []), "token": token, "grace": away.grace}
+                        )
+                    )
             except (ProtocolError, OSError) as err:
                 failed = err
         if failed is not None or not (isinstance(answer, dict) and answer.get("op") == "restored"):
@@ -479,7 +496,7 @@ class Mover:
         try:
             away.channel.send(encode_control({"op": "arrived"}))
         except OSError:
-            pass                                     # it goes there anyway: its guest is elsewhere now
+            pass  # it goes there anyway: its guest is elsewhere now
         self.sup.selector.unregister(away.sock)
         try:
             away.sock.close()
@@ -488,7 +505,7 @@ class Mover:
         self._stay_ended(tracee, away, sent, move.where)
         away.where, away.sock, away.channel, away.compress = move.where, onward.sock, onward, move.compress
         away.utime, away.dead_since = 0.0, None
-        away.token, away.requests, away.replies, away.last_reply = token, 0, 0, None   # a new guest host
+        away.token, away.requests, away.replies, away.last_reply = token, 0, 0, None  # a new guest host
         tracee.move = None
         move.confirm()
         self.sup.selector.register(away.sock, selectors.EVENT_READ, lambda: self.sup.home.away_readable(tracee))
@@ -513,7 +530,7 @@ class Mover:
             return
         away.deputy = Deputy(tracee.pid, err.shell)
         try:
-            away.channel.receive()                  # the "sent" that follows the image
+            away.channel.receive()  # the "sent" that follows the image
             away.channel.send(encode_control({"op": "stay"}))
         except (ProtocolError, OSError):
             self.sup.link.lost(tracee)

@@ -53,14 +53,14 @@ class UsageError(MosixError):
     """The mosrun command line is wrong; the message says how (the manual's words where it has them)."""
 
 
-MAX_MEMORY_MB = 262143            # the range /proc/self/needmem accepts
-DEFAULT_DECAY = 9976              # per 10000 per second (mosrun(1))
+MAX_MEMORY_MB = 262143  # the range /proc/self/needmem accepts
+DEFAULT_DECAY = 9976  # per 10000 per second (mosrun(1))
 MAX_DECAY = 10000
 MAX_QUEUE_JOBS = 30000
 MAX_CHECKPOINT_COUNT = 10_000_000
 MAX_CHECKPOINT_MINUTES = 10_000_000
-MAX_NODE_NUMBER = 65535           # as in userview.map
-MAX_FD = 1023                     # "only 1024 files supported under MOSIX"
+MAX_NODE_NUMBER = 65535  # as in userview.map
+MAX_FD = 1023  # "only 1024 files supported under MOSIX"
 MAX_PRIVATE_DIRS = 10
 MAX_PRIVATE_DIR_CHARS = 256
 DISALLOWED_PRIVATE_ROOTS = ("/etc", "/proc", "/sys", "/dev")
@@ -76,14 +76,15 @@ INHERITED_LETTERS = frozenset("cdeLlgGmnTtuw")
 _MIGRATION = "automatic migration"
 _CHECKPOINTS = "checkpoints"
 #: Options that are accepted but wait for a feature not implemented yet ("--help" lists them).
-LATER_FEATURES: Mapping[str, str] = MappingProxyType({
-    **{option: _MIGRATION for option in
-       ("-L", "-l", "-c", "-n", "-d")},
-    **{option: _CHECKPOINTS for option in ("-C", "-N", "-A", "-R", "-O", "-I")},
-    "-X": "private temporary files",
-    "-g": "freezing",
-    "-G": "freezing",
-})
+LATER_FEATURES: Mapping[str, str] = MappingProxyType(
+    {
+        **{option: _MIGRATION for option in ("-L", "-l", "-c", "-n", "-d")},
+        **{option: _CHECKPOINTS for option in ("-C", "-N", "-A", "-R", "-O", "-I")},
+        "-X": "private temporary files",
+        "-g": "freezing",
+        "-G": "freezing",
+    }
+)
 
 
 @attrs.frozen
@@ -96,25 +97,25 @@ class MosrunOptions:
     it names a node just as ``-r{host}`` does.
     """
 
-    location: str | None = None        # None (no location option), "best" (-b), "home" (-h), "node"
-    location_node: str | None = None   # with "node": the text after -r, or the node number / IP address
-    memory_mb: int | None = None       # -m
-    unsupported: str = "kill"          # "kill" | "silent" (-e) | "warn" (-w); -u resets to "kill"
+    location: str | None = None  # None (no location option), "best" (-b), "home" (-h), "node"
+    location_node: str | None = None  # with "node": the text after -r, or the node number / IP address
+    memory_mb: int | None = None  # -m
+    unsupported: str = "kill"  # "kill" | "silent" (-e) | "warn" (-w); -u resets to "kill"
     unsupported_explicit: bool = False  # whether -e/-w/-u was given (else the site's default applies)
-    lock: bool = False                 # -L True / -l False: no automatic migration
-    freezable: bool = True             # -g False / -G True
-    cpujob: bool = False               # -c True / -n False: ignore system calls in migration decisions
-    decay: int = DEFAULT_DECAY         # -d
-    local_time: bool = False           # -t True / -T False: time from the hosting node
-    force: bool = False                # -F: start even if the requested node is unavailable
-    argv0_included: bool = False       # -z: the program's arguments begin at argument #0
-    queue_jobs: int | None = None      # -S{maxjobs}
+    lock: bool = False  # -L True / -l False: no automatic migration
+    freezable: bool = True  # -g False / -G True
+    cpujob: bool = False  # -c True / -n False: ignore system calls in migration decisions
+    decay: int = DEFAULT_DECAY  # -d
+    local_time: bool = False  # -t True / -T False: time from the hosting node
+    force: bool = False  # -F: start even if the requested node is unavailable
+    argv0_included: bool = False  # -z: the program's arguments begin at argument #0
+    queue_jobs: int | None = None  # -S{maxjobs}
     checkpoint_file: str | None = None  # -C
     checkpoint_limit: int | None = None  # -N
     checkpoint_interval: int | None = None  # -A, in minutes
-    recover: str | None = None         # -R
+    recover: str | None = None  # -R
     redirect: tuple[tuple[int, str], ...] = ()  # -O fd=file pairs, in the order given
-    inspect: str | None = None         # -I
+    inspect: str | None = None  # -I
     private_dirs: tuple[str, ...] = ()  # -X, normalised, without repeats
     explicit: frozenset[str] = frozenset()
     # no option letter: mosd.conf's strict_limitations as the site's mosrun policy leaves it
@@ -123,11 +124,17 @@ class MosrunOptions:
 
 # Alternatives that set one field; the last one given wins.
 _TOGGLES: dict[str, tuple[str, Any]] = {
-    "e": ("unsupported", "silent"), "w": ("unsupported", "warn"), "u": ("unsupported", "kill"),
-    "L": ("lock", True), "l": ("lock", False),
-    "g": ("freezable", False), "G": ("freezable", True),
-    "c": ("cpujob", True), "n": ("cpujob", False),
-    "t": ("local_time", True), "T": ("local_time", False),
+    "e": ("unsupported", "silent"),
+    "w": ("unsupported", "warn"),
+    "u": ("unsupported", "kill"),
+    "L": ("lock", True),
+    "l": ("lock", False),
+    "g": ("freezable", False),
+    "G": ("freezable", True),
+    "c": ("cpujob", True),
+    "n": ("cpujob", False),
+    "t": ("local_time", True),
+    "T": ("local_time", False),
     "F": ("force", True),
     "z": ("argv0_included", True),
 }
@@ -135,10 +142,24 @@ _LOCATIONS = {"b": "best", "h": "home"}
 
 #: The letters that set each field (``location_node`` goes with ``location``).
 _FIELD_LETTERS: dict[str, str] = {
-    "location": "bhr", "memory_mb": "m", "unsupported": "ewu", "lock": "Ll", "freezable": "gG",
-    "cpujob": "cn", "decay": "d", "local_time": "tT", "force": "F", "argv0_included": "z",
-    "queue_jobs": "S", "checkpoint_file": "C", "checkpoint_limit": "N", "checkpoint_interval": "A",
-    "recover": "R", "redirect": "O", "inspect": "I", "private_dirs": "X",
+    "location": "bhr",
+    "memory_mb": "m",
+    "unsupported": "ewu",
+    "lock": "Ll",
+    "freezable": "gG",
+    "cpujob": "cn",
+    "decay": "d",
+    "local_time": "tT",
+    "force": "F",
+    "argv0_included": "z",
+    "queue_jobs": "S",
+    "checkpoint_file": "C",
+    "checkpoint_limit": "N",
+    "checkpoint_interval": "A",
+    "recover": "R",
+    "redirect": "O",
+    "inspect": "I",
+    "private_dirs": "X",
 }
 _GROUP_OF = {letter: field for field, letters in _FIELD_LETTERS.items() for letter in letters}
 _INHERITED_FIELDS = tuple(field for field, letters in _FIELD_LETTERS.items() if set(letters) <= INHERITED_LETTERS)
@@ -171,7 +192,7 @@ def parse_options(argv: Sequence[str]) -> tuple[MosrunOptions, list[str]]:
 
 def _scan(argv: Sequence[str]) -> tuple[MosrunOptions, list[str]]:
     values: dict[str, Any] = {}
-    chosen: dict[str, str] = {}         # field -> the letter now in effect
+    chosen: dict[str, str] = {}  # field -> the letter now in effect
     private: list[str] = []
     redirect: list[tuple[int, str]] = []
     words = list(argv)
@@ -282,9 +303,17 @@ def _file_name(letter: str):
 
 
 _VALUE_NAMES = {
-    "r": "host name", "m": "memory (MB)", "d": "decay", "S": "maxjobs", "C": "checkpoint file name",
-    "X": "directory", "A": "minutes", "N": "maximum number of checkpoints", "R": "checkpoint file name",
-    "O": "fd=filename", "I": "checkpoint file name",
+    "r": "host name",
+    "m": "memory (MB)",
+    "d": "decay",
+    "S": "maxjobs",
+    "C": "checkpoint file name",
+    "X": "directory",
+    "A": "minutes",
+    "N": "maximum number of checkpoints",
+    "R": "checkpoint file name",
+    "O": "fd=filename",
+    "I": "checkpoint file name",
 }
 _VALUE_PARSERS = {
     "m": _integer("m", "memory must be a number of MB", 0, MAX_MEMORY_MB),
@@ -358,8 +387,9 @@ def _check_operands(options: MosrunOptions, rest: list[str]) -> list[str]:
     if "I" in given or "R" in given:
         if rest:
             letter = "I" if "I" in given else "R"
-            raise UsageError(f"-{letter}: no program may be given (it comes from the checkpoint file),"
-                             f" found {rest[0]!r}")
+            raise UsageError(
+                f"-{letter}: no program may be given (it comes from the checkpoint file), found {rest[0]!r}"
+            )
         return []
     if "S" in given:
         return [_queue_operand(rest)]
@@ -374,8 +404,7 @@ def _queue_operand(rest: list[str]) -> str:
     joined = "".join(rest)
     # The synopsis spaces the comma ("{commands-file} [, {failed-file}]"): accept it spaced too.
     spaced = joined.count(",") == 1 and (
-        (len(rest) == 2 and (rest[0].endswith(",") or rest[1].startswith(",")))
-        or (len(rest) == 3 and rest[1] == ",")
+        (len(rest) == 2 and (rest[0].endswith(",") or rest[1].startswith(","))) or (len(rest) == 3 and rest[1] == ",")
     )
     if len(rest) > 1 and not spaced:
         raise UsageError(f"-S: expected a commands-file (and optionally ,failed-file), not {len(rest)} words")
@@ -420,8 +449,9 @@ def inherit(parent: MosrunOptions, child: MosrunOptions) -> MosrunOptions:
             continue
         changes[field] = getattr(parent, field)
         explicit |= _letters_in_effect(parent, field)
-    return attrs.evolve(child, **changes, explicit=frozenset(explicit),
-                        unsupported_explicit=bool(explicit & set("ewu")))
+    return attrs.evolve(
+        child, **changes, explicit=frozenset(explicit), unsupported_explicit=bool(explicit & set("ewu"))
+    )
 
 
 def _letters_in_effect(options: MosrunOptions, field: str) -> set[str]:
@@ -442,8 +472,15 @@ _NOT_FOR_CHILDREN = frozenset("CNAROIS")
 def for_child_process(options: MosrunOptions) -> MosrunOptions:
     """The options of a process forked by a process that runs with ``options``."""
     return attrs.evolve(
-        options, checkpoint_file=None, checkpoint_limit=None, checkpoint_interval=None, recover=None,
-        redirect=(), inspect=None, queue_jobs=None, explicit=options.explicit - _NOT_FOR_CHILDREN,
+        options,
+        checkpoint_file=None,
+        checkpoint_limit=None,
+        checkpoint_interval=None,
+        recover=None,
+        redirect=(),
+        inspect=None,
+        queue_jobs=None,
+        explicit=options.explicit - _NOT_FOR_CHILDREN,
     )
 
 
@@ -481,9 +518,15 @@ def to_argv(options: MosrunOptions, words: Iterable[str] = ()) -> list[str]:
         is_given = letter in given or (field == "unsupported" and options.unsupported_explicit)
         if not at_default or is_given:
             out.append(f"-{letter}")
-    for letter, field in (("m", "memory_mb"), ("S", "queue_jobs"), ("C", "checkpoint_file"),
-                          ("N", "checkpoint_limit"), ("A", "checkpoint_interval"), ("R", "recover"),
-                          ("I", "inspect")):
+    for letter, field in (
+        ("m", "memory_mb"),
+        ("S", "queue_jobs"),
+        ("C", "checkpoint_file"),
+        ("N", "checkpoint_limit"),
+        ("A", "checkpoint_interval"),
+        ("R", "recover"),
+        ("I", "inspect"),
+    ):
         value = getattr(options, field)
         if value is not None:
             out.append(f"-{letter}{value}")
@@ -507,6 +550,7 @@ def _redirect_word(fd: int, name: str) -> str:
     candidates = "@%:+^~!|;"
     separator = next((c for c in candidates if c not in name), None)
     if separator is None:
-        separator = next(chr(code) for code in range(0x21, 0x110000)
-                         if chr(code) not in name and chr(code) not in "0123456789=")
+        separator = next(
+            chr(code) for code in range(0x21, 0x110000) if chr(code) not in name and chr(code) not in "0123456789="
+        )
     return f"-O{separator}{fd}={name}"

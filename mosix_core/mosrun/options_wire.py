@@ -39,12 +39,25 @@ def to_json(options: MosrunOptions) -> dict[str, Any]:
 
 
 _JSON_KINDS: dict[str, tuple[type, ...]] = {
-    "location": (str, type(None)), "location_node": (str, type(None)), "memory_mb": (int, type(None)),
-    "unsupported": (str,), "unsupported_explicit": (bool,), "lock": (bool,), "freezable": (bool,),
-    "cpujob": (bool,), "decay": (int,), "local_time": (bool,), "force": (bool,), "argv0_included": (bool,),
-    "queue_jobs": (int, type(None)), "checkpoint_file": (str, type(None)),
-    "checkpoint_limit": (int, type(None)), "checkpoint_interval": (int, type(None)),
-    "recover": (str, type(None)), "inspect": (str, type(None)), "strict_limitations": (bool,),
+    "location": (str, type(None)),
+    "location_node": (str, type(None)),
+    "memory_mb": (int, type(None)),
+    "unsupported": (str,),
+    "unsupported_explicit": (bool,),
+    "lock": (bool,),
+    "freezable": (bool,),
+    "cpujob": (bool,),
+    "decay": (int,),
+    "local_time": (bool,),
+    "force": (bool,),
+    "argv0_included": (bool,),
+    "queue_jobs": (int, type(None)),
+    "checkpoint_file": (str, type(None)),
+    "checkpoint_limit": (int, type(None)),
+    "checkpoint_interval": (int, type(None)),
+    "recover": (str, type(None)),
+    "inspect": (str, type(None)),
+    "strict_limitations": (bool,),
 }
 
 
@@ -91,8 +104,13 @@ def _json_list(name: str, value: Any) -> list[Any]:
 
 
 def _json_pair(item: Any) -> tuple[int, str]:
-    if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int)
-            or isinstance(item[0], bool) or not isinstance(item[1], str)):
+    if (
+        not isinstance(item, list)
+        or len(item) != 2
+        or not isinstance(item[0], int)
+        or isinstance(item[0], bool)
+        or not isinstance(item[1], str)
+    ):
         raise ProtocolError("mosrun options: redirect must be a list of [fd, filename] pairs")
     return item[0], item[1]
 
@@ -104,15 +122,27 @@ def policy_fields(options: MosrunOptions, words: Sequence[str]) -> dict[str, Any
     ``options`` holds every option but the location, -m and -S as one word each,
     value glued (``-d9000``, ``-X/tmp``), so a policy can test for ``"-e"`` safely.
     """
-    rest = attrs.evolve(options, location=None, location_node=None, memory_mb=None, queue_jobs=None,
-                        explicit=options.explicit - set("bhrmS"))
-    return {"argv": list(words), "location": location_word(options), "memory_mb": options.memory_mb,
-            "options": to_argv(rest), "queue_jobs": options.queue_jobs,
-            "strict_limitations": options.strict_limitations}
+    rest = attrs.evolve(
+        options,
+        location=None,
+        location_node=None,
+        memory_mb=None,
+        queue_jobs=None,
+        explicit=options.explicit - set("bhrmS"),
+    )
+    return {
+        "argv": list(words),
+        "location": location_word(options),
+        "memory_mb": options.memory_mb,
+        "options": to_argv(rest),
+        "queue_jobs": options.queue_jobs,
+        "strict_limitations": options.strict_limitations,
+    }
 
 
-def to_request(options: MosrunOptions, words: Sequence[str], *, uid: int, user: str,
-               etc: str | None = None) -> MosrunRequest:
+def to_request(
+    options: MosrunOptions, words: Sequence[str], *, uid: int, user: str, etc: str | None = None
+) -> MosrunRequest:
     """The invocation as site policies see it (``mosix_check_mosrun``)."""
     from mosix_core.contract.records import MosrunRequest
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from mosix_core.errors import MosixError
 from mosix_core.mosrun import options as mosopts
 
-WAIT_FOR_MEMORY = 1.0           # seconds between asks, while no node has the memory -b -m wants
+WAIT_FOR_MEMORY = 1.0  # seconds between asks, while no node has the memory -b -m wants
 
 
 def start_node(opts: mosopts.MosrunOptions, etc: Path) -> str | None:

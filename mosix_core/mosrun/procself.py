@@ -45,26 +45,25 @@ class MosixState:
     """A MOSIX process's run-time parameters (what mosrun's options set, and what
     the program may change itself)."""
 
-    lock: int = 0              # -L: no automatic migration
-    freezable: int = 1         # -g sets 0
-    unsupportok: int = 0       # -e 1, -w 2, -u 0
-    needmem: int = 0           # -m, in MB
+    lock: int = 0  # -L: no automatic migration
+    freezable: int = 1  # -g sets 0
+    unsupportok: int = 0  # -e 1, -w 2, -u 0
+    needmem: int = 0  # -m, in MB
     sigmig: int = 0
-    cpujob: int = 0            # -c
-    decayrate: int = 9976      # -d
-    local_time: int = 0        # -t
+    cpujob: int = 0  # -c
+    decayrate: int = 9976  # -d
+    local_time: int = 0  # -t
     nmigs: int = 0
-    checkpoint_file: str | None = None       # -C   (not inherited by children)
-    checkpoint_limit: int = 0                # -N
-    checkpoint_interval: int = 0             # -A
+    checkpoint_file: str | None = None  # -C   (not inherited by children)
+    checkpoint_limit: int = 0  # -N
+    checkpoint_interval: int = 0  # -A
     checkpoint_version: int = 1
-    statistics_cleared: int = 0              # how often "clear" was written
-    strict: int = 0            # the manual's LIMITATIONS exactly (mosd.conf, the site's mosrun policy)
+    statistics_cleared: int = 0  # how often "clear" was written
+    strict: int = 0  # the manual's LIMITATIONS exactly (mosd.conf, the site's mosrun policy)
 
     def for_child(self) -> MosixState:
         """A forked child: everything but the checkpoint settings (mosrun(1) CHECKPOINTS)."""
-        return attrs.evolve(self, checkpoint_file=None, checkpoint_limit=0, checkpoint_interval=0,
-                            checkpoint_version=1)
+        return attrs.evolve(self, checkpoint_file=None, checkpoint_limit=0, checkpoint_interval=0, checkpoint_version=1)
 
 
 @attrs.frozen
@@ -105,7 +104,7 @@ def special_name(path: bytes) -> str | None:
     may answer; None for any other path (the kernel opens it)."""
     if not path.startswith(PREFIX):
         return None
-    name = path[len(PREFIX):].decode(errors="replace")
+    name = path[len(PREFIX) :].decode(errors="replace")
     if name in SPECIALS:
         return name
     return name if is_site_name(name, path) and site_plugins_answer_paths() else None
@@ -114,8 +113,13 @@ def special_name(path: bytes) -> str | None:
 def is_site_name(name: str, path: bytes) -> bool:
     """May ``/proc/self/{name}`` be a site's? One whole path component that Linux's
     /proc/self does not have (a site cannot hide the kernel's own files), read whole."""
-    return (len(path) < PATH_READ_LIMIT and name not in ("", ".", "..") and "/" not in name
-            and "\ufffd" not in name and name not in _linux_names())
+    return (
+        len(path) < PATH_READ_LIMIT
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\ufffd" not in name
+        and name not in _linux_names()
+    )
 
 
 _linux: list[frozenset[str]] = []
@@ -138,15 +142,15 @@ def site_plugins() -> Any:
     if not _site:
         from mosix_core import paths
         from mosix_core.config import load_config_if_present
-        from mosix_core.errors import MosixError
         from mosix_core.contract.plugins import plugin_manager_for
+        from mosix_core.errors import MosixError
 
         etc = paths.etc_dir()
         try:
             config = load_config_if_present(etc)
             _site.append(plugin_manager_for(config.daemon if config is not None else None, etc))
         except MosixError:
-            _site.append(None)      # mosrun itself said what is wrong when it started
+            _site.append(None)  # mosrun itself said what is wrong when it started
     return _site[0]
 
 
@@ -157,21 +161,23 @@ def site_plugins_answer_paths() -> bool:
 
 def _site_open(state: MosixState, name: str, flags: int, newval: int, env: Environment) -> int:
     """A site name: the first plugin's :class:`SpecialPathResult` is the open's result."""
-    from mosix_core.contract.records import OpeningProcess
     from mosix_core.contract.plugins import first_answer
+    from mosix_core.contract.records import OpeningProcess
 
-    process = OpeningProcess(flags=flags, value=newval, where=env.whereami(), lock=bool(state.lock),
-                             needmem=state.needmem, nmigs=state.nmigs)
+    process = OpeningProcess(
+        flags=flags, value=newval, where=env.whereami(), lock=bool(state.lock), needmem=state.needmem, nmigs=state.nmigs
+    )
     pm = site_plugins()
     if pm is None:
         return -errno.ENOENT
     try:
-        answer = first_answer(pm.hook.mosix_special_path, default=None,
-                              path=(PREFIX + name.encode()).decode(), process=process)
-    except Exception:   # foreign code: its failure is the open's, never the supervisor's
+        answer = first_answer(
+            pm.hook.mosix_special_path, default=None, path=(PREFIX + name.encode()).decode(), process=process
+        )
+    except Exception:  # foreign code: its failure is the open's, never the supervisor's
         return -errno.EIO
     if answer is None:
-        return -errno.ENOENT                 # what Linux answers for a name /proc/self lacks
+        return -errno.ENOENT  # what Linux answers for a name /proc/self lacks
     return -answer.errno if answer.errno else answer.result
 
 
@@ -179,11 +185,11 @@ def _site_open(state: MosixState, name: str, flags: int, newval: int, env: Envir
 class Environment:
     """What the interface needs from the rest of MOSIX."""
 
-    whereami: Callable[[], int]                    # 0 at home
-    in_cluster: Callable[[int], bool]              # node number or host-order IP
-    read_string: Callable[[int], bytes]            # a string in the process's memory
-    migrate: Callable[[int], int] | None = None    # wired by the migration feature
-    checkpoint: Callable[[], int] | None = None    # wired by the checkpoint feature
+    whereami: Callable[[], int]  # 0 at home
+    in_cluster: Callable[[int], bool]  # node number or host-order IP
+    read_string: Callable[[int], bytes]  # a string in the process's memory
+    migrate: Callable[[int], int] | None = None  # wired by the migration feature
+    checkpoint: Callable[[], int] | None = None  # wired by the checkpoint feature
 
 
 def _as_int32(value: int) -> int:
@@ -220,7 +226,7 @@ def _read(state: MosixState, name: str, spec: Special, env: Environment) -> int:
         return env.whereami()
     if name == "checkpoint":
         return state.checkpoint_version
-    return getattr(state, cast(str, spec.field))      # every other readable name has one
+    return getattr(state, cast(str, spec.field))  # every other readable name has one
 
 
 def _write(state: MosixState, name: str, spec: Special, newval: int, env: Environment) -> int:
@@ -250,7 +256,7 @@ def _write(state: MosixState, name: str, spec: Special, newval: int, env: Enviro
         if env.checkpoint is not None:
             return env.checkpoint()
         return -errno.EOPNOTSUPP
-    setattr(state, cast(str, spec.field), value)      # every other writable name has one
+    setattr(state, cast(str, spec.field), value)  # every other writable name has one
     return 0
 
 
@@ -263,10 +269,12 @@ def named_by_argument(path: bytes, command: str) -> bool:
 
 
 def special_name_of_manual(path: bytes) -> bool:
-    return path.startswith(PREFIX) and path[len(PREFIX):].decode(errors="replace") in SPECIALS
+    return path.startswith(PREFIX) and path[len(PREFIX) :].decode(errors="replace") in SPECIALS
 
 
 def misread_note(name: str, value: int) -> str:
     shown = f"here {value}" if value >= 0 else f"here -1, errno {errno.errorcode.get(-value, -value)}"
-    return (f"/proc/self/{name} is not a file: its answer is the return value of open() ({shown}), "
-            "not something to read - see mosix(7), INTERFACE FOR PROGRAMS")
+    return (
+        f"/proc/self/{name} is not a file: its answer is the return value of open() ({shown}), "
+        "not something to read - see mosix(7), INTERFACE FOR PROGRAMS"
+    )

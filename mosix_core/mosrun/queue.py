@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 
@@ -30,8 +30,8 @@ MAX_STATUS = 255
 
 @attrs.define
 class Job:
-    number: int       # its line number in the commands-file
-    raw: bytes        # the line as the file holds it, without its line-feed
+    number: int  # its line number in the commands-file
+    raw: bytes  # the line as the file holds it, without its line-feed
     pid: int = 0
 
     @property
@@ -52,13 +52,18 @@ def _identity(st: os.stat_result) -> tuple:
 
 
 class CommandQueue:
-    def __init__(self, commands: str, failed: str | None, maxjobs: int,
-                 say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> None:
+    def __init__(
+        self,
+        commands: str,
+        failed: str | None,
+        maxjobs: int,
+        say: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
+    ) -> None:
         self.path = commands
         self.maxjobs = maxjobs
         self.say = say
         try:
-            self._file = open(commands, "rb")
+            self._file = open(commands, "rb")  # noqa: SIM115  (read as the jobs run)
         except OSError as err:
             raise MosixError(f"{commands}: {err.strerror}") from None
         self._identity = _identity(os.fstat(self._file.fileno()))
@@ -67,7 +72,7 @@ class CommandQueue:
         self._failed_file = None
         if failed is not None:
             try:
-                self._failed_file = open(failed, "wb")
+                self._failed_file = open(failed, "wb")  # noqa: SIM115  (written as lines fail)
             except OSError as err:
                 raise MosixError(f"{failed}: {err.strerror}") from None
         self._failed_write_error = False
@@ -93,7 +98,7 @@ class CommandQueue:
                 # the whole line goes to the failed-file, however long, a piece at a time
                 self._write_failed(raw)
                 while len(raw) > MAX_LINE and not raw.endswith(b"\n"):
-                    raw = self._file.readline(MAX_LINE + 1)     # the rest of it is not run
+                    raw = self._file.readline(MAX_LINE + 1)  # the rest of it is not run
                     self._write_failed(raw)
                 if not raw.endswith(b"\n"):
                     self._write_failed(b"\n")

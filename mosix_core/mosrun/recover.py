@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -27,8 +28,18 @@ from mosix_core.mosrun import procself, rules
 from mosix_core.mosrun.checkpoints import converted_ranges
 
 OPEN_FLAG_NAMES = (
-    (0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o400, "O_NOCTTY"), (0o1000, "O_TRUNC"), (0o2000, "O_APPEND"),
-    (0o4000, "O_NONBLOCK"), (0o10000, "O_DSYNC"), (0o40000, "O_DIRECT"), (0o200000, "O_DIRECTORY"), (0o400000, "O_NOFOLLOW"), (0o1000000, "O_NOATIME"), (0o4010000, "O_SYNC"),
+    (0o100, "O_CREAT"),
+    (0o200, "O_EXCL"),
+    (0o400, "O_NOCTTY"),
+    (0o1000, "O_TRUNC"),
+    (0o2000, "O_APPEND"),
+    (0o4000, "O_NONBLOCK"),
+    (0o10000, "O_DSYNC"),
+    (0o40000, "O_DIRECT"),
+    (0o200000, "O_DIRECTORY"),
+    (0o400000, "O_NOFOLLOW"),
+    (0o1000000, "O_NOATIME"),
+    (0o4010000, "O_SYNC"),
 )
 
 
@@ -48,7 +59,9 @@ def open_checkpoint(path: str, purpose: str) -> BinaryIO:
 
 def describe_flags(flags: int) -> str:
     access = ("O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE")[flags & 3]
-    names = [access] + [name for bit, name in OPEN_FLAG_NAMES if flags & bit == bit]   # O_LARGEFILE: always set, not shown
+    names = [access] + [
+        name for bit, name in OPEN_FLAG_NAMES if flags & bit == bit
+    ]  # O_LARGEFILE: always set, not shown
     return "|".join(names)
 
 
@@ -62,7 +75,7 @@ def inspect(path: str) -> str:
         process: dict[str, Any] = {}
         files: list[dict[str, Any]] = []
         failure = None
-        for record in ImageReader(f):          # read to the end: a bad file says so
+        for record in ImageReader(f):  # read to the end: a bad file says so
             if record.kind == Kind.PROCESS:
                 process = record.json()
                 if not isinstance(process, dict):
@@ -76,13 +89,17 @@ def inspect(path: str) -> str:
                 failure = bytes(record.payload).decode(errors="replace")
     if failure is not None:
         return f"{path}: no process image - the checkpoint failed: {failure}\n"
-    lines = [f"Checkpoint of process {process.get('pid', '?')}: {' '.join(process.get('cmdline', []))}",
-             f"{'fd':>4}  {'mode':<10}  {'offset':>12}  {'kind':<8}  {'flags':<28}  file"]
+    lines = [
+        f"Checkpoint of process {process.get('pid', '?')}: {' '.join(process.get('cmdline', []))}",
+        f"{'fd':>4}  {'mode':<10}  {'offset':>12}  {'kind':<8}  {'flags':<28}  file",
+    ]
     for entry in files:
         kind = {"unlinked": "saved", "special": "special", "dir": "dir", "file": "file"}.get(entry["kind"], "?")
-        lines.append(f"{entry['fd']:>4}  {_mode(entry['flags']):<10}  {entry['pos']:>12}  {kind:<8}  "
-                     f"{describe_flags(entry['flags'] | (0o2000000 if entry.get('cloexec') else 0)):<28}  "
-                     f"{entry['path']}{' (unlinked: saved with the process)' if entry['kind'] == 'unlinked' else ''}")
+        lines.append(
+            f"{entry['fd']:>4}  {_mode(entry['flags']):<10}  {entry['pos']:>12}  {kind:<8}  "
+            f"{describe_flags(entry['flags'] | (0o2000000 if entry.get('cloexec') else 0)):<28}  "
+            f"{entry['path']}{' (unlinked: saved with the process)' if entry['kind'] == 'unlinked' else ''}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +133,7 @@ class Recovered:
     state: procself.MosixState
     command: str
     deferred: tuple[int, ...]
-    converted: tuple[tuple[int, int], ...] = ()     # read-only MAP_SHARED ranges mapped privately
+    converted: tuple[tuple[int, int], ...] = ()  # read-only MAP_SHARED ranges mapped privately
 
 
 def _mosix_state_checked(records: Iterable[Record]) -> Iterator[Record]:
@@ -144,15 +161,20 @@ def restore_root(root: int, path: str, redirect: tuple[tuple[int, str], ...]) ->
     if not (stop.kind == "event" and stop.event == ptrace.EVENT_EXEC):
         raise RecoveryError(f"Restoration failed: unexpected stop {stop.kind} of the new process")
     ptrace.syscall(root)
-    stop = ptrace.wait_for(root)                        # the exit of execve: a clean slate
+    stop = ptrace.wait_for(root)  # the exit of execve: a clean slate
     options = RestoreOptions(redirect=redirect, filter_program=tuple(rules.build_filter(virtual_pids=True)))
     with open_checkpoint(path, "recover") as f:
         restored = restore(root, _mosix_state_checked(ImageReader(f, streaming=True)), options)
     process = restored.process
     virtual = process.get("pid")
-    return Recovered(root, virtual if isinstance(virtual, int) and virtual != root else None,
-                     state_from(process.get("mosix", {})), " ".join(process.get("cmdline", [])),
-                     tuple(restored.deferred), tuple(converted_ranges(process)))
+    return Recovered(
+        root,
+        virtual if isinstance(virtual, int) and virtual != root else None,
+        state_from(process.get("mosix", {})),
+        " ".join(process.get("cmdline", [])),
+        tuple(restored.deferred),
+        tuple(converted_ranges(process)),
+    )
 
 
 def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) -> None:
@@ -165,18 +187,19 @@ def recover_program(opts: mosopts.MosrunOptions, env: dict, etc: Path, session) 
     check_image_header(path)
 
     def supervise(root: int, messages: int) -> None:
-        supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
-                                freezer=Freezer(etc), etc=etc)
+        supervisor = Supervisor(
+            messages_fd=messages, session=session, in_cluster=node_in_cluster(etc), freezer=Freezer(etc), etc=etc
+        )
         supervisor.install_wakeup()
         try:
             recovered = restore_root(root, path, opts.redirect)
-        except Exception as err:        # whatever it was, the half-built process must not stay
+        except Exception as err:  # whatever it was, the half-built process must not stay
             text = str(err) if isinstance(err, MosixError) else f"Restoration failed: {err}"
             os.write(messages, f"{text}\n".encode(errors="replace"))
             _make_gone(root)
             return
-        written_as = recovered.state.checkpoint_version      # adopt() starts a fresh naming
-        recovered.state.strict = int(opts.strict_limitations)   # the site's rules of today
+        written_as = recovered.state.checkpoint_version  # adopt() starts a fresh naming
+        recovered.state.strict = int(opts.strict_limitations)  # the site's rules of today
         tracee = supervisor.adopt(root, recovered.state, recovered.command, virtual_pid=recovered.virtual_pid)
         tracee.program.converted = list(recovered.converted)
         continue_numbering(tracee.plan, recovered.state, written_as)

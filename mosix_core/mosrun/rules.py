@@ -56,7 +56,7 @@ import errno
 import os
 import signal
 import stat
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 
@@ -68,57 +68,209 @@ from mosix_core.remote.calls import FOREIGN_ABI_CALL
 # The LIMITATIONS list of mosrun(1), as the manual spells it. Names this kernel
 # does not have on x86_64 (afs_syscall, tuxcall, security... exist as numbers;
 # prof_counter_open, bdflush, timerfd, ... do not) are simply absent from the filter.
-UNSUPPORTED = frozenset("""
-acct add_key adjtimex afs_syscall bdflush capget capset chroot clock_getres clock_nanosleep
-clock_settime create_module delete_module epoll_create epoll_create1 epoll_ctl epoll_pwait epoll_wait
-eventfd eventfd2 fanotify_init fanotify_mark futex get_kernel_syms get_mempolicy get_robust_list
-getcpu getpmsg init_module inotify_add_watch inotify_init inotify_init1 inotify_rm_watch io_cancel
-io_destroy io_getevents io_setup io_submit ioperm iopl ioprio_get ioprio_set kexec_load keyctl
-lookup_dcookie madvise mbind migrate_pages mlock mlockall move_pages mq_getsetattr mq_notify
-mq_open mq_timedreceive mq_timedsend mq_unlink munlock munlockall nfsservctl perf_event_open
-personality pivot_root prlimit64 prof_counter_open ptrace quotactl reboot recvmmsg remap_file_pages
-request_key rt_sigqueueinfo rt_sigtimedwait rt_tgsigqueueinfo sched_get_priority_max sched_get_priority_min
-sched_getaffinity sched_getparam sched_getscheduler sched_rr_get_interval sched_setaffinity
-sched_setparam sched_setscheduler security set_mempolicy setdomainname sethostname set_robust_list
-settimeofday shmat signalfd signalfd4 swapoff swapon syslog timer_create timer_delete timer_getoverrun
-timer_gettime timer_settime timerfd timerfd_gettime timerfd_settime tuxcall unshare uselib
-vmsplice waitid
-""".split())
+UNSUPPORTED = frozenset(
+    [
+        "acct",
+        "add_key",
+        "adjtimex",
+        "afs_syscall",
+        "bdflush",
+        "capget",
+        "capset",
+        "chroot",
+        "clock_getres",
+        "clock_nanosleep",
+        "clock_settime",
+        "create_module",
+        "delete_module",
+        "epoll_create",
+        "epoll_create1",
+        "epoll_ctl",
+        "epoll_pwait",
+        "epoll_wait",
+        "eventfd",
+        "eventfd2",
+        "fanotify_init",
+        "fanotify_mark",
+        "futex",
+        "get_kernel_syms",
+        "get_mempolicy",
+        "get_robust_list",
+        "getcpu",
+        "getpmsg",
+        "init_module",
+        "inotify_add_watch",
+        "inotify_init",
+        "inotify_init1",
+        "inotify_rm_watch",
+        "io_cancel",
+        "io_destroy",
+        "io_getevents",
+        "io_setup",
+        "io_submit",
+        "ioperm",
+        "iopl",
+        "ioprio_get",
+        "ioprio_set",
+        "kexec_load",
+        "keyctl",
+        "lookup_dcookie",
+        "madvise",
+        "mbind",
+        "migrate_pages",
+        "mlock",
+        "mlockall",
+        "move_pages",
+        "mq_getsetattr",
+        "mq_notify",
+        "mq_open",
+        "mq_timedreceive",
+        "mq_timedsend",
+        "mq_unlink",
+        "munlock",
+        "munlockall",
+        "nfsservctl",
+        "perf_event_open",
+        "personality",
+        "pivot_root",
+        "prlimit64",
+        "prof_counter_open",
+        "ptrace",
+        "quotactl",
+        "reboot",
+        "recvmmsg",
+        "remap_file_pages",
+        "request_key",
+        "rt_sigqueueinfo",
+        "rt_sigtimedwait",
+        "rt_tgsigqueueinfo",
+        "sched_get_priority_max",
+        "sched_get_priority_min",
+        "sched_getaffinity",
+        "sched_getparam",
+        "sched_getscheduler",
+        "sched_rr_get_interval",
+        "sched_setaffinity",
+        "sched_setparam",
+        "sched_setscheduler",
+        "security",
+        "set_mempolicy",
+        "setdomainname",
+        "sethostname",
+        "set_robust_list",
+        "settimeofday",
+        "shmat",
+        "signalfd",
+        "signalfd4",
+        "swapoff",
+        "swapon",
+        "syslog",
+        "timer_create",
+        "timer_delete",
+        "timer_getoverrun",
+        "timer_gettime",
+        "timer_settime",
+        "timerfd",
+        "timerfd_gettime",
+        "timerfd_settime",
+        "tuxcall",
+        "unshare",
+        "uselib",
+        "vmsplice",
+        "waitid",
+    ]
+)
 
 # Newer relatives of listed calls: the same feature under another number.
-UNSUPPORTED_TOO = frozenset({
-    "epoll_pwait2", "futex_waitv", "futex_wake", "futex_wait", "futex_requeue", "kexec_file_load",
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "io_pgetevents", "pidfd_getfd",
-    "process_vm_readv", "process_vm_writev", "process_madvise", "memfd_secret", "set_mempolicy_home_node",
-    "semtimedop", "mseal", "map_shadow_stack", "userfaultfd", "pkey_mprotect", "pkey_alloc", "pkey_free",
-})
+UNSUPPORTED_TOO = frozenset(
+    {
+        "epoll_pwait2",
+        "futex_waitv",
+        "futex_wake",
+        "futex_wait",
+        "futex_requeue",
+        "kexec_file_load",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "io_pgetevents",
+        "pidfd_getfd",
+        "process_vm_readv",
+        "process_vm_writev",
+        "process_madvise",
+        "memfd_secret",
+        "set_mempolicy_home_node",
+        "semtimedop",
+        "mseal",
+        "map_shadow_stack",
+        "userfaultfd",
+        "pkey_mprotect",
+        "pkey_alloc",
+        "pkey_free",
+    }
+)
 
-HOUSEKEEPING = frozenset({"set_robust_list"})   # see the module docstring
+HOUSEKEEPING = frozenset({"set_robust_list"})  # see the module docstring
 
 #: Calls of the manual's list answered by default with their one-machine meaning (on
 #: the calling process itself only; a strict process has them refused as the
 #: manual does). Their semantics: :data:`mosix_core.mosrun.call_table.CALL_NOTES`.
-ANSWERED = frozenset({
-    "clock_nanosleep", "madvise", "sched_getaffinity", "sched_getparam", "sched_getscheduler",
-    "sched_get_priority_max", "sched_get_priority_min",
-    # Python's selectors module makes and closes an epoll instance when imported (to
-    # choose its DefaultSelector): every program importing subprocess does
-    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
-})
+ANSWERED = frozenset(
+    {
+        "clock_nanosleep",
+        "madvise",
+        "sched_getaffinity",
+        "sched_getparam",
+        "sched_getscheduler",
+        "sched_get_priority_max",
+        "sched_get_priority_min",
+        # Python's selectors module makes and closes an epoll instance when imported (to
+        # choose its DefaultSelector): every program importing subprocess does
+        "epoll_create",
+        "epoll_create1",
+        "epoll_ctl",
+        "epoll_wait",
+        "epoll_pwait",
+        "epoll_pwait2",
+    }
+)
 #: of which these are answered as they are (they need no more than the mode)
-_PLAINLY = ("sched_get_priority_max", "sched_get_priority_min", "epoll_create", "epoll_create1", "epoll_ctl",
-            "epoll_wait", "epoll_pwait", "epoll_pwait2")
+_PLAINLY = (
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+)
 
 # ioctl requests mosrun(1) refuses (the manual's TIOCSESGSTRUCT/TIOCSEGETMULTI/
 # TIOCSEASETMULTI are the serial-driver TIOCSERGSTRUCT/TIOCSERGETMULTI/TIOCSERSETMULTI).
 UNSUPPORTED_IOCTLS = {
-    0x5458: "TIOCSERGSTRUCT", 0x545A: "TIOCSERGETMULTI", 0x545B: "TIOCSERSETMULTI",
-    0x8914: "SIOCSIFFLAGS", 0x891E: "SIOCSIFMETRIC", 0x8922: "SIOCSIFMTU", 0x8971: "SIOCSIFMAP",
-    0x8924: "SIOCSIFHWADDR", 0x8930: "SIOCSIFSLAVE", 0x8931: "SIOCADDMULTI", 0x8932: "SIOCDELMULTI",
-    0x8937: "SIOCSIFHWBROADCAST", 0x8943: "SIOCSIFTXQLEN", 0x8949: "SIOCSMIIREG",
-    0x8990: "SIOCBONDENSLAVE", 0x8991: "SIOCBONDRELEASE", 0x8992: "SIOCBONDSETHWADDR",
-    0x8993: "SIOCBONDSLAVEINFOQUERY", 0x8994: "SIOCBONDINFOQUERY", 0x8995: "SIOCBONDCHANGEACTIVE",
-    0x89A2: "SIOCBRADDIF", 0x89A3: "SIOCBRDELIF",
+    0x5458: "TIOCSERGSTRUCT",
+    0x545A: "TIOCSERGETMULTI",
+    0x545B: "TIOCSERSETMULTI",
+    0x8914: "SIOCSIFFLAGS",
+    0x891E: "SIOCSIFMETRIC",
+    0x8922: "SIOCSIFMTU",
+    0x8971: "SIOCSIFMAP",
+    0x8924: "SIOCSIFHWADDR",
+    0x8930: "SIOCSIFSLAVE",
+    0x8931: "SIOCADDMULTI",
+    0x8932: "SIOCDELMULTI",
+    0x8937: "SIOCSIFHWBROADCAST",
+    0x8943: "SIOCSIFTXQLEN",
+    0x8949: "SIOCSMIIREG",
+    0x8990: "SIOCBONDENSLAVE",
+    0x8991: "SIOCBONDRELEASE",
+    0x8992: "SIOCBONDSETHWADDR",
+    0x8993: "SIOCBONDSLAVEINFOQUERY",
+    0x8994: "SIOCBONDINFOQUERY",
+    0x8995: "SIOCBONDCHANGEACTIVE",
+    0x89A2: "SIOCBRADDIF",
+    0x89A3: "SIOCBRDELIF",
 }
 
 PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
@@ -129,9 +281,20 @@ PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
 PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_SET_NAME, PR_GET_NAME, PR_CAPBSET_READ = 3, 7, 15, 16, 23
 PR_GET_SECUREBITS, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_NO_NEW_PRIVS = 27, 30, 37, 39
 PR_GET_THP_DISABLE = 42
-SELF_PRCTLS = (PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_SET_NAME, PR_GET_NAME,
-               PR_CAPBSET_READ, PR_GET_SECUREBITS, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_NO_NEW_PRIVS,
-               PR_GET_THP_DISABLE)
+SELF_PRCTLS = (
+    PR_SET_PDEATHSIG,
+    PR_GET_PDEATHSIG,
+    PR_GET_DUMPABLE,
+    PR_GET_KEEPCAPS,
+    PR_SET_NAME,
+    PR_GET_NAME,
+    PR_CAPBSET_READ,
+    PR_GET_SECUREBITS,
+    PR_GET_TIMERSLACK,
+    PR_GET_CHILD_SUBREAPER,
+    PR_GET_NO_NEW_PRIVS,
+    PR_GET_THP_DISABLE,
+)
 #: madvise advice that cannot change what the memory holds (DONTNEED, FREE, REMOVE,
 #: WIPEONFORK... can: a file page copied to a node reads back as zeros there, not as
 #: the file; DONTFORK/DOFORK are not carried by a process image): NORMAL, RANDOM,
@@ -159,8 +322,17 @@ O_CREAT, O_LARGEFILE, O_CLOEXEC = 0x40, 0x8000, 0x80000
 # which Python's os.open always adds (they return a value, never a descriptor, so it
 # changes nothing); the plain read form only exactly, since an ordinary read of the
 # file (Python's open(), which adds O_CLOEXEC) is the kernel's.
-SPECIAL_OPEN_FLAGS = (0, 1, 2, O_CREAT, 1 | O_CREAT, 2 | O_CREAT,
-                      O_CREAT | O_CLOEXEC, 1 | O_CREAT | O_CLOEXEC, 2 | O_CREAT | O_CLOEXEC)
+SPECIAL_OPEN_FLAGS = (
+    0,
+    1,
+    2,
+    O_CREAT,
+    1 | O_CREAT,
+    2 | O_CREAT,
+    O_CREAT | O_CLOEXEC,
+    1 | O_CREAT | O_CLOEXEC,
+    2 | O_CREAT | O_CLOEXEC,
+)
 
 MODE_KILL, MODE_SILENT, MODE_WARN = 0, 1, 2
 PREFIX = "MOSRUN: "
@@ -263,18 +435,24 @@ def seccomp_table() -> dict[int, seccomp.Check]:
         if name in NUMBERS:
             table[NUMBERS[name]] = s.always()
     # only opens that could be /proc/self specials, by their flags
-    open_check = lambda i: s.custom([  # noqa: E731
-        s.ld_arg_low(i), s.and_(~O_LARGEFILE & 0xFFFFFFFF),
-        *[s.jeq(f, len(SPECIAL_OPEN_FLAGS) - k, 0) for k, f in enumerate(SPECIAL_OPEN_FLAGS)],
-        s.ret(s.RET_ALLOW), s.ret(s.RET_TRACE)])
+    open_check = lambda i: s.custom(  # noqa: E731
+        [
+            s.ld_arg_low(i),
+            s.and_(~O_LARGEFILE & 0xFFFFFFFF),
+            *[s.jeq(f, len(SPECIAL_OPEN_FLAGS) - k, 0) for k, f in enumerate(SPECIAL_OPEN_FLAGS)],
+            s.ret(s.RET_ALLOW),
+            s.ret(s.RET_TRACE),
+        ]
+    )
     table[NUMBERS["open"]] = open_check(1)
     table[NUMBERS["openat"]] = open_check(2)
     # mmap: shared mappings, and file mappings (a character device must be refused)
-    table[NUMBERS["mmap"]] = s.custom([
-        s.ld_arg_low(3), s.jset(MAP_SHARED, 2, 0), s.jset(MAP_ANONYMOUS, 0, 1),
-        s.ret(s.RET_ALLOW), s.ret(s.RET_TRACE)])
-    table[NUMBERS["futex"]] = s.custom([
-        s.ld_arg_low(1), s.jset(FUTEX_PRIVATE_FLAG, 0, 1), s.ret(s.RET_ALLOW), s.ret(s.RET_TRACE)])
+    table[NUMBERS["mmap"]] = s.custom(
+        [s.ld_arg_low(3), s.jset(MAP_SHARED, 2, 0), s.jset(MAP_ANONYMOUS, 0, 1), s.ret(s.RET_ALLOW), s.ret(s.RET_TRACE)]
+    )
+    table[NUMBERS["futex"]] = s.custom(
+        [s.ld_arg_low(1), s.jset(FUTEX_PRIVATE_FLAG, 0, 1), s.ret(s.RET_ALLOW), s.ret(s.RET_TRACE)]
+    )
     table[NUMBERS["clone"]] = s.always()
     table[NUMBERS["clone3"]] = s.fail_with(errno.ENOSYS)
     table[NUMBERS["prctl"]] = s.unless_arg_in(0, (PR_SET_PDEATHSIG, PR_GET_PDEATHSIG))
@@ -282,23 +460,47 @@ def seccomp_table() -> dict[int, seccomp.Check]:
     table[NUMBERS["setrlimit"]] = s.when_arg_in(0, (RLIMIT_NOFILE,))
     # prlimit64(pid, resource, new, old): traced unless pid == 0 and it is not a
     # change of RLIMIT_NOFILE
-    table[NUMBERS["prlimit64"]] = s.custom([
-        s.ld_arg_low(0), s.jeq(0, 1, 0), s.ret(s.RET_TRACE),
-        s.ld_arg_high(0), s.jeq(0, 1, 0), s.ret(s.RET_TRACE),
-        s.ld_arg_low(1), s.jeq(RLIMIT_NOFILE, 1, 0), s.ret(s.RET_ALLOW),
-        s.ld_arg_low(2), s.jeq(0, 1, 0), s.ret(s.RET_TRACE),
-        s.ld_arg_high(2), s.jeq(0, 0, 1), s.ret(s.RET_ALLOW), s.ret(s.RET_TRACE)])
+    table[NUMBERS["prlimit64"]] = s.custom(
+        [
+            s.ld_arg_low(0),
+            s.jeq(0, 1, 0),
+            s.ret(s.RET_TRACE),
+            s.ld_arg_high(0),
+            s.jeq(0, 1, 0),
+            s.ret(s.RET_TRACE),
+            s.ld_arg_low(1),
+            s.jeq(RLIMIT_NOFILE, 1, 0),
+            s.ret(s.RET_ALLOW),
+            s.ld_arg_low(2),
+            s.jeq(0, 1, 0),
+            s.ret(s.RET_TRACE),
+            s.ld_arg_high(2),
+            s.jeq(0, 0, 1),
+            s.ret(s.RET_ALLOW),
+            s.ret(s.RET_TRACE),
+        ]
+    )
     # clock_nanosleep(clock, flags, ...): relative REALTIME/MONOTONIC sleeps run
-    table[NUMBERS["clock_nanosleep"]] = s.custom([
-        s.ld_arg_low(1), s.jeq(0, 1, 0), s.ret(s.RET_TRACE),
-        s.ld_arg_low(0), s.jeq(0, 2, 0), s.jeq(1, 1, 0), s.ret(s.RET_TRACE), s.ret(s.RET_ALLOW)])
+    table[NUMBERS["clock_nanosleep"]] = s.custom(
+        [
+            s.ld_arg_low(1),
+            s.jeq(0, 1, 0),
+            s.ret(s.RET_TRACE),
+            s.ld_arg_low(0),
+            s.jeq(0, 2, 0),
+            s.jeq(1, 1, 0),
+            s.ret(s.RET_TRACE),
+            s.ret(s.RET_ALLOW),
+        ]
+    )
     # getpriority/setpriority(which, who): only "who == 0" (self) runs untraced
     for name in ("getpriority", "setpriority"):
         table[NUMBERS[name]] = s.unless_arg_in(1, (0,))
     table[NUMBERS["sysfs"]] = s.unless_arg_in(0, (1, 2, 3))
     # mprotect adding PROT_WRITE: it may be to a read-only MAP_SHARED mapped privately
-    table[NUMBERS["mprotect"]] = s.custom([
-        s.ld_arg_low(2), s.jset(PROT_WRITE, 0, 1), s.ret(s.RET_TRACE), s.ret(s.RET_ALLOW)])
+    table[NUMBERS["mprotect"]] = s.custom(
+        [s.ld_arg_low(2), s.jset(PROT_WRITE, 0, 1), s.ret(s.RET_TRACE), s.ret(s.RET_ALLOW)]
+    )
     return table
 
 
@@ -321,8 +523,8 @@ class CallContext:
     """What :func:`decide` may ask about the process beyond the call's arguments."""
 
     pid: int
-    fd_mode: Callable[[int], int | None]   # st_mode of the tracee's descriptor, None if closed
-    strict: bool = False                   # the process's strict_limitations: the manual's list exactly
+    fd_mode: Callable[[int], int | None]  # st_mode of the tracee's descriptor, None if closed
+    strict: bool = False  # the process's strict_limitations: the manual's list exactly
     # whether (start, length) overlaps a read-only MAP_SHARED this process has mapped privately
     converted: Callable[[int, int], bool] = lambda start, length: False
 
@@ -352,7 +554,7 @@ def home_verdict(nr: int, args: tuple[int, ...], ctx: CallContext) -> object | N
     if _HOME_FILTER is None:
         _HOME_FILTER, _HOME_CHECKED = build_filter(), frozenset(seccomp_table())
     if nr in NAMES and nr not in _HOME_CHECKED:
-        return None                       # the common case: the filter lets it run untouched
+        return None  # the common case: the filter lets it run untouched
     if seccomp.evaluate(_HOME_FILTER, nr, args) != seccomp.RET_TRACE:
         return None
     return decide(nr, args, ctx)
@@ -389,6 +591,7 @@ def _signed(value: int) -> int:
 def _open(path_arg: int, flags_arg: int):
     def handle(args, ctx):
         return SpecialOpen(args[path_arg], args[flags_arg] & 0xFFFFFFFF, args[flags_arg + 1])
+
     return handle
 
 
@@ -484,16 +687,19 @@ def _self(args) -> bool:
 
 def _on_self(name: str):
     """A call answered on the calling process (pid 0, or its own pid) only."""
+
     def handle(args, ctx):
         if ctx.strict or not (_self(args) or _signed(args[0]) == ctx.pid):
             return unsupported_call(name)
         return ALLOW
+
     return handle
 
 
 def _answered(name: str):
     def handle(args, ctx):
         return unsupported_call(name) if ctx.strict else ALLOW
+
     return handle
 
 
@@ -521,11 +727,24 @@ def _sched_getaffinity(args, ctx):
 
 
 _HANDLERS: dict[str, Callable] = {
-    "open": _open(0, 1), "openat": _open(1, 2), "mmap": _mmap, "clone": _clone, "prctl": _prctl,
-    "ioctl": _ioctl, "setrlimit": _setrlimit, "prlimit64": _prlimit64, "getpriority": _priority,
-    "setpriority": _priority, "sysfs": _sysfs, "shmat": _shmat, "clock_nanosleep": _clock_nanosleep,
-    "mprotect": _mprotect, "madvise": _madvise, "sched_getaffinity": _sched_getaffinity,
-    "sched_getparam": _on_self("sched_getparam"), "sched_getscheduler": _on_self("sched_getscheduler"),
+    "open": _open(0, 1),
+    "openat": _open(1, 2),
+    "mmap": _mmap,
+    "clone": _clone,
+    "prctl": _prctl,
+    "ioctl": _ioctl,
+    "setrlimit": _setrlimit,
+    "prlimit64": _prlimit64,
+    "getpriority": _priority,
+    "setpriority": _priority,
+    "sysfs": _sysfs,
+    "shmat": _shmat,
+    "clock_nanosleep": _clock_nanosleep,
+    "mprotect": _mprotect,
+    "madvise": _madvise,
+    "sched_getaffinity": _sched_getaffinity,
+    "sched_getparam": _on_self("sched_getparam"),
+    "sched_getscheduler": _on_self("sched_getscheduler"),
     **{name: _answered(name) for name in _PLAINLY},
 }
 
@@ -536,6 +755,7 @@ def fd_mode_of(pid: int) -> Callable[[int], int | None]:
             return os.stat(f"/proc/{pid}/fd/{fd}").st_mode
         except OSError:
             return None
+
     return mode
 
 

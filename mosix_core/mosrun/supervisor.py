@@ -36,10 +36,8 @@ from mosix_core.daemon import protocol as p
 from mosix_core.errors import DaemonUnavailable, MosixError, TraceError
 from mosix_core.linux import inject, memory, procfs, ptrace, seccomp
 from mosix_core.linux.syscall_names import NUMBERS
-from mosix_core.mosrun import checkpoints, freezing, migration, procself, rules, targets
-from mosix_core.mosrun import control_socket
+from mosix_core.mosrun import checkpoints, control_socket, freezing, migration, options_wire, procself, rules, targets
 from mosix_core.mosrun import options as mosopts
-from mosix_core.mosrun import options_wire
 from mosix_core.mosrun.checkpointing import CheckpointControl
 from mosix_core.mosrun.freeze_control import FreezeControl
 from mosix_core.mosrun.move import Move, MoveRefused, MoveRequest
@@ -79,12 +77,18 @@ class Supervisor:
     :class:`mosix_core.daemon.client.Session` or None) carries process-table updates to mosd.
     """
 
-    def __init__(self, *, messages_fd: int, session=None,
-                 in_cluster: Callable[[int], bool] = lambda node: False,
-                 on_exit: Callable[[Tracee, ptrace.Stop], None] | None = None,
-                 freezer: freezing.Freezer | None = None, etc=None) -> None:
+    def __init__(
+        self,
+        *,
+        messages_fd: int,
+        session=None,
+        in_cluster: Callable[[int], bool] = lambda node: False,
+        on_exit: Callable[[Tracee, ptrace.Stop], None] | None = None,
+        freezer: freezing.Freezer | None = None,
+        etc=None,
+    ) -> None:
         self.tracees: dict[int, Tracee] = {}
-        self.orphans: dict[int, ptrace.Stop] = {}     # born before their parent's fork event
+        self.orphans: dict[int, ptrace.Stop] = {}  # born before their parent's fork event
         self.messages_fd = messages_fd
         self.session = session
         self.in_cluster = in_cluster
@@ -93,12 +97,12 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._ways: queue.SimpleQueue = queue.SimpleQueue()   # what threads leave for the loop (see later)
+        self._ways: queue.SimpleQueue = queue.SimpleQueue()  # what threads leave for the loop (see later)
         self.keep_running: Callable[[], bool] = lambda: False
         self.control = None
         self.freezer = freezer or freezing.Freezer(None)
         self.etc = etc
-        self._daemon_settings: DaemonSettings | None = None     # this node's mosd.conf (see _settings)
+        self._daemon_settings: DaemonSettings | None = None  # this node's mosd.conf (see _settings)
         # what the supervisor does, part by part (each holds a reference back to it)
         self.checkpointing = CheckpointControl(self)
         self.freeze_control = FreezeControl(self)
@@ -111,20 +115,24 @@ class Supervisor:
         try:
             self.control = control_socket.ControlServer(self.selector, self._may_ask, self._control_request)
         except OSError:
-            pass                      # no socket left to make: the processes run on, without mosmigrate
+            pass  # no socket left to make: the processes run on, without mosmigrate
 
     def _may_ask(self, uid: int) -> bool:
         """Whether user ``uid`` may affect any of our processes (else it is not heard)."""
-        return (uid == 0 or uid in os.getresuid()
-                or any(control_socket.may_affect(uid, t.pid) for t in self.tracees.values() if not t.native))
+        return (
+            uid == 0
+            or uid in os.getresuid()
+            or any(control_socket.may_affect(uid, t.pid) for t in self.tracees.values() if not t.native)
+        )
 
     # -- setting up --------------------------------------------------------------------------------
     def install_wakeup(self) -> None:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
-    def adopt(self, pid: int, state: procself.MosixState | None, command: str, job=None,
-              virtual_pid: int | None = None) -> Tracee:
+    def adopt(
+        self, pid: int, state: procself.MosixState | None, command: str, job=None, virtual_pid: int | None = None
+    ) -> Tracee:
         """A process the caller has already seized (running, not yet stopped)."""
         tracee = Tracee(pid, state, job=job, program=Program(command), virtual_pid=virtual_pid)
         if state is not None:
@@ -172,7 +180,7 @@ class Supervisor:
             try:
                 self.on_stop(ptrace.decode_status(pid, status))
             except TraceError as err:
-                if err.errno != errno.ESRCH:     # a tracee killed under our feet is no error
+                if err.errno != errno.ESRCH:  # a tracee killed under our feet is no error
                     self.say(None, f"tracing process {pid} failed: {err}")
 
     # -- stops -------------------------------------------------------------------------------------------
@@ -205,7 +213,7 @@ class Supervisor:
                 if tracee.thread.allow_sigstop:
                     tracee.thread.allow_sigstop = False
                 else:
-                    sig = signal.SIGTSTP       # MOSIX processes never get SIGSTOP (mosrun(1))
+                    sig = signal.SIGTSTP  # MOSIX processes never get SIGSTOP (mosrun(1))
             self.resume(tracee, sig)
         elif stop.kind == "syscall" and self.checkpointing.checkpoint_waiting(tracee):
             if ptrace.syscall_stop_op(tracee.pid) == ptrace.INFO_EXIT:
@@ -236,7 +244,7 @@ class Supervisor:
             self._exec(tracee)
         elif event == ptrace.EVENT_STOP:
             if stop.group_stop:
-                ptrace.listen(pid)          # stay stopped (job control) until SIGCONT
+                ptrace.listen(pid)  # stay stopped (job control) until SIGCONT
             elif self.checkpointing.checkpoint_waiting(tracee):
                 self.checkpointing.checkpoint_stop(tracee)
             else:
@@ -246,8 +254,9 @@ class Supervisor:
 
     def _born(self, parent: Tracee, pid: int) -> None:
         state = None if parent.state is None else parent.state.for_child()
-        child = Tracee(pid, state, parent=parent.pid,
-                       program=Program(parent.command, converted=list(parent.program.converted)))
+        child = Tracee(
+            pid, state, parent=parent.pid, program=Program(parent.command, converted=list(parent.program.converted))
+        )
         if state is not None:
             child.plan = checkpoints.plan_for(pid, state)
         self.tracees[pid] = child
@@ -264,12 +273,12 @@ class Supervisor:
         del self.tracees[stop.pid]
         if tracee.move is not None:
             move, tracee.move = tracee.move, None
-            move.drop_channel()                  # the guest host waiting for it goes
+            move.drop_channel()  # the guest host waiting for it goes
             move.fail(f"{tracee.pid}: the process ended before its move did")
         if tracee.away is not None:
             self.link.away_ended(tracee)
         if tracee.freezing.frozen is not None:
-            tracee.freezing.frozen.discard()          # the image's disk space returns now
+            tracee.freezing.frozen.discard()  # the image's disk space returns now
             tracee.freezing.frozen = None
         if self.on_exit is not None:
             self.on_exit(tracee, stop)
@@ -322,7 +331,7 @@ class Supervisor:
         if isinstance(verdict, rules.SpecialOpen):
             verdict = self._special_open(tracee, verdict)
             if verdict is None:
-                return                  # carried out already (a checkpoint)
+                return  # carried out already (a checkpoint)
         self._carry_out(tracee, verdict)
 
     def _pid_call(self, tracee: Tracee, nr: int, args: tuple[int, ...]):
@@ -353,12 +362,17 @@ class Supervisor:
 
     def call_context(self, tracee: Tracee) -> rules.CallContext:
         """What the rules may ask about ``tracee`` (and whether the site is strict with it)."""
+
         def converted(start: int, length: int) -> bool:
             end = start + max(length, 1)
             return any(low < end and start < high for low, high in tracee.program.converted)
-        return rules.CallContext(tracee.pid, rules.fd_mode_of(tracee.pid),
-                                 strict=bool(tracee.state and tracee.state.strict),
-                                 converted=converted)
+
+        return rules.CallContext(
+            tracee.pid,
+            rules.fd_mode_of(tracee.pid),
+            strict=bool(tracee.state and tracee.state.strict),
+            converted=converted,
+        )
 
     def settings(self) -> DaemonSettings:
         """This node's mosd.conf settings, read once (the defaults where there is none)."""
@@ -402,7 +416,7 @@ class Supervisor:
         try:
             address = injector.run_to(ptrace.INFO_EXIT)
         except inject.TraceeEnded as ended:
-            self.on_stop(ended.stop)           # killed meanwhile: its end is seen as any other
+            self.on_stop(ended.stop)  # killed meanwhile: its end is seen as any other
             return
         if not -4096 < address < 0:
             tracee.program.converted.append((address, address + length))
@@ -418,7 +432,7 @@ class Supervisor:
         try:
             path = memory.read_cstring(tracee.pid, call.path_addr, limit=64)
         except TraceError:
-            return rules.ALLOW               # let the kernel report EFAULT as it would
+            return rules.ALLOW  # let the kernel report EFAULT as it would
         if path == procself.PREFIX + CONTROL_NAME.encode() and call.flags & 3 == 1:
             return rules.Return(self._control(tracee, call.value))
         name = procself.special_name(path)
@@ -429,20 +443,19 @@ class Supervisor:
             return None
         if name == "migrate" and call.flags & 3 == 1:
             result = self.mover.migrate_from_program(tracee, call.value & 0xFFFFFFFF)
-            return None if result is PENDING else rules.Return(result)    # PENDING: answered when the move ends
+            return None if result is PENDING else rules.Return(result)  # PENDING: answered when the move ends
         env = procself.Environment(
-            whereami=lambda: 0, in_cluster=self.in_cluster,
-            read_string=lambda addr: self._read_string(tracee.pid, addr))
+            whereami=lambda: 0, in_cluster=self.in_cluster, read_string=lambda addr: self._read_string(tracee.pid, addr)
+        )
         before = row_fields(tracee.state)
-        checkpointing = (tracee.state.checkpoint_file, tracee.state.checkpoint_limit,
-                         tracee.state.checkpoint_interval)
+        checkpointing = (tracee.state.checkpoint_file, tracee.state.checkpoint_limit, tracee.state.checkpoint_interval)
         result = procself.handle(tracee.state, name, call.flags, call.value, env)
         if result >= 0 and call.flags & 3 and name.startswith("checkpoint"):
             self.checkpointing.checkpoint_settings(tracee, name, checkpointing)
         if (after := row_fields(tracee.state)) != before:
             self.tell(p.UpdateRequest(pid=tracee.pid, changes=p.RowChanges(**after)))
         if call.flags & 3 == 0 and procself.named_by_argument(path, tracee.command):
-            self.say(tracee, procself.misread_note(name, result))       # cat /proc/self/whereami
+            self.say(tracee, procself.misread_note(name, result))  # cat /proc/self/whereami
         return rules.Return(result)
 
     # -- clean stops ------------------------------------------------------------------------------------
@@ -526,9 +539,9 @@ class Supervisor:
             merged = mosopts.inherit(options_of(tracee.state), explicit)
             state = initial_state(merged)
             state.nmigs = tracee.state.nmigs
-            state.strict = tracee.state.strict    # the site's, whatever the program sends
+            state.strict = tracee.state.strict  # the site's, whatever the program sends
             if request.get("now"):
-                tracee.state = state          # a nested -S queue driver: its children inherit
+                tracee.state = state  # a nested -S queue driver: its children inherit
                 self.tell(p.UpdateRequest(pid=tracee.pid, changes=p.RowChanges(**row_fields(state))))
             else:
                 tracee.program.pending_exec = state

@@ -15,8 +15,8 @@ from ipaddress import IPv4Address
 
 import attrs
 
-from mosix_core.errors import MosixError, NotInMap
 from mosix_core.contract.records import TOO_BUSY
+from mosix_core.errors import MosixError, NotInMap
 
 #: the words (and /proc/self/migrate's value 0) that mean the process's home node
 HOME_WORDS = ("home", "0")
@@ -45,7 +45,7 @@ class MoveTarget:
     is what the user or program wrote, for messages."""
 
     named: str
-    address: IPv4Address | None = None      # None: home
+    address: IPv4Address | None = None  # None: home
 
     @property
     def home(self) -> bool:

@@ -16,8 +16,9 @@ from mosix_core.mosrun.move import MoveRequest
 from mosix_core.mosrun.supervisor import Supervisor, flag_summary, initial_state, node_in_cluster
 
 
-def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env: dict,
-                etc: Path, session: Session | None) -> None:
+def run_program(
+    opts: mosopts.MosrunOptions, program: str, args: list[str], env: dict, etc: Path, session: Session | None
+) -> None:
     """Become ``program``, supervised. Never returns. ``session``: an open session with
     the local mosd (the supervisor inherits it), or None where mosd does not run."""
     state = initial_state(opts)
@@ -33,8 +34,9 @@ def run_program(opts: mosopts.MosrunOptions, program: str, args: list[str], env:
                 raise SystemExit(1) from None
 
     def supervise(root: int, messages: int) -> None:
-        supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
-                                freezer=Freezer(etc), etc=etc)
+        supervisor = Supervisor(
+            messages_fd=messages, session=session, in_cluster=node_in_cluster(etc), freezer=Freezer(etc), etc=etc
+        )
         supervisor.install_wakeup()
         tracee = supervisor.adopt(root, state, command)
         if start_at is not None:
@@ -51,15 +53,16 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
 
     commands, failed = mosopts.parse_queue_spec(spec)
     messages = os.dup(2)
-    queue = CommandQueue(commands, failed, opts.queue_jobs,
-                         say=lambda text: os.write(messages, (text + "\n").encode(errors="replace")))
+    queue = CommandQueue(
+        commands, failed, opts.queue_jobs, say=lambda text: os.write(messages, (text + "\n").encode(errors="replace"))
+    )
     progress = Progress(messages)
     filter_program = rules.build_filter()
     stopping = False
 
     def interrupted(signum, frame) -> None:
         nonlocal stopping
-        stopping = True          # the running jobs got the terminal's signal themselves
+        stopping = True  # the running jobs got the terminal's signal themselves
 
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
@@ -71,8 +74,14 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
                 session.tell(p.UpdateRequest(pid=os.getpid(), changes=p.RowChanges(queue=queue.progress)))
             refill()
 
-    supervisor = Supervisor(messages_fd=messages, session=session, in_cluster=node_in_cluster(etc),
-                            on_exit=job_ended, freezer=Freezer(etc), etc=etc)
+    supervisor = Supervisor(
+        messages_fd=messages,
+        session=session,
+        in_cluster=node_in_cluster(etc),
+        on_exit=job_ended,
+        freezer=Freezer(etc),
+        etc=etc,
+    )
     supervisor.install_wakeup()
     supervisor.serve_control()
 
@@ -81,7 +90,7 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
             pid = launch.spawn_traced("bash", ["bash", "-c", job.line], env, filter_program)
             job.pid = pid
             queue.started(job)
-            supervisor.adopt(pid, initial_state(opts), job.command, job=job)   # for people: mosps
+            supervisor.adopt(pid, initial_state(opts), job.command, job=job)  # for people: mosps
 
     def more() -> bool:
         refill()
@@ -89,8 +98,11 @@ def run_queue(opts: mosopts.MosrunOptions, spec: str, env: dict, etc: Path, sess
 
     supervisor.keep_running = more
     if session is not None:
-        changes = p.RowChanges(command=f"mosrun -S{opts.queue_jobs} {spec}", queue=queue.progress,
-                               options=flag_summary(initial_state(opts)))
+        changes = p.RowChanges(
+            command=f"mosrun -S{opts.queue_jobs} {spec}",
+            queue=queue.progress,
+            options=flag_summary(initial_state(opts)),
+        )
         session.tell(p.RegisterRequest(pid=os.getpid(), changes=changes))
     refill()
     supervisor.run()

@@ -21,28 +21,39 @@ from mosix_core.mosrun import checkpoints, freezing, migration, procself
 from mosix_core.mosrun import options as mosopts
 from mosix_core.mosrun.move import Move, MoveRequest
 
-NOTHING_PENDING = object()      # /proc/self/mosrun: how a recursive mosrun talks to us
-PENDING = object()              # a call of the program answered later (its /proc/self/migrate)
+NOTHING_PENDING = object()  # /proc/self/mosrun: how a recursive mosrun talks to us
+PENDING = object()  # a call of the program answered later (its /proc/self/migrate)
 
 
 def initial_state(opts: mosopts.MosrunOptions) -> procself.MosixState:
     """A new MOSIX process's run-time parameters, from mosrun's options."""
     return procself.MosixState(
-        lock=int(opts.lock), freezable=int(opts.freezable),
+        lock=int(opts.lock),
+        freezable=int(opts.freezable),
         unsupportok={"kill": 0, "silent": 1, "warn": 2}[opts.unsupported],
-        needmem=opts.memory_mb or 0, cpujob=int(opts.cpujob), decayrate=opts.decay,
-        local_time=int(opts.local_time), checkpoint_file=opts.checkpoint_file,
-        checkpoint_limit=opts.checkpoint_limit or 0, checkpoint_interval=opts.checkpoint_interval or 0,
-        strict=int(opts.strict_limitations))
+        needmem=opts.memory_mb or 0,
+        cpujob=int(opts.cpujob),
+        decayrate=opts.decay,
+        local_time=int(opts.local_time),
+        checkpoint_file=opts.checkpoint_file,
+        checkpoint_limit=opts.checkpoint_limit or 0,
+        checkpoint_interval=opts.checkpoint_interval or 0,
+        strict=int(opts.strict_limitations),
+    )
 
 
 def options_of(state: procself.MosixState) -> mosopts.MosrunOptions:
     """The inheritable options a process has now (for a recursive mosrun)."""
     return mosopts.MosrunOptions(
-        lock=bool(state.lock), freezable=bool(state.freezable),
-        unsupported=("kill", "silent", "warn")[state.unsupportok], memory_mb=state.needmem or None,
-        cpujob=bool(state.cpujob), decay=state.decayrate, local_time=bool(state.local_time),
-        strict_limitations=bool(state.strict))
+        lock=bool(state.lock),
+        freezable=bool(state.freezable),
+        unsupported=("kill", "silent", "warn")[state.unsupportok],
+        memory_mb=state.needmem or None,
+        cpujob=bool(state.cpujob),
+        decay=state.decayrate,
+        local_time=bool(state.local_time),
+        strict_limitations=bool(state.strict),
+    )
 
 
 def flag_summary(state: procself.MosixState) -> str:
@@ -60,9 +71,15 @@ def flag_summary(state: procself.MosixState) -> str:
 def row_fields(state: procself.MosixState) -> dict:
     """The process-table fields mosd keeps from the process's parameters: what mosps shows,
     what automatic freezing and the balancer go by."""
-    return {"options": flag_summary(state), "freezable": bool(state.freezable), "locked": bool(state.lock),
-            "cpujob": bool(state.cpujob), "decayrate": state.decayrate, "needmem": state.needmem,
-            "cleared": state.statistics_cleared}
+    return {
+        "options": flag_summary(state),
+        "freezable": bool(state.freezable),
+        "locked": bool(state.lock),
+        "cpujob": bool(state.cpujob),
+        "decayrate": state.decayrate,
+        "needmem": state.needmem,
+        "cleared": state.statistics_cleared,
+    }
 
 
 @attrs.define(eq=False)
@@ -72,7 +89,7 @@ class Thread:
     per thread too."""
 
     tid: int
-    allow_sigstop: bool = False            # chkstop: this once, the SIGSTOP delivered is meant
+    allow_sigstop: bool = False  # chkstop: this once, the SIGSTOP delivered is meant
 
 
 @attrs.define(eq=False)
@@ -80,7 +97,7 @@ class Program:
     """The program the process runs, until its next exec."""
 
     command: str = ""
-    mosix_tool: bool = False               # our own mosrun/mosenv/mosnative (see Supervisor._exec)
+    mosix_tool: bool = False  # our own mosrun/mosenv/mosnative (see Supervisor._exec)
     # the state to take at the next exec (None: become native), as a recursive
     # mosrun/mosnative asked; NOTHING_PENDING when nothing was asked
     pending_exec: object = attrs.field(factory=lambda: NOTHING_PENDING)
@@ -94,9 +111,9 @@ class Freezing:
     """Its freezing (mosix_core.mosrun.freeze_control)."""
 
     frozen: freezing.Frozen | None = None
-    wanted: str | None = None              # "A"/"P"/"M": freeze at the next stop; "-": unfreeze
-    count: int = 0                         # how many times it was frozen (names its image)
-    told_no_space: bool = False            # said once: the policy retries every few seconds
+    wanted: str | None = None  # "A"/"P"/"M": freeze at the next stop; "-": unfreeze
+    count: int = 0  # how many times it was frozen (names its image)
+    told_no_space: bool = False  # said once: the policy retries every few seconds
 
 
 @attrs.define(eq=False)
@@ -104,20 +121,20 @@ class Tracee:
     """One traced process (see the module's docstring)."""
 
     pid: int
-    state: procself.MosixState | None      # None: not a MOSIX process (mosnative, 32-bit)
+    state: procself.MosixState | None  # None: not a MOSIX process (mosnative, 32-bit)
     parent: int | None = None
-    job: object = None                     # the -S queue job this process is the root of
-    virtual_pid: int | None = None         # restored: the pid the program knows itself by
+    job: object = None  # the -S queue job this process is the root of
+    virtual_pid: int | None = None  # restored: the pid the program knows itself by
     program: Program = attrs.field(factory=Program)
     thread: Thread = attrs.field(default=attrs.Factory(lambda self: Thread(self.pid), takes_self=True))
-    plan: checkpoints.CheckpointPlan | None = None     # its checkpoints
+    plan: checkpoints.CheckpointPlan | None = None  # its checkpoints
     freezing: Freezing = attrs.field(factory=Freezing)
-    away: migration.Away | None = None     # running on another node
-    move: Move | None = None               # the move under way (mosix_core.mosrun.move)
+    away: migration.Away | None = None  # running on another node
+    move: Move | None = None  # the move under way (mosix_core.mosrun.move)
     # the move its next exec makes: mosrun -r/-{n}/-b (where the program starts), or back
     # where the process was when it came home to exec
     start_at: MoveRequest | None = None
-    remote_utime: float = 0.0              # user CPU seconds of its stays away that ended
+    remote_utime: float = 0.0  # user CPU seconds of its stays away that ended
 
     @property
     def native(self) -> bool:
@@ -201,4 +218,5 @@ def node_in_cluster(etc) -> Callable[[int], bool]:
             return bool(config.cluster.contains(ip))
         except (MosixError, ValueError):
             return False
+
     return check

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Callable, Protocol
+from typing import Protocol
 
 
 class DatagramTransport(Protocol):

@@ -63,7 +63,7 @@ RPC_REQUEST = 2
 RPC_REPLY = 3
 
 # flags
-FLAG_ANSWER = 1   # gossip: the receiver should answer the sender at once (a liveness probe)
+FLAG_ANSWER = 1  # gossip: the receiver should answer the sender at once (a liveness probe)
 
 
 def derive_key(secret: bytes) -> bytes:
@@ -100,8 +100,9 @@ class Sealer:
         with self._lock:
             self._seq += 1
             seq = self._seq
-        header = HEADER.pack(MAGIC, WIRE_VERSION, kind, flags, self.sender.packed, self.epoch, seq,
-                             int(time.time() * 1000), len(payload))
+        header = HEADER.pack(
+            MAGIC, WIRE_VERSION, kind, flags, self.sender.packed, self.epoch, seq, int(time.time() * 1000), len(payload)
+        )
         return header + payload + _mac(self._key, header + payload, binding)
 
 
@@ -126,7 +127,7 @@ def parse_hello(data: bytes) -> bytes:
     """The nonce of the other end's :func:`hello`; ProtocolError if it is not one."""
     if len(data) != HELLO_SIZE or not data.startswith(HELLO_MAGIC):
         raise ProtocolError("the connection did not open with a MOSIX hello")
-    return data[len(HELLO_MAGIC):]
+    return data[len(HELLO_MAGIC) :]
 
 
 def channel_binding(listener_nonce: bytes, caller_nonce: bytes) -> bytes:
@@ -166,8 +167,15 @@ def open_envelope(key: bytes, data: bytes, binding: bytes = b"") -> Envelope:
     if not hmac.compare_digest(mac, _mac(key, body, binding)):
         raise AuthenticationError("message authentication code does not match")
     _magic, _version, kind, flags, ip, epoch, seq, time_ms, length = HEADER.unpack_from(body)
-    return Envelope(kind=kind, sender=IPv4Address(ip), epoch=epoch, seq=seq, time_ms=time_ms,
-                    payload=body[HEADER.size:HEADER.size + length], flags=flags)
+    return Envelope(
+        kind=kind,
+        sender=IPv4Address(ip),
+        epoch=epoch,
+        seq=seq,
+        time_ms=time_ms,
+        payload=body[HEADER.size : HEADER.size + length],
+        flags=flags,
+    )
 
 
 @attrs.define

@@ -28,7 +28,7 @@ call left there, not what the home side's scratch area held.
 from __future__ import annotations
 
 import errno
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 
@@ -44,7 +44,7 @@ STATFS_SIZE = 120
 RUSAGE_SIZE = 144
 SIGINFO_SIZE = 128
 FLOCK_SIZE = 32
-TIMESPEC_SIZE = 16        # also a struct timeval
+TIMESPEC_SIZE = 16  # also a struct timeval
 PATH_MAX = 4096
 #: one call's buffers, in and out together: a larger read or write must be split by
 #: the guest side (a read may return less than asked; a write is repeated)
@@ -176,7 +176,7 @@ _spec("renameat", _V, _S, _V, _S)
 _spec("renameat2", _V, _S, _V, _S, _V)
 _spec("link", _S, _S)
 _spec("linkat", _V, _S, _V, _S, _V)
-_spec("symlink", _S, _S)                       # the target is a string too
+_spec("symlink", _S, _S)  # the target is a string too
 _spec("symlinkat", _S, _V, _S)
 _spec("mknod", _S, _V, _V)
 _spec("mknodat", _V, _S, _V, _V)
@@ -202,10 +202,10 @@ _spec("chown", _S, _V, _V)
 _spec("fchown", _V, _V, _V)
 _spec("lchown", _S, _V, _V)
 _spec("fchownat", _V, _S, _V, _V, _V)
-_spec("utime", _S, _in(size=16))               # struct utimbuf; NULL: now
+_spec("utime", _S, _in(size=16))  # struct utimbuf; NULL: now
 _spec("utimes", _S, _in(size=2 * TIMESPEC_SIZE))
 _spec("futimesat", _V, _S, _in(size=2 * TIMESPEC_SIZE))
-_spec("utimensat", _V, _S, _in(size=2 * TIMESPEC_SIZE), _V)   # a NULL path: the descriptor itself
+_spec("utimensat", _V, _S, _in(size=2 * TIMESPEC_SIZE), _V)  # a NULL path: the descriptor itself
 _spec("statfs", _S, _out(size=STATFS_SIZE))
 _spec("fstatfs", _V, _out(size=STATFS_SIZE))
 _spec("umask", _V)
@@ -232,7 +232,7 @@ _spec("eventfd2", _V, _V)
 # (not timerfd: its clocks would be home's, and an absolute CLOCK_MONOTONIC time the
 # process read where it runs means nothing there)
 # where the process is
-_spec("getcwd", _out(size_arg=1, back="result"), _V)   # the length, with its NUL
+_spec("getcwd", _out(size_arg=1, back="result"), _V)  # the length, with its NUL
 _spec("chdir", _S)
 _spec("fchdir", _V)
 # who the process is (answered by its home: same pid, same parent, same identity)
@@ -249,8 +249,8 @@ _spec("setpgid", _V, _V)
 _spec("setsid")
 _spec("getresuid", _out(size=4), _out(size=4), _out(size=4))
 _spec("getresgid", _out(size=4), _out(size=4), _out(size=4))
-_spec("getgroups", _V, Arg(OUT, size_arg=0, back="result", unit="int"))   # 0 entries: how many
-_spec("getpriority", _V, _V)                    # 20 - nice, as the kernel returns it
+_spec("getgroups", _V, Arg(OUT, size_arg=0, back="result", unit="int"))  # 0 entries: how many
+_spec("getpriority", _V, _V)  # 20 - nice, as the kernel returns it
 _spec("setpriority", _V, _V, _V)
 _spec("uname", _out(size=390))
 _spec("gettid")
@@ -298,7 +298,7 @@ _spec("pselect6", _V, _FDSET, _FDSET, _FDSET, _inout(TIMESPEC_SIZE), _NULL)
 _spec("ppoll", Arg(INOUT, size_arg=1, unit="pollfd"), _V, _inout(TIMESPEC_SIZE), _in(size_arg=4), _V)
 _spec("epoll_create", _V)
 _spec("epoll_create1", _V)
-_spec("epoll_ctl", _V, _V, _V, _in(size=UNITS["epoll_event"]))     # NULL for EPOLL_CTL_DEL
+_spec("epoll_ctl", _V, _V, _V, _in(size=UNITS["epoll_event"]))  # NULL for EPOLL_CTL_DEL
 _EVENTS = Arg(OUT, size_arg=2, back="result", unit="epoll_event")
 _spec("epoll_wait", _V, _EVENTS, _V, _V)
 _spec("epoll_pwait", _V, _EVENTS, _V, _V, _in(size_arg=5), _V)
@@ -313,16 +313,33 @@ FIONCLEX, FIOCLEX, FIOASYNC = 0x5450, 0x5451, 0x5452
 TIOCGPTN, TIOCSPTLCK = 0x80045430, 0x40045431
 IOCTLS: dict[int, Arg] = {
     TCGETS: _out(size=TERMIOS_SIZE),
-    TCSETS: _in(size=TERMIOS_SIZE), TCSETSW: _in(size=TERMIOS_SIZE), TCSETSF: _in(size=TERMIOS_SIZE),
-    TIOCGPGRP: _out(size=4), TIOCSPGRP: _in(size=4),
-    TIOCGWINSZ: _out(size=WINSIZE_SIZE), TIOCSWINSZ: _in(size=WINSIZE_SIZE),
-    FIONREAD: _out(size=4), TIOCOUTQ: _out(size=4), TIOCGSID: _out(size=4),
+    TCSETS: _in(size=TERMIOS_SIZE),
+    TCSETSW: _in(size=TERMIOS_SIZE),
+    TCSETSF: _in(size=TERMIOS_SIZE),
+    TIOCGPGRP: _out(size=4),
+    TIOCSPGRP: _in(size=4),
+    TIOCGWINSZ: _out(size=WINSIZE_SIZE),
+    TIOCSWINSZ: _in(size=WINSIZE_SIZE),
+    FIONREAD: _out(size=4),
+    TIOCOUTQ: _out(size=4),
+    TIOCGSID: _out(size=4),
     # the argument is a value, or unused
-    TCSBRK: _V, TCSBRKP: _V, TCXONC: _V, TCFLSH: _V, TIOCSCTTY: _V, TIOCNOTTY: _V,
-    TIOCEXCL: _V, TIOCNXCL: _V, FIOCLEX: _V, FIONCLEX: _V,
-    FIONBIO: _in(size=4), FIOASYNC: _in(size=4),     # Python's setblocking() is FIONBIO
+    TCSBRK: _V,
+    TCSBRKP: _V,
+    TCXONC: _V,
+    TCFLSH: _V,
+    TIOCSCTTY: _V,
+    TIOCNOTTY: _V,
+    TIOCEXCL: _V,
+    TIOCNXCL: _V,
+    FIOCLEX: _V,
+    FIONCLEX: _V,
+    FIONBIO: _in(size=4),
+    FIOASYNC: _in(size=4),  # Python's setblocking() is FIONBIO
     # opening a pseudo-terminal (glibc's openpty)
-    TIOCGPTN: _out(size=4), TIOCSPTLCK: _in(size=4), TIOCGPTPEER: _V,
+    TIOCGPTN: _out(size=4),
+    TIOCSPTLCK: _in(size=4),
+    TIOCGPTPEER: _V,
 }
 SYS_IOCTL = NUMBERS["ioctl"]
 
@@ -334,14 +351,36 @@ F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
 F_SETLEASE, F_GETLEASE, F_NOTIFY, F_DUPFD_CLOEXEC = 1024, 1025, 1026, 1030
 F_SETPIPE_SZ, F_GETPIPE_SZ, F_ADD_SEALS, F_GET_SEALS = 1031, 1032, 1033, 1034
 FCNTLS: dict[int, Arg] = {
-    **{command: _V for command in (
-        F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_SETOWN, F_GETOWN,
-        F_SETSIG, F_GETSIG, F_SETLEASE, F_GETLEASE, F_NOTIFY, F_SETPIPE_SZ, F_GETPIPE_SZ,
-        F_ADD_SEALS, F_GET_SEALS)},
-    F_GETLK: _inout(FLOCK_SIZE), F_OFD_GETLK: _inout(FLOCK_SIZE),
-    F_SETLK: _in(size=FLOCK_SIZE), F_SETLKW: _in(size=FLOCK_SIZE),
-    F_OFD_SETLK: _in(size=FLOCK_SIZE), F_OFD_SETLKW: _in(size=FLOCK_SIZE),
-    F_SETOWN_EX: _in(size=8), F_GETOWN_EX: _out(size=8),       # struct f_owner_ex
+    **{
+        command: _V
+        for command in (
+            F_DUPFD,
+            F_DUPFD_CLOEXEC,
+            F_GETFD,
+            F_SETFD,
+            F_GETFL,
+            F_SETFL,
+            F_SETOWN,
+            F_GETOWN,
+            F_SETSIG,
+            F_GETSIG,
+            F_SETLEASE,
+            F_GETLEASE,
+            F_NOTIFY,
+            F_SETPIPE_SZ,
+            F_GETPIPE_SZ,
+            F_ADD_SEALS,
+            F_GET_SEALS,
+        )
+    },
+    F_GETLK: _inout(FLOCK_SIZE),
+    F_OFD_GETLK: _inout(FLOCK_SIZE),
+    F_SETLK: _in(size=FLOCK_SIZE),
+    F_SETLKW: _in(size=FLOCK_SIZE),
+    F_OFD_SETLK: _in(size=FLOCK_SIZE),
+    F_OFD_SETLKW: _in(size=FLOCK_SIZE),
+    F_SETOWN_EX: _in(size=8),
+    F_GETOWN_EX: _out(size=8),  # struct f_owner_ex
 }
 SYS_FCNTL = NUMBERS["fcntl"]
 #: the calls whose third argument is described by their second (request, command)
@@ -352,7 +391,10 @@ BY_COMMAND = {SYS_IOCTL: ("ioctl request", IOCTLS), SYS_FCNTL: ("fcntl command",
 # are the ones everybody sees; the others take values or nothing
 PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_SET_NAME, PR_GET_NAME, PR_GET_CHILD_SUBREAPER = 1, 2, 15, 16, 37
 PRCTLS: dict[int, Arg] = {
-    PR_SET_PDEATHSIG: _V, PR_GET_PDEATHSIG: _out(size=4), PR_SET_NAME: _S, PR_GET_NAME: _out(size=16),
+    PR_SET_PDEATHSIG: _V,
+    PR_GET_PDEATHSIG: _out(size=4),
+    PR_SET_NAME: _S,
+    PR_GET_NAME: _out(size=16),
     PR_GET_CHILD_SUBREAPER: _out(size=4),
     **{option: _V for option in (3, 7, 23, 27, 30, 39, 42)},
 }
@@ -373,8 +415,8 @@ class Request:
 
 @attrs.frozen
 class Reply:
-    result: int                                   # as the kernel returned it: -errno on failure
-    outputs: tuple[tuple[int, bytes], ...] = ()   # what the call wrote, by argument index
+    result: int  # as the kernel returned it: -errno on failure
+    outputs: tuple[tuple[int, bytes], ...] = ()  # what the call wrote, by argument index
 
 
 def forwardable(request: Request) -> bool:
@@ -435,8 +477,9 @@ def _size(arg: Arg, args: tuple[int, ...], read: Callable[[int, int], bytes]) ->
 _PARTIAL_WRITES = frozenset(NUMBERS[name] for name in ("write", "pwrite64"))
 
 
-def marshal(nr: int, args: tuple[int, ...], read: Callable[[int, int], bytes],
-            read_string: Callable[[int], bytes]) -> Request:
+def marshal(
+    nr: int, args: tuple[int, ...], read: Callable[[int, int], bytes], read_string: Callable[[int], bytes]
+) -> Request:
     """The request for call ``nr``; ``read(address, size)`` and ``read_string(address)``
     (without the NUL) read the process's memory. A NULL pointer stays NULL. A buffer
     that runs off the process's memory is :class:`TraceError` EFAULT, except a write's:
@@ -464,15 +507,16 @@ def marshal(nr: int, args: tuple[int, ...], read: Callable[[int, int], bytes],
             data = read(pointer, size)
             if len(data) < size:
                 if nr not in _PARTIAL_WRITES or not data:
-                    raise TraceError(f"argument {index} of system call {nr} runs off the process's memory",
-                                     errno.EFAULT)
-                args = args[:2] + (len(data),) + args[3:]          # a short write
+                    raise TraceError(
+                        f"argument {index} of system call {nr} runs off the process's memory", errno.EFAULT
+                    )
+                args = args[:2] + (len(data),) + args[3:]  # a short write
             inputs.append((index, data))
         if arg.kind in (OUT, INOUT):
             outputs.append((index, size))
     if total > MAX_TRANSFER:
         raise CannotForward(f"{total} bytes of buffers in one call (at most {MAX_TRANSFER})")
-    return Request(nr, tuple(args[:len(kinds)]), tuple(inputs), tuple(outputs))
+    return Request(nr, tuple(args[: len(kinds)]), tuple(inputs), tuple(outputs))
 
 
 def reply_outputs(request: Request, result: int, read: Callable[[int, int], bytes]) -> tuple[tuple[int, bytes], ...]:

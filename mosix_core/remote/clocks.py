@@ -19,7 +19,7 @@ stays monotonic across moves too.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 
@@ -72,12 +72,18 @@ def measure_guest_side(send: Callable[[dict], None], receive: Callable[[], dict]
             answer = receive()
             after = timens.readings()
             clocks = answer.get("clocks")
-            if answer.get("op") != "clock" or not isinstance(clocks, dict) or not all(
-                    isinstance(clocks.get(name), int) for name in timens.COMPARED):
+            if (
+                answer.get("op") != "clock"
+                or not isinstance(clocks, dict)
+                or not all(isinstance(clocks.get(name), int) for name in timens.COMPARED)
+            ):
                 raise ProtocolError(f"expected home's clocks, got {answer!r}")
             trip = after["monotonic"] - before["monotonic"]
             if best is None or trip < best.round_trip_ns:
-                best = ClockOffsets({name: clocks[name] - (before[name] + after[name]) // 2
-                                     for name in timens.COMPARED}, trip, local_time=False)
+                best = ClockOffsets(
+                    {name: clocks[name] - (before[name] + after[name]) // 2 for name in timens.COMPARED},
+                    trip,
+                    local_time=False,
+                )
     send({"op": "ready"})
     return best or ClockOffsets()

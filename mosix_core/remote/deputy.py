@@ -37,12 +37,12 @@ SYS_MMAP, SYS_MUNMAP = 9, 11
 SYS_MPROTECT = 10
 PROT_EXEC = 4
 PAGE = 4096
-CALL_CODE = b"\x0f\x05\xcc"                # syscall; int3
-CALL_END, BREAKPOINT_END = 2, 3            # rip - code: the call returned; the breakpoint was hit
+CALL_CODE = b"\x0f\x05\xcc"  # syscall; int3
+CALL_END, BREAKPOINT_END = 2, 3  # rip - code: the call returned; the breakpoint was hit
 PROT_READ, PROT_WRITE = 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS = 0x2, 0x20
 ALIGN = 16
-SCRATCH_SIZE = MAX_TRANSFER + 64 * 1024     # the largest call's buffers, plus paths
+SCRATCH_SIZE = MAX_TRANSFER + 64 * 1024  # the largest call's buffers, plus paths
 
 
 class Deputy:
@@ -53,17 +53,25 @@ class Deputy:
         self.pid = pid
         self.injector = inject.Injector(pid, shell)
         self.scratch = self.injector.check(
-            "mmap(deputy scratch)", SYS_MMAP, 0, SCRATCH_SIZE, PROT_READ | PROT_WRITE,
-            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            "mmap(deputy scratch)",
+            SYS_MMAP,
+            0,
+            SCRATCH_SIZE,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            -1,
+            0,
+        )
         self.mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         # where calls are made: "syscall; int3", so one stop (the breakpoint) ends a call
-        self.code = self.injector.check("mmap(deputy code)", SYS_MMAP, 0, PAGE, PROT_READ | PROT_WRITE,
-                                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        self.code = self.injector.check(
+            "mmap(deputy code)", SYS_MMAP, 0, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0
+        )
         os.pwrite(self.mem, CALL_CODE, self.code)
         self.injector.check("mprotect(deputy code)", SYS_MPROTECT, self.code, PAGE, PROT_READ | PROT_EXEC)
         self.caller = inject.Injector(pid, self.code)
         self._running: tuple[Request, dict[int, int]] | None = None
-        self.ended: ptrace.Stop | None = None    # how the process ended (exit_group, a signal)
+        self.ended: ptrace.Stop | None = None  # how the process ended (exit_group, a signal)
 
     @property
     def running(self) -> Request | None:
@@ -128,11 +136,12 @@ class Deputy:
         regs = ptrace.get_regs(self.pid)
         at = regs.rip - self.code
         if stop.kind == "signal" and not (stop.sig == signal.SIGTRAP and at == BREAKPOINT_END):
-            self.injector.deferred.append(stop.sig)     # the process's, wherever it runs
+            self.injector.deferred.append(stop.sig)  # the process's, wherever it runs
         returned = at in (CALL_END, BREAKPOINT_END) and (
-            stop.kind == "signal" or (stop.kind == "event" and stop.event == ptrace.EVENT_STOP))
+            stop.kind == "signal" or (stop.kind == "event" and stop.event == ptrace.EVENT_STOP)
+        )
         if not returned:
-            ptrace.cont(self.pid)                       # not in the call yet, or a seccomp stop
+            ptrace.cont(self.pid)  # not in the call yet, or a seccomp stop
             return None
         request, places = self._running
         self._running = None

@@ -23,7 +23,7 @@ import select
 import socket
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 
@@ -57,8 +57,10 @@ Pour = Callable[[Request, int, int, "Channel"], Reply | None]
 
 def request_parts(request: Request) -> list:
     """A request's frame as the buffers it is made of (its data not copied)."""
-    parts = [_REQ.pack(b"Q", request.nr, len(request.args), len(request.inputs), len(request.outputs)),
-             struct.pack(f"<{len(request.args)}Q", *(a & ((1 << 64) - 1) for a in request.args))]
+    parts = [
+        _REQ.pack(b"Q", request.nr, len(request.args), len(request.inputs), len(request.outputs)),
+        struct.pack(f"<{len(request.args)}Q", *(a & ((1 << 64) - 1) for a in request.args)),
+    ]
     for index, data in request.inputs:
         parts += [_BUF.pack(index, len(data)), data]
     parts += [_BUF.pack(index, capacity) for index, capacity in request.outputs]
@@ -133,7 +135,7 @@ class _Reader:
     def bytes(self, size: int) -> bytes:
         if self.at + size > len(self.body):
             raise ProtocolError("a frame shorter than its contents")
-        data = self.view[self.at:self.at + size]
+        data = self.view[self.at : self.at + size]
         self.at += size
         # a call's megabytes stay where they were received (a view: bytes-like for
         # os.write/pwrite); small fields become bytes of their own
@@ -211,8 +213,8 @@ class Channel:
                 if reply is not None:
                     return Poured(request, reply)
         body = bytearray(length)
-        body[:len(head)] = head
-        self._fill(memoryview(body)[len(head):])
+        body[: len(head)] = head
+        self._fill(memoryview(body)[len(head) :])
         return decode(body)
 
     def readable_within(self, seconds: float) -> bool:
@@ -224,7 +226,7 @@ class Channel:
         while not poller.poll(0):
             if time.perf_counter() > deadline:
                 return False
-            os.sched_yield()                 # whoever shares this CPU goes first
+            os.sched_yield()  # whoever shares this CPU goes first
         return True
 
     def receive_into(self, view: memoryview) -> int:

@@ -63,15 +63,42 @@ from mosix_core.remote.guest_clock import (
 #: rules first, then made here: calls.RUN_WHERE_IT_IS). None of them may name another
 #: process: prlimit64 runs here only on pid 0 (see guest_filter); tests/security
 #: checks the rest.
-LOCAL = frozenset({
-    "brk", "munmap", "mprotect", "mremap", "msync",
-    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigsuspend",
-    "sigaltstack", "arch_prctl", "set_tid_address", "set_robust_list",
-    "rseq", "sched_yield", "nanosleep", "clock_nanosleep",
-    "clock_gettime", "gettimeofday", "time", "getrandom", "pause",
-    "getrusage", "times", "prlimit64", "getrlimit", "setrlimit",
-    "alarm", "setitimer", "getitimer", "restart_syscall",
-})
+LOCAL = frozenset(
+    {
+        "brk",
+        "munmap",
+        "mprotect",
+        "mremap",
+        "msync",
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "rt_sigpending",
+        "rt_sigsuspend",
+        "sigaltstack",
+        "arch_prctl",
+        "set_tid_address",
+        "set_robust_list",
+        "rseq",
+        "sched_yield",
+        "nanosleep",
+        "clock_nanosleep",
+        "clock_gettime",
+        "gettimeofday",
+        "time",
+        "getrandom",
+        "pause",
+        "getrusage",
+        "times",
+        "prlimit64",
+        "getrlimit",
+        "setrlimit",
+        "alarm",
+        "setitimer",
+        "getitimer",
+        "restart_syscall",
+    }
+)
 SYS_FUTEX = NUMBERS["futex"]
 JOB_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 #: local when they only wait (no descriptors: ``nfds``, at this argument, is 0)
@@ -101,17 +128,24 @@ def guest_filter(*, wall_clock: bool = False) -> list:
     if wall_clock:
         table[SYS_CLOCK_GETTIME] = seccomp.when_arg_in(0, WALL_CLOCKS)
         table[SYS_GETTIMEOFDAY] = table[SYS_TIME] = seccomp.always()
-    table[SYS_MMAP] = seccomp.when_arg_in(3, [0], mask=MAP_ANONYMOUS)   # file mappings stop
+    table[SYS_MMAP] = seccomp.when_arg_in(3, [0], mask=MAP_ANONYMOUS)  # file mappings stop
     # a private futex lives in the process's own memory (shared ones are refused at home)
     if not wall_clock:
         table[SYS_FUTEX] = seccomp.when_arg_in(1, [0], mask=FUTEX_PRIVATE_FLAG)
     else:
         # ...and a private one waited on until a wall-clock time stops too (the time is
         # home's, see Guest._until_home_time)
-        table[SYS_FUTEX] = seccomp.custom([
-            seccomp.ld_arg_low(1), seccomp.jset(FUTEX_PRIVATE_FLAG, 0, 4), seccomp.jset(FUTEX_CLOCK_REALTIME, 3, 0),
-            seccomp.and_(FUTEX_CMD), seccomp.jeq(FUTEX_LOCK_PI, 1, 0),
-            seccomp.ret(seccomp.RET_ALLOW), seccomp.ret(seccomp.RET_TRACE)])
+        table[SYS_FUTEX] = seccomp.custom(
+            [
+                seccomp.ld_arg_low(1),
+                seccomp.jset(FUTEX_PRIVATE_FLAG, 0, 4),
+                seccomp.jset(FUTEX_CLOCK_REALTIME, 3, 0),
+                seccomp.and_(FUTEX_CMD),
+                seccomp.jeq(FUTEX_LOCK_PI, 1, 0),
+                seccomp.ret(seccomp.RET_ALLOW),
+                seccomp.ret(seccomp.RET_TRACE),
+            ]
+        )
     for name, nfds in WAITING.items():
         table[NUMBERS[name]] = seccomp.unless_arg_in(nfds, [0])
     # the process's own limits only: on another pid (another guest's host, say) it is
@@ -120,14 +154,27 @@ def guest_filter(*, wall_clock: bool = False) -> list:
     # asked of home's rules (calls.RUN_WHERE_IT_IS): PROT_WRITE may be added to a
     # read-only MAP_SHARED mapped privately; madvise and all but the relative
     # REALTIME/MONOTONIC sleeps are refused by a strict site
-    table[SYS_MPROTECT] = seccomp.custom([
-        seccomp.ld_arg_low(2), seccomp.jset(PROT_WRITE, 0, 1), seccomp.ret(seccomp.RET_TRACE),
-        seccomp.ret(seccomp.RET_ALLOW)])
+    table[SYS_MPROTECT] = seccomp.custom(
+        [
+            seccomp.ld_arg_low(2),
+            seccomp.jset(PROT_WRITE, 0, 1),
+            seccomp.ret(seccomp.RET_TRACE),
+            seccomp.ret(seccomp.RET_ALLOW),
+        ]
+    )
     table[SYS_MADVISE] = seccomp.always()
-    table[SYS_CLOCK_NANOSLEEP] = seccomp.custom([
-        seccomp.ld_arg_low(1), seccomp.jeq(0, 1, 0), seccomp.ret(seccomp.RET_TRACE),
-        seccomp.ld_arg_low(0), seccomp.jeq(0, 2, 0), seccomp.jeq(1, 1, 0), seccomp.ret(seccomp.RET_TRACE),
-        seccomp.ret(seccomp.RET_ALLOW)])
+    table[SYS_CLOCK_NANOSLEEP] = seccomp.custom(
+        [
+            seccomp.ld_arg_low(1),
+            seccomp.jeq(0, 1, 0),
+            seccomp.ret(seccomp.RET_TRACE),
+            seccomp.ld_arg_low(0),
+            seccomp.jeq(0, 2, 0),
+            seccomp.jeq(1, 1, 0),
+            seccomp.ret(seccomp.RET_TRACE),
+            seccomp.ret(seccomp.RET_ALLOW),
+        ]
+    )
     return seccomp.build(table, max(NAMES))
 
 
@@ -140,15 +187,15 @@ class Guest:
         self.forwarded = 0
         self.exit_status: int | None = None
         self.stepping = False
-        self.killed_by: int | None = None        # the signal that ended it here, if one did
+        self.killed_by: int | None = None  # the signal that ended it here, if one did
         # a call it must make at home (fork, exec...): it is backed up to be made again
         # there, and the guest is stopped at that call's exit, ready to be sent home
         self.wants_home: str | None = None
-        self.stopped_by: int | None = None       # the job-control signal it was stopped for
-        self.leaving = False                     # home asked for it: its next call is made there
+        self.stopped_by: int | None = None  # the job-control signal it was stopped for
+        self.leaving = False  # home asked for it: its next call is made there
         self.memory = GuestMemory(pid)
-        self.clock = HomeClock(pid, self.memory)   # home's wall clock, once read_home_wall_clock is called
-        self._home_pid: int | None = None          # the process's pid at home, once asked
+        self.clock = HomeClock(pid, self.memory)  # home's wall clock, once read_home_wall_clock is called
+        self._home_pid: int | None = None  # the process's pid at home, once asked
 
     def run(self) -> int:
         """Let the process run; its exit status (as it ended at home)."""
@@ -166,15 +213,15 @@ class Guest:
             if self.exit_status is None:
                 if stop.kind != "killed":
                     raise TraceError(f"guest {self.pid} ended without going home: {stop}", errno.ESRCH)
-                self.killed_by = stop.sig             # a signal's default action, here
+                self.killed_by = stop.sig  # a signal's default action, here
                 return 128 + stop.sig
             return self.exit_status
         if stop.kind == "event" and stop.event == ptrace.EVENT_SECCOMP:
             self._trapped()
         elif stop.kind == "signal":
-            self._resume(stop.sig)                    # its own signals are delivered here
+            self._resume(stop.sig)  # its own signals are delivered here
         elif stop.kind == "event" and stop.event == ptrace.EVENT_STOP and stop.group_stop:
-            ptrace.listen(self.pid)                   # stopped (SIGTSTP...) until SIGCONT
+            ptrace.listen(self.pid)  # stopped (SIGTSTP...) until SIGCONT
         else:
             self.put_back_deadline()
             self._resume()
@@ -226,7 +273,7 @@ class Guest:
             self._go_home_for(info.nr, NAMES[info.nr])
             return
         if self.leaving:
-            self._go_home_for(info.nr, "home")       # asked home: the call is made there
+            self._go_home_for(info.nr, "home")  # asked home: the call is made there
             return
         if info.nr == SYS_MMAP:
             self._map_file(info.args)
@@ -236,7 +283,7 @@ class Guest:
             return
         if info.nr == SYS_PRLIMIT64 and self._is_home_pid(info.args[0]):
             regs = ptrace.get_regs(pid)
-            regs.rdi = 0                              # its own limits: they are here
+            regs.rdi = 0  # its own limits: they are here
             ptrace.set_regs(pid, regs)
             self._resume()
             return
@@ -244,13 +291,13 @@ class Guest:
             self._finish(self.clock.read(info.nr, info.args))
             return
         if info.nr == SYS_FUTEX and info.args[1] & FUTEX_PRIVATE_FLAG:
-            self._until_home_time(info.args)          # only stops so when the wall clock is home's
+            self._until_home_time(info.args)  # only stops so when the wall clock is home's
             return
         if info.nr in EXITS:
             status = info.args[0] & 0xFF
             self.forward(Request(NUMBERS["exit_group"], (status,)))
             self.exit_status = status
-            os.kill(pid, signal.SIGKILL)              # it has ended at home
+            os.kill(pid, signal.SIGKILL)  # it has ended at home
             return
         args = list(info.args)
         if info.nr in READS:
@@ -285,8 +332,12 @@ class Guest:
         allowed = self.forward(Request(nr, tuple(args))).result
         if allowed < 0:
             self._finish(allowed)
-        elif (nr == SYS_CLOCK_NANOSLEEP and self.clock.offset is not None and args[1] & TIMER_ABSTIME
-              and args[0] & 0xFFFFFFFF in WALL_CLOCKS):
+        elif (
+            nr == SYS_CLOCK_NANOSLEEP
+            and self.clock.offset is not None
+            and args[1] & TIMER_ABSTIME
+            and args[0] & 0xFFFFFFFF in WALL_CLOCKS
+        ):
             self._deadline_to_here(args[2])
         else:
             self._resume()
@@ -329,7 +380,7 @@ class Guest:
             self.signal(sig)
         regs = ptrace.get_regs(pid)
         if self._signal_due():
-            regs.orig_rax = nr                        # what the kernel restarts, if it does
+            regs.orig_rax = nr  # what the kernel restarts, if it does
             # the restart block (poll's remaining time...) was at home: start over instead
             regs.rax = -(inject.ERESTART_NOHAND if -result == inject.ERESTART_RESTARTBLOCK else -result) & UNSIGNED
         else:
@@ -348,8 +399,7 @@ class Guest:
     def _call_home(self, nr: int, args: tuple[int, ...]) -> int:
         pid = self.pid
         try:
-            request = marshal(nr, args, self.memory.read,
-                              lambda address: memory.read_cstring(pid, address, limit=4096))
+            request = marshal(nr, args, self.memory.read, lambda address: memory.read_cstring(pid, address, limit=4096))
         except CannotForward:
             try:
                 spec_of(nr, args)
@@ -369,7 +419,7 @@ class Guest:
         regs = ptrace.get_regs(self.pid)
         regs.orig_rax = inject.MINUS_ONE
         regs.rax = nr
-        regs.rip -= 2                                 # the syscall instruction again
+        regs.rip -= 2  # the syscall instruction again
         ptrace.set_regs(self.pid, regs)
         self.wants_home = reason
         self.stepping = True
@@ -400,10 +450,10 @@ class Guest:
         length, fd, offset = args[1], args[4], args[5]
         regs = ptrace.get_regs(pid)
         regs.r10 = (flags & ~MAP_TYPE) | MAP_PRIVATE | MAP_ANONYMOUS
-        regs.r8, regs.r9 = UNSIGNED, 0                 # fd -1, offset 0
+        regs.r8, regs.r9 = UNSIGNED, 0  # fd -1, offset 0
         ptrace.set_regs(pid, regs)
         injector = inject.Injector(pid, 0)
-        address = injector.run_to(ptrace.INFO_EXIT)    # at its exit now: a clean point
+        address = injector.run_to(ptrace.INFO_EXIT)  # at its exit now: a clean point
         if address >= 0:
             done = 0
             while done < length:
@@ -428,8 +478,8 @@ class Guest:
 
     def _finish(self, result: int) -> None:
         regs = ptrace.get_regs(self.pid)
-        regs.orig_rax = inject.MINUS_ONE              # skip the call here...
-        regs.rax = result & UNSIGNED                  # ...it returns what it did at home
+        regs.orig_rax = inject.MINUS_ONE  # skip the call here...
+        regs.rax = result & UNSIGNED  # ...it returns what it did at home
         ptrace.set_regs(self.pid, regs)
         self._resume()
 

@@ -26,8 +26,12 @@ Send = Callable[[Request], Reply]
 WRITES = {NUMBERS["write"]: None, NUMBERS["pwrite64"]: 3}
 #: the vectored calls, made at home as one plain read or write of the whole (so a
 #: writev to a pipe stays one atomic write): the call, and its offset argument if any
-VECTORED = {NUMBERS["readv"]: (NUMBERS["read"], None), NUMBERS["writev"]: (NUMBERS["write"], None),
-            NUMBERS["preadv"]: (NUMBERS["pread64"], 3), NUMBERS["pwritev"]: (NUMBERS["pwrite64"], 3)}
+VECTORED = {
+    NUMBERS["readv"]: (NUMBERS["read"], None),
+    NUMBERS["writev"]: (NUMBERS["write"], None),
+    NUMBERS["preadv"]: (NUMBERS["pread64"], 3),
+    NUMBERS["pwritev"]: (NUMBERS["pwrite64"], 3),
+}
 IOV_MAX = 1024
 SYS_SENDMSG, SYS_RECVMSG = NUMBERS["sendmsg"], NUMBERS["recvmsg"]
 SYS_SENDTO, SYS_RECVFROM = NUMBERS["sendto"], NUMBERS["recvfrom"]
@@ -83,7 +87,7 @@ class GuestMemory:
         for base, room in vectors:
             if at >= len(data):
                 break
-            self.write(base, data[at:at + room])
+            self.write(base, data[at : at + room])
             at += room
 
 
@@ -100,7 +104,7 @@ def vectored(memory: GuestMemory, send: Send, nr: int, args: list[int]) -> int:
             data = memory.gather(vectors)
             done = 0
             while True:
-                piece = data[done:done + MAX_TRANSFER]
+                piece = data[done : done + MAX_TRANSFER]
                 piece_offset = () if offset_arg is None else (offset[0] + done,)
                 result = send(Request(single, (args[0], 1, len(piece)) + piece_offset, inputs=((1, piece),))).result
                 if result < 0:
@@ -133,18 +137,25 @@ def message(memory: GuestMemory, send: Send, nr: int, args: list[int]) -> int:
         if nr == SYS_SENDMSG:
             if control and controllen:
                 return -errno.EOPNOTSUPP
-            data = memory.gather(vectors)[:MAX_TRANSFER]          # a stream sends less; a datagram is far less
+            data = memory.gather(vectors)[:MAX_TRANSFER]  # a stream sends less; a datagram is far less
             inputs = [(1, data)]
             if name and namelen:
                 inputs.append((4, memory.read(name, min(namelen, 128))))
-            return send(Request(SYS_SENDTO, (fd, 1, len(data), flags, 1 if name else 0,
-                                             len(inputs[-1][1]) if name and namelen else 0),
-                                inputs=tuple(inputs))).result
+            return send(
+                Request(
+                    SYS_SENDTO,
+                    (fd, 1, len(data), flags, 1 if name else 0, len(inputs[-1][1]) if name and namelen else 0),
+                    inputs=tuple(inputs),
+                )
+            ).result
         size = min(sum(size for _, size in vectors), MAX_TRANSFER)
         room = min(namelen, 128) if name else 0
-        request = Request(SYS_RECVFROM, (fd, 1, size, flags, 1 if room else 0, 1 if room else 0),
-                          inputs=((5, struct.pack("<I", room)),) if room else (),
-                          outputs=((1, size),) + (((4, room), (5, 4)) if room else ()))
+        request = Request(
+            SYS_RECVFROM,
+            (fd, 1, size, flags, 1 if room else 0, 1 if room else 0),
+            inputs=((5, struct.pack("<I", room)),) if room else (),
+            outputs=((1, size),) + (((4, room), (5, 4)) if room else ()),
+        )
         reply = send(request)
         if reply.result < 0:
             return reply.result
@@ -152,8 +163,8 @@ def message(memory: GuestMemory, send: Send, nr: int, args: list[int]) -> int:
         memory.scatter(vectors, outputs.get(1, b""))
         if room:
             memory.write(name, outputs.get(4, b""))
-            memory.write(address + 8, outputs.get(5, b"\0\0\0\0"))        # msg_namelen
-        memory.write(address + 40, bytes(8) + bytes(4))                   # msg_controllen, msg_flags
+            memory.write(address + 8, outputs.get(5, b"\0\0\0\0"))  # msg_namelen
+        memory.write(address + 40, bytes(8) + bytes(4))  # msg_controllen, msg_flags
         return reply.result
     except TraceError as err:
         return -(err.errno or errno.EFAULT)

@@ -49,7 +49,7 @@ class HomeClock:
     def __init__(self, pid: int, memory: GuestMemory) -> None:
         self.pid = pid
         self.memory = memory
-        self.offset: int | None = None      # home's wall clock less this node's (ns), if read from home
+        self.offset: int | None = None  # home's wall clock less this node's (ns), if read from home
         # a wait's wall-clock deadline, changed to this node's clock while the call
         # runs: where it is and what it held, to put back when the call returns
         self._deadline: tuple[int, bytes] | None = None
@@ -62,7 +62,7 @@ class HomeClock:
         self.offset = offset_ns
         mapping = next((m for m in procfs.read_maps(self.pid) if m.path == "[vdso]"), None)
         if mapping is None:
-            return []                                # no vDSO: every call enters the kernel already
+            return []  # no vDSO: every call enters the kernel already
         entries = vdso.clock_entry_points(self.memory.read(mapping.start, mapping.size))
         stub_size = len(vdso.syscall_stub(0))
         deferred = []
@@ -75,7 +75,7 @@ class HomeClock:
             ptrace.step(self.pid)
             stop = ptrace.wait_for(self.pid)
             if stop.kind == "signal" and stop.sig != signal.SIGTRAP:
-                deferred.append(stop.sig)            # held back: delivered once it is done
+                deferred.append(stop.sig)  # held back: delivered once it is done
             elif stop.kind != "signal":
                 raise TraceError(f"guest {self.pid} stopped unexpectedly in its vDSO: {stop}", errno.ESRCH)
         else:
@@ -104,7 +104,7 @@ class HomeClock:
             if args[0]:
                 write(args[0], struct.pack("=qq", seconds, nanoseconds // 1000))
             if args[1]:
-                write(args[1], bytes(8))             # struct timezone: minutes west, dst
+                write(args[1], bytes(8))  # struct timezone: minutes west, dst
             return 0
         except TraceError:
             return -errno.EFAULT
@@ -120,14 +120,14 @@ class HomeClock:
             try:
                 original = self.memory.read(address, 16)
                 seconds, nanoseconds = struct.unpack("=qq", original)
-                if 0 <= nanoseconds < timens.NS_PER_S:       # else the kernel says EINVAL, as it would
+                if 0 <= nanoseconds < timens.NS_PER_S:  # else the kernel says EINVAL, as it would
                     here = max(0, seconds * timens.NS_PER_S + nanoseconds - self.offset)
                     self.memory.write(address, struct.pack("=qq", *divmod(here, timens.NS_PER_S)))
                     self._deadline = (address, original)
-                    ptrace.syscall(self.pid)              # to the call's end, to put it back
+                    ptrace.syscall(self.pid)  # to the call's end, to put it back
                     return True
             except (TraceError, struct.error):
-                pass                                  # unreadable: the kernel says EFAULT, as it would
+                pass  # unreadable: the kernel says EFAULT, as it would
         return False
 
     def put_back_deadline(self) -> None:
@@ -135,5 +135,5 @@ class HomeClock:
         if self._deadline is not None:
             address, original = self._deadline
             self._deadline = None
-            with contextlib.suppress(TraceError):     # unmapped meanwhile: nothing to put back
+            with contextlib.suppress(TraceError):  # unmapped meanwhile: nothing to put back
                 self.memory.write(address, original)

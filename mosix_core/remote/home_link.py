@@ -24,7 +24,7 @@ from mosix_core.remote.calls import Reply
 from mosix_core.remote.frames import Channel, encode_control, encode_reply, reply_parts
 from mosix_core.remote.link import NO_SUCH_GUEST, REATTACH_HANDSHAKE, keep_alive
 
-REATTACH_EVERY = 1.0              # seconds between tries to make a cut link to a guest again
+REATTACH_EVERY = 1.0  # seconds between tries to make a cut link to a guest again
 
 
 class HomeLink:
@@ -33,7 +33,7 @@ class HomeLink:
     def __init__(self, sup) -> None:
         self.sup = sup
         self._next_heartbeat_check = 0.0
-        self._own_affinity: set[int] | None = None      # ours, while pinned (see pin_shell)
+        self._own_affinity: set[int] | None = None  # ours, while pinned (see pin_shell)
         self._pinned_to = 0
 
     def check_away_nodes(self) -> None:
@@ -46,15 +46,18 @@ class HomeLink:
         self._next_heartbeat_check = now + migration.HEARTBEAT_CHECK
         for tracee in [t for t in self.sup.tracees.values() if t.away is not None and t.away.lost_since is not None]:
             if now - tracee.away.lost_since > tracee.away.grace:
-                self.given_up(tracee)               # the link stayed cut: the guest is lost
-        away = [t for t in self.sup.tracees.values() if t.away is not None and t.away.dying is None
-                and t.away.lost_since is None]
+                self.given_up(tracee)  # the link stayed cut: the guest is lost
+        away = [
+            t
+            for t in self.sup.tracees.values()
+            if t.away is not None and t.away.dying is None and t.away.lost_since is None
+        ]
         if not away or self.sup.etc is None:
             return
         try:
             alive = {n["ip"]: n.get("alive") for n in Client(self.sup.etc).call("view")["nodes"]}
         except (MosixError, KeyError, TypeError):
-            return                                   # no mosd to ask: the link alone decides
+            return  # no mosd to ask: the link alone decides
         for tracee in away:
             where = tracee.away.where
             if alive.get(where, True):
@@ -129,10 +132,11 @@ class HomeLink:
                         pass
                     sock.close()
                 elif reply.get("refused") == NO_SUCH_GUEST:
-                    outcome = ({"gone": True}, None)     # the node lives, the guest does not
+                    outcome = ({"gone": True}, None)  # the node lives, the guest does not
                     break
                 time.sleep(REATTACH_EVERY)
             self.sup.later(lambda: self._reattached(tracee, away, *outcome))
+
         threading.Thread(target=work, name=f"reattach-{pid}", daemon=True).start()
 
     def _reattached(self, tracee: Tracee, away: migration.Away, hello: dict, channel: Channel | None) -> None:
@@ -147,11 +151,11 @@ class HomeLink:
         if channel is None:
             if hello.get("gone"):
                 self.given_up(tracee)
-            return                                   # the grace period ends it (_check_away_nodes)
+            return  # the grace period ends it (_check_away_nodes)
         replies = hello.get("replies")
         if not isinstance(replies, int) or replies not in (away.replies, away.replies - 1):
             channel.sock.close()
-            self.given_up(tracee)                   # the two ends disagree: nothing can be trusted
+            self.given_up(tracee)  # the two ends disagree: nothing can be trusted
             return
         try:
             channel.send(encode_control({"op": "resumed", "requests": away.requests}))
@@ -185,8 +189,9 @@ class HomeLink:
             self.drop_away(tracee)
             try:
                 with self.unpinned():
-                    deferred, tracee.program.converted = checkpoints.recover_into(tracee.pid, last[1],
-                                                                         away.deputy.injector.address)
+                    deferred, tracee.program.converted = checkpoints.recover_into(
+                        tracee.pid, last[1], away.deputy.injector.address
+                    )
             except (MosixError, OSError) as err:
                 self.sup.say(tracee, f"recovering from checkpoint {last[0]} failed: {err}")
                 self.sup.say(tracee, migration.lost_communication(where))
@@ -214,7 +219,7 @@ class HomeLink:
         away.close()
         try:
             if away.affinity is not None:
-                cpus.pin(tracee.pid, away.affinity)      # home again: wherever the kernel likes
+                cpus.pin(tracee.pid, away.affinity)  # home again: wherever the kernel likes
             if self._own_affinity is not None and all(t.away is None for t in self.sup.tracees.values()):
                 cpus.pin(0, self._own_affinity)
                 self._own_affinity = None
@@ -258,7 +263,7 @@ class HomeLink:
         answer and goes."""
         try:
             if tracee.away.lost_since is not None:
-                pass                                 # the guest host gives it up after the grace period
+                pass  # the guest host gives it up after the grace period
             elif tracee.away.dying is not None:
                 tracee.away.channel.send(encode_control({"op": "gone"}))
             else:

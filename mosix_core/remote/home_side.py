@@ -29,7 +29,7 @@ from mosix_core.remote.shortcut import WrittenInPart
 SYS_OPEN, SYS_OPENAT, SYS_MMAP = NUMBERS["open"], NUMBERS["openat"], NUMBERS["mmap"]
 SYS_GETPID = NUMBERS["getpid"]
 STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGSTOP)
-FORWARD_BURST = 64                # calls served one after another before the loop's other work
+FORWARD_BURST = 64  # calls served one after another before the loop's other work
 
 
 class HomeSide:
@@ -38,7 +38,7 @@ class HomeSide:
 
     def __init__(self, sup) -> None:
         self.sup = sup
-        self._pouring: tuple[Tracee, _Counted] | None = None    # a large write being made as it comes
+        self._pouring: tuple[Tracee, _Counted] | None = None  # a large write being made as it comes
 
     def away_readable(self, tracee: Tracee) -> None:
         """Frames from the guest. After a call answered at once, the next one is waited
@@ -49,8 +49,13 @@ class HomeSide:
         for _ in range(FORWARD_BURST):
             self._away_message(tracee)
             away = tracee.away
-            if away is None or away.lost_since is not None or away.deputy.running is not None or not spin or \
-                    not away.channel.readable_within(spin):
+            if (
+                away is None
+                or away.lost_since is not None
+                or away.deputy.running is not None
+                or not spin
+                or not away.channel.readable_within(spin)
+            ):
                 return
 
     def _forward_spin(self) -> float:
@@ -96,7 +101,7 @@ class HomeSide:
             inject.default_action(away.deputy.injector, sig, away.deputy.zeros(32))
             os.kill(tracee.pid, sig)
             away.stopping = sig
-            ptrace.syscall(tracee.pid)             # from its idle stop to the signal's stop
+            ptrace.syscall(tracee.pid)  # from its idle stop to the signal's stop
         except (TraceError, OSError):
             away.stopping = None
 
@@ -104,8 +109,11 @@ class HomeSide:
         """The guest's CPU time on its node so far: mostimeof adds it to the time here."""
         if isinstance(utime, (int, float)) and utime >= 0:
             tracee.away.utime = float(utime)
-            self.sup.tell(p.UpdateRequest(pid=tracee.pid,
-                                          changes=p.RowChanges(remote_utime=round(tracee.remote_utime + utime, 2))))
+            self.sup.tell(
+                p.UpdateRequest(
+                    pid=tracee.pid, changes=p.RowChanges(remote_utime=round(tracee.remote_utime + utime, 2))
+                )
+            )
 
     def _away_call(self, tracee: Tracee, request: Request) -> None:
         if request.nr == MAPPED_PRIVATELY:
@@ -125,26 +133,26 @@ class HomeSide:
                 return
             special = self._answer(settled)
         elif request.nr in RUN_WHERE_IT_IS:
-            special = 0                          # home's rules allow it: the guest makes it
+            special = 0  # home's rules allow it: the guest makes it
         elif not forwardable(request):
-            special = -unforwardable_error(request.nr)   # home allows it, but cannot make it for the guest
+            special = -unforwardable_error(request.nr)  # home allows it, but cannot make it for the guest
         else:
             special = self._away_special(tracee, request)
             if special is PENDING:
-                return                           # its move is under way: answered when it ends
+                return  # its move is under way: answered when it ends
         if special is not None:
             self.away_answer(tracee, Reply(special))
             return
         reply = tracee.away.shortcuts.answer(request) if tracee.away.shortcuts is not None else None
         if isinstance(reply, WrittenInPart):
-            tracee.away.written_first, request = reply.done, reply.rest      # the deputy writes the rest
+            tracee.away.written_first, request = reply.done, reply.rest  # the deputy writes the rest
         elif reply is not None:
             self._away_reply(tracee, reply)
             return
         try:
             tracee.away.deputy.begin(request)
         except TraceError:
-            pass                                 # it ended: _gone answers the guest
+            pass  # it ended: _gone answers the guest
 
     def _away_pour(self, tracee: Tracee, request: Request, index: int, size: int, source: Channel) -> Reply | None:
         """A large write made as its data comes (Shortcuts.pour), when it is one that
@@ -180,7 +188,7 @@ class HomeSide:
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
             return -errno.ENODEV
         if isinstance(verdict, rules.MapPrivately):
-            return verdict.flags                 # the guest tells where it mapped it (MAPPED_PRIVATELY)
+            return verdict.flags  # the guest tells where it mapped it (MAPPED_PRIVATELY)
         return verdict.value if isinstance(verdict, rules.Rewrite) else args[3] & 0xFFFFFFFF
 
     @staticmethod
@@ -225,19 +233,21 @@ class HomeSide:
             return None
         flags, value = request.args[flags_index], request.args[flags_index + 1]
         if flags & ~rules.O_LARGEFILE not in rules.SPECIAL_OPEN_FLAGS:
-            return None                        # as at home: a real open (which fails)
+            return None  # as at home: a real open (which fails)
         if name.startswith("checkpoint"):
-            return -errno.EOPNOTSUPP           # checkpoints are taken at home
+            return -errno.EOPNOTSUPP  # checkpoints are taken at home
         if name == "migrate" and flags & 3 == 1:
             # PENDING: answered when the move ends
             return self.sup.mover.migrate_from_program(tracee, value & 0xFFFFFFFF)
         config = configuration(self.sup.etc) if self.sup.etc is not None else None
         env = procself.Environment(
-            whereami=lambda: migration.node_value(config, tracee.away.where), in_cluster=self.sup.in_cluster,
-            read_string=lambda addr: b"")
+            whereami=lambda: migration.node_value(config, tracee.away.where),
+            in_cluster=self.sup.in_cluster,
+            read_string=lambda addr: b"",
+        )
         result = procself.handle(tracee.state, name, flags, value, env)
         if flags & 3 == 0 and procself.named_by_argument(path, tracee.command):
-            self.sup.say(tracee, procself.misread_note(name, result))       # cat /proc/self/whereami
+            self.sup.say(tracee, procself.misread_note(name, result))  # cat /proc/self/whereami
         return result
 
     def _die_like_guest(self, tracee: Tracee, sig: int) -> None:
@@ -257,11 +267,11 @@ class HomeSide:
             ptrace.cont(tracee.pid, stop.sig if stop.kind == "signal" and stop.sig == away.dying else 0)
             return
         if away.stopping is not None and stop.kind == "signal" and stop.sig == away.stopping:
-            ptrace.cont(tracee.pid, stop.sig)      # the stop the guest made: here too, for real
+            ptrace.cont(tracee.pid, stop.sig)  # the stop the guest made: here too, for real
             return
         if stop.kind == "event" and stop.event == ptrace.EVENT_STOP and stop.group_stop:
             away.stopping, away.stopped = None, True
-            ptrace.listen(tracee.pid)              # stopped (its parent sees it) until SIGCONT
+            ptrace.listen(tracee.pid)  # stopped (its parent sees it) until SIGCONT
             return
         if away.stopped and stop.kind == "event":
             # SIGCONT woke it (the signal itself shows at its next resume: not sent twice)
@@ -274,7 +284,7 @@ class HomeSide:
             if stop.kind == "signal":
                 deputy.injector.deferred.append(stop.sig)
                 self._send_deferred(tracee)
-            return                               # the shell waits, stopped, for the next call
+            return  # the shell waits, stopped, for the next call
         try:
             reply = deputy.on_stop(stop)
         except TraceError:
@@ -287,10 +297,10 @@ class HomeSide:
         deferred = tracee.away.deputy.deferred
         for sig in deferred:
             if sig == signal.SIGCONT and tracee.away.continued:
-                tracee.away.continued = False      # sent already, when it woke
+                tracee.away.continued = False  # sent already, when it woke
                 continue
             if sig == signal.SIGSTOP:
-                sig = signal.SIGTSTP               # MOSIX processes never get SIGSTOP
+                sig = signal.SIGTSTP  # MOSIX processes never get SIGSTOP
             self.away_send(tracee, encode_signal(sig))
         deferred.clear()
 
@@ -300,14 +310,19 @@ class HomeSide:
         now = time.monotonic()
         for tracee in list(self.sup.tracees.values()):
             away = tracee.away
-            if away is None or away.deputy.running is not None or now < away.next_poll or away.stopped \
-                    or away.stopping is not None:
+            if (
+                away is None
+                or away.deputy.running is not None
+                or now < away.next_poll
+                or away.stopped
+                or away.stopping is not None
+            ):
                 continue
             away.next_poll = now + migration.SIGNAL_POLL
             status = procfs.status_fields(tracee.pid)
             if int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16):
                 try:
-                    away.deputy.injector.call(SYS_GETPID)      # the signals stop it: kept in deferred
+                    away.deputy.injector.call(SYS_GETPID)  # the signals stop it: kept in deferred
                 except TraceError:
                     continue
                 self._send_deferred(tracee)
@@ -329,7 +344,7 @@ class HomeSide:
         away.replies += 1
         away.last_reply = reply
         if away.refused or away.lost_since is not None:
-            return                                   # sent when the link is whole again
+            return  # sent when the link is whole again
         try:
             away.channel.send_parts(reply_parts(reply))
         except OSError:
@@ -339,7 +354,7 @@ class HomeSide:
         if tracee.away.refused:
             return
         if tracee.away.lost_since is not None:
-            tracee.away.held.append(frame)           # sent when the link is whole again
+            tracee.away.held.append(frame)  # sent when the link is whole again
             return
         try:
             tracee.away.channel.send(frame)

@@ -58,8 +58,15 @@ from mosix_core.linux.libc import LIBC, fail
 from mosix_core.remote import SEND_HOME, clocks, fastpath
 from mosix_core.remote.frames import Channel, decode, encode_control
 from mosix_core.remote.guest import Guest
-from mosix_core.remote.link import (REATTACH_HANDSHAKE, Tally, accept_home, during_call, forwarder, keep_alive,
-                                    listen_for_home)
+from mosix_core.remote.link import (
+    REATTACH_HANDSHAKE,
+    Tally,
+    accept_home,
+    during_call,
+    forwarder,
+    keep_alive,
+    listen_for_home,
+)
 from mosix_core.remote.moving import arrive, send_image
 
 PR_SET_DUMPABLE = 4
@@ -78,10 +85,11 @@ class HomeLost(HomeGone):
 
 
 class GuestHost:
-    def __init__(self, sock: socket.socket, *, compress: bool, wall_clock_tolerance_ns: int = 0,
-                 forward_spin: float = 0.0) -> None:
+    def __init__(
+        self, sock: socket.socket, *, compress: bool, wall_clock_tolerance_ns: int = 0, forward_spin: float = 0.0
+    ) -> None:
         self.sock = sock
-        self.forward_spin = forward_spin            # seconds a reply is waited for spinning (the C loop)
+        self.forward_spin = forward_spin  # seconds a reply is waited for spinning (the C loop)
         self.channel = Channel(sock)
         self.compress = compress
         self.wall_clock_tolerance_ns = wall_clock_tolerance_ns
@@ -90,7 +98,7 @@ class GuestHost:
         # to (home, or the next node the image passes home for) wants it
         self.next_compress: bool | None = None
         self.guest: Guest | None = None
-        self.controls: list[dict] = []        # control messages that came during a call
+        self.controls: list[dict] = []  # control messages that came during a call
         self._next_times = 0.0
         self._all_cpus: set[int] = set()
         self._reported_utime: float | None = None
@@ -100,7 +108,7 @@ class GuestHost:
         self.token: str | None = None
         self.grace = 0.0
         self.listener: socket.socket | None = None
-        self._c_doubt = False                 # the C loop's call was cut: Python makes it again
+        self._c_doubt = False  # the C loop's call was cut: Python makes it again
         self._selector: selectors.BaseSelector | None = None
 
     # -- arriving ----------------------------------------------------------------------------
@@ -125,8 +133,9 @@ class GuestHost:
         pid = stub.spawn_traced(GUEST_OPTIONS)
         guest = Guest(pid, None)
         try:
-            restored = arrive(pid, ImageReader(self.sock.makefile("rb"), streaming=True),
-                              wall_clock=self.wall_clock_from_home)
+            restored = arrive(
+                pid, ImageReader(self.sock.makefile("rb"), streaming=True), wall_clock=self.wall_clock_from_home
+            )
             deferred = list(restored.deferred)
             if self.wall_clock_from_home:
                 deferred += guest.read_home_wall_clock(self.clocks.of("realtime"))
@@ -148,8 +157,13 @@ class GuestHost:
                 self.token, self.grace = token, float(grace)
             except OSError as err:
                 print(f"guest host: a cut link home will end the process: {err}", file=sys.stderr)
-        self.guest.forward = forwarder(self.channel, self.guest, self._control_during_call, tally=self.tally,
-                                       on_lost=self._link_broke if self.token else None)
+        self.guest.forward = forwarder(
+            self.channel,
+            self.guest,
+            self._control_during_call,
+            tally=self.tally,
+            on_lost=self._link_broke if self.token else None,
+        )
         for sig in deferred + list(answer.get("signals", [])):
             self.guest.signal(sig)
         return True
@@ -169,7 +183,7 @@ class GuestHost:
         self._selector = selector
         try:
             self._all_cpus = cpus.allowed()
-            cpu = cpus.current()                     # tracer and guest on one CPU
+            cpu = cpus.current()  # tracer and guest on one CPU
             cpus.pin(0, cpu)
             cpus.pin(guest.pid, cpu)
         except TraceError:
@@ -194,7 +208,7 @@ class GuestHost:
                     if loop is not None and not (guest.stepping or guest.leaving or self.controls):
                         if self._serve_in_c(loop):
                             return 0
-                        _empty(wake_r)               # the signals it saw have been handled by now
+                        _empty(wake_r)  # the signals it saw have been handled by now
                         continue
                     for key, _ in selector.select(timeout=TIMES_EVERY):
                         if key.fileobj is self.sock:
@@ -208,7 +222,7 @@ class GuestHost:
         except (HomeGone, ProtocolError, OSError) as err:
             self._remove(guest.pid)
             if guest.exit_status is not None:
-                return 0                             # it ended at home; home hung up first
+                return 0  # it ended at home; home hung up first
             print(f"guest host: the link home ended: {err}", file=sys.stderr)
             return 1
         finally:
@@ -220,8 +234,9 @@ class GuestHost:
         if not fastpath.AVAILABLE:
             return None
         try:
-            return fastpath.TrapLoop(self.guest.pid, self.sock.fileno(), self.guest.memory_fd(), wake_fd,
-                                     spin=self.forward_spin)
+            return fastpath.TrapLoop(
+                self.guest.pid, self.sock.fileno(), self.guest.memory_fd(), wake_fd, spin=self.forward_spin
+            )
         except (TraceError, OSError) as err:
             print(f"guest host: the C trap loop cannot serve: {err}", file=sys.stderr)
             return None
@@ -233,8 +248,8 @@ class GuestHost:
         before = loop.handled
         what, status, result, frames = loop.serve(TIMES_EVERY)
         guest.forwarded += loop.handled - before
-        self.tally.replies += loop.handled - before + (what == fastpath.RESTART)   # home's answers taken in C
-        for frame in frames:                         # came while a call waited for its reply
+        self.tally.replies += loop.handled - before + (what == fastpath.RESTART)  # home's answers taken in C
+        for frame in frames:  # came while a call waited for its reply
             during_call(decode(frame), guest, self._control_during_call)
         if what == fastpath.STOP:
             return self._on_guest_stop(ptrace.decode_status(guest.pid, status))
@@ -242,14 +257,14 @@ class GuestHost:
             guest.interrupted(status, result)
         elif what == fastpath.SOCKET:
             if frames:
-                guest.resume()                       # its call is done; the frames first
+                guest.resume()  # its call is done; the frames first
             else:
                 self._take(self._receive())
         elif what == fastpath.ERROR:
             if status == errno.ECHILD:
                 return True
-            if status != errno.ESRCH:                # a guest killed meanwhile shows at its next wait
-                self._c_doubt = True                 # stopped in the call it was making
+            if status != errno.ESRCH:  # a guest killed meanwhile shows at its next wait
+                self._c_doubt = True  # stopped in the call it was making
                 raise HomeGone(os.strerror(status))
         return False
 
@@ -260,12 +275,13 @@ class GuestHost:
         :class:`HomeLost` when the grace period ends first."""
         if not in_call and not self._c_doubt:
             try:
-                ptrace.interrupt(self.guest.pid)     # its stop is handled once home is back
+                ptrace.interrupt(self.guest.pid)  # its stop is handled once home is back
             except TraceError:
                 pass
         deadline = time.monotonic() + self.grace
-        print(f"guest host: the link home broke ({err}); the guest waits up to {self.grace:g} s for home",
-              file=sys.stderr)
+        print(
+            f"guest host: the link home broke ({err}); the guest waits up to {self.grace:g} s for home", file=sys.stderr
+        )
         while True:
             sock = accept_home(self.listener, deadline)
             if sock is None:
@@ -276,7 +292,7 @@ class GuestHost:
                 os.dup2(sock.fileno(), self.sock.fileno())
             finally:
                 sock.close()
-            if self._selector is not None:       # epoll forgot the descriptor's old connection
+            if self._selector is not None:  # epoll forgot the descriptor's old connection
                 self._selector.unregister(self.sock)
                 self._selector.register(self.sock, selectors.EVENT_READ)
             try:
@@ -351,7 +367,7 @@ class GuestHost:
                 if self.guest.killed_by is not None:
                     # the process dies at home of the same signal (its parent sees it)
                     self._send({"op": "killed", "signal": self.guest.killed_by})
-                    self._control()              # home's "gone", once it has died there
+                    self._control()  # home's "gone", once it has died there
                 return True
         except TraceError as err:
             if err.errno != errno.ESRCH:
@@ -362,7 +378,7 @@ class GuestHost:
             self._send({"op": "stopped", "signal": self.guest.stopped_by or stop.sig})
             self.guest.stopped_by = None
         if self.guest.wants_home is not None:
-            self.controls = [c for c in self.controls if c.get("op") != "home"]   # this is it
+            self.controls = [c for c in self.controls if c.get("op") != "home"]  # this is it
             if self._go_home():
                 return True
         return False
@@ -381,15 +397,16 @@ class GuestHost:
         try:
             ptrace.interrupt(pid)
         except TraceError:
-            return True                              # it has just died here (expelled as it ended)
+            return True  # it has just died here (expelled as it ended)
         while True:
             stop = ptrace.wait_for(pid)
             if stop.kind in ("exited", "killed"):
                 return True
             clean = (stop.kind == "event" and stop.event == ptrace.EVENT_STOP and not stop.group_stop) or (
-                stop.kind == "syscall" and ptrace.syscall_stop_op(pid) == ptrace.INFO_EXIT)
+                stop.kind == "syscall" and ptrace.syscall_stop_op(pid) == ptrace.INFO_EXIT
+            )
             if clean:
-                guest.put_back_deadline()            # the image holds the process's own timespec
+                guest.put_back_deadline()  # the image holds the process's own timespec
                 break
             if guest.on_stop(stop) is not None:
                 return True
@@ -400,7 +417,7 @@ class GuestHost:
             out = self.sock.makefile("wb")
             try:
                 if self._all_cpus:
-                    cpus.pin(0, self._all_cpus)      # the image's threads may use every CPU
+                    cpus.pin(0, self._all_cpus)  # the image's threads may use every CPU
             except TraceError:
                 pass
             compress = self.compress if self.next_compress is None else self.next_compress
@@ -418,7 +435,7 @@ class GuestHost:
         if answer.get("op") == "arrived":
             self._remove(pid)
             return True
-        inject.put_back(pid, regs)                   # home could not take it: on it goes here
+        inject.put_back(pid, regs)  # home could not take it: on it goes here
         if guest.wants_home is not None:
             guest.stay_instead()
         ptrace.cont(pid)
@@ -472,7 +489,7 @@ def become_guest_identity(uid: int, gid: int) -> None:
     """Give up root for good, for the guest's own uid (mosd gives each guest one): nothing
     of the guest ever runs with the host's rights, nor with another guest's."""
     if os.geteuid() != 0:
-        return                                       # already unprivileged (tests as a user)
+        return  # already unprivileged (tests as a user)
     if uid == 0 or gid == 0:
         raise OSError(errno.EPERM, "a guest may not run as root")
     os.setgroups([])
@@ -504,9 +521,16 @@ def _prctl(option: int, value: int, name: str) -> None:
 def guest_host_options(args: dict) -> list[str]:
     """The command-line options for the arguments mosd gives a guest host (what it
     sends a spare one): uid, gid, compress, wall_clock_tolerance_ms, forward_spin_us."""
-    options = ["--uid", str(int(args["uid"])), "--gid", str(int(args["gid"])),
-               "--wall-clock-tolerance-ms", repr(float(args["wall_clock_tolerance_ms"])),
-               "--forward-spin-us", repr(float(args["forward_spin_us"]))]
+    options = [
+        "--uid",
+        str(int(args["uid"])),
+        "--gid",
+        str(int(args["gid"])),
+        "--wall-clock-tolerance-ms",
+        repr(float(args["wall_clock_tolerance_ms"])),
+        "--forward-spin-us",
+        repr(float(args["forward_spin_us"])),
+    ]
     return options + (["--compress"] if args["compress"] else [])
 
 
@@ -550,16 +574,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.spare is not None:
         args = _work_for_spare(parser, args.spare)
         if args is None:
-            return 0                                 # mosd ended, or closed its end
+            return 0  # mosd ended, or closed its end
     if args.fd is None or args.uid is None or args.gid is None:
         parser.error("--fd, --uid and --gid are needed (or --spare)")
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     keep_alive(sock)
-    host = GuestHost(sock, compress=args.compress,
-                     wall_clock_tolerance_ns=int(args.wall_clock_tolerance_ms * 1_000_000),
-                     forward_spin=args.forward_spin_us / 1e6)
+    host = GuestHost(
+        sock,
+        compress=args.compress,
+        wall_clock_tolerance_ns=int(args.wall_clock_tolerance_ms * 1_000_000),
+        forward_spin=args.forward_spin_us / 1e6,
+    )
     try:
         host.compare_clocks()
         become_guest_identity(args.uid, args.gid)

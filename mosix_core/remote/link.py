@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 
@@ -70,9 +70,14 @@ class Tally:
 OnLost = Callable[[BaseException, bool], None]
 
 
-def forwarder(channel: Channel, guest: Guest,
-              on_control: Callable[[dict], None] | None = None, *, tally: Tally | None = None,
-              on_lost: OnLost | None = None) -> Callable[[Request], Reply]:
+def forwarder(
+    channel: Channel,
+    guest: Guest,
+    on_control: Callable[[dict], None] | None = None,
+    *,
+    tally: Tally | None = None,
+    on_lost: OnLost | None = None,
+) -> Callable[[Request], Reply]:
     """The guest's ``forward``: one request out, signals delivered, its reply back.
     Control messages from home that arrive meanwhile go to ``on_control``. With
     ``on_lost``, a link that breaks during the call is waited for (the guest stays
@@ -133,16 +138,16 @@ def accept_home(listener: socket.socket, deadline: float) -> socket.socket | Non
         listener.settimeout(left)
         try:
             conn, _ = listener.accept()
-        except (socket.timeout, BlockingIOError):
+        except (TimeoutError, BlockingIOError):
             return None
         with conn:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             if struct.unpack("3i", creds)[1] not in (0, os.getuid()):
-                continue                             # not mosd: a guest may not pose as home
+                continue  # not mosd: a guest may not pose as home
             conn.settimeout(max(0.1, deadline - time.monotonic()))
             try:
                 message, fds, _, _ = socket.recv_fds(conn, 4096, 1)
-            except (OSError, socket.timeout):
+            except (TimeoutError, OSError):
                 continue
             if len(fds) != 1:
                 for fd in fds:
@@ -223,5 +228,5 @@ def _answered_here(request: Request) -> Reply | None:
     if request.nr == SYS_MMAP:
         return Reply(request.args[3] & 0xFFFFFFFF)
     if request.nr in RUN_WHERE_IT_IS:
-        return Reply(0)                      # no rules to judge it: the guest makes it
+        return Reply(0)  # no rules to judge it: the guest makes it
     return None if forwardable(request) else Reply(-unforwardable_error(request.nr))

@@ -17,15 +17,23 @@ from mosix_core.linux.writes import WriteTracker
 from mosix_core.remote.guest import guest_filter
 
 
-def send_image(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any], *,
-               to_guest: bool = False, ahead: capture.Precopy | None = None) -> list[int]:
+def send_image(
+    pid: int,
+    writer: ImageWriter,
+    regs: ptrace.Registers,
+    identity: dict[str, Any],
+    *,
+    to_guest: bool = False,
+    ahead: capture.Precopy | None = None,
+) -> list[int]:
     """Write stopped process ``pid``'s image to ``writer`` (and END) — everything but
     its files, which stay home. Changes nothing in the process; the signals that
     arrived meanwhile, to be re-sent wherever it goes on. ``to_guest``: the mapped
     files a guest could not open (nobody restores it) travel in the image.
     ``ahead``: its memory went ahead on ``writer`` while it ran (:func:`send_ahead`)."""
-    _, deferred = capture.write_image(pid, writer, identity=identity, regs=regs, files=False,
-                                      copy_private_files=to_guest, ahead=ahead)
+    _, deferred = capture.write_image(
+        pid, writer, identity=identity, regs=regs, files=False, copy_private_files=to_guest, ahead=ahead
+    )
     writer.close()
     return deferred
 
@@ -59,9 +67,15 @@ class NotConfirmed(MosixError):
         self.deferred = deferred
 
 
-def leave(pid: int, writer: ImageWriter, regs: ptrace.Registers, identity: dict[str, Any], *,
-          confirmed: Callable[[], None] = lambda: None,
-          ahead: capture.Precopy | None = None) -> tuple[int, list[int]]:
+def leave(
+    pid: int,
+    writer: ImageWriter,
+    regs: ptrace.Registers,
+    identity: dict[str, Any],
+    *,
+    confirmed: Callable[[], None] = lambda: None,
+    ahead: capture.Precopy | None = None,
+) -> tuple[int, list[int]]:
     """Send stopped process ``pid`` to a guest (:func:`send_image`), wait for the target
     to have restored it (``confirmed()``, which raises if it did not: then
     :class:`NotConfirmed`, and the process is unchanged), then release its memory: (the

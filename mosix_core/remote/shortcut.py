@@ -3,7 +3,8 @@
 A call the deputy makes costs stops of the home shell: its inputs are written into
 the shell, the call is injected, the shell stops after it. For the commonest calls
 on regular files — read, write, their p- forms, lseek, fstat — and for its own
-identity (getpid, gettid, getppid) the home side can do better: it borrows the process's descriptor (``pidfd_getfd``: the same open file,
+identity (getpid, gettid, getppid) the home side can do better: it borrows the process's descriptor
+(``pidfd_getfd``: the same open file,
 so the same offset, flags and position) and makes the call itself. A regular file
 never blocks, so the supervisor's loop is never held; any other descriptor (a
 terminal, a pipe, a socket), and every other call, goes to the deputy as before.
@@ -37,7 +38,7 @@ import os
 import socket
 import stat
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 
@@ -53,8 +54,22 @@ SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT = NUMBERS["lseek"], NUMBERS["fstat"], NUMBE
 AT_EMPTY_PATH = 0x1000
 SYS_GETPID, SYS_GETTID, SYS_GETPPID = NUMBERS["getpid"], NUMBERS["gettid"], NUMBERS["getppid"]
 SYS_RECVFROM, SYS_SENDTO = NUMBERS["recvfrom"], NUMBERS["sendto"]
-ANSWERED = frozenset({SYS_READ, SYS_WRITE, SYS_PREAD, SYS_PWRITE, SYS_LSEEK, SYS_FSTAT, SYS_NEWFSTATAT,
-                      SYS_GETPID, SYS_GETTID, SYS_GETPPID, SYS_RECVFROM, SYS_SENDTO})
+ANSWERED = frozenset(
+    {
+        SYS_READ,
+        SYS_WRITE,
+        SYS_PREAD,
+        SYS_PWRITE,
+        SYS_LSEEK,
+        SYS_FSTAT,
+        SYS_NEWFSTATAT,
+        SYS_GETPID,
+        SYS_GETTID,
+        SYS_GETPPID,
+        SYS_RECVFROM,
+        SYS_SENDTO,
+    }
+)
 #: the calls on a pipe or socket tried here without waiting: read and write, and on a
 #: socket recv and send (recvfrom/sendto without an address)
 STREAM_CALLS = frozenset({SYS_READ, SYS_WRITE, SYS_RECVFROM, SYS_SENDTO})
@@ -62,11 +77,39 @@ STREAM_CALLS = frozenset({SYS_READ, SYS_WRITE, SYS_RECVFROM, SYS_SENDTO})
 #: would not: it waits for the whole; MSG_TRUNC answers more than the buffer takes)
 NOWAIT_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL | socket.MSG_MORE
 #: calls after which a descriptor number may name another file (or none)
-TABLE_CHANGING = frozenset(NUMBERS[name] for name in (
-    "close", "close_range", "dup", "dup2", "dup3", "fcntl", "open", "openat", "openat2", "creat",
-    "socket", "socketpair", "accept", "accept4", "pipe", "pipe2", "epoll_create", "epoll_create1",
-    "eventfd", "eventfd2", "inotify_init", "inotify_init1", "pidfd_open", "pidfd_getfd", "memfd_create",
-    "execve", "execveat") if name in NUMBERS)
+TABLE_CHANGING = frozenset(
+    NUMBERS[name]
+    for name in (
+        "close",
+        "close_range",
+        "dup",
+        "dup2",
+        "dup3",
+        "fcntl",
+        "open",
+        "openat",
+        "openat2",
+        "creat",
+        "socket",
+        "socketpair",
+        "accept",
+        "accept4",
+        "pipe",
+        "pipe2",
+        "epoll_create",
+        "epoll_create1",
+        "eventfd",
+        "eventfd2",
+        "inotify_init",
+        "inotify_init1",
+        "pidfd_open",
+        "pidfd_getfd",
+        "memfd_create",
+        "execve",
+        "execveat",
+    )
+    if name in NUMBERS
+)
 _SYS_FSTAT = 5
 FIONREAD = 0x541B
 #: file types whose reads and writes may be tried here without waiting
@@ -92,13 +135,13 @@ class Shortcuts:
 
     def __init__(self, pid: int, own_pid: int | None = None, parent: Callable[[], int | None] | None = None) -> None:
         self.pid = pid
-        self.own_pid = own_pid or pid               # what getpid says (a restored process keeps its pid)
-        self.parent = parent                        # what getppid says, if the caller knows better
+        self.own_pid = own_pid or pid  # what getpid says (a restored process keeps its pid)
+        self.parent = parent  # what getppid says, if the caller knows better
         self.pidfd = os.pidfd_open(pid)
         # its fd -> (our copy, its file type); None: not ours to take, or not worth it
         self.borrowed: dict[int, tuple[int, int] | None] = {}
         self._piece: memoryview | None = None
-        self._sockets: dict[int, socket.socket] = {}     # our copy -> a socket object on a dup of it
+        self._sockets: dict[int, socket.socket] = {}  # our copy -> a socket object on a dup of it
 
     def close(self) -> None:
         self.forget()
@@ -128,7 +171,7 @@ class Shortcuts:
             return Reply(ppid) if ppid is not None else None
         args = request.args
         if nr == SYS_NEWFSTATAT and not (args[3] & AT_EMPTY_PATH and dict(request.inputs).get(1) == b"\0"):
-            return None                                   # a path: the deputy resolves it at home
+            return None  # a path: the deputy resolves it at home
         if nr in STREAM_CALLS:
             # recv and send on a socket only (on a pipe they fail, ENOTSOCK, at the deputy)
             stream = self._borrowed(args[0], STREAMS if nr in (SYS_READ, SYS_WRITE) else (stat.S_IFSOCK,))
@@ -173,13 +216,16 @@ class Shortcuts:
         written, error, ended = 0, 0, False
         left = size
         while left:
-            got = source.receive_into(self._piece[:min(left, POUR_PIECE)])
+            got = source.receive_into(self._piece[: min(left, POUR_PIECE)])
             left -= got
             if ended:
-                continue                                  # taken, not written
+                continue  # taken, not written
             try:
-                count = os.write(fd, self._piece[:got]) if offset is None else \
-                    os.pwrite(fd, self._piece[:got], offset + written)
+                count = (
+                    os.write(fd, self._piece[:got])
+                    if offset is None
+                    else os.pwrite(fd, self._piece[:got], offset + written)
+                )
             except OSError as err:
                 error, ended = err.errno or errno.EIO, True
                 continue
@@ -195,14 +241,14 @@ class Shortcuts:
         if nr in (SYS_RECVFROM, SYS_SENDTO):
             flags = args[3] & 0xFFFFFFFF
             if args[4] or flags & ~NOWAIT_FLAGS:
-                return None                              # an address, MSG_WAITALL...: the deputy's
+                return None  # an address, MSG_WAITALL...: the deputy's
         try:
             if nr in (SYS_READ, SYS_RECVFROM):
                 try:
                     there = struct.unpack("i", fcntl.ioctl(fd, FIONREAD, b"\0" * 4))[0]
                 except OSError:
-                    return None                            # a listening socket...: the deputy's
-                data = bytearray(min(args[2], max(there, 1)))   # 1 byte: to tell the end from nothing yet
+                    return None  # a listening socket...: the deputy's
+                data = bytearray(min(args[2], max(there, 1)))  # 1 byte: to tell the end from nothing yet
                 if nr == SYS_READ:
                     count = os.preadv(fd, [data], -1, os.RWF_NOWAIT)
                 else:
@@ -250,7 +296,7 @@ class Shortcuts:
             try:
                 copy = memory.borrow_fd(self.pidfd, fd)
             except TraceError:
-                self.borrowed[fd] = None                  # closed, or not ours to take
+                self.borrowed[fd] = None  # closed, or not ours to take
                 return None
             kind = stat.S_IFMT(os.fstat(copy).st_mode)
             if kind not in (stat.S_IFREG, *STREAMS):

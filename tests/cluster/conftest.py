@@ -25,8 +25,7 @@ def mosrun(cluster, tmp_path, spawn):
 
     def start(*argv: str, out: Path) -> subprocess.Popen:
         with open(out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
-            return spawn("mosrun", *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=stdout,
-                         stderr=stderr)
+            return spawn("mosrun", *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
 
     start.env = env
     return start

@@ -55,8 +55,16 @@ def procs(node, tmp_path, spawn):
 
     def start(*argv: str, options: tuple[str, ...] = ()) -> subprocess.Popen:
         with open(tmp_path / f"stderr.{next(count)}", "wb") as err:
-            proc = spawn("mosrun", *options, *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=err)
+            proc = spawn(
+                "mosrun",
+                *options,
+                *argv,
+                env=env,
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         proc.stderr_path = Path(err.name)
         return proc
 
@@ -103,18 +111,26 @@ def test_max_procs_freezes_the_excess_rotates_by_slice_and_unfreezes(node, procs
     configure(node, "1 0 -1 100 -1 -1 0 2 1 1000000")
     state = wait_for(node, lambda s: len(frozen_pids(s, pids)) == 2, 30, "two frozen")
     first = frozen_pids(state, pids)
-    assert first == newest                         # the newest first
+    assert first == newest  # the newest first
     assert all(rss_kb(pid) < 1024 for pid in first)
     status = node.run(1, "mosctl", "status")
     assert "Frozen: 2" in status.stdout, status.stdout
     listing = node.run(1, "mosps")
-    assert sorted(line.split()[3] for line in listing.stdout.splitlines()[1:]
-                  if int(line.split()[0]) in pids) == ["-", "-", "A", "A"], listing.stdout
+    assert sorted(line.split()[3] for line in listing.stdout.splitlines()[1:] if int(line.split()[0]) in pids) == [
+        "-",
+        "-",
+        "A",
+        "A",
+    ], listing.stdout
     time.sleep(3)
-    assert frozen_pids(frz(node), pids) == first   # stable: no flapping
+    assert frozen_pids(frz(node), pids) == first  # stable: no flapping
     # the slice: after a minute a running loop and a frozen one change places
-    state = wait_for(node, lambda s: frozen_pids(s, pids) not in (first, set())
-                     and len(frozen_pids(s, pids)) == 2, 100, "a time-slice rotation")
+    state = wait_for(
+        node,
+        lambda s: frozen_pids(s, pids) not in (first, set()) and len(frozen_pids(s, pids)) == 2,
+        100,
+        "a time-slice rotation",
+    )
     assert all(p.poll() is None for p in loops)
     # the running ones end: room under max-procs, so the frozen ones run again
     running = [p for p in loops if p.pid not in frozen_pids(state, pids)]
@@ -129,6 +145,7 @@ def test_max_procs_freezes_the_excess_rotates_by_slice_and_unfreezes(node, procs
 def cpu_share(pids, seconds: float = 3.0) -> float:
     """The CPUs the processes ``pids`` really get together (1.0: one whole CPU), measured
     as the daemon measures a virtual node's load: from their CPU time's growth."""
+
     def ticks() -> int:
         return sum(process_cpu_ticks(pid) or 0 for pid in pids)
 
@@ -149,15 +166,14 @@ def test_red_mark_freezes_until_min_keep_and_blue_mark_unfreezes(node, procs):
     loops += [procs(*BURN) for _ in range(2)]
     pids = [p.pid for p in loops]
     configure(node, f"1 0 {red:.3f} {blue:.3f} -1 -1 2 -1 20 1000000")
-    state = wait_for(node, lambda s: len(frozen_pids(s, pids)) == 1, 40,
-                     f"one frozen (RED {red:.3f}, BLUE {blue:.3f})")
-    time.sleep(6)                                  # the load stays above RED: min-keep holds
+    state = wait_for(node, lambda s: len(frozen_pids(s, pids)) == 1, 40, f"one frozen (RED {red:.3f}, BLUE {blue:.3f})")
+    time.sleep(6)  # the load stays above RED: min-keep holds
     assert frozen_pids(frz(node), pids) == frozen_pids(state, pids)
-    frozen, = frozen_pids(state, pids)
+    (frozen,) = frozen_pids(state, pids)
     running = [p for p in loops if p.pid != frozen]
     running[0].kill()
     running[0].wait()
-    time.sleep(6)                                  # one loop's load: not below BLUE, stays frozen
+    time.sleep(6)  # one loop's load: not below BLUE, stays frozen
     now = cpu_share([running[1].pid], 1.0)
     assert frz(node)[frozen] == "A", f"unfrozen with one loop running at {now:.2f} CPU (BLUE {blue:.3f})"
     running[1].kill()
@@ -168,10 +184,10 @@ def test_red_mark_freezes_until_min_keep_and_blue_mark_unfreezes(node, procs):
 def test_unfreezable_and_manually_frozen_processes(node, procs, tmp_path):
     script = tmp_path / "hold.py"
     script.write_text(HOLD)
-    configure(node, "1 0 -1 100 -1 -1 0 0 20 1000000")        # max-procs 0: freeze all it may
+    configure(node, "1 0 -1 100 -1 -1 0 0 20 1000000")  # max-procs 0: freeze all it may
     plain = procs(*BURN)
     minus_g = procs(*BURN, options=("-g",))
-    asks = procs("python3", str(script), "1", "unfreezable")   # writes 0 to /proc/self/freezable
+    asks = procs("python3", str(script), "1", "unfreezable")  # writes 0 to /proc/self/freezable
     wait_for(node, lambda s: s.get(plain.pid) == "A", 30, "the plain loop frozen")
     time.sleep(5)
     state = frz(node)
@@ -179,10 +195,10 @@ def test_unfreezable_and_manually_frozen_processes(node, procs, tmp_path):
     done = node.run(1, "mosmigrate", str(minus_g.pid), "freeze")  # a manual freeze is allowed
     assert done.returncode == 0, done.stderr
     wait_for(node, lambda s: s.get(minus_g.pid) == "M", 30, "the manual freeze")
-    configure(node, "1 0 -1 100 -1 -1 0 -1 20 1000000")       # room for all: unfreeze
+    configure(node, "1 0 -1 100 -1 -1 0 -1 20 1000000")  # room for all: unfreeze
     wait_for(node, lambda s: s.get(plain.pid) == "-", 30, "the automatic one unfrozen")
     time.sleep(5)
-    assert frz(node)[minus_g.pid] == "M"           # manual freezing is undone only manually
+    assert frz(node)[minus_g.pid] == "M"  # manual freezing is undone only manually
     assert "Frozen: 1" in node.run(1, "mosctl", "status").stdout
     done = node.run(1, "mosmigrate", str(minus_g.pid), "continue")
     assert done.returncode == 0, done.stderr
@@ -196,17 +212,17 @@ def test_killing_policy_when_no_freezing_space(node, procs, tmp_path, small_tmpf
     configure(node, f"1 0 -1 100 -1 -1 0 0 20 {killing_mb}", small_tmpfs)
     small = procs("python3", str(script), "1")
     large = procs("python3", str(script), "64")
-    assert large.wait(timeout=60) == -signal.SIGKILL          # over killing-memory: killed
+    assert large.wait(timeout=60) == -signal.SIGKILL  # over killing-memory: killed
     assert "No space to freeze" in large.stderr_path.read_text()
     if killing_mb == 0:
-        assert small.wait(timeout=60) == -signal.SIGKILL      # 0: every process that fails
+        assert small.wait(timeout=60) == -signal.SIGKILL  # 0: every process that fails
         assert "No space to freeze" in small.stderr_path.read_text()
     else:
         deadline = time.monotonic() + 10
         while "No space to freeze" not in small.stderr_path.read_text():
             assert time.monotonic() < deadline, "the small process was never tried"
             time.sleep(0.2)
-        time.sleep(9)                                           # tried again: not said again
-        assert small.poll() is None and frz(node)[small.pid] == "-"   # kept alive, in memory
+        time.sleep(9)  # tried again: not said again
+        assert small.poll() is None and frz(node)[small.pid] == "-"  # kept alive, in memory
         assert small.stderr_path.read_text().count("No space to freeze") == 1
     assert os.listdir(small_tmpfs) == []

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.cluster
 INTERVAL = 1.0
 #: the FAQ's CPU loop, made to end when a file appears (each round looks for it): the output
 #: does not depend on how long it ran, so it can be compared with a native run
-STOPPABLE = ('BEGIN { while ((getline line < "%s") <= 0) { for (j = 0; j < 200000; j++) s += j %% 7; '
-             'close("%s") } print "done" }')
+STOPPABLE = (
+    'BEGIN { while ((getline line < "%s") <= 0) { for (j = 0; j < 200000; j++) s += j %% 7; '
+    'close("%s") } print "done" }'
+)
 
 
 def awk_until(stop: Path) -> list[str]:
@@ -58,11 +60,14 @@ def automatic(cluster, k: int) -> dict:
 def start(tmp_path, spawn):
     """``start(cluster, argv, name, *options, node=1)``: ``mosrun options argv`` at node
     ``node``, its output in ``name``."""
+
     def run(cluster, argv: list[str], name: str, *options: str, node: int = 1) -> subprocess.Popen:
         env = {**cluster.env(node), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
         with open(tmp_path / name, "wb") as out, open(tmp_path / f"{name}.err", "wb") as err:
-            return spawn("mosrun", *options, *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                         stdout=out, stderr=err)
+            return spawn(
+                "mosrun", *options, *argv, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+            )
+
     return run
 
 
@@ -82,14 +87,14 @@ def test_cpu_jobs_started_at_one_node_spread_and_spread_again_when_half_end(loca
     spread_after = time.monotonic() - began
     first_moves = moves(cluster)
     assert first_moves <= 8, f"{first_moves} moves to spread 8 jobs from one node over 4 (6 are needed)"
-    time.sleep(3 * INTERVAL)                     # spread, it stays spread
+    time.sleep(3 * INTERVAL)  # spread, it stays spread
     assert placement(cluster, 4) == [2, 2, 2, 2]
 
     short.write_text("stop\n")
     for job in jobs[:4]:
         assert job.wait(timeout=60) == 0
     wait_until(lambda: placement(cluster, 4) == [1, 1, 1, 1], timeout=60, what="the 4 left to spread again")
-    assert moves(cluster) - first_moves <= 4     # at most 2 are needed; some ended on the moved ones' nodes
+    assert moves(cluster) - first_moves <= 4  # at most 2 are needed; some ended on the moved ones' nodes
     counted = automatic(cluster, 1)["out"] + sum(automatic(cluster, k)["out"] for k in (2, 3, 4))
     assert counted >= 6 and automatic(cluster, 1)["on"]
 
@@ -101,7 +106,7 @@ def test_cpu_jobs_started_at_one_node_spread_and_spread_again_when_half_end(loca
     alone.send_signal(signal.SIGTERM)
     for job in jobs[6:]:
         job.send_signal(signal.SIGTERM)
-        assert job.wait(timeout=60) == alone.wait(timeout=60)       # as natively: SIGTERM ends it
+        assert job.wait(timeout=60) == alone.wait(timeout=60)  # as natively: SIGTERM ends it
     done = native(awk_until(long), tmp_path)
     for name in [f"short{i}" for i in range(4)] + [f"long{i}" for i in range(2)]:
         assert (tmp_path / name).read_bytes() == done == b"done\n"
@@ -123,6 +128,7 @@ def settled(cluster, nodes: int, condition, seconds: float = 3 * INTERVAL, timeo
             return False
         since = since or time.monotonic()
         return time.monotonic() - since >= seconds
+
     try:
         wait_until(steady, timeout=timeout, what=what or "the placement to settle")
     except AssertionError as err:
@@ -135,8 +141,12 @@ def test_a_node_twice_as_fast_gets_about_twice_the_share(local_cluster, start, t
     stop = tmp_path / "stop"
     jobs = [start(cluster, awk_until(stop), f"job{i}") for i in range(8)]
     # capacities 1, 2, 1, 1: node 2 should run 3 or 4 of the 8, the others 1 or 2 each
-    settled(cluster, 4, lambda at: at[1] >= 3 and max(at[0], at[2], at[3]) <= 2 and sum(at) == 8,
-            what="node 2 to run about twice the share of the others")
+    settled(
+        cluster,
+        4,
+        lambda at: at[1] >= 3 and max(at[0], at[2], at[3]) <= 2 and sum(at) == 8,
+        what="node 2 to run about twice the share of the others",
+    )
     stop.write_text("stop\n")
     for i, job in enumerate(jobs):
         assert job.wait(timeout=60) == 0
@@ -150,7 +160,7 @@ def test_stay_holds_every_process_and_nostay_lets_them_go(local_cluster, start, 
     stop = tmp_path / "stop"
     jobs = [start(cluster, awk_until(stop), f"job{i}") for i in range(4)]
     wait_until(lambda: placement(cluster, 2) == [4, 0], what="the jobs to start")
-    time.sleep(8 * INTERVAL)                      # unheld, 2 would have left within ~3 s
+    time.sleep(8 * INTERVAL)  # unheld, 2 would have left within ~3 s
     assert placement(cluster, 2) == [4, 0] and moves(cluster) == 0
     assert cluster.run(1, "mosctl", "nostay").returncode == 0
     settled(cluster, 2, lambda at: at == [2, 2], what="the jobs to spread once stay is lifted")
@@ -186,8 +196,10 @@ def test_locked_processes_never_move_by_themselves(local_cluster, start, tmp_pat
     cluster = local_cluster(nodes=2, interval=INTERVAL, balancing=True)
     cluster.converged()
     stop = tmp_path / "stop"
-    locked = [start(cluster, awk_until(stop), "L0", "-L"),
-              start(cluster, ["python3", "-c", LOCKS_ITSELF, str(stop)], "L1")]
+    locked = [
+        start(cluster, awk_until(stop), "L0", "-L"),
+        start(cluster, ["python3", "-c", LOCKS_ITSELF, str(stop)], "L1"),
+    ]
     free = [start(cluster, awk_until(stop), f"free{i}") for i in range(4)]
     locked_pids = {job.pid for job in locked}
     # 6 jobs on 2 nodes: 3 move — never a locked one
@@ -296,8 +308,12 @@ def test_minus_one_asks_for_a_decision_now_and_sigmig_follows_the_move(local_clu
 def set_memory(cluster, k: int, megabytes: int) -> None:
     """Node k gets ``megabytes`` of virtual memory (its mosd restarted)."""
     conf = cluster.etc(k) / "mosd.conf"
-    conf.write_text("".join(f"virtual_memory_mb = {megabytes}\n" if line.startswith("virtual_memory_mb") else line
-                            for line in conf.read_text().splitlines(keepends=True)))
+    conf.write_text(
+        "".join(
+            f"virtual_memory_mb = {megabytes}\n" if line.startswith("virtual_memory_mb") else line
+            for line in conf.read_text().splitlines(keepends=True)
+        )
+    )
     cluster.stop(k)
     cluster.start(k)
 
@@ -322,8 +338,13 @@ def test_the_spread_with_each_node_in_namespaces_of_its_own(tmp_path_factory, tm
     reason = nscluster.unavailable()
     if reason:
         pytest.skip(f"no namespaced cluster on this machine: {reason}")
-    cluster = nscluster.up(tmp_path_factory.mktemp("nscluster"), nodes=4, interval=INTERVAL, balancing=True,
-                           shared=[tmp_path_factory.getbasetemp()])
+    cluster = nscluster.up(
+        tmp_path_factory.mktemp("nscluster"),
+        nodes=4,
+        interval=INTERVAL,
+        balancing=True,
+        shared=[tmp_path_factory.getbasetemp()],
+    )
     try:
         cluster.converged()
         env = {**cluster.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
@@ -331,8 +352,17 @@ def test_the_spread_with_each_node_in_namespaces_of_its_own(tmp_path_factory, tm
         jobs = []
         for i in range(8):
             with open(tmp_path / f"job{i}", "wb") as out:
-                jobs.append(cluster.spawn(1, ["mosrun", *awk_until(stop)], env=env, cwd=tmp_path,
-                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL))
+                jobs.append(
+                    cluster.spawn(
+                        1,
+                        ["mosrun", *awk_until(stop)],
+                        env=env,
+                        cwd=tmp_path,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
         settled(cluster, 4, lambda at: at == [2, 2, 2, 2], what="8 jobs to spread 2 per node")
         stop.write_text("stop\n")
         assert [job.wait(timeout=60) for job in jobs] == [0] * 8

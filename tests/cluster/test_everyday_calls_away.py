@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-
 pytestmark = pytest.mark.cluster
 
 CALLS = """\
@@ -70,8 +69,11 @@ def test_newly_answered_calls_mean_the_same_at_home_and_away(cluster, mosrun, tm
     proc = mosrun("/usr/bin/python3", "calls.py", out=out)
     assert proc.wait(timeout=120) == 0, (tmp_path / "stderr.txt").read_text()
     assert (tmp_path / "stderr.txt").read_text() == ""
-    expected = [f"{k} {k in (1, 2)} affinity 1 1 sched 0 0 99 1 limit {k} {k} name everyday-{k} everyday-{k} "
-                "sleeps True True True memory b'still'" for k in range(4)]
+    expected = [
+        f"{k} {k in (1, 2)} affinity 1 1 sched 0 0 99 1 limit {k} {k} name everyday-{k} everyday-{k} "
+        "sleeps True True True memory b'still'"
+        for k in range(4)
+    ]
     assert out.read_text().splitlines() == expected
 
 
@@ -116,4 +118,3 @@ def test_write_access_to_a_read_only_shared_mapping_is_refused_away(cluster, mos
     else:
         assert (status, out.read_text()) == (-9, mapped)
         assert stderr == "MOSRUN: Shared memory (MAP_SHARED) not supported under MOSIX\n"
-

@@ -31,7 +31,7 @@ def feed(pipe, data: bytes, moved: threading.Event) -> None:
     """``data`` into ``pipe`` a piece at a time, the last piece only once the process
     has made its moves (so they are made mid-run, whatever the machine's speed)."""
     with pipe:
-        pieces = [data[at:at + 65536] for at in range(0, len(data), 65536)]
+        pieces = [data[at : at + 65536] for at in range(0, len(data), 65536)]
         for piece in pieces[:-1]:
             pipe.write(piece)
             pipe.flush()
@@ -45,15 +45,17 @@ def test_a_long_everyday_program_moved_twice_gives_its_native_result(cluster, sp
     argv = everyday.LONG[name]
     stdin = (data / "data" / "big.txt").read_bytes() * 3
     native_dir = everyday.fresh(data / f"native-{name}")
-    native = subprocess.run(argv, cwd=native_dir, env=everyday.environment(native_dir), input=stdin,
-                            capture_output=True, timeout=300)
+    native = subprocess.run(
+        argv, cwd=native_dir, env=everyday.environment(native_dir), input=stdin, capture_output=True, timeout=300
+    )
     where = everyday.fresh(data / f"mosrun-{name}")
     env = {**cluster.env(1), **everyday.environment(where)}
     out, err = where / "stdout", where / "stderr"
     moved = threading.Event()
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        proc = spawn(str(BIN / "mosrun"), *argv, cwd=where, env=env, stdin=subprocess.PIPE, stdout=stdout,
-                     stderr=stderr)
+        proc = spawn(
+            str(BIN / "mosrun"), *argv, cwd=where, env=env, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr
+        )
     feeder = threading.Thread(target=feed, args=(proc.stdin, stdin, moved), daemon=True)
     feeder.start()
     try:
@@ -62,8 +64,11 @@ def test_a_long_everyday_program_moved_twice_gives_its_native_result(cluster, sp
         for node, expected in (("2", cluster.ip(2)), ("3", cluster.ip(3)), ("home", "here")):
             migrate(cluster, pid, node)
             nmigs += 1
-            wait_until(lambda: (r := row(cluster)) is not None and r["where"] == expected and r["nmigs"] == nmigs,
-                       timeout=60, what=f"{name} at {expected}")
+            wait_until(
+                lambda: (r := row(cluster)) is not None and r["where"] == expected and r["nmigs"] == nmigs,
+                timeout=60,
+                what=f"{name} at {expected}",
+            )
             assert proc.poll() is None, f"{name} ended before its moves: make it longer"
     finally:
         moved.set()

@@ -67,8 +67,8 @@ def tool(cluster, k: int, name: str, *args: str) -> subprocess.CompletedProcess:
     return cluster.run(k, name, *args, timeout=120)
 
 
-FOREVER = 10 ** 7
-FULL = 1000        # lines (about 9 s natively): enough for every move to happen before the end
+FOREVER = 10**7
+FULL = 1000  # lines (about 9 s natively): enough for every move to happen before the end
 
 
 def awk(count: int, big: bool) -> str:
@@ -102,16 +102,22 @@ def stops_as_native(proc, out: Path, mosrun) -> None:
     proc.terminate()
     assert proc.wait(timeout=60) == -15
     printed = out.read_bytes()
-    native = subprocess.run(["awk", awk(printed.count(b"\n"), proc.big)], capture_output=True, env=mosrun.env,
-                            timeout=180)
+    native = subprocess.run(
+        ["awk", awk(printed.count(b"\n"), proc.big)], capture_output=True, env=mosrun.env, timeout=180
+    )
     assert printed == native.stdout
 
 
 def as_nobody(cluster, k: int, what: str, *args: str) -> subprocess.CompletedProcess:
     """As user nobody on node ``k``: ``mosmigrate PID ACTION``, ``expel``, ``bring``, or
     ``mosd:OP`` with its JSON arguments."""
-    return subprocess.run([sys.executable, "-c", AS_NOBODY.format(nobody=NOBODY), str(cluster.etc(k)), what, *args],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "LANG": "C.UTF-8"})
+    return subprocess.run(
+        [sys.executable, "-c", AS_NOBODY.format(nobody=NOBODY), str(cluster.etc(k)), what, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LANG": "C.UTF-8"},
+    )
 
 
 LATE_LISTENER = """\
@@ -151,7 +157,7 @@ def test_expel_sends_the_guest_home_and_it_runs_on_there(cluster, mosrun, tmp_pa
     assert len(guests(cluster, 2)) == 1
     expelled = tool(cluster, 2, "mosctl", "expel", "--timeout", "60")
     assert expelled.returncode == 0, expelled.stderr
-    assert guests(cluster, 2) == []                 # it returned once the guest had gone
+    assert guests(cluster, 2) == []  # it returned once the guest had gone
     wait_until(lambda: where(cluster, pid) == "here", what="the process back home")
     before = lines(out)
     wait_until(lambda: lines(out) >= before + 10, what="progress at home")
@@ -164,9 +170,9 @@ def test_expel_with_no_guests_returns_at_once_and_touches_no_other_node(cluster,
     started = time.monotonic()
     expelled = tool(cluster, 2, "mosctl", "expel", "--timeout", "60")
     assert expelled.returncode == 0, expelled.stderr
-    assert time.monotonic() - started < 10          # a tool's start-up, no waiting
+    assert time.monotonic() - started < 10  # a tool's start-up, no waiting
     time.sleep(1.5)
-    assert len(guests(cluster, 3)) == 1             # node 3's guest was none of node 2's business
+    assert len(guests(cluster, 3)) == 1  # node 3's guest was none of node 2's business
     assert where(cluster, pid) == cluster.ip(3)
     stops_as_native(proc, out, mosrun)
 
@@ -176,9 +182,9 @@ def test_bring_calls_every_process_home(cluster, mosrun, tmp_path):
     second, pid2, out2 = start_away(cluster, mosrun, tmp_path, 3, count=FOREVER, name="second", big=True)
     brought = tool(cluster, 1, "mosctl", "bring", "--timeout", "60")
     assert brought.returncode == 0, brought.stderr
-    assert where(cluster, pid1) == where(cluster, pid2) == "here"   # it returned once both were back
+    assert where(cluster, pid1) == where(cluster, pid2) == "here"  # it returned once both were back
     wait_until(lambda: not guests(cluster, 2) and not guests(cluster, 3), what="the guest hosts to end")
-    for proc, out in ((first, out1), (second, out2)):
+    for _proc, out in ((first, out1), (second, out2)):
         before = lines(out)
         wait_until(lambda: lines(out) >= before + 5, what="progress at home")
     stops_as_native(first, out1, mosrun)
@@ -216,7 +222,7 @@ def test_mosmigrate_out_by_root_sends_the_guest_home(cluster, mosrun, tmp_path, 
 
 def test_mosmigrate_out_names_a_guest(cluster, mosrun, tmp_path):
     proc, pid, out = start_away(cluster, mosrun, tmp_path, 2, count=FOREVER)
-    at_home = tool(cluster, 1, "mosmigrate", str(pid), "out")      # its home is node 1, not a guest there
+    at_home = tool(cluster, 1, "mosmigrate", str(pid), "out")  # its home is node 1, not a guest there
     assert at_home.returncode == 1
     assert "not a guest process" in at_home.stderr
     assert where(cluster, pid) == cluster.ip(2)
@@ -235,12 +241,14 @@ def nobody_can_run_tools(cluster):
 def test_an_ordinary_user_may_not_send_guests_away(cluster, mosrun, tmp_path, nobody_can_run_tools):
     proc, pid, out = start_away(cluster, mosrun, tmp_path, 2, count=FOREVER)
     guest = guests(cluster, 2)[0]["pid"]
-    refused = [as_nobody(cluster, 2, "mosmigrate", str(guest), "out"),          # the tool's own check
-               as_nobody(cluster, 2, "mosd:out", f'{{"pid": {guest}}}'),     # the daemon's
-               as_nobody(cluster, 2, "expel"),
-               as_nobody(cluster, 2, "mosd:expel", "{}"),
-               as_nobody(cluster, 1, "bring"),
-               as_nobody(cluster, 1, "mosd:bring", "{}")]
+    refused = [
+        as_nobody(cluster, 2, "mosmigrate", str(guest), "out"),  # the tool's own check
+        as_nobody(cluster, 2, "mosd:out", f'{{"pid": {guest}}}'),  # the daemon's
+        as_nobody(cluster, 2, "expel"),
+        as_nobody(cluster, 2, "mosd:expel", "{}"),
+        as_nobody(cluster, 1, "bring"),
+        as_nobody(cluster, 1, "mosd:bring", "{}"),
+    ]
     for done in refused:
         assert done.returncode == 1
         assert "Permission denied: only the Super-User may do this" in done.stderr, done.stderr
@@ -254,7 +262,7 @@ def test_an_ordinary_user_may_not_send_guests_away(cluster, mosrun, tmp_path, no
         assert f"{pid}: Operation not permitted" in done.stderr, done.stderr
     time.sleep(1.0)
     assert where(cluster, pid) == cluster.ip(2)
-    done = tool(cluster, 1, "mosmigrate", str(pid), "home")                     # root may
+    done = tool(cluster, 1, "mosmigrate", str(pid), "home")  # root may
     assert done.returncode == 0, done.stderr
     wait_until(lambda: where(cluster, pid) == "here", what="the process back home")
     before = lines(out)

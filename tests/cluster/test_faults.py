@@ -80,8 +80,13 @@ def make_cluster(tmp_path_factory):
         reason = unavailable()
         if reason:
             pytest.skip(f"no namespaced cluster on this machine: {reason}")
-        cluster = nscluster.up(tmp_path_factory.mktemp("nscluster"), nodes=3, interval=0.2,
-                               shared=[tmp_path_factory.getbasetemp()], extra_conf=extra_conf)
+        cluster = nscluster.up(
+            tmp_path_factory.mktemp("nscluster"),
+            nodes=3,
+            interval=0.2,
+            shared=[tmp_path_factory.getbasetemp()],
+            extra_conf=extra_conf,
+        )
         made.append(cluster)
         cluster.converged()
         return cluster
@@ -96,8 +101,9 @@ def start(cluster, tmp_path: Path, *argv: str, out: str = "out.txt") -> subproce
     env = {**cluster.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     env.pop("LC_ALL", None)
     with open(tmp_path / out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
-        return cluster.spawn(1, ["mosrun", *argv], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                             stdout=stdout, stderr=stderr)
+        return cluster.spawn(
+            1, ["mosrun", *argv], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+        )
 
 
 def link(cluster, k: int, state: str) -> None:
@@ -126,16 +132,16 @@ def test_a_cut_link_freezes_the_guest_and_it_goes_on_when_the_link_is_back(make_
     time.sleep(1.0)
     frozen_at = lines(counted)
     time.sleep(CUT)
-    assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()   # MOSIX: "Lost communication"
-    assert lines(counted) == frozen_at                  # nothing moved while the link was cut
+    assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()  # MOSIX: "Lost communication"
+    assert lines(counted) == frozen_at  # nothing moved while the link was cut
     link(cluster, 2, "up")
     wait_until(lambda: lines(counted) >= frozen_at + 50, timeout=60, what="progress after the link came back")
-    assert row(cluster)["where"] == cluster.ip(2)       # on where it was: the link was made again
+    assert row(cluster)["where"] == cluster.ip(2)  # on where it was: the link was made again
     assert [g["origpid"] for g in guests(cluster, 2)] == [row(cluster)["pid"]]
     assert proc.wait(timeout=180) == 0, (tmp_path / "stderr.txt").read_text()
     assert counted.read_text() == expected_count(2500)  # no write lost, none made twice
     assert (tmp_path / "out.txt").read_text() == "counted 2500\n"
-    assert (tmp_path / "stderr.txt").read_bytes() == b""    # the user saw only the pause
+    assert (tmp_path / "stderr.txt").read_bytes() == b""  # the user saw only the pause
     wait_until(lambda: row(cluster) is None and not guests(cluster, 2), what="the guest to go")
 
 
@@ -146,20 +152,27 @@ def test_past_the_grace_period_a_process_is_recovered_from_its_checkpoint_or_kil
     plain_dir, saved_dir = tmp_path / "plain", tmp_path / "saved"
     plain_dir.mkdir()
     saved_dir.mkdir()
-    saved = start(cluster, saved_dir, f"-C{saved_dir}/ckpt", "/usr/bin/python3", "../checkpointed.py", "2000",
-                  "100")
+    saved = start(cluster, saved_dir, f"-C{saved_dir}/ckpt", "/usr/bin/python3", "../checkpointed.py", "2000", "100")
     wait_until(lambda: (saved_dir / "ckpt.2").exists(), timeout=60, what="two checkpoints at home")
     saved_pid = row(cluster)["pid"]
     plain = start(cluster, plain_dir, "/usr/bin/python3", "../counter.py", "100000")
-    plain_pid = wait_until(lambda: [r for r in cluster.client(1).call("processes")["processes"]
-                                    if not r.get("home") and r["pid"] != saved_pid], what="the second row")[0]["pid"]
-    for count, pid in enumerate((saved_pid, plain_pid), start=1):      # one after the other
+    plain_pid = wait_until(
+        lambda: [
+            r for r in cluster.client(1).call("processes")["processes"] if not r.get("home") and r["pid"] != saved_pid
+        ],
+        what="the second row",
+    )[0]["pid"]
+    for count, pid in enumerate((saved_pid, plain_pid), start=1):  # one after the other
         migrate(cluster, pid, "2")
         wait_until(lambda: len(guests(cluster, 2)) == count, what=f"{count} on node 2")
         # a guest's row on node 2 comes when it starts arriving; home's says when it is there
-        wait_until(lambda: any(r["pid"] == pid and r["where"] == cluster.ip(2)
-                               for r in cluster.client(1).call("processes")["processes"]),
-                   what=f"process {pid} running on node 2")
+        wait_until(
+            lambda: any(
+                r["pid"] == pid and r["where"] == cluster.ip(2)
+                for r in cluster.client(1).call("processes")["processes"]
+            ),
+            what=f"process {pid} running on node 2",
+        )
     checkpoints = sorted(p.name for p in saved_dir.iterdir() if p.name.startswith("ckpt."))
     last = max(int(name.split(".")[1]) for name in checkpoints)
     link(cluster, 2, "down")
@@ -168,7 +181,8 @@ def test_past_the_grace_period_a_process_is_recovered_from_its_checkpoint_or_kil
     assert (plain_dir / "stderr.txt").read_text() == f"MOSRUN: Lost communication with {cluster.ip(2)}\n"
     assert saved.wait(timeout=120) == 0, (saved_dir / "stderr.txt").read_text()
     assert (saved_dir / "stderr.txt").read_text() == (
-        f"MOSRUN: recovered from checkpoint {last} after {cluster.ip(2)} died\n")
+        f"MOSRUN: recovered from checkpoint {last} after {cluster.ip(2)} died\n"
+    )
     assert (saved_dir / "count.txt").read_text() == expected_count(2000)
     assert (saved_dir / "out.txt").read_text() == "counted 2000\n"
 
@@ -182,11 +196,11 @@ def test_a_node_that_dies_takes_no_checkpointed_process_with_it(make_cluster, tm
     moved_to_2(cluster, tmp_path, counted, after=0)
     last = max(int(p.name.split(".")[1]) for p in tmp_path.iterdir() if p.name.startswith("ckpt."))
     away_at = lines(counted)
-    os.kill(cluster.init(2), signal.SIGKILL)            # node 2 dies: mosd, guest host, guest, network
+    os.kill(cluster.init(2), signal.SIGKILL)  # node 2 dies: mosd, guest host, guest, network
     assert proc.wait(timeout=120) == 0, (tmp_path / "stderr.txt").read_text()
     stderr = (tmp_path / "stderr.txt").read_text()
     assert f"MOSRUN: recovered from checkpoint {last} after {cluster.ip(2)} died\n" in stderr
     assert "Lost communication" not in stderr
-    assert away_at > 100 * last                        # it had gone on past the checkpoint away
+    assert away_at > 100 * last  # it had gone on past the checkpoint away
     assert counted.read_text() == expected_count(2000)
     assert (tmp_path / "out.txt").read_text() == "counted 2000\n"

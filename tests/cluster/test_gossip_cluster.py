@@ -41,8 +41,11 @@ def test_killed_node_is_seen_dead_in_bounded_time_and_alive_after_restart(local_
     cluster.stop(3)
     stopped = time.monotonic()
     for k in (1, 2, 4):
-        cluster.wait_until(lambda k=k: not cluster.node_in_view(k, 3)["alive"],
-                           timeout=dead_after + 10 * INTERVAL, what=f"node {k} to see node 3 dead")
+        cluster.wait_until(
+            lambda k=k: not cluster.node_in_view(k, 3)["alive"],
+            timeout=dead_after + 10 * INTERVAL,
+            what=f"node {k} to see node 3 dead",
+        )
     assert time.monotonic() - stopped <= dead_after + 10 * INTERVAL
     # rstatus: still configured (1), but no information (2) and not fresh (512)
     out = cluster.run(1, "mosctl", "rstatus", "3")
@@ -53,8 +56,11 @@ def test_killed_node_is_seen_dead_in_bounded_time_and_alive_after_restart(local_
 
     cluster.start(3)
     for k in (1, 2, 4):
-        cluster.wait_until(lambda k=k: cluster.node_in_view(k, 3)["alive"], timeout=20 * INTERVAL + 5,
-                           what=f"node {k} to see node 3 alive again")
+        cluster.wait_until(
+            lambda k=k: cluster.node_in_view(k, 3)["alive"],
+            timeout=20 * INTERVAL + 5,
+            what=f"node {k} to see node 3 alive again",
+        )
 
 
 def test_node_with_wrong_secret_is_refused_and_logged(local_cluster):
@@ -65,8 +71,11 @@ def test_node_with_wrong_secret_is_refused_and_logged(local_cluster):
     secret.write_text("not-the-cluster-password\n")
     cluster.start(4)
     intruder = cluster.ip(4)
-    cluster.wait_until(lambda: f"Authentication violation with {intruder}" in log_text(cluster, 1),
-                       timeout=30 * INTERVAL + 5, what="the violation to be logged on node 1")
+    cluster.wait_until(
+        lambda: f"Authentication violation with {intruder}" in log_text(cluster, 1),
+        timeout=30 * INTERVAL + 5,
+        what="the violation to be logged on node 1",
+    )
     time.sleep(10 * INTERVAL)
     for k in (1, 2, 3):
         assert not cluster.node_in_view(k, 4)["alive"]
@@ -88,12 +97,20 @@ def test_garbage_and_replayed_datagrams_do_not_hurt(local_cluster):
     target = (cluster.ip(1), port)
     key = wire.derive_key((cluster.etc(1) / "secret").read_text().strip().encode())
     sealer = wire.Sealer(key, IPv4Address(cluster.ip(2)))
-    good = sealer.seal(wire.GOSSIP, gossip.encode_entries([(gossip.NodeStatus(IPv4Address(cluster.ip(2)),
-                                                                              load=4242), 0.0)]))
+    good = sealer.seal(
+        wire.GOSSIP, gossip.encode_entries([(gossip.NodeStatus(IPv4Address(cluster.ip(2)), load=4242), 0.0)])
+    )
     junk = [
-        b"", b"x", b"MOSX", os.urandom(39), os.urandom(4000), good[:-1], good[:50], good + b"!",
-        good[:10] + bytes([good[10] ^ 0xFF]) + good[11:],                            # tampered sender
-        wire.HEADER.pack(wire.MAGIC, 1, 1, 0, b"\x7f\0\0\1", 1, 1, 1, 2**32 - 1),   # absurd length
+        b"",
+        b"x",
+        b"MOSX",
+        os.urandom(39),
+        os.urandom(4000),
+        good[:-1],
+        good[:50],
+        good + b"!",
+        good[:10] + bytes([good[10] ^ 0xFF]) + good[11:],  # tampered sender
+        wire.HEADER.pack(wire.MAGIC, 1, 1, 0, b"\x7f\0\0\1", 1, 1, 1, 2**32 - 1),  # absurd length
         wire.HEADER.pack(wire.MAGIC, 99, 1, 0, b"\x7f\0\0\1", 1, 1, 1, 0) + bytes(32),  # bad version
     ]
     with _udp_from(cluster.ip(2)) as from_member, _udp_from("127.254.254.254") as stranger:
@@ -101,13 +118,19 @@ def test_garbage_and_replayed_datagrams_do_not_hurt(local_cluster):
             from_member.sendto(data, target)
             stranger.sendto(data, target)
         from_member.sendto(good, target)  # authentic: accepted once...
-        cluster.wait_until(lambda: cluster.node_in_view(1, 2)["load"] == 4242 or
-                           cluster.client(1).call("localstatus")["daemon"]["stats"]["received"] > 0,
-                           what="the authentic datagram")
+        cluster.wait_until(
+            lambda: (
+                cluster.node_in_view(1, 2)["load"] == 4242
+                or cluster.client(1).call("localstatus")["daemon"]["stats"]["received"] > 0
+            ),
+            what="the authentic datagram",
+        )
         before = cluster.client(1).call("localstatus")["daemon"]["stats"]["auth_failures"]
         from_member.sendto(good, target)  # ...and refused when replayed
-        cluster.wait_until(lambda: cluster.client(1).call("localstatus")["daemon"]["stats"]["auth_failures"] > before,
-                           what="the replay to be refused")
+        cluster.wait_until(
+            lambda: cluster.client(1).call("localstatus")["daemon"]["stats"]["auth_failures"] > before,
+            what="the replay to be refused",
+        )
     stats = cluster.client(1).call("localstatus")["daemon"]["stats"]
     assert stats["garbled"] > 0
     # the daemon is alive, answers, and the cluster is still whole
@@ -133,8 +156,9 @@ def test_peer_tcp_listener_authenticates(local_cluster):
             while len(hello) < wire.HELLO_SIZE:
                 hello += s.recv(wire.HELLO_SIZE - len(hello))
             binding = wire.channel_binding(wire.parse_hello(hello), nonce)
-            s.sendall(wire.Sealer(key, IPv4Address(cluster.ip(2))).seal(wire.RPC_REQUEST, b'{"op": "ping"}',
-                                                                        binding=binding))
+            s.sendall(
+                wire.Sealer(key, IPv4Address(cluster.ip(2))).seal(wire.RPC_REQUEST, b'{"op": "ping"}', binding=binding)
+            )
             data = b""
             while True:
                 chunk = s.recv(65536)
@@ -148,6 +172,7 @@ def test_peer_tcp_listener_authenticates(local_cluster):
     assert json.loads(reply.payload)["ip"] == cluster.ip(1)
     # the same through the daemon's own client side, as node 2 would call it
     import asyncio
+
     from mosix_core.daemon.node import Node
     from mosix_core.daemon.peer import call
 
@@ -156,8 +181,10 @@ def test_peer_tcp_listener_authenticates(local_cluster):
     assert answer["ok"] and answer["speed"] == 10000
     assert asyncio.run(call(node2, IPv4Address(cluster.ip(1)), {"op": "nonsense"}))["ok"] is False
     assert ask(wire.derive_key(b"wrong")) == b""  # closed without an answer
-    cluster.wait_until(lambda: f"Authentication violation with {cluster.ip(2)}" in log_text(cluster, 1),
-                       what="the TCP violation to be logged")
+    cluster.wait_until(
+        lambda: f"Authentication violation with {cluster.ip(2)}" in log_text(cluster, 1),
+        what="the TCP violation to be logged",
+    )
 
 
 def test_stay_lstay_block_are_visible_in_other_nodes_rstatus(local_cluster):
@@ -174,15 +201,19 @@ def test_stay_lstay_block_are_visible_in_other_nodes_rstatus(local_cluster):
     assert "Mode: stay lstay block" in cluster.run(1, "mosctl", "status", "2").stdout
     for command in ("nostay", "nolstay", "noblock"):
         assert cluster.run(2, "mosctl", command).returncode == 0
-    cluster.wait_until(lambda: bits_seen_by_1() & (gossip.ST_STAY | gossip.ST_LSTAY | gossip.ST_BLOCK) == 0,
-                       what="the modes to be cleared at node 1")
+    cluster.wait_until(
+        lambda: bits_seen_by_1() & (gossip.ST_STAY | gossip.ST_LSTAY | gossip.ST_BLOCK) == 0,
+        what="the modes to be cleared at node 1",
+    )
     assert bits_seen_by_1() & gossip.ST_ACCEPTS
     # a blocked node is never chosen as the best node by the others
     cluster.run(2, "mosctl", "block")
     cluster.run(3, "mosctl", "block")
     cluster.wait_until(lambda: bits_seen_by_1() & gossip.ST_BLOCK, what="block")
-    cluster.wait_until(lambda: int(cluster.run(1, "mosctl", "rstatus", "3").stdout.split()[0]) & gossip.ST_BLOCK,
-                       what="block of node 3")
+    cluster.wait_until(
+        lambda: int(cluster.run(1, "mosctl", "rstatus", "3").stdout.split()[0]) & gossip.ST_BLOCK,
+        what="block of node 3",
+    )
     for _ in range(3):
         assert cluster.run(1, "mosbestnode").stdout.strip() == cluster.ip(1)
 
@@ -223,8 +254,7 @@ def test_state_changes_need_root_but_reading_does_not(local_cluster):
             if str(directory) == "/tmp":
                 break
             os.chmod(directory, os.stat(directory).st_mode | 0o711)
-    for request in ({"op": "setstate", "flag": "block", "value": True}, {"op": "off"},
-                    {"op": "setpe"}, {"op": "stop"}):
+    for request in ({"op": "setstate", "flag": "block", "value": True}, {"op": "off"}, {"op": "setpe"}, {"op": "stop"}):
         reply = _ask_as_nobody(path, request)
         assert reply == {"ok": False, "error": "Permission denied: only the Super-User may do this"}, request
     assert _ask_as_nobody(path, {"op": "status"})["ok"] is True
@@ -237,9 +267,15 @@ def test_state_changes_need_root_but_reading_does_not(local_cluster):
 def test_check_mosrun_applies_the_policy_and_refuses_garbage(local_cluster):
     cluster = local_cluster(nodes=1, interval=INTERVAL)
     client = cluster.client(1)
-    fields = {"argv": ["sleep", "1"], "location": "-h", "memory_mb": 10, "options": ["-e"], "queue_jobs": None,
-              "strict_limitations": False}
-    assert client.call("check_mosrun", request=fields) == {"request": fields}     # no policy: unchanged
+    fields = {
+        "argv": ["sleep", "1"],
+        "location": "-h",
+        "memory_mb": 10,
+        "options": ["-e"],
+        "queue_jobs": None,
+        "strict_limitations": False,
+    }
+    assert client.call("check_mosrun", request=fields) == {"request": fields}  # no policy: unchanged
     # the site's strictness is mosd.conf's, not the caller's
     assert client.call("check_mosrun", request={**fields, "strict_limitations": True}) == {"request": fields}
     (cluster.etc(1) / "mosrun.conf").write_text("require_memory = yes\nunsupported = warn\n")
@@ -250,12 +286,20 @@ def test_check_mosrun_applies_the_policy_and_refuses_garbage(local_cluster):
     with pytest.raises(Refused) as refused:
         client.call("check_mosrun", request=fields)
     assert "mosrun.conf:1:" in str(refused.value) and "sometimes" in str(refused.value)
-    for bad in (None, [], {"argv": "sleep"}, {**fields, "argv": "sleep 1"}, {**fields, "memory_mb": "10"},
-                {**fields, "options": [1]}, {**fields, "uid": 0}, {**fields, "location": 5},
-                {**fields, "strict_limitations": 1}):
+    for bad in (
+        None,
+        [],
+        {"argv": "sleep"},
+        {**fields, "argv": "sleep 1"},
+        {**fields, "memory_mb": "10"},
+        {**fields, "options": [1]},
+        {**fields, "uid": 0},
+        {**fields, "location": 5},
+        {**fields, "strict_limitations": 1},
+    ):
         with pytest.raises(ProtocolError, match="mosrun request"):
             client.call("check_mosrun", request=bad)
-    assert client.call("ping")["pid"]          # the daemon is still there
+    assert client.call("ping")["pid"]  # the daemon is still there
 
 
 def test_a_refusal_arrives_as_refused_with_the_manuals_message(local_cluster):
@@ -267,8 +311,7 @@ def test_a_refusal_arrives_as_refused_with_the_manuals_message(local_cluster):
     cluster.converged()
     client = cluster.client(1)
     me = os.getpid()
-    for to, message in (("10.99.99.99", "not in map"), (cluster.ip(1), "already there"),
-                        ("2", "already there")):
+    for to, message in (("10.99.99.99", "not in map"), (cluster.ip(1), "already there"), ("2", "already there")):
         now_at = cluster.ip(2) if to == "2" else None
         with pytest.raises(Refused) as refused:
             client.request_for_socket(p.MigrateOutRequest(pid=me, to=to, now_at=now_at))
@@ -279,8 +322,10 @@ def test_a_refusal_arrives_as_refused_with_the_manuals_message(local_cluster):
         client.request_for_socket(p.MigrateOutRequest(pid=me, to="2"))
     assert refused.value.details == {"target": cluster.ip(2)}
     # the untyped form that mosrun's supervisor reads keeps its shape
-    assert client.call_for_socket("migrate_out", pid=me, to="2") == \
-        ({"refused": "other node refused", "target": cluster.ip(2)}, None)
+    assert client.call_for_socket("migrate_out", pid=me, to="2") == (
+        {"refused": "other node refused", "target": cluster.ip(2)},
+        None,
+    )
     with pytest.raises(Refused, match="not in map"):
         client.request(p.StatusRequest(node="10.99.99.99"))
     # on the wire: refused is ok false with the message and nothing else
@@ -315,8 +360,9 @@ def test_mossetpe_off_disables_the_node(local_cluster):
     cluster.converged()
     assert cluster.run(1, "mossetpe", "-off").returncode == 0
     assert "turned off" in cluster.run(1, "mosctl", "status").stdout
-    cluster.wait_until(lambda: not cluster.node_in_view(2, 1)["alive"], timeout=30,
-                       what="node 2 to stop hearing node 1")
+    cluster.wait_until(
+        lambda: not cluster.node_in_view(2, 1)["alive"], timeout=30, what="node 2 to stop hearing node 1"
+    )
     assert cluster.run(1, "mossetpe").returncode == 0
     cluster.wait_until(lambda: cluster.node_in_view(2, 1)["alive"], what="node 1 to come back")
 
@@ -344,17 +390,18 @@ def test_load_of_hosted_processes_propagates(local_cluster):
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         cluster.client(3).call("register", pid=busy.pid)
-        cluster.wait_until(lambda: cluster.node_in_view(1, 3)["load"] >= 50, timeout=10,
-                           what="node 1 to see node 3 loaded")
+        cluster.wait_until(
+            lambda: cluster.node_in_view(1, 3)["load"] >= 50, timeout=10, what="node 1 to see node 3 loaded"
+        )
         assert cluster.node_in_view(1, 3)["nprocs"] == 1
         assert cluster.run(1, "mosbestnode", "-n").stdout.strip() != cluster.ip(3)
     finally:
         busy.kill()
         busy.wait()
-    cluster.wait_until(lambda: cluster.client(3).call("processes")["processes"] == [],
-                       what="the exited process to leave the table")
-    cluster.wait_until(lambda: cluster.node_in_view(1, 3)["load"] < 20, timeout=15,
-                       what="node 3's load to decay")
+    cluster.wait_until(
+        lambda: cluster.client(3).call("processes")["processes"] == [], what="the exited process to leave the table"
+    )
+    cluster.wait_until(lambda: cluster.node_in_view(1, 3)["load"] < 20, timeout=15, what="node 3's load to decay")
 
 
 def test_whois_status_and_errors(local_cluster):
@@ -397,18 +444,20 @@ def test_mossetpe_with_a_broken_map_keeps_the_running_configuration(local_cluste
 
 def test_bestnode_waits_for_a_node_with_enough_memory(local_cluster):
     import subprocess
+
     from tests.helpers.cluster import tool_argv
 
     cluster = local_cluster(nodes=2, interval=INTERVAL, memory_mb=2048)
     cluster.converged()
-    waiting = subprocess.Popen(tool_argv("mosbestnode", "-w", "-m3000"), env=cluster.env(1),
-                               stdout=subprocess.PIPE, text=True)
+    waiting = subprocess.Popen(
+        tool_argv("mosbestnode", "-w", "-m3000"), env=cluster.env(1), stdout=subprocess.PIPE, text=True
+    )
     try:
         time.sleep(1.5)
         assert waiting.poll() is None  # no node has 3000 MB free: still waiting
         conf = cluster.etc(2) / "mosd.conf"
         conf.write_text(conf.read_text().replace("virtual_memory_mb = 2048", "virtual_memory_mb = 8192"))
-        assert cluster.run(2, "mossetpe").returncode == 0   # node 2 now reports more memory
+        assert cluster.run(2, "mossetpe").returncode == 0  # node 2 now reports more memory
         out, _ = waiting.communicate(timeout=15)
         assert out.strip() == cluster.ip(2)
     finally:
@@ -435,14 +484,16 @@ def test_a_slow_but_live_node_is_probed_not_declared_dead(local_cluster):
     assert cluster.client(1).call("localstatus")["daemon"]["stats"]["probes"] > 0
     # and a node that really stops answering is still declared dead
     cluster.stop(2)
-    cluster.wait_until(lambda: not cluster.node_in_view(1, 2)["alive"], timeout=dead_after + 5,
-                       what="node 1 to see node 2 dead")
+    cluster.wait_until(
+        lambda: not cluster.node_in_view(1, 2)["alive"], timeout=dead_after + 5, what="node 1 to see node 2 dead"
+    )
 
 
 def test_mossetpe_lists_the_cluster_and_the_multi_cluster(local_cluster):
     cluster = local_cluster(nodes=2, interval=INTERVAL)
     (cluster.etc(1) / "partners" / "chemistry").write_text(
-        "Chemistry department cluster\n50 1 0\n10.77.0.1 16 1 1 0\n10.78.0.1 2 1 1 1\n")
+        "Chemistry department cluster\n50 1 0\n10.77.0.1 16 1 1 0\n10.78.0.1 2 1 1 1\n"
+    )
     assert cluster.run(1, "mossetpe", "-A").returncode == 0
     local = cluster.run(1, "mossetpe", "-r").stdout
     assert f"This is MOSIX node #1 ({cluster.ip(1)})" in local

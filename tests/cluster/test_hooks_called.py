@@ -47,18 +47,24 @@ print("away", libc.open(b"/proc/self/whereami", 0), libc.open(b"/proc/self/{SITE
 
 def recording_plugin() -> str:
     """A site hook module implementing every declared hook with its declared arguments."""
-    lines = ["import os, sys",
-             "from pathlib import Path",
-             "from mosix_core.contract.hookspecs import hookimpl",
-             "from mosix_core.contract.records import SpecialPathResult",
-             "CALLED = Path(__file__).with_name('called.log')",
-             "def record(name):",
-             "    with open(CALLED, 'a') as f:",
-             "        f.write(f'{name} {os.path.basename(sys.argv[0])} {os.getpid()}\\n')"]
+    lines = [
+        "import os, sys",
+        "from pathlib import Path",
+        "from mosix_core.contract.hookspecs import hookimpl",
+        "from mosix_core.contract.records import SpecialPathResult",
+        "CALLED = Path(__file__).with_name('called.log')",
+        "def record(name):",
+        "    with open(CALLED, 'a') as f:",
+        "        f.write(f'{name} {os.path.basename(sys.argv[0])} {os.getpid()}\\n')",
+    ]
     for name in HOOKS:
         arguments = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
-        lines += ["@hookimpl", f"def {name}({arguments}):", f"    record({name!r})",
-                  f"    return {ANSWERS.get(name, 'None')}"]
+        lines += [
+            "@hookimpl",
+            f"def {name}({arguments}):",
+            f"    record({name!r})",
+            f"    return {ANSWERS.get(name, 'None')}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -73,7 +79,7 @@ def called(log: Path) -> dict[str, set[str]]:
 
 
 def test_every_declared_hook_is_called_by_the_kernel(local_cluster, tmp_path):
-    hooks = tmp_path / "site-hooks"      # root's, not writable by others: trusted (plugins.py)
+    hooks = tmp_path / "site-hooks"  # root's, not writable by others: trusted (plugins.py)
     hooks.mkdir(mode=0o755)
     (hooks / "recorder.py").write_text(recording_plugin())
     log = hooks / "called.log"
@@ -93,8 +99,14 @@ def test_every_declared_hook_is_called_by_the_kernel(local_cluster, tmp_path):
 
     env = {**cluster.env(1), "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     (tmp_path / "program.py").write_text(PROGRAM)
-    run = subprocess.run([str(BIN / "mosrun"), sys.executable, "program.py"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [str(BIN / "mosrun"), sys.executable, "program.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == ["home 42", "away 2 42"], run.stdout + run.stderr
 
@@ -102,14 +114,16 @@ def test_every_declared_hook_is_called_by_the_kernel(local_cluster, tmp_path):
     # a MOSIX process that stays a while: the balancer asks whether it should move
     sleeper = subprocess.Popen([str(BIN / "mosrun"), "sleep", "20"], env=env, stdout=subprocess.DEVNULL)
     try:
-        cluster.wait_until(lambda: "mosix_migration_decision" in called(log), timeout=20,
-                           what="the balancer consulted")
+        cluster.wait_until(lambda: "mosix_migration_decision" in called(log), timeout=20, what="the balancer consulted")
     finally:
         sleeper.kill()
         sleeper.wait()
     cluster.stop(2)
-    cluster.wait_until(lambda: set(HOOKS) <= set(called(log)), timeout=20,
-                       what="every hook called: missing " + ", ".join(sorted(set(HOOKS) - set(called(log)))))
+    cluster.wait_until(
+        lambda: set(HOOKS) <= set(called(log)),
+        timeout=20,
+        what="every hook called: missing " + ", ".join(sorted(set(HOOKS) - set(called(log)))),
+    )
 
     by_hook = called(log)
     assert set(by_hook) == set(HOOKS)

@@ -48,8 +48,18 @@ def test_a_hundred_migrations_at_once_all_complete(local_cluster, ticker, tmp_pa
     procs = []
     for out in outs:
         with open(out, "wb") as stdout:
-            procs.append(spawn("mosrun", str(ticker), str(TICKS), env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                               stdout=stdout, stderr=subprocess.PIPE))
+            procs.append(
+                spawn(
+                    "mosrun",
+                    str(ticker),
+                    str(TICKS),
+                    env=env,
+                    cwd=tmp_path,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=subprocess.PIPE,
+                )
+            )
 
     def rows() -> dict[int, dict]:
         return {p["pid"]: p for p in cluster.client(1).call("processes")["processes"] if not p.get("home")}
@@ -59,16 +69,22 @@ def test_a_hundred_migrations_at_once_all_complete(local_cluster, ticker, tmp_pa
     wait_until(lambda: len(rows()) == PROCESSES, 180, "every process running")
     pids = sorted(rows())
     target = {pid: 2 + i % 3 for i, pid in enumerate(pids)}
-    movers = [subprocess.Popen([str(BIN / "mosmigrate"), str(pid), str(node)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-              for pid, node in target.items()]
+    movers = [
+        subprocess.Popen(
+            [str(BIN / "mosmigrate"), str(pid), str(node)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for pid, node in target.items()
+    ]
     for mover in movers:
         out, err = mover.communicate(timeout=120)
         assert mover.returncode == 0, err
     # every move completes: each row says it is on the node it was sent to ("leaving" is
     # still on the way)
-    wait_until(lambda: all(r["where"] == cluster.ip(target[pid]) for pid, r in rows().items()), 120,
-               "every process on its node")
+    wait_until(
+        lambda: all(r["where"] == cluster.ip(target[pid]) for pid, r in rows().items()),
+        120,
+        "every process on its node",
+    )
     assert all(r["nmigs"] == 1 for r in rows().values())
     (tmp_path / "go").touch()
     for proc in procs:

@@ -70,7 +70,7 @@ def test_between_nodes_not_proximate_the_images_travel_compressed_both_ways(clus
     native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
     assert out.read_bytes() == native.stdout
     assert (tmp_path / "stderr.txt").read_bytes() == b""
-    assert hosts == [True]             # lz4 both ways: node 3's guest host was told to compress too
+    assert hosts == [True]  # lz4 both ways: node 3's guest host was told to compress too
 
 
 def test_python_away_keeps_pid_parent_cwd_and_writes_files_at_home(cluster, mosrun, tmp_path):
@@ -81,7 +81,7 @@ def test_python_away_keeps_pid_parent_cwd_and_writes_files_at_home(cluster, mosr
     wait_until(lambda: lines(out) >= 10, what="10 lines")
     migrate(cluster, pid, cluster.ip(2))
     where_is(cluster, cluster.ip(2))
-    assert proc.wait(timeout=120) == 0               # it ended away: its exit came home
+    assert proc.wait(timeout=120) == 0  # it ended away: its exit came home
     native = subprocess.run(["/usr/bin/python3", "loop.py", "150"], cwd=tmp_path, capture_output=True, timeout=60)
     assert out.read_bytes() == native.stdout
     assert b"False" not in out.read_bytes()
@@ -188,7 +188,9 @@ def test_a_start_node_that_is_down_fails_the_program_unless_forced(cluster, mosr
     out = tmp_path / "out.txt"
     proc = mosrun(*(["-F"] if force else []), "-2", "awk", AWK % 20, out=out)
     assert proc.wait(timeout=120) == (3 if force else 1)
-    assert (tmp_path / "stderr.txt").read_bytes() == f"MOSRUN: failed migrating to {cluster.ip(2)}: no response\n".encode()
+    assert (
+        tmp_path / "stderr.txt"
+    ).read_bytes() == f"MOSRUN: failed migrating to {cluster.ip(2)}: no response\n".encode()
     # it moves from its exec: it did not run at all when it could not start there
     assert lines(out) == (20 if force else 0)
 
@@ -198,8 +200,12 @@ def test_mosrun_b_starts_on_the_least_loaded_node(cluster, mosrun, tmp_path):
     wait_until(lambda: cluster.node_in_view(2, 1)["load"] > 50, what="node 1 loaded, as node 2 sees it")
     out = tmp_path / "out.txt"
     proc = mosrun("-b", "awk", AWK % 100, out=out)
-    wait_until(lambda: any(r["where"] in (cluster.ip(2), cluster.ip(3))
-                           for r in cluster.client(1).call("processes")["processes"]), what="a process away")
+    wait_until(
+        lambda: any(
+            r["where"] in (cluster.ip(2), cluster.ip(3)) for r in cluster.client(1).call("processes")["processes"]
+        ),
+        what="a process away",
+    )
     assert proc.wait(timeout=120) == 3
     for burner in burners:
         burner.kill()
@@ -230,8 +236,9 @@ def test_files_mapped_away_are_the_home_nodes_files(cluster, mosrun, tmp_path, o
     out = tmp_path / "out.txt"
     proc = mosrun(*([option] if option else []), "/usr/bin/python3", "maps.py", out=out)
     status = proc.wait(timeout=60)
-    expected = ("home 0\naway 2 1.414213562373095048801688724 _bz2\n"
-                "private b'HELLO, world' b'\\xfc\\xfd\\xfe\\xff' 16396\n")
+    expected = (
+        "home 0\naway 2 1.414213562373095048801688724 _bz2\nprivate b'HELLO, world' b'\\xfc\\xfd\\xfe\\xff' 16396\n"
+    )
     stderr = (tmp_path / "stderr.txt").read_text()
     # read-only MAP_SHARED of a file becomes MAP_PRIVATE, with or without -e (issue 18)
     assert (status, out.read_text(), stderr) == (0, expected + "shared b'\\xf4\\xf5\\xf6\\xf7'\n", "")
@@ -258,7 +265,7 @@ def test_a_program_execd_away_is_made_at_home_and_runs_where_its_process_was(clu
     wait_until(lambda: lines(out) >= 5, what="awk's output")
     assert row(cluster)["where"] == cluster.ip(2)
     assert row(cluster)["command"].startswith("awk")
-    assert row(cluster)["nmigs"] == 3                    # out, home for the exec, out again
+    assert row(cluster)["nmigs"] == 3  # out, home for the exec, out again
     assert proc.wait(timeout=120) == 3
     native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
     assert out.read_bytes() == f"away 2 {pid}\n".encode() + native.stdout
@@ -308,7 +315,9 @@ def test_an_unsupported_call_away_is_judged_as_at_home(cluster, mosrun, tmp_path
     out = tmp_path / "out.txt"
     proc = mosrun(*([option] if option else []), "/usr/bin/python3", "affinity.py", out=out)
     status = proc.wait(timeout=60)
-    assert (tmp_path / "stderr.txt").read_text() == "MOSRUN: system-call 'sched_setaffinity' not supported under MOSIX\n"
+    assert (
+        tmp_path / "stderr.txt"
+    ).read_text() == "MOSRUN: system-call 'sched_setaffinity' not supported under MOSIX\n"
     assert (status, out.read_text()) == ((0, "affinity 38\n") if option else (-9, ""))
 
 
@@ -331,8 +340,16 @@ def start_blocked(spawn, mosrun, tmp_path) -> tuple[subprocess.Popen, Path, int]
     out = tmp_path / "out.txt"
     reader, writer = os.pipe()
     with open(out, "wb") as stdout:
-        proc = spawn("mosrun", "/usr/bin/python3", "blocked.py", env=mosrun.env, cwd=tmp_path, stdin=reader,
-                     stdout=stdout, stderr=subprocess.PIPE)
+        proc = spawn(
+            "mosrun",
+            "/usr/bin/python3",
+            "blocked.py",
+            env=mosrun.env,
+            cwd=tmp_path,
+            stdin=reader,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+        )
     os.close(reader)
     wait_until(lambda: b"reading" in out.read_bytes(), what="the blocking read, away")
     return proc, out, writer
@@ -342,13 +359,13 @@ def test_a_signal_interrupts_a_call_blocked_at_home(cluster, tmp_path, spawn, mo
     proc, out, writer = start_blocked(spawn, mosrun, tmp_path)
     pid = row(cluster)["pid"]
     assert row(cluster)["where"] == cluster.ip(2)
-    time.sleep(0.3)                                      # well inside the read
-    os.kill(pid, 10)                                     # the handler runs; Python reads again (PEP 475)
+    time.sleep(0.3)  # well inside the read
+    os.kill(pid, 10)  # the handler runs; Python reads again (PEP 475)
     wait_until(lambda: b"usr1 while reading" in out.read_bytes(), timeout=10, what="the handler, mid-read")
     os.write(writer, b"some input")
     wait_until(lambda: b"read b'some input'" in out.read_bytes(), timeout=10, what="the read's data")
     time.sleep(0.3)
-    os.kill(pid, 15)                                     # default action: the process ends, mid-read
+    os.kill(pid, 15)  # default action: the process ends, mid-read
     assert proc.wait(timeout=10) == -15
     os.close(writer)
     assert out.read_text() == "reading\nusr1 while reading\nread b'some input'\n"
@@ -371,9 +388,9 @@ def test_mostimeof_counts_the_cpu_time_used_away(cluster, mosrun, tmp_path):
     migrate(cluster, pid, "home")
     where_is(cluster, "here")
     before = seconds()
-    assert before >= here + 1.5                          # the stay away stays counted at home
+    assert before >= here + 1.5  # the stay away stays counted at home
     time.sleep(0.5)
-    assert seconds() > before                            # and the time here adds to it
+    assert seconds() > before  # and the time here adds to it
     proc.kill()
 
 
@@ -386,10 +403,10 @@ def test_a_node_that_stops_gossiping_seems_dead_and_the_process_comes_home(clust
     migrate(cluster, pid, "2")
     where_is(cluster, cluster.ip(2))
     host = guests(cluster, 2)[0]["pid"]
-    cluster.stop(2)                                      # its mosd: no heart-beat; the guest host runs on
+    cluster.stop(2)  # its mosd: no heart-beat; the guest host runs on
     message = f"MOSRUN: remote-site ({cluster.ip(2)}) seems to be dead\n".encode()
     wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), timeout=30, what="the manual's message")
-    where_is(cluster, "here")                            # the link still worked: it came home
+    where_is(cluster, "here")  # the link still worked: it came home
     wait_until(lambda: not Path(f"/proc/{host}").exists(), what="the guest host to end")
     assert proc.wait(timeout=120) == 3
     native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
@@ -402,6 +419,7 @@ class Terminal:
 
     def __init__(self, env: dict, cwd: Path) -> None:
         import pty
+
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
             os.chdir(cwd)
@@ -413,6 +431,7 @@ class Terminal:
 
     def read(self, seconds: float) -> None:
         import select
+
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             if select.select([self.fd], [], [], left)[0]:
@@ -447,20 +466,20 @@ def test_job_control_of_a_process_away(cluster, mosrun, tmp_path):
         migrate(cluster, pid, "2")
         where_is(cluster, cluster.ip(2))
         terminal.expect(b"line 30 ")
-        terminal.type(b"\x1a")                             # ^Z
-        terminal.expect(b"Stopped")                        # bash saw its job stop
+        terminal.type(b"\x1a")  # ^Z
+        terminal.expect(b"Stopped")  # bash saw its job stop
         terminal.read(0.5)
         printed = terminal.seen.count(b"line ")
         terminal.read(1.0)
-        assert terminal.seen.count(b"line ") == printed    # it does not run away either
+        assert terminal.seen.count(b"line ") == printed  # it does not run away either
         assert row(cluster)["where"] == cluster.ip(2)
         terminal.type(b"fg\n")
         terminal.expect(b"line 299 ", timeout=120)
-        terminal.type(b"echo status=$?\n")                # fg's status: the job's
+        terminal.type(b"echo status=$?\n")  # fg's status: the job's
         terminal.expect(b"status=3")
         native = subprocess.run(["awk", program], capture_output=True, env=mosrun.env, timeout=120)
         printed = re.findall(rb"line \d+ \d+\n", terminal.seen.replace(b"\r\n", b"\n"))
-        assert b"".join(printed) == native.stdout          # every line, once, in order
+        assert b"".join(printed) == native.stdout  # every line, once, in order
     finally:
         terminal.close()
 
@@ -468,9 +487,9 @@ def test_job_control_of_a_process_away(cluster, mosrun, tmp_path):
 def test_a_process_blocked_in_a_call_at_home_comes_home_when_asked(cluster, tmp_path, spawn, mosrun):
     proc, out, writer = start_blocked(spawn, mosrun, tmp_path)
     pid = row(cluster)["pid"]
-    time.sleep(0.3)                                      # well inside the read, made at home
+    time.sleep(0.3)  # well inside the read, made at home
     migrate(cluster, pid, "home")
-    where_is(cluster, "here")                            # without waiting for the read to end
+    where_is(cluster, "here")  # without waiting for the read to end
     os.write(writer, b"typed at last")
     wait_until(lambda: b"read b'typed at last'" in out.read_bytes(), timeout=10, what="the read, made again at home")
     assert (row(cluster)["where"], row(cluster)["nmigs"]) == ("here", 2)
@@ -481,11 +500,11 @@ def test_a_process_blocked_in_a_call_at_home_comes_home_when_asked(cluster, tmp_
 
 def test_mosrun_b_with_m_waits_for_a_node_with_the_memory(cluster, mosrun, tmp_path):
     out = tmp_path / "out.txt"
-    proc = mosrun("-b", "-m262143", "awk", AWK % 5, out=out)     # more than any node has
+    proc = mosrun("-b", "-m262143", "awk", AWK % 5, out=out)  # more than any node has
     time.sleep(2.0)
-    assert proc.poll() is None and lines(out) == 0 and row(cluster) is None   # not begun anywhere
+    assert proc.poll() is None and lines(out) == 0 and row(cluster) is None  # not begun anywhere
     proc.kill()
-    assert mosrun("-b", "-m10", "awk", AWK % 5, out=out).wait(timeout=60) == 3   # one has 10 MB
+    assert mosrun("-b", "-m10", "awk", AWK % 5, out=out).wait(timeout=60) == 3  # one has 10 MB
 
 
 REGULAR_FILES = """\
@@ -589,10 +608,15 @@ def test_pipes_and_sockets_away_carry_every_byte_and_sigpipe(cluster, mosrun, sp
 
     def run(argv: list[str], **kw) -> tuple[int, bytes, bytes]:
         if kind == "pipe":
-            proc = spawn(*argv, kind, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         cwd=tmp_path, **kw)
-            send, receive, end_input, end_output = proc.stdin.write, proc.stdout.read1, proc.stdin.close, \
-                proc.stdout.close
+            proc = spawn(
+                *argv, kind, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, **kw
+            )
+            send, receive, end_input, end_output = (
+                proc.stdin.write,
+                proc.stdout.read1,
+                proc.stdin.close,
+                proc.stdout.close,
+            )
         else:
             feed_end, its_input = socket.socketpair()
             read_end, its_output = socket.socketpair()
@@ -606,8 +630,9 @@ def test_pipes_and_sockets_away_carry_every_byte_and_sigpipe(cluster, mosrun, sp
             for k, chunk in enumerate(chunks):
                 send(chunk)
                 if k % 10 == 9:
-                    time.sleep(0.05)                 # nothing there for a while
+                    time.sleep(0.05)  # nothing there for a while
             end_input()
+
         feeder = threading.Thread(target=feed)
         feeder.start()
         got = bytearray()
@@ -617,18 +642,19 @@ def test_pipes_and_sockets_away_carry_every_byte_and_sigpipe(cluster, mosrun, sp
                 break
             got += piece
             if len(got) % 7 == 0:
-                time.sleep(0.01)                     # the reader lags: the pipe fills
-        end_output()                                 # no reader: its next write gets SIGPIPE
+                time.sleep(0.01)  # the reader lags: the pipe fills
+        end_output()  # no reader: its next write gets SIGPIPE
         feeder.join(60)
         err = proc.stderr.read()
         return proc.wait(timeout=60), bytes(got), err
+
     native = run(["/usr/bin/python3", "pipes.py"])
     assert native[0] == -signal.SIGPIPE and native[1] == sent, native[2]
     away = run(["mosrun", "/usr/bin/python3", "pipes.py"], env=mosrun.env)
     assert away[1] == sent, away[2]
-    assert native[2] == b"echoed %d where -1\n" % len(sent)               # (no /proc/self/whereami natively)
+    assert native[2] == b"echoed %d where -1\n" % len(sent)  # (no /proc/self/whereami natively)
     assert away[2] == b"echoed %d where 2\n" % len(sent)
-    assert away[0] in (-signal.SIGPIPE, 128 + signal.SIGPIPE)     # mosrun dies of it, or says so
+    assert away[0] in (-signal.SIGPIPE, 128 + signal.SIGPIPE)  # mosrun dies of it, or says so
 
 
 BIG = """\
@@ -650,12 +676,12 @@ def test_a_target_killed_during_the_move_leaves_the_process_running_at_home(clus
     wait_until(lambda: lines(out) >= 5, what="5 lines")
     mover = subprocess.Popen([str(BIN / "mosmigrate"), str(pid), "2"], env=cluster.env(1))
     host = wait_until(lambda: guests(cluster, 2), timeout=30, what="the guest host, receiving")[0]["pid"]
-    os.kill(host, 9)                                     # the target dies in the middle of the move
-    assert mover.wait(timeout=60) == 1                    # mosmigrate reports the failed move
+    os.kill(host, 9)  # the target dies in the middle of the move
+    assert mover.wait(timeout=60) == 1  # mosmigrate reports the failed move
     message = f"failed migrating to {cluster.ip(2)}: did not complete (no memory there?)".encode()
     wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), what="the manual's message")
     assert row(cluster)["where"] == "here"
-    assert proc.wait(timeout=120) == 0                   # it ran on at home, to its end
+    assert proc.wait(timeout=120) == 0  # it ran on at home, to its end
     native = subprocess.run(["/usr/bin/python3", "big.py", "400"], cwd=tmp_path, capture_output=True, timeout=120)
     assert out.read_bytes() == native.stdout
 
@@ -703,7 +729,7 @@ def test_a_process_moves_from_node_to_node_without_coming_home(cluster, mosrun, 
         assert [g["origpid"] for g in guests(cluster, int(where))] == [pid]
         wait_until(lambda: not guests(cluster, 5 - int(where)), what="the guest it was to go")
         wait_until(lambda: lines(out) >= before + 20, what="progress after the move")
-    assert peak_memory_kb(pid) < 100 << 10                 # the 400 MB never came home
+    assert peak_memory_kb(pid) < 100 << 10  # the 400 MB never came home
     assert row(cluster)["nmigs"] == 3
     migrate(cluster, pid, "home")
     where_is(cluster, "here")
@@ -726,8 +752,8 @@ def test_a_failed_move_on_leaves_the_process_where_it_was(cluster, mosrun, tmp_p
     else:
         mover = subprocess.Popen([str(BIN / "mosmigrate"), str(pid), "3"], env=cluster.env(1))
         host = wait_until(lambda: guests(cluster, 3), timeout=30, what="the guest host, receiving")[0]["pid"]
-        os.kill(host, 9)                                   # the next node dies in the middle of the move
-        assert mover.wait(timeout=60) == 1                # mosmigrate reports the failed move
+        os.kill(host, 9)  # the next node dies in the middle of the move
+        assert mover.wait(timeout=60) == 1  # mosmigrate reports the failed move
         reason = "did not complete (no memory there?)"
     message = f"failed migrating to {cluster.ip(3)}: {reason}".encode()
     wait_until(lambda: message in (tmp_path / "stderr.txt").read_bytes(), what="the manual's message")
@@ -759,8 +785,9 @@ def test_a_spare_guest_host_takes_the_process_and_a_dead_one_is_replaced(cluster
     out = tmp_path / "out.txt"
     proc = mosrun("awk", AWK % 100000, out=out)
     pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
-    spares = wait_until(lambda: found if len(found := spare_guest_hosts()) >= 3 else None,
-                        what="a spare guest host on each node")
+    spares = wait_until(
+        lambda: found if len(found := spare_guest_hosts()) >= 3 else None, what="a spare guest host on each node"
+    )
     for spare in spares:
         os.kill(spare, signal.SIGKILL)
     wait_until(lambda: not spare_guest_hosts() & spares, what="the spares gone")
@@ -772,7 +799,7 @@ def test_a_spare_guest_host_takes_the_process_and_a_dead_one_is_replaced(cluster
     where_is(cluster, "here")
     migrate(cluster, pid, "2")
     where_is(cluster, cluster.ip(2))
-    assert guests(cluster, 2)[0]["pid"] in ready            # the spare took it
+    assert guests(cluster, 2)[0]["pid"] in ready  # the spare took it
     before = lines(out)
     wait_until(lambda: lines(out) > before, what="progress after the moves")
     proc.kill()
@@ -788,7 +815,7 @@ def test_mosmigrate_to_an_unknown_node_fails_at_once(cluster, mosrun, tmp_path, 
     pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
     done = cluster.run(1, "mosmigrate", str(pid), where)
     assert done.returncode == 1
-    assert done.stderr.endswith(f": failed migrating to {where}: not in map\n")      # "mosmigrate: ..."
+    assert done.stderr.endswith(f": failed migrating to {where}: not in map\n")  # "mosmigrate: ..."
     assert row(cluster)["where"] == "here"
     assert (tmp_path / "stderr.txt").read_bytes() == b""
     proc.kill()
@@ -805,8 +832,10 @@ def test_mosrun_to_an_unknown_node_fails_at_once_with_mosd(cluster, mosrun, tmp_
 def migrate_self(tmp_path) -> Path:
     """tests/cluster/programs/migrate_self.c, built."""
     program = tmp_path / "migrate_self"
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(program), str(Path(__file__).parent / "programs" /
-                                                                    "migrate_self.c")], check=True)
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(program), str(Path(__file__).parent / "programs" / "migrate_self.c")],
+        check=True,
+    )
     return program
 
 

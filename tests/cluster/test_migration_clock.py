@@ -48,7 +48,7 @@ def vdso_clock_code(pid: int) -> list[bytes]:
         memory.seek(mapping.start)
         image = memory.read(mapping.size)
     entries = vdso.clock_entry_points(image)
-    return [image[at:at + 8] == vdso.syscall_stub(nr) for at, nr in sorted(entries.items())]
+    return [image[at : at + 8] == vdso.syscall_stub(nr) for at, nr in sorted(entries.items())]
 
 
 @pytest.mark.parametrize("option", ["-T", "-t"])
@@ -59,8 +59,8 @@ def test_a_process_away_reads_homes_wall_clock_unless_t(cluster, mosrun, tmp_pat
     wait_until(lambda: lines(out) >= 1, what="the process away")
     host = wait_until(lambda: guests(cluster, 2), what="the guest row")[0]["pid"]
     guest = int(Path(f"/proc/{host}/task/{host}/children").read_text().split()[0])
-    assert vdso_clock_code(guest) == [option == "-T"] * 3       # clock_gettime, gettimeofday, time
-    assert vdso_clock_code(os.getpid()) == [False] * 3           # nobody else's vDSO changed
+    assert vdso_clock_code(guest) == [option == "-T"] * 3  # clock_gettime, gettimeofday, time
+    assert vdso_clock_code(os.getpid()) == [False] * 3  # nobody else's vDSO changed
     before = time.time()
     (tmp_path / "done").touch()
     assert proc.wait(timeout=30) == 0, (tmp_path / "stderr.txt").read_text()

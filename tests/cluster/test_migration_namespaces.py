@@ -32,7 +32,6 @@ from tests.helpers.programs import BIN, wait_until
 pytestmark = pytest.mark.cluster
 
 
-
 @functools.cache
 def unavailable() -> str | None:
     return nscluster.unavailable()
@@ -45,13 +44,14 @@ def cluster(tmp_path_factory):
         pytest.skip(f"no namespaced cluster on this machine: {reason}")
     netns_before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     # the whole pytest temporary tree stays shared: it is the nodes' "home directories"
-    cluster = nscluster.up(tmp_path_factory.mktemp("nscluster"), nodes=3, interval=0.2,
-                           shared=[tmp_path_factory.getbasetemp()])
+    cluster = nscluster.up(
+        tmp_path_factory.mktemp("nscluster"), nodes=3, interval=0.2, shared=[tmp_path_factory.getbasetemp()]
+    )
     try:
         cluster.converged()
         yield cluster
     finally:
-        cluster.down()                                   # raises if a process outlived it
+        cluster.down()  # raises if a process outlived it
     assert not cluster.leftovers()
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == netns_before
 
@@ -63,8 +63,9 @@ def mosrun(cluster, tmp_path):
 
     def start(*argv: str, out: Path, cwd: str | Path = tmp_path) -> subprocess.Popen:
         with open(out, "wb") as stdout, open(tmp_path / "stderr.txt", "ab") as stderr:
-            return cluster.spawn(1, ["mosrun", *argv], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout,
-                                 stderr=stderr)
+            return cluster.spawn(
+                1, ["mosrun", *argv], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+            )
 
     start.env = env
     return start
@@ -96,7 +97,7 @@ print("wrote", open("result.txt").read(), flush=True)
 
 
 def test_a_python_program_moves_itself_and_keeps_its_pid_parent_cwd_and_home_files(cluster, mosrun, tmp_path):
-    work = cluster.node_path(1, "/tmp/work")             # exists only in node 1's private /tmp
+    work = cluster.node_path(1, "/tmp/work")  # exists only in node 1's private /tmp
     work.mkdir()
     (work / "moves.py").write_text(MOVES_ITSELF)
     out = tmp_path / "out.txt"
@@ -140,16 +141,16 @@ def test_the_nodes_share_no_processes_network_or_private_files(cluster, mosrun, 
     migrate(cluster, pid, "2")
     where_is(cluster, cluster.ip(2))
     guest = wait_until(lambda: guests(cluster, 2), what="the guest row")[0]
-    host = guest["pid"]                                  # node 2's numbering
-    assert guest["origpid"] == pid                       # node 1's
+    host = guest["pid"]  # node 2's numbering
+    assert guest["origpid"] == pid  # node 1's
     # processes: the guest host is node 2's alone
     assert b"mosix_core.remote.host" in cluster.node_path(2, f"/proc/{host}/cmdline").read_bytes()
     on1, on2 = cluster.pid_map(1), cluster.pid_map(2)
-    assert host in on2 and on2[host] != host             # numbered apart from the machine's pids
-    assert on2[host] not in on1.values()                 # node 1 cannot see it, under any number
+    assert host in on2 and on2[host] != host  # numbered apart from the machine's pids
+    assert on2[host] not in on1.values()  # node 1 cannot see it, under any number
     assert not set(on1.values()) & set(on2.values())
-    assert pid in on1 and on1[pid] not in on2.values()   # nor node 2 the home process
-    assert on1[1] != on2[1]                              # each has an init of its own
+    assert pid in on1 and on1[pid] not in on2.values()  # nor node 2 the home process
+    assert on1[1] != on2[1]  # each has an init of its own
     # node 1 sees no guest host serving a guest (its own mosd's spare waits for one), node 2 no mosrun
     for k, others in ((1, b"mosix_core.remote.host"), (2, b"mosrun")):
         for p in cluster.pids(k):
@@ -169,7 +170,7 @@ def test_the_nodes_share_no_processes_network_or_private_files(cluster, mosrun, 
 
     assert connect(1, "127.0.0.1", 7777) == "connected"
     assert connect(2, "127.0.0.1", 7777) == "ConnectionRefusedError"
-    assert connect(2, cluster.ip(1), 7777) == "ConnectionRefusedError"      # it listens on node 1's lo only
+    assert connect(2, cluster.ip(1), 7777) == "ConnectionRefusedError"  # it listens on node 1's lo only
     assert connect(2, cluster.ip(1), cluster.layout.tcp_port) == "connected"  # mosd of node 1, over the bridge
     assert connect(3, cluster.ip(2), cluster.layout.tcp_port) == "connected"
     # mounts: node 1's control socket lives in node 1's tmpfs; each node's /tmp is its own
@@ -225,7 +226,7 @@ def test_a_process_away_reads_its_homes_monotonic_clocks_unless_t(cluster, mosru
     for clock in (1, 2, 3):
         home, away, waited, back = (readings[tag][clock] for tag in ("home", "away", "waited", "back"))
         ahead = step if option == "-t" else 0
-        assert 0 < away - home - ahead < 30                      # the move's time, and the node's offset with -t
+        assert 0 < away - home - ahead < 30  # the move's time, and the node's offset with -t
         assert 0.3 <= waited - away < 30
         assert 0 < back - (waited - ahead) < 30
     assert (tmp_path / "stderr.txt").read_bytes() == b""

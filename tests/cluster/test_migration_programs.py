@@ -86,12 +86,20 @@ class Runs:
             shutil.copy2(source, path / target)
         return path
 
-    def start(self, name: str, argv: list[str], *, mosix: bool = True, stdin=subprocess.DEVNULL,
-              files: dict[str, Path] | None = None) -> subprocess.Popen:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        mosix: bool = True,
+        stdin=subprocess.DEVNULL,
+        files: dict[str, Path] | None = None,
+    ) -> subprocess.Popen:
         where = self.dir(name, files)
         with open(where / "stdout", "wb") as out, open(where / "stderr", "wb") as err:
-            proc = self.spawn(*(["mosrun"] if mosix else []), *argv, env=self.env, cwd=where, stdin=stdin,
-                              stdout=out, stderr=err)
+            proc = self.spawn(
+                *(["mosrun"] if mosix else []), *argv, env=self.env, cwd=where, stdin=stdin, stdout=out, stderr=err
+            )
         proc.dir = where
         return proc
 
@@ -100,14 +108,24 @@ class Runs:
         status = proc.wait(timeout=timeout)
         return status, (proc.dir / "stdout").read_bytes(), (proc.dir / "stderr").read_bytes()
 
-    def run(self, name: str, argv: list[str], *, mosix: bool = True, stdin=subprocess.DEVNULL,
-            files: dict[str, Path] | None = None) -> tuple[int, bytes, bytes]:
+    def run(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        mosix: bool = True,
+        stdin=subprocess.DEVNULL,
+        files: dict[str, Path] | None = None,
+    ) -> tuple[int, bytes, bytes]:
         return self.finish(self.start(name, argv, mosix=mosix, stdin=stdin, files=files))
 
     def pid_of(self, command: str) -> int:
         """The pid of the MOSIX process (a row of node 1's table) whose command starts with ``command``."""
-        return wait_until(lambda: next((r["pid"] for r in rows(self.cluster) if r["command"].startswith(command)),
-                                       None), timeout=20, what=f"the row of {command!r}")
+        return wait_until(
+            lambda: next((r["pid"] for r in rows(self.cluster) if r["command"].startswith(command)), None),
+            timeout=20,
+            what=f"the row of {command!r}",
+        )
 
     def registered(self, proc: subprocess.Popen) -> int:
         """mosrun becomes the program (same pid; its supervisor is not its child): its row."""
@@ -127,13 +145,17 @@ class Runs:
     def request_meanwhile(self, pid: int, to: str) -> subprocess.Popen:
         """:meth:`request`, running while the caller watches the move."""
         assert alive(pid), f"{pid} ended before its move to {to}"
-        return subprocess.Popen([str(BIN / "mosmigrate"), str(pid), to],
-                                env=self.cluster.env(1), stderr=subprocess.PIPE)
+        return subprocess.Popen(
+            [str(BIN / "mosmigrate"), str(pid), to], env=self.cluster.env(1), stderr=subprocess.PIPE
+        )
 
     def arrived(self, pid: int, to: str) -> None:
         expected = self.where(to)
-        wait_until(lambda: (r := row_of(self.cluster, pid)) is not None and r["where"] == expected,
-                   timeout=20, what=f"{pid}: WHERE = {expected}")
+        wait_until(
+            lambda: (r := row_of(self.cluster, pid)) is not None and r["where"] == expected,
+            timeout=20,
+            what=f"{pid}: WHERE = {expected}",
+        )
         if to != "home":
             assert [g["origpid"] for g in guests(self.cluster, int(to))] == [pid]
 
@@ -219,6 +241,7 @@ def test_compressor_output_is_the_native_one(runs, tool):
 
 # --- 3. sort --parallel=1 ----------------------------------------------------------------------
 
+
 def test_sort_of_tens_of_megabytes(runs):
     """sort reads a 24 MB file, then 12 MB more from its stdin, a pipe the test fills in
     pieces: each move is asked for while sort holds part of the data (and is reading or
@@ -238,7 +261,7 @@ def test_sort_of_tens_of_megabytes(runs):
         os.close(reader)
         pid = runs.registered(proc)
         rest = text[24_000_000:]
-        pieces = [rest[k * 1_500_000:(k + 1) * 1_500_000] for k in range(8)]
+        pieces = [rest[k * 1_500_000 : (k + 1) * 1_500_000] for k in range(8)]
         moves = {2: "2", 4: "home", 6: "3"}
         for k, piece in enumerate(pieces):
             if k in moves:
@@ -246,7 +269,7 @@ def test_sort_of_tens_of_megabytes(runs):
             os.write(writer, piece)
             if k in moves:
                 runs.arrived(pid, moves[k])
-                assert size(proc.dir / "stdout") == 0       # it has not even started writing
+                assert size(proc.dir / "stdout") == 0  # it has not even started writing
     finally:
         os.close(writer)
     assert row_of(runs.cluster, pid)["nmigs"] == 3
@@ -259,9 +282,11 @@ def test_sort_of_tens_of_megabytes(runs):
 
 # --- 4. a shell pipeline -----------------------------------------------------------------------
 
-PIPELINE = ("seq 1 400 | awk '{ for (j = 0; j < 150000; j++) s += j % 7; "
-            "printf \"%d %d %x\\n\", $1, s, s * $1; fflush() } END { print NR, s > \"/dev/stderr\" }' "
-            "| cat; echo \"pipeline $?\"; exit 4")
+PIPELINE = (
+    "seq 1 400 | awk '{ for (j = 0; j < 150000; j++) s += j % 7; "
+    'printf "%d %d %x\\n", $1, s, s * $1; fflush() } END { print NR, s > "/dev/stderr" }\' '
+    '| cat; echo "pipeline $?"; exit 4'
+)
 
 
 def test_the_middle_stage_of_a_shell_pipeline_moves(runs):
@@ -272,14 +297,15 @@ def test_the_middle_stage_of_a_shell_pipeline_moves(runs):
     proc = runs.start("moved", argv)
     runs.registered(proc)
     awk = runs.pid_of("awk")
-    runs.pid_of("cat")                 # every stage is a MOSIX process (cat may register after awk)
+    runs.pid_of("cat")  # every stage is a MOSIX process (cat may register after awk)
     assert {r["command"].split()[0] for r in rows(runs.cluster)} >= {"sh", "awk", "cat"}
     assert runs.tour(awk, lambda: lines(proc.dir / "stdout"))["nmigs"] == 3
-    assert {r["where"] for r in rows(runs.cluster) if r["pid"] != awk} == {"here"}     # sh and cat stayed
+    assert {r["where"] for r in rows(runs.cluster) if r["pid"] != awk} == {"here"}  # sh and cat stayed
     assert runs.finish(proc) == native
 
 
 # --- 5. C: SSE/AVX and x87 state, a signal handler ---------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def ckpt_fpu() -> Path:
@@ -291,8 +317,7 @@ def ckpt_fpu() -> Path:
     out = Path(tempfile.mkdtemp(prefix="mosix-programs-"))
     os.chmod(out, 0o755)
     try:
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out / "ckpt_fpu"), str(PROGRAMS / "ckpt_fpu.c")],
-                       check=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out / "ckpt_fpu"), str(PROGRAMS / "ckpt_fpu.c")], check=True)
         yield out / "ckpt_fpu"
     finally:
         shutil.rmtree(out)
@@ -413,7 +438,7 @@ class Terminal:
 
     def __init__(self, argv: list[str], env: dict, cwd: Path) -> None:
         pid, self.master = pty.fork()
-        if pid == 0:                                     # the child: session leader, pty as its tty
+        if pid == 0:  # the child: session leader, pty as its tty
             try:
                 os.chdir(cwd)
                 os.execvpe(argv[0], argv, env)
@@ -429,7 +454,7 @@ class Terminal:
                 raise AssertionError(f"timed out waiting for {ending!r}; the terminal shows {self.seen!r}")
             try:
                 self.seen += os.read(self.master, 4096)
-            except OSError:                              # EIO: the program is gone
+            except OSError:  # EIO: the program is gone
                 raise AssertionError(f"the terminal closed; it showed {self.seen!r}") from None
 
     def type(self, text: bytes) -> None:
@@ -492,6 +517,7 @@ def test_python_reading_lines_on_a_terminal_and_its_ctrl_c(runs):
 
 # --- a program where the guest host may not look ----------------------------------------------
 
+
 def test_a_program_in_a_private_directory_moves(runs):
     """A user's own program in a directory only its owner may search (pytest's basetemp, a
     home directory) moves and runs on as from anywhere else: the target needs none of its
@@ -505,8 +531,13 @@ def test_a_program_in_a_private_directory_moves(runs):
     pid = runs.registered(proc)
     wait_until(lambda: lines(proc.dir / "stdout") >= 5, what="5 lines")
     runs.request(pid, "2")
-    wait_until(lambda: b"failed migrating" in (proc.dir / "stderr").read_bytes()
-               or row_of(runs.cluster, pid)["where"] == runs.where("2"), what="the move or its failure")
+    wait_until(
+        lambda: (
+            b"failed migrating" in (proc.dir / "stderr").read_bytes()
+            or row_of(runs.cluster, pid)["where"] == runs.where("2")
+        ),
+        what="the move or its failure",
+    )
     assert (proc.dir / "stderr").read_bytes() == b""
     assert runs.finish(proc) == native
 

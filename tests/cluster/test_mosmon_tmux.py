@@ -13,8 +13,7 @@ import pytest
 
 from tests.helpers.cluster import run_tool, tool_argv
 
-pytestmark = [pytest.mark.cluster,
-              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+pytestmark = [pytest.mark.cluster, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
 
 
 class Tmux:
@@ -25,16 +24,32 @@ class Tmux:
         self.env = env
 
     def __call__(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-S", str(self.socket), *args], env=self.env, check=True,
-                              capture_output=True, text=True, timeout=10).stdout
+        return subprocess.run(
+            ["tmux", "-S", str(self.socket), *args],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
 
     def start(self, argv: list[str], width: int, height: int) -> None:
         # The shell records the program's exit status: tmux 3.3 sometimes marks a pane dead
         # (its terminal closed) without ever recording #{pane_dead_status}.
         self.status_file = self.socket.with_name("exit-status")
-        self("new-session", "-d", "-s", "mon", "-x", str(width), "-y", str(height),
-             "-e", f"MOSIX_ETC={self.env['MOSIX_ETC']}",
-             f"{shlex.join(argv)}; echo $? > {shlex.quote(str(self.status_file))}")
+        self(
+            "new-session",
+            "-d",
+            "-s",
+            "mon",
+            "-x",
+            str(width),
+            "-y",
+            str(height),
+            "-e",
+            f"MOSIX_ETC={self.env['MOSIX_ETC']}",
+            f"{shlex.join(argv)}; echo $? > {shlex.quote(str(self.status_file))}",
+        )
         self("set-option", "-w", "-t", "mon", "remain-on-exit", "on")
 
     def keys(self, *keys: str) -> None:
@@ -94,8 +109,7 @@ def test_mosmon_in_a_terminal(local_cluster, tmux):
     term = tmux(cluster.env(1))
     term.start(tool_argv("mosmon", "--interval", "0.2"), 100, 30)
 
-    lines = term.wait_for(lambda s: "Load" in s[0] and any(re.match(r"^\s*0 \+-", x) for x in s),
-                          "the load chart")
+    lines = term.wait_for(lambda s: "Load" in s[0] and any(re.match(r"^\s*0 \+-", x) for x in s), "the load chart")
     assert numbers(lines) == ["1", "2", "3", "4"]
     assert "h:help q:quit" in lines[0]
 
@@ -105,8 +119,10 @@ def test_mosmon_in_a_terminal(local_cluster, tmux):
     top = next(line for line in lines if line.lstrip().startswith("20000 |"))
     row = node_row(lines)
     assert top[row.index("2")] == "#" and top[row.index("1")] == " "
-    bars = {k: sum(1 for line in lines if "|" in line and len(line) > row.index(k) and line[row.index(k)] == "#")
-            for k in "1234"}
+    bars = {
+        k: sum(1 for line in lines if "|" in line and len(line) > row.index(k) and line[row.index(k)] == "#")
+        for k in "1234"
+    }
     assert bars["2"] > bars["1"] == bars["3"] > bars["4"] > 0
 
     # m: memory, used '#' and total '+'; m again: swap.
@@ -127,8 +143,9 @@ def test_mosmon_in_a_terminal(local_cluster, tmux):
 
     # A node dies: it leaves the display; d shows it as DEAD, D hides it again.
     cluster.stop(3)
-    lines = term.wait_for(lambda s: "Operational nodes: 3" in text(s) and numbers(s) == ["1", "2", "4"],
-                          "node 3 to disappear", timeout=20)
+    lines = term.wait_for(
+        lambda s: "Operational nodes: 3" in text(s) and numbers(s) == ["1", "2", "4"], "node 3 to disappear", timeout=20
+    )
     term.keys("d")
     lines = term.wait_for(lambda s: numbers(s) == ["1", "2", "3", "4"], "the dead node shown")
     x = node_row(lines).index("3")
@@ -150,8 +167,11 @@ def test_mosmon_in_a_terminal(local_cluster, tmux):
     term.wait_for(lambda s: "retrying" in text(s), "the unreachable-mosd message")
     assert term.pane("#{pane_dead}") == "0"
     cluster.start(1)
-    term.wait_for(lambda s: "Load" in s[0] and "retrying" not in text(s) and numbers(s) == ["1", "2", "4"],
-                  "the chart after mosd came back", timeout=20)
+    term.wait_for(
+        lambda s: "Load" in s[0] and "retrying" not in text(s) and numbers(s) == ["1", "2", "4"],
+        "the chart after mosd came back",
+        timeout=20,
+    )
 
     # A narrow terminal pages: Right moves one node, Left back.
     term("resize-window", "-t", "mon", "-x", "10", "-y", "30")

@@ -12,14 +12,15 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import attrs
 import pytest
 from typer.testing import CliRunner
 
-from mosix_core.cli import moskillall, mosps as mosps_cli
+from mosix_core.cli import moskillall
+from mosix_core.cli import mosps as mosps_cli
 from mosix_core.daemon.client import Session
 from mosix_core.errors import DaemonUnavailable, MosixError
 
@@ -103,8 +104,8 @@ def test_session_noreply_register_update_and_row_lifetimes(node, spawn):
     # no-reply requests write nothing back: the next line read is the ping's own reply
     assert session.send("register", pid=a.pid, where="starting", options="-b -m500")
     assert session.send("update", pid=a.pid, where="127.1.2.3", nmigs=1)
-    assert session.send("update", pid=a.pid, frozen="bogus")          # refused, silently
-    assert session.send("frobnicate")                                 # unknown op, silently
+    assert session.send("update", pid=a.pid, frozen="bogus")  # refused, silently
+    assert session.send("frobnicate")  # unknown op, silently
     assert session.request("ping")["pid"] == node.client(1).call("ping")["pid"]
     row = rows(node)[a.pid]
     assert (row["where"], row["nmigs"], row["frozen"], row["options"]) == ("127.1.2.3", 1, "-", "-b -m500")
@@ -112,8 +113,11 @@ def test_session_noreply_register_update_and_row_lifetimes(node, spawn):
     with pytest.raises(MosixError, match="frozen must be"):
         session.request("update", pid=a.pid, frozen="bogus")
     session.request("update", pid=a.pid, frozen="M", queue="3/1/0", remote_utime=2)
-    assert {k: rows(node)[a.pid][k] for k in ("frozen", "queue", "remote_utime")} == \
-        {"frozen": "M", "queue": "3/1/0", "remote_utime": 2.0}
+    assert {k: rows(node)[a.pid][k] for k in ("frozen", "queue", "remote_utime")} == {
+        "frozen": "M",
+        "queue": "3/1/0",
+        "remote_utime": 2.0,
+    }
 
     # re-registering: one row, one pidfd — the daemon's descriptors do not pile up
     mosd = node.client(1).call("ping")["pid"]
@@ -144,7 +148,7 @@ def test_session_noreply_register_update_and_row_lifetimes(node, spawn):
     assert rows(node)[c.pid]["where"] == "leaving"
     other.close()
     node.wait_until(lambda: not rows(node), what="the other session's row to go")
-    assert a.poll() is None and c.poll() is None   # only rows went, not processes
+    assert a.poll() is None and c.poll() is None  # only rows went, not processes
 
     # rows registered by one-shot calls (not a supervisor's connection) stay
     node.client(1).call("register", pid=a.pid)
@@ -172,7 +176,7 @@ def test_session_without_mosd_and_after_mosd_dies(node, spawn, tmp_path):
 
 def test_a_user_may_change_only_their_own_rows(node, spawn):
     etc = node.etc(1)
-    mine = spawn()                                           # root's
+    mine = spawn()  # root's
     theirs = spawn("sleep", "30", user=NOBODY, group=NOBODY, extra_groups=[])
     node.client(1).call("register", pid=mine.pid)
 
@@ -180,12 +184,13 @@ def test_a_user_may_change_only_their_own_rows(node, spawn):
         session = Session(Path(".")).open()
         out = {}
         for name, op, args in [
-                ("update_root", "update", {"pid": mine.pid, "frozen": "M"}),
-                ("unregister_root", "unregister", {"pid": mine.pid}),
-                ("register_root", "register", {"pid": mine.pid}),
-                ("register_own", "register", {"pid": theirs.pid, "nmigs": 2}),
-                ("update_own", "update", {"pid": theirs.pid, "frozen": "P"}),
-                ("fake_guest", "register", {"pid": theirs.pid, "home": "10.1.1.1", "origpid": 7})]:
+            ("update_root", "update", {"pid": mine.pid, "frozen": "M"}),
+            ("unregister_root", "unregister", {"pid": mine.pid}),
+            ("register_root", "register", {"pid": mine.pid}),
+            ("register_own", "register", {"pid": theirs.pid, "nmigs": 2}),
+            ("update_own", "update", {"pid": theirs.pid, "frozen": "P"}),
+            ("fake_guest", "register", {"pid": theirs.pid, "home": "10.1.1.1", "origpid": 7}),
+        ]:
             try:
                 out[name] = session.request(op, **args)
             except MosixError as err:
@@ -234,15 +239,18 @@ def mosps(node, *args: str) -> list[dict[str, str]]:
 
 def test_mosps_columns_filters_and_node_names(node, populated):
     p = populated
-    out = node.run(1, "mosps")                 # the real tool, once
+    out = node.run(1, "mosps")  # the real tool, once
     assert out.returncode == 0, out.stderr
     listed = {int(r["PID"]): r for r in table(out.stdout)}
     assert set(listed) == {p["home"], p["away"], p["queue"], p["guest"]}
     assert list(listed[p["home"]]) == ["PID", "WHERE", "FROM", "FRZ", "TTY", "CMD"]
     assert (listed[p["home"]]["WHERE"], listed[p["home"]]["FROM"], listed[p["home"]]["FRZ"]) == ("here", "here", "-")
-    assert (listed[p["away"]]["WHERE"], listed[p["away"]]["FRZ"]) == ("3", "M")        # a userview number
-    assert (listed[p["guest"]]["WHERE"], listed[p["guest"]]["FROM"], listed[p["guest"]]["FRZ"]) == \
-        ("here", "127.0.0.1", "N/A")                                                   # not in userview.map
+    assert (listed[p["away"]]["WHERE"], listed[p["away"]]["FRZ"]) == ("3", "M")  # a userview number
+    assert (listed[p["guest"]]["WHERE"], listed[p["guest"]]["FROM"], listed[p["guest"]]["FRZ"]) == (
+        "here",
+        "127.0.0.1",
+        "N/A",
+    )  # not in userview.map
 
     assert {int(r["PID"]) for r in mosps(node, "-L")} == {p["home"], p["away"], p["queue"]}
     assert [int(r["PID"]) for r in mosps(node, "-O")] == [p["away"]]
@@ -262,8 +270,9 @@ def test_mosps_columns_filters_and_node_names(node, populated):
     assert {r["FROM"] for r in mosps(node, "-V", "-M")} == {"localhost"}
 
     as_json = json.loads(node.run(1, "mosps", "--json", "-O").stdout)
-    assert [(r["pid"], r["where"], r["nmigs"], r["display"]["WHERE"]) for r in as_json] == \
-        [(p["away"], f"{p['prefix']}.3", 3, "3")]
+    assert [(r["pid"], r["where"], r["nmigs"], r["display"]["WHERE"]) for r in as_json] == [
+        (p["away"], f"{p['prefix']}.3", 3, "3")
+    ]
     assert json.loads(node.run(1, "mosps", "--json", "-S").stdout)[0]["options"] == "-S2"
 
 
@@ -327,9 +336,9 @@ def test_moskillall_signals_local_processes_and_converts_stop(node, spawn):
 
     out = node.run(1, "moskillall", "-STOP")
     assert out.returncode == 0, out.stderr
-    assert read_line(catcher) == "TSTP"          # SIGSTOP cannot be caught: it was SIGTSTP
+    assert read_line(catcher) == "TSTP"  # SIGSTOP cannot be caught: it was SIGTSTP
     node.wait_until(lambda: stat_state(plain.pid) == "T", timeout=5, what="the plain process to stop")
-    assert stat_state(guest.pid) != "T"          # guests are not signalled from here
+    assert stat_state(guest.pid) != "T"  # guests are not signalled from here
 
     assert node.run(1, "moskillall", "-CONT").returncode == 0
     node.wait_until(lambda: stat_state(plain.pid) != "T", timeout=5, what="the plain process to continue")
@@ -363,8 +372,11 @@ def test_mostimeof_reports_user_cpu_time(node, spawn):
     node.wait_until(lambda: seconds() > 0.1, timeout=10, what="the busy process to accumulate CPU time")
     out = node.run(1, "mostimeof", str(away.pid), "1", "nonsense")
     assert out.returncode == 1
-    assert out.stderr.splitlines() == [f"mostimeof: {away.pid}: not available", "mostimeof: 1: not a MOSIX process",
-                                       "mostimeof: nonsense: not a process ID"]
+    assert out.stderr.splitlines() == [
+        f"mostimeof: {away.pid}: not available",
+        "mostimeof: 1: not a MOSIX process",
+        "mostimeof: nonsense: not a process ID",
+    ]
     session.request("update", pid=away.pid, remote_utime=12.5)
     report = json.loads(node.run(1, "mostimeof", "--json", str(away.pid), str(busy.pid)).stdout)
     assert report[0]["pid"] == away.pid and 12.5 <= report[0]["utime"] < 13 and report[0]["error"] is None

@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.cluster
 
-EVENTS_HOOK = '''
+EVENTS_HOOK = """
 from pathlib import Path
 
 import typer
@@ -64,11 +64,11 @@ def show():
 @hookimpl
 def mosix_cli_commands():
     return [("rack", rack)]
-'''
+"""
 
 # Gossip over Unix datagram sockets: no UDP at all. The kernel only hands the
 # transport sealed bytes, so swapping it changes nothing else.
-UNIX_TRANSPORT_HOOK = '''
+UNIX_TRANSPORT_HOOK = """
 import asyncio
 import os
 import socket
@@ -118,7 +118,7 @@ class UnixTransport:
 @hookimpl
 def mosix_gossip_transport(node):
     return UnixTransport(node.ip)
-'''
+"""
 
 
 @pytest.fixture
@@ -135,12 +135,17 @@ def test_site_hooks_see_the_life_of_a_cluster(local_cluster, hooks_dir):
     events = hooks_dir / "events.log"
     for k in (1, 2, 3):
         assert f"started {cluster.ip(k)}" in events.read_text()
-    cluster.wait_until(lambda: f"{cluster.ip(1)} sees-alive {cluster.ip(3)}" in events.read_text(),
-                       what="node 1 to announce node 3 alive")
+    cluster.wait_until(
+        lambda: f"{cluster.ip(1)} sees-alive {cluster.ip(3)}" in events.read_text(),
+        what="node 1 to announce node 3 alive",
+    )
     cluster.stop(3)
     assert f"stopping {cluster.ip(3)}" in events.read_text()
-    cluster.wait_until(lambda: f"{cluster.ip(1)} sees-dead {cluster.ip(3)}" in events.read_text(), timeout=15,
-                       what="node 1 to announce node 3 dead")
+    cluster.wait_until(
+        lambda: f"{cluster.ip(1)} sees-dead {cluster.ip(3)}" in events.read_text(),
+        timeout=15,
+        what="node 1 to announce node 3 dead",
+    )
 
     status = cluster.run(1, "mosctl", "localstatus")
     assert f"Rack: rack-of-{cluster.ip(1)}" in status.stdout, status.stderr
@@ -163,8 +168,9 @@ def test_a_site_transport_replaces_udp(local_cluster, hooks_dir):
     (hooks_dir / "events.py").unlink()
     (hooks_dir / "unix_transport.py").write_text(textwrap.dedent(UNIX_TRANSPORT_HOOK))
     # The built-in UDP transport is disabled by name: the nodes can only meet through the site's.
-    cluster = local_cluster(nodes=3, interval=0.2,
-                            extra_conf=f"hooks_dir = {hooks_dir}\ndisabled_plugins = udp_gossip\n")
+    cluster = local_cluster(
+        nodes=3, interval=0.2, extra_conf=f"hooks_dir = {hooks_dir}\ndisabled_plugins = udp_gossip\n"
+    )
     cluster.converged()
     assert sorted(p.name for p in (hooks_dir / "sockets").iterdir()) == sorted(cluster.ip(k) for k in (1, 2, 3))
     plugins = cluster.client(1).call("localstatus")["daemon"]["plugins"]

@@ -80,8 +80,8 @@ def parse(data: bytes) -> list[Record]:
     records, offset = [], HEADER.size
     while offset < len(data):
         kind, rflags, raw_len, stored_len, check = RECORD.unpack_from(data, offset)
-        payload = data[offset + RECORD.size:offset + RECORD.size + stored_len]
-        assert xxhash.xxh3_64_intdigest(data[offset:offset + 12] + payload) == check
+        payload = data[offset + RECORD.size : offset + RECORD.size + stored_len]
+        assert xxhash.xxh3_64_intdigest(data[offset : offset + 12] + payload) == check
         records.append(Record(offset, kind, rflags, raw_len, payload))
         offset += RECORD.size + stored_len
     assert offset == len(data) and records[-1].kind == END
@@ -148,17 +148,18 @@ def make_checkpoint(directory: Path) -> Checkpoint:
     out, err = directory / "out.txt", directory / "err.txt"
     script = PROGRAM.format(marker=marker, steps=STEPS)
     with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(["mosrun", "python3", "-c", script], env=env, cwd=directory,
-                                stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+        proc = subprocess.Popen(
+            ["mosrun", "python3", "-c", script], env=env, cwd=directory, stdin=subprocess.DEVNULL, stdout=o, stderr=e
+        )
     try:
         pid_file = directory / "pid"
-        pid = int(_wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), "the pid file",
-                              proc=proc))
+        pid = int(_wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), "the pid file", proc=proc))
         _wait_until(lambda: out.read_bytes().count(b"\n") >= 5, "a few lines of output", proc=proc)
         # the leftover-process check below finds the program by its command line
         assert pid in [found for found, _ in processes_with(marker)]
-        migrate = subprocess.run(["mosmigrate", str(pid), "chkexit"], env=env, capture_output=True, text=True,
-                                 timeout=TIMEOUT)
+        migrate = subprocess.run(
+            ["mosmigrate", str(pid), "chkexit"], env=env, capture_output=True, text=True, timeout=TIMEOUT
+        )
         assert migrate.returncode == 0, migrate.stderr
         proc.wait(timeout=TIMEOUT)
     finally:

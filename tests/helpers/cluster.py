@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mosix_core.cluster import localcluster
 from mosix_core.daemon.client import Client
@@ -55,10 +56,10 @@ def tool_argv(tool: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"mosix_core.cli.{tool}", *args]
 
 
-def run_tool(tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
-             input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(tool_argv(tool, *args), env=env, capture_output=True, text=True, timeout=timeout,
-                          input=input)
+def run_tool(
+    tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(tool_argv(tool, *args), env=env, capture_output=True, text=True, timeout=timeout, input=input)
 
 
 class LocalCluster:
@@ -102,8 +103,9 @@ class LocalCluster:
     def running(self, k: int) -> bool:
         return localcluster.running_pid(self.etc(k)) is not None
 
-    def wait_until(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
-                   poll: float = 0.05) -> Any:
+    def wait_until(
+        self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", poll: float = 0.05
+    ) -> Any:
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
@@ -114,17 +116,20 @@ class LocalCluster:
             except (MosixError, StopIteration, KeyError) as err:
                 last_error = err
             time.sleep(poll)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                             + (f" (last error: {last_error})" if last_error else ""))
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else "")
+        )
 
     def alive_seen_by(self, k: int) -> set[str]:
         return {n["ip"] for n in self.view(k) if n["alive"]}
 
     def converged(self, timeout: float = 15.0) -> None:
         """Wait until every running node sees every running node alive."""
+
         def done() -> bool:
             up = {self.ip(k) for k in range(1, self.nodes + 1) if self.running(k)}
             return all(self.alive_seen_by(k) >= up for k in range(1, self.nodes + 1) if self.running(k))
+
         self.wait_until(done, timeout, "every node to see every other alive")
 
     def kill(self, k: int, pid: int, sig: int = signal.SIGTERM) -> None:
@@ -138,7 +143,8 @@ class LocalCluster:
         for k in range(1, count + 1):
             (self.etc(k) / "mosix.map").write_text(
                 f"# rewritten: {'proximate (raw images)' if proximate else 'not proximate (lz4 images)'}\n"
-                f"{first} {count}{' p' if proximate else ''}\n")
+                f"{first} {count}{' p' if proximate else ''}\n"
+            )
             self.client(k).call("setpe")
         for k in range(1, count + 1):
             ranges = self.client(k).call("listpe")["ranges"]

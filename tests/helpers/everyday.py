@@ -76,9 +76,11 @@ for my $i (0 .. %d) { $x = ($x * 31 + $i * $i) %% 1000003; print "$i $x\n" if $i
 print "end $x\n";
 my $n = 0; $n += length while <STDIN>; print "input $n\n";
 """
-GIT = ("git init -q -b main . && git add -A && git commit -q -m 'first: ünïcödé' && "
-       "echo more >> a.txt && git commit -q -am second && git log --stat --format='%H %an %ad %s' && "
-       "git show --stat HEAD~1 | head -5 && git status --short && git rev-parse HEAD")
+GIT = (
+    "git init -q -b main . && git add -A && git commit -q -m 'first: ünïcödé' && "
+    "echo more >> a.txt && git commit -q -am second && git log --stat --format='%H %an %ad %s' && "
+    "git show --stat HEAD~1 | head -5 && git status --short && git rev-parse HEAD"
+)
 AWK_STATS = '{ n[length($1)]++; s += $1 } END { for (k in n) t = t k ":" n[k] " "; print NR, s; print t | "sort"; close("sort") }'
 TAR = "tar cf - -C ../data --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner ."
 
@@ -111,19 +113,19 @@ CASES: dict[str, str] = {
     "tar-bzip2": f"{TAR} | bzip2 -9 | tee a.tbz | md5sum && bzip2 -dc a.tbz | tar tf - | sort",
     "tar-xz": f"{TAR} | xz -T1 -6 | tee a.txz | md5sum && xz -T1 -dc a.txz | tar tf - | sort",
     "tar-zstd": f"{TAR} | zstd -q --single-thread --no-asyncio -3 | tee a.tzst | md5sum && "
-                "zstd -q --no-asyncio -dc a.tzst | tar tf - | sort",
+    "zstd -q --no-asyncio -dc a.tzst | tar tf - | sort",
     "gzip-round-trip": "gzip -n -c ../data/big.txt > b.gz && gzip -l b.gz && gzip -dc b.gz | md5sum",
     "bc": "echo 'scale=60; 4*a(1); e(1); sqrt(2); 2^200' | bc -l",
     "dc": "dc -e '2 300 ^ p 10 k 1 3 / p 17 f'",
     "python3": "/usr/bin/python3 ../data/script.py",
     "perl": "perl ../data/script.pl",
-    "sqlite3": "sqlite3 t.db 'create table t (a, b); insert into t values (1, \"é\"), (2, \"ü\");' && "
-               "sqlite3 -header -column t.db 'select a, b, length(b), hex(b) from t order by a desc' && "
-               "sqlite3 t.db 'pragma integrity_check'",
+    "sqlite3": 'sqlite3 t.db \'create table t (a, b); insert into t values (1, "é"), (2, "ü");\' && '
+    "sqlite3 -header -column t.db 'select a, b, length(b), hex(b) from t order by a desc' && "
+    "sqlite3 t.db 'pragma integrity_check'",
     "make-gcc": "cp ../data/project/* . && make && ./prog && make -q prog; echo made $?",
     "git": "cp ../data/text.txt a.txt && " + GIT,
     "openssl": "openssl dgst -sha256 ../data/words.txt && openssl dgst -md5 ../data/big.txt && "
-               "openssl enc -aes-256-cbc -pbkdf2 -pass pass:mosix -S 0102030405060708 -in ../data/text.txt | openssl dgst -sha1",
+    "openssl enc -aes-256-cbc -pbkdf2 -pass pass:mosix -S 0102030405060708 -in ../data/text.txt | openssl dgst -sha1",
     "head-tail-tac": "head -c 100 ../data/big.txt && tail -n 5 ../data/text.txt && tac ../data/text.txt | head -3",
     "nl-od-base64": "nl -ba ../data/text.txt | head && od -An -c ../data/text.txt | head -5 && base64 ../data/text.txt | md5sum",
     "comm-paste": "sort ../data/left.txt > l && sort ../data/right.txt > r && comm -3 l r | head && paste l r | tail -3",
@@ -140,18 +142,22 @@ LONG: dict[str, list[str]] = {
     "perl-loop": ["perl", "../data/loop.pl"],
 }
 
+
 def write_inputs(data: Path, loop: int = 400_000) -> None:
     """The deterministic input files."""
     rng = random.Random(18)
     data.mkdir(parents=True, exist_ok=True)
-    (data / "big.txt").write_text("".join(f"{rng.randrange(10 ** 7)}\n" for _ in range(120_000)))
+    (data / "big.txt").write_text("".join(f"{rng.randrange(10**7)}\n" for _ in range(120_000)))
     syllables = ["ka", "mo", "six", "é", "ü", "ri", "ta", "na", "straße", "lo", "z9", "pe"]
-    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) + str(rng.randint(0, 9))
-             for _ in range(5000)]
+    words = [
+        "".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) + str(rng.randint(0, 9)) for _ in range(5000)
+    ]
     (data / "words.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
     (data / "pairs.txt").write_text("".join(f"{w} {rng.randint(1, 999)}\n" for w in words[:3000]), encoding="utf-8")
-    (data / "text.txt").write_text("".join(f"Zeile {i}: {' '.join(words[i * 7:i * 7 + 7])} — Straße Ünïcödé\n"
-                                           for i in range(200)), encoding="utf-8")
+    (data / "text.txt").write_text(
+        "".join(f"Zeile {i}: {' '.join(words[i * 7 : i * 7 + 7])} — Straße Ünïcödé\n" for i in range(200)),
+        encoding="utf-8",
+    )
     keys = sorted({f"k{rng.randint(100, 999)}" for _ in range(400)})
     (data / "left.txt").write_text("".join(f"{k} {rng.choice(words)}\n" for k in keys[::2]), encoding="utf-8")
     (data / "right.txt").write_text("".join(f"{k} {rng.randint(0, 99)}\n" for k in keys[::3]), encoding="utf-8")
@@ -171,12 +177,22 @@ def environment(home: Path) -> dict[str, str]:
     """The default UTF-8 locale, no LC_ALL; the Debian archive's programs first; a
     fixed identity and date for git."""
     when = "2024-02-29T13:45:06+00:00"
-    return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(home), "TZ": "UTC", "TMPDIR": str(home),
-            "GIT_AUTHOR_NAME": "Ada Ünïcödé", "GIT_AUTHOR_EMAIL": "ada@example.org", "GIT_AUTHOR_DATE": when,
-            "GIT_COMMITTER_NAME": "Ada Ünïcödé", "GIT_COMMITTER_EMAIL": "ada@example.org",
-            "GIT_COMMITTER_DATE": when, "GIT_CONFIG_NOSYSTEM": "1",
-            # the MOSIX code under test, when it is not the installed one (a comparison's)
-            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(home),
+        "TZ": "UTC",
+        "TMPDIR": str(home),
+        "GIT_AUTHOR_NAME": "Ada Ünïcödé",
+        "GIT_AUTHOR_EMAIL": "ada@example.org",
+        "GIT_AUTHOR_DATE": when,
+        "GIT_COMMITTER_NAME": "Ada Ünïcödé",
+        "GIT_COMMITTER_EMAIL": "ada@example.org",
+        "GIT_COMMITTER_DATE": when,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        # the MOSIX code under test, when it is not the installed one (a comparison's)
+        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+    }
 
 
 def fresh(directory: Path) -> Path:

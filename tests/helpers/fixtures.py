@@ -31,11 +31,24 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory):
     LocalCluster. Processes move only when a test moves them unless ``balancing``."""
     clusters: list[LocalCluster] = []
 
-    def make(nodes: int = 4, speeds: list[int] | None = None, interval: float = 0.2, balancing: bool = False,
-             extra_conf: str = "", **kwargs: Any) -> LocalCluster:
+    def make(
+        nodes: int = 4,
+        speeds: list[int] | None = None,
+        interval: float = 0.2,
+        balancing: bool = False,
+        extra_conf: str = "",
+        **kwargs: Any,
+    ) -> LocalCluster:
         root = tmp_path_factory.mktemp("cluster")
-        layout = localcluster.up(root, nodes=nodes, speeds=speeds, base_ip=str(fresh_base_ip()), interval=interval,
-                                 extra_conf=extra_conf + ("" if balancing else MANUAL_ONLY), **kwargs)
+        layout = localcluster.up(
+            root,
+            nodes=nodes,
+            speeds=speeds,
+            base_ip=str(fresh_base_ip()),
+            interval=interval,
+            extra_conf=extra_conf + ("" if balancing else MANUAL_ONLY),
+            **kwargs,
+        )
         cluster = LocalCluster(root, layout)
         clusters.append(cluster)
         return cluster
@@ -71,9 +84,17 @@ def spawn():
 @pytest.fixture
 def mosix_etc(tmp_path: Path) -> Path:
     """A valid one-node configuration tree (no daemon running)."""
-    layout = localcluster.ClusterLayout(root=tmp_path, nodes=1, base_ip=fresh_base_ip(), speeds=(10000,), cpus=1,
-                                        memory_mb=1024, interval=0.2, udp_port=localcluster.default_ports()[0],
-                                        tcp_port=localcluster.default_ports()[1])
+    layout = localcluster.ClusterLayout(
+        root=tmp_path,
+        nodes=1,
+        base_ip=fresh_base_ip(),
+        speeds=(10000,),
+        cpus=1,
+        memory_mb=1024,
+        interval=0.2,
+        udp_port=localcluster.default_ports()[0],
+        tcp_port=localcluster.default_ports()[1],
+    )
     localcluster.write_layout(layout)
     return layout.etc(1)
 
@@ -83,8 +104,9 @@ def small_tmpfs(tmp_path: Path):
     """A real 1 MiB tmpfs (a directory that can be full), unmounted afterwards."""
     mount_point = tmp_path / "tmpfs"
     mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
     try:

@@ -10,8 +10,10 @@ import subprocess
 from tests.helpers.programs import lines, wait_until
 
 # awk printing a line every 200,000 steps, COUNT (the %d) lines, then exit status 3
-AWK = ('BEGIN { for (i = 0; i < %d; i++) { for (j = 0; j < 200000; j++) s += j %% 7; '
-       'printf "%%d %%d\\n", i, s; fflush() } exit 3 }')
+AWK = (
+    "BEGIN { for (i = 0; i < %d; i++) { for (j = 0; j < 200000; j++) s += j %% 7; "
+    'printf "%%d %%d\\n", i, s; fflush() } exit 3 }'
+)
 
 
 def row(cluster, k: int = 1) -> dict | None:
@@ -50,8 +52,13 @@ def awk_moves_out_on_and_home(cluster, mosrun, tmp_path) -> None:
     proc = mosrun("awk", program, out=out)
     pid = wait_until(lambda: row(cluster), what="the process row")["pid"]
     wait_until(lambda: lines(out) >= 10, what="10 lines")
-    for where, expected in (("2", cluster.ip(2)), ("3", cluster.ip(3)), ("home", "here"), ("3", cluster.ip(3)),
-                            ("home", "here")):
+    for where, expected in (
+        ("2", cluster.ip(2)),
+        ("3", cluster.ip(3)),
+        ("home", "here"),
+        ("3", cluster.ip(3)),
+        ("home", "here"),
+    ):
         before = lines(out)
         migrate(cluster, pid, where)
         where_is(cluster, expected)
@@ -84,7 +91,7 @@ def signals_sent_home_reach_the_process_away(cluster, mosrun, tmp_path) -> None:
     wait_until(lambda: lines(out) >= 1, what="the start")
     migrate(cluster, pid, "2")
     where_is(cluster, cluster.ip(2))
-    cluster.kill(1, pid, signal.SIGUSR1)                 # pid: as the home node numbers it
+    cluster.kill(1, pid, signal.SIGUSR1)  # pid: as the home node numbers it
     wait_until(lambda: b"usr1 at 2\n" in out.read_bytes(), what="the handler, away on node 2")
     cluster.kill(1, pid, signal.SIGTERM)
     assert proc.wait(timeout=30) == -15

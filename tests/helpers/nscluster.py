@@ -53,8 +53,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tests.helpers.cluster import MANUAL_ONLY, LocalCluster
 
@@ -89,9 +90,20 @@ def unavailable() -> str | None:
     if os.geteuid() != 0:
         return "creating network, mount and PID namespaces needs root"
     probe = subprocess.run(
-        ["unshare", *NAMESPACES, "--fork", "--mount-proc", "--", "sh", "-c",
-         f"ip link add nsprobe0 type veth peer name nsprobe1 && ip link add {BRIDGE} type bridge"],
-        capture_output=True, text=True, timeout=30)
+        [
+            "unshare",
+            *NAMESPACES,
+            "--fork",
+            "--mount-proc",
+            "--",
+            "sh",
+            "-c",
+            f"ip link add nsprobe0 type veth peer name nsprobe1 && ip link add {BRIDGE} type bridge",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if probe.returncode != 0:
         return f"cannot create namespaces with a veth pair and a bridge: {probe.stderr.strip() or probe.returncode}"
     return None
@@ -110,7 +122,7 @@ def _ns_id(pid: int | str, kind: str) -> str:
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:                                      # no CONFIG_PROC_CHILDREN: scan
+    except OSError:  # no CONFIG_PROC_CHILDREN: scan
         found = []
         for name in os.listdir("/proc"):
             if name.isdigit():
@@ -135,8 +147,14 @@ class Node:
 def _start_init(argv: list[str], log: Path, what: str, timeout: float = 30.0) -> subprocess.Popen:
     """Start an init under ``unshare`` and wait for its "ready" line."""
     with open(log, "ab") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                preexec_fn=_die_with_parent, cwd=REPOSITORY)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            preexec_fn=_die_with_parent,
+            cwd=REPOSITORY,
+        )
     assert proc.stdout is not None
     line = b""
     if select.select([proc.stdout], [], [], timeout)[0]:
@@ -161,7 +179,7 @@ class NamespaceCluster(LocalCluster):
         self.switch: subprocess.Popen | None = None
         self.members: dict[int, Node] = {}
         self.spawned: list[subprocess.Popen] = []
-        self.namespaces: set[str] = set()               # every namespace made, as /proc/*/ns/* name them
+        self.namespaces: set[str] = set()  # every namespace made, as /proc/*/ns/* name them
 
     # -- what LocalCluster offers -----------------------------------------------------------------
     def nsenter(self, k: int, cwd: str | os.PathLike[str] | None = None) -> list[str]:
@@ -171,8 +189,14 @@ class NamespaceCluster(LocalCluster):
         would be the machine's, not the node's."""
         if cwd is None:
             cwd = os.getcwd() if self.node_path(k, os.getcwd()).is_dir() else "/"
-        return ["nsenter", "-t", str(self.init(k)), *NSENTER_FLAGS,
-                f"--wd={self.node_path(k, os.path.abspath(cwd))}", "--"]
+        return [
+            "nsenter",
+            "-t",
+            str(self.init(k)),
+            *NSENTER_FLAGS,
+            f"--wd={self.node_path(k, os.path.abspath(cwd))}",
+            "--",
+        ]
 
     def spawn(self, k: int, argv: list[str], **popen_kwargs: Any) -> subprocess.Popen:
         """Start ``argv`` on node k (``env`` defaults to :meth:`env`; ``cwd`` is the
@@ -184,11 +208,25 @@ class NamespaceCluster(LocalCluster):
         self.spawned.append(proc)
         return proc
 
-    def exec(self, k: int, argv: list[str], *, env: dict[str, str] | None = None, cwd: Any = None,
-             timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+    def exec(
+        self,
+        k: int,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Any = None,
+        timeout: float = 60,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` on node k to its end (output captured, as text)."""
-        return subprocess.run(self.nsenter(k, cwd) + list(argv), env=env or self.env(k), capture_output=True,
-                              text=True, timeout=timeout, input=input)
+        return subprocess.run(
+            self.nsenter(k, cwd) + list(argv),
+            env=env or self.env(k),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
 
     def run(self, k: int, tool: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
         """Run a ``mos*`` tool on node k, as its user would."""
@@ -198,6 +236,7 @@ class NamespaceCluster(LocalCluster):
         """A control-socket client of node k's mosd (its socket is in node k's private
         tmpfs: reached through node k's mount namespace)."""
         from mosix_core.daemon.client import Client
+
         return Client(self.node_path(k, self.etc(k)))
 
     def stop(self, k: int) -> None:
@@ -213,6 +252,7 @@ class NamespaceCluster(LocalCluster):
     def running(self, k: int) -> bool:
         from mosix_core.daemon.client import Client
         from mosix_core.errors import MosixError
+
         try:
             Client(self.node_path(k, self.etc(k)), timeout=2.0).call("ping")
             return True
@@ -222,8 +262,14 @@ class NamespaceCluster(LocalCluster):
     def logs(self) -> dict[int, Path]:
         """Each node's mosd log: in its private tmpfs while it runs, copied next to its
         configuration (``etc/mosd.log``) by :meth:`down`."""
-        return {k: (self.node_path(k, self.etc(k) / "var" / "mosd.log") if k in self.members
-                    and self.members[k].alive() else self.etc(k) / "mosd.log") for k in range(1, self.nodes + 1)}
+        return {
+            k: (
+                self.node_path(k, self.etc(k) / "var" / "mosd.log")
+                if k in self.members and self.members[k].alive()
+                else self.etc(k) / "mosd.log"
+            )
+            for k in range(1, self.nodes + 1)
+        }
 
     # -- what only namespaces have ----------------------------------------------------------------
     def init(self, k: int) -> int:
@@ -252,7 +298,7 @@ class NamespaceCluster(LocalCluster):
                     nspid = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()
                     found[int(nspid[-1])] = int(name)
                 except (OSError, StopIteration, ValueError):
-                    continue                             # gone meanwhile
+                    continue  # gone meanwhile
         return found
 
     def machine_pid(self, k: int, pid: int) -> int | None:
@@ -270,9 +316,10 @@ class NamespaceCluster(LocalCluster):
         return [sys.executable, "-m", "tests.helpers.nscluster", mode, *args]
 
     def _start_switch(self) -> None:
-        self.switch = _start_init(["unshare", "--net", "--", *self._init_argv("switch")],
-                                  self.root / "switch.log", "the switch namespace")
-        if _ns_id(self.switch.pid, "net") == _ns_id("self", "net"):   # never touch the machine's
+        self.switch = _start_init(
+            ["unshare", "--net", "--", *self._init_argv("switch")], self.root / "switch.log", "the switch namespace"
+        )
+        if _ns_id(self.switch.pid, "net") == _ns_id("self", "net"):  # never touch the machine's
             raise RuntimeError("the switch is not in a network namespace of its own")
         self.namespaces.add(_ns_id(self.switch.pid, "net"))
 
@@ -281,10 +328,25 @@ class NamespaceCluster(LocalCluster):
         for path in self.shared:
             args += ["--shared", str(path)]
         offset = str((k - 1) * CLOCK_STEP)
-        proc = _start_init(["unshare", *NAMESPACES, "--monotonic", offset, "--boottime", offset,
-                            "--fork", "--kill-child", "--mount-proc",
-                            "--propagation", "private", "--", *self._init_argv("node", *args)],
-                           self.root / f"node{k}-init.log", f"node {k}'s namespaces")
+        proc = _start_init(
+            [
+                "unshare",
+                *NAMESPACES,
+                "--monotonic",
+                offset,
+                "--boottime",
+                offset,
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "--",
+                *self._init_argv("node", *args),
+            ],
+            self.root / f"node{k}-init.log",
+            f"node {k}'s namespaces",
+        )
         init = _children(proc.pid)
         if len(init) != 1:
             proc.kill()
@@ -298,26 +360,43 @@ class NamespaceCluster(LocalCluster):
     def _cable(self) -> None:
         """A veth pair per node: ``nK`` on the switch's bridge, ``eth0`` in node K."""
         assert self.switch is not None
-        batch = "".join(f"link add n{k} type veth peer name eth0 netns {node.init}\n"
-                        f"link set n{k} master {BRIDGE}\nlink set n{k} up\n"
-                        for k, node in self.members.items())
-        done = subprocess.run(["nsenter", "-t", str(self.switch.pid), "-n", "ip", "-batch", "-"],
-                              input=batch, capture_output=True, text=True, timeout=30)
+        batch = "".join(
+            f"link add n{k} type veth peer name eth0 netns {node.init}\n"
+            f"link set n{k} master {BRIDGE}\nlink set n{k} up\n"
+            for k, node in self.members.items()
+        )
+        done = subprocess.run(
+            ["nsenter", "-t", str(self.switch.pid), "-n", "ip", "-batch", "-"],
+            input=batch,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"cabling the switch failed: {done.stderr.strip()}")
         for k, node in self.members.items():
-            done = subprocess.run(["nsenter", "-t", str(node.init), "-n", "ip", "-batch", "-"],
-                                  input=f"addr add {self.ip(k)}/24 dev eth0\nlink set eth0 up\n",
-                                  capture_output=True, text=True, timeout=30)
+            done = subprocess.run(
+                ["nsenter", "-t", str(node.init), "-n", "ip", "-batch", "-"],
+                input=f"addr add {self.ip(k)}/24 dev eth0\nlink set eth0 up\n",
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"node {k}: configuring eth0 failed: {done.stderr.strip()}")
 
     def _start_daemons(self) -> None:
-        starting = {k: subprocess.Popen(self.nsenter(k, "/") + [sys.executable, "-m", "mosix_core.cli.mosd", "--etc",
-                                                           str(self.etc(k))],
-                                        env=self.env(k), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
-                    for k in self.members}
+        starting = {
+            k: subprocess.Popen(
+                self.nsenter(k, "/") + [sys.executable, "-m", "mosix_core.cli.mosd", "--etc", str(self.etc(k))],
+                env=self.env(k),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for k in self.members
+        }
         failed = []
         for k, proc in starting.items():
             out, err = proc.communicate(timeout=60)
@@ -341,13 +420,13 @@ class NamespaceCluster(LocalCluster):
                 os.kill(node.init, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for node in self.members.values():              # unshare reaps its init, then ends
+        for node in self.members.values():  # unshare reaps its init, then ends
             try:
                 node.unshare.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 node.unshare.kill()
                 node.unshare.wait(timeout=10)
-        for proc in self.spawned:                         # nsenters: their commands died with the nodes
+        for proc in self.spawned:  # nsenters: their commands died with the nodes
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=30)
@@ -379,14 +458,23 @@ def _software() -> list[Path]:
     """Where this software and its interpreter live: every node has them, as every
     node of a real cluster has MOSIX installed (a clone under /tmp, as CI's may be,
     would otherwise vanish under a node's private /tmp)."""
-    places = {Path(sys.prefix).resolve(), Path(sys.executable).resolve().parent,
-              Path(__file__).resolve().parents[1]}
+    places = {Path(sys.prefix).resolve(), Path(sys.executable).resolve().parent, Path(__file__).resolve().parents[1]}
     return sorted(places)
 
 
-def up(root: Path, nodes: int = 3, speeds: list[int] | None = None, subnet: str | None = None,
-       interval: float = 0.2, cpus: int = 1, memory_mb: int = 4096, shared: Iterable[Path] = (),
-       extra_conf: str = "", secret: str | None = None, balancing: bool = False) -> NamespaceCluster:
+def up(
+    root: Path,
+    nodes: int = 3,
+    speeds: list[int] | None = None,
+    subnet: str | None = None,
+    interval: float = 0.2,
+    cpus: int = 1,
+    memory_mb: int = 4096,
+    shared: Iterable[Path] = (),
+    extra_conf: str = "",
+    secret: str | None = None,
+    balancing: bool = False,
+) -> NamespaceCluster:
     """Build and start an N-node namespaced cluster under ``root`` (configuration
     trees, init logs). ``shared``: directories (under /tmp, typically) that stay the
     same on every node — ``root`` always does. On any failure everything built so
@@ -400,9 +488,17 @@ def up(root: Path, nodes: int = 3, speeds: list[int] | None = None, subnet: str 
     speeds = list(speeds or []) + [10000] * (nodes - len(speeds or []))
     subnet = subnet or fresh_subnet()
     default_udp, default_tcp = localcluster.default_ports()
-    layout = localcluster.ClusterLayout(root=root, nodes=nodes, base_ip=IPv4Address(f"{subnet}.1"),
-                                        speeds=tuple(speeds), cpus=cpus, memory_mb=memory_mb, interval=interval,
-                                        udp_port=default_udp, tcp_port=default_tcp)
+    layout = localcluster.ClusterLayout(
+        root=root,
+        nodes=nodes,
+        base_ip=IPv4Address(f"{subnet}.1"),
+        speeds=tuple(speeds),
+        cpus=cpus,
+        memory_mb=memory_mb,
+        interval=interval,
+        udp_port=default_udp,
+        tcp_port=default_tcp,
+    )
     localcluster.write_layout(layout, secret=secret, extra_conf=extra_conf + ("" if balancing else MANUAL_ONLY))
     cluster = NamespaceCluster(root, layout, subnet, [root, *shared, *_software()])
     try:
@@ -420,8 +516,16 @@ def up(root: Path, nodes: int = 3, speeds: list[int] | None = None, subnet: str 
 # -- the inits (run under unshare: python -m tests.helpers.nscluster switch|node ...) ---------------
 def _mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
-                  data.encode() if data else None) != 0:
+    if (
+        libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        )
+        != 0
+    ):
         err = ctypes.get_errno()
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
@@ -437,7 +541,7 @@ def _private_mounts(tmpfs: list[str], shared: list[str]) -> None:
     shared = sorted({s for s in shared if not any(o != s and _is_under(s, o) for o in shared)})
     for directory in PRIVATE_DIRS:
         if not os.path.isdir(directory) or any(_is_under(directory, s) for s in shared):
-            continue                                     # it is (inside) something shared
+            continue  # it is (inside) something shared
         keep = [(s, os.open(s, os.O_PATH | os.O_DIRECTORY)) for s in shared if _is_under(s, directory)]
         _mount("tmpfs", directory, "tmpfs", 0, "mode=1777" if directory != "/run" else "mode=755")
         for path, fd in keep:

@@ -42,8 +42,9 @@ def start(argv, env, cwd: Path, out: Path) -> subprocess.Popen:
 
 def native_output(argv, cwd: Path, env) -> bytes:
     """What a native run writes to stdout (it must succeed)."""
-    return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=120, check=True).stdout
+    return subprocess.run(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=True
+    ).stdout
 
 
 def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
@@ -68,13 +69,25 @@ def elf32(directory: Path) -> Path:
     """A minimal static 32-bit x86 program: write(1, "hi\\n", 3); exit(0) through int 0x80."""
     base, code_at = 0x08048000, 52 + 32
     msg_at = base + code_at + 31
-    code = (b"\xb8\x04\x00\x00\x00" + b"\xbb\x01\x00\x00\x00" + b"\xb9" + struct.pack("<I", msg_at)
-            + b"\xba\x03\x00\x00\x00" + b"\xcd\x80" + b"\xb8\x01\x00\x00\x00" + b"\x31\xdb" + b"\xcd\x80")
+    code = (
+        b"\xb8\x04\x00\x00\x00"
+        + b"\xbb\x01\x00\x00\x00"
+        + b"\xb9"
+        + struct.pack("<I", msg_at)
+        + b"\xba\x03\x00\x00\x00"
+        + b"\xcd\x80"
+        + b"\xb8\x01\x00\x00\x00"
+        + b"\x31\xdb"
+        + b"\xcd\x80"
+    )
     assert len(code) == 31
     body = code + b"hi\n"
     size = code_at + len(body)
-    header = (b"\x7fELF\x01\x01\x01" + b"\0" * 9
-              + struct.pack("<HHIIIIIHHHHHH", 2, 3, 1, base + code_at, 52, 0, 0, 52, 32, 1, 0, 0, 0))
+    header = (
+        b"\x7fELF\x01\x01\x01"
+        + b"\0" * 9
+        + struct.pack("<HHIIIIIHHHHHH", 2, 3, 1, base + code_at, 52, 0, 0, 52, 32, 1, 0, 0, 0)
+    )
     phdr = struct.pack("<IIIIIIII", 1, 0, base, base, size, size, 5, 0x1000)
     path = directory / "hello32"
     path.write_bytes(header + phdr + body)

@@ -32,9 +32,9 @@ def remove_stale_users() -> None:
     """The users of earlier runs whose pytest is gone."""
     for entry in pwd.getpwall():
         owner, dash, role = entry.pw_name.partition("-")
-        if not (owner.startswith(PREFIX) and owner[len(PREFIX):].isdigit() and dash and role in ROLES):
+        if not (owner.startswith(PREFIX) and owner[len(PREFIX) :].isdigit() and dash and role in ROLES):
             continue
-        if not Path(f"/proc/{owner[len(PREFIX):]}").exists():
+        if not Path(f"/proc/{owner[len(PREFIX) :]}").exists():
             remove_user(entry.pw_name)
 
 
@@ -47,8 +47,13 @@ class User:
 
     def env(self, **extra: str) -> dict[str, str]:
         """A login-like environment: nothing of root's leaks into the user's commands."""
-        env = {"HOME": str(self.home), "USER": self.name, "LOGNAME": self.name,
-               "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        env = {
+            "HOME": str(self.home),
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+        }
         env.update(extra)
         return env
 
@@ -61,8 +66,22 @@ def remove_user(name: str) -> None:
 def create_user(name: str, root: Path) -> User:
     remove_user(name)
     home = root / name
-    done = subprocess.run(["useradd", "--no-user-group", "--gid", "users", "--create-home", "--home-dir", str(home),
-                           "--shell", "/bin/sh", name], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            "useradd",
+            "--no-user-group",
+            "--gid",
+            "users",
+            "--create-home",
+            "--home-dir",
+            str(home),
+            "--shell",
+            "/bin/sh",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot create test user {name}: {done.stderr.strip()}")
     entry = pwd.getpwnam(name)
@@ -74,11 +93,13 @@ def _drop_to(user: User):
         os.setgroups([])
         os.setgid(user.gid)
         os.setuid(user.uid)
+
     return drop
 
 
-def as_user(user: User, argv: list[str], *, env: dict[str, str] | None = None, popen: bool = False,
-            **kwargs: Any) -> Any:
+def as_user(
+    user: User, argv: list[str], *, env: dict[str, str] | None = None, popen: bool = False, **kwargs: Any
+) -> Any:
     """Run ``argv`` as ``user`` (``subprocess.run``, or ``Popen`` with ``popen=True``).
     ``env`` adds to the user's own environment."""
     full_env = user.env(**(env or {}))

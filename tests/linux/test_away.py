@@ -52,7 +52,7 @@ def run_away(argv: list[str], cwd: Path, out: Path, after_lines: int) -> tuple[i
         ptrace.seize(pid, ptrace.O_TRACESYSGOOD | ptrace.O_EXITKILL)
         wait_until(lambda: lines(out) >= after_lines, what=f"{after_lines} lines")
         image = io.BytesIO()
-        shell, _ = leave(pid, ImageWriter(image), stop_traced(pid), {"pid": pid})   # what stays home
+        shell, _ = leave(pid, ImageWriter(image), stop_traced(pid), {"pid": pid})  # what stays home
         deputy = Deputy(pid, shell)
         guest_pid = stub.spawn_traced(GUEST_OPTIONS)
         image.seek(0)
@@ -63,7 +63,7 @@ def run_away(argv: list[str], cwd: Path, out: Path, after_lines: int) -> tuple[i
                 try:
                     deputy.call(request)
                 except TraceError:
-                    pass                               # the home process has ended
+                    pass  # the home process has ended
                 return Reply(0)
             return deputy.call(request)
 
@@ -91,13 +91,12 @@ def test_python_moved_into_a_guest_behaves_as_if_it_never_left(tmp_path):
     out = tmp_path / "out.txt"
     status, guest = run_away(["/usr/bin/python3", str(script), "120"], tmp_path, out, after_lines=20)
     assert status == 3
-    assert guest.forwarded > 100                       # its writes, getpid, getcwd... went home
+    assert guest.forwarded > 100  # its writes, getpid, getcwd... went home
     away_result = (tmp_path / "result.txt").read_text()  # written at home, by a relative path
-    native = subprocess.run(["/usr/bin/python3", str(script), "120"], cwd=tmp_path, capture_output=True,
-                            timeout=60)
+    native = subprocess.run(["/usr/bin/python3", str(script), "120"], cwd=tmp_path, capture_output=True, timeout=60)
     assert native.returncode == 3
     assert out.read_bytes() == native.stdout
-    assert b"False" not in out.read_bytes()            # the same pid and parent throughout
+    assert b"False" not in out.read_bytes()  # the same pid and parent throughout
     assert away_result == (tmp_path / "result.txt").read_text()
 
 
@@ -113,12 +112,21 @@ def test_the_guest_and_its_home_in_two_processes_over_a_socket(tmp_path):
     """The guest host is another process (as on another node): calls and replies
     cross a socket as frames, a signal sent to the home process reaches the guest."""
     script = tmp_path / "loop.py"
-    script.write_text(LOOP.replace("import os, select, sys\n", "import os, select, signal, sys\n"
-                                   "signal.signal(signal.SIGUSR1, lambda *_: print('usr1', flush=True))\n"))
+    script.write_text(
+        LOOP.replace(
+            "import os, select, sys\n",
+            "import os, select, signal, sys\nsignal.signal(signal.SIGUSR1, lambda *_: print('usr1', flush=True))\n",
+        )
+    )
     out = tmp_path / "out.txt"
     with open(out, "wb") as stdout:
-        proc = subprocess.Popen(["/usr/bin/python3", str(script), "150"], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["/usr/bin/python3", str(script), "150"],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+        )
     pid = proc.pid
     home_end, guest_end = socket.socketpair()
     host = None
@@ -148,7 +156,7 @@ def test_the_guest_and_its_home_in_two_processes_over_a_socket(tmp_path):
         def count(request) -> None:
             served.append(request)
             if len(served) == 60:
-                os.kill(pid, signal.SIGUSR1)        # to the home process: the guest's handler runs
+                os.kill(pid, signal.SIGUSR1)  # to the home process: the guest's handler runs
 
         serve(deputy, Channel(home_end), before_call=count)
         assert deputy.ended.kind == "exited" and deputy.ended.code == 3
@@ -179,8 +187,9 @@ print("read back", len(got), got == data, flush=True)
 
 def test_reads_and_writes_larger_than_one_forwarded_call(tmp_path):
     script = tmp_path / "big.py"
-    script.write_text("import select\nfor i in range(20):\n    print(i, flush=True)\n"
-                      "    select.select([], [], [], 0.01)\n" + BIG)
+    script.write_text(
+        "import select\nfor i in range(20):\n    print(i, flush=True)\n    select.select([], [], [], 0.01)\n" + BIG
+    )
     out = tmp_path / "out.txt"
     status, guest = run_away(["/usr/bin/python3", str(script)], tmp_path, out, after_lines=5)
     assert status == 0

@@ -45,8 +45,8 @@ while not os.path.exists("go"):          # the move happens meanwhile
 
 @attrs.frozen
 class Away:
-    status: int                  # the exit status the program's parent saw (at home)
-    served: list[str]            # the calls performed at home, in order
+    status: int  # the exit status the program's parent saw (at home)
+    served: list[str]  # the calls performed at home, in order
     stdout: bytes
     stderr: bytes
 
@@ -61,8 +61,9 @@ def run_served(script: str, work: Path, wall_offset: int | None = None, c_loop: 
     (work / "prog.py").write_text(script)
     out, err = work / "out.txt", work / "err.txt"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        proc = subprocess.Popen([PYTHON, "prog.py"], cwd=work, env=_env(), stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen(
+            [PYTHON, "prog.py"], cwd=work, env=_env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+        )
     pid = proc.pid
     home_end, guest_end = socket.socketpair()
     host = None
@@ -102,7 +103,7 @@ def run_served(script: str, work: Path, wall_offset: int | None = None, c_loop: 
         proc.returncode = deputy.ended.code
         _, host_status = os.waitpid(host, 0)
         host = None
-        assert os.waitstatus_to_exitcode(host_status) == proc.returncode   # the guest saw the same end
+        assert os.waitstatus_to_exitcode(host_status) == proc.returncode  # the guest saw the same end
     finally:
         end_link(home_end, proc, host)
     return Away(proc.returncode, served, out.read_bytes(), err.read_bytes())
@@ -116,7 +117,7 @@ def serve_in_c(guest: Guest, sock: socket.socket, work: Path) -> int:
     while True:
         what, status, result, frames = loop.serve(1.0)
         for frame in frames:
-            during_call(decode(frame), guest)                  # signals only: no control messages here
+            during_call(decode(frame), guest)  # signals only: no control messages here
         if what == fastpath.STOP:
             ended = guest.on_stop(ptrace.decode_status(guest.pid, status))
             if ended is not None:
@@ -137,8 +138,9 @@ def run_native(script: str, work: Path) -> subprocess.CompletedProcess:
     work.mkdir()
     (work / "prog.py").write_text(script)
     (work / "go").touch()
-    return subprocess.run([PYTHON, "prog.py"], cwd=work, env=_env(), stdin=subprocess.DEVNULL,
-                          capture_output=True, timeout=60)
+    return subprocess.run(
+        [PYTHON, "prog.py"], cwd=work, env=_env(), stdin=subprocess.DEVNULL, capture_output=True, timeout=60
+    )
 
 
 def _env() -> dict[str, str]:
@@ -159,9 +161,12 @@ def same_as_native(script: str, tmp_path: Path, calls: set[str], c_loop: bool = 
     return away
 
 
-FILES = """\
+FILES = (
+    """\
 import errno, fcntl, os, stat, struct, sys, time
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 def attempt(what, f, *args):
     try:
         f(*args)
@@ -255,26 +260,62 @@ print("priority", nice == os.getpriority(os.PRIO_PROCESS, os.getpid()))
 r, w = os.pipe()
 print("pipe", os.write(w, b"through"), os.read(r, 100), fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) > 0)
 """
+)
 
 
 @pytest.mark.parametrize("c_loop", [False, True], ids=["python", "c-loop"])
 def test_files_links_locks_and_times(tmp_path, c_loop):
-    away = same_as_native(FILES, tmp_path, c_loop=c_loop, calls={
-        "fcntl", "ioctl", "flock", "link", "symlink", "chown", "lchown", "fchown", "fchownat", "utimensat",
-        "statfs", "fstatfs", "fallocate", "fadvise64", "mknodat", "fchmodat", "renameat", "sendfile",
-        "copy_file_range", "sync", "getresuid", "getresgid", "getgroups", "getpriority", "setpriority"})
+    away = same_as_native(
+        FILES,
+        tmp_path,
+        c_loop=c_loop,
+        calls={
+            "fcntl",
+            "ioctl",
+            "flock",
+            "link",
+            "symlink",
+            "chown",
+            "lchown",
+            "fchown",
+            "fchownat",
+            "utimensat",
+            "statfs",
+            "fstatfs",
+            "fallocate",
+            "fadvise64",
+            "mknodat",
+            "fchmodat",
+            "renameat",
+            "sendfile",
+            "copy_file_range",
+            "sync",
+            "getresuid",
+            "getresgid",
+            "getgroups",
+            "getpriority",
+            "setpriority",
+        },
+    )
     assert away.stdout.count(b"\n") > 30
 
     def made(top: Path) -> dict:
-        return {path.name: (path.lstat().st_mode, path.lstat().st_nlink,
-                            path.read_bytes() if path.is_file() and not path.is_symlink() else None)
-                for path in (top / "w").iterdir()}
-    assert made(tmp_path / "away") == made(tmp_path / "native")      # the same files, made at home
+        return {
+            path.name: (
+                path.lstat().st_mode,
+                path.lstat().st_nlink,
+                path.read_bytes() if path.is_file() and not path.is_symlink() else None,
+            )
+            for path in (top / "w").iterdir()
+        }
+
+    assert made(tmp_path / "away") == made(tmp_path / "native")  # the same files, made at home
     if c_loop:
         assert int((tmp_path / "away" / "handled").read_text()) > 30  # the simple calls never left C
 
 
-FAMILY = """\
+FAMILY = (
+    """\
 import errno, os, signal, subprocess, sys, threading, time
 import resource                  # os.wait4 imports it: here, not by mapping a library away
 done, running, waited, doomed = (subprocess.Popen(argv, stdin=subprocess.PIPE) for argv in (
@@ -282,7 +323,9 @@ done, running, waited, doomed = (subprocess.Popen(argv, stdin=subprocess.PIPE) f
 got = []
 signal.signal(signal.SIGUSR1, lambda sig, frame: got.append("usr1"))
 signal.signal(signal.SIGUSR2, lambda sig, frame: got.append("usr2"))
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 print("nohang", os.waitpid(running.pid, os.WNOHANG))
 print("nohang rusage", os.wait4(running.pid, os.WNOHANG)[:2])
 print("nohang waitid", os.waitid(os.P_PID, running.pid, os.WEXITED | os.WNOHANG))
@@ -309,6 +352,7 @@ signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
 os.getppid()
 print("signals", got)
 """
+)
 
 
 @pytest.mark.parametrize("c_loop", [False, True], ids=["python", "c-loop"])
@@ -316,15 +360,19 @@ def test_waits_and_signals_in_its_family(tmp_path, c_loop):
     same_as_native(FAMILY, tmp_path, {"wait4", "waitid", "kill", "tgkill"}, c_loop=c_loop)
 
 
-SELF_SIGNAL = """\
+SELF_SIGNAL = (
+    """\
 import os, signal, time
 signal.signal(signal.SIGUSR1, lambda sig, frame: print("handler", flush=True))
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 signal.raise_signal(signal.SIGUSR1)
 print("after raise", flush=True)
 os.kill(os.getpid(), signal.SIGUSR1)
 print("after kill", flush=True)
 """
+)
 
 
 @pytest.mark.parametrize("c_loop", [False, True], ids=["python", "c-loop"])
@@ -334,9 +382,12 @@ def test_a_signal_to_itself_is_delivered_before_the_call_returns(tmp_path, c_loo
     same_as_native(SELF_SIGNAL, tmp_path, {"tgkill", "kill"}, c_loop=c_loop)
 
 
-LARGE_BUFFERS = """\
+LARGE_BUFFERS = (
+    """\
 import ctypes, errno, hashlib, mmap, os, random, time
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 data = random.Random(5).randbytes(3 << 20)
 fd = os.open("data", os.O_RDWR | os.O_CREAT, 0o644)
 print("write", os.write(fd, data), os.lseek(fd, 0, os.SEEK_CUR))
@@ -365,6 +416,7 @@ print("holed", done == -1 and ctypes.get_errno() == errno.EFAULT or 0 < done < s
       os.fstat(holed).st_size == max(done, 0), os.pread(holed, size, 0) == data[:max(done, 0)])
 print("read into a holed buffer", libc.read(fd, ctypes.c_void_p(at + size - 8192), ctypes.c_size_t(8192)) < 8192)
 """
+)
 
 
 @pytest.mark.parametrize("c_loop", [False, True], ids=["python", "c-loop"])
@@ -382,16 +434,19 @@ def test_the_c_trap_loop_is_built():
     assert fastpath.AVAILABLE
     shapes = fastpath.shapes()
     assert shapes[NUMBERS["read"]][0] == fastpath.SHAPE_OUT and shapes[NUMBERS["write"]][0] == fastpath.SHAPE_IN
-    assert shapes[NUMBERS["newfstatat"]] == (fastpath.SHAPE_OUT, 4, 2, fastpath.FIXED, 144, 0, 1)   # glibc's fstat
+    assert shapes[NUMBERS["newfstatat"]] == (fastpath.SHAPE_OUT, 4, 2, fastpath.FIXED, 144, 0, 1)  # glibc's fstat
     assert shapes[NUMBERS["ioctl"]][0] == shapes[NUMBERS["mmap"]][0] == shapes[NUMBERS["execve"]][0] == 0
 
 
-SOCKETS = """\
+SOCKETS = (
+    """\
 import errno, os, select, socket, struct, time
 listener = socket.socket()
 listener.bind(("127.0.0.1", 0))
 listener.listen()
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 client = socket.socket()
 client.connect(listener.getsockname())
 server, peer = listener.accept()
@@ -456,18 +511,43 @@ try:
 except OSError as e:
     print("connect", errno.errorcode[e.errno])
 """
+)
 
 
 def test_sockets_made_and_used_away(tmp_path):
-    same_as_native(SOCKETS, tmp_path, {
-        "socket", "connect", "accept4", "getsockname", "getpeername", "setsockopt", "getsockopt",
-        "sendto", "recvfrom", "pselect6", "poll", "shutdown", "epoll_create1", "epoll_ctl", "epoll_wait",
-        "bind", "listen", "socketpair", "ioctl"})
+    same_as_native(
+        SOCKETS,
+        tmp_path,
+        {
+            "socket",
+            "connect",
+            "accept4",
+            "getsockname",
+            "getpeername",
+            "setsockopt",
+            "getsockopt",
+            "sendto",
+            "recvfrom",
+            "pselect6",
+            "poll",
+            "shutdown",
+            "epoll_create1",
+            "epoll_ctl",
+            "epoll_wait",
+            "bind",
+            "listen",
+            "socketpair",
+            "ioctl",
+        },
+    )
 
 
-TERMINAL = """\
+TERMINAL = (
+    """\
 import errno, fcntl, os, struct, termios, time
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 def ioctl(name, fd, request, arg=0):
     try:
         got = fcntl.ioctl(fd, request, arg)
@@ -506,15 +586,19 @@ time.sleep(0.05)
 print("master reads", os.read(master, 100))
 print("winsize", struct.unpack("4H", fcntl.ioctl(slave, termios.TIOCGWINSZ, b"\\0" * 8)))
 """
+)
 
 
 def test_a_terminal_made_and_used_away(tmp_path):
     same_as_native(TERMINAL, tmp_path, {"ioctl", "openat"})
 
 
-VECTORS = """\
+VECTORS = (
+    """\
 import os, time
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 r, w = os.pipe()
 print("writev", os.writev(w, [b"one ", b"", b"two ", b"three"]), flush=True)
 a, b = bytearray(5), bytearray(20)
@@ -531,6 +615,7 @@ try:
 except OSError as err:
     print(err.errno, flush=True)
 """
+)
 
 
 def test_vectored_reads_and_writes_are_one_call_home_each(tmp_path):
@@ -538,9 +623,12 @@ def test_vectored_reads_and_writes_are_one_call_home_each(tmp_path):
     assert "writev" not in away.served and "readv" not in away.served
 
 
-MESSAGES = """\
+MESSAGES = (
+    """\
 import errno, os, socket, time
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 print("sendmsg", a.sendmsg([b"one ", b"", b"two"]), flush=True)
 print("recvmsg", b.recvmsg(100), flush=True)
@@ -560,6 +648,7 @@ print("sendmsg to", out.sendmsg([b"da", b"tagram"], [], 0, udp.getsockname()), f
 data, ancillary, flags, address = udp.recvmsg(64)
 print("recvmsg from", data, ancillary, flags, address == out.getsockname(), flush=True)
 """
+)
 
 
 def test_socket_messages_without_ancillary_data(tmp_path):
@@ -572,9 +661,12 @@ def test_socket_messages_without_ancillary_data(tmp_path):
     assert {"sendto", "recvfrom"} <= set(away.served) and not {"sendmsg", "recvmsg"} & set(away.served)
 
 
-CLOCKS = """\
+CLOCKS = (
+    """\
 import ctypes, os, time
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 libc = ctypes.CDLL(None)
 libc.time.restype = ctypes.c_long
 timeval, timezone = (ctypes.c_long * 2)(), (ctypes.c_int * 2)(7, 7)
@@ -585,6 +677,7 @@ print("tai", time.clock_gettime_ns(time.CLOCK_TAI) // 10**9, "timezone", list(ti
 print("monotonic", int(time.monotonic()), int(time.clock_gettime(time.CLOCK_BOOTTIME)), flush=True)
 print("cpu", time.process_time() < 60, flush=True)
 """
+)
 
 
 def test_a_guest_reads_homes_wall_clock_through_its_vdso(tmp_path):
@@ -600,15 +693,18 @@ def test_a_guest_reads_homes_wall_clock_through_its_vdso(tmp_path):
     for value in map(int, out["wall"]):
         assert before[0] + offset - 1 <= value <= after[0] + offset
     assert before[1] + offset - 1 <= int(out["tai"][0]) <= after[1] + offset
-    assert out["tai"][2:] == ["[0,", "0]"]                     # gettimeofday's timezone: UTC
+    assert out["tai"][2:] == ["[0,", "0]"]  # gettimeofday's timezone: UTC
     assert after[2] - 30 <= int(out["monotonic"][0]) <= after[2]
     assert out["cpu"] == ["True"]
     assert not {"clock_gettime", "gettimeofday", "time"} & set(away.served)
 
 
-WALL_DEADLINES = """\
+WALL_DEADLINES = (
+    """\
 import ctypes, errno, os, signal, time
-""" + WAIT_TO_GO + """\
+"""
+    + WAIT_TO_GO
+    + """\
 libc = ctypes.CDLL(None, use_errno=True)
 SYS_FUTEX, FUTEX_WAIT_BITSET, FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 202, 9, 128, 256
 word, deadline = ctypes.c_int(0), (ctypes.c_long * 2)()
@@ -648,6 +744,7 @@ start, given = time.monotonic(), until(0.2)
 print("sem_timedwait", libc.sem_timedwait(sem, deadline), errno.errorcode[ctypes.get_errno()],
       0.15 <= time.monotonic() - start < 30, tuple(deadline) == given, flush=True)
 """
+)
 
 
 def test_a_wait_until_a_wall_clock_time_is_a_wait_until_homes_time(tmp_path):
@@ -658,8 +755,13 @@ def test_a_wait_until_a_wall_clock_time_is_a_wait_until_homes_time(tmp_path):
     native = run_native(WALL_DEADLINES, tmp_path / "native")
     assert native.returncode == 0, native.stderr.decode()
     assert native.stdout.splitlines()[1:] == [
-        b"futex ETIMEDOUT True True", b"interrupted EINTR True", b"again ETIMEDOUT True True", b"past ETIMEDOUT",
-        b"monotonic ETIMEDOUT True", b"sem_timedwait -1 ETIMEDOUT True True"]
+        b"futex ETIMEDOUT True True",
+        b"interrupted EINTR True",
+        b"again ETIMEDOUT True True",
+        b"past ETIMEDOUT",
+        b"monotonic ETIMEDOUT True",
+        b"sem_timedwait -1 ETIMEDOUT True True",
+    ]
     for offset in (-1000, 1000):
         away = run_served(WALL_DEADLINES, tmp_path / f"away{offset}", wall_offset=offset * 10**9)
         assert (away.status, away.stdout) == (0, native.stdout), away.stderr.decode()

@@ -35,8 +35,13 @@ while True:
 def test_a_signal_pending_at_a_checkpoint_reaches_the_recovered_process(tmp_path):
     out = tmp_path / "out.txt"
     with open(out, "wb") as stdout:
-        program = subprocess.Popen([sys.executable, "-c", PROGRAM], stdin=subprocess.DEVNULL, stdout=stdout,
-                                   stderr=subprocess.DEVNULL, cwd=tmp_path)
+        program = subprocess.Popen(
+            [sys.executable, "-c", PROGRAM],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
     try:
         deadline = time.monotonic() + 30
         while b"ready" not in out.read_bytes():
@@ -47,19 +52,19 @@ def test_a_signal_pending_at_a_checkpoint_reaches_the_recovered_process(tmp_path
         ptrace.interrupt(pid)
         while not ((stop := ptrace.wait_for(pid)).kind == "event" and stop.event == ptrace.EVENT_STOP):
             ptrace.cont(pid)
-        os.kill(pid, signal.SIGUSR1)                # pending while it is stopped
+        os.kill(pid, signal.SIGUSR1)  # pending while it is stopped
         image = io.BytesIO()
         writer = ImageWriter(image)
         regs = inject.copy_registers(ptrace.get_regs(pid))
         _, deferred = capture.write_image(pid, writer, identity={}, regs=regs, deferred_pending=True)
         writer.close()
-        assert deferred == [signal.SIGUSR1]         # the injected calls took it
+        assert deferred == [signal.SIGUSR1]  # the injected calls took it
     finally:
         program.kill()
         program.wait()
     restored = stub.spawn_traced(ptrace.O_TRACESYSGOOD | ptrace.O_EXITKILL)
     done = restore.restore(restored, read_all(io.BytesIO(image.getvalue())), restore.RestoreOptions())
-    for sig in done.deferred:                       # as mosrun's recovery does
+    for sig in done.deferred:  # as mosrun's recovery does
         os.kill(restored, sig)
     ptrace.cont(restored)
     deadline = time.monotonic() + 30

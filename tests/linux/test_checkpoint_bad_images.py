@@ -36,14 +36,16 @@ from tests.helpers.checkpoints import (
 
 pytestmark = pytest.mark.linux
 
+
 def run_to_files(argv: list[str], env: dict[str, str], directory: Path, timeout: float = 60):
     """Run with stdout/stderr in regular files (a MOSIX process with an open pipe cannot be
     checkpointed or restored); (status, stdout, stderr path)."""
     tag = uuid.uuid4().hex[:8]
     out, err = directory / f"mosrun-{tag}.out", directory / f"mosrun-{tag}.err"
     with open(out, "wb") as o, open(err, "wb") as e:
-        done = subprocess.run(argv, env=env, cwd=directory, stdin=subprocess.DEVNULL, stdout=o, stderr=e,
-                              timeout=timeout)
+        done = subprocess.run(
+            argv, env=env, cwd=directory, stdin=subprocess.DEVNULL, stdout=o, stderr=e, timeout=timeout
+        )
     return done.returncode, out.read_text(errors="replace"), err
 
 
@@ -54,7 +56,7 @@ def record_bytes(kind: int, flags: int, payload: bytes) -> bytes:
 
 
 def replaced(data: bytes, record: Record, payload: bytes) -> bytes:
-    return data[:record.offset] + record_bytes(record.kind, record.flags, payload) + payload + data[record.end:]
+    return data[: record.offset] + record_bytes(record.kind, record.flags, payload) + payload + data[record.end :]
 
 
 def largest_pages(records: list[Record]) -> Record:
@@ -62,7 +64,7 @@ def largest_pages(records: list[Record]) -> Record:
 
 
 def flip(data: bytes, at: int) -> bytes:
-    return data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1:]
+    return data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1 :]
 
 
 def _tamper_pages(data: bytes, records: list[Record]) -> bytes:
@@ -79,13 +81,13 @@ def _tamper_files(data: bytes, records: list[Record]) -> bytes:
 
 def _drop_record(data: bytes, records: list[Record]) -> bytes:
     rec = [r for r in records if r.kind == PAGES][1]
-    return data[:rec.offset] + data[rec.end:]
+    return data[: rec.offset] + data[rec.end :]
 
 
 def _swap_records(data: bytes, records: list[Record]) -> bytes:
     first, second = [r for r in records if r.kind == PAGES][:2]
     assert first.end == second.offset
-    return data[:first.offset] + data[second.offset:second.end] + data[first.offset:first.end] + data[second.end:]
+    return data[: first.offset] + data[second.offset : second.end] + data[first.offset : first.end] + data[second.end :]
 
 
 def _header(version: int = 1, flags: int = 0) -> bytes:
@@ -94,21 +96,23 @@ def _header(version: int = 1, flags: int = 0) -> bytes:
 
 BAD_IMAGES = {
     # damaged: a byte changed, nothing recomputed
-    "corrupt-page-byte": lambda d, r: flip(d, largest_pages(r).offset + RECORD.size
-                                           + len(largest_pages(r).payload) // 2),
+    "corrupt-page-byte": lambda d, r: flip(
+        d, largest_pages(r).offset + RECORD.size + len(largest_pages(r).payload) // 2
+    ),
     "corrupt-record-header": lambda d, r: flip(d, r[0].offset + 4),
     "corrupt-magic": lambda d, r: flip(d, 3),
     "corrupt-end-record": lambda d, r: flip(d, len(d) - 3),
     # truncated
     "truncated-inside-header-8": lambda d, r: d[:8],
     "truncated-inside-header-15": lambda d, r: d[:15],
-    "truncated-after-header": lambda d, r: d[:HEADER.size],
-    "truncated-inside-record-header": lambda d, r: d[:r[1].offset + 7],
-    "truncated-after-record-header": lambda d, r: d[:largest_pages(r).offset + RECORD.size],
-    "truncated-mid-record": lambda d, r: d[:largest_pages(r).offset + RECORD.size
-                                           + len(largest_pages(r).payload) // 2],
-    "truncated-just-before-end": lambda d, r: d[:r[-1].offset],
-    "truncated-inside-end": lambda d, r: d[:len(d) - 5],
+    "truncated-after-header": lambda d, r: d[: HEADER.size],
+    "truncated-inside-record-header": lambda d, r: d[: r[1].offset + 7],
+    "truncated-after-record-header": lambda d, r: d[: largest_pages(r).offset + RECORD.size],
+    "truncated-mid-record": lambda d, r: d[
+        : largest_pages(r).offset + RECORD.size + len(largest_pages(r).payload) // 2
+    ],
+    "truncated-just-before-end": lambda d, r: d[: r[-1].offset],
+    "truncated-inside-end": lambda d, r: d[: len(d) - 5],
     # each record sound by its own checksum: only END's count and chained checksum can tell
     "tampered-page-data": _tamper_pages,
     "tampered-file-table": _tamper_files,
@@ -118,11 +122,10 @@ BAD_IMAGES = {
     "foreign-elf-binary": lambda d, r: Path(shutil.which("ls") or "/bin/ls").read_bytes(),
     "foreign-empty-file": lambda d, r: b"",
     "foreign-text-file": lambda d, r: b"This is not a checkpoint.\n" * 100,
-    "foreign-other-version": lambda d, r: _header(version=1) + d[HEADER.size:],
-    "foreign-unknown-flags": lambda d, r: _header(flags=0x80) + d[HEADER.size:],
+    "foreign-other-version": lambda d, r: _header(version=1) + d[HEADER.size :],
+    "foreign-unknown-flags": lambda d, r: _header(flags=0x80) + d[HEADER.size :],
 }
-ONLY_END_CATCHES = {"tampered-page-data", "tampered-file-table", "spliced-record-missing",
-                    "spliced-records-swapped"}
+ONLY_END_CATCHES = {"tampered-page-data", "tampered-file-table", "spliced-record-missing", "spliced-records-swapped"}
 
 
 @pytest.fixture(params=sorted(BAD_IMAGES))
@@ -141,7 +144,7 @@ def bad_image(request, checkpoint_image, tmp_path) -> Path:
 
 
 def assert_nothing_restored(checkpoint: Checkpoint, replacement: Path, needle: str) -> None:
-    wait_no_process_with(needle)                 # the supervisor of the attempt, too
+    wait_no_process_with(needle)  # the supervisor of the attempt, too
     wait_no_process_with(checkpoint.marker)
     assert not replacement.exists() or replacement.stat().st_size == 0
     assert checkpoint.out.read_bytes() == checkpoint.out_bytes
@@ -151,10 +154,9 @@ def assert_nothing_restored(checkpoint: Checkpoint, replacement: Path, needle: s
 # -- bad files ----------------------------------------------------------------------------------------------
 def test_recover_refuses_a_bad_file_and_restores_nothing(checkpoint, bad_image, tmp_path):
     replacement = tmp_path / "restored-out.txt"
-    status, stdout, stderr = run_to_files(["mosrun", f"-R{bad_image}", f"-O1={replacement}"], checkpoint.env,
-                                          tmp_path)
+    status, stdout, stderr = run_to_files(["mosrun", f"-R{bad_image}", f"-O1={replacement}"], checkpoint.env, tmp_path)
     assert_nothing_restored(checkpoint, replacement, str(bad_image))
-    text = stderr.read_text()                    # read after the supervisor is gone: it writes last
+    text = stderr.read_text()  # read after the supervisor is gone: it writes last
     assert messages(text) == [CORRUPT], text
     assert status != 0
     assert stdout == ""
@@ -186,8 +188,9 @@ def test_inspect_a_missing_file(mosrun_env, tmp_path):
 # -- -O errors ----------------------------------------------------------------------------------------------
 def test_replacing_a_descriptor_that_was_not_open(checkpoint, tmp_path):
     replacement = tmp_path / "x"
-    status, stdout, stderr = run_to_files(["mosrun", f"-R{checkpoint.path}", f"-O7={replacement}"],
-                                          checkpoint.env, tmp_path)
+    status, stdout, stderr = run_to_files(
+        ["mosrun", f"-R{checkpoint.path}", f"-O7={replacement}"], checkpoint.env, tmp_path
+    )
     assert_nothing_restored(checkpoint, replacement, f"-O7={replacement}")
     assert not replacement.exists()
     text = stderr.read_text()
@@ -197,12 +200,14 @@ def test_replacing_a_descriptor_that_was_not_open(checkpoint, tmp_path):
 
 def test_replacement_file_that_cannot_be_created(checkpoint, tmp_path):
     assert not os.path.exists("/nonexistent-dir")
-    status, stdout, stderr = run_to_files(["mosrun", f"-R{checkpoint.path}", "-O1=/nonexistent-dir/x"],
-                                          checkpoint.env, tmp_path)
+    status, stdout, stderr = run_to_files(
+        ["mosrun", f"-R{checkpoint.path}", "-O1=/nonexistent-dir/x"], checkpoint.env, tmp_path
+    )
     assert_nothing_restored(checkpoint, Path("/nonexistent-dir/x"), "-O1=/nonexistent-dir/x")
     text = stderr.read_text()
     assert messages(text) == [
-        "Could not restore file-descriptor 1 with \u2018/nonexistent-dir/x\u2019: No such file or directory"], text
+        "Could not restore file-descriptor 1 with \u2018/nonexistent-dir/x\u2019: No such file or directory"
+    ], text
     assert status != 0 and stdout == ""
 
 
@@ -221,7 +226,7 @@ def test_recovery_continues_in_the_replacement_file(checkpoint, tmp_path, form):
     data = new_out.read_bytes()
     offset = len(checkpoint.out_bytes)
     assert len(data) > offset
-    assert data[:offset] == bytes(offset)        # a hole up to the checkpointed offset
+    assert data[:offset] == bytes(offset)  # a hole up to the checkpointed offset
     expected = [f"line {i} pid {checkpoint.pid}" for i in range(checkpoint.lines_before, STEPS)] + ["done"]
     assert data[offset:].decode().splitlines() == expected
     if new_err is not None:
@@ -238,7 +243,7 @@ def test_inspect_lists_the_open_files(checkpoint, tmp_path):
     assert lines[0].startswith(f"Checkpoint of process {checkpoint.pid}: python3 -c ")
     heading = next(i for i, line in enumerate(lines) if line.split()[:3] == ["fd", "mode", "offset"])
     rows = {}
-    for line in lines[heading + 1:]:
+    for line in lines[heading + 1 :]:
         fd, mode, offset, kind, flags, path = line.split(None, 5)
         rows[int(fd)] = (mode, int(offset), kind, flags, path)
     assert sorted(rows) == [0, 1, 2]

@@ -65,8 +65,14 @@ def run_with_recoveries(argv, env, cwd: Path, out: Path, rounds: int, progress: 
         image = checkpoint_and_exit(proc, env, cwd, set(os.listdir(cwd)))
         assert stat.S_IMODE(image.stat().st_mode) == 0o400
         with open(cwd / "stderr.txt", "ab") as stderr:
-            proc = subprocess.Popen(["mosrun", f"-R{image}"], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=stderr)
+            proc = subprocess.Popen(
+                ["mosrun", f"-R{image}"],
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
     assert proc.wait(timeout=120) == 0, (cwd / "stderr.txt").read_text()
 
 
@@ -77,7 +83,7 @@ def test_python_loop_survives_three_checkpoint_kill_recover_rounds(tmp_path, mos
     run_with_recoveries(["mosrun", "python3", str(script), "400"], mosrun_env, tmp_path, out, rounds=3, progress=15)
     expected = native_output(["python3", str(script), "400"], tmp_path, mosrun_env)
     assert out.read_bytes() == expected
-    assert b"False" not in out.read_bytes()        # getpid() kept its value throughout
+    assert b"False" not in out.read_bytes()  # getpid() kept its value throughout
 
 
 def test_awk_loop_is_recovered_exactly(tmp_path, mosrun_env):
@@ -133,26 +139,39 @@ def test_the_program_checkpoints_itself_through_proc_self(tmp_path, mosrun_env):
     assert image.exists() and stat.S_IMODE(image.stat().st_mode) == 0o400
     proc.kill()
     proc.wait()
-    recovered = subprocess.run(["mosrun", f"-R{image}"], env=mosrun_env, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                               capture_output=True, text=True, timeout=60)
+    recovered = subprocess.run(
+        ["mosrun", f"-R{image}"],
+        env=mosrun_env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert recovered.returncode == 0, recovered.stderr
     text = out.read_text()
     assert text.startswith("0\n1\n2\n3\n4\nversion 1\ncheckpoint 1\n5\n")
     assert text.endswith("58\n59\ndone\n")
-    assert text.count("checkpoint 1") == 1        # the recovered process saw the same return
+    assert text.count("checkpoint 1") == 1  # the recovered process saw the same return
 
 
 def test_pipes_make_a_checkpoint_hold_only_the_reason(tmp_path, mosrun_env):
     script = tmp_path / "loop.py"
     script.write_text(LOOP)
-    proc = subprocess.Popen(["mosrun", "python3", str(script), "400"], env=mosrun_env, cwd=tmp_path,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["mosrun", "python3", str(script), "400"],
+        env=mosrun_env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         proc.stdout.readline()
         assert run(["mosmigrate", str(proc.pid), "checkpoint"], mosrun_env).returncode == 0
         image = tmp_path / f"ckpt.{proc.pid}.1"
         wait_until(lambda: image.exists() and stat.S_IMODE(image.stat().st_mode) == 0o400, what="the file")
-        assert proc.poll() is None            # the process goes on
+        assert proc.poll() is None  # the process goes on
     finally:
         proc.kill()
         proc.communicate()
@@ -175,8 +194,14 @@ def test_checkpoint_names_recycle_as_minus_n_says(tmp_path, mosrun_env):
             before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("save.*")}
             assert run(["mosmigrate", str(proc.pid), "checkpoint"], mosrun_env).returncode == 0
             path = tmp_path / expected
-            wait_until(lambda: path.exists() and path.stat().st_mtime_ns != before.get(expected)
-                       and stat.S_IMODE(path.stat().st_mode) == 0o400, what=expected)
+            wait_until(
+                lambda: (
+                    path.exists()
+                    and path.stat().st_mtime_ns != before.get(expected)
+                    and stat.S_IMODE(path.stat().st_mode) == 0o400
+                ),
+                what=expected,
+            )
             seen.append(expected)
         assert sorted(p.name for p in tmp_path.glob("save.*")) == ["save.4", "save.5"]
     finally:
@@ -194,8 +219,10 @@ def test_chkstop_leaves_the_process_stopped_until_sigcont(tmp_path, mosrun_env):
         assert run(["mosmigrate", str(proc.pid), "chkstop"], mosrun_env).returncode == 0
         image = tmp_path / f"ckpt.{proc.pid}.1"
         wait_until(lambda: image.exists() and stat.S_IMODE(image.stat().st_mode) == 0o400, what="the file")
-        wait_until(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "tT",
-                   what="the process to stop")
+        wait_until(
+            lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "tT",
+            what="the process to stop",
+        )
         stopped_at = lines(out)
         time.sleep(0.3)
         assert lines(out) == stopped_at
@@ -227,8 +254,11 @@ def test_automatic_checkpoints_every_minute(tmp_path, mosrun_env):
         image = tmp_path / f"ckpt.{proc.pid}.1"
         time.sleep(50)
         assert not image.exists()
-        wait_until(lambda: image.exists() and stat.S_IMODE(image.stat().st_mode) == 0o400, timeout=30,
-                   what="the automatic checkpoint")
+        wait_until(
+            lambda: image.exists() and stat.S_IMODE(image.stat().st_mode) == 0o400,
+            timeout=30,
+            what="the automatic checkpoint",
+        )
         assert proc.poll() is None
     finally:
         proc.kill()
@@ -237,16 +267,18 @@ def test_automatic_checkpoints_every_minute(tmp_path, mosrun_env):
 
 def test_a_checkpoint_that_fills_its_disk_leaves_no_file_and_the_process_runs_on(tmp_path, mosrun_env, small_tmpfs):
     script = tmp_path / "big.py"
-    script.write_text("import random, select, sys\nballast = random.Random(1).randbytes(32 << 20)\n"
-                      "for i in range(int(sys.argv[1])):\n    print(i, ballast[i], flush=True)\n"
-                      "    select.select([], [], [], 0.02)\n")
+    script.write_text(
+        "import random, select, sys\nballast = random.Random(1).randbytes(32 << 20)\n"
+        "for i in range(int(sys.argv[1])):\n    print(i, ballast[i], flush=True)\n"
+        "    select.select([], [], [], 0.02)\n"
+    )
     out = tmp_path / "out.txt"
     proc = start(["mosrun", f"-C{small_tmpfs}/big", "python3", str(script), "150"], mosrun_env, tmp_path, out)
     wait_until(lambda: lines(out) >= 5, what="start")
     assert run(["mosmigrate", str(proc.pid), "checkpoint"], mosrun_env).returncode == 0
     assert proc.wait(timeout=60) == 0
     assert "checkpoint failed" in (tmp_path / "stderr.txt").read_text()
-    assert os.listdir(small_tmpfs) == []          # the partial image went with the error
+    assert os.listdir(small_tmpfs) == []  # the partial image went with the error
     assert out.read_bytes() == native_output(["python3", str(script), "150"], tmp_path, mosrun_env)
 
 
@@ -279,8 +311,15 @@ def test_a_read_only_shared_mapping_stays_unwritable_after_recovery(tmp_path, mo
         # (neither truncated nor O_APPEND: the recovered process's offset is the one that counts)
         stdout, stderr = (os.open(path, os.O_WRONLY | os.O_CREAT, 0o644) for path in (out, err))
         try:
-            return subprocess.run(["mosrun", *argv], env=mosrun_env, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                                  stdout=stdout, stderr=stderr, timeout=60).returncode
+            return subprocess.run(
+                ["mosrun", *argv],
+                env=mosrun_env,
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                timeout=60,
+            ).returncode
         finally:
             os.close(stdout)
             os.close(stderr)

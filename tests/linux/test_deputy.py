@@ -43,7 +43,7 @@ class GuestMemory:
 
     def put(self, data: bytes) -> int:
         at = self.next
-        self.data[at - BASE:at - BASE + len(data)] = data
+        self.data[at - BASE : at - BASE + len(data)] = data
         self.next += (len(data) + 15) // 16 * 16 or 16
         return at
 
@@ -51,14 +51,14 @@ class GuestMemory:
         return self.put(bytes(size))
 
     def read(self, address: int, size: int) -> bytes:
-        return bytes(self.data[address - BASE:address - BASE + size])
+        return bytes(self.data[address - BASE : address - BASE + size])
 
     def read_string(self, address: int) -> bytes:
         end = self.data.index(0, address - BASE)
-        return bytes(self.data[address - BASE:end])
+        return bytes(self.data[address - BASE : end])
 
     def write(self, address: int, data: bytes) -> None:
-        self.data[address - BASE:address - BASE + len(data)] = data
+        self.data[address - BASE : address - BASE + len(data)] = data
 
 
 def forward(deputy: Deputy, memory: GuestMemory, name: str, *args: int) -> int:
@@ -77,8 +77,13 @@ def shell(tmp_path):
     out = tmp_path / "out.txt"
     stdin_r, stdin_w = os.pipe()
     with open(out, "wb") as stdout:
-        proc = subprocess.Popen(["/usr/bin/python3", str(script), "60"],
-                                stdin=stdin_r, stdout=stdout, stderr=subprocess.DEVNULL, cwd=tmp_path / "cwd")
+        proc = subprocess.Popen(
+            ["/usr/bin/python3", str(script), "60"],
+            stdin=stdin_r,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path / "cwd",
+        )
     os.close(stdin_r)
     pid = proc.pid
     ptrace.seize(pid, ptrace.O_TRACESYSGOOD | ptrace.O_EXITKILL)
@@ -118,7 +123,7 @@ def test_calls_run_as_the_process_at_home(shell, tmp_path):
         assert forward(deputy, memory, "getuid") == os.getuid()
         buf = memory.room(256)
         length = forward(deputy, memory, "getcwd", buf, 256)
-        assert memory.read(buf, length - 1) == os.fsencode(shell["cwd"])   # the process's cwd, not ours
+        assert memory.read(buf, length - 1) == os.fsencode(shell["cwd"])  # the process's cwd, not ours
         note = b"written at home\n"
         assert forward(deputy, memory, "write", 1, memory.put(note), len(note)) == len(note)
         # a file opened by path, read, stat'ed and closed, all in the process
@@ -130,7 +135,7 @@ def test_calls_run_as_the_process_at_home(shell, tmp_path):
         assert memory.read(buf, 10) == b"0123456789"
         stat_buf = memory.room(144)
         assert forward(deputy, memory, "fstat", fd, stat_buf) == 0
-        assert struct.unpack_from("<q", memory.read(stat_buf, 144), 48)[0] == 10     # st_size
+        assert struct.unpack_from("<q", memory.read(stat_buf, 144), 48)[0] == 10  # st_size
         assert forward(deputy, memory, "close", fd) == 0
         # failures come back as -errno, with nothing written
         missing = memory.put(b"/nonexistent/file\0")
@@ -157,18 +162,18 @@ def test_a_blocking_call_runs_in_two_halves_and_signals_are_handed_over(shell):
     try:
         buf = memory.room(100)
         request = marshal(NUMBERS["read"], (0, buf, 100), memory.read, memory.read_string)
-        deputy.begin(request)                       # read(0): the pipe is empty, it blocks
+        deputy.begin(request)  # read(0): the pipe is empty, it blocks
         time.sleep(0.2)
         assert os.waitpid(pid, os.WNOHANG | ptrace.WALL) == (0, 0)
-        os.kill(pid, signal.SIGUSR1)                # reaches the home process, is handed over
+        os.kill(pid, signal.SIGUSR1)  # reaches the home process, is handed over
         while (reply := deputy.on_stop(ptrace.wait_for(pid))) is None:
             pass
         # kept from the shell; the call ends as interrupted, for the guest's kernel to
         # restart it or fail it (EINTR) once the signal is delivered there
         assert deputy.deferred == [signal.SIGUSR1]
-        assert unmarshal(request, reply, memory.write) == -512          # -ERESTARTSYS
+        assert unmarshal(request, reply, memory.write) == -512  # -ERESTARTSYS
         os.write(shell["stdin"], b"typed\n")
-        deputy.begin(request)                       # the guest's kernel restarted it
+        deputy.begin(request)  # the guest's kernel restarted it
         while (reply := deputy.on_stop(ptrace.wait_for(pid))) is None:
             pass
         assert unmarshal(request, reply, memory.write) == 6

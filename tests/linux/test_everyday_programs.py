@@ -20,10 +20,52 @@ from tests.helpers.programs import BIN
 
 pytestmark = pytest.mark.linux
 
-PROGRAMS = ("sort", "ls", "wc", "sha256sum", "md5sum", "cut", "tr", "uniq", "join", "split", "du", "date", "seq",
-            "factor", "grep", "sed", "gawk", "mawk", "find", "tar", "gzip", "bzip2", "xz", "zstd", "bc", "dc",
-            "python3", "perl", "sqlite3", "make", "gcc", "git", "openssl", "b2sum", "tac", "od", "base64", "comm",
-            "paste", "xargs", "expr", "stat", "nl", "cksum")
+PROGRAMS = (
+    "sort",
+    "ls",
+    "wc",
+    "sha256sum",
+    "md5sum",
+    "cut",
+    "tr",
+    "uniq",
+    "join",
+    "split",
+    "du",
+    "date",
+    "seq",
+    "factor",
+    "grep",
+    "sed",
+    "gawk",
+    "mawk",
+    "find",
+    "tar",
+    "gzip",
+    "bzip2",
+    "xz",
+    "zstd",
+    "bc",
+    "dc",
+    "python3",
+    "perl",
+    "sqlite3",
+    "make",
+    "gcc",
+    "git",
+    "openssl",
+    "b2sum",
+    "tac",
+    "od",
+    "base64",
+    "comm",
+    "paste",
+    "xargs",
+    "expr",
+    "stat",
+    "nl",
+    "cksum",
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +80,9 @@ def corpus(tmp_path_factory) -> Path:
 
 def run_case(root: Path, prefix: list[str], name: str, command: str) -> subprocess.CompletedProcess:
     where = everyday.fresh(root / f"{'mosrun' if prefix else 'native'}-{name}")
-    return subprocess.run([*prefix, "bash", "-c", command], cwd=where, env=everyday.environment(where),
-                          capture_output=True, timeout=300)
+    return subprocess.run(
+        [*prefix, "bash", "-c", command], cwd=where, env=everyday.environment(where), capture_output=True, timeout=300
+    )
 
 
 def test_the_corpus_is_large_enough():
@@ -53,4 +96,4 @@ def test_an_everyday_program_gives_its_native_result_under_mosrun(corpus, name):
     mosix = run_case(corpus, [str(BIN / "mosrun")], name, command)
     assert mosix.stderr.decode(errors="replace") == native.stderr.decode(errors="replace")
     assert (mosix.returncode, mosix.stdout) == (native.returncode, native.stdout)
-    assert native.stdout                    # each case says something
+    assert native.stdout  # each case says something

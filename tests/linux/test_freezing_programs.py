@@ -136,8 +136,8 @@ def test_frozen_python_keeps_no_memory_and_carries_on_exactly(tmp_path, freeze_e
             freeze(proc.pid, freeze_env)
             assert still(out)
             assert status(proc.pid)["State"].startswith("S")
-            (image, size), = freeze_files(proc.pid, freeze_env["FREEZE_DIR"])
-            assert 48 << 20 <= size < 56 << 20                # the memory, on disk
+            ((image, size),) = freeze_files(proc.pid, freeze_env["FREEZE_DIR"])
+            assert 48 << 20 <= size < 56 << 20  # the memory, on disk
             assert os.listdir(freeze_env["FREEZE_DIR"]) == []  # unlinked as soon as created
             mosmigrate(proc.pid, "continue", freeze_env)
             target = lines(out) + 10
@@ -165,14 +165,14 @@ def test_a_frozen_process_holds_caught_signals_and_dies_of_fatal_ones(tmp_path, 
     proc, out, _ = start_loop(tmp_path, freeze_env, 2000, 4)
     try:
         freeze(proc.pid, freeze_env)
-        os.kill(proc.pid, signal.SIGUSR1)       # caught: its handler runs once unfrozen
-        os.kill(proc.pid, signal.SIGWINCH)      # ignored by default: nothing happens
+        os.kill(proc.pid, signal.SIGUSR1)  # caught: its handler runs once unfrozen
+        os.kill(proc.pid, signal.SIGWINCH)  # ignored by default: nothing happens
         assert still(out)
         assert b"usr1" not in out.read_bytes()
         mosmigrate(proc.pid, "continue", freeze_env)
         wait_until(lambda: b"usr1" in out.read_bytes(), what="the held signal")
         freeze(proc.pid, freeze_env)
-        os.kill(proc.pid, signal.SIGTERM)       # fatal: it dies, frozen
+        os.kill(proc.pid, signal.SIGTERM)  # fatal: it dies, frozen
         assert proc.wait(timeout=20) == -signal.SIGTERM
         assert out.read_bytes().count(b"usr1") == 1
     finally:
@@ -211,8 +211,8 @@ def test_a_damaged_freeze_file_gives_the_manuals_message(tmp_path, freeze_env):
     proc, out, _ = start_loop(tmp_path, freeze_env, 2000, 2)
     try:
         freeze(proc.pid, freeze_env)
-        (image, size), = freeze_files(proc.pid, freeze_env["FREEZE_DIR"])
-        with open(image, "r+b") as f:               # the supervisor's own, unlinked file
+        ((image, size),) = freeze_files(proc.pid, freeze_env["FREEZE_DIR"])
+        with open(image, "r+b") as f:  # the supervisor's own, unlinked file
             f.seek(size // 2)
             f.write(b"\xff" * 4096)
         mosmigrate(proc.pid, "continue", freeze_env)
@@ -235,14 +235,14 @@ def test_a_failed_unfreeze_freezes_again_and_can_be_retried(tmp_path, freeze_env
     try:
         wait_until(lambda: lines(out) >= 10, what="start")
         freeze(proc.pid, freeze_env)
-        with open(data, "ab") as f:                 # the mapped file changes under it
+        with open(data, "ab") as f:  # the mapped file changes under it
             f.write(b"more")
         mosmigrate(proc.pid, "continue", freeze_env)
         stderr = tmp_path / "stderr.txt"
         wait_until(lambda: "Re-freezing because un-freeze failed" in stderr.read_text(), what="the message")
         assert freeze_files(proc.pid, freeze_env["FREEZE_DIR"]) and rss_kb(proc.pid) < 1024
         assert still(out)
-        os.truncate(data, original.st_size)         # put it back, then try again
+        os.truncate(data, original.st_size)  # put it back, then try again
         os.utime(data, ns=(original.st_atime_ns, original.st_mtime_ns))
         mosmigrate(proc.pid, "continue", freeze_env)
         assert proc.wait(timeout=60) == 0, stderr.read_text()
@@ -260,6 +260,7 @@ def test_only_the_owner_or_root_may_freeze(tmp_path, freeze_env):
             os.setgid(65534)
             os.setuid(65534)
             from mosix_core.cli.mosmigrate import mosmigrate as ask
+
             try:
                 ask(str(proc.pid), "freeze")
             except Exception as err:
@@ -287,10 +288,12 @@ def test_freeze_conf_directories_fall_through_when_full_and_u_owns_the_image(tmp
     try:
         mosmigrate(proc.pid, "freeze", env)
         # until the freeze is over (the file shows as soon as it is being written)
-        wait_until(lambda: freeze_files(proc.pid, str(last_resort)) and rss_kb(proc.pid) < 1024,
-                   what="the image in the last resort")
-        (image, size), = freeze_files(proc.pid, str(last_resort))
-        assert os.stat(image).st_uid == 65534          # created with U's privileges
+        wait_until(
+            lambda: freeze_files(proc.pid, str(last_resort)) and rss_kb(proc.pid) < 1024,
+            what="the image in the last resort",
+        )
+        ((image, size),) = freeze_files(proc.pid, str(last_resort))
+        assert os.stat(image).st_uid == 65534  # created with U's privileges
         assert size >= 8 << 20 and os.listdir(small_tmpfs) == []
         mosmigrate(proc.pid, "continue", env)
         target = lines(out) + 5
@@ -304,13 +307,19 @@ def test_freeze_conf_directories_fall_through_when_full_and_u_owns_the_image(tmp
 def test_a_process_frozen_inside_a_blocking_read_of_a_pipe_reads_on_when_unfrozen(tmp_path, freeze_env):
     out = tmp_path / "out.txt"
     with open(out, "wb") as stdout:
-        proc = subprocess.Popen(["mosrun", "cat"], env=freeze_env, cwd=tmp_path, stdin=subprocess.PIPE,
-                                stdout=stdout, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            ["mosrun", "cat"],
+            env=freeze_env,
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+        )
     try:
         proc.stdin.write(b"before\n")
         proc.stdin.flush()
         wait_until(lambda: out.read_bytes() == b"before\n", what="cat at work")
-        freeze(proc.pid, freeze_env)                  # inside read(0): pipes stay with it
+        freeze(proc.pid, freeze_env)  # inside read(0): pipes stay with it
         proc.stdin.write(b"while frozen\n")
         proc.stdin.flush()
         assert still(out) and out.read_bytes() == b"before\n"

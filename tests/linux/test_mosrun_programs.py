@@ -16,8 +16,11 @@ pytestmark = pytest.mark.linux
 def same_as_native(argv, env, **kwargs):
     native = run(argv, env, **kwargs)
     supervised = run(["mosrun", *argv], env, **kwargs)
-    assert (supervised.returncode, supervised.stdout, supervised.stderr) == \
-        (native.returncode, native.stdout, native.stderr)
+    assert (supervised.returncode, supervised.stdout, supervised.stderr) == (
+        native.returncode,
+        native.stdout,
+        native.stderr,
+    )
     return supervised
 
 
@@ -32,16 +35,19 @@ def test_ls_la_runs_in_a_utf8_locale_without_e(mosrun_env, tmp_path):
         assert (allowed.returncode, allowed.stdout, allowed.stderr) == (0, native.stdout, "")
 
 
-@pytest.mark.parametrize("argv", [
-    ["ls", "-la", "/etc"],
-    ["cat", "/etc/passwd"],
-    ["wc", "-c", "/etc/passwd"],
-    ["ls", "/nonexistent"],                    # a failure: same message, same status
-    ["date", "-d", "@0", "-u"],
-    ["sleep", "0.1"],
-    ["true"],
-    ["false"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ls", "-la", "/etc"],
+        ["cat", "/etc/passwd"],
+        ["wc", "-c", "/etc/passwd"],
+        ["ls", "/nonexistent"],  # a failure: same message, same status
+        ["date", "-d", "@0", "-u"],
+        ["sleep", "0.1"],
+        ["true"],
+        ["false"],
+    ],
+)
 def test_coreutils(argv, mosrun_env):
     same_as_native(argv, mosrun_env)
 
@@ -52,8 +58,10 @@ def test_awk_cpu_loop(mosrun_env):
 
 
 def test_python3(mosrun_env):
-    script = "import sys, json, hashlib; print(json.dumps({'h': hashlib.sha256(b'x' * 10**6).hexdigest()})); " \
-             "print('err', file=sys.stderr); sys.exit(5)"
+    script = (
+        "import sys, json, hashlib; print(json.dumps({'h': hashlib.sha256(b'x' * 10**6).hexdigest()})); "
+        "print('err', file=sys.stderr); sys.exit(5)"
+    )
     result = same_as_native(["python3", "-c", script], mosrun_env)
     assert result.returncode == 5
 
@@ -94,8 +102,9 @@ def test_the_program_keeps_mosruns_pid(mosrun_env):
 
 def test_stdin_and_a_background_child_that_outlives_the_program(mosrun_env, tmp_path):
     marker = tmp_path / "late"
-    result = run(["mosrun", "sh", "-c", f"read x; echo got $x; (sleep 0.5; echo done > {marker}) &"],
-                 mosrun_env, input="hello\n")
+    result = run(
+        ["mosrun", "sh", "-c", f"read x; echo got $x; (sleep 0.5; echo done > {marker}) &"], mosrun_env, input="hello\n"
+    )
     assert (result.returncode, result.stdout) == (0, "got hello\n")
     # the background child is still a supervised MOSIX process: it is not killed with the program
     for _ in range(50):
@@ -145,7 +154,7 @@ def test_supervisor_exits_with_its_last_tracee(mosrun_env):
         if len(found) == 2 and open(f"/proc/{proc.pid}/comm").read() == "sleep\n":
             break
         subprocess.run(["sleep", "0.05"])
-    assert len(found) == 2         # the program (in mosrun's pid) and its supervisor
+    assert len(found) == 2  # the program (in mosrun's pid) and its supervisor
     proc.wait(timeout=30)
     for _ in range(50):
         if not _processes_with(unique):

@@ -20,7 +20,6 @@ from tests.helpers.programs import PROCSELF_READER, run
 pytestmark = pytest.mark.linux
 
 
-
 def commands(path: Path, *lines: str, last_newline: bool = True) -> Path:
     path.write_text("\n".join(lines) + ("\n" if last_newline else ""))
     return path
@@ -44,8 +43,7 @@ def test_lines_run_in_order_with_their_output(tmp_path, mosrun_env):
 
 def test_at_most_maxjobs_run_at_once(tmp_path, mosrun_env):
     log = tmp_path / "log"
-    job = (f'echo "start {{n}} $(date +%s.%N)" >> {log}; sleep 0.3; '
-           f'echo "end {{n}} $(date +%s.%N)" >> {log}')
+    job = f'echo "start {{n}} $(date +%s.%N)" >> {log}; sleep 0.3; echo "end {{n}} $(date +%s.%N)" >> {log}'
     cmds = commands(tmp_path / "cmds", *(job.format(n=n) for n in range(1, 7)))
     result = run(["mosrun", "-S2", str(cmds)], mosrun_env)
     assert result.returncode == 0, result.stderr
@@ -63,7 +61,7 @@ def test_at_most_maxjobs_run_at_once(tmp_path, mosrun_env):
         assert max(starts[n] for n in earlier) < min(starts[n] for n in later)
     # Never more than 2 at once, and really 2 at once (not one after the other).
     running = peak = 0
-    for _, kind, _ in sorted(events, key=lambda e: (e[0], e[1] == "start")):   # an end before a start at a tie
+    for _, kind, _ in sorted(events, key=lambda e: (e[0], e[1] == "start")):  # an end before a start at a tie
         running += 1 if kind == "start" else -1
         peak = max(peak, running)
     assert peak == 2
@@ -75,8 +73,9 @@ def test_at_most_maxjobs_run_at_once(tmp_path, mosrun_env):
 def test_a_new_line_starts_as_soon_as_one_ends(tmp_path, mosrun_env):
     """-S2 with a long first job: the short ones flow through the other slot."""
     log = tmp_path / "log"
-    cmds = commands(tmp_path / "cmds", f"sleep 1; echo long >> {log}",
-                    *(f"sleep 0.1; echo short{n} >> {log}" for n in range(1, 5)))
+    cmds = commands(
+        tmp_path / "cmds", f"sleep 1; echo long >> {log}", *(f"sleep 0.1; echo short{n} >> {log}" for n in range(1, 5))
+    )
     result = run(["mosrun", "-S2", str(cmds)], mosrun_env)
     assert result.returncode == 0, result.stderr
     assert log.read_text().split() == ["short1", "short2", "short3", "short4", "long"]
@@ -86,7 +85,7 @@ def test_a_new_line_starts_as_soon_as_one_ends(tmp_path, mosrun_env):
 def test_exit_status_counts_failed_lines(tmp_path, mosrun_env):
     cmds = commands(tmp_path / "cmds", "true", "exit 3", "echo ok", "false", "kill -9 $$", "exit 0")
     result = run(["mosrun", "-S3", str(cmds)], mosrun_env)
-    assert result.returncode == 3, result.stderr      # exit 3, false, killed by a signal
+    assert result.returncode == 3, result.stderr  # exit 3, false, killed by a signal
     assert result.stdout == "ok\n"
 
 
@@ -102,14 +101,11 @@ def test_exit_status_is_255_at_most(tmp_path, mosrun_env):
 
 
 def test_failed_file_lists_exactly_the_failed_lines_in_completion_order(tmp_path, mosrun_env):
-    cmds = commands(tmp_path / "cmds",
-                    "sleep 0.9; exit 1",
-                    "echo fine",
-                    "sleep 0.1; exit 2",
-                    "sleep 0.5; false",
-                    "true")
+    cmds = commands(
+        tmp_path / "cmds", "sleep 0.9; exit 1", "echo fine", "sleep 0.1; exit 2", "sleep 0.5; false", "true"
+    )
     failed = tmp_path / "failed"
-    failed.write_text("stale content\n")        # created anew, not appended to
+    failed.write_text("stale content\n")  # created anew, not appended to
     result = run(["mosrun", "-S5", f"{cmds},{failed}"], mosrun_env)
     assert result.returncode == 3, result.stderr
     assert failed.read_text().splitlines() == ["sleep 0.1; exit 2", "sleep 0.5; false", "sleep 0.9; exit 1"]
@@ -151,21 +147,23 @@ def test_last_line_without_line_feed_is_broken(tmp_path, mosrun_env):
     assert result.returncode == 2
     assert result.stdout == "a\n"
     assert "Line #3 is too long or broken!" in result.stderr.splitlines()
-    assert not marker.exists()          # a broken line is not run
+    assert not marker.exists()  # a broken line is not run
     assert failed.read_text().splitlines() == ["exit 1", f"touch {marker}"]
 
 
 def test_line_over_64k_is_too_long(tmp_path, mosrun_env):
-    longest = "echo " + "x" * (64 * 1024 - len("echo ") - 1)        # 64 KiB with its line-feed: fine
-    too_long = "echo " + "y" * (64 * 1024 - len("echo "))           # one byte more
+    longest = "echo " + "x" * (64 * 1024 - len("echo ") - 1)  # 64 KiB with its line-feed: fine
+    too_long = "echo " + "y" * (64 * 1024 - len("echo "))  # one byte more
     much_too_long = "echo " + "z" * 100_000
     cmds = commands(tmp_path / "cmds", "echo first", longest, too_long, "echo middle", much_too_long, "echo last")
     result = run(["mosrun", "-S1", str(cmds)], mosrun_env)
     assert result.returncode == 2, result.stderr
     out = result.stdout.splitlines()
-    assert out == ["first", "x" * (64 * 1024 - 6), "middle", "last"]     # the rest of a long line is skipped
-    assert [line for line in result.stderr.splitlines() if line] == \
-        ["Line #3 is too long or broken!", "Line #5 is too long or broken!"]
+    assert out == ["first", "x" * (64 * 1024 - 6), "middle", "last"]  # the rest of a long line is skipped
+    assert [line for line in result.stderr.splitlines() if line] == [
+        "Line #3 is too long or broken!",
+        "Line #5 is too long or broken!",
+    ]
 
 
 def test_failed_file_records_an_over_long_line_itself(tmp_path, mosrun_env):
@@ -270,9 +268,9 @@ def test_maxjobs_limits_are_accepted(tmp_path, mosrun_env):
 # -- every job is a MOSIX process with the options given -------------------------------------------------
 def test_jobs_are_mosix_processes_with_the_options(tmp_path, mosrun_env, reader):
     names = "unsupportok needmem lock freezable cpujob decayrate"
-    cmds = commands(tmp_path / "cmds",
-                    f"python3 {reader} {names}",
-                    f"true; python3 {reader} {names}")      # bash forks: a child of the job
+    cmds = commands(
+        tmp_path / "cmds", f"python3 {reader} {names}", f"true; python3 {reader} {names}"
+    )  # bash forks: a child of the job
     result = run(["mosrun", "-S2", "-e", "-m77", "-L", "-g", "-c", "-d", "1234", str(cmds)], mosrun_env)
     assert result.returncode == 0, result.stderr
     expected = {"unsupportok": 1, "needmem": 77, "lock": 1, "freezable": 0, "cpujob": 1, "decayrate": 1234}
@@ -297,7 +295,7 @@ def test_unsupported_call_kills_one_job_and_counts_it_failed(tmp_path, mosrun_en
     assert failed.read_text() == affinity + "\n"
 
     allowed = run(["mosrun", "-S2", "-e", str(cmds)], mosrun_env)
-    assert allowed.returncode == 1       # -e: the call fails with ENOSYS, python raises
+    assert allowed.returncode == 1  # -e: the call fails with ENOSYS, python raises
     assert "Function not implemented" in allowed.stderr and "MOSRUN" not in allowed.stderr
 
 
@@ -309,11 +307,12 @@ def test_mosps_shows_the_progress_of_a_running_queue(tmp_path, mosrun_env, local
     cluster = local_cluster(nodes=1, interval=0.2)
     env = {**mosrun_env, "MOSIX_ETC": str(cluster.etc(1))}
     go = tmp_path / "go"
-    cmds = commands(tmp_path / "cmds", "exit 1", "true", "echo third",
-                    f"while [ ! -e {go} ]; do sleep 0.05; done")
-    queue = subprocess.Popen(["mosrun", "-S1", str(cmds)], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    cmds = commands(tmp_path / "cmds", "exit 1", "true", "echo third", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    queue = subprocess.Popen(
+        ["mosrun", "-S1", str(cmds)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
+
         def queue_row():
             listing = run(["mosps", "-S"], env)
             assert listing.returncode == 0, listing.stderr
@@ -342,11 +341,13 @@ def test_odd_bytes_reach_bash_and_the_failed_file_exactly(tmp_path, mosrun_env):
     """Lines are bytes: not UTF-8, not the locale's, reach bash and the failed-file as they are."""
     out = tmp_path / "out"
     cmds = tmp_path / "cmds"
-    lines = [b"printf '\xff\xfe\x80' > " + bytes(out) + b"; exit 3",   # invalid UTF-8, the job fails
-             b"true \xff",                                            # true ignores its argument: fine
-             b"\xff\xfe",                                             # not a command: fails
-             b": \xc3\xa9 \xed\xa0\x80; exit 4",                      # valid UTF-8 and an encoded surrogate
-             b"echo ok"]
+    lines = [
+        b"printf '\xff\xfe\x80' > " + bytes(out) + b"; exit 3",  # invalid UTF-8, the job fails
+        b"true \xff",  # true ignores its argument: fine
+        b"\xff\xfe",  # not a command: fails
+        b": \xc3\xa9 \xed\xa0\x80; exit 4",  # valid UTF-8 and an encoded surrogate
+        b"echo ok",
+    ]
     cmds.write_bytes(b"\n".join(lines) + b"\n")
     failed = tmp_path / "failed"
     result = subprocess.run(["mosrun", "-S1", f"{cmds},{failed}"], env=mosrun_env, capture_output=True, timeout=60)
@@ -362,8 +363,9 @@ def test_odd_bytes_in_a_nested_queue(tmp_path, mosrun_env):
     lines = [b"exit 1 # \xff", b"echo \xfe", b"\x80\x81"]
     cmds.write_bytes(b"\n".join(lines) + b"\n")
     failed = tmp_path / "failed"
-    result = subprocess.run(["mosrun", "-e", "bash", "-c", f"mosrun -S1 {cmds},{failed}"], env=mosrun_env,
-                            capture_output=True, timeout=60)
+    result = subprocess.run(
+        ["mosrun", "-e", "bash", "-c", f"mosrun -S1 {cmds},{failed}"], env=mosrun_env, capture_output=True, timeout=60
+    )
     assert result.returncode == 2, result.stderr
     assert result.stdout == b"\xfe\n"
     assert failed.read_bytes() == lines[0] + b"\n" + lines[2] + b"\n"
@@ -399,9 +401,16 @@ def test_an_over_long_line_is_recorded_whole(tmp_path, mosrun_env):
 def test_a_thousand_line_queue_with_failing_signalled_and_odd_lines(tmp_path, mosrun_env):
     """The issue's load test: every line runs once, and the failed-file holds exactly the
     failed lines, each whole (completion order, so compared as a multiset)."""
-    kinds = [(b"exit 3", False), (b"kill -TERM $$", False), (b"printf '\xff' >/dev/null; true", True),
-             (b"true", True), (b"sleep 0.01", True), (b": \xff\xfe\x80; exit 5", False),
-             (b"kill -KILL $$", False), (b"true \xc3A", True)]
+    kinds = [
+        (b"exit 3", False),
+        (b"kill -TERM $$", False),
+        (b"printf '\xff' >/dev/null; true", True),
+        (b"true", True),
+        (b"sleep 0.01", True),
+        (b": \xff\xfe\x80; exit 5", False),
+        (b"kill -KILL $$", False),
+        (b"true \xc3A", True),
+    ]
     lines, expected = [], []
     for n in range(1, 1001):
         body, ok = kinds[n % len(kinds)]
@@ -412,10 +421,9 @@ def test_a_thousand_line_queue_with_failing_signalled_and_odd_lines(tmp_path, mo
     cmds = tmp_path / "cmds"
     cmds.write_bytes(b"\n".join(lines) + b"\n")
     failed = tmp_path / "failed"
-    result = subprocess.run(["mosrun", "-S16", f"{cmds},{failed}"], env=mosrun_env, capture_output=True,
-                            timeout=240)
+    result = subprocess.run(["mosrun", "-S16", f"{cmds},{failed}"], env=mosrun_env, capture_output=True, timeout=240)
     assert result.returncode == 255, result.stderr[-2000:]
-    assert sorted(map(int, result.stdout.split())) == list(range(1, 1001))      # each line ran, once
+    assert sorted(map(int, result.stdout.split())) == list(range(1, 1001))  # each line ran, once
     recorded = failed.read_bytes()
     assert recorded.endswith(b"\n")
     assert sorted(recorded[:-1].split(b"\n")) == sorted(expected)

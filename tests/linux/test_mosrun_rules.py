@@ -19,8 +19,7 @@ REFUSED = {
     "ioctl": ("MOSRUN: Ioctl 0x8914 not supported under MOSIX", "ioctl:ENOSYS"),
     "shmat": ("MOSRUN: Attaching SYSV shared-memory not supported under MOSIX", "shmat:ENOSYS"),
     "thread": ("MOSRUN: system-call 'clone' not supported under MOSIX", "thread:ENOSYS"),
-    "priority-other": ("MOSRUN: getpriority/setpriority supported under MOSIX only for self",
-                       "priority-other:ENOSYS"),
+    "priority-other": ("MOSRUN: getpriority/setpriority supported under MOSIX only for self", "priority-other:ENOSYS"),
     "sysfs": ("MOSRUN: Sysfs option '7' not supported under MOSIX", "sysfs:ENOSYS"),
     "illegal": ("MOSRUN: illegal system call #600", "illegal:ENOSYS"),
     "futex-shared": ("MOSRUN: system-call 'futex' not supported under MOSIX", "futex-shared:ENOSYS"),
@@ -35,7 +34,7 @@ ALLOWED = {
     "futex-private": "futex-private=0",
     "sleep": "sleep=0",
     "getrlimit": "getrlimit=1024/1024",
-    "affinity": "affinity=0",               # one CPU (issue 18: docs/system-calls.md)
+    "affinity": "affinity=0",  # one CPU (issue 18: docs/system-calls.md)
 }
 
 
@@ -44,7 +43,7 @@ def test_unsupported_feature_kills_by_default(call, programs, mosrun_env):
     message, _ = REFUSED[call]
     result = run(["mosrun", str(programs / "unsupported"), call], mosrun_env)
     assert result.returncode == -9 or result.returncode == 137
-    assert result.stdout == ""                     # killed before it could report
+    assert result.stdout == ""  # killed before it could report
     assert result.stderr.strip() == message
 
 
@@ -76,7 +75,7 @@ def test_supported_calls_run_as_natively(call, programs, mosrun_env):
 def test_setrlimit_nofile_is_ignored_with_the_warning(programs, mosrun_env):
     result = run(["mosrun", str(programs / "unsupported"), "setrlimit"], mosrun_env)
     assert result.returncode == 0
-    assert result.stdout.strip() == "setrlimit=0 nofile=1024"    # the limit stays at 1024
+    assert result.stdout.strip() == "setrlimit=0 nofile=1024"  # the limit stays at 1024
     assert result.stderr.strip() == "MOSRUN: WARNING: setrlimit(RLIMIT_NOFILE) ignored by MOSIX"
 
 
@@ -95,7 +94,10 @@ def test_read_only_shared_mapping_becomes_private(option, programs, mosrun_env, 
     with open("/etc/hostname") as f:
         first = f.read(1)
     assert (result.returncode, result.stdout.strip(), result.stderr) == (
-        0, f"mmap-shared-ro=mapped first-byte={first}", "")
+        0,
+        f"mmap-shared-ro=mapped first-byte={first}",
+        "",
+    )
 
 
 def test_descriptor_1024_is_refused(mosrun_env, tmp_path):
@@ -106,8 +108,14 @@ def test_descriptor_1024_is_refused(mosrun_env, tmp_path):
     fd = os.open("/dev/null", os.O_RDONLY)
     high = os.dup2(fd, 1030)
     try:
-        result = subprocess.run(["mosrun", "touch", str(marker)], env=mosrun_env, pass_fds=(high,),
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["mosrun", "touch", str(marker)],
+            env=mosrun_env,
+            pass_fds=(high,),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(high)
         os.close(fd)

@@ -40,6 +40,8 @@ def best_note(site) -> list[str]:
     """What mosrun says of -b: with mosd it asks for the best node (on a one-node site,
     this one: nothing to say); without, that it cannot."""
     return [] if site.mosd else [BEST_NOTE]
+
+
 SHARED_MEMORY = "MOSRUN: Shared memory (MAP_SHARED) not supported under MOSIX"
 
 
@@ -49,8 +51,9 @@ def nobody_can_run_mosrun():
         pytest.skip("needs root, to run mosrun as both root and an ordinary user")
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is needed to run mosrun as an ordinary user")
-    probe = subprocess.run([*AS_NOBODY, str(BIN / "mosrun"), "--help"], capture_output=True, text=True,
-                           cwd="/", timeout=60)
+    probe = subprocess.run(
+        [*AS_NOBODY, str(BIN / "mosrun"), "--help"], capture_output=True, text=True, cwd="/", timeout=60
+    )
     if probe.returncode != 0:
         pytest.skip(f"this interpreter cannot run as user nobody: {probe.stderr.strip()[-200:]}")
 
@@ -60,8 +63,16 @@ class Site:
 
     def __init__(self, base: Path, extra_conf: str = "") -> None:
         layout = localcluster.ClusterLayout(
-            root=base / "config", nodes=1, base_ip=fresh_base_ip(), speeds=(10000,), cpus=1, memory_mb=1024,
-            interval=0.2, udp_port=localcluster.default_ports()[0], tcp_port=localcluster.default_ports()[1])
+            root=base / "config",
+            nodes=1,
+            base_ip=fresh_base_ip(),
+            speeds=(10000,),
+            cpus=1,
+            memory_mb=1024,
+            interval=0.2,
+            udp_port=localcluster.default_ports()[0],
+            tcp_port=localcluster.default_ports()[1],
+        )
         localcluster.write_layout(layout, extra_conf=extra_conf)
         self.base = base
         self.etc = layout.etc(1)
@@ -93,11 +104,12 @@ class Site:
 
     def mosrun(self, *args: str, user: str = "nobody", locale: str = "C") -> subprocess.CompletedProcess:
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": locale, "HOME": str(self.work), "MOSIX_ETC": str(self.etc)}
-        if not self.mosd:     # with mosd running, only the daemon can have written the log
+        if not self.mosd:  # with mosd running, only the daemon can have written the log
             env["MOSRUN_POLICY_LOG"] = str(self.log)
         prefix = AS_NOBODY if user == "nobody" else []
-        return subprocess.run([*prefix, str(BIN / "mosrun"), *args], env=env, cwd=self.work,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [*prefix, str(BIN / "mosrun"), *args], env=env, cwd=self.work, capture_output=True, text=True, timeout=60
+        )
 
     def log_lines(self) -> list[str]:
         # "YYYY-mm-dd HH:MM:SS uid=... user=... verdict: argv": without the time stamp
@@ -109,7 +121,7 @@ def make_site(request, nobody_can_run_mosrun):
     sites: list[Site] = []
 
     def make(extra_conf: str = "") -> Site:
-        base = Path(tempfile.mkdtemp(prefix="mosrun-policy-"))     # not under pytest's 0700 directories
+        base = Path(tempfile.mkdtemp(prefix="mosrun-policy-"))  # not under pytest's 0700 directories
         os.chmod(base, 0o755)
         site = Site(base, extra_conf)
         sites.append(site)
@@ -135,7 +147,7 @@ def test_site_hook_refuses_ordinary_users_without_memory(make_site):
     assert refused.returncode != 0
     assert HOOK_REFUSAL in refused.stderr
     assert refused.stdout == ""
-    assert not (site.work / "refused").exists()       # nothing started
+    assert not (site.work / "refused").exists()  # nothing started
     assert site.log_lines() == [f"uid={NOBODY} user=nobody refused (no -m): sh -c touch {site.work}/refused; id -u"]
 
 
@@ -145,7 +157,7 @@ def test_site_hook_allows_ordinary_users_with_memory_and_forces_best(make_site):
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stdout == f"{NOBODY}\n"
     assert (site.work / "allowed").exists()
-    assert allowed.stderr.splitlines() == best_note(site)      # -h became -b
+    assert allowed.stderr.splitlines() == best_note(site)  # -h became -b
     assert site.log_lines() == [f"uid={NOBODY} user=nobody allowed: sh -c touch {site.work}/allowed; id -u"]
 
 
@@ -188,15 +200,19 @@ def test_a_default_site_lets_ls_la_work_in_a_utf8_locale(make_site, utf8_locale)
 def test_a_strict_site_refuses_as_the_manual_does(make_site, utf8_locale):
     """mosd.conf strict_limitations = yes: the manual's LIMITATIONS exactly, messages and all."""
     site = make_site("strict_limitations = yes\n")
-    for argv, message in ((["ls", "-la", str(site.work)], SHARED_MEMORY),
-                          (["nproc"], "MOSRUN: system-call 'sched_getaffinity' not supported under MOSIX"),
-                          (["/usr/bin/python3", "-c", "import time; time.sleep(0.01)"],
-                           "MOSRUN: system-call 'clock_nanosleep' not supported under MOSIX")):
+    for argv, message in (
+        (["ls", "-la", str(site.work)], SHARED_MEMORY),
+        (["nproc"], "MOSRUN: system-call 'sched_getaffinity' not supported under MOSIX"),
+        (
+            ["/usr/bin/python3", "-c", "import time; time.sleep(0.01)"],
+            "MOSRUN: system-call 'clock_nanosleep' not supported under MOSIX",
+        ),
+    ):
         killed = site.mosrun(*argv, locale=utf8_locale if argv[0] == "ls" else "C")
         assert killed.returncode in KILLED, argv
         assert killed.stderr.strip() == message
         warned = site.mosrun("-w", *argv, locale=utf8_locale if argv[0] == "ls" else "C")
-        assert message in warned.stderr.splitlines(), argv        # and the call failed with ENOSYS
+        assert message in warned.stderr.splitlines(), argv  # and the call failed with ENOSYS
 
 
 def test_unsupported_silent_lets_ls_la_work_in_a_utf8_locale(make_site, utf8_locale):
@@ -251,7 +267,7 @@ def test_mosrun_conf_makes_a_default_site_strict_children_and_nested_mosruns_too
         assert NPROC_REFUSED in killed.stderr.splitlines(), (argv, killed.stderr)
         assert killed.stdout == "", argv
     root = site.mosrun("nproc", user="root")
-    assert NPROC_REFUSED in root.stderr.splitlines()          # everyone's, not only ordinary users'
+    assert NPROC_REFUSED in root.stderr.splitlines()  # everyone's, not only ordinary users'
 
 
 def test_mosrun_conf_lifts_a_strict_sites_limitations(make_site):
@@ -316,7 +332,7 @@ def test_best_default_only_when_no_location_is_given(make_site):
     assert (plain.returncode, plain.stderr.splitlines()) == (0, best_note(site))
     home = site.mosrun("-h", "true")
     assert (home.returncode, home.stderr) == (0, "")
-    root = site.mosrun("true", user="root")      # a default, not an enforcement: root gets it too
+    root = site.mosrun("true", user="root")  # a default, not an enforcement: root gets it too
     assert (root.returncode, root.stderr.splitlines()) == (0, best_note(site))
 
 

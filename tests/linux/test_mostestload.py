@@ -61,19 +61,22 @@ def rss_anon_kb(pid: int) -> int:
 # --------------------------------------------------------------------------- option syntax
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--write", "32,640,1", "-f", "x"], ["--write=32,640,1", "-f", "x"]),
-    (["--write", "-f", "x"], ["--write=", "-f", "x"]),
-    (["--read"], ["--read="]),
-    (["--read=4,2"], ["--read=4,2"]),
-    (["--noiosyscall", "100,1", "-r"], ["--noiosyscall=100,1", "-r"]),
-    (["--noiosyscall"], ["--noiosyscall="]),
-    (["-l", "10", "-h", "20"], ["-l", "10", "-h", "20"]),
-    (["-h20"], ["-h20"]),
-    (["-h"], ["--help"]),
-    (["-h", "-t", "5"], ["--help", "-t", "5"]),
-    (["--", "--read"], ["--", "--read"]),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--write", "32,640,1", "-f", "x"], ["--write=32,640,1", "-f", "x"]),
+        (["--write", "-f", "x"], ["--write=", "-f", "x"]),
+        (["--read"], ["--read="]),
+        (["--read=4,2"], ["--read=4,2"]),
+        (["--noiosyscall", "100,1", "-r"], ["--noiosyscall=100,1", "-r"]),
+        (["--noiosyscall"], ["--noiosyscall="]),
+        (["-l", "10", "-h", "20"], ["-l", "10", "-h", "20"]),
+        (["-h20"], ["-h20"]),
+        (["-h"], ["--help"]),
+        (["-h", "-t", "5"], ["--help", "-t", "5"]),
+        (["--", "--read"], ["--", "--read"]),
+    ],
+)
 def test_rewrite_mosix_spellings(argv, expected):
     assert rewrite(argv) == expected
 
@@ -115,26 +118,29 @@ def test_io_specs_defaults():
             IOSpec.parse(bad, "--read")
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["-t", "abc"], "'-t'"),
-    (["-t", "5,1"], "greater than maximum"),
-    (["-t1,2,3"], "MIN,MAX"),
-    (["-l", "2", "-h", "1"], "greater than maximum"),
-    (["-l", "2"], "go together"),
-    (["-h5"], "go together"),
-    (["-t5", "-l1", "-h2"], "not both"),
-    (["-m", "lots"], "'-m'"),
-    (["-m-5"], "must not be negative"),
-    (["--cpu=-1"], "must not be negative"),
-    (["--read=x"], "'--read'"),
-    (["--write", "0"], "at least 1"),
-    (["--read", "--write"], "alternatives"),
-    (["--noiosyscall=1,2,3"], "expected ncalls,repeats"),
-    (["-d", "/tmp", "-f", "/tmp/x"], "not both"),
-    (["--maxiosize", "0"], "positive"),
-    (["--sleep", "-1"], "must not be negative"),
-    (["-x"], "No such option"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["-t", "abc"], "'-t'"),
+        (["-t", "5,1"], "greater than maximum"),
+        (["-t1,2,3"], "MIN,MAX"),
+        (["-l", "2", "-h", "1"], "greater than maximum"),
+        (["-l", "2"], "go together"),
+        (["-h5"], "go together"),
+        (["-t5", "-l1", "-h2"], "not both"),
+        (["-m", "lots"], "'-m'"),
+        (["-m-5"], "must not be negative"),
+        (["--cpu=-1"], "must not be negative"),
+        (["--read=x"], "'--read'"),
+        (["--write", "0"], "at least 1"),
+        (["--read", "--write"], "alternatives"),
+        (["--noiosyscall=1,2,3"], "expected ncalls,repeats"),
+        (["-d", "/tmp", "-f", "/tmp/x"], "not both"),
+        (["--maxiosize", "0"], "positive"),
+        (["--sleep", "-1"], "must not be negative"),
+        (["-x"], "No such option"),
+    ],
+)
 def test_bad_options_exit_2_with_one_clear_line(argv, fragment):
     code, out, err = cli(*argv)
     assert code == 2, (out, err)
@@ -151,7 +157,7 @@ def test_t1_runs_one_cpu_second():
     assert proc.returncode == 0, proc.stderr
     assert float(summary_value(proc.stdout, "CPU time").split()[0]) >= 1.0
     assert "ended by time" in proc.stdout
-    assert 1.0 <= cpu < 3.5                    # plus interpreter start-up, loosely
+    assert 1.0 <= cpu < 3.5  # plus interpreter start-up, loosely
 
 
 def test_random_time_between_l_and_h():
@@ -192,10 +198,11 @@ def test_sleep_before_starting_costs_no_cpu():
 
 def resident_while_running(*args: str) -> tuple[int, int]:
     """RssAnon (kB) of a running mostestload once its memory is ready; stopped by SIGTERM."""
-    proc = subprocess.Popen(tool_argv("mostestload", "-t0", "-v", "-r", *args),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        tool_argv("mostestload", "-t0", "-v", "-r", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        while True:                            # the progress line comes after the allocation
+        while True:  # the progress line comes after the allocation
             line = proc.stderr.readline()
             assert line, proc.stderr.read()
             if "progress:" in line:
@@ -252,7 +259,7 @@ def test_maxiosize_wraps_to_the_start(tmp_path: Path):
     target = tmp_path / "wrap"
     code, out, _ = cli("-f", str(target), "--write", "64,40,1", "--maxiosize", "1", "-r")
     assert code == 0
-    assert target.stat().st_size == MB                  # 2.5 MB written, never beyond 1 MB
+    assert target.stat().st_size == MB  # 2.5 MB written, never beyond 1 MB
     assert summary_value(out, "written") == f"{40 * 64 * KB} bytes in 40 calls"
 
 
@@ -260,7 +267,7 @@ def test_read_wraps_at_end_of_file_and_at_maxiosize(tmp_path: Path):
     target = tmp_path / "data"
     target.write_bytes(b"x" * (10 * KB))
     code, out, _ = cli("-f", str(target), "--read", "4,10,1", "-r")
-    assert code == 0                                    # 4+4+2, 4+4+2, 4+4+2, 4
+    assert code == 0  # 4+4+2, 4+4+2, 4+4+2, 4
     assert summary_value(out, "read") == f"{34 * KB} bytes in 10 calls"
     big = tmp_path / "big"
     big.write_bytes(b"y" * (2 * MB))
@@ -272,7 +279,7 @@ def test_read_wraps_at_end_of_file_and_at_maxiosize(tmp_path: Path):
         load.read_call()
         offsets.append(load.offset)
     load.close_file()
-    assert offsets == [256 * KB, 512 * KB] * 3          # never past 0.5 MB of the 2 MB file
+    assert offsets == [256 * KB, 512 * KB] * 3  # never past 0.5 MB of the 2 MB file
     assert load.summary.bytes_read == 6 * 256 * KB
 
 
@@ -288,7 +295,7 @@ def test_cpu_units_between_chunks(tmp_path: Path):
     target = tmp_path / "f"
     code, out, _ = cli("-f", str(target), "--write", "4,8,3", "--cpu=2", "-r")
     assert code == 0
-    assert summary_value(out, "CPU units") == "4"      # between three chunks: 2 x 2
+    assert summary_value(out, "CPU units") == "4"  # between three chunks: 2 x 2
     assert summary_value(out, "chunks") == "3" and "ended by repeats" in out
     assert target.stat().st_size == 3 * 8 * 4 * KB
 
@@ -301,8 +308,12 @@ def test_noiosyscall_report():
 
 
 def test_sigterm_removes_the_temporary_file_and_reports(tmp_path: Path):
-    proc = subprocess.Popen(tool_argv("mostestload", "-t0", "-d", str(tmp_path), "--write", "-r", "-v"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        tool_argv("mostestload", "-t0", "-d", str(tmp_path), "--write", "-r", "-v"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while "writing" not in (line := proc.stderr.readline()):
         assert line
     assert len(list(tmp_path.iterdir())) == 1
@@ -314,11 +325,14 @@ def test_sigterm_removes_the_temporary_file_and_reports(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--write", "1,1,1", "-f", "/nonexistent/dir/x"], "/nonexistent/dir/x: cannot open"),
-    (["--read", "-f", "/nonexistent/x"], "/nonexistent/x: cannot open"),
-    (["--write", "1,1,1", "-d", "/nonexistent"], "/nonexistent: cannot create a file"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--write", "1,1,1", "-f", "/nonexistent/dir/x"], "/nonexistent/dir/x: cannot open"),
+        (["--read", "-f", "/nonexistent/x"], "/nonexistent/x: cannot open"),
+        (["--write", "1,1,1", "-d", "/nonexistent"], "/nonexistent: cannot create a file"),
+    ],
+)
 def test_io_errors_exit_1(argv, fragment):
     code, out, err = cli(*argv)
     assert code == 1 and err.strip() == f"mostestload: {fragment}: No such file or directory", err
@@ -343,9 +357,11 @@ def test_report_migrations_from_whereami():
     out, err = io.StringIO(), io.StringIO()
     spec = LoadSpec.from_options(cpu_units=5, report_migrations=True, verbose=True)
     summary = run_load(spec, out=out, err=err, whereami=lambda: next(answers), poll_interval=0)
-    assert out.getvalue().splitlines() == ["mostestload: migrated to node 3",
-                                           "mostestload: migrated to 192.168.1.1",
-                                           "mostestload: migrated back home"]
+    assert out.getvalue().splitlines() == [
+        "mostestload: migrated to node 3",
+        "mostestload: migrated to 192.168.1.1",
+        "mostestload: migrated back home",
+    ]
     assert summary.migrations == 3 and "running at home" in err.getvalue()
 
 
@@ -354,11 +370,16 @@ def test_not_under_mosrun_said_once_in_verbose_mode():
 
     def whereami():
         calls.append(1)
-        return mtl.read_whereami()               # the real interface: no mosrun here
+        return mtl.read_whereami()  # the real interface: no mosrun here
 
     err = io.StringIO()
-    run_load(LoadSpec.from_options(cpu_units=5, report_migrations=True, verbose=True),
-             out=io.StringIO(), err=err, whereami=whereami, poll_interval=0)
+    run_load(
+        LoadSpec.from_options(cpu_units=5, report_migrations=True, verbose=True),
+        out=io.StringIO(),
+        err=err,
+        whereami=whereami,
+        poll_interval=0,
+    )
     assert err.getvalue().count("not running under mosrun") == 1 and len(calls) == 1
     quiet = io.StringIO()
     run_load(LoadSpec.from_options(cpu_units=2, report_migrations=True), out=quiet, err=quiet)
@@ -370,11 +391,12 @@ def test_where_text():
     assert mtl.where_text(7) == "node 7"
     assert mtl.where_text(65535) == "node 65535"
     assert mtl.where_text(0x0A000001) == "10.0.0.1"
-    assert mtl.where_text(-1062731519) == "192.168.1.1"   # as a C int: 0xC0A80101
-    assert mtl.read_whereami() is None                      # not under mosrun here
+    assert mtl.where_text(-1062731519) == "192.168.1.1"  # as a C int: 0xC0A80101
+    assert mtl.read_whereami() is None  # not under mosrun here
 
 
 def test_installed_as_a_script():
     import tomllib
+
     scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["mostestload"] == "mosix_core.cli.mostestload:main"

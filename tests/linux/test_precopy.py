@@ -48,15 +48,18 @@ def memory_of(pid: int, rseq: tuple[int, int]) -> dict[int, tuple[str, bytes]]:
             mem.seek(m.start)
             data = bytearray(mem.read(m.size))
             if m.start <= rseq < m.end:
-                data[rseq - m.start:rseq - m.start + rseq_size] = bytes(rseq_size)
+                data[rseq - m.start : rseq - m.start + rseq_size] = bytes(rseq_size)
             for offset in range(0, m.size, 4096):
-                out[m.start + offset] = (m.perms[:3], bytes(data[offset:offset + 4096]))
+                out[m.start + offset] = (m.perms[:3], bytes(data[offset : offset + 4096]))
     return out
 
 
 def differences(restored: dict, original: dict) -> list[str]:
-    return [f"{address:#x}: {restored.get(address, ('none', b''))[0]} {original.get(address, ('none', b''))[0]}"
-            for address in sorted(set(restored) | set(original)) if restored.get(address) != original.get(address)]
+    return [
+        f"{address:#x}: {restored.get(address, ('none', b''))[0]} {original.get(address, ('none', b''))[0]}"
+        for address in sorted(set(restored) | set(original))
+        if restored.get(address) != original.get(address)
+    ]
 
 
 class Receiver(threading.Thread):
@@ -83,7 +86,7 @@ class Receiver(threading.Thread):
                     yield record
 
             self.page_bytes = moving.arrive(self.pid, records()).page_bytes
-        except BaseException as err:     # reported by the test
+        except BaseException as err:  # reported by the test
             self.error = err
         self.done.set()
         self.release.wait(60)
@@ -117,7 +120,7 @@ def receiving():
         yield ImageWriter(ours.makefile("wb")), receiver, ours
     finally:
         if receiver.pid:
-            with contextlib.suppress(ProcessLookupError):      # a stub that failed is gone
+            with contextlib.suppress(ProcessLookupError):  # a stub that failed is gone
                 os.kill(receiver.pid, 9)
         receiver.release.set()
         ours.close()
@@ -128,19 +131,19 @@ def test_memory_sent_ahead_while_the_process_ran_is_restored_exactly(programs, r
     with mutator(programs, 64) as (pid, tracker), receiving() as (writer, receiver, _):
         ptrace.cont(pid)
         ahead = moving.send_ahead(pid, writer, tracker)
-        time.sleep(run_for)                   # it changes its memory meanwhile
+        time.sleep(run_for)  # it changes its memory meanwhile
         regs = stop_cleanly(pid)
         moving.send_image(pid, writer, regs, {}, to_guest=True, ahead=ahead)
         writer.out.flush()
         assert receiver.done.wait(60)
         assert receiver.error is None, repr(receiver.error)
         sent_ahead = runs.total(ahead.sent)
-        assert sent_ahead >= 60 * MB           # some of the buffer is emptied now and then
+        assert sent_ahead >= 60 * MB  # some of the buffer is emptied now and then
         # the memory went ahead, then the map at the stop and only what changed
         assert receiver.kinds.count(Kind.MEMORY_MAP) == 2
         assert receiver.page_bytes - sent_ahead < 16 * MB
         if run_for:
-            assert Kind.DISCARD in receiver.kinds     # pages it emptied after they were sent
+            assert Kind.DISCARD in receiver.kinds  # pages it emptied after they were sent
         rseq = ptrace.rseq_configuration(pid)[:2]
         assert differences(memory_of(receiver.pid, rseq), memory_of(pid, rseq)) == []
 
@@ -218,8 +221,11 @@ def discarding_a_file_mapping(record):
 
 
 def without_the_final_map(record):
-    return [] if record.kind != Kind.PAGES and record.kind != Kind.MEMORY_MAP or final_map(record) else \
-        [(record.kind, record.payload)]
+    return (
+        []
+        if record.kind != Kind.PAGES and record.kind != Kind.MEMORY_MAP or final_map(record)
+        else [(record.kind, record.payload)]
+    )
 
 
 @pytest.mark.parametrize("change", [keeping_what_was_not_sent, discarding_a_file_mapping, without_the_final_map])
@@ -230,8 +236,9 @@ def test_a_garbled_precopied_image_restores_nothing(programs, change):
     ours, theirs = socket.socketpair()
     receiver = Receiver(theirs)
     receiver.start()
+
     def send() -> None:
-        with contextlib.suppress(OSError):   # the restorer stops reading at the fault
+        with contextlib.suppress(OSError):  # the restorer stops reading at the fault
             ours.sendall(data)
             ours.shutdown(socket.SHUT_WR)
 

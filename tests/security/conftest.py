@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -50,5 +50,3 @@ def attacker(test_users: dict[str, User]) -> User:
 @pytest.fixture
 def victim(test_users: dict[str, User]) -> User:
     return test_users["victim"]
-
-

@@ -18,8 +18,9 @@ import signal
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import xxhash
@@ -43,11 +44,19 @@ pytestmark = pytest.mark.linux
 PROCESS, REGISTERS, XSTATE, MEMORY_MAP, FILES, SIGNALS, RSEQ, LIMITS = 1, 2, 3, 4, 6, 7, 8, 9
 PAGE = 4096
 USER_LIMIT = 0x7FFF_FFFF_F000
-PROMPTLY = 10.0                 # seconds: a refusal is a matter of reading the file
+PROMPTLY = 10.0  # seconds: a refusal is a matter of reading the file
 
 #: values no address may have (each case picks those that are wrong for its field)
-ADDRESSES = {"zero": 0, "negative": -4096, "2^63": 1 << 63, "2^64-4096": (1 << 64) - 4096, "2^64": 1 << 64,
-             "2^64+4096": (1 << 64) + 4096, "limit": USER_LIMIT, "unaligned": 0x7F00_0000_0001}
+ADDRESSES = {
+    "zero": 0,
+    "negative": -4096,
+    "2^63": 1 << 63,
+    "2^64-4096": (1 << 64) - 4096,
+    "2^64": 1 << 64,
+    "2^64+4096": (1 << 64) + 4096,
+    "limit": USER_LIMIT,
+    "unaligned": 0x7F00_0000_0001,
+}
 NUMBERS = {"negative": -1, "2^63": 1 << 63, "2^64": 1 << 64, "string": "1", "null": None}
 
 
@@ -55,8 +64,8 @@ NUMBERS = {"negative": -1, "2^63": 1 << 63, "2^64": 1 << 64, "string": "1", "nul
 def assemble(data: bytes, records: list[Record], payloads: dict[int, bytes | None]) -> bytes:
     """The image with record ``i``'s payload replaced by ``payloads[i]`` (None: dropped),
     every record checksummed and a correct END after them."""
-    out = bytearray(data[:HEADER.size])
-    chain = xxhash.xxh3_64(data[:HEADER.size])
+    out = bytearray(data[: HEADER.size])
+    chain = xxhash.xxh3_64(data[: HEADER.size])
     count = 0
     for i, rec in enumerate(records):
         if rec.kind == END:
@@ -64,7 +73,7 @@ def assemble(data: bytes, records: list[Record], payloads: dict[int, bytes | Non
         payload = payloads.get(i, rec.payload)
         if payload is None:
             continue
-        fields = RECORD.pack(rec.kind, 0, len(payload), len(payload), 0)[:12]     # parse(): not compressed
+        fields = RECORD.pack(rec.kind, 0, len(payload), len(payload), 0)[:12]  # parse(): not compressed
         head = fields + struct.pack("<Q", xxhash.xxh3_64_intdigest(fields + payload))
         chain.update(head)
         out += head + payload
@@ -85,6 +94,7 @@ def edit_json(kind: int, change: Callable[[Any], None]) -> Callable[[bytes, list
         value = json.loads(records[i].payload)
         change(value)
         return assemble(data, records, {i: json.dumps(value).encode()})
+
     return edit
 
 
@@ -92,6 +102,7 @@ def edit_raw(kind: int, change: Callable[[bytearray], bytes | bytearray]) -> Cal
     def edit(data: bytes, records: list[Record]) -> bytes:
         i = first(records, kind)
         return assemble(data, records, {i: bytes(change(bytearray(records[i].payload)))})
+
     return edit
 
 
@@ -100,12 +111,14 @@ def setter(path: tuple, value: Any) -> Callable[[Any], None]:
         for key in path[:-1]:
             obj = obj[key]
         obj[path[-1]] = value
+
     return change
 
 
 def mapping_index(kind: str) -> Callable[[list], int]:
     def find(mappings: list) -> int:
         return next(i for i, m in enumerate(mappings) if m["kind"] == kind)
+
     return find
 
 
@@ -113,11 +126,13 @@ def edit_mapping(kind: str, change: Callable[[dict, list], None]) -> Callable[[b
     def layout_change(layout: dict) -> None:
         mappings = layout["mappings"]
         change(mappings[mapping_index(kind)(mappings)], mappings)
+
     return edit_json(MEMORY_MAP, layout_change)
 
 
 def register_offset(name: str) -> int:
     from mosix_core.linux.ptrace import Registers
+
     return getattr(Registers, name).offset
 
 
@@ -125,15 +140,18 @@ def set_u64(offset: int, value: int) -> Callable[[bytearray], bytearray]:
     def change(raw: bytearray) -> bytearray:
         struct.pack_into("<Q", raw, offset, value & ((1 << 64) - 1))
         return raw
+
     return change
 
 
 def page_record(address: int, length: int = PAGE) -> Callable[[bytes, list[Record]], bytes]:
     """The largest page record moved to ``address`` (``length`` bytes of it)."""
+
     def edit(data: bytes, records: list[Record]) -> bytes:
         i = max((i for i, r in enumerate(records) if r.kind == PAGES), key=lambda i: len(records[i].payload))
-        payload = struct.pack("<Q", address & ((1 << 64) - 1)) + records[i].payload[8:8 + length]
+        payload = struct.pack("<Q", address & ((1 << 64) - 1)) + records[i].payload[8 : 8 + length]
         return assemble(data, records, {i: payload})
+
     return edit
 
 
@@ -145,7 +163,7 @@ def cases() -> dict[str, Callable[[bytes, list[Record]], bytes]]:
     for kind in ("file", "anon", "heap", "stack", "kernel"):
         for name, value in ADDRESSES.items():
             found[f"map-{kind}-start-{name}"] = edit_mapping(kind, lambda m, _, v=value: m.update(start=v))
-            if value != USER_LIMIT:     # a mapping may end there
+            if value != USER_LIMIT:  # a mapping may end there
                 found[f"map-{kind}-end-{name}"] = edit_mapping(kind, lambda m, _, v=value: m.update(end=v))
         found[f"map-{kind}-empty"] = edit_mapping(kind, lambda m, _: m.update(end=m["start"]))
         found[f"map-{kind}-backwards"] = edit_mapping(kind, lambda m, _: m.update(end=m["start"] - PAGE))
@@ -160,18 +178,22 @@ def cases() -> dict[str, Callable[[bytes, list[Record]], bytes]]:
     found["map-anon-shared"] = edit_mapping("anon", lambda m, _: m.update(perms=m["perms"][:3] + "s"))
     found["map-kind-unknown"] = edit_mapping("anon", lambda m, _: m.update(kind="device"))
     found["map-kernel-other-path"] = edit_mapping("kernel", lambda m, _: m.update(path="/etc/passwd"))
-    found["map-overlapping"] = edit_mapping(
-        "heap", lambda m, all_: m.update(start=all_[all_.index(m) - 1]["start"]))
+    found["map-overlapping"] = edit_mapping("heap", lambda m, all_: m.update(start=all_[all_.index(m) - 1]["start"]))
     found["map-below-lowest"] = edit_mapping("anon", lambda m, _: m.update(start=0, end=PAGE))
-    found["map-huge-count"] = edit_json(MEMORY_MAP, lambda layout: layout["mappings"].extend(
-        [{"start": USER_LIMIT - PAGE, "end": USER_LIMIT, "kind": "anon", "perms": "rw-p", "path": ""}] * 70000))
+    found["map-huge-count"] = edit_json(
+        MEMORY_MAP,
+        lambda layout: layout["mappings"].extend(
+            [{"start": USER_LIMIT - PAGE, "end": USER_LIMIT, "kind": "anon", "perms": "rw-p", "path": ""}] * 70000
+        ),
+    )
     found["map-not-a-list"] = edit_json(MEMORY_MAP, setter(("mappings",), {"start": 0}))
     for field in ("start_code", "end_code", "brk", "arg_start", "env_end", "start_stack"):
         for name, value in {**ADDRESSES, "string": "1"}.items():
             if name != "unaligned":
                 found[f"mm-{field}-{name}"] = edit_json(MEMORY_MAP, setter(("mm", field), value))
-    found["mm-code-backwards"] = edit_json(MEMORY_MAP, lambda layout: layout["mm"].update(
-        end_code=layout["mm"]["start_code"]))
+    found["mm-code-backwards"] = edit_json(
+        MEMORY_MAP, lambda layout: layout["mm"].update(end_code=layout["mm"]["start_code"])
+    )
     found["mm-auxv-huge"] = edit_json(MEMORY_MAP, setter(("mm", "auxv"), "00" * 8192))
     found["mm-auxv-odd"] = edit_json(MEMORY_MAP, setter(("mm", "auxv"), "00" * 17))
     found["mm-auxv-not-hex"] = edit_json(MEMORY_MAP, setter(("mm", "auxv"), "zz"))
@@ -187,9 +209,9 @@ def cases() -> dict[str, Callable[[bytes, list[Record]], bytes]]:
     for reg in ("rip", "rsp", "fs_base", "gs_base"):
         for name, value in ADDRESSES.items():
             if value in (0, 0x7F00_0000_0001) and reg in ("fs_base", "gs_base"):
-                continue                # no TLS, or an odd one: both are a program's right
+                continue  # no TLS, or an odd one: both are a program's right
             if value == 0x7F00_0000_0001 or value >= 1 << 64:
-                continue                # code and stacks may be anywhere; a register has 64 bits
+                continue  # code and stacks may be anywhere; a register has 64 bits
             found[f"regs-{reg}-{name}"] = edit_raw(REGISTERS, set_u64(register_offset(reg), value))
     for reg, value in (("cs", 0x23), ("cs", 0), ("ss", 0x33), ("ds", 0x63), ("fs", 0xFFFF), ("gs", 0x10)):
         found[f"regs-{reg}-{value:#x}"] = edit_raw(REGISTERS, set_u64(register_offset(reg), value))
@@ -207,27 +229,42 @@ def cases() -> dict[str, Callable[[bytes, list[Record]], bytes]]:
     def mxcsr(raw: bytearray) -> bytearray:
         struct.pack_into("<I", raw, 24, 0xFFFF_FFFF)
         return raw
+
     found["xstate-mxcsr"] = edit_raw(XSTATE, mxcsr)
 
     # the process record
-    for field, values in (("pid", {"zero": 0, **NUMBERS, "huge": 1 << 40}),
-                          ("umask", {**NUMBERS, "too-big": 0o1000}),
-                          ("personality", {**NUMBERS, "query": 0xFFFF_FFFF}),
-                          ("cwd", {"relative": "tmp", "number": 5, "nul": "/tmp\0x", "null": None}),
-                          ("exe", {"relative": "python3", "number": 5, "long": "/" + "x" * 5000}),
-                          ("cmdline", {"string": "python3", "numbers": [1, 2]})):
+    for field, values in (
+        ("pid", {"zero": 0, **NUMBERS, "huge": 1 << 40}),
+        ("umask", {**NUMBERS, "too-big": 0o1000}),
+        ("personality", {**NUMBERS, "query": 0xFFFF_FFFF}),
+        ("cwd", {"relative": "tmp", "number": 5, "nul": "/tmp\0x", "null": None}),
+        ("exe", {"relative": "python3", "number": 5, "long": "/" + "x" * 5000}),
+        ("cmdline", {"string": "python3", "numbers": [1, 2]}),
+    ):
         for name, value in values.items():
             found[f"process-{field}-{name}"] = edit_json(PROCESS, setter((field,), value))
     for name, value in ADDRESSES.items():
-        if value:                       # 0: no robust list
+        if value:  # 0: no robust list
             found[f"process-robust-list-{name}"] = edit_json(PROCESS, setter(("robust_list", 0), value))
     found["process-robust-list-length"] = edit_json(PROCESS, setter(("robust_list", 1), 1 << 40))
     found["process-robust-list-short"] = edit_json(PROCESS, setter(("robust_list",), [0]))
-    for name, value in (("not-list", 5), ("short", [[4096]]), ("empty", [[8192, 8192]]),
-                        ("kernel", [[4096, 1 << 63]]), ("strings", [["a", "b"]]), ("many", [[4096, 8192]] * 70000)):
+    for name, value in (
+        ("not-list", 5),
+        ("short", [[4096]]),
+        ("empty", [[8192, 8192]]),
+        ("kernel", [[4096, 1 << 63]]),
+        ("strings", [["a", "b"]]),
+        ("many", [[4096, 8192]] * 70000),
+    ):
         found[f"process-converted-{name}"] = edit_json(PROCESS, setter(("converted",), value))
-    for field, value in (("needmem", -1), ("needmem", 1 << 64), ("checkpoint_interval", "5"),
-                         ("lock", 1.5), ("checkpoint_file", 7), ("decayrate", None)):
+    for field, value in (
+        ("needmem", -1),
+        ("needmem", 1 << 64),
+        ("checkpoint_interval", "5"),
+        ("lock", 1.5),
+        ("checkpoint_file", 7),
+        ("decayrate", None),
+    ):
         found[f"process-mosix-{field}-{value!r}"] = edit_json(PROCESS, setter(("mosix", field), value))
     found["process-mosix-not-object"] = edit_json(PROCESS, setter(("mosix",), [1]))
 
@@ -237,9 +274,9 @@ def cases() -> dict[str, Callable[[bytes, list[Record]], bytes]]:
     for index, field in enumerate(("handler", "flags", "restorer", "mask")):
         for name, value in ADDRESSES.items():
             if field in ("handler", "restorer") and name in ("zero", "unaligned"):
-                continue            # SIG_DFL, no restorer; code may be at any byte
+                continue  # SIG_DFL, no restorer; code may be at any byte
             if field == "mask" and 0 <= value < 1 << 64:
-                continue            # any set of signals is a mask
+                continue  # any set of signals is a mask
             if field == "flags" and value == 0:
                 continue
             found[f"signals-action-{field}-{name}"] = edit_json(SIGNALS, setter(("actions", "2", index), value))
@@ -247,10 +284,13 @@ def cases() -> dict[str, Callable[[bytes, list[Record]], bytes]]:
     for index, field in enumerate(("sp", "flags", "size")):
         for name, value in {**ADDRESSES, "string": "1"}.items():
             if field == "sp" and value == 0 or name == "unaligned" or field == "flags" and value == 0:
-                continue            # no alignment is asked of an alternate stack; 0: enabled
+                continue  # no alignment is asked of an alternate stack; 0: enabled
             found[f"signals-altstack-{field}-{name}"] = edit_json(
-                SIGNALS, lambda s, i=index, v=value: s.update(altstack=[[0x10000, 0, 8192][j] if j != i else v
-                                                                        for j in range(3)]))
+                SIGNALS,
+                lambda s, i=index, v=value: s.update(
+                    altstack=[[0x10000, 0, 8192][j] if j != i else v for j in range(3)]
+                ),
+            )
     found["signals-altstack-tiny"] = edit_json(SIGNALS, setter(("altstack",), [0x10000, 0, 16]))
     for name, value in NUMBERS.items():
         if name != "2^63":
@@ -262,9 +302,14 @@ def cases() -> dict[str, Callable[[bytes, list[Record]], bytes]]:
     found["signals-pending-short"] = edit_json(SIGNALS, setter(("pending",), ["0a00"]))
     found["signals-pending-not-hex"] = edit_json(SIGNALS, setter(("pending",), ["xyz"]))
     found["signals-pending-flood"] = edit_json(
-        SIGNALS, setter(("pending",), [struct.pack("<iii", 10, 0, 0).ljust(128, b"\0").hex()] * 70000))
-    for name, timer in (("usec", [0, 1_000_000, 0, 0]), ("negative", [-1, 0, 0, 0]), ("2^64", [0, 0, 1 << 64, 0]),
-                        ("short", [0, 0])):
+        SIGNALS, setter(("pending",), [struct.pack("<iii", 10, 0, 0).ljust(128, b"\0").hex()] * 70000)
+    )
+    for name, timer in (
+        ("usec", [0, 1_000_000, 0, 0]),
+        ("negative", [-1, 0, 0, 0]),
+        ("2^64", [0, 0, 1 << 64, 0]),
+        ("short", [0, 0]),
+    ):
         found[f"signals-itimer-{name}"] = edit_json(SIGNALS, setter(("itimers", 0), timer))
 
     # rseq
@@ -278,17 +323,24 @@ def cases() -> dict[str, Callable[[bytes, list[Record]], bytes]]:
     found["rseq-flags"] = edit_json(RSEQ, setter(("flags",), 1))
 
     # limits
-    for name, value in {"soft-above-hard": [100, 10], "2^64": [1 << 64, 1 << 64], "negative": [-5, -5],
-                        "string": ["1", "1"], "short": [1]}.items():
+    for name, value in {
+        "soft-above-hard": [100, 10],
+        "2^64": [1 << 64, 1 << 64],
+        "negative": [-5, -5],
+        "string": ["1", "1"],
+        "short": [1],
+    }.items():
         found[f"limits-nofile-{name}"] = edit_json(LIMITS, setter(("RLIMIT_NOFILE",), value))
 
     # the open files
-    for field, values in (("fd", {**NUMBERS, "too-big": 1 << 30}),
-                          ("flags", {**NUMBERS, "unknown": 1 << 40}),
-                          ("pos", {**NUMBERS}),
-                          ("path", {"relative": "out.txt", "number": 3, "nul": "/tmp/a\0b"}),
-                          ("kind", {"unknown": "socket", "number": 1}),
-                          ("cloexec", {"number": 2, "string": "yes"})):
+    for field, values in (
+        ("fd", {**NUMBERS, "too-big": 1 << 30}),
+        ("flags", {**NUMBERS, "unknown": 1 << 40}),
+        ("pos", {**NUMBERS}),
+        ("path", {"relative": "out.txt", "number": 3, "nul": "/tmp/a\0b"}),
+        ("kind", {"unknown": "socket", "number": 1}),
+        ("cloexec", {"number": 2, "string": "yes"}),
+    ):
         for name, value in values.items():
             if field == "fd" and name == "2^63":
                 continue
@@ -308,14 +360,20 @@ def run_recovery(bad: Path, checkpoint: Checkpoint, directory: Path) -> tuple[in
     # a case that restores after all writes to files of its own, not to the checkpoint's
     replacing = f"-O@1={directory / 'restored-out'}@2={directory / 'restored-err'}"
     with open(directory / "out", "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(["mosrun", f"-R{bad}", replacing], env=checkpoint.env, cwd=directory,
-                                stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+        proc = subprocess.Popen(
+            ["mosrun", f"-R{bad}", replacing],
+            env=checkpoint.env,
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=o,
+            stderr=e,
+        )
         try:
             status = proc.wait(timeout=PROMPTLY)
         except subprocess.TimeoutExpired:
             status = None
     elapsed = time.monotonic() - started
-    if status is None:              # leave nothing of it spinning for the tests after
+    if status is None:  # leave nothing of it spinning for the tests after
         for pid, _ in processes_with(str(bad)) + processes_with(checkpoint.marker):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -328,14 +386,14 @@ def run_recovery(bad: Path, checkpoint: Checkpoint, directory: Path) -> tuple[in
 def assert_refused(bad: Path, checkpoint: Checkpoint, directory: Path) -> None:
     status, text, elapsed = run_recovery(bad, checkpoint, directory)
     assert status is not None, f"mosrun -R still ran after {PROMPTLY} s (stderr: {text!r})"
-    wait_no_process_with(str(bad))           # its supervisor too: it writes the message last
+    wait_no_process_with(str(bad))  # its supervisor too: it writes the message last
     wait_no_process_with(checkpoint.marker)  # no restored process
     text = (directory / "err").read_text(errors="replace")
     assert messages(text) == [CORRUPT], f"status {status}: {text!r}"
     assert status not in (0, -signal.SIGKILL, 128 + signal.SIGKILL), status
     assert status > 0, status
     assert elapsed < PROMPTLY
-    for name in ("restored-out", "restored-err"):                   # nothing of it ran
+    for name in ("restored-out", "restored-err"):  # nothing of it ran
         assert not (directory / name).exists() or (directory / name).stat().st_size == 0
     assert checkpoint.out.read_bytes() == checkpoint.out_bytes
 
@@ -345,13 +403,14 @@ def test_a_field_out_of_range_is_a_corrupt_image(case, checkpoint, checkpoint_im
     records = parse(checkpoint_image)
     data = CASES[case](checkpoint_image, records)
     assert data != checkpoint_image
-    parse(data)                              # every checksum is right: only the values are wrong
+    parse(data)  # every checksum is right: only the values are wrong
     bad = tmp_path / f"bad-{case}"
     bad.write_bytes(data)
     assert_refused(bad, checkpoint, tmp_path)
-    if case.startswith(("files-", "process-")):         # what mosrun -I shows of a checkpoint
-        shown = subprocess.run(["mosrun", f"-I{bad}"], env=checkpoint.env, capture_output=True, text=True,
-                               timeout=PROMPTLY)
+    if case.startswith(("files-", "process-")):  # what mosrun -I shows of a checkpoint
+        shown = subprocess.run(
+            ["mosrun", f"-I{bad}"], env=checkpoint.env, capture_output=True, text=True, timeout=PROMPTLY
+        )
         assert (shown.returncode != 0, messages(shown.stderr), shown.stdout) == (True, [CORRUPT], "")
 
 

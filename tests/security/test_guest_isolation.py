@@ -99,11 +99,11 @@ def alive(pid: int) -> bool:
 @attrs.define
 class Guest:
     user: User
-    proc: subprocess.Popen              # mosrun at home (node 1)
-    pid: int                            # the process at home
+    proc: subprocess.Popen  # mosrun at home (node 1)
+    pid: int  # the process at home
     out: Path
-    host: int = 0                       # its guest host on node 2
-    process: int = 0                    # the guest process itself on node 2
+    host: int = 0  # its guest host on node 2
+    process: int = 0  # the guest process itself on node 2
 
     def lines(self) -> int:
         return self.out.read_bytes().count(b"\n") if self.out.exists() else 0
@@ -121,24 +121,44 @@ class Setup:
         out = user.home / f"{name}.out"
         with open(out, "wb") as stdout, open(user.home / f"{name}.err", "wb") as stderr:
             # LANG=C: a locale's archive is mapped shared, which MOSIX does not support
-            proc = as_user(user, [str(BIN / "mosrun"), "awk", AWK],
-                           env={"MOSIX_ETC": str(self.cluster.etc(1)), "LANG": "C.UTF-8"}, popen=True, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
-        row = wait_until(lambda: next((r for r in self.rows(1) if r["uid"] == user.uid and not r.get("home")
-                                       and r["pid"] not in [g.pid for g in self.guests.values()]), None),
-                         what=f"{user.name}'s process at home", also=user.home / f"{name}.err")
+            proc = as_user(
+                user,
+                [str(BIN / "mosrun"), "awk", AWK],
+                env={"MOSIX_ETC": str(self.cluster.etc(1)), "LANG": "C.UTF-8"},
+                popen=True,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        row = wait_until(
+            lambda: next(
+                (
+                    r
+                    for r in self.rows(1)
+                    if r["uid"] == user.uid
+                    and not r.get("home")
+                    and r["pid"] not in [g.pid for g in self.guests.values()]
+                ),
+                None,
+            ),
+            what=f"{user.name}'s process at home",
+            also=user.home / f"{name}.err",
+        )
         guest = Guest(user, proc, row["pid"], out)
         wait_until(lambda: guest.lines() >= 3, what="output at home")
         return guest
 
     def migrate(self, guest: Guest) -> subprocess.CompletedProcess:
-        return as_user(guest.user, [str(BIN / "mosmigrate"), str(guest.pid), "2"],
-                       env={"MOSIX_ETC": str(self.cluster.etc(1))})
+        return as_user(
+            guest.user, [str(BIN / "mosmigrate"), str(guest.pid), "2"], env={"MOSIX_ETC": str(self.cluster.etc(1))}
+        )
 
     def arrive(self, guest: Guest) -> None:
         done = self.migrate(guest)
         assert done.returncode == 0, done.stderr
-        row = wait_until(lambda: next((r for r in self.rows(2) if r.get("origpid") == guest.pid), None),
-                         what="the guest on node 2")
+        row = wait_until(
+            lambda: next((r for r in self.rows(2) if r.get("origpid") == guest.pid), None), what="the guest on node 2"
+        )
         guest.host = row["pid"]
         guest.process = wait_until(lambda: _traced(guest.host), what="the guest process")
         before = guest.lines()
@@ -153,8 +173,15 @@ class Setup:
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
 
-        done = subprocess.run(["/usr/bin/python3", "-I", "-c", ATTACK, what, str(pid)], preexec_fn=become,
-                              capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"}, cwd="/")
+        done = subprocess.run(
+            ["/usr/bin/python3", "-I", "-c", ATTACK, what, str(pid)],
+            preexec_fn=become,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PATH": "/usr/bin:/bin"},
+            cwd="/",
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
@@ -162,16 +189,24 @@ class Setup:
         """One raw request line on node 2's control socket, as attacker's guest uid."""
         uid = ids(attacker.process)[0].pop()
         path = str(self.cluster.etc(2) / "var" / "mosd.sock")
-        program = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n"
-                   "s.sendall(sys.argv[2].encode() + b'\\n')\nprint(s.makefile().readline())")
+        program = (
+            "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n"
+            "s.sendall(sys.argv[2].encode() + b'\\n')\nprint(s.makefile().readline())"
+        )
 
         def become() -> None:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
 
-        done = subprocess.run(["/usr/bin/python3", "-I", "-c", program, path, json.dumps(request)],
-                              preexec_fn=become, capture_output=True, text=True, timeout=30, cwd="/")
+        done = subprocess.run(
+            ["/usr/bin/python3", "-I", "-c", program, path, json.dumps(request)],
+            preexec_fn=become,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd="/",
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -187,8 +222,13 @@ def _traced(host: int) -> int | None:
 def setup(tmp_path_factory, test_users):
     root = tmp_path_factory.mktemp("isolation")
     wait_until(lambda: not running_as_guest_uids(), what="the guests of an earlier run to end")
-    layout = localcluster.up(root, nodes=2, base_ip=str(fresh_base_ip()), interval=0.2,
-                             extra_conf=f"guest_uids = {FIRST_UID}-{LAST_UID}\n" + MANUAL_ONLY)
+    layout = localcluster.up(
+        root,
+        nodes=2,
+        base_ip=str(fresh_base_ip()),
+        interval=0.2,
+        extra_conf=f"guest_uids = {FIRST_UID}-{LAST_UID}\n" + MANUAL_ONLY,
+    )
     cluster = LocalCluster(root, layout)
     world_readable(root)
     state = Setup(cluster, {})
@@ -214,7 +254,7 @@ def test_each_guest_runs_as_a_uid_of_its_own_from_the_range(setup):
             uids, gids = ids(pid)
             assert len(uids) == 1 and uids == gids, (pid, uids, gids)
             seen.append(uids.pop())
-        assert seen[-1] == seen[-2]                                       # the host is its guest's uid
+        assert seen[-1] == seen[-2]  # the host is its guest's uid
         assert FIRST_UID <= seen[-1] <= LAST_UID
     assert seen[0] != seen[2]
     rows = {r["origpid"]: r["uid"] for r in setup.rows(2) if r.get("home")}
@@ -248,11 +288,14 @@ def test_a_guest_cannot_reach_into_its_own_host(setup):
 def test_a_guest_cannot_change_mosds_process_table(setup):
     attacker, victim = setup.guests["attacker"], setup.guests["victim"]
     for pid in (victim.host, attacker.host):
-        for request in ({"op": "unregister", "pid": pid}, {"op": "update", "pid": pid, "command": "x"},
-                        {"op": "register", "pid": pid}):
+        for request in (
+            {"op": "unregister", "pid": pid},
+            {"op": "update", "pid": pid, "command": "x"},
+            {"op": "register", "pid": pid},
+        ):
             reply = setup.ask_mosd(attacker, request)
             assert reply["ok"] is False and "Permission denied" in reply["error"], (request, reply)
-    assert setup.ask_mosd(attacker, {"op": "ping"})["ok"] is True           # reading is everyone's
+    assert setup.ask_mosd(attacker, {"op": "ping"})["ok"] is True  # reading is everyone's
     rows = {r["pid"]: r for r in setup.rows(2) if r.get("home")}
     assert set(rows) == {victim.host, attacker.host}
     assert rows[victim.host]["command"] != "x"
@@ -263,8 +306,11 @@ def test_a_guest_beyond_the_range_is_refused_with_the_manuals_reason(setup):
     third = setup.guests["third"] = setup.start(victim.user, "third")
     done = setup.migrate(third)
     message = f"failed migrating to {setup.cluster.ip(2)}: other node refused"
-    wait_until(lambda: message in done.stderr.decode() + (victim.user.home / "third.err").read_text(), timeout=30,
-               what="the refusal")
+    wait_until(
+        lambda: message in done.stderr.decode() + (victim.user.home / "third.err").read_text(),
+        timeout=30,
+        what="the refusal",
+    )
     before = third.lines()
     wait_until(lambda: third.lines() > before + 3, what="progress at home")
     assert next(r for r in setup.rows(1) if r["pid"] == third.pid)["where"] == "here"
@@ -284,7 +330,7 @@ def test_kill_all_as_one_guest_leaves_the_others(setup):
 
 def test_a_uid_is_given_back_and_used_again(setup):
     attacker, victim = setup.guests["attacker"], setup.guests["victim"]
-    if attacker.proc.poll() is None:                     # run alone: end the attacker's guest here
+    if attacker.proc.poll() is None:  # run alone: end the attacker's guest here
         attacker.proc.kill()
     attacker.proc.wait(timeout=30)
     wait_until(lambda: not alive(attacker.host), what="the attacker's guest host to end")

@@ -32,12 +32,44 @@ I386_GETUID32, I386_OPEN, I386_KILL, I386_SOCKETCALL = 199, 5, 37, 102
 #: what the program prints after its attack, when the call fails with ENOSYS
 AFTER_ENOSYS = [f"result={-errno.ENOSYS}", *(f"after {i}" for i in range(200)), "end"]
 #: calls whose first argument names another process (or process group)
-PID_FIRST = ("kill", "tkill", "tgkill", "prlimit64", "ptrace", "process_vm_readv", "process_vm_writev",
-             "sched_setaffinity", "sched_getaffinity", "sched_setparam", "sched_getparam", "sched_setscheduler",
-             "sched_getscheduler", "sched_setattr", "sched_getattr", "sched_rr_get_interval", "setpgid", "getpgid",
-             "getsid", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "get_robust_list", "kcmp", "move_pages",
-             "migrate_pages", "pidfd_open", "capget", "capset", "wait4", "waitid", "process_madvise",
-             "pidfd_send_signal", "pidfd_getfd", "process_mrelease", "ioprio_set", "ioprio_get")
+PID_FIRST = (
+    "kill",
+    "tkill",
+    "tgkill",
+    "prlimit64",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "sched_setaffinity",
+    "sched_getaffinity",
+    "sched_setparam",
+    "sched_getparam",
+    "sched_setscheduler",
+    "sched_getscheduler",
+    "sched_setattr",
+    "sched_getattr",
+    "sched_rr_get_interval",
+    "setpgid",
+    "getpgid",
+    "getsid",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "get_robust_list",
+    "kcmp",
+    "move_pages",
+    "migrate_pages",
+    "pidfd_open",
+    "capget",
+    "capset",
+    "wait4",
+    "waitid",
+    "process_madvise",
+    "pidfd_send_signal",
+    "pidfd_getfd",
+    "process_mrelease",
+    "ioprio_set",
+    "ioprio_get",
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +86,18 @@ def attacks(tmp_path_factory) -> Path:
 def test_i386_calls_stop_in_every_filter():
     """Home's filter and a guest's (with and without home's wall clock) trace every
     i386 call, with any number and arguments; another architecture is killed."""
-    filters = {"home": rules.build_filter(), "home, restored": rules.build_filter(virtual_pids=True),
-               "guest": guest.guest_filter(), "guest, home's wall clock": guest.guest_filter(wall_clock=True)}
+    filters = {
+        "home": rules.build_filter(),
+        "home, restored": rules.build_filter(virtual_pids=True),
+        "guest": guest.guest_filter(),
+        "guest, home's wall clock": guest.guest_filter(wall_clock=True),
+    }
     for name, program in filters.items():
         for nr in (0, 1, 3, 4, 5, 37, 102, 199, 240, 383, 0xFFFF, 0x7FFFFFFF):
             for args in ((), (0, 0, 0, 0, 0, 0), (1 << 32, 2, 3)):
                 got = seccomp.evaluate(program, nr, args, arch=seccomp.AUDIT_ARCH_I386)
                 assert got == seccomp.RET_TRACE, (name, nr, args)
-        assert seccomp.evaluate(program, 39, (), arch=0x40000028) == seccomp.RET_KILL_PROCESS, name   # ARM
+        assert seccomp.evaluate(program, 39, (), arch=0x40000028) == seccomp.RET_KILL_PROCESS, name  # ARM
 
 
 def test_a_guests_local_calls_never_name_another_process():
@@ -92,8 +128,11 @@ def _run(argv, env, cwd, timeout=60):
 
 @pytest.fixture
 def home_env(tmp_path):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-           "MOSIX_ETC": str(tmp_path / "no-etc")}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "MOSIX_ETC": str(tmp_path / "no-etc"),
+    }
     return env
 
 
@@ -164,8 +203,14 @@ def test_prlimit64_on_another_process_away_is_judged_at_home(cluster, attacks, t
     prlimit64 on it set RLIMIT_CPU to 0 and killed it."""
     env = {**cluster.env(1), "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     pid_file = tmp_path / "victim.pid"
-    proc = subprocess.Popen(["mosrun", *([option] if option else []), str(attacks), "2", "prlimit", str(pid_file)],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["mosrun", *([option] if option else []), str(attacks), "2", "prlimit", str(pid_file)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not (hosts := _guests(cluster, 2)):
@@ -192,8 +237,9 @@ def ns_cluster(tmp_path_factory):
     reason = nscluster.unavailable()
     if reason:
         pytest.skip(f"no namespaced cluster on this machine: {reason}")
-    cluster = nscluster.up(tmp_path_factory.mktemp("nscluster"), nodes=2, interval=0.2,
-                           shared=[tmp_path_factory.getbasetemp()])
+    cluster = nscluster.up(
+        tmp_path_factory.mktemp("nscluster"), nodes=2, interval=0.2, shared=[tmp_path_factory.getbasetemp()]
+    )
     try:
         cluster.converged()
         yield cluster
@@ -201,7 +247,7 @@ def ns_cluster(tmp_path_factory):
         cluster.down()
 
 
-AWK_SLOW = 'BEGIN { for (i = 0; i < 120; i++) { for (j = 0; j < 100000; j++) s += j % 7; print i, s; fflush() } }'
+AWK_SLOW = "BEGIN { for (i = 0; i < 120; i++) { for (j = 0; j < 100000; j++) s += j % 7; print i, s; fflush() } }"
 
 
 @pytest.mark.cluster
@@ -213,8 +259,15 @@ def test_an_i386_kill_of_everything_away_is_refused_and_other_guests_live(ns_clu
     env = {**cluster.env(1), "LANG": "C.UTF-8", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     out = tmp_path / "bystander.txt"
     with open(out, "wb") as stdout:
-        bystander = cluster.spawn(1, ["mosrun", "awk", AWK_SLOW], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                                  stdout=stdout, stderr=subprocess.PIPE)
+        bystander = cluster.spawn(
+            1,
+            ["mosrun", "awk", AWK_SLOW],
+            env=env,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+        )
     deadline = time.monotonic() + 30
     while not (rows := [p for p in cluster.client(1).call("processes")["processes"] if not p.get("home")]):
         assert time.monotonic() < deadline, "the bystander never started"
@@ -224,8 +277,15 @@ def test_an_i386_kill_of_everything_away_is_refused_and_other_guests_live(ns_clu
     while not _guests(cluster, 2):
         assert time.monotonic() < deadline + 30, "the bystander never arrived at node 2"
         time.sleep(0.05)
-    attack = cluster.spawn(1, ["mosrun", str(attacks), "2", "killall"], env=env, cwd=tmp_path,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    attack = cluster.spawn(
+        1,
+        ["mosrun", str(attacks), "2", "killall"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     stdout, stderr = attack.communicate(timeout=60)
     assert attack.returncode == -9 and stdout == b"away=2\n", (stdout, stderr)
     assert b"system-call '32-bit #37' not supported under MOSIX" in stderr

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from mosix_core import log as mosix_log
-from mosix_core.daemon import node as mosd_node, protocol
-from mosix_core.daemon import handshake
+from mosix_core.daemon import handshake, protocol
+from mosix_core.daemon import node as mosd_node
 from mosix_core.daemon.node import Node
 from mosix_core.daemon.peer import call
 from mosix_core.errors import AuthenticationError
@@ -31,7 +31,7 @@ from mosix_core.net import wire
 pytestmark = pytest.mark.cluster
 
 INTERVAL = 0.2
-HELLO = b"MOSXHELO"          # a connection's hello, when the listener sends one
+HELLO = b"MOSXHELO"  # a connection's hello, when the listener sends one
 HELLO_SIZE = len(HELLO) + 16
 
 
@@ -110,7 +110,7 @@ def closed_by_peer(s: socket.socket, timeout: float) -> bool:
         try:
             if not s.recv(65536):
                 return True
-        except socket.timeout:
+        except TimeoutError:
             return False
         except OSError:
             return True
@@ -119,8 +119,9 @@ def closed_by_peer(s: socket.socket, timeout: float) -> bool:
 
 def big_header(sender: str) -> bytes:
     """A frame header declaring the largest payload the wire format allows."""
-    return wire.HEADER.pack(b"MOSX", 1, 2, 0, IPv4Address(sender).packed, 1, 1, int(time.time() * 1000),
-                            64 * 1024 * 1024)
+    return wire.HEADER.pack(
+        b"MOSX", 1, 2, 0, IPv4Address(sender).packed, 1, 1, int(time.time() * 1000), 64 * 1024 * 1024
+    )
 
 
 # -- item 4 --------------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def test_oversized_frames_before_authentication_hold_no_memory(local_cluster):
                 s.sendall(big_header(cluster.ip(2)))
                 s.sendall(bytes(each))
             except OSError:
-                pass                       # closed on us: what should happen
+                pass  # closed on us: what should happen
 
         threads = [threading.Thread(target=flood, args=(s,)) for s in socks]
         for t in threads:
@@ -165,12 +166,12 @@ def test_idle_and_slow_connections_are_bounded_and_dropped(local_cluster):
     cluster.converged()
     pid = mosd_pid(cluster, 1)
     base = open_sockets(pid)
-    stranger = re.sub(r"\.\d+$", ".200", cluster.ip(1))        # outside the map
+    stranger = re.sub(r"\.\d+$", ".200", cluster.ip(1))  # outside the map
     socks = []
     try:
         for source, count in ((cluster.ip(2), 200), (cluster.ip(1), 50), (stranger, 50)):
             socks += [connect(cluster, source) for _ in range(count)]
-        slow = connect(cluster, cluster.ip(2))              # a byte at a time, never a whole request
+        slow = connect(cluster, cluster.ip(2))  # a byte at a time, never a whole request
         socks.append(slow)
         opened = time.monotonic()
         # the daemon accepts all of them, but holds only a bounded number at once
@@ -208,8 +209,8 @@ def test_a_frame_sealed_for_one_connection_is_worth_nothing_elsewhere():
     here = wire.channel_binding(wire.new_nonce(), wire.new_nonce())
     frame = sealer.seal(wire.RPC_REQUEST, b'{"op": "migrate-in"}', binding=here)
     assert wire.open_envelope(key, frame, here).payload == b'{"op": "migrate-in"}'
-    elsewhere = wire.channel_binding(wire.new_nonce(), here[wire.NONCE_SIZE:])   # same caller nonce
-    for binding in (elsewhere, b""):      # another connection; a datagram
+    elsewhere = wire.channel_binding(wire.new_nonce(), here[wire.NONCE_SIZE :])  # same caller nonce
+    for binding in (elsewhere, b""):  # another connection; a datagram
         with pytest.raises(AuthenticationError):
             wire.open_envelope(key, frame, binding)
     with pytest.raises(AuthenticationError):  # and a datagram is no frame of a connection
@@ -262,9 +263,10 @@ def test_migrate_in_replayed_after_the_target_restarts_is_refused(local_cluster)
     tap = Tap(re.sub(r"\.\d+$", ".250", cluster.ip(1)), (cluster.ip(1), tcp_port(cluster)), cluster.ip(2))
     # node 2's mosd asking node 1 to take a process, exactly as it does (through the tap)
     request = protocol.MigrateInRequest(uid=0, user="root", pid=os.getpid(), memory_mb=1, command="sleep 100")
-    accepted = handshake.open_migration(wire.Sealer(key, IPv4Address(cluster.ip(2))), key,
-                                        IPv4Address(tap.address[0]), tap.address[1], request)
-    accepted.close()                        # the guest host it got ends: no image follows
+    accepted = handshake.open_migration(
+        wire.Sealer(key, IPv4Address(cluster.ip(2))), key, IPv4Address(tap.address[0]), tap.address[1], request
+    )
+    accepted.close()  # the guest host it got ends: no image follows
     tap.thread.join(20)
     captured = bytes(tap.sent)
     assert b"migrate-in" in captured
@@ -279,16 +281,17 @@ def test_migrate_in_replayed_after_the_target_restarts_is_refused(local_cluster)
         try:
             while chunk := s.recv(65536):
                 answer += chunk
-        except (socket.timeout, OSError):
+        except (TimeoutError, OSError):
             pass
     if answer.startswith(HELLO):
         answer = answer[HELLO_SIZE:]
-    if answer:                               # a sealed reply: it must not be an acceptance
-        reply = json.loads(answer[wire.HEADER.size:-wire.MAC_SIZE])
+    if answer:  # a sealed reply: it must not be an acceptance
+        reply = json.loads(answer[wire.HEADER.size : -wire.MAC_SIZE])
         assert not reply.get("ok"), f"node 1 took a replayed migrate-in: {reply}"
     assert cluster.client(1).call("localstatus")["processes"]["guests"] == 0
-    cluster.wait_until(lambda: f"Authentication violation with {cluster.ip(2)}" in log_text(cluster),
-                       what="the replay to be logged")
+    cluster.wait_until(
+        lambda: f"Authentication violation with {cluster.ip(2)}" in log_text(cluster), what="the replay to be logged"
+    )
 
 
 # -- item 8 --------------------------------------------------------------------------------------------
@@ -327,8 +330,11 @@ def test_bad_mac_flood_from_many_sources_is_bounded(local_cluster):
     assert grown < 64 * 1024, f"the log grew by {grown} bytes"
     # what mosd remembers per source stays bounded
     assert stats(cluster)["auth_sources"] <= mosd_node.AUTH_LOG_SOURCES
-    cluster.wait_until(lambda: re.search(r"\d+ more authentication violations suppressed", log_text(cluster)),
-                       timeout=mosd_node.AUTH_SUMMARY_EVERY + 20, what="the summary line")
+    cluster.wait_until(
+        lambda: re.search(r"\d+ more authentication violations suppressed", log_text(cluster)),
+        timeout=mosd_node.AUTH_SUMMARY_EVERY + 20,
+        what="the summary line",
+    )
     assert cluster.client(1).call("ping")["ip"] == cluster.ip(1)
     cluster.converged()
 
@@ -358,18 +364,23 @@ def test_mosd_log_is_rotated_and_bounded(local_cluster):
                 f.write(filler)
         marker = f"127.252.0.{round}"
         send_from_many((cluster.ip(1), port), bad_mac_datagram(cluster.ip(2)), range(round, round + 1), "127.252")
-        cluster.wait_until(lambda: f"Authentication violation with {marker}" in all_logs(var),
-                           what=f"violation {round} to be logged")
-        cluster.wait_until(lambda: current.stat().st_size < mosix_log.LOG_MAX_BYTES, timeout=20,
-                           what="the log to be rotated")
+        cluster.wait_until(
+            lambda: f"Authentication violation with {marker}" in all_logs(var), what=f"violation {round} to be logged"
+        )
+        cluster.wait_until(
+            lambda: current.stat().st_size < mosix_log.LOG_MAX_BYTES, timeout=20, what="the log to be rotated"
+        )
     expected = ["mosd.log"] + [f"mosd.log.{i}" for i in range(1, mosix_log.LOG_BACKUPS + 1)]
     # the last rotation's renames may still be under way when the new file is small
-    cluster.wait_until(lambda: [p.name for p in sorted(var.glob("mosd.log*"))] == expected, timeout=20,
-                       what=f"exactly {expected}")
+    cluster.wait_until(
+        lambda: [p.name for p in sorted(var.glob("mosd.log*"))] == expected, timeout=20, what=f"exactly {expected}"
+    )
     logs = sorted(var.glob("mosd.log*"))
     for p in logs:
         assert p.stat().st_size < mosix_log.LOG_MAX_BYTES + 64 * 1024, p
     # the daemon goes on logging into the current file
     send_from_many((cluster.ip(1), port), bad_mac_datagram(cluster.ip(2)), range(200, 201), "127.252")
-    cluster.wait_until(lambda: "Authentication violation with 127.252.0.200" in current.read_text(errors="replace"),
-                       what="a line in the new file")
+    cluster.wait_until(
+        lambda: "Authentication violation with 127.252.0.200" in current.read_text(errors="replace"),
+        what="a line in the new file",
+    )

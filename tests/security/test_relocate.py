@@ -28,12 +28,17 @@ def as_node(cluster, k: int):
     """What :func:`call` needs of a node: node k's key, address and the peers' port."""
     key = wire.derive_key((cluster.etc(k) / "secret").read_text().strip().encode())
     port = cluster.client(k).call("localstatus")["daemon"]["tcp_port"]
-    return types.SimpleNamespace(key=key, our_ip=IPv4Address(cluster.ip(k)), settings=types.SimpleNamespace(tcp_port=port))
+    return types.SimpleNamespace(
+        key=key, our_ip=IPv4Address(cluster.ip(k)), settings=types.SimpleNamespace(tcp_port=port)
+    )
 
 
 def relocate(cluster, asking: int, pid: int, to: str) -> dict:
-    return protocol.outcome(asyncio.run(call(as_node(cluster, asking), IPv4Address(cluster.ip(1)),
-                                             {"op": "relocate", "pid": pid, "to": to})))
+    return protocol.outcome(
+        asyncio.run(
+            call(as_node(cluster, asking), IPv4Address(cluster.ip(1)), {"op": "relocate", "pid": pid, "to": to})
+        )
+    )
 
 
 def where(cluster, pid: int) -> str | None:
@@ -45,8 +50,13 @@ def test_only_the_node_a_process_runs_on_may_have_it_moved_on(local_cluster, tmp
     cluster.converged()
     stop = tmp_path / "stop"
     env = {**cluster.env(1), "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    job = subprocess.Popen(["mosrun", "-2", "awk", LOOP % (stop, stop)], env=env, cwd=tmp_path,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(
+        ["mosrun", "-2", "awk", LOOP % (stop, stop)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: where(cluster, job.pid) == cluster.ip(2), what="the job to run on node 2")
         # node 3 is a member with the cluster's key, but the job does not run there

@@ -25,7 +25,7 @@ from mosix_core.contract.plugins import build_plugin_manager
 from tests.helpers.cluster import LocalCluster, fresh_base_ip
 from tests.helpers.users import User, as_user
 
-HOOK = '''\
+HOOK = """\
 import pathlib
 pathlib.Path({marker!r}).write_text("ran as " + str(__import__("os").geteuid()))
 from mosix_core.contract.hookspecs import hookimpl
@@ -33,7 +33,7 @@ from mosix_core.contract.hookspecs import hookimpl
 @hookimpl
 def mosix_status_fields(node):
     return [({field!r}, "yes")]
-'''
+"""
 
 
 def plant(directory: Path, name: str, marker: Path, *, as_: User | None = None) -> Path:
@@ -56,7 +56,7 @@ def loaded(pm) -> set[str]:
 @pytest.fixture
 def tree(tmp_path) -> Path:
     """A directory that only root can write, as every one above it (or root's sticky /tmp)."""
-    tmp_path.chmod(0o711)               # the attacker may pass through, as through /etc
+    tmp_path.chmod(0o711)  # the attacker may pass through, as through /etc
     base = tmp_path / "etc-mosix"
     base.mkdir(mode=0o755)
     base.chmod(0o755)
@@ -94,8 +94,10 @@ def test_mosd_refuses_the_planted_hook_logs_why_and_runs_on(tree, attacker, tmp_
     plant(hooks, "planted", marker, as_=attacker)
     root = tmp_path / "cluster"
     root.mkdir()
-    cluster = LocalCluster(root, localcluster.up(root, nodes=1, base_ip=str(fresh_base_ip()), interval=0.2,
-                                                 extra_conf=f"hooks_dir = {hooks}\n"))
+    cluster = LocalCluster(
+        root,
+        localcluster.up(root, nodes=1, base_ip=str(fresh_base_ip()), interval=0.2, extra_conf=f"hooks_dir = {hooks}\n"),
+    )
     try:
         cluster.converged()
         status = cluster.run(1, "mosctl", "localstatus")
@@ -105,9 +107,16 @@ def test_mosd_refuses_the_planted_hook_logs_why_and_runs_on(tree, attacker, tmp_
     finally:
         cluster.down()
     assert not marker.exists()
-    logged = [json.loads(line) for line in paths.log_file(cluster.etc(1)).read_text().splitlines()
-              if line.startswith("{") and "site hook refused" in line]
-    assert logged and logged[0]["path"] == str(hooks) and logged[0]["reason"] == f"{hooks} is writable by its group and others"
+    logged = [
+        json.loads(line)
+        for line in paths.log_file(cluster.etc(1)).read_text().splitlines()
+        if line.startswith("{") and "site hook refused" in line
+    ]
+    assert (
+        logged
+        and logged[0]["path"] == str(hooks)
+        and logged[0]["reason"] == f"{hooks} is writable by its group and others"
+    )
     assert logged[0]["level"] == "error"
 
 
@@ -117,7 +126,7 @@ def test_a_module_owned_by_another_user_is_refused_and_the_others_load(tree, att
     good, planted = tmp_path / "good-ran", tmp_path / "planted-ran"
     plant(hooks, "good", good)
     module = plant(hooks, "planted", planted)
-    os.chown(module, attacker.uid, attacker.gid)      # theirs, in a directory of root's
+    os.chown(module, attacker.uid, attacker.gid)  # theirs, in a directory of root's
     pm = build_plugin_manager(hooks_dir=hooks)
     assert loaded(pm) == {"site:good"} and good.exists()
     assert not planted.exists()
@@ -142,7 +151,7 @@ def test_a_module_others_may_write_is_refused(tree, tmp_path, mode):
 def test_a_directory_above_others_may_write_is_refused(tree, tmp_path):
     above = tree / "shared"
     above.mkdir()
-    above.chmod(0o775)                  # group-writable: a member could swap the hooks directory
+    above.chmod(0o775)  # group-writable: a member could swap the hooks directory
     hooks = above / "hooks"
     hooks.mkdir(mode=0o755)
     marker = tmp_path / "ran"
@@ -198,10 +207,12 @@ def test_a_user_may_load_hooks_of_their_own_but_root_does_not(attacker, tmp_path
     done = as_user(attacker, ["sh", "-c", f"umask 022; mkdir {hooks}"])
     assert done.returncode == 0, done.stderr
     plant(hooks, "mine", marker, as_=attacker)
-    program = ("import sys; from pathlib import Path\n"
-               "from mosix_core.contract.plugins import build_plugin_manager\n"
-               "pm = build_plugin_manager(hooks_dir=Path(sys.argv[1]))\n"
-               "print(sorted(i.name for i in pm.plugins_info() if i.source == 'site hook'))\n")
+    program = (
+        "import sys; from pathlib import Path\n"
+        "from mosix_core.contract.plugins import build_plugin_manager\n"
+        "pm = build_plugin_manager(hooks_dir=Path(sys.argv[1]))\n"
+        "print(sorted(i.name for i in pm.plugins_info() if i.source == 'site hook'))\n"
+    )
     theirs = as_user(attacker, [sys.executable, "-c", program, str(hooks)], text=True)
     assert theirs.returncode == 0, theirs.stderr
     assert theirs.stdout.strip() == "['site:mine']"

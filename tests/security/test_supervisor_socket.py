@@ -188,13 +188,20 @@ def python(user: User, script: str, *args: str, **kwargs) -> subprocess.Popen:
 
 def victim_mosrun(victim: User, env: dict[str, str], *argv: str, out: Path) -> subprocess.Popen:
     with open(out, "wb") as stdout, open(victim.home / "stderr.txt", "ab") as stderr:
-        return as_user(victim, [str(BIN / "mosrun"), *argv], env=user_env(env), popen=True,
-                       stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+        return as_user(
+            victim,
+            [str(BIN / "mosrun"), *argv],
+            env=user_env(env),
+            popen=True,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+        )
 
 
 def mosmigrate(user: User | None, env: dict[str, str], pid: int, action: str) -> subprocess.CompletedProcess:
     argv = [str(BIN / "mosmigrate"), str(pid), action]
-    if user is None:                                    # root
+    if user is None:  # root
         return subprocess.run(argv, env={**os.environ, **user_env(env)}, capture_output=True, text=True, timeout=60)
     return as_user(user, argv, env=user_env(env), text=True)
 
@@ -219,11 +226,21 @@ def away(local_cluster, victim):
         wait_until(lambda: lines(out) >= 20, what="the program's first lines", errors=victim.home / "stderr.txt")
         done = mosmigrate(victim, env, proc.pid, "2")
         assert done.returncode == 0, done.stderr
-        wait_until(lambda: any(p["pid"] == proc.pid and p["where"] == cluster.ip(2)
-                               for p in cluster.client(1).call("processes")["processes"]),
-                   what="the process on node 2")
-        yield proc.pid, out, lambda: any(p["pid"] == proc.pid and p["where"] == cluster.ip(2)
-                                         for p in cluster.client(1).call("processes")["processes"])
+        wait_until(
+            lambda: any(
+                p["pid"] == proc.pid and p["where"] == cluster.ip(2)
+                for p in cluster.client(1).call("processes")["processes"]
+            ),
+            what="the process on node 2",
+        )
+        yield (
+            proc.pid,
+            out,
+            lambda: any(
+                p["pid"] == proc.pid and p["where"] == cluster.ip(2)
+                for p in cluster.client(1).call("processes")["processes"]
+            ),
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -271,18 +288,20 @@ def test_a_squatter_of_the_next_names_receives_nothing(victim, attacker):
         try:
             wait_until(lambda: lines(out) >= 20, what="the program's first lines", errors=victim.home / "stderr.txt")
             assert squatted["first"] <= tracer_of(proc.pid) <= squatted["last"], "the squatted pids went by"
-            done = mosmigrate(None, env, proc.pid, "freeze")          # root's request
+            done = mosmigrate(None, env, proc.pid, "freeze")  # root's request
             assert done.returncode == 0, done.stderr
-            wait_until(lambda: still(out, 0.5), timeout=20, what="the process to freeze",
-                       errors=victim.home / "stderr.txt")
+            wait_until(
+                lambda: still(out, 0.5), timeout=20, what="the process to freeze", errors=victim.home / "stderr.txt"
+            )
             done = mosmigrate(victim, env, proc.pid, "continue")
             assert done.returncode == 0, done.stderr
             before = lines(out)
             wait_until(lambda: lines(out) >= before + 20, timeout=20, what="the process to continue")
             done = mosmigrate(victim, env, proc.pid, "freeze")
             assert done.returncode == 0, done.stderr
-            wait_until(lambda: still(out, 0.5), timeout=20, what="the process to freeze",
-                       errors=victim.home / "stderr.txt")
+            wait_until(
+                lambda: still(out, 0.5), timeout=20, what="the process to freeze", errors=victim.home / "stderr.txt"
+            )
         finally:
             proc.kill()
             proc.wait()

@@ -11,7 +11,9 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "system-calls.md"
 
 
 def test_the_committed_table_is_up_to_date():
-    assert DOC.read_text() == rules.table_markdown(), "run: python -m mosix_core.mosrun.rules --table > docs/system-calls.md"
+    assert DOC.read_text() == rules.table_markdown(), (
+        "run: python -m mosix_core.mosrun.rules --table > docs/system-calls.md"
+    )
 
 
 def test_every_call_has_a_row_and_the_answered_ones_say_how():

@@ -8,7 +8,8 @@ import socket
 import threading
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mosix_core.config.daemon import DaemonSettings
 from mosix_core.errors import ConfigError, ProtocolError, TraceError
@@ -20,9 +21,11 @@ from mosix_core.remote.frames import Channel, encode_control
 def exchange(local_time: bool):
     home, guest = socket.socketpair()
     home_channel, guest_channel = Channel(home), Channel(guest)
-    thread = threading.Thread(target=clocks.answer_home_side,
-                              args=(lambda m: home_channel.send(encode_control(m)), home_channel.receive),
-                              kwargs={"local_time": local_time})
+    thread = threading.Thread(
+        target=clocks.answer_home_side,
+        args=(lambda m: home_channel.send(encode_control(m)), home_channel.receive),
+        kwargs={"local_time": local_time},
+    )
     thread.start()
     try:
         return clocks.measure_guest_side(lambda m: guest_channel.send(encode_control(m)), guest_channel.receive)
@@ -45,13 +48,16 @@ def test_with_local_time_nothing_is_measured():
     assert measured.local_time and measured.offsets == {} and measured.of("realtime") == 0
 
 
-@pytest.mark.parametrize("answers", [
-    [{"op": "stay"}],
-    [{"op": "hello"}],
-    [{"op": "hello", "local_time": False}, {"op": "clock", "clocks": {"realtime": "x"}}],
-    [{"op": "hello", "local_time": False}, {"op": "image"}],
-    [{"op": "hello", "local_time": False}, 5],
-])
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [{"op": "stay"}],
+        [{"op": "hello"}],
+        [{"op": "hello", "local_time": False}, {"op": "clock", "clocks": {"realtime": "x"}}],
+        [{"op": "hello", "local_time": False}, {"op": "image"}],
+        [{"op": "hello", "local_time": False}, 5],
+    ],
+)
 def test_garbled_answers_from_home_are_protocol_errors(answers):
     replies = iter(answers)
 
@@ -89,7 +95,7 @@ def test_the_vdso_has_the_three_clock_functions():
 @given(st.binary(max_size=4096), st.integers(0, 8191))
 def test_a_damaged_vdso_image_is_a_trace_error_never_a_crash(noise, at):
     image = bytearray(own_vdso())
-    image[at:at + len(noise)] = noise
+    image[at : at + len(noise)] = noise
     try:
         entries = vdso.clock_entry_points(bytes(image[:8192]))
     except TraceError:

@@ -56,11 +56,24 @@ def test_all_keys():
     """
     settings = DaemonSettings.parse(text, SRC)
     assert settings == DaemonSettings(
-        tcp_port=20253, tcp_aux_port=20252, udp_port=20253, udp_aux_port=20249,
-        gossip_interval=0.25, dead_after=5.0, gossip_fanout=3, gossip_window=40,
-        max_datagram=1400, resources="virtual", virtual_cpus=2, virtual_memory_mb=2048,
-        virtual_swap_mb=512, hooks_dir="/srv/mosix hooks", disabled_plugins=("freezing", "log_mosrun"),
-        log_level="debug", wall_clock_tolerance_ms=0.0, forward_spin_us=250.0,
+        tcp_port=20253,
+        tcp_aux_port=20252,
+        udp_port=20253,
+        udp_aux_port=20249,
+        gossip_interval=0.25,
+        dead_after=5.0,
+        gossip_fanout=3,
+        gossip_window=40,
+        max_datagram=1400,
+        resources="virtual",
+        virtual_cpus=2,
+        virtual_memory_mb=2048,
+        virtual_swap_mb=512,
+        hooks_dir="/srv/mosix hooks",
+        disabled_plugins=("freezing", "log_mosrun"),
+        log_level="debug",
+        wall_clock_tolerance_ms=0.0,
+        forward_spin_us=250.0,
     )
 
 

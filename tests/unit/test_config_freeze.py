@@ -49,11 +49,21 @@ def test_full_policy_dirs_and_uid():
     )
     config = FreezeConfig.parse(text, SRC)
     assert config.policy == FreezePolicy(
-        units=1, red=6.0, blue=4.0, home_mark=0.0, cluster_mark=-1.0,
-        min_keep=1, max_procs=-1, slice_minutes=20, killing_memory_mb=1000000,
+        units=1,
+        red=6.0,
+        blue=4.0,
+        home_mark=0.0,
+        cluster_mark=-1.0,
+        min_keep=1,
+        max_procs=-1,
+        slice_minutes=20,
+        killing_memory_mb=1000000,
     )
     assert config.dirs == (
-        FreezeDir("/tmp", 2.0), FreezeDir("/var/tmp", 0.5), FreezeDir("/mnt/tmp", 2.5), FreezeDir("/last-resort", 0.0)
+        FreezeDir("/tmp", 2.0),
+        FreezeDir("/var/tmp", 0.5),
+        FreezeDir("/mnt/tmp", 2.5),
+        FreezeDir("/last-resort", 0.0),
     )
     assert config.uid == 99
 
@@ -121,7 +131,8 @@ def test_from_file(tmp_path):
 def test_user_freeze_dirs():
     source = "/home/u/.freeze_dirs"
     assert parse_freeze_dirs_file("# mine\n/scratch/u 3\n/tmp\n", source) == (
-        FreezeDir("/scratch/u", 3.0), FreezeDir("/tmp", 1.0)
+        FreezeDir("/scratch/u", 3.0),
+        FreezeDir("/tmp", 1.0),
     )
     assert parse_freeze_dirs_file("", source) == ()
     with pytest.raises(ConfigError) as info:

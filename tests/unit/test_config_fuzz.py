@@ -68,14 +68,64 @@ FROM_FILE = {
 }
 
 EDGE_ADDRESSES = [
-    "0.0.0.0", "0.0.255.255", "0.1.0.0", "255.255.254.255", "255.255.255.0", "255.255.255.255",
-    "10.0.0.1", "10.0.0.256", "1.2.3", "01.2.3.4", "1.2.3.4.5", "127.0.0.1",
+    "0.0.0.0",
+    "0.0.255.255",
+    "0.1.0.0",
+    "255.255.254.255",
+    "255.255.255.0",
+    "255.255.255.255",
+    "10.0.0.1",
+    "10.0.0.256",
+    "1.2.3",
+    "01.2.3.4",
+    "1.2.3.4.5",
+    "127.0.0.1",
 ]
 WORDS = [
-    "p", "P", "=", "#", "/", "/tmp", "/freeze", "U", "O", "C", "G", "OCG", "OO", "1", "0", "-1",
-    "-0", "1.5", ".5", "1e3", "nan", "inf", "1_000", "٣", "localhost", "host-x", "a_b", "x..y",
-    "-", "", "\x00", "\t", "\u00a0", "\u2028", "\x0c", "\r", "é", "😀", ",", "a,b", "host", "virtual",
-    "debug", *list(_PARSERS),
+    "p",
+    "P",
+    "=",
+    "#",
+    "/",
+    "/tmp",
+    "/freeze",
+    "U",
+    "O",
+    "C",
+    "G",
+    "OCG",
+    "OO",
+    "1",
+    "0",
+    "-1",
+    "-0",
+    "1.5",
+    ".5",
+    "1e3",
+    "nan",
+    "inf",
+    "1_000",
+    "٣",
+    "localhost",
+    "host-x",
+    "a_b",
+    "x..y",
+    "-",
+    "",
+    "\x00",
+    "\t",
+    "\u00a0",
+    "\u2028",
+    "\x0c",
+    "\r",
+    "é",
+    "😀",
+    ",",
+    "a,b",
+    "host",
+    "virtual",
+    "debug",
+    *list(_PARSERS),
 ]
 tokens = st.one_of(
     st.sampled_from(WORDS),
@@ -132,9 +182,9 @@ def test_invalid_utf8_file(tmp_path, name):
 @st.composite
 def valid_maps(draw):
     count = draw(st.integers(min_value=1, max_value=12))
-    starts = sorted(draw(st.sets(
-        st.integers(min_value=int(LOWEST), max_value=int(HIGHEST)), min_size=count, max_size=count
-    )))
+    starts = sorted(
+        draw(st.sets(st.integers(min_value=int(LOWEST), max_value=int(HIGHEST)), min_size=count, max_size=count))
+    )
     ranges = []
     for index, start in enumerate(starts):
         limit = (starts[index + 1] if index + 1 < len(starts) else int(HIGHEST) + 1) - start

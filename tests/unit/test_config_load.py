@@ -143,19 +143,22 @@ def test_map_override(tmp_path):
 
 
 def test_optional_files_are_read(tmp_path):
-    etc = make_etc(tmp_path, {
-        "mosix.map": "10.0.0.1 4\n",
-        "userview.map": "1 10.0.0.1 4\n",
-        "speed": "20000\n",
-        "mosip": "10.0.0.2\n",
-        "freeze.conf": "1 0 6 4\n",
-        "private.conf": "O /ptf\n",
-        "retainpri": "30\n",
-        "maxguests": "0 8\n",
-        ".log_mosrun": "",
-        "mosd.conf": "udp_port = 2000\n",
-        "partners/chem": "Chemistry\n10 1 1\n10.5.0.1 4 1 1 1\n",
-    })
+    etc = make_etc(
+        tmp_path,
+        {
+            "mosix.map": "10.0.0.1 4\n",
+            "userview.map": "1 10.0.0.1 4\n",
+            "speed": "20000\n",
+            "mosip": "10.0.0.2\n",
+            "freeze.conf": "1 0 6 4\n",
+            "private.conf": "O /ptf\n",
+            "retainpri": "30\n",
+            "maxguests": "0 8\n",
+            ".log_mosrun": "",
+            "mosd.conf": "udp_port = 2000\n",
+            "partners/chem": "Chemistry\n10 1 1\n10.5.0.1 4 1 1 1\n",
+        },
+    )
     config = load_config(etc)
     assert config.speed == 20000 and config.mosip == IP("10.0.0.2")
     assert config.freeze.policy.red == 6.0 and config.private.dir_for("C") is None
@@ -196,10 +199,13 @@ def test_an_optional_path_that_is_a_directory_is_an_error(tmp_path):
 
 
 def test_partner_may_not_list_local_nodes(tmp_path):
-    etc = make_etc(tmp_path, {
-        "mosix.map": "10.0.0.1 4\n",
-        "partners/p": "P\n1 1 1\n10.9.0.1 1 1 1 0\n10.0.0.0 2 1 1 0\n",
-    })
+    etc = make_etc(
+        tmp_path,
+        {
+            "mosix.map": "10.0.0.1 4\n",
+            "partners/p": "P\n1 1 1\n10.9.0.1 1 1 1 0\n10.0.0.0 2 1 1 0\n",
+        },
+    )
     with pytest.raises(ConfigError) as info:
         load_config(etc)
     assert info.value.path == str(etc / "partners" / "p") and info.value.line == 4
@@ -211,11 +217,14 @@ def test_partner_may_not_list_local_nodes(tmp_path):
 
 @pytest.fixture
 def config(tmp_path) -> MosixConfig:
-    etc = make_etc(tmp_path, {
-        "mosix.map": "10.0.0.1 4 p\n10.0.1.1 2\n192.168.9.1=10.0.0.2\n172.16.0.9=10.5.0.3\n",
-        "userview.map": "1 10.0.0.1 4\n10 10.5.0.1 2\n",
-        "partners/chem": "Chemistry\n10 1 1\n10.5.0.1 4 1 1 1\n10.6.0.1 2 1 1 0\n",
-    })
+    etc = make_etc(
+        tmp_path,
+        {
+            "mosix.map": "10.0.0.1 4 p\n10.0.1.1 2\n192.168.9.1=10.0.0.2\n172.16.0.9=10.5.0.3\n",
+            "userview.map": "1 10.0.0.1 4\n10 10.5.0.1 2\n",
+            "partners/chem": "Chemistry\n10 1 1\n10.5.0.1 4 1 1 1\n10.6.0.1 2 1 1 0\n",
+        },
+    )
     return load_config(etc, resolve=fake_resolve)
 
 

@@ -179,8 +179,9 @@ def test_no_interface_address_in_the_map():
 
 def test_ambiguous_interface_addresses():
     with pytest.raises(ConfigError) as info:
-        detect_our_ip(CLUSTER, None, interfaces=[IP("127.0.0.1"), IP("127.0.0.2"), IP("127.0.0.1")],
-                      mosip_path="/tmp/etc/mosip")
+        detect_our_ip(
+            CLUSTER, None, interfaces=[IP("127.0.0.1"), IP("127.0.0.2"), IP("127.0.0.1")], mosip_path="/tmp/etc/mosip"
+        )
     assert info.value.path == "/tmp/etc/mosip"
     assert "ambiguous" in info.value.reason and "create mosip" in info.value.reason
 

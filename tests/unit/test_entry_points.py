@@ -12,22 +12,24 @@ from mosix_core.contract import hookspecs
 from mosix_core.contract.entry_points import entry_points, normalized
 from mosix_core.contract.plugins import build_plugin_manager
 
-PLUGIN = '''
+PLUGIN = """
 from mosix_core.contract.hookspecs import hookimpl
 
 @hookimpl
 def mosix_check_mosrun(request):
     return None
-'''
+"""
 
 
-def install(site: Path, dist: str, version: str, entry_points_txt: str | None, module: str | None = None,
-            metadata: bool = True) -> None:
+def install(
+    site: Path, dist: str, version: str, entry_points_txt: str | None, module: str | None = None, metadata: bool = True
+) -> None:
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     if metadata:
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n\nLong text.\n"
-                                       "Name: not-a-header\n")
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n\nLong text.\nName: not-a-header\n"
+        )
     if entry_points_txt is not None:
         (info / "entry_points.txt").write_text(entry_points_txt)
     if module is not None:
@@ -35,19 +37,25 @@ def install(site: Path, dist: str, version: str, entry_points_txt: str | None, m
 
 
 def test_a_third_party_plugin_is_found_named_and_loaded(tmp_path, monkeypatch):
-    install(tmp_path, "Site-Policy", "1.2", "[console_scripts]\nx = y:z\n\n[mosix.plugins]\n"
-            "# a comment\nsite_policy = site_policy_mod\n", module="site_policy_mod")
+    install(
+        tmp_path,
+        "Site-Policy",
+        "1.2",
+        "[console_scripts]\nx = y:z\n\n[mosix.plugins]\n# a comment\nsite_policy = site_policy_mod\n",
+        module="site_policy_mod",
+    )
     install(tmp_path, "unrelated", "3.0", "[console_scripts]\nfoo = bar:baz\n")
     install(tmp_path, "no-entry-points", "1.0", None)
     found = list(entry_points(hookspecs.ENTRY_POINT_GROUP, [str(tmp_path)]))
     assert [(e.name, e.value, e.distribution, e.version) for e in found] == [
-        ("site_policy", "site_policy_mod", "Site-Policy", "1.2")]
+        ("site_policy", "site_policy_mod", "Site-Policy", "1.2")
+    ]
 
     monkeypatch.syspath_prepend(str(tmp_path))
     pm = build_plugin_manager()
     info = {i.name: i for i in pm.plugins_info()}
     assert (info["site_policy"].distribution, info["site_policy"].version) == ("Site-Policy", "1.2")
-    assert "mosrun_policy" in info                               # the built-ins are still there
+    assert "mosrun_policy" in info  # the built-ins are still there
     assert any(impl.plugin_name == "site_policy" for impl in pm.hook.mosix_check_mosrun.get_hookimpls())
 
 

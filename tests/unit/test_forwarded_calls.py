@@ -12,8 +12,23 @@ import struct
 import pytest
 
 from mosix_core.linux.syscall_names import NUMBERS
-from mosix_core.remote.calls import (FCNTLS, IN, INOUT, IOCTLS, MAX_TRANSFER, OUT, SPECS, UNITS, VALUE,
-                                     CannotForward, Request, marshal, reply_outputs, spec_of, unmarshal)
+from mosix_core.remote.calls import (
+    FCNTLS,
+    IN,
+    INOUT,
+    IOCTLS,
+    MAX_TRANSFER,
+    OUT,
+    SPECS,
+    UNITS,
+    VALUE,
+    CannotForward,
+    Request,
+    marshal,
+    reply_outputs,
+    spec_of,
+    unmarshal,
+)
 
 BASE = 0x10000
 F_SETFL, F_GETLK, F_SETLK, FIONBIO, TIOCGSID = 4, 5, 6, 0x5421, 0x5429
@@ -33,14 +48,14 @@ class Memory:
         return at
 
     def read(self, address: int, size: int) -> bytes:
-        assert BASE <= address and address + size <= BASE + len(self.data), "read outside the process"
-        return bytes(self.data[address - BASE:address - BASE + size])
+        assert address >= BASE and address + size <= BASE + len(self.data), "read outside the process"
+        return bytes(self.data[address - BASE : address - BASE + size])
 
     def read_string(self, address: int) -> bytes:
-        return bytes(self.data[address - BASE:self.data.index(0, address - BASE)])
+        return bytes(self.data[address - BASE : self.data.index(0, address - BASE)])
 
     def write(self, address: int, data: bytes) -> None:
-        self.data[address - BASE:address - BASE + len(data)] = data
+        self.data[address - BASE : address - BASE + len(data)] = data
 
 
 def call(memory: Memory, name: str, *args: int) -> Request:
@@ -57,6 +72,7 @@ def at_home(request: Request, result: int, written: dict[int, bytes]):
     def read(index: int, size: int) -> bytes:
         assert size <= capacity[index]
         return written[index][:size]
+
     return reply_outputs(request, result, read)
 
 
@@ -68,8 +84,8 @@ def test_an_address_out_is_as_large_as_the_length_the_process_points_at():
     memory = Memory()
     addr, addrlen = memory.put(bytes(128)), memory.put(u32(16))
     request = call(memory, "accept4", 3, addr, addrlen, 0x80000)
-    assert request.inputs == ((2, u32(16)),)                # the length goes home, to be read and set
-    assert request.outputs == ((1, 16), (2, 4))             # the address: 16 bytes, not 128
+    assert request.inputs == ((2, u32(16)),)  # the length goes home, to be read and set
+    assert request.outputs == ((1, 16), (2, 4))  # the address: 16 bytes, not 128
     # the kernel set the length to the address's whole length: 110 for a long unix path,
     # of which it wrote 16; or 2 (an unnamed unix socket), of which it wrote 2
     address = bytes(range(16))
@@ -112,10 +128,10 @@ def test_recvfrom_sends_back_what_came_and_whose_it_was():
 def test_getsockopt_and_setsockopt():
     memory = Memory()
     optval, optlen = memory.put(bytes(8)), memory.put(u32(8))
-    request = call(memory, "getsockopt", 3, 1, 3, optval, optlen)     # SOL_SOCKET, SO_TYPE
+    request = call(memory, "getsockopt", 3, 1, 3, optval, optlen)  # SOL_SOCKET, SO_TYPE
     assert request.outputs == ((3, 8), (4, 4))
     assert at_home(request, 0, {3: u32(1) + b"\xee" * 4, 4: u32(4)}) == ((3, u32(1)), (4, u32(4)))
-    request = call(memory, "setsockopt", 3, 6, 1, memory.put(u32(1)), 4)   # TCP_NODELAY
+    request = call(memory, "setsockopt", 3, 6, 1, memory.put(u32(1)), 4)  # TCP_NODELAY
     assert request.inputs == ((3, u32(1)),) and request.outputs == ()
 
 
@@ -123,8 +139,8 @@ def test_results_count_entries_of_the_buffers_unit():
     memory = Memory()
     request = call(memory, "getgroups", 4, memory.put(bytes(16)))
     assert request.outputs == ((1, 16),)
-    assert at_home(request, 3, {1: bytes(range(16))}) == ((1, bytes(range(12))),)    # 3 ints
-    assert at_home(request, 9, {1: bytes(range(16))}) == ((1, bytes(range(16))),)    # never more than the buffer
+    assert at_home(request, 3, {1: bytes(range(16))}) == ((1, bytes(range(12))),)  # 3 ints
+    assert at_home(request, 9, {1: bytes(range(16))}) == ((1, bytes(range(16))),)  # never more than the buffer
     request = call(memory, "epoll_wait", 5, memory.put(bytes(120)), 10, -1)
     assert request.outputs == ((1, 120),) and UNITS["epoll_event"] == 12
     assert at_home(request, 2, {1: bytes(range(120))}) == ((1, bytes(range(24))),)
@@ -137,7 +153,7 @@ def test_fcntl_by_command():
     memory = Memory()
     assert spec_of(NUMBERS["fcntl"], (3, F_SETFL, 0o4000))[2].kind == VALUE
     assert call(memory, "fcntl", 3, F_SETFL, 0o4000) == Request(NUMBERS["fcntl"], (3, F_SETFL, 0o4000))
-    lock = struct.pack("<hhxxxxqqixxxx", 1, 0, 0, 10, 0)      # F_WRLCK, SEEK_SET, 0, 10
+    lock = struct.pack("<hhxxxxqqixxxx", 1, 0, 0, 10, 0)  # F_WRLCK, SEEK_SET, 0, 10
     assert len(lock) == 32
     where = memory.put(lock)
     # F_GETLK reads the lock and writes back the one in the way; F_SETLK only reads
@@ -156,8 +172,8 @@ def test_more_ioctls():
     request = call(memory, "ioctl", 3, FIONBIO, memory.put(u32(1)))
     assert request.inputs == ((2, u32(1)),) and request.outputs == ()
     assert call(memory, "ioctl", 3, TIOCGSID, memory.put(bytes(4))).outputs == ((2, 4),)
-    assert call(memory, "ioctl", 3, 0x540B, 2).inputs == ()                   # TCFLSH, TCIOFLUSH
-    with pytest.raises(CannotForward, match="ioctl request 0x5412"):          # TIOCSTI stays out
+    assert call(memory, "ioctl", 3, 0x540B, 2).inputs == ()  # TCFLSH, TCIOFLUSH
+    with pytest.raises(CannotForward, match="ioctl request 0x5412"):  # TIOCSTI stays out
         call(memory, "ioctl", 3, 0x5412, memory.put(b"x"))
 
 
@@ -193,7 +209,7 @@ def test_a_reply_is_written_where_the_process_pointed():
     request = call(memory, "getsockname", 3, addr, addrlen)
     outputs = at_home(request, 0, {1: b"\x01\x00" + b"\xbb" * 14, 2: u32(2)})
     assert unmarshal(request, type("R", (), {"result": 0, "outputs": outputs})(), memory.write) == 0
-    assert memory.read(addr, 16) == b"\x01\x00" + b"\xaa" * 14            # past the length: untouched
+    assert memory.read(addr, 16) == b"\x01\x00" + b"\xaa" * 14  # past the length: untouched
     assert memory.read(addrlen, 4) == u32(2)
 
 

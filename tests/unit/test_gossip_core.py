@@ -7,10 +7,17 @@ from ipaddress import IPv4Address as IP
 
 import pytest
 
-from mosix_core.errors import ProtocolError
 from mosix_core.cluster.gossip import (
-    ENTRY_SIZE, ClusterView, NodeEntry, NodeStatus, choose_targets, decode_entries, encode_entries,
-    window_for)
+    ENTRY_SIZE,
+    ClusterView,
+    NodeEntry,
+    NodeStatus,
+    choose_targets,
+    decode_entries,
+    encode_entries,
+    window_for,
+)
+from mosix_core.errors import ProtocolError
 
 ME = IP("10.0.0.1")
 
@@ -31,9 +38,22 @@ def view(dead_after: float = 10.0, **kw) -> ClusterView:
 
 # -- codec -----------------------------------------------------------------------------------------
 def test_round_trip_keeps_every_field_and_millisecond_ages():
-    full = NodeStatus(ip(7), load=123, speed=15000, ncpus=8, frozen=2, mem_avail_pages=1 << 20,
-                      mem_total_pages=1 << 22, swap_free_tenths=30, swap_total_tenths=80, nprocs=9,
-                      guests=3, availability=100, privileged_pages=4096, state=4 | (1 << 14))
+    full = NodeStatus(
+        ip(7),
+        load=123,
+        speed=15000,
+        ncpus=8,
+        frozen=2,
+        mem_avail_pages=1 << 20,
+        mem_total_pages=1 << 22,
+        swap_free_tenths=30,
+        swap_total_tenths=80,
+        nprocs=9,
+        guests=3,
+        availability=100,
+        privileged_pages=4096,
+        state=4 | (1 << 14),
+    )
     entries = [(full, 1.2345), (status(8), 0.0), (status(9), 3600.0)]
     payload = encode_entries(entries)
     assert len(payload) == 2 + 3 * ENTRY_SIZE
@@ -45,13 +65,13 @@ def test_round_trip_of_nothing():
 
 
 def test_out_of_range_fields_are_clamped_not_wrapped():
-    (st, age), = decode_entries(encode_entries([(status(2, load=-5, ncpus=1 << 20), -1.0)]))
+    ((st, age),) = decode_entries(encode_entries([(status(2, load=-5, ncpus=1 << 20), -1.0)]))
     assert st.load == 0 and st.ncpus == 0xFFFF and age == 0.0
 
 
 def bad_payloads() -> list[bytes]:
     payload = encode_entries([(status(2), 1.0), (status(3), 2.0)])
-    return [b"", b"\x00", payload[:2], payload[:-1], payload[:2 + ENTRY_SIZE + 3], payload + b"\x00"]
+    return [b"", b"\x00", payload[:2], payload[:-1], payload[: 2 + ENTRY_SIZE + 3], payload + b"\x00"]
 
 
 @pytest.mark.parametrize("payload", bad_payloads())
@@ -68,7 +88,7 @@ def test_count_that_disagrees_with_the_length_is_a_protocol_error():
 
 def test_garbled_entry_with_zero_speed_is_a_protocol_error():
     payload = bytearray(encode_entries([(status(2), 1.0)]))
-    payload[2 + 12:2 + 16] = b"\0\0\0\0"  # speed
+    payload[2 + 12 : 2 + 16] = b"\0\0\0\0"  # speed
     with pytest.raises(ProtocolError):
         decode_entries(bytes(payload))
 
@@ -83,9 +103,9 @@ def test_window_fills_a_datagram():
 def test_merge_keeps_the_younger_information():
     v = view()
     assert v.merge([(status(2, load=10), 2.0)], now=5.0) == [ip(2)]
-    v.merge([(status(2, load=20), 4.0)], now=6.0)           # older (fresh at 2.0 < 3.0): ignored
+    v.merge([(status(2, load=20), 4.0)], now=6.0)  # older (fresh at 2.0 < 3.0): ignored
     assert v.entries[ip(2)].status.load == 10 and v.age(ip(2), 6.0) == 3.0
-    v.merge([(status(2, load=30), 0.5)], now=6.0)           # younger: taken
+    v.merge([(status(2, load=30), 0.5)], now=6.0)  # younger: taken
     assert v.entries[ip(2)].status.load == 30 and v.age(ip(2), 6.0) == 0.5
 
 
@@ -105,13 +125,13 @@ def test_news_older_than_dead_after_enters_dead():
 def test_sweep_marks_dead_after_dead_after_and_merge_revives():
     v = view(dead_after=10.0)
     v.merge([(status(2), 0.0), (status(3), 0.0)], now=1.0)
-    assert v.sweep(11.0) == []                                # exactly dead_after old: still alive
+    assert v.sweep(11.0) == []  # exactly dead_after old: still alive
     v.merge([(status(3), 0.0)], now=5.0)
     assert v.sweep(11.5) == [ip(2)]
     assert not v.entries[ip(2)].alive and v.entries[ip(3)].alive
-    assert v.sweep(12.0) == []                                # reported once
+    assert v.sweep(12.0) == []  # reported once
     assert [e.status.ip for e in v.alive_nodes()] == [ME, ip(3)]
-    assert v.merge([(status(2), 12.0)], now=30.0) == []      # fresher, but still too old
+    assert v.merge([(status(2), 12.0)], now=30.0) == []  # fresher, but still too old
     assert not v.entries[ip(2)].alive
     assert v.merge([(status(2), 1.0)], now=30.0) == [ip(2)]  # young enough: back to life
     assert v.entries[ip(2)].alive
@@ -152,9 +172,9 @@ def test_a_promise_lasts_until_the_node_reports_the_new_process():
     # one of the two has started there
     v.merge([(status(2, nprocs=4), 0.0)], now=7.0)
     assert v.entries[ip(2)].reserved == 1
-    v.merge([(status(2, nprocs=6), 0.0)], now=8.0)             # more than promised: none left
+    v.merge([(status(2, nprocs=6), 0.0)], now=8.0)  # more than promised: none left
     assert v.entries[ip(2)].reserved == 0
-    v.reserve(ip(9), now=6.0)                                 # unknown node: nothing to count on
+    v.reserve(ip(9), now=6.0)  # unknown node: nothing to count on
     assert ip(9) not in v.entries
 
 
@@ -179,7 +199,7 @@ def test_freshest_orders_by_age_ours_first_live_only_and_excludes_the_target():
     assert got[0][0].load == 60
     assert [s.ip for s, _ in v.freshest(3, now=10.0, exclude=ip(3))] == [ME, ip(4), ip(2)]
     assert [s.ip for s, _ in v.freshest(2, now=12.0, exclude=ME)] == [ip(3), ip(4)]
-    v.sweep(20.0)                                             # all but ours too old now
+    v.sweep(20.0)  # all but ours too old now
     assert [s.ip for s, _ in v.freshest(5, now=20.0)] == [ME]
     assert v.freshest(0, now=20.0) == []
 
@@ -209,8 +229,13 @@ def test_freshest_agrees_with_a_full_ranking_through_random_histories():
             if op < 0.1:
                 v.update_local(status(1, load=step), now)
             elif op < 0.5:
-                v.merge([(status(rng.randrange(1, n + 2)), rng.choice([0.0, 1.0, rng.random() * 6]))
-                         for _ in range(rng.randrange(6))], now)
+                v.merge(
+                    [
+                        (status(rng.randrange(1, n + 2)), rng.choice([0.0, 1.0, rng.random() * 6]))
+                        for _ in range(rng.randrange(6))
+                    ],
+                    now,
+                )
             elif op < 0.65:
                 v.sweep(now)
             elif op < 0.68:
@@ -234,7 +259,7 @@ def test_choose_targets_picks_distinct_random_candidates():
     rng = random.Random(1)
     picks = [choose_targets(candidates, 3, rng) for _ in range(200)]
     assert all(len(set(p)) == 3 and set(p) <= set(candidates) for p in picks)
-    assert len({a for p in picks for a in p}) > 40            # spread over the candidates
+    assert len({a for p in picks for a in p}) > 40  # spread over the candidates
     assert choose_targets(candidates, 3, random.Random(7)) == choose_targets(candidates, 3, random.Random(7))
 
 

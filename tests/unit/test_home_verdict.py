@@ -16,20 +16,23 @@ HOME = rules.build_filter()
 NO_FILES = rules.CallContext(1, lambda fd: None)
 
 
-@pytest.mark.parametrize("name, args, stops", [
-    ("getpid", (), False),
-    ("read", (0, 0, 10), False),
-    ("epoll_create1", (0o2000000,), True),
-    ("ioctl", (1, 0x5401, 0), False),                     # TCGETS runs natively
-    ("ioctl", (1, 0x8914, 0), True),                      # SIOCSIFFLAGS: the manual refuses it
-    ("mmap", (0, 4096, 3, 0x22, -1, 0), False),           # anonymous private
-    ("mmap", (0, 4096, 1, 0x01, 3, 0), True),             # MAP_SHARED
-    ("mmap", (0, 4096, 1, 0x02, 3, 0), True),             # a file: a character device is refused
-    ("prctl", (1, 9), False),                             # PR_SET_PDEATHSIG
-    ("prctl", (15, 0), True),                             # PR_SET_NAME
-    ("openat", (-100, 0, 0o2000000), False),              # O_CLOEXEC: never a /proc/self special
-    ("openat", (-100, 0, 0), True),
-])
+@pytest.mark.parametrize(
+    "name, args, stops",
+    [
+        ("getpid", (), False),
+        ("read", (0, 0, 10), False),
+        ("epoll_create1", (0o2000000,), True),
+        ("ioctl", (1, 0x5401, 0), False),  # TCGETS runs natively
+        ("ioctl", (1, 0x8914, 0), True),  # SIOCSIFFLAGS: the manual refuses it
+        ("mmap", (0, 4096, 3, 0x22, -1, 0), False),  # anonymous private
+        ("mmap", (0, 4096, 1, 0x01, 3, 0), True),  # MAP_SHARED
+        ("mmap", (0, 4096, 1, 0x02, 3, 0), True),  # a file: a character device is refused
+        ("prctl", (1, 9), False),  # PR_SET_PDEATHSIG
+        ("prctl", (15, 0), True),  # PR_SET_NAME
+        ("openat", (-100, 0, 0o2000000), False),  # O_CLOEXEC: never a /proc/self special
+        ("openat", (-100, 0, 0), True),
+    ],
+)
 def test_evaluate_runs_the_filter_mosrun_installs(name, args, stops):
     assert (seccomp.evaluate(HOME, NUMBERS[name], args) == seccomp.RET_TRACE) is stops
 

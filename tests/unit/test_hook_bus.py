@@ -7,12 +7,12 @@ from ipaddress import IPv4Address
 import attrs
 import pytest
 
-from mosix_core.config import DaemonSettings
-from mosix_core.errors import ConfigError, MosixError, PolicyRefused
 from mosix_core.cluster.gossip import ClusterView
+from mosix_core.config import DaemonSettings
 from mosix_core.contract.hookspecs import hookimpl
-from mosix_core.contract.records import MosrunRequest, PlacementRequest, PlacementView
 from mosix_core.contract.plugins import NoAnswer, apply_policies, build_plugin_manager, first_answer
+from mosix_core.contract.records import MosrunRequest, PlacementRequest, PlacementView
+from mosix_core.errors import ConfigError, MosixError, PolicyRefused
 
 BUILTINS = {"bestnode", "udp_gossip", "resources", "admission", "freezing", "mosrun_policy", "log_mosrun"}
 
@@ -46,7 +46,8 @@ def test_site_hooks_are_loaded_by_path_and_reported(tmp_path):
         "from mosix_core.contract.hookspecs import hookimpl\n"
         "@hookimpl\n"
         "def mosix_status_fields(node):\n"
-        "    return [('Rack', '7')]\n")
+        "    return [('Rack', '7')]\n"
+    )
     (tmp_path / "_private_helper.py").write_text("raise RuntimeError('must not be loaded')\n")
     pm = build_plugin_manager(hooks_dir=tmp_path)
     info = {i.name: i for i in pm.plugins_info()}["site:site_policy"]
@@ -71,11 +72,11 @@ def test_policies_chain_and_the_shipped_example_policy(tmp_path, monkeypatch):
     pm = build_plugin_manager(hooks_dir=hooks)
     user = MosrunRequest(uid=1000, user="alice", argv=("prog", "1"), location="-r3", memory_mb=500)
     checked = apply_policies(pm, "mosix_check_mosrun", user)
-    assert checked.location == "-b" and checked.memory_mb == 500   # -b forced
+    assert checked.location == "-b" and checked.memory_mb == 500  # -b forced
     with pytest.raises(PolicyRefused, match="requires -m"):
         apply_policies(pm, "mosix_check_mosrun", MosrunRequest(uid=1000, user="alice", argv=("prog",)))
     root = MosrunRequest(uid=0, user="root", argv=("prog",), location="-h")
-    assert apply_policies(pm, "mosix_check_mosrun", root) == root       # root is exempt
+    assert apply_policies(pm, "mosix_check_mosrun", root) == root  # root is exempt
     text = log.read_text()
     assert "user=alice allowed: prog 1" in text and "refused (no -m)" in text and "allowed (root)" in text
 
@@ -83,6 +84,7 @@ def test_policies_chain_and_the_shipped_example_policy(tmp_path, monkeypatch):
         @hookimpl(tryfirst=True)
         def mosix_check_mosrun(self, request):
             import attrs
+
             return attrs.evolve(request, memory_mb=(request.memory_mb or 0) + 1)
 
     pm2 = build_plugin_manager(hooks_dir=hooks, extra=[("second", Second())])
@@ -97,8 +99,9 @@ def test_a_firstresult_hook_nobody_answers_has_one_answer():
     with pytest.raises(NoAnswer, match="no plugin answers mosix_measure_resources"):
         first_answer(pm.hook.mosix_measure_resources, settings=DaemonSettings.default(), processes=[])
     answered = build_plugin_manager()
-    assert first_answer(answered.hook.mosix_measure_resources, settings=DaemonSettings.default(),
-                        processes=[]).ncpus >= 1
+    assert (
+        first_answer(answered.hook.mosix_measure_resources, settings=DaemonSettings.default(), processes=[]).ncpus >= 1
+    )
 
 
 def test_chained_policies_are_called_through_pluggy():
@@ -109,14 +112,16 @@ def test_chained_policies_are_called_through_pluggy():
 
     pm = build_plugin_manager(extra=[("add_memory", AddMemory())])
     called: list[list[str]] = []
-    undo = pm.add_hookcall_monitoring(lambda name, impls, kwargs: called.append([i.plugin_name for i in impls]),
-                                      lambda outcome, name, impls, kwargs: None)
+    undo = pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: called.append([i.plugin_name for i in impls]),
+        lambda outcome, name, impls, kwargs: None,
+    )
     try:
         request = apply_policies(pm, "mosix_check_mosrun", MosrunRequest(uid=1, user="u", argv=("p",)))
     finally:
         undo()
     assert request.memory_mb == 100
-    assert called == [["add_memory"], ["mosrun_policy"]]     # one at a time, the site's first
+    assert called == [["add_memory"], ["mosrun_policy"]]  # one at a time, the site's first
 
 
 @pytest.mark.parametrize("marker", [hookimpl(wrapper=True), hookimpl(hookwrapper=True)])

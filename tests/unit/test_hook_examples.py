@@ -16,11 +16,13 @@ import attrs
 import pytest
 import typer
 
+from mosix_core.cluster.gossip import ClusterView, NodeEntry, NodeStatus
+from mosix_core.cluster.proctable import ProcessEvent, ProcessRecord
+from mosix_core.cluster.resources import ResourceSample
+from mosix_core.config import DaemonSettings
 from mosix_core.contract import hookspecs
 from mosix_core.contract.balancing import BalanceView, MigrationDecision, NodeFacts, ProcessFacts
-from mosix_core.config import DaemonSettings
-from mosix_core.errors import PolicyRefused
-from mosix_core.cluster.gossip import ClusterView, NodeEntry, NodeStatus
+from mosix_core.contract.plugins import build_plugin_manager
 from mosix_core.contract.records import (
     Admission,
     AdmissionRequest,
@@ -33,9 +35,7 @@ from mosix_core.contract.records import (
     PlacementView,
     SpecialPathResult,
 )
-from mosix_core.contract.plugins import build_plugin_manager
-from mosix_core.cluster.proctable import ProcessEvent, ProcessRecord
-from mosix_core.cluster.resources import ResourceSample
+from mosix_core.errors import PolicyRefused
 
 A, B, C = (IPv4Address(f"10.0.0.{i}") for i in (1, 2, 3))
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("mosix_"))
@@ -86,8 +86,7 @@ def documented_hooks(documented: str) -> list[str] | None:
 
 
 def status(ip, load=0, speed=10000, free_mb=4096):
-    return NodeStatus(ip, load=load, speed=speed, ncpus=2, mem_avail_pages=free_mb * 256,
-                      mem_total_pages=8192 * 256)
+    return NodeStatus(ip, load=load, speed=speed, ncpus=2, mem_avail_pages=free_mb * 256, mem_total_pages=8192 * 256)
 
 
 @pytest.fixture
@@ -113,10 +112,14 @@ def arguments(name: str, node: NodeContext, view: ClusterView) -> dict:
     rows = [ProcessRecord(pid=pid, uid=1000, command="x", started=100 + pid) for pid in (1, 2, 3)]
     return {
         "mosix_select_node": dict(request=PlacementRequest(), view=PlacementView(view, lambda ip: True)),
-        "mosix_admit_guest": dict(request=AdmissionRequest(origin=B, memory_mb=8192, from_local_cluster=False),
-                                  node=attrs.evolve(node, status=attrs.evolve(node.status, load=300))),
-        "mosix_choose_freeze": dict(candidates=rows, situation=FreezeSituation(
-            load=8.0, running=3, frozen=0, red=6.0, blue=4.0, min_keep=1, max_procs=-1)),
+        "mosix_admit_guest": dict(
+            request=AdmissionRequest(origin=B, memory_mb=8192, from_local_cluster=False),
+            node=attrs.evolve(node, status=attrs.evolve(node.status, load=300)),
+        ),
+        "mosix_choose_freeze": dict(
+            candidates=rows,
+            situation=FreezeSituation(load=8.0, running=3, frozen=0, red=6.0, blue=4.0, min_keep=1, max_procs=-1),
+        ),
         "mosix_special_path": dict(path="/proc/self/site_quota", process=OpeningProcess(flags=0)),
         "mosix_check_mosrun": dict(request=MosrunRequest(uid=1000, user="alice", argv=("prog",))),
         "mosix_measure_resources": dict(settings=DaemonSettings.default(), processes=tuple(rows)),
@@ -129,14 +132,19 @@ def arguments(name: str, node: NodeContext, view: ClusterView) -> dict:
         "mosix_process_event": dict(event=ProcessEvent("started", 4242, 1000, "prog")),
         "mosix_migration_decision": dict(
             candidates=(ProcessFacts(pid=1, image_mb=9000), ProcessFacts(pid=2, home=B, image_mb=9000)),
-            view=BalanceView.of(NodeFacts(ip=A, load=50, mem_avail_mb=4096), [NodeFacts(ip=C, load=0)], now=0.0)),
+            view=BalanceView.of(NodeFacts(ip=A, load=50, mem_avail_mb=4096), [NodeFacts(ip=C, load=0)], now=0.0),
+        ),
     }[name]
 
 
 def is_answer(name: str, answer) -> bool:
     """Is ``answer`` what the contract says ``name`` returns (the examples all answer)?"""
-    pairs = lambda kinds: isinstance(answer, list) and all(  # noqa: E731
-        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], kinds) for p in answer)
+    pairs = lambda kinds: (  # noqa: E731
+        isinstance(answer, list)
+        and all(
+            isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], kinds) for p in answer
+        )
+    )
     return {
         "mosix_select_node": lambda: isinstance(answer, NodeEntry),
         "mosix_admit_guest": lambda: isinstance(answer, Admission),
@@ -168,7 +176,7 @@ def test_the_example_runs_against_the_real_records(documented, k, code, node, cl
     exec(compile(code, f"<{documented} example {k}>", "exec"), example.__dict__)
     implemented = [name for name in HOOKS if hasattr(getattr(example, name, None), "mosix_impl")]
     assert implemented and implemented == (documented_hooks(documented) or implemented)
-    build_plugin_manager(extra=[("example", example)])       # the contract's names and arguments
+    build_plugin_manager(extra=[("example", example)])  # the contract's names and arguments
     for name in implemented:
         try:
             answer = getattr(example, name)(**arguments(name, node, cluster_view))

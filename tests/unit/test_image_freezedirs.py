@@ -24,8 +24,6 @@ MiB = 1 << 20
 SYSTEM = FreezeConfig.parse("/sys1 2\n/sys2 0\nU 99\n", "/etc/mosix/freeze.conf")
 
 
-
-
 def dirs(tmp_path, *weights: float) -> list[FreezeDir]:
     """Real directories d0, d1, … with the given weights."""
     result = []
@@ -57,9 +55,7 @@ def test_system_directories_are_owned_by_the_u_line(tmp_path):
 
 def test_freeze_dir_variable_overrides_the_system(tmp_path):
     chosen = freeze_dirs_for(SYSTEM, {"FREEZE_DIR": "/scratch/me"}, str(tmp_path), uid=1000)
-    assert chosen == FreezeDirs(
-        dirs=(FreezeDir("/scratch/me"),), owner=1000, source="FREEZE_DIR", users_own=True
-    )
+    assert chosen == FreezeDirs(dirs=(FreezeDir("/scratch/me"),), owner=1000, source="FREEZE_DIR", users_own=True)
 
 
 def test_users_file_overrides_the_system(tmp_path):
@@ -207,8 +203,12 @@ def test_inaccessible_candidates_count_as_full(tmp_path):
 def test_freeze_file_name():
     assert freeze_file_name("/freeze", node="n1", pid=1234, serial=0) == "/freeze/freeze.n1.1234.0"
     assert freeze_file_name("/freeze/", node="10.0.0.1", pid=1, serial=7) == "/freeze/freeze.10.0.0.1.1.7"
-    names = {freeze_file_name("/f", node=node, pid=pid, serial=serial)
-             for node in ("a", "b") for pid in (1, 2) for serial in (0, 1)}
+    names = {
+        freeze_file_name("/f", node=node, pid=pid, serial=serial)
+        for node in ("a", "b")
+        for pid in (1, 2)
+        for serial in (0, 1)
+    }
     assert len(names) == 8
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import shutil
+import stat
 import subprocess
 import tempfile
 import traceback
@@ -76,8 +76,6 @@ def public_dir():
         yield path
     finally:
         shutil.rmtree(path)
-
-
 
 
 # --- names ---------------------------------------------------------------------------

@@ -27,9 +27,11 @@ def test_the_operations_agree_with_sets_of_pages():
     rng = random.Random(7)
     for _ in range(300):
         a, b = random_runs(rng), random_runs(rng)
-        for result, expected in ((runs.intersect(a, b), pages_of(a) & pages_of(b)),
-                                 (runs.subtract(a, b), pages_of(a) - pages_of(b)),
-                                 (runs.union(a, b), pages_of(a) | pages_of(b))):
+        for result, expected in (
+            (runs.intersect(a, b), pages_of(a) & pages_of(b)),
+            (runs.subtract(a, b), pages_of(a) - pages_of(b)),
+            (runs.union(a, b), pages_of(a) | pages_of(b)),
+        ):
             assert pages_of(result) == expected and well_formed(result)
         assert runs.total(a) == 4096 * len(pages_of(a))
 

@@ -47,8 +47,8 @@ def test_compression_shrinks_what_compresses_and_keeps_the_rest_raw():
     noise = os.urandom(1 << 20)
     for out, compress in ((plain, False), (packed, True)):
         w = ImageWriter(out, compress=compress)
-        w.add_pages(0x10000, bytes(1 << 20))      # zero pages: compress to nothing
-        w.add_pages(0x200000, noise)               # random: stored raw even in a compressed image
+        w.add_pages(0x10000, bytes(1 << 20))  # zero pages: compress to nothing
+        w.add_pages(0x200000, noise)  # random: stored raw even in a compressed image
         w.close()
     assert len(packed.getvalue()) < len(plain.getvalue()) - (1 << 20) + (64 << 10)
     records = read_all(io.BytesIO(packed.getvalue()))
@@ -83,8 +83,8 @@ def test_a_streamed_record_stays_whole_while_held_records_more_are_read(compress
     seen = 0
     for record in ImageReader(io.BytesIO(out.getvalue()), streaming=True):
         held.append((seen, record.pages()[1]))
-        time.sleep(0.005)                        # the reader reads ahead as far as it may
-        if len(held) > HELD_RECORDS + 1:         # the one in hand and the ones still written
+        time.sleep(0.005)  # the reader reads ahead as far as it may
+        if len(held) > HELD_RECORDS + 1:  # the one in hand and the ones still written
             held.pop(0)
         for index, payload in held:
             assert bytes(payload) == chunks[index]
@@ -115,23 +115,23 @@ def test_every_flipped_bit_is_refused(compress):
 def record_spans(data: bytes) -> list[tuple[int, int]]:
     spans, at = [], 16
     while at < len(data):
-        end = at + 20 + int.from_bytes(data[at + 8:at + 12], "little")      # 20-byte record headers
+        end = at + 20 + int.from_bytes(data[at + 8 : at + 12], "little")  # 20-byte record headers
         spans.append((at, end))
         at = end
     return spans
 
 
 def test_spliced_records_are_refused():
-    a, b = small_image(), small_image()          # same shape, different page noise
+    a, b = small_image(), small_image()  # same shape, different page noise
     (pages_a, pages_b) = (record_spans(a)[2], record_spans(b)[2])
     assert a[slice(*pages_a)] != b[slice(*pages_b)]
     # every record sound, but one comes from another image: the END record knows
-    spliced = a[:pages_a[0]] + b[slice(*pages_b)] + a[pages_a[1]:]
+    spliced = a[: pages_a[0]] + b[slice(*pages_b)] + a[pages_a[1] :]
     with pytest.raises(CorruptImage, match=CORRUPT) as caught:
         read_all(io.BytesIO(spliced))
     assert "do not add up" in caught.value.detail
     # a record dropped, or one image's END on the other's records: likewise
-    dropped = a[:pages_a[0]] + a[pages_a[1]:]
+    dropped = a[: pages_a[0]] + a[pages_a[1] :]
     with pytest.raises(CorruptImage, match=CORRUPT):
         read_all(io.BytesIO(dropped))
 
@@ -144,13 +144,13 @@ def test_a_foreign_file_is_refused_with_a_reason():
 
 def test_an_impossible_length_allocates_nothing():
     data = bytearray(small_image())
-    data[16 + 8:16 + 12] = (0xFFFFFFF0).to_bytes(4, "little")   # stored_len of the first record
+    data[16 + 8 : 16 + 12] = (0xFFFFFFF0).to_bytes(4, "little")  # stored_len of the first record
     with pytest.raises(CorruptImage, match=CORRUPT) as caught:
         read_all(io.BytesIO(bytes(data)))
     assert "impossible header" in caught.value.detail
 
 
-@pytest.mark.parametrize("version", [1, 3])      # 1: CRC-32 images of an earlier mosix-py
+@pytest.mark.parametrize("version", [1, 3])  # 1: CRC-32 images of an earlier mosix-py
 def test_another_version_is_refused(version):
     data = bytearray(small_image())
     data[8] = version
@@ -162,7 +162,7 @@ def test_another_version_is_refused(version):
 def test_a_failed_checkpoint_records_only_its_reason():
     out = io.BytesIO()
     w = ImageWriter(out)
-    w.add(Kind.FAILURE, "open pipe (fd 3): pipes and sockets cannot be checkpointed".encode())
+    w.add(Kind.FAILURE, b"open pipe (fd 3): pipes and sockets cannot be checkpointed")
     w.close()
     (record,) = read_all(io.BytesIO(out.getvalue()))
     assert record.name == "failure" and bytes(record.payload).startswith(b"open pipe")
@@ -188,15 +188,15 @@ def test_a_mapped_file_is_the_same_by_inode_here_and_by_size_and_time_elsewhere(
     entry = {"inode": info.st_ino, "size": 100, "mtime_ns": info.st_mtime_ns}
     other_inode = {**entry, "inode": info.st_ino + 1}
     assert same_file(info, entry, shared=False, elsewhere=False)
-    assert not same_file(info, other_inode, shared=False, elsewhere=False)   # here: replaced
-    assert same_file(info, other_inode, shared=False, elsewhere=True)        # another node's copy
+    assert not same_file(info, other_inode, shared=False, elsewhere=False)  # here: replaced
+    assert same_file(info, other_inode, shared=False, elsewhere=True)  # another node's copy
     assert not same_file(info, {**other_inode, "size": 99}, shared=False, elsewhere=True)
     assert not same_file(info, {**other_inode, "mtime_ns": 1}, shared=False, elsewhere=True)
-    assert not same_file(info, other_inode, shared=True, elsewhere=True)     # shared: the file itself
+    assert not same_file(info, other_inode, shared=True, elsewhere=True)  # shared: the file itself
 
 
 def relayed(data: bytes, send) -> tuple[int, BaseException | None, int]:
-    source = io.BytesIO(data + b"after")                  # what follows the image stays unread
+    source = io.BytesIO(data + b"after")  # what follows the image stays unread
     result = relay(source.readinto, send)
     return (*result, source.tell())
 
@@ -232,7 +232,7 @@ def test_a_relay_refuses_what_is_not_a_whole_image():
         with pytest.raises(CorruptImage):
             relay(io.BytesIO(bad).readinto, lambda view: None)
     impossible = bytearray(data)
-    impossible[16 + 8:16 + 12] = (1 << 31).to_bytes(4, "little")      # the first record's stored length
+    impossible[16 + 8 : 16 + 12] = (1 << 31).to_bytes(4, "little")  # the first record's stored length
     with pytest.raises(CorruptImage) as refused:
         relay(io.BytesIO(bytes(impossible)).readinto, lambda view: None)
     assert "impossible header" in refused.value.detail

@@ -10,30 +10,57 @@ import pytest
 from typer.testing import CliRunner
 
 from mosix_core.cli import mosmon
-from mosix_core.cluster.monitor import (ENTER, HELP, LEFT, MODES, NUMBERINGS, RIGHT, MonitorState, handle_key,
-                                render)
+from mosix_core.cluster.monitor import ENTER, HELP, LEFT, MODES, NUMBERINGS, RIGHT, MonitorState, handle_key, render
 
 PAGES_PER_MB = 256  # 4 KiB pages
 
 
-def node(k: int, *, number: int | None | str = "k", alive: bool = True, load: int = 0, speed: int = 10000,
-         ncpus: int = 1, frozen: int = 0, mem_total_mb: int = 4096, mem_used_mb: int = 0,
-         swap_total_tenths: int = 0, swap_free_tenths: int = 0, off: bool = False) -> dict:
+def node(
+    k: int,
+    *,
+    number: int | None | str = "k",
+    alive: bool = True,
+    load: int = 0,
+    speed: int = 10000,
+    ncpus: int = 1,
+    frozen: int = 0,
+    mem_total_mb: int = 4096,
+    mem_used_mb: int = 0,
+    swap_total_tenths: int = 0,
+    swap_free_tenths: int = 0,
+    off: bool = False,
+) -> dict:
     return {
-        "ip": f"10.0.{k // 250}.{k % 250 + 1}", "number": k if number == "k" else number, "local": k == 1,
-        "in_cluster": True, "partner": None, "proximate": True, "known": True, "alive": alive,
-        "age": 0.2 if alive else 30.0, "status": 0, "state": 0, "off": off, "load": load,
-        "availability": 65535, "speed": speed, "ncpus": ncpus, "frozen": frozen,
+        "ip": f"10.0.{k // 250}.{k % 250 + 1}",
+        "number": k if number == "k" else number,
+        "local": k == 1,
+        "in_cluster": True,
+        "partner": None,
+        "proximate": True,
+        "known": True,
+        "alive": alive,
+        "age": 0.2 if alive else 30.0,
+        "status": 0,
+        "state": 0,
+        "off": off,
+        "load": load,
+        "availability": 65535,
+        "speed": speed,
+        "ncpus": ncpus,
+        "frozen": frozen,
         "mem_avail_pages": (mem_total_mb - mem_used_mb) * PAGES_PER_MB,
         "mem_total_pages": mem_total_mb * PAGES_PER_MB,
-        "swap_free_tenths": swap_free_tenths, "swap_total_tenths": swap_total_tenths,
-        "privileged_pages": 0, "nprocs": 0, "guests": 0, "reserved": 0,
+        "swap_free_tenths": swap_free_tenths,
+        "swap_total_tenths": swap_total_tenths,
+        "privileged_pages": 0,
+        "nprocs": 0,
+        "guests": 0,
+        "reserved": 0,
     }
 
 
 def view(*nodes: dict) -> dict:
-    return {"local": nodes[0]["ip"] if nodes else "10.0.0.1", "dead_after": 3.0, "interval": 1.0,
-            "nodes": list(nodes)}
+    return {"local": nodes[0]["ip"] if nodes else "10.0.0.1", "dead_after": 3.0, "interval": 1.0, "nodes": list(nodes)}
 
 
 def many(count: int, **kw) -> dict:
@@ -48,6 +75,7 @@ def state_after(*keys: str, **kw) -> MonitorState:
 
 
 # ------------------------------------------------------------ reading the screen back
+
 
 def axis_index(lines: list[str]) -> int:
     return next(i for i, line in enumerate(lines) if re.match(r"^\s*0 \+-", line))
@@ -66,7 +94,7 @@ def axis_x(lines: list[str]) -> int:
 def columns(lines: list[str], label_rows: int = 1) -> dict[str, str]:
     """Each node's column, bottom-up, keyed by the number written under it."""
     a = axis_index(lines)
-    labels = lines[a + 1:a + 1 + label_rows]
+    labels = lines[a + 1 : a + 1 + label_rows]
     rows = chart_rows(lines)
     width = max(len(line) for line in labels)
     out: dict[str, str] = {}
@@ -97,14 +125,19 @@ def fits(lines: list[str], width: int, height: int) -> bool:
 
 # ------------------------------------------------------------ keys
 
+
 def test_defaults_are_load_automatic_numbering_no_dead_nodes():
     state = MonitorState()
-    assert (state.mode, state.numbering, state.show_dead, state.show_count, state.offset) == ("load", "a", False,
-                                                                                                False, 0)
+    assert (state.mode, state.numbering, state.show_dead, state.show_count, state.offset) == (
+        "load",
+        "a",
+        False,
+        False,
+        0,
+    )
 
 
-@pytest.mark.parametrize("key, mode", [("l", "load"), ("s", "speed"), ("m", "mem"), ("f", "frozen"),
-                                       ("c", "cores")])
+@pytest.mark.parametrize("key, mode", [("l", "load"), ("s", "speed"), ("m", "mem"), ("f", "frozen"), ("c", "cores")])
 def test_mode_keys(key, mode):
     assert state_after("s" if key != "s" else "l", key).mode == mode
 
@@ -142,6 +175,7 @@ def test_bad_mode_is_refused():
 
 # ------------------------------------------------------------ the values shown
 
+
 def test_load_bars_are_scaled_to_the_largest_load():
     lines = render(MonitorState(), view(node(1, load=200), node(2, load=100), node(3, load=50), node(4)), 80, 24)
     assert fits(lines, 80, 24)
@@ -162,8 +196,9 @@ def test_a_small_load_still_shows():
 
 
 def test_speed_mode_shows_speeds_and_cpu_counts():
-    lines = render(state_after("s"), view(node(1, speed=10000), node(2, speed=20000, ncpus=4),
-                                          node(3, speed=5000)), 80, 24)
+    lines = render(
+        state_after("s"), view(node(1, speed=10000), node(2, speed=20000, ncpus=4), node(3, speed=5000)), 80, 24
+    )
     assert "speed" in lines[0] and "10000" in lines[0]
     h = heights(lines)
     full = len(chart_rows(lines))
@@ -176,8 +211,12 @@ def test_speed_mode_shows_speeds_and_cpu_counts():
 
 
 def test_memory_is_used_solid_and_total_extended_with_plus_in_megabytes():
-    lines = render(state_after("m"), view(node(1, mem_total_mb=8192, mem_used_mb=2048),
-                                          node(2, mem_total_mb=4096, mem_used_mb=4096)), 80, 24)
+    lines = render(
+        state_after("m"),
+        view(node(1, mem_total_mb=8192, mem_used_mb=2048), node(2, mem_total_mb=4096, mem_used_mb=4096)),
+        80,
+        24,
+    )
     assert "Memory in MB" in lines[0]
     full = len(chart_rows(lines))
     used1, plus1 = heights(lines)["1"]
@@ -190,8 +229,12 @@ def test_memory_is_used_solid_and_total_extended_with_plus_in_megabytes():
 
 
 def test_swap_in_gigabytes_to_a_tenth():
-    lines = render(state_after("m", "m"), view(node(1, swap_total_tenths=20, swap_free_tenths=15),
-                                               node(2, swap_total_tenths=10, swap_free_tenths=0)), 80, 24)
+    lines = render(
+        state_after("m", "m"),
+        view(node(1, swap_total_tenths=20, swap_free_tenths=15), node(2, swap_total_tenths=10, swap_free_tenths=0)),
+        80,
+        24,
+    )
     assert "Swap space in GB" in lines[0]
     assert axis_labels(lines)[0] == "2.0"
     assert all(re.fullmatch(r"\d+\.\d", label) for label in axis_labels(lines))
@@ -222,6 +265,7 @@ def test_an_idle_cluster_draws_an_empty_chart():
 
 
 # ------------------------------------------------------------ which nodes
+
 
 def test_dead_nodes_are_hidden_by_default_and_shown_with_d():
     v = view(node(1, load=100), node(2, alive=False), node(3, load=100))
@@ -262,6 +306,7 @@ def test_no_operational_node():
 
 # ------------------------------------------------------------ numbering and paging
 
+
 def test_horizontal_numbering_writes_numbers_across():
     lines = render(MonitorState(numbering="w"), many(12), 80, 24)
     label_row = lines[axis_index(lines) + 1]
@@ -300,7 +345,7 @@ def test_automatic_numbering_is_vertical_only_when_that_makes_all_nodes_fit():
         state = MonitorState()
         lines = render(state, many(count), 80, 24)
         a = axis_index(lines)
-        label_rows = [line for line in lines[a + 1:] if line.strip() and "nodes" not in line]
+        label_rows = [line for line in lines[a + 1 :] if line.strip() and "nodes" not in line]
         if expected_rows == 1:
             assert re.search(r"\d\d", label_rows[0]), count  # numbers across
         else:
@@ -362,13 +407,34 @@ def test_paging_keeps_the_scale_of_the_visible_nodes():
 
 # ------------------------------------------------------------ help, messages, sizes
 
+
 def test_help_lists_every_key_and_any_key_returns():
     state = state_after("h")
     lines = render(state, many(3), 80, 24)
     assert lines == HELP
     text = "\n".join(lines)
-    for key in ("l", "s", "m", "m m", "f", "c", "d", "D", "t", "w", "v", "V", "a", "Right", "Left", "n", "p",
-                "Enter", "h", "q"):
+    for key in (
+        "l",
+        "s",
+        "m",
+        "m m",
+        "f",
+        "c",
+        "d",
+        "D",
+        "t",
+        "w",
+        "v",
+        "V",
+        "a",
+        "Right",
+        "Left",
+        "n",
+        "p",
+        "Enter",
+        "h",
+        "q",
+    ):
         assert re.search(rf"^  {re.escape(key)}\s", text, re.M), key
     handle_key(state, "s")  # closes the help only
     assert not state.help and state.mode == "load"
@@ -389,8 +455,21 @@ def test_message_goes_to_the_bottom_with_a_view_too():
 
 @pytest.mark.parametrize("count", [0, 1, 4, 30, 250])
 def test_no_size_overflows_or_crashes(count):
-    v = view(*(node(k, load=37 * k, alive=k % 7 != 3, ncpus=k % 5 + 1, mem_used_mb=k, frozen=k % 3,
-                    swap_total_tenths=k % 40, swap_free_tenths=k % 20) for k in range(1, count + 1)))
+    v = view(
+        *(
+            node(
+                k,
+                load=37 * k,
+                alive=k % 7 != 3,
+                ncpus=k % 5 + 1,
+                mem_used_mb=k,
+                frozen=k % 3,
+                swap_total_tenths=k % 40,
+                swap_free_tenths=k % 20,
+            )
+            for k in range(1, count + 1)
+        )
+    )
     for width in (0, 1, 2, 5, 9, 14, 23, 40):
         for height in (0, 1, 2, 3, 4, 6, 9):
             for mode in MODES:
@@ -420,11 +499,13 @@ def test_a_screen_is_readable_on_80x24():
 
 # ------------------------------------------------------------ the command's own parts
 
+
 def test_options_give_the_initial_state():
     assert mosmon.initial_state(memory=2).mode == "swap"
     assert mosmon.initial_state(memory=1).mode == "mem"
-    assert mosmon.initial_state(tight=True, count=True, dead=True) == MonitorState(numbering="V", show_count=True,
-                                                                                    show_dead=True)
+    assert mosmon.initial_state(tight=True, count=True, dead=True) == MonitorState(
+        numbering="V", show_count=True, show_dead=True
+    )
     with pytest.raises(Exception, match="only one"):
         mosmon.initial_state(vertical=True, horizontal=True)
     with pytest.raises(Exception, match="only one"):

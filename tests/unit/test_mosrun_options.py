@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mosix_core.contract.records import MosrunRequest
 from mosix_core.errors import MosixError, ProtocolError
 from mosix_core.mosrun.options import (
     INHERITED_LETTERS,
@@ -24,7 +25,6 @@ from mosix_core.mosrun.options import (
     to_argv,
 )
 from mosix_core.mosrun.options_wire import from_json, from_request, to_json, to_request
-from mosix_core.contract.records import MosrunRequest
 
 
 def opts(*argv: str) -> MosrunOptions:
@@ -67,8 +67,12 @@ def test_each_flag_sets_its_field_and_is_recorded(flag, field, value):
     assert options.explicit == {flag[1]}
     assert options.unsupported_explicit == (flag in ("-e", "-w", "-u"))
     # nothing else moves
-    assert attrs.evolve(options, **{field: getattr(MosrunOptions(), field)}, explicit=frozenset(),
-                        unsupported_explicit=False) == MosrunOptions()
+    assert (
+        attrs.evolve(
+            options, **{field: getattr(MosrunOptions(), field)}, explicit=frozenset(), unsupported_explicit=False
+        )
+        == MosrunOptions()
+    )
 
 
 def test_no_options_is_the_default_record():
@@ -155,15 +159,25 @@ def test_bad_numbers_name_the_option_and_range(argv, message):
 
 @pytest.mark.parametrize(
     ("letter", "what"),
-    [("r", "host name"), ("m", "memory (MB)"), ("d", "decay"), ("S", "maxjobs"), ("C", "checkpoint file name"),
-     ("X", "directory"), ("A", "minutes"), ("N", "maximum number of checkpoints"), ("R", "checkpoint file name"),
-     ("O", "fd=filename"), ("I", "checkpoint file name")],
+    [
+        ("r", "host name"),
+        ("m", "memory (MB)"),
+        ("d", "decay"),
+        ("S", "maxjobs"),
+        ("C", "checkpoint file name"),
+        ("X", "directory"),
+        ("A", "minutes"),
+        ("N", "maximum number of checkpoints"),
+        ("R", "checkpoint file name"),
+        ("O", "fd=filename"),
+        ("I", "checkpoint file name"),
+    ],
 )
 def test_a_missing_value_is_named(letter, what):
     message = f"-{letter}: missing {what}"
-    fails([f"-{letter}"], message)                  # nothing follows
-    fails([f"-{letter}", "-e", "prog"], message)    # another option is not a value
-    fails([f"-{letter}", ""], message)              # nor is an empty argument
+    fails([f"-{letter}"], message)  # nothing follows
+    fails([f"-{letter}", "-e", "prog"], message)  # another option is not a value
+    fails([f"-{letter}", ""], message)  # nor is an empty argument
 
 
 def test_file_names_may_not_contain_nul():
@@ -250,7 +264,7 @@ def test_private_directories_accumulate_normalised_without_repeats():
     options = opts("-X/tmp/a", "-X", "/scratch/", "-X//tmp//a/./", "-X/")
     assert options.private_dirs == ("/tmp/a", "/scratch", "/")
     assert options.explicit == {"X"}
-    assert opts("-X/etcetera").private_dirs == ("/etcetera",)   # only within /etc is refused
+    assert opts("-X/etcetera").private_dirs == ("/etcetera",)  # only within /etc is refused
 
 
 @pytest.mark.parametrize(
@@ -276,10 +290,10 @@ def test_private_directory_rules_in_the_manuals_words(name, message):
 
 
 def test_private_directory_limits():
-    assert opts("-X/" + "a" * 255).private_dirs == ("/" + "a" * 255,)        # 256 characters
+    assert opts("-X/" + "a" * 255).private_dirs == ("/" + "a" * 255,)  # 256 characters
     ten = [f"-X/d{i}" for i in range(10)]
     assert len(opts(*ten).private_dirs) == 10
-    assert len(opts(*ten, "-X/d0/").private_dirs) == 10                     # a repeat is no eleventh
+    assert len(opts(*ten, "-X/d0/").private_dirs) == 10  # a repeat is no eleventh
     fails([*ten, "-X/d10", "prog"], "Too many private directories")
 
 
@@ -312,7 +326,7 @@ def test_queue_operand_errors():
 def test_parse_queue_spec():
     assert parse_queue_spec("cmds") == ("cmds", None)
     assert parse_queue_spec("cmds,failed") == ("cmds", "failed")
-    assert parse_queue_spec("cmds,fail,ed") == ("cmds", "fail,ed")   # the first comma separates
+    assert parse_queue_spec("cmds,fail,ed") == ("cmds", "fail,ed")  # the first comma separates
     with pytest.raises(UsageError, match="commands-file name is empty"):
         parse_queue_spec("")
 
@@ -321,8 +335,7 @@ def test_parse_queue_spec():
 
 
 def test_recover_with_location_options_and_redirections():
-    options, rest = parse(["-R/tmp/ckpt.7", "-O1=out,2=err", "-O", "@5=a,b@6=c", "-b", "-L", "-g", "-F",
-                           "-A5", "-N3"])
+    options, rest = parse(["-R/tmp/ckpt.7", "-O1=out,2=err", "-O", "@5=a,b@6=c", "-b", "-L", "-g", "-F", "-A5", "-N3"])
     assert rest == []
     assert options.recover == "/tmp/ckpt.7"
     assert options.redirect == ((1, "out"), (2, "err"), (5, "a,b"), (6, "c"))
@@ -382,20 +395,34 @@ def test_usage_errors_are_mosix_errors():
 
 
 def test_recursive_mosrun_inherits_only_the_listed_options():
-    parent, _ = parse(["-m500", "-e", "-L", "-g", "-c", "-d100", "-t", "-b", "-F", "-z", "-Csave", "-N3", "-A5",
-                       "-X/tmp", "prog"])
+    parent, _ = parse(
+        ["-m500", "-e", "-L", "-g", "-c", "-d100", "-t", "-b", "-F", "-z", "-Csave", "-N3", "-A5", "-X/tmp", "prog"]
+    )
     child = inherit(parent, MosrunOptions())
-    assert child == MosrunOptions(memory_mb=500, unsupported="silent", unsupported_explicit=True, lock=True,
-                                  freezable=False, cpujob=True, decay=100, local_time=True,
-                                  explicit=frozenset("meLgcdt"))
-    assert INHERITED_LETTERS == set("cdeLlgGmnTtuw")
+    assert child == MosrunOptions(
+        memory_mb=500,
+        unsupported="silent",
+        unsupported_explicit=True,
+        lock=True,
+        freezable=False,
+        cpujob=True,
+        decay=100,
+        local_time=True,
+        explicit=frozenset("meLgcdt"),
+    )
+    assert set("cdeLlgGmnTtuw") == INHERITED_LETTERS
 
 
 def test_the_childs_own_options_win_over_the_parents():
     parent = opts("-m500", "-e", "-L", "-d100")
     child = inherit(parent, opts("-u", "-l", "-m20", "-h"))
-    assert (child.unsupported, child.lock, child.memory_mb, child.decay, child.location) == \
-        ("kill", False, 20, 100, "home")
+    assert (child.unsupported, child.lock, child.memory_mb, child.decay, child.location) == (
+        "kill",
+        False,
+        20,
+        100,
+        "home",
+    )
     assert child.explicit == set("ulmhd") and child.unsupported_explicit
 
 
@@ -431,8 +458,13 @@ def test_recovering_and_inspecting_children_inherit_less():
 def test_forked_children_keep_everything_but_checkpoint_settings():
     options = opts("-m5", "-e", "-Csave", "-N3", "-A5", "-X/tmp", "-b")
     child = for_child_process(options)
-    assert child == attrs.evolve(options, checkpoint_file=None, checkpoint_limit=None, checkpoint_interval=None,
-                                 explicit=options.explicit - {"C", "N", "A"})
+    assert child == attrs.evolve(
+        options,
+        checkpoint_file=None,
+        checkpoint_limit=None,
+        checkpoint_interval=None,
+        explicit=options.explicit - {"C", "N", "A"},
+    )
     recovered, _ = parse(["-Rfile", "-O1=a", "-A5"])
     assert for_child_process(recovered) == MosrunOptions()
     queued, _ = parse(["-S3", "-m7", "cmds"])
@@ -461,10 +493,8 @@ def test_to_argv_picks_a_separator_the_file_name_lacks():
 
 
 def test_later_features_name_real_options():
-    assert set(LATER_FEATURES) == {"-L", "-l", "-c", "-n", "-d",
-                                   "-C", "-N", "-A", "-R", "-O", "-I", "-X", "-g", "-G"}
-    assert set(LATER_FEATURES.values()) == {"automatic migration", "checkpoints", "private temporary files",
-                                            "freezing"}
+    assert set(LATER_FEATURES) == {"-L", "-l", "-c", "-n", "-d", "-C", "-N", "-A", "-R", "-O", "-I", "-X", "-g", "-G"}
+    assert set(LATER_FEATURES.values()) == {"automatic migration", "checkpoints", "private temporary files", "freezing"}
     with pytest.raises(TypeError):
         LATER_FEATURES["-m"] = "x"  # type: ignore[index]
 
@@ -493,7 +523,7 @@ def test_json_round_trip_through_text():
         ({"private_dirs": [1]}, "private_dirs must be a list of strings"),
         ({"memory_mb": 999999, "explicit": ["m"]}, "mosrun options: -m: memory must be"),
         ({"private_dirs": ["/etc"], "explicit": ["X"]}, r"Disallowed private-directory name \(/etc\)"),
-        ({"unsupported": "silent"}, "inconsistent"),                      # -e without the letter
+        ({"unsupported": "silent"}, "inconsistent"),  # -e without the letter
         ({"unsupported": "sometimes", "explicit": ["e"]}, "inconsistent"),
         ({"private_dirs": ["/tmp/"], "explicit": ["X"]}, "inconsistent"),  # not normalised
         ({"location": "moon"}, "inconsistent"),
@@ -516,8 +546,16 @@ def test_from_json_needs_an_object():
 def test_request_carries_location_memory_queue_and_glued_options():
     options, rest = parse(["-S5", "-m300", "-3", "-e", "-d", "100", "-X", "/tmp", "cmds,failed"])
     request = to_request(options, rest, uid=1000, user="alice", etc="/etc/mosix")
-    assert request == MosrunRequest(uid=1000, user="alice", argv=("cmds,failed",), location="-3", memory_mb=300,
-                                    options=("-e", "-d100", "-X/tmp"), queue_jobs=5, etc="/etc/mosix")
+    assert request == MosrunRequest(
+        uid=1000,
+        user="alice",
+        argv=("cmds,failed",),
+        location="-3",
+        memory_mb=300,
+        options=("-e", "-d100", "-X/tmp"),
+        queue_jobs=5,
+        etc="/etc/mosix",
+    )
     assert from_request(request) == (options, rest)
     # what a policy changes comes back as options
     changed = attrs.evolve(request, location="-b", options=(*request.options, "-u"))
@@ -533,8 +571,7 @@ def test_request_round_trip_with_a_dashed_program():
 # --- property: whatever parses writes back to the same thing -------------------------------------------------------
 
 HOSTS = st.sampled_from(["node1", "n-2.example.org", "a", "10.0.0.7", "12", "007"])
-FILE_NAMES = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), min_size=1,
-                     max_size=12)
+FILE_NAMES = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), min_size=1, max_size=12)
 SAFE_NAMES = st.text("abcXYZ_-.,=@% 09é", min_size=1, max_size=10)
 
 
@@ -549,8 +586,9 @@ def valued(letter, values):
     )
 
 
-PRIVATE_DIRS = st.lists(st.text("abc./", min_size=0, max_size=8).map(lambda s: "/" + s)
-                        .filter(lambda s: ".." not in s), max_size=12)
+PRIVATE_DIRS = st.lists(
+    st.text("abc./", min_size=0, max_size=8).map(lambda s: "/" + s).filter(lambda s: ".." not in s), max_size=12
+)
 
 LOCATION_OPTIONS = st.one_of(
     st.sampled_from([["-b"], ["-h"], ["-L"], ["-l"], ["-g"], ["-G"], ["-F"]]),
@@ -566,8 +604,7 @@ PROGRAM_OPTIONS = st.one_of(
     valued("d", number(0, 10000)),
     valued("C", FILE_NAMES),
 )
-REDIRECTS = st.lists(st.tuples(st.integers(0, 1023), SAFE_NAMES), max_size=4,
-                     unique_by=lambda pair: pair[0])
+REDIRECTS = st.lists(st.tuples(st.integers(0, 1023), SAFE_NAMES), max_size=4, unique_by=lambda pair: pair[0])
 
 
 def redirect_word(pair):
@@ -582,8 +619,11 @@ def command_lines(draw):
         return draw(valued("I", FILE_NAMES)), []
     if mode == "recover":
         # -R and -O may come anywhere among the location options
-        groups = [draw(valued("R", FILE_NAMES)), *map(redirect_word, draw(REDIRECTS)),
-                  *draw(st.lists(LOCATION_OPTIONS, max_size=6))]
+        groups = [
+            draw(valued("R", FILE_NAMES)),
+            *map(redirect_word, draw(REDIRECTS)),
+            *draw(st.lists(LOCATION_OPTIONS, max_size=6)),
+        ]
         return [w for group in draw(st.permutations(groups)) for w in group], []
     groups = [*draw(st.lists(LOCATION_OPTIONS, max_size=6)), *draw(st.lists(PROGRAM_OPTIONS, max_size=6))]
     dirs = draw(PRIVATE_DIRS)
@@ -614,17 +654,42 @@ def test_every_command_line_writes_back_to_itself(line):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["-e", "-w", "-u", "-L", "-l", "-g", "-G", "-c", "-n", "-t", "-T", "-b", "-h",
-                                 "-3", "-m1", "-m2"]), max_size=10))
+@given(
+    st.lists(
+        st.sampled_from(
+            ["-e", "-w", "-u", "-L", "-l", "-g", "-G", "-c", "-n", "-t", "-T", "-b", "-h", "-3", "-m1", "-m2"]
+        ),
+        max_size=10,
+    )
+)
 def test_the_last_alternative_wins(flags):
-    model = {"unsupported": "kill", "lock": False, "freezable": True, "cpujob": False, "local_time": False,
-             "location": None, "memory_mb": None}
-    effect = {"-e": ("unsupported", "silent"), "-w": ("unsupported", "warn"), "-u": ("unsupported", "kill"),
-              "-L": ("lock", True), "-l": ("lock", False), "-g": ("freezable", False),
-              "-G": ("freezable", True), "-c": ("cpujob", True), "-n": ("cpujob", False),
-              "-t": ("local_time", True), "-T": ("local_time", False), "-b": ("location", "best"),
-              "-h": ("location", "home"), "-3": ("location", "node"), "-m1": ("memory_mb", 1),
-              "-m2": ("memory_mb", 2)}
+    model = {
+        "unsupported": "kill",
+        "lock": False,
+        "freezable": True,
+        "cpujob": False,
+        "local_time": False,
+        "location": None,
+        "memory_mb": None,
+    }
+    effect = {
+        "-e": ("unsupported", "silent"),
+        "-w": ("unsupported", "warn"),
+        "-u": ("unsupported", "kill"),
+        "-L": ("lock", True),
+        "-l": ("lock", False),
+        "-g": ("freezable", False),
+        "-G": ("freezable", True),
+        "-c": ("cpujob", True),
+        "-n": ("cpujob", False),
+        "-t": ("local_time", True),
+        "-T": ("local_time", False),
+        "-b": ("location", "best"),
+        "-h": ("location", "home"),
+        "-3": ("location", "node"),
+        "-m1": ("memory_mb", 1),
+        "-m2": ("memory_mb", 2),
+    }
     for flag in flags:
         field, value = effect[flag]
         model[field] = value

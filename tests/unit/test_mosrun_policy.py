@@ -9,16 +9,15 @@ from pathlib import Path
 import attrs
 import pytest
 
+from mosix_core.contract.plugins import apply_policies, build_plugin_manager
+from mosix_core.contract.records import MosrunRequest
 from mosix_core.errors import ConfigError, PolicyRefused
 from mosix_core.mosrun.options import parse
 from mosix_core.mosrun.options_wire import from_request, to_request
-from mosix_core.contract.records import MosrunRequest
-from mosix_core.contract.plugins import apply_policies, build_plugin_manager
 from mosix_plugins.mosrun_policy import MosrunParameters
 
 SAMPLE = Path(__file__).resolve().parents[2] / "etc" / "mosix"
 MEMORY_REQUIRED = "this cluster requires -m{mb}: please specify the memory your program needs"
-
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +38,9 @@ def configure(etc: Path, text: str) -> None:
 
 def request(etc: Path | None, *argv: str, uid: int = 1000) -> MosrunRequest:
     options, words = parse(list(argv))
-    return to_request(options, words, uid=uid, user="root" if uid == 0 else "alice",
-                      etc=None if etc is None else str(etc))
+    return to_request(
+        options, words, uid=uid, user="root" if uid == 0 else "alice", etc=None if etc is None else str(etc)
+    )
 
 
 def check(pm, req: MosrunRequest) -> MosrunRequest:
@@ -133,7 +133,7 @@ def test_require_memory_refuses_ordinary_users_without_m(pm, etc):
         check(pm, request(etc, "prog"))
     assert str(info.value) == MEMORY_REQUIRED
     with pytest.raises(PolicyRefused):
-        check(pm, request(etc, "-S4", "cmds"))               # a queue runs programs too
+        check(pm, request(etc, "-S4", "cmds"))  # a queue runs programs too
     for req in (request(etc, "-m0", "prog"), request(etc, "-m500", "-S4", "cmds"), request(etc, "prog", uid=0)):
         assert check(pm, req) == req
 
@@ -155,8 +155,9 @@ def test_recovering_and_inspecting_are_exempt_from_program_options(pm, etc):
 
 
 def test_all_three_together_flow_back_into_the_options(pm, etc):
-    configure(etc, "# site rules\nbest = force   # everyone to the best node\nunsupported = warn\n"
-                   "require_memory = yes\n")
+    configure(
+        etc, "# site rules\nbest = force   # everyone to the best node\nunsupported = warn\nrequire_memory = yes\n"
+    )
     checked = check(pm, request(etc, "-m300", "-h", "-L", "prog", "arg"))
     options, words = from_request(checked)
     assert (options.location, options.memory_mb, options.unsupported, options.lock) == ("best", 300, "warn", True)
@@ -218,20 +219,21 @@ def test_unreadable_file_is_a_config_error(pm, etc):
 
 
 def test_parse_reads_comments_and_blank_lines():
-    params = MosrunParameters.parse("\n# x\nbest=default\n  unsupported =silent # why\nrequire_memory = yes\n",
-                                    "mosrun.conf")
+    params = MosrunParameters.parse(
+        "\n# x\nbest=default\n  unsupported =silent # why\nrequire_memory = yes\n", "mosrun.conf"
+    )
     assert params == MosrunParameters(best="default", unsupported="silent", require_memory=True)
 
 
 # --- strict_limitations ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("site", [False, True])
 def test_strict_limitations_default_keeps_mosd_confs_and_yes_no_decide(pm, etc, site):
-    req = attrs.evolve(request(etc, "prog"), strict_limitations=site)    # as mosd.conf says
+    req = attrs.evolve(request(etc, "prog"), strict_limitations=site)  # as mosd.conf says
     configure(etc, "strict_limitations = default\n")
     assert check(pm, req) == req
     for text, strict in (("yes", True), ("no", False)):
         configure(etc, f"strict_limitations = {text}\n")
-        for uid in (0, 1000):                                 # root's programs too
+        for uid in (0, 1000):  # root's programs too
             checked = check(pm, attrs.evolve(req, uid=uid))
             assert checked.strict_limitations is strict
-            assert from_request(checked)[0].strict_limitations is strict   # and it reaches the options
+            assert from_request(checked)[0].strict_limitations is strict  # and it reaches the options

@@ -16,27 +16,53 @@ import pytest
 
 from mosix_core import paths
 from mosix_core.cli import moskillall, mosps, mostimeof
-from mosix_core.daemon.client import Session
-from mosix_core.config.userview import UserView
-from mosix_core.errors import MosixError
 from mosix_core.cluster.proctable import ProcessRecord, ProcessTable, checked_fields, parse_queue
+from mosix_core.config.userview import UserView
+from mosix_core.daemon.client import Session
+from mosix_core.errors import MosixError
 
 
 # -- fields ------------------------------------------------------------------------------------------
 def test_checked_fields_accepts_and_normalises():
-    raw = {"op": "register", "pid": 5, "where": "10.0.0.7", "frozen": "M", "nmigs": 2,
-           "queue": "10/4/1", "options": "-b -m500", "remote_utime": 3, "command": "x" * 5000}
+    raw = {
+        "op": "register",
+        "pid": 5,
+        "where": "10.0.0.7",
+        "frozen": "M",
+        "nmigs": 2,
+        "queue": "10/4/1",
+        "options": "-b -m500",
+        "remote_utime": 3,
+        "command": "x" * 5000,
+    }
     fields = checked_fields(raw)
     assert fields["where"] == "10.0.0.7" and fields["remote_utime"] == 3.0 and len(fields["command"]) == 4096
     assert "op" not in fields and "pid" not in fields
-    assert checked_fields({"where": "starting", "queue": None, "remote_utime": None}) == \
-        {"where": "starting", "queue": None, "remote_utime": None}
+    assert checked_fields({"where": "starting", "queue": None, "remote_utime": None}) == {
+        "where": "starting",
+        "queue": None,
+        "remote_utime": None,
+    }
 
 
-@pytest.mark.parametrize("bad", [{"where": "mars"}, {"where": 5}, {"frozen": "X"}, {"nmigs": -1}, {"nmigs": True},
-                                 {"nmigs": "3"}, {"queue": "1/2"}, {"queue": "3/2/3"}, {"queue": "a/b/c"},
-                                 {"options": "x" * 300}, {"remote_utime": -1}, {"remote_utime": float("nan")},
-                                 {"command": 7}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"where": "mars"},
+        {"where": 5},
+        {"frozen": "X"},
+        {"nmigs": -1},
+        {"nmigs": True},
+        {"nmigs": "3"},
+        {"queue": "1/2"},
+        {"queue": "3/2/3"},
+        {"queue": "a/b/c"},
+        {"options": "x" * 300},
+        {"remote_utime": -1},
+        {"remote_utime": float("nan")},
+        {"command": 7},
+    ],
+)
 def test_checked_fields_refuses(bad):
     with pytest.raises(ValueError):
         checked_fields(bad)
@@ -44,8 +70,16 @@ def test_checked_fields_refuses(bad):
 
 def test_queue_counts_and_record_json_round_trip():
     assert parse_queue("7/3/1") == (7, 3, 1)
-    record = ProcessRecord(pid=3, uid=1000, command="a b", home=IPv4Address("10.0.0.2"), origpid=99,
-                           queue="7/3/1", options="-S4", remote_utime=1.5)
+    record = ProcessRecord(
+        pid=3,
+        uid=1000,
+        command="a b",
+        home=IPv4Address("10.0.0.2"),
+        origpid=99,
+        queue="7/3/1",
+        options="-S4",
+        remote_utime=1.5,
+    )
     data = record.to_json()
     # the keys existing users read are still there, with the same meaning
     assert {"pid", "uid", "command", "home", "origpid", "where", "frozen", "nmigs", "queue", "started"} <= set(data)
@@ -125,7 +159,7 @@ def test_session_queues_what_the_socket_does_not_take(tmp_path):
         started = time.monotonic()
         for k in range(3000):
             assert session.send("update", pid=k, nmigs=k, options="-b" * 20)
-        assert time.monotonic() - started < 2.0        # never blocked on the full socket
+        assert time.monotonic() - started < 2.0  # never blocked on the full socket
         assert session.pending > 0 and session.flush() is False
         mosd.reading.set()
         deadline = time.monotonic() + 5
@@ -159,7 +193,7 @@ def test_mosps_argv_split_and_interpretation():
     assert [o.encode() for o in ps] == ["-e", "-f", "-p=12,13", "a", "u", "x", "U=root"]
     assert rest == ["-n", "-L", "-O", "--json", "--etc", "/x"]
     assert mosps.rewrite(["-p7", "-V"]) == ["-V", "--ps", "-p=7"]
-    with pytest.raises(MosixError, match="conflicting format options"):   # -f and u, as ps says
+    with pytest.raises(MosixError, match="conflicting format options"):  # -f and u, as ps says
         mosps.interpret(ps)
     req = mosps.interpret([mosps.PsOption.decode(t) for t in ("-e", "-p=12,13", "a", "x", "U=root")])
     assert req.to_ps == ("ax", "-e", "-p", "12,13", "U", "root") and req.bsd and req.selects
@@ -179,12 +213,15 @@ def test_mosps_node_display():
     local = IPv4Address("10.0.0.1")
     shown = {style: mosps.Display(local, style, view, names.get) for style in ("numbers", "ip", "host", "short")}
     assert [shown[s].node("10.0.0.2") for s in shown] == ["2", "10.0.0.2", "alpha.example.org", "alpha"]
-    assert {shown[s].node("10.0.0.1") for s in shown} == {"here"}                   # always "here"
+    assert {shown[s].node("10.0.0.1") for s in shown} == {"here"}  # always "here"
     assert {shown[s].node("leaving") for s in shown} == {"leaving"}
-    assert shown["numbers"].node("10.9.9.9") == "10.9.9.9"                          # not in userview.map
-    assert shown["host"].node("10.0.0.3") == "10.0.0.3"                             # no host name
-    assert mosps.render(["PID", "WHERE", "CMD"], [["7", "here", "a b"], ["1234", "12", "c"]], None) == \
-        [" PID WHERE CMD", "   7 here  a b", "1234 12    c"]
+    assert shown["numbers"].node("10.9.9.9") == "10.9.9.9"  # not in userview.map
+    assert shown["host"].node("10.0.0.3") == "10.0.0.3"  # no host name
+    assert mosps.render(["PID", "WHERE", "CMD"], [["7", "here", "a b"], ["1234", "12", "c"]], None) == [
+        " PID WHERE CMD",
+        "   7 here  a b",
+        "1234 12    c",
+    ]
 
 
 # -- moskillall and mostimeof ---------------------------------------------------------------------------
@@ -196,9 +233,12 @@ def test_moskillall_signals():
         with pytest.raises(MosixError):
             moskillall.parse_signal(bad)
     assert moskillall.rewrite(["-9", "--etc", "/e"]) == ["--signal", "9", "--etc", "/e"]
-    rows = [ProcessRecord(pid=1001, uid=1000, command="a"), ProcessRecord(pid=1002, uid=1001, command="b"),
-            ProcessRecord(pid=1003, uid=1000, command="g", home=IPv4Address("10.0.0.2"), origpid=5),
-            ProcessRecord(pid=os.getpid(), uid=0, command="me")]
+    rows = [
+        ProcessRecord(pid=1001, uid=1000, command="a"),
+        ProcessRecord(pid=1002, uid=1001, command="b"),
+        ProcessRecord(pid=1003, uid=1000, command="g", home=IPv4Address("10.0.0.2"), origpid=5),
+        ProcessRecord(pid=os.getpid(), uid=0, command="me"),
+    ]
     assert [r.pid for r in moskillall.targets(rows, 1000)] == [1001]
     assert [r.pid for r in moskillall.targets(rows, 0)] == [1001, 1002]
 

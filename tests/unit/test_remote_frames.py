@@ -55,16 +55,19 @@ def test_signals():
             decode(bad)
 
 
-@pytest.mark.parametrize("garbled, says", [
-    (b"", "empty"),
-    (b"X", "unknown frame kind"),
-    (body(encode_request(REQUEST))[:-1], "shorter"),
-    (body(encode_request(REQUEST)) + b"\0", "after a frame"),
-    (b"Q" + struct.pack("<HBBB", 0, 7, 0, 0) + bytes(56), "7 arguments"),
-    (b"Q" + struct.pack("<HBBB", 0, 1, 1, 0) + bytes(8) + struct.pack("<BI", 3, 0), "argument 3"),
-    (b"Q" + struct.pack("<HBBB", 0, 1, 0, 1) + bytes(8) + struct.pack("<BI", 0, 1 << 30), "bytes"),
-    (b"R" + struct.pack("<qB", 0, 1) + struct.pack("<BI", 9, 0), "argument 9"),
-])
+@pytest.mark.parametrize(
+    "garbled, says",
+    [
+        (b"", "empty"),
+        (b"X", "unknown frame kind"),
+        (body(encode_request(REQUEST))[:-1], "shorter"),
+        (body(encode_request(REQUEST)) + b"\0", "after a frame"),
+        (b"Q" + struct.pack("<HBBB", 0, 7, 0, 0) + bytes(56), "7 arguments"),
+        (b"Q" + struct.pack("<HBBB", 0, 1, 1, 0) + bytes(8) + struct.pack("<BI", 3, 0), "argument 3"),
+        (b"Q" + struct.pack("<HBBB", 0, 1, 0, 1) + bytes(8) + struct.pack("<BI", 0, 1 << 30), "bytes"),
+        (b"R" + struct.pack("<qB", 0, 1) + struct.pack("<BI", 9, 0), "argument 9"),
+    ],
+)
 def test_garbled_frames_are_protocol_errors(garbled, says):
     with pytest.raises(ProtocolError, match=says):
         decode(garbled)
@@ -113,7 +116,7 @@ def test_large_frames_are_sent_from_their_parts_whole_and_in_order():
         reader.start()
         sender = Channel(a)
         sender.send_parts(request_parts(request))
-        sender.send_parts(reply_parts(Reply(7)))           # a small one, joined
+        sender.send_parts(reply_parts(Reply(7)))  # a small one, joined
         sender.send_parts(reply_parts(reply))
         reader.join(30)
     assert bytes(received[0].inputs[0][1]) == data and received[0].args == request.args
@@ -130,14 +133,15 @@ def test_a_large_write_is_poured_and_anything_else_received_whole():
     def pour(request, index, size, channel):
         offered.append((request, index, size))
         if request.nr != 1:
-            return None                                    # not taken: received whole after all
+            return None  # not taken: received whole after all
         view = memoryview(bytearray(100000))
         while len(taken) < len(data):
-            got = channel.receive_into(view[:size - len(taken)])
+            got = channel.receive_into(view[: size - len(taken)])
             taken.extend(view[:got])
         return Reply(size)
-    declined = Request(18, (4, 0x1000, len(data), 7), ((1, data),))        # pwrite64, declined
-    read = Request(0, (3, 0x1000, 1 << 20), (), ((1, 1 << 20),))           # an output: never offered
+
+    declined = Request(18, (4, 0x1000, len(data), 7), ((1, data),))  # pwrite64, declined
+    read = Request(0, (3, 0x1000, 1 << 20), (), ((1, 1 << 20),))  # an output: never offered
     path_and_data = Request(1, (4, 0x1000, len(data)), ((0, b"x\0"), (1, data)))
     frames = [encode_request(m) for m in (write, declined, read, path_and_data, REQUEST)] + [encode_reply(REPLY)]
     received = poured_through(frames, pour)
@@ -146,7 +150,7 @@ def test_a_large_write_is_poured_and_anything_else_received_whole():
     assert received[1].args == declined.args and bytes(received[1].inputs[0][1]) == data
     assert received[2] == read
     assert bytes(received[3].inputs[1][1]) == data
-    assert received[4:] == [REQUEST, REPLY]                 # small frames are never offered
+    assert received[4:] == [REQUEST, REPLY]  # small frames are never offered
     assert [(r.nr, i, s) for r, i, s in offered] == [(1, 1, len(data)), (18, 1, len(data))]
 
 
@@ -154,6 +158,6 @@ def test_a_pour_that_lies_about_its_frame_is_refused():
     """A request whose one input does not end the frame is not offered: decoding it
     whole finds what is wrong."""
     frame = bytearray(encode_request(Request(1, (4, 0x1000, 70000), ((1, bytes(70000)),))))
-    frame[4 + 6 + 24 + 1:4 + 6 + 24 + 5] = struct.pack("<I", 69999)   # one byte more than its input
+    frame[4 + 6 + 24 + 1 : 4 + 6 + 24 + 5] = struct.pack("<I", 69999)  # one byte more than its input
     with pytest.raises(ProtocolError, match="after a frame's contents"):
         poured_through([bytes(frame)], lambda *call: pytest.fail("offered"))

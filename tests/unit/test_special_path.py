@@ -8,10 +8,9 @@ import errno
 import pytest
 
 from mosix_core.contract.hookspecs import hookimpl
-from mosix_core.mosrun import procself
-from mosix_core.contract.records import OpeningProcess, SpecialPathResult
 from mosix_core.contract.plugins import build_plugin_manager
-
+from mosix_core.contract.records import OpeningProcess, SpecialPathResult
+from mosix_core.mosrun import procself
 
 AT_HOME = procself.Environment(whereami=lambda: 0, in_cluster=lambda node: False, read_string=lambda addr: b"")
 WRITE = 1 | procself.O_CREAT
@@ -73,10 +72,18 @@ def test_a_failing_plugin_fails_the_open_not_the_supervisor(site):
 
 
 def test_the_manual_and_linux_keep_their_names(site):
-    assert site_open(b"/proc/self/needmem") == 0               # the manual's, never asked
-    for linux in (b"/proc/self/status", b"/proc/self/maps", b"/proc/self/fd/3", b"/proc/self/../../tmp/x",
-                  b"/proc/self/", b"/proc/self/.", b"/proc/self/" + b"x" * 60, b"/proc/self/\xff"):
-        assert site_open(linux) is None, linux                 # the kernel opens them
+    assert site_open(b"/proc/self/needmem") == 0  # the manual's, never asked
+    for linux in (
+        b"/proc/self/status",
+        b"/proc/self/maps",
+        b"/proc/self/fd/3",
+        b"/proc/self/../../tmp/x",
+        b"/proc/self/",
+        b"/proc/self/.",
+        b"/proc/self/" + b"x" * 60,
+        b"/proc/self/\xff",
+    ):
+        assert site_open(linux) is None, linux  # the kernel opens them
     assert site_open(b"/etc/passwd") is None
     assert site.seen == []
 
@@ -84,7 +91,7 @@ def test_the_manual_and_linux_keep_their_names(site):
 def test_without_a_plugin_for_paths_everything_is_as_before(monkeypatch):
     monkeypatch.setattr(procself, "_site", [build_plugin_manager()])
     assert site_open(b"/proc/self/site_quota") is None
-    monkeypatch.setattr(procself, "_site", [None])               # the site's plugins do not load
+    monkeypatch.setattr(procself, "_site", [None])  # the site's plugins do not load
     assert site_open(b"/proc/self/site_quota") is None
 
 

@@ -6,7 +6,8 @@ import time
 from ipaddress import IPv4Address
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mosix_core.errors import AuthenticationError, ProtocolError
 from mosix_core.net import wire
@@ -31,7 +32,7 @@ def test_wrong_secret_is_an_authentication_error():
 def test_every_tampered_byte_is_detected():
     data = wire.Sealer(KEY, ME).seal(wire.GOSSIP, b"some payload")
     for i in range(len(data)):
-        bad = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+        bad = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
         with pytest.raises((AuthenticationError, ProtocolError)):
             wire.open_envelope(KEY, bad)
 
