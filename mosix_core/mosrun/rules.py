@@ -65,212 +65,62 @@ from mosix_core.linux.libc import LIBC
 from mosix_core.linux.syscall_names import NAMES, NUMBERS
 from mosix_core.remote.calls import FOREIGN_ABI_CALL
 
+# The tables keep the manual's layout (names by the line, not one per line):
+# fmt: off
 # The LIMITATIONS list of mosrun(1), as the manual spells it. Names this kernel
 # does not have on x86_64 (afs_syscall, tuxcall, security... exist as numbers;
 # prof_counter_open, bdflush, timerfd, ... do not) are simply absent from the filter.
-UNSUPPORTED = frozenset(
-    [
-        "acct",
-        "add_key",
-        "adjtimex",
-        "afs_syscall",
-        "bdflush",
-        "capget",
-        "capset",
-        "chroot",
-        "clock_getres",
-        "clock_nanosleep",
-        "clock_settime",
-        "create_module",
-        "delete_module",
-        "epoll_create",
-        "epoll_create1",
-        "epoll_ctl",
-        "epoll_pwait",
-        "epoll_wait",
-        "eventfd",
-        "eventfd2",
-        "fanotify_init",
-        "fanotify_mark",
-        "futex",
-        "get_kernel_syms",
-        "get_mempolicy",
-        "get_robust_list",
-        "getcpu",
-        "getpmsg",
-        "init_module",
-        "inotify_add_watch",
-        "inotify_init",
-        "inotify_init1",
-        "inotify_rm_watch",
-        "io_cancel",
-        "io_destroy",
-        "io_getevents",
-        "io_setup",
-        "io_submit",
-        "ioperm",
-        "iopl",
-        "ioprio_get",
-        "ioprio_set",
-        "kexec_load",
-        "keyctl",
-        "lookup_dcookie",
-        "madvise",
-        "mbind",
-        "migrate_pages",
-        "mlock",
-        "mlockall",
-        "move_pages",
-        "mq_getsetattr",
-        "mq_notify",
-        "mq_open",
-        "mq_timedreceive",
-        "mq_timedsend",
-        "mq_unlink",
-        "munlock",
-        "munlockall",
-        "nfsservctl",
-        "perf_event_open",
-        "personality",
-        "pivot_root",
-        "prlimit64",
-        "prof_counter_open",
-        "ptrace",
-        "quotactl",
-        "reboot",
-        "recvmmsg",
-        "remap_file_pages",
-        "request_key",
-        "rt_sigqueueinfo",
-        "rt_sigtimedwait",
-        "rt_tgsigqueueinfo",
-        "sched_get_priority_max",
-        "sched_get_priority_min",
-        "sched_getaffinity",
-        "sched_getparam",
-        "sched_getscheduler",
-        "sched_rr_get_interval",
-        "sched_setaffinity",
-        "sched_setparam",
-        "sched_setscheduler",
-        "security",
-        "set_mempolicy",
-        "setdomainname",
-        "sethostname",
-        "set_robust_list",
-        "settimeofday",
-        "shmat",
-        "signalfd",
-        "signalfd4",
-        "swapoff",
-        "swapon",
-        "syslog",
-        "timer_create",
-        "timer_delete",
-        "timer_getoverrun",
-        "timer_gettime",
-        "timer_settime",
-        "timerfd",
-        "timerfd_gettime",
-        "timerfd_settime",
-        "tuxcall",
-        "unshare",
-        "uselib",
-        "vmsplice",
-        "waitid",
-    ]
-)
+UNSUPPORTED = frozenset("""
+acct add_key adjtimex afs_syscall bdflush capget capset chroot clock_getres clock_nanosleep
+clock_settime create_module delete_module epoll_create epoll_create1 epoll_ctl epoll_pwait epoll_wait
+eventfd eventfd2 fanotify_init fanotify_mark futex get_kernel_syms get_mempolicy get_robust_list
+getcpu getpmsg init_module inotify_add_watch inotify_init inotify_init1 inotify_rm_watch io_cancel
+io_destroy io_getevents io_setup io_submit ioperm iopl ioprio_get ioprio_set kexec_load keyctl
+lookup_dcookie madvise mbind migrate_pages mlock mlockall move_pages mq_getsetattr mq_notify
+mq_open mq_timedreceive mq_timedsend mq_unlink munlock munlockall nfsservctl perf_event_open
+personality pivot_root prlimit64 prof_counter_open ptrace quotactl reboot recvmmsg remap_file_pages
+request_key rt_sigqueueinfo rt_sigtimedwait rt_tgsigqueueinfo sched_get_priority_max sched_get_priority_min
+sched_getaffinity sched_getparam sched_getscheduler sched_rr_get_interval sched_setaffinity
+sched_setparam sched_setscheduler security set_mempolicy setdomainname sethostname set_robust_list
+settimeofday shmat signalfd signalfd4 swapoff swapon syslog timer_create timer_delete timer_getoverrun
+timer_gettime timer_settime timerfd timerfd_gettime timerfd_settime tuxcall unshare uselib
+vmsplice waitid
+""".split())
 
 # Newer relatives of listed calls: the same feature under another number.
-UNSUPPORTED_TOO = frozenset(
-    {
-        "epoll_pwait2",
-        "futex_waitv",
-        "futex_wake",
-        "futex_wait",
-        "futex_requeue",
-        "kexec_file_load",
-        "io_uring_setup",
-        "io_uring_enter",
-        "io_uring_register",
-        "io_pgetevents",
-        "pidfd_getfd",
-        "process_vm_readv",
-        "process_vm_writev",
-        "process_madvise",
-        "memfd_secret",
-        "set_mempolicy_home_node",
-        "semtimedop",
-        "mseal",
-        "map_shadow_stack",
-        "userfaultfd",
-        "pkey_mprotect",
-        "pkey_alloc",
-        "pkey_free",
-    }
-)
+UNSUPPORTED_TOO = frozenset({
+    "epoll_pwait2", "futex_waitv", "futex_wake", "futex_wait", "futex_requeue", "kexec_file_load",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "io_pgetevents", "pidfd_getfd",
+    "process_vm_readv", "process_vm_writev", "process_madvise", "memfd_secret", "set_mempolicy_home_node",
+    "semtimedop", "mseal", "map_shadow_stack", "userfaultfd", "pkey_mprotect", "pkey_alloc", "pkey_free",
+})
 
-HOUSEKEEPING = frozenset({"set_robust_list"})  # see the module docstring
+HOUSEKEEPING = frozenset({"set_robust_list"})   # see the module docstring
 
 #: Calls of the manual's list answered by default with their one-machine meaning (on
 #: the calling process itself only; a strict process has them refused as the
 #: manual does). Their semantics: :data:`mosix_core.mosrun.call_table.CALL_NOTES`.
-ANSWERED = frozenset(
-    {
-        "clock_nanosleep",
-        "madvise",
-        "sched_getaffinity",
-        "sched_getparam",
-        "sched_getscheduler",
-        "sched_get_priority_max",
-        "sched_get_priority_min",
-        # Python's selectors module makes and closes an epoll instance when imported (to
-        # choose its DefaultSelector): every program importing subprocess does
-        "epoll_create",
-        "epoll_create1",
-        "epoll_ctl",
-        "epoll_wait",
-        "epoll_pwait",
-        "epoll_pwait2",
-    }
-)
+ANSWERED = frozenset({
+    "clock_nanosleep", "madvise", "sched_getaffinity", "sched_getparam", "sched_getscheduler",
+    "sched_get_priority_max", "sched_get_priority_min",
+    # Python's selectors module makes and closes an epoll instance when imported (to
+    # choose its DefaultSelector): every program importing subprocess does
+    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
+})
 #: of which these are answered as they are (they need no more than the mode)
-_PLAINLY = (
-    "sched_get_priority_max",
-    "sched_get_priority_min",
-    "epoll_create",
-    "epoll_create1",
-    "epoll_ctl",
-    "epoll_wait",
-    "epoll_pwait",
-    "epoll_pwait2",
-)
+_PLAINLY = ("sched_get_priority_max", "sched_get_priority_min", "epoll_create", "epoll_create1", "epoll_ctl",
+            "epoll_wait", "epoll_pwait", "epoll_pwait2")
 
 # ioctl requests mosrun(1) refuses (the manual's TIOCSESGSTRUCT/TIOCSEGETMULTI/
 # TIOCSEASETMULTI are the serial-driver TIOCSERGSTRUCT/TIOCSERGETMULTI/TIOCSERSETMULTI).
 UNSUPPORTED_IOCTLS = {
-    0x5458: "TIOCSERGSTRUCT",
-    0x545A: "TIOCSERGETMULTI",
-    0x545B: "TIOCSERSETMULTI",
-    0x8914: "SIOCSIFFLAGS",
-    0x891E: "SIOCSIFMETRIC",
-    0x8922: "SIOCSIFMTU",
-    0x8971: "SIOCSIFMAP",
-    0x8924: "SIOCSIFHWADDR",
-    0x8930: "SIOCSIFSLAVE",
-    0x8931: "SIOCADDMULTI",
-    0x8932: "SIOCDELMULTI",
-    0x8937: "SIOCSIFHWBROADCAST",
-    0x8943: "SIOCSIFTXQLEN",
-    0x8949: "SIOCSMIIREG",
-    0x8990: "SIOCBONDENSLAVE",
-    0x8991: "SIOCBONDRELEASE",
-    0x8992: "SIOCBONDSETHWADDR",
-    0x8993: "SIOCBONDSLAVEINFOQUERY",
-    0x8994: "SIOCBONDINFOQUERY",
-    0x8995: "SIOCBONDCHANGEACTIVE",
-    0x89A2: "SIOCBRADDIF",
-    0x89A3: "SIOCBRDELIF",
+    0x5458: "TIOCSERGSTRUCT", 0x545A: "TIOCSERGETMULTI", 0x545B: "TIOCSERSETMULTI",
+    0x8914: "SIOCSIFFLAGS", 0x891E: "SIOCSIFMETRIC", 0x8922: "SIOCSIFMTU", 0x8971: "SIOCSIFMAP",
+    0x8924: "SIOCSIFHWADDR", 0x8930: "SIOCSIFSLAVE", 0x8931: "SIOCADDMULTI", 0x8932: "SIOCDELMULTI",
+    0x8937: "SIOCSIFHWBROADCAST", 0x8943: "SIOCSIFTXQLEN", 0x8949: "SIOCSMIIREG",
+    0x8990: "SIOCBONDENSLAVE", 0x8991: "SIOCBONDRELEASE", 0x8992: "SIOCBONDSETHWADDR",
+    0x8993: "SIOCBONDSLAVEINFOQUERY", 0x8994: "SIOCBONDINFOQUERY", 0x8995: "SIOCBONDCHANGEACTIVE",
+    0x89A2: "SIOCBRADDIF", 0x89A3: "SIOCBRDELIF",
 }
 
 PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
@@ -281,20 +131,9 @@ PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
 PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_SET_NAME, PR_GET_NAME, PR_CAPBSET_READ = 3, 7, 15, 16, 23
 PR_GET_SECUREBITS, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_NO_NEW_PRIVS = 27, 30, 37, 39
 PR_GET_THP_DISABLE = 42
-SELF_PRCTLS = (
-    PR_SET_PDEATHSIG,
-    PR_GET_PDEATHSIG,
-    PR_GET_DUMPABLE,
-    PR_GET_KEEPCAPS,
-    PR_SET_NAME,
-    PR_GET_NAME,
-    PR_CAPBSET_READ,
-    PR_GET_SECUREBITS,
-    PR_GET_TIMERSLACK,
-    PR_GET_CHILD_SUBREAPER,
-    PR_GET_NO_NEW_PRIVS,
-    PR_GET_THP_DISABLE,
-)
+SELF_PRCTLS = (PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_SET_NAME, PR_GET_NAME,
+               PR_CAPBSET_READ, PR_GET_SECUREBITS, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_NO_NEW_PRIVS,
+               PR_GET_THP_DISABLE)
 #: madvise advice that cannot change what the memory holds (DONTNEED, FREE, REMOVE,
 #: WIPEONFORK... can: a file page copied to a node reads back as zeros there, not as
 #: the file; DONTFORK/DOFORK are not carried by a process image): NORMAL, RANDOM,
@@ -322,17 +161,10 @@ O_CREAT, O_LARGEFILE, O_CLOEXEC = 0x40, 0x8000, 0x80000
 # which Python's os.open always adds (they return a value, never a descriptor, so it
 # changes nothing); the plain read form only exactly, since an ordinary read of the
 # file (Python's open(), which adds O_CLOEXEC) is the kernel's.
-SPECIAL_OPEN_FLAGS = (
-    0,
-    1,
-    2,
-    O_CREAT,
-    1 | O_CREAT,
-    2 | O_CREAT,
-    O_CREAT | O_CLOEXEC,
-    1 | O_CREAT | O_CLOEXEC,
-    2 | O_CREAT | O_CLOEXEC,
-)
+SPECIAL_OPEN_FLAGS = (0, 1, 2, O_CREAT, 1 | O_CREAT, 2 | O_CREAT,
+                      O_CREAT | O_CLOEXEC, 1 | O_CREAT | O_CLOEXEC, 2 | O_CREAT | O_CLOEXEC)
+# fmt: on
+
 
 MODE_KILL, MODE_SILENT, MODE_WARN = 0, 1, 2
 PREFIX = "MOSRUN: "
