@@ -44,6 +44,8 @@ MOVE_TIMEOUT = 120.0
 REFUSED_FOR = 30.0
 #: a node's own moves to a target count in the view this long (its gossip catches up)
 SENT_MEMORY = 10.0
+#: a -1 written before the process was measured waits this long for its measurement
+ASKED_FOR = 10.0
 
 
 @attrs.define
@@ -92,6 +94,7 @@ class Balancer:
         self.rng = random.Random()
         self.log = node.log
         self.enforcing: asyncio.Future | None = None
+        self.asked: dict[int, float] = {}  # pid -> until when its -1 waits for a measurement
 
     # -- the period -------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -101,7 +104,9 @@ class Balancer:
         self.next_at = now + self.node.interval * self.rng.uniform(0.8, 1.2)
         self.enforce_map()
         facts = self.measure(now)
-        if self.busy(now) or self.node.off or not self.node.settings.automatic_migration:
+        if self.answer_asked(facts, now) or not self.node.settings.automatic_migration:
+            return
+        if self.busy(now) or self.node.off:
             return
         decision = self.decide(facts, now)
         if decision is not None:
@@ -124,14 +129,29 @@ class Balancer:
         )
 
     def consider(self, pid: int) -> None:
-        """``/proc/self/migrate`` = -1: decide about ``pid`` now. The program asks, so this
-        holds with ``automatic_migration = no`` too (as mosmigrate does)."""
+        """``/proc/self/migrate`` = -1: decide about ``pid`` now — or, if it has not been
+        measured yet (it has just started or arrived), as soon as it has. The program asks,
+        so this holds with ``automatic_migration = no`` too (as mosmigrate does)."""
         now = time.monotonic()
-        if self.busy(now) or self.node.off:
-            return
-        decision = self.decide(self.measure(now), now, only=pid)
-        if decision is not None:
-            self.carry_out(decision, now)
+        self.asked[pid] = now + ASKED_FOR
+        self.answer_asked(self.measure(now), now)
+
+    def answer_asked(self, facts: list[ProcessFacts], now: float) -> bool:
+        """Decide about the processes that asked (-1), those measured by now; True if one
+        of them moves. A request is answered within ASKED_FOR seconds, or not at all (the
+        policy keeps it where it is)."""
+        for pid, until in list(self.asked.items()):
+            if until < now or self.node.proctable.get(pid) is None:
+                del self.asked[pid]
+            elif any(f.pid == pid for f in facts) and not self.busy(now) and not self.node.off:
+                # asked again each period until it moves or ASKED_FOR is over: the policy
+                # damps herds by a draw, which must not turn a request into a refusal
+                decision = self.decide(facts, now, only=pid)
+                if decision is not None:
+                    del self.asked[pid]
+                    self.carry_out(decision, now)
+                    return True
+        return False
 
     def busy(self, now: float) -> bool:
         pending = self.pending

@@ -294,7 +294,8 @@ def test_minus_one_asks_for_a_decision_now_and_sigmig_follows_the_move(local_clu
     cluster.converged()
     stop = tmp_path / "stop"
     stays = start(cluster, ["python3", "-c", SIGNALLED, str(stop), "0"], "stays")
-    asks = start(cluster, ["python3", "-c", SIGNALLED, str(stop), "100"], "asks")
+    # it asks at once, before mosd has measured it: the decision waits for the measurement
+    asks = start(cluster, ["python3", "-c", SIGNALLED, str(stop), "1"], "asks")
     wait_until(lambda: placement(cluster, 2) == [1, 1], timeout=60, what="the process that asked to move")
     rows = {r["pid"]: r for r in cluster.client(1).call("processes")["processes"]}
     assert rows[asks.pid]["where"] == cluster.ip(2) and rows[stays.pid]["where"] == "here"
