@@ -24,19 +24,10 @@ from collections.abc import Iterable
 import attrs
 
 from mosix_core.cluster.proctable import DECAY_SCALE, DEFAULT_DECAY
-from mosix_core.cluster.resources import process_rss_mb, sched_ns
+from mosix_core.cluster.resources import process_rss_mb, sched_times
 
 #: the time constant of the CPU demand (seconds): the load's (mosix_core.cluster.resources.LoadSmoother)
 DEMAND_TAU = 2.0
-
-
-def cpu_ns(pid: int) -> int | None:
-    """Nanoseconds ``pid`` has run on a CPU."""
-    try:
-        with open(f"/proc/{pid}/schedstat", "rb") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def io_counters(pid: int) -> tuple[int, int] | None:
@@ -87,10 +78,11 @@ class ProcessMeter:
     ) -> Usage | None:
         """Measure ``pid`` (its calls and I/O on ``io_pid``, itself by default); None if it
         has gone."""
-        sched = sched_ns(pid)
-        if sched is None:
+        times = sched_times(pid)
+        if times is None:
             self.usage.pop(pid, None)
             return None
+        sched = sum(times)
         io_pid = pid if io_pid is None else io_pid
         io = io_counters(io_pid)
         usage = self.usage.get(pid)
@@ -116,7 +108,7 @@ class ProcessMeter:
                         usage.bytes += max(0, io[1] - usage.io[1])
                 usage.samples += 1
             usage.at, usage.sched, usage.io = now, sched, io
-        usage.cpu_seconds = (cpu_ns(pid) or 0) / 1e9
+        usage.cpu_seconds = times[0] / 1e9
         usage.rss_mb = process_rss_mb(pid)
         return usage
 

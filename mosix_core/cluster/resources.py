@@ -81,12 +81,12 @@ def process_rss_mb(pid: int) -> int:
         return 0
 
 
-def sched_ns(pid: int) -> int | None:
-    """Nanoseconds ``pid`` has been runnable: on a CPU plus waiting for one."""
+def sched_times(pid: int) -> tuple[int, int] | None:
+    """Nanoseconds ``pid`` has run on a CPU, and waited for one (``/proc/PID/schedstat``)."""
     try:
         with open(f"/proc/{pid}/schedstat", "rb") as f:
             run, wait, _ = f.read().split()
-        return int(run) + int(wait)
+        return int(run), int(wait)
     except (OSError, ValueError):
         return None
 
@@ -111,9 +111,10 @@ class VirtualMeter:
         used_mb = 0
         seen = {}
         for pid in pids:
-            runnable_ns = sched_ns(pid)
-            if runnable_ns is None:
+            times = sched_times(pid)
+            if times is None:
                 continue
+            runnable_ns = sum(times)
             previous = self._last.get(pid)
             seen[pid] = (runnable_ns, now)
             if previous is not None and now > previous[1]:
