@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 #: how long an automatic move may take before the balancer decides again (a move ends
 #: earlier: when the supervisor answers, or when the guest has left)
 MOVE_TIMEOUT = 120.0
+#: how long a supervisor may take to take a move on (not to make it)
+ASK_TIMEOUT = 10.0
 #: after a process refused to move (locked, or its move failed) it is left alone this long
 REFUSED_FOR = 30.0
 #: a node's own moves to a target count in the view this long (its gossip catches up)
@@ -64,6 +66,16 @@ class Pending:
     decision: MigrationDecision
     since: float
     task: asyncio.Future | None = None
+
+
+def move_by_supervisor(pid: int, to: str, *, wait: bool) -> None:
+    """An automatic move of our process ``pid`` to ``to``, by its supervisor (blocking: run
+    it in a thread); with ``wait``, returns once the move is over (MosixError if it failed)."""
+    from mosix_core.mosrun import control_socket
+
+    control_socket.request(
+        pid, "migrate", timeout=MOVE_TIMEOUT if wait else ASK_TIMEOUT, to=to, automatic=True, wait=wait
+    )
 
 
 def disallowed(node: Node) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
@@ -301,16 +313,10 @@ class Balancer:
         elif row.is_guest:
             self.pending.task = loop.create_task(self._move_on(row, to))
         else:
-            self.pending.task = loop.run_in_executor(None, self._ask_supervisor, row.pid, to)
+            self.pending.task = loop.run_in_executor(None, lambda: move_by_supervisor(row.pid, to, wait=True))
         if decision.target is not None:
             self.sent.setdefault(decision.target, []).append(now)
         self.pending.task.add_done_callback(lambda task: self._done(decision, task))
-
-    def _ask_supervisor(self, pid: int, to: str) -> None:
-        """The move, by the process's supervisor (blocking: run in a thread)."""
-        from mosix_core.mosrun import control_socket
-
-        control_socket.request(pid, "migrate", timeout=MOVE_TIMEOUT, to=to, automatic=True, wait=True)
 
     async def _send_home(self, row: ProcessRecord) -> None:
         control = self.node.control

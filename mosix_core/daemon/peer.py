@@ -31,6 +31,7 @@ from mosix_core import PROTOCOL_VERSION, __version__
 from mosix_core.contract.plugins import first_answer
 from mosix_core.contract.records import Admission, NodeContext
 from mosix_core.daemon import handshake, protocol
+from mosix_core.daemon.balancer import move_by_supervisor
 from mosix_core.errors import AuthenticationError, MosixError, ProtocolError
 from mosix_core.net import wire
 
@@ -253,10 +254,8 @@ class PeerServer:
         return protocol.answer(protocol.NoFields())
 
     def _ask_supervisor(self, pid: int, to: str) -> None:
-        from mosix_core.mosrun import control_socket
-
         try:
-            control_socket.request(pid, "migrate", to=to, automatic=True)
+            move_by_supervisor(pid, to, wait=False)
         except MosixError as err:
             self.node.log.info("moving on failed", pid=pid, to=to, error=str(err))
 
