@@ -153,32 +153,18 @@ def test_a_node_twice_as_fast_gets_about_twice_the_share(local_cluster, start, t
         assert (tmp_path / f"job{i}").read_bytes() == b"done\n"
 
 
-def test_stay_holds_every_process_and_nostay_lets_them_go(local_cluster, start, tmp_path):
+@pytest.mark.parametrize("hold, release", [("stay", "nostay"), ("lstay", "nolstay")])
+def test_stay_and_lstay_hold_local_processes_and_their_nos_let_them_go(local_cluster, start, tmp_path, hold, release):
     cluster = local_cluster(nodes=2, interval=INTERVAL, balancing=True)
     cluster.converged()
-    assert cluster.run(1, "mosctl", "stay").returncode == 0
+    assert cluster.run(1, "mosctl", hold).returncode == 0
     stop = tmp_path / "stop"
     jobs = [start(cluster, awk_until(stop), f"job{i}") for i in range(4)]
     wait_until(lambda: placement(cluster, 2) == [4, 0], what="the jobs to start")
     time.sleep(8 * INTERVAL)  # unheld, 2 would have left within ~3 s
     assert placement(cluster, 2) == [4, 0] and moves(cluster) == 0
-    assert cluster.run(1, "mosctl", "nostay").returncode == 0
-    settled(cluster, 2, lambda at: at == [2, 2], what="the jobs to spread once stay is lifted")
-    stop.write_text("stop\n")
-    assert [job.wait(timeout=60) for job in jobs] == [0] * 4
-
-
-def test_lstay_holds_local_processes(local_cluster, start, tmp_path):
-    cluster = local_cluster(nodes=2, interval=INTERVAL, balancing=True)
-    cluster.converged()
-    assert cluster.run(1, "mosctl", "lstay").returncode == 0
-    stop = tmp_path / "stop"
-    jobs = [start(cluster, awk_until(stop), f"job{i}") for i in range(4)]
-    wait_until(lambda: placement(cluster, 2) == [4, 0], what="the jobs to start")
-    time.sleep(8 * INTERVAL)
-    assert placement(cluster, 2) == [4, 0] and moves(cluster) == 0
-    assert cluster.run(1, "mosctl", "nolstay").returncode == 0
-    settled(cluster, 2, lambda at: at == [2, 2], what="the jobs to spread once lstay is lifted")
+    assert cluster.run(1, "mosctl", release).returncode == 0
+    settled(cluster, 2, lambda at: at == [2, 2], what=f"the jobs to spread once {hold} is lifted")
     stop.write_text("stop\n")
     assert [job.wait(timeout=60) for job in jobs] == [0] * 4
 
